@@ -1,0 +1,4 @@
+//! Everything that knows ComfyUI's wire format: the client (HTTP + WebSocket) used by the
+//! scheduler, and the simulator that speaks the same protocol for tests and demos.
+
+pub mod sim;

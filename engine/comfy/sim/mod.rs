@@ -1,0 +1,1 @@
+//! The ComfyUI simulator (filled in by the simulator work).

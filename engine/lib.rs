@@ -1,0 +1,16 @@
+//! comfyui-gateway: a durable, secure REST service in front of ComfyUI servers.
+//!
+//! Codemap, in reading order:
+//! - [`config`]: every setting and limit, loaded once from env / `.env` / flags.
+//! - [`error`]: the one error enum with stable codes and HTTP statuses.
+//! - [`domain`]: jobs, priorities, outputs, workflows as the gateway sees them.
+//! - [`store`]: the only module that touches redb (jobs, events, queue, workflows, blobs).
+//! - [`workflows`]: template rendering and JSON Schema validation of inputs (pure).
+//! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, and
+//!   the simulator.
+//! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends.
+//! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
+//! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health).
+
+pub mod comfy;
+pub mod workflows;

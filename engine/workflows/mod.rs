@@ -1,0 +1,1 @@
+//! Workflow templates and input validation (filled in by the workflows work).
