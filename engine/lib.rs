@@ -13,4 +13,7 @@
 //! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health).
 
 pub mod comfy;
+pub mod domain;
+pub mod error;
+pub mod store;
 pub mod workflows;

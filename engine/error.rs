@@ -1,0 +1,169 @@
+//! The one error type of the gateway, with stable codes (SPEC §6) and HTTP statuses.
+//!
+//! Codes are part of the API contract: never renamed, never reused. `code()` and
+//! `status()` are exhaustive matches so a new variant cannot ship without both.
+
+use serde::{Deserialize, Serialize};
+
+/// A stable error code, as sent to clients and stored on failed jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// A ComfyUI backend refused or dropped the connection.
+    ComfyuiUnreachable,
+    /// ComfyUI ran out of (GPU or CPU) memory.
+    ComfyuiOom,
+    /// Execution took longer than `COMFYUI_TIMEOUT_MS`.
+    ComfyuiTimeout,
+    /// ComfyUI rejected the prompt or a node failed while running.
+    ComfyuiNodeError,
+    /// The request or its inputs are invalid.
+    ValidationError,
+    /// No workflow with that id.
+    WorkflowNotFound,
+    /// No job with that id (or not visible to the caller).
+    JobNotFound,
+    /// Too many requests.
+    RateLimited,
+    /// Missing or bad credentials.
+    AuthFailed,
+    /// Credentials are fine but the action is not allowed.
+    Forbidden,
+    /// The request body is too large.
+    PayloadTooLarge,
+    /// An idempotency key was reused with a different body.
+    IdempotencyConflict,
+    /// A plugin failed.
+    PluginFailed,
+    /// A plugin exceeded one of its limits.
+    PluginLimitExceeded,
+    /// The request conflicts with the resource's current state (e.g. cancel a finished job).
+    Conflict,
+    /// No route for that path.
+    NotFound,
+    /// The route exists but not for that method.
+    MethodNotAllowed,
+    /// Something went wrong inside the gateway; details are only in the log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable wire string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ComfyuiUnreachable => "COMFYUI_UNREACHABLE",
+            ErrorCode::ComfyuiOom => "COMFYUI_OOM",
+            ErrorCode::ComfyuiTimeout => "COMFYUI_TIMEOUT",
+            ErrorCode::ComfyuiNodeError => "COMFYUI_NODE_ERROR",
+            ErrorCode::ValidationError => "VALIDATION_ERROR",
+            ErrorCode::WorkflowNotFound => "WORKFLOW_NOT_FOUND",
+            ErrorCode::JobNotFound => "JOB_NOT_FOUND",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::AuthFailed => "AUTH_FAILED",
+            ErrorCode::Forbidden => "FORBIDDEN",
+            ErrorCode::PayloadTooLarge => "PAYLOAD_TOO_LARGE",
+            ErrorCode::IdempotencyConflict => "IDEMPOTENCY_CONFLICT",
+            ErrorCode::PluginFailed => "PLUGIN_FAILED",
+            ErrorCode::PluginLimitExceeded => "PLUGIN_LIMIT_EXCEEDED",
+            ErrorCode::Conflict => "CONFLICT",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::Internal => "INTERNAL",
+        }
+    }
+
+    /// The HTTP status a request failing with this code answers with.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::ComfyuiUnreachable => 503,
+            ErrorCode::ComfyuiOom => 507,
+            ErrorCode::ComfyuiTimeout => 504,
+            ErrorCode::ComfyuiNodeError => 502,
+            ErrorCode::ValidationError => 422,
+            ErrorCode::WorkflowNotFound => 404,
+            ErrorCode::JobNotFound => 404,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::AuthFailed => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::IdempotencyConflict => 422,
+            ErrorCode::PluginFailed => 422,
+            ErrorCode::PluginLimitExceeded => 422,
+            ErrorCode::Conflict => 409,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// Whether the same request may succeed if simply tried again later.
+    pub fn retryable(self) -> bool {
+        match self {
+            ErrorCode::ComfyuiUnreachable
+            | ErrorCode::ComfyuiOom
+            | ErrorCode::ComfyuiTimeout
+            | ErrorCode::RateLimited
+            | ErrorCode::Internal => true,
+            ErrorCode::ComfyuiNodeError
+            | ErrorCode::ValidationError
+            | ErrorCode::WorkflowNotFound
+            | ErrorCode::JobNotFound
+            | ErrorCode::AuthFailed
+            | ErrorCode::Forbidden
+            | ErrorCode::PayloadTooLarge
+            | ErrorCode::IdempotencyConflict
+            | ErrorCode::PluginFailed
+            | ErrorCode::PluginLimitExceeded
+            | ErrorCode::Conflict
+            | ErrorCode::NotFound
+            | ErrorCode::MethodNotAllowed => false,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An error that reaches a client: a code, a message for humans, optional structured
+/// details (e.g. the offending fields), and for `Internal`, a cause that is logged only.
+#[derive(Debug, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Error {
+    /// The stable code.
+    pub code: ErrorCode,
+    /// What went wrong, for a human. Never contains internals for `Internal`.
+    pub message: String,
+    /// Structured details (JSON), e.g. `[{"path": "/width", "message": "..."}]`.
+    pub details: Option<serde_json::Value>,
+}
+
+impl Error {
+    /// An error with a code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error { code, message: message.into(), details: None }
+    }
+
+    /// Attach structured details.
+    pub fn with_details(mut self, details: serde_json::Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// A `VALIDATION_ERROR` naming one field (a JSON pointer such as `/inputs/width`).
+    pub fn validation(path: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Error::new(ErrorCode::ValidationError, format!("{path}: {message}"))
+            .with_details(serde_json::json!([{ "path": path, "message": message }]))
+    }
+
+    /// An internal error: the cause is logged here, once; the client sees a generic text.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Error::new(ErrorCode::Internal, "internal error; see the gateway log")
+    }
+}
+
+/// Result with the gateway error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,1 @@
+//! The durable store (filled in by the store work).
