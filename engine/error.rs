@@ -78,7 +78,7 @@ impl ErrorCode {
             ErrorCode::ComfyuiOom => 507,
             ErrorCode::ComfyuiTimeout => 504,
             ErrorCode::ComfyuiNodeError => 502,
-            ErrorCode::ValidationError => 422,
+            ErrorCode::ValidationError => 400,
             ErrorCode::WorkflowNotFound => 404,
             ErrorCode::JobNotFound => 404,
             ErrorCode::RateLimited => 429,

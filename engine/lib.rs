@@ -1,7 +1,7 @@
 //! comfyui-gateway: a durable, secure REST service in front of ComfyUI servers.
 //!
 //! Codemap, in reading order:
-//! - [`config`]: every setting and limit, loaded once from env / `.env` / flags.
+//! - [`config`]: every setting and limit, loaded once from flags / env / `.env`.
 //! - [`error`]: the one error enum with stable codes and HTTP statuses.
 //! - [`domain`]: jobs, priorities, outputs, workflows as the gateway sees them.
 //! - [`store`]: the only module that touches redb (jobs, events, queue, workflows, blobs).
@@ -9,11 +9,17 @@
 //! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, and
 //!   the simulator.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends.
+//! - [`service`]: the gateway's operations in domain terms (submit, register, read).
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
 //! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health).
 
+pub mod api;
+pub mod cli;
 pub mod comfy;
+pub mod config;
 pub mod domain;
 pub mod error;
+pub mod scheduler;
+pub mod service;
 pub mod store;
 pub mod workflows;

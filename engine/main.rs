@@ -1,1 +1,56 @@
-fn main() {}
+//! The `comfyui-gateway` binary: load `.env`, parse the command line, set up logging,
+//! run the command, and map failures to exit codes (2: configuration, 1: runtime).
+
+use clap::Parser;
+use comfyui_gateway::cli::{self, Cli, Command};
+
+fn main() {
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("error: invalid .env file: {e}");
+        std::process::exit(2);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                let _ = e.print();
+                std::process::exit(0);
+            }
+            // One clear line naming the flag / variable.
+            let text = e.to_string();
+            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
+            eprintln!("{line}");
+            std::process::exit(2);
+        }
+    };
+    init_tracing(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(cli::run(cli)) {
+        eprintln!("error: {}", e.message);
+        std::process::exit(e.exit_code);
+    }
+}
+
+fn init_tracing(cli: &Cli) {
+    let (level, json) = match &cli.command {
+        Command::Serve(a) => (a.log_level.as_str(), a.log_format == "json"),
+        _ => ("info", false),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

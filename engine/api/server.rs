@@ -1,0 +1,91 @@
+//! Accept loop: one hyper HTTP/1 connection task per client, tracked for graceful
+//! shutdown (stop accepting, let in-flight requests finish within a deadline).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::routes::{self, Ctx};
+use crate::service::Gateway;
+
+/// Longest time to read a request's headers (slow clients are cut off).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for in-flight requests at shutdown.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A running API server.
+#[derive(Debug)]
+pub struct Server {
+    /// The bound address (useful with port 0).
+    pub local_addr: SocketAddr,
+    stop: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Stop accepting, drain in-flight requests, and return.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.done.await;
+    }
+}
+
+/// Serve the API for `gateway` on `listener` until [`Server::stop`].
+pub fn serve(listener: TcpListener, gateway: Gateway) -> std::io::Result<Server> {
+    let local_addr = listener.local_addr()?;
+    let stop = CancellationToken::new();
+    let ctx = Arc::new(Ctx::new(gateway));
+    let token = stop.clone();
+    let done = tokio::spawn(async move { accept_loop(listener, ctx, token).await });
+    Ok(Server { local_addr, stop, done })
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let service = service_fn(move |req| {
+            let ctx = ctx.clone();
+            async move {
+                let started = Instant::now();
+                let method = req.method().clone();
+                let path = req.uri().path().to_string();
+                let resp = routes::handle(&ctx, req).await;
+                tracing::debug!(%peer, %method, path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some requests were still running at the shutdown deadline");
+    }
+}

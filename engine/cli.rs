@@ -1,0 +1,307 @@
+//! The command line: `serve` (alias `run`), `sim`, `init`, `add-workflow`,
+//! `list-workflows`, `health`.
+//!
+//! Commands that change the database work whether or not a server is running: redb
+//! allows one process at a time, so when the file is held by a running gateway they go
+//! through its REST API instead.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::api;
+use crate::comfy::sim;
+use crate::config::{Config, ServeArgs, database_path};
+use crate::service::{Gateway, Registry, WorkflowDefinition, register_bundled};
+use crate::store::Store;
+
+/// comfyui-gateway: a durable REST gateway in front of ComfyUI.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the API and the scheduler.
+    #[command(alias = "run")]
+    Serve(ServeArgs),
+    /// Run the ComfyUI simulator.
+    Sim(sim::SimArgs),
+    /// Create the database and register the bundled workflows.
+    Init(DbArgs),
+    /// Register (or update) a workflow from an API-format JSON file.
+    AddWorkflow(AddWorkflowArgs),
+    /// List registered workflows.
+    ListWorkflows(DbArgs),
+    /// Ask a running gateway for its health.
+    Health(ServerArgs),
+}
+
+/// Where the database is, and where a running server would be.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DbArgs {
+    /// Path of the redb database file.
+    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "./data/gateway.redb")]
+    pub database_url: String,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// How to reach a running gateway.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Base URL of a running gateway (default: http://HOST:PORT).
+    #[arg(long = "server-url", env = "GATEWAY_URL")]
+    pub server_url: Option<String>,
+    /// Port of a running gateway.
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+    /// Host of a running gateway.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+}
+
+impl ServerArgs {
+    fn base_url(&self) -> String {
+        self.server_url.clone().unwrap_or_else(|| {
+            let host = if self.host == "0.0.0.0" || self.host == "::" { "127.0.0.1" } else { &self.host };
+            format!("http://{host}:{}", self.port)
+        })
+    }
+}
+
+/// `add-workflow` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct AddWorkflowArgs {
+    /// The API-format workflow JSON file (a bare template, or `{workflow, inputSchema, ...}`).
+    pub file: PathBuf,
+    /// The workflow id.
+    #[arg(long)]
+    pub id: String,
+    /// Display name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Input JSON Schema file.
+    #[arg(long)]
+    pub schema: Option<PathBuf>,
+    /// Plugin (.wasm) file.
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// A failure of a command: its message and exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// One line for the user.
+    pub message: String,
+    /// 2 for configuration/usage, 1 otherwise.
+    pub exit_code: i32,
+}
+
+impl CliError {
+    fn runtime(message: impl Into<String>) -> CliError {
+        CliError { message: message.into(), exit_code: 1 }
+    }
+}
+
+/// Run a parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::from_args(&args).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+            serve(config).await
+        }
+        Command::Sim(args) => sim::run_cli(args).await.map_err(|e| CliError::runtime(format!("simulator: {e}"))),
+        Command::Init(db) => init(&db).await,
+        Command::AddWorkflow(args) => add_workflow(args).await,
+        Command::ListWorkflows(db) => list_workflows(&db).await,
+        Command::Health(server) => health(&server).await,
+    }
+}
+
+async fn serve(config: Config) -> Result<(), CliError> {
+    let config = Arc::new(config);
+    let addr = std::net::SocketAddr::new(config.host, config.port);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::runtime(format!("cannot listen on {addr}: {e}")))?;
+    let gateway = Gateway::start(config.clone()).await.map_err(|e| CliError::runtime(e.message))?;
+    let server = api::serve(listener, gateway.clone()).map_err(|e| CliError::runtime(e.to_string()))?;
+    tracing::info!(addr = %server.local_addr, backends = ?config.backend_urls, "comfyui-gateway listening");
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await;
+    gateway.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(t) => t,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Open the database unless a running server holds it (then None).
+fn open_store(db: &DbArgs) -> Result<Option<Store>, CliError> {
+    let path = database_path(&db.database_url).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+    match Store::open(&path) {
+        Ok(store) => Ok(Some(store)),
+        Err(e) if is_locked(&e.to_string()) => Ok(None),
+        Err(e) => Err(CliError::runtime(format!("cannot open {}: {e}", path.display()))),
+    }
+}
+
+fn is_locked(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("already open") || m.contains("lock")
+}
+
+async fn init(db: &DbArgs) -> Result<(), CliError> {
+    let path = database_path(&db.database_url).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+    let Some(store) = open_store(db)? else {
+        println!("{} is in use by a running gateway; it is already initialized", path.display());
+        return Ok(());
+    };
+    register_bundled(&store).await.map_err(|e| CliError::runtime(e.message))?;
+    let n = store.list_workflows().map_err(|e| CliError::runtime(e.to_string()))?.len();
+    store.close().await;
+    println!("initialized {} ({n} workflows)", path.display());
+    Ok(())
+}
+
+fn read_json(path: &Path) -> Result<Value, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| CliError::runtime(format!("{}: invalid JSON: {e}", path.display())))
+}
+
+async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
+    if args.plugin.is_some() {
+        return Err(CliError { message: "--plugin: plugins are not supported by this version yet".into(), exit_code: 2 });
+    }
+    let file = read_json(&args.file)?;
+    // Either a bare API-format template, or a definition object holding one.
+    let (template, mut schema, defaults) = match file.get("workflow") {
+        Some(t) if t.is_object() => (t.clone(), file.get("inputSchema").cloned(), file.get("defaults").cloned()),
+        _ => (file, None, None),
+    };
+    if let Some(path) = &args.schema {
+        schema = Some(read_json(path)?);
+    }
+    let def = WorkflowDefinition {
+        id: args.id.clone(),
+        name: args.name.clone(),
+        description: args.description.clone(),
+        template,
+        input_schema: schema.filter(|s| !s.is_null()),
+        defaults: defaults.and_then(|d| d.as_object().cloned()),
+    };
+    match open_store(&args.db)? {
+        Some(store) => {
+            let replace = store.get_workflow(&def.id).map_err(|e| CliError::runtime(e.to_string()))?.is_some();
+            let registry = Registry::new(store.clone());
+            let rec = registry.put_workflow(def, replace).await.map_err(|e| CliError::runtime(e.message))?;
+            store.close().await;
+            println!("workflow {} version {}", rec.id, rec.version);
+            Ok(())
+        }
+        None => {
+            let base = args.db.server.base_url();
+            let body = json!({
+                "id": def.id, "name": def.name, "description": def.description,
+                "workflow": def.template, "inputSchema": def.input_schema, "defaults": def.defaults,
+            });
+            let http = reqwest::Client::new();
+            let exists = http
+                .get(format!("{base}/workflows/{}", def.id))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .map_err(|e| CliError::runtime(format!("the database is in use and {base} cannot be reached: {e}")))?;
+            let req = if exists {
+                http.put(format!("{base}/workflows/{}", def.id))
+            } else {
+                http.post(format!("{base}/workflows"))
+            };
+            let resp = req.json(&body).send().await.map_err(|e| CliError::runtime(format!("{base}: {e}")))?;
+            let status = resp.status();
+            let v: Value = resp.json().await.unwrap_or(Value::Null);
+            if !status.is_success() {
+                return Err(CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or(""))));
+            }
+            println!("workflow {} version {} (via {base})", v["id"].as_str().unwrap_or(""), v["version"]);
+            Ok(())
+        }
+    }
+}
+
+async fn list_workflows(db: &DbArgs) -> Result<(), CliError> {
+    let rows: Vec<(String, u32, String)> = match open_store(db)? {
+        Some(store) => {
+            let list = store.list_workflows().map_err(|e| CliError::runtime(e.to_string()))?;
+            store.close().await;
+            list.into_iter().map(|w| (w.id, w.version, w.name)).collect()
+        }
+        None => {
+            let base = db.server.base_url();
+            let v: Value = reqwest::get(format!("{base}/workflows"))
+                .await
+                .map_err(|e| CliError::runtime(format!("{base}: {e}")))?
+                .json()
+                .await
+                .map_err(|e| CliError::runtime(format!("{base}: {e}")))?;
+            v["workflows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| {
+                    let s = |k: &str| w[k].as_str().unwrap_or("").to_string();
+                    (s("id"), w["version"].as_u64().unwrap_or(0) as u32, s("name"))
+                })
+                .collect()
+        }
+    };
+    for (id, version, name) in rows {
+        println!("{id}\tv{version}\t{name}");
+    }
+    Ok(())
+}
+
+async fn health(server: &ServerArgs) -> Result<(), CliError> {
+    let base = server.base_url();
+    let resp = reqwest::get(format!("{base}/health"))
+        .await
+        .map_err(|e| CliError::runtime(format!("{base} is not reachable: {e}")))?;
+    let status = resp.status();
+    let v: Value = resp.json().await.map_err(|e| CliError::runtime(format!("{base}: {e}")))?;
+    println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    if status.is_success() { Ok(()) } else { Err(CliError::runtime(format!("unhealthy ({status})"))) }
+}

@@ -1,0 +1,228 @@
+//! HTTP client of one ComfyUI backend: submit, history, queue, interrupt, view, stats.
+//!
+//! Errors say whether the request can have reached ComfyUI: a refused connection
+//! ([`ComfyError::Connect`]) certainly did not, anything else after connecting is
+//! ambiguous and must be reconciled. A browser's `Origin` is never forwarded (no header
+//! of the incoming request ever reaches this client).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::protocol::{self, HistoryEntry, OutputFile, QueueSnapshot};
+
+/// Why a call to ComfyUI failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ComfyError {
+    /// The connection could not be made: the request certainly did not arrive.
+    #[error("cannot connect to ComfyUI: {0}")]
+    Connect(String),
+    /// The request may or may not have arrived (reset, timeout, broken body).
+    #[error("ComfyUI request failed: {0}")]
+    Transport(String),
+    /// `POST /prompt` answered 400: the prompt is invalid.
+    #[error("ComfyUI rejected the prompt: {message}")]
+    Rejected {
+        /// Summary of ComfyUI's error.
+        message: String,
+        /// Per-node details.
+        details: Value,
+    },
+    /// Any other non-success status.
+    #[error("ComfyUI answered {status}: {body}")]
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// The start of the body.
+        body: String,
+    },
+    /// A success answer that is not what the protocol says.
+    #[error("unexpected answer from ComfyUI: {0}")]
+    Protocol(String),
+}
+
+impl ComfyError {
+    fn from_reqwest(e: reqwest::Error) -> ComfyError {
+        if e.is_connect() { ComfyError::Connect(e.to_string()) } else { ComfyError::Transport(e.to_string()) }
+    }
+
+    /// Whether this failure means the backend is not reachable at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ComfyError::Connect(_) | ComfyError::Transport(_))
+    }
+}
+
+/// What `/system_stats` tells about a backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SystemInfo {
+    /// `system.comfyui_version`.
+    pub comfyui_version: Option<String>,
+}
+
+/// The HTTP client of one backend. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ComfyClient {
+    base_url: String,
+    http: reqwest::Client,
+}
+
+/// Longest time of one HTTP call that is not a download.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest time of one output download.
+const VIEW_TIMEOUT: Duration = Duration::from_secs(300);
+/// The largest output file fetched, in bytes.
+pub const VIEW_BYTES_MAX: u64 = 1 << 30;
+
+impl ComfyClient {
+    /// A client for the backend at `base_url` (no trailing slash) sharing `http`'s pool.
+    pub fn new(base_url: &str, http: reqwest::Client) -> ComfyClient {
+        ComfyClient { base_url: base_url.trim_end_matches('/').to_string(), http }
+    }
+
+    /// A connection pool suited to talking to backends.
+    pub fn http_pool() -> reqwest::Client {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .no_proxy()
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// The WebSocket URL for a client id.
+    pub fn ws_url(&self, client_id: &str) -> String {
+        let rest = self
+            .base_url
+            .strip_prefix("https://")
+            .map(|r| format!("wss://{r}"))
+            .or_else(|| self.base_url.strip_prefix("http://").map(|r| format!("ws://{r}")))
+            .unwrap_or_else(|| self.base_url.clone());
+        format!("{rest}/ws?clientId={client_id}")
+    }
+
+    async fn get_json(&self, path_and_query: &str) -> Result<Value, ComfyError> {
+        let resp = self
+            .http
+            .get(format!("{}{path_and_query}", self.base_url))
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(ComfyError::from_reqwest)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(ComfyError::from_reqwest)?;
+        if !status.is_success() {
+            return Err(ComfyError::Status { status: status.as_u16(), body: snippet(&body) });
+        }
+        serde_json::from_slice(&body).map_err(|e| ComfyError::Protocol(format!("{path_and_query}: {e}")))
+    }
+
+    async fn post_json(&self, path: &str, body: String) -> Result<(u16, Bytes), ComfyError> {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.base_url))
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(CALL_TIMEOUT)
+            .send()
+            .await
+            .map_err(ComfyError::from_reqwest)?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(ComfyError::from_reqwest)?;
+        Ok((status, body))
+    }
+
+    /// `GET /system_stats`: the cheapest health check.
+    pub async fn system_stats(&self) -> Result<SystemInfo, ComfyError> {
+        let v = self.get_json("/system_stats").await?;
+        Ok(SystemInfo {
+            comfyui_version: v.pointer("/system/comfyui_version").and_then(Value::as_str).map(str::to_string),
+        })
+    }
+
+    /// `POST /prompt` with our own prompt_id, so early WS events can be correlated.
+    pub async fn submit(&self, prompt_json: &str, prompt_id: &str, client_id: &str) -> Result<(), ComfyError> {
+        let (status, body) = self.post_json("/prompt", protocol::submit_body(prompt_json, prompt_id, client_id)).await?;
+        match status {
+            200 => {
+                let v: Value = serde_json::from_slice(&body)
+                    .map_err(|e| ComfyError::Protocol(format!("POST /prompt answer: {e}")))?;
+                match v.get("prompt_id").and_then(Value::as_str) {
+                    Some(id) if id == prompt_id => Ok(()),
+                    other => Err(ComfyError::Protocol(format!("POST /prompt answered prompt_id {other:?}"))),
+                }
+            }
+            400 => {
+                let (message, details) = protocol::parse_rejection(&String::from_utf8_lossy(&body));
+                Err(ComfyError::Rejected { message, details })
+            }
+            _ => Err(ComfyError::Status { status, body: snippet(&body) }),
+        }
+    }
+
+    /// `GET /history/{id}`: None while unknown or unfinished.
+    pub async fn history(&self, prompt_id: &str) -> Result<Option<HistoryEntry>, ComfyError> {
+        let v = self.get_json(&format!("/history/{prompt_id}")).await?;
+        Ok(protocol::parse_history(&v, prompt_id))
+    }
+
+    /// `GET /queue`.
+    pub async fn queue(&self) -> Result<QueueSnapshot, ComfyError> {
+        Ok(protocol::parse_queue(&self.get_json("/queue").await?))
+    }
+
+    /// Stop a prompt: interrupt it if it runs, remove it if it is pending.
+    pub async fn cancel(&self, prompt_id: &str) -> Result<(), ComfyError> {
+        let id = Value::String(prompt_id.to_string());
+        let (status, body) = self.post_json("/interrupt", format!("{{\"prompt_id\":{id}}}")).await?;
+        if status != 200 {
+            return Err(ComfyError::Status { status, body: snippet(&body) });
+        }
+        let (status, body) = self.post_json("/queue", format!("{{\"delete\":[{id}]}}")).await?;
+        if status != 200 {
+            return Err(ComfyError::Status { status, body: snippet(&body) });
+        }
+        Ok(())
+    }
+
+    /// `GET /view` of one output file.
+    pub async fn view(&self, file: &OutputFile) -> Result<Bytes, ComfyError> {
+        let resp = self
+            .http
+            .get(format!("{}/view", self.base_url))
+            .query(&[
+                ("filename", file.filename.as_str()),
+                ("subfolder", file.subfolder.as_str()),
+                ("type", file.folder_type.as_str()),
+            ])
+            .timeout(VIEW_TIMEOUT)
+            .send()
+            .await
+            .map_err(ComfyError::from_reqwest)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(ComfyError::Status { status: status.as_u16(), body: snippet(&body) });
+        }
+        if resp.content_length().is_some_and(|n| n > VIEW_BYTES_MAX) {
+            return Err(ComfyError::Protocol(format!("{} is larger than {VIEW_BYTES_MAX} bytes", file.filename)));
+        }
+        let expected = resp.content_length();
+        let bytes = resp.bytes().await.map_err(ComfyError::from_reqwest)?;
+        if expected.is_some_and(|n| n != bytes.len() as u64) {
+            return Err(ComfyError::Transport(format!("{}: truncated body", file.filename)));
+        }
+        Ok(bytes)
+    }
+}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
+    text.into_owned()
+}

@@ -1,0 +1,252 @@
+//! Configuration: every setting and limit, from flags, environment and an optional `.env`
+//! (flags win over the environment, the environment over `.env`). Read once at start;
+//! nothing else in the crate reads the environment.
+//!
+//! A bad value stops start-up with one line naming the variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The settings of `serve` (and of the commands that open the database), as flags that
+/// fall back to environment variables of the same meaning (SPEC §5).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Port of the REST API.
+    #[arg(long, env = "PORT", default_value_t = 3000, value_name = "PORT")]
+    pub port: u16,
+    /// Address to bind.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1", value_name = "HOST")]
+    pub host: IpAddr,
+    /// ComfyUI base URL; a comma-separated list means several backends.
+    #[arg(long = "comfyui-url", env = "COMFYUI_URL", default_value = "http://127.0.0.1:8188", value_name = "COMFYUI_URL")]
+    pub comfyui_url: String,
+    /// Longest execution time of one job on ComfyUI, in ms.
+    #[arg(long = "comfyui-timeout-ms", env = "COMFYUI_TIMEOUT_MS", default_value_t = 300_000, value_name = "COMFYUI_TIMEOUT_MS")]
+    pub comfyui_timeout_ms: u64,
+    /// Path of the redb database file (a `redb://` or `file://` prefix is accepted).
+    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "./data/gateway.redb", value_name = "DATABASE_URL")]
+    pub database_url: String,
+    /// Prompts in flight per backend at most.
+    #[arg(long = "max-concurrency", env = "MAX_CONCURRENCY", default_value_t = 1, value_name = "MAX_CONCURRENCY")]
+    pub max_concurrency: u32,
+    /// Largest width or height an input may ask for, in pixels.
+    #[arg(long = "max-image-size", env = "MAX_IMAGE_SIZE", default_value_t = 2048, value_name = "MAX_IMAGE_SIZE")]
+    pub max_image_size: u32,
+    /// Largest batch an input may ask for.
+    #[arg(long = "max-batch-size", env = "MAX_BATCH_SIZE", default_value_t = 4, value_name = "MAX_BATCH_SIZE")]
+    pub max_batch_size: u32,
+    /// Times a job may be handed to a backend before it fails.
+    #[arg(long = "max-attempts", env = "MAX_ATTEMPTS", default_value_t = 3, value_name = "MAX_ATTEMPTS")]
+    pub max_attempts: u32,
+    /// Head start per priority level in ms: a job waiting this long overtakes one a level above.
+    #[arg(long = "queue-aging-ms", env = "QUEUE_AGING_MS", default_value_t = 60_000, value_name = "QUEUE_AGING_MS")]
+    pub queue_aging_ms: u64,
+    /// How often a job is checked on its backend when no WebSocket reports it, in ms.
+    #[arg(long = "poll-interval-ms", env = "POLL_INTERVAL_MS", default_value_t = 500, value_name = "POLL_INTERVAL_MS")]
+    pub poll_interval_ms: u64,
+    /// Largest request body, in bytes.
+    #[arg(long = "max-body-bytes", env = "MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "MAX_BODY_BYTES")]
+    pub max_body_bytes: usize,
+    /// Log filter (error, warn, info, debug, trace, or a tracing directive).
+    #[arg(long = "log-level", env = "LOG_LEVEL", default_value = "info", value_name = "LOG_LEVEL")]
+    pub log_level: String,
+    /// Log format: `json` or `text`.
+    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "text", value_name = "LOG_FORMAT")]
+    pub log_format: String,
+    /// Register the bundled workflows on first start.
+    #[arg(long = "bundled-workflows", env = "BUNDLED_WORKFLOWS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BUNDLED_WORKFLOWS")]
+    pub bundled_workflows: bool,
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Address to bind.
+    pub host: IpAddr,
+    /// Port to bind (0 = any).
+    pub port: u16,
+    /// Backend base URLs, without trailing slash.
+    pub backend_urls: Vec<String>,
+    /// Execution time limit of one job, in ms.
+    pub comfyui_timeout_ms: u64,
+    /// The redb file.
+    pub database_path: PathBuf,
+    /// Prompts in flight per backend at most.
+    pub backend_concurrency_max: u32,
+    /// Largest width/height of an input, in pixels.
+    pub image_size_max: u32,
+    /// Largest batch size of an input.
+    pub batch_size_max: u32,
+    /// Dispatches per job at most.
+    pub attempts_max: u32,
+    /// Priority head start per level, in ms.
+    pub queue_aging_ms: u64,
+    /// Poll interval for jobs without WebSocket events, in ms.
+    pub poll_interval_ms: u64,
+    /// Largest request body, in bytes.
+    pub body_bytes_max: usize,
+    /// Longest `?wait=` of a synchronous submit, in seconds.
+    pub sync_wait_max_s: u64,
+    /// Log filter.
+    pub log_level: String,
+    /// Log as JSON lines.
+    pub log_json: bool,
+    /// Register bundled workflows on first start.
+    pub bundled_workflows: bool,
+}
+
+/// A configuration problem: names the variable and what is wrong with it.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}: {message}")]
+pub struct ConfigError {
+    /// The environment variable (or flag) at fault.
+    pub variable: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn bad(variable: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError { variable, message: message.into() }
+}
+
+impl Config {
+    /// Validate parsed arguments into a configuration.
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let mut backend_urls = Vec::new();
+        for raw in args.comfyui_url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            backend_urls.push(normalize_backend_url(raw)?);
+        }
+        if backend_urls.is_empty() {
+            return Err(bad("COMFYUI_URL", "no backend URL given"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for url in &backend_urls {
+            if !seen.insert(url) {
+                return Err(bad("COMFYUI_URL", format!("{url} is listed twice")));
+            }
+        }
+        if args.comfyui_timeout_ms == 0 {
+            return Err(bad("COMFYUI_TIMEOUT_MS", "must be greater than 0"));
+        }
+        if !(1..=64).contains(&args.max_concurrency) {
+            return Err(bad("MAX_CONCURRENCY", "must be between 1 and 64"));
+        }
+        if !(64..=16384).contains(&args.max_image_size) {
+            return Err(bad("MAX_IMAGE_SIZE", "must be between 64 and 16384"));
+        }
+        if !(1..=4096).contains(&args.max_batch_size) {
+            return Err(bad("MAX_BATCH_SIZE", "must be between 1 and 4096"));
+        }
+        if !(1..=100).contains(&args.max_attempts) {
+            return Err(bad("MAX_ATTEMPTS", "must be between 1 and 100"));
+        }
+        if args.queue_aging_ms > 86_400_000 {
+            return Err(bad("QUEUE_AGING_MS", "must be at most one day (86400000)"));
+        }
+        if !(10..=60_000).contains(&args.poll_interval_ms) {
+            return Err(bad("POLL_INTERVAL_MS", "must be between 10 and 60000"));
+        }
+        if !(1024..=1 << 30).contains(&args.max_body_bytes) {
+            return Err(bad("MAX_BODY_BYTES", "must be between 1024 and 1073741824"));
+        }
+        let log_json = match args.log_format.as_str() {
+            "json" => true,
+            "text" => false,
+            other => return Err(bad("LOG_FORMAT", format!("{other:?} is not json or text"))),
+        };
+        if tracing_subscriber::EnvFilter::try_new(&args.log_level).is_err() {
+            return Err(bad("LOG_LEVEL", format!("{:?} is not a log level or filter", args.log_level)));
+        }
+        Ok(Config {
+            host: args.host,
+            port: args.port,
+            backend_urls,
+            comfyui_timeout_ms: args.comfyui_timeout_ms,
+            database_path: database_path(&args.database_url)?,
+            backend_concurrency_max: args.max_concurrency,
+            image_size_max: args.max_image_size,
+            batch_size_max: args.max_batch_size,
+            attempts_max: args.max_attempts,
+            queue_aging_ms: args.queue_aging_ms,
+            poll_interval_ms: args.poll_interval_ms,
+            body_bytes_max: args.max_body_bytes,
+            sync_wait_max_s: 300,
+            log_level: args.log_level.clone(),
+            log_json,
+            bundled_workflows: args.bundled_workflows,
+        })
+    }
+}
+
+/// The database path of a `DATABASE_URL` value.
+pub fn database_path(url: &str) -> Result<PathBuf, ConfigError> {
+    let path = url.strip_prefix("redb://").or_else(|| url.strip_prefix("file://")).unwrap_or(url);
+    if path.is_empty() {
+        return Err(bad("DATABASE_URL", "empty path"));
+    }
+    if path.contains("://") {
+        return Err(bad("DATABASE_URL", format!("{url:?}: only a file path (or redb://PATH) is supported")));
+    }
+    Ok(PathBuf::from(path))
+}
+
+fn normalize_backend_url(raw: &str) -> Result<String, ConfigError> {
+    let url = reqwest::Url::parse(raw).map_err(|e| bad("COMFYUI_URL", format!("{raw:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad("COMFYUI_URL", format!("{raw:?}: scheme must be http or https")));
+    }
+    if url.host_str().is_none() {
+        return Err(bad("COMFYUI_URL", format!("{raw:?}: no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("COMFYUI_URL", format!("{raw:?}: must not have a query or fragment")));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["t"];
+        all.extend_from_slice(args);
+        Config::from_args(&T::parse_from(all).serve)
+    }
+
+    #[test]
+    fn backends_are_split_and_normalized() {
+        let c = parse(&["--comfyui-url", "http://a:8188/, http://b:8189"]).unwrap();
+        assert_eq!(c.backend_urls, vec!["http://a:8188", "http://b:8189"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--comfyui-url", "ftp://x"], "COMFYUI_URL"),
+            (&["--comfyui-url", "http://a,http://a"], "COMFYUI_URL"),
+            (&["--max-concurrency", "0"], "MAX_CONCURRENCY"),
+            (&["--comfyui-timeout-ms", "0"], "COMFYUI_TIMEOUT_MS"),
+            (&["--log-format", "xml"], "LOG_FORMAT"),
+            (&["--database-url", "postgres://x"], "DATABASE_URL"),
+        ];
+        for (args, var) in cases {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.variable, *var, "{args:?}");
+            assert!(err.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn database_url_prefixes() {
+        assert_eq!(database_path("redb:///tmp/x.redb").unwrap(), PathBuf::from("/tmp/x.redb"));
+        assert_eq!(database_path("./d/g.redb").unwrap(), PathBuf::from("./d/g.redb"));
+    }
+}

@@ -1,0 +1,384 @@
+//! The scheduler: the gateway's own priority queue, dispatch to backends within their
+//! concurrency limits, and recovery of every job after a restart.
+//!
+//! In memory it holds only ids and counters; redb holds the truth, and [`Scheduler::start`]
+//! rebuilds everything from it: queued jobs go back into the queue in their durable order,
+//! running jobs get a runner that first reconciles with the backend (see [`runner`]).
+//!
+//! One dispatch loop pops the best queued job whenever a healthy backend has room and
+//! spawns its runner; handlers only commit and notify. Every task is spawned through one
+//! [`TaskTracker`] and stops on one [`CancellationToken`].
+
+pub mod backends;
+pub mod runner;
+pub mod state;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::comfy::client::ComfyClient;
+use crate::comfy::ws::WsHub;
+use crate::config::Config;
+use crate::domain::{Job, JobError, JobId, JobState, QueueKey, now_ms};
+use crate::error::{Error, ErrorCode, Result};
+use crate::store::Store;
+
+/// Live progress of a running job (memory only; milestones go to the event log).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    /// The node executing.
+    pub node: Option<String>,
+    /// Progress value within the node.
+    pub value: f64,
+    /// Maximum value within the node.
+    pub max: f64,
+}
+
+/// A backend as the scheduler sees it.
+#[derive(Debug)]
+pub struct Backend {
+    /// Its id: the base URL.
+    pub id: String,
+    /// HTTP client.
+    pub client: ComfyClient,
+    /// WebSocket event routing.
+    pub hub: Arc<WsHub>,
+    healthy: AtomicBool,
+    /// Wakes the backend's health task to re-probe now.
+    recheck: Notify,
+    info: Mutex<BackendInfo>,
+}
+
+/// What is known about a backend, for `/health`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BackendInfo {
+    /// ComfyUI version from `/system_stats`.
+    pub comfyui_version: Option<String>,
+    /// The last connection problem.
+    pub last_error: Option<String>,
+}
+
+/// A backend's state for status reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendStatus {
+    /// Base URL.
+    pub url: String,
+    /// Answered its last probe.
+    pub reachable: bool,
+    /// Prompts in flight.
+    pub in_flight: u32,
+    /// Version and last error.
+    pub info: BackendInfo,
+}
+
+impl Backend {
+    fn new(url: &str, http: reqwest::Client) -> Backend {
+        Backend {
+            id: url.to_string(),
+            client: ComfyClient::new(url, http),
+            hub: WsHub::new(),
+            healthy: AtomicBool::new(false),
+            recheck: Notify::new(),
+            info: Mutex::new(BackendInfo::default()),
+        }
+    }
+
+    /// Whether the backend answered its last probe.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// A request could not connect: stop dispatching here and re-probe.
+    pub fn mark_down(&self, reason: &str) {
+        if self.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!(backend = %self.id, reason, "backend marked down");
+        }
+        self.lock_info().last_error = Some(reason.to_string());
+        self.recheck.notify_one();
+    }
+
+    fn lock_info(&self) -> std::sync::MutexGuard<'_, BackendInfo> {
+        self.info.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Debug)]
+struct RunningJob {
+    backend: usize,
+    cancel: CancellationToken,
+    progress: Option<Progress>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Queued jobs in dispatch order.
+    queue: BTreeMap<QueueKey, JobId>,
+    /// Prompts in flight per backend (same index as `Shared::backends`).
+    in_flight: Vec<u32>,
+    running: HashMap<JobId, RunningJob>,
+}
+
+/// State shared by the dispatch loop, the backend tasks and the runners.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: Store,
+    pub(crate) config: Arc<Config>,
+    pub(crate) backends: Vec<Arc<Backend>>,
+    inner: Mutex<Inner>,
+    wake: Notify,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Pop the best queued job if a healthy backend has room; reserve that room.
+    fn take_next(&self) -> Option<(JobId, usize)> {
+        let mut inner = self.lock();
+        let (&key, &id) = inner.queue.first_key_value()?;
+        let limit = self.config.backend_concurrency_max;
+        let backend = (0..self.backends.len())
+            .filter(|&b| self.backends[b].is_healthy() && inner.in_flight[b] < limit)
+            .min_by_key(|&b| inner.in_flight[b])?;
+        inner.queue.remove(&key);
+        inner.in_flight[backend] += 1;
+        inner.running.insert(id, RunningJob { backend, cancel: self.shutdown.child_token(), progress: None });
+        Some((id, backend))
+    }
+
+    /// Reserve a backend slot for a job recovered as running.
+    fn adopt_running(&self, id: JobId, backend: usize) {
+        let mut inner = self.lock();
+        inner.in_flight[backend] += 1;
+        inner.running.insert(id, RunningJob { backend, cancel: self.shutdown.child_token(), progress: None });
+    }
+
+    /// The runner of `id` is done with its backend slot; `requeue` puts the job back.
+    pub(crate) fn release(&self, id: JobId, requeue: Option<QueueKey>) {
+        let mut inner = self.lock();
+        if let Some(run) = inner.running.remove(&id) {
+            inner.in_flight[run.backend] = inner.in_flight[run.backend].saturating_sub(1);
+        }
+        if let Some(key) = requeue {
+            inner.queue.insert(key, id);
+        }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn set_progress(&self, id: JobId, progress: Progress) {
+        if let Some(run) = self.lock().running.get_mut(&id) {
+            run.progress = Some(progress);
+        }
+    }
+
+    pub(crate) fn cancel_token(&self, id: JobId) -> Option<CancellationToken> {
+        self.lock().running.get(&id).map(|r| r.cancel.clone())
+    }
+
+    pub(crate) fn wake_dispatcher(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Live information about one job that only the scheduler knows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveStatus {
+    /// 0-based position in the gateway's queue, while queued.
+    pub queue_position: Option<usize>,
+    /// Progress, while running.
+    pub progress: Option<Progress>,
+}
+
+/// Handle to the running scheduler. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+impl Scheduler {
+    /// Rebuild state from the store, then start backend tasks, recovery runners and the
+    /// dispatch loop.
+    pub async fn start(store: Store, config: Arc<Config>) -> Result<Scheduler> {
+        let http = ComfyClient::http_pool();
+        let backends: Vec<Arc<Backend>> =
+            config.backend_urls.iter().map(|url| Arc::new(Backend::new(url, http.clone()))).collect();
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            inner: Mutex::new(Inner { in_flight: vec![0; backends.len()], ..Inner::default() }),
+            backends,
+            config,
+            wake: Notify::new(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        });
+
+        let queued = store.queued_jobs()?;
+        let running = store.running_jobs()?;
+        tracing::info!(queued = queued.len(), running = running.len(), "recovering from the store");
+        {
+            let mut inner = shared.lock();
+            for job in &queued {
+                assert_eq!(job.state, JobState::Queued, "queue index holds a job that is not queued");
+                inner.queue.insert(job.queue_key, job.id);
+            }
+        }
+        for job in running {
+            assert_eq!(job.state, JobState::Running, "running index holds a job that is not running");
+            let backend = job.backend.as_deref().and_then(|b| shared.backends.iter().position(|x| x.id == b));
+            match backend {
+                Some(b) => {
+                    shared.adopt_running(job.id, b);
+                    let s = shared.clone();
+                    shared.tasks.spawn(runner::recover(s, b, job));
+                }
+                None => {
+                    let error = JobError {
+                        code: ErrorCode::ComfyuiUnreachable,
+                        message: format!(
+                            "the job ran on backend {:?}, which is no longer configured; it cannot be reconciled",
+                            job.backend
+                        ),
+                        details_json: None,
+                    };
+                    let (job, log) = state::apply(&job, state::Event::Fail { error }, now_ms())
+                        .map_err(|e| Error::internal(e))?;
+                    store.update_job(job, log).await?;
+                }
+            }
+        }
+        for b in 0..shared.backends.len() {
+            shared.tasks.spawn(backends::health_loop(shared.clone(), b));
+        }
+        shared.tasks.spawn(dispatch_loop(shared.clone()));
+        Ok(Scheduler { shared })
+    }
+
+    /// Durably accept a new job (state `Queued`, `rank_ms` set by [`queue_rank`]) and queue it.
+    /// Returns the job as stored, after the commit.
+    pub async fn submit(&self, job: Job) -> Result<Job> {
+        assert_eq!(job.state, JobState::Queued);
+        let job = self.shared.store.insert_job(job, vec![crate::domain::JobEventKind::Queued]).await?;
+        self.shared.lock().queue.insert(job.queue_key, job.id);
+        self.shared.wake.notify_one();
+        Ok(job)
+    }
+
+    /// Cancel a job: a queued one at once, a running one by interrupting it on its backend.
+    /// Returns the job after the change (a running job is canceled by its runner shortly after).
+    pub async fn cancel(&self, id: JobId) -> Result<Job> {
+        let job = self.shared.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, "no such job"))?;
+        match job.state {
+            JobState::Queued => {
+                let removed = self.shared.lock().queue.remove(&job.queue_key).is_some();
+                if !removed {
+                    // Dispatched meanwhile: cancel it as a running job.
+                    return self.cancel_running(id).await;
+                }
+                let (job, log) = state::apply(&job, state::Event::Cancel { reason: "canceled by request".into() }, now_ms())
+                    .map_err(|e| Error::new(ErrorCode::Conflict, e.to_string()))?;
+                self.shared.store.update_job(job.clone(), log).await?;
+                Ok(job)
+            }
+            JobState::Running => self.cancel_running(id).await,
+            state => Err(Error::new(ErrorCode::Conflict, format!("the job is already {}", state.as_str()))),
+        }
+    }
+
+    async fn cancel_running(&self, id: JobId) -> Result<Job> {
+        if let Some(token) = self.shared.cancel_token(id) {
+            token.cancel();
+        }
+        // Give the runner a moment to interrupt and record it.
+        for _ in 0..100 {
+            let job = self.shared.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, "no such job"))?;
+            if job.state.is_terminal() {
+                return Ok(job);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.shared.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, "no such job"))
+    }
+
+    /// Queue position or progress of a job.
+    pub fn live_status(&self, id: JobId, queue_key: QueueKey) -> LiveStatus {
+        let inner = self.shared.lock();
+        let queue_position = inner.queue.contains_key(&queue_key).then(|| inner.queue.range(..queue_key).count());
+        let progress = inner.running.get(&id).and_then(|r| r.progress.clone());
+        LiveStatus { queue_position, progress }
+    }
+
+    /// Jobs waiting in the gateway's queue.
+    pub fn queue_depth(&self) -> usize {
+        self.shared.lock().queue.len()
+    }
+
+    /// Every backend's state.
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        let inner = self.shared.lock();
+        self.shared
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| BackendStatus {
+                url: b.id.clone(),
+                reachable: b.is_healthy(),
+                in_flight: inner.in_flight[i],
+                info: b.lock_info().clone(),
+            })
+            .collect()
+    }
+
+    /// Stop every task (running jobs stay `running` in the store and are reconciled at the
+    /// next start) and wait for them.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancel();
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+    }
+}
+
+/// The durable queue rank of a job created at `created_ms` with `priority`.
+pub fn queue_rank(created_ms: u64, priority: i32, aging_ms: u64) -> i64 {
+    (created_ms as i64).saturating_sub((priority as i64).saturating_mul(aging_ms as i64))
+}
+
+async fn dispatch_loop(shared: Arc<Shared>) {
+    loop {
+        while let Some((id, backend)) = shared.take_next() {
+            shared.tasks.spawn(runner::dispatch(shared.clone(), backend, id));
+        }
+        tokio::select! {
+            _ = shared.wake.notified() => {}
+            _ = shared.shutdown.cancelled() => return,
+            // Backends coming back wake us too; this is only a safety net.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queue_rank;
+
+    #[test]
+    fn priority_then_fifo_then_aging() {
+        let aging = 60_000;
+        let high_late = queue_rank(10_000, 1, aging);
+        let normal_early = queue_rank(1_000, 0, aging);
+        assert!(high_late < normal_early, "high priority runs first");
+        assert!(queue_rank(1_000, 0, aging) < queue_rank(2_000, 0, aging), "FIFO within a priority");
+        let low_old = queue_rank(0, -1, aging);
+        let high_new = queue_rank(2 * aging + 1, 1, aging);
+        assert!(low_old < high_new, "a low job that waited two aging periods overtakes new high work");
+    }
+}

@@ -1,0 +1,459 @@
+//! One job's life on its backend, as a small loop over phases:
+//!
+//! ```text
+//! dispatch ─▶ Submit ─▶ Wait ─▶ Collect ─▶ (succeeded | failed | canceled)
+//!               │  ▲      │        ▲
+//!   refused ◀───┘  │      ▼        │
+//!   (requeue)      └─ Reconcile ───┘   recover() starts here
+//! ```
+//!
+//! Exactly-once: the dispatch record (backend, prompt_id = job id, attempt) is committed
+//! before `POST /prompt`. Whenever the runner cannot be sure what the backend did (a
+//! restart of the gateway, a dropped WebSocket, an ambiguous HTTP failure) it reconciles:
+//! `/queue` first, then `/history/{id}` (in that order, since ComfyUI moves a prompt from
+//! the queue to the history atomically): still there → wait for it; finished → collect;
+//! unknown twice in a row → ComfyUI lost it, so submit again with the same prompt_id,
+//! counted as an attempt, up to `MAX_ATTEMPTS`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::state::{self, Event};
+use super::{Backend, Progress, Shared};
+use crate::comfy::client::ComfyError;
+use crate::comfy::protocol::{self, HistoryEntry, Outcome, OutputFile};
+use crate::comfy::ws::{Signal, Subscription};
+use crate::domain::{Job, JobError, JobEventKind, JobId, JobState, OutputRef, QueueKey, now_ms};
+use crate::error::ErrorCode;
+use crate::store::NewBlob;
+
+/// Poll interval for a job whose events arrive over the WebSocket (a safety net only).
+const POLL_WITH_WS: Duration = Duration::from_secs(5);
+/// Delay before the second look at a prompt the backend did not know.
+const RECONCILE_GRACE: Duration = Duration::from_millis(300);
+/// Longest delay between attempts to reach a down backend while reconciling.
+const RECONCILE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Minimum time between two progress entries in the durable event log.
+const PROGRESS_LOG_INTERVAL: Duration = Duration::from_millis(500);
+
+enum Phase {
+    Submit,
+    Wait,
+    Reconcile,
+    Fetch,
+    Collect(HistoryEntry),
+}
+
+enum Exit {
+    /// The job reached a terminal state (or was left for recovery after a store error).
+    Finished,
+    /// Put the job back in the queue.
+    Requeue(QueueKey),
+    /// The gateway is stopping; the job stays `running` for the next start.
+    Shutdown,
+}
+
+struct Run {
+    shared: Arc<Shared>,
+    backend: Arc<Backend>,
+    job: Job,
+    sub: Subscription,
+    cancel: CancellationToken,
+    deadline: Instant,
+    next_poll: Instant,
+    last_progress_log: Option<Instant>,
+}
+
+/// Start a freshly dispatched job: commit the dispatch record, then submit.
+pub(crate) async fn dispatch(shared: Arc<Shared>, b: usize, id: JobId) {
+    let backend = shared.backends[b].clone();
+    let job = match shared.store.get_job(id) {
+        Ok(Some(job)) if job.state == JobState::Queued => job,
+        Ok(_) => return shared.release(id, None), // canceled or gone meanwhile
+        Err(e) => {
+            tracing::error!(job = %id, error = %e, "cannot read a job to dispatch; it stays queued");
+            return shared.release(id, None);
+        }
+    };
+    let cancel = shared.cancel_token(id).unwrap_or_else(|| shared.shutdown.child_token());
+    let sub = backend.hub.subscribe(&id.to_string());
+    let client_id = backend.hub.client_id().unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple()));
+    let queue_key = job.queue_key;
+    let mut run = Run::new(shared.clone(), backend.clone(), job, sub, cancel);
+    let event = if run.cancel.is_cancelled() && !shared.shutdown.is_cancelled() {
+        Event::Cancel { reason: "canceled by request".into() }
+    } else {
+        Event::Dispatch { backend: backend.id.clone(), client_id }
+    };
+    let canceled = matches!(event, Event::Cancel { .. });
+    if !run.commit(event).await {
+        // Not recorded: the job is still queued in the store; keep it queued in memory.
+        return shared.release(id, Some(queue_key));
+    }
+    if canceled {
+        return shared.release(id, None);
+    }
+    run.drive(Phase::Submit).await;
+}
+
+/// Resume a job found `running` in the store at start-up: reconcile first.
+pub(crate) async fn recover(shared: Arc<Shared>, b: usize, job: Job) {
+    let backend = shared.backends[b].clone();
+    let id = job.id;
+    let sub = backend.hub.subscribe(&id.to_string());
+    let cancel = shared.cancel_token(id).unwrap_or_else(|| shared.shutdown.child_token());
+    Run::new(shared, backend, job, sub, cancel).drive(Phase::Reconcile).await;
+}
+
+impl Run {
+    fn new(shared: Arc<Shared>, backend: Arc<Backend>, job: Job, sub: Subscription, cancel: CancellationToken) -> Run {
+        let deadline = Instant::now() + Duration::from_millis(shared.config.comfyui_timeout_ms);
+        Run { shared, backend, job, sub, cancel, deadline, next_poll: Instant::now(), last_progress_log: None }
+    }
+
+    fn id(&self) -> JobId {
+        self.job.id
+    }
+
+    fn restart_deadline(&mut self) {
+        self.deadline = Instant::now() + Duration::from_millis(self.shared.config.comfyui_timeout_ms);
+    }
+
+    /// Whether events of this prompt reach us over the live WebSocket.
+    fn ws_mode(&self) -> bool {
+        let live = self.backend.hub.client_id();
+        live.is_some() && live == self.job.client_id
+    }
+
+    async fn drive(mut self, mut phase: Phase) {
+        let exit = loop {
+            let step = match phase {
+                Phase::Submit => self.submit().await,
+                Phase::Wait => self.wait().await,
+                Phase::Reconcile => self.reconcile().await,
+                Phase::Fetch => self.fetch().await,
+                Phase::Collect(entry) => self.collect(entry).await,
+            };
+            match step {
+                Ok(next) => phase = next,
+                Err(exit) => break exit,
+            }
+        };
+        let id = self.id();
+        match exit {
+            Exit::Finished | Exit::Shutdown => self.shared.release(id, None),
+            Exit::Requeue(key) => self.shared.release(id, Some(key)),
+        }
+    }
+
+    /// Apply an event and commit it; false (logged) if the store refused.
+    async fn commit(&mut self, event: Event) -> bool {
+        self.commit_with(event, Vec::new()).await
+    }
+
+    async fn commit_with(&mut self, event: Event, blobs: Vec<NewBlob>) -> bool {
+        let (next, log) = match state::apply(&self.job, event, now_ms()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(job = %self.id(), error = %e, "refused transition");
+                return false;
+            }
+        };
+        let result = if blobs.is_empty() && next.state != JobState::Succeeded {
+            self.shared.store.update_job(next.clone(), log).await
+        } else {
+            self.shared.store.complete_job(next.clone(), blobs, log).await
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(job = %next.id, state = next.state.as_str(), attempt = next.n_attempts, "job state");
+                self.job = next;
+                true
+            }
+            Err(e) => {
+                tracing::error!(job = %self.id(), error = %e, "cannot record a job transition; it will be reconciled at the next start");
+                false
+            }
+        }
+    }
+
+    async fn finish(&mut self, event: Event) -> Result<Phase, Exit> {
+        self.commit(event).await;
+        Err(Exit::Finished)
+    }
+
+    async fn fail(&mut self, code: ErrorCode, message: String, details: Option<serde_json::Value>) -> Result<Phase, Exit> {
+        let details_json = details.map(|d| d.to_string());
+        self.finish(Event::Fail { error: JobError { code, message, details_json } }).await
+    }
+
+    async fn submit(&mut self) -> Result<Phase, Exit> {
+        let id = self.id().to_string();
+        let client_id = self.job.client_id.clone().unwrap_or_default();
+        let result = tokio::select! {
+            r = self.backend.client.submit(&self.job.prompt_json, &id, &client_id) => r,
+            _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
+        };
+        match result {
+            Ok(()) => {
+                self.restart_deadline();
+                self.next_poll = Instant::now() + self.poll_interval();
+                Ok(Phase::Wait)
+            }
+            Err(ComfyError::Rejected { message, details }) => {
+                self.fail(ErrorCode::ComfyuiNodeError, format!("ComfyUI rejected the prompt: {message}"), Some(details))
+                    .await
+            }
+            Err(ComfyError::Connect(reason)) => {
+                // Certainly not received: back to the queue without counting an attempt.
+                self.backend.mark_down(&reason);
+                let key = self.job.queue_key;
+                if self.commit(Event::Requeue { reason: format!("backend unreachable: {reason}") }).await {
+                    Err(Exit::Requeue(key))
+                } else {
+                    Err(Exit::Finished)
+                }
+            }
+            Err(other) => {
+                tracing::warn!(job = %id, error = %other, "submit outcome unknown; reconciling");
+                Ok(Phase::Reconcile)
+            }
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        if self.ws_mode() { POLL_WITH_WS } else { Duration::from_millis(self.shared.config.poll_interval_ms) }
+    }
+
+    async fn wait(&mut self) -> Result<Phase, Exit> {
+        tokio::select! {
+            signal = self.sub.rx.recv() => match signal {
+                Some(Signal::Started) => {
+                    self.restart_deadline();
+                    Ok(Phase::Wait)
+                }
+                Some(Signal::NodeStarted { node }) => {
+                    self.progress(Progress { node: Some(node), value: 0.0, max: 0.0 }).await;
+                    Ok(Phase::Wait)
+                }
+                Some(Signal::Progress { node, value, max }) => {
+                    self.progress(Progress { node, value, max }).await;
+                    Ok(Phase::Wait)
+                }
+                Some(Signal::Done) => Ok(Phase::Fetch),
+                Some(Signal::Disconnected) | None => Ok(Phase::Reconcile),
+            },
+            _ = tokio::time::sleep_until(self.next_poll) => {
+                self.next_poll = Instant::now() + self.poll_interval();
+                let id = self.id().to_string();
+                if self.ws_mode() {
+                    return match self.backend.client.history(&id).await {
+                        Ok(Some(entry)) => Ok(Phase::Collect(entry)),
+                        Ok(None) => Ok(Phase::Wait),
+                        Err(e) if e.is_unreachable() => Ok(Phase::Reconcile),
+                        Err(e) => {
+                            tracing::warn!(job = %id, error = %e, "history poll failed");
+                            Ok(Phase::Wait)
+                        }
+                    };
+                }
+                // Without events a prompt can also vanish silently (backend restarted).
+                match self.look(&id).await {
+                    Ok(Seen::Queued) => Ok(Phase::Wait),
+                    Ok(Seen::Finished(entry)) => Ok(Phase::Collect(entry)),
+                    Ok(Seen::Unknown) | Err(_) => Ok(Phase::Reconcile),
+                }
+            },
+            _ = tokio::time::sleep_until(self.deadline) => self.time_out().await,
+            _ = self.cancel.cancelled() => self.canceled().await,
+        }
+    }
+
+    async fn progress(&mut self, progress: Progress) {
+        self.shared.set_progress(self.id(), progress.clone());
+        let due = self.last_progress_log.is_none_or(|t| t.elapsed() >= PROGRESS_LOG_INTERVAL);
+        if due {
+            self.last_progress_log = Some(Instant::now());
+            let event = JobEventKind::Progress {
+                node: progress.node.unwrap_or_default(),
+                value: progress.value,
+                max: progress.max,
+            };
+            if let Err(e) = self.shared.store.append_events(self.id(), vec![event]).await {
+                tracing::warn!(job = %self.id(), error = %e, "cannot log progress");
+            }
+        }
+    }
+
+    async fn time_out(&mut self) -> Result<Phase, Exit> {
+        let _ = self.backend.client.cancel(&self.id().to_string()).await;
+        let limit = self.shared.config.comfyui_timeout_ms;
+        self.fail(
+            ErrorCode::ComfyuiTimeout,
+            format!("execution took longer than COMFYUI_TIMEOUT_MS ({limit} ms); the prompt was interrupted"),
+            None,
+        )
+        .await
+    }
+
+    async fn canceled(&mut self) -> Result<Phase, Exit> {
+        if self.shared.shutdown.is_cancelled() {
+            return Err(Exit::Shutdown);
+        }
+        if let Err(e) = self.backend.client.cancel(&self.id().to_string()).await {
+            tracing::warn!(job = %self.id(), error = %e, "cannot interrupt a canceled job on its backend");
+        }
+        self.finish(Event::Cancel { reason: "canceled by request".into() }).await
+    }
+
+    /// Read the history after the WebSocket said the prompt finished.
+    async fn fetch(&mut self) -> Result<Phase, Exit> {
+        let id = self.id().to_string();
+        for _ in 0..10 {
+            match self.backend.client.history(&id).await {
+                Ok(Some(entry)) => return Ok(Phase::Collect(entry)),
+                Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => return Ok(Phase::Reconcile),
+            }
+        }
+        Ok(Phase::Wait)
+    }
+
+    /// Find out what the backend knows of this prompt.
+    async fn reconcile(&mut self) -> Result<Phase, Exit> {
+        let id = self.id().to_string();
+        let mut backoff = Duration::from_millis(100);
+        let mut looked_twice = false;
+        loop {
+            let seen = match self.look(&id).await {
+                Ok(seen) => seen,
+                Err(reason) => {
+                    if Instant::now() >= self.deadline {
+                        let message = format!("backend unreachable for longer than the job's time limit: {reason}");
+                        return self.fail(ErrorCode::ComfyuiUnreachable, message, None).await;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.cancel.cancelled() => return self.canceled().await,
+                    }
+                    backoff = (backoff * 2).min(RECONCILE_BACKOFF_MAX);
+                    continue;
+                }
+            };
+            match seen {
+                Seen::Queued => {
+                    self.commit(Event::Reattach { found: "in the backend's queue".into() }).await;
+                    self.next_poll = Instant::now() + self.poll_interval();
+                    return Ok(Phase::Wait);
+                }
+                Seen::Finished(entry) => return Ok(Phase::Collect(entry)),
+                Seen::Unknown if !looked_twice => {
+                    // A POST still in flight when we looked could land now: look once more.
+                    looked_twice = true;
+                    tokio::time::sleep(RECONCILE_GRACE).await;
+                }
+                Seen::Unknown => return self.resubmit().await,
+            }
+        }
+    }
+
+    async fn look(&self, id: &str) -> Result<Seen, String> {
+        let client = &self.backend.client;
+        let queue = client.queue().await.map_err(|e| e.to_string())?;
+        if queue.contains(id) {
+            return Ok(Seen::Queued);
+        }
+        match client.history(id).await.map_err(|e| e.to_string())? {
+            Some(entry) => Ok(Seen::Finished(entry)),
+            None => Ok(Seen::Unknown),
+        }
+    }
+
+    async fn resubmit(&mut self) -> Result<Phase, Exit> {
+        let max = self.shared.config.attempts_max;
+        if self.job.n_attempts >= max {
+            let message = format!("the backend lost the job {max} times (restarts or outages); giving up");
+            return self.fail(ErrorCode::ComfyuiUnreachable, message, None).await;
+        }
+        let client_id = self.backend.hub.client_id().unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple()));
+        let reason = "the backend no longer knows the prompt (restarted?)".to_string();
+        if !self.commit(Event::Resubmit { client_id, reason }).await {
+            return Err(Exit::Finished);
+        }
+        // Events that were queued for the old submission are stale now.
+        while self.sub.rx.try_recv().is_ok() {}
+        Ok(Phase::Submit)
+    }
+
+    async fn collect(&mut self, entry: HistoryEntry) -> Result<Phase, Exit> {
+        match entry.outcome {
+            Outcome::Success => self.store_outputs(entry.files).await,
+            Outcome::Error(e) => self.fail(e.code(), e.summary(), Some(e.details())).await,
+            Outcome::Interrupted => self.finish(Event::Cancel { reason: "interrupted on ComfyUI".into() }).await,
+        }
+    }
+
+    async fn store_outputs(&mut self, files: Vec<OutputFile>) -> Result<Phase, Exit> {
+        let has_outputs = files.iter().any(|f| f.folder_type == "output");
+        let wanted: Vec<OutputFile> =
+            files.into_iter().filter(|f| !has_outputs || f.folder_type == "output").collect();
+        if wanted.is_empty() {
+            let message = "ComfyUI reported success but listed no output files".to_string();
+            return self.fail(ErrorCode::ComfyuiNodeError, message, None).await;
+        }
+        let mut outputs = Vec::with_capacity(wanted.len());
+        let mut blobs: Vec<NewBlob> = Vec::with_capacity(wanted.len());
+        for file in &wanted {
+            let bytes = tokio::select! {
+                r = self.backend.client.view(file) => r,
+                _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
+            };
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) if e.is_unreachable() => return Ok(Phase::Reconcile),
+                Err(e) => {
+                    let message = format!("output {} could not be downloaded: {e}", file.filename);
+                    return self.fail(ErrorCode::ComfyuiNodeError, message, None).await;
+                }
+            };
+            let hash = *blake3::hash(&bytes).as_bytes();
+            let media_type = protocol::media_type_of(&file.filename).to_string();
+            let name = unique_name(&outputs, file);
+            outputs.push(OutputRef {
+                name,
+                node_id: file.node_id.clone(),
+                media_type: media_type.clone(),
+                size_bytes: bytes.len() as u64,
+                hash,
+            });
+            if !blobs.iter().any(|b| b.hash == hash) {
+                blobs.push(NewBlob { hash, media_type, bytes });
+            }
+        }
+        self.commit_with(Event::Succeed { outputs }, blobs).await;
+        Err(Exit::Finished)
+    }
+}
+
+enum Seen {
+    Queued,
+    Finished(HistoryEntry),
+    Unknown,
+}
+
+/// A URL-safe file name for an output, unique within the job.
+fn unique_name(taken: &[OutputRef], file: &OutputFile) -> String {
+    let clean: String = file
+        .filename
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' })
+        .collect();
+    let clean = if clean.is_empty() || clean.starts_with('.') { format!("output{clean}") } else { clean };
+    if !taken.iter().any(|o| o.name == clean) {
+        return clean;
+    }
+    (2..).map(|n| format!("{n}_{clean}")).find(|c| !taken.iter().any(|o| &o.name == c)).unwrap_or(clean)
+}

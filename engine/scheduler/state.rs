@@ -1,0 +1,220 @@
+//! The job state machine: a pure function from (job, event) to the next job and the
+//! log entries to append. No IO, no clock (time is an argument), so every transition is
+//! testable in isolation and the driver only does the IO around it.
+//!
+//! ```text
+//! queued ──dispatch──▶ running ──succeed──▶ succeeded
+//!   ▲  │                │ │ └──fail──────▶ failed
+//!   │  └─cancel/fail─┐  │ └────cancel────▶ canceled
+//!   └────requeue─────┼──┘  (resubmit: running ▶ running, attempt + 1)
+//!                    ▼
+//!             failed | canceled
+//! ```
+
+use crate::domain::{Job, JobError, JobEventKind, JobState, OutputRef};
+use crate::error::ErrorCode;
+
+/// Something that happens to a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Hand the job to a backend (committed before the POST /prompt).
+    Dispatch {
+        /// Backend id.
+        backend: String,
+        /// WebSocket clientId the prompt will be submitted under.
+        client_id: String,
+    },
+    /// The backend certainly never received it: back to the queue, attempt not counted.
+    Requeue {
+        /// Why.
+        reason: String,
+    },
+    /// The backend lost it: submit again with the same prompt_id, counted as an attempt.
+    Resubmit {
+        /// WebSocket clientId of the new submission.
+        client_id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Found on the backend during reconciliation.
+    Reattach {
+        /// What was found.
+        found: String,
+    },
+    /// Finished with stored outputs.
+    Succeed {
+        /// The outputs.
+        outputs: Vec<OutputRef>,
+    },
+    /// Finished with an error.
+    Fail {
+        /// Why.
+        error: JobError,
+    },
+    /// Canceled.
+    Cancel {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A transition that is not allowed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("job in state {from:?} cannot take {event}")]
+pub struct TransitionError {
+    /// The state the job was in.
+    pub from: JobState,
+    /// The event's name.
+    pub event: &'static str,
+}
+
+impl Event {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Dispatch { .. } => "dispatch",
+            Event::Requeue { .. } => "requeue",
+            Event::Resubmit { .. } => "resubmit",
+            Event::Reattach { .. } => "reattach",
+            Event::Succeed { .. } => "succeed",
+            Event::Fail { .. } => "fail",
+            Event::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+/// Apply `event` to `job` at time `now_ms`: the next job and the log entries to append.
+pub fn apply(job: &Job, event: Event, now_ms: u64) -> Result<(Job, Vec<JobEventKind>), TransitionError> {
+    use JobState::*;
+    let refuse = |event: &Event| TransitionError { from: job.state, event: event.name() };
+    let mut next = job.clone();
+    next.updated_ms = now_ms;
+    let log = match (job.state, event) {
+        (Queued, Event::Dispatch { backend, client_id }) => {
+            next.state = Running;
+            next.n_attempts += 1;
+            next.backend = Some(backend.clone());
+            next.client_id = Some(client_id);
+            next.started_ms.get_or_insert(now_ms);
+            vec![JobEventKind::Dispatched { backend, attempt: next.n_attempts }]
+        }
+        (Running, Event::Requeue { reason }) => {
+            next.state = Queued;
+            next.n_attempts = next.n_attempts.saturating_sub(1);
+            next.backend = None;
+            next.client_id = None;
+            vec![JobEventKind::Requeued { reason }]
+        }
+        (Running, Event::Resubmit { client_id, reason }) => {
+            next.n_attempts += 1;
+            next.client_id = Some(client_id);
+            let backend = next.backend.clone().unwrap_or_default();
+            vec![JobEventKind::Requeued { reason }, JobEventKind::Dispatched { backend, attempt: next.n_attempts }]
+        }
+        (Running, Event::Reattach { found }) => vec![JobEventKind::Reattached { found }],
+        (Running, Event::Succeed { outputs }) => {
+            next.state = Succeeded;
+            next.finished_ms = Some(now_ms);
+            let n_outputs = outputs.len() as u32;
+            next.outputs = outputs;
+            vec![JobEventKind::Succeeded { n_outputs }]
+        }
+        (Queued | Running, Event::Fail { error }) => {
+            next.state = Failed;
+            next.finished_ms = Some(now_ms);
+            let log = JobEventKind::Failed { code: error.code, message: error.message.clone() };
+            next.error = Some(error);
+            vec![log]
+        }
+        (Queued | Running, Event::Cancel { reason }) => {
+            next.state = Canceled;
+            next.finished_ms = Some(now_ms);
+            next.error = Some(JobError { code: ErrorCode::Conflict, message: reason.clone(), details_json: None });
+            vec![JobEventKind::Canceled { reason }]
+        }
+        (_, event) => return Err(refuse(&event)),
+    };
+    Ok((next, log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::QueueKey;
+
+    fn job() -> Job {
+        Job {
+            id: uuid::Uuid::nil(),
+            workflow_id: "w".into(),
+            workflow_version: 1,
+            inputs_json: "{}".into(),
+            prompt_json: "{}".into(),
+            priority: 0,
+            queue_key: QueueKey { rank_ms: 0, seq: 1 },
+            state: JobState::Queued,
+            n_attempts: 0,
+            backend: None,
+            client_id: None,
+            error: None,
+            outputs: vec![],
+            seed: None,
+            metadata_json: None,
+            callback_url: None,
+            cached: false,
+            created_ms: 1,
+            started_ms: None,
+            finished_ms: None,
+            updated_ms: 1,
+        }
+    }
+
+    fn dispatch() -> Event {
+        Event::Dispatch { backend: "b".into(), client_id: "c".into() }
+    }
+
+    #[test]
+    fn happy_path() {
+        let (j, log) = apply(&job(), dispatch(), 10).unwrap();
+        assert_eq!((j.state, j.n_attempts, j.started_ms), (JobState::Running, 1, Some(10)));
+        assert_eq!(log, vec![JobEventKind::Dispatched { backend: "b".into(), attempt: 1 }]);
+        let (j, _) = apply(&j, Event::Succeed { outputs: vec![] }, 20).unwrap();
+        assert_eq!((j.state, j.finished_ms), (JobState::Succeeded, Some(20)));
+    }
+
+    #[test]
+    fn requeue_does_not_count_an_attempt_but_resubmit_does() {
+        let (j, _) = apply(&job(), dispatch(), 10).unwrap();
+        let (j, _) = apply(&j, Event::Requeue { reason: "refused".into() }, 11).unwrap();
+        assert_eq!((j.state, j.n_attempts, j.backend.as_deref()), (JobState::Queued, 0, None));
+        assert_eq!(j.started_ms, Some(10), "first start time is kept");
+        let (j, _) = apply(&j, dispatch(), 12).unwrap();
+        let (j, _) = apply(&j, Event::Resubmit { client_id: "d".into(), reason: "lost".into() }, 13).unwrap();
+        assert_eq!((j.state, j.n_attempts, j.client_id.as_deref()), (JobState::Running, 2, Some("d")));
+    }
+
+    #[test]
+    fn terminal_states_take_nothing() {
+        let (running, _) = apply(&job(), dispatch(), 1).unwrap();
+        let ends = [
+            Event::Succeed { outputs: vec![] },
+            Event::Fail { error: JobError { code: ErrorCode::ComfyuiOom, message: "m".into(), details_json: None } },
+            Event::Cancel { reason: "r".into() },
+        ];
+        for end in ends {
+            let (done, _) = apply(&running, end, 2).unwrap();
+            assert!(done.state.is_terminal());
+            for e in [dispatch(), Event::Cancel { reason: "x".into() }, Event::Requeue { reason: "x".into() }] {
+                let err = apply(&done, e, 3).unwrap_err();
+                assert_eq!(err.from, done.state);
+            }
+        }
+    }
+
+    #[test]
+    fn queued_cannot_succeed_or_resubmit() {
+        assert!(apply(&job(), Event::Succeed { outputs: vec![] }, 1).is_err());
+        assert!(apply(&job(), Event::Resubmit { client_id: "c".into(), reason: "r".into() }, 1).is_err());
+        assert!(apply(&job(), Event::Requeue { reason: "r".into() }, 1).is_err());
+        let (j, _) = apply(&job(), Event::Cancel { reason: "user".into() }, 1).unwrap();
+        assert_eq!(j.state, JobState::Canceled);
+    }
+}

@@ -1,0 +1,286 @@
+//! The application service: the gateway's operations (submit a job, register a
+//! workflow, read jobs and outputs) in domain terms, shared by the API and the CLI.
+//! It owns the store, the scheduler and the cache of compiled workflows; it knows
+//! nothing of HTTP.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+use crate::domain::{Hash, Job, JobId, JobState, QueueKey, WorkflowRecord, now_ms};
+use crate::error::{Error, ErrorCode, Result};
+use crate::scheduler::{Scheduler, queue_rank};
+use crate::store::Store;
+use crate::workflows::{self, CompiledWorkflow, FieldError, Limits, WorkflowError};
+
+/// A request to run a workflow.
+#[derive(Debug, Clone)]
+pub struct SubmitRequest {
+    /// Which workflow.
+    pub workflow_id: String,
+    /// Its inputs (a JSON object).
+    pub inputs: Value,
+    /// Priority level: higher runs first.
+    pub priority: i32,
+    /// Client metadata.
+    pub metadata: Option<Value>,
+    /// Completion callback URL.
+    pub callback_url: Option<String>,
+}
+
+/// A workflow definition to register or update.
+#[derive(Debug, Clone)]
+pub struct WorkflowDefinition {
+    /// Id.
+    pub id: String,
+    /// Display name (defaults to the id).
+    pub name: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// API-format template.
+    pub template: Value,
+    /// Input JSON Schema.
+    pub input_schema: Option<Value>,
+    /// Default inputs.
+    pub defaults: Option<Map<String, Value>>,
+}
+
+/// Highest and lowest priority level accepted.
+pub const PRIORITY_MAX: i32 = 100;
+
+/// The gateway's operations.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// The durable store.
+    pub store: Store,
+    /// The scheduler.
+    pub scheduler: Scheduler,
+    /// The configuration.
+    pub config: Arc<Config>,
+    /// Registered workflows.
+    pub registry: Registry,
+}
+
+/// Registered workflows: the store's records plus a cache of compiled ones.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    store: Store,
+    compiled: Arc<Mutex<HashMap<(String, u32), CompiledWorkflow>>>,
+}
+
+impl Gateway {
+    /// Open the store, register bundled workflows if asked, start the scheduler.
+    pub async fn start(config: Arc<Config>) -> Result<Gateway> {
+        let store = Store::open(&config.database_path)
+            .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot open {}: {e}", config.database_path.display())))?;
+        if config.bundled_workflows {
+            register_bundled(&store).await?;
+        }
+        let scheduler = Scheduler::start(store.clone(), config.clone()).await?;
+        Ok(Gateway { registry: Registry::new(store.clone()), store, scheduler, config })
+    }
+
+    /// Stop the scheduler and close the store.
+    pub async fn shutdown(&self) {
+        self.scheduler.shutdown().await;
+        self.store.close().await;
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { image_size_max: self.config.image_size_max, batch_size_max: self.config.batch_size_max }
+    }
+
+    /// Validate, render and durably queue a job. Returns after the commit.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<Job> {
+        if !(-PRIORITY_MAX..=PRIORITY_MAX).contains(&req.priority) {
+            return Err(Error::validation("/priority", format!("must be between -{PRIORITY_MAX} and {PRIORITY_MAX}")));
+        }
+        let rec = self.store.get_workflow(&req.workflow_id)?.ok_or_else(|| {
+            Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {:?}", req.workflow_id))
+        })?;
+        let compiled = self.registry.compiled(&rec)?;
+        let prepared =
+            compiled.prepare(&req.inputs, &self.limits(), &mut rand::rng()).map_err(|e| workflow_error("/inputs", e))?;
+        let created_ms = now_ms();
+        let job = Job {
+            id: uuid::Uuid::new_v4(),
+            workflow_id: rec.id,
+            workflow_version: rec.version,
+            inputs_json: Value::Object(prepared.inputs).to_string(),
+            prompt_json: prepared.prompt.to_string(),
+            priority: req.priority,
+            queue_key: QueueKey { rank_ms: queue_rank(created_ms, req.priority, self.config.queue_aging_ms), seq: 0 },
+            state: JobState::Queued,
+            n_attempts: 0,
+            backend: None,
+            client_id: None,
+            error: None,
+            outputs: Vec::new(),
+            seed: prepared.seed,
+            metadata_json: req.metadata.map(|m| m.to_string()),
+            callback_url: req.callback_url,
+            cached: false,
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+            updated_ms: created_ms,
+        };
+        self.scheduler.submit(job).await
+    }
+
+    /// A job by id.
+    pub fn job(&self, id: JobId) -> Result<Job> {
+        self.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, format!("no job with id {id}")))
+    }
+
+    /// An output's bytes by job and file name, with its media type and hash.
+    pub fn output(&self, id: JobId, name: &str) -> Result<(crate::domain::OutputRef, Vec<u8>)> {
+        let job = self.job(id)?;
+        let output = job
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .cloned()
+            .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("job {id} has no output named {name:?}")))?;
+        let bytes = self.blob(&output.hash)?;
+        Ok((output, bytes))
+    }
+
+    fn blob(&self, hash: &Hash) -> Result<Vec<u8>> {
+        self.store
+            .read_blob(hash)?
+            .ok_or_else(|| Error::internal(format!("blob {} is referenced but missing", crate::domain::hash_hex(hash))))
+    }
+
+}
+
+impl Registry {
+    /// A registry over `store`.
+    pub fn new(store: Store) -> Registry {
+        Registry { store, compiled: Arc::default() }
+    }
+
+    /// The compiled form of a stored workflow version (cached).
+    pub fn compiled(&self, rec: &WorkflowRecord) -> Result<CompiledWorkflow> {
+        let key = (rec.id.clone(), rec.version);
+        if let Some(c) = self.compiled.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(c.clone());
+        }
+        let compiled = compile_record(rec).map_err(|e| {
+            Error::internal(format!("stored workflow {} v{} no longer compiles: {e:?}", rec.id, rec.version))
+        })?;
+        self.compiled.lock().unwrap_or_else(|p| p.into_inner()).insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Register a new workflow (error if the id exists) or, with `replace`, a new version.
+    pub async fn put_workflow(&self, def: WorkflowDefinition, replace: bool) -> Result<WorkflowRecord> {
+        validate_workflow_id(&def.id)?;
+        let exists = self.store.get_workflow(&def.id)?.is_some();
+        if exists && !replace {
+            return Err(Error::new(ErrorCode::Conflict, format!("workflow {:?} exists; use PUT to update it", def.id)));
+        }
+        if !exists && replace {
+            return Err(Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {:?}", def.id)));
+        }
+        CompiledWorkflow::compile(&def.template, def.input_schema.as_ref(), def.defaults.as_ref())
+            .map_err(|e| workflow_error("", e))?;
+        let rec = WorkflowRecord {
+            name: def.name.unwrap_or_else(|| def.id.clone()),
+            id: def.id,
+            version: 0,
+            description: def.description.unwrap_or_default(),
+            template_json: def.template.to_string(),
+            schema_json: def.input_schema.map(|s| s.to_string()),
+            defaults_json: def.defaults.map(|d| Value::Object(d).to_string()),
+            created_ms: now_ms(),
+        };
+        Ok(self.store.put_workflow(rec).await?)
+    }
+
+    /// Remove a workflow.
+    pub async fn delete_workflow(&self, id: &str) -> Result<()> {
+        if self.store.delete_workflow(id).await? {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {id:?}")))
+        }
+    }
+
+    /// A workflow with its effective input schema.
+    pub fn workflow(&self, id: &str) -> Result<(WorkflowRecord, Value)> {
+        let rec = self
+            .store
+            .get_workflow(id)?
+            .ok_or_else(|| Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {id:?}")))?;
+        let schema = self.compiled(&rec)?.input_schema().clone();
+        Ok((rec, schema))
+    }
+
+    /// Every workflow.
+    pub fn workflows(&self) -> Result<Vec<WorkflowRecord>> {
+        Ok(self.store.list_workflows()?)
+    }
+}
+
+/// Compile a stored workflow record.
+pub fn compile_record(rec: &WorkflowRecord) -> Result<CompiledWorkflow, WorkflowError> {
+    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
+    let template = parse(&rec.template_json);
+    let schema = rec.schema_json.as_deref().map(parse);
+    let defaults = rec.defaults_json.as_deref().map(parse).and_then(|d| d.as_object().cloned());
+    CompiledWorkflow::compile(&template, schema.as_ref(), defaults.as_ref())
+}
+
+/// Register each bundled workflow whose id was never registered.
+pub async fn register_bundled(store: &Store) -> Result<()> {
+    for b in workflows::bundled::all() {
+        let rec = WorkflowRecord {
+            id: b.id.to_string(),
+            version: 0,
+            name: b.name.to_string(),
+            description: b.description.to_string(),
+            template_json: b.template.to_string(),
+            schema_json: Some(b.input_schema.to_string()),
+            defaults_json: None,
+            created_ms: now_ms(),
+        };
+        if store.put_workflow_if_absent(rec).await? {
+            tracing::info!(workflow = b.id, "registered bundled workflow");
+        }
+    }
+    Ok(())
+}
+
+fn validate_workflow_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok { Ok(()) } else { Err(Error::validation("/id", "must be 1-128 characters of A-Z a-z 0-9 _ - .")) }
+}
+
+/// Map a workflow error to `VALIDATION_ERROR`, prefixing field paths with `prefix`.
+fn workflow_error(prefix: &str, e: WorkflowError) -> Error {
+    let (what, fields): (&str, Vec<FieldError>) = match e {
+        WorkflowError::Invalid(f) => ("invalid inputs", f),
+        WorkflowError::Definition(f) => ("invalid workflow definition", f),
+    };
+    let details: Vec<Value> = fields
+        .iter()
+        .map(|f| {
+            let path = if prefix.is_empty() || f.path == "/" || f.path.is_empty() {
+                if prefix.is_empty() { f.path.clone() } else { prefix.to_string() }
+            } else {
+                format!("{prefix}{}", f.path)
+            };
+            serde_json::json!({ "path": path, "message": f.message })
+        })
+        .collect();
+    let first = details
+        .first()
+        .map(|d| format!("{}: {}", d["path"].as_str().unwrap_or(""), d["message"].as_str().unwrap_or("")))
+        .unwrap_or_default();
+    Error::new(ErrorCode::ValidationError, format!("{what}: {first}")).with_details(Value::Array(details))
+}
