@@ -95,6 +95,8 @@ struct Inner {
     schema: Value,
     validator: jsonschema::Validator,
     defaults: Map<String, Value>,
+    /// Node inputs (`node id`, `input name`) whose whole value is one token (see [`wrap_lists`]).
+    list_slots: Vec<(String, String)>,
 }
 
 /// A job's inputs made final and the prompt rendered from them.
@@ -136,19 +138,21 @@ impl CompiledWorkflow {
             Ok(validator) => Some(validator),
             Err(schema_errors) => {
                 errors.extend(schema_errors.into_iter().map(|e| FieldError {
-                    path: format!("/inputSchema{}", e.path.trim_end_matches('/')),
+                    path: nest("/inputSchema", &e.path),
                     message: e.message,
                 }));
                 None
             }
         };
         let defaults = defaults.cloned().unwrap_or_default();
+        let locations = template::token_locations(template);
         for token in tokens {
             let defaulted =
                 template::lookup(&defaults, token).is_some() || schema::has_default(&schema, token);
             if !defaulted && !schema::has_property(&schema, token) {
+                let at = locations.get(token).map_or("", String::as_str);
                 errors.push(FieldError::new(
-                    "/workflow",
+                    nest("/workflow", at),
                     format!(
                         "template token {{{{{token}}}}} is neither an input of the schema nor has a default"
                     ),
@@ -161,13 +165,11 @@ impl CompiledWorkflow {
         // Defaults alone must not break the schema (missing required inputs aside).
         let mut filled = Map::new();
         schema::apply_defaults(&schema, &mut filled, Some(&defaults));
-        for error in schema::validate(&validator, &Value::Object(filled)) {
-            if error.message != "is required" {
-                errors.push(FieldError::new(
-                    format!("/defaults{}", error.path.trim_end_matches('/')),
-                    format!("default {}", error.message),
-                ));
-            }
+        for error in schema::validate_present(&validator, &Value::Object(filled)) {
+            errors.push(FieldError::new(
+                nest("/defaults", &error.path),
+                format!("default {}", error.message),
+            ));
         }
         if !errors.is_empty() {
             return Err(WorkflowError::Definition(errors));
@@ -178,6 +180,7 @@ impl CompiledWorkflow {
                 schema,
                 validator,
                 defaults,
+                list_slots: token_slots(template),
             }),
         })
     }
@@ -218,25 +221,18 @@ impl CompiledWorkflow {
         let mut inputs = given.clone();
         schema::apply_defaults(&inner.schema, &mut inputs, Some(&inner.defaults));
         let seed = schema::draw_seeds(&inner.schema, &mut inputs, rng);
-        let instance = Value::Object(inputs);
+        let instance = Value::Object(std::mem::take(&mut inputs));
         let mut errors = schema::validate(&inner.validator, &instance);
-        let Value::Object(mut inputs) = instance else {
-            unreachable!("built as an object above");
-        };
+        if let Value::Object(map) = instance {
+            inputs = map;
+        }
         errors.extend(schema::check_limits(&inner.schema, &inputs, limits));
         if errors.is_empty() {
             // An optional input without default that the template still needs.
             for token in inner.template.placeholders() {
                 if template::lookup(&inputs, token).is_none() {
                     errors.push(FieldError::new(
-                        format!(
-                            "/{}",
-                            token
-                                .split('.')
-                                .map(template::escape_pointer)
-                                .collect::<Vec<_>>()
-                                .join("/")
-                        ),
+                        token_pointer(token),
                         "is required by this workflow's template",
                     ));
                 }
@@ -246,18 +242,70 @@ impl CompiledWorkflow {
             return Err(WorkflowError::Invalid(errors));
         }
         schema::normalize_integers(&inner.schema, &mut inputs);
-        let prompt = inner.template.render(&inputs).map_err(|e| {
+        let mut prompt = inner.template.render(&inputs).map_err(|e| {
             let template::RenderError::UnknownToken { name, .. } = e;
             WorkflowError::Invalid(vec![FieldError::new(
-                format!("/{}", template::escape_pointer(&name)),
+                token_pointer(&name),
                 "is required by this workflow's template",
             )])
         })?;
+        wrap_lists(&mut prompt, &inner.list_slots);
         Ok(Prepared {
             inputs,
             prompt,
             seed,
         })
+    }
+}
+
+/// `prefix` followed by JSON pointer `path`, where `"/"` and `""` mean the document itself.
+fn nest(prefix: &str, path: &str) -> String {
+    if path.is_empty() || path == "/" {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}{path}")
+    }
+}
+
+/// The input a token reads, as a JSON pointer (`up.factor` → `/up/factor`).
+fn token_pointer(token: &str) -> String {
+    token
+        .split('.')
+        .map(|segment| format!("/{}", template::escape_pointer(segment)))
+        .collect()
+}
+
+/// Node inputs whose template value is exactly one token.
+fn token_slots(template: &Value) -> Vec<(String, String)> {
+    let mut slots = Vec::new();
+    for (id, node) in template.as_object().into_iter().flatten() {
+        let inputs = node.get("inputs").and_then(Value::as_object);
+        for (name, value) in inputs.into_iter().flatten() {
+            if let Value::String(s) = value
+                && template::is_single_token(s)
+            {
+                slots.push((id.clone(), name.clone()));
+            }
+        }
+    }
+    slots
+}
+
+/// ComfyUI reads a JSON list in a node input as a link (`[node_id, slot]`); a literal list must
+/// be sent as `{"__value__": [...]}`. Lists substituted for a whole node input are wrapped, so
+/// an input can never re-wire the graph.
+fn wrap_lists(prompt: &mut Value, slots: &[(String, String)]) {
+    for (id, name) in slots {
+        let slot = prompt
+            .get_mut(id)
+            .and_then(|node| node.get_mut("inputs"))
+            .and_then(|inputs| inputs.get_mut(name));
+        if let Some(value) = slot
+            && value.is_array()
+        {
+            let list = value.take();
+            *value = serde_json::json!({ "__value__": list });
+        }
     }
 }
 

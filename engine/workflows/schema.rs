@@ -284,10 +284,24 @@ pub fn draw_seeds(
 /// Messages do not repeat the offending value (it may be a long private prompt); the path says
 /// where it is. `required` and `additionalProperties` errors point at the property concerned.
 pub fn validate(validator: &jsonschema::Validator, instance: &Value) -> Vec<FieldError> {
+    collect_errors(validator, instance, true)
+}
+
+/// [`validate`], leaving out `required` errors (for checking defaults on their own).
+pub fn validate_present(validator: &jsonschema::Validator, instance: &Value) -> Vec<FieldError> {
+    collect_errors(validator, instance, false)
+}
+
+fn collect_errors(
+    validator: &jsonschema::Validator,
+    instance: &Value,
+    required: bool,
+) -> Vec<FieldError> {
     let mut errors = Vec::new();
     for error in validator.iter_errors(instance) {
         let at = error.instance_path().as_str().to_owned();
         match error.kind() {
+            ValidationErrorKind::Required { .. } if !required => {}
             ValidationErrorKind::Required { property } => {
                 let name = property
                     .as_str()

@@ -15,7 +15,7 @@
 //! Rendering is on the submit hot path, so [`Template::parse`] does the scanning once and
 //! [`Template::render`] only copies literals and substitutes values; no regex anywhere.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
@@ -95,6 +95,49 @@ pub fn placeholders(template: &Value) -> BTreeSet<String> {
 /// [`RenderError::UnknownToken`] when a token has no value in `inputs`.
 pub fn render(template: &Value, inputs: &Map<String, Value>) -> Result<Value, RenderError> {
     Template::parse(template).render(inputs)
+}
+
+/// Whether `s` is exactly one token (and is thus replaced by a value of any JSON type).
+pub fn is_single_token(s: &str) -> bool {
+    next_token(s, 0).is_some_and(|(start, end, _)| start == 0 && end == s.len())
+}
+
+/// Where each token first occurs: token name → JSON pointer of the string holding it.
+pub fn token_locations(template: &Value) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    locate(template, &mut String::new(), &mut found);
+    found
+}
+
+fn locate(value: &Value, at: &mut String, found: &mut BTreeMap<String, String>) {
+    match value {
+        Value::String(s) => {
+            let mut from = 0;
+            while let Some((_, end, name)) = next_token(s, from) {
+                found.entry(name.to_owned()).or_insert_with(|| at.clone());
+                from = end;
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let len = at.len();
+                at.push('/');
+                at.push_str(&i.to_string());
+                locate(item, at, found);
+                at.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let len = at.len();
+                at.push('/');
+                at.push_str(&escape_pointer(key));
+                locate(item, at, found);
+                at.truncate(len);
+            }
+        }
+        Value::Null | Value::Bool(_) | Value::Number(_) => {}
+    }
 }
 
 /// The value of token `name`: an exact key first, then a dotted path through nested objects.

@@ -347,3 +347,35 @@ fn bundled_limits_and_ranges() {
     let err = wf.prepare(&json!({}), &LIMITS, &mut rng()).unwrap_err();
     assert_eq!(paths(&err), ["/prompt"]);
 }
+
+#[test]
+fn definition_error_points_at_the_token() {
+    let template = json!({"1": {"class_type": "X", "inputs": {"a": "x {{ghost}}"}}});
+    let err =
+        CompiledWorkflow::compile(&template, Some(&json!({"type": "object"})), None).unwrap_err();
+    assert_eq!(paths(&err), ["/workflow/1/inputs/a"]);
+    assert!(err.to_string().contains("{{ghost}}"), "{err}");
+}
+
+#[test]
+fn substituted_values_are_not_rescanned_and_lists_cannot_become_links() {
+    let template = json!({
+        "1": {"class_type": "X", "inputs": {"text": "{{a}}!", "whole": "{{a}}", "list": "{{l}}"}},
+        "2": {"class_type": "Y", "inputs": {"from": ["1", 0]}}
+    });
+    let schema = json!({"type": "object", "properties": {
+        "a": {"type": "string"}, "b": {"type": "string", "default": "B"}, "l": {"type": "array"}
+    }});
+    let wf = CompiledWorkflow::compile(&template, Some(&schema), None).unwrap();
+    let p = wf
+        .prepare(&json!({"a": "{{b}}", "l": ["2", 0]}), &LIMITS, &mut rng())
+        .unwrap();
+    assert_eq!(p.prompt["1"]["inputs"]["text"], json!("{{b}}!"));
+    assert_eq!(p.prompt["1"]["inputs"]["whole"], json!("{{b}}"));
+    assert_eq!(
+        p.prompt["1"]["inputs"]["list"],
+        json!({"__value__": ["2", 0]})
+    );
+    // Literal links in the template are untouched.
+    assert_eq!(p.prompt["2"]["inputs"]["from"], json!(["1", 0]));
+}
