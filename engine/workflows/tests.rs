@@ -379,3 +379,94 @@ fn substituted_values_are_not_rescanned_and_lists_cannot_become_links() {
     // Literal links in the template are untouched.
     assert_eq!(p.prompt["2"]["inputs"]["from"], json!(["1", 0]));
 }
+
+/// A random JSON value, at most `depth` levels deep.
+fn random_value(r: &mut StdRng, depth: u32) -> Value {
+    use rand::Rng;
+    let strings = ["", "a cat", "{{prompt}}", "dpmpp_2m", "karras", "é\u{0}"];
+    match r.random_range(0..if depth == 0 { 6 } else { 8 }) {
+        0 => Value::Null,
+        1 => json!(r.random_bool(0.5)),
+        2 => json!(r.random_range(-10i64..5000)),
+        3 => json!(r.random_range(-1.0..5000.0)),
+        4 => json!([8, 64, 512, 1024, 2048, 4096, i64::MAX][r.random_range(0..7)]),
+        5 => json!(strings[r.random_range(0..strings.len())]),
+        6 => Value::Array(
+            (0..r.random_range(0..3))
+                .map(|_| random_value(r, depth - 1))
+                .collect(),
+        ),
+        _ => {
+            let keys = ["prompt", "x", "factor"];
+            Value::Object(
+                (0..r.random_range(0..3))
+                    .map(|_| {
+                        (
+                            keys[r.random_range(0..3)].to_owned(),
+                            random_value(r, depth - 1),
+                        )
+                    })
+                    .collect(),
+            )
+        }
+    }
+}
+
+/// Property: whatever the inputs, `prepare` answers (no panic); when it accepts them, every
+/// node is still a node and the inputs satisfy the limits.
+#[test]
+fn random_inputs_never_panic_and_accepted_ones_render() {
+    use rand::Rng;
+    let mut r = rng();
+    for w in bundled::all() {
+        let wf = CompiledWorkflow::compile(&w.template, Some(&w.input_schema), None).unwrap();
+        let mut names: Vec<String> = w.input_schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        names.push("unknown".into());
+        let mut accepted = 0;
+        for _ in 0..300 {
+            let mut inputs = Map::new();
+            inputs.insert("prompt".into(), json!("a cat"));
+            for _ in 0..r.random_range(0..4) {
+                let name = names[r.random_range(0..names.len())].clone();
+                inputs.insert(name, random_value(&mut r, 2));
+            }
+            if r.random_bool(0.05) {
+                inputs.remove("prompt");
+            }
+            let Ok(p) = wf.prepare(&Value::Object(inputs), &LIMITS, &mut r) else {
+                continue;
+            };
+            accepted += 1;
+            for node in p.prompt.as_object().unwrap().values() {
+                assert!(node["class_type"].is_string() && node["inputs"].is_object());
+            }
+            for dim in ["width", "height"] {
+                assert!(p.inputs[dim].as_i64().unwrap() <= 2048);
+            }
+            assert!(p.inputs["batch_size"].as_i64().unwrap() <= 4);
+        }
+        assert!(accepted > 10, "{}: only {accepted} accepted", w.id);
+    }
+}
+
+#[test]
+fn integral_floats_reach_comfyui_as_integers() {
+    let w = bundled::get("sdxl_realism_v1").unwrap();
+    let wf = CompiledWorkflow::compile(&w.template, Some(&w.input_schema), None).unwrap();
+    let p = wf
+        .prepare(
+            &json!({"prompt": "a", "width": 512.0, "steps": 20.0, "seed": 3.0}),
+            &LIMITS,
+            &mut rng(),
+        )
+        .unwrap();
+    assert!(p.prompt["5"]["inputs"]["width"].is_i64());
+    assert!(p.prompt["3"]["inputs"]["steps"].is_i64());
+    assert!(p.prompt["3"]["inputs"]["seed"].is_i64());
+    assert_eq!(p.seed, None);
+}
