@@ -166,10 +166,20 @@ impl CompiledWorkflow {
         let mut filled = Map::new();
         schema::apply_defaults(&schema, &mut filled, Some(&defaults));
         for error in schema::validate_present(&validator, &Value::Object(filled)) {
-            errors.push(FieldError::new(
-                nest("/defaults", &error.path),
-                format!("default {}", error.message),
-            ));
+            // Blame the registration's `defaults` when it supplied the value, else the schema.
+            let top = error.path.split('/').nth(1).unwrap_or_default();
+            let explicit = defaults.keys().any(|k| template::escape_pointer(k) == top);
+            errors.push(if explicit {
+                FieldError::new(
+                    nest("/defaults", &error.path),
+                    format!("default {}", error.message),
+                )
+            } else {
+                FieldError::new(
+                    "/inputSchema",
+                    format!("the default for input {}: {}", error.path, error.message),
+                )
+            });
         }
         if !errors.is_empty() {
             return Err(WorkflowError::Definition(errors));

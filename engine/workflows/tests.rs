@@ -470,3 +470,13 @@ fn integral_floats_reach_comfyui_as_integers() {
     assert!(p.prompt["3"]["inputs"]["seed"].is_i64());
     assert_eq!(p.seed, None);
 }
+
+#[test]
+fn invalid_schema_default_is_blamed_on_the_schema() {
+    let schema =
+        json!({"type": "object", "properties": {"n": {"type": "integer", "default": "x"}}});
+    let template = json!({"1": {"class_type": "X", "inputs": {"n": "{{n}}"}}});
+    let err = CompiledWorkflow::compile(&template, Some(&schema), None).unwrap_err();
+    assert_eq!(paths(&err), ["/inputSchema"]);
+    assert!(err.to_string().contains("/n"), "{err}");
+}
