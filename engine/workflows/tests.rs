@@ -480,3 +480,9 @@ fn invalid_schema_default_is_blamed_on_the_schema() {
     assert_eq!(paths(&err), ["/inputSchema"]);
     assert!(err.to_string().contains("/n"), "{err}");
 }
+
+#[test]
+fn compiled_workflows_can_be_shared_across_tasks() {
+    fn shareable<T: Send + Sync + Clone + 'static>() {}
+    shareable::<CompiledWorkflow>();
+}
