@@ -1,1 +1,416 @@
-//! The durable store (filled in by the store work).
+//! The durable store: the only module that imports redb.
+//!
+//! Jobs, their append-only event logs, the queue and running indexes, workflows with
+//! every version, and a content-addressed, chunked, reference-counted blob store (see
+//! `tables` for the layout, `codec` for the record format).
+//!
+//! Writes go through one writer thread that drains a bounded channel and commits whole
+//! batches in one `Durability::Immediate` transaction (group commit); every write call
+//! resolves only after the commit that holds it returned. Reads are plain synchronous
+//! snapshot reads on the caller's thread.
+//!
+//! Invariants (checked when written and when read back):
+//! - a job is in `queue` iff its state is `Queued` (under its `queue_key`), and in
+//!   `running` iff its state is `Running`;
+//! - `meta` per-state counts equal the number of jobs in each state;
+//! - a blob's `n_refs` is the number of `OutputRef`s of all jobs naming it; a blob whose
+//!   last reference goes away is deleted with its chunks.
+
+mod blobs;
+mod codec;
+mod jobs;
+mod tables;
+mod workflows;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use redb::{Database, ReadableDatabase};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::domain::{Hash, Job, JobEvent, JobEventKind, JobId, JobState, WorkflowRecord};
+
+pub use blobs::{BlobMeta, NewBlob};
+
+use writer::{Msg, WriteOp};
+
+/// How many pending writes may wait for the writer before callers wait to enqueue.
+const WRITE_QUEUE_MAX: usize = 4096;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// redb failed (I/O, storage, transaction); the text is redb's.
+    #[error("redb: {0}")]
+    Redb(String),
+    /// A filesystem operation around the database failed.
+    #[error("store i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// A stored record or index entry is unreadable or contradicts another.
+    #[error("corrupt record in {table}[{key}]: {reason}")]
+    Corrupt {
+        /// The table it was read from.
+        table: &'static str,
+        /// The key, printed.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The database was written by a newer (or unknown) schema.
+    #[error("unsupported store schema version {found} (this build reads {expected})")]
+    Schema {
+        /// What the file says.
+        found: u64,
+        /// What this build understands.
+        expected: u64,
+    },
+    /// The store was closed (or its writer stopped); nothing was written.
+    #[error("store is closed")]
+    Closed,
+    /// `update_job`/`complete_job`/`append_events` named a job that does not exist.
+    #[error("job {0} not found")]
+    JobNotFound(JobId),
+    /// `insert_job` named a job id that already exists.
+    #[error("job {0} already exists")]
+    JobExists(JobId),
+    /// The caller handed in a record that breaks a store invariant; nothing was written.
+    #[error("invalid write: {0}")]
+    Invalid(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.to_string())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+impl From<StoreError> for crate::error::Error {
+    fn from(e: StoreError) -> Self {
+        crate::error::Error::internal(e)
+    }
+}
+
+/// Counts for `/capabilities` and metrics; O(1) to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    /// How many jobs are in each state, in `JobState` declaration order.
+    pub n_jobs_by_state: [(JobState, u64); 5],
+    /// Distinct blobs stored.
+    pub n_blobs: u64,
+    /// Sum of their uncompressed sizes.
+    pub blob_bytes: u64,
+    /// Sum of their stored (after zstd, where used) sizes.
+    pub blob_stored_bytes: u64,
+}
+
+/// A cheap, cloneable handle on the store (an `Arc` inside).
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    /// `None` only while dropping, so the writer sees the channel close.
+    tx: Option<mpsc::Sender<Msg>>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain what is queued and exit; joining it
+        // releases its handle on the database before the file lock goes with `db`.
+        drop(self.tx.take());
+        let handle = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Store {
+    /// Open or create the database file (creating parent dirs), create all tables, start
+    /// the writer.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        let db = Arc::new(Database::create(path)?);
+        writer::init_schema(&db)?;
+        let commits = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
+        let handle = {
+            let db = db.clone();
+            let commits = commits.clone();
+            std::thread::Builder::new()
+                .name("store-writer".to_string())
+                .spawn(move || writer::run(&db, rx, &commits))?
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                tx: Some(tx),
+                writer: Mutex::new(Some(handle)),
+                commits,
+            }),
+        })
+    }
+
+    /// Stop the writer after draining pending writes (idempotent). Writes after this fail
+    /// with `Closed`; reads keep working. Dropping every handle also stops the writer.
+    pub async fn close(&self) {
+        if let Some(tx) = &self.inner.tx {
+            let (ack_tx, ack_rx) = oneshot::channel();
+            if tx.send(Msg::Close(ack_tx)).await.is_ok() {
+                let _ = ack_rx.await;
+            }
+        }
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            // The writer exits right after acknowledging; join off the async threads anyway.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let _ = rt.spawn_blocking(move || handle.join()).await;
+                }
+                Err(_) => {
+                    let _ = handle.join();
+                }
+            }
+        }
+    }
+
+    /// How many write transactions the writer has committed since `open` (group commit
+    /// makes this much smaller than the number of write calls under load).
+    pub fn commits(&self) -> u64 {
+        self.inner.commits.load(Ordering::Relaxed)
+    }
+
+    async fn submit<O: WriteOp>(&self, op: O) -> Result<O::Out, StoreError> {
+        let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        tx.send(Msg::Write(writer::pending(op, reply_tx)))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        reply_rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    // ---- writes: each resolves only after its transaction committed (Durability::Immediate).
+
+    /// Insert a new job: assigns `job.queue_key.seq` from a persisted monotonic counter
+    /// (the caller fills `rank_ms`), writes the record, the queue index entry if Queued, the
+    /// running index entry if Running, and appends `events`. Returns the job as stored.
+    /// `JobExists` if the id is taken. A job may be inserted with outputs (a cache hit)
+    /// only if their blobs are already stored.
+    pub async fn insert_job(&self, job: Job, events: Vec<JobEventKind>) -> Result<Job, StoreError> {
+        self.submit(jobs::InsertJob { job, events }).await
+    }
+
+    /// Replace a job record and append events, keeping the indexes consistent: in the
+    /// queue index iff `state == Queued` (keyed by its `queue_key`; the old key is removed
+    /// if it changed), in the running index iff `state == Running`. `JobNotFound` (nothing
+    /// written) if the job does not exist; `Invalid` if `queue_key.seq` differs from the
+    /// stored one (the store assigns it) or outputs name blobs that are not stored.
+    /// Blob references follow `job.outputs` (see `complete_job`).
+    pub async fn update_job(&self, job: Job, events: Vec<JobEventKind>) -> Result<(), StoreError> {
+        self.complete_job(job, Vec::new(), events).await
+    }
+
+    /// Like `update_job`, and in the same transaction store `blobs` (dedupe by hash: an
+    /// existing blob is not rewritten; a blob no output names is not stored) and add one
+    /// reference per `job.outputs` entry to each referenced blob. References are the
+    /// difference between the old and new `outputs`, so repeating a completion does not
+    /// count twice. Each new blob's hash is verified against its bytes (`Invalid` if not).
+    pub async fn complete_job(
+        &self,
+        job: Job,
+        blobs: Vec<NewBlob>,
+        events: Vec<JobEventKind>,
+    ) -> Result<(), StoreError> {
+        let blobs = self.prepare_blobs(blobs).await?;
+        self.submit(jobs::UpdateJob { job, blobs, events }).await
+    }
+
+    /// Append events only (e.g. progress) without touching the record.
+    pub async fn append_events(
+        &self,
+        id: JobId,
+        events: Vec<JobEventKind>,
+    ) -> Result<(), StoreError> {
+        self.submit(jobs::AppendEvents { id, events }).await
+    }
+
+    /// Store a new version of a workflow: `version` = previous + 1 (or 1; versions of a
+    /// deleted workflow count too, so a number is never reused); keeps every version.
+    /// Returns the record as stored.
+    pub async fn put_workflow(&self, rec: WorkflowRecord) -> Result<WorkflowRecord, StoreError> {
+        self.submit(workflows::PutWorkflow { rec }).await
+    }
+
+    /// Register only if no workflow with that id ever existed (for bundled workflows on
+    /// first start: one the user deleted stays deleted). Whether it was stored.
+    pub async fn put_workflow_if_absent(&self, rec: WorkflowRecord) -> Result<bool, StoreError> {
+        self.submit(workflows::PutWorkflowIfAbsent { rec }).await
+    }
+
+    /// Remove a workflow (its versions stay readable by version for jobs that used them).
+    /// false if absent.
+    pub async fn delete_workflow(&self, id: &str) -> Result<bool, StoreError> {
+        self.submit(workflows::DeleteWorkflow { id: id.to_string() })
+            .await
+    }
+
+    /// Verify hashes and compress new blobs off the writer thread (and off the async
+    /// workers when a runtime is there); blobs already stored are passed through as-is.
+    async fn prepare_blobs(&self, blobs: Vec<NewBlob>) -> Result<Vec<blobs::Payload>, StoreError> {
+        if blobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self.clone();
+        let work = move || -> Result<Vec<blobs::Payload>, StoreError> {
+            let txn = store.inner.db.begin_read()?;
+            let table = txn.open_table(tables::BLOBS)?;
+            let mut out = Vec::with_capacity(blobs.len());
+            for blob in blobs {
+                if table.get(&blob.hash)?.is_some() {
+                    out.push(blobs::Payload::Unprepared(blob));
+                } else {
+                    out.push(blobs::Payload::Prepared(blobs::prepare(blob)?));
+                }
+            }
+            Ok(out)
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => rt
+                .spawn_blocking(work)
+                .await
+                .map_err(|e| StoreError::Invalid(format!("blob preparation failed: {e}")))?,
+            Err(_) => work(),
+        }
+    }
+
+    // ---- reads: snapshot reads, callable from any thread, short.
+
+    /// The job, if it exists.
+    pub fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        jobs::load_job(&txn.open_table(tables::JOBS)?, id.as_u128())
+    }
+
+    /// Every queued job, in `QueueKey` order (the dispatch order).
+    pub fn queued_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        jobs::queued_jobs(&txn)
+    }
+
+    /// Just the queue index: `(queue key, job id)` in dispatch order, without the records.
+    pub fn queued_ids(&self) -> Result<Vec<(crate::domain::QueueKey, JobId)>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        jobs::queued_ids(&txn)
+    }
+
+    /// Every running job, by id.
+    pub fn running_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        jobs::running_jobs(&txn)
+    }
+
+    /// Up to `limit` events of a job with seq > `after_seq` (all when None), oldest first.
+    /// Seq starts at 1 per job.
+    pub fn job_events(
+        &self,
+        id: JobId,
+        after_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, JobEvent)>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        jobs::job_events(&txn, id, after_seq, limit)
+    }
+
+    /// The current version of a workflow, unless deleted.
+    pub fn get_workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        workflows::get(&txn, id)
+    }
+
+    /// One version of a workflow, even if the workflow was deleted since.
+    pub fn get_workflow_version(
+        &self,
+        id: &str,
+        version: u32,
+    ) -> Result<Option<WorkflowRecord>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        workflows::get_version(&txn, id, version)
+    }
+
+    /// The current versions of all workflows, by id.
+    pub fn list_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        workflows::list(&txn)
+    }
+
+    /// A blob's metadata, if stored.
+    pub fn blob_meta(&self, hash: &Hash) -> Result<Option<BlobMeta>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        blobs::meta(&txn, hash)
+    }
+
+    /// A blob's bytes, decompressed and verified against the hash (`Corrupt` if not).
+    pub fn read_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        blobs::read(&txn, hash)
+    }
+
+    /// Job counts per state and blob totals, from counters kept in `meta`.
+    pub fn stats(&self) -> Result<StoreStats, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let meta = txn.open_table(tables::META)?;
+        let get = |key: &str| -> Result<u64, StoreError> {
+            Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
+        };
+        let states = [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Canceled,
+        ];
+        let mut n_jobs_by_state = states.map(|s| (s, 0));
+        for entry in n_jobs_by_state.iter_mut() {
+            entry.1 = get(tables::state_count_key(entry.0))?;
+        }
+        Ok(StoreStats {
+            n_jobs_by_state,
+            n_blobs: get(tables::meta_key::BLOBS_COUNT)?,
+            blob_bytes: get(tables::meta_key::BLOBS_BYTES)?,
+            blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
+        })
+    }
+}

@@ -1,1 +1,385 @@
-//! Workflow templates and input validation (filled in by the workflows work).
+//! Workflows: ComfyUI API-format templates with `{{name}}` tokens, checked at registration and
+//! turned into a ready-to-send prompt per job. Pure code: no IO besides the bundled files
+//! compiled in with `include_str!`.
+//!
+//! - [`template`]: the token scanner, [`template::placeholders`] and [`template::render`].
+//! - [`schema`]: JSON Schema (draft 2020-12) compile, defaults, seeds, validation, limits.
+//! - [`bundled`]: the workflows shipped in `workflows/` and registered on first start.
+//!
+//! [`CompiledWorkflow::compile`] checks a definition once; [`CompiledWorkflow::prepare`] runs per
+//! submit: defaults → seed → schema → limits → render.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+pub mod bundled;
+pub mod schema;
+pub mod template;
+
+use template::Template;
+
+/// Limits from configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `MAX_IMAGE_SIZE`: largest width or height in pixels.
+    pub image_size_max: u32,
+    /// `MAX_BATCH_SIZE`: most images per job.
+    pub batch_size_max: u32,
+}
+
+/// One problem with the inputs or the definition, pointing at where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// JSON pointer like `/width`, or `/` for the whole document.
+    pub path: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A problem at JSON pointer `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a workflow could not be registered or a job prepared. Both are the client's fault
+/// (4xx `VALIDATION_ERROR`); neither is ever empty.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkflowError {
+    /// The job's inputs are not acceptable.
+    #[error("invalid inputs: {}", join(.0))]
+    Invalid(Vec<FieldError>),
+    /// The workflow definition (template, schema, defaults) is not acceptable.
+    #[error("invalid workflow definition: {}", join(.0))]
+    Definition(Vec<FieldError>),
+}
+
+impl WorkflowError {
+    /// The individual problems.
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            Self::Invalid(errors) | Self::Definition(errors) => errors,
+        }
+    }
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A workflow definition checked and compiled, ready to prepare jobs. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct CompiledWorkflow {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    template: Template,
+    schema: Value,
+    validator: jsonschema::Validator,
+    defaults: Map<String, Value>,
+    /// Node inputs (`node id`, `input name`) whose whole value is one token (see [`wrap_lists`]).
+    list_slots: Vec<(String, String)>,
+}
+
+/// A job's inputs made final and the prompt rendered from them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    /// The inputs after defaults and seed drawing: what the job ran with.
+    pub inputs: Map<String, Value>,
+    /// The ComfyUI API-format prompt (`{node_id: {class_type, inputs}}`).
+    pub prompt: Value,
+    /// The seed drawn because it was omitted, if one was (given seeds are in `inputs`).
+    pub seed: Option<i64>,
+}
+
+impl CompiledWorkflow {
+    /// Check a definition at registration and compile it.
+    ///
+    /// The template must be a non-empty JSON object of nodes `{id: {class_type, inputs}}` with a
+    /// literal `class_type` string, an `inputs` object, and links (`[node_id, slot]`) that point at
+    /// existing nodes. The schema, if given, must be a valid draft 2020-12 schema of
+    /// `"type": "object"`; without one, a permissive schema is derived from the tokens
+    /// ([`schema::derive`]). Every token must be a schema property or have a default (in
+    /// `defaults` or the property's `default`). Defaults must satisfy the schema.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Definition`] listing every problem found.
+    pub fn compile(
+        template: &Value,
+        input_schema: Option<&Value>,
+        defaults: Option<&Map<String, Value>>,
+    ) -> Result<Self, WorkflowError> {
+        let mut errors = check_template(template);
+        let parsed = Template::parse(template);
+        let tokens = parsed.placeholders();
+        let schema = match input_schema {
+            Some(schema) => schema.clone(),
+            None => schema::derive(tokens, defaults),
+        };
+        let validator = match schema::compile(&schema) {
+            Ok(validator) => Some(validator),
+            Err(schema_errors) => {
+                errors.extend(schema_errors.into_iter().map(|e| FieldError {
+                    path: nest("/inputSchema", &e.path),
+                    message: e.message,
+                }));
+                None
+            }
+        };
+        let defaults = defaults.cloned().unwrap_or_default();
+        let locations = template::token_locations(template);
+        for token in tokens {
+            let defaulted =
+                template::lookup(&defaults, token).is_some() || schema::has_default(&schema, token);
+            if !defaulted && !schema::has_property(&schema, token) {
+                let at = locations.get(token).map_or("", String::as_str);
+                errors.push(FieldError::new(
+                    nest("/workflow", at),
+                    format!(
+                        "template token {{{{{token}}}}} is neither an input of the schema nor has a default"
+                    ),
+                ));
+            }
+        }
+        let Some(validator) = validator else {
+            return Err(WorkflowError::Definition(errors));
+        };
+        // Defaults alone must not break the schema (missing required inputs aside).
+        let mut filled = Map::new();
+        schema::apply_defaults(&schema, &mut filled, Some(&defaults));
+        for error in schema::validate_present(&validator, &Value::Object(filled)) {
+            // Blame the registration's `defaults` when it supplied the value, else the schema.
+            let top = error.path.split('/').nth(1).unwrap_or_default();
+            let explicit = defaults.keys().any(|k| template::escape_pointer(k) == top);
+            errors.push(if explicit {
+                FieldError::new(
+                    nest("/defaults", &error.path),
+                    format!("default {}", error.message),
+                )
+            } else {
+                FieldError::new(
+                    "/inputSchema",
+                    format!("the default for input {}: {}", error.path, error.message),
+                )
+            });
+        }
+        if !errors.is_empty() {
+            return Err(WorkflowError::Definition(errors));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                template: parsed,
+                schema,
+                validator,
+                defaults,
+                list_slots: token_slots(template),
+            }),
+        })
+    }
+
+    /// The effective input schema (given or derived), for API responses.
+    pub fn input_schema(&self) -> &Value {
+        &self.inner.schema
+    }
+
+    /// The token names the template uses.
+    pub fn placeholders(&self) -> &BTreeSet<String> {
+        self.inner.template.placeholders()
+    }
+
+    /// Make a job's inputs final and render its prompt.
+    ///
+    /// Inputs must be an object. Omitted inputs get defaults (explicit `defaults` first, then
+    /// schema `default`s, nested too); an omitted seed without default is drawn in
+    /// `0..=2^53-1`; the result is validated against the schema (every error with its path) and
+    /// the limits (`width`/`height`/`x-image-dimension` ≤ `image_size_max`,
+    /// `batch_size`/`x-batch-size` ≤ `batch_size_max`), then rendered.
+    ///
+    /// # Errors
+    /// [`WorkflowError::Invalid`] listing every problem found.
+    pub fn prepare(
+        &self,
+        inputs: &Value,
+        limits: &Limits,
+        rng: &mut impl rand::Rng,
+    ) -> Result<Prepared, WorkflowError> {
+        let inner = &*self.inner;
+        let Value::Object(given) = inputs else {
+            return Err(WorkflowError::Invalid(vec![FieldError::new(
+                "/",
+                "inputs must be a JSON object",
+            )]));
+        };
+        let mut inputs = given.clone();
+        schema::apply_defaults(&inner.schema, &mut inputs, Some(&inner.defaults));
+        let seed = schema::draw_seeds(&inner.schema, &mut inputs, rng);
+        let instance = Value::Object(std::mem::take(&mut inputs));
+        let mut errors = schema::validate(&inner.validator, &instance);
+        if let Value::Object(map) = instance {
+            inputs = map;
+        }
+        errors.extend(schema::check_limits(&inner.schema, &inputs, limits));
+        if errors.is_empty() {
+            // An optional input without default that the template still needs.
+            for token in inner.template.placeholders() {
+                if template::lookup(&inputs, token).is_none() {
+                    errors.push(FieldError::new(
+                        token_pointer(token),
+                        "is required by this workflow's template",
+                    ));
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(WorkflowError::Invalid(errors));
+        }
+        schema::normalize_integers(&inner.schema, &mut inputs);
+        let mut prompt = inner.template.render(&inputs).map_err(|e| {
+            let template::RenderError::UnknownToken { name, .. } = e;
+            WorkflowError::Invalid(vec![FieldError::new(
+                token_pointer(&name),
+                "is required by this workflow's template",
+            )])
+        })?;
+        wrap_lists(&mut prompt, &inner.list_slots);
+        Ok(Prepared {
+            inputs,
+            prompt,
+            seed,
+        })
+    }
+}
+
+/// `prefix` followed by JSON pointer `path`, where `"/"` and `""` mean the document itself.
+fn nest(prefix: &str, path: &str) -> String {
+    if path.is_empty() || path == "/" {
+        prefix.to_owned()
+    } else {
+        format!("{prefix}{path}")
+    }
+}
+
+/// The input a token reads, as a JSON pointer (`up.factor` → `/up/factor`).
+fn token_pointer(token: &str) -> String {
+    token
+        .split('.')
+        .map(|segment| format!("/{}", template::escape_pointer(segment)))
+        .collect()
+}
+
+/// Node inputs whose template value is exactly one token.
+fn token_slots(template: &Value) -> Vec<(String, String)> {
+    let mut slots = Vec::new();
+    for (id, node) in template.as_object().into_iter().flatten() {
+        let inputs = node.get("inputs").and_then(Value::as_object);
+        for (name, value) in inputs.into_iter().flatten() {
+            if let Value::String(s) = value
+                && template::is_single_token(s)
+            {
+                slots.push((id.clone(), name.clone()));
+            }
+        }
+    }
+    slots
+}
+
+/// ComfyUI reads a JSON list in a node input as a link (`[node_id, slot]`); a literal list must
+/// be sent as `{"__value__": [...]}`. Lists substituted for a whole node input are wrapped, so
+/// an input can never re-wire the graph.
+fn wrap_lists(prompt: &mut Value, slots: &[(String, String)]) {
+    for (id, name) in slots {
+        let slot = prompt
+            .get_mut(id)
+            .and_then(|node| node.get_mut("inputs"))
+            .and_then(|inputs| inputs.get_mut(name));
+        if let Some(value) = slot
+            && value.is_array()
+        {
+            let list = value.take();
+            *value = serde_json::json!({ "__value__": list });
+        }
+    }
+}
+
+/// Structural checks of an API-format template.
+fn check_template(template: &Value) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let Some(nodes) = template.as_object() else {
+        errors.push(FieldError::new(
+            "/workflow",
+            "the workflow must be a JSON object of nodes {id: {class_type, inputs}} (ComfyUI API format)",
+        ));
+        return errors;
+    };
+    if nodes.is_empty() {
+        errors.push(FieldError::new("/workflow", "the workflow has no nodes"));
+    }
+    for (id, node) in nodes {
+        let at = format!("/workflow/{}", template::escape_pointer(id));
+        let Some(node) = node.as_object() else {
+            errors.push(FieldError::new(
+                at,
+                "a node must be an object {class_type, inputs}",
+            ));
+            continue;
+        };
+        match node.get("class_type") {
+            Some(Value::String(class)) if !class.is_empty() => {
+                if !template::placeholders(&Value::String(class.clone())).is_empty() {
+                    errors.push(FieldError::new(
+                        format!("{at}/class_type"),
+                        "class_type must be a literal node class, not a template token",
+                    ));
+                }
+            }
+            _ => errors.push(FieldError::new(
+                format!("{at}/class_type"),
+                "class_type must be a non-empty string",
+            )),
+        }
+        match node.get("inputs") {
+            Some(Value::Object(inputs)) => {
+                for (name, value) in inputs {
+                    // ComfyUI reads any [string, integer] pair as a link to another node.
+                    if let Some([Value::String(target), Value::Number(slot)]) =
+                        value.as_array().map(Vec::as_slice)
+                        && slot.is_u64()
+                        && !nodes.contains_key(target)
+                        && template::placeholders(&Value::String(target.clone())).is_empty()
+                    {
+                        errors.push(FieldError::new(
+                            format!("{at}/inputs/{}", template::escape_pointer(name)),
+                            format!("links to node \"{target}\", which is not in the workflow"),
+                        ));
+                    }
+                }
+            }
+            _ => errors.push(FieldError::new(
+                format!("{at}/inputs"),
+                "inputs must be an object",
+            )),
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests;

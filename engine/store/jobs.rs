@@ -1,0 +1,414 @@
+//! Jobs: the record, its event log, and the queue and running indexes kept in step.
+
+use std::collections::HashSet;
+
+use redb::{ReadTransaction, ReadableTable};
+use uuid::Uuid;
+
+use super::StoreError;
+use super::blobs::{self, Payload, RefPlan};
+use super::codec;
+use super::tables::{JOB_EVENTS, JOBS, QUEUE, RUNNING, WriteTables, meta_key, state_count_key};
+use super::writer::WriteOp;
+use crate::domain::{Job, JobEvent, JobEventKind, JobId, JobState, QueueKey, now_ms};
+
+/// `Store::insert_job`.
+pub(crate) struct InsertJob {
+    pub job: Job,
+    pub events: Vec<JobEventKind>,
+}
+
+/// `Store::update_job` and `Store::complete_job`.
+pub(crate) struct UpdateJob {
+    pub job: Job,
+    pub blobs: Vec<Payload>,
+    pub events: Vec<JobEventKind>,
+}
+
+/// `Store::append_events`.
+pub(crate) struct AppendEvents {
+    pub id: JobId,
+    pub events: Vec<JobEventKind>,
+}
+
+/// A checked job write: everything encoded, nothing written yet.
+pub(crate) struct JobPlan {
+    job: Job,
+    record: Vec<u8>,
+    /// The record being replaced (None on insert).
+    old: Option<Job>,
+    /// The new value of the sequence counter (insert only).
+    seq: Option<u64>,
+    refs: RefPlan,
+    events: Vec<(u64, Vec<u8>)>,
+}
+
+impl WriteOp for InsertJob {
+    type Out = Job;
+    type Plan = JobPlan;
+
+    fn check(&self, t: &WriteTables<'_>) -> Result<JobPlan, StoreError> {
+        let mut job = self.job.clone();
+        if t.jobs.get(job.id.as_u128())?.is_some() {
+            return Err(StoreError::JobExists(job.id));
+        }
+        let seq = t
+            .meta_get(meta_key::JOB_SEQ)?
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Invalid("job sequence exhausted".to_string()))?;
+        job.queue_key.seq = seq;
+        check_job(&job)?;
+        let refs = blobs::check_refs(t, &[], &job.outputs, &[])?;
+        let record = codec::encode("jobs", &job.id, &job)?;
+        let events = encode_events(t, job.id, &self.events)?;
+        Ok(JobPlan {
+            job,
+            record,
+            old: None,
+            seq: Some(seq),
+            refs,
+            events,
+        })
+    }
+
+    fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<Job, StoreError> {
+        if let Some(seq) = plan.seq {
+            t.meta.insert(meta_key::JOB_SEQ, seq)?;
+        }
+        write_job(t, &plan)?;
+        Ok(plan.job)
+    }
+}
+
+impl WriteOp for UpdateJob {
+    type Out = ();
+    type Plan = JobPlan;
+
+    fn check(&self, t: &WriteTables<'_>) -> Result<JobPlan, StoreError> {
+        let job = self.job.clone();
+        let old = load_job(&t.jobs, job.id.as_u128())?.ok_or(StoreError::JobNotFound(job.id))?;
+        if job.queue_key.seq != old.queue_key.seq {
+            return Err(StoreError::Invalid(format!(
+                "job {}: queue_key.seq {} differs from the assigned {}",
+                job.id, job.queue_key.seq, old.queue_key.seq
+            )));
+        }
+        check_job(&job)?;
+        let refs = blobs::check_refs(t, &old.outputs, &job.outputs, &self.blobs)?;
+        let record = codec::encode("jobs", &job.id, &job)?;
+        let events = encode_events(t, job.id, &self.events)?;
+        Ok(JobPlan {
+            job,
+            record,
+            old: Some(old),
+            seq: None,
+            refs,
+            events,
+        })
+    }
+
+    fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
+        write_job(t, &plan)
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.blobs.iter().map(Payload::len).sum()
+    }
+}
+
+impl WriteOp for AppendEvents {
+    type Out = ();
+    type Plan = Vec<(u64, Vec<u8>)>;
+
+    fn check(&self, t: &WriteTables<'_>) -> Result<Self::Plan, StoreError> {
+        if t.jobs.get(self.id.as_u128())?.is_none() {
+            return Err(StoreError::JobNotFound(self.id));
+        }
+        encode_events(t, self.id, &self.events)
+    }
+
+    fn write(&self, plan: Self::Plan, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
+        append(t, self.id, plan)
+    }
+}
+
+/// Store-level invariants of a record about to be written.
+fn check_job(job: &Job) -> Result<(), StoreError> {
+    if job.id.is_nil() {
+        return Err(StoreError::Invalid("job id is nil".to_string()));
+    }
+    let mut names = HashSet::with_capacity(job.outputs.len());
+    for output in &job.outputs {
+        if !names.insert(output.name.as_str()) {
+            return Err(StoreError::Invalid(format!(
+                "job {}: output name {:?} appears twice",
+                job.id, output.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Encode events with their per-job sequence numbers, continuing the log.
+fn encode_events(
+    t: &WriteTables<'_>,
+    id: JobId,
+    events: &[JobEventKind],
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let key = id.as_u128();
+    let last = match t.events.range((key, 0)..=(key, u64::MAX))?.next_back() {
+        Some(entry) => entry?.0.value().1,
+        None => 0,
+    };
+    let at_ms = now_ms();
+    let mut out = Vec::with_capacity(events.len());
+    for (seq, kind) in (last + 1..).zip(events) {
+        let event = JobEvent {
+            at_ms,
+            kind: kind.clone(),
+        };
+        out.push((
+            seq,
+            codec::encode("job_events", &EventKey(id, seq), &event)?,
+        ));
+    }
+    Ok(out)
+}
+
+fn append(
+    t: &mut WriteTables<'_>,
+    id: JobId,
+    events: Vec<(u64, Vec<u8>)>,
+) -> Result<(), StoreError> {
+    let key = id.as_u128();
+    for (seq, bytes) in events {
+        if t.events.insert((key, seq), bytes.as_slice())?.is_some() {
+            return Err(corrupt(
+                "job_events",
+                EventKey(id, seq),
+                "event sequence number reused",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Write a checked job: record, indexes, per-state counts, blob references, events.
+fn write_job(t: &mut WriteTables<'_>, plan: &JobPlan) -> Result<(), StoreError> {
+    let job = &plan.job;
+    if let Some(old) = &plan.old {
+        index_remove(t, old)?;
+        t.meta_add(state_count_key(old.state), -1)?;
+    }
+    index_add(t, job)?;
+    t.meta_add(state_count_key(job.state), 1)?;
+    blobs::apply_refs(t, &plan.refs)?;
+    t.jobs.insert(job.id.as_u128(), plan.record.as_slice())?;
+    append(t, job.id, plan.events.clone())
+}
+
+fn queue_tuple(key: QueueKey) -> (i64, u64) {
+    (key.rank_ms, key.seq)
+}
+
+/// Remove the index entries the stored record `old` implies; they must be there.
+fn index_remove(t: &mut WriteTables<'_>, old: &Job) -> Result<(), StoreError> {
+    let id = old.id.as_u128();
+    match old.state {
+        JobState::Queued => {
+            let found = t
+                .queue
+                .remove(queue_tuple(old.queue_key))?
+                .map(|g| g.value());
+            if found != Some(id) {
+                return Err(corrupt(
+                    "queue",
+                    QueueKeyDisplay(old.queue_key),
+                    format!(
+                        "expected job {}, found {:?}",
+                        old.id,
+                        found.map(Uuid::from_u128)
+                    ),
+                ));
+            }
+        }
+        JobState::Running => {
+            if t.running.remove(id)?.is_none() {
+                return Err(corrupt(
+                    "running",
+                    old.id,
+                    "running job missing from the index",
+                ));
+            }
+        }
+        JobState::Succeeded | JobState::Failed | JobState::Canceled => {}
+    }
+    Ok(())
+}
+
+/// Add the index entries `job` implies; the slots must be free.
+fn index_add(t: &mut WriteTables<'_>, job: &Job) -> Result<(), StoreError> {
+    let id = job.id.as_u128();
+    match job.state {
+        JobState::Queued => {
+            if let Some(prev) = t
+                .queue
+                .insert(queue_tuple(job.queue_key), id)?
+                .map(|g| g.value())
+            {
+                return Err(corrupt(
+                    "queue",
+                    QueueKeyDisplay(job.queue_key),
+                    format!("slot already held by job {}", Uuid::from_u128(prev)),
+                ));
+            }
+        }
+        JobState::Running => {
+            if t.running.insert(id, ())?.is_some() {
+                return Err(corrupt(
+                    "running",
+                    job.id,
+                    "job already in the running index",
+                ));
+            }
+        }
+        JobState::Succeeded | JobState::Failed | JobState::Canceled => {}
+    }
+    Ok(())
+}
+
+/// Read and decode a job; the record must name the id it is stored under.
+pub(crate) fn load_job(
+    jobs: &impl ReadableTable<u128, &'static [u8]>,
+    key: u128,
+) -> Result<Option<Job>, StoreError> {
+    let id = Uuid::from_u128(key);
+    let Some(guard) = jobs.get(key)? else {
+        return Ok(None);
+    };
+    let job: Job = codec::decode("jobs", &id, guard.value())?;
+    if job.id != id {
+        return Err(corrupt("jobs", id, format!("record is for job {}", job.id)));
+    }
+    Ok(Some(job))
+}
+
+/// The queue index in dispatch order.
+pub(crate) fn queued_ids(txn: &ReadTransaction) -> Result<Vec<(QueueKey, JobId)>, StoreError> {
+    let queue = txn.open_table(QUEUE)?;
+    let mut out = Vec::new();
+    for entry in queue.range::<(i64, u64)>(..)? {
+        let (k, v) = entry?;
+        let (rank_ms, seq) = k.value();
+        out.push((QueueKey { rank_ms, seq }, Uuid::from_u128(v.value())));
+    }
+    Ok(out)
+}
+
+/// Queued jobs in dispatch order, each checked against its index entry.
+pub(crate) fn queued_jobs(txn: &ReadTransaction) -> Result<Vec<Job>, StoreError> {
+    let jobs = txn.open_table(JOBS)?;
+    let mut out = Vec::new();
+    for (key, id) in queued_ids(txn)? {
+        let job = load_job(&jobs, id.as_u128())?.ok_or_else(|| {
+            corrupt(
+                "queue",
+                QueueKeyDisplay(key),
+                format!("names missing job {id}"),
+            )
+        })?;
+        if job.state != JobState::Queued || job.queue_key != key {
+            return Err(corrupt(
+                "jobs",
+                id,
+                format!(
+                    "in the queue at {} but record is {} at {}",
+                    QueueKeyDisplay(key),
+                    job.state.as_str(),
+                    QueueKeyDisplay(job.queue_key)
+                ),
+            ));
+        }
+        out.push(job);
+    }
+    Ok(out)
+}
+
+/// Running jobs by id, each checked against its index entry.
+pub(crate) fn running_jobs(txn: &ReadTransaction) -> Result<Vec<Job>, StoreError> {
+    let jobs = txn.open_table(JOBS)?;
+    let running = txn.open_table(RUNNING)?;
+    let mut out = Vec::new();
+    for entry in running.range::<u128>(..)? {
+        let key = entry?.0.value();
+        let id = Uuid::from_u128(key);
+        let job =
+            load_job(&jobs, key)?.ok_or_else(|| corrupt("running", id, "names a missing job"))?;
+        if job.state != JobState::Running {
+            return Err(corrupt(
+                "jobs",
+                id,
+                format!("in the running index but record is {}", job.state.as_str()),
+            ));
+        }
+        out.push(job);
+    }
+    Ok(out)
+}
+
+/// A page of a job's event log.
+pub(crate) fn job_events(
+    txn: &ReadTransaction,
+    id: JobId,
+    after_seq: Option<u64>,
+    limit: usize,
+) -> Result<Vec<(u64, JobEvent)>, StoreError> {
+    let Some(first) = after_seq.unwrap_or(0).checked_add(1) else {
+        return Ok(Vec::new());
+    };
+    let key = id.as_u128();
+    let events = txn.open_table(JOB_EVENTS)?;
+    let mut out = Vec::new();
+    for entry in events.range((key, first)..=(key, u64::MAX))?.take(limit) {
+        let (k, v) = entry?;
+        let seq = k.value().1;
+        out.push((
+            seq,
+            codec::decode("job_events", &EventKey(id, seq), v.value())?,
+        ));
+    }
+    Ok(out)
+}
+
+fn corrupt(
+    table: &'static str,
+    key: impl std::fmt::Display,
+    reason: impl Into<String>,
+) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Prints an event key as `job-id/seq`.
+struct EventKey(JobId, u64);
+
+impl std::fmt::Display for EventKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+/// Prints a queue key as `rank_ms/seq`.
+struct QueueKeyDisplay(QueueKey);
+
+impl std::fmt::Display for QueueKeyDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.0.rank_ms, self.0.seq)
+    }
+}

@@ -1,0 +1,123 @@
+//! Every redb table of the gateway, in one place, and the set of them a write batch opens.
+//!
+//! Layout (all record values are `codec`-encoded: a format-version byte, then postcard):
+//! - `meta`: `&str -> u64`: the schema version, the job sequence counter, per-state job
+//!   counts and blob totals, all updated in the transaction that changes what they count.
+//! - `jobs`: job id (`Uuid::as_u128`) -> `Job`.
+//! - `job_events`: `(job id, seq)` -> `JobEvent`; seq starts at 1 per job, append-only.
+//! - `queue`: `(rank_ms, seq)` -> job id; holds exactly the `Queued` jobs, in dispatch order.
+//! - `running`: job id -> `()`; holds exactly the `Running` jobs.
+//! - `workflows`: id -> the current `WorkflowRecord` (absent once deleted).
+//! - `workflow_versions`: `(id, version)` -> every `WorkflowRecord` ever stored, kept forever.
+//! - `blobs`: BLAKE3 hash -> `BlobRecord` (size, media type, compression, chunk count, refs).
+//! - `blob_chunks`: `(hash, index)` -> at most `CHUNK_BYTES` of the stored (maybe zstd) bytes.
+
+use redb::{Table, TableDefinition, WriteTransaction};
+
+use super::StoreError;
+
+/// Counters and the schema version.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Job records by id.
+pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
+/// Per-job append-only event log.
+pub(crate) const JOB_EVENTS: TableDefinition<(u128, u64), &[u8]> =
+    TableDefinition::new("job_events");
+/// The queue index: `(rank_ms, seq)` of every queued job.
+pub(crate) const QUEUE: TableDefinition<(i64, u64), u128> = TableDefinition::new("queue");
+/// The running index.
+pub(crate) const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("running");
+/// Current workflow versions by id.
+pub(crate) const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
+/// Every workflow version ever stored.
+pub(crate) const WORKFLOW_VERSIONS: TableDefinition<(&str, u32), &[u8]> =
+    TableDefinition::new("workflow_versions");
+/// Blob metadata by content hash.
+pub(crate) const BLOBS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("blobs");
+/// Blob contents, chunked.
+pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> =
+    TableDefinition::new("blob_chunks");
+
+/// The schema this code reads and writes; stored under `meta["schema_version"]`.
+pub(crate) const SCHEMA_VERSION: u64 = 1;
+
+/// `meta` keys.
+pub(crate) mod meta_key {
+    /// The schema version.
+    pub const SCHEMA_VERSION: &str = "schema_version";
+    /// The last assigned `QueueKey::seq` (0: none yet).
+    pub const JOB_SEQ: &str = "job_seq";
+    /// Number of distinct blobs.
+    pub const BLOBS_COUNT: &str = "blobs.count";
+    /// Sum of the uncompressed sizes of distinct blobs.
+    pub const BLOBS_BYTES: &str = "blobs.bytes";
+    /// Sum of the stored (maybe compressed) sizes of distinct blobs.
+    pub const BLOBS_STORED_BYTES: &str = "blobs.stored_bytes";
+}
+
+/// The `meta` key counting the jobs in `state`.
+pub(crate) fn state_count_key(state: crate::domain::JobState) -> &'static str {
+    use crate::domain::JobState;
+    match state {
+        JobState::Queued => "jobs.queued",
+        JobState::Running => "jobs.running",
+        JobState::Succeeded => "jobs.succeeded",
+        JobState::Failed => "jobs.failed",
+        JobState::Canceled => "jobs.canceled",
+    }
+}
+
+/// All tables, opened once per write transaction and shared by the batch's operations.
+pub(crate) struct WriteTables<'txn> {
+    pub meta: Table<'txn, &'static str, u64>,
+    pub jobs: Table<'txn, u128, &'static [u8]>,
+    pub events: Table<'txn, (u128, u64), &'static [u8]>,
+    pub queue: Table<'txn, (i64, u64), u128>,
+    pub running: Table<'txn, u128, ()>,
+    pub workflows: Table<'txn, &'static str, &'static [u8]>,
+    pub workflow_versions: Table<'txn, (&'static str, u32), &'static [u8]>,
+    pub blobs: Table<'txn, [u8; 32], &'static [u8]>,
+    pub blob_chunks: Table<'txn, ([u8; 32], u32), &'static [u8]>,
+}
+
+impl<'txn> WriteTables<'txn> {
+    /// Open (creating if needed) every table in `txn`.
+    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
+        Ok(WriteTables {
+            meta: txn.open_table(META)?,
+            jobs: txn.open_table(JOBS)?,
+            events: txn.open_table(JOB_EVENTS)?,
+            queue: txn.open_table(QUEUE)?,
+            running: txn.open_table(RUNNING)?,
+            workflows: txn.open_table(WORKFLOWS)?,
+            workflow_versions: txn.open_table(WORKFLOW_VERSIONS)?,
+            blobs: txn.open_table(BLOBS)?,
+            blob_chunks: txn.open_table(BLOB_CHUNKS)?,
+        })
+    }
+
+    /// Read a `meta` entry.
+    pub fn meta_get_opt(&self, key: &'static str) -> Result<Option<u64>, StoreError> {
+        use redb::ReadableTable;
+        Ok(self.meta.get(key)?.map(|v| v.value()))
+    }
+
+    /// Read a `meta` counter (0 when absent).
+    pub fn meta_get(&self, key: &'static str) -> Result<u64, StoreError> {
+        Ok(self.meta_get_opt(key)?.unwrap_or(0))
+    }
+
+    /// Add `delta` to a `meta` counter; going below zero means the counts are corrupt.
+    pub fn meta_add(&mut self, key: &'static str, delta: i64) -> Result<u64, StoreError> {
+        let old = self.meta_get(key)?;
+        let new = old
+            .checked_add_signed(delta)
+            .ok_or_else(|| StoreError::Corrupt {
+                table: "meta",
+                key: key.to_string(),
+                reason: format!("counter {old} cannot change by {delta}"),
+            })?;
+        self.meta.insert(key, new)?;
+        Ok(new)
+    }
+}

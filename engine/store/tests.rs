@@ -1,0 +1,971 @@
+//! Store tests against real redb files in temp dirs.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use bytes::Bytes;
+use redb::{Database, ReadableTable};
+use uuid::Uuid;
+
+use super::tables::{BLOB_CHUNKS, JOBS, QUEUE, WORKFLOWS};
+use super::{NewBlob, Store, StoreError};
+use crate::domain::{
+    Hash, Job, JobError, JobEventKind, JobState, OutputRef, QueueKey, WorkflowRecord,
+};
+use crate::error::ErrorCode;
+
+fn open_temp() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("sub/dir/gateway.redb")).unwrap();
+    (dir, store)
+}
+
+fn db_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("sub/dir/gateway.redb")
+}
+
+fn job(rank_ms: i64) -> Job {
+    Job {
+        id: Uuid::new_v4(),
+        workflow_id: "wf".to_string(),
+        workflow_version: 1,
+        inputs_json: "{\"seed\":42}".to_string(),
+        prompt_json: "{\"1\":{}}".to_string(),
+        priority: 0,
+        queue_key: QueueKey { rank_ms, seq: 0 },
+        state: JobState::Queued,
+        n_attempts: 0,
+        backend: None,
+        client_id: None,
+        error: None,
+        outputs: Vec::new(),
+        seed: Some(42),
+        metadata_json: None,
+        callback_url: None,
+        cached: false,
+        created_ms: 1_000,
+        started_ms: None,
+        finished_ms: None,
+        updated_ms: 1_000,
+    }
+}
+
+fn bytes_of(seed: &str, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed.as_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+fn blob(media_type: &str, bytes: Vec<u8>) -> NewBlob {
+    NewBlob {
+        hash: *blake3::hash(&bytes).as_bytes(),
+        media_type: media_type.to_string(),
+        bytes: Bytes::from(bytes),
+    }
+}
+
+fn output(name: &str, b: &NewBlob) -> OutputRef {
+    OutputRef {
+        name: name.to_string(),
+        node_id: "9".to_string(),
+        media_type: b.media_type.clone(),
+        size_bytes: b.bytes.len() as u64,
+        hash: b.hash,
+    }
+}
+
+fn workflow(id: &str, name: &str) -> WorkflowRecord {
+    WorkflowRecord {
+        id: id.to_string(),
+        version: 0,
+        name: name.to_string(),
+        description: "d".to_string(),
+        template_json: "{\"1\":{\"class_type\":\"EmptyImage\"}}".to_string(),
+        schema_json: Some("{}".to_string()),
+        defaults_json: None,
+        created_ms: 5,
+    }
+}
+
+fn counts(store: &Store) -> Vec<u64> {
+    store
+        .stats()
+        .unwrap()
+        .n_jobs_by_state
+        .iter()
+        .map(|(_, n)| *n)
+        .collect()
+}
+
+/// Write raw bytes into a table, bypassing the store (the store must be dropped).
+fn raw_put_job(path: &Path, key: u128, value: &[u8]) {
+    let db = Database::create(path).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(JOBS).unwrap().insert(key, value).unwrap();
+    txn.commit().unwrap();
+}
+
+#[tokio::test]
+async fn job_round_trip_every_field_and_event_kind() {
+    let (_dir, store) = open_temp();
+    let b = blob("image/png", bytes_of("png", 1000));
+    let mut j = job(10);
+    j.priority = -1;
+    j.n_attempts = 2;
+    j.backend = Some("b0".to_string());
+    j.client_id = Some("c".to_string());
+    j.metadata_json = Some("{\"k\":1}".to_string());
+    j.callback_url = Some("https://example.com/hook".to_string());
+    j.started_ms = Some(2_000);
+    let events = vec![
+        JobEventKind::Queued,
+        JobEventKind::Dispatched {
+            backend: "b0".to_string(),
+            attempt: 1,
+        },
+        JobEventKind::Requeued {
+            reason: "backend down".to_string(),
+        },
+        JobEventKind::Progress {
+            node: "3".to_string(),
+            value: 2.5,
+            max: 10.0,
+        },
+        JobEventKind::Reattached {
+            found: "running".to_string(),
+        },
+        JobEventKind::Succeeded { n_outputs: 1 },
+        JobEventKind::Failed {
+            code: ErrorCode::ComfyuiOom,
+            message: "oom".to_string(),
+        },
+        JobEventKind::Canceled {
+            reason: "client".to_string(),
+        },
+    ];
+    let stored = store.insert_job(j.clone(), events.clone()).await.unwrap();
+    assert_eq!(
+        stored.queue_key,
+        QueueKey {
+            rank_ms: 10,
+            seq: 1
+        }
+    );
+    assert_eq!(store.get_job(j.id).unwrap(), Some(stored.clone()));
+
+    let mut done = stored.clone();
+    done.state = JobState::Failed;
+    done.error = Some(JobError {
+        code: ErrorCode::ComfyuiNodeError,
+        message: "bad node".to_string(),
+        details_json: Some("[1]".to_string()),
+    });
+    done.outputs = vec![output("a.png", &b)];
+    done.finished_ms = Some(3_000);
+    done.cached = true;
+    store
+        .complete_job(done.clone(), vec![b.clone()], vec![])
+        .await
+        .unwrap();
+    assert_eq!(store.get_job(j.id).unwrap(), Some(done));
+
+    let logged = store.job_events(j.id, None, 100).unwrap();
+    assert_eq!(
+        logged.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        logged.into_iter().map(|(_, e)| e.kind).collect::<Vec<_>>(),
+        events
+    );
+    assert_eq!(store.get_job(Uuid::new_v4()).unwrap(), None);
+}
+
+#[tokio::test]
+async fn queue_orders_by_rank_then_seq_and_follows_state() {
+    let (_dir, store) = open_temp();
+    let a = store
+        .insert_job(job(100), vec![JobEventKind::Queued])
+        .await
+        .unwrap();
+    let b = store.insert_job(job(50), vec![]).await.unwrap();
+    let c = store.insert_job(job(100), vec![]).await.unwrap();
+    let d = store.insert_job(job(-20), vec![]).await.unwrap();
+    let order: Vec<_> = store.queued_jobs().unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(order, vec![d.id, b.id, a.id, c.id]);
+    let ids: Vec<_> = store
+        .queued_ids()
+        .unwrap()
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect();
+    assert_eq!(ids, order);
+    assert_eq!(counts(&store), vec![4, 0, 0, 0, 0]);
+
+    // Dispatch b: leaves the queue, enters the running index.
+    let mut b_run = b.clone();
+    b_run.state = JobState::Running;
+    b_run.n_attempts = 1;
+    store
+        .update_job(
+            b_run.clone(),
+            vec![JobEventKind::Dispatched {
+                backend: "x".into(),
+                attempt: 1,
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .queued_jobs()
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect::<Vec<_>>(),
+        vec![d.id, a.id, c.id]
+    );
+    assert_eq!(store.running_jobs().unwrap(), vec![b_run.clone()]);
+    assert_eq!(counts(&store), vec![3, 1, 0, 0, 0]);
+
+    // Requeue b behind everything: the new key replaces the old.
+    let mut b_back = b_run.clone();
+    b_back.state = JobState::Queued;
+    b_back.queue_key.rank_ms = 1_000;
+    store
+        .update_job(
+            b_back.clone(),
+            vec![JobEventKind::Requeued {
+                reason: "lost".into(),
+            }],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.running_jobs().unwrap(), vec![]);
+    let keys: Vec<_> = store.queued_ids().unwrap();
+    assert_eq!(keys.len(), 4);
+    assert_eq!(
+        keys[3],
+        (
+            QueueKey {
+                rank_ms: 1_000,
+                seq: b.queue_key.seq
+            },
+            b.id
+        )
+    );
+
+    // Re-rank a queued job in place (e.g. priority change).
+    let mut a2 = a.clone();
+    a2.queue_key.rank_ms = -100;
+    store.update_job(a2.clone(), vec![]).await.unwrap();
+    assert_eq!(store.queued_jobs().unwrap()[0], a2);
+
+    // Terminal states leave both indexes.
+    for (j, state) in [
+        (a2, JobState::Canceled),
+        (b_back, JobState::Succeeded),
+        (c.clone(), JobState::Failed),
+    ] {
+        let mut j = j;
+        j.state = state;
+        store.update_job(j, vec![]).await.unwrap();
+    }
+    assert_eq!(store.queued_jobs().unwrap(), vec![d.clone()]);
+    assert_eq!(counts(&store), vec![1, 0, 1, 1, 1]);
+
+    // Seqs are store-assigned and distinct; a changed seq is refused.
+    let seqs: HashSet<_> = [&a, &b, &c, &d].iter().map(|j| j.queue_key.seq).collect();
+    assert_eq!(seqs.len(), 4);
+    let mut bad = d.clone();
+    bad.queue_key.seq += 100;
+    assert!(matches!(
+        store.update_job(bad, vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert_eq!(store.get_job(d.id).unwrap(), Some(d));
+}
+
+#[tokio::test]
+async fn missing_or_duplicate_jobs_write_nothing() {
+    let (_dir, store) = open_temp();
+    let a = store
+        .insert_job(job(1), vec![JobEventKind::Queued])
+        .await
+        .unwrap();
+    let ghost = job(2);
+    match store
+        .update_job(ghost.clone(), vec![JobEventKind::Queued])
+        .await
+    {
+        Err(StoreError::JobNotFound(id)) => assert_eq!(id, ghost.id),
+        other => panic!("expected JobNotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        store
+            .append_events(ghost.id, vec![JobEventKind::Queued])
+            .await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    assert!(matches!(
+        store.insert_job(a.clone(), vec![]).await,
+        Err(StoreError::JobExists(_))
+    ));
+    assert_eq!(store.get_job(ghost.id).unwrap(), None);
+    assert_eq!(store.job_events(ghost.id, None, 10).unwrap(), vec![]);
+    assert_eq!(store.job_events(a.id, None, 10).unwrap().len(), 1);
+    assert_eq!(counts(&store), vec![1, 0, 0, 0, 0]);
+    assert_eq!(store.queued_jobs().unwrap(), vec![a]);
+}
+
+#[tokio::test]
+async fn events_append_and_page_per_job() {
+    let (_dir, store) = open_temp();
+    let a = store
+        .insert_job(job(1), vec![JobEventKind::Queued])
+        .await
+        .unwrap();
+    let b = store
+        .insert_job(job(2), vec![JobEventKind::Queued])
+        .await
+        .unwrap();
+    for i in 0..10 {
+        let p = JobEventKind::Progress {
+            node: "1".into(),
+            value: f64::from(i),
+            max: 10.0,
+        };
+        store.append_events(a.id, vec![p]).await.unwrap();
+    }
+    store
+        .append_events(b.id, vec![JobEventKind::Canceled { reason: "x".into() }])
+        .await
+        .unwrap();
+    let all = store.job_events(a.id, None, usize::MAX).unwrap();
+    assert_eq!(all.len(), 11);
+    assert_eq!(all[0].1.kind, JobEventKind::Queued);
+    let page = store.job_events(a.id, Some(3), 4).unwrap();
+    assert_eq!(
+        page.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
+    assert_eq!(
+        page[0].1.kind,
+        JobEventKind::Progress {
+            node: "1".into(),
+            value: 2.0,
+            max: 10.0
+        }
+    );
+    assert_eq!(store.job_events(a.id, Some(11), 10).unwrap(), vec![]);
+    assert_eq!(store.job_events(a.id, Some(u64::MAX), 10).unwrap(), vec![]);
+    assert_eq!(store.job_events(a.id, None, 0).unwrap(), vec![]);
+    let b_events = store.job_events(b.id, None, 10).unwrap();
+    assert_eq!(
+        b_events.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    // The record is untouched by appends.
+    assert_eq!(store.get_job(a.id).unwrap(), Some(a));
+}
+
+#[tokio::test]
+async fn workflow_versions_and_delete() {
+    let (_dir, store) = open_temp();
+    let v1 = store
+        .put_workflow(workflow("txt2img", "one"))
+        .await
+        .unwrap();
+    assert_eq!(v1.version, 1);
+    let v2 = store
+        .put_workflow(workflow("txt2img", "two"))
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    assert_eq!(store.get_workflow("txt2img").unwrap(), Some(v2.clone()));
+    assert_eq!(
+        store.get_workflow_version("txt2img", 1).unwrap(),
+        Some(v1.clone())
+    );
+    assert_eq!(store.get_workflow_version("txt2img", 3).unwrap(), None);
+
+    assert!(
+        store
+            .put_workflow_if_absent(workflow("bundled", "b"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .put_workflow_if_absent(workflow("bundled", "b2"))
+            .await
+            .unwrap()
+    );
+    let listed: Vec<_> = store
+        .list_workflows()
+        .unwrap()
+        .into_iter()
+        .map(|w| (w.id, w.version))
+        .collect();
+    assert_eq!(
+        listed,
+        vec![("bundled".to_string(), 1), ("txt2img".to_string(), 2)]
+    );
+
+    assert!(store.delete_workflow("txt2img").await.unwrap());
+    assert!(!store.delete_workflow("txt2img").await.unwrap());
+    assert!(!store.delete_workflow("never").await.unwrap());
+    assert_eq!(store.get_workflow("txt2img").unwrap(), None);
+    assert_eq!(store.get_workflow_version("txt2img", 2).unwrap(), Some(v2));
+    assert_eq!(store.list_workflows().unwrap().len(), 1);
+    // A deleted id is not "absent": bundled workflows do not come back.
+    assert!(
+        !store
+            .put_workflow_if_absent(workflow("txt2img", "again"))
+            .await
+            .unwrap()
+    );
+    // An explicit put continues the numbering.
+    let v3 = store
+        .put_workflow(workflow("txt2img", "three"))
+        .await
+        .unwrap();
+    assert_eq!(v3.version, 3);
+    assert_eq!(store.get_workflow("txt2img").unwrap(), Some(v3));
+    assert!(matches!(
+        store.put_workflow(workflow("", "x")).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn blobs_dedupe_and_count_references() {
+    let (_dir, store) = open_temp();
+    let shared = blob("image/png", bytes_of("shared", 5_000));
+    let own = blob("image/png", bytes_of("own", 7_000));
+    let a = store.insert_job(job(1), vec![]).await.unwrap();
+    let b = store.insert_job(job(2), vec![]).await.unwrap();
+
+    let mut a_done = a.clone();
+    a_done.state = JobState::Succeeded;
+    a_done.outputs = vec![output("0.png", &shared), output("1.png", &own)];
+    store
+        .complete_job(a_done.clone(), vec![shared.clone(), own.clone()], vec![])
+        .await
+        .unwrap();
+
+    let mut b_done = b.clone();
+    b_done.state = JobState::Succeeded;
+    b_done.outputs = vec![output("0.png", &shared)];
+    store
+        .complete_job(b_done.clone(), vec![shared.clone()], vec![])
+        .await
+        .unwrap();
+
+    let meta = store.blob_meta(&shared.hash).unwrap().unwrap();
+    assert_eq!((meta.n_refs, meta.size_bytes, meta.n_chunks), (2, 5_000, 1));
+    assert_eq!(store.blob_meta(&own.hash).unwrap().unwrap().n_refs, 1);
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.n_blobs, stats.blob_bytes), (2, 12_000));
+    assert_eq!(
+        store.read_blob(&shared.hash).unwrap().as_deref(),
+        Some(&shared.bytes[..])
+    );
+
+    // Completing again with the same outputs adds nothing.
+    store
+        .complete_job(b_done.clone(), vec![shared.clone()], vec![])
+        .await
+        .unwrap();
+    assert_eq!(store.blob_meta(&shared.hash).unwrap().unwrap().n_refs, 2);
+
+    // A job that names a stored blob need not resend it.
+    let c = store.insert_job(job(3), vec![]).await.unwrap();
+    let mut c_done = c.clone();
+    c_done.state = JobState::Succeeded;
+    c_done.outputs = vec![output("x.png", &own)];
+    store.update_job(c_done, vec![]).await.unwrap();
+    assert_eq!(store.blob_meta(&own.hash).unwrap().unwrap().n_refs, 2);
+
+    // Dropping outputs drops references; the last one deletes the blob.
+    let mut a_none = a_done.clone();
+    a_none.outputs.clear();
+    store.update_job(a_none, vec![]).await.unwrap();
+    assert_eq!(store.blob_meta(&shared.hash).unwrap().unwrap().n_refs, 1);
+    let mut b_none = b_done.clone();
+    b_none.outputs.clear();
+    store.update_job(b_none, vec![]).await.unwrap();
+    assert_eq!(store.blob_meta(&shared.hash).unwrap(), None);
+    assert_eq!(store.read_blob(&shared.hash).unwrap(), None);
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.n_blobs, stats.blob_bytes), (1, 7_000));
+}
+
+#[tokio::test]
+async fn bad_blobs_are_refused_before_writing() {
+    let (_dir, store) = open_temp();
+    let a = store.insert_job(job(1), vec![]).await.unwrap();
+    let good = blob("image/png", bytes_of("g", 100));
+
+    // Wrong hash for the bytes.
+    let mut forged = good.clone();
+    forged.hash = [7; 32];
+    let mut done = a.clone();
+    done.state = JobState::Succeeded;
+    done.outputs = vec![output("0.png", &forged)];
+    assert!(matches!(
+        store.complete_job(done.clone(), vec![forged], vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Output naming a blob nobody provided.
+    assert!(matches!(
+        store.update_job(done.clone(), vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Output size disagreeing with the blob.
+    let mut wrong_size = done.clone();
+    wrong_size.outputs = vec![output("0.png", &good)];
+    wrong_size.outputs[0].size_bytes = 99;
+    assert!(matches!(
+        store
+            .complete_job(wrong_size, vec![good.clone()], vec![])
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // Duplicate output names.
+    let mut dup = done.clone();
+    dup.outputs = vec![output("0.png", &good), output("0.png", &good)];
+    assert!(matches!(
+        store.complete_job(dup, vec![good.clone()], vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    assert_eq!(store.get_job(a.id).unwrap(), Some(a));
+    assert_eq!(store.blob_meta(&good.hash).unwrap(), None);
+    assert_eq!(store.stats().unwrap().n_blobs, 0);
+}
+
+#[tokio::test]
+async fn large_blob_is_chunked_and_media_type_decides_compression() {
+    let (_dir, store) = open_temp();
+    let big = blob("image/png", bytes_of("big", 3 * 1024 * 1024));
+    let text = blob(
+        "text/plain; charset=utf-8",
+        "all work and no play ".repeat(50_000).into_bytes(),
+    );
+    let json_random = blob("application/octet-stream", bytes_of("rnd", 10_000));
+    let png_repetitive = blob("image/png", vec![0u8; 100_000]);
+    let svg = blob(
+        "image/svg+xml",
+        "<svg><rect/></svg>".repeat(1000).into_bytes(),
+    );
+    let all = [
+        big.clone(),
+        text.clone(),
+        json_random.clone(),
+        png_repetitive.clone(),
+        svg.clone(),
+    ];
+
+    let j = store.insert_job(job(1), vec![]).await.unwrap();
+    let mut done = j.clone();
+    done.state = JobState::Succeeded;
+    done.outputs = all
+        .iter()
+        .enumerate()
+        .map(|(i, b)| output(&format!("{i}"), b))
+        .collect();
+    store
+        .complete_job(
+            done,
+            all.to_vec(),
+            vec![JobEventKind::Succeeded { n_outputs: 5 }],
+        )
+        .await
+        .unwrap();
+
+    let m = store.blob_meta(&big.hash).unwrap().unwrap();
+    assert_eq!(
+        (m.n_chunks, m.compressed, m.size_bytes, m.stored_bytes),
+        (12, false, 3 << 20, 3 << 20)
+    );
+    let m = store.blob_meta(&text.hash).unwrap().unwrap();
+    assert!(m.compressed);
+    assert!(m.stored_bytes < m.size_bytes / 10, "{m:?}");
+    assert_eq!(m.n_chunks, m.stored_bytes.div_ceil(256 * 1024) as u32);
+    assert!(store.blob_meta(&svg.hash).unwrap().unwrap().compressed);
+    // Compressible type, incompressible bytes: kept raw.
+    assert!(
+        !store
+            .blob_meta(&json_random.hash)
+            .unwrap()
+            .unwrap()
+            .compressed
+    );
+    // Never for already-compressed media types, even if it would shrink.
+    assert!(
+        !store
+            .blob_meta(&png_repetitive.hash)
+            .unwrap()
+            .unwrap()
+            .compressed
+    );
+
+    for b in &all {
+        assert_eq!(
+            store.read_blob(&b.hash).unwrap().as_deref(),
+            Some(&b.bytes[..])
+        );
+    }
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.n_blobs, 5);
+    assert_eq!(
+        stats.blob_bytes,
+        all.iter().map(|b| b.bytes.len() as u64).sum::<u64>()
+    );
+    assert!(stats.blob_stored_bytes < stats.blob_bytes);
+}
+
+#[test]
+fn compressible_media_types() {
+    use super::blobs::compressible;
+    for t in [
+        "text/plain",
+        "TEXT/HTML; charset=utf-8",
+        "application/json",
+        "image/svg+xml",
+        "image/bmp",
+        "image/tiff",
+        "audio/wav",
+        "application/ld+json",
+    ] {
+        assert!(compressible(t), "{t}");
+    }
+    for t in [
+        "image/png",
+        "image/jpeg",
+        "image/webp",
+        "image/gif",
+        "video/mp4",
+        "video/webm",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/flac",
+        "",
+    ] {
+        assert!(!compressible(t), "{t}");
+    }
+}
+
+#[tokio::test]
+async fn corrupt_records_are_errors_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let b = blob("text/plain", "hello hello hello ".repeat(100).into_bytes());
+    let (a, hash) = {
+        let store = Store::open(&path).unwrap();
+        let a = store.insert_job(job(1), vec![]).await.unwrap();
+        let mut done = a.clone();
+        done.state = JobState::Succeeded;
+        done.outputs = vec![output("t.txt", &b)];
+        store
+            .complete_job(done, vec![b.clone()], vec![])
+            .await
+            .unwrap();
+        store.put_workflow(workflow("wf", "w")).await.unwrap();
+        (a, b.hash)
+    };
+
+    // Garbage in place of a job record, and a record under the wrong key.
+    let garbage_id = Uuid::new_v4();
+    raw_put_job(&path, garbage_id.as_u128(), &[1, 0xff, 0xff, 0xff]);
+    let misplaced = Uuid::new_v4();
+    let mut record = vec![1u8];
+    record.extend(postcard::to_allocvec(&a).unwrap());
+    raw_put_job(&path, misplaced.as_u128(), &record);
+    raw_put_job(&path, Uuid::new_v4().as_u128(), &[]);
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(WORKFLOWS)
+            .unwrap()
+            .insert("wf", &[2u8, 0][..])
+            .unwrap();
+        // Flip the content of the blob's only chunk.
+        let mut chunks = txn.open_table(BLOB_CHUNKS).unwrap();
+        let mut chunk = chunks.get((hash, 0)).unwrap().unwrap().value().to_vec();
+        let last = chunk.len() - 1;
+        chunk[last] ^= 0xff;
+        chunks.insert((hash, 0), chunk.as_slice()).unwrap();
+        drop(chunks);
+        txn.commit().unwrap();
+    }
+
+    let store = Store::open(&path).unwrap();
+    match store.get_job(garbage_id) {
+        Err(StoreError::Corrupt {
+            table: "jobs", key, ..
+        }) => assert_eq!(key, garbage_id.to_string()),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match store.get_job(misplaced) {
+        Err(StoreError::Corrupt {
+            table: "jobs",
+            key,
+            reason,
+        }) => {
+            assert_eq!(key, misplaced.to_string());
+            assert!(reason.contains(&a.id.to_string()), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match store.get_workflow("wf") {
+        Err(StoreError::Corrupt {
+            table: "workflows",
+            key,
+            reason,
+        }) => {
+            assert_eq!(key, "wf");
+            assert!(reason.contains("format version 2"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        store.list_workflows(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    match store.read_blob(&hash) {
+        Err(StoreError::Corrupt {
+            table: "blobs",
+            key,
+            ..
+        }) => assert_eq!(key, crate::domain::hash_hex(&hash)),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Metadata is intact; the job is still readable; writes to it still work.
+    assert_eq!(store.blob_meta(&hash).unwrap().unwrap().n_refs, 1);
+    assert!(store.get_job(a.id).unwrap().is_some());
+    assert!(matches!(
+        store.update_job(job(0), vec![]).await,
+        Err(StoreError::JobNotFound(_))
+    ));
+    // Updating the garbage job fails cleanly with the key.
+    let mut g = job(0);
+    g.id = garbage_id;
+    assert!(matches!(
+        store.update_job(g, vec![]).await,
+        Err(StoreError::Corrupt { table: "jobs", .. })
+    ));
+}
+
+#[tokio::test]
+async fn reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let b = blob("application/json", "{\"x\":1}".repeat(1000).into_bytes());
+    let (queued, done, wf) = {
+        let store = Store::open(&path).unwrap();
+        let queued = store
+            .insert_job(job(5), vec![JobEventKind::Queued])
+            .await
+            .unwrap();
+        let mut done = store
+            .insert_job(job(6), vec![JobEventKind::Queued])
+            .await
+            .unwrap();
+        done.state = JobState::Succeeded;
+        done.outputs = vec![output("o.json", &b)];
+        store
+            .complete_job(
+                done.clone(),
+                vec![b.clone()],
+                vec![JobEventKind::Succeeded { n_outputs: 1 }],
+            )
+            .await
+            .unwrap();
+        let wf = store.put_workflow(workflow("wf", "w")).await.unwrap();
+        (queued, done, wf)
+        // dropped here without close()
+    };
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.get_job(queued.id).unwrap(), Some(queued.clone()));
+    assert_eq!(store.get_job(done.id).unwrap(), Some(done.clone()));
+    assert_eq!(store.queued_jobs().unwrap(), vec![queued]);
+    assert_eq!(store.job_events(done.id, None, 10).unwrap().len(), 2);
+    assert_eq!(store.get_workflow("wf").unwrap(), Some(wf));
+    assert_eq!(
+        store.read_blob(&b.hash).unwrap().as_deref(),
+        Some(&b.bytes[..])
+    );
+    assert_eq!(counts(&store), vec![1, 0, 1, 0, 0]);
+    // The sequence counter is persistent.
+    let next = store.insert_job(job(7), vec![]).await.unwrap();
+    assert_eq!(next.queue_key.seq, 3);
+    store.close().await;
+    drop(store);
+    let store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.stats().unwrap().n_jobs_by_state[0],
+        (JobState::Queued, 2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits() {
+    let (_dir, store) = open_temp();
+    let base = store.commits();
+    let n = 2_000;
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .insert_job(job(i % 7), vec![JobEventKind::Queued])
+                .await
+        }));
+    }
+    // Interleave ops that must be rejected without hurting their batch-mates.
+    let mut bad = Vec::new();
+    for _ in 0..50 {
+        let store = store.clone();
+        bad.push(tokio::spawn(async move {
+            store.update_job(job(0), vec![]).await
+        }));
+    }
+    let mut ids = HashSet::new();
+    let mut seqs = HashSet::new();
+    for t in tasks {
+        let j = t.await.unwrap().unwrap();
+        ids.insert(j.id);
+        seqs.insert(j.queue_key.seq);
+    }
+    for t in bad {
+        assert!(matches!(t.await.unwrap(), Err(StoreError::JobNotFound(_))));
+    }
+    assert_eq!((ids.len(), seqs.len()), (n as usize, n as usize));
+    let queued = store.queued_jobs().unwrap();
+    assert_eq!(queued.len(), n as usize);
+    assert!(queued.windows(2).all(|w| w[0].queue_key < w[1].queue_key));
+    assert!(queued.iter().all(|j| ids.contains(&j.id)));
+    assert_eq!(counts(&store)[0], n as u64);
+    let commits = store.commits() - base;
+    assert!(commits < n as u64 / 4, "{commits} commits for {n} inserts");
+}
+
+#[tokio::test]
+async fn close_drains_then_refuses_writes() {
+    let (_dir, store) = open_temp();
+    let pending: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.insert_job(job(i), vec![]).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    store.close().await;
+    store.close().await;
+    let mut ok = 0;
+    for p in pending {
+        match p.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(StoreError::Closed) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(store.queued_jobs().unwrap().len(), ok);
+    assert!(matches!(
+        store.insert_job(job(1), vec![]).await,
+        Err(StoreError::Closed)
+    ));
+    assert!(matches!(
+        store.put_workflow(workflow("w", "w")).await,
+        Err(StoreError::Closed)
+    ));
+}
+
+#[tokio::test]
+async fn index_corruption_poisons_only_its_own_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    let victim = {
+        let store = Store::open(&path).unwrap();
+        store.insert_job(job(1), vec![]).await.unwrap()
+    };
+    {
+        // Remove the queue entry behind the store's back.
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(QUEUE)
+            .unwrap()
+            .remove((1i64, victim.queue_key.seq))
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert!(matches!(store.queued_jobs(), Ok(v) if v.is_empty()));
+    let mut running = victim.clone();
+    running.state = JobState::Running;
+    let others: Vec<_> = (0..20)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .insert_job(job(10 + i), vec![JobEventKind::Queued])
+                    .await
+            })
+        })
+        .collect();
+    let result = store.update_job(running, vec![JobEventKind::Queued]).await;
+    match result {
+        Err(StoreError::Corrupt { table: "queue", .. }) => {}
+        other => panic!("expected Corrupt queue, got {other:?}"),
+    }
+    for o in others {
+        o.await.unwrap().unwrap();
+    }
+    // Nothing of the poisoned write is visible; the rest committed.
+    assert_eq!(store.get_job(victim.id).unwrap(), Some(victim.clone()));
+    assert_eq!(store.job_events(victim.id, None, 10).unwrap(), vec![]);
+    assert_eq!(store.running_jobs().unwrap(), vec![]);
+    assert_eq!(store.queued_jobs().unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn schema_version_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = db_path(&dir);
+    drop(Store::open(&path).unwrap());
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(super::tables::META)
+            .unwrap()
+            .insert("schema_version", 99)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(matches!(
+        Store::open(&path),
+        Err(StoreError::Schema {
+            found: 99,
+            expected: 1
+        })
+    ));
+}
+
+#[test]
+fn reads_work_without_a_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&db_path(&dir)).unwrap();
+    assert_eq!(store.queued_jobs().unwrap(), vec![]);
+    assert_eq!(store.list_workflows().unwrap(), vec![]);
+    assert_eq!(counts(&store), vec![0; 5]);
+    let _: Hash = [0; 32];
+    assert_eq!(store.blob_meta(&[0; 32]).unwrap(), None);
+}

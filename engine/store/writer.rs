@@ -1,0 +1,241 @@
+//! The writer thread: group commit.
+//!
+//! Write calls enqueue a `Pending` operation on a bounded channel. The writer takes one,
+//! drains whatever else is waiting (up to a batch cap), applies them all in one write
+//! transaction, commits it with `Durability::Immediate`, and only then answers each
+//! caller. One fsync thus covers every write that arrived while the previous one ran.
+//!
+//! Each operation is split in two: `check` sees the tables read-only (the type forbids
+//! writes) and may reject the operation, which then simply drops out of the batch;
+//! `write` applies the checked plan. A failure inside `write` may leave a partial write
+//! in the shared transaction, so the whole transaction is aborted and the batch replayed
+//! without that operation. A commit failure fails every operation of the batch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{Database, Durability, WriteTransaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+use super::tables::{SCHEMA_VERSION, WriteTables, meta_key};
+
+/// At most this many operations share one transaction.
+const BATCH_OPS_MAX: usize = 1024;
+/// Stop draining into a batch once its blob payloads reach this many bytes.
+const BATCH_PAYLOAD_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// One kind of write.
+pub(crate) trait WriteOp: Send + 'static {
+    /// What the caller gets back after the commit.
+    type Out: Send + 'static;
+    /// What `check` hands to `write`.
+    type Plan;
+    /// Validate against the current state (including earlier writes of the same batch)
+    /// and compute everything that can fail without writing. An error rejects the op.
+    fn check(&self, t: &WriteTables<'_>) -> Result<Self::Plan, StoreError>;
+    /// Apply the plan. An error here poisons the transaction (see the module docs).
+    fn write(&self, plan: Self::Plan, t: &mut WriteTables<'_>) -> Result<Self::Out, StoreError>;
+    /// Bytes of payload this op carries (for batch sizing).
+    fn payload_bytes(&self) -> usize {
+        0
+    }
+}
+
+/// What happened when an op was applied to the batch transaction.
+pub(crate) enum Applied {
+    /// Written; answer after the commit.
+    Written,
+    /// Rejected by `check`: nothing written, answer with this error.
+    Rejected(StoreError),
+    /// Failed in `write`: the transaction holds a partial write.
+    Poisoned(StoreError),
+}
+
+/// A type-erased op waiting for its commit, with the caller's answer channel.
+pub(crate) trait Pending: Send {
+    /// Apply to the batch transaction, keeping the output until the answer.
+    fn apply(&mut self, t: &mut WriteTables<'_>) -> Applied;
+    /// Payload bytes (for batch sizing).
+    fn payload_bytes(&self) -> usize;
+    /// Answer the caller: the output of the last successful `apply`, or `error`.
+    fn answer(self: Box<Self>, error: Option<StoreError>);
+}
+
+struct PendingOp<O: WriteOp> {
+    op: O,
+    out: Option<O::Out>,
+    reply: oneshot::Sender<Result<O::Out, StoreError>>,
+}
+
+impl<O: WriteOp> Pending for PendingOp<O> {
+    fn apply(&mut self, t: &mut WriteTables<'_>) -> Applied {
+        self.out = None;
+        let plan = match self.op.check(t) {
+            Ok(plan) => plan,
+            Err(e) => return Applied::Rejected(e),
+        };
+        match self.op.write(plan, t) {
+            Ok(out) => {
+                self.out = Some(out);
+                Applied::Written
+            }
+            Err(e) => Applied::Poisoned(e),
+        }
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.op.payload_bytes()
+    }
+
+    fn answer(self: Box<Self>, error: Option<StoreError>) {
+        let result = match (error, self.out) {
+            (Some(e), _) => Err(e),
+            (None, Some(out)) => Ok(out),
+            // Only answered without error after `apply` returned `Written`.
+            (None, None) => Err(StoreError::Closed),
+        };
+        // The caller may have gone away (its future dropped); the write stands.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Wrap an op and its answer channel for the writer.
+pub(crate) fn pending<O: WriteOp>(
+    op: O,
+    reply: oneshot::Sender<Result<O::Out, StoreError>>,
+) -> Box<dyn Pending> {
+    Box::new(PendingOp {
+        op,
+        out: None,
+        reply,
+    })
+}
+
+/// A message to the writer.
+pub(crate) enum Msg {
+    /// A write to batch.
+    Write(Box<dyn Pending>),
+    /// Stop accepting writes, finish the queued ones, then acknowledge.
+    Close(oneshot::Sender<()>),
+}
+
+/// Create every table and check (or set) the schema version, in one durable commit.
+pub(crate) fn init_schema(db: &Database) -> Result<(), StoreError> {
+    let txn = begin(db)?;
+    {
+        let mut t = WriteTables::open(&txn)?;
+        match t.meta_get_opt(meta_key::SCHEMA_VERSION)? {
+            None => {
+                t.meta.insert(meta_key::SCHEMA_VERSION, SCHEMA_VERSION)?;
+            }
+            Some(SCHEMA_VERSION) => {}
+            Some(found) => {
+                return Err(StoreError::Schema {
+                    found,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    Ok(txn)
+}
+
+/// The writer loop; returns when the channel is closed and drained.
+pub(crate) fn run(db: &Database, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU64) {
+    let mut closers = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Vec::new();
+        let mut payload_bytes = 0;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Write(p) => {
+                    payload_bytes += p.payload_bytes();
+                    batch.push(p);
+                }
+                Msg::Close(ack) => {
+                    // Later sends fail with `Closed`; what is already queued still drains.
+                    rx.close();
+                    closers.push(ack);
+                }
+            }
+            if batch.len() < BATCH_OPS_MAX && payload_bytes < BATCH_PAYLOAD_BYTES_MAX {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            commit_batch(db, batch, commits);
+        }
+    }
+    for ack in closers {
+        let _ = ack.send(());
+    }
+}
+
+/// Apply and commit one batch, answering every op in it.
+fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &AtomicU64) {
+    while !batch.is_empty() {
+        let txn = match begin(db) {
+            Ok(txn) => txn,
+            Err(e) => return fail_all(batch, &e),
+        };
+        let mut rejected: Vec<Option<StoreError>> = Vec::with_capacity(batch.len());
+        let mut poisoned = None;
+        {
+            let mut t = match WriteTables::open(&txn) {
+                Ok(t) => t,
+                Err(e) => return fail_all(batch, &e),
+            };
+            for (i, p) in batch.iter_mut().enumerate() {
+                match p.apply(&mut t) {
+                    Applied::Written => rejected.push(None),
+                    Applied::Rejected(e) => rejected.push(Some(e)),
+                    Applied::Poisoned(e) => {
+                        poisoned = Some((i, e));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some((i, e)) = poisoned {
+            tracing::error!(error = %e, "store write failed; replaying its batch without it");
+            if let Err(abort) = txn.abort() {
+                tracing::error!(error = %abort, "store abort failed");
+            }
+            batch.remove(i).answer(Some(e));
+            continue;
+        }
+        match txn.commit() {
+            Ok(()) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+                for (p, error) in batch.into_iter().zip(rejected) {
+                    p.answer(error);
+                }
+            }
+            Err(e) => {
+                let e = StoreError::from(e);
+                tracing::error!(error = %e, "store commit failed");
+                for (p, error) in batch.into_iter().zip(rejected) {
+                    p.answer(Some(
+                        error.unwrap_or_else(|| StoreError::Redb(e.to_string())),
+                    ));
+                }
+            }
+        }
+        return;
+    }
+}
+
+fn fail_all(batch: Vec<Box<dyn Pending>>, e: &StoreError) {
+    tracing::error!(error = %e, "store transaction failed");
+    for p in batch {
+        p.answer(Some(StoreError::Redb(e.to_string())));
+    }
+}
