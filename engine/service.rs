@@ -104,6 +104,7 @@ impl Gateway {
         let prepared =
             compiled.prepare(&req.inputs, &self.limits(), &mut rand::rng()).map_err(|e| workflow_error("/inputs", e))?;
         let created_ms = now_ms();
+        let seed = prepared.seed.or_else(|| prepared.inputs.get("seed").and_then(Value::as_i64));
         let job = Job {
             id: uuid::Uuid::new_v4(),
             workflow_id: rec.id,
@@ -118,7 +119,7 @@ impl Gateway {
             client_id: None,
             error: None,
             outputs: Vec::new(),
-            seed: prepared.seed,
+            seed,
             metadata_json: req.metadata.map(|m| m.to_string()),
             callback_url: req.callback_url,
             cached: false,
