@@ -18,6 +18,7 @@
 
 mod blobs;
 mod codec;
+mod integrity;
 mod jobs;
 mod tables;
 mod workflows;
@@ -148,6 +149,14 @@ impl Drop for Inner {
         if let Some(handle) = handle {
             let _ = handle.join();
         }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("commits", &self.commits())
+            .finish_non_exhaustive()
     }
 }
 
@@ -386,6 +395,14 @@ impl Store {
     pub fn read_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         blobs::read(&txn, hash)
+    }
+
+    /// Scan everything and check every cross-table invariant (indexes against states,
+    /// counters against counts, blob references against outputs, chunks against records).
+    /// O(size of the database): for tests, `init` and operators, not for request paths.
+    pub fn verify_integrity(&self) -> Result<(), StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        integrity::verify(&txn)
     }
 
     /// Job counts per state and blob totals, from counters kept in `meta`.
