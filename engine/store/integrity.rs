@@ -10,7 +10,8 @@ use uuid::Uuid;
 use super::blobs;
 use super::codec;
 use super::tables::{
-    BLOB_CHUNKS, BLOBS, JOB_EVENTS, JOBS, META, WORKFLOW_VERSIONS, meta_key, state_count_key,
+    BLOB_CHUNKS, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, META, WORKFLOW_VERSIONS, meta_key,
+    state_count_key,
 };
 use super::{StoreError, workflows};
 use crate::domain::{Hash, Job, JobEvent, JobState, hash_hex};
@@ -101,6 +102,26 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
             "running",
             "*",
             format!("{n_run} entries for {n_running} running jobs"),
+        ));
+    }
+
+    // Listing index: one entry per job, at its creation time.
+    let by_created = txn.open_table(JOBS_BY_CREATED)?;
+    let n_listed = by_created.len()?;
+    let n_jobs = jobs.len()?;
+    if n_listed != n_jobs {
+        return Err(corrupt(
+            "jobs_by_created",
+            "*",
+            format!("{n_listed} entries for {n_jobs} jobs"),
+        ));
+    }
+    let listed = super::jobs::list_jobs(txn, None, usize::MAX, &|_| true)?;
+    if listed.len() as u64 != n_jobs {
+        return Err(corrupt(
+            "jobs_by_created",
+            "*",
+            "entries do not cover every job",
         ));
     }
 

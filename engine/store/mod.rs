@@ -235,7 +235,7 @@ impl Store {
 
     /// Insert a new job: assigns `job.queue_key.seq` from a persisted monotonic counter
     /// (the caller fills `rank_ms`), writes the record, the queue index entry if Queued, the
-    /// running index entry if Running, and appends `events`. Returns the job as stored.
+    /// running index entry if Running, the listing entry, and appends `events`. Returns the job as stored.
     /// `JobExists` if the id is taken. A job may be inserted with outputs (a cache hit)
     /// only if their blobs are already stored.
     pub async fn insert_job(&self, job: Job, events: Vec<JobEventKind>) -> Result<Job, StoreError> {
@@ -246,7 +246,8 @@ impl Store {
     /// queue index iff `state == Queued` (keyed by its `queue_key`; the old key is removed
     /// if it changed), in the running index iff `state == Running`. `JobNotFound` (nothing
     /// written) if the job does not exist; `Invalid` if `queue_key.seq` differs from the
-    /// stored one (the store assigns it) or outputs name blobs that are not stored.
+    /// stored one (the store assigns it), `created_ms` changed, or outputs name blobs that
+    /// are not stored.
     /// Blob references follow `job.outputs` (see `complete_job`).
     pub async fn update_job(&self, job: Job, events: Vec<JobEventKind>) -> Result<(), StoreError> {
         self.complete_job(job, Vec::new(), events).await
@@ -343,6 +344,19 @@ impl Store {
     pub fn queued_ids(&self) -> Result<Vec<(crate::domain::QueueKey, JobId)>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         jobs::queued_ids(&txn)
+    }
+
+    /// A page of all jobs, newest first (by `created_ms`, then id): those `keep` accepts,
+    /// up to `limit`, strictly after `cursor` (the `(created_ms, id)` of the last job of
+    /// the previous page). A filter that matches little scans far: O(jobs scanned).
+    pub fn list_jobs(
+        &self,
+        cursor: Option<(u64, JobId)>,
+        limit: usize,
+        keep: impl Fn(&Job) -> bool,
+    ) -> Result<Vec<Job>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        jobs::list_jobs(&txn, cursor, limit, &keep)
     }
 
     /// Every running job, by id.
