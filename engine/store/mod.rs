@@ -167,7 +167,17 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        let db = Arc::new(Database::create(path)?);
+        Store::start(Database::create(path)?)
+    }
+
+    /// Open a store on a custom redb backend (tests: fault injection).
+    #[cfg(test)]
+    pub(crate) fn open_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
+        Store::start(redb::Builder::new().create_with_backend(backend)?)
+    }
+
+    fn start(db: Database) -> Result<Store, StoreError> {
+        let db = Arc::new(db);
         writer::init_schema(&db)?;
         let commits = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
