@@ -12,6 +12,8 @@
 //! Invariants (checked when written and when read back):
 //! - a job is in `queue` iff its state is `Queued` (under its `queue_key`), and in
 //!   `running` iff its state is `Running`;
+//! - every job has one `jobs_by_created` entry at its (immutable) `created_ms`;
+//! - `queue_key.seq` is assigned by the store, unique, and never changes;
 //! - `meta` per-state counts equal the number of jobs in each state;
 //! - a blob's `n_refs` is the number of `OutputRef`s of all jobs naming it; a blob whose
 //!   last reference goes away is deleted with its chunks.
@@ -123,6 +125,9 @@ pub struct StoreStats {
 }
 
 /// A cheap, cloneable handle on the store (an `Arc` inside).
+///
+/// Dropping the last handle closes the write channel and joins the writer, which first
+/// commits what is queued: it may block for one batch commit.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
