@@ -8,7 +8,9 @@ use uuid::Uuid;
 use super::StoreError;
 use super::blobs::{self, Payload, RefPlan};
 use super::codec;
-use super::tables::{JOB_EVENTS, JOBS, QUEUE, RUNNING, WriteTables, meta_key, state_count_key};
+use super::tables::{
+    JOB_EVENTS, JOBS, JOBS_BY_CREATED, QUEUE, RUNNING, WriteTables, meta_key, state_count_key,
+};
 use super::writer::WriteOp;
 use crate::domain::{Job, JobEvent, JobEventKind, JobId, JobState, QueueKey, now_ms};
 
@@ -75,6 +77,14 @@ impl WriteOp for InsertJob {
         if let Some(seq) = plan.seq {
             t.meta.insert(meta_key::JOB_SEQ, seq)?;
         }
+        let created = (plan.job.created_ms, plan.job.id.as_u128());
+        if t.by_created.insert(created, ())?.is_some() {
+            return Err(corrupt(
+                "jobs_by_created",
+                plan.job.id,
+                "new job already listed",
+            ));
+        }
         write_job(t, &plan)?;
         Ok(plan.job)
     }
@@ -87,6 +97,12 @@ impl WriteOp for UpdateJob {
     fn check(&self, t: &WriteTables<'_>) -> Result<JobPlan, StoreError> {
         let job = self.job.clone();
         let old = load_job(&t.jobs, job.id.as_u128())?.ok_or(StoreError::JobNotFound(job.id))?;
+        if job.created_ms != old.created_ms {
+            return Err(StoreError::Invalid(format!(
+                "job {}: created_ms {} differs from the stored {}",
+                job.id, job.created_ms, old.created_ms
+            )));
+        }
         if job.queue_key.seq != old.queue_key.seq {
             return Err(StoreError::Invalid(format!(
                 "job {}: queue_key.seq {} differs from the assigned {}",
@@ -355,6 +371,43 @@ pub(crate) fn running_jobs(txn: &ReadTransaction) -> Result<Vec<Job>, StoreError
             ));
         }
         out.push(job);
+    }
+    Ok(out)
+}
+
+/// Jobs newest first (by `created_ms`, then id), strictly after `cursor`, that `keep`
+/// accepts, up to `limit`.
+pub(crate) fn list_jobs(
+    txn: &ReadTransaction,
+    cursor: Option<(u64, JobId)>,
+    limit: usize,
+    keep: &dyn Fn(&Job) -> bool,
+) -> Result<Vec<Job>, StoreError> {
+    let jobs = txn.open_table(JOBS)?;
+    let index = txn.open_table(JOBS_BY_CREATED)?;
+    let range = match cursor {
+        Some((created_ms, id)) => index.range(..(created_ms, id.as_u128()))?,
+        None => index.range::<(u64, u128)>(..)?,
+    };
+    let mut out = Vec::new();
+    for entry in range.rev() {
+        if out.len() >= limit {
+            break;
+        }
+        let (created_ms, key) = entry?.0.value();
+        let id = Uuid::from_u128(key);
+        let job = load_job(&jobs, key)?
+            .ok_or_else(|| corrupt("jobs_by_created", id, "names a missing job"))?;
+        if job.created_ms != created_ms {
+            return Err(corrupt(
+                "jobs",
+                id,
+                format!("listed at {created_ms}, created at {}", job.created_ms),
+            ));
+        }
+        if keep(&job) {
+            out.push(job);
+        }
     }
     Ok(out)
 }

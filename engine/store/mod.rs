@@ -12,12 +12,15 @@
 //! Invariants (checked when written and when read back):
 //! - a job is in `queue` iff its state is `Queued` (under its `queue_key`), and in
 //!   `running` iff its state is `Running`;
+//! - every job has one `jobs_by_created` entry at its (immutable) `created_ms`;
+//! - `queue_key.seq` is assigned by the store, unique, and never changes;
 //! - `meta` per-state counts equal the number of jobs in each state;
 //! - a blob's `n_refs` is the number of `OutputRef`s of all jobs naming it; a blob whose
 //!   last reference goes away is deleted with its chunks.
 
 mod blobs;
 mod codec;
+mod integrity;
 mod jobs;
 mod tables;
 mod workflows;
@@ -122,6 +125,9 @@ pub struct StoreStats {
 }
 
 /// A cheap, cloneable handle on the store (an `Arc` inside).
+///
+/// Dropping the last handle closes the write channel and joins the writer, which first
+/// commits what is queued: it may block for one batch commit.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
@@ -151,6 +157,14 @@ impl Drop for Inner {
     }
 }
 
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("commits", &self.commits())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Store {
     /// Open or create the database file (creating parent dirs), create all tables, start
     /// the writer.
@@ -158,7 +172,17 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
-        let db = Arc::new(Database::create(path)?);
+        Store::start(Database::create(path)?)
+    }
+
+    /// Open a store on a custom redb backend (tests: fault injection).
+    #[cfg(test)]
+    pub(crate) fn open_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
+        Store::start(redb::Builder::new().create_with_backend(backend)?)
+    }
+
+    fn start(db: Database) -> Result<Store, StoreError> {
+        let db = Arc::new(db);
         writer::init_schema(&db)?;
         let commits = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
@@ -226,7 +250,7 @@ impl Store {
 
     /// Insert a new job: assigns `job.queue_key.seq` from a persisted monotonic counter
     /// (the caller fills `rank_ms`), writes the record, the queue index entry if Queued, the
-    /// running index entry if Running, and appends `events`. Returns the job as stored.
+    /// running index entry if Running, the listing entry, and appends `events`. Returns the job as stored.
     /// `JobExists` if the id is taken. A job may be inserted with outputs (a cache hit)
     /// only if their blobs are already stored.
     pub async fn insert_job(&self, job: Job, events: Vec<JobEventKind>) -> Result<Job, StoreError> {
@@ -237,7 +261,8 @@ impl Store {
     /// queue index iff `state == Queued` (keyed by its `queue_key`; the old key is removed
     /// if it changed), in the running index iff `state == Running`. `JobNotFound` (nothing
     /// written) if the job does not exist; `Invalid` if `queue_key.seq` differs from the
-    /// stored one (the store assigns it) or outputs name blobs that are not stored.
+    /// stored one (the store assigns it), `created_ms` changed, or outputs name blobs that
+    /// are not stored.
     /// Blob references follow `job.outputs` (see `complete_job`).
     pub async fn update_job(&self, job: Job, events: Vec<JobEventKind>) -> Result<(), StoreError> {
         self.complete_job(job, Vec::new(), events).await
@@ -336,6 +361,19 @@ impl Store {
         jobs::queued_ids(&txn)
     }
 
+    /// A page of all jobs, newest first (by `created_ms`, then id): those `keep` accepts,
+    /// up to `limit`, strictly after `cursor` (the `(created_ms, id)` of the last job of
+    /// the previous page). A filter that matches little scans far: O(jobs scanned).
+    pub fn list_jobs(
+        &self,
+        cursor: Option<(u64, JobId)>,
+        limit: usize,
+        keep: impl Fn(&Job) -> bool,
+    ) -> Result<Vec<Job>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        jobs::list_jobs(&txn, cursor, limit, &keep)
+    }
+
     /// Every running job, by id.
     pub fn running_jobs(&self) -> Result<Vec<Job>, StoreError> {
         let txn = self.inner.db.begin_read()?;
@@ -386,6 +424,14 @@ impl Store {
     pub fn read_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         blobs::read(&txn, hash)
+    }
+
+    /// Scan everything and check every cross-table invariant (indexes against states,
+    /// counters against counts, blob references against outputs, chunks against records).
+    /// O(size of the database): for tests, `init` and operators, not for request paths.
+    pub fn verify_integrity(&self) -> Result<(), StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        integrity::verify(&txn)
     }
 
     /// Job counts per state and blob totals, from counters kept in `meta`.

@@ -7,6 +7,7 @@
 //! - `job_events`: `(job id, seq)` -> `JobEvent`; seq starts at 1 per job, append-only.
 //! - `queue`: `(rank_ms, seq)` -> job id; holds exactly the `Queued` jobs, in dispatch order.
 //! - `running`: job id -> `()`; holds exactly the `Running` jobs.
+//! - `jobs_by_created`: `(created_ms, job id)` -> `()`; every job, for listing newest first.
 //! - `workflows`: id -> the current `WorkflowRecord` (absent once deleted).
 //! - `workflow_versions`: `(id, version)` -> every `WorkflowRecord` ever stored, kept forever.
 //! - `blobs`: BLAKE3 hash -> `BlobRecord` (size, media type, compression, chunk count, refs).
@@ -27,6 +28,9 @@ pub(crate) const JOB_EVENTS: TableDefinition<(u128, u64), &[u8]> =
 pub(crate) const QUEUE: TableDefinition<(i64, u64), u128> = TableDefinition::new("queue");
 /// The running index.
 pub(crate) const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("running");
+/// Every job by acceptance time (for listing; `created_ms` never changes).
+pub(crate) const JOBS_BY_CREATED: TableDefinition<(u64, u128), ()> =
+    TableDefinition::new("jobs_by_created");
 /// Current workflow versions by id.
 pub(crate) const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
 /// Every workflow version ever stored.
@@ -74,6 +78,7 @@ pub(crate) struct WriteTables<'txn> {
     pub events: Table<'txn, (u128, u64), &'static [u8]>,
     pub queue: Table<'txn, (i64, u64), u128>,
     pub running: Table<'txn, u128, ()>,
+    pub by_created: Table<'txn, (u64, u128), ()>,
     pub workflows: Table<'txn, &'static str, &'static [u8]>,
     pub workflow_versions: Table<'txn, (&'static str, u32), &'static [u8]>,
     pub blobs: Table<'txn, [u8; 32], &'static [u8]>,
@@ -89,6 +94,7 @@ impl<'txn> WriteTables<'txn> {
             events: txn.open_table(JOB_EVENTS)?,
             queue: txn.open_table(QUEUE)?,
             running: txn.open_table(RUNNING)?,
+            by_created: txn.open_table(JOBS_BY_CREATED)?,
             workflows: txn.open_table(WORKFLOWS)?,
             workflow_versions: txn.open_table(WORKFLOW_VERSIONS)?,
             blobs: txn.open_table(BLOBS)?,

@@ -182,6 +182,7 @@ async fn job_round_trip_every_field_and_event_kind() {
         events
     );
     assert_eq!(store.get_job(Uuid::new_v4()).unwrap(), None);
+    store.verify_integrity().unwrap();
 }
 
 #[tokio::test]
@@ -287,6 +288,7 @@ async fn queue_orders_by_rank_then_seq_and_follows_state() {
         Err(StoreError::Invalid(_))
     ));
     assert_eq!(store.get_job(d.id).unwrap(), Some(d));
+    store.verify_integrity().unwrap();
 }
 
 #[tokio::test]
@@ -502,6 +504,7 @@ async fn blobs_dedupe_and_count_references() {
     assert_eq!(store.read_blob(&shared.hash).unwrap(), None);
     let stats = store.stats().unwrap();
     assert_eq!((stats.n_blobs, stats.blob_bytes), (1, 7_000));
+    store.verify_integrity().unwrap();
 }
 
 #[tokio::test]
@@ -630,6 +633,7 @@ async fn large_blob_is_chunked_and_media_type_decides_compression() {
         all.iter().map(|b| b.bytes.len() as u64).sum::<u64>()
     );
     assert!(stats.blob_stored_bytes < stats.blob_bytes);
+    store.verify_integrity().unwrap();
 }
 
 #[test]
@@ -909,6 +913,10 @@ async fn index_corruption_poisons_only_its_own_write() {
     }
     let store = Store::open(&path).unwrap();
     assert!(matches!(store.queued_jobs(), Ok(v) if v.is_empty()));
+    match store.verify_integrity() {
+        Err(StoreError::Corrupt { table: "queue", .. }) => {}
+        other => panic!("expected Corrupt queue, got {other:?}"),
+    }
     let mut running = victim.clone();
     running.state = JobState::Running;
     let others: Vec<_> = (0..20)
@@ -968,4 +976,409 @@ fn reads_work_without_a_runtime() {
     assert_eq!(counts(&store), vec![0; 5]);
     let _: Hash = [0; 32];
     assert_eq!(store.blob_meta(&[0; 32]).unwrap(), None);
+}
+
+/// Random operations against the real store and a plain in-memory model, with a reopen
+/// now and then; after every step the store must agree with the model and pass
+/// `verify_integrity`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_based_random_operations() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use std::collections::{BTreeMap, HashMap};
+
+    let pool: Vec<NewBlob> = (0..6)
+        .map(|i| {
+            let media = ["image/png", "text/plain", "application/json"][i % 3];
+            let len = [10, 300_000, 5_000, 0, 70_000, 600][i];
+            let mut bytes = bytes_of(&format!("pool{i}"), len);
+            if media != "image/png" {
+                bytes.iter_mut().for_each(|b| *b %= 4);
+            }
+            blob(media, bytes)
+        })
+        .collect();
+
+    for seed in 0..3u64 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let path = db_path(&dir);
+        let mut store = Store::open(&path).unwrap();
+        let mut jobs: BTreeMap<Uuid, Job> = BTreeMap::new();
+        let mut n_events: HashMap<Uuid, usize> = HashMap::new();
+        let mut wf_current: BTreeMap<String, u32> = BTreeMap::new();
+        let mut wf_last: HashMap<String, u32> = HashMap::new();
+
+        for _step in 0..150 {
+            let ids: Vec<Uuid> = jobs.keys().copied().collect();
+            match rng.random_range(0..10) {
+                0 | 1 => {
+                    // A burst of concurrent inserts.
+                    let n = rng.random_range(1..8);
+                    let mut tasks = Vec::new();
+                    for _ in 0..n {
+                        let mut j = job(rng.random_range(-5..20));
+                        j.created_ms = rng.random_range(0..30);
+                        if rng.random_bool(0.2) {
+                            j.state = JobState::Running;
+                        }
+                        let s = store.clone();
+                        tasks.push(tokio::spawn(async move {
+                            s.insert_job(j, vec![JobEventKind::Queued]).await
+                        }));
+                    }
+                    for t in tasks {
+                        let j = t.await.unwrap().unwrap();
+                        n_events.insert(j.id, 1);
+                        jobs.insert(j.id, j);
+                    }
+                }
+                2..=5 if !ids.is_empty() => {
+                    let id = ids[rng.random_range(0..ids.len())];
+                    let mut j = jobs[&id].clone();
+                    j.state = [
+                        JobState::Queued,
+                        JobState::Running,
+                        JobState::Succeeded,
+                        JobState::Failed,
+                        JobState::Canceled,
+                    ][rng.random_range(0..5)];
+                    j.queue_key.rank_ms = rng.random_range(-5..20);
+                    j.n_attempts += 1;
+                    let mut provided = Vec::new();
+                    if rng.random_bool(0.5) {
+                        j.outputs = (0..rng.random_range(0..4))
+                            .map(|k| {
+                                let b = &pool[rng.random_range(0..pool.len())];
+                                if rng.random_bool(0.7) {
+                                    provided.push(b.clone());
+                                }
+                                output(&format!("{k}.out"), b)
+                            })
+                            .collect();
+                    }
+                    let events = vec![
+                        JobEventKind::Requeued {
+                            reason: "model".into()
+                        };
+                        rng.random_range(0..3)
+                    ];
+                    let n_new = events.len();
+                    let result = store.complete_job(j.clone(), provided, events).await;
+                    let all_available = j.outputs.iter().all(|o| {
+                        jobs.values()
+                            .any(|other| other.outputs.iter().any(|p| p.hash == o.hash))
+                    });
+                    match result {
+                        Ok(()) => {
+                            *n_events.entry(id).or_default() += n_new;
+                            jobs.insert(id, j);
+                        }
+                        // Only allowed when an output names a blob neither stored nor sent.
+                        Err(StoreError::Invalid(_)) => assert!(!all_available),
+                        Err(e) => panic!("unexpected {e}"),
+                    }
+                }
+                6 if !ids.is_empty() => {
+                    let id = ids[rng.random_range(0..ids.len())];
+                    let p = JobEventKind::Progress {
+                        node: "1".into(),
+                        value: 1.0,
+                        max: 2.0,
+                    };
+                    store.append_events(id, vec![p.clone(), p]).await.unwrap();
+                    *n_events.entry(id).or_default() += 2;
+                }
+                7 => {
+                    let id = ["a", "b", "c"][rng.random_range(0..3)].to_string();
+                    if rng.random_bool(0.6) {
+                        let rec = store.put_workflow(workflow(&id, "m")).await.unwrap();
+                        let last = wf_last.entry(id.clone()).or_default();
+                        *last += 1;
+                        assert_eq!(rec.version, *last);
+                        wf_current.insert(id, rec.version);
+                    } else {
+                        let existed = store.delete_workflow(&id).await.unwrap();
+                        assert_eq!(existed, wf_current.remove(&id).is_some());
+                    }
+                }
+                8 => {
+                    // Restart: drop without close, reopen.
+                    drop(store);
+                    store = Store::open(&path).unwrap();
+                }
+                _ => {
+                    assert!(matches!(
+                        store.update_job(job(0), vec![]).await,
+                        Err(StoreError::JobNotFound(_))
+                    ));
+                }
+            }
+
+            // The store agrees with the model.
+            for (id, j) in &jobs {
+                assert_eq!(store.get_job(*id).unwrap().as_ref(), Some(j));
+                assert_eq!(
+                    store.job_events(*id, None, usize::MAX).unwrap().len(),
+                    n_events[id]
+                );
+            }
+            let mut queued: Vec<&Job> = jobs
+                .values()
+                .filter(|j| j.state == JobState::Queued)
+                .collect();
+            queued.sort_by_key(|j| j.queue_key);
+            let got: Vec<Job> = store.queued_jobs().unwrap();
+            assert_eq!(got.iter().collect::<Vec<_>>(), queued);
+            let running: Vec<&Job> = jobs
+                .values()
+                .filter(|j| j.state == JobState::Running)
+                .collect();
+            assert_eq!(
+                store.running_jobs().unwrap().iter().collect::<Vec<_>>(),
+                running
+            );
+            let mut refs: HashMap<Hash, u64> = HashMap::new();
+            for o in jobs.values().flat_map(|j| &j.outputs) {
+                *refs.entry(o.hash).or_default() += 1;
+            }
+            for b in &pool {
+                let meta = store.blob_meta(&b.hash).unwrap();
+                assert_eq!(meta.map(|m| m.n_refs), refs.get(&b.hash).copied());
+            }
+            let listed: Vec<_> = store
+                .list_workflows()
+                .unwrap()
+                .into_iter()
+                .map(|w| (w.id, w.version))
+                .collect();
+            assert_eq!(
+                listed,
+                wf_current
+                    .iter()
+                    .map(|(k, v)| (k.clone(), *v))
+                    .collect::<Vec<_>>()
+            );
+            let mut all: Vec<&Job> = jobs.values().collect();
+            all.sort_by_key(|j| std::cmp::Reverse((j.created_ms, j.id)));
+            assert_eq!(
+                store
+                    .list_jobs(None, usize::MAX, |_| true)
+                    .unwrap()
+                    .iter()
+                    .collect::<Vec<_>>(),
+                all
+            );
+            store.verify_integrity().unwrap();
+        }
+        for b in &pool {
+            if store.blob_meta(&b.hash).unwrap().is_some() {
+                assert_eq!(
+                    store.read_blob(&b.hash).unwrap().as_deref(),
+                    Some(&b.bytes[..])
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn list_jobs_pages_newest_first_with_a_filter() {
+    let (_dir, store) = open_temp();
+    let mut made = Vec::new();
+    for i in 0..10u64 {
+        let mut j = job(0);
+        j.created_ms = 100 + i / 2; // pairs share a timestamp: the id breaks the tie
+        j.workflow_id = if i % 3 == 0 { "x" } else { "y" }.to_string();
+        made.push(store.insert_job(j, vec![]).await.unwrap());
+    }
+    made.sort_by_key(|j| std::cmp::Reverse((j.created_ms, j.id)));
+    let mut pages = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_jobs(cursor, 3, |_| true).unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = Some((last.created_ms, last.id));
+        pages.extend(page);
+    }
+    assert_eq!(pages, made);
+    let xs = store.list_jobs(None, 10, |j| j.workflow_id == "x").unwrap();
+    assert_eq!(
+        xs,
+        made.iter()
+            .filter(|j| j.workflow_id == "x")
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(store.list_jobs(None, 0, |_| true).unwrap(), vec![]);
+
+    // created_ms is immutable (it keys the listing).
+    let mut moved = made[0].clone();
+    moved.created_ms += 1;
+    assert!(matches!(
+        store.update_job(moved, vec![]).await,
+        Err(StoreError::Invalid(_))
+    ));
+    store.verify_integrity().unwrap();
+}
+
+/// A backend that keeps a "disk image" as of the last successful sync and dies (every
+/// later write and sync fails) at its k-th sync: what a crash leaves behind.
+#[derive(Debug)]
+struct CrashBackend {
+    live: std::sync::Mutex<Vec<u8>>,
+    durable: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    syncs_left: std::sync::atomic::AtomicU64,
+}
+
+impl CrashBackend {
+    fn new(image: Vec<u8>, syncs: u64) -> (Self, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+        let durable = std::sync::Arc::new(std::sync::Mutex::new(image.clone()));
+        let backend = CrashBackend {
+            live: std::sync::Mutex::new(image),
+            durable: durable.clone(),
+            syncs_left: std::sync::atomic::AtomicU64::new(syncs),
+        };
+        (backend, durable)
+    }
+
+    fn dead(&self) -> bool {
+        self.syncs_left.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
+fn crashed() -> std::io::Error {
+    std::io::Error::other("simulated crash")
+}
+
+impl redb::StorageBackend for CrashBackend {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.live.lock().unwrap().len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let live = self.live.lock().unwrap();
+        let offset = offset as usize;
+        let src = live
+            .get(offset..offset + out.len())
+            .ok_or_else(|| std::io::Error::other("out of range"))?;
+        out.copy_from_slice(src);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        if self.dead() {
+            return Err(crashed());
+        }
+        self.live.lock().unwrap().resize(len as usize, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        use std::sync::atomic::Ordering;
+        if self.dead() {
+            return Err(crashed());
+        }
+        if self.syncs_left.fetch_sub(1, Ordering::SeqCst) == 1 {
+            return Err(crashed());
+        }
+        *self.durable.lock().unwrap() = self.live.lock().unwrap().clone();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        if self.dead() {
+            return Err(crashed());
+        }
+        let mut live = self.live.lock().unwrap();
+        let offset = offset as usize;
+        let dst = live
+            .get_mut(offset..offset + data.len())
+            .ok_or_else(|| std::io::Error::other("out of range"))?;
+        dst.copy_from_slice(data);
+        Ok(())
+    }
+}
+
+/// Crash at every sync point in turn: whatever was acknowledged is there after the
+/// restart, exactly as acknowledged, and the store is consistent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_crash_at_any_sync() {
+    let payload = blob("text/plain", "output ".repeat(40_000).into_bytes());
+    let mut crashes_seen = 0;
+    for k in 1..40u64 {
+        let (backend, durable) = CrashBackend::new(Vec::new(), k);
+        let Ok(store) = Store::open_backend(backend) else {
+            continue; // died while creating the tables: nothing was acknowledged
+        };
+        let mut acked: Vec<Job> = Vec::new();
+        let mut acked_wf = None;
+        'waves: for wave in 0..8 {
+            let tasks: Vec<_> = (0..4)
+                .map(|i| {
+                    let s = store.clone();
+                    tokio::spawn(async move {
+                        s.insert_job(job(wave * 10 + i), vec![JobEventKind::Queued])
+                            .await
+                    })
+                })
+                .collect();
+            for t in tasks {
+                match t.await.unwrap() {
+                    Ok(j) => acked.push(j),
+                    Err(StoreError::Redb(_)) => {}
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            if let Some(first) = acked
+                .first()
+                .cloned()
+                .filter(|j| j.state == JobState::Queued)
+            {
+                let mut done = first;
+                done.state = JobState::Succeeded;
+                done.outputs = vec![output("o.txt", &payload)];
+                match store
+                    .complete_job(done.clone(), vec![payload.clone()], vec![])
+                    .await
+                {
+                    Ok(()) => acked[0] = done,
+                    Err(StoreError::Redb(_)) => break 'waves,
+                    Err(e) => panic!("unexpected {e}"),
+                }
+            }
+            match store.put_workflow(workflow("w", "w")).await {
+                Ok(rec) => acked_wf = Some(rec),
+                Err(StoreError::Redb(_)) => break 'waves,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        drop(store);
+
+        // Restart on what reached the disk.
+        let image = durable.lock().unwrap().clone();
+        let (backend, _) = CrashBackend::new(image, u64::MAX);
+        let store = Store::open_backend(backend).unwrap();
+        for j in &acked {
+            assert_eq!(store.get_job(j.id).unwrap().as_ref(), Some(j), "k={k}");
+        }
+        if let Some(rec) = &acked_wf {
+            assert!(
+                store
+                    .get_workflow_version("w", rec.version)
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        if acked.iter().any(|j| !j.outputs.is_empty()) {
+            assert_eq!(
+                store.read_blob(&payload.hash).unwrap().as_deref(),
+                Some(&payload.bytes[..])
+            );
+        }
+        store.verify_integrity().unwrap();
+        if acked.len() < 32 {
+            crashes_seen += 1;
+        }
+    }
+    assert!(crashes_seen > 5, "{crashes_seen}");
 }

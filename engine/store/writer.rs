@@ -239,3 +239,81 @@ fn fail_all(batch: Vec<Box<dyn Pending>>, e: &StoreError) {
         p.answer(Some(StoreError::Redb(e.to_string())));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableDatabase;
+
+    use super::*;
+    use crate::store::tables::META;
+
+    /// Sets a meta key; `fail` makes it fail after writing, `reject` before.
+    struct Put {
+        key: &'static str,
+        fail: bool,
+        reject: bool,
+    }
+
+    impl WriteOp for Put {
+        type Out = u64;
+        type Plan = ();
+
+        fn check(&self, _t: &WriteTables<'_>) -> Result<(), StoreError> {
+            if self.reject {
+                return Err(StoreError::Invalid(self.key.to_string()));
+            }
+            Ok(())
+        }
+
+        fn write(&self, (): (), t: &mut WriteTables<'_>) -> Result<u64, StoreError> {
+            let n = t.meta_add(self.key, 1)?;
+            if self.fail {
+                return Err(StoreError::Corrupt {
+                    table: "meta",
+                    key: self.key.to_string(),
+                    reason: "test".into(),
+                });
+            }
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_failed_write_is_replayed_out_of_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::create(dir.path().join("w.redb")).unwrap();
+        init_schema(&db).unwrap();
+        let commits = AtomicU64::new(0);
+        let spec = [
+            ("a", false, false),
+            ("poison", true, false),
+            ("b", false, true),
+            ("c", false, false),
+        ];
+        let mut batch = Vec::new();
+        let mut replies = Vec::new();
+        for (key, fail, reject) in spec {
+            let (tx, rx) = oneshot::channel();
+            batch.push(pending(Put { key, fail, reject }, tx));
+            replies.push(rx);
+        }
+        commit_batch(&db, batch, &commits);
+        let results: Vec<_> = replies
+            .into_iter()
+            .map(|mut rx| rx.try_recv().unwrap())
+            .collect();
+        assert!(matches!(results[0], Ok(1)));
+        assert!(matches!(results[1], Err(StoreError::Corrupt { .. })));
+        assert!(matches!(results[2], Err(StoreError::Invalid(_))));
+        assert!(matches!(results[3], Ok(1)));
+        // One commit for the survivors; nothing of the poisoned write.
+        assert_eq!(commits.load(Ordering::Relaxed), 1);
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        let get = |k: &str| meta.get(k).unwrap().map(|v| v.value());
+        assert_eq!(
+            (get("a"), get("poison"), get("b"), get("c")),
+            (Some(1), None, None, Some(1))
+        );
+    }
+}
