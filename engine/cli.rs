@@ -205,7 +205,10 @@ fn read_json(path: &Path) -> Result<Value, CliError> {
 
 async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
     if args.plugin.is_some() {
-        return Err(CliError { message: "--plugin: plugins are not supported by this version yet".into(), exit_code: 2 });
+        return Err(CliError {
+            message: "--plugin: plugins are not supported by this version yet".into(),
+            exit_code: 2,
+        });
     }
     let file = read_json(&args.file)?;
     // Either a bare API-format template, or a definition object holding one.

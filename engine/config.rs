@@ -18,13 +18,28 @@ pub struct ServeArgs {
     #[arg(long, env = "HOST", default_value = "127.0.0.1", value_name = "HOST")]
     pub host: IpAddr,
     /// ComfyUI base URL; a comma-separated list means several backends.
-    #[arg(long = "comfyui-url", env = "COMFYUI_URL", default_value = "http://127.0.0.1:8188", value_name = "COMFYUI_URL")]
+    #[arg(
+        long = "comfyui-url",
+        env = "COMFYUI_URL",
+        default_value = "http://127.0.0.1:8188",
+        value_name = "COMFYUI_URL"
+    )]
     pub comfyui_url: String,
     /// Longest execution time of one job on ComfyUI, in ms.
-    #[arg(long = "comfyui-timeout-ms", env = "COMFYUI_TIMEOUT_MS", default_value_t = 300_000, value_name = "COMFYUI_TIMEOUT_MS")]
+    #[arg(
+        long = "comfyui-timeout-ms",
+        env = "COMFYUI_TIMEOUT_MS",
+        default_value_t = 300_000,
+        value_name = "COMFYUI_TIMEOUT_MS"
+    )]
     pub comfyui_timeout_ms: u64,
     /// Path of the redb database file (a `redb://` or `file://` prefix is accepted).
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "./data/gateway.redb", value_name = "DATABASE_URL")]
+    #[arg(
+        long = "database-url",
+        env = "DATABASE_URL",
+        default_value = "./data/gateway.redb",
+        value_name = "DATABASE_URL"
+    )]
     pub database_url: String,
     /// Prompts in flight per backend at most.
     #[arg(long = "max-concurrency", env = "MAX_CONCURRENCY", default_value_t = 1, value_name = "MAX_CONCURRENCY")]

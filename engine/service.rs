@@ -73,8 +73,9 @@ pub struct Registry {
 impl Gateway {
     /// Open the store, register bundled workflows if asked, start the scheduler.
     pub async fn start(config: Arc<Config>) -> Result<Gateway> {
-        let store = Store::open(&config.database_path)
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot open {}: {e}", config.database_path.display())))?;
+        let store = Store::open(&config.database_path).map_err(|e| {
+            Error::new(ErrorCode::Internal, format!("cannot open {}: {e}", config.database_path.display()))
+        })?;
         if config.bundled_workflows {
             register_bundled(&store).await?;
         }
@@ -101,8 +102,9 @@ impl Gateway {
             Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {:?}", req.workflow_id))
         })?;
         let compiled = self.registry.compiled(&rec)?;
-        let prepared =
-            compiled.prepare(&req.inputs, &self.limits(), &mut rand::rng()).map_err(|e| workflow_error("/inputs", e))?;
+        let prepared = compiled
+            .prepare(&req.inputs, &self.limits(), &mut rand::rng())
+            .map_err(|e| workflow_error("/inputs", e))?;
         let created_ms = now_ms();
         let seed = prepared.seed.or_else(|| prepared.inputs.get("seed").and_then(Value::as_i64));
         let job = Job {
@@ -154,7 +156,6 @@ impl Gateway {
             .read_blob(hash)?
             .ok_or_else(|| Error::internal(format!("blob {} is referenced but missing", crate::domain::hash_hex(hash))))
     }
-
 }
 
 impl Registry {

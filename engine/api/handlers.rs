@@ -41,13 +41,17 @@ async fn read_object(ctx: &Ctx, req: Request<Incoming>) -> Result<Map<String, Va
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::validation("/", "the request body must be a JSON object")),
-        Err(e) => Err(Error::validation("/", format!("malformed JSON at line {} column {}: {e}", e.line(), e.column()))),
+        Err(e) => {
+            Err(Error::validation("/", format!("malformed JSON at line {} column {}: {e}", e.line(), e.column())))
+        }
     }
 }
 
 fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<()> {
     match body.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(Error::validation(&format!("/{k}"), format!("unknown field; expected one of {}", known.join(", ")))),
+        Some(k) => {
+            Err(Error::validation(&format!("/{k}"), format!("unknown field; expected one of {}", known.join(", "))))
+        }
         None => Ok(()),
     }
 }
@@ -87,7 +91,9 @@ fn parse_priority(v: Option<&Value>) -> Result<i32> {
             "low" => Ok(-1),
             _ => Err(bad()),
         },
-        Some(Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).filter(|n| n.abs() <= 100).ok_or_else(bad),
+        Some(Value::Number(n)) => {
+            n.as_i64().and_then(|n| i32::try_from(n).ok()).filter(|n| n.abs() <= 100).ok_or_else(bad)
+        }
         Some(_) => Err(bad()),
     }
 }
@@ -180,7 +186,9 @@ fn workflow_definition(body: &Map<String, Value>, id: String) -> Result<Workflow
     }
     let template = match body.get("workflow") {
         Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => return Err(Error::validation("/workflow", "must be an API-format workflow (a JSON object of nodes)")),
+        Some(_) => {
+            return Err(Error::validation("/workflow", "must be an API-format workflow (a JSON object of nodes)"));
+        }
         None => return Err(Error::validation("/workflow", "is required")),
     };
     let input_schema = match body.get("inputSchema") {
@@ -290,10 +298,7 @@ pub async fn cancel_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
 pub fn list_outputs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
     let outputs: Vec<Value> = job.outputs.iter().map(|o| reply::output_json(&job, o)).collect();
-    Ok(reply::json(
-        StatusCode::OK,
-        &json!({ "jobId": job.id, "status": job.state.as_str(), "outputs": outputs }),
-    ))
+    Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "outputs": outputs })))
 }
 
 /// `GET /outputs/{id}/{file}`: the bytes, `ETag` = content hash; `If-None-Match` → 304.

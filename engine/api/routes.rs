@@ -90,10 +90,7 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
 
 async fn route(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     let path = req.uri().path().to_string();
-    let matched = ctx
-        .router
-        .at(&path)
-        .map_err(|_| Error::new(ErrorCode::NotFound, format!("no route for {path}")))?;
+    let matched = ctx.router.at(&path).map_err(|_| Error::new(ErrorCode::NotFound, format!("no route for {path}")))?;
     let route = *matched.value;
     let params = Params {
         id: matched.params.get("id").unwrap_or("").to_string(),

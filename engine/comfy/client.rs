@@ -148,7 +148,8 @@ impl ComfyClient {
 
     /// `POST /prompt` with our own prompt_id, so early WS events can be correlated.
     pub async fn submit(&self, prompt_json: &str, prompt_id: &str, client_id: &str) -> Result<(), ComfyError> {
-        let (status, body) = self.post_json("/prompt", protocol::submit_body(prompt_json, prompt_id, client_id)).await?;
+        let (status, body) =
+            self.post_json("/prompt", protocol::submit_body(prompt_json, prompt_id, client_id)).await?;
         match status {
             200 => {
                 let v: Value = serde_json::from_slice(&body)

@@ -103,10 +103,7 @@ impl ExecutionError {
             node_id: id_field(data, "node_id").unwrap_or_default(),
             node_type: str_field(data, "node_type").unwrap_or_default(),
             exception_type: str_field(data, "exception_type").unwrap_or_default(),
-            exception_message: str_field(data, "exception_message")
-                .unwrap_or_default()
-                .trim_end()
-                .to_string(),
+            exception_message: str_field(data, "exception_message").unwrap_or_default().trim_end().to_string(),
         }
     }
 
@@ -166,10 +163,7 @@ pub fn parse_ws_text(text: &str) -> WsMessage {
     let prompt_id = || str_field(data, "prompt_id");
     match kind {
         "status" => WsMessage::Status {
-            queue_remaining: data
-                .pointer("/status/exec_info/queue_remaining")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
+            queue_remaining: data.pointer("/status/exec_info/queue_remaining").and_then(Value::as_u64).unwrap_or(0),
             sid: str_field(data, "sid"),
         },
         "execution_start" => match prompt_id() {
@@ -312,10 +306,7 @@ pub fn parse_queue(body: &Value) -> QueueSnapshot {
         body.get(key)
             .and_then(Value::as_array)
             .map(|items| {
-                items
-                    .iter()
-                    .filter_map(|item| item.get(1).and_then(Value::as_str).map(str::to_string))
-                    .collect()
+                items.iter().filter_map(|item| item.get(1).and_then(Value::as_str).map(str::to_string)).collect()
             })
             .unwrap_or_default()
     };
@@ -344,7 +335,8 @@ pub fn parse_rejection(body: &str) -> (String, Value) {
             }
         }
     }
-    let summary = if details.is_empty() { format!("{kind}: {message}") } else { format!("{kind}: {message}: {details}") };
+    let summary =
+        if details.is_empty() { format!("{kind}: {message}") } else { format!("{kind}: {message}: {details}") };
     (summary, serde_json::json!({ "type": kind, "nodeErrors": nodes }))
 }
 
@@ -391,9 +383,7 @@ mod tests {
         assert_eq!(m, WsMessage::Executing { prompt_id: Some("p1".into()), node: None });
         let m = parse_ws_text(r#"{"type":"executing","data":{"node":"12"}}"#);
         assert_eq!(m, WsMessage::Executing { prompt_id: None, node: Some("12".into()) });
-        let m = parse_ws_text(
-            r#"{"type":"status","data":{"status":{"exec_info":{"queue_remaining":2}},"sid":"abc"}}"#,
-        );
+        let m = parse_ws_text(r#"{"type":"status","data":{"status":{"exec_info":{"queue_remaining":2}},"sid":"abc"}}"#);
         assert_eq!(m, WsMessage::Status { queue_remaining: 2, sid: Some("abc".into()) });
         let m = parse_ws_text(r#"{"type":"progress","data":{"value":3,"max":20,"prompt_id":"p","node":"5"}}"#);
         assert_eq!(m, WsMessage::Progress { prompt_id: "p".into(), node: Some("5".into()), value: 3.0, max: 20.0 });
@@ -440,7 +430,9 @@ mod tests {
 
     #[test]
     fn queue_and_rejection() {
-        let q = parse_queue(&serde_json::json!({"queue_running": [[1, "a", {}, {}, []]], "queue_pending": [[3, "c"], [2, "b"]]}));
+        let q = parse_queue(
+            &serde_json::json!({"queue_running": [[1, "a", {}, {}, []]], "queue_pending": [[3, "c"], [2, "b"]]}),
+        );
         assert!(q.contains("a") && q.contains("b") && q.contains("c") && !q.contains("d"));
         let (msg, details) = parse_rejection(
             r#"{"error":{"type":"prompt_outputs_failed_validation","message":"Prompt outputs failed validation","details":"","extra_info":{}},

@@ -250,8 +250,8 @@ impl Scheduler {
                         ),
                         details_json: None,
                     };
-                    let (job, log) = state::apply(&job, state::Event::Fail { error }, now_ms())
-                        .map_err(|e| Error::internal(e))?;
+                    let (job, log) =
+                        state::apply(&job, state::Event::Fail { error }, now_ms()).map_err(|e| Error::internal(e))?;
                     store.update_job(job, log).await?;
                 }
             }
@@ -284,8 +284,9 @@ impl Scheduler {
                     // Dispatched meanwhile: cancel it as a running job.
                     return self.cancel_running(id).await;
                 }
-                let (job, log) = state::apply(&job, state::Event::Cancel { reason: "canceled by request".into() }, now_ms())
-                    .map_err(|e| Error::new(ErrorCode::Conflict, e.to_string()))?;
+                let (job, log) =
+                    state::apply(&job, state::Event::Cancel { reason: "canceled by request".into() }, now_ms())
+                        .map_err(|e| Error::new(ErrorCode::Conflict, e.to_string()))?;
                 self.shared.store.update_job(job.clone(), log).await?;
                 Ok(job)
             }
@@ -300,7 +301,8 @@ impl Scheduler {
         }
         // Give the runner a moment to interrupt and record it.
         for _ in 0..100 {
-            let job = self.shared.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, "no such job"))?;
+            let job =
+                self.shared.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, "no such job"))?;
             if job.state.is_terminal() {
                 return Ok(job);
             }

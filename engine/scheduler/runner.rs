@@ -185,7 +185,12 @@ impl Run {
         Err(Exit::Finished)
     }
 
-    async fn fail(&mut self, code: ErrorCode, message: String, details: Option<serde_json::Value>) -> Result<Phase, Exit> {
+    async fn fail(
+        &mut self,
+        code: ErrorCode,
+        message: String,
+        details: Option<serde_json::Value>,
+    ) -> Result<Phase, Exit> {
         let details_json = details.map(|d| d.to_string());
         self.finish(Event::Fail { error: JobError { code, message, details_json } }).await
     }
@@ -398,8 +403,7 @@ impl Run {
 
     async fn store_outputs(&mut self, files: Vec<OutputFile>) -> Result<Phase, Exit> {
         let has_outputs = files.iter().any(|f| f.folder_type == "output");
-        let wanted: Vec<OutputFile> =
-            files.into_iter().filter(|f| !has_outputs || f.folder_type == "output").collect();
+        let wanted: Vec<OutputFile> = files.into_iter().filter(|f| !has_outputs || f.folder_type == "output").collect();
         if wanted.is_empty() {
             let message = "ComfyUI reported success but listed no output files".to_string();
             return self.fail(ErrorCode::ComfyuiNodeError, message, None).await;

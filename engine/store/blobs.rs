@@ -113,12 +113,7 @@ impl Payload {
 /// Whether zstd is worth trying for this media type: text-like and uncompressed formats,
 /// never already-compressed media (png, jpeg, webp, gif, mp4, webm, mp3, ogg, flac, ...).
 pub(crate) fn compressible(media_type: &str) -> bool {
-    let essence = media_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let essence = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence.starts_with("text/")
         || essence.ends_with("+json")
         || essence.ends_with("+xml")
@@ -145,19 +140,12 @@ pub(crate) fn compressible(media_type: &str) -> bool {
 pub(crate) fn prepare(blob: NewBlob) -> Result<PreparedBlob, StoreError> {
     let actual = blake3::hash(&blob.bytes);
     if actual.as_bytes() != &blob.hash {
-        return Err(StoreError::Invalid(format!(
-            "blob {}: bytes hash to {}",
-            hash_hex(&blob.hash),
-            actual.to_hex()
-        )));
+        return Err(StoreError::Invalid(format!("blob {}: bytes hash to {}", hash_hex(&blob.hash), actual.to_hex())));
     }
     let size = blob.bytes.len();
     let n_chunks = size.div_ceil(CHUNK_BYTES);
     if u32::try_from(n_chunks).is_err() {
-        return Err(StoreError::Invalid(format!(
-            "blob {} is too large",
-            hash_hex(&blob.hash)
-        )));
+        return Err(StoreError::Invalid(format!("blob {} is too large", hash_hex(&blob.hash))));
     }
     let mut prepared = PreparedBlob {
         hash: blob.hash,
@@ -187,11 +175,7 @@ pub(crate) struct RefPlan {
 #[derive(Debug)]
 enum RefChange {
     /// Add `n` references; `new` is the blob to write when it is not stored yet.
-    Add {
-        hash: Hash,
-        n: u64,
-        new: Option<PreparedBlob>,
-    },
+    Add { hash: Hash, n: u64, new: Option<PreparedBlob> },
     /// Drop `n` references (deleting the blob at zero).
     Remove { hash: Hash, n: u64 },
 }
@@ -240,19 +224,12 @@ pub(crate) fn check_refs(
                     hash_hex(&hash)
                 )));
             }
-            plan.changes.push(RefChange::Add {
-                hash,
-                n,
-                new: new_blob,
-            });
+            plan.changes.push(RefChange::Add { hash, n, new: new_blob });
         } else if delta < 0 {
             match existing {
                 Some(rec) if rec.n_refs >= n => plan.changes.push(RefChange::Remove { hash, n }),
                 Some(rec) => {
-                    return Err(corrupt(
-                        &hash,
-                        format!("{} refs, but {n} are being dropped", rec.n_refs),
-                    ));
+                    return Err(corrupt(&hash, format!("{} refs, but {n} are being dropped", rec.n_refs)));
                 }
                 None => return Err(corrupt(&hash, "referenced by a job but not stored")),
             }
@@ -265,11 +242,7 @@ pub(crate) fn check_refs(
 pub(crate) fn apply_refs(t: &mut WriteTables<'_>, plan: &RefPlan) -> Result<(), StoreError> {
     for change in &plan.changes {
         match change {
-            RefChange::Add {
-                hash,
-                n,
-                new: Some(p),
-            } => {
+            RefChange::Add { hash, n, new: Some(p) } => {
                 // Another op of this batch may have stored it since the check.
                 if let Some(mut rec) = load_record(&t.blobs, hash)? {
                     rec.n_refs = add_refs(hash, rec.n_refs, *n)?;
@@ -295,14 +268,14 @@ pub(crate) fn apply_refs(t: &mut WriteTables<'_>, plan: &RefPlan) -> Result<(), 
                 t.meta_add(meta_key::BLOBS_STORED_BYTES, signed(rec.stored_bytes))?;
             }
             RefChange::Add { hash, n, new: None } => {
-                let mut rec = load_record(&t.blobs, hash)?
-                    .ok_or_else(|| corrupt(hash, "vanished between check and write"))?;
+                let mut rec =
+                    load_record(&t.blobs, hash)?.ok_or_else(|| corrupt(hash, "vanished between check and write"))?;
                 rec.n_refs = add_refs(hash, rec.n_refs, *n)?;
                 put_record(t, hash, &rec)?;
             }
             RefChange::Remove { hash, n } => {
-                let mut rec = load_record(&t.blobs, hash)?
-                    .ok_or_else(|| corrupt(hash, "vanished between check and write"))?;
+                let mut rec =
+                    load_record(&t.blobs, hash)?.ok_or_else(|| corrupt(hash, "vanished between check and write"))?;
                 rec.n_refs = rec
                     .n_refs
                     .checked_sub(*n)
@@ -329,8 +302,7 @@ fn signed(n: u64) -> i64 {
 }
 
 fn add_refs(hash: &Hash, refs: u64, n: u64) -> Result<u64, StoreError> {
-    refs.checked_add(n)
-        .ok_or_else(|| corrupt(hash, "reference count overflow"))
+    refs.checked_add(n).ok_or_else(|| corrupt(hash, "reference count overflow"))
 }
 
 fn put_record(t: &mut WriteTables<'_>, hash: &Hash, rec: &BlobRecord) -> Result<(), StoreError> {
@@ -349,13 +321,7 @@ fn load_record(
     let rec: BlobRecord = codec::decode("blobs", &hash_hex(hash), guard.value())?;
     let n_chunks_expected = rec.stored_bytes.div_ceil(CHUNK_BYTES as u64);
     if u64::from(rec.n_chunks) != n_chunks_expected {
-        return Err(corrupt(
-            hash,
-            format!(
-                "{} chunks for {} stored bytes",
-                rec.n_chunks, rec.stored_bytes
-            ),
-        ));
+        return Err(corrupt(hash, format!("{} chunks for {} stored bytes", rec.n_chunks, rec.stored_bytes)));
     }
     Ok(Some(rec))
 }
@@ -375,9 +341,7 @@ pub(crate) fn read(txn: &ReadTransaction, hash: &Hash) -> Result<Option<Vec<u8>>
     let chunks = txn.open_table(BLOB_CHUNKS)?;
     // Sizes come from disk: reserve only what `load_record` checked against the chunk
     // count, and never more than a bounded amount up front.
-    let reserve = usize::try_from(rec.stored_bytes)
-        .unwrap_or(0)
-        .min(64 * 1024 * 1024);
+    let reserve = usize::try_from(rec.stored_bytes).unwrap_or(0).min(64 * 1024 * 1024);
     let mut stored = Vec::with_capacity(reserve);
     for i in 0..rec.n_chunks {
         let chunk = chunks.get((*hash, i))?.ok_or_else(|| StoreError::Corrupt {
@@ -388,23 +352,12 @@ pub(crate) fn read(txn: &ReadTransaction, hash: &Hash) -> Result<Option<Vec<u8>>
         stored.extend_from_slice(chunk.value());
     }
     if stored.len() as u64 != rec.stored_bytes {
-        return Err(corrupt(
-            hash,
-            format!(
-                "chunks hold {} bytes, record says {}",
-                stored.len(),
-                rec.stored_bytes
-            ),
-        ));
+        return Err(corrupt(hash, format!("chunks hold {} bytes, record says {}", stored.len(), rec.stored_bytes)));
     }
     let bytes = if rec.compressed {
-        let mut out = Vec::with_capacity(
-            usize::try_from(rec.size_bytes)
-                .unwrap_or(0)
-                .min(64 * 1024 * 1024),
-        );
-        let decoder = zstd::stream::read::Decoder::new(stored.as_slice())
-            .map_err(|e| corrupt(hash, format!("zstd: {e}")))?;
+        let mut out = Vec::with_capacity(usize::try_from(rec.size_bytes).unwrap_or(0).min(64 * 1024 * 1024));
+        let decoder =
+            zstd::stream::read::Decoder::new(stored.as_slice()).map_err(|e| corrupt(hash, format!("zstd: {e}")))?;
         decoder
             .take(rec.size_bytes.saturating_add(1))
             .read_to_end(&mut out)
@@ -414,14 +367,7 @@ pub(crate) fn read(txn: &ReadTransaction, hash: &Hash) -> Result<Option<Vec<u8>>
         stored
     };
     if bytes.len() as u64 != rec.size_bytes {
-        return Err(corrupt(
-            hash,
-            format!(
-                "content is {} bytes, record says {}",
-                bytes.len(),
-                rec.size_bytes
-            ),
-        ));
+        return Err(corrupt(hash, format!("content is {} bytes, record says {}", bytes.len(), rec.size_bytes)));
     }
     if blake3::hash(&bytes).as_bytes() != hash {
         return Err(corrupt(hash, "content does not match its hash"));
@@ -430,9 +376,5 @@ pub(crate) fn read(txn: &ReadTransaction, hash: &Hash) -> Result<Option<Vec<u8>>
 }
 
 fn corrupt(hash: &Hash, reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        table: "blobs",
-        key: hash_hex(hash),
-        reason: reason.into(),
-    }
+    StoreError::Corrupt { table: "blobs", key: hash_hex(hash), reason: reason.into() }
 }

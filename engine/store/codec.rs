@@ -27,11 +27,7 @@ pub(crate) fn decode<T: DeserializeOwned>(
     key: &dyn std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        table,
-        key: key.to_string(),
-        reason,
-    };
+    let corrupt = |reason: String| StoreError::Corrupt { table, key: key.to_string(), reason };
     let Some((&version, body)) = bytes.split_first() else {
         return Err(corrupt("empty record".to_string()));
     };
@@ -58,17 +54,12 @@ mod tests {
 
         for bad in [&[][..], &[9, 1, 2][..], &[FORMAT_VERSION][..]] {
             match decode::<(u32, String)>("t", &"k", bad) {
-                Err(StoreError::Corrupt {
-                    table: "t", key, ..
-                }) => assert_eq!(key, "k"),
+                Err(StoreError::Corrupt { table: "t", key, .. }) => assert_eq!(key, "k"),
                 other => panic!("expected Corrupt, got {other:?}"),
             }
         }
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(
-            decode::<(u32, String)>("t", &"k", &trailing),
-            Err(StoreError::Corrupt { .. })
-        ));
+        assert!(matches!(decode::<(u32, String)>("t", &"k", &trailing), Err(StoreError::Corrupt { .. })));
     }
 }

@@ -10,30 +10,20 @@ use uuid::Uuid;
 use super::blobs;
 use super::codec;
 use super::tables::{
-    BLOB_CHUNKS, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, META, WORKFLOW_VERSIONS, meta_key,
-    state_count_key,
+    BLOB_CHUNKS, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, META, WORKFLOW_VERSIONS, meta_key, state_count_key,
 };
 use super::{StoreError, workflows};
 use crate::domain::{Hash, Job, JobEvent, JobState, hash_hex};
 
-fn corrupt(
-    table: &'static str,
-    key: impl std::fmt::Display,
-    reason: impl Into<String>,
-) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        key: key.to_string(),
-        reason: reason.into(),
-    }
+fn corrupt(table: &'static str, key: impl std::fmt::Display, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { table, key: key.to_string(), reason: reason.into() }
 }
 
 /// Check everything; the first violation found is returned as `Corrupt`.
 pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     let meta = txn.open_table(META)?;
-    let meta_get = |key: &'static str| -> Result<u64, StoreError> {
-        Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
-    };
+    let meta_get =
+        |key: &'static str| -> Result<u64, StoreError> { Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0)) };
 
     // Jobs: decode each, count states, gather references and sequence numbers.
     let jobs = txn.open_table(JOBS)?;
@@ -50,13 +40,8 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
         if job.id != id {
             return Err(corrupt("jobs", id, format!("record is for job {}", job.id)));
         }
-        if job.queue_key.seq == 0 || job.queue_key.seq > seq_max || !seqs.insert(job.queue_key.seq)
-        {
-            return Err(corrupt(
-                "jobs",
-                id,
-                format!("bad or reused seq {}", job.queue_key.seq),
-            ));
+        if job.queue_key.seq == 0 || job.queue_key.seq > seq_max || !seqs.insert(job.queue_key.seq) {
+            return Err(corrupt("jobs", id, format!("bad or reused seq {}", job.queue_key.seq)));
         }
         *n_by_state.entry(job.state).or_default() += 1;
         for o in &job.outputs {
@@ -68,21 +53,11 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
             JobState::Succeeded | JobState::Failed | JobState::Canceled => {}
         }
     }
-    for state in [
-        JobState::Queued,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Canceled,
-    ] {
+    for state in [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled] {
         let counted = n_by_state.get(&state).copied().unwrap_or(0);
         let recorded = meta_get(state_count_key(state))?;
         if counted != recorded {
-            return Err(corrupt(
-                "meta",
-                state_count_key(state),
-                format!("says {recorded}, {counted} jobs"),
-            ));
+            return Err(corrupt("meta", state_count_key(state), format!("says {recorded}, {counted} jobs")));
         }
     }
 
@@ -90,19 +65,11 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     // sizes equal the state counts, so membership is exact both ways.
     let n_queue = super::jobs::queued_jobs(txn)?.len() as u64;
     if n_queue != n_queued {
-        return Err(corrupt(
-            "queue",
-            "*",
-            format!("{n_queue} entries for {n_queued} queued jobs"),
-        ));
+        return Err(corrupt("queue", "*", format!("{n_queue} entries for {n_queued} queued jobs")));
     }
     let n_run = super::jobs::running_jobs(txn)?.len() as u64;
     if n_run != n_running {
-        return Err(corrupt(
-            "running",
-            "*",
-            format!("{n_run} entries for {n_running} running jobs"),
-        ));
+        return Err(corrupt("running", "*", format!("{n_run} entries for {n_running} running jobs")));
     }
 
     // Listing index: one entry per job, at its creation time.
@@ -110,19 +77,11 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     let n_listed = by_created.len()?;
     let n_jobs = jobs.len()?;
     if n_listed != n_jobs {
-        return Err(corrupt(
-            "jobs_by_created",
-            "*",
-            format!("{n_listed} entries for {n_jobs} jobs"),
-        ));
+        return Err(corrupt("jobs_by_created", "*", format!("{n_listed} entries for {n_jobs} jobs")));
     }
     let listed = super::jobs::list_jobs(txn, None, usize::MAX, &|_| true)?;
     if listed.len() as u64 != n_jobs {
-        return Err(corrupt(
-            "jobs_by_created",
-            "*",
-            "entries do not cover every job",
-        ));
+        return Err(corrupt("jobs_by_created", "*", "entries do not cover every job"));
     }
 
     // Events: every entry decodes and belongs to an existing job.
@@ -144,11 +103,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     for entry in blob_table.range::<[u8; 32]>(..)? {
         let hash = entry?.0.value();
         let Some(meta) = blobs::meta(txn, &hash)? else {
-            return Err(corrupt(
-                "blobs",
-                hash_hex(&hash),
-                "vanished during the scan",
-            ));
+            return Err(corrupt("blobs", hash_hex(&hash), "vanished during the scan"));
         };
         let expected = refs.remove(&hash).unwrap_or(0);
         if meta.n_refs != expected || meta.n_refs == 0 {
@@ -160,11 +115,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
         }
         for i in 0..meta.n_chunks {
             if chunks.get((hash, i))?.is_none() {
-                return Err(corrupt(
-                    "blob_chunks",
-                    format!("{}/{i}", hash_hex(&hash)),
-                    "missing chunk",
-                ));
+                return Err(corrupt("blob_chunks", format!("{}/{i}", hash_hex(&hash)), "missing chunk"));
             }
         }
         n_blobs += 1;
@@ -173,32 +124,18 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
         n_chunks_total += u64::from(meta.n_chunks);
     }
     if let Some(hash) = refs.keys().next() {
-        return Err(corrupt(
-            "blobs",
-            hash_hex(hash),
-            "named by an output but not stored",
-        ));
+        return Err(corrupt("blobs", hash_hex(hash), "named by an output but not stored"));
     }
     let n_chunk_entries = chunks.len()?;
     if n_chunk_entries != n_chunks_total {
-        return Err(corrupt(
-            "blob_chunks",
-            "*",
-            format!("{n_chunk_entries} chunks, records name {n_chunks_total}"),
-        ));
+        return Err(corrupt("blob_chunks", "*", format!("{n_chunk_entries} chunks, records name {n_chunks_total}")));
     }
-    for (key, actual) in [
-        (meta_key::BLOBS_COUNT, n_blobs),
-        (meta_key::BLOBS_BYTES, bytes),
-        (meta_key::BLOBS_STORED_BYTES, stored),
-    ] {
+    for (key, actual) in
+        [(meta_key::BLOBS_COUNT, n_blobs), (meta_key::BLOBS_BYTES, bytes), (meta_key::BLOBS_STORED_BYTES, stored)]
+    {
         let recorded = meta_get(key)?;
         if recorded != actual {
-            return Err(corrupt(
-                "meta",
-                key,
-                format!("says {recorded}, actual {actual}"),
-            ));
+            return Err(corrupt("meta", key, format!("says {recorded}, actual {actual}")));
         }
     }
 
@@ -207,11 +144,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     let versions = txn.open_table(WORKFLOW_VERSIONS)?;
     for rec in current {
         if versions.get((rec.id.as_str(), rec.version))?.is_none() {
-            return Err(corrupt(
-                "workflow_versions",
-                format!("{}@{}", rec.id, rec.version),
-                "current version missing",
-            ));
+            return Err(corrupt("workflow_versions", format!("{}@{}", rec.id, rec.version), "current version missing"));
         }
     }
     for entry in versions.range::<(&str, u32)>(..)? {

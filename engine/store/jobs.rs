@@ -8,9 +8,7 @@ use uuid::Uuid;
 use super::StoreError;
 use super::blobs::{self, Payload, RefPlan};
 use super::codec;
-use super::tables::{
-    JOB_EVENTS, JOBS, JOBS_BY_CREATED, QUEUE, RUNNING, WriteTables, meta_key, state_count_key,
-};
+use super::tables::{JOB_EVENTS, JOBS, JOBS_BY_CREATED, QUEUE, RUNNING, WriteTables, meta_key, state_count_key};
 use super::writer::WriteOp;
 use crate::domain::{Job, JobEvent, JobEventKind, JobId, JobState, QueueKey, now_ms};
 
@@ -63,14 +61,7 @@ impl WriteOp for InsertJob {
         let refs = blobs::check_refs(t, &[], &job.outputs, &[])?;
         let record = codec::encode("jobs", &job.id, &job)?;
         let events = encode_events(t, job.id, &self.events)?;
-        Ok(JobPlan {
-            job,
-            record,
-            old: None,
-            seq: Some(seq),
-            refs,
-            events,
-        })
+        Ok(JobPlan { job, record, old: None, seq: Some(seq), refs, events })
     }
 
     fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<Job, StoreError> {
@@ -79,11 +70,7 @@ impl WriteOp for InsertJob {
         }
         let created = (plan.job.created_ms, plan.job.id.as_u128());
         if t.by_created.insert(created, ())?.is_some() {
-            return Err(corrupt(
-                "jobs_by_created",
-                plan.job.id,
-                "new job already listed",
-            ));
+            return Err(corrupt("jobs_by_created", plan.job.id, "new job already listed"));
         }
         write_job(t, &plan)?;
         Ok(plan.job)
@@ -113,14 +100,7 @@ impl WriteOp for UpdateJob {
         let refs = blobs::check_refs(t, &old.outputs, &job.outputs, &self.blobs)?;
         let record = codec::encode("jobs", &job.id, &job)?;
         let events = encode_events(t, job.id, &self.events)?;
-        Ok(JobPlan {
-            job,
-            record,
-            old: Some(old),
-            seq: None,
-            refs,
-            events,
-        })
+        Ok(JobPlan { job, record, old: Some(old), seq: None, refs, events })
     }
 
     fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
@@ -156,21 +136,14 @@ fn check_job(job: &Job) -> Result<(), StoreError> {
     let mut names = HashSet::with_capacity(job.outputs.len());
     for output in &job.outputs {
         if !names.insert(output.name.as_str()) {
-            return Err(StoreError::Invalid(format!(
-                "job {}: output name {:?} appears twice",
-                job.id, output.name
-            )));
+            return Err(StoreError::Invalid(format!("job {}: output name {:?} appears twice", job.id, output.name)));
         }
     }
     Ok(())
 }
 
 /// Encode events with their per-job sequence numbers, continuing the log.
-fn encode_events(
-    t: &WriteTables<'_>,
-    id: JobId,
-    events: &[JobEventKind],
-) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+fn encode_events(t: &WriteTables<'_>, id: JobId, events: &[JobEventKind]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -182,31 +155,17 @@ fn encode_events(
     let at_ms = now_ms();
     let mut out = Vec::with_capacity(events.len());
     for (seq, kind) in (last + 1..).zip(events) {
-        let event = JobEvent {
-            at_ms,
-            kind: kind.clone(),
-        };
-        out.push((
-            seq,
-            codec::encode("job_events", &EventKey(id, seq), &event)?,
-        ));
+        let event = JobEvent { at_ms, kind: kind.clone() };
+        out.push((seq, codec::encode("job_events", &EventKey(id, seq), &event)?));
     }
     Ok(out)
 }
 
-fn append(
-    t: &mut WriteTables<'_>,
-    id: JobId,
-    events: Vec<(u64, Vec<u8>)>,
-) -> Result<(), StoreError> {
+fn append(t: &mut WriteTables<'_>, id: JobId, events: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
     let key = id.as_u128();
     for (seq, bytes) in events {
         if t.events.insert((key, seq), bytes.as_slice())?.is_some() {
-            return Err(corrupt(
-                "job_events",
-                EventKey(id, seq),
-                "event sequence number reused",
-            ));
+            return Err(corrupt("job_events", EventKey(id, seq), "event sequence number reused"));
         }
     }
     Ok(())
@@ -235,29 +194,18 @@ fn index_remove(t: &mut WriteTables<'_>, old: &Job) -> Result<(), StoreError> {
     let id = old.id.as_u128();
     match old.state {
         JobState::Queued => {
-            let found = t
-                .queue
-                .remove(queue_tuple(old.queue_key))?
-                .map(|g| g.value());
+            let found = t.queue.remove(queue_tuple(old.queue_key))?.map(|g| g.value());
             if found != Some(id) {
                 return Err(corrupt(
                     "queue",
                     QueueKeyDisplay(old.queue_key),
-                    format!(
-                        "expected job {}, found {:?}",
-                        old.id,
-                        found.map(Uuid::from_u128)
-                    ),
+                    format!("expected job {}, found {:?}", old.id, found.map(Uuid::from_u128)),
                 ));
             }
         }
         JobState::Running => {
             if t.running.remove(id)?.is_none() {
-                return Err(corrupt(
-                    "running",
-                    old.id,
-                    "running job missing from the index",
-                ));
+                return Err(corrupt("running", old.id, "running job missing from the index"));
             }
         }
         JobState::Succeeded | JobState::Failed | JobState::Canceled => {}
@@ -270,11 +218,7 @@ fn index_add(t: &mut WriteTables<'_>, job: &Job) -> Result<(), StoreError> {
     let id = job.id.as_u128();
     match job.state {
         JobState::Queued => {
-            if let Some(prev) = t
-                .queue
-                .insert(queue_tuple(job.queue_key), id)?
-                .map(|g| g.value())
-            {
+            if let Some(prev) = t.queue.insert(queue_tuple(job.queue_key), id)?.map(|g| g.value()) {
                 return Err(corrupt(
                     "queue",
                     QueueKeyDisplay(job.queue_key),
@@ -284,11 +228,7 @@ fn index_add(t: &mut WriteTables<'_>, job: &Job) -> Result<(), StoreError> {
         }
         JobState::Running => {
             if t.running.insert(id, ())?.is_some() {
-                return Err(corrupt(
-                    "running",
-                    job.id,
-                    "job already in the running index",
-                ));
+                return Err(corrupt("running", job.id, "job already in the running index"));
             }
         }
         JobState::Succeeded | JobState::Failed | JobState::Canceled => {}
@@ -297,10 +237,7 @@ fn index_add(t: &mut WriteTables<'_>, job: &Job) -> Result<(), StoreError> {
 }
 
 /// Read and decode a job; the record must name the id it is stored under.
-pub(crate) fn load_job(
-    jobs: &impl ReadableTable<u128, &'static [u8]>,
-    key: u128,
-) -> Result<Option<Job>, StoreError> {
+pub(crate) fn load_job(jobs: &impl ReadableTable<u128, &'static [u8]>, key: u128) -> Result<Option<Job>, StoreError> {
     let id = Uuid::from_u128(key);
     let Some(guard) = jobs.get(key)? else {
         return Ok(None);
@@ -329,13 +266,8 @@ pub(crate) fn queued_jobs(txn: &ReadTransaction) -> Result<Vec<Job>, StoreError>
     let jobs = txn.open_table(JOBS)?;
     let mut out = Vec::new();
     for (key, id) in queued_ids(txn)? {
-        let job = load_job(&jobs, id.as_u128())?.ok_or_else(|| {
-            corrupt(
-                "queue",
-                QueueKeyDisplay(key),
-                format!("names missing job {id}"),
-            )
-        })?;
+        let job = load_job(&jobs, id.as_u128())?
+            .ok_or_else(|| corrupt("queue", QueueKeyDisplay(key), format!("names missing job {id}")))?;
         if job.state != JobState::Queued || job.queue_key != key {
             return Err(corrupt(
                 "jobs",
@@ -361,14 +293,9 @@ pub(crate) fn running_jobs(txn: &ReadTransaction) -> Result<Vec<Job>, StoreError
     for entry in running.range::<u128>(..)? {
         let key = entry?.0.value();
         let id = Uuid::from_u128(key);
-        let job =
-            load_job(&jobs, key)?.ok_or_else(|| corrupt("running", id, "names a missing job"))?;
+        let job = load_job(&jobs, key)?.ok_or_else(|| corrupt("running", id, "names a missing job"))?;
         if job.state != JobState::Running {
-            return Err(corrupt(
-                "jobs",
-                id,
-                format!("in the running index but record is {}", job.state.as_str()),
-            ));
+            return Err(corrupt("jobs", id, format!("in the running index but record is {}", job.state.as_str())));
         }
         out.push(job);
     }
@@ -396,14 +323,9 @@ pub(crate) fn list_jobs(
         }
         let (created_ms, key) = entry?.0.value();
         let id = Uuid::from_u128(key);
-        let job = load_job(&jobs, key)?
-            .ok_or_else(|| corrupt("jobs_by_created", id, "names a missing job"))?;
+        let job = load_job(&jobs, key)?.ok_or_else(|| corrupt("jobs_by_created", id, "names a missing job"))?;
         if job.created_ms != created_ms {
-            return Err(corrupt(
-                "jobs",
-                id,
-                format!("listed at {created_ms}, created at {}", job.created_ms),
-            ));
+            return Err(corrupt("jobs", id, format!("listed at {created_ms}, created at {}", job.created_ms)));
         }
         if keep(&job) {
             out.push(job);
@@ -428,24 +350,13 @@ pub(crate) fn job_events(
     for entry in events.range((key, first)..=(key, u64::MAX))?.take(limit) {
         let (k, v) = entry?;
         let seq = k.value().1;
-        out.push((
-            seq,
-            codec::decode("job_events", &EventKey(id, seq), v.value())?,
-        ));
+        out.push((seq, codec::decode("job_events", &EventKey(id, seq), v.value())?));
     }
     Ok(out)
 }
 
-fn corrupt(
-    table: &'static str,
-    key: impl std::fmt::Display,
-    reason: impl Into<String>,
-) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        key: key.to_string(),
-        reason: reason.into(),
-    }
+fn corrupt(table: &'static str, key: impl std::fmt::Display, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt { table, key: key.to_string(), reason: reason.into() }
 }
 
 /// Prints an event key as `job-id/seq`.

@@ -146,11 +146,7 @@ impl Drop for Inner {
         // Closing the channel lets the writer drain what is queued and exit; joining it
         // releases its handle on the database before the file lock goes with `db`.
         drop(self.tx.take());
-        let handle = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = self.writer.get_mut().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let _ = handle.join();
         }
@@ -159,9 +155,7 @@ impl Drop for Inner {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("commits", &self.commits())
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("commits", &self.commits()).finish_non_exhaustive()
     }
 }
 
@@ -193,14 +187,7 @@ impl Store {
                 .name("store-writer".to_string())
                 .spawn(move || writer::run(&db, rx, &commits))?
         };
-        Ok(Store {
-            inner: Arc::new(Inner {
-                db,
-                tx: Some(tx),
-                writer: Mutex::new(Some(handle)),
-                commits,
-            }),
-        })
+        Ok(Store { inner: Arc::new(Inner { db, tx: Some(tx), writer: Mutex::new(Some(handle)), commits }) })
     }
 
     /// Stop the writer after draining pending writes (idempotent). Writes after this fail
@@ -212,12 +199,7 @@ impl Store {
                 let _ = ack_rx.await;
             }
         }
-        let handle = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = self.inner.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             // The writer exits right after acknowledging; join off the async threads anyway.
             match tokio::runtime::Handle::try_current() {
@@ -240,9 +222,7 @@ impl Store {
     async fn submit<O: WriteOp>(&self, op: O) -> Result<O::Out, StoreError> {
         let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
         let (reply_tx, reply_rx) = oneshot::channel();
-        tx.send(Msg::Write(writer::pending(op, reply_tx)))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        tx.send(Msg::Write(writer::pending(op, reply_tx))).await.map_err(|_| StoreError::Closed)?;
         reply_rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -284,11 +264,7 @@ impl Store {
     }
 
     /// Append events only (e.g. progress) without touching the record.
-    pub async fn append_events(
-        &self,
-        id: JobId,
-        events: Vec<JobEventKind>,
-    ) -> Result<(), StoreError> {
+    pub async fn append_events(&self, id: JobId, events: Vec<JobEventKind>) -> Result<(), StoreError> {
         self.submit(jobs::AppendEvents { id, events }).await
     }
 
@@ -308,8 +284,7 @@ impl Store {
     /// Remove a workflow (its versions stay readable by version for jobs that used them).
     /// false if absent.
     pub async fn delete_workflow(&self, id: &str) -> Result<bool, StoreError> {
-        self.submit(workflows::DeleteWorkflow { id: id.to_string() })
-            .await
+        self.submit(workflows::DeleteWorkflow { id: id.to_string() }).await
     }
 
     /// Verify hashes and compress new blobs off the writer thread (and off the async
@@ -399,11 +374,7 @@ impl Store {
     }
 
     /// One version of a workflow, even if the workflow was deleted since.
-    pub fn get_workflow_version(
-        &self,
-        id: &str,
-        version: u32,
-    ) -> Result<Option<WorkflowRecord>, StoreError> {
+    pub fn get_workflow_version(&self, id: &str, version: u32) -> Result<Option<WorkflowRecord>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         workflows::get_version(&txn, id, version)
     }
@@ -438,16 +409,8 @@ impl Store {
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let txn = self.inner.db.begin_read()?;
         let meta = txn.open_table(tables::META)?;
-        let get = |key: &str| -> Result<u64, StoreError> {
-            Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
-        };
-        let states = [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Failed,
-            JobState::Canceled,
-        ];
+        let get = |key: &str| -> Result<u64, StoreError> { Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0)) };
+        let states = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];
         let mut n_jobs_by_state = states.map(|s| (s, 0));
         for entry in n_jobs_by_state.iter_mut() {
             entry.1 = get(tables::state_count_key(entry.0))?;
@@ -458,11 +421,5 @@ impl Store {
             blob_bytes: get(tables::meta_key::BLOBS_BYTES)?,
             blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
         })
-    }
-}
-
-impl std::fmt::Debug for Store {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
     }
 }

@@ -22,25 +22,21 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 /// Job records by id.
 pub(crate) const JOBS: TableDefinition<u128, &[u8]> = TableDefinition::new("jobs");
 /// Per-job append-only event log.
-pub(crate) const JOB_EVENTS: TableDefinition<(u128, u64), &[u8]> =
-    TableDefinition::new("job_events");
+pub(crate) const JOB_EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("job_events");
 /// The queue index: `(rank_ms, seq)` of every queued job.
 pub(crate) const QUEUE: TableDefinition<(i64, u64), u128> = TableDefinition::new("queue");
 /// The running index.
 pub(crate) const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("running");
 /// Every job by acceptance time (for listing; `created_ms` never changes).
-pub(crate) const JOBS_BY_CREATED: TableDefinition<(u64, u128), ()> =
-    TableDefinition::new("jobs_by_created");
+pub(crate) const JOBS_BY_CREATED: TableDefinition<(u64, u128), ()> = TableDefinition::new("jobs_by_created");
 /// Current workflow versions by id.
 pub(crate) const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
 /// Every workflow version ever stored.
-pub(crate) const WORKFLOW_VERSIONS: TableDefinition<(&str, u32), &[u8]> =
-    TableDefinition::new("workflow_versions");
+pub(crate) const WORKFLOW_VERSIONS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("workflow_versions");
 /// Blob metadata by content hash.
 pub(crate) const BLOBS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("blobs");
 /// Blob contents, chunked.
-pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> =
-    TableDefinition::new("blob_chunks");
+pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> = TableDefinition::new("blob_chunks");
 
 /// The schema this code reads and writes; stored under `meta["schema_version"]`.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
@@ -116,13 +112,11 @@ impl<'txn> WriteTables<'txn> {
     /// Add `delta` to a `meta` counter; going below zero means the counts are corrupt.
     pub fn meta_add(&mut self, key: &'static str, delta: i64) -> Result<u64, StoreError> {
         let old = self.meta_get(key)?;
-        let new = old
-            .checked_add_signed(delta)
-            .ok_or_else(|| StoreError::Corrupt {
-                table: "meta",
-                key: key.to_string(),
-                reason: format!("counter {old} cannot change by {delta}"),
-            })?;
+        let new = old.checked_add_signed(delta).ok_or_else(|| StoreError::Corrupt {
+            table: "meta",
+            key: key.to_string(),
+            reason: format!("counter {old} cannot change by {delta}"),
+        })?;
         self.meta.insert(key, new)?;
         Ok(new)
     }

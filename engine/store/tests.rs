@@ -9,9 +9,7 @@ use uuid::Uuid;
 
 use super::tables::{BLOB_CHUNKS, JOBS, QUEUE, WORKFLOWS};
 use super::{NewBlob, Store, StoreError};
-use crate::domain::{
-    Hash, Job, JobError, JobEventKind, JobState, OutputRef, QueueKey, WorkflowRecord,
-};
+use crate::domain::{Hash, Job, JobError, JobEventKind, JobState, OutputRef, QueueKey, WorkflowRecord};
 use crate::error::ErrorCode;
 
 fn open_temp() -> (tempfile::TempDir, Store) {
@@ -52,19 +50,12 @@ fn job(rank_ms: i64) -> Job {
 
 fn bytes_of(seed: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
+    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
     out
 }
 
 fn blob(media_type: &str, bytes: Vec<u8>) -> NewBlob {
-    NewBlob {
-        hash: *blake3::hash(&bytes).as_bytes(),
-        media_type: media_type.to_string(),
-        bytes: Bytes::from(bytes),
-    }
+    NewBlob { hash: *blake3::hash(&bytes).as_bytes(), media_type: media_type.to_string(), bytes: Bytes::from(bytes) }
 }
 
 fn output(name: &str, b: &NewBlob) -> OutputRef {
@@ -91,13 +82,7 @@ fn workflow(id: &str, name: &str) -> WorkflowRecord {
 }
 
 fn counts(store: &Store) -> Vec<u64> {
-    store
-        .stats()
-        .unwrap()
-        .n_jobs_by_state
-        .iter()
-        .map(|(_, n)| *n)
-        .collect()
+    store.stats().unwrap().n_jobs_by_state.iter().map(|(_, n)| *n).collect()
 }
 
 /// Write raw bytes into a table, bypassing the store (the store must be dropped).
@@ -122,38 +107,16 @@ async fn job_round_trip_every_field_and_event_kind() {
     j.started_ms = Some(2_000);
     let events = vec![
         JobEventKind::Queued,
-        JobEventKind::Dispatched {
-            backend: "b0".to_string(),
-            attempt: 1,
-        },
-        JobEventKind::Requeued {
-            reason: "backend down".to_string(),
-        },
-        JobEventKind::Progress {
-            node: "3".to_string(),
-            value: 2.5,
-            max: 10.0,
-        },
-        JobEventKind::Reattached {
-            found: "running".to_string(),
-        },
+        JobEventKind::Dispatched { backend: "b0".to_string(), attempt: 1 },
+        JobEventKind::Requeued { reason: "backend down".to_string() },
+        JobEventKind::Progress { node: "3".to_string(), value: 2.5, max: 10.0 },
+        JobEventKind::Reattached { found: "running".to_string() },
         JobEventKind::Succeeded { n_outputs: 1 },
-        JobEventKind::Failed {
-            code: ErrorCode::ComfyuiOom,
-            message: "oom".to_string(),
-        },
-        JobEventKind::Canceled {
-            reason: "client".to_string(),
-        },
+        JobEventKind::Failed { code: ErrorCode::ComfyuiOom, message: "oom".to_string() },
+        JobEventKind::Canceled { reason: "client".to_string() },
     ];
     let stored = store.insert_job(j.clone(), events.clone()).await.unwrap();
-    assert_eq!(
-        stored.queue_key,
-        QueueKey {
-            rank_ms: 10,
-            seq: 1
-        }
-    );
+    assert_eq!(stored.queue_key, QueueKey { rank_ms: 10, seq: 1 });
     assert_eq!(store.get_job(j.id).unwrap(), Some(stored.clone()));
 
     let mut done = stored.clone();
@@ -166,21 +129,12 @@ async fn job_round_trip_every_field_and_event_kind() {
     done.outputs = vec![output("a.png", &b)];
     done.finished_ms = Some(3_000);
     done.cached = true;
-    store
-        .complete_job(done.clone(), vec![b.clone()], vec![])
-        .await
-        .unwrap();
+    store.complete_job(done.clone(), vec![b.clone()], vec![]).await.unwrap();
     assert_eq!(store.get_job(j.id).unwrap(), Some(done));
 
     let logged = store.job_events(j.id, None, 100).unwrap();
-    assert_eq!(
-        logged.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(),
-        (1..=8).collect::<Vec<_>>()
-    );
-    assert_eq!(
-        logged.into_iter().map(|(_, e)| e.kind).collect::<Vec<_>>(),
-        events
-    );
+    assert_eq!(logged.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), (1..=8).collect::<Vec<_>>());
+    assert_eq!(logged.into_iter().map(|(_, e)| e.kind).collect::<Vec<_>>(), events);
     assert_eq!(store.get_job(Uuid::new_v4()).unwrap(), None);
     store.verify_integrity().unwrap();
 }
@@ -188,21 +142,13 @@ async fn job_round_trip_every_field_and_event_kind() {
 #[tokio::test]
 async fn queue_orders_by_rank_then_seq_and_follows_state() {
     let (_dir, store) = open_temp();
-    let a = store
-        .insert_job(job(100), vec![JobEventKind::Queued])
-        .await
-        .unwrap();
+    let a = store.insert_job(job(100), vec![JobEventKind::Queued]).await.unwrap();
     let b = store.insert_job(job(50), vec![]).await.unwrap();
     let c = store.insert_job(job(100), vec![]).await.unwrap();
     let d = store.insert_job(job(-20), vec![]).await.unwrap();
     let order: Vec<_> = store.queued_jobs().unwrap().iter().map(|j| j.id).collect();
     assert_eq!(order, vec![d.id, b.id, a.id, c.id]);
-    let ids: Vec<_> = store
-        .queued_ids()
-        .unwrap()
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect();
+    let ids: Vec<_> = store.queued_ids().unwrap().into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids, order);
     assert_eq!(counts(&store), vec![4, 0, 0, 0, 0]);
 
@@ -210,25 +156,8 @@ async fn queue_orders_by_rank_then_seq_and_follows_state() {
     let mut b_run = b.clone();
     b_run.state = JobState::Running;
     b_run.n_attempts = 1;
-    store
-        .update_job(
-            b_run.clone(),
-            vec![JobEventKind::Dispatched {
-                backend: "x".into(),
-                attempt: 1,
-            }],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        store
-            .queued_jobs()
-            .unwrap()
-            .iter()
-            .map(|j| j.id)
-            .collect::<Vec<_>>(),
-        vec![d.id, a.id, c.id]
-    );
+    store.update_job(b_run.clone(), vec![JobEventKind::Dispatched { backend: "x".into(), attempt: 1 }]).await.unwrap();
+    assert_eq!(store.queued_jobs().unwrap().iter().map(|j| j.id).collect::<Vec<_>>(), vec![d.id, a.id, c.id]);
     assert_eq!(store.running_jobs().unwrap(), vec![b_run.clone()]);
     assert_eq!(counts(&store), vec![3, 1, 0, 0, 0]);
 
@@ -236,28 +165,11 @@ async fn queue_orders_by_rank_then_seq_and_follows_state() {
     let mut b_back = b_run.clone();
     b_back.state = JobState::Queued;
     b_back.queue_key.rank_ms = 1_000;
-    store
-        .update_job(
-            b_back.clone(),
-            vec![JobEventKind::Requeued {
-                reason: "lost".into(),
-            }],
-        )
-        .await
-        .unwrap();
+    store.update_job(b_back.clone(), vec![JobEventKind::Requeued { reason: "lost".into() }]).await.unwrap();
     assert_eq!(store.running_jobs().unwrap(), vec![]);
     let keys: Vec<_> = store.queued_ids().unwrap();
     assert_eq!(keys.len(), 4);
-    assert_eq!(
-        keys[3],
-        (
-            QueueKey {
-                rank_ms: 1_000,
-                seq: b.queue_key.seq
-            },
-            b.id
-        )
-    );
+    assert_eq!(keys[3], (QueueKey { rank_ms: 1_000, seq: b.queue_key.seq }, b.id));
 
     // Re-rank a queued job in place (e.g. priority change).
     let mut a2 = a.clone();
@@ -266,11 +178,7 @@ async fn queue_orders_by_rank_then_seq_and_follows_state() {
     assert_eq!(store.queued_jobs().unwrap()[0], a2);
 
     // Terminal states leave both indexes.
-    for (j, state) in [
-        (a2, JobState::Canceled),
-        (b_back, JobState::Succeeded),
-        (c.clone(), JobState::Failed),
-    ] {
+    for (j, state) in [(a2, JobState::Canceled), (b_back, JobState::Succeeded), (c.clone(), JobState::Failed)] {
         let mut j = j;
         j.state = state;
         store.update_job(j, vec![]).await.unwrap();
@@ -283,10 +191,7 @@ async fn queue_orders_by_rank_then_seq_and_follows_state() {
     assert_eq!(seqs.len(), 4);
     let mut bad = d.clone();
     bad.queue_key.seq += 100;
-    assert!(matches!(
-        store.update_job(bad, vec![]).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.update_job(bad, vec![]).await, Err(StoreError::Invalid(_))));
     assert_eq!(store.get_job(d.id).unwrap(), Some(d));
     store.verify_integrity().unwrap();
 }
@@ -294,28 +199,14 @@ async fn queue_orders_by_rank_then_seq_and_follows_state() {
 #[tokio::test]
 async fn missing_or_duplicate_jobs_write_nothing() {
     let (_dir, store) = open_temp();
-    let a = store
-        .insert_job(job(1), vec![JobEventKind::Queued])
-        .await
-        .unwrap();
+    let a = store.insert_job(job(1), vec![JobEventKind::Queued]).await.unwrap();
     let ghost = job(2);
-    match store
-        .update_job(ghost.clone(), vec![JobEventKind::Queued])
-        .await
-    {
+    match store.update_job(ghost.clone(), vec![JobEventKind::Queued]).await {
         Err(StoreError::JobNotFound(id)) => assert_eq!(id, ghost.id),
         other => panic!("expected JobNotFound, got {other:?}"),
     }
-    assert!(matches!(
-        store
-            .append_events(ghost.id, vec![JobEventKind::Queued])
-            .await,
-        Err(StoreError::JobNotFound(_))
-    ));
-    assert!(matches!(
-        store.insert_job(a.clone(), vec![]).await,
-        Err(StoreError::JobExists(_))
-    ));
+    assert!(matches!(store.append_events(ghost.id, vec![JobEventKind::Queued]).await, Err(StoreError::JobNotFound(_))));
+    assert!(matches!(store.insert_job(a.clone(), vec![]).await, Err(StoreError::JobExists(_))));
     assert_eq!(store.get_job(ghost.id).unwrap(), None);
     assert_eq!(store.job_events(ghost.id, None, 10).unwrap(), vec![]);
     assert_eq!(store.job_events(a.id, None, 10).unwrap().len(), 1);
@@ -326,50 +217,24 @@ async fn missing_or_duplicate_jobs_write_nothing() {
 #[tokio::test]
 async fn events_append_and_page_per_job() {
     let (_dir, store) = open_temp();
-    let a = store
-        .insert_job(job(1), vec![JobEventKind::Queued])
-        .await
-        .unwrap();
-    let b = store
-        .insert_job(job(2), vec![JobEventKind::Queued])
-        .await
-        .unwrap();
+    let a = store.insert_job(job(1), vec![JobEventKind::Queued]).await.unwrap();
+    let b = store.insert_job(job(2), vec![JobEventKind::Queued]).await.unwrap();
     for i in 0..10 {
-        let p = JobEventKind::Progress {
-            node: "1".into(),
-            value: f64::from(i),
-            max: 10.0,
-        };
+        let p = JobEventKind::Progress { node: "1".into(), value: f64::from(i), max: 10.0 };
         store.append_events(a.id, vec![p]).await.unwrap();
     }
-    store
-        .append_events(b.id, vec![JobEventKind::Canceled { reason: "x".into() }])
-        .await
-        .unwrap();
+    store.append_events(b.id, vec![JobEventKind::Canceled { reason: "x".into() }]).await.unwrap();
     let all = store.job_events(a.id, None, usize::MAX).unwrap();
     assert_eq!(all.len(), 11);
     assert_eq!(all[0].1.kind, JobEventKind::Queued);
     let page = store.job_events(a.id, Some(3), 4).unwrap();
-    assert_eq!(
-        page.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        vec![4, 5, 6, 7]
-    );
-    assert_eq!(
-        page[0].1.kind,
-        JobEventKind::Progress {
-            node: "1".into(),
-            value: 2.0,
-            max: 10.0
-        }
-    );
+    assert_eq!(page.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4, 5, 6, 7]);
+    assert_eq!(page[0].1.kind, JobEventKind::Progress { node: "1".into(), value: 2.0, max: 10.0 });
     assert_eq!(store.job_events(a.id, Some(11), 10).unwrap(), vec![]);
     assert_eq!(store.job_events(a.id, Some(u64::MAX), 10).unwrap(), vec![]);
     assert_eq!(store.job_events(a.id, None, 0).unwrap(), vec![]);
     let b_events = store.job_events(b.id, None, 10).unwrap();
-    assert_eq!(
-        b_events.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(b_events.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2]);
     // The record is untouched by appends.
     assert_eq!(store.get_job(a.id).unwrap(), Some(a));
 }
@@ -377,45 +242,18 @@ async fn events_append_and_page_per_job() {
 #[tokio::test]
 async fn workflow_versions_and_delete() {
     let (_dir, store) = open_temp();
-    let v1 = store
-        .put_workflow(workflow("txt2img", "one"))
-        .await
-        .unwrap();
+    let v1 = store.put_workflow(workflow("txt2img", "one")).await.unwrap();
     assert_eq!(v1.version, 1);
-    let v2 = store
-        .put_workflow(workflow("txt2img", "two"))
-        .await
-        .unwrap();
+    let v2 = store.put_workflow(workflow("txt2img", "two")).await.unwrap();
     assert_eq!(v2.version, 2);
     assert_eq!(store.get_workflow("txt2img").unwrap(), Some(v2.clone()));
-    assert_eq!(
-        store.get_workflow_version("txt2img", 1).unwrap(),
-        Some(v1.clone())
-    );
+    assert_eq!(store.get_workflow_version("txt2img", 1).unwrap(), Some(v1.clone()));
     assert_eq!(store.get_workflow_version("txt2img", 3).unwrap(), None);
 
-    assert!(
-        store
-            .put_workflow_if_absent(workflow("bundled", "b"))
-            .await
-            .unwrap()
-    );
-    assert!(
-        !store
-            .put_workflow_if_absent(workflow("bundled", "b2"))
-            .await
-            .unwrap()
-    );
-    let listed: Vec<_> = store
-        .list_workflows()
-        .unwrap()
-        .into_iter()
-        .map(|w| (w.id, w.version))
-        .collect();
-    assert_eq!(
-        listed,
-        vec![("bundled".to_string(), 1), ("txt2img".to_string(), 2)]
-    );
+    assert!(store.put_workflow_if_absent(workflow("bundled", "b")).await.unwrap());
+    assert!(!store.put_workflow_if_absent(workflow("bundled", "b2")).await.unwrap());
+    let listed: Vec<_> = store.list_workflows().unwrap().into_iter().map(|w| (w.id, w.version)).collect();
+    assert_eq!(listed, vec![("bundled".to_string(), 1), ("txt2img".to_string(), 2)]);
 
     assert!(store.delete_workflow("txt2img").await.unwrap());
     assert!(!store.delete_workflow("txt2img").await.unwrap());
@@ -424,23 +262,12 @@ async fn workflow_versions_and_delete() {
     assert_eq!(store.get_workflow_version("txt2img", 2).unwrap(), Some(v2));
     assert_eq!(store.list_workflows().unwrap().len(), 1);
     // A deleted id is not "absent": bundled workflows do not come back.
-    assert!(
-        !store
-            .put_workflow_if_absent(workflow("txt2img", "again"))
-            .await
-            .unwrap()
-    );
+    assert!(!store.put_workflow_if_absent(workflow("txt2img", "again")).await.unwrap());
     // An explicit put continues the numbering.
-    let v3 = store
-        .put_workflow(workflow("txt2img", "three"))
-        .await
-        .unwrap();
+    let v3 = store.put_workflow(workflow("txt2img", "three")).await.unwrap();
     assert_eq!(v3.version, 3);
     assert_eq!(store.get_workflow("txt2img").unwrap(), Some(v3));
-    assert!(matches!(
-        store.put_workflow(workflow("", "x")).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.put_workflow(workflow("", "x")).await, Err(StoreError::Invalid(_))));
 }
 
 #[tokio::test]
@@ -454,34 +281,22 @@ async fn blobs_dedupe_and_count_references() {
     let mut a_done = a.clone();
     a_done.state = JobState::Succeeded;
     a_done.outputs = vec![output("0.png", &shared), output("1.png", &own)];
-    store
-        .complete_job(a_done.clone(), vec![shared.clone(), own.clone()], vec![])
-        .await
-        .unwrap();
+    store.complete_job(a_done.clone(), vec![shared.clone(), own.clone()], vec![]).await.unwrap();
 
     let mut b_done = b.clone();
     b_done.state = JobState::Succeeded;
     b_done.outputs = vec![output("0.png", &shared)];
-    store
-        .complete_job(b_done.clone(), vec![shared.clone()], vec![])
-        .await
-        .unwrap();
+    store.complete_job(b_done.clone(), vec![shared.clone()], vec![]).await.unwrap();
 
     let meta = store.blob_meta(&shared.hash).unwrap().unwrap();
     assert_eq!((meta.n_refs, meta.size_bytes, meta.n_chunks), (2, 5_000, 1));
     assert_eq!(store.blob_meta(&own.hash).unwrap().unwrap().n_refs, 1);
     let stats = store.stats().unwrap();
     assert_eq!((stats.n_blobs, stats.blob_bytes), (2, 12_000));
-    assert_eq!(
-        store.read_blob(&shared.hash).unwrap().as_deref(),
-        Some(&shared.bytes[..])
-    );
+    assert_eq!(store.read_blob(&shared.hash).unwrap().as_deref(), Some(&shared.bytes[..]));
 
     // Completing again with the same outputs adds nothing.
-    store
-        .complete_job(b_done.clone(), vec![shared.clone()], vec![])
-        .await
-        .unwrap();
+    store.complete_job(b_done.clone(), vec![shared.clone()], vec![]).await.unwrap();
     assert_eq!(store.blob_meta(&shared.hash).unwrap().unwrap().n_refs, 2);
 
     // A job that names a stored blob need not resend it.
@@ -519,35 +334,21 @@ async fn bad_blobs_are_refused_before_writing() {
     let mut done = a.clone();
     done.state = JobState::Succeeded;
     done.outputs = vec![output("0.png", &forged)];
-    assert!(matches!(
-        store.complete_job(done.clone(), vec![forged], vec![]).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.complete_job(done.clone(), vec![forged], vec![]).await, Err(StoreError::Invalid(_))));
 
     // Output naming a blob nobody provided.
-    assert!(matches!(
-        store.update_job(done.clone(), vec![]).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.update_job(done.clone(), vec![]).await, Err(StoreError::Invalid(_))));
 
     // Output size disagreeing with the blob.
     let mut wrong_size = done.clone();
     wrong_size.outputs = vec![output("0.png", &good)];
     wrong_size.outputs[0].size_bytes = 99;
-    assert!(matches!(
-        store
-            .complete_job(wrong_size, vec![good.clone()], vec![])
-            .await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.complete_job(wrong_size, vec![good.clone()], vec![]).await, Err(StoreError::Invalid(_))));
 
     // Duplicate output names.
     let mut dup = done.clone();
     dup.outputs = vec![output("0.png", &good), output("0.png", &good)];
-    assert!(matches!(
-        store.complete_job(dup, vec![good.clone()], vec![]).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.complete_job(dup, vec![good.clone()], vec![]).await, Err(StoreError::Invalid(_))));
 
     assert_eq!(store.get_job(a.id).unwrap(), Some(a));
     assert_eq!(store.blob_meta(&good.hash).unwrap(), None);
@@ -558,80 +359,36 @@ async fn bad_blobs_are_refused_before_writing() {
 async fn large_blob_is_chunked_and_media_type_decides_compression() {
     let (_dir, store) = open_temp();
     let big = blob("image/png", bytes_of("big", 3 * 1024 * 1024));
-    let text = blob(
-        "text/plain; charset=utf-8",
-        "all work and no play ".repeat(50_000).into_bytes(),
-    );
+    let text = blob("text/plain; charset=utf-8", "all work and no play ".repeat(50_000).into_bytes());
     let json_random = blob("application/octet-stream", bytes_of("rnd", 10_000));
     let png_repetitive = blob("image/png", vec![0u8; 100_000]);
-    let svg = blob(
-        "image/svg+xml",
-        "<svg><rect/></svg>".repeat(1000).into_bytes(),
-    );
-    let all = [
-        big.clone(),
-        text.clone(),
-        json_random.clone(),
-        png_repetitive.clone(),
-        svg.clone(),
-    ];
+    let svg = blob("image/svg+xml", "<svg><rect/></svg>".repeat(1000).into_bytes());
+    let all = [big.clone(), text.clone(), json_random.clone(), png_repetitive.clone(), svg.clone()];
 
     let j = store.insert_job(job(1), vec![]).await.unwrap();
     let mut done = j.clone();
     done.state = JobState::Succeeded;
-    done.outputs = all
-        .iter()
-        .enumerate()
-        .map(|(i, b)| output(&format!("{i}"), b))
-        .collect();
-    store
-        .complete_job(
-            done,
-            all.to_vec(),
-            vec![JobEventKind::Succeeded { n_outputs: 5 }],
-        )
-        .await
-        .unwrap();
+    done.outputs = all.iter().enumerate().map(|(i, b)| output(&format!("{i}"), b)).collect();
+    store.complete_job(done, all.to_vec(), vec![JobEventKind::Succeeded { n_outputs: 5 }]).await.unwrap();
 
     let m = store.blob_meta(&big.hash).unwrap().unwrap();
-    assert_eq!(
-        (m.n_chunks, m.compressed, m.size_bytes, m.stored_bytes),
-        (12, false, 3 << 20, 3 << 20)
-    );
+    assert_eq!((m.n_chunks, m.compressed, m.size_bytes, m.stored_bytes), (12, false, 3 << 20, 3 << 20));
     let m = store.blob_meta(&text.hash).unwrap().unwrap();
     assert!(m.compressed);
     assert!(m.stored_bytes < m.size_bytes / 10, "{m:?}");
     assert_eq!(m.n_chunks, m.stored_bytes.div_ceil(256 * 1024) as u32);
     assert!(store.blob_meta(&svg.hash).unwrap().unwrap().compressed);
     // Compressible type, incompressible bytes: kept raw.
-    assert!(
-        !store
-            .blob_meta(&json_random.hash)
-            .unwrap()
-            .unwrap()
-            .compressed
-    );
+    assert!(!store.blob_meta(&json_random.hash).unwrap().unwrap().compressed);
     // Never for already-compressed media types, even if it would shrink.
-    assert!(
-        !store
-            .blob_meta(&png_repetitive.hash)
-            .unwrap()
-            .unwrap()
-            .compressed
-    );
+    assert!(!store.blob_meta(&png_repetitive.hash).unwrap().unwrap().compressed);
 
     for b in &all {
-        assert_eq!(
-            store.read_blob(&b.hash).unwrap().as_deref(),
-            Some(&b.bytes[..])
-        );
+        assert_eq!(store.read_blob(&b.hash).unwrap().as_deref(), Some(&b.bytes[..]));
     }
     let stats = store.stats().unwrap();
     assert_eq!(stats.n_blobs, 5);
-    assert_eq!(
-        stats.blob_bytes,
-        all.iter().map(|b| b.bytes.len() as u64).sum::<u64>()
-    );
+    assert_eq!(stats.blob_bytes, all.iter().map(|b| b.bytes.len() as u64).sum::<u64>());
     assert!(stats.blob_stored_bytes < stats.blob_bytes);
     store.verify_integrity().unwrap();
 }
@@ -678,10 +435,7 @@ async fn corrupt_records_are_errors_naming_the_key() {
         let mut done = a.clone();
         done.state = JobState::Succeeded;
         done.outputs = vec![output("t.txt", &b)];
-        store
-            .complete_job(done, vec![b.clone()], vec![])
-            .await
-            .unwrap();
+        store.complete_job(done, vec![b.clone()], vec![]).await.unwrap();
         store.put_workflow(workflow("wf", "w")).await.unwrap();
         (a, b.hash)
     };
@@ -697,10 +451,7 @@ async fn corrupt_records_are_errors_naming_the_key() {
     {
         let db = Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(WORKFLOWS)
-            .unwrap()
-            .insert("wf", &[2u8, 0][..])
-            .unwrap();
+        txn.open_table(WORKFLOWS).unwrap().insert("wf", &[2u8, 0][..]).unwrap();
         // Flip the content of the blob's only chunk.
         let mut chunks = txn.open_table(BLOB_CHUNKS).unwrap();
         let mut chunk = chunks.get((hash, 0)).unwrap().unwrap().value().to_vec();
@@ -713,59 +464,36 @@ async fn corrupt_records_are_errors_naming_the_key() {
 
     let store = Store::open(&path).unwrap();
     match store.get_job(garbage_id) {
-        Err(StoreError::Corrupt {
-            table: "jobs", key, ..
-        }) => assert_eq!(key, garbage_id.to_string()),
+        Err(StoreError::Corrupt { table: "jobs", key, .. }) => assert_eq!(key, garbage_id.to_string()),
         other => panic!("expected Corrupt, got {other:?}"),
     }
     match store.get_job(misplaced) {
-        Err(StoreError::Corrupt {
-            table: "jobs",
-            key,
-            reason,
-        }) => {
+        Err(StoreError::Corrupt { table: "jobs", key, reason }) => {
             assert_eq!(key, misplaced.to_string());
             assert!(reason.contains(&a.id.to_string()), "{reason}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
     match store.get_workflow("wf") {
-        Err(StoreError::Corrupt {
-            table: "workflows",
-            key,
-            reason,
-        }) => {
+        Err(StoreError::Corrupt { table: "workflows", key, reason }) => {
             assert_eq!(key, "wf");
             assert!(reason.contains("format version 2"), "{reason}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }
-    assert!(matches!(
-        store.list_workflows(),
-        Err(StoreError::Corrupt { .. })
-    ));
+    assert!(matches!(store.list_workflows(), Err(StoreError::Corrupt { .. })));
     match store.read_blob(&hash) {
-        Err(StoreError::Corrupt {
-            table: "blobs",
-            key,
-            ..
-        }) => assert_eq!(key, crate::domain::hash_hex(&hash)),
+        Err(StoreError::Corrupt { table: "blobs", key, .. }) => assert_eq!(key, crate::domain::hash_hex(&hash)),
         other => panic!("expected Corrupt, got {other:?}"),
     }
     // Metadata is intact; the job is still readable; writes to it still work.
     assert_eq!(store.blob_meta(&hash).unwrap().unwrap().n_refs, 1);
     assert!(store.get_job(a.id).unwrap().is_some());
-    assert!(matches!(
-        store.update_job(job(0), vec![]).await,
-        Err(StoreError::JobNotFound(_))
-    ));
+    assert!(matches!(store.update_job(job(0), vec![]).await, Err(StoreError::JobNotFound(_))));
     // Updating the garbage job fails cleanly with the key.
     let mut g = job(0);
     g.id = garbage_id;
-    assert!(matches!(
-        store.update_job(g, vec![]).await,
-        Err(StoreError::Corrupt { table: "jobs", .. })
-    ));
+    assert!(matches!(store.update_job(g, vec![]).await, Err(StoreError::Corrupt { table: "jobs", .. })));
 }
 
 #[tokio::test]
@@ -775,22 +503,12 @@ async fn reopen_keeps_everything() {
     let b = blob("application/json", "{\"x\":1}".repeat(1000).into_bytes());
     let (queued, done, wf) = {
         let store = Store::open(&path).unwrap();
-        let queued = store
-            .insert_job(job(5), vec![JobEventKind::Queued])
-            .await
-            .unwrap();
-        let mut done = store
-            .insert_job(job(6), vec![JobEventKind::Queued])
-            .await
-            .unwrap();
+        let queued = store.insert_job(job(5), vec![JobEventKind::Queued]).await.unwrap();
+        let mut done = store.insert_job(job(6), vec![JobEventKind::Queued]).await.unwrap();
         done.state = JobState::Succeeded;
         done.outputs = vec![output("o.json", &b)];
         store
-            .complete_job(
-                done.clone(),
-                vec![b.clone()],
-                vec![JobEventKind::Succeeded { n_outputs: 1 }],
-            )
+            .complete_job(done.clone(), vec![b.clone()], vec![JobEventKind::Succeeded { n_outputs: 1 }])
             .await
             .unwrap();
         let wf = store.put_workflow(workflow("wf", "w")).await.unwrap();
@@ -803,10 +521,7 @@ async fn reopen_keeps_everything() {
     assert_eq!(store.queued_jobs().unwrap(), vec![queued]);
     assert_eq!(store.job_events(done.id, None, 10).unwrap().len(), 2);
     assert_eq!(store.get_workflow("wf").unwrap(), Some(wf));
-    assert_eq!(
-        store.read_blob(&b.hash).unwrap().as_deref(),
-        Some(&b.bytes[..])
-    );
+    assert_eq!(store.read_blob(&b.hash).unwrap().as_deref(), Some(&b.bytes[..]));
     assert_eq!(counts(&store), vec![1, 0, 1, 0, 0]);
     // The sequence counter is persistent.
     let next = store.insert_job(job(7), vec![]).await.unwrap();
@@ -814,10 +529,7 @@ async fn reopen_keeps_everything() {
     store.close().await;
     drop(store);
     let store = Store::open(&path).unwrap();
-    assert_eq!(
-        store.stats().unwrap().n_jobs_by_state[0],
-        (JobState::Queued, 2)
-    );
+    assert_eq!(store.stats().unwrap().n_jobs_by_state[0], (JobState::Queued, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -828,19 +540,13 @@ async fn concurrent_writes_share_commits() {
     let mut tasks = Vec::new();
     for i in 0..n {
         let store = store.clone();
-        tasks.push(tokio::spawn(async move {
-            store
-                .insert_job(job(i % 7), vec![JobEventKind::Queued])
-                .await
-        }));
+        tasks.push(tokio::spawn(async move { store.insert_job(job(i % 7), vec![JobEventKind::Queued]).await }));
     }
     // Interleave ops that must be rejected without hurting their batch-mates.
     let mut bad = Vec::new();
     for _ in 0..50 {
         let store = store.clone();
-        bad.push(tokio::spawn(async move {
-            store.update_job(job(0), vec![]).await
-        }));
+        bad.push(tokio::spawn(async move { store.update_job(job(0), vec![]).await }));
     }
     let mut ids = HashSet::new();
     let mut seqs = HashSet::new();
@@ -883,14 +589,8 @@ async fn close_drains_then_refuses_writes() {
         }
     }
     assert_eq!(store.queued_jobs().unwrap().len(), ok);
-    assert!(matches!(
-        store.insert_job(job(1), vec![]).await,
-        Err(StoreError::Closed)
-    ));
-    assert!(matches!(
-        store.put_workflow(workflow("w", "w")).await,
-        Err(StoreError::Closed)
-    ));
+    assert!(matches!(store.insert_job(job(1), vec![]).await, Err(StoreError::Closed)));
+    assert!(matches!(store.put_workflow(workflow("w", "w")).await, Err(StoreError::Closed)));
 }
 
 #[tokio::test]
@@ -905,10 +605,7 @@ async fn index_corruption_poisons_only_its_own_write() {
         // Remove the queue entry behind the store's back.
         let db = Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(QUEUE)
-            .unwrap()
-            .remove((1i64, victim.queue_key.seq))
-            .unwrap();
+        txn.open_table(QUEUE).unwrap().remove((1i64, victim.queue_key.seq)).unwrap();
         txn.commit().unwrap();
     }
     let store = Store::open(&path).unwrap();
@@ -922,11 +619,7 @@ async fn index_corruption_poisons_only_its_own_write() {
     let others: Vec<_> = (0..20)
         .map(|i| {
             let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .insert_job(job(10 + i), vec![JobEventKind::Queued])
-                    .await
-            })
+            tokio::spawn(async move { store.insert_job(job(10 + i), vec![JobEventKind::Queued]).await })
         })
         .collect();
     let result = store.update_job(running, vec![JobEventKind::Queued]).await;
@@ -952,19 +645,10 @@ async fn schema_version_is_checked() {
     {
         let db = Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(super::tables::META)
-            .unwrap()
-            .insert("schema_version", 99)
-            .unwrap();
+        txn.open_table(super::tables::META).unwrap().insert("schema_version", 99).unwrap();
         txn.commit().unwrap();
     }
-    assert!(matches!(
-        Store::open(&path),
-        Err(StoreError::Schema {
-            found: 99,
-            expected: 1
-        })
-    ));
+    assert!(matches!(Store::open(&path), Err(StoreError::Schema { found: 99, expected: 1 })));
 }
 
 #[test]
@@ -1022,9 +706,7 @@ async fn model_based_random_operations() {
                             j.state = JobState::Running;
                         }
                         let s = store.clone();
-                        tasks.push(tokio::spawn(async move {
-                            s.insert_job(j, vec![JobEventKind::Queued]).await
-                        }));
+                        tasks.push(tokio::spawn(async move { s.insert_job(j, vec![JobEventKind::Queued]).await }));
                     }
                     for t in tasks {
                         let j = t.await.unwrap().unwrap();
@@ -1056,18 +738,13 @@ async fn model_based_random_operations() {
                             })
                             .collect();
                     }
-                    let events = vec![
-                        JobEventKind::Requeued {
-                            reason: "model".into()
-                        };
-                        rng.random_range(0..3)
-                    ];
+                    let events = vec![JobEventKind::Requeued { reason: "model".into() }; rng.random_range(0..3)];
                     let n_new = events.len();
                     let result = store.complete_job(j.clone(), provided, events).await;
-                    let all_available = j.outputs.iter().all(|o| {
-                        jobs.values()
-                            .any(|other| other.outputs.iter().any(|p| p.hash == o.hash))
-                    });
+                    let all_available = j
+                        .outputs
+                        .iter()
+                        .all(|o| jobs.values().any(|other| other.outputs.iter().any(|p| p.hash == o.hash)));
                     match result {
                         Ok(()) => {
                             *n_events.entry(id).or_default() += n_new;
@@ -1080,11 +757,7 @@ async fn model_based_random_operations() {
                 }
                 6 if !ids.is_empty() => {
                     let id = ids[rng.random_range(0..ids.len())];
-                    let p = JobEventKind::Progress {
-                        node: "1".into(),
-                        value: 1.0,
-                        max: 2.0,
-                    };
+                    let p = JobEventKind::Progress { node: "1".into(), value: 1.0, max: 2.0 };
                     store.append_events(id, vec![p.clone(), p]).await.unwrap();
                     *n_events.entry(id).or_default() += 2;
                 }
@@ -1107,36 +780,21 @@ async fn model_based_random_operations() {
                     store = Store::open(&path).unwrap();
                 }
                 _ => {
-                    assert!(matches!(
-                        store.update_job(job(0), vec![]).await,
-                        Err(StoreError::JobNotFound(_))
-                    ));
+                    assert!(matches!(store.update_job(job(0), vec![]).await, Err(StoreError::JobNotFound(_))));
                 }
             }
 
             // The store agrees with the model.
             for (id, j) in &jobs {
                 assert_eq!(store.get_job(*id).unwrap().as_ref(), Some(j));
-                assert_eq!(
-                    store.job_events(*id, None, usize::MAX).unwrap().len(),
-                    n_events[id]
-                );
+                assert_eq!(store.job_events(*id, None, usize::MAX).unwrap().len(), n_events[id]);
             }
-            let mut queued: Vec<&Job> = jobs
-                .values()
-                .filter(|j| j.state == JobState::Queued)
-                .collect();
+            let mut queued: Vec<&Job> = jobs.values().filter(|j| j.state == JobState::Queued).collect();
             queued.sort_by_key(|j| j.queue_key);
             let got: Vec<Job> = store.queued_jobs().unwrap();
             assert_eq!(got.iter().collect::<Vec<_>>(), queued);
-            let running: Vec<&Job> = jobs
-                .values()
-                .filter(|j| j.state == JobState::Running)
-                .collect();
-            assert_eq!(
-                store.running_jobs().unwrap().iter().collect::<Vec<_>>(),
-                running
-            );
+            let running: Vec<&Job> = jobs.values().filter(|j| j.state == JobState::Running).collect();
+            assert_eq!(store.running_jobs().unwrap().iter().collect::<Vec<_>>(), running);
             let mut refs: HashMap<Hash, u64> = HashMap::new();
             for o in jobs.values().flat_map(|j| &j.outputs) {
                 *refs.entry(o.hash).or_default() += 1;
@@ -1145,37 +803,16 @@ async fn model_based_random_operations() {
                 let meta = store.blob_meta(&b.hash).unwrap();
                 assert_eq!(meta.map(|m| m.n_refs), refs.get(&b.hash).copied());
             }
-            let listed: Vec<_> = store
-                .list_workflows()
-                .unwrap()
-                .into_iter()
-                .map(|w| (w.id, w.version))
-                .collect();
-            assert_eq!(
-                listed,
-                wf_current
-                    .iter()
-                    .map(|(k, v)| (k.clone(), *v))
-                    .collect::<Vec<_>>()
-            );
+            let listed: Vec<_> = store.list_workflows().unwrap().into_iter().map(|w| (w.id, w.version)).collect();
+            assert_eq!(listed, wf_current.iter().map(|(k, v)| (k.clone(), *v)).collect::<Vec<_>>());
             let mut all: Vec<&Job> = jobs.values().collect();
             all.sort_by_key(|j| std::cmp::Reverse((j.created_ms, j.id)));
-            assert_eq!(
-                store
-                    .list_jobs(None, usize::MAX, |_| true)
-                    .unwrap()
-                    .iter()
-                    .collect::<Vec<_>>(),
-                all
-            );
+            assert_eq!(store.list_jobs(None, usize::MAX, |_| true).unwrap().iter().collect::<Vec<_>>(), all);
             store.verify_integrity().unwrap();
         }
         for b in &pool {
             if store.blob_meta(&b.hash).unwrap().is_some() {
-                assert_eq!(
-                    store.read_blob(&b.hash).unwrap().as_deref(),
-                    Some(&b.bytes[..])
-                );
+                assert_eq!(store.read_blob(&b.hash).unwrap().as_deref(), Some(&b.bytes[..]));
             }
         }
     }
@@ -1202,22 +839,13 @@ async fn list_jobs_pages_newest_first_with_a_filter() {
     }
     assert_eq!(pages, made);
     let xs = store.list_jobs(None, 10, |j| j.workflow_id == "x").unwrap();
-    assert_eq!(
-        xs,
-        made.iter()
-            .filter(|j| j.workflow_id == "x")
-            .cloned()
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(xs, made.iter().filter(|j| j.workflow_id == "x").cloned().collect::<Vec<_>>());
     assert_eq!(store.list_jobs(None, 0, |_| true).unwrap(), vec![]);
 
     // created_ms is immutable (it keys the listing).
     let mut moved = made[0].clone();
     moved.created_ms += 1;
-    assert!(matches!(
-        store.update_job(moved, vec![]).await,
-        Err(StoreError::Invalid(_))
-    ));
+    assert!(matches!(store.update_job(moved, vec![]).await, Err(StoreError::Invalid(_))));
     store.verify_integrity().unwrap();
 }
 
@@ -1258,9 +886,7 @@ impl redb::StorageBackend for CrashBackend {
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
         let live = self.live.lock().unwrap();
         let offset = offset as usize;
-        let src = live
-            .get(offset..offset + out.len())
-            .ok_or_else(|| std::io::Error::other("out of range"))?;
+        let src = live.get(offset..offset + out.len()).ok_or_else(|| std::io::Error::other("out of range"))?;
         out.copy_from_slice(src);
         Ok(())
     }
@@ -1291,9 +917,7 @@ impl redb::StorageBackend for CrashBackend {
         }
         let mut live = self.live.lock().unwrap();
         let offset = offset as usize;
-        let dst = live
-            .get_mut(offset..offset + data.len())
-            .ok_or_else(|| std::io::Error::other("out of range"))?;
+        let dst = live.get_mut(offset..offset + data.len()).ok_or_else(|| std::io::Error::other("out of range"))?;
         dst.copy_from_slice(data);
         Ok(())
     }
@@ -1316,10 +940,7 @@ async fn acknowledged_writes_survive_a_crash_at_any_sync() {
             let tasks: Vec<_> = (0..4)
                 .map(|i| {
                     let s = store.clone();
-                    tokio::spawn(async move {
-                        s.insert_job(job(wave * 10 + i), vec![JobEventKind::Queued])
-                            .await
-                    })
+                    tokio::spawn(async move { s.insert_job(job(wave * 10 + i), vec![JobEventKind::Queued]).await })
                 })
                 .collect();
             for t in tasks {
@@ -1329,18 +950,11 @@ async fn acknowledged_writes_survive_a_crash_at_any_sync() {
                     Err(e) => panic!("unexpected {e}"),
                 }
             }
-            if let Some(first) = acked
-                .first()
-                .cloned()
-                .filter(|j| j.state == JobState::Queued)
-            {
+            if let Some(first) = acked.first().cloned().filter(|j| j.state == JobState::Queued) {
                 let mut done = first;
                 done.state = JobState::Succeeded;
                 done.outputs = vec![output("o.txt", &payload)];
-                match store
-                    .complete_job(done.clone(), vec![payload.clone()], vec![])
-                    .await
-                {
+                match store.complete_job(done.clone(), vec![payload.clone()], vec![]).await {
                     Ok(()) => acked[0] = done,
                     Err(StoreError::Redb(_)) => break 'waves,
                     Err(e) => panic!("unexpected {e}"),
@@ -1362,18 +976,10 @@ async fn acknowledged_writes_survive_a_crash_at_any_sync() {
             assert_eq!(store.get_job(j.id).unwrap().as_ref(), Some(j), "k={k}");
         }
         if let Some(rec) = &acked_wf {
-            assert!(
-                store
-                    .get_workflow_version("w", rec.version)
-                    .unwrap()
-                    .is_some()
-            );
+            assert!(store.get_workflow_version("w", rec.version).unwrap().is_some());
         }
         if acked.iter().any(|j| !j.outputs.is_empty()) {
-            assert_eq!(
-                store.read_blob(&payload.hash).unwrap().as_deref(),
-                Some(&payload.bytes[..])
-            );
+            assert_eq!(store.read_blob(&payload.hash).unwrap().as_deref(), Some(&payload.bytes[..]));
         }
         store.verify_integrity().unwrap();
         if acked.len() < 32 {

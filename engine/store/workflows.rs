@@ -34,9 +34,7 @@ pub(crate) struct WorkflowPlan {
 
 fn plan_version(rec: &WorkflowRecord, last: Option<u32>) -> Result<WorkflowPlan, StoreError> {
     if rec.id.is_empty() || rec.id.len() > WORKFLOW_ID_BYTES_MAX {
-        return Err(StoreError::Invalid(format!(
-            "workflow id must be 1..={WORKFLOW_ID_BYTES_MAX} bytes"
-        )));
+        return Err(StoreError::Invalid(format!("workflow id must be 1..={WORKFLOW_ID_BYTES_MAX} bytes")));
     }
     let version = last
         .unwrap_or(0)
@@ -50,10 +48,7 @@ fn plan_version(rec: &WorkflowRecord, last: Option<u32>) -> Result<WorkflowPlan,
 
 fn write_version(t: &mut WriteTables<'_>, plan: &WorkflowPlan) -> Result<(), StoreError> {
     let id = plan.rec.id.as_str();
-    if t.workflow_versions
-        .insert((id, plan.rec.version), plan.bytes.as_slice())?
-        .is_some()
-    {
+    if t.workflow_versions.insert((id, plan.rec.version), plan.bytes.as_slice())?.is_some() {
         return Err(StoreError::Corrupt {
             table: "workflow_versions",
             key: format!("{id}@{}", plan.rec.version),
@@ -84,11 +79,7 @@ impl WriteOp for PutWorkflow {
         plan_version(&self.rec, last)
     }
 
-    fn write(
-        &self,
-        plan: WorkflowPlan,
-        t: &mut WriteTables<'_>,
-    ) -> Result<WorkflowRecord, StoreError> {
+    fn write(&self, plan: WorkflowPlan, t: &mut WriteTables<'_>) -> Result<WorkflowRecord, StoreError> {
         write_version(t, &plan)?;
         Ok(plan.rec)
     }
@@ -139,11 +130,7 @@ fn decode_checked(
     };
     let rec: WorkflowRecord = codec::decode(table, &key, bytes)?;
     if rec.id != id || version.is_some_and(|v| v != rec.version) {
-        return Err(StoreError::Corrupt {
-            table,
-            key,
-            reason: format!("record is {}@{}", rec.id, rec.version),
-        });
+        return Err(StoreError::Corrupt { table, key, reason: format!("record is {}@{}", rec.id, rec.version) });
     }
     Ok(rec)
 }
@@ -158,11 +145,7 @@ pub(crate) fn get(txn: &ReadTransaction, id: &str) -> Result<Option<WorkflowReco
 }
 
 /// One version of `id`, deleted or not.
-pub(crate) fn get_version(
-    txn: &ReadTransaction,
-    id: &str,
-    version: u32,
-) -> Result<Option<WorkflowRecord>, StoreError> {
+pub(crate) fn get_version(txn: &ReadTransaction, id: &str, version: u32) -> Result<Option<WorkflowRecord>, StoreError> {
     let table = txn.open_table(WORKFLOW_VERSIONS)?;
     let Some(guard) = table.get((id, version))? else {
         return Ok(None);

@@ -100,15 +100,8 @@ impl<O: WriteOp> Pending for PendingOp<O> {
 }
 
 /// Wrap an op and its answer channel for the writer.
-pub(crate) fn pending<O: WriteOp>(
-    op: O,
-    reply: oneshot::Sender<Result<O::Out, StoreError>>,
-) -> Box<dyn Pending> {
-    Box::new(PendingOp {
-        op,
-        out: None,
-        reply,
-    })
+pub(crate) fn pending<O: WriteOp>(op: O, reply: oneshot::Sender<Result<O::Out, StoreError>>) -> Box<dyn Pending> {
+    Box::new(PendingOp { op, out: None, reply })
 }
 
 /// A message to the writer.
@@ -130,10 +123,7 @@ pub(crate) fn init_schema(db: &Database) -> Result<(), StoreError> {
             }
             Some(SCHEMA_VERSION) => {}
             Some(found) => {
-                return Err(StoreError::Schema {
-                    found,
-                    expected: SCHEMA_VERSION,
-                });
+                return Err(StoreError::Schema { found, expected: SCHEMA_VERSION });
             }
         }
     }
@@ -223,9 +213,7 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &Atomi
                 let e = StoreError::from(e);
                 tracing::error!(error = %e, "store commit failed");
                 for (p, error) in batch.into_iter().zip(rejected) {
-                    p.answer(Some(
-                        error.unwrap_or_else(|| StoreError::Redb(e.to_string())),
-                    ));
+                    p.answer(Some(error.unwrap_or_else(|| StoreError::Redb(e.to_string()))));
                 }
             }
         }
@@ -268,11 +256,7 @@ mod tests {
         fn write(&self, (): (), t: &mut WriteTables<'_>) -> Result<u64, StoreError> {
             let n = t.meta_add(self.key, 1)?;
             if self.fail {
-                return Err(StoreError::Corrupt {
-                    table: "meta",
-                    key: self.key.to_string(),
-                    reason: "test".into(),
-                });
+                return Err(StoreError::Corrupt { table: "meta", key: self.key.to_string(), reason: "test".into() });
             }
             Ok(n)
         }
@@ -284,12 +268,7 @@ mod tests {
         let db = Database::create(dir.path().join("w.redb")).unwrap();
         init_schema(&db).unwrap();
         let commits = AtomicU64::new(0);
-        let spec = [
-            ("a", false, false),
-            ("poison", true, false),
-            ("b", false, true),
-            ("c", false, false),
-        ];
+        let spec = [("a", false, false), ("poison", true, false), ("b", false, true), ("c", false, false)];
         let mut batch = Vec::new();
         let mut replies = Vec::new();
         for (key, fail, reject) in spec {
@@ -298,10 +277,7 @@ mod tests {
             replies.push(rx);
         }
         commit_batch(&db, batch, &commits);
-        let results: Vec<_> = replies
-            .into_iter()
-            .map(|mut rx| rx.try_recv().unwrap())
-            .collect();
+        let results: Vec<_> = replies.into_iter().map(|mut rx| rx.try_recv().unwrap()).collect();
         assert!(matches!(results[0], Ok(1)));
         assert!(matches!(results[1], Err(StoreError::Corrupt { .. })));
         assert!(matches!(results[2], Err(StoreError::Invalid(_))));
@@ -311,9 +287,6 @@ mod tests {
         let txn = db.begin_read().unwrap();
         let meta = txn.open_table(META).unwrap();
         let get = |k: &str| meta.get(k).unwrap().map(|v| v.value());
-        assert_eq!(
-            (get("a"), get("poison"), get("b"), get("c")),
-            (Some(1), None, None, Some(1))
-        );
+        assert_eq!((get("a"), get("poison"), get("b"), get("c")), (Some(1), None, None, Some(1)));
     }
 }

@@ -70,8 +70,7 @@ pub fn get(id: &str) -> Option<BundledWorkflow> {
 fn load(source: &Source) -> BundledWorkflow {
     // Bundled files are part of the build, not input; the tests below parse every one.
     let parse = |text: &str, file: &str| -> Value {
-        serde_json::from_str(text)
-            .unwrap_or_else(|e| panic!("bundled workflows/{}{file} is not JSON: {e}", source.id))
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("bundled workflows/{}{file} is not JSON: {e}", source.id))
     };
     BundledWorkflow {
         id: source.id,

@@ -41,10 +41,7 @@ pub struct FieldError {
 impl FieldError {
     /// A problem at JSON pointer `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            message: message.into(),
-        }
+        Self { path: path.into(), message: message.into() }
     }
 }
 
@@ -76,11 +73,7 @@ impl WorkflowError {
 }
 
 fn join(errors: &[FieldError]) -> String {
-    errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ")
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
 }
 
 /// A workflow definition checked and compiled, ready to prepare jobs. Cheap to clone.
@@ -137,25 +130,23 @@ impl CompiledWorkflow {
         let validator = match schema::compile(&schema) {
             Ok(validator) => Some(validator),
             Err(schema_errors) => {
-                errors.extend(schema_errors.into_iter().map(|e| FieldError {
-                    path: nest("/inputSchema", &e.path),
-                    message: e.message,
-                }));
+                errors.extend(
+                    schema_errors
+                        .into_iter()
+                        .map(|e| FieldError { path: nest("/inputSchema", &e.path), message: e.message }),
+                );
                 None
             }
         };
         let defaults = defaults.cloned().unwrap_or_default();
         let locations = template::token_locations(template);
         for token in tokens {
-            let defaulted =
-                template::lookup(&defaults, token).is_some() || schema::has_default(&schema, token);
+            let defaulted = template::lookup(&defaults, token).is_some() || schema::has_default(&schema, token);
             if !defaulted && !schema::has_property(&schema, token) {
                 let at = locations.get(token).map_or("", String::as_str);
                 errors.push(FieldError::new(
                     nest("/workflow", at),
-                    format!(
-                        "template token {{{{{token}}}}} is neither an input of the schema nor has a default"
-                    ),
+                    format!("template token {{{{{token}}}}} is neither an input of the schema nor has a default"),
                 ));
             }
         }
@@ -170,28 +161,16 @@ impl CompiledWorkflow {
             let top = error.path.split('/').nth(1).unwrap_or_default();
             let explicit = defaults.keys().any(|k| template::escape_pointer(k) == top);
             errors.push(if explicit {
-                FieldError::new(
-                    nest("/defaults", &error.path),
-                    format!("default {}", error.message),
-                )
+                FieldError::new(nest("/defaults", &error.path), format!("default {}", error.message))
             } else {
-                FieldError::new(
-                    "/inputSchema",
-                    format!("the default for input {}: {}", error.path, error.message),
-                )
+                FieldError::new("/inputSchema", format!("the default for input {}: {}", error.path, error.message))
             });
         }
         if !errors.is_empty() {
             return Err(WorkflowError::Definition(errors));
         }
         Ok(Self {
-            inner: Arc::new(Inner {
-                template: parsed,
-                schema,
-                validator,
-                defaults,
-                list_slots: token_slots(template),
-            }),
+            inner: Arc::new(Inner { template: parsed, schema, validator, defaults, list_slots: token_slots(template) }),
         })
     }
 
@@ -223,10 +202,7 @@ impl CompiledWorkflow {
     ) -> Result<Prepared, WorkflowError> {
         let inner = &*self.inner;
         let Value::Object(given) = inputs else {
-            return Err(WorkflowError::Invalid(vec![FieldError::new(
-                "/",
-                "inputs must be a JSON object",
-            )]));
+            return Err(WorkflowError::Invalid(vec![FieldError::new("/", "inputs must be a JSON object")]));
         };
         let mut inputs = given.clone();
         schema::apply_defaults(&inner.schema, &mut inputs, Some(&inner.defaults));
@@ -241,10 +217,7 @@ impl CompiledWorkflow {
             // An optional input without default that the template still needs.
             for token in inner.template.placeholders() {
                 if template::lookup(&inputs, token).is_none() {
-                    errors.push(FieldError::new(
-                        token_pointer(token),
-                        "is required by this workflow's template",
-                    ));
+                    errors.push(FieldError::new(token_pointer(token), "is required by this workflow's template"));
                 }
             }
         }
@@ -260,29 +233,18 @@ impl CompiledWorkflow {
             )])
         })?;
         wrap_lists(&mut prompt, &inner.list_slots);
-        Ok(Prepared {
-            inputs,
-            prompt,
-            seed,
-        })
+        Ok(Prepared { inputs, prompt, seed })
     }
 }
 
 /// `prefix` followed by JSON pointer `path`, where `"/"` and `""` mean the document itself.
 fn nest(prefix: &str, path: &str) -> String {
-    if path.is_empty() || path == "/" {
-        prefix.to_owned()
-    } else {
-        format!("{prefix}{path}")
-    }
+    if path.is_empty() || path == "/" { prefix.to_owned() } else { format!("{prefix}{path}") }
 }
 
 /// The input a token reads, as a JSON pointer (`up.factor` → `/up/factor`).
 fn token_pointer(token: &str) -> String {
-    token
-        .split('.')
-        .map(|segment| format!("/{}", template::escape_pointer(segment)))
-        .collect()
+    token.split('.').map(|segment| format!("/{}", template::escape_pointer(segment))).collect()
 }
 
 /// Node inputs whose template value is exactly one token.
@@ -306,10 +268,7 @@ fn token_slots(template: &Value) -> Vec<(String, String)> {
 /// an input can never re-wire the graph.
 fn wrap_lists(prompt: &mut Value, slots: &[(String, String)]) {
     for (id, name) in slots {
-        let slot = prompt
-            .get_mut(id)
-            .and_then(|node| node.get_mut("inputs"))
-            .and_then(|inputs| inputs.get_mut(name));
+        let slot = prompt.get_mut(id).and_then(|node| node.get_mut("inputs")).and_then(|inputs| inputs.get_mut(name));
         if let Some(value) = slot
             && value.is_array()
         {
@@ -335,10 +294,7 @@ fn check_template(template: &Value) -> Vec<FieldError> {
     for (id, node) in nodes {
         let at = format!("/workflow/{}", template::escape_pointer(id));
         let Some(node) = node.as_object() else {
-            errors.push(FieldError::new(
-                at,
-                "a node must be an object {class_type, inputs}",
-            ));
+            errors.push(FieldError::new(at, "a node must be an object {class_type, inputs}"));
             continue;
         };
         match node.get("class_type") {
@@ -350,17 +306,13 @@ fn check_template(template: &Value) -> Vec<FieldError> {
                     ));
                 }
             }
-            _ => errors.push(FieldError::new(
-                format!("{at}/class_type"),
-                "class_type must be a non-empty string",
-            )),
+            _ => errors.push(FieldError::new(format!("{at}/class_type"), "class_type must be a non-empty string")),
         }
         match node.get("inputs") {
             Some(Value::Object(inputs)) => {
                 for (name, value) in inputs {
                     // ComfyUI reads any [string, integer] pair as a link to another node.
-                    if let Some([Value::String(target), Value::Number(slot)]) =
-                        value.as_array().map(Vec::as_slice)
+                    if let Some([Value::String(target), Value::Number(slot)]) = value.as_array().map(Vec::as_slice)
                         && slot.is_u64()
                         && !nodes.contains_key(target)
                         && template::placeholders(&Value::String(target.clone())).is_empty()
@@ -372,10 +324,7 @@ fn check_template(template: &Value) -> Vec<FieldError> {
                     }
                 }
             }
-            _ => errors.push(FieldError::new(
-                format!("{at}/inputs"),
-                "inputs must be an object",
-            )),
+            _ => errors.push(FieldError::new(format!("{at}/inputs"), "inputs must be an object")),
         }
     }
     errors

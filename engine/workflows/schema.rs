@@ -35,27 +35,17 @@ const DEPTH_MAX: usize = 32;
 /// Every problem found, each with the JSON pointer into the schema where it is.
 pub fn compile(schema: &Value) -> Result<jsonschema::Validator, Vec<FieldError>> {
     let meta = jsonschema::draft202012::meta::validator();
-    let mut errors: Vec<FieldError> = meta
-        .iter_errors(schema)
-        .map(|e| FieldError::new(pointer(e.instance_path().as_str()), e.to_string()))
-        .collect();
+    let mut errors: Vec<FieldError> =
+        meta.iter_errors(schema).map(|e| FieldError::new(pointer(e.instance_path().as_str()), e.to_string())).collect();
     if errors.is_empty() && schema.get("type") != Some(&json!("object")) {
-        errors.push(FieldError::new(
-            "/type",
-            "the input schema must have \"type\": \"object\"",
-        ));
+        errors.push(FieldError::new("/type", "the input schema must have \"type\": \"object\""));
     }
     if !errors.is_empty() {
         return Err(errors);
     }
     jsonschema::draft202012::options()
         .build(schema)
-        .map_err(|e| {
-            vec![FieldError::new(
-                pointer(e.instance_path().as_str()),
-                e.to_string(),
-            )]
-        })
+        .map_err(|e| vec![FieldError::new(pointer(e.instance_path().as_str()), e.to_string())])
 }
 
 /// A permissive schema for a template registered without one: every token is a property.
@@ -119,10 +109,7 @@ fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
         let Some(reference) = schema.get("$ref").and_then(Value::as_str) else {
             return schema;
         };
-        let Some(target) = reference
-            .strip_prefix('#')
-            .and_then(|pointer| root.pointer(pointer))
-        else {
+        let Some(target) = reference.strip_prefix('#').and_then(|pointer| root.pointer(pointer)) else {
             return schema;
         };
         schema = target;
@@ -189,11 +176,7 @@ pub fn has_default(root: &Value, token: &str) -> bool {
 /// Fill in omitted inputs: `explicit` defaults first (top level), then schema `default`s,
 /// recursively into nested object properties. An omitted object property without a default is
 /// created only when its nested defaults cover all of its `required` members.
-pub fn apply_defaults(
-    root: &Value,
-    inputs: &mut Map<String, Value>,
-    explicit: Option<&Map<String, Value>>,
-) {
+pub fn apply_defaults(root: &Value, inputs: &mut Map<String, Value>, explicit: Option<&Map<String, Value>>) {
     if let Some(explicit) = explicit {
         for (name, value) in explicit {
             if !inputs.contains_key(name) {
@@ -229,10 +212,7 @@ fn fill(root: &Value, schema: &Value, object: &mut Map<String, Value>, depth: us
                     let required_met = property
                         .get("required")
                         .and_then(Value::as_array)
-                        .is_none_or(|req| {
-                            req.iter()
-                                .all(|r| r.as_str().is_some_and(|r| inner.contains_key(r)))
-                        });
+                        .is_none_or(|req| req.iter().all(|r| r.as_str().is_some_and(|r| inner.contains_key(r))));
                     if !inner.is_empty() && required_met {
                         object.insert(name.clone(), Value::Object(inner));
                     }
@@ -245,30 +225,16 @@ fn fill(root: &Value, schema: &Value, object: &mut Map<String, Value>, depth: us
 /// Draw a random seed for every omitted top-level seed property (named `seed` or marked
 /// `"x-seed": true`); returns the one drawn for `seed`, else the first one drawn. The range is `0..=SEED_MAX`, narrowed by the
 /// property's integer `minimum` / `maximum` when they lie inside it.
-pub fn draw_seeds(
-    root: &Value,
-    inputs: &mut Map<String, Value>,
-    rng: &mut impl Rng,
-) -> Option<i64> {
+pub fn draw_seeds(root: &Value, inputs: &mut Map<String, Value>, rng: &mut impl Rng) -> Option<i64> {
     let (mut primary, mut first) = (None, None);
     for (name, property) in properties(root, root)? {
         let property = resolve(root, property);
         let marked = property.get("x-seed").and_then(Value::as_bool);
-        if inputs.contains_key(name)
-            || !(marked == Some(true) || (name == "seed" && marked.is_none()))
-        {
+        if inputs.contains_key(name) || !(marked == Some(true) || (name == "seed" && marked.is_none())) {
             continue;
         }
-        let low = property
-            .get("minimum")
-            .and_then(Value::as_i64)
-            .unwrap_or(0)
-            .clamp(0, SEED_MAX);
-        let high = property
-            .get("maximum")
-            .and_then(Value::as_i64)
-            .unwrap_or(SEED_MAX)
-            .clamp(low, SEED_MAX);
+        let low = property.get("minimum").and_then(Value::as_i64).unwrap_or(0).clamp(0, SEED_MAX);
+        let high = property.get("maximum").and_then(Value::as_i64).unwrap_or(SEED_MAX).clamp(low, SEED_MAX);
         let seed = rng.random_range(low..=high);
         inputs.insert(name.clone(), Value::from(seed));
         if name == "seed" {
@@ -292,24 +258,15 @@ pub fn validate_present(validator: &jsonschema::Validator, instance: &Value) -> 
     collect_errors(validator, instance, false)
 }
 
-fn collect_errors(
-    validator: &jsonschema::Validator,
-    instance: &Value,
-    required: bool,
-) -> Vec<FieldError> {
+fn collect_errors(validator: &jsonschema::Validator, instance: &Value, required: bool) -> Vec<FieldError> {
     let mut errors = Vec::new();
     for error in validator.iter_errors(instance) {
         let at = error.instance_path().as_str().to_owned();
         match error.kind() {
             ValidationErrorKind::Required { .. } if !required => {}
             ValidationErrorKind::Required { property } => {
-                let name = property
-                    .as_str()
-                    .map_or_else(|| property.to_string(), str::to_owned);
-                errors.push(FieldError::new(
-                    format!("{at}/{}", escape_pointer(&name)),
-                    "is required",
-                ));
+                let name = property.as_str().map_or_else(|| property.to_string(), str::to_owned);
+                errors.push(FieldError::new(format!("{at}/{}", escape_pointer(&name)), "is required"));
             }
             ValidationErrorKind::AdditionalProperties { unexpected } => {
                 for name in unexpected {
@@ -319,10 +276,7 @@ fn collect_errors(
                     ));
                 }
             }
-            _ => errors.push(FieldError::new(
-                pointer(&at),
-                error.masked_with("value").to_string(),
-            )),
+            _ => errors.push(FieldError::new(pointer(&at), error.masked_with("value").to_string())),
         }
     }
     errors
@@ -374,8 +328,7 @@ impl LimitWalk<'_> {
             let property = resolve(root, property);
             let path = format!("{at}/{}", escape_pointer(name));
             let marked = |key: &str| property.get(key).and_then(Value::as_bool);
-            let image =
-                marked("x-image-dimension").unwrap_or(matches!(name.as_str(), "width" | "height"));
+            let image = marked("x-image-dimension").unwrap_or(matches!(name.as_str(), "width" | "height"));
             let batch = marked("x-batch-size").unwrap_or(name == "batch_size");
             let bound = if image {
                 Some((limits.image_size_max, "MAX_IMAGE_SIZE", scale))
@@ -388,11 +341,7 @@ impl LimitWalk<'_> {
                 (Some((max, setting, factor)), Value::Number(n))
                     if n.as_f64().is_some_and(|v| v * factor > f64::from(max)) =>
                 {
-                    let scaled = if factor > 1.0 {
-                        format!(" once scaled by {factor}")
-                    } else {
-                        String::new()
-                    };
+                    let scaled = if factor > 1.0 { format!(" once scaled by {factor}") } else { String::new() };
                     errors.push(FieldError::new(
                         path,
                         format!("must be at most {max}{scaled} (the gateway's {setting})"),
@@ -447,11 +396,7 @@ fn normalize_in(root: &Value, schema: &Value, object: &mut Map<String, Value>, d
 
 /// `""` (the root, as `jsonschema` writes it) becomes `"/"`.
 fn pointer(path: &str) -> String {
-    if path.is_empty() {
-        "/".to_owned()
-    } else {
-        path.to_owned()
-    }
+    if path.is_empty() { "/".to_owned() } else { path.to_owned() }
 }
 
 #[cfg(test)]
@@ -469,12 +414,8 @@ mod tests {
     fn compile_rejects_non_object_and_invalid_schemas() {
         let errs = compile(&json!({"type": "string"})).unwrap_err();
         assert_eq!(errs[0].path, "/type");
-        let errs =
-            compile(&json!({"type": "object", "properties": {"a": {"type": 5}}})).unwrap_err();
-        assert!(
-            errs.iter().any(|e| e.path.starts_with("/properties/a")),
-            "{errs:?}"
-        );
+        let errs = compile(&json!({"type": "object", "properties": {"a": {"type": 5}}})).unwrap_err();
+        assert!(errs.iter().any(|e| e.path.starts_with("/properties/a")), "{errs:?}");
         assert!(compile(&json!(true)).is_err());
         assert!(compile(&json!({"type": "object", "$ref": "https://example.com/x.json"})).is_err());
     }
@@ -492,15 +433,8 @@ mod tests {
             }
         });
         let mut inputs = obj(json!({"steps": 5}));
-        apply_defaults(
-            &schema,
-            &mut inputs,
-            Some(&obj(json!({"extra": true, "steps": 9}))),
-        );
-        assert_eq!(
-            Value::Object(inputs),
-            json!({"steps": 5, "extra": true, "up": {"factor": 2}, "opt": {"x": 1}})
-        );
+        apply_defaults(&schema, &mut inputs, Some(&obj(json!({"extra": true, "steps": 9}))));
+        assert_eq!(Value::Object(inputs), json!({"steps": 5, "extra": true, "up": {"factor": 2}, "opt": {"x": 1}}));
     }
 
     #[test]
@@ -510,17 +444,9 @@ mod tests {
             "batch_size": {"type": "integer"}, "height": {"type": "integer", "x-image-dimension": false},
             "nested": {"type": "object", "properties": {"n": {"x-batch-size": true}}}
         }});
-        let limits = Limits {
-            image_size_max: 2048,
-            batch_size_max: 4,
-        };
-        let inputs = obj(
-            json!({"width": 4096, "w2": 2049, "batch_size": 5, "height": 9999, "nested": {"n": 8}}),
-        );
-        let paths: Vec<_> = check_limits(&schema, &inputs, &limits)
-            .into_iter()
-            .map(|e| e.path)
-            .collect();
+        let limits = Limits { image_size_max: 2048, batch_size_max: 4 };
+        let inputs = obj(json!({"width": 4096, "w2": 2049, "batch_size": 5, "height": 9999, "nested": {"n": 8}}));
+        let paths: Vec<_> = check_limits(&schema, &inputs, &limits).into_iter().map(|e| e.path).collect();
         assert_eq!(paths, ["/batch_size", "/nested/n", "/w2", "/width"]);
         let ok = obj(json!({"width": 2048, "batch_size": 4}));
         assert!(check_limits(&schema, &ok, &limits).is_empty());
@@ -528,9 +454,7 @@ mod tests {
 
     #[test]
     fn derived_schema_types_tokens() {
-        let tokens: BTreeSet<String> = ["prompt", "seed", "steps", "up.factor"]
-            .map(String::from)
-            .into();
+        let tokens: BTreeSet<String> = ["prompt", "seed", "steps", "up.factor"].map(String::from).into();
         let schema = derive(&tokens, Some(&obj(json!({"steps": 20}))));
         assert_eq!(schema["properties"]["steps"]["type"], "integer");
         assert_eq!(schema["properties"]["seed"]["type"], "integer");

@@ -175,9 +175,7 @@ fn next_token(s: &str, mut from: usize) -> Option<(usize, usize, &str)> {
         let name_start = i;
         if i < bytes.len() && (bytes[i].is_ascii_alphabetic() || bytes[i] == b'_') {
             i += 1;
-            while i < bytes.len()
-                && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'.' | b'-'))
-            {
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || matches!(bytes[i], b'_' | b'.' | b'-')) {
                 i += 1;
             }
         } else {
@@ -260,10 +258,7 @@ fn parse_node(value: &Value, names: &mut BTreeSet<String>) -> Node {
             }
         }
         Value::Object(map) => {
-            let nodes: Vec<(String, Node)> = map
-                .iter()
-                .map(|(k, v)| (k.clone(), parse_node(v, names)))
-                .collect();
+            let nodes: Vec<(String, Node)> = map.iter().map(|(k, v)| (k.clone(), parse_node(v, names))).collect();
             if nodes.iter().all(|(_, n)| matches!(n, Node::Literal(_))) {
                 Node::Literal(value.clone())
             } else {
@@ -275,19 +270,13 @@ fn parse_node(value: &Value, names: &mut BTreeSet<String>) -> Node {
 }
 
 fn unknown(name: &str) -> RenderError {
-    RenderError::UnknownToken {
-        name: name.to_owned(),
-        path: String::new(),
-    }
+    RenderError::UnknownToken { name: name.to_owned(), path: String::new() }
 }
 
 /// Prefix the error's path with one segment while unwinding.
 fn within(err: RenderError, segment: &str) -> RenderError {
     let RenderError::UnknownToken { name, path } = err;
-    RenderError::UnknownToken {
-        name,
-        path: format!("/{}{path}", escape_pointer(segment)),
-    }
+    RenderError::UnknownToken { name, path: format!("/{}{path}", escape_pointer(segment)) }
 }
 
 /// Escape one JSON pointer segment (RFC 6901).
@@ -345,50 +334,31 @@ mod tests {
     #[test]
     fn exact_token_takes_input_type() {
         let t = json!({"seed": "{{seed}}", "cfg": "{{ cfg }}", "on": "{{flag}}", "s": "{{name}}"});
-        let out = render(
-            &t,
-            &inputs(json!({"seed": 42, "cfg": 7.5, "flag": true, "name": "x"})),
-        )
-        .unwrap();
+        let out = render(&t, &inputs(json!({"seed": 42, "cfg": 7.5, "flag": true, "name": "x"}))).unwrap();
         assert_eq!(out, json!({"seed": 42, "cfg": 7.5, "on": true, "s": "x"}));
     }
 
     #[test]
     fn tokens_in_longer_strings_interpolate_as_text() {
         let t = json!("{{prompt}}, sprite, {{n}} steps, {{f}}, {{o}}, {{nothing}}!");
-        let out = render(
-            &t,
-            &inputs(json!({"prompt": "a cat", "n": 30, "f": false, "o": {"a": [1, 2]}, "nothing": null})),
-        )
-        .unwrap();
-        assert_eq!(
-            out,
-            json!("a cat, sprite, 30 steps, false, {\"a\":[1,2]}, null!")
-        );
+        let out =
+            render(&t, &inputs(json!({"prompt": "a cat", "n": 30, "f": false, "o": {"a": [1, 2]}, "nothing": null})))
+                .unwrap();
+        assert_eq!(out, json!("a cat, sprite, 30 steps, false, {\"a\":[1,2]}, null!"));
     }
 
     #[test]
     fn nested_and_array_values() {
         let t = json!({"1": {"inputs": {"list": ["{{a}}", {"deep": "{{b}}"}, 3], "obj": "{{o}}"}}});
-        let out = render(
-            &t,
-            &inputs(json!({"a": [1, "two"], "b": {"x": 1}, "o": {"k": null}})),
-        )
-        .unwrap();
-        assert_eq!(
-            out,
-            json!({"1": {"inputs": {"list": [[1, "two"], {"deep": {"x": 1}}, 3], "obj": {"k": null}}}})
-        );
+        let out = render(&t, &inputs(json!({"a": [1, "two"], "b": {"x": 1}, "o": {"k": null}}))).unwrap();
+        assert_eq!(out, json!({"1": {"inputs": {"list": [[1, "two"], {"deep": {"x": 1}}, 3], "obj": {"k": null}}}}));
     }
 
     #[test]
     fn dotted_names_walk_nested_inputs() {
         let t = json!(["{{upscale.factor}}", "{{a.b}}"]);
-        let out = render(
-            &t,
-            &inputs(json!({"upscale": {"factor": 2}, "a.b": "exact wins", "a": {"b": "no"}})),
-        )
-        .unwrap();
+        let out =
+            render(&t, &inputs(json!({"upscale": {"factor": 2}, "a.b": "exact wins", "a": {"b": "no"}}))).unwrap();
         assert_eq!(out, json!([2, "exact wins"]));
     }
 
@@ -396,13 +366,7 @@ mod tests {
     fn unknown_token_is_an_error_with_its_path() {
         let t = json!({"3": {"inputs": {"text": "hi {{missing}}"}}});
         let err = render(&t, &Map::new()).unwrap_err();
-        assert_eq!(
-            err,
-            RenderError::UnknownToken {
-                name: "missing".into(),
-                path: "/3/inputs/text".into()
-            }
-        );
+        assert_eq!(err, RenderError::UnknownToken { name: "missing".into(), path: "/3/inputs/text".into() });
         assert!(err.to_string().contains("{{missing}}"));
     }
 
@@ -419,10 +383,7 @@ mod tests {
             "h": "{{x y}}",
             "i": "é{{x}}é"
         });
-        assert_eq!(
-            placeholders(&t),
-            ["x"].iter().map(|s| s.to_string()).collect()
-        );
+        assert_eq!(placeholders(&t), ["x"].iter().map(|s| s.to_string()).collect());
         let out = render(&t, &inputs(json!({"x": 1, "key": "k"}))).unwrap();
         let mut expected = t.clone();
         expected["i"] = json!("é1é");
@@ -446,20 +407,15 @@ mod tests {
         let vars = inputs(json!({"x": "X", "x9": 9, "_": true}));
         for _ in 0..2000 {
             let n = rng.random_range(0..12);
-            let s: String = (0..n)
-                .map(|_| pieces[rng.random_range(0..pieces.len())])
-                .collect();
+            let s: String = (0..n).map(|_| pieces[rng.random_range(0..pieces.len())]).collect();
             let names = placeholders(&json!(s));
             if names.is_empty() {
                 assert_eq!(render(&json!(s), &vars).unwrap(), json!(s), "{s:?}");
             }
             // Wrapping a known token in text interpolates it exactly once per occurrence.
             let wrapped = format!("{s}|{{{{x}}}}|{s}");
-            let vars_all: Map<String, Value> = names
-                .iter()
-                .map(|n| (n.clone(), json!("")))
-                .chain(vars.clone())
-                .collect();
+            let vars_all: Map<String, Value> =
+                names.iter().map(|n| (n.clone(), json!(""))).chain(vars.clone()).collect();
             let out = render(&json!(wrapped), &vars_all).unwrap();
             let text = out.as_str().unwrap_or_default();
             assert!(text.contains("|X|"), "{wrapped:?} -> {text:?}");

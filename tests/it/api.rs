@@ -42,11 +42,13 @@ async fn bad_input_gets_a_clear_4xx_with_a_stable_code() {
     assert_error(s, &v, 400, "VALIDATION_ERROR");
     assert_eq!(v["error"]["details"][0]["path"], "/inputs/prompt", "{v}");
 
-    let (s, v) = post_json(&jobs, &json!({"workflowId": "sdxl_realism_v1", "inputs": {"prompt": "x", "width": 4096}})).await;
+    let (s, v) =
+        post_json(&jobs, &json!({"workflowId": "sdxl_realism_v1", "inputs": {"prompt": "x", "width": 4096}})).await;
     assert_error(s, &v, 400, "VALIDATION_ERROR");
     assert_eq!(v["error"]["details"][0]["path"], "/inputs/width", "MAX_IMAGE_SIZE applies: {v}");
 
-    let (s, v) = post_json(&jobs, &json!({"workflowId": "icon_512", "inputs": {"prompt": "x"}, "priority": "urgent"})).await;
+    let (s, v) =
+        post_json(&jobs, &json!({"workflowId": "icon_512", "inputs": {"prompt": "x"}, "priority": "urgent"})).await;
     assert_error(s, &v, 400, "VALIDATION_ERROR");
     assert_eq!(v["error"]["details"][0]["path"], "/priority");
 
@@ -54,7 +56,8 @@ async fn bad_input_gets_a_clear_4xx_with_a_stable_code() {
     assert_error(s, &v, 400, "VALIDATION_ERROR");
     assert_eq!(v["error"]["details"][0]["path"], "/bogus");
 
-    let (s, v) = post_json(&jobs, &json!({"workflowId": "icon_512", "inputs": {"prompt": "x"}, "callbackUrl": "ftp://x"})).await;
+    let (s, v) =
+        post_json(&jobs, &json!({"workflowId": "icon_512", "inputs": {"prompt": "x"}, "callbackUrl": "ftp://x"})).await;
     assert_error(s, &v, 400, "VALIDATION_ERROR");
 
     let big = vec![b' '; 70_000];
@@ -106,8 +109,12 @@ async fn workflow_crud_with_versions() {
     assert_error(s, &v, 409, "CONFLICT");
 
     // A token without input or default is rejected at registration, naming it.
-    let (s, v) = post_json(&url, &json!({"id": "broken", "workflow": template, "defaults": {"size": 64, "color": 1},
-        "inputSchema": {"type": "object", "properties": {"size": {"type": "integer"}, "color": {"type": "integer"}}}})).await;
+    let (s, v) = post_json(
+        &url,
+        &json!({"id": "broken", "workflow": template, "defaults": {"size": 64, "color": 1},
+        "inputSchema": {"type": "object", "properties": {"size": {"type": "integer"}, "color": {"type": "integer"}}}}),
+    )
+    .await;
     assert_error(s, &v, 400, "VALIDATION_ERROR");
     assert!(v.to_string().contains("label"), "{v}");
 
@@ -156,8 +163,11 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     )
     .unwrap();
     let schema = dir.path().join("schema.json");
-    std::fs::write(&schema, json!({"type": "object", "properties": {"color": {"type": "integer", "default": 5}}}).to_string())
-        .unwrap();
+    std::fs::write(
+        &schema,
+        json!({"type": "object", "properties": {"color": {"type": "integer", "default": 5}}}).to_string(),
+    )
+    .unwrap();
     let run = |args: &[&str]| {
         let out = std::process::Command::new(support::BIN)
             .args(args)
@@ -165,11 +175,16 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
             .env_remove("PORT")
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (code, out, err) = run(&["init"]);
     assert_eq!(code, Some(0), "{out}{err}");
-    let (code, out, err) = run(&["add-workflow", wf.to_str().unwrap(), "--id", "cli_wf", "--schema", schema.to_str().unwrap()]);
+    let (code, out, err) =
+        run(&["add-workflow", wf.to_str().unwrap(), "--id", "cli_wf", "--schema", schema.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("cli_wf version 1"), "{out}");
     let (code, out, _) = run(&["list-workflows"]);

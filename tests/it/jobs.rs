@@ -167,7 +167,11 @@ async fn failures_are_classified_with_their_codes() {
     // Out of memory while executing.
     sim.faults(json!({"oom": 1})).await;
     let done = gw.wait_terminal(&run(1).await, WAIT).await;
-    assert_eq!((done["status"].as_str(), done["error"]["code"].as_str()), (Some("failed"), Some("COMFYUI_OOM")), "{done}");
+    assert_eq!(
+        (done["status"].as_str(), done["error"]["code"].as_str()),
+        (Some("failed"), Some("COMFYUI_OOM")),
+        "{done}"
+    );
     assert_eq!(done["error"]["retryable"], true);
 
     // A node raising at run time.
