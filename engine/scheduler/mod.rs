@@ -251,7 +251,7 @@ impl Scheduler {
                         details_json: None,
                     };
                     let (job, log) =
-                        state::apply(&job, state::Event::Fail { error }, now_ms()).map_err(|e| Error::internal(e))?;
+                        state::apply(&job, state::Event::Fail { error }, now_ms()).map_err(Error::internal)?;
                     store.update_job(job, log).await?;
                 }
             }

@@ -12,7 +12,6 @@
 //! ```
 
 use crate::domain::{Job, JobError, JobEventKind, JobState, OutputRef};
-use crate::error::ErrorCode;
 
 /// Something that happens to a job.
 #[derive(Debug, Clone, PartialEq)]
@@ -128,7 +127,6 @@ pub fn apply(job: &Job, event: Event, now_ms: u64) -> Result<(Job, Vec<JobEventK
         (Queued | Running, Event::Cancel { reason }) => {
             next.state = Canceled;
             next.finished_ms = Some(now_ms);
-            next.error = Some(JobError { code: ErrorCode::Conflict, message: reason.clone(), details_json: None });
             vec![JobEventKind::Canceled { reason }]
         }
         (_, event) => return Err(refuse(&event)),
@@ -140,6 +138,7 @@ pub fn apply(job: &Job, event: Event, now_ms: u64) -> Result<(Job, Vec<JobEventK
 mod tests {
     use super::*;
     use crate::domain::QueueKey;
+    use crate::error::ErrorCode;
 
     fn job() -> Job {
         Job {
