@@ -135,3 +135,34 @@ async fn a_job_lost_more_than_max_attempts_fails_unreachable() {
     assert_eq!(done["error"]["code"], "COMFYUI_UNREACHABLE");
     assert!(support::executions(&sim.executions().await).is_empty(), "not resubmitted beyond the bound");
 }
+
+/// The gateway restarts while ComfyUI still holds its prompts (one running, one pending):
+/// recovery re-attaches to them instead of submitting again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_restart_reattaches_to_prompts_still_on_the_backend() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 250).await;
+    let mut gw = Gateway::start(dir.path(), &sim.url(), &[("MAX_CONCURRENCY", "2")]).await;
+    let ids = [gw.submit_ok(job_body(1)).await, gw.submit_ok(job_body(2)).await, gw.submit_ok(job_body(3)).await];
+    let start = Instant::now();
+    while support::executions(&sim.executions().await).len() < 2 {
+        assert!(start.elapsed() < WAIT);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.kill9();
+    let (_, queue) = support::get_json(&format!("{}/queue", sim.url())).await;
+    let on_backend =
+        queue["queue_running"].as_array().unwrap().len() + queue["queue_pending"].as_array().unwrap().len();
+    assert_eq!(on_backend, 2, "the backend still holds two prompts when the gateway comes back: {queue}");
+    gw.restart().await;
+    for id in &ids {
+        let done = gw.wait_terminal(id, WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["attempts"], 1, "{done}");
+    }
+    for (id, count) in support::executions(&sim.executions().await) {
+        assert_eq!(count, 1, "{id} executed {count} times");
+    }
+    let (_, log) = support::get_json(&format!("{}/jobs/{}", gw.url(), ids[0])).await;
+    assert_eq!(log["status"], "succeeded");
+}
