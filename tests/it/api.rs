@@ -206,6 +206,12 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     let id = gw.submit_ok(json!({"workflowId": "cli_wf", "inputs": {"color": 7}})).await;
     assert_eq!(gw.wait_terminal(&id, std::time::Duration::from_secs(60)).await["status"], "succeeded");
 
+    // `health` asks the running gateway.
+    let out = std::process::Command::new(support::BIN).args(["health", "--port", &port]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"reachable\": true"), "{text}");
+
     // Bad configuration: one line naming the variable, exit code 2.
     let out = std::process::Command::new(support::BIN).args(["serve"]).env("MAX_CONCURRENCY", "0").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -216,4 +222,18 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("PORT"), "{err}");
+
+    // The same from a `.env` file in the working directory.
+    let envdir = dir.path().join("envdir");
+    std::fs::create_dir_all(&envdir).unwrap();
+    std::fs::write(envdir.join(".env"), "COMFYUI_URL=ftp://nowhere\n").unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["serve"])
+        .current_dir(&envdir)
+        .env_remove("COMFYUI_URL")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("COMFYUI_URL"), ".env is read: {err}");
 }

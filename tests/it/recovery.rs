@@ -166,3 +166,23 @@ async fn gateway_restart_reattaches_to_prompts_still_on_the_backend() {
     let (_, log) = support::get_json(&format!("{}/jobs/{}", gw.url(), ids[0])).await;
     assert_eq!(log["status"], "succeeded");
 }
+
+/// The backend's WebSocket drops mid-job (no close frame): the job is reconciled by
+/// polling and still finishes, executed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_drop_mid_job_is_reconciled() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 100).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
+    sim.faults(json!({"dropWsAfterMs": 150})).await;
+    let ids = [gw.submit_ok(job_body(1)).await, gw.submit_ok(job_body(2)).await];
+    for id in &ids {
+        let done = gw.wait_terminal(id, WAIT).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        assert_eq!(done["attempts"], 1, "a dropped socket is not a lost prompt: {done}");
+    }
+    let ex = support::executions(&sim.executions().await);
+    assert_eq!(ex.len(), 2);
+    assert!(ex.iter().all(|(_, n)| *n == 1), "{ex:?}");
+    assert!(gw.proc_.log().contains("backend websocket ended"), "the drop happened:\n{}", gw.proc_.log());
+}
