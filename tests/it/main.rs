@@ -6,10 +6,12 @@
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
 //!   per-backend concurrency, failure classification, cancel.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
-//!   attempt bound.
+//!   attempt bound, WebSocket drop, re-attach after a gateway restart.
+//! - `tidy`: architecture invariants checked on the source.
 
 mod support;
 
 mod api;
 mod jobs;
 mod recovery;
+mod tidy;

@@ -1,0 +1,69 @@
+//! Architecture invariants, checked on the source (ARCHITECTURE.md "Invariants"):
+//! only `store` imports redb; only `api` (and the simulator, which is a server of its own)
+//! uses hyper and matchit; only `config`/`cli`/`main` read the environment; every source
+//! file starts with a `//!` doc comment.
+
+use std::path::{Path, PathBuf};
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read engine/") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+fn engine_files() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("engine"), &mut files);
+    assert!(files.len() > 20, "found the sources");
+    files
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            (rel, std::fs::read_to_string(&p).unwrap())
+        })
+        .collect()
+}
+
+fn offenders(files: &[(String, String)], needle: &str, allowed: &[&str]) -> Vec<String> {
+    files
+        .iter()
+        .filter(|(path, text)| text.contains(needle) && !allowed.iter().any(|a| path.starts_with(a)))
+        .map(|(path, _)| path.clone())
+        .collect()
+}
+
+#[test]
+fn only_the_store_touches_redb() {
+    let files = engine_files();
+    assert_eq!(offenders(&files, "redb::", &["engine/store/"]), Vec::<String>::new());
+}
+
+#[test]
+fn only_the_api_and_the_simulator_serve_http() {
+    let files = engine_files();
+    for needle in ["hyper::", "matchit::", "hyper_util::"] {
+        assert_eq!(offenders(&files, needle, &["engine/api/", "engine/comfy/sim/"]), Vec::<String>::new(), "{needle}");
+    }
+}
+
+#[test]
+fn only_configuration_reads_the_environment() {
+    let files = engine_files();
+    assert_eq!(
+        offenders(&files, "std::env::var", &["engine/config.rs", "engine/cli.rs", "engine/main.rs"]),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn every_source_file_says_what_it_is_for() {
+    for (path, text) in engine_files() {
+        assert!(text.trim_start().starts_with("//!"), "{path} starts with a //! comment");
+    }
+}
