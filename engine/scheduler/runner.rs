@@ -65,6 +65,9 @@ struct Run {
     deadline: Instant,
     next_poll: Instant,
     last_progress_log: Option<Instant>,
+    /// A progress entry being written in the background; awaited before the next
+    /// commit so the job's log stays in order.
+    progress_write: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Start a freshly dispatched job: commit the dispatch record, then submit.
@@ -111,7 +114,17 @@ pub(crate) async fn recover(shared: Arc<Shared>, b: usize, job: Job) {
 impl Run {
     fn new(shared: Arc<Shared>, backend: Arc<Backend>, job: Job, sub: Subscription, cancel: CancellationToken) -> Run {
         let deadline = Instant::now() + Duration::from_millis(shared.config.comfyui_timeout_ms);
-        Run { shared, backend, job, sub, cancel, deadline, next_poll: Instant::now(), last_progress_log: None }
+        Run {
+            shared,
+            backend,
+            job,
+            sub,
+            cancel,
+            deadline,
+            next_poll: Instant::now(),
+            last_progress_log: None,
+            progress_write: None,
+        }
     }
 
     fn id(&self) -> JobId {
@@ -155,6 +168,9 @@ impl Run {
     }
 
     async fn commit_with(&mut self, event: Event, blobs: Vec<NewBlob>) -> bool {
+        if let Some(write) = self.progress_write.take() {
+            let _ = write.await;
+        }
         let (next, log) = match state::apply(&self.job, event, now_ms()) {
             Ok(t) => t,
             Err(e) => {
@@ -241,11 +257,11 @@ impl Run {
                     Ok(Phase::Wait)
                 }
                 Some(Signal::NodeStarted { node }) => {
-                    self.progress(Progress { node: Some(node), value: 0.0, max: 0.0 }).await;
+                    self.progress(Progress { node: Some(node), value: 0.0, max: 0.0 });
                     Ok(Phase::Wait)
                 }
                 Some(Signal::Progress { node, value, max }) => {
-                    self.progress(Progress { node, value, max }).await;
+                    self.progress(Progress { node, value, max });
                     Ok(Phase::Wait)
                 }
                 Some(Signal::Done) => Ok(Phase::Fetch),
@@ -277,19 +293,23 @@ impl Run {
         }
     }
 
-    async fn progress(&mut self, progress: Progress) {
+    /// Record progress: live at once, and in the durable log at most every
+    /// `PROGRESS_LOG_INTERVAL`, written in the background (progress is never acknowledged
+    /// to anyone, so it does not wait for its fsync).
+    fn progress(&mut self, progress: Progress) {
         self.shared.set_progress(self.id(), progress.clone());
         let due = self.last_progress_log.is_none_or(|t| t.elapsed() >= PROGRESS_LOG_INTERVAL);
-        if due {
+        let idle = self.progress_write.as_ref().is_none_or(|w| w.is_finished());
+        if due && idle {
             self.last_progress_log = Some(Instant::now());
-            let event = JobEventKind::Progress {
-                node: progress.node.unwrap_or_default(),
-                value: progress.value,
-                max: progress.max,
-            };
-            if let Err(e) = self.shared.store.append_events(self.id(), vec![event]).await {
-                tracing::warn!(job = %self.id(), error = %e, "cannot log progress");
-            }
+            let event =
+                JobEventKind::Progress { node: progress.node.unwrap_or_default(), value: progress.value, max: progress.max };
+            let (store, id) = (self.shared.store.clone(), self.id());
+            self.progress_write = Some(tokio::spawn(async move {
+                if let Err(e) = store.append_events(id, vec![event]).await {
+                    tracing::warn!(job = %id, error = %e, "cannot log progress");
+                }
+            }));
         }
     }
 
