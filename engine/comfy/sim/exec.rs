@@ -10,7 +10,7 @@
 use super::defs::{self, NodeDef};
 use super::files;
 use super::image::{self, Img, Mask};
-use super::ojson::OJson;
+use super::ojson::{OJson, py_json};
 use super::state::{PromptFault, QueueItem, Shared};
 use super::validate::as_link;
 use serde_json::{Value, json};
@@ -190,12 +190,12 @@ impl Progress {
                 "value": value, "max": max, "state": state, "node_id": id, "prompt_id": prompt_id,
                 "display_node_id": id, "parent_node_id": null, "real_node_id": id,
             });
-            nodes.push_str(&format!("{}: {}", Value::String(id.clone()), entry));
+            nodes.push_str(&format!("{}: {}", py_json(id), py_json(&entry)));
         }
         nodes.push('}');
         format!(
             "{{\"prompt_id\": {}, \"nodes\": {}}}",
-            Value::String(prompt_id.to_string()),
+            py_json(prompt_id),
             nodes
         )
     }

@@ -6,7 +6,7 @@
 use super::defs::DEFS;
 use super::files;
 use super::image;
-use super::ojson::{OJson, py_str};
+use super::ojson::{OJson, py_json, py_str};
 use super::state::{QueueItem, Shared};
 use super::validate::{self, Outcome};
 use super::ws;
@@ -43,7 +43,7 @@ fn json_resp(status: StatusCode, body: String) -> Resp {
 }
 
 fn ok_json(v: &Value) -> Resp {
-    json_resp(StatusCode::OK, v.to_string())
+    json_resp(StatusCode::OK, py_json(v))
 }
 
 fn empty(status: StatusCode) -> Resp {
@@ -319,7 +319,7 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
         let error = json!({"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}});
         return json_resp(
             StatusCode::BAD_REQUEST,
-            json!({"error": error, "node_errors": {}}).to_string(),
+            py_json(&json!({"error": error, "node_errors": {}})),
         );
     };
     let mut prompt = prompt.clone();
@@ -343,7 +343,7 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
     match validate::validate_prompt(&mut prompt, partial.as_deref(), &shared.dirs) {
         Outcome::Invalid { error, node_errors } => json_resp(
             StatusCode::BAD_REQUEST,
-            json!({"error": error, "node_errors": node_errors}).to_string(),
+            py_json(&json!({"error": error, "node_errors": node_errors})),
         ),
         Outcome::Valid {
             outputs,
@@ -376,9 +376,9 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
                 StatusCode::OK,
                 format!(
                     "{{\"prompt_id\": {}, \"number\": {}, \"node_errors\": {}}}",
-                    Value::String(prompt_id),
+                    py_json(&prompt_id),
                     number.to_json(),
-                    node_errors
+                    py_json(&node_errors)
                 ),
             )
         }
@@ -440,7 +440,7 @@ fn history_object(entries: &[&(String, String)]) -> String {
         if i > 0 {
             s.push_str(", ");
         }
-        s.push_str(&Value::String(k.clone()).to_string());
+        s.push_str(&py_json(k));
         s.push_str(": ");
         s.push_str(v);
     }
@@ -749,9 +749,9 @@ fn upload(shared: &Arc<Shared>, content_type: &str, body: &[u8], mask: bool) -> 
         StatusCode::OK,
         format!(
             "{{\"name\": {}, \"subfolder\": {}, \"type\": {}}}",
-            Value::String(name),
-            Value::String(subfolder),
-            Value::String(kind)
+            py_json(&name),
+            py_json(&subfolder),
+            py_json(&kind)
         ),
     )
 }
@@ -954,7 +954,7 @@ fn post_faults(shared: &Arc<Shared>, body: &[u8]) -> Resp {
             Err(e) => {
                 return json_resp(
                     StatusCode::BAD_REQUEST,
-                    json!({"error": format!("invalid faults body: {e}")}).to_string(),
+                    py_json(&json!({"error": format!("invalid faults body: {e}")})),
                 );
             }
         }

@@ -5,7 +5,7 @@
 
 use super::SimConfig;
 use super::heap;
-use super::ojson::OJson;
+use super::ojson::{OJson, py_json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -321,8 +321,8 @@ fn deliver(s: &SocketEntry, msg: WsOut) {
 pub fn ws_text(kind: &str, data: &Value) -> String {
     format!(
         "{{\"type\": {}, \"data\": {}}}",
-        Value::String(kind.to_string()),
-        data
+        py_json(kind),
+        py_json(data)
     )
 }
 
