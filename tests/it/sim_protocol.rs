@@ -1472,3 +1472,154 @@ async fn sim_fault_drop_ws_and_latency() {
     assert_eq!(sim.post("/sim/faults", &json!({"bogus": 1})).await.0, 400);
     sim.stop().await;
 }
+
+/// An order-preserving JSON value, to compare key order with the captures.
+enum Ordered {
+    Leaf,
+    Arr(Vec<Ordered>),
+    Obj(Vec<(String, Ordered)>),
+}
+
+impl<'de> serde::Deserialize<'de> for Ordered {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("json")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Ordered, E> {
+                Ok(Ordered::Leaf)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Ordered, E> {
+                Ok(Ordered::Leaf)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Ordered, E> {
+                Ok(Ordered::Leaf)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Ordered, E> {
+                Ok(Ordered::Leaf)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Ordered, E> {
+                Ok(Ordered::Leaf)
+            }
+            fn visit_unit<E>(self) -> Result<Ordered, E> {
+                Ok(Ordered::Leaf)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut v = Vec::new();
+                while let Some(x) = a.next_element()? {
+                    v.push(x);
+                }
+                Ok(Ordered::Arr(v))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Ordered, A::Error> {
+                let mut v = Vec::new();
+                while let Some((k, x)) = a.next_entry::<String, Ordered>()? {
+                    v.push((k, x));
+                }
+                Ok(Ordered::Obj(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Every object's key list, in document order (object-valued paths only).
+fn key_orders(v: &Ordered, path: &str, out: &mut Vec<String>) {
+    match v {
+        Ordered::Leaf => {}
+        Ordered::Arr(a) => {
+            for (i, x) in a.iter().enumerate() {
+                key_orders(x, &format!("{path}[{i}]"), out);
+            }
+        }
+        Ordered::Obj(o) => {
+            let keys: Vec<&str> = o.iter().map(|(k, _)| k.as_str()).collect();
+            // Node-id keyed maps and free-form dicts are ordered by content, skip them.
+            if !keys.iter().all(|k| k.chars().all(|c| c.is_ascii_digit())) {
+                out.push(format!("{path}: {}", keys.join(",")));
+            }
+            for (k, x) in o {
+                key_orders(x, &format!("{path}.{k}"), out);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sim_key_order_and_spacing_match_capture_01() {
+    let raw_cap = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/captures/01_basic_run.json"),
+    )
+    .unwrap();
+    let cap: Ordered = serde_json::from_str(&raw_cap).unwrap();
+    let Ordered::Obj(top) = cap else { panic!() };
+    let Some((_, Ordered::Arr(events))) = top.into_iter().find(|(k, _)| k == "events") else {
+        panic!()
+    };
+    let cap_value = capture("01_basic_run.json");
+    let mut cap_msgs = Vec::new();
+    for (ev, ev_value) in events.iter().zip(cap_value["events"].as_array().unwrap()) {
+        if ev_value["kind"] == "ws_text" && ev_value["tag"] == "ws" {
+            if let Ordered::Obj(fields) = ev {
+                if let Some((_, m)) = fields.iter().find(|(k, _)| k == "message") {
+                    let mut o = Vec::new();
+                    key_orders(m, "", &mut o);
+                    cap_msgs.push(o);
+                }
+            }
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start(dir.path(), 0).await;
+    let url = format!("ws://{}/ws?clientId=keyorder", sim.addr);
+    let (mut stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let pid = sim
+        .submit(&basic_prompt("gw_test", 16_711_680), "keyorder")
+        .await;
+    let mut raw_msgs = Vec::new();
+    loop {
+        let Some(Ok(Message::Text(t))) = stream.next().await else {
+            panic!("socket ended")
+        };
+        let text = t.as_str().to_string();
+        let v: Value = serde_json::from_str(&text).unwrap();
+        raw_msgs.push(text);
+        if v["type"] == "executing"
+            && v["data"]["node"].is_null()
+            && v["data"]["prompt_id"] == pid.as_str()
+        {
+            break;
+        }
+    }
+    assert_eq!(raw_msgs.len(), cap_msgs.len());
+    for (i, (raw, want)) in raw_msgs.iter().zip(&cap_msgs).enumerate() {
+        let parsed: Ordered = serde_json::from_str(raw).unwrap();
+        let mut got = Vec::new();
+        key_orders(&parsed, "", &mut got);
+        assert_eq!(&got, want, "key order of message {i}: {raw}");
+        assert!(
+            raw.starts_with("{\"type\": \""),
+            "json.dumps spacing: {raw}"
+        );
+    }
+    // HTTP bodies use json.dumps spacing too.
+    let r = sim.http.get(sim.url("/queue")).send().await.unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/json; charset=utf-8"
+    );
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"{"queue_running": [], "queue_pending": []}"#
+    );
+    sim.stop().await;
+}

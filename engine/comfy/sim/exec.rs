@@ -186,10 +186,16 @@ impl Progress {
                 nodes.push_str(", ");
             }
             first = false;
-            let entry = json!({
-                "value": value, "max": max, "state": state, "node_id": id, "prompt_id": prompt_id,
-                "display_node_id": id, "parent_node_id": null, "real_node_id": id,
-            });
+            let entry = OJson::Obj(vec![
+                ("value".into(), OJson::from_value(value)),
+                ("max".into(), OJson::from_value(max)),
+                ("state".into(), OJson::Str((*state).to_string())),
+                ("node_id".into(), OJson::Str(id.clone())),
+                ("prompt_id".into(), OJson::Str(prompt_id.to_string())),
+                ("display_node_id".into(), OJson::Str(id.clone())),
+                ("parent_node_id".into(), OJson::Null),
+                ("real_node_id".into(), OJson::Str(id.clone())),
+            ]);
             nodes.push_str(&format!("{}: {}", py_json(id), py_json(&entry)));
         }
         nodes.push('}');
@@ -729,7 +735,12 @@ async fn run_prompt(
     let messages = OJson::Arr(
         run.messages
             .iter()
-            .map(|(e, d)| OJson::Arr(vec![OJson::Str(e.clone()), msg_ojson(e, d)]))
+            .map(|(e, d)| {
+                OJson::Arr(vec![
+                    OJson::Str(e.clone()),
+                    super::state::message_data(e, d),
+                ])
+            })
             .collect(),
     );
     let entry = OJson::Obj(vec![
@@ -760,34 +771,6 @@ async fn run_prompt(
             Some(c),
         );
     }
-}
-
-/// Message data with ComfyUI's key order (payload fields first, `timestamp` last).
-fn msg_ojson(event: &str, data: &Value) -> OJson {
-    let order: &[&str] = match event {
-        "execution_cached" => &["nodes", "prompt_id", "timestamp"],
-        "execution_interrupted" => &["prompt_id", "node_id", "node_type", "executed", "timestamp"],
-        "execution_error" => &[
-            "prompt_id",
-            "node_id",
-            "node_type",
-            "executed",
-            "exception_message",
-            "exception_type",
-            "traceback",
-            "current_inputs",
-            "current_outputs",
-            "timestamp",
-        ],
-        _ => &["prompt_id", "timestamp"],
-    };
-    let mut fields = Vec::new();
-    for k in order {
-        if let Some(v) = data.get(*k) {
-            fields.push((k.to_string(), OJson::from_value(v)));
-        }
-    }
-    OJson::Obj(fields)
 }
 
 fn resolve_inputs(

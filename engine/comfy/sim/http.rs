@@ -6,7 +6,7 @@
 use super::defs::DEFS;
 use super::files;
 use super::image;
-use super::ojson::{OJson, py_json, py_str};
+use super::ojson::{OJson, VALIDATION_KEY_ORDER, py_json, py_str, reorder};
 use super::state::{QueueItem, Shared};
 use super::validate::{self, Outcome};
 use super::ws;
@@ -159,10 +159,14 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
         (&Method::GET | &Method::HEAD, ["view"]) => view(&shared, &query),
         (&Method::POST, ["upload", "image"]) => upload(&shared, &content_type, &body, false),
         (&Method::POST, ["upload", "mask"]) => upload(&shared, &content_type, &body, true),
-        (&Method::GET, ["system_stats"]) => ok_json(&system_stats(&shared)),
-        (&Method::GET, ["features"]) => {
-            ok_json(&json!({"supports_preview_metadata": true, "max_upload_size": limit}))
-        }
+        (&Method::GET, ["system_stats"]) => json_resp(
+            StatusCode::OK,
+            py_json(&reorder(&system_stats(&shared), SYSTEM_STATS_KEY_ORDER)),
+        ),
+        (&Method::GET, ["features"]) => json_resp(
+            StatusCode::OK,
+            format!("{{\"supports_preview_metadata\": true, \"max_upload_size\": {limit}}}"),
+        ),
         (&Method::GET, ["object_info"]) => object_info(&shared, None),
         (&Method::GET, ["object_info", class]) => object_info(&shared, Some(class)),
         (&Method::GET, ["embeddings"]) => ok_json(&json!([])),
@@ -319,7 +323,10 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
         let error = json!({"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}});
         return json_resp(
             StatusCode::BAD_REQUEST,
-            py_json(&json!({"error": error, "node_errors": {}})),
+            py_json(&reorder(
+                &json!({"error": error, "node_errors": {}}),
+                VALIDATION_KEY_ORDER,
+            )),
         );
     };
     let mut prompt = prompt.clone();
@@ -343,7 +350,10 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
     match validate::validate_prompt(&mut prompt, partial.as_deref(), &shared.dirs) {
         Outcome::Invalid { error, node_errors } => json_resp(
             StatusCode::BAD_REQUEST,
-            py_json(&json!({"error": error, "node_errors": node_errors})),
+            py_json(&reorder(
+                &json!({"error": error, "node_errors": node_errors}),
+                VALIDATION_KEY_ORDER,
+            )),
         ),
         Outcome::Valid {
             outputs,
@@ -378,7 +388,7 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
                     "{{\"prompt_id\": {}, \"number\": {}, \"node_errors\": {}}}",
                     py_json(&prompt_id),
                     number.to_json(),
-                    py_json(&node_errors)
+                    py_json(&reorder(&node_errors, VALIDATION_KEY_ORDER))
                 ),
             )
         }
@@ -809,6 +819,30 @@ fn system_stats(shared: &Arc<Shared>) -> Value {
         }],
     })
 }
+
+/// Key order of `/system_stats`.
+const SYSTEM_STATS_KEY_ORDER: &[&str] = &[
+    "system",
+    "devices",
+    "os",
+    "ram_total",
+    "ram_free",
+    "comfyui_version",
+    "required_frontend_version",
+    "installed_templates_version",
+    "required_templates_version",
+    "python_version",
+    "pytorch_version",
+    "embedded_python",
+    "argv",
+    "name",
+    "type",
+    "index",
+    "vram_total",
+    "vram_free",
+    "torch_vram_total",
+    "torch_vram_free",
+];
 
 /// `GET /models` folder names.
 const MODEL_FOLDERS: [&str; 20] = [

@@ -282,6 +282,52 @@ pub fn py_json<T: Serialize + ?Sized>(v: &T) -> String {
     String::from_utf8(out).unwrap_or_else(|_| "null".to_string())
 }
 
+/// Convert a `serde_json::Value` into an [`OJson`] whose object keys follow `ranks`
+/// (listed keys first, in list order; others after, alphabetically), recursively. Used to
+/// reproduce the key order of ComfyUI's Python dict literals.
+pub fn reorder(v: &serde_json::Value, ranks: &[&str]) -> OJson {
+    match v {
+        serde_json::Value::Object(o) => {
+            let mut fields: Vec<(String, OJson)> = o
+                .iter()
+                .map(|(k, v)| (k.clone(), reorder(v, ranks)))
+                .collect();
+            fields.sort_by_key(|(k, _)| {
+                (
+                    ranks.iter().position(|r| r == k).unwrap_or(usize::MAX),
+                    k.clone(),
+                )
+            });
+            OJson::Obj(fields)
+        }
+        serde_json::Value::Array(a) => OJson::Arr(a.iter().map(|x| reorder(x, ranks)).collect()),
+        other => OJson::from_value(other),
+    }
+}
+
+/// Key order of validation errors (`{"type", "message", "details", "extra_info"}` ...).
+pub const VALIDATION_KEY_ORDER: &[&str] = &[
+    "prompt_id",
+    "number",
+    "error",
+    "node_errors",
+    "errors",
+    "dependent_outputs",
+    "class_type",
+    "type",
+    "message",
+    "details",
+    "extra_info",
+    "input_name",
+    "input_config",
+    "received_type",
+    "received_value",
+    "exception_message",
+    "exception_type",
+    "traceback",
+    "linked_node",
+];
+
 /// Python `repr()` of a float (`1.0`, `0.01`, `1e-05`, `1e+16`).
 pub fn py_float(f: f64) -> String {
     if f.is_nan() {
