@@ -1567,14 +1567,14 @@ async fn sim_key_order_and_spacing_match_capture_01() {
     let cap_value = capture("01_basic_run.json");
     let mut cap_msgs = Vec::new();
     for (ev, ev_value) in events.iter().zip(cap_value["events"].as_array().unwrap()) {
-        if ev_value["kind"] == "ws_text" && ev_value["tag"] == "ws" {
-            if let Ordered::Obj(fields) = ev {
-                if let Some((_, m)) = fields.iter().find(|(k, _)| k == "message") {
-                    let mut o = Vec::new();
-                    key_orders(m, "", &mut o);
-                    cap_msgs.push(o);
-                }
-            }
+        if ev_value["kind"] == "ws_text"
+            && ev_value["tag"] == "ws"
+            && let Ordered::Obj(fields) = ev
+            && let Some((_, m)) = fields.iter().find(|(k, _)| k == "message")
+        {
+            let mut o = Vec::new();
+            key_orders(m, "", &mut o);
+            cap_msgs.push(o);
         }
     }
 
