@@ -1001,6 +1001,11 @@ async fn sim_misc_routes_like_capture_11() {
     assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
     assert_eq!(r.text().await.unwrap(), "405: Method Not Allowed");
     assert_eq!(sim.get("/api/internal/files/output").await.0, 404);
+    assert_eq!(sim.get("/internal/files/output").await, (200, json!([])));
+    assert_eq!(
+        sim.get("/internal/files/bogus").await,
+        (400, json!({"error": "Invalid directory type"}))
+    );
 
     for path in [
         "/prompt",

@@ -863,8 +863,9 @@ async fn execute_node(
         let class = class.to_string();
         let prompt_json = item.prompt.to_json();
         let extra = item.extra_data.get("extra_pnginfo").cloned();
+        let id = id.to_string();
         return tokio::task::spawn_blocking(move || {
-            native(&shared, &class, &inputs, &prompt_json, extra.as_ref())
+            native(&shared, &id, &class, &inputs, &prompt_json, extra.as_ref())
         })
         .await
         .unwrap_or_else(|e| Err(error("RuntimeError", format!("node panicked: {e}"))));
@@ -1030,6 +1031,7 @@ fn check_alloc(width: u32, height: u32, batch: u32) -> Result<(), Failure> {
 /// The native nodes (run on a blocking thread).
 fn native(
     shared: &Shared,
+    id: &str,
     class: &str,
     inputs: &[(String, Val)],
     prompt_json: &str,
@@ -1135,12 +1137,18 @@ fn native(
                     .unwrap_or_else(|| "ComfyUI".into());
                 (&shared.dirs.output, "output", p, false)
             } else {
-                let letters: String = (0..5)
-                    .map(|_| {
+                let letters = shared
+                    .lock()
+                    .preview_prefixes
+                    .entry(id.to_string())
+                    .or_insert_with(|| {
+                        // ComfyUI's alphabet (sic: "stupvxyz").
                         let alphabet = b"abcdefghijklmnopqrstupvxyz";
-                        alphabet[rand::random_range(0..alphabet.len())] as char
+                        (0..5)
+                            .map(|_| alphabet[rand::random_range(0..alphabet.len())] as char)
+                            .collect()
                     })
-                    .collect();
+                    .clone();
                 (
                     &shared.dirs.temp,
                     "temp",

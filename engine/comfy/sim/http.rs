@@ -152,7 +152,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
         (&Method::GET, ["queue"]) => get_queue(&shared),
         (&Method::POST, ["queue"]) => post_queue(&shared, &body),
         (&Method::GET, ["history"]) => get_history(&shared, &query),
-        (&Method::GET, ["history", id]) => get_history_item(&shared, id),
+        (&Method::GET, ["history", id]) => get_history_item(&shared, &percent_decode(id)),
         (&Method::POST, ["history"]) => post_history(&shared, &body),
         (&Method::POST, ["interrupt"]) => post_interrupt(&shared, &body),
         (&Method::POST, ["free"]) => post_free(&shared, &body),
@@ -176,6 +176,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
             Some(list) => ok_json(&json!(list)),
             None => empty(StatusCode::NOT_FOUND),
         },
+        (&Method::GET, ["internal", "files", kind]) => internal_files(&shared, kind),
         (&Method::GET, ["sim", "executions"]) => sim_executions(&shared),
         (&Method::POST, ["sim", "reset"]) => {
             let mut inner = shared.lock();
@@ -206,6 +207,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
                     | ["models"]
                     | ["models", _]
                     | ["ws"]
+                    | ["internal", "files", _]
                     | ["sim", _]
             );
             if !known && (method == Method::GET || method == Method::HEAD) {
@@ -948,6 +950,55 @@ fn object_info(shared: &Arc<Shared>, class: Option<&str>) -> Resp {
             ok_json(&Value::Object(all))
         }
     }
+}
+
+/// `GET /internal/files/{type}`: visible file names, newest first (no `/api` alias).
+fn internal_files(shared: &Arc<Shared>, kind: &str) -> Resp {
+    let Some(dir) = shared.dirs.by_type(kind) else {
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            py_json(&json!({"error": "Invalid directory type"})),
+        );
+    };
+    let mut entries: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let mtime = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    (mtime, name)
+                })
+                .filter(|(_, n)| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    let names: Vec<String> = entries.into_iter().map(|(_, n)| n).collect();
+    json_resp(StatusCode::OK, py_json(&names))
+}
+
+/// Decode `%XX` escapes of a path segment (aiohttp's `match_info` is decoded).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn sim_executions(shared: &Arc<Shared>) -> Resp {

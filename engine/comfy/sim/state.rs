@@ -157,6 +157,8 @@ pub struct Inner {
     pub faults: Faults,
     /// `POST /free {"free_memory": true}` seen; the worker drops its cache before the next prompt.
     pub free_memory_pending: bool,
+    /// PreviewImage's random `_temp_xxxxx` prefix per node id (ComfyUI keeps node objects).
+    pub preview_prefixes: HashMap<String, String>,
 }
 
 impl Inner {
