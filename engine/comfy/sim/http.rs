@@ -976,7 +976,7 @@ fn internal_files(shared: &Arc<Shared>, kind: &str) -> Resp {
                 .collect()
         })
         .unwrap_or_default();
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     let names: Vec<String> = entries.into_iter().map(|(_, n)| n).collect();
     json_resp(StatusCode::OK, py_json(&names))
 }
