@@ -1628,3 +1628,93 @@ async fn sim_key_order_and_spacing_match_capture_01() {
     );
     sim.stop().await;
 }
+
+/// Child half of [`sim_fault_crash_exits_the_process`]: only does something when the
+/// parent test runs this test binary again with `SIM_CRASH_CHILD_DIR` set.
+#[tokio::test]
+async fn sim_crash_child() {
+    let Ok(dir) = std::env::var("SIM_CRASH_CHILD_DIR") else {
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    let sim = start(&dir, 0).await;
+    std::fs::write(dir.join("port.tmp"), sim.addr.port().to_string()).unwrap();
+    std::fs::rename(dir.join("port.tmp"), dir.join("port")).unwrap();
+    // Serve until the crash fault exits the process (the parent kills us otherwise).
+    tokio::time::sleep(WAIT).await;
+    sim.stop().await;
+}
+
+async fn spawn_crash_child(dir: &Path) -> (std::process::Child, Sim) {
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "sim_protocol::sim_crash_child", "--nocapture"])
+        .env("SIM_CRASH_CHILD_DIR", dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let port: u16 = loop {
+        if let Ok(p) = std::fs::read_to_string(dir.join("port")) {
+            break p.trim().parse().unwrap();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "child did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // A handle without a server task: only used as an HTTP/WS client.
+    let sim = Sim {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::new(),
+        token: CancellationToken::new(),
+        handle: tokio::spawn(async { Ok(()) }),
+    };
+    (child, sim)
+}
+
+async fn wait_exit(child: &mut std::process::Child) -> i32 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code().unwrap_or(-1);
+        }
+        if tokio::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn sim_fault_crash_exits_the_process() {
+    // crashOnNextExecution: exit 137 when the next prompt starts; the socket drops.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sim) = spawn_crash_child(dir.path()).await;
+    let mut ws = sim.ws(Some("crash")).await;
+    let (s, f) = sim
+        .post("/sim/faults", &json!({"crashOnNextExecution": true}))
+        .await;
+    assert_eq!((s, &f["crashOnNextExecution"]), (200, &json!(true)));
+    let r = sim
+        .http
+        .post(sim.url("/prompt"))
+        .json(&json!({"prompt": basic_prompt("crash", 1), "client_id": "crash"}))
+        .send()
+        .await;
+    // The response may or may not make it out before the exit.
+    drop(r);
+    while ws.next().await.is_some() {}
+    assert_eq!(wait_exit(&mut child).await, 137);
+
+    // crash: immediate exit after answering.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, sim) = spawn_crash_child(dir.path()).await;
+    let (s, _) = sim.post("/sim/faults", &json!({"crash": true})).await;
+    assert_eq!(s, 200);
+    assert_eq!(wait_exit(&mut child).await, 137);
+}
