@@ -545,6 +545,26 @@ async fn sim_validation_bodies_match_capture_03() {
     let (s, b) = sim.post("/prompt", &json!({"client_id": "x"})).await;
     assert_eq!(s, 400);
     assert_eq!(b["error"]["type"], "no_prompt");
+    // A link with an int node id: KeyError(1), str() "1".
+    let bad = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": [1, 0], "filename_prefix": "x"}}
+    });
+    let (s, b) = sim.post("/prompt", &json!({"prompt": bad})).await;
+    assert_eq!(s, 400);
+    let e = &b["node_errors"]["2"]["errors"][0];
+    assert_eq!(e["type"], "exception_during_validation");
+    assert_eq!(e["details"], "1");
+    // Widget coercion is written back: "64" runs as 64.
+    let coerced = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": "64", "height": 8.9, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "x"}}
+    });
+    let (s, b) = sim.post("/prompt", &json!({"prompt": coerced})).await;
+    assert_eq!(s, 200);
+    let h = sim.wait_history(b["prompt_id"].as_str().unwrap()).await;
+    assert_eq!(h["prompt"][2]["1"]["inputs"]["width"], 64);
+    assert_eq!(h["prompt"][2]["1"]["inputs"]["height"], 8);
     sim.stop().await;
 }
 
