@@ -1738,3 +1738,74 @@ async fn sim_fault_crash_exits_the_process() {
     assert_eq!(s, 200);
     assert_eq!(wait_exit(&mut child).await, 137);
 }
+
+#[tokio::test]
+async fn sim_save_image_websocket_binary_frames_like_08a_08b() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start(dir.path(), 0).await;
+    let prompt = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 2, "color": 1}},
+        "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}}
+    });
+    for metadata in [false, true] {
+        let client = if metadata { "meta" } else { "legacy" };
+        let url = format!("ws://{}/ws?clientId={client}", sim.addr);
+        let (mut stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        if metadata {
+            let ff = json!({"type": "feature_flags", "data": {"supports_preview_metadata": true}});
+            stream.send(Message::text(ff.to_string())).await.unwrap();
+        }
+        let pid = sim.submit(&prompt, client).await;
+        let mut seen = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(WAIT, stream.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            match msg {
+                Message::Binary(b) => {
+                    let kind = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+                    if kind == 1 {
+                        assert_eq!(&b[4..8], &[0, 0, 0, 2]);
+                        assert_eq!(&b[8..12], b"\x89PNG");
+                    } else {
+                        assert_eq!(kind, 4);
+                        let len = u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize;
+                        let meta: Value = serde_json::from_slice(&b[8..8 + len]).unwrap();
+                        assert_eq!(meta["prompt_id"], pid.as_str());
+                        assert_eq!(meta["image_type"], "image/png");
+                        assert_eq!(&b[8 + len..12 + len], b"\x89PNG");
+                    }
+                    seen.push(format!("binary{kind}"));
+                }
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    let kind = v["type"].as_str().unwrap().to_string();
+                    if kind == "executing" && v["data"]["node"].is_null() {
+                        break;
+                    }
+                    if kind == "progress" || kind == "progress_state" {
+                        seen.push(kind);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let per_image: Vec<&str> = if metadata {
+            vec!["progress_state", "binary4", "progress"]
+        } else {
+            vec!["progress_state", "progress", "binary1"]
+        };
+        let got: Vec<&str> = seen.iter().map(String::as_str).collect();
+        // running(start), 2 images, finished.
+        let mut want = vec!["progress_state"];
+        want.extend(per_image.iter().chain(per_image.iter()));
+        want.push("progress_state");
+        // EmptyImage's own progress_state start/finish come first.
+        assert_eq!(&got[got.len() - want.len()..], want.as_slice(), "{got:?}");
+        let h = sim.wait_history(&pid).await;
+        assert_eq!(h["outputs"], json!({}));
+    }
+    sim.stop().await;
+}

@@ -1202,10 +1202,29 @@ fn save_image_websocket(
     for (n, frame) in i.frames.iter().enumerate() {
         let png = image::encode_png(i.width, i.height, frame, &[], true)
             .map_err(|e| error("OSError", e.to_string()))?;
-        run.update_progress(id, n as u64, total);
-        run.shared
-            .lock()
-            .send_preview(&run.prompt_id, id, &png, run.client.as_deref());
+        // Legacy clients get progress_state, progress, frame; clients that negotiated
+        // supports_preview_metadata get progress_state, frame, progress (captures 08a/08b).
+        let metadata_client = run.client.as_deref().is_some_and(|c| {
+            run.shared
+                .lock()
+                .sockets
+                .get(c)
+                .is_some_and(|s| s.preview_metadata)
+        });
+        let e = run.progress.entry(id);
+        e.1 = json!(n);
+        e.2 = json!(total);
+        e.3 = "running";
+        run.send_progress_state();
+        let progress = json!({"value": n, "max": total, "prompt_id": run.prompt_id, "node": id});
+        let inner = run.shared.lock();
+        if !metadata_client {
+            inner.send("progress", &progress, run.client.as_deref());
+        }
+        inner.send_preview(&run.prompt_id, id, &png, run.client.as_deref());
+        if metadata_client {
+            inner.send("progress", &progress, run.client.as_deref());
+        }
     }
     Ok((Vec::new(), None))
 }
