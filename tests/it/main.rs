@@ -1,17 +1,1 @@
-//! The one integration-test binary. Every test runs the real binary (gateway and
-//! ComfyUI simulator) on 127.0.0.1 with its database in a temp dir.
-//!
-//! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
-//! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
-//! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
-//!   per-backend concurrency, failure classification, cancel.
-//! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
-//!   attempt bound, WebSocket drop, re-attach after a gateway restart.
-//! - `tidy`: architecture invariants checked on the source.
-
-mod support;
-
-mod api;
-mod jobs;
-mod recovery;
-mod tidy;
+mod sim_protocol;

@@ -10,7 +10,7 @@
 use super::defs::{self, NodeDef};
 use super::files;
 use super::image::{self, Img, Mask};
-use super::ojson::OJson;
+use super::ojson::{OJson, py_json};
 use super::state::{PromptFault, QueueItem, Shared};
 use super::validate::as_link;
 use serde_json::{Value, json};
@@ -162,14 +162,24 @@ impl Progress {
                 nodes.push_str(", ");
             }
             first = false;
-            let entry = json!({
-                "value": value, "max": max, "state": state, "node_id": id, "prompt_id": prompt_id,
-                "display_node_id": id, "parent_node_id": null, "real_node_id": id,
-            });
-            nodes.push_str(&format!("{}: {}", Value::String(id.clone()), entry));
+            let entry = OJson::Obj(vec![
+                ("value".into(), OJson::from_value(value)),
+                ("max".into(), OJson::from_value(max)),
+                ("state".into(), OJson::Str((*state).to_string())),
+                ("node_id".into(), OJson::Str(id.clone())),
+                ("prompt_id".into(), OJson::Str(prompt_id.to_string())),
+                ("display_node_id".into(), OJson::Str(id.clone())),
+                ("parent_node_id".into(), OJson::Null),
+                ("real_node_id".into(), OJson::Str(id.clone())),
+            ]);
+            nodes.push_str(&format!("{}: {}", py_json(id), py_json(&entry)));
         }
         nodes.push('}');
-        format!("{{\"prompt_id\": {}, \"nodes\": {}}}", Value::String(prompt_id.to_string()), nodes)
+        format!(
+            "{{\"prompt_id\": {}, \"nodes\": {}}}",
+            py_json(prompt_id),
+            nodes
+        )
     }
 }
 
@@ -617,7 +627,15 @@ async fn run_prompt(shared: &Arc<Shared>, cache: &mut HashMap<String, CacheEntry
             .collect(),
     );
     let messages = OJson::Arr(
-        run.messages.iter().map(|(e, d)| OJson::Arr(vec![OJson::Str(e.clone()), msg_ojson(e, d)])).collect(),
+        run.messages
+            .iter()
+            .map(|(e, d)| {
+                OJson::Arr(vec![
+                    OJson::Str(e.clone()),
+                    super::state::message_data(e, d),
+                ])
+            })
+            .collect(),
     );
     let entry = OJson::Obj(vec![
         ("prompt".into(), item.to_tuple(&extra)),
@@ -640,34 +658,6 @@ async fn run_prompt(shared: &Arc<Shared>, cache: &mut HashMap<String, CacheEntry
     if let Some(c) = &client {
         inner.send("executing", &json!({"node": null, "prompt_id": pid}), Some(c));
     }
-}
-
-/// Message data with ComfyUI's key order (payload fields first, `timestamp` last).
-fn msg_ojson(event: &str, data: &Value) -> OJson {
-    let order: &[&str] = match event {
-        "execution_cached" => &["nodes", "prompt_id", "timestamp"],
-        "execution_interrupted" => &["prompt_id", "node_id", "node_type", "executed", "timestamp"],
-        "execution_error" => &[
-            "prompt_id",
-            "node_id",
-            "node_type",
-            "executed",
-            "exception_message",
-            "exception_type",
-            "traceback",
-            "current_inputs",
-            "current_outputs",
-            "timestamp",
-        ],
-        _ => &["prompt_id", "timestamp"],
-    };
-    let mut fields = Vec::new();
-    for k in order {
-        if let Some(v) = data.get(*k) {
-            fields.push((k.to_string(), OJson::from_value(v)));
-        }
-    }
-    OJson::Obj(fields)
 }
 
 fn resolve_inputs(
@@ -743,9 +733,12 @@ async fn execute_node(
         let class = class.to_string();
         let prompt_json = item.prompt.to_json();
         let extra = item.extra_data.get("extra_pnginfo").cloned();
-        return tokio::task::spawn_blocking(move || native(&shared, &class, &inputs, &prompt_json, extra.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(error("RuntimeError", format!("node panicked: {e}"))));
+        let id = id.to_string();
+        return tokio::task::spawn_blocking(move || {
+            native(&shared, &id, &class, &inputs, &prompt_json, extra.as_ref())
+        })
+        .await
+        .unwrap_or_else(|e| Err(error("RuntimeError", format!("node panicked: {e}"))));
     }
     // A model node: progress ticks over node_delay_ms, interruptible.
     let steps =
@@ -880,6 +873,7 @@ fn check_alloc(width: u32, height: u32, batch: u32) -> Result<(), Failure> {
 /// The native nodes (run on a blocking thread).
 fn native(
     shared: &Shared,
+    id: &str,
     class: &str,
     inputs: &[(String, Val)],
     prompt_json: &str,
@@ -953,13 +947,24 @@ fn native(
                 let p = lit(inputs, "filename_prefix").map(super::ojson::py_str).unwrap_or_else(|| "ComfyUI".into());
                 (&shared.dirs.output, "output", p, false)
             } else {
-                let letters: String = (0..5)
-                    .map(|_| {
+                let letters = shared
+                    .lock()
+                    .preview_prefixes
+                    .entry(id.to_string())
+                    .or_insert_with(|| {
+                        // ComfyUI's alphabet (sic: "stupvxyz").
                         let alphabet = b"abcdefghijklmnopqrstupvxyz";
-                        alphabet[rand::random_range(0..alphabet.len())] as char
+                        (0..5)
+                            .map(|_| alphabet[rand::random_range(0..alphabet.len())] as char)
+                            .collect()
                     })
-                    .collect();
-                (&shared.dirs.temp, "temp", format!("ComfyUI_temp_{letters}"), true)
+                    .clone();
+                (
+                    &shared.dirs.temp,
+                    "temp",
+                    format!("ComfyUI_temp_{letters}"),
+                    true,
+                )
             };
             let (folder, filename, mut counter, subfolder) = files::save_image_path(base, &prefix, i.width, i.height)
                 .ok_or_else(|| {
@@ -998,10 +1003,31 @@ fn save_image_websocket(
     };
     let total = i.frames.len() as u64;
     for (n, frame) in i.frames.iter().enumerate() {
-        let png =
-            image::encode_png(i.width, i.height, frame, &[], true).map_err(|e| error("OSError", e.to_string()))?;
-        run.update_progress(id, n as u64, total);
-        run.shared.lock().send_preview(&run.prompt_id, id, &png, run.client.as_deref());
+        let png = image::encode_png(i.width, i.height, frame, &[], true)
+            .map_err(|e| error("OSError", e.to_string()))?;
+        // Legacy clients get progress_state, progress, frame; clients that negotiated
+        // supports_preview_metadata get progress_state, frame, progress (captures 08a/08b).
+        let metadata_client = run.client.as_deref().is_some_and(|c| {
+            run.shared
+                .lock()
+                .sockets
+                .get(c)
+                .is_some_and(|s| s.preview_metadata)
+        });
+        let e = run.progress.entry(id);
+        e.1 = json!(n);
+        e.2 = json!(total);
+        e.3 = "running";
+        run.send_progress_state();
+        let progress = json!({"value": n, "max": total, "prompt_id": run.prompt_id, "node": id});
+        let inner = run.shared.lock();
+        if !metadata_client {
+            inner.send("progress", &progress, run.client.as_deref());
+        }
+        inner.send_preview(&run.prompt_id, id, &png, run.client.as_deref());
+        if metadata_client {
+            inner.send("progress", &progress, run.client.as_deref());
+        }
     }
     Ok((Vec::new(), None))
 }

@@ -10,11 +10,13 @@ pub fn normalize(path: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in path.components() {
         match c {
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
                 }
-            }
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                _ => out.push(".."),
+            },
             Component::CurDir => {}
             other => out.push(other.as_os_str()),
         }
@@ -149,6 +151,13 @@ mod tests {
         assert_eq!(split_annotation("a.png [output]"), ("a.png".into(), Some("output")));
         assert_eq!(split_annotation("a.png[output]"), ("a.pn".into(), Some("output")));
         assert_eq!(split_annotation("a.png"), ("a.png".into(), None));
+    }
+
+    #[test]
+    fn normalize_keeps_leading_parent_dirs() {
+        assert_eq!(normalize(Path::new("../../")), PathBuf::from("../.."));
+        assert_eq!(normalize(Path::new("/a/b/../../..")), PathBuf::from("/"));
+        assert_eq!(normalize(Path::new("a/./b/../c")), PathBuf::from("a/c"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use super::defs::DEFS;
 use super::files;
 use super::image;
-use super::ojson::{OJson, py_str};
+use super::ojson::{OJson, VALIDATION_KEY_ORDER, py_json, py_str, reorder};
 use super::state::{QueueItem, Shared};
 use super::validate::{self, Outcome};
 use super::ws;
@@ -42,7 +42,7 @@ fn json_resp(status: StatusCode, body: String) -> Resp {
 }
 
 fn ok_json(v: &Value) -> Resp {
-    json_resp(StatusCode::OK, v.to_string())
+    json_resp(StatusCode::OK, py_json(v))
 }
 
 fn empty(status: StatusCode) -> Resp {
@@ -122,15 +122,21 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
         (&Method::GET, ["queue"]) => get_queue(&shared),
         (&Method::POST, ["queue"]) => post_queue(&shared, &body),
         (&Method::GET, ["history"]) => get_history(&shared, &query),
-        (&Method::GET, ["history", id]) => get_history_item(&shared, id),
+        (&Method::GET, ["history", id]) => get_history_item(&shared, &percent_decode(id)),
         (&Method::POST, ["history"]) => post_history(&shared, &body),
         (&Method::POST, ["interrupt"]) => post_interrupt(&shared, &body),
         (&Method::POST, ["free"]) => post_free(&shared, &body),
         (&Method::GET | &Method::HEAD, ["view"]) => view(&shared, &query),
         (&Method::POST, ["upload", "image"]) => upload(&shared, &content_type, &body, false),
         (&Method::POST, ["upload", "mask"]) => upload(&shared, &content_type, &body, true),
-        (&Method::GET, ["system_stats"]) => ok_json(&system_stats(&shared)),
-        (&Method::GET, ["features"]) => ok_json(&json!({"supports_preview_metadata": true, "max_upload_size": limit})),
+        (&Method::GET, ["system_stats"]) => json_resp(
+            StatusCode::OK,
+            py_json(&reorder(&system_stats(&shared), SYSTEM_STATS_KEY_ORDER)),
+        ),
+        (&Method::GET, ["features"]) => json_resp(
+            StatusCode::OK,
+            format!("{{\"supports_preview_metadata\": true, \"max_upload_size\": {limit}}}"),
+        ),
         (&Method::GET, ["object_info"]) => object_info(&shared, None),
         (&Method::GET, ["object_info", class]) => object_info(&shared, Some(class)),
         (&Method::GET, ["embeddings"]) => ok_json(&json!([])),
@@ -140,6 +146,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
             Some(list) => ok_json(&json!(list)),
             None => empty(StatusCode::NOT_FOUND),
         },
+        (&Method::GET, ["internal", "files", kind]) => internal_files(&shared, kind),
         (&Method::GET, ["sim", "executions"]) => sim_executions(&shared),
         (&Method::POST, ["sim", "reset"]) => {
             let mut inner = shared.lock();
@@ -170,6 +177,7 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
                     | ["models"]
                     | ["models", _]
                     | ["ws"]
+                    | ["internal", "files", _]
                     | ["sim", _]
             );
             if !known && (method == Method::GET || method == Method::HEAD) {
@@ -276,7 +284,13 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
     };
     let Some(prompt) = fields.get("prompt") else {
         let error = json!({"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}});
-        return json_resp(StatusCode::BAD_REQUEST, json!({"error": error, "node_errors": {}}).to_string());
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            py_json(&reorder(
+                &json!({"error": error, "node_errors": {}}),
+                VALIDATION_KEY_ORDER,
+            )),
+        );
     };
     let mut prompt = prompt.clone();
     let Some(nodes) = prompt.as_obj() else {
@@ -294,11 +308,21 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
         _ => None,
     };
     match validate::validate_prompt(&mut prompt, partial.as_deref(), &shared.dirs) {
-        Outcome::Invalid { error, node_errors } => {
-            json_resp(StatusCode::BAD_REQUEST, json!({"error": error, "node_errors": node_errors}).to_string())
-        }
-        Outcome::Valid { outputs, node_errors } => {
-            let mut extra_data = fields.get("extra_data").cloned().unwrap_or(OJson::Obj(Vec::new()));
+        Outcome::Invalid { error, node_errors } => json_resp(
+            StatusCode::BAD_REQUEST,
+            py_json(&reorder(
+                &json!({"error": error, "node_errors": node_errors}),
+                VALIDATION_KEY_ORDER,
+            )),
+        ),
+        Outcome::Valid {
+            outputs,
+            node_errors,
+        } => {
+            let mut extra_data = fields
+                .get("extra_data")
+                .cloned()
+                .unwrap_or(OJson::Obj(Vec::new()));
             if let Some(c) = fields.get("client_id") {
                 if !matches!(extra_data, OJson::Obj(_)) {
                     return server_error();
@@ -316,9 +340,9 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
                 StatusCode::OK,
                 format!(
                     "{{\"prompt_id\": {}, \"number\": {}, \"node_errors\": {}}}",
-                    Value::String(prompt_id),
+                    py_json(&prompt_id),
                     number.to_json(),
-                    node_errors
+                    py_json(&reorder(&node_errors, VALIDATION_KEY_ORDER))
                 ),
             )
         }
@@ -372,7 +396,7 @@ fn history_object(entries: &[&(String, String)]) -> String {
         if i > 0 {
             s.push_str(", ");
         }
-        s.push_str(&Value::String(k.clone()).to_string());
+        s.push_str(&py_json(k));
         s.push_str(": ");
         s.push_str(v);
     }
@@ -651,9 +675,9 @@ fn upload(shared: &Arc<Shared>, content_type: &str, body: &[u8], mask: bool) -> 
         StatusCode::OK,
         format!(
             "{{\"name\": {}, \"subfolder\": {}, \"type\": {}}}",
-            Value::String(name),
-            Value::String(subfolder),
-            Value::String(kind)
+            py_json(&name),
+            py_json(&subfolder),
+            py_json(&kind)
         ),
     )
 }
@@ -707,6 +731,30 @@ fn system_stats(shared: &Arc<Shared>) -> Value {
         }],
     })
 }
+
+/// Key order of `/system_stats`.
+const SYSTEM_STATS_KEY_ORDER: &[&str] = &[
+    "system",
+    "devices",
+    "os",
+    "ram_total",
+    "ram_free",
+    "comfyui_version",
+    "required_frontend_version",
+    "installed_templates_version",
+    "required_templates_version",
+    "python_version",
+    "pytorch_version",
+    "embedded_python",
+    "argv",
+    "name",
+    "type",
+    "index",
+    "vram_total",
+    "vram_free",
+    "torch_vram_total",
+    "torch_vram_free",
+];
 
 /// `GET /models` folder names.
 const MODEL_FOLDERS: [&str; 20] = [
@@ -801,6 +849,55 @@ fn object_info(shared: &Arc<Shared>, class: Option<&str>) -> Resp {
     }
 }
 
+/// `GET /internal/files/{type}`: visible file names, newest first (no `/api` alias).
+fn internal_files(shared: &Arc<Shared>, kind: &str) -> Resp {
+    let Some(dir) = shared.dirs.by_type(kind) else {
+        return json_resp(
+            StatusCode::BAD_REQUEST,
+            py_json(&json!({"error": "Invalid directory type"})),
+        );
+    };
+    let mut entries: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_file())
+                .map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let mtime = e
+                        .metadata()
+                        .and_then(|m| m.modified())
+                        .unwrap_or(std::time::UNIX_EPOCH);
+                    (mtime, name)
+                })
+                .filter(|(_, n)| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    let names: Vec<String> = entries.into_iter().map(|(_, n)| n).collect();
+    json_resp(StatusCode::OK, py_json(&names))
+}
+
+/// Decode `%XX` escapes of a path segment (aiohttp's `match_info` is decoded).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = s.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn sim_executions(shared: &Arc<Shared>) -> Resp {
     let inner = shared.lock();
     ok_json(&json!({"executions": inner.executions, "maxQueueDepth": inner.queue_depth_max}))
@@ -839,7 +936,7 @@ fn post_faults(shared: &Arc<Shared>, body: &[u8]) -> Resp {
             Err(e) => {
                 return json_resp(
                     StatusCode::BAD_REQUEST,
-                    json!({"error": format!("invalid faults body: {e}")}).to_string(),
+                    py_json(&json!({"error": format!("invalid faults body: {e}")})),
                 );
             }
         }

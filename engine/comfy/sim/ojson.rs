@@ -133,9 +133,9 @@ impl OJson {
         }
     }
 
-    /// Serialize to a compact JSON string.
+    /// Serialize like Python's `json.dumps` (`", "` / `": "`, ASCII only).
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| "null".to_string())
+        py_json(self)
     }
 }
 
@@ -217,6 +217,110 @@ impl<'de> Visitor<'de> for OJsonVisitor {
         Ok(obj)
     }
 }
+
+/// `serde_json` formatter reproducing Python's `json.dumps` defaults: `", "` between
+/// items, `": "` after keys, and `ensure_ascii` (`\uXXXX` escapes).
+struct PyFormatter;
+
+impl serde_json::ser::Formatter for PyFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first { Ok(()) } else { w.write_all(b", ") }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W) -> std::io::Result<()> {
+        w.write_all(b": ")
+    }
+
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        if fragment.is_ascii() {
+            return w.write_all(fragment.as_bytes());
+        }
+        let mut buf = [0u16; 2];
+        for c in fragment.chars() {
+            if c.is_ascii() {
+                w.write_all(&[c as u8])?;
+            } else {
+                for unit in c.encode_utf16(&mut buf) {
+                    write!(w, "\\u{unit:04x}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Serialize `v` like Python's `json.dumps(v)` (what aiohttp's `json_response` and
+/// ComfyUI's WebSocket `send_json` put on the wire).
+pub fn py_json<T: Serialize + ?Sized>(v: &T) -> String {
+    let mut out = Vec::new();
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, PyFormatter);
+    if v.serialize(&mut ser).is_err() {
+        return "null".to_string();
+    }
+    String::from_utf8(out).unwrap_or_else(|_| "null".to_string())
+}
+
+/// Convert a `serde_json::Value` into an [`OJson`] whose object keys follow `ranks`
+/// (listed keys first, in list order; others after, alphabetically), recursively. Used to
+/// reproduce the key order of ComfyUI's Python dict literals.
+pub fn reorder(v: &serde_json::Value, ranks: &[&str]) -> OJson {
+    match v {
+        serde_json::Value::Object(o) => {
+            let mut fields: Vec<(String, OJson)> = o
+                .iter()
+                .map(|(k, v)| (k.clone(), reorder(v, ranks)))
+                .collect();
+            fields.sort_by_key(|(k, _)| {
+                (
+                    ranks.iter().position(|r| r == k).unwrap_or(usize::MAX),
+                    k.clone(),
+                )
+            });
+            OJson::Obj(fields)
+        }
+        serde_json::Value::Array(a) => OJson::Arr(a.iter().map(|x| reorder(x, ranks)).collect()),
+        other => OJson::from_value(other),
+    }
+}
+
+/// Key order of validation errors (`{"type", "message", "details", "extra_info"}` ...).
+pub const VALIDATION_KEY_ORDER: &[&str] = &[
+    "prompt_id",
+    "number",
+    "error",
+    "node_errors",
+    "errors",
+    "dependent_outputs",
+    "class_type",
+    "type",
+    "message",
+    "details",
+    "extra_info",
+    "input_name",
+    "input_config",
+    "received_type",
+    "received_value",
+    "exception_message",
+    "exception_type",
+    "traceback",
+    "linked_node",
+];
 
 /// Python `repr()` of a float (`1.0`, `0.01`, `1e-05`, `1e+16`).
 pub fn py_float(f: f64) -> String {
@@ -306,7 +410,8 @@ mod tests {
     #[test]
     fn keeps_key_order_and_python_renderings() {
         let v: OJson = serde_json::from_str(r#"{"b":1,"a":[1.0,"x",null],"b":2}"#).unwrap();
-        assert_eq!(v.to_json(), r#"{"b":2,"a":[1.0,"x",null]}"#);
+        assert_eq!(v.to_json(), r#"{"b": 2, "a": [1.0, "x", null]}"#);
+        assert_eq!(py_json(&OJson::Str("é".into())), r#""\u00e9""#);
         assert_eq!(py_repr(&v), "{'b': 2, 'a': [1.0, 'x', None]}");
         assert_eq!(py_float(1e-5), "1e-05");
         assert_eq!(py_float(0.01), "0.01");

@@ -5,7 +5,7 @@
 
 use super::SimConfig;
 use super::heap;
-use super::ojson::OJson;
+use super::ojson::{OJson, py_json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -154,6 +154,8 @@ pub struct Inner {
     pub faults: Faults,
     /// `POST /free {"free_memory": true}` seen; the worker drops its cache before the next prompt.
     pub free_memory_pending: bool,
+    /// PreviewImage's random `_temp_xxxxx` prefix per node id (ComfyUI keeps node objects).
+    pub preview_prefixes: HashMap<String, String>,
 }
 
 impl Inner {
@@ -305,7 +307,54 @@ fn deliver(s: &SocketEntry, msg: WsOut) {
 
 /// `{"type": kind, "data": data}` with `type` first, as aiohttp sends it.
 pub fn ws_text(kind: &str, data: &Value) -> String {
-    format!("{{\"type\": {}, \"data\": {}}}", Value::String(kind.to_string()), data)
+    format!(
+        "{{\"type\": {}, \"data\": {}}}",
+        py_json(kind),
+        py_json(&message_data(kind, data))
+    )
+}
+
+/// Message data with ComfyUI's top-level key order for `kind` (nested objects keep
+/// alphabetical order, which matches ComfyUI for the nested dicts it sends).
+pub fn message_data(kind: &str, data: &Value) -> OJson {
+    let order: &[&str] = match kind {
+        "status" => &["status", "sid"],
+        "execution_cached" => &["nodes", "prompt_id", "timestamp"],
+        "executing" => &["node", "display_node", "prompt_id"],
+        "executed" => &["node", "display_node", "output", "prompt_id"],
+        "progress" => &["value", "max", "prompt_id", "node"],
+        "execution_interrupted" => &["prompt_id", "node_id", "node_type", "executed", "timestamp"],
+        "execution_error" => &[
+            "prompt_id",
+            "node_id",
+            "node_type",
+            "executed",
+            "exception_message",
+            "exception_type",
+            "traceback",
+            "current_inputs",
+            "current_outputs",
+            "timestamp",
+        ],
+        "feature_flags" => &["supports_preview_metadata", "max_upload_size"],
+        _ => &["prompt_id", "timestamp"],
+    };
+    match data {
+        Value::Object(o) => {
+            let mut fields: Vec<(String, OJson)> = o
+                .iter()
+                .map(|(k, v)| (k.clone(), OJson::from_value(v)))
+                .collect();
+            fields.sort_by_key(|(k, _)| {
+                (
+                    order.iter().position(|r| r == k).unwrap_or(usize::MAX),
+                    k.clone(),
+                )
+            });
+            OJson::Obj(fields)
+        }
+        other => OJson::from_value(other),
+    }
 }
 
 /// Data directories.

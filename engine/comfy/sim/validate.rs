@@ -162,10 +162,16 @@ pub fn validate_prompt(prompt: &mut OJson, partial: Option<&[String]>, dirs: &Di
     Outcome::Valid { outputs: good, node_errors: node_errors_json }
 }
 
+/// `KeyError(key)` for a string key (`str()` of it is `'key'`).
 fn key_error(key: &str) -> PyExc {
+    key_error_repr(py_repr(&OJson::Str(key.to_string())))
+}
+
+/// `KeyError` whose `str()` is `repr` (e.g. `1` for an int key).
+fn key_error_repr(repr: String) -> PyExc {
     PyExc {
         kind: "KeyError",
-        message: format!("'{key}'"),
+        message: repr,
         traceback: vec![
             "  File \"/opt/ComfyUI/execution.py\", line 1010, in validate_prompt\n    m = await validate_inputs(prompt_id, prompt, o, validated)\n        ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n".into(),
             "  File \"/opt/ComfyUI/execution.py\", line 788, in validate_inputs\n    o_class_type = prompt[o_id]['class_type']\n                   ~~~~~~^^^^^^\n".into(),
@@ -239,7 +245,7 @@ fn validate_inputs_inner(ctx: &mut Ctx, id: &str) -> Result<NodeResult, PyExc> {
             }
             let o_id = py_str(&link[0]);
             if !matches!(link[0], OJson::Str(_)) {
-                return Err(key_error(&py_repr(&link[0])));
+                return Err(key_error_repr(py_repr(&link[0])));
             }
             let o_class = ctx
                 .prompt

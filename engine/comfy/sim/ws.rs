@@ -88,16 +88,16 @@ where
         }
         msgs
     };
-    let mut ok = true;
+    let mut greeted = true;
     for m in greeting {
         if sink.send(Message::text(m)).await.is_err() {
-            ok = false;
+            greeted = false;
             break;
         }
     }
     let mut rx = Some(rx);
     let mut first_message = true;
-    while ok {
+    while greeted && !shared.shutdown.is_cancelled() {
         tokio::select! {
             _ = kill.cancelled() => {
                 // Fault dropWs: vanish without a close frame.
