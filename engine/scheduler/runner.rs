@@ -302,8 +302,11 @@ impl Run {
         let idle = self.progress_write.as_ref().is_none_or(|w| w.is_finished());
         if due && idle {
             self.last_progress_log = Some(Instant::now());
-            let event =
-                JobEventKind::Progress { node: progress.node.unwrap_or_default(), value: progress.value, max: progress.max };
+            let event = JobEventKind::Progress {
+                node: progress.node.unwrap_or_default(),
+                value: progress.value,
+                max: progress.max,
+            };
             let (store, id) = (self.shared.store.clone(), self.id());
             self.progress_write = Some(tokio::spawn(async move {
                 if let Err(e) = store.append_events(id, vec![event]).await {

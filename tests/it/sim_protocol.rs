@@ -29,27 +29,13 @@ async fn start_with(config: SimConfig) -> Sim {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = CancellationToken::new();
-    let config = SimConfig {
-        port: addr.port(),
-        ..config
-    };
+    let config = SimConfig { port: addr.port(), ..config };
     let handle = tokio::spawn(serve(listener, config, token.clone()));
-    Sim {
-        addr,
-        base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
-        token,
-        handle,
-    }
+    Sim { addr, base: format!("http://{addr}"), http: reqwest::Client::new(), token, handle }
 }
 
 async fn start(dir: &Path, node_delay_ms: u64) -> Sim {
-    start_with(SimConfig {
-        data_dir: dir.to_path_buf(),
-        node_delay_ms,
-        ..SimConfig::default()
-    })
-    .await
+    start_with(SimConfig { data_dir: dir.to_path_buf(), node_delay_ms, ..SimConfig::default() }).await
 }
 
 impl Sim {
@@ -66,26 +52,14 @@ impl Sim {
         let r = self.http.get(self.url(path)).send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .http
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let r = self.http.post(self.url(path)).json(body).send().await.unwrap();
         let status = r.status().as_u16();
         let text = r.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     async fn post_raw(&self, path: &str, body: &str, content_type: &str) -> (u16, String) {
@@ -101,12 +75,7 @@ impl Sim {
     }
 
     async fn submit(&self, prompt: &Value, client_id: &str) -> String {
-        let (status, body) = self
-            .post(
-                "/prompt",
-                &json!({"prompt": prompt, "client_id": client_id}),
-            )
-            .await;
+        let (status, body) = self.post("/prompt", &json!({"prompt": prompt, "client_id": client_id})).await;
         assert_eq!(status, 200, "{body}");
         body["prompt_id"].as_str().unwrap().to_string()
     }
@@ -130,28 +99,21 @@ impl Sim {
             if h.get(prompt_id).is_some() {
                 return h[prompt_id].clone();
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no history for {prompt_id}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "no history for {prompt_id}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
 struct Ws {
-    stream: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    stream: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
 }
 
 impl Ws {
     /// Next text message (binary frames skipped); `None` when the socket ends.
     async fn next(&mut self) -> Option<Value> {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.stream.next())
-                .await
-                .expect("websocket message timeout")?;
+            let msg = tokio::time::timeout(WAIT, self.stream.next()).await.expect("websocket message timeout")?;
             match msg {
                 Ok(Message::Text(t)) => return Some(serde_json::from_str(t.as_str()).unwrap()),
                 Ok(Message::Binary(_)) | Ok(Message::Ping(_)) | Ok(Message::Pong(_)) => {}
@@ -164,13 +126,8 @@ impl Ws {
     async fn until_done(&mut self, prompt_id: &str) -> Vec<Value> {
         let mut out = Vec::new();
         loop {
-            let m = self
-                .next()
-                .await
-                .expect("socket closed before the job finished");
-            let done = m["type"] == "executing"
-                && m["data"]["node"].is_null()
-                && m["data"]["prompt_id"] == prompt_id;
+            let m = self.next().await.expect("socket closed before the job finished");
+            let done = m["type"] == "executing" && m["data"]["node"].is_null() && m["data"]["prompt_id"] == prompt_id;
             out.push(m);
             if done {
                 return out;
@@ -193,16 +150,12 @@ impl Ws {
 }
 
 fn capture(name: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/it/captures")
-        .join(name);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/captures").join(name);
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn types(msgs: &[Value]) -> Vec<String> {
-    msgs.iter()
-        .map(|m| m["type"].as_str().unwrap_or("").to_string())
-        .collect()
+    msgs.iter().map(|m| m["type"].as_str().unwrap_or("").to_string()).collect()
 }
 
 /// Same keys, same JSON types (int vs float distinguished), same array lengths.
@@ -225,15 +178,9 @@ fn assert_shape(actual: &Value, expected: &Value, path: &str) {
             }
         }
         (Value::Number(a), Value::Number(e)) => {
-            assert_eq!(
-                a.is_f64(),
-                e.is_f64(),
-                "int/float differs at {path}: {a} vs {e}"
-            );
+            assert_eq!(a.is_f64(), e.is_f64(), "int/float differs at {path}: {a} vs {e}");
         }
-        (Value::String(_), Value::String(_))
-        | (Value::Bool(_), Value::Bool(_))
-        | (Value::Null, Value::Null) => {}
+        (Value::String(_), Value::String(_)) | (Value::Bool(_), Value::Bool(_)) | (Value::Null, Value::Null) => {}
         _ => panic!("type differs at {path}: {actual} vs {expected}"),
     }
 }
@@ -258,9 +205,7 @@ fn captured_http(cap: &Value, method: &str, path_prefix: &str) -> Vec<Value> {
         .filter(|e| {
             e["kind"] == "http"
                 && e["request"]["method"] == method
-                && e["request"]["path"]
-                    .as_str()
-                    .is_some_and(|p| p.starts_with(path_prefix))
+                && e["request"]["path"].as_str().is_some_and(|p| p.starts_with(path_prefix))
         })
         .cloned()
         .collect()
@@ -315,20 +260,12 @@ async fn sim_basic_run_matches_capture_01() {
         assert_eq!(g, e, "message {i}");
     }
     // The observer only sees broadcasts: status messages.
-    let obs = observer
-        .until(|m| m["data"]["status"]["exec_info"]["queue_remaining"] == 0)
-        .await;
+    let obs = observer.until(|m| m["data"]["status"]["exec_info"]["queue_remaining"] == 0).await;
     assert!(obs.iter().all(|m| m["type"] == "status"));
 
     // History entry shape and values.
     let cap_hist = captured_http(&cap, "GET", "/history/")[0]["response"]["body"].clone();
-    let cap_entry = cap_hist
-        .as_object()
-        .unwrap()
-        .values()
-        .next()
-        .unwrap()
-        .clone();
+    let cap_entry = cap_hist.as_object().unwrap().values().next().unwrap().clone();
     let (_, hist) = sim.get(&format!("/history/{pid}")).await;
     let entry = hist[&pid].clone();
     assert_shape(&entry, &cap_entry, "history");
@@ -355,13 +292,7 @@ async fn sim_basic_run_matches_capture_01() {
             .iter()
             .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
             .collect();
-        let r = sim
-            .http
-            .get(sim.url(path))
-            .query(&params)
-            .send()
-            .await
-            .unwrap();
+        let r = sim.http.get(sim.url(path)).query(&params).send().await.unwrap();
         let want = e["response"]["status"].as_u64().unwrap() as u16;
         assert_eq!(r.status().as_u16(), want, "{params:?}");
         if want == 200 {
@@ -372,10 +303,7 @@ async fn sim_basic_run_matches_capture_01() {
             );
             let has_preview = params.iter().any(|(k, _)| k == "preview");
             if !has_preview {
-                assert_eq!(
-                    r.headers()["content-type"].to_str().unwrap(),
-                    headers["Content-Type"]
-                );
+                assert_eq!(r.headers()["content-type"].to_str().unwrap(), headers["Content-Type"]);
             }
             let bytes = r.bytes().await.unwrap();
             assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
@@ -417,10 +345,7 @@ async fn sim_cached_rerun_matches_capture_02() {
     let second = sim.submit(&prompt, client).await;
     let got = ws.until_done(&second).await;
     let all = captured_ws(&cap, "ws");
-    let end = all
-        .iter()
-        .position(|m| m["type"] == "executing" && m["data"]["node"].is_null())
-        .unwrap();
+    let end = all.iter().position(|m| m["type"] == "executing" && m["data"]["node"].is_null()).unwrap();
     let expected = &all[..=end];
     assert_eq!(types(&got), types(expected));
     for (i, (g, e)) in got.iter().zip(expected).enumerate() {
@@ -432,26 +357,15 @@ async fn sim_cached_rerun_matches_capture_02() {
     }
     let second_entry = sim.wait_history(&second).await;
     assert_eq!(second_entry["outputs"], first_entry["outputs"]);
-    assert_eq!(
-        second_entry["status"]["messages"][1][1]["nodes"],
-        json!(["1", "2"])
-    );
+    assert_eq!(second_entry["status"]["messages"][1][1]["nodes"], json!(["1", "2"]));
 
     // Changed prefix: node 1 cached, node 2 runs.
-    let third = sim
-        .submit(&basic_prompt("gw_test_b", 16_711_680), client)
-        .await;
+    let third = sim.submit(&basic_prompt("gw_test_b", 16_711_680), client).await;
     let got = ws.until_done(&third).await;
-    let cached = got
-        .iter()
-        .find(|m| m["type"] == "execution_cached")
-        .unwrap();
+    let cached = got.iter().find(|m| m["type"] == "execution_cached").unwrap();
     assert_eq!(cached["data"]["nodes"], json!(["1"]));
     let executed = got.iter().find(|m| m["type"] == "executed").unwrap();
-    assert_eq!(
-        executed["data"]["output"]["images"][0]["filename"],
-        "gw_test_b_00001_.png"
-    );
+    assert_eq!(executed["data"]["output"]["images"][0]["filename"], "gw_test_b_00001_.png");
 
     // Custom prompt_id, extra_data kept in order, client_id appended; explicit number.
     let body = json!({"prompt": prompt, "client_id": client, "prompt_id": "my-own-id",
@@ -461,24 +375,13 @@ async fn sim_cached_rerun_matches_capture_02() {
     ws.until_done("my-own-id").await;
     sim.wait_history("my-own-id").await;
     // Python dict order and json.dumps spacing: client_id is appended last.
-    let raw = sim
-        .http
-        .get(sim.url("/history/my-own-id"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let raw = sim.http.get(sim.url("/history/my-own-id")).send().await.unwrap().text().await.unwrap();
     let want = format!(
         r#"{{"extra_pnginfo": {{"workflow": {{"note": "gateway"}}}}, "gateway_job": "job-123", "client_id": "{client}"}}"#
     );
     assert!(raw.contains(&want), "{raw}");
     let (_, r) = sim
-        .post(
-            "/prompt",
-            &json!({"prompt": basic_prompt("gw_test", 255), "client_id": client, "number": 42.5}),
-        )
+        .post("/prompt", &json!({"prompt": basic_prompt("gw_test", 255), "client_id": client, "number": 42.5}))
         .await;
     assert_eq!(r["number"], json!(42.5));
     let pid = r["prompt_id"].as_str().unwrap().to_string();
@@ -498,9 +401,7 @@ async fn sim_validation_bodies_match_capture_03() {
         let want_status = e["response"]["status"].as_u64().unwrap() as u16;
         let (status, body) = match req.get("raw_body") {
             Some(raw) => {
-                let (s, t) = sim
-                    .post_raw("/prompt", raw.as_str().unwrap(), "application/json")
-                    .await;
+                let (s, t) = sim.post_raw("/prompt", raw.as_str().unwrap(), "application/json").await;
                 (s, Value::String(t))
             }
             None => sim.post("/prompt", &req["json"]).await,
@@ -522,19 +423,9 @@ async fn sim_validation_bodies_match_capture_03() {
             let h = sim.wait_history(&pid).await;
             let cap_hist = captured_http(&cap, "GET", "/history/")
                 .into_iter()
-                .find(|x| {
-                    x["response"]["body"]
-                        .get(e["response"]["body"]["prompt_id"].as_str().unwrap())
-                        .is_some()
-                })
+                .find(|x| x["response"]["body"].get(e["response"]["body"]["prompt_id"].as_str().unwrap()).is_some())
                 .unwrap();
-            let cap_entry = cap_hist["response"]["body"]
-                .as_object()
-                .unwrap()
-                .values()
-                .next()
-                .unwrap()
-                .clone();
+            let cap_entry = cap_hist["response"]["body"].as_object().unwrap().values().next().unwrap().clone();
             assert_eq!(h["prompt"][4], cap_entry["prompt"][4]);
             assert_eq!(h["outputs"], cap_entry["outputs"]);
         }
@@ -585,12 +476,7 @@ fn png_bytes(width: u32, height: u32, rgba: [u8; 4]) -> Vec<u8> {
         enc.set_color(png::ColorType::Rgba);
         enc.set_depth(png::BitDepth::Eight);
         let mut w = enc.write_header().unwrap();
-        let data: Vec<u8> = rgba
-            .iter()
-            .copied()
-            .cycle()
-            .take((width * height * 4) as usize)
-            .collect();
+        let data: Vec<u8> = rgba.iter().copied().cycle().take((width * height * 4) as usize).collect();
         w.write_image_data(&data).unwrap();
     }
     out
@@ -601,8 +487,7 @@ fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (String, V
     let mut body = Vec::new();
     for (k, v) in fields {
         body.extend_from_slice(
-            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n")
-                .as_bytes(),
+            format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{k}\"\r\n\r\n{v}\r\n").as_bytes(),
         );
     }
     if let Some((name, data)) = file {
@@ -618,14 +503,7 @@ fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (String, V
 
 async fn upload(sim: &Sim, fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (u16, String) {
     let (ct, body) = multipart(fields, file);
-    let r = sim
-        .http
-        .post(sim.url("/upload/image"))
-        .header("content-type", ct)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let r = sim.http.post(sim.url("/upload/image")).header("content-type", ct).body(body).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
@@ -637,61 +515,26 @@ async fn sim_upload_cases_match_capture_04() {
     let b = png_bytes(4, 4, [200, 100, 50, 255]);
     let j = |s: &str| -> Value { serde_json::from_str(s).unwrap() };
     let (s, r) = upload(&sim, &[], Some(("gw_upload.png", &a))).await;
-    assert_eq!(
-        (s, j(&r)),
-        (
-            200,
-            json!({"name": "gw_upload.png", "subfolder": "", "type": "input"})
-        )
-    );
+    assert_eq!((s, j(&r)), (200, json!({"name": "gw_upload.png", "subfolder": "", "type": "input"})));
     let (_, r) = upload(&sim, &[], Some(("gw_upload.png", &a))).await;
     assert_eq!(j(&r)["name"], "gw_upload.png", "same bytes: deduplicated");
     let (_, r) = upload(&sim, &[], Some(("gw_upload.png", &b))).await;
     assert_eq!(j(&r)["name"], "gw_upload (1).png");
     let (_, r) = upload(&sim, &[("overwrite", "true")], Some(("gw_upload.png", &b))).await;
     assert_eq!(j(&r)["name"], "gw_upload.png");
-    let (_, r) = upload(
-        &sim,
-        &[("subfolder", "gw/jobs"), ("type", "input")],
-        Some(("sub.png", &a)),
-    )
-    .await;
-    assert_eq!(
-        j(&r),
-        json!({"name": "sub.png", "subfolder": "gw/jobs", "type": "input"})
-    );
+    let (_, r) = upload(&sim, &[("subfolder", "gw/jobs"), ("type", "input")], Some(("sub.png", &a))).await;
+    assert_eq!(j(&r), json!({"name": "sub.png", "subfolder": "gw/jobs", "type": "input"}));
     let (_, r) = upload(&sim, &[("type", "temp")], Some(("tmp.png", &a))).await;
-    assert_eq!(
-        j(&r),
-        json!({"name": "tmp.png", "subfolder": "", "type": "temp"})
-    );
-    assert_eq!(
-        upload(&sim, &[("subfolder", "../../")], Some(("evil.png", &a))).await,
-        (400, String::new())
-    );
-    assert_eq!(
-        upload(&sim, &[], Some(("../evil2.png", &a))).await,
-        (400, String::new())
-    );
-    assert_eq!(
-        upload(&sim, &[("foo", "bar")], None).await,
-        (400, String::new())
-    );
+    assert_eq!(j(&r), json!({"name": "tmp.png", "subfolder": "", "type": "temp"}));
+    assert_eq!(upload(&sim, &[("subfolder", "../../")], Some(("evil.png", &a))).await, (400, String::new()));
+    assert_eq!(upload(&sim, &[], Some(("../evil2.png", &a))).await, (400, String::new()));
+    assert_eq!(upload(&sim, &[("foo", "bar")], None).await, (400, String::new()));
     let (s, t) = upload(&sim, &[("type", "bogus")], Some(("b.png", &a))).await;
-    assert_eq!(
-        (s, t.as_str()),
-        (
-            500,
-            "500 Internal Server Error\n\nServer got itself in trouble"
-        )
-    );
+    assert_eq!((s, t.as_str()), (500, "500 Internal Server Error\n\nServer got itself in trouble"));
 
     // LoadImage's combo lists top-level input images.
     let (_, info) = sim.get("/object_info/LoadImage").await;
-    assert_eq!(
-        info["LoadImage"]["input"]["required"]["image"][0],
-        json!(["gw_upload (1).png", "gw_upload.png"])
-    );
+    assert_eq!(info["LoadImage"]["input"]["required"]["image"][0], json!(["gw_upload (1).png", "gw_upload.png"]));
 
     // LoadImage -> ImageInvert -> SaveImage produces inverted pixels.
     let client = "e4b0d10e02b148c28297a606c3970783";
@@ -716,9 +559,7 @@ async fn sim_upload_cases_match_capture_04() {
         .await
         .unwrap();
     let bytes = r.bytes().await.unwrap();
-    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes.to_vec()))
-        .read_info()
-        .unwrap();
+    let mut dec = png::Decoder::new(std::io::Cursor::new(bytes.to_vec())).read_info().unwrap();
     let mut buf = vec![0; dec.output_buffer_size().unwrap()];
     dec.next_frame(&mut buf).unwrap();
     assert_eq!(&buf[..3], &[255 - 200, 255 - 100, 255 - 50]);
@@ -745,10 +586,7 @@ async fn sim_upload_cases_match_capture_04() {
     let img = &h["outputs"]["3"]["images"][0];
     assert_eq!(img["type"], "temp");
     let name = img["filename"].as_str().unwrap();
-    assert!(
-        name.starts_with("ComfyUI_temp_") && name.ends_with("_00001_.png"),
-        "{name}"
-    );
+    assert!(name.starts_with("ComfyUI_temp_") && name.ends_with("_00001_.png"), "{name}");
     sim.stop().await;
 }
 
@@ -765,43 +603,22 @@ async fn sim_queue_heap_order_delete_front_clear() {
     let (_, q) = sim.get("/queue").await;
     assert_eq!(q["queue_running"][0][1], running.as_str());
     assert_eq!(q["queue_running"][0].as_array().unwrap().len(), 5);
-    let pending: Vec<&Value> = q["queue_pending"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| &i[1])
-        .collect();
+    let pending: Vec<&Value> = q["queue_pending"].as_array().unwrap().iter().map(|i| &i[1]).collect();
     assert_eq!(pending, [&json!(p1), &json!(p2)]);
-    assert_eq!(
-        sim.get("/prompt").await.1,
-        json!({"exec_info": {"queue_remaining": 3}})
-    );
+    assert_eq!(sim.get("/prompt").await.1, json!({"exec_info": {"queue_remaining": 3}}));
 
     // Delete a pending item and (no effect) the running one.
     assert_eq!(sim.post("/queue", &json!({"delete": [p1]})).await.0, 200);
     sim.post("/queue", &json!({"delete": [running]})).await;
     // Two `front` prompts: numbers -3 and -4, heap array [-4, 2, -3].
-    let (_, f1) = sim
-        .post(
-            "/prompt",
-            &json!({"prompt": slow_prompt("front", 4), "client_id": client, "front": true}),
-        )
-        .await;
-    let (_, f2) = sim
-        .post(
-            "/prompt",
-            &json!({"prompt": slow_prompt("front2", 5), "client_id": client, "front": true}),
-        )
-        .await;
+    let (_, f1) =
+        sim.post("/prompt", &json!({"prompt": slow_prompt("front", 4), "client_id": client, "front": true})).await;
+    let (_, f2) =
+        sim.post("/prompt", &json!({"prompt": slow_prompt("front2", 5), "client_id": client, "front": true})).await;
     assert_eq!(f1["number"], -3);
     assert_eq!(f2["number"], -4);
     let (_, q) = sim.get("/queue").await;
-    let numbers: Vec<&Value> = q["queue_pending"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| &i[0])
-        .collect();
+    let numbers: Vec<&Value> = q["queue_pending"].as_array().unwrap().iter().map(|i| &i[0]).collect();
     assert_eq!(numbers, [&json!(-4), &json!(2), &json!(-3)]);
     assert_eq!(q["queue_running"][0][1], running.as_str());
 
@@ -809,21 +626,9 @@ async fn sim_queue_heap_order_delete_front_clear() {
     let mut starts = Vec::new();
     while starts.len() < 3 {
         let msgs = ws.until(|m| m["type"] == "execution_start").await;
-        starts.push(
-            msgs.last().unwrap()["data"]["prompt_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
+        starts.push(msgs.last().unwrap()["data"]["prompt_id"].as_str().unwrap().to_string());
     }
-    assert_eq!(
-        starts,
-        [
-            f2["prompt_id"].as_str().unwrap(),
-            f1["prompt_id"].as_str().unwrap(),
-            p2.as_str()
-        ]
-    );
+    assert_eq!(starts, [f2["prompt_id"].as_str().unwrap(), f1["prompt_id"].as_str().unwrap(), p2.as_str()]);
     // The deleted one never ran and has no history.
     assert_eq!(sim.get(&format!("/history/{p1}")).await.1, json!({}));
 
@@ -853,8 +658,7 @@ async fn sim_interrupt_semantics_match_capture_05() {
 
     // Global interrupt while node 11 runs.
     let pid = sim.submit(&slow_prompt("slow", 1), client).await;
-    ws.until(|m| m["type"] == "executing" && m["data"]["node"] == "11")
-        .await;
+    ws.until(|m| m["type"] == "executing" && m["data"]["node"] == "11").await;
     let (s, body) = sim.post_raw("/interrupt", "", "text/plain").await;
     assert_eq!((s, body.as_str()), (200, ""));
     let msgs = ws.until_done(&pid).await;
@@ -864,20 +668,12 @@ async fn sim_interrupt_semantics_match_capture_05() {
     let int = &msgs[i]["data"];
     assert_eq!(int["node_id"], "11");
     assert_eq!(int["node_type"], "ImageBlur");
-    let mut cap_int = captured_ws(&cap, "ws")
-        .into_iter()
-        .find(|m| m["type"] == "execution_interrupted")
-        .unwrap();
+    let mut cap_int = captured_ws(&cap, "ws").into_iter().find(|m| m["type"] == "execution_interrupted").unwrap();
     // Model nodes report progress, so the interrupt lands inside node 11 (the captured
     // ImageBlur had no progress and stopped at node 12): `executed` is one shorter.
     cap_int["data"]["executed"] = json!(["10", "1"]);
     assert_shape(&msgs[i], &cap_int, "execution_interrupted");
-    let mut executed: Vec<&str> = int["executed"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let mut executed: Vec<&str> = int["executed"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     executed.sort();
     assert_eq!(executed, ["1", "10"]);
     let h = sim.wait_history(&pid).await;
@@ -898,18 +694,12 @@ async fn sim_interrupt_semantics_match_capture_05() {
 
     // Targeted: a non-running id is ignored, the running id interrupts.
     let pid = sim.submit(&slow_prompt("slow2", 2), client).await;
-    ws.until(|m| m["type"] == "executing" && m["data"]["node"] == "10")
-        .await;
-    sim.post("/interrupt", &json!({"prompt_id": "not-running"}))
-        .await;
-    ws.until(|m| m["type"] == "executing" && m["data"]["node"] == "11")
-        .await;
+    ws.until(|m| m["type"] == "executing" && m["data"]["node"] == "10").await;
+    sim.post("/interrupt", &json!({"prompt_id": "not-running"})).await;
+    ws.until(|m| m["type"] == "executing" && m["data"]["node"] == "11").await;
     sim.post("/interrupt", &json!({"prompt_id": pid})).await;
     let msgs = ws.until_done(&pid).await;
-    let int = msgs
-        .iter()
-        .find(|m| m["type"] == "execution_interrupted")
-        .unwrap();
+    let int = msgs.iter().find(|m| m["type"] == "execution_interrupted").unwrap();
     assert_eq!(int["data"]["node_id"], "11");
 
     // A stale interrupt (while idle) does not hit the next prompt.
@@ -937,57 +727,31 @@ async fn sim_restart_amnesia_like_capture_06() {
     let done = sim.submit(&prompt, client).await;
     ws.until_done(&done).await;
     let h = sim.wait_history(&done).await;
-    let temp_name = h["outputs"]["3"]["images"][0]["filename"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let temp_name = h["outputs"]["3"]["images"][0]["filename"].as_str().unwrap().to_string();
     drop(ws);
     sim.stop().await;
 
     let sim = start(dir.path(), 0).await;
-    assert_eq!(
-        sim.get("/queue").await.1,
-        json!({"queue_running": [], "queue_pending": []})
-    );
-    assert_eq!(
-        sim.get("/prompt").await.1,
-        json!({"exec_info": {"queue_remaining": 0}})
-    );
+    assert_eq!(sim.get("/queue").await.1, json!({"queue_running": [], "queue_pending": []}));
+    assert_eq!(sim.get("/prompt").await.1, json!({"exec_info": {"queue_remaining": 0}}));
     assert_eq!(sim.get("/history").await.1, json!({}));
     assert_eq!(sim.get(&format!("/history/{done}")).await.1, json!({}));
-    assert_eq!(
-        sim.get("/sim/executions").await.1,
-        json!({"executions": [], "maxQueueDepth": 0})
-    );
+    assert_eq!(sim.get("/sim/executions").await.1, json!({"executions": [], "maxQueueDepth": 0}));
     let view = |name: String, kind: &'static str| {
-        let req = sim
-            .http
-            .get(sim.url("/view"))
-            .query(&[("filename", name), ("type", kind.to_string())]);
+        let req = sim.http.get(sim.url("/view")).query(&[("filename", name), ("type", kind.to_string())]);
         async move { req.send().await.unwrap().status().as_u16() }
     };
     assert_eq!(view("pre_crash_00001_.png".into(), "output").await, 200);
     assert_eq!(view(temp_name, "temp").await, 404);
     let mut ws = sim.ws(Some(client)).await;
-    let (_, r) = sim
-        .post(
-            "/prompt",
-            &json!({"prompt": basic_prompt("pre_crash", 509873), "client_id": client}),
-        )
-        .await;
+    let (_, r) = sim.post("/prompt", &json!({"prompt": basic_prompt("pre_crash", 509873), "client_id": client})).await;
     assert_eq!(r["number"], 0, "numbering restarts at 0");
     let pid = r["prompt_id"].as_str().unwrap().to_string();
     let msgs = ws.until_done(&pid).await;
-    let cached = msgs
-        .iter()
-        .find(|m| m["type"] == "execution_cached")
-        .unwrap();
+    let cached = msgs.iter().find(|m| m["type"] == "execution_cached").unwrap();
     assert_eq!(cached["data"]["nodes"], json!([]), "caches are cold");
     let executed = msgs.iter().find(|m| m["type"] == "executed").unwrap();
-    assert_eq!(
-        executed["data"]["output"]["images"][0]["filename"],
-        "pre_crash_00002_.png"
-    );
+    assert_eq!(executed["data"]["output"]["images"][0]["filename"], "pre_crash_00002_.png");
     sim.stop().await;
 }
 
@@ -1001,41 +765,19 @@ async fn sim_misc_routes_like_capture_11() {
         ..SimConfig::default()
     })
     .await;
-    let r = sim
-        .http
-        .get(sim.url("/does/not/exist"))
-        .send()
-        .await
-        .unwrap();
+    let r = sim.http.get(sim.url("/does/not/exist")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
     assert!(r.bytes().await.unwrap().is_empty());
-    let r = sim
-        .http
-        .post(sim.url("/does/not/exist"))
-        .json(&json!({}))
-        .send()
-        .await
-        .unwrap();
+    let r = sim.http.post(sim.url("/does/not/exist")).json(&json!({})).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
     assert_eq!(r.text().await.unwrap(), "405: Method Not Allowed");
     assert_eq!(sim.get("/api/internal/files/output").await.0, 404);
     assert_eq!(sim.get("/internal/files/output").await, (200, json!([])));
-    assert_eq!(
-        sim.get("/internal/files/bogus").await,
-        (400, json!({"error": "Invalid directory type"}))
-    );
+    assert_eq!(sim.get("/internal/files/bogus").await, (400, json!({"error": "Invalid directory type"})));
 
-    for path in [
-        "/prompt",
-        "/queue",
-        "/history",
-        "/system_stats",
-        "/features",
-        "/embeddings",
-        "/models",
-    ] {
+    for path in ["/prompt", "/queue", "/history", "/system_stats", "/features", "/embeddings", "/models"] {
         let plain = sim.get(path).await;
         let alias = sim.get(&format!("/api{path}")).await;
         assert_eq!(plain.0, 200, "{path}");
@@ -1046,21 +788,13 @@ async fn sim_misc_routes_like_capture_11() {
     let (_, stats) = sim.get("/system_stats").await;
     assert_eq!(stats["system"]["comfyui_version"], "0.3.64");
     assert_eq!(stats["devices"][0]["type"], "cpu");
-    assert_eq!(
-        sim.get("/features").await.1,
-        json!({"supports_preview_metadata": true, "max_upload_size": 1_048_576})
-    );
+    assert_eq!(sim.get("/features").await.1, json!({"supports_preview_metadata": true, "max_upload_size": 1_048_576}));
     assert_eq!(sim.get("/object_info/NoSuchNode").await.1, json!({}));
     assert_eq!(sim.get("/models/nope").await.0, 404);
     let (_, info) = sim.get("/object_info/EmptyImage").await;
     assert_eq!(info["EmptyImage"]["output"], json!(["IMAGE"]));
     let (_, ckpts) = sim.get("/models/checkpoints").await;
-    assert!(
-        ckpts
-            .as_array()
-            .unwrap()
-            .contains(&json!("sd_xl_base_1.0.safetensors"))
-    );
+    assert!(ckpts.as_array().unwrap().contains(&json!("sd_xl_base_1.0.safetensors")));
 
     // Origin check.
     let host = sim.addr.to_string();
@@ -1069,13 +803,7 @@ async fn sim_misc_routes_like_capture_11() {
         (format!("http://localhost:{}", sim.addr.port()), 403),
         (format!("http://{host}"), 200),
     ] {
-        let r = sim
-            .http
-            .get(sim.url("/queue"))
-            .header("origin", &origin)
-            .send()
-            .await
-            .unwrap();
+        let r = sim.http.get(sim.url("/queue")).header("origin", &origin).send().await.unwrap();
         assert_eq!(r.status().as_u16(), want, "{origin}");
     }
     let r = sim
@@ -1086,11 +814,8 @@ async fn sim_misc_routes_like_capture_11() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 403);
-    let mut req = format!("ws://{host}/ws?clientId=origin-test")
-        .into_client_request()
-        .unwrap();
-    req.headers_mut()
-        .insert("origin", "https://gateway.example.com".parse().unwrap());
+    let mut req = format!("ws://{host}/ws?clientId=origin-test").into_client_request().unwrap();
+    req.headers_mut().insert("origin", "https://gateway.example.com".parse().unwrap());
     match tokio_tungstenite::connect_async(req).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             assert_eq!(resp.status().as_u16(), 403)
@@ -1099,32 +824,17 @@ async fn sim_misc_routes_like_capture_11() {
     }
 
     // Malformed JSON, content-type leniency, lenient-parsing 500s.
-    let (s, t) = sim
-        .post_raw("/prompt", "{not json", "application/json")
-        .await;
-    assert_eq!(
-        (s, t.as_str()),
-        (
-            500,
-            "500 Internal Server Error\n\nServer got itself in trouble"
-        )
-    );
+    let (s, t) = sim.post_raw("/prompt", "{not json", "application/json").await;
+    assert_eq!((s, t.as_str()), (500, "500 Internal Server Error\n\nServer got itself in trouble"));
     let body = json!({"prompt": basic_prompt("misc", 1)}).to_string();
     assert_eq!(sim.post_raw("/prompt", &body, "text/plain").await.0, 200);
-    assert_eq!(
-        sim.post_raw("/prompt", &body, "application/x-www-form-urlencoded")
-            .await
-            .0,
-        200
-    );
+    assert_eq!(sim.post_raw("/prompt", &body, "application/x-www-form-urlencoded").await.0, 200);
     assert_eq!(sim.get("/history?max_items=abc").await.0, 500);
 
     // History paging, delete, clear.
     let mut ids = Vec::new();
     for c in 0..4 {
-        let (_, r) = sim
-            .post("/prompt", &json!({"prompt": basic_prompt("page", c)}))
-            .await;
+        let (_, r) = sim.post("/prompt", &json!({"prompt": basic_prompt("page", c)})).await;
         ids.push(r["prompt_id"].as_str().unwrap().to_string());
     }
     for id in &ids {
@@ -1133,77 +843,29 @@ async fn sim_misc_routes_like_capture_11() {
     let keys = |v: &Value| -> Vec<String> { v.as_object().unwrap().keys().cloned().collect() };
     let (_, all) = sim.get("/history").await;
     assert_eq!(all.as_object().unwrap().len(), 6);
-    let raw = sim
-        .http
-        .get(sim.url("/history?max_items=2"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let pos: Vec<usize> = ids[2..]
-        .iter()
-        .map(|id| raw.find(id.as_str()).unwrap())
-        .collect();
+    let raw = sim.http.get(sim.url("/history?max_items=2")).send().await.unwrap().text().await.unwrap();
+    let pos: Vec<usize> = ids[2..].iter().map(|id| raw.find(id.as_str()).unwrap()).collect();
     assert!(pos[0] < pos[1], "insertion order kept");
     let mut last2 = keys(&sim.get("/history?max_items=2").await.1);
     last2.sort();
     let mut want = ids[2..].to_vec();
     want.sort();
     assert_eq!(last2, want);
-    assert_eq!(
-        sim.get("/history?max_items=2&offset=2")
-            .await
-            .1
-            .as_object()
-            .unwrap()
-            .len(),
-        2
-    );
-    assert_eq!(
-        sim.get("/history?offset=1")
-            .await
-            .1
-            .as_object()
-            .unwrap()
-            .len(),
-        5
-    );
-    assert_eq!(
-        sim.post("/history", &json!({"delete": [ids[0], "not-a-real-id"]}))
-            .await
-            .0,
-        200
-    );
+    assert_eq!(sim.get("/history?max_items=2&offset=2").await.1.as_object().unwrap().len(), 2);
+    assert_eq!(sim.get("/history?offset=1").await.1.as_object().unwrap().len(), 5);
+    assert_eq!(sim.post("/history", &json!({"delete": [ids[0], "not-a-real-id"]})).await.0, 200);
     assert_eq!(sim.get("/history").await.1.as_object().unwrap().len(), 5);
     sim.post("/history", &json!({"clear": true})).await;
     assert_eq!(sim.get("/history").await.1, json!({}));
-    assert_eq!(
-        sim.post(
-            "/free",
-            &json!({"unload_models": true, "free_memory": true})
-        )
-        .await
-        .0,
-        200
-    );
+    assert_eq!(sim.post("/free", &json!({"unload_models": true, "free_memory": true})).await.0, 200);
 
     // 413 over the body limit (1 MB here).
     let big = vec![b'x'; 2 * 1024 * 1024];
-    let r = sim
-        .http
-        .post(sim.url("/upload/image"))
-        .body(big)
-        .send()
-        .await;
+    let r = sim.http.post(sim.url("/upload/image")).body(big).send().await;
     match r {
         Ok(r) => {
             assert_eq!(r.status().as_u16(), 413);
-            assert_eq!(
-                r.text().await.unwrap(),
-                "Maximum request body size 1048576 exceeded."
-            );
+            assert_eq!(r.text().await.unwrap(), "Maximum request body size 1048576 exceeded.");
         }
         Err(e) => panic!("request failed: {e}"),
     }
@@ -1218,8 +880,7 @@ async fn sim_ws_reconnect_and_same_client_id_quirk() {
     let client = "0587228e97c44d68888ebc9389d8a63d";
     let mut ws1 = sim.ws(Some(client)).await;
     let pid = sim.submit(&slow_prompt("reconn", 1), client).await;
-    ws1.until(|m| m["type"] == "executing" && m["data"]["node"] == "10")
-        .await;
+    ws1.until(|m| m["type"] == "executing" && m["data"]["node"] == "10").await;
     ws1.stream.close(None).await.unwrap();
     drop(ws1);
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1230,11 +891,7 @@ async fn sim_ws_reconnect_and_same_client_id_quirk() {
     assert_eq!(greeting["data"]["sid"], client);
     let again = ws2.next().await.unwrap();
     assert_eq!(again["type"], "executing");
-    assert_eq!(
-        again["data"].as_object().unwrap().len(),
-        1,
-        "only `node`: {again}"
-    );
+    assert_eq!(again["data"].as_object().unwrap().len(), 1, "only `node`: {again}");
     ws2.until_done(&pid).await;
 
     // 08d: A1 and A2 share a clientId; closing A1 silences A2.
@@ -1251,24 +908,17 @@ async fn sim_ws_reconnect_and_same_client_id_quirk() {
     assert!(silent.is_err(), "A2 must receive nothing after A1 closed");
 
     // Without clientId: a generated uuid4 hex sid.
-    let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/ws", sim.addr))
-        .await
-        .unwrap();
+    let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/api/ws", sim.addr)).await.unwrap();
     let mut anon = Ws { stream };
     let g = anon.next().await.unwrap();
     let sid = g["data"]["sid"].as_str().unwrap();
     assert_eq!(sid.len(), 32);
     assert!(sid.chars().all(|c| c.is_ascii_hexdigit()));
     // feature_flags negotiation.
-    let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId=ff", sim.addr))
-        .await
-        .unwrap();
+    let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws?clientId=ff", sim.addr)).await.unwrap();
     let mut ff = Ws { stream };
     ff.stream
-        .send(Message::text(
-            json!({"type": "feature_flags", "data": {"supports_preview_metadata": true}})
-                .to_string(),
-        ))
+        .send(Message::text(json!({"type": "feature_flags", "data": {"supports_preview_metadata": true}}).to_string()))
         .await
         .unwrap();
     ff.next().await.unwrap();
@@ -1287,18 +937,15 @@ async fn sim_executions_record_counts_exactly_once() {
     let client = "counter";
     let mut ws = sim.ws(Some(client)).await;
     for _ in 0..2 {
-        let body =
-            json!({"prompt": basic_prompt("count", 1), "client_id": client, "prompt_id": "job-a"});
+        let body = json!({"prompt": basic_prompt("count", 1), "client_id": client, "prompt_id": "job-a"});
         assert_eq!(sim.post("/prompt", &body).await.0, 200);
         ws.until_done("job-a").await;
     }
-    let body =
-        json!({"prompt": basic_prompt("count", 2), "client_id": client, "prompt_id": "job-b"});
+    let body = json!({"prompt": basic_prompt("count", 2), "client_id": client, "prompt_id": "job-b"});
     sim.post("/prompt", &body).await;
     ws.until_done("job-b").await;
     // A rejected POST is not recorded.
-    sim.post("/prompt", &json!({"prompt": {}, "prompt_id": "job-c"}))
-        .await;
+    sim.post("/prompt", &json!({"prompt": {}, "prompt_id": "job-c"})).await;
     let (_, rec) = sim.get("/sim/executions").await;
     assert_eq!(
         rec["executions"],
@@ -1308,10 +955,7 @@ async fn sim_executions_record_counts_exactly_once() {
         ])
     );
     assert_eq!(rec["maxQueueDepth"], 1);
-    assert_eq!(
-        sim.post_raw("/sim/reset", "", "application/json").await.0,
-        200
-    );
+    assert_eq!(sim.post_raw("/sim/reset", "", "application/json").await.0, 200);
     assert_eq!(sim.get("/sim/executions").await.1["executions"], json!([]));
     sim.stop().await;
 }
@@ -1342,12 +986,7 @@ async fn sim_model_nodes_progress_and_seeded_images() {
     let progress: Vec<(u64, u64)> = msgs
         .iter()
         .filter(|m| m["type"] == "progress" && m["data"]["node"] == "3")
-        .map(|m| {
-            (
-                m["data"]["value"].as_u64().unwrap(),
-                m["data"]["max"].as_u64().unwrap(),
-            )
-        })
+        .map(|m| (m["data"]["value"].as_u64().unwrap(), m["data"]["max"].as_u64().unwrap()))
         .collect();
     assert_eq!(progress, [(1, 4), (2, 4), (3, 4), (4, 4)]);
     let b = sim.submit(&sdxl_prompt(2, "sdxl"), client).await;
@@ -1358,14 +997,8 @@ async fn sim_model_nodes_progress_and_seeded_images() {
     };
     let img_a = fetch("sdxl_00001_.png").await;
     let img_b = fetch("sdxl_00002_.png").await;
-    let info = png::Decoder::new(std::io::Cursor::new(img_a.clone()))
-        .read_info()
-        .unwrap();
-    assert_eq!(
-        (info.info().width, info.info().height),
-        (256, 192),
-        "latent size x2"
-    );
+    let info = png::Decoder::new(std::io::Cursor::new(img_a.clone())).read_info().unwrap();
+    assert_eq!((info.info().width, info.info().height), (256, 192), "latent size x2");
     assert_ne!(img_a, img_b, "different seeds give different images");
     sim.stop().await;
 }
@@ -1378,9 +1011,7 @@ async fn sim_fault_oom_and_node_error_payloads() {
     let sim = start(dir.path(), 0).await;
     let client = "faults";
     let mut ws = sim.ws(Some(client)).await;
-    let (s, f) = sim
-        .post("/sim/faults", &json!({"oom": 1, "nodeError": 1}))
-        .await;
+    let (s, f) = sim.post("/sim/faults", &json!({"oom": 1, "nodeError": 1})).await;
     assert_eq!(s, 200);
     assert_eq!(f["oom"], 1);
     assert_eq!(f["nodeError"], 1);
@@ -1393,10 +1024,7 @@ async fn sim_fault_oom_and_node_error_payloads() {
     let err = &msgs[i];
     assert_eq!(err["data"]["exception_type"], "torch.OutOfMemoryError");
     let text = err["data"]["exception_message"].as_str().unwrap();
-    assert!(
-        text.contains("CUDA out of memory") && text.contains("TIPS:"),
-        "{text}"
-    );
+    assert!(text.contains("CUDA out of memory") && text.contains("TIPS:"), "{text}");
     assert_eq!(err["data"]["node_id"], "1");
     let keys = |v: &Value| -> Vec<String> {
         let mut k: Vec<String> = v["data"].as_object().unwrap().keys().cloned().collect();
@@ -1410,17 +1038,9 @@ async fn sim_fault_oom_and_node_error_payloads() {
 
     let pid = sim.submit(&basic_prompt("nodeerr", 2), client).await;
     let msgs = ws.until_done(&pid).await;
-    let err = msgs
-        .iter()
-        .find(|m| m["type"] == "execution_error")
-        .unwrap();
+    let err = msgs.iter().find(|m| m["type"] == "execution_error").unwrap();
     assert_eq!(err["data"]["exception_type"], "RuntimeError");
-    assert!(
-        err["data"]["exception_message"]
-            .as_str()
-            .unwrap()
-            .ends_with('\n')
-    );
+    assert!(err["data"]["exception_message"].as_str().unwrap().ends_with('\n'));
     assert_eq!(keys(err), keys(&cap_err));
     assert!(err["data"]["traceback"].as_array().unwrap().len() > 1);
     assert_eq!(err["data"]["current_outputs"], json!(["1", "2"]));
@@ -1435,10 +1055,7 @@ async fn sim_fault_oom_and_node_error_payloads() {
     sim.post("/sim/faults", &json!({"oom": 1})).await;
     let pid = sim.submit(&slow_prompt("oom2", 9), client).await;
     let msgs = ws.until_done(&pid).await;
-    let err = msgs
-        .iter()
-        .find(|m| m["type"] == "execution_error")
-        .unwrap();
+    let err = msgs.iter().find(|m| m["type"] == "execution_error").unwrap();
     assert_eq!(err["data"]["node_id"], "10");
     assert_eq!(err["data"]["executed"], json!(["1"]));
     sim.stop().await;
@@ -1456,10 +1073,7 @@ async fn sim_fault_hang_until_interrupt() {
     ws.until(|m| m["type"] == "progress").await;
     sim.post("/interrupt", &json!({})).await;
     let msgs = ws.until_done(&pid).await;
-    let int = msgs
-        .iter()
-        .find(|m| m["type"] == "execution_interrupted")
-        .unwrap();
+    let int = msgs.iter().find(|m| m["type"] == "execution_interrupted").unwrap();
     assert_eq!(int["data"]["node_id"], "1");
     sim.stop().await;
 }
@@ -1473,8 +1087,7 @@ async fn sim_fault_drop_ws_and_latency() {
     assert!(ws.next().await.is_none(), "socket dropped");
 
     let mut ws = sim.ws(Some("dropme")).await;
-    sim.post("/sim/faults", &json!({"dropWsAfterMs": 0, "hang": 1}))
-        .await;
+    sim.post("/sim/faults", &json!({"dropWsAfterMs": 0, "hang": 1})).await;
     let pid = sim.submit(&basic_prompt("drop", 1), "dropme").await;
     loop {
         if ws.next().await.is_none() {
@@ -1531,20 +1144,14 @@ impl<'de> serde::Deserialize<'de> for Ordered {
             fn visit_unit<E>(self) -> Result<Ordered, E> {
                 Ok(Ordered::Leaf)
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Ordered, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Ordered, A::Error> {
                 let mut v = Vec::new();
                 while let Some(x) = a.next_element()? {
                     v.push(x);
                 }
                 Ok(Ordered::Arr(v))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut a: A,
-            ) -> Result<Ordered, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Ordered, A::Error> {
                 let mut v = Vec::new();
                 while let Some((k, x)) = a.next_entry::<String, Ordered>()? {
                     v.push((k, x));
@@ -1580,15 +1187,12 @@ fn key_orders(v: &Ordered, path: &str, out: &mut Vec<String>) {
 
 #[tokio::test]
 async fn sim_key_order_and_spacing_match_capture_01() {
-    let raw_cap = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/captures/01_basic_run.json"),
-    )
-    .unwrap();
+    let raw_cap =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/captures/01_basic_run.json"))
+            .unwrap();
     let cap: Ordered = serde_json::from_str(&raw_cap).unwrap();
     let Ordered::Obj(top) = cap else { panic!() };
-    let Some((_, Ordered::Arr(events))) = top.into_iter().find(|(k, _)| k == "events") else {
-        panic!()
-    };
+    let Some((_, Ordered::Arr(events))) = top.into_iter().find(|(k, _)| k == "events") else { panic!() };
     let cap_value = capture("01_basic_run.json");
     let mut cap_msgs = Vec::new();
     for (ev, ev_value) in events.iter().zip(cap_value["events"].as_array().unwrap()) {
@@ -1607,21 +1211,14 @@ async fn sim_key_order_and_spacing_match_capture_01() {
     let sim = start(dir.path(), 0).await;
     let url = format!("ws://{}/ws?clientId=keyorder", sim.addr);
     let (mut stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-    let pid = sim
-        .submit(&basic_prompt("gw_test", 16_711_680), "keyorder")
-        .await;
+    let pid = sim.submit(&basic_prompt("gw_test", 16_711_680), "keyorder").await;
     let mut raw_msgs = Vec::new();
     loop {
-        let Some(Ok(Message::Text(t))) = stream.next().await else {
-            panic!("socket ended")
-        };
+        let Some(Ok(Message::Text(t))) = stream.next().await else { panic!("socket ended") };
         let text = t.as_str().to_string();
         let v: Value = serde_json::from_str(&text).unwrap();
         raw_msgs.push(text);
-        if v["type"] == "executing"
-            && v["data"]["node"].is_null()
-            && v["data"]["prompt_id"] == pid.as_str()
-        {
+        if v["type"] == "executing" && v["data"]["node"].is_null() && v["data"]["prompt_id"] == pid.as_str() {
             break;
         }
     }
@@ -1631,21 +1228,12 @@ async fn sim_key_order_and_spacing_match_capture_01() {
         let mut got = Vec::new();
         key_orders(&parsed, "", &mut got);
         assert_eq!(&got, want, "key order of message {i}: {raw}");
-        assert!(
-            raw.starts_with("{\"type\": \""),
-            "json.dumps spacing: {raw}"
-        );
+        assert!(raw.starts_with("{\"type\": \""), "json.dumps spacing: {raw}");
     }
     // HTTP bodies use json.dumps spacing too.
     let r = sim.http.get(sim.url("/queue")).send().await.unwrap();
-    assert_eq!(
-        r.headers()["content-type"],
-        "application/json; charset=utf-8"
-    );
-    assert_eq!(
-        r.text().await.unwrap(),
-        r#"{"queue_running": [], "queue_pending": []}"#
-    );
+    assert_eq!(r.headers()["content-type"], "application/json; charset=utf-8");
+    assert_eq!(r.text().await.unwrap(), r#"{"queue_running": [], "queue_pending": []}"#);
     sim.stop().await;
 }
 
@@ -1678,10 +1266,7 @@ async fn spawn_crash_child(dir: &Path) -> (std::process::Child, Sim) {
         if let Ok(p) = std::fs::read_to_string(dir.join("port")) {
             break p.trim().parse().unwrap();
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "child did not start"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "child did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -1716,9 +1301,7 @@ async fn sim_fault_crash_exits_the_process() {
     let dir = tempfile::tempdir().unwrap();
     let (mut child, sim) = spawn_crash_child(dir.path()).await;
     let mut ws = sim.ws(Some("crash")).await;
-    let (s, f) = sim
-        .post("/sim/faults", &json!({"crashOnNextExecution": true}))
-        .await;
+    let (s, f) = sim.post("/sim/faults", &json!({"crashOnNextExecution": true})).await;
     assert_eq!((s, &f["crashOnNextExecution"]), (200, &json!(true)));
     let r = sim
         .http
@@ -1758,11 +1341,7 @@ async fn sim_save_image_websocket_binary_frames_like_08a_08b() {
         let pid = sim.submit(&prompt, client).await;
         let mut seen = Vec::new();
         loop {
-            let msg = tokio::time::timeout(WAIT, stream.next())
-                .await
-                .unwrap()
-                .unwrap()
-                .unwrap();
+            let msg = tokio::time::timeout(WAIT, stream.next()).await.unwrap().unwrap().unwrap();
             match msg {
                 Message::Binary(b) => {
                     let kind = u32::from_be_bytes([b[0], b[1], b[2], b[3]]);

@@ -175,11 +175,7 @@ impl Progress {
             nodes.push_str(&format!("{}: {}", py_json(id), py_json(&entry)));
         }
         nodes.push('}');
-        format!(
-            "{{\"prompt_id\": {}, \"nodes\": {}}}",
-            py_json(prompt_id),
-            nodes
-        )
+        format!("{{\"prompt_id\": {}, \"nodes\": {}}}", py_json(prompt_id), nodes)
     }
 }
 
@@ -629,12 +625,7 @@ async fn run_prompt(shared: &Arc<Shared>, cache: &mut HashMap<String, CacheEntry
     let messages = OJson::Arr(
         run.messages
             .iter()
-            .map(|(e, d)| {
-                OJson::Arr(vec![
-                    OJson::Str(e.clone()),
-                    super::state::message_data(e, d),
-                ])
-            })
+            .map(|(e, d)| OJson::Arr(vec![OJson::Str(e.clone()), super::state::message_data(e, d)]))
             .collect(),
     );
     let entry = OJson::Obj(vec![
@@ -954,17 +945,10 @@ fn native(
                     .or_insert_with(|| {
                         // ComfyUI's alphabet (sic: "stupvxyz").
                         let alphabet = b"abcdefghijklmnopqrstupvxyz";
-                        (0..5)
-                            .map(|_| alphabet[rand::random_range(0..alphabet.len())] as char)
-                            .collect()
+                        (0..5).map(|_| alphabet[rand::random_range(0..alphabet.len())] as char).collect()
                     })
                     .clone();
-                (
-                    &shared.dirs.temp,
-                    "temp",
-                    format!("ComfyUI_temp_{letters}"),
-                    true,
-                )
+                (&shared.dirs.temp, "temp", format!("ComfyUI_temp_{letters}"), true)
             };
             let (folder, filename, mut counter, subfolder) = files::save_image_path(base, &prefix, i.width, i.height)
                 .ok_or_else(|| {
@@ -1003,17 +987,12 @@ fn save_image_websocket(
     };
     let total = i.frames.len() as u64;
     for (n, frame) in i.frames.iter().enumerate() {
-        let png = image::encode_png(i.width, i.height, frame, &[], true)
-            .map_err(|e| error("OSError", e.to_string()))?;
+        let png =
+            image::encode_png(i.width, i.height, frame, &[], true).map_err(|e| error("OSError", e.to_string()))?;
         // Legacy clients get progress_state, progress, frame; clients that negotiated
         // supports_preview_metadata get progress_state, frame, progress (captures 08a/08b).
-        let metadata_client = run.client.as_deref().is_some_and(|c| {
-            run.shared
-                .lock()
-                .sockets
-                .get(c)
-                .is_some_and(|s| s.preview_metadata)
-        });
+        let metadata_client =
+            run.client.as_deref().is_some_and(|c| run.shared.lock().sockets.get(c).is_some_and(|s| s.preview_metadata));
         let e = run.progress.entry(id);
         e.1 = json!(n);
         e.2 = json!(total);

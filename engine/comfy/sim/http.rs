@@ -129,14 +129,12 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
         (&Method::GET | &Method::HEAD, ["view"]) => view(&shared, &query),
         (&Method::POST, ["upload", "image"]) => upload(&shared, &content_type, &body, false),
         (&Method::POST, ["upload", "mask"]) => upload(&shared, &content_type, &body, true),
-        (&Method::GET, ["system_stats"]) => json_resp(
-            StatusCode::OK,
-            py_json(&reorder(&system_stats(&shared), SYSTEM_STATS_KEY_ORDER)),
-        ),
-        (&Method::GET, ["features"]) => json_resp(
-            StatusCode::OK,
-            format!("{{\"supports_preview_metadata\": true, \"max_upload_size\": {limit}}}"),
-        ),
+        (&Method::GET, ["system_stats"]) => {
+            json_resp(StatusCode::OK, py_json(&reorder(&system_stats(&shared), SYSTEM_STATS_KEY_ORDER)))
+        }
+        (&Method::GET, ["features"]) => {
+            json_resp(StatusCode::OK, format!("{{\"supports_preview_metadata\": true, \"max_upload_size\": {limit}}}"))
+        }
         (&Method::GET, ["object_info"]) => object_info(&shared, None),
         (&Method::GET, ["object_info", class]) => object_info(&shared, Some(class)),
         (&Method::GET, ["embeddings"]) => ok_json(&json!([])),
@@ -286,10 +284,7 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
         let error = json!({"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}});
         return json_resp(
             StatusCode::BAD_REQUEST,
-            py_json(&reorder(
-                &json!({"error": error, "node_errors": {}}),
-                VALIDATION_KEY_ORDER,
-            )),
+            py_json(&reorder(&json!({"error": error, "node_errors": {}}), VALIDATION_KEY_ORDER)),
         );
     };
     let mut prompt = prompt.clone();
@@ -310,19 +305,10 @@ fn post_prompt(shared: &Arc<Shared>, body: &[u8]) -> Resp {
     match validate::validate_prompt(&mut prompt, partial.as_deref(), &shared.dirs) {
         Outcome::Invalid { error, node_errors } => json_resp(
             StatusCode::BAD_REQUEST,
-            py_json(&reorder(
-                &json!({"error": error, "node_errors": node_errors}),
-                VALIDATION_KEY_ORDER,
-            )),
+            py_json(&reorder(&json!({"error": error, "node_errors": node_errors}), VALIDATION_KEY_ORDER)),
         ),
-        Outcome::Valid {
-            outputs,
-            node_errors,
-        } => {
-            let mut extra_data = fields
-                .get("extra_data")
-                .cloned()
-                .unwrap_or(OJson::Obj(Vec::new()));
+        Outcome::Valid { outputs, node_errors } => {
+            let mut extra_data = fields.get("extra_data").cloned().unwrap_or(OJson::Obj(Vec::new()));
             if let Some(c) = fields.get("client_id") {
                 if !matches!(extra_data, OJson::Obj(_)) {
                     return server_error();
@@ -852,10 +838,7 @@ fn object_info(shared: &Arc<Shared>, class: Option<&str>) -> Resp {
 /// `GET /internal/files/{type}`: visible file names, newest first (no `/api` alias).
 fn internal_files(shared: &Arc<Shared>, kind: &str) -> Resp {
     let Some(dir) = shared.dirs.by_type(kind) else {
-        return json_resp(
-            StatusCode::BAD_REQUEST,
-            py_json(&json!({"error": "Invalid directory type"})),
-        );
+        return json_resp(StatusCode::BAD_REQUEST, py_json(&json!({"error": "Invalid directory type"})));
     };
     let mut entries: Vec<(std::time::SystemTime, String)> = std::fs::read_dir(dir)
         .map(|rd| {
@@ -863,10 +846,7 @@ fn internal_files(shared: &Arc<Shared>, kind: &str) -> Resp {
                 .filter(|e| e.path().is_file())
                 .map(|e| {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    let mtime = e
-                        .metadata()
-                        .and_then(|m| m.modified())
-                        .unwrap_or(std::time::UNIX_EPOCH);
+                    let mtime = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
                     (mtime, name)
                 })
                 .filter(|(_, n)| !n.starts_with('.'))

@@ -32,11 +32,7 @@ impl Img {
         let px = [(color >> 16) as u8, (color >> 8) as u8, color as u8];
         // `repeat` copies by doubling: fast even in unoptimised builds.
         let frame = px.repeat(width as usize).repeat(height as usize);
-        Img {
-            width,
-            height,
-            frames: vec![frame; batch.max(1) as usize],
-        }
+        Img { width, height, frames: vec![frame; batch.max(1) as usize] }
     }
 
     /// A deterministic pattern whose pixels depend on `seed` (one frame per batch item).

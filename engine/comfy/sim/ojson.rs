@@ -223,19 +223,11 @@ impl<'de> Visitor<'de> for OJsonVisitor {
 struct PyFormatter;
 
 impl serde_json::ser::Formatter for PyFormatter {
-    fn begin_array_value<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_array_value<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
         if first { Ok(()) } else { w.write_all(b", ") }
     }
 
-    fn begin_object_key<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> std::io::Result<()> {
+    fn begin_object_key<W: ?Sized + std::io::Write>(&mut self, w: &mut W, first: bool) -> std::io::Result<()> {
         if first { Ok(()) } else { w.write_all(b", ") }
     }
 
@@ -243,11 +235,7 @@ impl serde_json::ser::Formatter for PyFormatter {
         w.write_all(b": ")
     }
 
-    fn write_string_fragment<W: ?Sized + std::io::Write>(
-        &mut self,
-        w: &mut W,
-        fragment: &str,
-    ) -> std::io::Result<()> {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(&mut self, w: &mut W, fragment: &str) -> std::io::Result<()> {
         if fragment.is_ascii() {
             return w.write_all(fragment.as_bytes());
         }
@@ -282,16 +270,8 @@ pub fn py_json<T: Serialize + ?Sized>(v: &T) -> String {
 pub fn reorder(v: &serde_json::Value, ranks: &[&str]) -> OJson {
     match v {
         serde_json::Value::Object(o) => {
-            let mut fields: Vec<(String, OJson)> = o
-                .iter()
-                .map(|(k, v)| (k.clone(), reorder(v, ranks)))
-                .collect();
-            fields.sort_by_key(|(k, _)| {
-                (
-                    ranks.iter().position(|r| r == k).unwrap_or(usize::MAX),
-                    k.clone(),
-                )
-            });
+            let mut fields: Vec<(String, OJson)> = o.iter().map(|(k, v)| (k.clone(), reorder(v, ranks))).collect();
+            fields.sort_by_key(|(k, _)| (ranks.iter().position(|r| r == k).unwrap_or(usize::MAX), k.clone()));
             OJson::Obj(fields)
         }
         serde_json::Value::Array(a) => OJson::Arr(a.iter().map(|x| reorder(x, ranks)).collect()),

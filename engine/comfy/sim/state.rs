@@ -307,11 +307,7 @@ fn deliver(s: &SocketEntry, msg: WsOut) {
 
 /// `{"type": kind, "data": data}` with `type` first, as aiohttp sends it.
 pub fn ws_text(kind: &str, data: &Value) -> String {
-    format!(
-        "{{\"type\": {}, \"data\": {}}}",
-        py_json(kind),
-        py_json(&message_data(kind, data))
-    )
+    format!("{{\"type\": {}, \"data\": {}}}", py_json(kind), py_json(&message_data(kind, data)))
 }
 
 /// Message data with ComfyUI's top-level key order for `kind` (nested objects keep
@@ -341,16 +337,8 @@ pub fn message_data(kind: &str, data: &Value) -> OJson {
     };
     match data {
         Value::Object(o) => {
-            let mut fields: Vec<(String, OJson)> = o
-                .iter()
-                .map(|(k, v)| (k.clone(), OJson::from_value(v)))
-                .collect();
-            fields.sort_by_key(|(k, _)| {
-                (
-                    order.iter().position(|r| r == k).unwrap_or(usize::MAX),
-                    k.clone(),
-                )
-            });
+            let mut fields: Vec<(String, OJson)> = o.iter().map(|(k, v)| (k.clone(), OJson::from_value(v))).collect();
+            fields.sort_by_key(|(k, _)| (order.iter().position(|r| r == k).unwrap_or(usize::MAX), k.clone()));
             OJson::Obj(fields)
         }
         other => OJson::from_value(other),
