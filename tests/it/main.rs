@@ -1,1 +1,19 @@
+//! The one integration-test binary. Every test runs the real binary (gateway and
+//! ComfyUI simulator) on 127.0.0.1 with its database in a temp dir.
+//!
+//! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
+//! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
+//! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
+//!   per-backend concurrency, failure classification, cancel.
+//! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
+//!   attempt bound, WebSocket drop, re-attach after a gateway restart.
+//! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
+//! - `tidy`: architecture invariants checked on the source.
+
+mod support;
+
+mod api;
+mod jobs;
+mod recovery;
 mod sim_protocol;
+mod tidy;
