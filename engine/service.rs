@@ -272,10 +272,10 @@ fn workflow_error(prefix: &str, e: WorkflowError) -> Error {
     let details: Vec<Value> = fields
         .iter()
         .map(|f| {
-            let path = if prefix.is_empty() || f.path == "/" || f.path.is_empty() {
-                if prefix.is_empty() { f.path.clone() } else { prefix.to_string() }
-            } else {
-                format!("{prefix}{}", f.path)
+            let path = match (prefix, f.path.as_str()) {
+                ("", p) => p.to_string(),
+                (prefix, "" | "/") => prefix.to_string(),
+                (prefix, p) => format!("{prefix}{p}"),
             };
             serde_json::json!({ "path": path, "message": f.message })
         })

@@ -142,7 +142,7 @@ impl Shared {
     }
 
     /// Pop the best queued job if a healthy backend has room; reserve that room.
-    fn take_next(&self) -> Option<(JobId, usize)> {
+    fn take_next(&self) -> Option<(QueueKey, JobId, usize)> {
         let mut inner = self.lock();
         let (&key, &id) = inner.queue.first_key_value()?;
         let limit = self.config.backend_concurrency_max;
@@ -152,7 +152,7 @@ impl Shared {
         inner.queue.remove(&key);
         inner.in_flight[backend] += 1;
         inner.running.insert(id, RunningJob { backend, cancel: self.shutdown.child_token(), progress: None });
-        Some((id, backend))
+        Some((key, id, backend))
     }
 
     /// Reserve a backend slot for a job recovered as running.
@@ -356,8 +356,8 @@ pub fn queue_rank(created_ms: u64, priority: i32, aging_ms: u64) -> i64 {
 
 async fn dispatch_loop(shared: Arc<Shared>) {
     loop {
-        while let Some((id, backend)) = shared.take_next() {
-            shared.tasks.spawn(runner::dispatch(shared.clone(), backend, id));
+        while let Some((key, id, backend)) = shared.take_next() {
+            shared.tasks.spawn(runner::dispatch(shared.clone(), backend, key, id));
         }
         tokio::select! {
             _ = shared.wake.notified() => {}

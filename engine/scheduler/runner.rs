@@ -71,20 +71,22 @@ struct Run {
 }
 
 /// Start a freshly dispatched job: commit the dispatch record, then submit.
-pub(crate) async fn dispatch(shared: Arc<Shared>, b: usize, id: JobId) {
+pub(crate) async fn dispatch(shared: Arc<Shared>, b: usize, queue_key: QueueKey, id: JobId) {
     let backend = shared.backends[b].clone();
     let job = match shared.store.get_job(id) {
         Ok(Some(job)) if job.state == JobState::Queued => job,
         Ok(_) => return shared.release(id, None), // canceled or gone meanwhile
         Err(e) => {
             tracing::error!(job = %id, error = %e, "cannot read a job to dispatch; it stays queued");
-            return shared.release(id, None);
+            // Pause so a failing store does not turn the dispatch loop into a spin.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return shared.release(id, Some(queue_key));
         }
     };
+    debug_assert_eq!(job.queue_key, queue_key, "memory queue and store agree on the key");
     let cancel = shared.cancel_token(id).unwrap_or_else(|| shared.shutdown.child_token());
     let sub = backend.hub.subscribe(&id.to_string());
     let client_id = backend.hub.client_id().unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple()));
-    let queue_key = job.queue_key;
     let mut run = Run::new(shared.clone(), backend.clone(), job, sub, cancel);
     let event = if run.cancel.is_cancelled() && !shared.shutdown.is_cancelled() {
         Event::Cancel { reason: "canceled by request".into() }
