@@ -37,7 +37,7 @@ async fn start_with(config: SimConfig) -> Sim {
     Sim {
         addr,
         base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
         token,
         handle,
     }
@@ -164,6 +164,7 @@ impl Ws {
     async fn until_done(&mut self, prompt_id: &str) -> Vec<Value> {
         let mut out = Vec::new();
         loop {
+            assert!(out.len() < 10_000, "job {prompt_id} never finished");
             let m = self
                 .next()
                 .await
@@ -182,6 +183,11 @@ impl Ws {
     async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut out = Vec::new();
         loop {
+            assert!(
+                out.len() < 10_000,
+                "no matching message among {} received",
+                out.len()
+            );
             let m = self.next().await.expect("socket closed");
             let hit = pred(&m);
             out.push(m);
@@ -755,9 +761,11 @@ async fn sim_upload_cases_match_capture_04() {
 #[tokio::test]
 async fn sim_queue_heap_order_delete_front_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), 300).await;
+    let sim = start(dir.path(), 30).await;
     let client = "38abd4fee9dc457c92ec63692c0a4f5b";
     let mut ws = sim.ws(Some(client)).await;
+    // The first job hangs until interrupted, so the queue can be inspected at leisure.
+    sim.post("/sim/faults", &json!({"hang": 1})).await;
     let running = sim.submit(&slow_prompt("q0", 1), client).await;
     ws.until(|m| m["type"] == "execution_start").await;
     let p1 = sim.submit(&slow_prompt("q1", 2), client).await;
@@ -804,6 +812,7 @@ async fn sim_queue_heap_order_delete_front_clear() {
         .collect();
     assert_eq!(numbers, [&json!(-4), &json!(2), &json!(-3)]);
     assert_eq!(q["queue_running"][0][1], running.as_str());
+    sim.post("/interrupt", &json!({"prompt_id": running})).await;
 
     // Run order: running, front2, front, q2.
     let mut starts = Vec::new();
@@ -827,15 +836,20 @@ async fn sim_queue_heap_order_delete_front_clear() {
     // The deleted one never ran and has no history.
     assert_eq!(sim.get(&format!("/history/{p1}")).await.1, json!({}));
 
+    ws.until_done(&p2).await;
+
     // Clear: pending items vanish, the running one continues.
-    sim.post("/queue", &json!({"clear": true})).await;
+    sim.post("/sim/faults", &json!({"hang": 1})).await;
+    let c0 = sim.submit(&slow_prompt("c0", 8), client).await;
+    ws.until(|m| m["type"] == "execution_start").await;
     let a = sim.submit(&slow_prompt("c1", 6), client).await;
     let b = sim.submit(&slow_prompt("c2", 7), client).await;
     sim.post("/queue", &json!({"clear": true})).await;
     let (_, q) = sim.get("/queue").await;
     assert_eq!(q["queue_pending"], json!([]));
-    ws.until_done(&p2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(q["queue_running"][0][1], c0.as_str());
+    sim.post("/interrupt", &json!({})).await;
+    ws.until_done(&c0).await;
     assert_eq!(sim.get(&format!("/history/{a}")).await.1, json!({}));
     assert_eq!(sim.get(&format!("/history/{b}")).await.1, json!({}));
     let (_, q) = sim.get("/queue").await;
@@ -847,7 +861,8 @@ async fn sim_queue_heap_order_delete_front_clear() {
 async fn sim_interrupt_semantics_match_capture_05() {
     let cap = capture("05_interrupt_trimmed.json");
     let dir = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), 400).await;
+    // Long nodes: the interrupt surely lands while node 11 runs, even on a busy machine.
+    let sim = start(dir.path(), 1500).await;
     let client = "38abd4fee9dc457c92ec63692c0a4f5b";
     let mut ws = sim.ws(Some(client)).await;
 
@@ -1213,7 +1228,7 @@ async fn sim_misc_routes_like_capture_11() {
 #[tokio::test]
 async fn sim_ws_reconnect_and_same_client_id_quirk() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), 300).await;
+    let sim = start(dir.path(), 1000).await;
     // 08c: reconnect while the client's job runs -> status + executing {node}.
     let client = "0587228e97c44d68888ebc9389d8a63d";
     let mut ws1 = sim.ws(Some(client)).await;
@@ -1689,7 +1704,7 @@ async fn spawn_crash_child(dir: &Path) -> (std::process::Child, Sim) {
     let sim = Sim {
         addr,
         base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
         token: CancellationToken::new(),
         handle: tokio::spawn(async { Ok(()) }),
     };
