@@ -163,8 +163,12 @@ impl Ws {
     /// All messages up to and including `executing {node: null, prompt_id}`.
     async fn until_done(&mut self, prompt_id: &str) -> Vec<Value> {
         let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + 3 * WAIT;
         loop {
-            assert!(out.len() < 10_000, "job {prompt_id} never finished");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {prompt_id} never finished"
+            );
             let m = self
                 .next()
                 .await

@@ -668,8 +668,11 @@ async fn run_prompt(
             }
         }
     }
+    // A prompt that finished without ever reaching a node the fault could hit (fully
+    // cached) gives the fault back; an interrupted or failed one has consumed it.
     if let Some(f) = fault
         && !fault_used
+        && failure.is_none()
     {
         shared.lock().restore_prompt_fault(f);
     }
