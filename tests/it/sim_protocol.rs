@@ -1828,3 +1828,48 @@ async fn sim_save_image_websocket_binary_frames_like_08a_08b() {
     }
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn sim_huge_images_fail_like_a_cpu_allocation_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start(dir.path(), 0).await;
+    let client = "huge";
+    let mut ws = sim.ws(Some(client)).await;
+    let prompt = json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 16384, "height": 16384, "batch_size": 64}},
+        "10": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["5", 0], "upscale_method": "nearest-exact", "scale_by": 8.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "huge"}}
+    });
+    let pid = sim.submit(&prompt, client).await;
+    let msgs = ws.until_done(&pid).await;
+    let err = msgs
+        .iter()
+        .find(|m| m["type"] == "execution_error")
+        .unwrap();
+    assert_eq!(err["data"]["node_id"], "8");
+    assert_eq!(err["data"]["exception_type"], "RuntimeError");
+    assert!(
+        err["data"]["exception_message"]
+            .as_str()
+            .unwrap()
+            .contains("can't allocate memory")
+    );
+    // The 07 capture's CPU allocation failure on EmptyImage.
+    let prompt = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16384, "height": 16384, "batch_size": 4096, "color": 1}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "oom"}}
+    });
+    let pid = sim.submit(&prompt, client).await;
+    let msgs = ws.until_done(&pid).await;
+    let err = msgs
+        .iter()
+        .find(|m| m["type"] == "execution_error")
+        .unwrap();
+    assert_eq!(
+        err["data"]["exception_message"],
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 4398046511104 bytes. Error code 12 (Cannot allocate memory)\n"
+    );
+    sim.stop().await;
+}
