@@ -31,7 +31,13 @@ async fn start_with(config: SimConfig) -> Sim {
     let token = CancellationToken::new();
     let config = SimConfig { port: addr.port(), ..config };
     let handle = tokio::spawn(serve(listener, config, token.clone()));
-    Sim { addr, base: format!("http://{addr}"), http: reqwest::Client::new(), token, handle }
+    Sim {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
+        token,
+        handle,
+    }
 }
 
 async fn start(dir: &Path, node_delay_ms: u64) -> Sim {
@@ -125,7 +131,9 @@ impl Ws {
     /// All messages up to and including `executing {node: null, prompt_id}`.
     async fn until_done(&mut self, prompt_id: &str) -> Vec<Value> {
         let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + 3 * WAIT;
         loop {
+            assert!(tokio::time::Instant::now() < deadline, "job {prompt_id} never finished");
             let m = self.next().await.expect("socket closed before the job finished");
             let done = m["type"] == "executing" && m["data"]["node"].is_null() && m["data"]["prompt_id"] == prompt_id;
             out.push(m);
@@ -139,6 +147,7 @@ impl Ws {
     async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut out = Vec::new();
         loop {
+            assert!(out.len() < 10_000, "no matching message among {} received", out.len());
             let m = self.next().await.expect("socket closed");
             let hit = pred(&m);
             out.push(m);
@@ -593,9 +602,11 @@ async fn sim_upload_cases_match_capture_04() {
 #[tokio::test]
 async fn sim_queue_heap_order_delete_front_clear() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), 300).await;
+    let sim = start(dir.path(), 30).await;
     let client = "38abd4fee9dc457c92ec63692c0a4f5b";
     let mut ws = sim.ws(Some(client)).await;
+    // The first job hangs until interrupted, so the queue can be inspected at leisure.
+    sim.post("/sim/faults", &json!({"hang": 1})).await;
     let running = sim.submit(&slow_prompt("q0", 1), client).await;
     ws.until(|m| m["type"] == "execution_start").await;
     let p1 = sim.submit(&slow_prompt("q1", 2), client).await;
@@ -621,6 +632,7 @@ async fn sim_queue_heap_order_delete_front_clear() {
     let numbers: Vec<&Value> = q["queue_pending"].as_array().unwrap().iter().map(|i| &i[0]).collect();
     assert_eq!(numbers, [&json!(-4), &json!(2), &json!(-3)]);
     assert_eq!(q["queue_running"][0][1], running.as_str());
+    sim.post("/interrupt", &json!({"prompt_id": running})).await;
 
     // Run order: running, front2, front, q2.
     let mut starts = Vec::new();
@@ -632,15 +644,20 @@ async fn sim_queue_heap_order_delete_front_clear() {
     // The deleted one never ran and has no history.
     assert_eq!(sim.get(&format!("/history/{p1}")).await.1, json!({}));
 
+    ws.until_done(&p2).await;
+
     // Clear: pending items vanish, the running one continues.
-    sim.post("/queue", &json!({"clear": true})).await;
+    sim.post("/sim/faults", &json!({"hang": 1})).await;
+    let c0 = sim.submit(&slow_prompt("c0", 8), client).await;
+    ws.until(|m| m["type"] == "execution_start").await;
     let a = sim.submit(&slow_prompt("c1", 6), client).await;
     let b = sim.submit(&slow_prompt("c2", 7), client).await;
     sim.post("/queue", &json!({"clear": true})).await;
     let (_, q) = sim.get("/queue").await;
     assert_eq!(q["queue_pending"], json!([]));
-    ws.until_done(&p2).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(q["queue_running"][0][1], c0.as_str());
+    sim.post("/interrupt", &json!({})).await;
+    ws.until_done(&c0).await;
     assert_eq!(sim.get(&format!("/history/{a}")).await.1, json!({}));
     assert_eq!(sim.get(&format!("/history/{b}")).await.1, json!({}));
     let (_, q) = sim.get("/queue").await;
@@ -652,7 +669,8 @@ async fn sim_queue_heap_order_delete_front_clear() {
 async fn sim_interrupt_semantics_match_capture_05() {
     let cap = capture("05_interrupt_trimmed.json");
     let dir = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), 400).await;
+    // Long nodes: the interrupt surely lands while node 11 runs, even on a busy machine.
+    let sim = start(dir.path(), 1500).await;
     let client = "38abd4fee9dc457c92ec63692c0a4f5b";
     let mut ws = sim.ws(Some(client)).await;
 
@@ -875,7 +893,7 @@ async fn sim_misc_routes_like_capture_11() {
 #[tokio::test]
 async fn sim_ws_reconnect_and_same_client_id_quirk() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = start(dir.path(), 300).await;
+    let sim = start(dir.path(), 1000).await;
     // 08c: reconnect while the client's job runs -> status + executing {node}.
     let client = "0587228e97c44d68888ebc9389d8a63d";
     let mut ws1 = sim.ws(Some(client)).await;
@@ -1274,7 +1292,7 @@ async fn spawn_crash_child(dir: &Path) -> (std::process::Child, Sim) {
     let sim = Sim {
         addr,
         base: format!("http://{addr}"),
-        http: reqwest::Client::new(),
+        http: reqwest::Client::builder().timeout(WAIT).build().unwrap(),
         token: CancellationToken::new(),
         handle: tokio::spawn(async { Ok(()) }),
     };
@@ -1386,5 +1404,39 @@ async fn sim_save_image_websocket_binary_frames_like_08a_08b() {
         let h = sim.wait_history(&pid).await;
         assert_eq!(h["outputs"], json!({}));
     }
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn sim_huge_images_fail_like_a_cpu_allocation_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start(dir.path(), 0).await;
+    let client = "huge";
+    let mut ws = sim.ws(Some(client)).await;
+    let prompt = json!({
+        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+        "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 16384, "height": 16384, "batch_size": 64}},
+        "10": {"class_type": "LatentUpscaleBy", "inputs": {"samples": ["5", 0], "upscale_method": "nearest-exact", "scale_by": 8.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0], "vae": ["4", 2]}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": "huge"}}
+    });
+    let pid = sim.submit(&prompt, client).await;
+    let msgs = ws.until_done(&pid).await;
+    let err = msgs.iter().find(|m| m["type"] == "execution_error").unwrap();
+    assert_eq!(err["data"]["node_id"], "8");
+    assert_eq!(err["data"]["exception_type"], "RuntimeError");
+    assert!(err["data"]["exception_message"].as_str().unwrap().contains("can't allocate memory"));
+    // The 07 capture's CPU allocation failure on EmptyImage.
+    let prompt = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16384, "height": 16384, "batch_size": 4096, "color": 1}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "oom"}}
+    });
+    let pid = sim.submit(&prompt, client).await;
+    let msgs = ws.until_done(&pid).await;
+    let err = msgs.iter().find(|m| m["type"] == "execution_error").unwrap();
+    assert_eq!(
+        err["data"]["exception_message"],
+        "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to allocate 4398046511104 bytes. Error code 12 (Cannot allocate memory)\n"
+    );
     sim.stop().await;
 }

@@ -570,8 +570,11 @@ async fn run_prompt(shared: &Arc<Shared>, cache: &mut HashMap<String, CacheEntry
             }
         }
     }
+    // A prompt that finished without ever reaching a node the fault could hit (fully
+    // cached) gives the fault back; an interrupted or failed one has consumed it.
     if let Some(f) = fault
         && !fault_used
+        && failure.is_none()
     {
         shared.lock().restore_prompt_fault(f);
     }
@@ -741,12 +744,14 @@ async fn execute_node(
     }
     let def = def.clone();
     let inputs = inputs.to_vec();
-    let vals = tokio::task::spawn_blocking(move || synth_outputs(&def, &inputs, seed)).await.unwrap_or_default();
+    let vals = tokio::task::spawn_blocking(move || synth_outputs(&def, &inputs, seed))
+        .await
+        .unwrap_or_else(|e| Err(error("RuntimeError", format!("node panicked: {e}"))))?;
     Ok((vals, None))
 }
 
 /// Plausible outputs of a model node, by declared output type.
-fn synth_outputs(def: &NodeDef, inputs: &[(String, Val)], seed: u64) -> Vec<Val> {
+fn synth_outputs(def: &NodeDef, inputs: &[(String, Val)], seed: u64) -> Result<Vec<Val>, Failure> {
     let img = inputs.iter().find_map(|(_, v)| match v {
         Val::Image(i) => Some(i.clone()),
         _ => None,
@@ -799,19 +804,25 @@ fn synth_outputs(def: &NodeDef, inputs: &[(String, Val)], seed: u64) -> Vec<Val>
         .enumerate()
         .map(|(slot, kind)| {
             let slot_seed = seed.wrapping_add(slot as u64);
-            match kind.as_str() {
+            Ok(match kind.as_str() {
                 "IMAGE" => {
                     if let Some((_, _, _, latent_seed)) = latent {
                         let (w, h, b) = latent_size();
+                        check_alloc(w, h, b)?;
                         let s = slot_seed ^ latent_seed.rotate_left(17);
                         Val::Image(Arc::new(Img::synthetic(w, h, b, s)))
                     } else if let Some(i) = &img {
                         match model_scale {
-                            Some(s) => Val::Image(Arc::new(i.resize(i.width * s, i.height * s))),
+                            Some(s) => {
+                                let (w, h) = (i.width.saturating_mul(s), i.height.saturating_mul(s));
+                                check_alloc(w, h, i.frames.len() as u32)?;
+                                Val::Image(Arc::new(i.resize(w, h)))
+                            }
                             None => Val::Image(i.clone()),
                         }
                     } else {
                         let (w, h, b) = latent_size();
+                        check_alloc(w, h, b)?;
                         Val::Image(Arc::new(Img::synthetic(w, h, b, slot_seed)))
                     }
                 }
@@ -832,7 +843,7 @@ fn synth_outputs(def: &NodeDef, inputs: &[(String, Val)], seed: u64) -> Vec<Val>
                 "STRING" => Val::Lit(OJson::Str(String::new())),
                 "BOOLEAN" => Val::Lit(OJson::Bool(false)),
                 other => Val::Opaque { kind: other.to_string(), seed: slot_seed, scale: upscale_factor(inputs) },
-            }
+            })
         })
         .collect()
 }

@@ -37,8 +37,8 @@
 //! | `reset: true` | – | disarm everything first |
 //!
 //! "First non-trivial node" = the first executed node whose class is not native; if the
-//! prompt has none, the first executed node. A prompt that executes no node (fully
-//! cached) does not consume a fault. `crash*` end the whole process, so they only make
+//! prompt has none, the first executed node. A prompt that succeeds without reaching
+//! such a node (fully cached) does not consume a fault; an interrupted one does. `crash*` end the whole process, so they only make
 //! sense when the simulator runs as its own process (`comfyui-gateway sim`); the tests
 //! exercise them in a child process. Faults armed by flags behave exactly like the same
 //! fields posted to `/sim/faults` at start.
