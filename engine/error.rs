@@ -42,6 +42,8 @@ pub enum ErrorCode {
     NotFound,
     /// The route exists but not for that method.
     MethodNotAllowed,
+    /// A `Range` outside the resource.
+    RangeNotSatisfiable,
     /// Something went wrong inside the gateway; details are only in the log.
     Internal,
 }
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "CONFLICT",
             ErrorCode::NotFound => "NOT_FOUND",
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
+            ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -91,6 +94,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::Internal => 500,
         }
     }
@@ -115,7 +119,8 @@ impl ErrorCode {
             | ErrorCode::PluginLimitExceeded
             | ErrorCode::Conflict
             | ErrorCode::NotFound
-            | ErrorCode::MethodNotAllowed => false,
+            | ErrorCode::MethodNotAllowed
+            | ErrorCode::RangeNotSatisfiable => false,
         }
     }
 }

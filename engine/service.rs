@@ -138,20 +138,8 @@ impl Gateway {
         self.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, format!("no job with id {id}")))
     }
 
-    /// An output's bytes by job and file name, with its media type and hash.
-    pub fn output(&self, id: JobId, name: &str) -> Result<(crate::domain::OutputRef, Vec<u8>)> {
-        let job = self.job(id)?;
-        let output = job
-            .outputs
-            .iter()
-            .find(|o| o.name == name)
-            .cloned()
-            .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("job {id} has no output named {name:?}")))?;
-        let bytes = self.blob(&output.hash)?;
-        Ok((output, bytes))
-    }
-
-    fn blob(&self, hash: &Hash) -> Result<Vec<u8>> {
+    /// A stored blob's bytes (verified against its hash).
+    pub fn blob(&self, hash: &Hash) -> Result<Vec<u8>> {
         self.store
             .read_blob(hash)?
             .ok_or_else(|| Error::internal(format!("blob {} is referenced but missing", crate::domain::hash_hex(hash))))

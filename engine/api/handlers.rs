@@ -7,9 +7,10 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
+use super::download;
 use super::reply::{self, Resp};
 use super::routes::{Ctx, Params};
-use crate::domain::{JobId, WorkflowRecord, hash_hex};
+use crate::domain::{JobId, WorkflowRecord};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{SubmitRequest, WorkflowDefinition};
 
@@ -281,11 +282,19 @@ pub async fn create_job(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp> {
     Ok(resp)
 }
 
-/// `GET /jobs/{id}`.
-pub fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
+/// `GET /jobs/{id}` (`?include=base64` inlines small outputs).
+pub fn get_job(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp> {
     let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
     let live = ctx.gateway.scheduler.live_status(job.id, job.queue_key);
-    Ok(reply::json(StatusCode::OK, &reply::job_json(&job, Some(&live))))
+    let mut v = reply::job_json(&job, Some(&live));
+    for (k, val) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+        match (k.as_ref(), val.as_ref()) {
+            ("include", "base64") => download::inline_outputs(&ctx.gateway, &job, &mut v)?,
+            ("include", _) => return Err(Error::validation("/include", "the only value is base64")),
+            _ => {}
+        }
+    }
+    Ok(reply::json(StatusCode::OK, &v))
 }
 
 /// `POST /jobs/{id}/cancel`.
@@ -301,29 +310,9 @@ pub fn list_outputs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "outputs": outputs })))
 }
 
-/// `GET /outputs/{id}/{file}`: the bytes, `ETag` = content hash; `If-None-Match` → 304.
+/// `GET|HEAD /outputs/{id}/{file}`: see [`download`].
 pub fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp> {
-    let id = parse_job_id(&p.id)?;
-    let job = ctx.gateway.job(id)?;
-    let Some(output) = job.outputs.iter().find(|o| o.name == p.file) else {
-        return Err(Error::new(ErrorCode::NotFound, format!("job {id} has no output named {:?}", p.file)));
-    };
-    let etag = format!("\"{}\"", hash_hex(&output.hash));
-    let not_modified = req
-        .headers()
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut resp = if not_modified {
-        reply::empty(StatusCode::NOT_MODIFIED)
-    } else {
-        let (_, bytes) = ctx.gateway.output(id, &p.file)?;
-        reply::bytes(StatusCode::OK, &output.media_type, Bytes::from(bytes))
-    };
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&etag) {
-        h.insert(header::ETAG, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
-    Ok(resp)
+    let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
+    let query = req.uri().query().unwrap_or("");
+    download::output_file(&ctx.gateway, &job, &p.file, req.headers(), query, req.method() == http::Method::HEAD)
 }

@@ -3,6 +3,7 @@
 //! between JSON and the service's domain calls ([`handlers`]), and the response helpers
 //! that shape every body and error the same way ([`reply`]).
 
+pub mod download;
 pub mod handlers;
 pub mod reply;
 pub mod routes;

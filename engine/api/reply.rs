@@ -8,7 +8,7 @@ use http_body_util::Full;
 use serde_json::{Value, json};
 
 use crate::domain::{Job, OutputRef, hash_hex};
-use crate::error::Error;
+use crate::error::{Error, ErrorCode};
 use crate::scheduler::LiveStatus;
 
 /// The response type of every handler.
@@ -50,7 +50,15 @@ pub fn error(err: &Error, correlation_id: &str) -> Resp {
         e["details"] = d.clone();
     }
     let status = StatusCode::from_u16(err.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    json(status, &json!({ "error": e, "correlationId": correlation_id }))
+    let mut resp = json(status, &json!({ "error": e, "correlationId": correlation_id }));
+    // RFC 9110 §15.5.17: a 416 says how large the resource is.
+    if let (ErrorCode::RangeNotSatisfiable, Some(size)) =
+        (err.code, err.details.as_ref().and_then(|d| d["size"].as_u64()))
+        && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+    {
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    resp
 }
 
 /// RFC 3339 UTC time of a Unix-epoch millisecond timestamp.

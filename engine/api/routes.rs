@@ -107,10 +107,10 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
         (Workflow, &Method::PUT) => handlers::update_workflow(ctx, &params, req).await,
         (Workflow, &Method::DELETE) => handlers::delete_workflow(ctx, &params).await,
         (Jobs, &Method::POST) => handlers::create_job(ctx, req).await,
-        (Job, &Method::GET) => handlers::get_job(ctx, &params),
+        (Job, &Method::GET) => handlers::get_job(ctx, &params, &req),
         (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
         (Outputs, &Method::GET) => handlers::list_outputs(ctx, &params),
-        (OutputFile, &Method::GET) => handlers::get_output(ctx, &params, &req),
+        (OutputFile, &Method::GET | &Method::HEAD) => handlers::get_output(ctx, &params, &req),
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))),
     }
 }

@@ -5,6 +5,7 @@
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
 //!   per-backend concurrency, failure classification, cancel.
+//! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
 //!   attempt bound, WebSocket drop, re-attach after a gateway restart.
 //! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
@@ -14,6 +15,7 @@ mod support;
 
 mod api;
 mod jobs;
+mod outputs;
 mod recovery;
 mod sim_protocol;
 mod tidy;

@@ -131,6 +131,7 @@ fn is_native(class: &str) -> bool {
             | "SaveImage"
             | "PreviewImage"
             | "SaveImageWebsocket"
+            | "SaveLatent"
     )
 }
 
@@ -983,8 +984,54 @@ fn native(
             }
             Ok((Vec::new(), Some(json!({"images": results}))))
         }
+        "SaveLatent" => {
+            let Some((w, h, b, seed)) = inputs.iter().find_map(|(_, v)| match v {
+                Val::Latent { width, height, batch, seed } => Some((*width, *height, *batch, *seed)),
+                _ => None,
+            }) else {
+                return Err(error("TypeError", "'NoneType' object is not subscriptable"));
+            };
+            let prefix =
+                lit(inputs, "filename_prefix").map(super::ojson::py_str).unwrap_or_else(|| "latents/ComfyUI".into());
+            let (folder, filename, counter, subfolder) = files::save_image_path(&shared.dirs.output, &prefix, w, h)
+                .ok_or_else(|| {
+                    error("Exception", "**** ERROR: Saving image outside the output folder is not allowed.")
+                })?;
+            let file = format!("{filename}_{counter:05}_.latent");
+            std::fs::write(folder.join(&file), latent_safetensors(w, h, b, seed, prompt_json))
+                .map_err(|e| error("OSError", e.to_string()))?;
+            let results = json!([{"filename": file, "subfolder": subfolder, "type": "output"}]);
+            Ok((Vec::new(), Some(json!({"latents": results}))))
+        }
         other => Err(error("KeyError", format!("'{other}'"))),
     }
+}
+
+/// A `.latent` file as SaveLatent writes it: safetensors with a `latent_tensor` of shape
+/// `[batch, 4, height/8, width/8]` (f32, deterministic content) and the prompt as metadata.
+fn latent_safetensors(width: u32, height: u32, batch: u32, seed: u64, prompt_json: &str) -> Vec<u8> {
+    let shape = [u64::from(batch), 4, u64::from(height / 8).max(1), u64::from(width / 8).max(1)];
+    let n: u64 = shape.iter().product();
+    let data_len = n * 4;
+    let header = json!({
+        "latent_tensor": {"dtype": "F32", "shape": shape, "data_offsets": [0, data_len]},
+        "latent_format_version_0": {"dtype": "F32", "shape": [0], "data_offsets": [data_len, data_len]},
+        "__metadata__": {"prompt": prompt_json},
+    })
+    .to_string();
+    let mut out = Vec::with_capacity(8 + header.len() + data_len as usize);
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    let mut x = seed | 1;
+    for _ in 0..n {
+        // xorshift: cheap, deterministic per seed.
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let v = ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
 }
 
 /// `SaveImageWebsocket`: one `progress` + one binary PNG frame per image, no UI output.
