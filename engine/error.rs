@@ -49,6 +49,29 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in declaration order.
+    pub const ALL: &'static [ErrorCode] = &[
+        ErrorCode::ComfyuiUnreachable,
+        ErrorCode::ComfyuiOom,
+        ErrorCode::ComfyuiTimeout,
+        ErrorCode::ComfyuiNodeError,
+        ErrorCode::ValidationError,
+        ErrorCode::WorkflowNotFound,
+        ErrorCode::JobNotFound,
+        ErrorCode::RateLimited,
+        ErrorCode::AuthFailed,
+        ErrorCode::Forbidden,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::IdempotencyConflict,
+        ErrorCode::PluginFailed,
+        ErrorCode::PluginLimitExceeded,
+        ErrorCode::Conflict,
+        ErrorCode::NotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::RangeNotSatisfiable,
+        ErrorCode::Internal,
+    ];
+
     /// The stable wire string.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -172,3 +195,45 @@ impl Error {
 
 /// Result with the gateway error.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    /// Fails to compile when a code is added without a position here, and fails when
+    /// `ALL` misses it.
+    fn position(code: ErrorCode) -> usize {
+        match code {
+            ErrorCode::ComfyuiUnreachable => 0,
+            ErrorCode::ComfyuiOom => 1,
+            ErrorCode::ComfyuiTimeout => 2,
+            ErrorCode::ComfyuiNodeError => 3,
+            ErrorCode::ValidationError => 4,
+            ErrorCode::WorkflowNotFound => 5,
+            ErrorCode::JobNotFound => 6,
+            ErrorCode::RateLimited => 7,
+            ErrorCode::AuthFailed => 8,
+            ErrorCode::Forbidden => 9,
+            ErrorCode::PayloadTooLarge => 10,
+            ErrorCode::IdempotencyConflict => 11,
+            ErrorCode::PluginFailed => 12,
+            ErrorCode::PluginLimitExceeded => 13,
+            ErrorCode::Conflict => 14,
+            ErrorCode::NotFound => 15,
+            ErrorCode::MethodNotAllowed => 16,
+            ErrorCode::RangeNotSatisfiable => 17,
+            ErrorCode::Internal => 18,
+        }
+    }
+
+    #[test]
+    fn all_lists_every_code_once_with_distinct_strings() {
+        assert_eq!(ErrorCode::ALL.len(), 19);
+        let mut strings = std::collections::HashSet::new();
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(position(*code), i);
+            assert!(strings.insert(code.as_str()));
+            assert!((400..600).contains(&code.status()));
+        }
+    }
+}

@@ -13,6 +13,9 @@
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
 //! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health).
 
+// serde_json's json! recurses per token; the OpenAPI document is one large literal.
+#![recursion_limit = "256"]
+
 pub mod api;
 pub mod cli;
 pub mod comfy;

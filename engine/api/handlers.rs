@@ -148,6 +148,16 @@ pub fn capabilities(ctx: &Ctx) -> Result<Resp> {
     ))
 }
 
+/// `GET /openapi.json`, with every registered workflow's input schema.
+pub fn openapi(ctx: &Ctx) -> Result<Resp> {
+    let mut workflows = Vec::new();
+    for w in ctx.gateway.registry.workflows()? {
+        let (_, schema) = ctx.gateway.registry.workflow(&w.id)?;
+        workflows.push((w.id, schema));
+    }
+    Ok(reply::json(StatusCode::OK, &super::openapi::document(&workflows)))
+}
+
 fn workflow_summary(w: &WorkflowRecord) -> Value {
     json!({
         "id": w.id,

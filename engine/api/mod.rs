@@ -5,6 +5,7 @@
 
 pub mod download;
 pub mod handlers;
+pub mod openapi;
 pub mod reply;
 pub mod routes;
 pub mod server;

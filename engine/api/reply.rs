@@ -51,6 +51,13 @@ pub fn error(err: &Error, correlation_id: &str) -> Resp {
     }
     let status = StatusCode::from_u16(err.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json(status, &json!({ "error": e, "correlationId": correlation_id }));
+    // RFC 9110 §15.5.6: a 405 lists the allowed methods.
+    if let (ErrorCode::MethodNotAllowed, Some(allow)) =
+        (err.code, err.details.as_ref().and_then(|d| d["allow"].as_str()))
+        && let Ok(v) = HeaderValue::from_str(allow)
+    {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
     // RFC 9110 §15.5.17: a 416 says how large the resource is.
     if let (ErrorCode::RangeNotSatisfiable, Some(size)) =
         (err.code, err.details.as_ref().and_then(|d| d["size"].as_u64()))

@@ -17,6 +17,8 @@ pub enum Route {
     Health,
     /// `/capabilities`
     Capabilities,
+    /// `/openapi.json`
+    OpenApi,
     /// `/workflows`
     Workflows,
     /// `/workflows/{id}`
@@ -31,6 +33,20 @@ pub enum Route {
     Outputs,
     /// `/outputs/{id}/{file}`
     OutputFile,
+}
+
+impl Route {
+    /// The methods the route answers, for `Allow` (RFC 9110 §15.5.6).
+    pub fn allowed_methods(self) -> &'static str {
+        match self {
+            Route::Health | Route::Capabilities | Route::OpenApi | Route::Job | Route::Outputs => "GET",
+            Route::OutputFile => "GET, HEAD",
+            Route::Workflows => "GET, POST",
+            Route::Jobs => "POST",
+            Route::Workflow => "GET, PUT, DELETE",
+            Route::JobCancel => "POST",
+        }
+    }
 }
 
 /// Everything a handler needs.
@@ -51,6 +67,7 @@ impl Ctx {
         let table = [
             ("/health", Route::Health),
             ("/capabilities", Route::Capabilities),
+            ("/openapi.json", Route::OpenApi),
             ("/workflows", Route::Workflows),
             ("/workflows/{id}", Route::Workflow),
             ("/jobs", Route::Jobs),
@@ -101,6 +118,7 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     match (route, &method) {
         (Health, &Method::GET) => handlers::health(ctx).await,
         (Capabilities, &Method::GET) => handlers::capabilities(ctx),
+        (OpenApi, &Method::GET) => handlers::openapi(ctx),
         (Workflows, &Method::GET) => handlers::list_workflows(ctx),
         (Workflows, &Method::POST) => handlers::create_workflow(ctx, req).await,
         (Workflow, &Method::GET) => handlers::get_workflow(ctx, &params),
@@ -111,6 +129,7 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
         (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
         (Outputs, &Method::GET) => handlers::list_outputs(ctx, &params),
         (OutputFile, &Method::GET | &Method::HEAD) => handlers::get_output(ctx, &params, &req),
-        _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))),
+        _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
+            .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
     }
 }

@@ -5,6 +5,7 @@
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
 //!   per-backend concurrency, failure classification, cancel.
+//! - `openapi`: the OpenAPI document, checked against the live server by schemathesis.
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
 //!   attempt bound, WebSocket drop, re-attach after a gateway restart.
@@ -15,6 +16,7 @@ mod support;
 
 mod api;
 mod jobs;
+mod openapi;
 mod outputs;
 mod recovery;
 mod sim_protocol;

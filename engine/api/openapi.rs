@@ -1,0 +1,381 @@
+//! `GET /openapi.json`: the OpenAPI 3.1 document of the API as it really behaves, with
+//! every registered workflow's input schema included (JSON Schema 2020-12 is OpenAPI
+//! 3.1's own dialect, so the schemas are embedded as they are).
+//!
+//! Kept honest by schemathesis in CI: it calls every operation with generated input and
+//! checks each answer (status, content type, body) against this document.
+
+use serde_json::{Map, Value, json};
+
+use crate::error::ErrorCode;
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn json_response(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
+}
+
+/// Add the error answers every operation can give to `responses`.
+fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
+    let obj = responses.as_object_mut().expect("responses is an object");
+    for (status, description) in codes {
+        obj.insert((*status).to_string(), error_response(description));
+    }
+    obj.insert("500".into(), error_response("Internal error (details only in the gateway log)"));
+    responses
+}
+
+/// The document, for the given registered workflows `(id, input schema)`.
+pub fn document(workflows: &[(String, Value)]) -> Value {
+    let ids: Vec<&str> = workflows.iter().map(|(id, _)| id.as_str()).collect();
+    let mut schemas: Map<String, Value> = components();
+    let mut inputs_by_workflow = Map::new();
+    for (id, schema) in workflows {
+        let name = format!("WorkflowInputs.{}", sanitize(id));
+        let mut schema = schema.clone();
+        if let Some(obj) = schema.as_object_mut() {
+            // `$schema`/`$id` are valid in 3.1 but some tools choke on them inside components.
+            obj.remove("$schema");
+            obj.remove("$id");
+        }
+        schemas.insert(name.clone(), schema);
+        inputs_by_workflow.insert(id.clone(), schema_ref(&name));
+    }
+    let job_id = path_param("jobId", "The job id (a UUID)");
+    let workflow_id = path_param("id", "The workflow id");
+    let read = |ok: Value| with_errors(ok, &[("404", "No such job")]);
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "comfyui-gateway",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "A durable REST gateway in front of ComfyUI. Every error body is \
+                {error: {code, message, retryable, details?}, correlationId}; every response carries X-Correlation-Id.",
+        },
+        "paths": {
+            "/health": {"get": {
+                "operationId": "health",
+                "summary": "Gateway and backend health (503 while no backend is reachable)",
+                "responses": {
+                    "200": json_response("At least one backend is reachable", schema_ref("Health")),
+                    "503": json_response("No backend is reachable", schema_ref("Health")),
+                }
+            }},
+            "/capabilities": {"get": {
+                "operationId": "capabilities",
+                "summary": "Workflows, limits, formats and storage",
+                "responses": with_errors(json!({"200": json_response("Capabilities", schema_ref("Capabilities"))}), &[])
+            }},
+            "/openapi.json": {"get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {"200": json_response("OpenAPI 3.1 document", json!({"type": "object"}))}
+            }},
+            "/workflows": {
+                "get": {
+                    "operationId": "listWorkflows",
+                    "responses": with_errors(json!({"200": json_response("Registered workflows", json!({
+                        "type": "object", "required": ["workflows"],
+                        "properties": {"workflows": {"type": "array", "items": schema_ref("WorkflowSummary")}}
+                    }))}), &[])
+                },
+                "post": {
+                    "operationId": "createWorkflow",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowDefinition")}}},
+                    "responses": with_errors(json!({"201": json_response("Registered (version 1)", schema_ref("WorkflowDetails"))}),
+                        &[("400", "Invalid definition (details name each field)"), ("409", "The id exists"), ("413", "Body too large")])
+                }
+            },
+            "/workflows/{id}": {
+                "parameters": [workflow_id],
+                "get": {
+                    "operationId": "getWorkflow",
+                    "responses": with_errors(json!({"200": json_response("The workflow with its input schema", schema_ref("WorkflowDetails"))}),
+                        &[("404", "No such workflow")])
+                },
+                "put": {
+                    "operationId": "updateWorkflow",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowUpdate")}}},
+                    "responses": with_errors(json!({"200": json_response("The new version", schema_ref("WorkflowDetails"))}),
+                        &[("400", "Invalid definition"), ("404", "No such workflow"), ("413", "Body too large")])
+                },
+                "delete": {
+                    "operationId": "deleteWorkflow",
+                    "responses": with_errors(json!({"204": {"description": "Removed"}}), &[("404", "No such workflow")])
+                }
+            },
+            "/jobs": {"post": {
+                "operationId": "createJob",
+                "summary": "Submit a job; 202 only after it is durably committed",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("JobRequest")}}},
+                "responses": with_errors(json!({"202": json_response("Accepted and queued", schema_ref("JobAccepted"))}),
+                    &[("400", "Invalid request or inputs (details name each field)"), ("404", "No such workflow"), ("413", "Body too large")])
+            }},
+            "/jobs/{jobId}": {
+                "parameters": [job_id.clone()],
+                "get": {
+                    "operationId": "getJob",
+                    "parameters": [{"name": "include", "in": "query", "required": false,
+                        "description": "`base64` inlines small outputs", "schema": {"type": "string", "enum": ["base64"]}}],
+                    "responses": with_errors(json!({"200": json_response("The job", schema_ref("Job"))}),
+                        &[("400", "Bad query parameter"), ("404", "No such job")])
+                }
+            },
+            "/jobs/{jobId}/cancel": {
+                "parameters": [job_id.clone()],
+                "post": {
+                    "operationId": "cancelJob",
+                    "responses": with_errors(json!({"200": json_response("The job after the cancel", schema_ref("Job"))}),
+                        &[("404", "No such job"), ("409", "The job already finished")])
+                }
+            },
+            "/outputs/{jobId}": {
+                "parameters": [job_id.clone()],
+                "get": {
+                    "operationId": "listOutputs",
+                    "responses": read(json!({"200": json_response("The job's output files", json!({
+                        "type": "object", "required": ["jobId", "status", "outputs"],
+                        "properties": {
+                            "jobId": {"type": "string", "format": "uuid"},
+                            "status": schema_ref("JobStatus"),
+                            "outputs": {"type": "array", "items": schema_ref("Output")}
+                        }
+                    }))}))
+                }
+            },
+            "/outputs/{jobId}/{file}": {
+                "parameters": [job_id, path_param("file", "The output's name")],
+                "get": {
+                    "operationId": "getOutput",
+                    "summary": "The bytes (ETag = BLAKE3 hash; Range, If-None-Match, If-Range), or JSON with ?format=base64",
+                    "parameters": [{"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["raw", "base64"]}}],
+                    "responses": with_errors(json!({
+                        "200": {"description": "The file (or base64 JSON)", "content": {
+                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                            "image/*": {"schema": {"type": "string", "format": "binary"}},
+                            "application/json": {"schema": schema_ref("OutputBase64")}
+                        }},
+                        "206": {"description": "A byte range", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                        "304": {"description": "Not modified (If-None-Match)"}
+                    }), &[("400", "Bad query parameter"), ("404", "No such job or output"), ("416", "Range outside the file")])
+                }
+            }
+        },
+        "components": {"schemas": Value::Object(schemas)},
+        "x-workflow-inputs": Value::Object(inputs_by_workflow),
+        "x-workflow-ids": ids,
+    })
+}
+
+fn sanitize(id: &str) -> String {
+    id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
+}
+
+fn components() -> Map<String, Value> {
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+    let nullable_string = json!({"type": ["string", "null"]});
+    let v = json!({
+        "Error": {
+            "type": "object", "required": ["error", "correlationId"],
+            "properties": {
+                "error": {
+                    "type": "object", "required": ["code", "message", "retryable"],
+                    "properties": {
+                        "code": {"type": "string", "enum": codes},
+                        "message": {"type": "string"},
+                        "retryable": {"type": "boolean"},
+                        "details": {}
+                    }
+                },
+                "correlationId": {"type": "string"}
+            }
+        },
+        "JobStatus": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
+        "Priority": {"oneOf": [
+            {"type": "string", "enum": ["high", "normal", "low"]},
+            {"type": "integer", "minimum": -100, "maximum": 100}
+        ]},
+        "JobRequest": {
+            "type": "object", "required": ["workflowId"], "additionalProperties": false,
+            "properties": {
+                "workflowId": {"type": "string"},
+                "inputs": {"type": ["object", "null"], "description": "Validated against the workflow's input schema (see x-workflow-inputs)"},
+                "params": {"type": ["object", "null"], "description": "Extra inputs; `inputs` win"},
+                "priority": {"oneOf": [{"$ref": "#/components/schemas/Priority"}, {"type": "null"}]},
+                "callbackUrl": {"type": ["string", "null"], "format": "uri"},
+                "metadata": {"type": ["object", "null"]}
+            }
+        },
+        "JobAccepted": {
+            "type": "object", "required": ["jobId", "status", "pollUrl"],
+            "properties": {
+                "jobId": {"type": "string", "format": "uuid"},
+                "status": {"$ref": "#/components/schemas/JobStatus"},
+                "pollUrl": {"type": "string"}
+            }
+        },
+        "Output": {
+            "type": "object", "required": ["name", "nodeId", "mediaType", "size", "hash", "url"],
+            "properties": {
+                "name": {"type": "string"},
+                "nodeId": {"type": "string"},
+                "mediaType": {"type": "string"},
+                "size": {"type": "integer", "minimum": 0},
+                "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                "url": {"type": "string"},
+                "inlined": {"type": "boolean"},
+                "base64": {"type": "string"}
+            }
+        },
+        "OutputBase64": {
+            "type": "object", "required": ["name", "mediaType", "size", "hash", "encoding", "data"],
+            "properties": {
+                "name": {"type": "string"}, "mediaType": {"type": "string"}, "size": {"type": "integer"},
+                "hash": {"type": "string"}, "encoding": {"const": "base64"}, "data": {"type": "string"}
+            }
+        },
+        "JobError": {
+            "type": "object", "required": ["code", "message", "retryable"],
+            "properties": {
+                "code": {"type": "string", "enum": codes},
+                "message": {"type": "string"},
+                "retryable": {"type": "boolean"},
+                "details": {}
+            }
+        },
+        "Job": {
+            "type": "object",
+            "required": ["jobId", "workflowId", "workflowVersion", "status", "priority", "attempts", "cached",
+                         "inputs", "outputs", "createdAt", "updatedAt", "pollUrl"],
+            "properties": {
+                "jobId": {"type": "string", "format": "uuid"},
+                "workflowId": {"type": "string"},
+                "workflowVersion": {"type": "integer", "minimum": 1},
+                "status": {"$ref": "#/components/schemas/JobStatus"},
+                "priority": {"type": "integer"},
+                "attempts": {"type": "integer", "minimum": 0},
+                "cached": {"type": "boolean"},
+                "inputs": {"type": ["object", "null"]},
+                "seed": {"type": ["integer", "null"]},
+                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Output"}},
+                "createdAt": {"type": "string", "format": "date-time"},
+                "startedAt": {"type": ["string", "null"], "format": "date-time"},
+                "finishedAt": {"type": ["string", "null"], "format": "date-time"},
+                "updatedAt": {"type": "string", "format": "date-time"},
+                "pollUrl": {"type": "string"},
+                "metadata": {},
+                "callbackUrl": {"type": "string"},
+                "error": {"$ref": "#/components/schemas/JobError"},
+                "queuePosition": {"type": "integer", "minimum": 0},
+                "progress": {
+                    "type": "object", "required": ["value", "max", "percent"],
+                    "properties": {
+                        "node": nullable_string,
+                        "value": {"type": "number"}, "max": {"type": "number"},
+                        "percent": {"type": "number", "minimum": 0, "maximum": 100}
+                    }
+                }
+            }
+        },
+        "WorkflowSummary": {
+            "type": "object", "required": ["id", "name", "description", "version", "updatedAt"],
+            "properties": {
+                "id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
+                "version": {"type": "integer", "minimum": 1}, "updatedAt": {"type": "string", "format": "date-time"}
+            }
+        },
+        "WorkflowDetails": {
+            "allOf": [{"$ref": "#/components/schemas/WorkflowSummary"}],
+            "type": "object", "required": ["inputSchema", "workflow", "defaults"],
+            "properties": {"inputSchema": {"type": "object"}, "workflow": {"type": "object"}, "defaults": {"type": "object"}}
+        },
+        "WorkflowUpdate": {
+            "type": "object", "required": ["workflow"], "additionalProperties": false,
+            "properties": {
+                "id": {"type": ["string", "null"]},
+                "name": {"type": ["string", "null"]},
+                "description": {"type": ["string", "null"]},
+                "workflow": {
+                    "type": "object", "minProperties": 1,
+                    "description": "ComfyUI API-format template with {{token}} placeholders",
+                    "additionalProperties": {
+                        "type": "object", "required": ["class_type", "inputs"],
+                        "properties": {"class_type": {"type": "string", "minLength": 1}, "inputs": {"type": "object"}}
+                    }
+                },
+                "inputSchema": {"type": ["object", "null"], "description": "JSON Schema 2020-12 of the inputs"},
+                "defaults": {"type": ["object", "null"]}
+            }
+        },
+        "WorkflowDefinition": {
+            "allOf": [{"$ref": "#/components/schemas/WorkflowUpdate"}],
+            "required": ["id", "workflow"],
+            "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}
+        },
+        "Health": {
+            "type": "object", "required": ["ok", "version", "uptime", "comfyui"],
+            "properties": {
+                "ok": {"type": "boolean"},
+                "version": {"type": "string"},
+                "uptime": {"type": "integer", "minimum": 0},
+                "queueDepth": {"type": "integer", "minimum": 0},
+                "comfyui": {
+                    "type": "object", "required": ["reachable", "backends"],
+                    "properties": {
+                        "reachable": {"type": "boolean"},
+                        "url": nullable_string,
+                        "backends": {"type": "array", "items": {
+                            "type": "object", "required": ["url", "reachable", "inFlight"],
+                            "properties": {
+                                "url": {"type": "string"}, "reachable": {"type": "boolean"},
+                                "inFlight": {"type": "integer", "minimum": 0},
+                                "comfyuiVersion": nullable_string, "lastError": nullable_string
+                            }
+                        }}
+                    }
+                }
+            }
+        },
+        "Capabilities": {
+            "type": "object", "required": ["workflows", "maxSize", "maxBatch", "formats", "storageProvider"],
+            "properties": {
+                "workflows": {"type": "array", "items": {"type": "string"}},
+                "maxSize": {"type": "integer"}, "maxBatch": {"type": "integer"},
+                "formats": {"type": "array", "items": {"type": "string"}},
+                "storageProvider": {"type": "string"},
+                "maxBodyBytes": {"type": "integer"},
+                "priorities": {"type": "array", "items": {"type": "string"}}
+            }
+        }
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workflow_schemas_are_embedded() {
+        let doc = document(&[("w one".into(), json!({"$schema": "x", "type": "object"}))]);
+        assert_eq!(doc["openapi"], "3.1.0");
+        assert_eq!(doc["components"]["schemas"]["WorkflowInputs.w_one"], json!({"type": "object"}));
+        assert_eq!(doc["x-workflow-inputs"]["w one"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
+    }
+}
