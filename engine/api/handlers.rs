@@ -327,3 +327,9 @@ pub fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
     Ok(resp)
 }
+
+/// `GET /metrics`: Prometheus text format 0.0.4.
+pub fn metrics(ctx: &Ctx) -> Result<Resp> {
+    let text = ctx.gateway.metrics_text()?;
+    Ok(reply::bytes(StatusCode::OK, crate::metrics::CONTENT_TYPE, Bytes::from(text)))
+}
