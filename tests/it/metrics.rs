@@ -43,7 +43,11 @@ fn promtool_check(text: &str) -> Option<(bool, String)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
             assert!(!ci, "promtool is missing on CI: scripts/ci-deps installs it");
-            eprintln!("NOTICE: promtool not found; skipping `promtool check metrics` (run scripts/ci-deps)");
+            // Straight to stderr, past the test harness's capture, so the skip is seen.
+            let _ = writeln!(
+                std::io::stderr(),
+                "NOTICE: promtool not found; skipping `promtool check metrics` (scripts/ci-deps installs it)"
+            );
             return None;
         }
         Err(e) => panic!("spawn promtool: {e}"),
@@ -174,4 +178,35 @@ async fn metrics_json_logs_carry_the_correlation_id_and_the_job_id() {
         .find(|l| l["span"]["job"] == job.as_str() && l["fields"]["state"] == "succeeded")
         .unwrap_or_else(|| panic!("a job state line inside the job's span:\n{log}"));
     assert_eq!(job_line["span"]["name"], "job");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_queue_depth_by_priority_while_the_backend_is_down() {
+    let dir = support::tempdir();
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let gw = Gateway::start(dir.path(), &dead, &[]).await;
+    let mut ids = Vec::new();
+    for priority in [json!("high"), json!("normal"), json!("low"), json!(7), json!("normal")] {
+        let body = json!({"workflowId": "icon_512", "priority": priority, "inputs": {"prompt": "p"}});
+        ids.push(gw.submit_ok(body).await);
+    }
+    let (status, _) = support::post_json(&format!("{}/jobs/{}/cancel", gw.url(), ids[4]), &json!({})).await;
+    assert_eq!(status, 200);
+
+    let text = reqwest::get(format!("{}/metrics", gw.url())).await.unwrap().text().await.unwrap();
+    if let Some((passed, said)) = promtool_check(&text) {
+        assert!(passed && said.trim().is_empty(), "promtool check metrics:\n{said}\n---\n{text}");
+    }
+    let all = samples(&text);
+    for (priority, n) in [("high", 1.0), ("normal", 1.0), ("low", 1.0), ("other", 1.0)] {
+        let series = format!("comfyui_gateway_queue_depth{{priority=\"{priority}\"}}");
+        assert_eq!(sample(&all, &series), n, "{priority}\n{text}");
+    }
+    assert_eq!(sample(&all, "comfyui_gateway_jobs{state=\"queued\"}"), 4.0);
+    assert_eq!(sample(&all, "comfyui_gateway_jobs{state=\"canceled\"}"), 1.0);
+    assert_eq!(sample(&all, &format!("comfyui_gateway_backend_up{{backend=\"{dead}\"}}")), 0.0);
+    assert_eq!(sample(&all, "comfyui_gateway_jobs_finished_total{outcome=\"canceled\",workflow=\"icon_512\"}"), 1.0);
+    assert!(!text.contains("comfyui_gateway_job_run_seconds_count"), "a job that never ran has no run time");
+    assert_eq!(sample(&all, "comfyui_gateway_job_attempts_total"), 0.0);
+    assert_eq!(sample(&all, "comfyui_gateway_http_requests_total{route=\"/jobs/{id}/cancel\",status=\"200\"}"), 1.0);
 }
