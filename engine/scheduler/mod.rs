@@ -341,6 +341,8 @@ impl Scheduler {
         assert_eq!(job.state, JobState::Queued);
         let job = self.shared.store.insert_job(job, vec![crate::domain::JobEventKind::Queued]).await?;
         self.shared.lock().enqueue(job.queue_key, job.id, job.priority);
+        // Inside the request's span: this line joins the correlation id to the job id.
+        tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");
         self.shared.wake.notify_one();
         Ok(job)
     }
@@ -452,7 +454,27 @@ async fn dispatch_loop(shared: Arc<Shared>) {
 
 #[cfg(test)]
 mod tests {
-    use super::queue_rank;
+    use super::{Inner, PRIORITY_LABELS, priority_class, queue_rank};
+    use crate::domain::QueueKey;
+
+    #[test]
+    fn queue_counts_by_priority_follow_enqueue_and_dequeue() {
+        assert_eq!(
+            [1, 0, -1, 5, -100].map(|p| PRIORITY_LABELS[priority_class(p)]),
+            ["high", "normal", "low", "other", "other"]
+        );
+        let mut inner = Inner::default();
+        let key = |seq| QueueKey { rank_ms: 0, seq };
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        inner.enqueue(key(1), a, 1);
+        inner.enqueue(key(1), a, 1); // the same job again is not counted twice
+        inner.enqueue(key(2), b, 42);
+        assert_eq!(inner.n_queued_by_class, [1, 0, 0, 1]);
+        assert_eq!(inner.dequeue(&key(1)), Some(a));
+        assert_eq!(inner.dequeue(&key(1)), None);
+        assert_eq!(inner.n_queued_by_class, [0, 0, 0, 1]);
+        assert_eq!(inner.n_queued_by_class.iter().sum::<u64>(), inner.queue.len() as u64);
+    }
 
     #[test]
     fn priority_then_fifo_then_aging() {

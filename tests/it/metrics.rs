@@ -173,6 +173,11 @@ async fn metrics_json_logs_carry_the_correlation_id_and_the_job_id() {
         let route = l["fields"]["route"].as_str().unwrap_or("");
         assert!(!route.contains(&job), "raw path in the access log: {l}");
     }
+    let queued = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "job queued" && l["fields"]["job"] == job.as_str())
+        .unwrap_or_else(|| panic!("a `job queued` line:\n{log}"));
+    assert_eq!(queued["span"]["correlation_id"], correlation_id, "it joins the request to the job: {queued}");
     let job_line = lines
         .iter()
         .find(|l| l["span"]["job"] == job.as_str() && l["fields"]["state"] == "succeeded")
