@@ -8,6 +8,7 @@
 //! - [`workflows`]: template rendering and JSON Schema validation of inputs (pure).
 //! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, and
 //!   the simulator.
+//! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends.
 //! - [`service`]: the gateway's operations in domain terms (submit, register, read).
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
@@ -22,6 +23,7 @@ pub mod comfy;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod metrics;
 pub mod scheduler;
 pub mod service;
 pub mod store;

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 use crate::config::Config;
 use crate::domain::{Hash, Job, JobId, JobState, QueueKey, WorkflowRecord, now_ms};
 use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::{BackendLevel, Metrics, Snapshot};
 use crate::scheduler::{Scheduler, queue_rank};
 use crate::store::Store;
 use crate::workflows::{self, CompiledWorkflow, FieldError, Limits, WorkflowError};
@@ -61,6 +62,8 @@ pub struct Gateway {
     pub config: Arc<Config>,
     /// Registered workflows.
     pub registry: Registry,
+    /// The metrics registry (shared with the scheduler).
+    pub metrics: Metrics,
 }
 
 /// Registered workflows: the store's records plus a cache of compiled ones.
@@ -79,8 +82,9 @@ impl Gateway {
         if config.bundled_workflows {
             register_bundled(&store).await?;
         }
-        let scheduler = Scheduler::start(store.clone(), config.clone()).await?;
-        Ok(Gateway { registry: Registry::new(store.clone()), store, scheduler, config })
+        let metrics = Metrics::new();
+        let scheduler = Scheduler::start(store.clone(), config.clone(), metrics.clone()).await?;
+        Ok(Gateway { registry: Registry::new(store.clone()), store, scheduler, config, metrics })
     }
 
     /// Stop the scheduler and close the store.
@@ -131,6 +135,22 @@ impl Gateway {
             updated_ms: created_ms,
         };
         self.scheduler.submit(job).await
+    }
+
+    /// The metrics in Prometheus text format, levels read now (store counts are O(1)).
+    pub fn metrics_text(&self) -> Result<String> {
+        let stats = self.store.stats()?;
+        let snapshot = Snapshot {
+            jobs_by_state: stats.n_jobs_by_state.to_vec(),
+            queue_by_priority: self.scheduler.queue_depth_by_priority().to_vec(),
+            backends: self
+                .scheduler
+                .backends()
+                .into_iter()
+                .map(|b| BackendLevel { url: b.url, up: b.reachable, in_flight: b.in_flight })
+                .collect(),
+        };
+        Ok(self.metrics.render(&snapshot))
     }
 
     /// A job by id.

@@ -326,3 +326,9 @@ pub fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp
     let query = req.uri().query().unwrap_or("");
     download::output_file(&ctx.gateway, &job, &p.file, req.headers(), query, req.method() == http::Method::HEAD)
 }
+
+/// `GET /metrics`: Prometheus text format 0.0.4.
+pub fn metrics(ctx: &Ctx) -> Result<Resp> {
+    let text = ctx.gateway.metrics_text()?;
+    Ok(reply::bytes(StatusCode::OK, crate::metrics::CONTENT_TYPE, Bytes::from(text)))
+}

@@ -1,9 +1,14 @@
-//! The one route table. Every request gets a correlation id (echoed as
-//! `X-Correlation-Id` and in error bodies); unknown paths are `404 NOT_FOUND`, known
-//! paths with another method `405 METHOD_NOT_ALLOWED`.
+//! The one route table. Every request gets a correlation id (the client's
+//! `X-Correlation-Id` when it is well-formed, else a new one; echoed as `X-Correlation-Id`
+//! and in error bodies), runs inside a `request` tracing span carrying it, is counted in
+//! the metrics by route *pattern*, and ends with one access log line. Unknown paths are
+//! `404 NOT_FOUND`, known paths with another method `405 METHOD_NOT_ALLOWED`.
 
-use http::{HeaderValue, Method, Request};
+use std::time::Instant;
+
+use http::{HeaderMap, HeaderValue, Method, Request};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use super::handlers;
 use super::reply::{self, Resp};
@@ -33,13 +38,17 @@ pub enum Route {
     Outputs,
     /// `/outputs/{id}/{file}`
     OutputFile,
+    /// `/metrics`
+    Metrics,
 }
 
 impl Route {
     /// The methods the route answers, for `Allow` (RFC 9110 §15.5.6).
     pub fn allowed_methods(self) -> &'static str {
         match self {
-            Route::Health | Route::Capabilities | Route::OpenApi | Route::Job | Route::Outputs => "GET",
+            Route::Health | Route::Capabilities | Route::OpenApi | Route::Job | Route::Outputs | Route::Metrics => {
+                "GET"
+            }
             Route::OutputFile => "GET, HEAD",
             Route::Workflows => "GET, POST",
             Route::Jobs => "POST",
@@ -49,13 +58,19 @@ impl Route {
     }
 }
 
+/// The `route` of a request that matched no pattern (metrics and access log).
+const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// Correlation ids accepted from clients: this many characters of `[A-Za-z0-9_-]`.
+const CORRELATION_ID_LEN: std::ops::RangeInclusive<usize> = 8..=64;
+
 /// Everything a handler needs.
 #[derive(Debug)]
 pub struct Ctx {
     /// The service.
     pub gateway: Gateway,
-    /// The route table.
-    router: matchit::Router<Route>,
+    /// The route table: each route with its pattern (the metrics' `route` label).
+    router: matchit::Router<(Route, &'static str)>,
     /// When the server started.
     pub started: std::time::Instant,
 }
@@ -75,9 +90,10 @@ impl Ctx {
             ("/jobs/{id}/cancel", Route::JobCancel),
             ("/outputs/{id}", Route::Outputs),
             ("/outputs/{id}/{file}", Route::OutputFile),
+            ("/metrics", Route::Metrics),
         ];
         for (path, route) in table {
-            router.insert(path, route).expect("the route table is valid");
+            router.insert(path, (route, path)).expect("the route table is valid");
         }
         Ctx { gateway, router, started: std::time::Instant::now() }
     }
@@ -92,27 +108,59 @@ pub struct Params {
     pub file: String,
 }
 
-/// Route and answer one request.
-pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
-    let correlation_id = uuid::Uuid::new_v4().simple().to_string();
-    let mut resp = match route(ctx, req).await {
-        Ok(resp) => resp,
-        Err(err) => reply::error(&err, &correlation_id),
-    };
-    if let Ok(v) = HeaderValue::from_str(&correlation_id) {
-        resp.headers_mut().insert("x-correlation-id", v);
-    }
-    resp
+/// The client's correlation id, if it is 8-64 characters of `[A-Za-z0-9_-]`.
+fn client_correlation_id(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("x-correlation-id")?.to_str().ok()?;
+    let ok =
+        CORRELATION_ID_LEN.contains(&v.len()) && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then(|| v.to_string())
 }
 
-async fn route(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
+/// Route and answer one request.
+pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
+    let started = Instant::now();
+    let correlation_id =
+        client_correlation_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let method = req.method().clone();
+    let matched = ctx.router.at(req.uri().path()).ok().map(|m| {
+        let (route, pattern) = *m.value;
+        let params = Params {
+            id: m.params.get("id").unwrap_or("").to_string(),
+            file: m.params.get("file").unwrap_or("").to_string(),
+        };
+        (route, pattern, params)
+    });
+    let pattern = matched.as_ref().map_or(UNMATCHED_ROUTE, |(_, p, _)| *p);
+    let span = tracing::info_span!("request", correlation_id = %correlation_id);
+    async move {
+        let mut resp = match route(ctx, req, matched).await {
+            Ok(resp) => resp,
+            Err(err) => reply::error(&err, &correlation_id),
+        };
+        if let Ok(v) = HeaderValue::from_str(&correlation_id) {
+            resp.headers_mut().insert("x-correlation-id", v);
+        }
+        let status = resp.status().as_u16();
+        let elapsed = started.elapsed();
+        ctx.gateway.metrics.http_request(pattern, status, elapsed);
+        // The pattern, never the raw path or query (ids, file names, tokens).
+        tracing::info!(
+            method = %method,
+            route = pattern,
+            status,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            correlation_id = %correlation_id,
+            "request"
+        );
+        resp
+    }
+    .instrument(span)
+    .await
+}
+
+async fn route(ctx: &Ctx, req: Request<Incoming>, matched: Option<(Route, &str, Params)>) -> Result<Resp, Error> {
     let path = req.uri().path().to_string();
-    let matched = ctx.router.at(&path).map_err(|_| Error::new(ErrorCode::NotFound, format!("no route for {path}")))?;
-    let route = *matched.value;
-    let params = Params {
-        id: matched.params.get("id").unwrap_or("").to_string(),
-        file: matched.params.get("file").unwrap_or("").to_string(),
-    };
+    let (route, _, params) = matched.ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no route for {path}")))?;
     use Route::*;
     let method = req.method().clone();
     match (route, &method) {
@@ -129,6 +177,7 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
         (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
         (Outputs, &Method::GET) => handlers::list_outputs(ctx, &params),
         (OutputFile, &Method::GET | &Method::HEAD) => handlers::get_output(ctx, &params, &req),
+        (Metrics, &Method::GET) => handlers::metrics(ctx),
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
             .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
     }

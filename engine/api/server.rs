@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -49,7 +49,7 @@ pub fn serve(listener: TcpListener, gateway: Gateway) -> std::io::Result<Server>
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationToken) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
-        let (stream, peer) = tokio::select! {
+        let (stream, _peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -65,11 +65,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
         let service = service_fn(move |req| {
             let ctx = ctx.clone();
             async move {
-                let started = Instant::now();
-                let method = req.method().clone();
-                let path = req.uri().path().to_string();
+                // `handle` writes the access log line (with the correlation id).
                 let resp = routes::handle(&ctx, req).await;
-                tracing::debug!(%peer, %method, path, status = resp.status().as_u16(), elapsed_us = started.elapsed().as_micros() as u64, "request");
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });

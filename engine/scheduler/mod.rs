@@ -21,12 +21,14 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::comfy::client::ComfyClient;
 use crate::comfy::ws::WsHub;
 use crate::config::Config;
 use crate::domain::{Job, JobError, JobId, JobState, QueueKey, now_ms};
 use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// Live progress of a running job (memory only; milestones go to the event log).
@@ -111,17 +113,57 @@ impl Backend {
 #[derive(Debug)]
 struct RunningJob {
     backend: usize,
+    /// Its priority, to count it in the right level if it goes back to the queue.
+    priority: i32,
     cancel: CancellationToken,
     progress: Option<Progress>,
+}
+
+/// A job in the memory queue.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    id: JobId,
+    priority: i32,
+}
+
+/// The priority labels of [`Scheduler::queue_depth_by_priority`], by [`priority_class`].
+pub const PRIORITY_LABELS: [&str; 4] = ["high", "normal", "low", "other"];
+
+/// Index into [`PRIORITY_LABELS`]: the named levels, or `other` for any other integer.
+pub fn priority_class(priority: i32) -> usize {
+    match priority {
+        1 => 0,
+        0 => 1,
+        -1 => 2,
+        _ => 3,
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Queued jobs in dispatch order.
-    queue: BTreeMap<QueueKey, JobId>,
+    queue: BTreeMap<QueueKey, Queued>,
+    /// `queue.len()` split by [`priority_class`]; changed only by `enqueue`/`dequeue`.
+    n_queued_by_class: [u64; 4],
     /// Prompts in flight per backend (same index as `Shared::backends`).
     in_flight: Vec<u32>,
     running: HashMap<JobId, RunningJob>,
+}
+
+impl Inner {
+    fn enqueue(&mut self, key: QueueKey, id: JobId, priority: i32) {
+        if self.queue.insert(key, Queued { id, priority }).is_none() {
+            self.n_queued_by_class[priority_class(priority)] += 1;
+        }
+    }
+
+    fn dequeue(&mut self, key: &QueueKey) -> Option<JobId> {
+        let q = self.queue.remove(key)?;
+        let n = &mut self.n_queued_by_class[priority_class(q.priority)];
+        assert!(*n > 0, "queue counts match the queue");
+        *n -= 1;
+        Some(q.id)
+    }
 }
 
 /// State shared by the dispatch loop, the backend tasks and the runners.
@@ -129,6 +171,7 @@ struct Inner {
 pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) config: Arc<Config>,
+    pub(crate) metrics: Metrics,
     pub(crate) backends: Vec<Arc<Backend>>,
     inner: Mutex<Inner>,
     wake: Notify,
@@ -144,32 +187,36 @@ impl Shared {
     /// Pop the best queued job if a healthy backend has room; reserve that room.
     fn take_next(&self) -> Option<(QueueKey, JobId, usize)> {
         let mut inner = self.lock();
-        let (&key, &id) = inner.queue.first_key_value()?;
+        let (&key, &Queued { id, priority }) = inner.queue.first_key_value()?;
         let limit = self.config.backend_concurrency_max;
         let backend = (0..self.backends.len())
             .filter(|&b| self.backends[b].is_healthy() && inner.in_flight[b] < limit)
             .min_by_key(|&b| inner.in_flight[b])?;
-        inner.queue.remove(&key);
+        inner.dequeue(&key);
         inner.in_flight[backend] += 1;
-        inner.running.insert(id, RunningJob { backend, cancel: self.shutdown.child_token(), progress: None });
+        let run = RunningJob { backend, priority, cancel: self.shutdown.child_token(), progress: None };
+        inner.running.insert(id, run);
         Some((key, id, backend))
     }
 
     /// Reserve a backend slot for a job recovered as running.
-    fn adopt_running(&self, id: JobId, backend: usize) {
+    fn adopt_running(&self, id: JobId, priority: i32, backend: usize) {
         let mut inner = self.lock();
         inner.in_flight[backend] += 1;
-        inner.running.insert(id, RunningJob { backend, cancel: self.shutdown.child_token(), progress: None });
+        let run = RunningJob { backend, priority, cancel: self.shutdown.child_token(), progress: None };
+        inner.running.insert(id, run);
     }
 
     /// The runner of `id` is done with its backend slot; `requeue` puts the job back.
     pub(crate) fn release(&self, id: JobId, requeue: Option<QueueKey>) {
         let mut inner = self.lock();
-        if let Some(run) = inner.running.remove(&id) {
+        let run = inner.running.remove(&id);
+        if let Some(run) = &run {
             inner.in_flight[run.backend] = inner.in_flight[run.backend].saturating_sub(1);
         }
         if let Some(key) = requeue {
-            inner.queue.insert(key, id);
+            // Every released job was taken or adopted, so its priority is known.
+            inner.enqueue(key, id, run.map_or(0, |r| r.priority));
         }
         drop(inner);
         self.wake.notify_one();
@@ -187,6 +234,29 @@ impl Shared {
 
     pub(crate) fn wake_dispatcher(&self) {
         self.wake.notify_one();
+    }
+
+    /// Count a committed transition `before` → `after` in the metrics.
+    pub(crate) fn observe(&self, before: &Job, after: &Job) {
+        observe_transition(&self.metrics, before, after);
+    }
+}
+
+/// Count a committed transition in `metrics`: attempts, the first dispatch's wait, and a
+/// terminal state with its run time.
+fn observe_transition(metrics: &Metrics, before: &Job, after: &Job) {
+    let ms = |from: u64, to: u64| Duration::from_millis(to.saturating_sub(from));
+    if after.n_attempts > before.n_attempts {
+        metrics.job_attempt(before.state == JobState::Running);
+    }
+    if before.started_ms.is_none()
+        && let Some(started) = after.started_ms
+    {
+        metrics.job_started(&after.workflow_id, ms(after.created_ms, started));
+    }
+    if after.state.is_terminal() && !before.state.is_terminal() {
+        let run = after.started_ms.zip(after.finished_ms).map(|(s, f)| ms(s, f));
+        metrics.job_finished(&after.workflow_id, after.state, run);
     }
 }
 
@@ -208,7 +278,7 @@ pub struct Scheduler {
 impl Scheduler {
     /// Rebuild state from the store, then start backend tasks, recovery runners and the
     /// dispatch loop.
-    pub async fn start(store: Store, config: Arc<Config>) -> Result<Scheduler> {
+    pub async fn start(store: Store, config: Arc<Config>, metrics: Metrics) -> Result<Scheduler> {
         let http = ComfyClient::http_pool();
         let backends: Vec<Arc<Backend>> =
             config.backend_urls.iter().map(|url| Arc::new(Backend::new(url, http.clone()))).collect();
@@ -217,6 +287,7 @@ impl Scheduler {
             inner: Mutex::new(Inner { in_flight: vec![0; backends.len()], ..Inner::default() }),
             backends,
             config,
+            metrics,
             wake: Notify::new(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
@@ -229,7 +300,7 @@ impl Scheduler {
             let mut inner = shared.lock();
             for job in &queued {
                 assert_eq!(job.state, JobState::Queued, "queue index holds a job that is not queued");
-                inner.queue.insert(job.queue_key, job.id);
+                inner.enqueue(job.queue_key, job.id, job.priority);
             }
         }
         for job in running {
@@ -237,9 +308,9 @@ impl Scheduler {
             let backend = job.backend.as_deref().and_then(|b| shared.backends.iter().position(|x| x.id == b));
             match backend {
                 Some(b) => {
-                    shared.adopt_running(job.id, b);
-                    let s = shared.clone();
-                    shared.tasks.spawn(runner::recover(s, b, job));
+                    shared.adopt_running(job.id, job.priority, b);
+                    let span = tracing::info_span!("job", job = %job.id);
+                    shared.tasks.spawn(runner::recover(shared.clone(), b, job).instrument(span));
                 }
                 None => {
                     let error = JobError {
@@ -250,9 +321,10 @@ impl Scheduler {
                         ),
                         details_json: None,
                     };
-                    let (job, log) =
+                    let (next, log) =
                         state::apply(&job, state::Event::Fail { error }, now_ms()).map_err(Error::internal)?;
-                    store.update_job(job, log).await?;
+                    store.update_job(next.clone(), log).await?;
+                    shared.observe(&job, &next);
                 }
             }
         }
@@ -268,7 +340,9 @@ impl Scheduler {
     pub async fn submit(&self, job: Job) -> Result<Job> {
         assert_eq!(job.state, JobState::Queued);
         let job = self.shared.store.insert_job(job, vec![crate::domain::JobEventKind::Queued]).await?;
-        self.shared.lock().queue.insert(job.queue_key, job.id);
+        self.shared.lock().enqueue(job.queue_key, job.id, job.priority);
+        // Inside the request's span: this line joins the correlation id to the job id.
+        tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");
         self.shared.wake.notify_one();
         Ok(job)
     }
@@ -279,16 +353,17 @@ impl Scheduler {
         let job = self.shared.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, "no such job"))?;
         match job.state {
             JobState::Queued => {
-                let removed = self.shared.lock().queue.remove(&job.queue_key).is_some();
+                let removed = self.shared.lock().dequeue(&job.queue_key).is_some();
                 if !removed {
                     // Dispatched meanwhile: cancel it as a running job.
                     return self.cancel_running(id).await;
                 }
-                let (job, log) =
+                let (next, log) =
                     state::apply(&job, state::Event::Cancel { reason: "canceled by request".into() }, now_ms())
                         .map_err(|e| Error::new(ErrorCode::Conflict, e.to_string()))?;
-                self.shared.store.update_job(job.clone(), log).await?;
-                Ok(job)
+                self.shared.store.update_job(next.clone(), log).await?;
+                self.shared.observe(&job, &next);
+                Ok(next)
             }
             JobState::Running => self.cancel_running(id).await,
             state => Err(Error::new(ErrorCode::Conflict, format!("the job is already {}", state.as_str()))),
@@ -324,6 +399,13 @@ impl Scheduler {
         self.shared.lock().queue.len()
     }
 
+    /// Jobs waiting in the gateway's queue by priority level, labeled as in
+    /// [`PRIORITY_LABELS`] (O(1)).
+    pub fn queue_depth_by_priority(&self) -> [(&'static str, u64); 4] {
+        let counts = self.shared.lock().n_queued_by_class;
+        std::array::from_fn(|i| (PRIORITY_LABELS[i], counts[i]))
+    }
+
     /// Every backend's state.
     pub fn backends(&self) -> Vec<BackendStatus> {
         let inner = self.shared.lock();
@@ -357,7 +439,9 @@ pub fn queue_rank(created_ms: u64, priority: i32, aging_ms: u64) -> i64 {
 async fn dispatch_loop(shared: Arc<Shared>) {
     loop {
         while let Some((key, id, backend)) = shared.take_next() {
-            shared.tasks.spawn(runner::dispatch(shared.clone(), backend, key, id));
+            // Every log line of the job's runner (and of the clients it calls) names the job.
+            let span = tracing::info_span!("job", job = %id);
+            shared.tasks.spawn(runner::dispatch(shared.clone(), backend, key, id).instrument(span));
         }
         tokio::select! {
             _ = shared.wake.notified() => {}
@@ -370,7 +454,27 @@ async fn dispatch_loop(shared: Arc<Shared>) {
 
 #[cfg(test)]
 mod tests {
-    use super::queue_rank;
+    use super::{Inner, PRIORITY_LABELS, priority_class, queue_rank};
+    use crate::domain::QueueKey;
+
+    #[test]
+    fn queue_counts_by_priority_follow_enqueue_and_dequeue() {
+        assert_eq!(
+            [1, 0, -1, 5, -100].map(|p| PRIORITY_LABELS[priority_class(p)]),
+            ["high", "normal", "low", "other", "other"]
+        );
+        let mut inner = Inner::default();
+        let key = |seq| QueueKey { rank_ms: 0, seq };
+        let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        inner.enqueue(key(1), a, 1);
+        inner.enqueue(key(1), a, 1); // the same job again is not counted twice
+        inner.enqueue(key(2), b, 42);
+        assert_eq!(inner.n_queued_by_class, [1, 0, 0, 1]);
+        assert_eq!(inner.dequeue(&key(1)), Some(a));
+        assert_eq!(inner.dequeue(&key(1)), None);
+        assert_eq!(inner.n_queued_by_class, [0, 0, 0, 1]);
+        assert_eq!(inner.n_queued_by_class.iter().sum::<u64>(), inner.queue.len() as u64);
+    }
 
     #[test]
     fn priority_then_fifo_then_aging() {

@@ -188,6 +188,7 @@ impl Run {
         match result {
             Ok(()) => {
                 tracing::info!(job = %next.id, state = next.state.as_str(), attempt = next.n_attempts, "job state");
+                self.shared.observe(&self.job, &next);
                 self.job = next;
                 true
             }

@@ -9,6 +9,8 @@
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
 //!   attempt bound, WebSocket drop, re-attach after a gateway restart.
+//! - `metrics`: `GET /metrics` checked by promtool and by value; JSON logs with
+//!   correlation and job ids.
 //! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
 //! - `tidy`: architecture invariants checked on the source.
 
@@ -16,6 +18,7 @@ mod support;
 
 mod api;
 mod jobs;
+mod metrics;
 mod openapi;
 mod outputs;
 mod recovery;

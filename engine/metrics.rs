@@ -1,0 +1,296 @@
+//! Prometheus metrics: one [`Metrics`] handle (an `Arc` inside, no global registry),
+//! created by the service and handed down to the scheduler and the API.
+//!
+//! Events are counted where they happen (job transitions in the scheduler, requests in
+//! the API); levels that the gateway already knows exactly (jobs by state from the
+//! store's O(1) counts, the queue by priority, backends) are read at scrape time from a
+//! [`Snapshot`], so they can never drift.
+//!
+//! Encoding: the `prometheus` crate (default features off: no protobuf, no process
+//! metrics) rather than a hand-written encoder. It writes exactly the text exposition
+//! format 0.0.4 (HELP/TYPE lines, label escaping, cumulative buckets with `+Inf`, `_sum`
+//! and `_count`), which is what we serve; `prometheus-client` writes OpenMetrics instead
+//! (`# EOF`, `_total` added to counter names), which is not 0.0.4.
+//!
+//! Every label set is bounded: `state`, `priority`, `outcome` are closed enums, `backend`
+//! is the configured URL list, `route` is a route-table pattern, `status` a status code,
+//! and `workflow` is a registered workflow id, with at most [`WORKFLOW_LABELS_MAX`]
+//! distinct values (further ids are counted as `other`).
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use crate::domain::JobState;
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Most distinct `workflow` label values; jobs of further workflows count as `other`.
+pub const WORKFLOW_LABELS_MAX: usize = 256;
+
+/// The label value of everything outside a bounded set.
+pub const OTHER: &str = "other";
+
+/// Buckets of the job wait histogram (seconds in the gateway's queue).
+const WAIT_BUCKETS_S: &[f64] =
+    &[0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+/// Buckets of the job run histogram (seconds from first dispatch to the end).
+const RUN_BUCKETS_S: &[f64] = &[0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0];
+/// Buckets of the HTTP request duration histogram (seconds).
+const HTTP_BUCKETS_S: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Levels read at scrape time.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Jobs in the store by state (every state, zeros included).
+    pub jobs_by_state: Vec<(JobState, u64)>,
+    /// Jobs in the gateway's queue by priority label (`high`, `normal`, `low`, `other`).
+    pub queue_by_priority: Vec<(&'static str, u64)>,
+    /// Every configured backend.
+    pub backends: Vec<BackendLevel>,
+}
+
+/// A backend's levels.
+#[derive(Debug, Clone)]
+pub struct BackendLevel {
+    /// Its base URL (the `backend` label).
+    pub url: String,
+    /// Whether it answered its last probe.
+    pub up: bool,
+    /// Our prompts in flight on it.
+    pub in_flight: u32,
+}
+
+/// The gateway's metrics. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    jobs: IntGaugeVec,
+    queue_depth: IntGaugeVec,
+    job_wait: HistogramVec,
+    job_run: HistogramVec,
+    jobs_finished: IntCounterVec,
+    job_attempts: IntCounter,
+    job_resubmissions: IntCounter,
+    backend_up: IntGaugeVec,
+    backend_in_flight: IntGaugeVec,
+    http_requests: IntCounterVec,
+    http_duration: HistogramVec,
+    /// Workflow label values handed out so far (bounded by `WORKFLOW_LABELS_MAX`).
+    workflows: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn name(short: &str) -> String {
+    format!("comfyui_gateway_{short}")
+}
+
+impl Metrics {
+    /// A fresh registry with every metric of the gateway.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        // Registration fails only for duplicate or malformed names: a programmer error.
+        fn reg<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+            r.register(Box::new(m.clone())).expect("metric names are valid and unique");
+            m
+        }
+        let gauge = |short: &str, help: &str, label: &str| {
+            reg(&registry, IntGaugeVec::new(Opts::new(name(short), help), &[label]).expect("valid gauge"))
+        };
+        let counter = |short: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name(short), help), labels).expect("valid counter"))
+        };
+        let histogram = |short: &str, help: &str, label: &str, buckets: &[f64]| {
+            let opts = HistogramOpts::new(name(short), help).buckets(buckets.to_vec());
+            reg(&registry, HistogramVec::new(opts, &[label]).expect("valid histogram"))
+        };
+        let single = |short: &str, help: &str| {
+            reg(&registry, IntCounter::with_opts(Opts::new(name(short), help)).expect("valid counter"))
+        };
+        let inner = Inner {
+            jobs: gauge("jobs", "Jobs in the store by state.", "state"),
+            queue_depth: gauge("queue_depth", "Jobs waiting in the gateway's queue by priority level.", "priority"),
+            job_wait: histogram(
+                "job_wait_seconds",
+                "Time jobs waited in the gateway's queue before their first dispatch, by workflow.",
+                "workflow",
+                WAIT_BUCKETS_S,
+            ),
+            job_run: histogram(
+                "job_run_seconds",
+                "Time from a job's first dispatch to its terminal state, by workflow.",
+                "workflow",
+                RUN_BUCKETS_S,
+            ),
+            jobs_finished: counter(
+                "jobs_finished_total",
+                "Jobs that reached a terminal state, by workflow and outcome.",
+                &["workflow", "outcome"],
+            ),
+            job_attempts: single(
+                "job_attempts_total",
+                "Prompts handed to a backend: first dispatches and resubmissions.",
+            ),
+            job_resubmissions: single(
+                "job_resubmissions_total",
+                "Prompts submitted again because a backend lost them.",
+            ),
+            backend_up: gauge(
+                "backend_up",
+                "Whether a backend answered its last health probe (1) or not (0).",
+                "backend",
+            ),
+            backend_in_flight: gauge("backend_in_flight", "The gateway's prompts in flight on a backend.", "backend"),
+            http_requests: counter(
+                "http_requests_total",
+                "HTTP requests answered, by route pattern and status code.",
+                &["route", "status"],
+            ),
+            http_duration: histogram(
+                "http_request_duration_seconds",
+                "Time to answer HTTP requests, by route pattern.",
+                "route",
+                HTTP_BUCKETS_S,
+            ),
+            workflows: Mutex::new(HashSet::new()),
+            registry,
+        };
+        Metrics { inner: Arc::new(inner) }
+    }
+
+    /// The label value of a workflow id: itself while fewer than `WORKFLOW_LABELS_MAX`
+    /// distinct ids were seen, else `other`.
+    fn workflow_label(&self, id: &str) -> String {
+        let mut seen = self.inner.workflows.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(id) {
+            return id.to_string();
+        }
+        if seen.len() < WORKFLOW_LABELS_MAX {
+            seen.insert(id.to_string());
+            return id.to_string();
+        }
+        OTHER.to_string()
+    }
+
+    /// A job of `workflow` was dispatched for the first time after waiting `wait`.
+    pub fn job_started(&self, workflow: &str, wait: Duration) {
+        let label = self.workflow_label(workflow);
+        self.inner.job_wait.with_label_values(&[label.as_str()]).observe(wait.as_secs_f64());
+    }
+
+    /// A job of `workflow` reached the terminal state `outcome`; `run` is the time since
+    /// its first dispatch (`None` if it never ran).
+    pub fn job_finished(&self, workflow: &str, outcome: JobState, run: Option<Duration>) {
+        debug_assert!(outcome.is_terminal());
+        let label = self.workflow_label(workflow);
+        self.inner.jobs_finished.with_label_values(&[label.as_str(), outcome.as_str()]).inc();
+        if let Some(run) = run {
+            self.inner.job_run.with_label_values(&[label.as_str()]).observe(run.as_secs_f64());
+        }
+    }
+
+    /// A prompt was handed to a backend; `resubmission` when a backend had lost it.
+    pub fn job_attempt(&self, resubmission: bool) {
+        self.inner.job_attempts.inc();
+        if resubmission {
+            self.inner.job_resubmissions.inc();
+        }
+    }
+
+    /// An HTTP request on the route pattern `route` was answered with `status`.
+    pub fn http_request(&self, route: &str, status: u16, elapsed: Duration) {
+        self.inner.http_requests.with_label_values(&[route, &status.to_string()]).inc();
+        self.inner.http_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition (format 0.0.4) of every metric, levels taken from `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        let m = &self.inner;
+        for (state, n) in &snapshot.jobs_by_state {
+            m.jobs.with_label_values(&[state.as_str()]).set(clamp_i64(*n));
+        }
+        for (priority, n) in &snapshot.queue_by_priority {
+            m.queue_depth.with_label_values(&[*priority]).set(clamp_i64(*n));
+        }
+        for b in &snapshot.backends {
+            m.backend_up.with_label_values(&[b.url.as_str()]).set(i64::from(b.up));
+            m.backend_in_flight.with_label_values(&[b.url.as_str()]).set(i64::from(b.in_flight));
+        }
+        let mut buf = Vec::new();
+        // Encoding into a Vec fails only on metric families the registry itself rejects.
+        if let Err(e) = prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+fn clamp_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_help_type_and_labels_in_text_format() {
+        let m = Metrics::new();
+        m.job_started("icon_512", Duration::from_millis(20));
+        m.job_finished("icon_512", JobState::Succeeded, Some(Duration::from_secs(2)));
+        m.job_attempt(false);
+        m.job_attempt(true);
+        m.http_request("/jobs/{id}", 200, Duration::from_millis(3));
+        let snapshot = Snapshot {
+            jobs_by_state: vec![(JobState::Queued, 2), (JobState::Succeeded, 1)],
+            queue_by_priority: vec![("high", 1), ("normal", 1), ("low", 0), ("other", 0)],
+            backends: vec![BackendLevel { url: "http://127.0.0.1:8188".into(), up: true, in_flight: 1 }],
+        };
+        let text = m.render(&snapshot);
+        for line in [
+            "# TYPE comfyui_gateway_jobs gauge",
+            "comfyui_gateway_jobs{state=\"queued\"} 2",
+            "comfyui_gateway_queue_depth{priority=\"high\"} 1",
+            "# TYPE comfyui_gateway_job_run_seconds histogram",
+            "comfyui_gateway_job_run_seconds_count{workflow=\"icon_512\"} 1",
+            "comfyui_gateway_job_wait_seconds_bucket{workflow=\"icon_512\",le=\"+Inf\"} 1",
+            "comfyui_gateway_jobs_finished_total{outcome=\"succeeded\",workflow=\"icon_512\"} 1",
+            "comfyui_gateway_job_attempts_total 2",
+            "comfyui_gateway_job_resubmissions_total 1",
+            "comfyui_gateway_backend_up{backend=\"http://127.0.0.1:8188\"} 1",
+            "comfyui_gateway_http_requests_total{route=\"/jobs/{id}\",status=\"200\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn workflow_labels_are_bounded() {
+        let m = Metrics::new();
+        for i in 0..WORKFLOW_LABELS_MAX + 10 {
+            m.job_finished(&format!("wf{i}"), JobState::Failed, None);
+        }
+        let text = m.render(&Snapshot::default());
+        let series = text.lines().filter(|l| l.starts_with("comfyui_gateway_jobs_finished_total{")).count();
+        assert_eq!(series, WORKFLOW_LABELS_MAX + 1, "the ids beyond the bound share one `other` series");
+        assert!(text.contains("comfyui_gateway_jobs_finished_total{outcome=\"failed\",workflow=\"other\"} 10"));
+    }
+}
