@@ -79,6 +79,12 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 "summary": "Workflows, limits, formats and storage",
                 "responses": with_errors(json!({"200": json_response("Capabilities", schema_ref("Capabilities"))}), &[])
             }},
+            "/metrics": {"get": {
+                "operationId": "metrics",
+                "summary": "Prometheus text exposition (0.0.4)",
+                "responses": with_errors(json!({"200": {"description": "Metrics",
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}), &[])
+            }},
             "/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",

@@ -23,6 +23,7 @@ async fn openapi_document_matches_the_live_server() {
         "/health",
         "/capabilities",
         "/openapi.json",
+        "/metrics",
         "/workflows",
         "/workflows/{id}",
         "/jobs",
