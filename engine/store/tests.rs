@@ -45,6 +45,7 @@ fn job(rank_ms: i64) -> Job {
         started_ms: None,
         finished_ms: None,
         updated_ms: 1_000,
+        inputs: Vec::new(),
     }
 }
 
