@@ -248,3 +248,28 @@ async fn inputs_refused_urls_wrong_bytes_and_oversize_are_400_naming_the_field()
         post_raw(&format!("{}/jobs", gw.url()), &format!("multipart/form-data; boundary={boundary}"), body).await;
     assert_field_error(status, &v, "multipart oversize");
 }
+
+/// ComfyUI crashes mid-job and comes back without the uploaded file: the resubmission
+/// uploads the image again before the prompt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_are_uploaded_again_when_a_lost_prompt_is_resubmitted() {
+    let dir = support::tempdir();
+    let mut sim = Sim::start(dir.path(), 0).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
+    register_img2img(&gw).await;
+    let (png, pixels) = test_png(WIDTH, HEIGHT, 0x33);
+    sim.faults(json!({"hang": 1})).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    let job = gw.submit_ok(json!({"workflowId": "invert", "inputs": {"image": b64}})).await;
+    let start = std::time::Instant::now();
+    while support::executions(&sim.executions().await).is_empty() {
+        assert!(start.elapsed() < WAIT, "the prompt started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sim.data_dir.join(format!("input/gw/{job}/image.png")).is_file(), "uploaded before the prompt");
+    sim.proc_.kill9();
+    std::fs::remove_dir_all(sim.data_dir.join("input/gw")).unwrap();
+    sim.restart().await;
+    assert_inverted(&gw, &job, &pixels).await;
+    assert!(gw.job(&job).await["attempts"].as_u64().unwrap() >= 2, "resubmitted");
+}
