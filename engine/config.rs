@@ -71,6 +71,26 @@ pub struct ServeArgs {
     /// Register the bundled workflows on first start.
     #[arg(long = "bundled-workflows", env = "BUNDLED_WORKFLOWS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BUNDLED_WORKFLOWS")]
     pub bundled_workflows: bool,
+    /// Largest image input (URL, base64 or multipart), in bytes.
+    #[arg(long = "max-input-image-bytes", env = "MAX_INPUT_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024, value_name = "MAX_INPUT_IMAGE_BYTES")]
+    pub max_input_image_bytes: usize,
+    /// Time limit of fetching one image input URL (redirects included), in ms.
+    #[arg(
+        long = "url-input-timeout-ms",
+        env = "URL_INPUT_TIMEOUT_MS",
+        default_value_t = 15_000,
+        value_name = "URL_INPUT_TIMEOUT_MS"
+    )]
+    pub url_input_timeout_ms: u64,
+    /// Host names, IP addresses or CIDRs that image input URLs may reach although they are
+    /// not public (comma-separated; e.g. `127.0.0.1,images.internal`).
+    #[arg(
+        long = "url-input-allow-hosts",
+        env = "URL_INPUT_ALLOW_HOSTS",
+        default_value = "",
+        value_name = "URL_INPUT_ALLOW_HOSTS"
+    )]
+    pub url_input_allow_hosts: String,
 }
 
 /// The validated configuration the gateway runs with.
@@ -108,6 +128,8 @@ pub struct Config {
     pub log_json: bool,
     /// Register bundled workflows on first start.
     pub bundled_workflows: bool,
+    /// Image inputs: size limit, URL fetch time limit, private addresses allowed.
+    pub input_fetch: crate::inputs::FetchLimits,
 }
 
 /// A configuration problem: names the variable and what is wrong with it.
@@ -172,6 +194,14 @@ impl Config {
         if tracing_subscriber::EnvFilter::try_new(&args.log_level).is_err() {
             return Err(bad("LOG_LEVEL", format!("{:?} is not a log level or filter", args.log_level)));
         }
+        if !(1024..=1 << 30).contains(&args.max_input_image_bytes) {
+            return Err(bad("MAX_INPUT_IMAGE_BYTES", "must be between 1024 and 1073741824"));
+        }
+        if !(100..=600_000).contains(&args.url_input_timeout_ms) {
+            return Err(bad("URL_INPUT_TIMEOUT_MS", "must be between 100 and 600000"));
+        }
+        let allow = crate::inputs::AllowList::parse(&args.url_input_allow_hosts)
+            .map_err(|e| bad("URL_INPUT_ALLOW_HOSTS", e))?;
         Ok(Config {
             host: args.host,
             port: args.port,
@@ -189,6 +219,11 @@ impl Config {
             log_level: args.log_level.clone(),
             log_json,
             bundled_workflows: args.bundled_workflows,
+            input_fetch: crate::inputs::FetchLimits {
+                bytes_max: args.max_input_image_bytes,
+                timeout: std::time::Duration::from_millis(args.url_input_timeout_ms),
+                allow,
+            },
         })
     }
 }

@@ -104,6 +104,26 @@ pub struct OutputRef {
     pub hash: Hash,
 }
 
+/// One image input of a job, stored as a blob and uploaded to the backend before the prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InputRef {
+    /// The input's name (a top-level schema property with `"format": "image"`).
+    pub name: String,
+    /// The file name uploaded under [`input_subfolder`] (`<name>.<ext>`).
+    pub file_name: String,
+    /// MIME type, from the magic bytes.
+    pub media_type: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+    /// BLAKE3 of the bytes: the blob key.
+    pub hash: Hash,
+}
+
+/// The subfolder of ComfyUI's `input/` a job's images are uploaded to.
+pub fn input_subfolder(id: JobId) -> String {
+    format!("gw/{id}")
+}
+
 /// A job, as durably recorded.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -149,6 +169,9 @@ pub struct Job {
     pub finished_ms: Option<u64>,
     /// Last change.
     pub updated_ms: u64,
+    /// Image inputs, stored as blobs referenced by this job. Last field: a record of
+    /// format version 1 is this record without it (see `store::codec`).
+    pub inputs: Vec<InputRef>,
 }
 
 /// One entry of a job's append-only event log.

@@ -6,6 +6,7 @@
 //! - [`domain`]: jobs, priorities, outputs, workflows as the gateway sees them.
 //! - [`store`]: the only module that touches redb (jobs, events, queue, workflows, blobs).
 //! - [`workflows`]: template rendering and JSON Schema validation of inputs (pure).
+//! - [`inputs`]: image inputs: SSRF-guarded URL fetch, data URI / base64, magic bytes.
 //! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, and
 //!   the simulator.
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
@@ -23,6 +24,7 @@ pub mod comfy;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod inputs;
 pub mod metrics;
 pub mod scheduler;
 pub mod service;

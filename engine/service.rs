@@ -6,14 +6,16 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::domain::{Hash, Job, JobId, JobState, QueueKey, WorkflowRecord, now_ms};
+use crate::domain::{Hash, InputRef, Job, JobId, JobState, QueueKey, WorkflowRecord, input_subfolder, now_ms};
 use crate::error::{Error, ErrorCode, Result};
+use crate::inputs::{self, Source};
 use crate::metrics::{BackendLevel, Metrics, Snapshot};
 use crate::scheduler::{Scheduler, queue_rank};
-use crate::store::Store;
+use crate::store::{NewBlob, Store};
 use crate::workflows::{self, CompiledWorkflow, FieldError, Limits, WorkflowError};
 
 /// A request to run a workflow.
@@ -29,6 +31,8 @@ pub struct SubmitRequest {
     pub metadata: Option<Value>,
     /// Completion callback URL.
     pub callback_url: Option<String>,
+    /// Image inputs given as files (multipart parts): input name and bytes.
+    pub files: Vec<(String, Bytes)>,
 }
 
 /// A workflow definition to register or update.
@@ -106,13 +110,15 @@ impl Gateway {
             Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {:?}", req.workflow_id))
         })?;
         let compiled = self.registry.compiled(&rec)?;
-        let prepared = compiled
-            .prepare(&req.inputs, &self.limits(), &mut rand::rng())
-            .map_err(|e| workflow_error("/inputs", e))?;
+        let id = uuid::Uuid::new_v4();
+        let mut given = req.inputs;
+        let (input_refs, blobs) = self.load_images(id, compiled.image_inputs(), &mut given, req.files).await?;
+        let prepared =
+            compiled.prepare(&given, &self.limits(), &mut rand::rng()).map_err(|e| workflow_error("/inputs", e))?;
         let created_ms = now_ms();
         let seed = prepared.seed.or_else(|| prepared.inputs.get("seed").and_then(Value::as_i64));
         let job = Job {
-            id: uuid::Uuid::new_v4(),
+            id,
             workflow_id: rec.id,
             workflow_version: rec.version,
             inputs_json: Value::Object(prepared.inputs).to_string(),
@@ -133,8 +139,59 @@ impl Gateway {
             started_ms: None,
             finished_ms: None,
             updated_ms: created_ms,
+            inputs: input_refs,
         };
-        self.scheduler.submit(job).await
+        self.scheduler.submit(job, blobs).await
+    }
+
+    /// Resolve each image input given (a string in `inputs`, or a file part) to checked image
+    /// bytes, and replace its value by the name of the file it will be uploaded as
+    /// (`gw/<job id>/<name>.<ext>`, known now so the prompt can be rendered before the upload).
+    async fn load_images(
+        &self,
+        id: JobId,
+        names: &[String],
+        inputs: &mut Value,
+        mut files: Vec<(String, Bytes)>,
+    ) -> Result<(Vec<InputRef>, Vec<NewBlob>)> {
+        if let Some((name, _)) = files.iter().find(|(name, _)| !names.contains(name)) {
+            return Err(Error::validation(
+                &format!("/inputs/{name}"),
+                "a file part was given, but this is not an image input of this workflow",
+            ));
+        }
+        let Value::Object(map) = inputs else {
+            return Ok((Vec::new(), Vec::new())); // `prepare` reports it
+        };
+        let (mut refs, mut blobs) = (Vec::new(), Vec::new());
+        for name in names {
+            let at = format!("/inputs/{}", workflows::template::escape_pointer(name));
+            let file = files.iter().position(|(n, _)| n == name).map(|i| files.swap_remove(i).1);
+            let source = match (file, map.get(name)) {
+                (Some(_), Some(_)) => {
+                    return Err(Error::validation(&at, "is given both as a file part and in the JSON inputs"));
+                }
+                (Some(bytes), None) => Source::Bytes(bytes),
+                (None, Some(Value::String(text))) => Source::Text(text.clone()),
+                // Absent (a default may apply) or not a string (the schema reports it).
+                (None, _) => continue,
+            };
+            let image = inputs::load(source, &self.config.input_fetch)
+                .await
+                .map_err(|message| Error::validation(&at, message))?;
+            let file_name = inputs::file_name(name, image.ext);
+            map.insert(name.clone(), Value::String(format!("{}/{file_name}", input_subfolder(id))));
+            let hash = *blake3::hash(&image.bytes).as_bytes();
+            refs.push(InputRef {
+                name: name.clone(),
+                file_name,
+                media_type: image.media_type.to_string(),
+                size_bytes: image.bytes.len() as u64,
+                hash,
+            });
+            blobs.push(NewBlob { hash, media_type: image.media_type.to_string(), bytes: image.bytes });
+        }
+        Ok((refs, blobs))
     }
 
     /// The metrics in Prometheus text format, levels read now (store counts are O(1)).

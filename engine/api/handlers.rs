@@ -35,11 +35,15 @@ fn too_large(max: usize) -> Error {
 
 /// Parse a JSON object body, naming the position of a syntax error.
 async fn read_object(ctx: &Ctx, req: Request<Incoming>) -> Result<Map<String, Value>> {
-    let body = read_body(ctx, req).await?;
+    parse_object(&read_body(ctx, req).await?)
+}
+
+/// Parse a JSON object, naming the position of a syntax error.
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
     if body.is_empty() {
         return Err(Error::validation("/", "the request body is empty; a JSON object is expected"));
     }
-    match serde_json::from_slice::<Value>(&body) {
+    match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::validation("/", "the request body must be a JSON object")),
         Err(e) => {
@@ -249,9 +253,50 @@ pub async fn delete_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
 
 const JOB_FIELDS: &[&str] = &["workflowId", "inputs", "params", "priority", "callbackUrl", "metadata"];
 
-/// `POST /jobs`: 202 `{jobId, status, pollUrl}` after the durable commit.
+/// A parsed job request: the JSON object and, for `multipart/form-data`, the file parts.
+async fn read_job_request(ctx: &Ctx, req: Request<Incoming>) -> Result<(Map<String, Value>, Vec<(String, Bytes)>)> {
+    let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data") {
+        return Ok((read_object(ctx, req).await?, Vec::new()));
+    }
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| Error::validation("/", format!("bad multipart content type: {e}")))?;
+    let body = read_body(ctx, req).await?;
+    let stream = futures_util::stream::once(async move { Ok::<_, std::convert::Infallible>(body) });
+    let mut multipart = multer::Multipart::new(stream, boundary);
+    let bad = |e: multer::Error| Error::validation("/", format!("malformed multipart body: {e}"));
+    let (mut json, mut files) = (None, Vec::new());
+    while let Some(field) = multipart.next_field().await.map_err(bad)? {
+        let name = field.name().unwrap_or_default().to_string();
+        let bytes = field.bytes().await.map_err(bad)?;
+        match name.as_str() {
+            "request" | "json" => {
+                if json.is_some() {
+                    return Err(Error::validation("/", "more than one \"request\" part"));
+                }
+                json = Some(parse_object(&bytes)?);
+            }
+            "" => return Err(Error::validation("/", "a multipart part has no name")),
+            _ => {
+                let input = name.strip_prefix("inputs.").unwrap_or(&name).to_string();
+                if files.iter().any(|(n, _)| *n == input) {
+                    return Err(Error::validation(&format!("/inputs/{input}"), "is given in two parts"));
+                }
+                files.push((input, bytes));
+            }
+        }
+    }
+    let json = json.ok_or_else(|| {
+        Error::validation("/", "a multipart job needs a part named \"request\" holding the JSON body")
+    })?;
+    Ok((json, files))
+}
+
+/// `POST /jobs`: 202 `{jobId, status, pollUrl}` after the durable commit. The body is JSON,
+/// or `multipart/form-data` with the JSON in a part named `request` (or `json`) and image
+/// inputs as file parts named after the input (or `inputs.<name>`).
 pub async fn create_job(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp> {
-    let body = read_object(ctx, req).await?;
+    let (body, files) = read_job_request(ctx, req).await?;
     reject_unknown(&body, JOB_FIELDS)?;
     let workflow_id = req_string(&body, "workflowId")?;
     let mut inputs = opt_object(&body, "inputs")?.unwrap_or_default();
@@ -279,6 +324,7 @@ pub async fn create_job(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp> {
             priority: parse_priority(body.get("priority"))?,
             metadata,
             callback_url,
+            files,
         })
         .await?;
     let poll_url = format!("/jobs/{}", job.id);

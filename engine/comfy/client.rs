@@ -1,4 +1,4 @@
-//! HTTP client of one ComfyUI backend: submit, history, queue, interrupt, view, stats.
+//! HTTP client of one ComfyUI backend: upload, submit, history, queue, interrupt, view, stats.
 //!
 //! Errors say whether the request can have reached ComfyUI: a refused connection
 //! ([`ComfyError::Connect`]) certainly did not, anything else after connecting is
@@ -164,6 +164,54 @@ impl ComfyClient {
                 Err(ComfyError::Rejected { message, details })
             }
             _ => Err(ComfyError::Status { status, body: snippet(&body) }),
+        }
+    }
+
+    /// `POST /upload/image` of an input image into `input/<subfolder>/<file_name>`, replacing
+    /// a file of that name (`overwrite=true`), so the prompt can name `subfolder/file_name`.
+    pub async fn upload_image(
+        &self,
+        subfolder: &str,
+        file_name: &str,
+        media_type: &str,
+        bytes: Bytes,
+    ) -> Result<(), ComfyError> {
+        let boundary = format!("gw-{}", uuid::Uuid::new_v4().simple());
+        let mut body = Vec::with_capacity(bytes.len() + 512);
+        for (name, value) in [("overwrite", "true"), ("type", "input"), ("subfolder", subfolder)] {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{file_name}\"\r\n\
+                 Content-Type: {media_type}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(&bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let resp = self
+            .http
+            .post(format!("{}/upload/image", self.base_url))
+            .header(http::header::CONTENT_TYPE, format!("multipart/form-data; boundary={boundary}"))
+            .body(body)
+            .timeout(VIEW_TIMEOUT)
+            .send()
+            .await
+            .map_err(ComfyError::from_reqwest)?;
+        let status = resp.status();
+        let answer = resp.bytes().await.map_err(ComfyError::from_reqwest)?;
+        if !status.is_success() {
+            return Err(ComfyError::Status { status: status.as_u16(), body: snippet(&answer) });
+        }
+        let v: Value = serde_json::from_slice(&answer)
+            .map_err(|e| ComfyError::Protocol(format!("POST /upload/image answer: {e}")))?;
+        match (v.get("name").and_then(Value::as_str), v.get("subfolder").and_then(Value::as_str)) {
+            (Some(name), Some(sub)) if name == file_name && sub == subfolder => Ok(()),
+            _ => Err(ComfyError::Protocol(format!("POST /upload/image stored {file_name} as {v}"))),
         }
     }
 

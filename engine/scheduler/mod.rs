@@ -335,11 +335,13 @@ impl Scheduler {
         Ok(Scheduler { shared })
     }
 
-    /// Durably accept a new job (state `Queued`, `rank_ms` set by [`queue_rank`]) and queue it.
-    /// Returns the job as stored, after the commit.
-    pub async fn submit(&self, job: Job) -> Result<Job> {
+    /// Durably accept a new job (state `Queued`, `rank_ms` set by [`queue_rank`]) and queue it,
+    /// with the blobs of its image inputs in the same commit. Returns the job as stored,
+    /// after the commit.
+    pub async fn submit(&self, job: Job, blobs: Vec<crate::store::NewBlob>) -> Result<Job> {
         assert_eq!(job.state, JobState::Queued);
-        let job = self.shared.store.insert_job(job, vec![crate::domain::JobEventKind::Queued]).await?;
+        let job =
+            self.shared.store.insert_job_with_blobs(job, blobs, vec![crate::domain::JobEventKind::Queued]).await?;
         self.shared.lock().enqueue(job.queue_key, job.id, job.priority);
         // Inside the request's span: this line joins the correlation id to the job id.
         tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");

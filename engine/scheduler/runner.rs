@@ -26,7 +26,7 @@ use super::{Backend, Progress, Shared};
 use crate::comfy::client::ComfyError;
 use crate::comfy::protocol::{self, HistoryEntry, Outcome, OutputFile};
 use crate::comfy::ws::{Signal, Subscription};
-use crate::domain::{Job, JobError, JobEventKind, JobId, JobState, OutputRef, QueueKey, now_ms};
+use crate::domain::{Job, JobError, JobEventKind, JobId, JobState, OutputRef, QueueKey, input_subfolder, now_ms};
 use crate::error::ErrorCode;
 use crate::store::NewBlob;
 
@@ -45,6 +45,14 @@ enum Phase {
     Reconcile,
     Fetch,
     Collect(HistoryEntry),
+}
+
+/// Why the input images could not be uploaded.
+enum UploadError {
+    /// ComfyUI's answer (or no answer).
+    Comfy(ComfyError),
+    /// The stored image could not be read.
+    Store(String),
 }
 
 enum Exit {
@@ -214,9 +222,29 @@ impl Run {
         self.finish(Event::Fail { error: JobError { code, message, details_json } }).await
     }
 
+    /// Upload the job's input images (every time: the backend may have restarted since), then
+    /// `POST /prompt`. A failed upload means the prompt was certainly not sent.
     async fn submit(&mut self) -> Result<Phase, Exit> {
         let id = self.id().to_string();
         let client_id = self.job.client_id.clone().unwrap_or_default();
+        let uploaded = tokio::select! {
+            r = self.upload_inputs() => r,
+            _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
+        };
+        match uploaded {
+            Ok(()) => {}
+            Err(UploadError::Comfy(ComfyError::Connect(reason) | ComfyError::Transport(reason))) => {
+                return self.requeue_unreachable(reason).await;
+            }
+            Err(UploadError::Comfy(other)) => {
+                let message = format!("ComfyUI did not accept an input image: {other}");
+                return self.fail(ErrorCode::ComfyuiNodeError, message, None).await;
+            }
+            Err(UploadError::Store(message)) => {
+                tracing::error!(job = %id, error = %message, "cannot read an input image");
+                return self.fail(ErrorCode::Internal, "an input image could not be read".to_string(), None).await;
+            }
+        }
         let result = tokio::select! {
             r = self.backend.client.submit(&self.job.prompt_json, &id, &client_id) => r,
             _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
@@ -231,21 +259,43 @@ impl Run {
                 self.fail(ErrorCode::ComfyuiNodeError, format!("ComfyUI rejected the prompt: {message}"), Some(details))
                     .await
             }
-            Err(ComfyError::Connect(reason)) => {
-                // Certainly not received: back to the queue without counting an attempt.
-                self.backend.mark_down(&reason);
-                let key = self.job.queue_key;
-                if self.commit(Event::Requeue { reason: format!("backend unreachable: {reason}") }).await {
-                    Err(Exit::Requeue(key))
-                } else {
-                    Err(Exit::Finished)
-                }
-            }
+            Err(ComfyError::Connect(reason)) => self.requeue_unreachable(reason).await,
             Err(other) => {
                 tracing::warn!(job = %id, error = %other, "submit outcome unknown; reconciling");
                 Ok(Phase::Reconcile)
             }
         }
+    }
+
+    /// The prompt certainly did not reach the backend: back to the queue without counting
+    /// an attempt.
+    async fn requeue_unreachable(&mut self, reason: String) -> Result<Phase, Exit> {
+        self.backend.mark_down(&reason);
+        let key = self.job.queue_key;
+        if self.commit(Event::Requeue { reason: format!("backend unreachable: {reason}") }).await {
+            Err(Exit::Requeue(key))
+        } else {
+            Err(Exit::Finished)
+        }
+    }
+
+    /// `POST /upload/image` of every input image, from the blob store, under the job's
+    /// subfolder with the name the prompt was rendered with.
+    async fn upload_inputs(&self) -> Result<(), UploadError> {
+        let subfolder = input_subfolder(self.job.id);
+        for input in &self.job.inputs {
+            let bytes = match self.shared.store.read_blob(&input.hash) {
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Err(UploadError::Store(format!("input {:?}: blob missing", input.name))),
+                Err(e) => return Err(UploadError::Store(format!("input {:?}: {e}", input.name))),
+            };
+            self.backend
+                .client
+                .upload_image(&subfolder, &input.file_name, &input.media_type, bytes.into())
+                .await
+                .map_err(UploadError::Comfy)?;
+        }
+        Ok(())
     }
 
     fn poll_interval(&self) -> Duration {

@@ -163,6 +163,7 @@ mod tests {
             started_ms: None,
             finished_ms: None,
             updated_ms: 1,
+            inputs: Vec::new(),
         }
     }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use super::codec;
 use super::tables::{BLOB_CHUNKS, BLOBS, WriteTables, meta_key};
-use crate::domain::{Hash, OutputRef, hash_hex};
+use crate::domain::{Hash, Job, hash_hex};
 
 /// Stored bytes per chunk.
 pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
@@ -180,12 +180,30 @@ enum RefChange {
     Remove { hash: Hash, n: u64 },
 }
 
-/// Plan the reference changes from `old` to `new` outputs. Every blob gaining references
-/// must be stored already or be among `provided`; sizes must match the outputs.
+/// One reference of a job to a blob: an output or an input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct BlobUse {
+    /// The output or input name (for errors).
+    pub name: String,
+    /// The blob.
+    pub hash: Hash,
+    /// The size the job records for it.
+    pub size_bytes: u64,
+}
+
+/// Every blob reference a job holds: one per output and one per image input.
+pub(crate) fn job_refs(job: &Job) -> Vec<BlobUse> {
+    let outputs = job.outputs.iter().map(|o| BlobUse { name: o.name.clone(), hash: o.hash, size_bytes: o.size_bytes });
+    let inputs = job.inputs.iter().map(|i| BlobUse { name: i.name.clone(), hash: i.hash, size_bytes: i.size_bytes });
+    outputs.chain(inputs).collect()
+}
+
+/// Plan the reference changes from `old` to `new` references. Every blob gaining references
+/// must be stored already or be among `provided`; sizes must match the references.
 pub(crate) fn check_refs(
     t: &WriteTables<'_>,
-    old: &[OutputRef],
-    new: &[OutputRef],
+    old: &[BlobUse],
+    new: &[BlobUse],
     provided: &[Payload],
 ) -> Result<RefPlan, StoreError> {
     let mut deltas: BTreeMap<Hash, i64> = BTreeMap::new();
@@ -205,7 +223,7 @@ pub(crate) fn check_refs(
                 None => {
                     let payload = provided.iter().find(|p| p.hash() == &hash).ok_or_else(|| {
                         StoreError::Invalid(format!(
-                            "an output names blob {} which is neither stored nor provided",
+                            "an output or input names blob {} which is neither stored nor provided",
                             hash_hex(&hash)
                         ))
                     })?;
@@ -218,7 +236,7 @@ pub(crate) fn check_refs(
             };
             if let Some(o) = new.iter().find(|o| o.hash == hash && o.size_bytes != size) {
                 return Err(StoreError::Invalid(format!(
-                    "output {:?}: size_bytes {} but blob {} has {size}",
+                    "{:?}: size_bytes {} but blob {} has {size}",
                     o.name,
                     o.size_bytes,
                     hash_hex(&hash)

@@ -3,6 +3,11 @@
 //! postcard is not self-describing: fields are positional and enum variants are indices.
 //! So a domain type may only gain enum variants at the end; any other change to a stored
 //! type needs a new format version here and a decoder for the old one.
+//!
+//! Job records are at [`JOB_FORMAT_VERSION`] 2: version 1 lacked the trailing `inputs`
+//! list. Since postcard is positional, a version-1 record followed by one `0x00` byte (an
+//! empty sequence) is exactly the version-2 encoding of the same job with no inputs; that
+//! is how old records are read. Every other table is still at version 1.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -11,14 +16,46 @@ use super::StoreError;
 /// The format version written before every record.
 pub(crate) const FORMAT_VERSION: u8 = 1;
 
+/// The format version of `jobs` records (version 1: without the trailing `inputs`).
+pub(crate) const JOB_FORMAT_VERSION: u8 = 2;
+
 /// Encode a record for `table` under `key` (both only used in the error).
 pub(crate) fn encode<T: Serialize>(
     table: &'static str,
     key: &dyn std::fmt::Display,
     value: &T,
 ) -> Result<Vec<u8>, StoreError> {
-    postcard::to_extend(value, vec![FORMAT_VERSION])
+    encode_at(FORMAT_VERSION, table, key, value)
+}
+
+/// Encode a `jobs` record.
+pub(crate) fn encode_job<T: Serialize>(key: &dyn std::fmt::Display, value: &T) -> Result<Vec<u8>, StoreError> {
+    encode_at(JOB_FORMAT_VERSION, "jobs", key, value)
+}
+
+fn encode_at<T: Serialize>(
+    version: u8,
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    postcard::to_extend(value, vec![version])
         .map_err(|e| StoreError::Invalid(format!("{table}[{key}]: cannot encode: {e}")))
+}
+
+/// Decode a `jobs` record of version 2, or of version 1 (read as having no inputs).
+pub(crate) fn decode_job<T: DeserializeOwned>(key: &dyn std::fmt::Display, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.first() {
+        Some(&FORMAT_VERSION) => {
+            // Version 1 plus an empty trailing sequence is version 2 (see the module doc).
+            let mut upgraded = Vec::with_capacity(bytes.len() + 1);
+            upgraded.push(JOB_FORMAT_VERSION);
+            upgraded.extend_from_slice(&bytes[1..]);
+            upgraded.push(0);
+            decode_at(JOB_FORMAT_VERSION, "jobs", key, &upgraded)
+        }
+        _ => decode_at(JOB_FORMAT_VERSION, "jobs", key, bytes),
+    }
 }
 
 /// Decode a record read from `table` under `key`; any failure is `Corrupt` naming both.
@@ -27,11 +64,20 @@ pub(crate) fn decode<T: DeserializeOwned>(
     key: &dyn std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
+    decode_at(FORMAT_VERSION, table, key, bytes)
+}
+
+fn decode_at<T: DeserializeOwned>(
+    expected: u8,
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     let corrupt = |reason: String| StoreError::Corrupt { table, key: key.to_string(), reason };
     let Some((&version, body)) = bytes.split_first() else {
         return Err(corrupt("empty record".to_string()));
     };
-    if version != FORMAT_VERSION {
+    if version != expected {
         return Err(corrupt(format!("unknown format version {version}")));
     }
     let (value, rest) = postcard::take_from_bytes::<T>(body).map_err(|e| corrupt(e.to_string()))?;
@@ -61,5 +107,29 @@ mod tests {
         let mut trailing = bytes.clone();
         trailing.push(0);
         assert!(matches!(decode::<(u32, String)>("t", &"k", &trailing), Err(StoreError::Corrupt { .. })));
+    }
+
+    #[test]
+    fn a_version_1_job_record_reads_with_empty_trailing_list() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            a: u32,
+            b: String,
+        }
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct V2 {
+            a: u32,
+            b: String,
+            inputs: Vec<(String, u8)>,
+        }
+        let old = encode("jobs", &"k", &V1 { a: 3, b: "x".into() }).unwrap();
+        assert_eq!(old[0], 1);
+        let back: V2 = decode_job(&"k", &old).unwrap();
+        assert_eq!(back, V2 { a: 3, b: "x".into(), inputs: vec![] });
+        let new = encode_job(&"k", &(3u32, "x", vec![("i".to_string(), 7u8)])).unwrap();
+        assert_eq!(new[0], JOB_FORMAT_VERSION);
+        let back: V2 = decode_job(&"k", &new).unwrap();
+        assert_eq!(back.inputs, vec![("i".to_string(), 7)]);
+        assert!(decode_job::<V2>(&"k", &[9, 0]).is_err());
     }
 }

@@ -36,7 +36,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     for entry in jobs.range::<u128>(..)? {
         let (k, v) = entry?;
         let id = Uuid::from_u128(k.value());
-        let job: Job = codec::decode("jobs", &id, v.value())?;
+        let job: Job = codec::decode_job(&id, v.value())?;
         if job.id != id {
             return Err(corrupt("jobs", id, format!("record is for job {}", job.id)));
         }
@@ -44,8 +44,8 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
             return Err(corrupt("jobs", id, format!("bad or reused seq {}", job.queue_key.seq)));
         }
         *n_by_state.entry(job.state).or_default() += 1;
-        for o in &job.outputs {
-            *refs.entry(o.hash).or_default() += 1;
+        for r in blobs::job_refs(&job) {
+            *refs.entry(r.hash).or_default() += 1;
         }
         match job.state {
             JobState::Queued => n_queued += 1,
@@ -110,7 +110,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
             return Err(corrupt(
                 "blobs",
                 hash_hex(&hash),
-                format!("{} refs, outputs name it {expected} times", meta.n_refs),
+                format!("{} refs, outputs and inputs name it {expected} times", meta.n_refs),
             ));
         }
         for i in 0..meta.n_chunks {
@@ -124,7 +124,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
         n_chunks_total += u64::from(meta.n_chunks);
     }
     if let Some(hash) = refs.keys().next() {
-        return Err(corrupt("blobs", hash_hex(hash), "named by an output but not stored"));
+        return Err(corrupt("blobs", hash_hex(hash), "named by an output or input but not stored"));
     }
     let n_chunk_entries = chunks.len()?;
     if n_chunk_entries != n_chunks_total {

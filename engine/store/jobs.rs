@@ -15,6 +15,8 @@ use crate::domain::{Job, JobEvent, JobEventKind, JobId, JobState, QueueKey, now_
 /// `Store::insert_job`.
 pub(crate) struct InsertJob {
     pub job: Job,
+    /// Blobs of the job's inputs (stored unless already there).
+    pub blobs: Vec<Payload>,
     pub events: Vec<JobEventKind>,
 }
 
@@ -58,8 +60,8 @@ impl WriteOp for InsertJob {
             .ok_or_else(|| StoreError::Invalid("job sequence exhausted".to_string()))?;
         job.queue_key.seq = seq;
         check_job(&job)?;
-        let refs = blobs::check_refs(t, &[], &job.outputs, &[])?;
-        let record = codec::encode("jobs", &job.id, &job)?;
+        let refs = blobs::check_refs(t, &[], &blobs::job_refs(&job), &self.blobs)?;
+        let record = codec::encode_job(&job.id, &job)?;
         let events = encode_events(t, job.id, &self.events)?;
         Ok(JobPlan { job, record, old: None, seq: Some(seq), refs, events })
     }
@@ -74,6 +76,10 @@ impl WriteOp for InsertJob {
         }
         write_job(t, &plan)?;
         Ok(plan.job)
+    }
+
+    fn payload_bytes(&self) -> usize {
+        self.blobs.iter().map(Payload::len).sum()
     }
 }
 
@@ -97,8 +103,8 @@ impl WriteOp for UpdateJob {
             )));
         }
         check_job(&job)?;
-        let refs = blobs::check_refs(t, &old.outputs, &job.outputs, &self.blobs)?;
-        let record = codec::encode("jobs", &job.id, &job)?;
+        let refs = blobs::check_refs(t, &blobs::job_refs(&old), &blobs::job_refs(&job), &self.blobs)?;
+        let record = codec::encode_job(&job.id, &job)?;
         let events = encode_events(t, job.id, &self.events)?;
         Ok(JobPlan { job, record, old: Some(old), seq: None, refs, events })
     }
@@ -137,6 +143,12 @@ fn check_job(job: &Job) -> Result<(), StoreError> {
     for output in &job.outputs {
         if !names.insert(output.name.as_str()) {
             return Err(StoreError::Invalid(format!("job {}: output name {:?} appears twice", job.id, output.name)));
+        }
+    }
+    let mut input_names = HashSet::with_capacity(job.inputs.len());
+    for input in &job.inputs {
+        if !input_names.insert(input.name.as_str()) {
+            return Err(StoreError::Invalid(format!("job {}: input name {:?} appears twice", job.id, input.name)));
         }
     }
     Ok(())
@@ -242,7 +254,7 @@ pub(crate) fn load_job(jobs: &impl ReadableTable<u128, &'static [u8]>, key: u128
     let Some(guard) = jobs.get(key)? else {
         return Ok(None);
     };
-    let job: Job = codec::decode("jobs", &id, guard.value())?;
+    let job: Job = codec::decode_job(&id, guard.value())?;
     if job.id != id {
         return Err(corrupt("jobs", id, format!("record is for job {}", job.id)));
     }

@@ -15,8 +15,8 @@
 //! - every job has one `jobs_by_created` entry at its (immutable) `created_ms`;
 //! - `queue_key.seq` is assigned by the store, unique, and never changes;
 //! - `meta` per-state counts equal the number of jobs in each state;
-//! - a blob's `n_refs` is the number of `OutputRef`s of all jobs naming it; a blob whose
-//!   last reference goes away is deleted with its chunks.
+//! - a blob's `n_refs` is the number of `OutputRef`s and `InputRef`s of all jobs naming
+//!   it; a blob whose last reference goes away is deleted with its chunks.
 
 mod blobs;
 mod codec;
@@ -234,7 +234,20 @@ impl Store {
     /// `JobExists` if the id is taken. A job may be inserted with outputs (a cache hit)
     /// only if their blobs are already stored.
     pub async fn insert_job(&self, job: Job, events: Vec<JobEventKind>) -> Result<Job, StoreError> {
-        self.submit(jobs::InsertJob { job, events }).await
+        self.insert_job_with_blobs(job, Vec::new(), events).await
+    }
+
+    /// [`Store::insert_job`], storing in the same transaction the blobs of the job's image
+    /// inputs (`job.inputs`; deduplicated by hash, each gaining one reference per input that
+    /// names it). Each new blob's hash is verified against its bytes (`Invalid` if not).
+    pub async fn insert_job_with_blobs(
+        &self,
+        job: Job,
+        blobs: Vec<NewBlob>,
+        events: Vec<JobEventKind>,
+    ) -> Result<Job, StoreError> {
+        let blobs = self.prepare_blobs(blobs).await?;
+        self.submit(jobs::InsertJob { job, blobs, events }).await
     }
 
     /// Replace a job record and append events, keeping the indexes consistent: in the

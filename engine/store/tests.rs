@@ -45,6 +45,7 @@ fn job(rank_ms: i64) -> Job {
         started_ms: None,
         finished_ms: None,
         updated_ms: 1_000,
+        inputs: Vec::new(),
     }
 }
 
@@ -323,6 +324,47 @@ async fn blobs_dedupe_and_count_references() {
 }
 
 #[tokio::test]
+async fn input_blobs_are_stored_with_the_job_and_referenced_by_it() {
+    let (_dir, store) = open_temp();
+    let img = blob("image/png", bytes_of("input", 3000));
+    let input = |name: &str| crate::domain::InputRef {
+        name: name.to_string(),
+        file_name: format!("{name}.png"),
+        media_type: "image/png".to_string(),
+        size_bytes: 3000,
+        hash: img.hash,
+    };
+    // Not provided and not stored: refused, nothing written.
+    let mut a = job(1);
+    a.inputs = vec![input("image")];
+    assert!(matches!(store.insert_job(a.clone(), vec![]).await, Err(StoreError::Invalid(_))));
+    assert_eq!(store.get_job(a.id).unwrap(), None);
+    // Stored in the job's own commit; a second job with the same image shares the blob.
+    let a = store.insert_job_with_blobs(a, vec![img.clone()], vec![]).await.unwrap();
+    let mut b = job(2);
+    b.inputs = vec![input("image"), input("mask")];
+    let b = store.insert_job_with_blobs(b, vec![img.clone()], vec![]).await.unwrap();
+    assert_eq!(store.blob_meta(&img.hash).unwrap().unwrap().n_refs, 3);
+    assert_eq!(store.read_blob(&img.hash).unwrap().unwrap(), img.bytes.to_vec());
+    // An output of the same bytes counts too; updates keep input references as they are.
+    let mut done = a.clone();
+    done.state = JobState::Succeeded;
+    done.outputs = vec![output("same.png", &img)];
+    store.complete_job(done.clone(), vec![], vec![]).await.unwrap();
+    assert_eq!(store.blob_meta(&img.hash).unwrap().unwrap().n_refs, 4);
+    assert_eq!(store.get_job(a.id).unwrap().unwrap().inputs, a.inputs);
+    let mut dropped = b.clone();
+    dropped.inputs.clear();
+    store.update_job(dropped, vec![]).await.unwrap();
+    assert_eq!(store.blob_meta(&img.hash).unwrap().unwrap().n_refs, 2);
+    // Two inputs of one job with the same name are refused.
+    let mut c = job(3);
+    c.inputs = vec![input("image"), input("image")];
+    assert!(matches!(store.insert_job(c, vec![]).await, Err(StoreError::Invalid(_))));
+    store.verify_integrity().unwrap();
+}
+
+#[tokio::test]
 async fn bad_blobs_are_refused_before_writing() {
     let (_dir, store) = open_temp();
     let a = store.insert_job(job(1), vec![]).await.unwrap();
@@ -444,9 +486,16 @@ async fn corrupt_records_are_errors_naming_the_key() {
     let garbage_id = Uuid::new_v4();
     raw_put_job(&path, garbage_id.as_u128(), &[1, 0xff, 0xff, 0xff]);
     let misplaced = Uuid::new_v4();
-    let mut record = vec![1u8];
+    let mut record = vec![2u8]; // the job record format version
     record.extend(postcard::to_allocvec(&a).unwrap());
     raw_put_job(&path, misplaced.as_u128(), &record);
+    // A version-1 record (before `inputs`, the last field: an empty list is one 0 byte).
+    let mut old_format = a.clone();
+    old_format.id = Uuid::new_v4();
+    let mut v1 = vec![1u8];
+    v1.extend(postcard::to_allocvec(&old_format).unwrap());
+    assert_eq!(v1.pop(), Some(0));
+    raw_put_job(&path, old_format.id.as_u128(), &v1);
     raw_put_job(&path, Uuid::new_v4().as_u128(), &[]);
     {
         let db = Database::create(&path).unwrap();
@@ -463,6 +512,7 @@ async fn corrupt_records_are_errors_naming_the_key() {
     }
 
     let store = Store::open(&path).unwrap();
+    assert_eq!(store.get_job(old_format.id).unwrap(), Some(old_format), "a version-1 job record reads");
     match store.get_job(garbage_id) {
         Err(StoreError::Corrupt { table: "jobs", key, .. }) => assert_eq!(key, garbage_id.to_string()),
         other => panic!("expected Corrupt, got {other:?}"),

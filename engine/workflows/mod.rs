@@ -90,6 +90,8 @@ struct Inner {
     defaults: Map<String, Value>,
     /// Node inputs (`node id`, `input name`) whose whole value is one token (see [`wrap_lists`]).
     list_slots: Vec<(String, String)>,
+    /// Top-level inputs marked `"format": "image"`.
+    image_inputs: Vec<String>,
 }
 
 /// A job's inputs made final and the prompt rendered from them.
@@ -170,13 +172,27 @@ impl CompiledWorkflow {
             return Err(WorkflowError::Definition(errors));
         }
         Ok(Self {
-            inner: Arc::new(Inner { template: parsed, schema, validator, defaults, list_slots: token_slots(template) }),
+            inner: Arc::new(Inner {
+                template: parsed,
+                image_inputs: schema::image_inputs(&schema),
+                schema,
+                validator,
+                defaults,
+                list_slots: token_slots(template),
+            }),
         })
     }
 
     /// The effective input schema (given or derived), for API responses.
     pub fn input_schema(&self) -> &Value {
         &self.inner.schema
+    }
+
+    /// The image inputs (top-level properties with `"format": "image"`): the service
+    /// resolves them to stored images and replaces each value by the uploaded file's name
+    /// before [`CompiledWorkflow::prepare`].
+    pub fn image_inputs(&self) -> &[String] {
+        &self.inner.image_inputs
     }
 
     /// The token names the template uses.

@@ -7,7 +7,9 @@
 //! - `"x-image-dimension": true`: at most `MAX_IMAGE_SIZE` (as are `width` and `height`);
 //! - `"x-batch-size": true`: at most `MAX_BATCH_SIZE` (as is `batch_size`);
 //! - `"x-scale-factor": true` (top level): the output is the generated image scaled by this
-//!   number, so top-level image dimensions times it must stay within `MAX_IMAGE_SIZE`.
+//!   number, so top-level image dimensions times it must stay within `MAX_IMAGE_SIZE`;
+//! - `"format": "image"` (top level): an image input, given as a URL, data URI, base64 or
+//!   multipart part, and replaced by the name of the file uploaded to ComfyUI.
 //!
 //! Local `$ref`s (`#/...`) are followed when looking for defaults and these markers.
 
@@ -120,6 +122,16 @@ fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
 /// The `properties` of an object schema (after `$ref`s).
 fn properties<'a>(root: &'a Value, schema: &'a Value) -> Option<&'a Map<String, Value>> {
     resolve(root, schema).get("properties")?.as_object()
+}
+
+/// The top-level properties marked `"format": "image"`, in schema order.
+pub fn image_inputs(root: &Value) -> Vec<String> {
+    properties(root, root)
+        .into_iter()
+        .flatten()
+        .filter(|(_, p)| resolve(root, p).get("format").and_then(Value::as_str) == Some("image"))
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 /// Whether `token` names a property: exactly, or as a dotted path through nested `properties`.
@@ -460,6 +472,16 @@ mod tests {
         assert_eq!(schema["properties"]["seed"]["type"], "integer");
         assert_eq!(schema["properties"]["up"]["type"], "object");
         assert_eq!(schema["required"], json!(["prompt", "up"]));
+        assert!(compile(&schema).is_ok());
+    }
+
+    #[test]
+    fn image_inputs_are_top_level_format_image() {
+        let schema = json!({"type": "object", "$defs": {"img": {"type": "string", "format": "image"}},
+            "properties": {"image": {"type": "string", "format": "image"}, "mask": {"$ref": "#/$defs/img"},
+            "when": {"type": "string", "format": "date"}, "n": {"type": "object", "properties": {
+            "deep": {"format": "image"}}}}});
+        assert_eq!(image_inputs(&schema), ["image", "mask"]);
         assert!(compile(&schema).is_ok());
     }
 

@@ -3,6 +3,8 @@
 //!
 //! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
+//! - `inputs`: image inputs by URL, data URI, base64 and multipart; SSRF refusals, bad
+//!   bytes and oversize as 400 naming the field.
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
 //!   per-backend concurrency, failure classification, cancel.
 //! - `openapi`: the OpenAPI document, checked against the live server by schemathesis.
@@ -17,6 +19,7 @@
 mod support;
 
 mod api;
+mod inputs;
 mod jobs;
 mod metrics;
 mod openapi;

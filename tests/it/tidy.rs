@@ -47,7 +47,7 @@ fn only_the_store_touches_redb() {
 #[test]
 fn only_the_api_and_the_simulator_serve_http() {
     let files = engine_files();
-    for needle in ["hyper::", "matchit::", "hyper_util::"] {
+    for needle in ["hyper::", "matchit::", "hyper_util::", "multer::"] {
         assert_eq!(offenders(&files, needle, &["engine/api/", "engine/comfy/sim/"]), Vec::<String>::new(), "{needle}");
     }
 }
