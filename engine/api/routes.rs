@@ -5,8 +5,8 @@
 use http::{HeaderValue, Method, Request};
 use hyper::body::Incoming;
 
-use super::handlers;
 use super::reply::{self, Resp};
+use super::{handlers, sse};
 use crate::error::{Error, ErrorCode};
 use crate::service::Gateway;
 
@@ -27,6 +27,10 @@ pub enum Route {
     Job,
     /// `/jobs/{id}/cancel`
     JobCancel,
+    /// `/jobs/{id}/events`
+    JobEvents,
+    /// `/jobs/{id}/logs`
+    JobLogs,
     /// `/outputs/{id}`
     Outputs,
     /// `/outputs/{id}/{file}`
@@ -42,11 +46,13 @@ pub struct Ctx {
     router: matchit::Router<Route>,
     /// When the server started.
     pub started: std::time::Instant,
+    /// Cancelled when the server stops: ends open event streams.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Ctx {
-    /// Build the context and the route table.
-    pub fn new(gateway: Gateway) -> Ctx {
+    /// Build the context and the route table; `stop` ends open event streams.
+    pub fn new(gateway: Gateway, stop: tokio_util::sync::CancellationToken) -> Ctx {
         let mut router = matchit::Router::new();
         let table = [
             ("/health", Route::Health),
@@ -56,13 +62,15 @@ impl Ctx {
             ("/jobs", Route::Jobs),
             ("/jobs/{id}", Route::Job),
             ("/jobs/{id}/cancel", Route::JobCancel),
+            ("/jobs/{id}/events", Route::JobEvents),
+            ("/jobs/{id}/logs", Route::JobLogs),
             ("/outputs/{id}", Route::Outputs),
             ("/outputs/{id}/{file}", Route::OutputFile),
         ];
         for (path, route) in table {
             router.insert(path, route).expect("the route table is valid");
         }
-        Ctx { gateway, router, started: std::time::Instant::now() }
+        Ctx { gateway, router, started: std::time::Instant::now(), stop }
     }
 }
 
@@ -73,6 +81,15 @@ pub struct Params {
     pub id: String,
     /// `{file}`.
     pub file: String,
+    /// The query string's pairs, decoded, in order.
+    pub query: Vec<(String, String)>,
+}
+
+impl Params {
+    /// The last value of a query parameter.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// Route and answer one request.
@@ -95,6 +112,7 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
     let params = Params {
         id: matched.params.get("id").unwrap_or("").to_string(),
         file: matched.params.get("file").unwrap_or("").to_string(),
+        query: form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect(),
     };
     use Route::*;
     let method = req.method().clone();
@@ -106,9 +124,12 @@ async fn route(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp, Error> {
         (Workflow, &Method::GET) => handlers::get_workflow(ctx, &params),
         (Workflow, &Method::PUT) => handlers::update_workflow(ctx, &params, req).await,
         (Workflow, &Method::DELETE) => handlers::delete_workflow(ctx, &params).await,
-        (Jobs, &Method::POST) => handlers::create_job(ctx, req).await,
+        (Jobs, &Method::GET) => handlers::list_jobs(ctx, &params),
+        (Jobs, &Method::POST) => handlers::create_job(ctx, &params, req).await,
         (Job, &Method::GET) => handlers::get_job(ctx, &params),
         (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
+        (JobEvents, &Method::GET) => sse::job_events(ctx, &params, &req),
+        (JobLogs, &Method::GET) => handlers::job_logs(ctx, &params),
         (Outputs, &Method::GET) => handlers::list_outputs(ctx, &params),
         (OutputFile, &Method::GET) => handlers::get_output(ctx, &params, &req),
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))),
