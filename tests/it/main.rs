@@ -3,6 +3,8 @@
 //!
 //! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
+//! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
+//!   privacy mode.
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
 //!   per-backend concurrency, failure classification, cancel.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
@@ -13,6 +15,7 @@
 mod support;
 
 mod api;
+mod events;
 mod jobs;
 mod recovery;
 mod sim_protocol;
