@@ -288,7 +288,7 @@ async fn events_list_jobs_filters_and_pages_without_duplicates_or_gaps() {
     let sprites: HashSet<String> = list("workflowId=sprite_transparent_bg".into()).await.into_iter().collect();
     let want: HashSet<String> = originals.iter().skip(1).step_by(2).cloned().collect();
     assert_eq!(sprites, want);
-    let succeeded = list(format!("status=succeeded&limit=500")).await;
+    let succeeded = list("status=succeeded&limit=500".to_string()).await;
     assert!(originals.iter().all(|id| succeeded.contains(id)));
     assert!(list("status=failed,canceled".into()).await.is_empty());
 
@@ -362,7 +362,8 @@ fn uuid_nil() -> &'static str {
     "00000000-0000-0000-0000-000000000000"
 }
 
-/// A workflow that puts its `prompt` input where ComfyUI echoes it in its rejection.
+/// A workflow that fails on the backend with its `prompt` input as a model name (a
+/// rejection's node details may name the value).
 fn echoing_workflow() -> Value {
     json!({
         "id": "echo",
