@@ -91,6 +91,17 @@ pub struct ServeArgs {
         value_name = "URL_INPUT_ALLOW_HOSTS"
     )]
     pub url_input_allow_hosts: String,
+    /// Keep prompt texts and inputs out of job logs and event streams.
+    #[arg(long = "privacy-mode", env = "PRIVACY_MODE", default_value_t = false, action = clap::ArgAction::Set, value_name = "PRIVACY_MODE")]
+    pub privacy_mode: bool,
+    /// Interval of the `: ping` comment lines on event streams, in ms.
+    #[arg(
+        long = "sse-heartbeat-ms",
+        env = "SSE_HEARTBEAT_MS",
+        default_value_t = 15_000,
+        value_name = "SSE_HEARTBEAT_MS"
+    )]
+    pub sse_heartbeat_ms: u64,
 }
 
 /// The validated configuration the gateway runs with.
@@ -130,6 +141,10 @@ pub struct Config {
     pub bundled_workflows: bool,
     /// Image inputs: size limit, URL fetch time limit, private addresses allowed.
     pub input_fetch: crate::inputs::FetchLimits,
+    /// Keep prompt texts and inputs out of `/jobs/:id/logs` and `/jobs/:id/events`.
+    pub privacy_mode: bool,
+    /// Interval of heartbeat comments on event streams, in ms.
+    pub sse_heartbeat_ms: u64,
 }
 
 /// A configuration problem: names the variable and what is wrong with it.
@@ -186,6 +201,9 @@ impl Config {
         if !(1024..=1 << 30).contains(&args.max_body_bytes) {
             return Err(bad("MAX_BODY_BYTES", "must be between 1024 and 1073741824"));
         }
+        if !(10..=3_600_000).contains(&args.sse_heartbeat_ms) {
+            return Err(bad("SSE_HEARTBEAT_MS", "must be between 10 and 3600000"));
+        }
         let log_json = match args.log_format.as_str() {
             "json" => true,
             "text" => false,
@@ -224,6 +242,8 @@ impl Config {
                 timeout: std::time::Duration::from_millis(args.url_input_timeout_ms),
                 allow,
             },
+            privacy_mode: args.privacy_mode,
+            sse_heartbeat_ms: args.sse_heartbeat_ms,
         })
     }
 }

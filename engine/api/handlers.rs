@@ -1,6 +1,8 @@
 //! Handlers: read the request (bounded body, JSON with field-precise errors), call the
 //! service, shape the answer. No business logic lives here.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -10,7 +12,9 @@ use serde_json::{Map, Value, json};
 use super::download;
 use super::reply::{self, Resp};
 use super::routes::{Ctx, Params};
-use crate::domain::{JobId, WorkflowRecord};
+use tokio::sync::broadcast;
+
+use crate::domain::{Job, JobId, JobState, WorkflowRecord};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{SubmitRequest, WorkflowDefinition};
 
@@ -292,10 +296,22 @@ async fn read_job_request(ctx: &Ctx, req: Request<Incoming>) -> Result<(Map<Stri
     Ok((json, files))
 }
 
+/// `?wait=SECONDS` of a synchronous submit: `0 < SECONDS ≤ sync_wait_max_s`.
+fn parse_wait(ctx: &Ctx, p: &Params) -> Result<Option<Duration>> {
+    let Some(raw) = p.query("wait") else { return Ok(None) };
+    let max = ctx.gateway.config.sync_wait_max_s;
+    match raw.parse::<f64>() {
+        Ok(s) if s.is_finite() && s > 0.0 && s <= max as f64 => Ok(Some(Duration::from_secs_f64(s))),
+        _ => Err(Error::validation("wait", format!("must be a number of seconds greater than 0 and at most {max}"))),
+    }
+}
+
 /// `POST /jobs`: 202 `{jobId, status, pollUrl}` after the durable commit. The body is JSON,
 /// or `multipart/form-data` with the JSON in a part named `request` (or `json`) and image
-/// inputs as file parts named after the input (or `inputs.<name>`).
-pub async fn create_job(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp> {
+/// inputs as file parts named after the input (or `inputs.<name>`). With
+/// `?wait=SECONDS`: 200 with the finished job if it ends within that time, else the 202.
+pub async fn create_job(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
+    let wait = parse_wait(ctx, p)?;
     let (body, files) = read_job_request(ctx, req).await?;
     reject_unknown(&body, JOB_FIELDS)?;
     let workflow_id = req_string(&body, "workflowId")?;
@@ -316,6 +332,8 @@ pub async fn create_job(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp> {
         Some(m @ Value::Object(_)) => Some(m.clone()),
         Some(_) => return Err(Error::validation("/metadata", "must be a JSON object")),
     };
+    // Subscribed before the commit, so the job's terminal notification cannot be missed.
+    let mut rx = wait.map(|_| ctx.gateway.scheduler.subscribe());
     let job = ctx
         .gateway
         .submit(SubmitRequest {
@@ -327,6 +345,11 @@ pub async fn create_job(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp> {
             files,
         })
         .await?;
+    if let (Some(wait), Some(rx)) = (wait, rx.as_mut())
+        && let Some(done) = wait_terminal(ctx, job.id, rx, wait).await?
+    {
+        return Ok(reply::json(StatusCode::OK, &reply::job_json(&done, None)));
+    }
     let poll_url = format!("/jobs/{}", job.id);
     let mut resp = reply::json(
         StatusCode::ACCEPTED,
@@ -338,19 +361,142 @@ pub async fn create_job(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp> {
     Ok(resp)
 }
 
-/// `GET /jobs/{id}` (`?include=base64` inlines small outputs).
-pub fn get_job(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp> {
+/// The job once it is terminal, woken by the scheduler's notifications (no polling);
+/// None if it is still running after `wait`.
+async fn wait_terminal(
+    ctx: &Ctx,
+    id: JobId,
+    rx: &mut broadcast::Receiver<JobId>,
+    wait: Duration,
+) -> Result<Option<Job>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut check = true;
+    loop {
+        if check {
+            let job = ctx.gateway.job(id)?;
+            if job.state.is_terminal() {
+                return Ok(Some(job));
+            }
+        }
+        check = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(notified)) => notified == id,
+            Ok(Err(broadcast::error::RecvError::Lagged(_))) => true,
+            Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(None),
+        };
+    }
+}
+
+/// `GET /jobs/{id}`: the job with its queue position, progress and `etaSeconds`
+/// (`?include=base64` inlines small outputs).
+pub fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
     let live = ctx.gateway.scheduler.live_status(job.id, job.queue_key);
-    let mut v = reply::job_json(&job, Some(&live));
-    for (k, val) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
-        match (k.as_ref(), val.as_ref()) {
-            ("include", "base64") => download::inline_outputs(&ctx.gateway, &job, &mut v)?,
-            ("include", _) => return Err(Error::validation("/include", "the only value is base64")),
-            _ => {}
-        }
+    let mut body = reply::job_json(&job, Some(&live));
+    body["etaSeconds"] = json!(ctx.gateway.scheduler.eta_seconds(&job, &live));
+    match p.query("include") {
+        None => {}
+        Some("base64") => download::inline_outputs(&ctx.gateway, &job, &mut body)?,
+        Some(_) => return Err(Error::validation("include", "the only value is base64")),
     }
-    Ok(reply::json(StatusCode::OK, &v))
+    Ok(reply::json(StatusCode::OK, &body))
+}
+
+/// Default and largest page size of `GET /jobs`.
+const LIST_LIMIT_DEFAULT: usize = 50;
+const LIST_LIMIT_MAX: usize = 500;
+
+/// A time bound of `GET /jobs`: RFC 3339 or milliseconds since the Unix epoch.
+fn parse_time(p: &Params, name: &str) -> Result<Option<u64>> {
+    let Some(raw) = p.query(name) else { return Ok(None) };
+    raw.parse::<u64>()
+        .ok()
+        .or_else(|| reply::parse_rfc3339(raw))
+        .map(Some)
+        .ok_or_else(|| Error::validation(name, "must be an RFC 3339 date-time or milliseconds since the Unix epoch"))
+}
+
+/// The opaque cursor of `GET /jobs`: hex of the last listed job's `(created_ms, id)`.
+fn encode_cursor(created_ms: u64, id: JobId) -> String {
+    format!("{created_ms:016x}{}", id.simple())
+}
+
+fn decode_cursor(raw: &str) -> Result<(u64, JobId)> {
+    let bad = || Error::validation("cursor", "is not a cursor returned by GET /jobs");
+    if raw.len() != 48 || !raw.is_ascii() {
+        return Err(bad());
+    }
+    let created_ms = u64::from_str_radix(&raw[..16], 16).map_err(|_| bad())?;
+    let id = uuid::Uuid::try_parse(&raw[16..]).map_err(|_| bad())?;
+    Ok((created_ms, id))
+}
+
+/// `GET /jobs?status=&workflowId=&after=&before=&limit=&cursor=`: newest first,
+/// `{jobs, nextCursor}`. The cursor is the position of the last job listed, so pages
+/// neither repeat nor skip jobs when new ones arrive meanwhile (they sort before it).
+pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
+    const KNOWN: &[&str] = &["status", "workflowId", "after", "before", "limit", "cursor"];
+    if let Some((k, _)) = p.query.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
+        return Err(Error::validation(k, format!("unknown parameter; expected one of {}", KNOWN.join(", "))));
+    }
+    let statuses = match p.query("status") {
+        None => None,
+        Some(raw) => {
+            Some(raw.split(',').map(|s| JobState::parse(s.trim())).collect::<Option<Vec<_>>>().ok_or_else(|| {
+                Error::validation(
+                    "status",
+                    "must be queued, running, succeeded, failed or canceled (comma-separated for several)",
+                )
+            })?)
+        }
+    };
+    let workflow_id = p.query("workflowId").map(str::to_string);
+    let (after, before) = (parse_time(p, "after")?, parse_time(p, "before")?);
+    let limit = match p.query("limit") {
+        None => LIST_LIMIT_DEFAULT,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
+            .ok_or_else(|| Error::validation("limit", format!("must be an integer from 1 to {LIST_LIMIT_MAX}")))?,
+    };
+    let mut cursor = p.query("cursor").map(decode_cursor).transpose()?;
+    // `before` is exclusive: start the scan there when it is nearer than the cursor.
+    if let Some(b) = before
+        && cursor.is_none_or(|(ms, _)| b <= ms)
+    {
+        cursor = Some((b, uuid::Uuid::nil()));
+    }
+    let keep = |j: &Job| {
+        statuses.as_ref().is_none_or(|s| s.contains(&j.state))
+            && workflow_id.as_ref().is_none_or(|w| &j.workflow_id == w)
+            && after.is_none_or(|a| j.created_ms > a)
+    };
+    let mut jobs = ctx.gateway.store.list_jobs(cursor, limit + 1, keep)?;
+    let next_cursor = if jobs.len() > limit {
+        jobs.truncate(limit);
+        jobs.last().map(|j| encode_cursor(j.created_ms, j.id))
+    } else {
+        None
+    };
+    let list: Vec<Value> = jobs.iter().map(|j| reply::job_json(j, None)).collect();
+    Ok(reply::json(StatusCode::OK, &json!({ "jobs": list, "nextCursor": next_cursor })))
+}
+
+/// Most log entries returned by `GET /jobs/{id}/logs`.
+const LOG_ENTRIES_MAX: usize = 10_000;
+
+/// `GET /jobs/{id}/logs`: the job's event log, `{jobId, events: [{seq, at, type, ...}]}`.
+/// Log entries hold no inputs; under `PRIVACY_MODE` any input text that a backend's
+/// message might echo is redacted as well.
+pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
+    let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
+    let events = ctx.gateway.store.job_events(job.id, None, LOG_ENTRIES_MAX)?;
+    let mut list: Value = events.iter().map(|(seq, e)| reply::event_json(*seq, e)).collect();
+    if ctx.gateway.config.privacy_mode {
+        reply::redact(&mut list, &reply::private_texts(&job));
+    }
+    Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "events": list })))
 }
 
 /// `POST /jobs/{id}/cancel`.

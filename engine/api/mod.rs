@@ -1,7 +1,8 @@
 //! The REST API: the only module that knows HTTP. A hyper 1 server (accept loop with
 //! graceful shutdown, [`server`]), one route table ([`routes`]), handlers that translate
-//! between JSON and the service's domain calls ([`handlers`]), and the response helpers
-//! that shape every body and error the same way ([`reply`]).
+//! between JSON and the service's domain calls ([`handlers`]), the response helpers
+//! that shape every body and error the same way ([`reply`]), and the Server-Sent Events
+//! stream of a job ([`sse`]).
 
 pub mod download;
 pub mod handlers;
@@ -9,5 +10,6 @@ pub mod openapi;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod sse;
 
 pub use server::{Server, serve};

@@ -2,21 +2,31 @@
 //! (`{"error": {code, message, retryable, details?}, "correlationId"}`), and the JSON
 //! shapes of jobs and outputs.
 
+use std::convert::Infallible;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
-use crate::domain::{Job, OutputRef, hash_hex};
+use crate::domain::{Job, JobEvent, JobEventKind, OutputRef, hash_hex};
 use crate::error::{Error, ErrorCode};
 use crate::scheduler::LiveStatus;
 
+/// The body of every response: a whole buffer, or a stream (Server-Sent Events).
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+
 /// The response type of every handler.
-pub type Resp = Response<Full<Bytes>>;
+pub type Resp = Response<Body>;
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).boxed_unsync()
+}
 
 /// A JSON response.
 pub fn json(status: StatusCode, body: &Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut resp = Response::new(full(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
@@ -24,7 +34,7 @@ pub fn json(status: StatusCode, body: &Value) -> Resp {
 
 /// A response with raw bytes.
 pub fn bytes(status: StatusCode, content_type: &str, body: Bytes) -> Resp {
-    let mut resp = Response::new(Full::new(body));
+    let mut resp = Response::new(full(body));
     *resp.status_mut() = status;
     if let Ok(v) = HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(header::CONTENT_TYPE, v);
@@ -34,7 +44,7 @@ pub fn bytes(status: StatusCode, content_type: &str, body: Bytes) -> Resp {
 
 /// An empty response.
 pub fn empty(status: StatusCode) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::new()));
+    let mut resp = Response::new(full(Bytes::new()));
     *resp.status_mut() = status;
     resp
 }
@@ -83,6 +93,128 @@ pub fn rfc3339(ms: u64) -> String {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+}
+
+/// Milliseconds since the Unix epoch of an RFC 3339 date-time (`2026-01-02T03:04:05Z`,
+/// optional fraction, `Z` or `±hh:mm` offset); None if malformed or before 1970.
+pub fn parse_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let part = s.get(r)?;
+        if part.bytes().all(|c| c.is_ascii_digit()) { part.parse().ok() } else { None }
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    let mut frac_ms = 0i64;
+    if let Some(after) = rest.strip_prefix('.') {
+        let n = after.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        let digits = format!("{:0<3}", &after[..n.min(3)]);
+        frac_ms = digits.parse().ok()?;
+        rest = &after[n..];
+    }
+    let offset_min = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+            let (h, m) = (rest[1..3].parse::<i64>().ok()?, rest[4..6].parse::<i64>().ok()?);
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (h * 60 + m)
+        }
+        _ => return None,
+    };
+    // Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_min * 60;
+    u64::try_from(secs * 1000 + frac_ms).ok()
+}
+
+/// The JSON of one entry of a job's event log: `{seq, at, type, ...}`.
+pub fn event_json(seq: u64, event: &JobEvent) -> Value {
+    let mut v = match &event.kind {
+        JobEventKind::Queued => json!({ "type": "queued", "status": "queued" }),
+        JobEventKind::Dispatched { backend, attempt } => {
+            json!({ "type": "dispatched", "status": "running", "backend": backend, "attempt": attempt })
+        }
+        JobEventKind::Requeued { reason } => json!({ "type": "requeued", "status": "queued", "reason": reason }),
+        JobEventKind::Progress { node, value, max } => {
+            let percent = if *max > 0.0 { (value / max * 100.0).clamp(0.0, 100.0) } else { 0.0 };
+            json!({ "type": "progress", "node": node, "value": value, "max": max, "percent": percent })
+        }
+        JobEventKind::Reattached { found } => json!({ "type": "reattached", "status": "running", "found": found }),
+        JobEventKind::Succeeded { n_outputs } => {
+            json!({ "type": "succeeded", "status": "succeeded", "outputs": n_outputs })
+        }
+        JobEventKind::Failed { code, message } => json!({
+            "type": "failed", "status": "failed", "code": code.as_str(), "message": message,
+        }),
+        JobEventKind::Canceled { reason } => json!({ "type": "canceled", "status": "canceled", "reason": reason }),
+    };
+    v["seq"] = json!(seq);
+    v["at"] = json!(rfc3339(event.at_ms));
+    v
+}
+
+/// Strings shorter than this are not redacted (they would mangle unrelated text).
+const REDACT_LEN_MIN: usize = 4;
+
+/// Every string value of a job's inputs (and its rendered prompt) that privacy mode
+/// keeps out of responses, longest first.
+pub fn private_texts(job: &Job) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::String(s) if s.chars().count() >= REDACT_LEN_MIN => out.push(s.clone()),
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Object(m) => m.values().for_each(|x| walk(x, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&parse_json(&job.inputs_json), &mut out);
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out.dedup();
+    out
+}
+
+/// Replace every occurrence of `texts` in the strings of `v` with `[redacted]`, and drop
+/// the `inputs` and `metadata` of a job body.
+pub fn redact(v: &mut Value, texts: &[String]) {
+    match v {
+        Value::String(s) => {
+            for t in texts {
+                if s.contains(t.as_str()) {
+                    *s = s.replace(t.as_str(), "[redacted]");
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(|x| redact(x, texts)),
+        Value::Object(m) => {
+            m.remove("inputs");
+            m.remove("metadata");
+            m.values_mut().for_each(|x| redact(x, texts));
+        }
+        _ => {}
+    }
 }
 
 /// The JSON of one output.
@@ -154,5 +286,18 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(951_782_400_123), "2000-02-29T00:00:00.123Z");
         assert_eq!(rfc3339(1_795_472_586_254), "2026-11-23T22:23:06.254Z");
+    }
+
+    #[test]
+    fn rfc3339_round_trips_and_rejects_garbage() {
+        use super::parse_rfc3339;
+        for ms in [0, 951_782_400_123, 1_795_472_586_254] {
+            assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+        }
+        assert_eq!(parse_rfc3339("2000-02-29T01:00:00+01:00"), Some(951_782_400_000));
+        assert_eq!(parse_rfc3339("2000-02-29T00:00:00.5Z"), Some(951_782_400_500));
+        for bad in ["", "yesterday", "2000-13-01T00:00:00Z", "2000-01-01T00:00:00", "2000-01-01T00:00:00.Z"] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }

@@ -10,8 +10,8 @@ use http::{HeaderMap, HeaderValue, Method, Request};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
-use super::handlers;
 use super::reply::{self, Resp};
+use super::{handlers, sse};
 use crate::error::{Error, ErrorCode};
 use crate::service::Gateway;
 
@@ -34,6 +34,10 @@ pub enum Route {
     Job,
     /// `/jobs/{id}/cancel`
     JobCancel,
+    /// `/jobs/{id}/events`
+    JobEvents,
+    /// `/jobs/{id}/logs`
+    JobLogs,
     /// `/outputs/{id}`
     Outputs,
     /// `/outputs/{id}/{file}`
@@ -46,12 +50,17 @@ impl Route {
     /// The methods the route answers, for `Allow` (RFC 9110 §15.5.6).
     pub fn allowed_methods(self) -> &'static str {
         match self {
-            Route::Health | Route::Capabilities | Route::OpenApi | Route::Job | Route::Outputs | Route::Metrics => {
-                "GET"
-            }
+            Route::Health
+            | Route::Capabilities
+            | Route::OpenApi
+            | Route::Job
+            | Route::JobEvents
+            | Route::JobLogs
+            | Route::Outputs
+            | Route::Metrics => "GET",
             Route::OutputFile => "GET, HEAD",
             Route::Workflows => "GET, POST",
-            Route::Jobs => "POST",
+            Route::Jobs => "GET, POST",
             Route::Workflow => "GET, PUT, DELETE",
             Route::JobCancel => "POST",
         }
@@ -73,11 +82,13 @@ pub struct Ctx {
     router: matchit::Router<(Route, &'static str)>,
     /// When the server started.
     pub started: std::time::Instant,
+    /// Cancelled when the server stops: ends open event streams.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl Ctx {
-    /// Build the context and the route table.
-    pub fn new(gateway: Gateway) -> Ctx {
+    /// Build the context and the route table; `stop` ends open event streams.
+    pub fn new(gateway: Gateway, stop: tokio_util::sync::CancellationToken) -> Ctx {
         let mut router = matchit::Router::new();
         let table = [
             ("/health", Route::Health),
@@ -88,6 +99,8 @@ impl Ctx {
             ("/jobs", Route::Jobs),
             ("/jobs/{id}", Route::Job),
             ("/jobs/{id}/cancel", Route::JobCancel),
+            ("/jobs/{id}/events", Route::JobEvents),
+            ("/jobs/{id}/logs", Route::JobLogs),
             ("/outputs/{id}", Route::Outputs),
             ("/outputs/{id}/{file}", Route::OutputFile),
             ("/metrics", Route::Metrics),
@@ -95,7 +108,7 @@ impl Ctx {
         for (path, route) in table {
             router.insert(path, (route, path)).expect("the route table is valid");
         }
-        Ctx { gateway, router, started: std::time::Instant::now() }
+        Ctx { gateway, router, started: std::time::Instant::now(), stop }
     }
 }
 
@@ -106,6 +119,15 @@ pub struct Params {
     pub id: String,
     /// `{file}`.
     pub file: String,
+    /// The query string's pairs, decoded, in order.
+    pub query: Vec<(String, String)>,
+}
+
+impl Params {
+    /// The last value of a query parameter.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
 }
 
 /// The client's correlation id, if it is 8-64 characters of `[A-Za-z0-9_-]`.
@@ -127,6 +149,7 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         let params = Params {
             id: m.params.get("id").unwrap_or("").to_string(),
             file: m.params.get("file").unwrap_or("").to_string(),
+            query: form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect(),
         };
         (route, pattern, params)
     });
@@ -172,9 +195,12 @@ async fn route(ctx: &Ctx, req: Request<Incoming>, matched: Option<(Route, &str, 
         (Workflow, &Method::GET) => handlers::get_workflow(ctx, &params),
         (Workflow, &Method::PUT) => handlers::update_workflow(ctx, &params, req).await,
         (Workflow, &Method::DELETE) => handlers::delete_workflow(ctx, &params).await,
-        (Jobs, &Method::POST) => handlers::create_job(ctx, req).await,
-        (Job, &Method::GET) => handlers::get_job(ctx, &params, &req),
+        (Jobs, &Method::GET) => handlers::list_jobs(ctx, &params),
+        (Jobs, &Method::POST) => handlers::create_job(ctx, &params, req).await,
+        (Job, &Method::GET) => handlers::get_job(ctx, &params),
         (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
+        (JobEvents, &Method::GET) => sse::job_events(ctx, &params, &req),
+        (JobLogs, &Method::GET) => handlers::job_logs(ctx, &params),
         (Outputs, &Method::GET) => handlers::list_outputs(ctx, &params),
         (OutputFile, &Method::GET | &Method::HEAD) => handlers::get_output(ctx, &params, &req),
         (Metrics, &Method::GET) => handlers::metrics(ctx),

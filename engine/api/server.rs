@@ -40,7 +40,7 @@ impl Server {
 pub fn serve(listener: TcpListener, gateway: Gateway) -> std::io::Result<Server> {
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    let ctx = Arc::new(Ctx::new(gateway));
+    let ctx = Arc::new(Ctx::new(gateway, stop.clone()));
     let token = stop.clone();
     let done = tokio::spawn(async move { accept_loop(listener, ctx, token).await });
     Ok(Server { local_addr, stop, done })

@@ -10,6 +10,7 @@
 //! [`TaskTracker`] and stops on one [`CancellationToken`].
 
 pub mod backends;
+pub mod feed;
 pub mod runner;
 pub mod state;
 
@@ -177,6 +178,8 @@ pub(crate) struct Shared {
     wake: Notify,
     pub(crate) tasks: TaskTracker,
     pub(crate) shutdown: CancellationToken,
+    /// "Job X has new events" after every commit that appends to a job's log.
+    pub(crate) feed: feed::Feed,
 }
 
 impl Shared {
@@ -291,7 +294,14 @@ impl Scheduler {
             wake: Notify::new(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            feed: feed::Feed::default(),
         });
+        // Seed the run durations from recent history (bounded: the newest jobs only).
+        let mut recent = store.list_jobs(None, feed::DURATIONS_SEED_JOBS, |_| true)?;
+        recent.reverse();
+        for job in &recent {
+            shared.feed.record(job);
+        }
 
         let queued = store.queued_jobs()?;
         let running = store.running_jobs()?;
@@ -325,6 +335,7 @@ impl Scheduler {
                         state::apply(&job, state::Event::Fail { error }, now_ms()).map_err(Error::internal)?;
                     store.update_job(next.clone(), log).await?;
                     shared.observe(&job, &next);
+                    shared.feed.committed(&next);
                 }
             }
         }
@@ -346,6 +357,7 @@ impl Scheduler {
         // Inside the request's span: this line joins the correlation id to the job id.
         tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");
         self.shared.wake.notify_one();
+        self.shared.feed.publish(job.id);
         Ok(job)
     }
 
@@ -365,6 +377,7 @@ impl Scheduler {
                         .map_err(|e| Error::new(ErrorCode::Conflict, e.to_string()))?;
                 self.shared.store.update_job(next.clone(), log).await?;
                 self.shared.observe(&job, &next);
+                self.shared.feed.committed(&next);
                 Ok(next)
             }
             JobState::Running => self.cancel_running(id).await,
@@ -394,6 +407,29 @@ impl Scheduler {
         let queue_position = inner.queue.contains_key(&queue_key).then(|| inner.queue.range(..queue_key).count());
         let progress = inner.running.get(&id).and_then(|r| r.progress.clone());
         LiveStatus { queue_position, progress }
+    }
+
+    /// A receiver of "job X has new events" notifications, published after each commit
+    /// that appended to a job's durable log. Subscribe before reading the log.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.shared.feed.subscribe()
+    }
+
+    /// Estimated seconds until `job` finishes (None when terminal or when its workflow
+    /// has no succeeded run yet), from the median of its workflow's recent run times.
+    pub fn eta_seconds(&self, job: &Job, live: &LiveStatus) -> Option<f64> {
+        let p50_ms = self.shared.feed.median_run_ms(&job.workflow_id)?;
+        let (slots, busy) = {
+            let inner = self.shared.lock();
+            let limit = self.shared.config.backend_concurrency_max as usize;
+            let healthy: Vec<usize> =
+                (0..self.shared.backends.len()).filter(|&b| self.shared.backends[b].is_healthy()).collect();
+            let slots = healthy.len().max(1) * limit;
+            let busy = healthy.iter().all(|&b| inner.in_flight[b] as usize >= limit);
+            (slots, busy)
+        };
+        let ms = feed::eta_ms(job, live.queue_position, slots, busy, p50_ms, now_ms())?;
+        Some(ms as f64 / 1000.0)
     }
 
     /// Jobs waiting in the gateway's queue.

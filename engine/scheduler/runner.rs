@@ -197,6 +197,7 @@ impl Run {
             Ok(()) => {
                 tracing::info!(job = %next.id, state = next.state.as_str(), attempt = next.n_attempts, "job state");
                 self.shared.observe(&self.job, &next);
+                self.shared.feed.committed(&next);
                 self.job = next;
                 true
             }
@@ -360,10 +361,11 @@ impl Run {
                 value: progress.value,
                 max: progress.max,
             };
-            let (store, id) = (self.shared.store.clone(), self.id());
+            let (shared, id) = (self.shared.clone(), self.id());
             self.progress_write = Some(tokio::spawn(async move {
-                if let Err(e) = store.append_events(id, vec![event]).await {
-                    tracing::warn!(job = %id, error = %e, "cannot log progress");
+                match shared.store.append_events(id, vec![event]).await {
+                    Ok(()) => shared.feed.publish(id),
+                    Err(e) => tracing::warn!(job = %id, error = %e, "cannot log progress"),
                 }
             }));
         }

@@ -3,6 +3,8 @@
 //!
 //! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
+//! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
+//!   privacy mode.
 //! - `inputs`: image inputs by URL, data URI, base64 and multipart; SSRF refusals, bad
 //!   bytes and oversize as 400 naming the field.
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
@@ -19,6 +21,7 @@
 mod support;
 
 mod api;
+mod events;
 mod inputs;
 mod jobs;
 mod metrics;
