@@ -123,13 +123,82 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "responses": with_errors(json!({"204": {"description": "Removed"}}), &[("404", "No such workflow")])
                 }
             },
-            "/jobs": {"post": {
-                "operationId": "createJob",
-                "summary": "Submit a job; 202 only after it is durably committed",
-                "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("JobRequest")}}},
-                "responses": with_errors(json!({"202": json_response("Accepted and queued", schema_ref("JobAccepted"))}),
-                    &[("400", "Invalid request or inputs (details name each field)"), ("404", "No such workflow"), ("413", "Body too large")])
-            }},
+            "/jobs": {
+                "get": {
+                    "operationId": "listJobs",
+                    "summary": "Jobs, newest first, with filters and an opaque cursor",
+                    "parameters": [
+                        {"name": "status", "in": "query", "required": false, "description": "Comma-separated states", "schema": {"type": "string"}},
+                        {"name": "workflowId", "in": "query", "required": false, "schema": {"type": "string"}},
+                        {"name": "after", "in": "query", "required": false, "description": "Created after (RFC 3339 or ms)", "schema": {"type": "string"}},
+                        {"name": "before", "in": "query", "required": false, "description": "Created before (RFC 3339 or ms)", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                        {"name": "cursor", "in": "query", "required": false, "description": "nextCursor of the previous page", "schema": {"type": "string"}}
+                    ],
+                    "responses": with_errors(json!({"200": json_response("A page of jobs", json!({
+                        "type": "object", "required": ["jobs", "nextCursor"],
+                        "properties": {
+                            "jobs": {"type": "array", "items": schema_ref("Job")},
+                            "nextCursor": {"type": ["string", "null"]}
+                        }
+                    }))}), &[("400", "Bad query parameter")])
+                },
+                "post": {
+                    "operationId": "createJob",
+                    "summary": "Submit a job; 202 only after it is durably committed (200 with the finished job under ?wait)",
+                    "parameters": [{"name": "wait", "in": "query", "required": false,
+                        "description": "Seconds to wait for the job to finish (sync mode)",
+                        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300}}],
+                    "requestBody": {"required": true, "content": {
+                        "application/json": {"schema": schema_ref("JobRequest")},
+                        "multipart/form-data": {"schema": {
+                            "type": "object", "required": ["request"],
+                            "properties": {"request": {"type": "string", "description": "The JSON body (JobRequest)"}},
+                            "additionalProperties": {"type": "string", "format": "binary",
+                                "description": "An image input, by input name (or inputs.<name>)"}
+                        }}
+                    }},
+                    "responses": with_errors(json!({
+                        "200": json_response("Finished within ?wait", schema_ref("Job")),
+                        "202": json_response("Accepted and queued", schema_ref("JobAccepted"))
+                    }), &[("400", "Invalid request or inputs (details name each field)"), ("404", "No such workflow"), ("413", "Body too large")])
+                }
+            },
+            "/jobs/{jobId}/logs": {
+                "parameters": [job_id.clone()],
+                "get": {
+                    "operationId": "jobLogs",
+                    "summary": "The job's durable event log",
+                    "responses": read(json!({"200": json_response("The event log", json!({
+                        "type": "object", "required": ["jobId", "status", "events"],
+                        "properties": {
+                            "jobId": {"type": "string", "format": "uuid"},
+                            "status": schema_ref("JobStatus"),
+                            "events": {"type": "array", "items": schema_ref("JobEvent")}
+                        }
+                    }))}))
+                }
+            },
+            "/jobs/{jobId}/events": {
+                "parameters": [job_id.clone()],
+                "get": {
+                    "operationId": "jobEvents",
+                    "summary": "Server-Sent Events: status, progress, outputs, terminal state; Last-Event-ID resumes",
+                    "parameters": [{"name": "lastEventId", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}],
+                    "responses": with_errors(json!({"200": {"description": "An event stream",
+                        "content": {"text/event-stream": {"schema": {
+                            "description": "One event; `data` is JSON (the log entry, or for a terminal event {seq, at, type, job})",
+                            "type": "object", "required": ["data"],
+                            "properties": {
+                                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled"]},
+                                "data": {"type": "string", "contentMediaType": "application/json"},
+                                "retry": {"type": "integer"}
+                            }
+                        }}}}}),
+                        &[("400", "Bad Last-Event-ID"), ("404", "No such job")])
+                }
+            },
             "/jobs/{jobId}": {
                 "parameters": [job_id.clone()],
                 "get": {
@@ -286,6 +355,7 @@ fn components() -> Map<String, Value> {
                 "callbackUrl": {"type": "string"},
                 "error": {"$ref": "#/components/schemas/JobError"},
                 "queuePosition": {"type": "integer", "minimum": 0},
+                "etaSeconds": {"type": ["number", "null"], "minimum": 0},
                 "progress": {
                     "type": "object", "required": ["value", "max", "percent"],
                     "properties": {
@@ -294,6 +364,15 @@ fn components() -> Map<String, Value> {
                         "percent": {"type": "number", "minimum": 0, "maximum": 100}
                     }
                 }
+            }
+        },
+        "JobEvent": {
+            "type": "object", "required": ["seq", "at", "type"],
+            "properties": {
+                "seq": {"type": "integer", "minimum": 1},
+                "at": {"type": "string", "format": "date-time"},
+                "type": {"type": "string", "enum": ["queued", "dispatched", "requeued", "progress", "reattached", "succeeded", "failed", "canceled"]},
+                "status": {"$ref": "#/components/schemas/JobStatus"}
             }
         },
         "WorkflowSummary": {

@@ -29,6 +29,8 @@ async fn openapi_document_matches_the_live_server() {
         "/jobs",
         "/jobs/{jobId}",
         "/jobs/{jobId}/cancel",
+        "/jobs/{jobId}/logs",
+        "/jobs/{jobId}/events",
         "/outputs/{jobId}",
         "/outputs/{jobId}/{file}",
     ] {
