@@ -212,9 +212,14 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
     }
     let file = read_json(&args.file)?;
     // Either a bare API-format template, or a definition object holding one.
-    let (template, mut schema, defaults) = match file.get("workflow") {
-        Some(t) if t.is_object() => (t.clone(), file.get("inputSchema").cloned(), file.get("defaults").cloned()),
-        _ => (file, None, None),
+    let (template, mut schema, defaults, keep_previews) = match file.get("workflow") {
+        Some(t) if t.is_object() => (
+            t.clone(),
+            file.get("inputSchema").cloned(),
+            file.get("defaults").cloned(),
+            file.get("keepPreviews").and_then(Value::as_bool).unwrap_or(false),
+        ),
+        _ => (file, None, None, false),
     };
     if let Some(path) = &args.schema {
         schema = Some(read_json(path)?);
@@ -226,6 +231,7 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
         template,
         input_schema: schema.filter(|s| !s.is_null()),
         defaults: defaults.and_then(|d| d.as_object().cloned()),
+        keep_previews,
     };
     match open_store(&args.db)? {
         Some(store) => {
@@ -241,6 +247,7 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
             let body = json!({
                 "id": def.id, "name": def.name, "description": def.description,
                 "workflow": def.template, "inputSchema": def.input_schema, "defaults": def.defaults,
+                "keepPreviews": def.keep_previews,
             });
             let http = reqwest::Client::new();
             let exists = http

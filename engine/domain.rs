@@ -252,6 +252,9 @@ pub struct WorkflowRecord {
     pub defaults_json: Option<String>,
     /// Creation time of this version.
     pub created_ms: u64,
+    /// Keep PreviewImage (temp) outputs as job outputs; otherwise only saved outputs are.
+    /// (Last field: records before it was added decode with `false`, see store::codec.)
+    pub keep_previews: bool,
 }
 
 /// Milliseconds since the Unix epoch, now.

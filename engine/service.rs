@@ -50,6 +50,8 @@ pub struct WorkflowDefinition {
     pub input_schema: Option<Value>,
     /// Default inputs.
     pub defaults: Option<Map<String, Value>>,
+    /// Keep PreviewImage (temp) outputs.
+    pub keep_previews: bool,
 }
 
 /// Highest and lowest priority level accepted.
@@ -263,6 +265,7 @@ impl Registry {
             schema_json: def.input_schema.map(|s| s.to_string()),
             defaults_json: def.defaults.map(|d| Value::Object(d).to_string()),
             created_ms: now_ms(),
+            keep_previews: def.keep_previews,
         };
         Ok(self.store.put_workflow(rec).await?)
     }
@@ -313,6 +316,7 @@ pub async fn register_bundled(store: &Store) -> Result<()> {
             schema_json: Some(b.input_schema.to_string()),
             defaults_json: None,
             created_ms: now_ms(),
+            keep_previews: false,
         };
         if store.put_workflow_if_absent(rec).await? {
             tracing::info!(workflow = b.id, "registered bundled workflow");

@@ -187,6 +187,7 @@ fn workflow_details(w: &WorkflowRecord, schema: Value) -> Value {
     v["inputSchema"] = schema;
     v["workflow"] = serde_json::from_str(&w.template_json).unwrap_or(Value::Null);
     v["defaults"] = w.defaults_json.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(json!({}));
+    v["keepPreviews"] = json!(w.keep_previews);
     v
 }
 
@@ -196,7 +197,8 @@ pub fn get_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
     Ok(reply::json(StatusCode::OK, &workflow_details(&w, schema)))
 }
 
-const WORKFLOW_FIELDS: &[&str] = &["id", "name", "description", "workflow", "inputSchema", "defaults", "plugin"];
+const WORKFLOW_FIELDS: &[&str] =
+    &["id", "name", "description", "workflow", "inputSchema", "defaults", "keepPreviews", "plugin"];
 
 fn workflow_definition(body: &Map<String, Value>, id: String) -> Result<WorkflowDefinition> {
     reject_unknown(body, WORKFLOW_FIELDS)?;
@@ -222,6 +224,11 @@ fn workflow_definition(body: &Map<String, Value>, id: String) -> Result<Workflow
         template,
         input_schema,
         defaults: opt_object(body, "defaults")?,
+        keep_previews: match body.get("keepPreviews") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(Error::validation("/keepPreviews", "must be a boolean")),
+        },
     })
 }
 

@@ -385,7 +385,10 @@ fn components() -> Map<String, Value> {
         "WorkflowDetails": {
             "allOf": [{"$ref": "#/components/schemas/WorkflowSummary"}],
             "type": "object", "required": ["inputSchema", "workflow", "defaults"],
-            "properties": {"inputSchema": {"type": "object"}, "workflow": {"type": "object"}, "defaults": {"type": "object"}}
+            "properties": {
+                "inputSchema": {"type": "object"}, "workflow": {"type": "object"}, "defaults": {"type": "object"},
+                "keepPreviews": {"type": "boolean"}
+            }
         },
         "WorkflowUpdate": {
             "type": "object", "required": ["workflow"], "additionalProperties": false,
@@ -402,7 +405,8 @@ fn components() -> Map<String, Value> {
                     }
                 },
                 "inputSchema": {"type": ["object", "null"], "description": "JSON Schema 2020-12 of the inputs"},
-                "defaults": {"type": ["object", "null"]}
+                "defaults": {"type": ["object", "null"]},
+                "keepPreviews": {"type": ["boolean", "null"], "description": "Keep PreviewImage (temp) outputs as job outputs"}
             }
         },
         "WorkflowDefinition": {

@@ -480,10 +480,26 @@ impl Run {
     }
 
     async fn store_outputs(&mut self, files: Vec<OutputFile>) -> Result<Phase, Exit> {
-        let has_outputs = files.iter().any(|f| f.folder_type == "output");
-        let wanted: Vec<OutputFile> = files.into_iter().filter(|f| !has_outputs || f.folder_type == "output").collect();
+        // Saved outputs always; PreviewImage (temp) files only when the workflow asks.
+        let keep_previews = match self
+            .shared
+            .store
+            .get_workflow_version(&self.job.workflow_id, self.job.workflow_version)
+        {
+            Ok(rec) => rec.is_some_and(|w| w.keep_previews),
+            Err(e) => {
+                tracing::error!(job = %self.id(), error = %e, "cannot read the job's workflow; previews are dropped");
+                false
+            }
+        };
+        let wanted: Vec<OutputFile> = files
+            .into_iter()
+            .filter(|f| f.folder_type == "output" || (keep_previews && f.folder_type == "temp"))
+            .collect();
         if wanted.is_empty() {
-            let message = "ComfyUI reported success but listed no output files".to_string();
+            let message = "ComfyUI reported success but listed no saved output files \
+                           (PreviewImage results are kept only with keepPreviews)"
+                .to_string();
             return self.fail(ErrorCode::ComfyuiNodeError, message, None).await;
         }
         let mut outputs = Vec::with_capacity(wanted.len());

@@ -4,10 +4,11 @@
 //! So a domain type may only gain enum variants at the end; any other change to a stored
 //! type needs a new format version here and a decoder for the old one.
 //!
-//! Job records are at [`JOB_FORMAT_VERSION`] 2: version 1 lacked the trailing `inputs`
-//! list. Since postcard is positional, a version-1 record followed by one `0x00` byte (an
-//! empty sequence) is exactly the version-2 encoding of the same job with no inputs; that
-//! is how old records are read. Every other table is still at version 1.
+//! Records of `jobs` and of `workflows`/`workflow_versions` are at [`V2`]: each type gained
+//! one trailing field whose zero value postcard writes as one `0x00` byte (jobs: the empty
+//! `inputs` list; workflows: `keep_previews: false`). So a version-1 record followed by one
+//! `0x00` byte is exactly the version-2 encoding of the same record; that is how old
+//! records are read ([`decode_v2`]). Every other table is still at version 1.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -16,8 +17,8 @@ use super::StoreError;
 /// The format version written before every record.
 pub(crate) const FORMAT_VERSION: u8 = 1;
 
-/// The format version of `jobs` records (version 1: without the trailing `inputs`).
-pub(crate) const JOB_FORMAT_VERSION: u8 = 2;
+/// The format version of `jobs` and workflow records (see the module doc).
+pub(crate) const V2: u8 = 2;
 
 /// Encode a record for `table` under `key` (both only used in the error).
 pub(crate) fn encode<T: Serialize>(
@@ -28,9 +29,13 @@ pub(crate) fn encode<T: Serialize>(
     encode_at(FORMAT_VERSION, table, key, value)
 }
 
-/// Encode a `jobs` record.
-pub(crate) fn encode_job<T: Serialize>(key: &dyn std::fmt::Display, value: &T) -> Result<Vec<u8>, StoreError> {
-    encode_at(JOB_FORMAT_VERSION, "jobs", key, value)
+/// Encode a record of a table at version 2 (`jobs`, `workflows`, `workflow_versions`).
+pub(crate) fn encode_v2<T: Serialize>(
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    value: &T,
+) -> Result<Vec<u8>, StoreError> {
+    encode_at(V2, table, key, value)
 }
 
 fn encode_at<T: Serialize>(
@@ -44,17 +49,21 @@ fn encode_at<T: Serialize>(
 }
 
 /// Decode a `jobs` record of version 2, or of version 1 (read as having no inputs).
-pub(crate) fn decode_job<T: DeserializeOwned>(key: &dyn std::fmt::Display, bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode_v2<T: DeserializeOwned>(
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     match bytes.first() {
         Some(&FORMAT_VERSION) => {
-            // Version 1 plus an empty trailing sequence is version 2 (see the module doc).
+            // Version 1 plus the zero value of the trailing field is version 2 (module doc).
             let mut upgraded = Vec::with_capacity(bytes.len() + 1);
-            upgraded.push(JOB_FORMAT_VERSION);
+            upgraded.push(V2);
             upgraded.extend_from_slice(&bytes[1..]);
             upgraded.push(0);
-            decode_at(JOB_FORMAT_VERSION, "jobs", key, &upgraded)
+            decode_at(V2, table, key, &upgraded)
         }
-        _ => decode_at(JOB_FORMAT_VERSION, "jobs", key, bytes),
+        _ => decode_at(V2, table, key, bytes),
     }
 }
 
@@ -124,12 +133,32 @@ mod tests {
         }
         let old = encode("jobs", &"k", &V1 { a: 3, b: "x".into() }).unwrap();
         assert_eq!(old[0], 1);
-        let back: V2 = decode_job(&"k", &old).unwrap();
+        let back: V2 = decode_v2("jobs", &"k", &old).unwrap();
         assert_eq!(back, V2 { a: 3, b: "x".into(), inputs: vec![] });
-        let new = encode_job(&"k", &(3u32, "x", vec![("i".to_string(), 7u8)])).unwrap();
-        assert_eq!(new[0], JOB_FORMAT_VERSION);
-        let back: V2 = decode_job(&"k", &new).unwrap();
+        let new = encode_v2("jobs", &"k", &(3u32, "x", vec![("i".to_string(), 7u8)])).unwrap();
+        assert_eq!(new[0], V2);
+        let back: V2 = decode_v2("jobs", &"k", &new).unwrap();
         assert_eq!(back.inputs, vec![("i".to_string(), 7)]);
-        assert!(decode_job::<V2>(&"k", &[9, 0]).is_err());
+        assert!(decode_v2::<V2>("jobs", &"k", &[9, 0]).is_err());
+    }
+
+    #[test]
+    fn a_version_1_workflow_record_reads_with_keep_previews_false() {
+        #[derive(serde::Serialize)]
+        struct V1 {
+            id: String,
+            version: u32,
+        }
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Now {
+            id: String,
+            version: u32,
+            keep_previews: bool,
+        }
+        let old = encode("workflows", &"w", &V1 { id: "w".into(), version: 4 }).unwrap();
+        let back: Now = decode_v2("workflows", &"w", &old).unwrap();
+        assert_eq!(back, Now { id: "w".into(), version: 4, keep_previews: false });
+        let new = encode_v2("workflows", &"w", &("w", 4u32, true)).unwrap();
+        assert!(decode_v2::<Now>("workflows", &"w", &new).unwrap().keep_previews);
     }
 }

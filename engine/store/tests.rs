@@ -79,6 +79,7 @@ fn workflow(id: &str, name: &str) -> WorkflowRecord {
         schema_json: Some("{}".to_string()),
         defaults_json: None,
         created_ms: 5,
+        keep_previews: true,
     }
 }
 
@@ -500,7 +501,7 @@ async fn corrupt_records_are_errors_naming_the_key() {
     {
         let db = Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(WORKFLOWS).unwrap().insert("wf", &[2u8, 0][..]).unwrap();
+        txn.open_table(WORKFLOWS).unwrap().insert("wf", &[9u8, 0][..]).unwrap();
         // Flip the content of the blob's only chunk.
         let mut chunks = txn.open_table(BLOB_CHUNKS).unwrap();
         let mut chunk = chunks.get((hash, 0)).unwrap().unwrap().value().to_vec();
@@ -527,7 +528,7 @@ async fn corrupt_records_are_errors_naming_the_key() {
     match store.get_workflow("wf") {
         Err(StoreError::Corrupt { table: "workflows", key, reason }) => {
             assert_eq!(key, "wf");
-            assert!(reason.contains("format version 2"), "{reason}");
+            assert!(reason.contains("format version 9"), "{reason}");
         }
         other => panic!("expected Corrupt, got {other:?}"),
     }

@@ -130,3 +130,55 @@ async fn outputs_of_every_kind_are_stored_and_downloadable_in_ranges() {
     let r = http.get(format!("{}{}", gw.url(), png["url"].as_str().unwrap())).send().await.unwrap();
     assert_eq!(r.headers()["content-type"], "image/png");
 }
+
+/// PreviewImage (temp) files become outputs only when the workflow asks (`keepPreviews`);
+/// a workflow that only previews, without asking, fails with a clear message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn previews_are_kept_only_when_the_workflow_asks() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
+    let graph = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": "{{color}}"}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "kept"}}
+    });
+    let url = format!("{}/workflows", gw.url());
+    let (status, v) =
+        support::post_json(&url, &json!({"id": "previews", "workflow": graph, "defaults": {"color": 1}})).await;
+    assert_eq!((status, v["keepPreviews"].as_bool()), (201, Some(false)), "{v}");
+    let run = |color: i64| {
+        let gw = &gw;
+        async move {
+            let id = gw.submit_ok(json!({"workflowId": "previews", "inputs": {"color": color}})).await;
+            gw.wait_terminal(&id, Duration::from_secs(60)).await
+        }
+    };
+    let done = run(2).await;
+    let names: Vec<&str> = done["outputs"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names.len(), 1, "only the saved image: {names:?}");
+    assert!(names[0].starts_with("kept_"), "{names:?}");
+
+    let r = reqwest::Client::new()
+        .put(format!("{url}/previews"))
+        .json(&json!({"workflow": graph, "defaults": {"color": 1}, "keepPreviews": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let done = run(3).await;
+    let outputs = done["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2, "the preview is kept too: {done}");
+    assert!(outputs.iter().any(|o| o["name"].as_str().unwrap().starts_with("ComfyUI_temp_")), "{done}");
+
+    let only_preview = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 16, "height": 16, "batch_size": 1, "color": 5}},
+        "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}
+    });
+    let (status, _) = support::post_json(&url, &json!({"id": "only_preview", "workflow": only_preview})).await;
+    assert_eq!(status, 201);
+    let id = gw.submit_ok(json!({"workflowId": "only_preview", "inputs": {}})).await;
+    let done = gw.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!((done["status"].as_str(), done["error"]["code"].as_str()), (Some("failed"), Some("COMFYUI_NODE_ERROR")));
+    assert!(done["error"]["message"].as_str().unwrap().contains("keepPreviews"), "{done}");
+}
