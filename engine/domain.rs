@@ -174,6 +174,45 @@ pub struct Job {
     pub inputs: Vec<InputRef>,
 }
 
+impl Job {
+    /// A new job in the queue: no attempts, outputs, error or timestamps beyond creation.
+    /// The store assigns `queue_key.seq` on insert.
+    pub fn new_queued(
+        id: JobId,
+        workflow: (&str, u32),
+        inputs_json: String,
+        prompt_json: String,
+        priority: i32,
+        rank_ms: i64,
+        created_ms: u64,
+    ) -> Job {
+        Job {
+            id,
+            workflow_id: workflow.0.to_string(),
+            workflow_version: workflow.1,
+            inputs_json,
+            prompt_json,
+            priority,
+            queue_key: QueueKey { rank_ms, seq: 0 },
+            state: JobState::Queued,
+            n_attempts: 0,
+            backend: None,
+            client_id: None,
+            error: None,
+            outputs: Vec::new(),
+            seed: None,
+            metadata_json: None,
+            callback_url: None,
+            cached: false,
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+            updated_ms: created_ms,
+            inputs: Vec::new(),
+        }
+    }
+}
+
 /// One entry of a job's append-only event log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct JobEvent {

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::config::Config;
-use crate::domain::{Hash, InputRef, Job, JobId, JobState, QueueKey, WorkflowRecord, input_subfolder, now_ms};
+use crate::domain::{Hash, InputRef, Job, JobId, WorkflowRecord, input_subfolder, now_ms};
 use crate::error::{Error, ErrorCode, Result};
 use crate::inputs::{self, Source};
 use crate::metrics::{BackendLevel, Metrics, Snapshot};
@@ -119,29 +119,22 @@ impl Gateway {
             compiled.prepare(&given, &self.limits(), &mut rand::rng()).map_err(|e| workflow_error("/inputs", e))?;
         let created_ms = now_ms();
         let seed = prepared.seed.or_else(|| prepared.inputs.get("seed").and_then(Value::as_i64));
+        let rank_ms = queue_rank(created_ms, req.priority, self.config.queue_aging_ms);
+        let inputs_json = Value::Object(prepared.inputs).to_string();
         let job = Job {
-            id,
-            workflow_id: rec.id,
-            workflow_version: rec.version,
-            inputs_json: Value::Object(prepared.inputs).to_string(),
-            prompt_json: prepared.prompt.to_string(),
-            priority: req.priority,
-            queue_key: QueueKey { rank_ms: queue_rank(created_ms, req.priority, self.config.queue_aging_ms), seq: 0 },
-            state: JobState::Queued,
-            n_attempts: 0,
-            backend: None,
-            client_id: None,
-            error: None,
-            outputs: Vec::new(),
             seed,
             metadata_json: req.metadata.map(|m| m.to_string()),
             callback_url: req.callback_url,
-            cached: false,
-            created_ms,
-            started_ms: None,
-            finished_ms: None,
-            updated_ms: created_ms,
             inputs: input_refs,
+            ..Job::new_queued(
+                id,
+                (&rec.id, rec.version),
+                inputs_json,
+                prepared.prompt.to_string(),
+                req.priority,
+                rank_ms,
+                created_ms,
+            )
         };
         self.scheduler.submit(job, blobs).await
     }

@@ -104,28 +104,11 @@ mod tests {
 
     fn job(workflow: &str, state: JobState, started: u64, finished: u64) -> Job {
         Job {
-            id: uuid::Uuid::nil(),
-            workflow_id: workflow.into(),
-            workflow_version: 1,
-            inputs_json: "{}".into(),
-            prompt_json: "{}".into(),
-            priority: 0,
-            queue_key: crate::domain::QueueKey { rank_ms: 0, seq: 1 },
             state,
             n_attempts: 1,
-            backend: None,
-            client_id: None,
-            error: None,
-            outputs: vec![],
-            seed: None,
-            metadata_json: None,
-            callback_url: None,
-            cached: false,
-            created_ms: 1,
             started_ms: Some(started),
             finished_ms: Some(finished),
-            updated_ms: 1,
-            inputs: Vec::new(),
+            ..Job::new_queued(uuid::Uuid::nil(), (workflow, 1), "{}".into(), "{}".into(), 0, 0, 1)
         }
     }
 

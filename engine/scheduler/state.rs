@@ -137,34 +137,12 @@ pub fn apply(job: &Job, event: Event, now_ms: u64) -> Result<(Job, Vec<JobEventK
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::QueueKey;
     use crate::error::ErrorCode;
 
     fn job() -> Job {
-        Job {
-            id: uuid::Uuid::nil(),
-            workflow_id: "w".into(),
-            workflow_version: 1,
-            inputs_json: "{}".into(),
-            prompt_json: "{}".into(),
-            priority: 0,
-            queue_key: QueueKey { rank_ms: 0, seq: 1 },
-            state: JobState::Queued,
-            n_attempts: 0,
-            backend: None,
-            client_id: None,
-            error: None,
-            outputs: vec![],
-            seed: None,
-            metadata_json: None,
-            callback_url: None,
-            cached: false,
-            created_ms: 1,
-            started_ms: None,
-            finished_ms: None,
-            updated_ms: 1,
-            inputs: Vec::new(),
-        }
+        let mut job = Job::new_queued(uuid::Uuid::nil(), ("w", 1), "{}".into(), "{}".into(), 0, 0, 1);
+        job.queue_key.seq = 1;
+        job
     }
 
     fn dispatch() -> Event {

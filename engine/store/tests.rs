@@ -23,30 +23,8 @@ fn db_path(dir: &tempfile::TempDir) -> std::path::PathBuf {
 }
 
 fn job(rank_ms: i64) -> Job {
-    Job {
-        id: Uuid::new_v4(),
-        workflow_id: "wf".to_string(),
-        workflow_version: 1,
-        inputs_json: "{\"seed\":42}".to_string(),
-        prompt_json: "{\"1\":{}}".to_string(),
-        priority: 0,
-        queue_key: QueueKey { rank_ms, seq: 0 },
-        state: JobState::Queued,
-        n_attempts: 0,
-        backend: None,
-        client_id: None,
-        error: None,
-        outputs: Vec::new(),
-        seed: Some(42),
-        metadata_json: None,
-        callback_url: None,
-        cached: false,
-        created_ms: 1_000,
-        started_ms: None,
-        finished_ms: None,
-        updated_ms: 1_000,
-        inputs: Vec::new(),
-    }
+    let inputs = "{\"seed\":42}".to_string();
+    Job { seed: Some(42), ..Job::new_queued(Uuid::new_v4(), ("wf", 1), inputs, "{\"1\":{}}".into(), 0, rank_ms, 1_000) }
 }
 
 fn bytes_of(seed: &str, len: usize) -> Vec<u8> {
