@@ -6,6 +6,7 @@
 
 pub mod download;
 pub mod handlers;
+pub mod limits;
 pub mod openapi;
 pub mod reply;
 pub mod routes;
