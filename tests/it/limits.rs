@@ -305,3 +305,22 @@ async fn limits_bodies_headers_json_query_and_paths() {
         assert_eq!(status_of(&answer), 404, "{file}: {}", &answer[..answer.len().min(300)]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_connections_beyond_max_connections_wait() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let env = [("MAX_CONNECTIONS", "1"), ("HEADER_READ_TIMEOUT_MS", "60000")];
+    let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
+    let url = format!("{}/capabilities", gw.url());
+    // The launcher's readiness probe closed its connection when its client was dropped.
+    let mut holder = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
+    holder.write_all(b"GET /capabilities HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = reqwest::Client::new();
+    let waited = client.get(&url).timeout(Duration::from_millis(700)).send().await;
+    assert!(waited.is_err(), "a second connection is not served while the only slot is taken");
+    drop(holder);
+    let r = client.get(&url).timeout(Duration::from_secs(5)).send().await.expect("served once the slot is free");
+    assert_eq!(r.status().as_u16(), 200);
+}
