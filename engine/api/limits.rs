@@ -170,6 +170,7 @@ impl RateLimits {
             let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
             keys.check_key(&client.key)
         };
+        // `ip` is None when the key refused the request (the IP was not consulted).
         let (key, ip, refused) = match key_state {
             Ok(snap) => {
                 let remaining = snap.remaining_burst_capacity();
@@ -183,25 +184,26 @@ impl RateLimits {
                     Ok(snap) => {
                         let remaining = snap.remaining_burst_capacity();
                         let used = self.limit.ip_max.saturating_sub(remaining);
-                        (key, PolicyState { remaining, reset_s: ceil_s(per_unit(self.limit.ip_max) * used) }, None)
+                        let ip = PolicyState { remaining, reset_s: ceil_s(per_unit(self.limit.ip_max) * used) };
+                        (key, Some(ip), None)
                     }
                     Err(not_until) => {
                         let wait = ceil_s(not_until.wait_time_from(self.clock.now())).max(1);
-                        (key, PolicyState { remaining: 0, reset_s: wait }, Some(wait))
+                        (key, Some(PolicyState { remaining: 0, reset_s: wait }), Some(wait))
                     }
                 }
             }
             Err(not_until) => {
                 let wait = ceil_s(not_until.wait_time_from(self.clock.now())).max(1);
-                // The IP's quota is reported as it was (not counted).
-                let ip = PolicyState { remaining: self.limit.ip_max, reset_s: 0 };
-                (PolicyState { remaining: 0, reset_s: wait }, ip, Some(wait))
+                (PolicyState { remaining: 0, reset_s: wait }, None, Some(wait))
             }
         };
         let w = ceil_s(self.limit.window).max(1);
         let policy = format!("\"client\";q={};w={w}, \"ip\";q={};w={w}", self.limit.key_max, self.limit.ip_max);
-        let state =
-            format!("\"client\";r={};t={}, \"ip\";r={};t={}", key.remaining, key.reset_s, ip.remaining, ip.reset_s);
+        let mut state = format!("\"client\";r={};t={}", key.remaining, key.reset_s);
+        if let Some(ip) = ip {
+            state.push_str(&format!(", \"ip\";r={};t={}", ip.remaining, ip.reset_s));
+        }
         let mut fields = Vec::new();
         for (name, v) in [("ratelimit-policy", policy), ("ratelimit", state)] {
             if let Ok(v) = HeaderValue::from_str(&v) {
