@@ -264,6 +264,11 @@ async fn limits_bodies_headers_json_query_and_paths() {
     let answer = raw(gw.port, b"GET /capabilities HTTP/1.1\r\nHost: x\r\n".to_vec()).await;
     assert!(!answer.contains(" 200 "), "{answer}");
     assert!(start.elapsed() >= Duration::from_millis(250), "closed by the timeout: {:?}", start.elapsed());
+    // An idle keep-alive connection is closed by the same timeout (it cannot hold a slot).
+    let start = Instant::now();
+    let answer = raw(gw.port, b"GET /capabilities HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()).await;
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    assert!(start.elapsed() >= Duration::from_millis(250), "closed when idle: {:?}", start.elapsed());
 
     // Deep JSON.
     let deep = format!("{{\"workflowId\": \"icon_512\", \"inputs\": {}{}}}", "[".repeat(100), "]".repeat(100));
