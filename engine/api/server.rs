@@ -53,6 +53,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
     let header_read_timeout = ctx.gateway.config.api_limits.header_read_timeout;
     let connections = Arc::new(tokio::sync::Semaphore::new(ctx.gateway.config.api_limits.connections_max));
     let mut evict = tokio::time::interval(limits::EVICT_INTERVAL);
+    evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let permit = tokio::select! {
             permit = connections.clone().acquire_owned() => match permit {
