@@ -102,6 +102,73 @@ pub struct ServeArgs {
         value_name = "SSE_HEARTBEAT_MS"
     )]
     pub sse_heartbeat_ms: u64,
+    /// Requests per client key in each `RATE_LIMIT_WINDOW_MS` (unset: no rate limit).
+    #[arg(long = "rate-limit-max", env = "RATE_LIMIT_MAX", value_name = "RATE_LIMIT_MAX")]
+    pub rate_limit_max: Option<u32>,
+    /// The rate limit's window, in ms (set together with `RATE_LIMIT_MAX`).
+    #[arg(long = "rate-limit-window-ms", env = "RATE_LIMIT_WINDOW_MS", value_name = "RATE_LIMIT_WINDOW_MS")]
+    pub rate_limit_window_ms: Option<u64>,
+    /// Requests per client IP in each window, whatever API keys they carry
+    /// (default: 10 × `RATE_LIMIT_MAX`).
+    #[arg(long = "rate-limit-ip-max", env = "RATE_LIMIT_IP_MAX", value_name = "RATE_LIMIT_IP_MAX")]
+    pub rate_limit_ip_max: Option<u32>,
+    /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` names the client.
+    #[arg(long = "trusted-proxies", env = "TRUSTED_PROXIES", default_value = "", value_name = "TRUSTED_PROXIES")]
+    pub trusted_proxies: String,
+    /// Queued + running jobs per client key at most (unset: unlimited).
+    #[arg(long = "max-jobs-per-client", env = "MAX_JOBS_PER_CLIENT", value_name = "MAX_JOBS_PER_CLIENT")]
+    pub max_jobs_per_client: Option<u32>,
+    /// Browser origins allowed by CORS: exact origins, comma-separated, or `*` (unset: none).
+    #[arg(long = "cors-origins", env = "CORS_ORIGINS", default_value = "", value_name = "CORS_ORIGINS")]
+    pub cors_origins: String,
+    /// Open client connections at most; further connections wait to be accepted.
+    #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value_t = 1024, value_name = "MAX_CONNECTIONS")]
+    pub max_connections: u32,
+    /// Longest time a client may take to send a request's headers, in ms.
+    #[arg(
+        long = "header-read-timeout-ms",
+        env = "HEADER_READ_TIMEOUT_MS",
+        default_value_t = 10_000,
+        value_name = "HEADER_READ_TIMEOUT_MS"
+    )]
+    pub header_read_timeout_ms: u64,
+}
+
+/// A request rate limit (GCRA): `max` requests per `window`, refilled evenly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests per client key in one window.
+    pub key_max: u32,
+    /// Requests per client IP in one window.
+    pub ip_max: u32,
+    /// The window.
+    pub window: std::time::Duration,
+}
+
+/// Which browser origins CORS allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: any origin.
+    Any,
+    /// Exactly these origins (empty: none).
+    List(Vec<String>),
+}
+
+/// Limits of the API against abuse.
+#[derive(Debug, Clone)]
+pub struct ApiLimits {
+    /// Request rate per client (None: unlimited).
+    pub rate: Option<RateLimit>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Queued + running jobs per client key (None: unlimited).
+    pub jobs_per_client_max: Option<u32>,
+    /// CORS origins.
+    pub cors: CorsOrigins,
+    /// Open connections at most.
+    pub connections_max: usize,
+    /// Time limit of reading a request's headers.
+    pub header_read_timeout: std::time::Duration,
 }
 
 /// The validated configuration the gateway runs with.
@@ -145,6 +212,8 @@ pub struct Config {
     pub privacy_mode: bool,
     /// Interval of heartbeat comments on event streams, in ms.
     pub sse_heartbeat_ms: u64,
+    /// Rate limits, CORS, connection and header limits.
+    pub api_limits: ApiLimits,
 }
 
 /// A configuration problem: names the variable and what is wrong with it.
@@ -220,7 +289,9 @@ impl Config {
         }
         let allow = crate::inputs::AllowList::parse(&args.url_input_allow_hosts)
             .map_err(|e| bad("URL_INPUT_ALLOW_HOSTS", e))?;
+        let api_limits = api_limits(args)?;
         Ok(Config {
+            api_limits,
             host: args.host,
             port: args.port,
             backend_urls,
@@ -246,6 +317,75 @@ impl Config {
             sse_heartbeat_ms: args.sse_heartbeat_ms,
         })
     }
+}
+
+fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
+    let rate = match (args.rate_limit_max, args.rate_limit_window_ms) {
+        (None, None) => {
+            if args.rate_limit_ip_max.is_some() {
+                return Err(bad("RATE_LIMIT_IP_MAX", "needs RATE_LIMIT_MAX and RATE_LIMIT_WINDOW_MS"));
+            }
+            None
+        }
+        (Some(_), None) => return Err(bad("RATE_LIMIT_WINDOW_MS", "must be set together with RATE_LIMIT_MAX")),
+        (None, Some(_)) => return Err(bad("RATE_LIMIT_MAX", "must be set together with RATE_LIMIT_WINDOW_MS")),
+        (Some(max), Some(window_ms)) => {
+            if !(1..=1_000_000).contains(&max) {
+                return Err(bad("RATE_LIMIT_MAX", "must be between 1 and 1000000"));
+            }
+            if !(100..=86_400_000).contains(&window_ms) {
+                return Err(bad("RATE_LIMIT_WINDOW_MS", "must be between 100 and 86400000"));
+            }
+            let ip_max = args.rate_limit_ip_max.unwrap_or(max.saturating_mul(10).min(10_000_000));
+            if !(1..=10_000_000).contains(&ip_max) {
+                return Err(bad("RATE_LIMIT_IP_MAX", "must be between 1 and 10000000"));
+            }
+            Some(RateLimit { key_max: max, ip_max, window: std::time::Duration::from_millis(window_ms) })
+        }
+    };
+    let mut trusted_proxies = Vec::new();
+    for raw in args.trusted_proxies.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let net = match raw.parse::<ipnet::IpNet>() {
+            Ok(net) => net,
+            Err(_) => raw
+                .parse::<IpAddr>()
+                .map(ipnet::IpNet::from)
+                .map_err(|_| bad("TRUSTED_PROXIES", format!("{raw:?} is not an IP address or CIDR")))?,
+        };
+        trusted_proxies.push(net);
+    }
+    if args.max_jobs_per_client == Some(0) {
+        return Err(bad("MAX_JOBS_PER_CLIENT", "must be at least 1 (unset it for no limit)"));
+    }
+    let origins: Vec<&str> = args.cors_origins.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let cors = if origins == ["*"] {
+        CorsOrigins::Any
+    } else {
+        let mut list = Vec::new();
+        for o in origins {
+            let url = reqwest::Url::parse(o).map_err(|_| bad("CORS_ORIGINS", format!("{o:?} is not an origin")))?;
+            let origin = url.origin().ascii_serialization();
+            if !matches!(url.scheme(), "http" | "https") || origin != o.trim_end_matches('/') || url.path() != "/" {
+                return Err(bad("CORS_ORIGINS", format!("{o:?} is not an origin like https://app.example.com, or *")));
+            }
+            list.push(origin);
+        }
+        CorsOrigins::List(list)
+    };
+    if !(1..=1_000_000).contains(&args.max_connections) {
+        return Err(bad("MAX_CONNECTIONS", "must be between 1 and 1000000"));
+    }
+    if !(10..=600_000).contains(&args.header_read_timeout_ms) {
+        return Err(bad("HEADER_READ_TIMEOUT_MS", "must be between 10 and 600000"));
+    }
+    Ok(ApiLimits {
+        rate,
+        trusted_proxies,
+        jobs_per_client_max: args.max_jobs_per_client,
+        cors,
+        connections_max: args.max_connections as usize,
+        header_read_timeout: std::time::Duration::from_millis(args.header_read_timeout_ms),
+    })
 }
 
 /// The database path of a `DATABASE_URL` value.
@@ -306,12 +446,46 @@ mod tests {
             (&["--comfyui-timeout-ms", "0"], "COMFYUI_TIMEOUT_MS"),
             (&["--log-format", "xml"], "LOG_FORMAT"),
             (&["--database-url", "postgres://x"], "DATABASE_URL"),
+            (&["--rate-limit-max", "10"], "RATE_LIMIT_WINDOW_MS"),
+            (&["--rate-limit-window-ms", "1000"], "RATE_LIMIT_MAX"),
+            (&["--rate-limit-max", "0", "--rate-limit-window-ms", "1000"], "RATE_LIMIT_MAX"),
+            (&["--trusted-proxies", "10.0.0.0/8,nope"], "TRUSTED_PROXIES"),
+            (&["--cors-origins", "https://a.example/path"], "CORS_ORIGINS"),
+            (&["--max-jobs-per-client", "0"], "MAX_JOBS_PER_CLIENT"),
+            (&["--max-connections", "0"], "MAX_CONNECTIONS"),
+            (&["--header-read-timeout-ms", "1"], "HEADER_READ_TIMEOUT_MS"),
         ];
         for (args, var) in cases {
             let err = parse(args).unwrap_err();
             assert_eq!(err.variable, *var, "{args:?}");
             assert!(err.to_string().contains(var));
         }
+    }
+
+    #[test]
+    fn api_limits_are_permissive_by_default_and_parsed() {
+        let c = parse(&[]).unwrap().api_limits;
+        assert_eq!(c.rate, None);
+        assert_eq!(c.cors, CorsOrigins::List(vec![]));
+        assert!(c.trusted_proxies.is_empty() && c.jobs_per_client_max.is_none());
+        let c = parse(&[
+            "--rate-limit-max",
+            "5",
+            "--rate-limit-window-ms",
+            "2000",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.168.1.1",
+            "--cors-origins",
+            "https://a.example, http://localhost:5173/",
+        ])
+        .unwrap()
+        .api_limits;
+        let rate = c.rate.unwrap();
+        assert_eq!((rate.key_max, rate.ip_max, rate.window.as_millis()), (5, 50, 2000));
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(c.trusted_proxies[1].contains(&"192.168.1.1".parse::<IpAddr>().unwrap()));
+        assert_eq!(c.cors, CorsOrigins::List(vec!["https://a.example".into(), "http://localhost:5173".into()]));
+        assert_eq!(parse(&["--cors-origins", "*"]).unwrap().api_limits.cors, CorsOrigins::Any);
     }
 
     #[test]

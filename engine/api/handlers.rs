@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
 use super::download;
+use super::limits::Client;
 use super::reply::{self, Resp};
 use super::routes::{Ctx, Params};
 use tokio::sync::broadcast;
@@ -42,10 +43,43 @@ async fn read_object(ctx: &Ctx, req: Request<Incoming>) -> Result<Map<String, Va
     parse_object(&read_body(ctx, req).await?)
 }
 
+/// Nesting depth of a JSON body at most (arrays and objects).
+pub const JSON_DEPTH_MAX: usize = 64;
+
+/// The deepest nesting of arrays and objects in `body` (strings skipped); a cheap scan
+/// before parsing, so deep bodies are refused with a clear message and no recursion.
+fn json_depth(body: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// Parse a JSON object, naming the position of a syntax error.
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
     if body.is_empty() {
         return Err(Error::validation("/", "the request body is empty; a JSON object is expected"));
+    }
+    if json_depth(body) > JSON_DEPTH_MAX {
+        return Err(Error::validation("/", format!("JSON nested deeper than {JSON_DEPTH_MAX} levels")));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
@@ -317,8 +351,17 @@ fn parse_wait(ctx: &Ctx, p: &Params) -> Result<Option<Duration>> {
 /// or `multipart/form-data` with the JSON in a part named `request` (or `json`) and image
 /// inputs as file parts named after the input (or `inputs.<name>`). With
 /// `?wait=SECONDS`: 200 with the finished job if it ends within that time, else the 202.
-pub async fn create_job(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
+///
+/// A client at its `MAX_JOBS_PER_CLIENT` of queued + running jobs gets 429.
+pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Incoming>) -> Result<Resp> {
     let wait = parse_wait(ctx, p)?;
+    let slot = match &ctx.limits.jobs {
+        Some(cap) => Some(cap.reserve(&client.key, |id| {
+            // A job that cannot be read is not counted (it does not hold the client back).
+            ctx.gateway.job(id).map_or(true, |j| j.state.is_terminal())
+        })?),
+        None => None,
+    };
     let (body, files) = read_job_request(ctx, req).await?;
     reject_unknown(&body, JOB_FIELDS)?;
     let workflow_id = req_string(&body, "workflowId")?;
@@ -352,6 +395,9 @@ pub async fn create_job(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result
             files,
         })
         .await?;
+    if let Some(slot) = slot {
+        slot.commit(job.id);
+    }
     if let (Some(wait), Some(rx)) = (wait, rx.as_mut())
         && let Some(done) = wait_terminal(ctx, job.id, rx, wait).await?
     {
@@ -530,4 +576,20 @@ pub fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp
 pub fn metrics(ctx: &Ctx) -> Result<Resp> {
     let text = ctx.gateway.metrics_text()?;
     Ok(reply::bytes(StatusCode::OK, crate::metrics::CONTENT_TYPE, Bytes::from(text)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth(br#"{"a": 1}"#), 1);
+        assert_eq!(json_depth(br#"{"a": [[{"b": []}]]}"#), 5);
+        assert_eq!(json_depth(br#"{"a": "[[[{{{\"]]]"}"#), 1);
+        let deep = format!("{}{}", "[".repeat(JSON_DEPTH_MAX + 1), "]".repeat(JSON_DEPTH_MAX + 1));
+        assert!(parse_object(format!("{{\"a\": {deep}}}").as_bytes()).is_err());
+        let ok = format!("{}{}", "[".repeat(JSON_DEPTH_MAX - 1), "]".repeat(JSON_DEPTH_MAX - 1));
+        assert!(parse_object(format!("{{\"a\": {ok}}}").as_bytes()).is_ok());
+    }
 }

@@ -1,11 +1,13 @@
 //! The REST API: the only module that knows HTTP. A hyper 1 server (accept loop with
 //! graceful shutdown, [`server`]), one route table ([`routes`]), handlers that translate
 //! between JSON and the service's domain calls ([`handlers`]), the response helpers
-//! that shape every body and error the same way ([`reply`]), and the Server-Sent Events
-//! stream of a job ([`sse`]).
+//! that shape every body and error the same way ([`reply`]), the Server-Sent Events
+//! stream of a job ([`sse`]), and the limits against abuse: rate limits, the per-client
+//! job cap, CORS ([`limits`]).
 
 pub mod download;
 pub mod handlers;
+pub mod limits;
 pub mod openapi;
 pub mod reply;
 pub mod routes;

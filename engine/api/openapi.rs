@@ -28,14 +28,55 @@ fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
 
-/// Add the error answers every operation can give to `responses`.
+/// The rate-limit fields of a response (draft-ietf-httpapi-ratelimit-headers-10), sent
+/// when `RATE_LIMIT_MAX` is set.
+fn rate_limit_headers() -> Value {
+    json!({
+        "RateLimit-Policy": {"$ref": "#/components/headers/RateLimit-Policy"},
+        "RateLimit": {"$ref": "#/components/headers/RateLimit"},
+    })
+}
+
+/// Add the error answers every operation can give to `responses` (a 400 for too many
+/// query parameters, 429 beyond the rate limit, 500), and the rate-limit fields.
 fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
     let obj = responses.as_object_mut().expect("responses is an object");
     for (status, description) in codes {
         obj.insert((*status).to_string(), error_response(description));
     }
+    obj.entry("400").or_insert_with(|| error_response("More than 64 query parameters"));
+    let mut limited = error_response("Rate limited (RATE_LIMITED): retry after Retry-After seconds");
+    limited["headers"] = rate_limit_headers();
+    limited["headers"]["Retry-After"] = json!({"$ref": "#/components/headers/Retry-After"});
+    obj.insert("429".into(), limited);
     obj.insert("500".into(), error_response("Internal error (details only in the gateway log)"));
+    for response in obj.values_mut() {
+        if response.get("headers").is_none() {
+            response["headers"] = rate_limit_headers();
+        }
+    }
     responses
+}
+
+/// The header fields of rate-limited answers.
+fn headers() -> Value {
+    json!({
+        "RateLimit-Policy": {
+            "description": "The quota policies: `\"client\";q=MAX;w=WINDOW_S, \"ip\";q=IP_MAX;w=WINDOW_S` \
+                (per client key, per client IP; draft-ietf-httpapi-ratelimit-headers-10). Sent when rate limits are on.",
+            "schema": {"type": "string"},
+        },
+        "RateLimit": {
+            "description": "Remaining quota and seconds until it is fully restored, per policy: \
+                `\"client\";r=REMAINING;t=SECONDS, \"ip\";r=REMAINING;t=SECONDS`.",
+            "schema": {"type": "string"},
+        },
+        "Retry-After": {
+            "description": "Seconds until a retry can succeed.",
+            "required": true,
+            "schema": {"type": "integer", "minimum": 1},
+        },
+    })
 }
 
 /// The document, for the given registered workflows `(id, input schema)`.
@@ -63,7 +104,10 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
             "title": "comfyui-gateway",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "A durable REST gateway in front of ComfyUI. Every error body is \
-                {error: {code, message, retryable, details?}, correlationId}; every response carries X-Correlation-Id.",
+                {error: {code, message, retryable, details?}, correlationId}; every response carries X-Correlation-Id. \
+                With RATE_LIMIT_MAX set, every response but /health's carries RateLimit-Policy and RateLimit, and \
+                a client over its quota (or, on POST /jobs, at MAX_JOBS_PER_CLIENT unfinished jobs) gets 429 \
+                RATE_LIMITED. CORS preflights (OPTIONS with Origin and Access-Control-Request-Method) are answered 204.",
         },
         "paths": {
             "/health": {"get": {
@@ -72,6 +116,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 "responses": {
                     "200": json_response("At least one backend is reachable", schema_ref("Health")),
                     "503": json_response("No backend is reachable", schema_ref("Health")),
+                    "400": error_response("More than 64 query parameters"),
                 }
             }},
             "/capabilities": {"get": {
@@ -88,7 +133,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
             "/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": json_response("OpenAPI 3.1 document", json!({"type": "object"}))}
+                "responses": with_errors(json!({"200": json_response("OpenAPI 3.1 document", json!({"type": "object"}))}), &[])
             }},
             "/workflows": {
                 "get": {
@@ -249,7 +294,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 }
             }
         },
-        "components": {"schemas": Value::Object(schemas)},
+        "components": {"schemas": Value::Object(schemas), "headers": headers()},
         "x-workflow-inputs": Value::Object(inputs_by_workflow),
         "x-workflow-ids": ids,
     })
@@ -459,6 +504,21 @@ fn components() -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rate_limited_answers_are_documented_except_on_health() {
+        let doc = document(&[]);
+        for (path, method) in [("/jobs", "post"), ("/jobs", "get"), ("/capabilities", "get"), ("/openapi.json", "get")]
+        {
+            let r = &doc["paths"][path][method]["responses"];
+            assert!(r["429"]["headers"]["Retry-After"]["$ref"].is_string(), "{method} {path}");
+            assert!(
+                r["200"]["headers"]["RateLimit"]["$ref"].is_string() || r["202"]["headers"]["RateLimit"].is_object()
+            );
+        }
+        assert!(doc["paths"]["/health"]["get"]["responses"]["429"].is_null());
+        assert_eq!(doc["components"]["headers"]["Retry-After"]["schema"]["type"], "integer");
+    }
 
     #[test]
     fn workflow_schemas_are_embedded() {

@@ -3,13 +3,20 @@
 //! and in error bodies), runs inside a `request` tracing span carrying it, is counted in
 //! the metrics by route *pattern*, and ends with one access log line. Unknown paths are
 //! `404 NOT_FOUND`, known paths with another method `405 METHOD_NOT_ALLOWED`.
+//!
+//! Limits are applied here, before any handler: the client's request rate (every route
+//! but `/health`; `RateLimit` fields on every counted response, 429 beyond it), the
+//! number of query parameters, and CORS (preflights answered 204, allow fields only for
+//! allowed origins).
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue, Method, Request};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use super::limits::{self, Client, Cors, Limits};
 use super::reply::{self, Resp};
 use super::{handlers, sse};
 use crate::error::{Error, ErrorCode};
@@ -70,6 +77,9 @@ impl Route {
 /// The `route` of a request that matched no pattern (metrics and access log).
 const UNMATCHED_ROUTE: &str = "unmatched";
 
+/// Query parameters of one request at most.
+pub const QUERY_PARAMS_MAX: usize = 64;
+
 /// Correlation ids accepted from clients: this many characters of `[A-Za-z0-9_-]`.
 const CORRELATION_ID_LEN: std::ops::RangeInclusive<usize> = 8..=64;
 
@@ -84,6 +94,8 @@ pub struct Ctx {
     pub started: std::time::Instant,
     /// Cancelled when the server stops: ends open event streams.
     pub stop: tokio_util::sync::CancellationToken,
+    /// Rate limits, job cap, CORS.
+    pub limits: Limits,
 }
 
 impl Ctx {
@@ -108,7 +120,8 @@ impl Ctx {
         for (path, route) in table {
             router.insert(path, (route, path)).expect("the route table is valid");
         }
-        Ctx { gateway, router, started: std::time::Instant::now(), stop }
+        let limits = Limits::new(&gateway.config.api_limits);
+        Ctx { gateway, router, started: std::time::Instant::now(), stop, limits }
     }
 }
 
@@ -138,8 +151,8 @@ fn client_correlation_id(headers: &HeaderMap) -> Option<String> {
     ok.then(|| v.to_string())
 }
 
-/// Route and answer one request.
-pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
+/// Route and answer one request from `peer`.
+pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let correlation_id =
         client_correlation_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
@@ -149,17 +162,34 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
         let params = Params {
             id: m.params.get("id").unwrap_or("").to_string(),
             file: m.params.get("file").unwrap_or("").to_string(),
-            query: form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()).into_owned().collect(),
+            // One more than the cap is kept, so that too many can be refused.
+            query: form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .take(QUERY_PARAMS_MAX + 1)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
         };
         (route, pattern, params)
     });
     let pattern = matched.as_ref().map_or(UNMATCHED_ROUTE, |(_, p, _)| *p);
+    let client = Client::identify(peer, req.headers(), &ctx.limits.trusted_proxies);
+    let preflight = Cors::is_preflight(&method, req.headers());
+    let origin = req.headers().get(http::header::ORIGIN).cloned();
     let span = tracing::info_span!("request", correlation_id = %correlation_id);
     async move {
-        let mut resp = match route(ctx, req, matched).await {
+        let is_health = matches!(matched, Some((Route::Health, _, _)));
+        let rate = ctx.limits.rate.as_ref().filter(|_| !is_health).map(|r| r.check(&client));
+        let result = match rate.as_ref().and_then(|d| d.retry_after_s) {
+            Some(s) => Err(limits::rate_limited(s)),
+            None => route(ctx, req, matched, preflight, &client).await,
+        };
+        let mut resp = match result {
             Ok(resp) => resp,
             Err(err) => reply::error(&err, &correlation_id),
         };
+        if let Some(d) = &rate {
+            d.apply(&mut resp);
+        }
+        ctx.limits.cors.apply(origin.as_ref(), preflight, &mut resp);
         if let Ok(v) = HeaderValue::from_str(&correlation_id) {
             resp.headers_mut().insert("x-correlation-id", v);
         }
@@ -181,9 +211,22 @@ pub async fn handle(ctx: &Ctx, req: Request<Incoming>) -> Resp {
     .await
 }
 
-async fn route(ctx: &Ctx, req: Request<Incoming>, matched: Option<(Route, &str, Params)>) -> Result<Resp, Error> {
+async fn route(
+    ctx: &Ctx,
+    req: Request<Incoming>,
+    matched: Option<(Route, &str, Params)>,
+    preflight: bool,
+    client: &Client,
+) -> Result<Resp, Error> {
     let path = req.uri().path().to_string();
     let (route, _, params) = matched.ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no route for {path}")))?;
+    if preflight {
+        // CORS fields (for allowed origins only) are added by `handle`.
+        return Ok(reply::empty(http::StatusCode::NO_CONTENT));
+    }
+    if params.query.len() > QUERY_PARAMS_MAX {
+        return Err(Error::validation("query", format!("more than {QUERY_PARAMS_MAX} query parameters")));
+    }
     use Route::*;
     let method = req.method().clone();
     match (route, &method) {
@@ -196,7 +239,7 @@ async fn route(ctx: &Ctx, req: Request<Incoming>, matched: Option<(Route, &str, 
         (Workflow, &Method::PUT) => handlers::update_workflow(ctx, &params, req).await,
         (Workflow, &Method::DELETE) => handlers::delete_workflow(ctx, &params).await,
         (Jobs, &Method::GET) => handlers::list_jobs(ctx, &params),
-        (Jobs, &Method::POST) => handlers::create_job(ctx, &params, req).await,
+        (Jobs, &Method::POST) => handlers::create_job(ctx, &params, client, req).await,
         (Job, &Method::GET) => handlers::get_job(ctx, &params),
         (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
         (JobEvents, &Method::GET) => sse::job_events(ctx, &params, &req),

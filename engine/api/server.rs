@@ -1,5 +1,8 @@
 //! Accept loop: one hyper HTTP/1 connection task per client, tracked for graceful
-//! shutdown (stop accepting, let in-flight requests finish within a deadline).
+//! shutdown (stop accepting, let in-flight requests finish within a deadline). At most
+//! `MAX_CONNECTIONS` connections are served at once (further ones wait in the listen
+//! backlog), a client has `HEADER_READ_TIMEOUT_MS` to send its headers, and idle rate-limit
+//! keys are evicted every [`limits::EVICT_INTERVAL`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,11 +14,10 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::limits;
 use super::routes::{self, Ctx};
 use crate::service::Gateway;
 
-/// Longest time to read a request's headers (slow clients are cut off).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for in-flight requests at shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -48,8 +50,25 @@ pub fn serve(listener: TcpListener, gateway: Gateway) -> std::io::Result<Server>
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationToken) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let header_read_timeout = ctx.gateway.config.api_limits.header_read_timeout;
+    let connections = Arc::new(tokio::sync::Semaphore::new(ctx.gateway.config.api_limits.connections_max));
+    let mut evict = tokio::time::interval(limits::EVICT_INTERVAL);
+    evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = evict.tick() => {
+                if let Some(rate) = &ctx.limits.rate {
+                    rate.evict();
+                }
+                continue;
+            }
+            _ = stop.cancelled() => break,
+        };
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -58,6 +77,12 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
                     continue;
                 }
             },
+            _ = evict.tick() => {
+                if let Some(rate) = &ctx.limits.rate {
+                    rate.evict();
+                }
+                continue;
+            }
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
@@ -66,19 +91,20 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
             let ctx = ctx.clone();
             async move {
                 // `handle` writes the access log line (with the correlation id).
-                let resp = routes::handle(&ctx, req).await;
+                let resp = routes::handle(&ctx, peer, req).await;
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(header_read_timeout)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

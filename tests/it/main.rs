@@ -13,6 +13,9 @@
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
 //!   attempt bound, WebSocket drop, re-attach after a gateway restart.
+//! - `limits`: rate limits per key and IP with RateLimit headers, trusted proxies, CORS,
+//!   per-client job cap, chunked body cap, header read timeout, JSON depth, query
+//!   parameter cap, path traversal.
 //! - `metrics`: `GET /metrics` checked by promtool and by value; JSON logs with
 //!   correlation and job ids.
 //! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
@@ -24,6 +27,7 @@ mod api;
 mod events;
 mod inputs;
 mod jobs;
+mod limits;
 mod metrics;
 mod openapi;
 mod outputs;

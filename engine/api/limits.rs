@@ -1,0 +1,485 @@
+//! Limits against abuse: who the client is (client IP behind trusted proxies, client key),
+//! request rate limits (governor's GCRA, keyed by client key and by client IP, with the
+//! `RateLimit`/`RateLimit-Policy` fields of draft-ietf-httpapi-ratelimit-headers-10),
+//! the per-client cap on queued + running jobs, and CORS.
+//!
+//! Memory stays bounded under many clients: idle keys are evicted on a timer
+//! (`retain_recent`), and a limiter that still tracks more than `TRACKED_KEYS_MAX` keys
+//! is reset (every client starts a fresh window; logged).
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
+use http::{HeaderMap, HeaderValue, Method, header};
+use sha2::Digest;
+
+use super::reply::Resp;
+use crate::config::{ApiLimits, CorsOrigins, RateLimit};
+use crate::domain::JobId;
+use crate::error::{Error, ErrorCode};
+
+/// Keys tracked by one limiter at most (beyond it, after eviction, the limiter is reset).
+pub const TRACKED_KEYS_MAX: usize = 100_000;
+/// How often idle keys are evicted.
+pub const EVICT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Request headers a browser may send cross-origin.
+const CORS_ALLOW_HEADERS: &str =
+    "Content-Type, X-API-Key, Authorization, Idempotency-Key, Last-Event-ID, X-Correlation-Id";
+/// Methods a browser may use cross-origin.
+const CORS_ALLOW_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS";
+/// Response headers scripts may read cross-origin.
+const CORS_EXPOSE_HEADERS: &str =
+    "X-Correlation-Id, ETag, Content-Range, Retry-After, RateLimit, RateLimit-Policy, Location";
+/// How long a browser may cache a preflight answer, in seconds.
+const CORS_MAX_AGE_S: &str = "600";
+
+/// Who sent a request: the client IP and the client key the limits are counted under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// The peer, or the rightmost untrusted `X-Forwarded-For` hop when the peer is a
+    /// trusted proxy.
+    pub ip: IpAddr,
+    /// `key:<SHA-256 of X-API-Key, hex>` when the header is present, else `ip:<ip>`.
+    pub key: String,
+}
+
+impl Client {
+    /// Identify the client of a request from `peer`.
+    pub fn identify(peer: SocketAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Client {
+        let ip = client_ip(peer.ip(), headers, trusted);
+        let key = match headers.get("x-api-key") {
+            Some(v) => format!("key:{}", hex(&sha2::Sha256::digest(v.as_bytes())[..16])),
+            None => format!("ip:{ip}"),
+        };
+        Client { ip, key }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The client IP: the peer, unless the peer is a trusted proxy; then `X-Forwarded-For`
+/// read from the right, skipping trusted hops (the leftmost hop when all are trusted).
+fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut hops = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(s) = v.to_str() else { return peer };
+        for hop in s.split(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => hops.push(ip),
+                // A malformed chain cannot be trusted beyond the proxy itself.
+                Err(_) => return peer,
+            }
+        }
+    }
+    let mut client = peer;
+    for ip in hops.into_iter().rev() {
+        client = ip;
+        if !is_trusted(&ip) {
+            break;
+        }
+    }
+    client
+}
+
+type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type KeyedIp = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+
+/// The state of one policy after a request: what the `RateLimit` field reports.
+#[derive(Debug, Clone, Copy)]
+struct PolicyState {
+    remaining: u32,
+    reset_s: u64,
+}
+
+/// The outcome of a rate-limit check: the header fields to send, and whether the request
+/// was refused (with its `Retry-After`).
+#[derive(Debug, Clone)]
+pub struct RateDecision {
+    fields: Vec<(&'static str, HeaderValue)>,
+    /// Seconds until a retry can succeed, when the request was refused.
+    pub retry_after_s: Option<u64>,
+}
+
+impl RateDecision {
+    /// Add the `RateLimit-Policy`, `RateLimit` (and `Retry-After`) fields to `resp`.
+    pub fn apply(&self, resp: &mut Resp) {
+        for (name, v) in &self.fields {
+            resp.headers_mut().insert(*name, v.clone());
+        }
+    }
+}
+
+/// Request rate limits per client key and per client IP.
+#[derive(Debug)]
+pub struct RateLimits {
+    limit: RateLimit,
+    keys: RwLock<Keyed>,
+    ips: RwLock<KeyedIp>,
+    clock: DefaultClock,
+}
+
+fn quota(max: u32, window: Duration) -> Quota {
+    let max = NonZeroU32::new(max).unwrap_or(NonZeroU32::MIN);
+    // One request refills every window / max; a full burst of `max` after a quiet window.
+    let period = (window / max.get()).max(Duration::from_nanos(1));
+    Quota::with_period(period).expect("the period is positive").allow_burst(max)
+}
+
+fn ceil_s(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000) as u64
+}
+
+impl RateLimits {
+    /// Limiters for `limit`.
+    pub fn new(limit: RateLimit) -> RateLimits {
+        RateLimits {
+            limit,
+            keys: RwLock::new(Self::fresh_keys(limit)),
+            ips: RwLock::new(Self::fresh_ips(limit)),
+            clock: DefaultClock::default(),
+        }
+    }
+
+    fn fresh_keys(limit: RateLimit) -> Keyed {
+        RateLimiter::keyed(quota(limit.key_max, limit.window)).with_middleware::<StateInformationMiddleware>()
+    }
+
+    fn fresh_ips(limit: RateLimit) -> KeyedIp {
+        RateLimiter::keyed(quota(limit.ip_max, limit.window)).with_middleware::<StateInformationMiddleware>()
+    }
+
+    /// Count one request of `client`: the key's policy first, then the IP's (a request
+    /// refused by its key does not use up its IP's quota).
+    pub fn check(&self, client: &Client) -> RateDecision {
+        let per_unit = |max: u32| self.limit.window / max.max(1);
+        let key_state = {
+            let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            keys.check_key(&client.key)
+        };
+        // `ip` is None when the key refused the request (the IP was not consulted).
+        let (key, ip, refused) = match key_state {
+            Ok(snap) => {
+                let remaining = snap.remaining_burst_capacity();
+                let used = self.limit.key_max.saturating_sub(remaining);
+                let key = PolicyState { remaining, reset_s: ceil_s(per_unit(self.limit.key_max) * used) };
+                let ip_state = {
+                    let ips = self.ips.read().unwrap_or_else(|e| e.into_inner());
+                    ips.check_key(&client.ip)
+                };
+                match ip_state {
+                    Ok(snap) => {
+                        let remaining = snap.remaining_burst_capacity();
+                        let used = self.limit.ip_max.saturating_sub(remaining);
+                        let ip = PolicyState { remaining, reset_s: ceil_s(per_unit(self.limit.ip_max) * used) };
+                        (key, Some(ip), None)
+                    }
+                    Err(not_until) => {
+                        let wait = ceil_s(not_until.wait_time_from(self.clock.now())).max(1);
+                        (key, Some(PolicyState { remaining: 0, reset_s: wait }), Some(wait))
+                    }
+                }
+            }
+            Err(not_until) => {
+                let wait = ceil_s(not_until.wait_time_from(self.clock.now())).max(1);
+                (PolicyState { remaining: 0, reset_s: wait }, None, Some(wait))
+            }
+        };
+        let w = ceil_s(self.limit.window).max(1);
+        let policy = format!("\"client\";q={};w={w}, \"ip\";q={};w={w}", self.limit.key_max, self.limit.ip_max);
+        let mut state = format!("\"client\";r={};t={}", key.remaining, key.reset_s);
+        if let Some(ip) = ip {
+            state.push_str(&format!(", \"ip\";r={};t={}", ip.remaining, ip.reset_s));
+        }
+        let mut fields = Vec::new();
+        for (name, v) in [("ratelimit-policy", policy), ("ratelimit", state)] {
+            if let Ok(v) = HeaderValue::from_str(&v) {
+                fields.push((name, v));
+            }
+        }
+        if let Some(s) = refused {
+            fields.push(("retry-after", HeaderValue::from(s)));
+        }
+        RateDecision { fields, retry_after_s: refused }
+    }
+
+    /// Forget idle clients; reset a limiter still tracking more than `TRACKED_KEYS_MAX`.
+    pub fn evict(&self) {
+        {
+            let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+            keys.retain_recent();
+            keys.shrink_to_fit();
+        }
+        {
+            let ips = self.ips.read().unwrap_or_else(|e| e.into_inner());
+            ips.retain_recent();
+            ips.shrink_to_fit();
+        }
+        if self.keys.read().unwrap_or_else(|e| e.into_inner()).len() > TRACKED_KEYS_MAX {
+            tracing::warn!(max = TRACKED_KEYS_MAX, "too many active client keys; rate limits reset");
+            *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Self::fresh_keys(self.limit);
+        }
+        if self.ips.read().unwrap_or_else(|e| e.into_inner()).len() > TRACKED_KEYS_MAX {
+            tracing::warn!(max = TRACKED_KEYS_MAX, "too many active client IPs; rate limits reset");
+            *self.ips.write().unwrap_or_else(|e| e.into_inner()) = Self::fresh_ips(self.limit);
+        }
+    }
+
+    /// Client keys and IPs tracked now.
+    pub fn tracked(&self) -> (usize, usize) {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner()).len();
+        let ips = self.ips.read().unwrap_or_else(|e| e.into_inner()).len();
+        (keys, ips)
+    }
+}
+
+/// The 429 of a refused request.
+pub fn rate_limited(retry_after_s: u64) -> Error {
+    Error::new(ErrorCode::RateLimited, format!("too many requests; retry in {retry_after_s} s"))
+        .with_details(serde_json::json!({ "retryAfterSeconds": retry_after_s }))
+}
+
+/// The per-client cap on queued + running jobs. Only clients with unfinished jobs are
+/// tracked, with their job ids; a check looks up the state of those (at most the cap).
+#[derive(Debug)]
+pub struct JobCap {
+    max: usize,
+    /// Client key → (jobs submitted and maybe unfinished, submits in progress).
+    clients: Mutex<HashMap<String, (HashSet<JobId>, usize)>>,
+}
+
+/// A submit slot of one client, released by [`JobCap::commit`] or on drop.
+#[derive(Debug)]
+pub struct JobSlot<'a> {
+    cap: &'a JobCap,
+    key: String,
+}
+
+impl JobCap {
+    /// A cap of `max` unfinished jobs per client key.
+    pub fn new(max: u32) -> JobCap {
+        JobCap { max: max as usize, clients: Mutex::new(HashMap::new()) }
+    }
+
+    /// Reserve a submit for `key`, unless it already has `max` unfinished jobs;
+    /// `finished` tells whether a job is over (or gone).
+    pub fn reserve<'a>(&'a self, key: &str, finished: impl Fn(JobId) -> bool) -> Result<JobSlot<'a>, Error> {
+        let tracked: Vec<JobId> = {
+            let clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            clients.get(key).map(|(ids, _)| ids.iter().copied().collect()).unwrap_or_default()
+        };
+        // Looked up outside the lock: store reads.
+        let done: Vec<JobId> = tracked.into_iter().filter(|id| finished(*id)).collect();
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = clients.entry(key.to_string()).or_default();
+        for id in &done {
+            entry.0.remove(id);
+        }
+        if entry.0.len() + entry.1 >= self.max {
+            let n = entry.0.len() + entry.1;
+            if n == 0 {
+                clients.remove(key);
+            }
+            return Err(Error::new(
+                ErrorCode::RateLimited,
+                format!("this client already has {n} queued or running jobs (at most {})", self.max),
+            )
+            .with_details(serde_json::json!({ "maxJobsPerClient": self.max })));
+        }
+        entry.1 += 1;
+        Ok(JobSlot { cap: self, key: key.to_string() })
+    }
+
+    fn release(&self, key: &str, job: Option<JobId>) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = clients.get_mut(key) {
+            entry.1 = entry.1.saturating_sub(1);
+            if let Some(id) = job {
+                entry.0.insert(id);
+            }
+            if entry.0.is_empty() && entry.1 == 0 {
+                clients.remove(key);
+            }
+        }
+    }
+}
+
+impl JobSlot<'_> {
+    /// The submit succeeded: count `job` until it finishes.
+    pub fn commit(self, job: JobId) {
+        self.cap.release(&self.key, Some(job));
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for JobSlot<'_> {
+    fn drop(&mut self) {
+        self.cap.release(&self.key, None);
+    }
+}
+
+/// CORS: which origins browsers may call from.
+#[derive(Debug)]
+pub struct Cors {
+    origins: CorsOrigins,
+}
+
+impl Cors {
+    /// From the configuration.
+    pub fn new(origins: CorsOrigins) -> Cors {
+        Cors { origins }
+    }
+
+    /// The `Access-Control-Allow-Origin` value for `origin`, if it is allowed.
+    fn allow_origin(&self, origin: Option<&HeaderValue>) -> Option<HeaderValue> {
+        let origin = origin?;
+        match &self.origins {
+            CorsOrigins::Any => Some(HeaderValue::from_static("*")),
+            CorsOrigins::List(list) => {
+                let o = origin.to_str().ok()?;
+                list.iter().any(|a| a == o).then(|| origin.clone())
+            }
+        }
+    }
+
+    /// Whether `method` + `headers` are a CORS preflight.
+    pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
+        method == Method::OPTIONS
+            && headers.contains_key(header::ORIGIN)
+            && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    }
+
+    /// Add the CORS fields to `resp` of a request from `origin`; `preflight` adds the
+    /// allowed methods, headers and max age.
+    pub fn apply(&self, origin: Option<&HeaderValue>, preflight: bool, resp: &mut Resp) {
+        let h = resp.headers_mut();
+        if matches!(self.origins, CorsOrigins::List(ref l) if !l.is_empty()) {
+            h.append(header::VARY, HeaderValue::from_static("Origin"));
+        }
+        let Some(allow) = self.allow_origin(origin) else { return };
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+        if preflight {
+            h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static(CORS_ALLOW_METHODS));
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static(CORS_ALLOW_HEADERS));
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static(CORS_MAX_AGE_S));
+        } else {
+            h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(CORS_EXPOSE_HEADERS));
+        }
+    }
+}
+
+/// The API's limits, built from the configuration.
+#[derive(Debug)]
+pub struct Limits {
+    /// Request rate limits (None: unlimited).
+    pub rate: Option<RateLimits>,
+    /// The per-client job cap (None: unlimited).
+    pub jobs: Option<JobCap>,
+    /// CORS.
+    pub cors: Cors,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl Limits {
+    /// From the configuration.
+    pub fn new(c: &ApiLimits) -> Limits {
+        Limits {
+            rate: c.rate.map(RateLimits::new),
+            jobs: c.jobs_per_client_max.map(JobCap::new),
+            cors: Cors::new(c.cors.clone()),
+            trusted_proxies: c.trusted_proxies.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<ipnet::IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_peers() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let trusted = nets(&["10.0.0.0/8"]);
+        assert_eq!(client_ip(peer, &xff("1.2.3.4, 5.6.7.8"), &[]), peer);
+        assert_eq!(client_ip(peer, &xff("1.2.3.4, 5.6.7.8"), &trusted), "5.6.7.8".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, &xff("1.2.3.4, 10.0.0.7"), &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(client_ip(peer, &xff("1.2.3.4, junk"), &trusted), peer);
+        assert_eq!(client_ip(peer, &HeaderMap::new(), &trusted), peer);
+        let outside: IpAddr = "8.8.8.8".parse().unwrap();
+        assert_eq!(client_ip(outside, &xff("1.2.3.4"), &trusted), outside);
+    }
+
+    #[test]
+    fn client_key_is_a_fingerprint_of_the_api_key() {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        assert_eq!(Client::identify(peer, &h, &[]).key, "ip:127.0.0.1");
+        h.insert("x-api-key", HeaderValue::from_static("secret"));
+        let key = Client::identify(peer, &h, &[]).key;
+        assert_eq!(key.len(), 4 + 32);
+        assert!(!key.contains("secret"));
+    }
+
+    #[test]
+    fn rate_limits_count_keys_then_ips_and_evict_idle_keys() {
+        let limits = RateLimits::new(RateLimit { key_max: 2, ip_max: 3, window: Duration::from_millis(200) });
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", HeaderValue::from_static("a"));
+        let a = Client::identify(peer, &h, &[]);
+        h.insert("x-api-key", HeaderValue::from_static("b"));
+        let b = Client::identify(peer, &h, &[]);
+        assert!(limits.check(&a).retry_after_s.is_none());
+        assert!(limits.check(&a).retry_after_s.is_none());
+        assert_eq!(limits.check(&a).retry_after_s, Some(1));
+        assert!(limits.check(&b).retry_after_s.is_none());
+        // The IP's third request: its quota of 3 is used up by a, a, b.
+        assert!(limits.check(&b).retry_after_s.is_some());
+        assert_eq!(limits.tracked(), (2, 1));
+        // A key is idle (evictable) once its state equals a fresh one: a window and one refill after its last use.
+        std::thread::sleep(Duration::from_millis(350));
+        limits.evict();
+        assert_eq!(limits.tracked(), (0, 0));
+        assert!(limits.check(&a).retry_after_s.is_none());
+    }
+
+    #[test]
+    fn job_cap_counts_unfinished_jobs_and_reservations() {
+        let cap = JobCap::new(2);
+        let (j1, j2) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
+        cap.reserve("c", |_| false).unwrap().commit(j1);
+        let pending = cap.reserve("c", |_| false).unwrap();
+        assert!(cap.reserve("c", |_| false).is_err());
+        drop(pending);
+        cap.reserve("c", |_| false).unwrap().commit(j2);
+        assert!(cap.reserve("c", |_| false).is_err());
+        assert!(cap.reserve("other", |_| false).is_ok());
+        cap.reserve("c", |id| id == j1).unwrap().commit(uuid::Uuid::new_v4());
+        cap.reserve("c", |_| true).unwrap();
+        assert!(cap.clients.lock().unwrap().is_empty());
+    }
+}
