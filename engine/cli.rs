@@ -140,11 +140,29 @@ async fn serve(config: Config) -> Result<(), CliError> {
     let gateway = Gateway::start(config.clone()).await.map_err(|e| CliError::runtime(e.message))?;
     let server = api::serve(listener, gateway.clone()).map_err(|e| CliError::runtime(e.to_string()))?;
     tracing::info!(addr = %server.local_addr, backends = ?config.backend_urls, "comfyui-gateway listening");
+    log_auth(&config);
     shutdown_signal().await;
     tracing::info!("shutting down");
     server.stop().await;
     gateway.shutdown().await;
     Ok(())
+}
+
+/// Say at start how requests are authenticated: key fingerprints (owner ids), never keys.
+fn log_auth(config: &Config) {
+    let auth = &config.auth;
+    if !auth.enabled() {
+        tracing::warn!(
+            host = %config.host,
+            "open mode: no API_KEYS, API_KEYS_FILE, JWT_SECRET or JWT_PUBLIC_KEY is set, so every request is \
+             allowed without credentials; keep HOST on a loopback address or configure credentials"
+        );
+        return;
+    }
+    for (owner, role) in auth.key_fingerprints() {
+        tracing::info!(owner = %owner, role = role.as_str(), "API key accepted");
+    }
+    tracing::info!(?auth, metrics_public = config.metrics_public, "authentication is on");
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
