@@ -16,6 +16,12 @@ fn error_response(description: &str) -> Value {
     })
 }
 
+/// The `401` of every operation but `/health`.
+const UNAUTHORIZED: &str = "AUTH_FAILED: credentials are configured and none or invalid ones were given";
+
+/// The `403` of the admin-only operations.
+const ADMIN_ONLY: (&str, &str) = ("403", "FORBIDDEN: the caller's role is user; this needs admin");
+
 fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
@@ -28,12 +34,14 @@ fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string"}})
 }
 
-/// Add the error answers every operation can give to `responses`.
+/// Add the error answers every operation can give to `responses`: the given ones, `401`
+/// (credentials are configured and missing or invalid) and `500`.
 fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
     let obj = responses.as_object_mut().expect("responses is an object");
     for (status, description) in codes {
         obj.insert((*status).to_string(), error_response(description));
     }
+    obj.insert("401".into(), error_response(UNAUTHORIZED));
     obj.insert("500".into(), error_response("Internal error (details only in the gateway log)"));
     responses
 }
@@ -56,19 +64,25 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
     }
     let job_id = path_param("jobId", "The job id (a UUID)");
     let workflow_id = path_param("id", "The workflow id");
-    let read = |ok: Value| with_errors(ok, &[("404", "No such job")]);
+    let read = |ok: Value| with_errors(ok, &[("404", "No such job, or another owner's")]);
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "comfyui-gateway",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "A durable REST gateway in front of ComfyUI. Every error body is \
-                {error: {code, message, retryable, details?}, correlationId}; every response carries X-Correlation-Id.",
+                {error: {code, message, retryable, details?}, correlationId}; every response carries X-Correlation-Id. \
+                With API_KEYS/API_KEYS_FILE or JWT_SECRET/JWT_PUBLIC_KEY configured, every operation but /health \
+                needs an X-API-Key header or a bearer JWT (401 AUTH_FAILED otherwise); without them (open mode) \
+                credentials are not needed. Role user: submit jobs and read, follow, download and cancel its own \
+                (another owner's job is 404 JOB_NOT_FOUND); role admin: everything, incl. workflow changes and /audit.",
         },
+        "security": [{}, {"ApiKeyAuth": []}, {"BearerAuth": []}],
         "paths": {
             "/health": {"get": {
                 "operationId": "health",
-                "summary": "Gateway and backend health (503 while no backend is reachable)",
+                "summary": "Gateway and backend health (503 while no backend is reachable); always public",
+                "security": [{}],
                 "responses": {
                     "200": json_response("At least one backend is reachable", schema_ref("Health")),
                     "503": json_response("No backend is reachable", schema_ref("Health")),
@@ -81,14 +95,17 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
             }},
             "/metrics": {"get": {
                 "operationId": "metrics",
-                "summary": "Prometheus text exposition (0.0.4)",
+                "summary": "Prometheus text exposition (0.0.4); admins only when authentication is on, unless METRICS_PUBLIC",
                 "responses": with_errors(json!({"200": {"description": "Metrics",
-                    "content": {"text/plain": {"schema": {"type": "string"}}}}}), &[])
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}), &[ADMIN_ONLY])
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi",
                 "summary": "This document",
-                "responses": {"200": json_response("OpenAPI 3.1 document", json!({"type": "object"}))}
+                "responses": {
+                    "200": json_response("OpenAPI 3.1 document", json!({"type": "object"})),
+                    "401": error_response(UNAUTHORIZED),
+                }
             }},
             "/workflows": {
                 "get": {
@@ -102,7 +119,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "createWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowDefinition")}}},
                     "responses": with_errors(json!({"201": json_response("Registered (version 1)", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition (details name each field)"), ("409", "The id exists"), ("413", "Body too large")])
+                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("413", "Body too large")])
                 }
             },
             "/workflows/{id}": {
@@ -116,11 +133,11 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "updateWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowUpdate")}}},
                     "responses": with_errors(json!({"200": json_response("The new version", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition"), ("404", "No such workflow"), ("413", "Body too large")])
+                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("413", "Body too large")])
                 },
                 "delete": {
                     "operationId": "deleteWorkflow",
-                    "responses": with_errors(json!({"204": {"description": "Removed"}}), &[("404", "No such workflow")])
+                    "responses": with_errors(json!({"204": {"description": "Removed"}}), &[ADMIN_ONLY, ("404", "No such workflow")])
                 }
             },
             "/jobs": {
@@ -196,7 +213,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                                 "retry": {"type": "integer"}
                             }
                         }}}}}),
-                        &[("400", "Bad Last-Event-ID"), ("404", "No such job")])
+                        &[("400", "Bad Last-Event-ID"), ("404", "No such job, or another owner's")])
                 }
             },
             "/jobs/{jobId}": {
@@ -206,7 +223,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "parameters": [{"name": "include", "in": "query", "required": false,
                         "description": "`base64` inlines small outputs", "schema": {"type": "string", "enum": ["base64"]}}],
                     "responses": with_errors(json!({"200": json_response("The job", schema_ref("Job"))}),
-                        &[("400", "Bad query parameter"), ("404", "No such job")])
+                        &[("400", "Bad query parameter"), ("404", "No such job, or another owner's")])
                 }
             },
             "/jobs/{jobId}/cancel": {
@@ -214,7 +231,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 "post": {
                     "operationId": "cancelJob",
                     "responses": with_errors(json!({"200": json_response("The job after the cancel", schema_ref("Job"))}),
-                        &[("404", "No such job"), ("409", "The job already finished")])
+                        &[("404", "No such job, or another owner's"), ("409", "The job already finished")])
                 }
             },
             "/outputs/{jobId}": {
@@ -231,6 +248,21 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     }))}))
                 }
             },
+            "/audit": {"get": {
+                "operationId": "audit",
+                "summary": "The audit log (workflow changes, cancels), newest first; admins only",
+                "parameters": [
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    {"name": "cursor", "in": "query", "required": false, "description": "nextCursor of the previous page", "schema": {"type": "string"}}
+                ],
+                "responses": with_errors(json!({"200": json_response("A page of the audit log", json!({
+                    "type": "object", "required": ["entries", "nextCursor"],
+                    "properties": {
+                        "entries": {"type": "array", "items": schema_ref("AuditEntry")},
+                        "nextCursor": {"type": ["string", "null"]}
+                    }
+                }))}), &[("400", "Bad query parameter"), ADMIN_ONLY])
+            }},
             "/outputs/{jobId}/{file}": {
                 "parameters": [job_id, path_param("file", "The output's name")],
                 "get": {
@@ -249,7 +281,15 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 }
             }
         },
-        "components": {"schemas": Value::Object(schemas)},
+        "components": {
+            "schemas": Value::Object(schemas),
+            "securitySchemes": {
+                "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                    "description": "A key of API_KEYS / API_KEYS_FILE"},
+                "BearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                    "description": "HS256 (JWT_SECRET), RS256 or EdDSA (JWT_PUBLIC_KEY); sub = owner, role = admin|user, exp required"}
+            }
+        },
         "x-workflow-inputs": Value::Object(inputs_by_workflow),
         "x-workflow-ids": ids,
     })
@@ -275,6 +315,18 @@ fn components() -> Map<String, Value> {
                         "details": {}
                     }
                 },
+                "correlationId": {"type": "string"}
+            }
+        },
+        "AuditEntry": {
+            "type": "object", "required": ["seq", "at", "actor", "role", "action", "target", "correlationId"],
+            "properties": {
+                "seq": {"type": "integer", "minimum": 1},
+                "at": {"type": "string", "format": "date-time"},
+                "actor": {"type": ["string", "null"], "description": "Owner id; null in open mode"},
+                "role": {"type": ["string", "null"], "enum": ["admin", "user", null]},
+                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel"]},
+                "target": {"type": "string"},
                 "correlationId": {"type": "string"}
             }
         },
