@@ -273,6 +273,50 @@ mod tests {
         assert!(err.contains("twice") && !err.contains("samekey01"));
     }
 
+    fn b64url(bytes: &[u8]) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// An RS256 token, signed by hand (no JWT library on the signing side).
+    fn rs256(pair: &aws_lc_rs::rsa::KeyPair, claims: &serde_json::Value) -> String {
+        let message =
+            format!("{}.{}", b64url(br#"{"alg":"RS256","typ":"JWT"}"#), b64url(claims.to_string().as_bytes()));
+        let mut sig = vec![0u8; pair.public_modulus_len()];
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        pair.sign(&aws_lc_rs::signature::RSA_PKCS1_SHA256, &rng, message.as_bytes(), &mut sig).unwrap();
+        format!("{message}.{}", b64url(&sig))
+    }
+
+    #[test]
+    fn rs256_tokens_verify_with_the_public_key_and_other_families_do_not() {
+        use aws_lc_rs::encoding::{AsDer, PublicKeyX509Der};
+        use aws_lc_rs::signature::KeyPair;
+        use base64::Engine;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let spki: PublicKeyX509Der<'_> = pair.public_key().as_der().unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(spki.as_ref());
+        let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
+        let mut auth = Auth::default();
+        auth.set_jwt_public_key(pem.as_bytes()).unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let claims = serde_json::json!({"sub": "frank", "exp": exp, "role": "admin"});
+        let p = auth.authenticate(None, Some(&rs256(&pair, &claims))).unwrap();
+        assert_eq!(p, Principal { owner: "frank".into(), role: Role::Admin });
+        // HS256 with the public key as the HMAC secret: algorithm confusion.
+        let confused = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(pem.as_bytes()),
+        )
+        .unwrap();
+        assert!(auth.authenticate(None, Some(&confused)).is_err());
+        let other = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        assert!(auth.authenticate(None, Some(&rs256(&other, &claims))).is_err());
+        let expired = serde_json::json!({"sub": "frank", "exp": exp - 1200});
+        assert!(auth.authenticate(None, Some(&rs256(&pair, &expired))).is_err());
+    }
+
     #[test]
     fn jwt_secret_and_pem_are_checked() {
         let mut auth = Auth::default();
