@@ -110,9 +110,10 @@ async fn auth_api_keys_roles_ownership_and_audit() {
     let base = gw.url();
     let (admin, alice, bob) = (Cred::Key(ADMIN_KEY), Cred::Key(ALICE_KEY), Cred::Key(BOB_KEY));
 
-    // Health is public; everything else needs valid credentials.
-    let (status, _, _) = call("GET", &format!("{base}/health"), Cred::None, None, &[]).await;
-    assert_eq!(status, 200);
+    // Health is public (503 until the backend's socket is up); the rest needs credentials.
+    let (status, _, v) = call("GET", &format!("{base}/health"), Cred::None, None, &[]).await;
+    assert!(status == 200 || status == 503, "{status}: {v}");
+    assert!(v["ok"].is_boolean(), "{v}");
     for (cred, what) in [
         (Cred::None, "no key"),
         (Cred::Key("wrong-key-0001"), "wrong key"),
@@ -237,6 +238,32 @@ async fn auth_api_keys_roles_ownership_and_audit() {
     assert_eq!(rest[0]["action"], "workflow.create");
     assert_eq!(rest[0]["correlationId"], "audit-create-0001");
     assert!(v["nextCursor"].is_null());
+
+    // The CLI reaches the running gateway with GATEWAY_API_KEY.
+    let wf = dir.path().join("cli_wf.json");
+    std::fs::write(&wf, workflow_body("x")["workflow"].to_string()).unwrap();
+    let port = gw.port.to_string();
+    let cli = |key: Option<&str>| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(["add-workflow", wf.to_str().unwrap(), "--id", "cli_wf", "--port", &port])
+            .env("DATABASE_URL", &gw.db)
+            .env_remove("GATEWAY_API_KEY")
+            .env_remove("GATEWAY_URL");
+        if let Some(key) = key {
+            cmd.env("GATEWAY_API_KEY", key);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let (ok, text) = cli(None);
+    assert!(!ok && text.contains("401"), "{text}");
+    let (ok, text) = cli(Some(BOB_KEY));
+    assert!(!ok && text.contains("403"), "{text}");
+    let (ok, text) = cli(Some(ADMIN_KEY));
+    assert!(ok && text.contains("cli_wf version 1"), "{text}");
 }
 
 fn hs256(secret: &[u8], claims: &Value) -> String {
