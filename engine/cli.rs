@@ -66,9 +66,24 @@ pub struct ServerArgs {
     /// Host of a running gateway.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
+    /// API key sent as `X-API-Key` to a running gateway that has authentication on.
+    #[arg(long = "api-key", env = "GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 impl ServerArgs {
+    /// An HTTP client of the running gateway, sending the API key if one is given.
+    fn client(&self) -> Result<reqwest::Client, CliError> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(key) = &self.api_key {
+            let mut v = reqwest::header::HeaderValue::from_str(key)
+                .map_err(|_| CliError { message: "GATEWAY_API_KEY: not a valid header value".into(), exit_code: 2 })?;
+            v.set_sensitive(true);
+            headers.insert("x-api-key", v);
+        }
+        reqwest::Client::builder().default_headers(headers).build().map_err(|e| CliError::runtime(e.to_string()))
+    }
+
     fn base_url(&self) -> String {
         self.server_url.clone().unwrap_or_else(|| {
             let host = if self.host == "0.0.0.0" || self.host == "::" { "127.0.0.1" } else { &self.host };
@@ -138,6 +153,8 @@ async fn serve(config: Config) -> Result<(), CliError> {
         .await
         .map_err(|e| CliError::runtime(format!("cannot listen on {addr}: {e}")))?;
     let gateway = Gateway::start(config.clone()).await.map_err(|e| CliError::runtime(e.message))?;
+    // Before the first request is answered, so the warning cannot be missed.
+    log_auth(&config);
     let server = api::serve(listener, gateway.clone()).map_err(|e| CliError::runtime(e.to_string()))?;
     tracing::info!(addr = %server.local_addr, backends = ?config.backend_urls, "comfyui-gateway listening");
     shutdown_signal().await;
@@ -145,6 +162,23 @@ async fn serve(config: Config) -> Result<(), CliError> {
     server.stop().await;
     gateway.shutdown().await;
     Ok(())
+}
+
+/// Say at start how requests are authenticated: key fingerprints (owner ids), never keys.
+fn log_auth(config: &Config) {
+    let auth = &config.auth;
+    if !auth.enabled() {
+        tracing::warn!(
+            host = %config.host,
+            "open mode: no API_KEYS, API_KEYS_FILE, JWT_SECRET or JWT_PUBLIC_KEY is set, so every request is \
+             allowed without credentials; keep HOST on a loopback address or configure credentials"
+        );
+        return;
+    }
+    for (owner, role) in auth.key_fingerprints() {
+        tracing::info!(owner = %owner, role = role.as_str(), "API key accepted");
+    }
+    tracing::info!(?auth, metrics_public = config.metrics_public, "authentication is on");
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -249,7 +283,7 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
                 "workflow": def.template, "inputSchema": def.input_schema, "defaults": def.defaults,
                 "keepPreviews": def.keep_previews,
             });
-            let http = reqwest::Client::new();
+            let http = args.db.server.client()?;
             let exists = http
                 .get(format!("{base}/workflows/{}", def.id))
                 .send()
@@ -282,12 +316,18 @@ async fn list_workflows(db: &DbArgs) -> Result<(), CliError> {
         }
         None => {
             let base = db.server.base_url();
-            let v: Value = reqwest::get(format!("{base}/workflows"))
-                .await
-                .map_err(|e| CliError::runtime(format!("{base}: {e}")))?
-                .json()
+            let resp = db
+                .server
+                .client()?
+                .get(format!("{base}/workflows"))
+                .send()
                 .await
                 .map_err(|e| CliError::runtime(format!("{base}: {e}")))?;
+            let status = resp.status();
+            let v: Value = resp.json().await.map_err(|e| CliError::runtime(format!("{base}: {e}")))?;
+            if !status.is_success() {
+                return Err(CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or(""))));
+            }
             v["workflows"]
                 .as_array()
                 .into_iter()

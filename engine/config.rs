@@ -6,6 +6,9 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::auth::Auth;
 
 /// The settings of `serve` (and of the commands that open the database), as flags that
 /// fall back to environment variables of the same meaning (SPEC §5).
@@ -132,6 +135,28 @@ pub struct ServeArgs {
         value_name = "HEADER_READ_TIMEOUT_MS"
     )]
     pub header_read_timeout_ms: u64,
+    /// API keys as `key:role,...` (roles: admin, user).
+    #[arg(
+        long = "api-keys",
+        env = "API_KEYS",
+        default_value = "",
+        hide_env_values = true,
+        hide_default_value = true,
+        value_name = "API_KEYS"
+    )]
+    pub api_keys: String,
+    /// A file of API keys, one `key:role` per line (`#` starts a comment).
+    #[arg(long = "api-keys-file", env = "API_KEYS_FILE", value_name = "API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+    /// Secret of HS256 bearer tokens (JWT), at least 32 bytes.
+    #[arg(long = "jwt-secret", env = "JWT_SECRET", hide_env_values = true, value_name = "JWT_SECRET")]
+    pub jwt_secret: Option<String>,
+    /// PEM file of the public key of RS256 (RSA) or EdDSA (Ed25519) bearer tokens.
+    #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Serve `/metrics` without credentials when authentication is on (default: false).
+    #[arg(long = "metrics-public", env = "METRICS_PUBLIC", action = clap::ArgAction::Set, value_name = "METRICS_PUBLIC")]
+    pub metrics_public: Option<bool>,
 }
 
 /// A request rate limit (GCRA): `max` requests per `window`, refilled evenly.
@@ -214,6 +239,10 @@ pub struct Config {
     pub sse_heartbeat_ms: u64,
     /// Rate limits, CORS, connection and header limits.
     pub api_limits: ApiLimits,
+    /// API keys and JWT keys; empty: open mode (no credentials asked).
+    pub auth: Arc<Auth>,
+    /// `/metrics` without credentials even when authentication is on.
+    pub metrics_public: bool,
 }
 
 /// A configuration problem: names the variable and what is wrong with it.
@@ -290,6 +319,7 @@ impl Config {
         let allow = crate::inputs::AllowList::parse(&args.url_input_allow_hosts)
             .map_err(|e| bad("URL_INPUT_ALLOW_HOSTS", e))?;
         let api_limits = api_limits(args)?;
+        let auth = auth_from_args(args)?;
         Ok(Config {
             api_limits,
             host: args.host,
@@ -315,6 +345,8 @@ impl Config {
             },
             privacy_mode: args.privacy_mode,
             sse_heartbeat_ms: args.sse_heartbeat_ms,
+            metrics_public: args.metrics_public.unwrap_or(!auth.enabled()),
+            auth: Arc::new(auth),
         })
     }
 }
@@ -388,6 +420,32 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
     })
 }
 
+/// The credentials of `API_KEYS`, `API_KEYS_FILE`, `JWT_SECRET` and `JWT_PUBLIC_KEY`.
+fn auth_from_args(args: &ServeArgs) -> Result<Auth, ConfigError> {
+    let mut auth = Auth::default();
+    let keys = Auth::parse_keys(&args.api_keys, ',').map_err(|e| bad("API_KEYS", e))?;
+    auth.add_keys(keys).map_err(|e| bad("API_KEYS", e))?;
+    if let Some(path) = &args.api_keys_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad("API_KEYS_FILE", format!("cannot read {}: {e}", path.display())))?;
+        let keys =
+            Auth::parse_keys(&text, '\n').map_err(|e| bad("API_KEYS_FILE", format!("{}: {e}", path.display())))?;
+        if keys.is_empty() {
+            return Err(bad("API_KEYS_FILE", format!("{} holds no key", path.display())));
+        }
+        auth.add_keys(keys).map_err(|e| bad("API_KEYS_FILE", e))?;
+    }
+    if let Some(secret) = &args.jwt_secret {
+        auth.set_jwt_secret(secret.as_bytes()).map_err(|e| bad("JWT_SECRET", e))?;
+    }
+    if let Some(path) = &args.jwt_public_key {
+        let pem =
+            std::fs::read(path).map_err(|e| bad("JWT_PUBLIC_KEY", format!("cannot read {}: {e}", path.display())))?;
+        auth.set_jwt_public_key(&pem).map_err(|e| bad("JWT_PUBLIC_KEY", format!("{}: {e}", path.display())))?;
+    }
+    Ok(auth)
+}
+
 /// The database path of a `DATABASE_URL` value.
 pub fn database_path(url: &str) -> Result<PathBuf, ConfigError> {
     let path = url.strip_prefix("redb://").or_else(|| url.strip_prefix("file://")).unwrap_or(url);
@@ -454,6 +512,12 @@ mod tests {
             (&["--max-jobs-per-client", "0"], "MAX_JOBS_PER_CLIENT"),
             (&["--max-connections", "0"], "MAX_CONNECTIONS"),
             (&["--header-read-timeout-ms", "1"], "HEADER_READ_TIMEOUT_MS"),
+            (&["--api-keys", "longenoughkey:root"], "API_KEYS"),
+            (&["--api-keys", "nocolonhere"], "API_KEYS"),
+            (&["--api-keys-file", "/nonexistent/keys.txt"], "API_KEYS_FILE"),
+            (&["--jwt-secret", "short"], "JWT_SECRET"),
+            (&["--jwt-public-key", "/nonexistent/key.pem"], "JWT_PUBLIC_KEY"),
+            (&["--jwt-public-key", "Cargo.toml"], "JWT_PUBLIC_KEY"),
         ];
         for (args, var) in cases {
             let err = parse(args).unwrap_err();
@@ -486,6 +550,21 @@ mod tests {
         assert!(c.trusted_proxies[1].contains(&"192.168.1.1".parse::<IpAddr>().unwrap()));
         assert_eq!(c.cors, CorsOrigins::List(vec!["https://a.example".into(), "http://localhost:5173".into()]));
         assert_eq!(parse(&["--cors-origins", "*"]).unwrap().api_limits.cors, CorsOrigins::Any);
+    }
+
+    #[test]
+    fn open_mode_unless_credentials_and_metrics_follow() {
+        let open = parse(&[]).unwrap();
+        assert!(!open.auth.enabled() && open.metrics_public);
+        let keyed = parse(&["--api-keys", "adminkey01:admin,userkey01:user"]).unwrap();
+        assert!(keyed.auth.keys_enabled() && !keyed.metrics_public);
+        let public = parse(&["--api-keys", "adminkey01:admin", "--metrics-public", "true"]).unwrap();
+        assert!(public.metrics_public);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, "# keys\nfilekey0001:user\n").unwrap();
+        let from_file = parse(&["--api-keys-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(from_file.auth.key_fingerprints().len(), 1);
     }
 
     #[test]

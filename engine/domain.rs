@@ -169,9 +169,12 @@ pub struct Job {
     pub finished_ms: Option<u64>,
     /// Last change.
     pub updated_ms: u64,
-    /// Image inputs, stored as blobs referenced by this job. Last field: a record of
-    /// format version 1 is this record without it (see `store::codec`).
+    /// Image inputs, stored as blobs referenced by this job. (Format version 2: a
+    /// version-1 record is this record without it and `owner`, see `store::codec`.)
     pub inputs: Vec<InputRef>,
+    /// Who submitted it: an API key's owner id or a JWT's `sub`; None in open mode.
+    /// Last field (format version 3: a version-2 record reads as `None`).
+    pub owner: Option<String>,
 }
 
 impl Job {
@@ -209,6 +212,7 @@ impl Job {
             finished_ms: None,
             updated_ms: created_ms,
             inputs: Vec::new(),
+            owner: None,
         }
     }
 }
@@ -294,6 +298,76 @@ pub struct WorkflowRecord {
     /// Keep PreviewImage (temp) outputs as job outputs; otherwise only saved outputs are.
     /// (Last field: records before it was added decode with `false`, see store::codec.)
     pub keep_previews: bool,
+}
+
+/// What an authenticated caller may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Role {
+    /// Everything, including workflow changes, every job and the audit log.
+    Admin,
+    /// Submit jobs, and read, follow, download and cancel its own jobs; read workflows.
+    User,
+}
+
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+
+    /// Parse the wire name.
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+}
+
+/// An action recorded in the audit log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuditAction {
+    /// `POST /workflows`.
+    WorkflowCreate,
+    /// `PUT /workflows/:id`.
+    WorkflowUpdate,
+    /// `DELETE /workflows/:id`.
+    WorkflowDelete,
+    /// `POST /jobs/:id/cancel`.
+    JobCancel,
+}
+
+impl AuditAction {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditAction::WorkflowCreate => "workflow.create",
+            AuditAction::WorkflowUpdate => "workflow.update",
+            AuditAction::WorkflowDelete => "workflow.delete",
+            AuditAction::JobCancel => "job.cancel",
+        }
+    }
+}
+
+/// One entry of the durable audit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The actor's owner id; None in open mode (no credentials configured).
+    pub actor: Option<String>,
+    /// The actor's role; None in open mode.
+    pub role: Option<Role>,
+    /// What was done.
+    pub action: AuditAction,
+    /// What it was done to: a workflow id or a job id.
+    pub target: String,
+    /// The request's correlation id.
+    pub correlation_id: String,
 }
 
 /// Milliseconds since the Unix epoch, now.

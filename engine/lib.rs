@@ -12,6 +12,7 @@
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends.
 //! - [`service`]: the gateway's operations in domain terms (submit, register, read).
+//! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
 //! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health).
 
@@ -19,6 +20,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod comfy;
 pub mod config;

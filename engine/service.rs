@@ -33,6 +33,8 @@ pub struct SubmitRequest {
     pub callback_url: Option<String>,
     /// Image inputs given as files (multipart parts): input name and bytes.
     pub files: Vec<(String, Bytes)>,
+    /// The submitter's owner id (None in open mode).
+    pub owner: Option<String>,
 }
 
 /// A workflow definition to register or update.
@@ -126,6 +128,7 @@ impl Gateway {
             metadata_json: req.metadata.map(|m| m.to_string()),
             callback_url: req.callback_url,
             inputs: input_refs,
+            owner: req.owner,
             ..Job::new_queued(
                 id,
                 (&rec.id, rec.version),

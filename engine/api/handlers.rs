@@ -15,7 +15,8 @@ use super::reply::{self, Resp};
 use super::routes::{Ctx, Params};
 use tokio::sync::broadcast;
 
-use crate::domain::{Job, JobId, JobState, WorkflowRecord};
+use crate::auth::Principal;
+use crate::domain::{AuditAction, AuditEntry, Job, JobId, JobState, Role, WorkflowRecord, now_ms};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{SubmitRequest, WorkflowDefinition};
 
@@ -121,6 +122,41 @@ fn opt_object(body: &Map<String, Value>, key: &str) -> Result<Option<Map<String,
 
 fn parse_job_id(raw: &str) -> Result<JobId> {
     uuid::Uuid::parse_str(raw).map_err(|_| Error::new(ErrorCode::JobNotFound, format!("no job with id {raw:?}")))
+}
+
+/// Whether `caller` may see `job`: everyone in open mode, admins always, users only
+/// their own jobs.
+fn may_see(caller: Option<&Principal>, job: &Job) -> bool {
+    match caller {
+        None | Some(Principal { role: Role::Admin, .. }) => true,
+        Some(Principal { owner, role: Role::User }) => job.owner.as_deref() == Some(owner.as_str()),
+    }
+}
+
+/// The job `{id}` names, if the caller may see it; another owner's job is the same
+/// `404 JOB_NOT_FOUND` as a job that does not exist, so ids cannot be probed.
+pub(super) fn visible_job(ctx: &Ctx, p: &Params) -> Result<Job> {
+    let id = parse_job_id(&p.id)?;
+    let job = ctx.gateway.job(id)?;
+    if may_see(p.caller.as_ref(), &job) {
+        Ok(job)
+    } else {
+        Err(Error::new(ErrorCode::JobNotFound, format!("no job with id {id}")))
+    }
+}
+
+/// Record a done action in the durable audit log.
+async fn audit_log(ctx: &Ctx, p: &Params, action: AuditAction, target: String) -> Result<()> {
+    let entry = AuditEntry {
+        at_ms: now_ms(),
+        actor: p.caller.as_ref().map(|c| c.owner.clone()),
+        role: p.caller.as_ref().map(|c| c.role),
+        action,
+        target,
+        correlation_id: p.correlation_id.clone(),
+    };
+    ctx.gateway.store.append_audit(entry).await?;
+    Ok(())
 }
 
 /// `high`, `normal`, `low`, or an integer level.
@@ -267,11 +303,12 @@ fn workflow_definition(body: &Map<String, Value>, id: String) -> Result<Workflow
 }
 
 /// `POST /workflows`: 201 with the new workflow.
-pub async fn create_workflow(ctx: &Ctx, req: Request<Incoming>) -> Result<Resp> {
+pub async fn create_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
     let body = read_object(ctx, req).await?;
     let id = req_string(&body, "id")?;
     let def = workflow_definition(&body, id)?;
     let rec = ctx.gateway.registry.put_workflow(def, false).await?;
+    audit_log(ctx, p, AuditAction::WorkflowCreate, rec.id.clone()).await?;
     let (rec, schema) = ctx.gateway.registry.workflow(&rec.id)?;
     Ok(reply::json(StatusCode::CREATED, &workflow_details(&rec, schema)))
 }
@@ -286,6 +323,7 @@ pub async fn update_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
     }
     let def = workflow_definition(&body, p.id.clone())?;
     ctx.gateway.registry.put_workflow(def, true).await?;
+    audit_log(ctx, p, AuditAction::WorkflowUpdate, p.id.clone()).await?;
     let (rec, schema) = ctx.gateway.registry.workflow(&p.id)?;
     Ok(reply::json(StatusCode::OK, &workflow_details(&rec, schema)))
 }
@@ -293,6 +331,7 @@ pub async fn update_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
 /// `DELETE /workflows/{id}`: 204.
 pub async fn delete_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
     ctx.gateway.registry.delete_workflow(&p.id).await?;
+    audit_log(ctx, p, AuditAction::WorkflowDelete, p.id.clone()).await?;
     Ok(reply::empty(StatusCode::NO_CONTENT))
 }
 
@@ -393,6 +432,7 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
             metadata,
             callback_url,
             files,
+            owner: p.caller.as_ref().map(|c| c.owner.clone()),
         })
         .await?;
     if let Some(slot) = slot {
@@ -443,7 +483,7 @@ async fn wait_terminal(
 /// `GET /jobs/{id}`: the job with its queue position, progress and `etaSeconds`
 /// (`?include=base64` inlines small outputs).
 pub fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
+    let job = visible_job(ctx, p)?;
     let live = ctx.gateway.scheduler.live_status(job.id, job.queue_key);
     let mut body = reply::job_json(&job, Some(&live));
     body["etaSeconds"] = json!(ctx.gateway.scheduler.eta_seconds(&job, &live));
@@ -521,7 +561,8 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
         cursor = Some((b, uuid::Uuid::nil()));
     }
     let keep = |j: &Job| {
-        statuses.as_ref().is_none_or(|s| s.contains(&j.state))
+        may_see(p.caller.as_ref(), j)
+            && statuses.as_ref().is_none_or(|s| s.contains(&j.state))
             && workflow_id.as_ref().is_none_or(|w| &j.workflow_id == w)
             && after.is_none_or(|a| j.created_ms > a)
     };
@@ -543,7 +584,7 @@ const LOG_ENTRIES_MAX: usize = 10_000;
 /// Log entries hold no inputs; under `PRIVACY_MODE` any input text that a backend's
 /// message might echo is redacted as well.
 pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
+    let job = visible_job(ctx, p)?;
     let events = ctx.gateway.store.job_events(job.id, None, LOG_ENTRIES_MAX)?;
     let mut list: Value = events.iter().map(|(seq, e)| reply::event_json(*seq, e)).collect();
     if ctx.gateway.config.privacy_mode {
@@ -552,22 +593,24 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "events": list })))
 }
 
-/// `POST /jobs/{id}/cancel`.
+/// `POST /jobs/{id}/cancel` (recorded in the audit log).
 pub async fn cancel_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let job = ctx.gateway.scheduler.cancel(parse_job_id(&p.id)?).await?;
+    let id = visible_job(ctx, p)?.id;
+    let job = ctx.gateway.scheduler.cancel(id).await?;
+    audit_log(ctx, p, AuditAction::JobCancel, id.to_string()).await?;
     Ok(reply::json(StatusCode::OK, &reply::job_json(&job, None)))
 }
 
 /// `GET /outputs/{id}`.
 pub fn list_outputs(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
+    let job = visible_job(ctx, p)?;
     let outputs: Vec<Value> = job.outputs.iter().map(|o| reply::output_json(&job, o)).collect();
     Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "outputs": outputs })))
 }
 
 /// `GET|HEAD /outputs/{id}/{file}`: see [`download`].
 pub fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp> {
-    let job = ctx.gateway.job(parse_job_id(&p.id)?)?;
+    let job = visible_job(ctx, p)?;
     let query = req.uri().query().unwrap_or("");
     download::output_file(&ctx.gateway, &job, &p.file, req.headers(), query, req.method() == http::Method::HEAD)
 }
@@ -576,6 +619,58 @@ pub fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp
 pub fn metrics(ctx: &Ctx) -> Result<Resp> {
     let text = ctx.gateway.metrics_text()?;
     Ok(reply::bytes(StatusCode::OK, crate::metrics::CONTENT_TYPE, Bytes::from(text)))
+}
+
+/// Default and largest page size of `GET /audit`.
+const AUDIT_LIMIT_DEFAULT: usize = 50;
+const AUDIT_LIMIT_MAX: usize = 500;
+
+/// `GET /audit?limit=&cursor=` (admins): the audit log newest first, `{entries,
+/// nextCursor}`; the cursor is the sequence number of the last entry listed.
+pub fn audit(ctx: &Ctx, p: &Params) -> Result<Resp> {
+    const KNOWN: &[&str] = &["limit", "cursor"];
+    if let Some((k, _)) = p.query.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
+        return Err(Error::validation(k, format!("unknown parameter; expected one of {}", KNOWN.join(", "))));
+    }
+    let limit = match p.query("limit") {
+        None => AUDIT_LIMIT_DEFAULT,
+        Some(raw) => raw
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=AUDIT_LIMIT_MAX).contains(n))
+            .ok_or_else(|| Error::validation("limit", format!("must be an integer from 1 to {AUDIT_LIMIT_MAX}")))?,
+    };
+    let before = match p.query("cursor") {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| Error::validation("cursor", "is not a cursor returned by GET /audit"))?,
+        ),
+    };
+    let mut entries = ctx.gateway.store.audit(before, limit + 1)?;
+    let next_cursor = if entries.len() > limit {
+        entries.truncate(limit);
+        entries.last().map(|(seq, _)| seq.to_string())
+    } else {
+        None
+    };
+    let list: Vec<Value> = entries
+        .iter()
+        .map(|(seq, e)| {
+            json!({
+                "seq": seq,
+                "at": reply::rfc3339(e.at_ms),
+                "actor": e.actor,
+                "role": e.role.map(Role::as_str),
+                "action": e.action.as_str(),
+                "target": e.target,
+                "correlationId": e.correlation_id,
+            })
+        })
+        .collect();
+    Ok(reply::json(StatusCode::OK, &json!({ "entries": list, "nextCursor": next_cursor })))
 }
 
 #[cfg(test)]

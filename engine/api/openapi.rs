@@ -16,6 +16,12 @@ fn error_response(description: &str) -> Value {
     })
 }
 
+/// The `401` of every operation but `/health`.
+const UNAUTHORIZED: &str = "AUTH_FAILED: credentials are configured and none or invalid ones were given";
+
+/// The `403` of the admin-only operations.
+const ADMIN_ONLY: (&str, &str) = ("403", "FORBIDDEN: the caller's role is user; this needs admin");
+
 fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
@@ -38,7 +44,8 @@ fn rate_limit_headers() -> Value {
 }
 
 /// Add the error answers every operation can give to `responses` (a 400 for too many
-/// query parameters, 429 beyond the rate limit, 500), and the rate-limit fields.
+/// query parameters, 401 when credentials are configured and missing or invalid, 429
+/// beyond the rate limit, 500), and the rate-limit fields.
 fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
     let obj = responses.as_object_mut().expect("responses is an object");
     for (status, description) in codes {
@@ -49,6 +56,7 @@ fn with_errors(mut responses: Value, codes: &[(&str, &str)]) -> Value {
     limited["headers"] = rate_limit_headers();
     limited["headers"]["Retry-After"] = json!({"$ref": "#/components/headers/Retry-After"});
     obj.insert("429".into(), limited);
+    obj.insert("401".into(), error_response(UNAUTHORIZED));
     obj.insert("500".into(), error_response("Internal error (details only in the gateway log)"));
     for response in obj.values_mut() {
         if response.get("headers").is_none() {
@@ -97,7 +105,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
     }
     let job_id = path_param("jobId", "The job id (a UUID)");
     let workflow_id = path_param("id", "The workflow id");
-    let read = |ok: Value| with_errors(ok, &[("404", "No such job")]);
+    let read = |ok: Value| with_errors(ok, &[("404", "No such job, or another owner's")]);
     json!({
         "openapi": "3.1.0",
         "info": {
@@ -107,12 +115,18 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 {error: {code, message, retryable, details?}, correlationId}; every response carries X-Correlation-Id. \
                 With RATE_LIMIT_MAX set, every response but /health's carries RateLimit-Policy and RateLimit, and \
                 a client over its quota (or, on POST /jobs, at MAX_JOBS_PER_CLIENT unfinished jobs) gets 429 \
-                RATE_LIMITED. CORS preflights (OPTIONS with Origin and Access-Control-Request-Method) are answered 204.",
+                RATE_LIMITED. CORS preflights (OPTIONS with Origin and Access-Control-Request-Method) are answered 204. \
+                With API_KEYS/API_KEYS_FILE or JWT_SECRET/JWT_PUBLIC_KEY configured, every operation but /health \
+                needs an X-API-Key header or a bearer JWT (401 AUTH_FAILED otherwise); without them (open mode) \
+                credentials are not needed. Role user: submit jobs and read, follow, download and cancel its own \
+                (another owner's job is 404 JOB_NOT_FOUND); role admin: everything, incl. workflow changes and /audit.",
         },
+        "security": [{}, {"ApiKeyAuth": []}, {"BearerAuth": []}],
         "paths": {
             "/health": {"get": {
                 "operationId": "health",
-                "summary": "Gateway and backend health (503 while no backend is reachable)",
+                "summary": "Gateway and backend health (503 while no backend is reachable); always public",
+                "security": [{}],
                 "responses": {
                     "200": json_response("At least one backend is reachable", schema_ref("Health")),
                     "503": json_response("No backend is reachable", schema_ref("Health")),
@@ -126,9 +140,9 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
             }},
             "/metrics": {"get": {
                 "operationId": "metrics",
-                "summary": "Prometheus text exposition (0.0.4)",
+                "summary": "Prometheus text exposition (0.0.4); admins only when authentication is on, unless METRICS_PUBLIC",
                 "responses": with_errors(json!({"200": {"description": "Metrics",
-                    "content": {"text/plain": {"schema": {"type": "string"}}}}}), &[])
+                    "content": {"text/plain": {"schema": {"type": "string"}}}}}), &[ADMIN_ONLY])
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi",
@@ -147,7 +161,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "createWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowDefinition")}}},
                     "responses": with_errors(json!({"201": json_response("Registered (version 1)", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition (details name each field)"), ("409", "The id exists"), ("413", "Body too large")])
+                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("413", "Body too large")])
                 }
             },
             "/workflows/{id}": {
@@ -161,11 +175,11 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "updateWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowUpdate")}}},
                     "responses": with_errors(json!({"200": json_response("The new version", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition"), ("404", "No such workflow"), ("413", "Body too large")])
+                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("413", "Body too large")])
                 },
                 "delete": {
                     "operationId": "deleteWorkflow",
-                    "responses": with_errors(json!({"204": {"description": "Removed"}}), &[("404", "No such workflow")])
+                    "responses": with_errors(json!({"204": {"description": "Removed"}}), &[ADMIN_ONLY, ("404", "No such workflow")])
                 }
             },
             "/jobs": {
@@ -241,7 +255,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                                 "retry": {"type": "integer"}
                             }
                         }}}}}),
-                        &[("400", "Bad Last-Event-ID"), ("404", "No such job")])
+                        &[("400", "Bad Last-Event-ID"), ("404", "No such job, or another owner's")])
                 }
             },
             "/jobs/{jobId}": {
@@ -251,7 +265,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "parameters": [{"name": "include", "in": "query", "required": false,
                         "description": "`base64` inlines small outputs", "schema": {"type": "string", "enum": ["base64"]}}],
                     "responses": with_errors(json!({"200": json_response("The job", schema_ref("Job"))}),
-                        &[("400", "Bad query parameter"), ("404", "No such job")])
+                        &[("400", "Bad query parameter"), ("404", "No such job, or another owner's")])
                 }
             },
             "/jobs/{jobId}/cancel": {
@@ -259,7 +273,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 "post": {
                     "operationId": "cancelJob",
                     "responses": with_errors(json!({"200": json_response("The job after the cancel", schema_ref("Job"))}),
-                        &[("404", "No such job"), ("409", "The job already finished")])
+                        &[("404", "No such job, or another owner's"), ("409", "The job already finished")])
                 }
             },
             "/outputs/{jobId}": {
@@ -276,6 +290,21 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     }))}))
                 }
             },
+            "/audit": {"get": {
+                "operationId": "audit",
+                "summary": "The audit log (workflow changes, cancels), newest first; admins only",
+                "parameters": [
+                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                    {"name": "cursor", "in": "query", "required": false, "description": "nextCursor of the previous page", "schema": {"type": "string"}}
+                ],
+                "responses": with_errors(json!({"200": json_response("A page of the audit log", json!({
+                    "type": "object", "required": ["entries", "nextCursor"],
+                    "properties": {
+                        "entries": {"type": "array", "items": schema_ref("AuditEntry")},
+                        "nextCursor": {"type": ["string", "null"]}
+                    }
+                }))}), &[("400", "Bad query parameter"), ADMIN_ONLY])
+            }},
             "/outputs/{jobId}/{file}": {
                 "parameters": [job_id, path_param("file", "The output's name")],
                 "get": {
@@ -294,7 +323,16 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 }
             }
         },
-        "components": {"schemas": Value::Object(schemas), "headers": headers()},
+        "components": {
+            "schemas": Value::Object(schemas),
+            "headers": headers(),
+            "securitySchemes": {
+                "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                    "description": "A key of API_KEYS / API_KEYS_FILE"},
+                "BearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                    "description": "HS256 (JWT_SECRET), RS256 or EdDSA (JWT_PUBLIC_KEY); sub = owner, role = admin|user, exp required"}
+            }
+        },
         "x-workflow-inputs": Value::Object(inputs_by_workflow),
         "x-workflow-ids": ids,
     })
@@ -320,6 +358,18 @@ fn components() -> Map<String, Value> {
                         "details": {}
                     }
                 },
+                "correlationId": {"type": "string"}
+            }
+        },
+        "AuditEntry": {
+            "type": "object", "required": ["seq", "at", "actor", "role", "action", "target", "correlationId"],
+            "properties": {
+                "seq": {"type": "integer", "minimum": 1},
+                "at": {"type": "string", "format": "date-time"},
+                "actor": {"type": ["string", "null"], "description": "Owner id; null in open mode"},
+                "role": {"type": ["string", "null"], "enum": ["admin", "user", null]},
+                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel"]},
+                "target": {"type": "string"},
                 "correlationId": {"type": "string"}
             }
         },

@@ -8,6 +8,11 @@
 //! but `/health`; `RateLimit` fields on every counted response, 429 beyond it), the
 //! number of query parameters, and CORS (preflights answered 204, allow fields only for
 //! allowed origins).
+//!
+//! Authentication happens here, before routing, for every request: when credentials are
+//! configured, a request without a valid `X-API-Key` or bearer token is `401 AUTH_FAILED`
+//! (with `WWW-Authenticate`), except `/health` and, with `METRICS_PUBLIC`, `/metrics`.
+//! Authorization by role is in [`route`]; ownership of jobs in the handlers.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -19,6 +24,8 @@ use tracing::Instrument;
 use super::limits::{self, Client, Cors, Limits};
 use super::reply::{self, Resp};
 use super::{handlers, sse};
+use crate::auth::Principal;
+use crate::domain::Role;
 use crate::error::{Error, ErrorCode};
 use crate::service::Gateway;
 
@@ -51,6 +58,8 @@ pub enum Route {
     OutputFile,
     /// `/metrics`
     Metrics,
+    /// `/audit`
+    Audit,
 }
 
 impl Route {
@@ -64,7 +73,8 @@ impl Route {
             | Route::JobEvents
             | Route::JobLogs
             | Route::Outputs
-            | Route::Metrics => "GET",
+            | Route::Metrics
+            | Route::Audit => "GET",
             Route::OutputFile => "GET, HEAD",
             Route::Workflows => "GET, POST",
             Route::Jobs => "GET, POST",
@@ -116,6 +126,7 @@ impl Ctx {
             ("/outputs/{id}", Route::Outputs),
             ("/outputs/{id}/{file}", Route::OutputFile),
             ("/metrics", Route::Metrics),
+            ("/audit", Route::Audit),
         ];
         for (path, route) in table {
             router.insert(path, (route, path)).expect("the route table is valid");
@@ -125,9 +136,14 @@ impl Ctx {
     }
 }
 
-/// A request's path parameters.
+/// A request's path parameters, and who is asking.
 #[derive(Debug, Default)]
 pub struct Params {
+    /// The authenticated caller; None in open mode (no credentials configured) and on
+    /// the public routes.
+    pub caller: Option<Principal>,
+    /// The request's correlation id (for the audit log).
+    pub correlation_id: String,
     /// `{id}`.
     pub id: String,
     /// `{file}`.
@@ -151,15 +167,59 @@ fn client_correlation_id(headers: &HeaderMap) -> Option<String> {
     ok.then(|| v.to_string())
 }
 
+/// The bearer token of an `Authorization: Bearer ...` header.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Who is calling: None in open mode and on the public routes (`/health`; `/metrics`
+/// with `METRICS_PUBLIC`), else the principal of valid credentials, else `AUTH_FAILED`.
+/// Unknown paths need credentials too, so the route table cannot be probed.
+fn authenticate(ctx: &Ctx, headers: &HeaderMap, route: Option<Route>) -> Result<Option<Principal>, Error> {
+    let config = &ctx.gateway.config;
+    let public = match route {
+        Some(Route::Health) => true,
+        Some(Route::Metrics) => config.metrics_public,
+        _ => false,
+    };
+    if !config.auth.enabled() || public {
+        return Ok(None);
+    }
+    // A key header that is not text cannot match any key: it is a wrong key, not none.
+    let api_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or("\u{0}"));
+    config
+        .auth
+        .authenticate(api_key, bearer_token(headers))
+        .map(Some)
+        .map_err(|e| Error::new(ErrorCode::AuthFailed, e.0))
+}
+
+/// The `WWW-Authenticate` challenge of a 401 (RFC 9110 §11.6.1): the configured schemes.
+fn challenge(ctx: &Ctx) -> Option<HeaderValue> {
+    let auth = &ctx.gateway.config.auth;
+    let mut schemes = Vec::new();
+    if auth.jwt_enabled() {
+        schemes.push("Bearer realm=\"comfyui-gateway\"");
+    }
+    if auth.keys_enabled() {
+        schemes.push("ApiKey realm=\"comfyui-gateway\", header=\"X-API-Key\"");
+    }
+    HeaderValue::from_str(&schemes.join(", ")).ok().filter(|_| !schemes.is_empty())
+}
+
 /// Route and answer one request from `peer`.
 pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp {
     let started = Instant::now();
     let correlation_id =
         client_correlation_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let method = req.method().clone();
-    let matched = ctx.router.at(req.uri().path()).ok().map(|m| {
+    let mut matched = ctx.router.at(req.uri().path()).ok().map(|m| {
         let (route, pattern) = *m.value;
         let params = Params {
+            caller: None,
+            correlation_id: correlation_id.clone(),
             id: m.params.get("id").unwrap_or("").to_string(),
             file: m.params.get("file").unwrap_or("").to_string(),
             // One more than the cap is kept, so that too many can be refused.
@@ -177,10 +237,27 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
     let span = tracing::info_span!("request", correlation_id = %correlation_id);
     async move {
         let is_health = matches!(matched, Some((Route::Health, _, _)));
+        // Rate first, so that guessing credentials is throttled too.
         let rate = ctx.limits.rate.as_ref().filter(|_| !is_health).map(|r| r.check(&client));
-        let result = match rate.as_ref().and_then(|d| d.retry_after_s) {
-            Some(s) => Err(limits::rate_limited(s)),
-            None => route(ctx, req, matched, preflight, &client).await,
+        // Browsers send CORS preflights without credentials.
+        let caller =
+            if preflight { Ok(None) } else { authenticate(ctx, req.headers(), matched.as_ref().map(|(r, _, _)| *r)) };
+        // The owner id only (a key's fingerprint or a token's subject), never a credential.
+        let principal = caller.as_ref().ok().and_then(|c| c.as_ref()).map(|p| p.owner.clone());
+        // Per-client caps count an authenticated caller by its owner id.
+        let client = match &principal {
+            Some(owner) => Client { ip: client.ip, key: owner.clone() },
+            None => client,
+        };
+        let result = match (rate.as_ref().and_then(|d| d.retry_after_s), caller) {
+            (Some(s), _) => Err(limits::rate_limited(s)),
+            (None, Err(e)) => Err(e),
+            (None, Ok(caller)) => {
+                if let Some((_, _, params)) = matched.as_mut() {
+                    params.caller = caller;
+                }
+                route(ctx, req, matched, preflight, &client).await
+            }
         };
         let mut resp = match result {
             Ok(resp) => resp,
@@ -190,6 +267,11 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
             d.apply(&mut resp);
         }
         ctx.limits.cors.apply(origin.as_ref(), preflight, &mut resp);
+        if resp.status() == http::StatusCode::UNAUTHORIZED
+            && let Some(v) = challenge(ctx)
+        {
+            resp.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+        }
         if let Ok(v) = HeaderValue::from_str(&correlation_id) {
             resp.headers_mut().insert("x-correlation-id", v);
         }
@@ -203,12 +285,23 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
             status,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             correlation_id = %correlation_id,
+            principal = principal.as_deref().unwrap_or("-"),
             "request"
         );
         resp
     }
     .instrument(span)
     .await
+}
+
+/// Allow only admins (and everyone in open mode, where there is no caller).
+fn admin_only(p: &Params, what: &str) -> Result<(), Error> {
+    match &p.caller {
+        Some(Principal { role: Role::User, .. }) => {
+            Err(Error::new(ErrorCode::Forbidden, format!("{what} needs the admin role")))
+        }
+        Some(Principal { role: Role::Admin, .. }) | None => Ok(()),
+    }
 }
 
 async fn route(
@@ -229,12 +322,21 @@ async fn route(
     }
     use Route::*;
     let method = req.method().clone();
+    // Roles: workflow changes, the audit log and (unless public) metrics are for admins.
+    match (route, &method) {
+        (Workflows, &Method::POST) | (Workflow, &Method::PUT | &Method::DELETE) => {
+            admin_only(&params, "changing workflows")?
+        }
+        (Audit, &Method::GET) => admin_only(&params, "reading the audit log")?,
+        (Metrics, &Method::GET) => admin_only(&params, "reading metrics")?,
+        _ => {}
+    }
     match (route, &method) {
         (Health, &Method::GET) => handlers::health(ctx).await,
         (Capabilities, &Method::GET) => handlers::capabilities(ctx),
         (OpenApi, &Method::GET) => handlers::openapi(ctx),
         (Workflows, &Method::GET) => handlers::list_workflows(ctx),
-        (Workflows, &Method::POST) => handlers::create_workflow(ctx, req).await,
+        (Workflows, &Method::POST) => handlers::create_workflow(ctx, &params, req).await,
         (Workflow, &Method::GET) => handlers::get_workflow(ctx, &params),
         (Workflow, &Method::PUT) => handlers::update_workflow(ctx, &params, req).await,
         (Workflow, &Method::DELETE) => handlers::delete_workflow(ctx, &params).await,
@@ -247,6 +349,7 @@ async fn route(
         (Outputs, &Method::GET) => handlers::list_outputs(ctx, &params),
         (OutputFile, &Method::GET | &Method::HEAD) => handlers::get_output(ctx, &params, &req),
         (Metrics, &Method::GET) => handlers::metrics(ctx),
+        (Audit, &Method::GET) => handlers::audit(ctx, &params),
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
             .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
     }

@@ -47,7 +47,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp
     };
     // Subscribe before the first read so that no commit falls between the two.
     let rx = ctx.gateway.scheduler.subscribe();
-    ctx.gateway.job(id)?;
+    super::handlers::visible_job(ctx, p)?;
     let period = Duration::from_millis(ctx.gateway.config.sse_heartbeat_ms);
     let follow = Follow {
         gateway: ctx.gateway.clone(),

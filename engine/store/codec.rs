@@ -4,11 +4,14 @@
 //! So a domain type may only gain enum variants at the end; any other change to a stored
 //! type needs a new format version here and a decoder for the old one.
 //!
-//! Records of `jobs` and of `workflows`/`workflow_versions` are at [`V2`]: each type gained
-//! one trailing field whose zero value postcard writes as one `0x00` byte (jobs: the empty
-//! `inputs` list; workflows: `keep_previews: false`). So a version-1 record followed by one
-//! `0x00` byte is exactly the version-2 encoding of the same record; that is how old
-//! records are read ([`decode_v2`]). Every other table is still at version 1.
+//! A record type may gain one trailing field per format version, when that field's zero
+//! value is written by postcard as one `0x00` byte (an empty list, `false`, `None`). Then
+//! a version-N record followed by one `0x00` byte is exactly the version-(N+1) encoding
+//! of the same record, which is how old records are read ([`decode_upgraded`]).
+//! - `jobs`: [`JOBS_VERSION`] = 3 (v2 appended `inputs`, v3 appended `owner`).
+//! - `workflows`, `workflow_versions`: [`WORKFLOWS_VERSION`] = 2 (v2 appended
+//!   `keep_previews`).
+//! - every other table (`job_events`, `blobs`, `audit`, ...): [`FORMAT_VERSION`] = 1.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -17,8 +20,11 @@ use super::StoreError;
 /// The format version written before every record.
 pub(crate) const FORMAT_VERSION: u8 = 1;
 
-/// The format version of `jobs` and workflow records (see the module doc).
-pub(crate) const V2: u8 = 2;
+/// The format version of `jobs` records (see the module doc).
+pub(crate) const JOBS_VERSION: u8 = 3;
+
+/// The format version of `workflows` and `workflow_versions` records.
+pub(crate) const WORKFLOWS_VERSION: u8 = 2;
 
 /// Encode a record for `table` under `key` (both only used in the error).
 pub(crate) fn encode<T: Serialize>(
@@ -29,16 +35,8 @@ pub(crate) fn encode<T: Serialize>(
     encode_at(FORMAT_VERSION, table, key, value)
 }
 
-/// Encode a record of a table at version 2 (`jobs`, `workflows`, `workflow_versions`).
-pub(crate) fn encode_v2<T: Serialize>(
-    table: &'static str,
-    key: &dyn std::fmt::Display,
-    value: &T,
-) -> Result<Vec<u8>, StoreError> {
-    encode_at(V2, table, key, value)
-}
-
-fn encode_at<T: Serialize>(
+/// Encode a record at `version` (`JOBS_VERSION`, `WORKFLOWS_VERSION`).
+pub(crate) fn encode_at<T: Serialize>(
     version: u8,
     table: &'static str,
     key: &dyn std::fmt::Display,
@@ -48,22 +46,25 @@ fn encode_at<T: Serialize>(
         .map_err(|e| StoreError::Invalid(format!("{table}[{key}]: cannot encode: {e}")))
 }
 
-/// Decode a `jobs` record of version 2, or of version 1 (read as having no inputs).
-pub(crate) fn decode_v2<T: DeserializeOwned>(
+/// Decode a record of a table at format version `latest`, or of any older version from 1
+/// on: a version-`v` record gains `latest - v` zero bytes, the zero values of the fields
+/// appended since (module doc).
+pub(crate) fn decode_upgraded<T: DeserializeOwned>(
+    latest: u8,
     table: &'static str,
     key: &dyn std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
     match bytes.first() {
-        Some(&FORMAT_VERSION) => {
-            // Version 1 plus the zero value of the trailing field is version 2 (module doc).
-            let mut upgraded = Vec::with_capacity(bytes.len() + 1);
-            upgraded.push(V2);
+        Some(&v) if (FORMAT_VERSION..latest).contains(&v) => {
+            let missing = usize::from(latest - v);
+            let mut upgraded = Vec::with_capacity(bytes.len() + missing);
+            upgraded.push(latest);
             upgraded.extend_from_slice(&bytes[1..]);
-            upgraded.push(0);
-            decode_at(V2, table, key, &upgraded)
+            upgraded.resize(bytes.len() + missing, 0);
+            decode_at(latest, table, key, &upgraded)
         }
-        _ => decode_at(V2, table, key, bytes),
+        _ => decode_at(latest, table, key, bytes),
     }
 }
 
@@ -119,27 +120,42 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_job_record_reads_with_empty_trailing_list() {
+    fn job_records_of_versions_1_and_2_read_with_zero_trailing_fields() {
         #[derive(serde::Serialize)]
         struct V1 {
             a: u32,
             b: String,
         }
-        #[derive(serde::Deserialize, Debug, PartialEq)]
+        #[derive(serde::Serialize)]
         struct V2 {
             a: u32,
             b: String,
             inputs: Vec<(String, u8)>,
         }
-        let old = encode("jobs", &"k", &V1 { a: 3, b: "x".into() }).unwrap();
-        assert_eq!(old[0], 1);
-        let back: V2 = decode_v2("jobs", &"k", &old).unwrap();
-        assert_eq!(back, V2 { a: 3, b: "x".into(), inputs: vec![] });
-        let new = encode_v2("jobs", &"k", &(3u32, "x", vec![("i".to_string(), 7u8)])).unwrap();
-        assert_eq!(new[0], V2);
-        let back: V2 = decode_v2("jobs", &"k", &new).unwrap();
-        assert_eq!(back.inputs, vec![("i".to_string(), 7)]);
-        assert!(decode_v2::<V2>("jobs", &"k", &[9, 0]).is_err());
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct V3 {
+            a: u32,
+            b: String,
+            inputs: Vec<(String, u8)>,
+            owner: Option<String>,
+        }
+        let read = |bytes: &[u8]| decode_upgraded::<V3>(JOBS_VERSION, "jobs", &"k", bytes);
+        let v1 = encode("jobs", &"k", &V1 { a: 3, b: "x".into() }).unwrap();
+        assert_eq!(v1[0], 1);
+        assert_eq!(read(&v1).unwrap(), V3 { a: 3, b: "x".into(), inputs: vec![], owner: None });
+        let inputs = vec![("i".to_string(), 7u8)];
+        let v2 = encode_at(2, "jobs", &"k", &V2 { a: 3, b: "x".into(), inputs: inputs.clone() }).unwrap();
+        assert_eq!(read(&v2).unwrap(), V3 { a: 3, b: "x".into(), inputs: inputs.clone(), owner: None });
+        let now = V3 { a: 3, b: "x".into(), inputs, owner: Some("key:0123456789abcdef".into()) };
+        let v3 = encode_at(JOBS_VERSION, "jobs", &"k", &now).unwrap();
+        assert_eq!(v3[0], 3);
+        assert_eq!(read(&v3).unwrap(), now);
+        // A newer or unknown version, or a v2 record with a byte too many, is corrupt.
+        assert!(read(&[9, 0]).is_err());
+        assert!(read(&[0, 0]).is_err());
+        let mut long = v2.clone();
+        long.push(0);
+        assert!(read(&long).is_err());
     }
 
     #[test]
@@ -156,9 +172,9 @@ mod tests {
             keep_previews: bool,
         }
         let old = encode("workflows", &"w", &V1 { id: "w".into(), version: 4 }).unwrap();
-        let back: Now = decode_v2("workflows", &"w", &old).unwrap();
-        assert_eq!(back, Now { id: "w".into(), version: 4, keep_previews: false });
-        let new = encode_v2("workflows", &"w", &("w", 4u32, true)).unwrap();
-        assert!(decode_v2::<Now>("workflows", &"w", &new).unwrap().keep_previews);
+        let read = |bytes: &[u8]| decode_upgraded::<Now>(WORKFLOWS_VERSION, "workflows", &"w", bytes);
+        assert_eq!(read(&old).unwrap(), Now { id: "w".into(), version: 4, keep_previews: false });
+        let new = encode_at(WORKFLOWS_VERSION, "workflows", &"w", &("w", 4u32, true)).unwrap();
+        assert!(read(&new).unwrap().keep_previews);
     }
 }

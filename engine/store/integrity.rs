@@ -36,7 +36,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     for entry in jobs.range::<u128>(..)? {
         let (k, v) = entry?;
         let id = Uuid::from_u128(k.value());
-        let job: Job = codec::decode_v2("jobs", &id, v.value())?;
+        let job: Job = codec::decode_upgraded(codec::JOBS_VERSION, "jobs", &id, v.value())?;
         if job.id != id {
             return Err(corrupt("jobs", id, format!("record is for job {}", job.id)));
         }

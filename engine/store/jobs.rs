@@ -61,7 +61,7 @@ impl WriteOp for InsertJob {
         job.queue_key.seq = seq;
         check_job(&job)?;
         let refs = blobs::check_refs(t, &[], &blobs::job_refs(&job), &self.blobs)?;
-        let record = codec::encode_v2("jobs", &job.id, &job)?;
+        let record = codec::encode_at(codec::JOBS_VERSION, "jobs", &job.id, &job)?;
         let events = encode_events(t, job.id, &self.events)?;
         Ok(JobPlan { job, record, old: None, seq: Some(seq), refs, events })
     }
@@ -104,7 +104,7 @@ impl WriteOp for UpdateJob {
         }
         check_job(&job)?;
         let refs = blobs::check_refs(t, &blobs::job_refs(&old), &blobs::job_refs(&job), &self.blobs)?;
-        let record = codec::encode_v2("jobs", &job.id, &job)?;
+        let record = codec::encode_at(codec::JOBS_VERSION, "jobs", &job.id, &job)?;
         let events = encode_events(t, job.id, &self.events)?;
         Ok(JobPlan { job, record, old: Some(old), seq: None, refs, events })
     }
@@ -254,7 +254,7 @@ pub(crate) fn load_job(jobs: &impl ReadableTable<u128, &'static [u8]>, key: u128
     let Some(guard) = jobs.get(key)? else {
         return Ok(None);
     };
-    let job: Job = codec::decode_v2("jobs", &id, guard.value())?;
+    let job: Job = codec::decode_upgraded(codec::JOBS_VERSION, "jobs", &id, guard.value())?;
     if job.id != id {
         return Err(corrupt("jobs", id, format!("record is for job {}", job.id)));
     }

@@ -1,7 +1,7 @@
 //! The durable store: the only module that imports redb.
 //!
 //! Jobs, their append-only event logs, the queue and running indexes, workflows with
-//! every version, and a content-addressed, chunked, reference-counted blob store (see
+//! every version, an append-only audit log, and a content-addressed, chunked, reference-counted blob store (see
 //! `tables` for the layout, `codec` for the record format).
 //!
 //! Writes go through one writer thread that drains a bounded channel and commits whole
@@ -18,6 +18,7 @@
 //! - a blob's `n_refs` is the number of `OutputRef`s and `InputRef`s of all jobs naming
 //!   it; a blob whose last reference goes away is deleted with its chunks.
 
+mod audit;
 mod blobs;
 mod codec;
 mod integrity;
@@ -36,7 +37,7 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{Hash, Job, JobEvent, JobEventKind, JobId, JobState, WorkflowRecord};
+use crate::domain::{AuditEntry, Hash, Job, JobEvent, JobEventKind, JobId, JobState, WorkflowRecord};
 
 pub use blobs::{BlobMeta, NewBlob};
 
@@ -300,6 +301,11 @@ impl Store {
         self.submit(workflows::DeleteWorkflow { id: id.to_string() }).await
     }
 
+    /// Append an entry to the audit log; its sequence number (from 1, increasing).
+    pub async fn append_audit(&self, entry: AuditEntry) -> Result<u64, StoreError> {
+        self.submit(audit::AppendAudit { entry }).await
+    }
+
     /// Verify hashes and compress new blobs off the writer thread (and off the async
     /// workers when a runtime is there); blobs already stored are passed through as-is.
     async fn prepare_blobs(&self, blobs: Vec<NewBlob>) -> Result<Vec<blobs::Payload>, StoreError> {
@@ -396,6 +402,13 @@ impl Store {
     pub fn list_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         workflows::list(&txn)
+    }
+
+    /// A page of the audit log, newest first: up to `limit` entries with a sequence number
+    /// below `before` (the last one of the previous page), with their sequence numbers.
+    pub fn audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        audit::page(&txn, before, limit)
     }
 
     /// A blob's metadata, if stored.

@@ -12,6 +12,7 @@
 //! - `workflow_versions`: `(id, version)` -> every `WorkflowRecord` ever stored, kept forever.
 //! - `blobs`: BLAKE3 hash -> `BlobRecord` (size, media type, compression, chunk count, refs).
 //! - `blob_chunks`: `(hash, index)` -> at most `CHUNK_BYTES` of the stored (maybe zstd) bytes.
+//! - `audit`: seq (from `meta["audit_seq"]`, from 1) -> `AuditEntry`; append-only.
 
 use redb::{Table, TableDefinition, WriteTransaction};
 
@@ -38,6 +39,9 @@ pub(crate) const BLOBS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new(
 /// Blob contents, chunked.
 pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> = TableDefinition::new("blob_chunks");
 
+/// The audit log by sequence number.
+pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
 /// The schema this code reads and writes; stored under `meta["schema_version"]`.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
 
@@ -53,6 +57,8 @@ pub(crate) mod meta_key {
     pub const BLOBS_BYTES: &str = "blobs.bytes";
     /// Sum of the stored (maybe compressed) sizes of distinct blobs.
     pub const BLOBS_STORED_BYTES: &str = "blobs.stored_bytes";
+    /// The last assigned audit sequence number (0: none yet).
+    pub const AUDIT_SEQ: &str = "audit_seq";
 }
 
 /// The `meta` key counting the jobs in `state`.
@@ -79,6 +85,7 @@ pub(crate) struct WriteTables<'txn> {
     pub workflow_versions: Table<'txn, (&'static str, u32), &'static [u8]>,
     pub blobs: Table<'txn, [u8; 32], &'static [u8]>,
     pub blob_chunks: Table<'txn, ([u8; 32], u32), &'static [u8]>,
+    pub audit: Table<'txn, u64, &'static [u8]>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -95,6 +102,7 @@ impl<'txn> WriteTables<'txn> {
             workflow_versions: txn.open_table(WORKFLOW_VERSIONS)?,
             blobs: txn.open_table(BLOBS)?,
             blob_chunks: txn.open_table(BLOB_CHUNKS)?,
+            audit: txn.open_table(AUDIT)?,
         })
     }
 

@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use super::tables::{BLOB_CHUNKS, JOBS, QUEUE, WORKFLOWS};
 use super::{NewBlob, Store, StoreError};
-use crate::domain::{Hash, Job, JobError, JobEventKind, JobState, OutputRef, QueueKey, WorkflowRecord};
+use crate::domain::{
+    AuditAction, AuditEntry, Hash, Job, JobError, JobEventKind, JobState, OutputRef, QueueKey, Role, WorkflowRecord,
+};
 use crate::error::ErrorCode;
 
 fn open_temp() -> (tempfile::TempDir, Store) {
@@ -85,6 +87,7 @@ async fn job_round_trip_every_field_and_event_kind() {
     j.metadata_json = Some("{\"k\":1}".to_string());
     j.callback_url = Some("https://example.com/hook".to_string());
     j.started_ms = Some(2_000);
+    j.owner = Some("key:0123456789abcdef".to_string());
     let events = vec![
         JobEventKind::Queued,
         JobEventKind::Dispatched { backend: "b0".to_string(), attempt: 1 },
@@ -117,6 +120,37 @@ async fn job_round_trip_every_field_and_event_kind() {
     assert_eq!(logged.into_iter().map(|(_, e)| e.kind).collect::<Vec<_>>(), events);
     assert_eq!(store.get_job(Uuid::new_v4()).unwrap(), None);
     store.verify_integrity().unwrap();
+}
+
+#[tokio::test]
+async fn audit_appends_in_order_pages_newest_first_and_survives_reopen() {
+    let (dir, store) = open_temp();
+    assert!(store.audit(None, 10).unwrap().is_empty());
+    let entry = |i: u64, action| AuditEntry {
+        at_ms: 1_000 + i,
+        actor: i.is_multiple_of(2).then(|| format!("key:{i:016x}")),
+        role: i.is_multiple_of(2).then_some(Role::Admin),
+        action,
+        target: format!("wf{i}"),
+        correlation_id: format!("corr-{i:04}"),
+    };
+    let actions = [AuditAction::WorkflowCreate, AuditAction::WorkflowUpdate, AuditAction::WorkflowDelete];
+    for i in 0..5u64 {
+        let seq = store.append_audit(entry(i, actions[i as usize % 3])).await.unwrap();
+        assert_eq!(seq, i + 1);
+    }
+    let first = store.audit(None, 2).unwrap();
+    assert_eq!(first.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![5, 4]);
+    assert_eq!(first[0].1, entry(4, actions[1]));
+    let rest = store.audit(Some(4), 10).unwrap();
+    assert_eq!(rest.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3, 2, 1]);
+    assert_eq!(rest[2].1, entry(0, actions[0]));
+    assert!(store.audit(Some(1), 10).unwrap().is_empty());
+    store.close().await;
+    drop(store);
+    let store = Store::open(&db_path(&dir)).unwrap();
+    assert_eq!(store.append_audit(entry(5, AuditAction::JobCancel)).await.unwrap(), 6);
+    assert_eq!(store.audit(None, 1).unwrap()[0].1.action, AuditAction::JobCancel);
 }
 
 #[tokio::test]
@@ -465,16 +499,23 @@ async fn corrupt_records_are_errors_naming_the_key() {
     let garbage_id = Uuid::new_v4();
     raw_put_job(&path, garbage_id.as_u128(), &[1, 0xff, 0xff, 0xff]);
     let misplaced = Uuid::new_v4();
-    let mut record = vec![2u8]; // the job record format version
+    let mut record = vec![3u8]; // the job record format version
     record.extend(postcard::to_allocvec(&a).unwrap());
     raw_put_job(&path, misplaced.as_u128(), &record);
-    // A version-1 record (before `inputs`, the last field: an empty list is one 0 byte).
+    // A version-1 record (before `inputs` and `owner`, the last fields: an empty list and
+    // `None` are one 0 byte each) and a version-2 record (before `owner`).
     let mut old_format = a.clone();
     old_format.id = Uuid::new_v4();
     let mut v1 = vec![1u8];
     v1.extend(postcard::to_allocvec(&old_format).unwrap());
-    assert_eq!(v1.pop(), Some(0));
+    assert_eq!(v1.split_off(v1.len() - 2), vec![0, 0]);
     raw_put_job(&path, old_format.id.as_u128(), &v1);
+    let mut v2_format = a.clone();
+    v2_format.id = Uuid::new_v4();
+    let mut v2 = vec![2u8];
+    v2.extend(postcard::to_allocvec(&v2_format).unwrap());
+    assert_eq!(v2.pop(), Some(0));
+    raw_put_job(&path, v2_format.id.as_u128(), &v2);
     raw_put_job(&path, Uuid::new_v4().as_u128(), &[]);
     {
         let db = Database::create(&path).unwrap();
@@ -492,6 +533,7 @@ async fn corrupt_records_are_errors_naming_the_key() {
 
     let store = Store::open(&path).unwrap();
     assert_eq!(store.get_job(old_format.id).unwrap(), Some(old_format), "a version-1 job record reads");
+    assert_eq!(store.get_job(v2_format.id).unwrap(), Some(v2_format), "a version-2 job record reads");
     match store.get_job(garbage_id) {
         Err(StoreError::Corrupt { table: "jobs", key, .. }) => assert_eq!(key, garbage_id.to_string()),
         other => panic!("expected Corrupt, got {other:?}"),

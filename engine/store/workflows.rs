@@ -42,7 +42,7 @@ fn plan_version(rec: &WorkflowRecord, last: Option<u32>) -> Result<WorkflowPlan,
         .ok_or_else(|| StoreError::Invalid(format!("workflow {}: versions exhausted", rec.id)))?;
     let mut rec = rec.clone();
     rec.version = version;
-    let bytes = codec::encode_v2("workflows", &rec.id, &rec)?;
+    let bytes = codec::encode_at(codec::WORKFLOWS_VERSION, "workflows", &rec.id, &rec)?;
     Ok(WorkflowPlan { rec, bytes })
 }
 
@@ -128,7 +128,7 @@ fn decode_checked(
         Some(v) => format!("{id}@{v}"),
         None => id.to_string(),
     };
-    let rec: WorkflowRecord = codec::decode_v2(table, &key, bytes)?;
+    let rec: WorkflowRecord = codec::decode_upgraded(codec::WORKFLOWS_VERSION, table, &key, bytes)?;
     if rec.id != id || version.is_some_and(|v| v != rec.version) {
         return Err(StoreError::Corrupt { table, key, reason: format!("record is {}@{}", rec.id, rec.version) });
     }

@@ -3,6 +3,8 @@
 //!
 //! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
+//! - `auth`: API keys and JWTs against the real server: roles, job ownership (404 for
+//!   others), alg none / confusion / expiry attacks, the audit log, open mode.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
 //!   privacy mode.
 //! - `inputs`: image inputs by URL, data URI, base64 and multipart; SSRF refusals, bad
@@ -24,6 +26,7 @@
 mod support;
 
 mod api;
+mod auth;
 mod events;
 mod inputs;
 mod jobs;

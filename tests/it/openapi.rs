@@ -33,6 +33,7 @@ async fn openapi_document_matches_the_live_server() {
         "/jobs/{jobId}/events",
         "/outputs/{jobId}",
         "/outputs/{jobId}/{file}",
+        "/audit",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
@@ -41,6 +42,11 @@ async fn openapi_document_matches_the_live_server() {
         assert_eq!(schema["type"], "object", "{id}'s input schema is included");
         assert!(schema["properties"]["prompt"].is_object());
     }
+    assert_eq!(doc["components"]["securitySchemes"]["ApiKeyAuth"]["name"], "X-API-Key");
+    assert_eq!(doc["components"]["securitySchemes"]["BearerAuth"]["scheme"], "bearer");
+    assert!(doc["paths"]["/jobs"]["get"]["responses"]["401"].is_object());
+    assert!(doc["paths"]["/workflows"]["post"]["responses"]["403"].is_object());
+    assert!(doc["paths"]["/audit"]["get"]["responses"]["403"].is_object());
     let codes: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
         .as_array()
         .unwrap()

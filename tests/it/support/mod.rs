@@ -33,7 +33,20 @@ impl Proc {
         let mut cmd = Command::new(BIN);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         // Tests must not inherit the developer's configuration.
-        for var in ["PORT", "HOST", "COMFYUI_URL", "DATABASE_URL", "MAX_CONCURRENCY", "LOG_LEVEL", "LOG_FORMAT"] {
+        for var in [
+            "PORT",
+            "HOST",
+            "COMFYUI_URL",
+            "DATABASE_URL",
+            "MAX_CONCURRENCY",
+            "LOG_LEVEL",
+            "LOG_FORMAT",
+            "API_KEYS",
+            "API_KEYS_FILE",
+            "JWT_SECRET",
+            "JWT_PUBLIC_KEY",
+            "METRICS_PUBLIC",
+        ] {
             cmd.env_remove(var);
         }
         for (k, v) in envs {
