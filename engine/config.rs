@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// Keep prompt texts and inputs out of job logs and event streams.
     #[arg(long = "privacy-mode", env = "PRIVACY_MODE", default_value_t = false, action = clap::ArgAction::Set, value_name = "PRIVACY_MODE")]
     pub privacy_mode: bool,
+    /// The key that seals prompts and inputs at rest in privacy mode (32 bytes; created
+    /// with mode 0600 if absent). Default: `<database file>.privacy-key`.
+    #[arg(long = "privacy-key-file", env = "PRIVACY_KEY_FILE", value_name = "PRIVACY_KEY_FILE")]
+    pub privacy_key_file: Option<PathBuf>,
     /// Interval of the `: ping` comment lines on event streams, in ms.
     #[arg(
         long = "sse-heartbeat-ms",
@@ -235,6 +239,8 @@ pub struct Config {
     pub input_fetch: crate::inputs::FetchLimits,
     /// Keep prompt texts and inputs out of `/jobs/:id/logs` and `/jobs/:id/events`.
     pub privacy_mode: bool,
+    /// Seals prompts and inputs at rest; Some exactly in privacy mode.
+    pub sealer: Option<Arc<crate::privacy::Sealer>>,
     /// Interval of heartbeat comments on event streams, in ms.
     pub sse_heartbeat_ms: u64,
     /// Rate limits, CORS, connection and header limits.
@@ -320,13 +326,21 @@ impl Config {
             .map_err(|e| bad("URL_INPUT_ALLOW_HOSTS", e))?;
         let api_limits = api_limits(args)?;
         let auth = auth_from_args(args)?;
+        let database_path = database_path(&args.database_url)?;
+        let sealer = if args.privacy_mode {
+            let key_file = args.privacy_key_file.clone().unwrap_or_else(|| database_path.with_extension("privacy-key"));
+            let sealer = crate::privacy::Sealer::load_or_create(&key_file).map_err(|e| bad("PRIVACY_KEY_FILE", e))?;
+            Some(Arc::new(sealer))
+        } else {
+            None
+        };
         Ok(Config {
             api_limits,
             host: args.host,
             port: args.port,
             backend_urls,
             comfyui_timeout_ms: args.comfyui_timeout_ms,
-            database_path: database_path(&args.database_url)?,
+            database_path,
             backend_concurrency_max: args.max_concurrency,
             image_size_max: args.max_image_size,
             batch_size_max: args.max_batch_size,
@@ -344,6 +358,7 @@ impl Config {
                 allow,
             },
             privacy_mode: args.privacy_mode,
+            sealer,
             sse_heartbeat_ms: args.sse_heartbeat_ms,
             metrics_public: args.metrics_public.unwrap_or(!auth.enabled()),
             auth: Arc::new(auth),

@@ -9,6 +9,7 @@
 //! - [`inputs`]: image inputs: SSRF-guarded URL fetch, data URI / base64, magic bytes.
 //! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, and
 //!   the simulator.
+//! - [`privacy`]: privacy mode: prompts and inputs sealed at rest, PNG text stripped.
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends.
 //! - [`service`]: the gateway's operations in domain terms (submit, register, read).
@@ -28,6 +29,7 @@ pub mod domain;
 pub mod error;
 pub mod inputs;
 pub mod metrics;
+pub mod privacy;
 pub mod scheduler;
 pub mod service;
 pub mod store;

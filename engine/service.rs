@@ -139,6 +139,16 @@ impl Gateway {
                 created_ms,
             )
         };
+        // Privacy mode: what could hold prompt text is sealed before it is written.
+        let job = match &self.config.sealer {
+            Some(sealer) => Job {
+                inputs_json: sealer.seal(&job.inputs_json),
+                prompt_json: sealer.seal(&job.prompt_json),
+                metadata_json: job.metadata_json.as_deref().map(|m| sealer.seal(m)),
+                ..job
+            },
+            None => job,
+        };
         self.scheduler.submit(job, blobs).await
     }
 
@@ -210,7 +220,23 @@ impl Gateway {
 
     /// A job by id.
     pub fn job(&self, id: JobId) -> Result<Job> {
-        self.store.get_job(id)?.ok_or_else(|| Error::new(ErrorCode::JobNotFound, format!("no job with id {id}")))
+        let job = self
+            .store
+            .get_job(id)?
+            .ok_or_else(|| Error::new(ErrorCode::JobNotFound, format!("no job with id {id}")))?;
+        self.reveal(job)
+    }
+
+    /// A stored job with its sealed fields (privacy mode) opened, for answers to clients.
+    pub fn reveal(&self, job: Job) -> Result<Job> {
+        let Some(sealer) = &self.config.sealer else { return Ok(job) };
+        let open = |s: &str| sealer.open(s).map(|c| c.into_owned()).map_err(Error::internal);
+        Ok(Job {
+            inputs_json: open(&job.inputs_json)?,
+            prompt_json: open(&job.prompt_json)?,
+            metadata_json: job.metadata_json.as_deref().map(open).transpose()?,
+            ..job
+        })
     }
 
     /// A stored blob's bytes (verified against its hash).

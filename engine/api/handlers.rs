@@ -573,7 +573,10 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     } else {
         None
     };
-    let list: Vec<Value> = jobs.iter().map(|j| reply::job_json(j, None)).collect();
+    let mut list = Vec::with_capacity(jobs.len());
+    for j in jobs {
+        list.push(reply::job_json(&ctx.gateway.reveal(j)?, None));
+    }
     Ok(reply::json(StatusCode::OK, &json!({ "jobs": list, "nextCursor": next_cursor })))
 }
 
@@ -596,7 +599,7 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
 /// `POST /jobs/{id}/cancel` (recorded in the audit log).
 pub async fn cancel_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let id = visible_job(ctx, p)?.id;
-    let job = ctx.gateway.scheduler.cancel(id).await?;
+    let job = ctx.gateway.reveal(ctx.gateway.scheduler.cancel(id).await?)?;
     audit_log(ctx, p, AuditAction::JobCancel, id.to_string()).await?;
     Ok(reply::json(StatusCode::OK, &reply::job_json(&job, None)))
 }

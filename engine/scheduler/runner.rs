@@ -219,13 +219,32 @@ impl Run {
         message: String,
         details: Option<serde_json::Value>,
     ) -> Result<Phase, Exit> {
-        let details_json = details.map(|d| d.to_string());
+        let mut details_json = details.map(|d| d.to_string());
+        let mut message = message;
+        // Privacy mode: error texts are stored, so the job's input texts come out of them.
+        if let Some(sealer) = &self.shared.config.sealer {
+            let secrets =
+                sealer.open(&self.job.inputs_json).map(|i| crate::privacy::input_texts(&i)).unwrap_or_default();
+            message = crate::privacy::redact(&message, &secrets);
+            details_json = details_json.map(|d| crate::privacy::redact(&d, &secrets));
+        }
         self.finish(Event::Fail { error: JobError { code, message, details_json } }).await
     }
 
     /// Upload the job's input images (every time: the backend may have restarted since), then
     /// `POST /prompt`. A failed upload means the prompt was certainly not sent.
     async fn submit(&mut self) -> Result<Phase, Exit> {
+        // Privacy mode: the stored prompt is sealed; it is opened only to be sent.
+        let prompt = match &self.shared.config.sealer {
+            Some(sealer) => match sealer.open(&self.job.prompt_json) {
+                Ok(p) => p.into_owned(),
+                Err(e) => {
+                    let message = format!("the job's sealed prompt cannot be opened: {e}");
+                    return self.fail(ErrorCode::Internal, message, None).await;
+                }
+            },
+            None => self.job.prompt_json.clone(),
+        };
         let id = self.id().to_string();
         let client_id = self.job.client_id.clone().unwrap_or_default();
         let uploaded = tokio::select! {
@@ -247,7 +266,7 @@ impl Run {
             }
         }
         let result = tokio::select! {
-            r = self.backend.client.submit(&self.job.prompt_json, &id, &client_id) => r,
+            r = self.backend.client.submit(&prompt, &id, &client_id) => r,
             _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
         };
         match result {
@@ -516,6 +535,11 @@ impl Run {
                     let message = format!("output {} could not be downloaded: {e}", file.filename);
                     return self.fail(ErrorCode::ComfyuiNodeError, message, None).await;
                 }
+            };
+            // Privacy mode: ComfyUI writes the prompt into PNG text chunks; they are dropped.
+            let bytes = match (&self.shared.config.sealer, crate::privacy::strip_png_text(&bytes)) {
+                (Some(_), Some(stripped)) => bytes::Bytes::from(stripped),
+                _ => bytes,
             };
             let hash = *blake3::hash(&bytes).as_bytes();
             let media_type = protocol::media_type_of(&file.filename).to_string();

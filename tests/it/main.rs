@@ -13,6 +13,7 @@
 //!   per-backend concurrency, failure classification, cancel.
 //! - `openapi`: the OpenAPI document, checked against the live server by schemathesis.
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
+//! - `privacy`: privacy mode: no prompt text in the database file, outputs or logs.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
 //!   attempt bound, WebSocket drop, re-attach after a gateway restart.
 //! - `limits`: rate limits per key and IP with RateLimit headers, trusted proxies, CORS,
@@ -34,6 +35,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod outputs;
+mod privacy;
 mod recovery;
 mod sim_protocol;
 mod tidy;
