@@ -175,25 +175,10 @@ pub fn event_json(seq: u64, event: &JobEvent) -> Value {
     v
 }
 
-/// Strings shorter than this are not redacted (they would mangle unrelated text).
-const REDACT_LEN_MIN: usize = 4;
-
-/// Every string value of a job's inputs (and its rendered prompt) that privacy mode
-/// keeps out of responses, longest first.
+/// Every string value of a job's inputs that privacy mode keeps out of responses, longest
+/// first (see [`crate::privacy::input_texts`]).
 pub fn private_texts(job: &Job) -> Vec<String> {
-    fn walk(v: &Value, out: &mut Vec<String>) {
-        match v {
-            Value::String(s) if s.chars().count() >= REDACT_LEN_MIN => out.push(s.clone()),
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            Value::Object(m) => m.values().for_each(|x| walk(x, out)),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk(&parse_json(&job.inputs_json), &mut out);
-    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
-    out.dedup();
-    out
+    crate::privacy::input_texts(&job.inputs_json)
 }
 
 /// Replace every occurrence of `texts` in the strings of `v` with `[redacted]`, and drop
