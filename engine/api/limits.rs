@@ -303,6 +303,13 @@ impl JobCap {
         Ok(JobSlot { cap: self, key: key.to_string() })
     }
 
+    /// Count `job` (queued or running) against `key`: used at start for the jobs recovered
+    /// from the store, so a restart does not reset anyone's count.
+    pub fn track(&self, key: &str, job: JobId) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.entry(key.to_string()).or_default().0.insert(job);
+    }
+
     fn release(&self, key: &str, job: Option<JobId>) {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = clients.get_mut(key) {

@@ -43,9 +43,24 @@ pub fn serve(listener: TcpListener, gateway: Gateway) -> std::io::Result<Server>
     let local_addr = listener.local_addr()?;
     let stop = CancellationToken::new();
     let ctx = Arc::new(Ctx::new(gateway, stop.clone()));
+    seed_job_cap(&ctx).map_err(|e| std::io::Error::other(e.message))?;
     let token = stop.clone();
     let done = tokio::spawn(async move { accept_loop(listener, ctx, token).await });
     Ok(Server { local_addr, stop, done })
+}
+
+/// With `MAX_JOBS_PER_CLIENT`, count the unfinished jobs of every owner found in the
+/// store (an authenticated caller's client key is its owner id), so a restart does not
+/// reset the counts. Jobs without an owner (open mode) cannot be attributed.
+fn seed_job_cap(ctx: &Ctx) -> crate::error::Result<()> {
+    let Some(cap) = &ctx.limits.jobs else { return Ok(()) };
+    let store = &ctx.gateway.store;
+    for job in store.queued_jobs()?.into_iter().chain(store.running_jobs()?) {
+        if let Some(owner) = &job.owner {
+            cap.track(owner, job.id);
+        }
+    }
+    Ok(())
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationToken) {

@@ -329,3 +329,29 @@ async fn limits_connections_beyond_max_connections_wait() {
     let r = client.get(&url).timeout(Duration::from_secs(5)).send().await.expect("served once the slot is free");
     assert_eq!(r.status().as_u16(), 200);
 }
+
+/// The per-client cap survives a restart: an authenticated client's unfinished jobs are
+/// counted again from the store (by owner) when the gateway starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_job_cap_counts_survive_a_restart() {
+    let dir = support::tempdir();
+    // No backend: the jobs stay queued.
+    let backend = format!("http://127.0.0.1:{}", support::free_port());
+    let env = [("MAX_JOBS_PER_CLIENT", "2"), ("API_KEYS", "capuserkey01:user")];
+    let mut gw = Gateway::start(dir.path(), &backend, &env).await;
+    let submit = |url: String| async move {
+        let r = reqwest::Client::new()
+            .post(format!("{url}/jobs"))
+            .header("x-api-key", "capuserkey01")
+            .json(&json!({"workflowId": "icon_512", "inputs": {"prompt": "p"}}))
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    };
+    assert_eq!(submit(gw.url()).await, 202);
+    assert_eq!(submit(gw.url()).await, 202);
+    assert_eq!(submit(gw.url()).await, 429);
+    gw.restart().await;
+    assert_eq!(submit(gw.url()).await, 429, "the two queued jobs still count after the restart");
+}
