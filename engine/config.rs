@@ -148,13 +148,13 @@ pub struct ServeArgs {
         hide_default_value = true,
         value_name = "API_KEYS"
     )]
-    pub api_keys: String,
+    pub api_keys: Secret,
     /// A file of API keys, one `key:role` per line (`#` starts a comment).
     #[arg(long = "api-keys-file", env = "API_KEYS_FILE", value_name = "API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
     /// Secret of HS256 bearer tokens (JWT), at least 32 bytes.
     #[arg(long = "jwt-secret", env = "JWT_SECRET", hide_env_values = true, value_name = "JWT_SECRET")]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// PEM file of the public key of RS256 (RSA) or EdDSA (Ed25519) bearer tokens.
     #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
@@ -198,6 +198,23 @@ pub struct ApiLimits {
     pub connections_max: usize,
     /// Time limit of reading a request's headers.
     pub header_read_timeout: std::time::Duration,
+}
+
+/// A secret setting (API keys, JWT secret): its `Debug` never shows the value.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "Secret(empty)" } else { "Secret(***)" })
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
 }
 
 /// The validated configuration the gateway runs with.
@@ -438,7 +455,7 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
 /// The credentials of `API_KEYS`, `API_KEYS_FILE`, `JWT_SECRET` and `JWT_PUBLIC_KEY`.
 fn auth_from_args(args: &ServeArgs) -> Result<Auth, ConfigError> {
     let mut auth = Auth::default();
-    let keys = Auth::parse_keys(&args.api_keys, ',').map_err(|e| bad("API_KEYS", e))?;
+    let keys = Auth::parse_keys(&args.api_keys.0, ',').map_err(|e| bad("API_KEYS", e))?;
     auth.add_keys(keys).map_err(|e| bad("API_KEYS", e))?;
     if let Some(path) = &args.api_keys_file {
         let text = std::fs::read_to_string(path)
@@ -451,7 +468,7 @@ fn auth_from_args(args: &ServeArgs) -> Result<Auth, ConfigError> {
         auth.add_keys(keys).map_err(|e| bad("API_KEYS_FILE", e))?;
     }
     if let Some(secret) = &args.jwt_secret {
-        auth.set_jwt_secret(secret.as_bytes()).map_err(|e| bad("JWT_SECRET", e))?;
+        auth.set_jwt_secret(secret.0.as_bytes()).map_err(|e| bad("JWT_SECRET", e))?;
     }
     if let Some(path) = &args.jwt_public_key {
         let pem =
@@ -586,5 +603,19 @@ mod tests {
     fn database_url_prefixes() {
         assert_eq!(database_path("redb:///tmp/x.redb").unwrap(), PathBuf::from("/tmp/x.redb"));
         assert_eq!(database_path("./d/g.redb").unwrap(), PathBuf::from("./d/g.redb"));
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let args = T::parse_from([
+            "t",
+            "--api-keys",
+            "verysecretkey1:admin",
+            "--jwt-secret",
+            "0123456789abcdef0123456789abcdef",
+        ]);
+        let shown = format!("{:?}", args.serve);
+        assert!(!shown.contains("verysecretkey1") && !shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("Secret(***)"));
     }
 }
