@@ -58,6 +58,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct WsHub {
     inner: Mutex<HubInner>,
+    /// Woken whenever a connection comes up.
+    connected: tokio::sync::Notify,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +110,23 @@ impl WsHub {
 
     fn set_connected(&self, client_id: &str) {
         self.lock().client_id = Some(client_id.to_string());
+        self.connected.notify_waiters();
+    }
+
+    /// The live connection's clientId, waiting up to `within` for one to come up (a
+    /// backend is healthy as soon as it answers HTTP; its socket follows a moment later).
+    pub async fn wait_client_id(&self, within: Duration) -> Option<String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            // Created before the check: `notify_waiters` reaches it even before it is polled.
+            let notified = self.connected.notified();
+            if let Some(id) = self.client_id() {
+                return Some(id);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.client_id();
+            }
+        }
     }
 
     /// The connection is gone: forget its clientId and tell every subscriber.

@@ -36,6 +36,8 @@ const POLL_WITH_WS: Duration = Duration::from_secs(5);
 const RECONCILE_GRACE: Duration = Duration::from_millis(300);
 /// Longest delay between attempts to reach a down backend while reconciling.
 const RECONCILE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Longest wait at dispatch for the backend's WebSocket to come up.
+const WS_WAIT_AT_DISPATCH: Duration = Duration::from_secs(1);
 /// Minimum time between two progress entries in the durable event log.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -94,7 +96,13 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, b: usize, queue_key: QueueKey,
     debug_assert_eq!(job.queue_key, queue_key, "memory queue and store agree on the key");
     let cancel = shared.cancel_token(id).unwrap_or_else(|| shared.shutdown.child_token());
     let sub = backend.hub.subscribe(&id.to_string());
-    let client_id = backend.hub.client_id().unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple()));
+    // Submitted under the live socket's clientId, the job gets live events; without one
+    // (socket down) it is followed by polling.
+    let client_id = backend
+        .hub
+        .wait_client_id(WS_WAIT_AT_DISPATCH)
+        .await
+        .unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple()));
     let mut run = Run::new(shared.clone(), backend.clone(), job, sub, cancel);
     let event = if run.cancel.is_cancelled() && !shared.shutdown.is_cancelled() {
         Event::Cancel { reason: "canceled by request".into() }
