@@ -115,11 +115,7 @@ impl ComfyClient {
             .send()
             .await
             .map_err(ComfyError::from_reqwest)?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(ComfyError::from_reqwest)?;
-        if !status.is_success() {
-            return Err(ComfyError::Status { status: status.as_u16(), body: snippet(&body) });
-        }
+        let body = success_body(resp).await?;
         serde_json::from_slice(&body).map_err(|e| ComfyError::Protocol(format!("{path_and_query}: {e}")))
     }
 
@@ -202,11 +198,7 @@ impl ComfyClient {
             .send()
             .await
             .map_err(ComfyError::from_reqwest)?;
-        let status = resp.status();
-        let answer = resp.bytes().await.map_err(ComfyError::from_reqwest)?;
-        if !status.is_success() {
-            return Err(ComfyError::Status { status: status.as_u16(), body: snippet(&answer) });
-        }
+        let answer = success_body(resp).await?;
         let v: Value = serde_json::from_slice(&answer)
             .map_err(|e| ComfyError::Protocol(format!("POST /upload/image answer: {e}")))?;
         match (v.get("name").and_then(Value::as_str), v.get("subfolder").and_then(Value::as_str)) {
@@ -269,6 +261,16 @@ impl ComfyClient {
         }
         Ok(bytes)
     }
+}
+
+/// The body of a success answer; any other status is `ComfyError::Status`.
+async fn success_body(resp: reqwest::Response) -> Result<Bytes, ComfyError> {
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(ComfyError::from_reqwest)?;
+    if !status.is_success() {
+        return Err(ComfyError::Status { status: status.as_u16(), body: snippet(&body) });
+    }
+    Ok(body)
 }
 
 fn snippet(body: &[u8]) -> String {

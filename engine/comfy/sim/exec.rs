@@ -225,12 +225,17 @@ impl Run<'_> {
         self.send_progress_state();
     }
 
-    fn update_progress(&mut self, id: &str, value: u64, max: u64) {
+    /// Mark node `id` running at `value` of `max` and broadcast the progress state.
+    fn set_running(&mut self, id: &str, value: u64, max: u64) {
         let e = self.progress.entry(id);
         e.1 = json!(value);
         e.2 = json!(max);
         e.3 = "running";
         self.send_progress_state();
+    }
+
+    fn update_progress(&mut self, id: &str, value: u64, max: u64) {
+        self.set_running(id, value, max);
         let data = json!({"value": value, "max": max, "prompt_id": self.prompt_id, "node": id});
         self.shared.lock().send("progress", &data, self.client.as_deref());
     }
@@ -1051,11 +1056,7 @@ fn save_image_websocket(
         // supports_preview_metadata get progress_state, frame, progress (captures 08a/08b).
         let metadata_client =
             run.client.as_deref().is_some_and(|c| run.shared.lock().sockets.get(c).is_some_and(|s| s.preview_metadata));
-        let e = run.progress.entry(id);
-        e.1 = json!(n);
-        e.2 = json!(total);
-        e.3 = "running";
-        run.send_progress_state();
+        run.set_running(id, n as u64, total);
         let progress = json!({"value": n, "max": total, "prompt_id": run.prompt_id, "node": id});
         let inner = run.shared.lock();
         if !metadata_client {

@@ -148,21 +148,7 @@ pub fn encode_png(
 
 /// Encode a grey-alpha style PNG whose alpha is `alpha` and colour black (`/view channel=a`).
 pub fn encode_alpha_png(width: u32, height: u32, alpha: &[u8]) -> Result<Vec<u8>, png::EncodingError> {
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, width, height);
-        enc.set_color(png::ColorType::Rgba);
-        enc.set_depth(png::BitDepth::Eight);
-        enc.set_compression(png::Compression::Fast);
-        let mut w = enc.write_header()?;
-        let mut data = Vec::with_capacity(alpha.len() * 4);
-        for a in alpha {
-            data.extend_from_slice(&[0, 0, 0, *a]);
-        }
-        w.write_image_data(&data)?;
-        w.finish()?;
-    }
-    Ok(out)
+    encode_rgba_png(width, height, &vec![0; alpha.len() * 3], alpha)
 }
 
 /// A decoded PNG: RGB pixels plus the alpha channel if there was one.
