@@ -173,8 +173,14 @@ pub struct Job {
     /// version-1 record is this record without it and `owner`, see `store::codec`.)
     pub inputs: Vec<InputRef>,
     /// Who submitted it: an API key's owner id or a JWT's `sub`; None in open mode.
-    /// Last field (format version 3: a version-2 record reads as `None`).
+    /// (Format version 3: a version-2 record reads as `None`.)
     pub owner: Option<String>,
+    /// The webhook events asked for beyond the terminal ones, a [`WebhookEvents`] bit set
+    /// (format version 4: older records read as 0, terminal events only).
+    pub webhook_events: u8,
+    /// The result-cache key, when the job may fill the cache on success (format version 5:
+    /// older records read as `None`, not cacheable).
+    pub cache_key: Option<Hash>,
 }
 
 impl Job {
@@ -213,6 +219,8 @@ impl Job {
             updated_ms: created_ms,
             inputs: Vec::new(),
             owner: None,
+            webhook_events: 0,
+            cache_key: None,
         }
     }
 }
@@ -274,6 +282,208 @@ pub enum JobEventKind {
         /// Why.
         reason: String,
     },
+    /// A node's progress crossed a quarter (25, 50, 75, 100 %): a `job.progress` webhook
+    /// for jobs that asked for it.
+    Milestone {
+        /// Node id.
+        node: String,
+        /// 25, 50, 75 or 100.
+        percent: u8,
+    },
+    /// One webhook delivery attempt and what follows from it.
+    Webhook {
+        /// The delivery's `webhook-id`.
+        delivery: String,
+        /// Its event type, e.g. `job.succeeded`.
+        event: String,
+        /// Attempt number (1-based).
+        attempt: u32,
+        /// The receiver's HTTP status, if it answered.
+        status: Option<u16>,
+        /// What went wrong, if anything.
+        error: Option<String>,
+        /// `delivered`, `retrying`, `failed` (attempts exhausted) or `disabled` (HTTP 410).
+        outcome: String,
+        /// When the next attempt is due (while retrying), ms since the Unix epoch.
+        next_attempt_ms: Option<u64>,
+    },
+}
+
+/// Webhook event kinds a job may ask for beyond the terminal ones (`callbackEvents`).
+pub struct WebhookEvents;
+
+impl WebhookEvents {
+    /// `job.started`: the first dispatch to a backend.
+    pub const STARTED: u8 = 1;
+    /// `job.progress`: progress milestones.
+    pub const PROGRESS: u8 = 2;
+}
+
+/// What a webhook delivery reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WebhookEvent {
+    /// The job was handed to a backend for the first time.
+    Started,
+    /// A progress milestone.
+    Progress {
+        /// Node id.
+        node: String,
+        /// 25, 50, 75 or 100.
+        percent: u8,
+    },
+    /// The job succeeded.
+    Succeeded,
+    /// The job failed.
+    Failed,
+    /// The job was canceled.
+    Canceled,
+}
+
+impl WebhookEvent {
+    /// The Standard Webhooks event type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            WebhookEvent::Started => "job.started",
+            WebhookEvent::Progress { .. } => "job.progress",
+            WebhookEvent::Succeeded => "job.succeeded",
+            WebhookEvent::Failed => "job.failed",
+            WebhookEvent::Canceled => "job.canceled",
+        }
+    }
+
+    /// The deliveries due when `events` are appended to the log of `job` (as it is after
+    /// them): terminal events always, `job.started` and `job.progress` when asked for.
+    /// None without a `callback_url`.
+    pub fn due(job: &Job, events: &[JobEventKind]) -> Vec<WebhookEvent> {
+        if job.callback_url.is_none() {
+            return Vec::new();
+        }
+        let asked = |bit: u8| job.webhook_events & bit != 0;
+        events
+            .iter()
+            .filter_map(|e| match e {
+                JobEventKind::Dispatched { attempt: 1, .. } if asked(WebhookEvents::STARTED) => {
+                    Some(WebhookEvent::Started)
+                }
+                JobEventKind::Milestone { node, percent } if asked(WebhookEvents::PROGRESS) => {
+                    Some(WebhookEvent::Progress { node: node.clone(), percent: *percent })
+                }
+                JobEventKind::Succeeded { .. } => Some(WebhookEvent::Succeeded),
+                JobEventKind::Failed { .. } => Some(WebhookEvent::Failed),
+                JobEventKind::Canceled { .. } => Some(WebhookEvent::Canceled),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Where a webhook delivery stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryState {
+    /// Waiting for its next attempt (in the due index).
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Every attempt of the schedule failed.
+    Failed,
+    /// The receiver answered 410 Gone: its endpoint is disabled until a redelivery.
+    Disabled,
+}
+
+impl DeliveryState {
+    /// The lower-case wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+            DeliveryState::Disabled => "disabled",
+        }
+    }
+}
+
+/// One webhook message of one job, in the durable outbox. Created in the transaction that
+/// commits the job change it reports; its `id` (`webhook-id`) never changes across retries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// The outbox key, assigned by the store.
+    pub seq: u64,
+    /// The `webhook-id` (`msg_` + 32 hex digits).
+    pub id: String,
+    /// The job it reports on.
+    pub job_id: JobId,
+    /// What it reports.
+    pub event: WebhookEvent,
+    /// Where it goes.
+    pub url: String,
+    /// The job as it was right after the event (sealed fields stay sealed).
+    pub job: Job,
+    /// When the event happened, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// Attempts made so far.
+    pub n_attempts: u32,
+    /// When the next attempt is due (meaningful while `Pending`).
+    pub next_attempt_ms: u64,
+    /// The last attempt's time, HTTP status and error.
+    pub last_attempt_ms: Option<u64>,
+    /// The last HTTP status received.
+    pub last_status: Option<u16>,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+/// The result of one delivery attempt, as recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    /// When it was made.
+    pub at_ms: u64,
+    /// The HTTP status, if the receiver answered.
+    pub status: Option<u16>,
+    /// What went wrong, if anything.
+    pub error: Option<String>,
+    /// What happens next.
+    pub next: AttemptNext,
+}
+
+/// What follows an attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptNext {
+    /// 2xx: done.
+    Delivered,
+    /// Try again at this time (ms since the Unix epoch).
+    RetryAt(u64),
+    /// The schedule is exhausted: give up.
+    GiveUp,
+    /// 410 Gone (or the endpoint is already disabled): give up and disable the endpoint.
+    Disable,
+}
+
+/// A cached result: the outputs of a succeeded job, shared by later identical requests.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CacheEntry {
+    /// The job that produced the outputs.
+    pub job_id: JobId,
+    /// The outputs (their blobs hold one reference per entry output).
+    pub outputs: Vec<OutputRef>,
+    /// When it was stored; it expires `CACHE_TTL_SECONDS` later.
+    pub created_ms: u64,
+}
+
+/// A claimed idempotency key: the request it was first used with and the job it created.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// SHA-256 of the canonical request body.
+    pub body_hash: [u8; 32],
+    /// The job the first request created.
+    pub job_id: JobId,
+    /// The HTTP status of the first answer (202, or 200 for a cache hit).
+    pub status: u16,
+    /// When it was claimed.
+    pub created_ms: u64,
+    /// When it stops counting, ms since the Unix epoch.
+    pub expires_ms: u64,
 }
 
 /// A registered workflow (one version of it).

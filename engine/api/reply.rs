@@ -169,6 +169,11 @@ pub fn event_json(seq: u64, event: &JobEvent) -> Value {
             "type": "failed", "status": "failed", "code": code.as_str(), "message": message,
         }),
         JobEventKind::Canceled { reason } => json!({ "type": "canceled", "status": "canceled", "reason": reason }),
+        JobEventKind::Milestone { node, percent } => json!({ "type": "milestone", "node": node, "percent": percent }),
+        JobEventKind::Webhook { delivery, event, attempt, status, error, outcome, next_attempt_ms } => json!({
+            "type": "webhook", "webhookId": delivery, "event": event, "attempt": attempt, "httpStatus": status,
+            "error": error, "outcome": outcome, "nextAttemptAt": next_attempt_ms.map(rfc3339),
+        }),
     };
     v["seq"] = json!(seq);
     v["at"] = json!(rfc3339(event.at_ms));

@@ -143,7 +143,8 @@ impl Follow {
             self.last_seq = seq;
             let mut data = reply::event_json(seq, &event);
             let name = match &event.kind {
-                JobEventKind::Progress { .. } => "progress",
+                JobEventKind::Progress { .. } | JobEventKind::Milestone { .. } => "progress",
+                JobEventKind::Webhook { .. } => "webhook",
                 JobEventKind::Succeeded { .. } => "succeeded",
                 JobEventKind::Failed { .. } => "failed",
                 JobEventKind::Canceled { .. } => "canceled",

@@ -8,7 +8,8 @@
 //! value is written by postcard as one `0x00` byte (an empty list, `false`, `None`). Then
 //! a version-N record followed by one `0x00` byte is exactly the version-(N+1) encoding
 //! of the same record, which is how old records are read ([`decode_upgraded`]).
-//! - `jobs`: [`JOBS_VERSION`] = 3 (v2 appended `inputs`, v3 appended `owner`).
+//! - `jobs`: [`JOBS_VERSION`] = 5 (v2 appended `inputs`, v3 `owner`, v4 `webhook_events`,
+//!   v5 `cache_key`).
 //! - `workflows`, `workflow_versions`: [`WORKFLOWS_VERSION`] = 2 (v2 appended
 //!   `keep_previews`).
 //! - every other table (`job_events`, `blobs`, `audit`, ...): [`FORMAT_VERSION`] = 1.
@@ -21,7 +22,7 @@ use super::StoreError;
 pub(crate) const FORMAT_VERSION: u8 = 1;
 
 /// The format version of `jobs` records (see the module doc).
-pub(crate) const JOBS_VERSION: u8 = 3;
+pub(crate) const JOBS_VERSION: u8 = 5;
 
 /// The format version of `workflows` and `workflow_versions` records.
 pub(crate) const WORKFLOWS_VERSION: u8 = 2;
