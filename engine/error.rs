@@ -46,6 +46,9 @@ pub enum ErrorCode {
     RangeNotSatisfiable,
     /// Something went wrong inside the gateway; details are only in the log.
     Internal,
+    /// A `callbackUrl` points where webhooks may not go (`WEBHOOK_ALLOWED_DOMAINS`, or a
+    /// loopback/private/metadata address). Declared last: codes are stored by position.
+    CallbackNotAllowed,
 }
 
 impl ErrorCode {
@@ -70,6 +73,7 @@ impl ErrorCode {
         ErrorCode::MethodNotAllowed,
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::Internal,
+        ErrorCode::CallbackNotAllowed,
     ];
 
     /// The stable wire string.
@@ -94,6 +98,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "METHOD_NOT_ALLOWED",
             ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::CallbackNotAllowed => "CALLBACK_NOT_ALLOWED",
         }
     }
 
@@ -119,6 +124,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::Internal => 500,
+            ErrorCode::CallbackNotAllowed => 400,
         }
     }
 
@@ -143,7 +149,8 @@ impl ErrorCode {
             | ErrorCode::Conflict
             | ErrorCode::NotFound
             | ErrorCode::MethodNotAllowed
-            | ErrorCode::RangeNotSatisfiable => false,
+            | ErrorCode::RangeNotSatisfiable
+            | ErrorCode::CallbackNotAllowed => false,
         }
     }
 }
@@ -223,12 +230,13 @@ mod tests {
             ErrorCode::MethodNotAllowed => 16,
             ErrorCode::RangeNotSatisfiable => 17,
             ErrorCode::Internal => 18,
+            ErrorCode::CallbackNotAllowed => 19,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 19);
+        assert_eq!(ErrorCode::ALL.len(), 20);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);
