@@ -9,6 +9,9 @@
 //!    then GET /jobs/:id every millisecond until `succeeded`). Both sequential, distinct
 //!    seeds so ComfyUI's cache never answers.
 //!
+//! 3. Cache-hit submits: the same requests as in 2 again, each answered from the result
+//!    cache (200, a job born `succeeded`; the simulator is not involved), sequential.
+//!
 //! Environment: `BENCH_SECONDS` (per concurrency level, default 3), `BENCH_RUNS`
 //! (latency runs, default 200).
 
@@ -230,4 +233,21 @@ async fn main() {
         pct(&via, 0.5) - pct(&direct, 0.5),
         pct(&via, 0.99) - pct(&direct, 0.99)
     );
+
+    // 3. Cache hits: the jobs of part 2 again.
+    let mut hits = Vec::new();
+    for i in 0..runs {
+        let t = Instant::now();
+        let r = http.post(format!("{gw}/jobs")).json(&job_body(20_000_000 + i)).send().await.unwrap();
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap();
+        assert!(status == 200 && v["cached"] == true, "not a cache hit: {status} {v}");
+        hits.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    hits.sort_by(f64::total_cmp);
+    println!(
+        "
+cache-hit submits (POST /jobs -> 200, job born succeeded after fsync), {runs} sequential"
+    );
+    println!("{:>22} {:>10.2} {:>10.2}", "cache hit", pct(&hits, 0.5), pct(&hits, 0.99));
 }

@@ -26,7 +26,9 @@ use super::{Backend, Progress, Shared};
 use crate::comfy::client::ComfyError;
 use crate::comfy::protocol::{self, HistoryEntry, Outcome, OutputFile};
 use crate::comfy::ws::{Signal, Subscription};
-use crate::domain::{Job, JobError, JobEventKind, JobId, JobState, OutputRef, QueueKey, input_subfolder, now_ms};
+use crate::domain::{
+    Job, JobError, JobEventKind, JobId, JobState, OutputRef, QueueKey, WebhookEvents, input_subfolder, now_ms,
+};
 use crate::error::ErrorCode;
 use crate::store::NewBlob;
 
@@ -393,17 +395,22 @@ impl Run {
 
     /// Record progress: live at once, and in the durable log at most every
     /// `PROGRESS_LOG_INTERVAL`, written in the background (progress is never acknowledged
-    /// to anyone, so it does not wait for its fsync). A node reaching a new quarter of its
-    /// progress (25/50/75/100 %) is logged as a `Milestone` at once (the `job.progress`
-    /// webhook); one that cannot be written yet goes with the next write or the next commit.
+    /// to anyone, so it does not wait for its fsync). For a job that asked for `job.progress`
+    /// webhooks, a node reaching a new quarter of its progress (25/50/75/100 %) is logged as
+    /// a `Milestone` at once; one that cannot be written yet goes with the next write or the
+    /// next commit.
     fn progress(&mut self, progress: Progress) {
         self.shared.set_progress(self.id(), progress.clone());
         let node = progress.node.clone().unwrap_or_default();
         let q = quarter(progress.value, progress.max);
-        let crossed = match &self.quarter {
-            Some((n, last)) if *n == node => q > *last,
-            _ => q > 0,
-        };
+        // Milestones exist for `job.progress` webhooks; each is one more commit, so only
+        // jobs that asked for them get them.
+        let wanted = self.job.callback_url.is_some() && self.job.webhook_events & WebhookEvents::PROGRESS != 0;
+        let crossed = wanted
+            && match &self.quarter {
+                Some((n, last)) if *n == node => q > *last,
+                _ => q > 0,
+            };
         if crossed {
             self.pending_milestone = Some(JobEventKind::Milestone { node: node.clone(), percent: q * 25 });
         }
