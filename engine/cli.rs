@@ -31,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the API and the scheduler.
     #[command(alias = "run")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Run the ComfyUI simulator.
     Sim(sim::SimArgs),
     /// Create the database and register the bundled workflows.
