@@ -121,7 +121,7 @@ mod tests {
     }
 
     #[test]
-    fn job_records_of_versions_1_and_2_read_with_zero_trailing_fields() {
+    fn job_records_of_older_versions_read_with_zero_trailing_fields() {
         #[derive(serde::Serialize)]
         struct V1 {
             a: u32,
@@ -133,24 +133,46 @@ mod tests {
             b: String,
             inputs: Vec<(String, u8)>,
         }
-        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-        struct V3 {
+        #[derive(serde::Serialize)]
+        struct V4 {
             a: u32,
             b: String,
             inputs: Vec<(String, u8)>,
             owner: Option<String>,
+            webhook_events: u8,
         }
-        let read = |bytes: &[u8]| decode_upgraded::<V3>(JOBS_VERSION, "jobs", &"k", bytes);
+        #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+        struct V5 {
+            a: u32,
+            b: String,
+            inputs: Vec<(String, u8)>,
+            owner: Option<String>,
+            webhook_events: u8,
+            cache_key: Option<[u8; 32]>,
+        }
+        let read = |bytes: &[u8]| decode_upgraded::<V5>(JOBS_VERSION, "jobs", &"k", bytes);
+        let zero = |inputs: Vec<(String, u8)>, owner: Option<String>, webhook_events: u8| V5 {
+            a: 3,
+            b: "x".into(),
+            inputs,
+            owner,
+            webhook_events,
+            cache_key: None,
+        };
         let v1 = encode("jobs", &"k", &V1 { a: 3, b: "x".into() }).unwrap();
         assert_eq!(v1[0], 1);
-        assert_eq!(read(&v1).unwrap(), V3 { a: 3, b: "x".into(), inputs: vec![], owner: None });
+        assert_eq!(read(&v1).unwrap(), zero(vec![], None, 0));
         let inputs = vec![("i".to_string(), 7u8)];
         let v2 = encode_at(2, "jobs", &"k", &V2 { a: 3, b: "x".into(), inputs: inputs.clone() }).unwrap();
-        assert_eq!(read(&v2).unwrap(), V3 { a: 3, b: "x".into(), inputs: inputs.clone(), owner: None });
-        let now = V3 { a: 3, b: "x".into(), inputs, owner: Some("key:0123456789abcdef".into()) };
-        let v3 = encode_at(JOBS_VERSION, "jobs", &"k", &now).unwrap();
-        assert_eq!(v3[0], 3);
-        assert_eq!(read(&v3).unwrap(), now);
+        assert_eq!(read(&v2).unwrap(), zero(inputs.clone(), None, 0));
+        let owner = Some("key:0123456789abcdef".to_string());
+        let old = V4 { a: 3, b: "x".into(), inputs: inputs.clone(), owner: owner.clone(), webhook_events: 3 };
+        let v4 = encode_at(4, "jobs", &"k", &old).unwrap();
+        assert_eq!(read(&v4).unwrap(), zero(inputs.clone(), owner.clone(), 3));
+        let now = V5 { cache_key: Some([9; 32]), ..zero(inputs, owner, 3) };
+        let v5 = encode_at(JOBS_VERSION, "jobs", &"k", &now).unwrap();
+        assert_eq!(v5[0], 5);
+        assert_eq!(read(&v5).unwrap(), now);
         // A newer or unknown version, or a v2 record with a byte too many, is corrupt.
         assert!(read(&[9, 0]).is_err());
         assert!(read(&[0, 0]).is_err());

@@ -1,6 +1,7 @@
 //! A full scan that checks every cross-table invariant of the store (for tests, the
 //! `init`/recovery path and operators): indexes against job states, counters against
-//! counts, blob references against job outputs, chunks against blob records.
+//! counts, blob references against job outputs, inputs and cache entries, chunks against
+//! blob records, the webhook outbox against its indexes and jobs.
 
 use std::collections::{HashMap, HashSet};
 
@@ -53,6 +54,18 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
             JobState::Succeeded | JobState::Failed | JobState::Canceled => {}
         }
     }
+    // Cache entries hold references of their own.
+    let entries = super::cache::all(txn)?;
+    for (_, entry) in &entries {
+        for r in super::cache::entry_refs(entry) {
+            *refs.entry(r.hash).or_default() += 1;
+        }
+    }
+    let recorded = meta_get(meta_key::CACHE_ENTRIES)?;
+    if recorded != entries.len() as u64 {
+        return Err(corrupt("meta", meta_key::CACHE_ENTRIES, format!("says {recorded}, {} entries", entries.len())));
+    }
+    super::outbox::verify(txn)?;
     for state in [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled] {
         let counted = n_by_state.get(&state).copied().unwrap_or(0);
         let recorded = meta_get(state_count_key(state))?;
@@ -110,7 +123,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
             return Err(corrupt(
                 "blobs",
                 hash_hex(&hash),
-                format!("{} refs, outputs and inputs name it {expected} times", meta.n_refs),
+                format!("{} refs, outputs, inputs and cache entries name it {expected} times", meta.n_refs),
             ));
         }
         for i in 0..meta.n_chunks {

@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use super::StoreError;
 use super::blobs::{self, Payload, RefPlan};
+use super::cache::{self, Claim, ClaimPlan, Fill};
 use super::codec;
+use super::outbox::{self, NewDeliveries};
 use super::tables::{JOB_EVENTS, JOBS, JOBS_BY_CREATED, QUEUE, RUNNING, WriteTables, meta_key, state_count_key};
 use super::writer::WriteOp;
 use crate::domain::{Job, JobEvent, JobEventKind, JobId, JobState, QueueKey, now_ms};
@@ -18,6 +20,8 @@ pub(crate) struct InsertJob {
     /// Blobs of the job's inputs (stored unless already there).
     pub blobs: Vec<Payload>,
     pub events: Vec<JobEventKind>,
+    /// An idempotency key to claim with the insert.
+    pub claim: Option<Claim>,
 }
 
 /// `Store::update_job` and `Store::complete_job`.
@@ -43,6 +47,12 @@ pub(crate) struct JobPlan {
     seq: Option<u64>,
     refs: RefPlan,
     events: Vec<(u64, Vec<u8>)>,
+    /// Webhook deliveries the change makes due.
+    deliveries: NewDeliveries,
+    /// The cache entry it fills.
+    fill: Option<Fill>,
+    /// The idempotency key it claims (insert only).
+    claim: Option<ClaimPlan>,
 }
 
 impl WriteOp for InsertJob {
@@ -60,10 +70,28 @@ impl WriteOp for InsertJob {
             .ok_or_else(|| StoreError::Invalid("job sequence exhausted".to_string()))?;
         job.queue_key.seq = seq;
         check_job(&job)?;
-        let refs = blobs::check_refs(t, &[], &blobs::job_refs(&job), &self.blobs)?;
+        let claim = match &self.claim {
+            Some(c) if c.record.job_id != job.id => {
+                return Err(StoreError::Invalid(format!(
+                    "idempotency claim for job {} with job {}",
+                    c.record.job_id, job.id
+                )));
+            }
+            Some(c) => Some(cache::plan_claim(t, c)?),
+            None => None,
+        };
+        let fill = cache::plan_fill(t, None, &job)?;
+        let (mut old_refs, mut new_refs) = (Vec::new(), blobs::job_refs(&job));
+        if let Some(fill) = &fill {
+            let (dropped, added) = fill.refs();
+            old_refs.extend(dropped);
+            new_refs.extend(added);
+        }
+        let refs = blobs::check_refs(t, &old_refs, &new_refs, &self.blobs)?;
         let record = codec::encode_at(codec::JOBS_VERSION, "jobs", &job.id, &job)?;
         let events = encode_events(t, job.id, &self.events)?;
-        Ok(JobPlan { job, record, old: None, seq: Some(seq), refs, events })
+        let deliveries = outbox::plan(t, &job, &self.events)?;
+        Ok(JobPlan { job, record, old: None, seq: Some(seq), refs, events, deliveries, fill, claim })
     }
 
     fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<Job, StoreError> {
@@ -103,10 +131,18 @@ impl WriteOp for UpdateJob {
             )));
         }
         check_job(&job)?;
-        let refs = blobs::check_refs(t, &blobs::job_refs(&old), &blobs::job_refs(&job), &self.blobs)?;
+        let fill = cache::plan_fill(t, Some(&old), &job)?;
+        let (mut old_refs, mut new_refs) = (blobs::job_refs(&old), blobs::job_refs(&job));
+        if let Some(fill) = &fill {
+            let (dropped, added) = fill.refs();
+            old_refs.extend(dropped);
+            new_refs.extend(added);
+        }
+        let refs = blobs::check_refs(t, &old_refs, &new_refs, &self.blobs)?;
         let record = codec::encode_at(codec::JOBS_VERSION, "jobs", &job.id, &job)?;
         let events = encode_events(t, job.id, &self.events)?;
-        Ok(JobPlan { job, record, old: Some(old), seq: None, refs, events })
+        let deliveries = outbox::plan(t, &job, &self.events)?;
+        Ok(JobPlan { job, record, old: Some(old), seq: None, refs, events, deliveries, fill, claim: None })
     }
 
     fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
@@ -120,17 +156,16 @@ impl WriteOp for UpdateJob {
 
 impl WriteOp for AppendEvents {
     type Out = ();
-    type Plan = Vec<(u64, Vec<u8>)>;
+    type Plan = (Vec<(u64, Vec<u8>)>, NewDeliveries);
 
     fn check(&self, t: &WriteTables<'_>) -> Result<Self::Plan, StoreError> {
-        if t.jobs.get(self.id.as_u128())?.is_none() {
-            return Err(StoreError::JobNotFound(self.id));
-        }
-        encode_events(t, self.id, &self.events)
+        let job = load_job(&t.jobs, self.id.as_u128())?.ok_or(StoreError::JobNotFound(self.id))?;
+        Ok((encode_events(t, self.id, &self.events)?, outbox::plan(t, &job, &self.events)?))
     }
 
-    fn write(&self, plan: Self::Plan, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
-        append(t, self.id, plan)
+    fn write(&self, (events, deliveries): Self::Plan, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
+        append(t, self.id, events)?;
+        outbox::write_new(t, &deliveries)
     }
 }
 
@@ -155,7 +190,11 @@ fn check_job(job: &Job) -> Result<(), StoreError> {
 }
 
 /// Encode events with their per-job sequence numbers, continuing the log.
-fn encode_events(t: &WriteTables<'_>, id: JobId, events: &[JobEventKind]) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+pub(crate) fn encode_events(
+    t: &WriteTables<'_>,
+    id: JobId,
+    events: &[JobEventKind],
+) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
@@ -173,7 +212,7 @@ fn encode_events(t: &WriteTables<'_>, id: JobId, events: &[JobEventKind]) -> Res
     Ok(out)
 }
 
-fn append(t: &mut WriteTables<'_>, id: JobId, events: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
+pub(crate) fn append(t: &mut WriteTables<'_>, id: JobId, events: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
     let key = id.as_u128();
     for (seq, bytes) in events {
         if t.events.insert((key, seq), bytes.as_slice())?.is_some() {
@@ -194,7 +233,15 @@ fn write_job(t: &mut WriteTables<'_>, plan: &JobPlan) -> Result<(), StoreError> 
     t.meta_add(state_count_key(job.state), 1)?;
     blobs::apply_refs(t, &plan.refs)?;
     t.jobs.insert(job.id.as_u128(), plan.record.as_slice())?;
-    append(t, job.id, plan.events.clone())
+    append(t, job.id, plan.events.clone())?;
+    outbox::write_new(t, &plan.deliveries)?;
+    if let Some(fill) = &plan.fill {
+        cache::write_fill(t, fill)?;
+    }
+    if let Some(claim) = &plan.claim {
+        cache::write_claim(t, claim)?;
+    }
+    Ok(())
 }
 
 fn queue_tuple(key: QueueKey) -> (i64, u64) {

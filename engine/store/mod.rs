@@ -20,15 +20,20 @@
 
 mod audit;
 mod blobs;
+mod cache;
 mod codec;
 mod integrity;
 mod jobs;
+mod outbox;
+mod prune;
 mod tables;
 mod workflows;
 mod writer;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_outbox;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,9 +42,14 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, ReadableDatabase};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::domain::{AuditEntry, Hash, Job, JobEvent, JobEventKind, JobId, JobState, WorkflowRecord};
+use crate::domain::{
+    Attempt, AuditEntry, CacheEntry, Delivery, Hash, IdempotencyRecord, Job, JobEvent, JobEventKind, JobId, JobState,
+    WorkflowRecord,
+};
 
 pub use blobs::{BlobMeta, NewBlob};
+pub use cache::Claim;
+pub use prune::Pruned;
 
 use writer::{Msg, WriteOp};
 
@@ -85,6 +95,9 @@ pub enum StoreError {
     /// The caller handed in a record that breaks a store invariant; nothing was written.
     #[error("invalid write: {0}")]
     Invalid(String),
+    /// `insert_job_claiming` named an idempotency key that holds a live record.
+    #[error("idempotency key already used for job {}", .0.job_id)]
+    IdempotencyTaken(Box<crate::domain::IdempotencyRecord>),
 }
 
 macro_rules! from_redb {
@@ -248,7 +261,21 @@ impl Store {
         events: Vec<JobEventKind>,
     ) -> Result<Job, StoreError> {
         let blobs = self.prepare_blobs(blobs).await?;
-        self.submit(jobs::InsertJob { job, blobs, events }).await
+        self.submit(jobs::InsertJob { job, blobs, events, claim: None }).await
+    }
+
+    /// [`Store::insert_job_with_blobs`], claiming an idempotency key in the same
+    /// transaction: `IdempotencyTaken` (nothing written) if the key holds a record that has
+    /// not expired and whose job is still stored; an expired or orphaned record is replaced.
+    pub async fn insert_job_claiming(
+        &self,
+        job: Job,
+        blobs: Vec<NewBlob>,
+        events: Vec<JobEventKind>,
+        claim: Option<Claim>,
+    ) -> Result<Job, StoreError> {
+        let blobs = self.prepare_blobs(blobs).await?;
+        self.submit(jobs::InsertJob { job, blobs, events, claim }).await
     }
 
     /// Replace a job record and append events, keeping the indexes consistent: in the
@@ -299,6 +326,37 @@ impl Store {
     /// false if absent.
     pub async fn delete_workflow(&self, id: &str) -> Result<bool, StoreError> {
         self.submit(workflows::DeleteWorkflow { id: id.to_string() }).await
+    }
+
+    /// Record one attempt of a pending webhook delivery in one commit: the delivery's state,
+    /// attempts, next due time and last result; its due index; a `Webhook` entry in the
+    /// job's log; and with [`AttemptNext::Disable`] the endpoint (its URL) as disabled.
+    /// `Invalid` if the delivery is unknown or not pending. Returns it as updated.
+    ///
+    /// [`AttemptNext::Disable`]: crate::domain::AttemptNext::Disable
+    pub async fn record_attempt(&self, seq: u64, attempt: Attempt) -> Result<Delivery, StoreError> {
+        self.submit(outbox::RecordAttempt { seq, attempt }).await
+    }
+
+    /// Put every delivery of a job back to pending, due at `now_ms` (same `webhook-id`,
+    /// attempts kept), and re-enable their endpoints. Returns them.
+    pub async fn redeliver(&self, job: JobId, now_ms: u64) -> Result<Vec<Delivery>, StoreError> {
+        self.submit(outbox::Redeliver { job, now_ms }).await
+    }
+
+    /// Delete up to `limit` terminal jobs that finished before `finished_before_ms` (with
+    /// their events, deliveries and blob references; a job with a pending delivery waits),
+    /// up to `limit` cache entries created before `cache_before_ms`, and up to `limit`
+    /// idempotency records expired at `now_ms`. One commit; a blob whose last reference
+    /// goes is deleted with it.
+    pub async fn prune(
+        &self,
+        finished_before_ms: u64,
+        cache_before_ms: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Pruned, StoreError> {
+        self.submit(prune::Prune { finished_before_ms, cache_before_ms, now_ms, limit }).await
     }
 
     /// Append an entry to the audit log; its sequence number (from 1, increasing).
@@ -409,6 +467,42 @@ impl Store {
     pub fn audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
         let txn = self.inner.db.begin_read()?;
         audit::page(&txn, before, limit)
+    }
+
+    /// Pending webhook deliveries due at `now_ms`, earliest first, up to `limit`.
+    pub fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        outbox::due(&txn, now_ms, limit)
+    }
+
+    /// When the earliest pending delivery is due.
+    pub fn next_delivery_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        outbox::next_due(&txn)
+    }
+
+    /// Every delivery of a job, oldest first.
+    pub fn job_deliveries(&self, job: JobId) -> Result<Vec<Delivery>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        outbox::of_job(&txn, job)
+    }
+
+    /// When the endpoint (exact callback URL) was disabled by a 410, if it is.
+    pub fn endpoint_disabled_ms(&self, url: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        outbox::disabled_since(&txn, url)
+    }
+
+    /// The result-cache entry under `key`, if stored (expired or not).
+    pub fn cache_entry(&self, key: &Hash) -> Result<Option<CacheEntry>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        cache::get(&txn, key)
+    }
+
+    /// The idempotency record under a scoped key (`"<owner>\n<key>"`), expired or not.
+    pub fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        cache::get_claim(&txn, key)
     }
 
     /// A blob's metadata, if stored.

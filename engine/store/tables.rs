@@ -13,6 +13,14 @@
 //! - `blobs`: BLAKE3 hash -> `BlobRecord` (size, media type, compression, chunk count, refs).
 //! - `blob_chunks`: `(hash, index)` -> at most `CHUNK_BYTES` of the stored (maybe zstd) bytes.
 //! - `audit`: seq (from `meta["audit_seq"]`, from 1) -> `AuditEntry`; append-only.
+//! - `deliveries`: seq (from `meta["delivery_seq"]`, from 1) -> `Delivery` (the webhook outbox).
+//! - `deliveries_due`: `(next_attempt_ms, seq)` -> `()`; holds exactly the `Pending` deliveries.
+//! - `deliveries_by_job`: `(job id, seq)` -> `()`; every delivery, by job.
+//! - `disabled_endpoints`: callback URL -> when a 410 disabled it.
+//! - `cache`: result-cache key -> `CacheEntry` (its outputs hold blob references).
+//! - `cache_by_time`: `(created_ms, key)` -> `()`; every cache entry, oldest first (pruning).
+//! - `idempotency`: `"<owner>\n<key>"` -> `IdempotencyRecord`.
+//! - `idempotency_by_expiry`: `(expires_ms, "<owner>\n<key>")` -> `()`; every record (pruning).
 
 use redb::{Table, TableDefinition, WriteTransaction};
 
@@ -42,6 +50,24 @@ pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> = TableDef
 /// The audit log by sequence number.
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
+/// The webhook outbox by sequence number.
+pub(crate) const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+/// Pending deliveries by due time.
+pub(crate) const DELIVERIES_DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("deliveries_due");
+/// Deliveries by job.
+pub(crate) const DELIVERIES_BY_JOB: TableDefinition<(u128, u64), ()> = TableDefinition::new("deliveries_by_job");
+/// Callback URLs disabled by a 410, with the time.
+pub(crate) const DISABLED_ENDPOINTS: TableDefinition<&str, u64> = TableDefinition::new("disabled_endpoints");
+/// Result-cache entries by key.
+pub(crate) const CACHE: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("cache");
+/// Result-cache entries by creation time.
+pub(crate) const CACHE_BY_TIME: TableDefinition<(u64, [u8; 32]), ()> = TableDefinition::new("cache_by_time");
+/// Idempotency records by scoped key.
+pub(crate) const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::new("idempotency");
+/// Idempotency records by expiry time.
+pub(crate) const IDEMPOTENCY_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("idempotency_by_expiry");
+
 /// The schema this code reads and writes; stored under `meta["schema_version"]`.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
 
@@ -59,6 +85,12 @@ pub(crate) mod meta_key {
     pub const BLOBS_STORED_BYTES: &str = "blobs.stored_bytes";
     /// The last assigned audit sequence number (0: none yet).
     pub const AUDIT_SEQ: &str = "audit_seq";
+    /// The last assigned delivery sequence number (0: none yet).
+    pub const DELIVERY_SEQ: &str = "delivery_seq";
+    /// Number of pending deliveries.
+    pub const DELIVERIES_PENDING: &str = "deliveries.pending";
+    /// Number of result-cache entries.
+    pub const CACHE_ENTRIES: &str = "cache.entries";
 }
 
 /// The `meta` key counting the jobs in `state`.
@@ -86,6 +118,14 @@ pub(crate) struct WriteTables<'txn> {
     pub blobs: Table<'txn, [u8; 32], &'static [u8]>,
     pub blob_chunks: Table<'txn, ([u8; 32], u32), &'static [u8]>,
     pub audit: Table<'txn, u64, &'static [u8]>,
+    pub deliveries: Table<'txn, u64, &'static [u8]>,
+    pub deliveries_due: Table<'txn, (u64, u64), ()>,
+    pub deliveries_by_job: Table<'txn, (u128, u64), ()>,
+    pub disabled_endpoints: Table<'txn, &'static str, u64>,
+    pub cache: Table<'txn, [u8; 32], &'static [u8]>,
+    pub cache_by_time: Table<'txn, (u64, [u8; 32]), ()>,
+    pub idempotency: Table<'txn, &'static str, &'static [u8]>,
+    pub idempotency_by_expiry: Table<'txn, (u64, &'static str), ()>,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -103,6 +143,14 @@ impl<'txn> WriteTables<'txn> {
             blobs: txn.open_table(BLOBS)?,
             blob_chunks: txn.open_table(BLOB_CHUNKS)?,
             audit: txn.open_table(AUDIT)?,
+            deliveries: txn.open_table(DELIVERIES)?,
+            deliveries_due: txn.open_table(DELIVERIES_DUE)?,
+            deliveries_by_job: txn.open_table(DELIVERIES_BY_JOB)?,
+            disabled_endpoints: txn.open_table(DISABLED_ENDPOINTS)?,
+            cache: txn.open_table(CACHE)?,
+            cache_by_time: txn.open_table(CACHE_BY_TIME)?,
+            idempotency: txn.open_table(IDEMPOTENCY)?,
+            idempotency_by_expiry: txn.open_table(IDEMPOTENCY_BY_EXPIRY)?,
         })
     }
 

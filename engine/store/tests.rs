@@ -499,22 +499,23 @@ async fn corrupt_records_are_errors_naming_the_key() {
     let garbage_id = Uuid::new_v4();
     raw_put_job(&path, garbage_id.as_u128(), &[1, 0xff, 0xff, 0xff]);
     let misplaced = Uuid::new_v4();
-    let mut record = vec![3u8]; // the job record format version
+    let mut record = vec![5u8]; // the job record format version
     record.extend(postcard::to_allocvec(&a).unwrap());
     raw_put_job(&path, misplaced.as_u128(), &record);
-    // A version-1 record (before `inputs` and `owner`, the last fields: an empty list and
-    // `None` are one 0 byte each) and a version-2 record (before `owner`).
+    // A version-1 record (before `inputs`, `owner`, `webhook_events` and `cache_key`, the
+    // last fields: an empty list, `None` and 0 are one 0 byte each) and a version-2 record
+    // (before `owner`).
     let mut old_format = a.clone();
     old_format.id = Uuid::new_v4();
     let mut v1 = vec![1u8];
     v1.extend(postcard::to_allocvec(&old_format).unwrap());
-    assert_eq!(v1.split_off(v1.len() - 2), vec![0, 0]);
+    assert_eq!(v1.split_off(v1.len() - 4), vec![0, 0, 0, 0]);
     raw_put_job(&path, old_format.id.as_u128(), &v1);
     let mut v2_format = a.clone();
     v2_format.id = Uuid::new_v4();
     let mut v2 = vec![2u8];
     v2.extend(postcard::to_allocvec(&v2_format).unwrap());
-    assert_eq!(v2.pop(), Some(0));
+    assert_eq!(v2.split_off(v2.len() - 3), vec![0, 0, 0]);
     raw_put_job(&path, v2_format.id.as_u128(), &v2);
     raw_put_job(&path, Uuid::new_v4().as_u128(), &[]);
     {
