@@ -276,6 +276,34 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                         &[("404", "No such job, or another owner's"), ("409", "The job already finished")])
                 }
             },
+            "/jobs/{jobId}/webhooks": {
+                "parameters": [job_id.clone()],
+                "get": {
+                    "operationId": "listJobWebhooks",
+                    "summary": "The job's webhook deliveries (one per event sent to its callbackUrl), oldest first",
+                    "responses": with_errors(json!({"200": json_response("The deliveries", json!({
+                        "type": "object", "required": ["jobId", "deliveries"],
+                        "properties": {
+                            "jobId": {"type": "string", "format": "uuid"},
+                            "deliveries": {"type": "array", "items": schema_ref("WebhookDelivery")}
+                        }
+                    }))}), &[("404", "No such job, or another owner's")])
+                }
+            },
+            "/jobs/{jobId}/webhook/redeliver": {
+                "parameters": [job_id.clone()],
+                "post": {
+                    "operationId": "redeliverJobWebhooks",
+                    "summary": "Send every webhook of the job again now, with the same webhook-id; re-enables endpoints disabled by HTTP 410",
+                    "responses": with_errors(json!({"202": json_response("The deliveries, due now", json!({
+                        "type": "object", "required": ["jobId", "deliveries"],
+                        "properties": {
+                            "jobId": {"type": "string", "format": "uuid"},
+                            "deliveries": {"type": "array", "items": schema_ref("WebhookDelivery")}
+                        }
+                    }))}), &[("404", "No such job, or another owner's"), ("409", "The job has no webhook deliveries")])
+                }
+            },
             "/outputs/{jobId}": {
                 "parameters": [job_id.clone()],
                 "get": {
@@ -466,8 +494,24 @@ fn components() -> Map<String, Value> {
             "properties": {
                 "seq": {"type": "integer", "minimum": 1},
                 "at": {"type": "string", "format": "date-time"},
-                "type": {"type": "string", "enum": ["queued", "dispatched", "requeued", "progress", "reattached", "succeeded", "failed", "canceled"]},
+                "type": {"type": "string", "enum": ["queued", "dispatched", "requeued", "progress", "reattached", "succeeded", "failed", "canceled", "milestone", "webhook"]},
                 "status": {"$ref": "#/components/schemas/JobStatus"}
+            }
+        },
+        "WebhookDelivery": {
+            "type": "object",
+            "required": ["id", "event", "url", "state", "attempts", "createdAt", "lastAttemptAt", "lastStatus", "lastError", "nextAttemptAt"],
+            "properties": {
+                "id": {"type": "string", "description": "The webhook-id header, the same on every attempt"},
+                "event": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]},
+                "url": {"type": "string"},
+                "state": {"type": "string", "enum": ["pending", "delivered", "failed", "disabled"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "createdAt": {"type": "string", "format": "date-time"},
+                "lastAttemptAt": {"type": ["string", "null"], "format": "date-time"},
+                "lastStatus": {"type": ["integer", "null"]},
+                "lastError": {"type": ["string", "null"]},
+                "nextAttemptAt": {"type": ["string", "null"], "format": "date-time", "description": "While pending"}
             }
         },
         "WorkflowSummary": {

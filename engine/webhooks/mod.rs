@@ -12,17 +12,20 @@
 //! - [`policy`]: `WEBHOOK_ALLOWED_DOMAINS` and the SSRF guard; `CALLBACK_NOT_ALLOWED`.
 //! - [`schedule`]: `WEBHOOK_RETRY_SCHEDULE`, jitter, `Retry-After`.
 //! - [`send`]: the body and one attempt.
+//! - [`worker`]: the delivery task and its handle.
 
 pub mod policy;
 pub mod schedule;
 pub mod send;
 pub mod sign;
+pub mod worker;
 
 use std::time::Duration;
 
 pub use policy::{DomainList, check_callback_url};
 pub use schedule::Schedule;
 pub use sign::SigningKey;
+pub use worker::Webhooks;
 
 /// The webhook settings (from `WEBHOOK_*`).
 #[derive(Debug, Clone)]
