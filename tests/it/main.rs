@@ -23,6 +23,9 @@
 //!   correlation and job ids.
 //! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
 //! - `tidy`: architecture invariants checked on the source.
+//! - `webhooks`: signed deliveries checked by Rust and by the PyPI `standardwebhooks`
+//!   package, retries on a compressed schedule, Retry-After, 410, redelivery, kill -9
+//!   before delivery, callbacks refused at submit.
 
 mod support;
 
@@ -39,3 +42,4 @@ mod privacy;
 mod recovery;
 mod sim_protocol;
 mod tidy;
+mod webhooks;
