@@ -139,6 +139,41 @@ pub struct ServeArgs {
         value_name = "HEADER_READ_TIMEOUT_MS"
     )]
     pub header_read_timeout_ms: u64,
+    /// Answer a request whose rendered workflow already succeeded from the stored outputs.
+    #[arg(long = "cache-enabled", env = "CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_name = "CACHE_ENABLED")]
+    pub cache_enabled: bool,
+    /// How long a cached result is served, in seconds.
+    #[arg(
+        long = "cache-ttl-seconds",
+        env = "CACHE_TTL_SECONDS",
+        default_value_t = 86_400,
+        value_name = "CACHE_TTL_SECONDS"
+    )]
+    pub cache_ttl_seconds: u64,
+    /// How long an `Idempotency-Key` (or `metadata.requestId`) is remembered, in seconds.
+    #[arg(
+        long = "idempotency-ttl-seconds",
+        env = "IDEMPOTENCY_TTL_SECONDS",
+        default_value_t = 86_400,
+        value_name = "IDEMPOTENCY_TTL_SECONDS"
+    )]
+    pub idempotency_ttl_seconds: u64,
+    /// How long finished jobs, their events and outputs are kept, in seconds (0: forever).
+    #[arg(
+        long = "job-retention-seconds",
+        env = "JOB_RETENTION_SECONDS",
+        default_value_t = 7 * 86_400,
+        value_name = "JOB_RETENTION_SECONDS"
+    )]
+    pub job_retention_seconds: u64,
+    /// How often the background pruner looks for expired jobs, cache entries and keys, in ms.
+    #[arg(
+        long = "prune-interval-ms",
+        env = "PRUNE_INTERVAL_MS",
+        default_value_t = 60_000,
+        value_name = "PRUNE_INTERVAL_MS"
+    )]
+    pub prune_interval_ms: u64,
     /// API keys as `key:role,...` (roles: admin, user).
     #[arg(
         long = "api-keys",
@@ -203,6 +238,21 @@ pub struct ServeArgs {
     /// Serve `/metrics` without credentials when authentication is on (default: false).
     #[arg(long = "metrics-public", env = "METRICS_PUBLIC", action = clap::ArgAction::Set, value_name = "METRICS_PUBLIC")]
     pub metrics_public: Option<bool>,
+}
+
+/// How long the gateway remembers things, and the result cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// `CACHE_ENABLED`.
+    pub cache_enabled: bool,
+    /// `CACHE_TTL_SECONDS`.
+    pub cache_ttl: std::time::Duration,
+    /// `IDEMPOTENCY_TTL_SECONDS`.
+    pub idempotency_ttl: std::time::Duration,
+    /// `JOB_RETENTION_SECONDS` (None: keep forever).
+    pub jobs: Option<std::time::Duration>,
+    /// `PRUNE_INTERVAL_MS`.
+    pub prune_interval: std::time::Duration,
 }
 
 /// A request rate limit (GCRA): `max` requests per `window`, refilled evenly.
@@ -304,6 +354,8 @@ pub struct Config {
     pub sse_heartbeat_ms: u64,
     /// Rate limits, CORS, connection and header limits.
     pub api_limits: ApiLimits,
+    /// The result cache and retention periods.
+    pub retention: Retention,
     /// API keys and JWT keys; empty: open mode (no credentials asked).
     pub auth: Arc<Auth>,
     /// `/metrics` without credentials even when authentication is on.
@@ -390,6 +442,7 @@ impl Config {
         let api_limits = api_limits(args)?;
         let webhooks = webhook_settings(args)?;
         let public_url = public_url(args)?;
+        let retention = retention(args)?;
         let auth = auth_from_args(args)?;
         let database_path = database_path(&args.database_url)?;
         let sealer = if args.privacy_mode {
@@ -401,6 +454,7 @@ impl Config {
         };
         Ok(Config {
             api_limits,
+            retention,
             host: args.host,
             port: args.port,
             backend_urls,
@@ -543,6 +597,31 @@ fn public_url(args: &ServeArgs) -> Result<String, ConfigError> {
         return Err(bad("PUBLIC_URL", format!("{raw:?} must not have credentials, a query or a fragment")));
     }
     Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// `CACHE_*`, `IDEMPOTENCY_TTL_SECONDS`, `JOB_RETENTION_SECONDS`, `PRUNE_INTERVAL_MS`.
+fn retention(args: &ServeArgs) -> Result<Retention, ConfigError> {
+    const YEAR_S: u64 = 366 * 86_400;
+    if !(1..=YEAR_S).contains(&args.cache_ttl_seconds) {
+        return Err(bad("CACHE_TTL_SECONDS", "must be between 1 and 31622400 (a year)"));
+    }
+    if !(1..=YEAR_S).contains(&args.idempotency_ttl_seconds) {
+        return Err(bad("IDEMPOTENCY_TTL_SECONDS", "must be between 1 and 31622400 (a year)"));
+    }
+    if args.job_retention_seconds > 100 * YEAR_S {
+        return Err(bad("JOB_RETENTION_SECONDS", "must be at most 3162240000 (0 keeps jobs forever)"));
+    }
+    if !(10..=86_400_000).contains(&args.prune_interval_ms) {
+        return Err(bad("PRUNE_INTERVAL_MS", "must be between 10 and 86400000"));
+    }
+    let secs = std::time::Duration::from_secs;
+    Ok(Retention {
+        cache_enabled: args.cache_enabled,
+        cache_ttl: secs(args.cache_ttl_seconds),
+        idempotency_ttl: secs(args.idempotency_ttl_seconds),
+        jobs: (args.job_retention_seconds > 0).then(|| secs(args.job_retention_seconds)),
+        prune_interval: std::time::Duration::from_millis(args.prune_interval_ms),
+    })
 }
 
 /// The credentials of `API_KEYS`, `API_KEYS_FILE`, `JWT_SECRET` and `JWT_PUBLIC_KEY`.

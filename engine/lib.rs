@@ -4,8 +4,10 @@
 //! - [`config`]: every setting and limit, loaded once from flags / env / `.env`.
 //! - [`error`]: the one error enum with stable codes and HTTP statuses.
 //! - [`domain`]: jobs, priorities, outputs, workflows as the gateway sees them.
-//! - [`store`]: the only module that touches redb (jobs, events, queue, workflows, blobs).
+//! - [`store`]: the only module that touches redb (jobs, events, queue, workflows, blobs,
+//!   webhook outbox, result cache, idempotency keys, retention).
 //! - [`workflows`]: template rendering and JSON Schema validation of inputs (pure).
+//! - [`canonical`]: canonical JSON; the result-cache key and idempotency fingerprints.
 //! - [`inputs`]: image inputs: SSRF-guarded URL fetch, data URI / base64, magic bytes.
 //! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, and
 //!   the simulator.
@@ -13,7 +15,8 @@
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends.
 //! - [`webhooks`]: signed webhook deliveries from the durable outbox, retries, SSRF guard.
-//! - [`service`]: the gateway's operations in domain terms (submit, register, read).
+//! - [`service`]: the gateway's operations in domain terms (submit with cache and
+//!   idempotency, register, read); the background pruner (retention).
 //! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
 //! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health).
@@ -23,6 +26,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod canonical;
 pub mod cli;
 pub mod comfy;
 pub mod config;

@@ -84,6 +84,8 @@ struct Inner {
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     webhook_attempts: IntCounterVec,
+    cache_lookups: IntCounterVec,
+    pruned: IntCounterVec,
     /// Workflow label values handed out so far (bounded by `WORKFLOW_LABELS_MAX`).
     workflows: Mutex<HashSet<String>>,
 }
@@ -176,6 +178,16 @@ impl Metrics {
                 "Webhook delivery attempts, by what followed (delivered, retrying, failed, disabled).",
                 &["outcome"],
             ),
+            cache_lookups: counter(
+                "cache_lookups_total",
+                "Result-cache lookups of cacheable submits, by result (hit, miss).",
+                &["result"],
+            ),
+            pruned: counter(
+                "pruned_total",
+                "Records deleted by retention, by kind (jobs, cache_entries, idempotency_keys).",
+                &["kind"],
+            ),
             workflows: Mutex::new(HashSet::new()),
             registry,
         };
@@ -194,6 +206,20 @@ impl Metrics {
             return id.to_string();
         }
         OTHER.to_string()
+    }
+
+    /// A cacheable submit looked up the result cache.
+    pub fn cache_lookup(&self, hit: bool) {
+        self.inner.cache_lookups.with_label_values(&[if hit { "hit" } else { "miss" }]).inc();
+    }
+
+    /// Retention deleted records.
+    pub fn pruned(&self, p: crate::store::Pruned) {
+        for (kind, n) in
+            [("jobs", p.jobs), ("cache_entries", p.cache_entries), ("idempotency_keys", p.idempotency_keys)]
+        {
+            self.inner.pruned.with_label_values(&[kind]).inc_by(n as u64);
+        }
     }
 
     /// A job of `workflow` was dispatched for the first time after waiting `wait`.

@@ -9,13 +9,14 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+use crate::canonical;
 use crate::config::Config;
-use crate::domain::{Hash, InputRef, Job, JobId, WorkflowRecord, input_subfolder, now_ms};
+use crate::domain::{Hash, IdempotencyRecord, InputRef, Job, JobId, JobState, WorkflowRecord, input_subfolder, now_ms};
 use crate::error::{Error, ErrorCode, Result};
 use crate::inputs::{self, Source};
 use crate::metrics::{BackendLevel, Metrics, Snapshot};
 use crate::scheduler::{Scheduler, queue_rank};
-use crate::store::{NewBlob, Store};
+use crate::store::{Claim, NewBlob, Store, StoreError};
 use crate::workflows::{self, CompiledWorkflow, FieldError, Limits, WorkflowError};
 
 /// A request to run a workflow.
@@ -35,6 +36,47 @@ pub struct SubmitRequest {
     pub files: Vec<(String, Bytes)>,
     /// The submitter's owner id (None in open mode).
     pub owner: Option<String>,
+    /// Whether the result cache may answer (and be filled by) this request.
+    pub cache: bool,
+    /// Webhook events asked for beyond the terminal ones ([`crate::domain::WebhookEvents`]).
+    pub webhook_events: u8,
+    /// The idempotency key and the request's fingerprint.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// An `Idempotency-Key` (or `metadata.requestId`) with the fingerprint of its request.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The key as given.
+    pub key: String,
+    /// [`crate::canonical::request_fingerprint`] of the request.
+    pub fingerprint: [u8; 32],
+}
+
+/// What a submit did.
+#[derive(Debug, Clone)]
+pub enum Submitted {
+    /// A new job, queued.
+    Queued(Job),
+    /// A new job, born succeeded from the result cache.
+    Cached(Job),
+    /// The idempotency key was used before with the same request: that job, and the HTTP
+    /// status the first answer had.
+    Replayed {
+        /// The job the first request created (as it is now).
+        job: Job,
+        /// 202 or 200.
+        status: u16,
+    },
+}
+
+impl Submitted {
+    /// The job, whichever way.
+    pub fn job(&self) -> &Job {
+        match self {
+            Submitted::Queued(job) | Submitted::Cached(job) | Submitted::Replayed { job, .. } => job,
+        }
+    }
 }
 
 /// A workflow definition to register or update.
@@ -118,10 +160,19 @@ impl Gateway {
         Limits { image_size_max: self.config.image_size_max, batch_size_max: self.config.batch_size_max }
     }
 
-    /// Validate, render and durably queue a job. Returns after the commit.
-    pub async fn submit(&self, req: SubmitRequest) -> Result<Job> {
+    /// Validate, render and durably queue a job, or answer it from the result cache, or
+    /// replay the job an idempotency key already created. Returns after the commit.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<Submitted> {
         if !(-PRIORITY_MAX..=PRIORITY_MAX).contains(&req.priority) {
             return Err(Error::validation("/priority", format!("must be between -{PRIORITY_MAX} and {PRIORITY_MAX}")));
+        }
+        let claim_key = req.idempotency.as_ref().map(|k| idempotency_scope(req.owner.as_deref(), &k.key));
+        if let (Some(key), Some(idem)) = (&claim_key, &req.idempotency)
+            && let Some(rec) = self.store.idempotency_record(key)?
+            && rec.expires_ms > now_ms()
+            && let Some(replayed) = self.replay(&rec, idem)?
+        {
+            return Ok(replayed);
         }
         let rec = self.store.get_workflow(&req.workflow_id)?.ok_or_else(|| {
             Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {:?}", req.workflow_id))
@@ -133,6 +184,13 @@ impl Gateway {
         let prepared =
             compiled.prepare(&given, &self.limits(), &mut rand::rng()).map_err(|e| workflow_error("/inputs", e))?;
         let created_ms = now_ms();
+        // A drawn (random) seed makes the result unrepeatable: neither served from nor
+        // stored in the cache. In privacy mode results are not shared between owners.
+        let cache = &self.config.retention;
+        let cache_key = (cache.cache_enabled && req.cache && prepared.seed.is_none()).then(|| {
+            let scope = if self.config.sealer.is_some() { req.owner.as_deref().unwrap_or("") } else { "" };
+            canonical::cache_key((&rec.id, rec.version), &prepared.prompt, &input_subfolder(id), &input_refs, scope)
+        });
         let seed = prepared.seed.or_else(|| prepared.inputs.get("seed").and_then(Value::as_i64));
         let rank_ms = queue_rank(created_ms, req.priority, self.config.queue_aging_ms);
         let inputs_json = Value::Object(prepared.inputs).to_string();
@@ -142,6 +200,8 @@ impl Gateway {
             callback_url: req.callback_url,
             inputs: input_refs,
             owner: req.owner,
+            webhook_events: req.webhook_events,
+            cache_key,
             ..Job::new_queued(
                 id,
                 (&rec.id, rec.version),
@@ -162,7 +222,63 @@ impl Gateway {
             },
             None => job,
         };
-        self.scheduler.submit(job, blobs).await
+        let claim = |status: u16| {
+            let (key, idem) = claim_key.clone().zip(req.idempotency.as_ref())?;
+            let expires_ms = created_ms.saturating_add(self.config.retention.idempotency_ttl.as_millis() as u64);
+            let record = IdempotencyRecord { body_hash: idem.fingerprint, job_id: id, status, created_ms, expires_ms };
+            Some(Claim { key, record })
+        };
+        if let Some(key) = cache_key {
+            let hit = self.store.cache_entry(&key)?.filter(|e| {
+                e.created_ms.saturating_add(cache.cache_ttl.as_millis() as u64) > created_ms && !e.outputs.is_empty()
+            });
+            self.metrics.cache_lookup(hit.is_some());
+            if let Some(entry) = hit {
+                let born = Job {
+                    state: JobState::Succeeded,
+                    cached: true,
+                    outputs: entry.outputs,
+                    started_ms: Some(created_ms),
+                    finished_ms: Some(created_ms),
+                    ..job.clone()
+                };
+                match self.scheduler.submit(born, blobs.clone(), claim(200)).await {
+                    Ok(job) => return Ok(Submitted::Cached(job)),
+                    // The entry expired and its blobs went meanwhile: run the job instead.
+                    Err(StoreError::Invalid(e)) => tracing::info!(error = %e, "cache entry gone; running the job"),
+                    Err(e) => return self.claim_failed(e, req.idempotency.as_ref()),
+                }
+            }
+        }
+        match self.scheduler.submit(job, blobs, claim(202)).await {
+            Ok(job) => Ok(Submitted::Queued(job)),
+            Err(e) => self.claim_failed(e, req.idempotency.as_ref()),
+        }
+    }
+
+    /// The answer to a request whose idempotency key holds `rec`: the replay if the
+    /// request is the same, `IDEMPOTENCY_CONFLICT` if not, None if the job is gone.
+    fn replay(&self, rec: &IdempotencyRecord, idem: &IdempotencyKey) -> Result<Option<Submitted>> {
+        if rec.body_hash != idem.fingerprint {
+            return Err(Error::new(
+                ErrorCode::IdempotencyConflict,
+                format!("Idempotency-Key {:?} was used with a different request (job {})", idem.key, rec.job_id),
+            )
+            .with_details(serde_json::json!({ "jobId": rec.job_id })));
+        }
+        let Some(job) = self.store.get_job(rec.job_id)? else { return Ok(None) };
+        Ok(Some(Submitted::Replayed { job: self.reveal(job)?, status: rec.status }))
+    }
+
+    /// A submit's insert failed: a concurrent request with the same key won the claim
+    /// (answer like a replay) or the store failed.
+    fn claim_failed(&self, e: StoreError, idem: Option<&IdempotencyKey>) -> Result<Submitted> {
+        match (e, idem) {
+            (StoreError::IdempotencyTaken(rec), Some(idem)) => self.replay(&rec, idem)?.ok_or_else(|| {
+                Error::new(ErrorCode::Conflict, "the job of this idempotency key was just removed; try again")
+            }),
+            (e, _) => Err(e.into()),
+        }
     }
 
     /// Resolve each image input given (a string in `inputs`, or a file part) to checked image
@@ -358,6 +474,12 @@ pub async fn register_bundled(store: &Store) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The stored key of an idempotency key: scoped by its owner ("" in open mode), so two
+/// owners never share one.
+fn idempotency_scope(owner: Option<&str>, key: &str) -> String {
+    format!("{}\n{key}", owner.unwrap_or(""))
 }
 
 fn validate_workflow_id(id: &str) -> Result<()> {

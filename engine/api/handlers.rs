@@ -16,11 +16,12 @@ use super::routes::{Ctx, Params};
 use tokio::sync::broadcast;
 
 use crate::auth::Principal;
+use crate::canonical;
 use crate::domain::{
-    AuditAction, AuditEntry, Delivery, DeliveryState, Job, JobId, JobState, Role, WorkflowRecord, now_ms,
+    AuditAction, AuditEntry, Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord, now_ms,
 };
 use crate::error::{Error, ErrorCode, Result};
-use crate::service::{SubmitRequest, WorkflowDefinition};
+use crate::service::{IdempotencyKey, SubmitRequest, Submitted, WorkflowDefinition};
 
 /// Read the whole body, at most `MAX_BODY_BYTES`.
 async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes> {
@@ -337,7 +338,52 @@ pub async fn delete_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
     Ok(reply::empty(StatusCode::NO_CONTENT))
 }
 
-const JOB_FIELDS: &[&str] = &["workflowId", "inputs", "params", "priority", "callbackUrl", "metadata"];
+const JOB_FIELDS: &[&str] =
+    &["workflowId", "inputs", "params", "priority", "callbackUrl", "callbackEvents", "cache", "metadata"];
+
+/// Longest idempotency key accepted, in bytes.
+const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// The `Idempotency-Key` header, else `metadata.requestId`: 1 to 255 printable ASCII characters.
+fn idempotency_key(req_key: Option<&HeaderValue>, body: &Map<String, Value>) -> Result<Option<String>> {
+    let (key, at) = match (req_key, body.get("metadata").and_then(|m| m.get("requestId"))) {
+        (Some(h), _) => (h.to_str().map(str::to_string).ok(), "Idempotency-Key"),
+        (None, Some(Value::String(s))) => (Some(s.clone()), "/metadata/requestId"),
+        (None, Some(_)) => (None, "/metadata/requestId"),
+        (None, None) => return Ok(None),
+    };
+    match key {
+        Some(k) if !k.is_empty() && k.len() <= IDEMPOTENCY_KEY_MAX && k.bytes().all(|b| (0x20..0x7f).contains(&b)) => {
+            Ok(Some(k))
+        }
+        _ => Err(Error::validation(at, format!("must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"))),
+    }
+}
+
+/// `callbackEvents`: which events beyond the terminal ones a webhook is sent for.
+fn webhook_events(body: &Map<String, Value>, has_callback: bool) -> Result<u8> {
+    let Some(v) = body.get("callbackEvents").filter(|v| !v.is_null()) else { return Ok(0) };
+    let names = v.as_array().ok_or_else(|| Error::validation("/callbackEvents", "must be an array of event types"))?;
+    if !has_callback {
+        return Err(Error::validation("/callbackEvents", "needs a callbackUrl"));
+    }
+    let mut bits = 0;
+    for (i, name) in names.iter().enumerate() {
+        bits |= match name.as_str() {
+            Some("job.started") => WebhookEvents::STARTED,
+            Some("job.progress") => WebhookEvents::PROGRESS,
+            // Terminal events are always sent.
+            Some("job.succeeded" | "job.failed" | "job.canceled") => 0,
+            _ => {
+                return Err(Error::validation(
+                    &format!("/callbackEvents/{i}"),
+                    "must be one of job.started, job.progress, job.succeeded, job.failed, job.canceled",
+                ));
+            }
+        };
+    }
+    Ok(bits)
+}
 
 /// A parsed job request: the JSON object and, for `multipart/form-data`, the file parts.
 async fn read_job_request(ctx: &Ctx, req: Request<Incoming>) -> Result<(Map<String, Value>, Vec<(String, Bytes)>)> {
@@ -403,8 +449,13 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
         })?),
         None => None,
     };
+    let header_key = req.headers().get("idempotency-key").cloned();
     let (body, files) = read_job_request(ctx, req).await?;
     reject_unknown(&body, JOB_FIELDS)?;
+    let idempotency = idempotency_key(header_key.as_ref(), &body)?.map(|key| IdempotencyKey {
+        fingerprint: canonical::request_fingerprint(&Value::Object(body.clone()), &files),
+        key,
+    });
     let workflow_id = req_string(&body, "workflowId")?;
     let mut inputs = opt_object(&body, "inputs")?.unwrap_or_default();
     // `params` are accepted as extra inputs (seed's compatibility); `inputs` win.
@@ -418,6 +469,12 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
             _ => return Err(Error::validation("/callbackUrl", "must be an absolute http(s) URL")),
         }
     }
+    let webhook_events = webhook_events(&body, callback_url.is_some())?;
+    let cache = match body.get("cache") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::validation("/cache", "must be true or false")),
+    };
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => None,
         Some(m @ Value::Object(_)) => Some(m.clone()),
@@ -425,7 +482,7 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
     };
     // Subscribed before the commit, so the job's terminal notification cannot be missed.
     let mut rx = wait.map(|_| ctx.gateway.scheduler.subscribe());
-    let job = ctx
+    let submitted = ctx
         .gateway
         .submit(SubmitRequest {
             workflow_id,
@@ -435,23 +492,39 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
             callback_url,
             files,
             owner: p.caller.as_ref().map(|c| c.owner.clone()),
+            cache,
+            webhook_events,
+            idempotency,
         })
         .await?;
+    let job = submitted.job();
     if let Some(slot) = slot {
         slot.commit(job.id);
     }
-    if let (Some(wait), Some(rx)) = (wait, rx.as_mut())
+    let (replayed, first_status) = match &submitted {
+        Submitted::Queued(_) => (false, StatusCode::ACCEPTED),
+        Submitted::Cached(_) => (false, StatusCode::OK),
+        Submitted::Replayed { status, .. } => (true, StatusCode::from_u16(*status).unwrap_or(StatusCode::ACCEPTED)),
+    };
+    let mut resp = if first_status == StatusCode::OK || job.state.is_terminal() && wait.is_some() {
+        reply::json(StatusCode::OK, &reply::job_json(job, None))
+    } else if let (Some(wait), Some(rx)) = (wait, rx.as_mut())
         && let Some(done) = wait_terminal(ctx, job.id, rx, wait).await?
     {
-        return Ok(reply::json(StatusCode::OK, &reply::job_json(&done, None)));
-    }
-    let poll_url = format!("/jobs/{}", job.id);
-    let mut resp = reply::json(
-        StatusCode::ACCEPTED,
-        &json!({ "jobId": job.id, "status": job.state.as_str(), "pollUrl": poll_url }),
-    );
-    if let Ok(v) = HeaderValue::from_str(&poll_url) {
-        resp.headers_mut().insert(header::LOCATION, v);
+        reply::json(StatusCode::OK, &reply::job_json(&done, None))
+    } else {
+        let poll_url = format!("/jobs/{}", job.id);
+        let mut resp = reply::json(
+            StatusCode::ACCEPTED,
+            &json!({ "jobId": job.id, "status": job.state.as_str(), "pollUrl": poll_url }),
+        );
+        if let Ok(v) = HeaderValue::from_str(&poll_url) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        resp
+    };
+    if replayed {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
 }

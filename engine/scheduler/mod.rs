@@ -11,6 +11,7 @@
 
 pub mod backends;
 pub mod feed;
+pub mod prune;
 pub mod runner;
 pub mod state;
 
@@ -343,20 +344,39 @@ impl Scheduler {
             shared.tasks.spawn(backends::health_loop(shared.clone(), b));
         }
         shared.tasks.spawn(dispatch_loop(shared.clone()));
+        shared.tasks.spawn(prune::run(shared.clone()));
         Ok(Scheduler { shared })
     }
 
-    /// Durably accept a new job (state `Queued`, `rank_ms` set by [`queue_rank`]) and queue it,
-    /// with the blobs of its image inputs in the same commit. Returns the job as stored,
-    /// after the commit.
-    pub async fn submit(&self, job: Job, blobs: Vec<crate::store::NewBlob>) -> Result<Job> {
-        assert_eq!(job.state, JobState::Queued);
-        let job =
-            self.shared.store.insert_job_with_blobs(job, blobs, vec![crate::domain::JobEventKind::Queued]).await?;
-        self.shared.lock().enqueue(job.queue_key, job.id, job.priority);
-        // Inside the request's span: this line joins the correlation id to the job id.
-        tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");
-        self.shared.wake.notify_one();
+    /// Durably accept a new job with the blobs of its image inputs in the same commit, and
+    /// claiming `claim` (an idempotency key) in it too: a `Queued` job (`rank_ms` set by
+    /// [`queue_rank`]) joins the queue; a job born terminal (a cache hit) is only recorded.
+    /// Returns the job as stored, after the commit; the store's error as is (e.g.
+    /// `IdempotencyTaken`).
+    pub async fn submit(
+        &self,
+        job: Job,
+        blobs: Vec<crate::store::NewBlob>,
+        claim: Option<crate::store::Claim>,
+    ) -> Result<Job, crate::store::StoreError> {
+        use crate::domain::JobEventKind;
+        let events = match job.state {
+            JobState::Queued => vec![JobEventKind::Queued],
+            JobState::Succeeded => {
+                vec![JobEventKind::Queued, JobEventKind::Succeeded { n_outputs: job.outputs.len() as u32 }]
+            }
+            state => panic!("a new job is queued or a cache hit, not {}", state.as_str()),
+        };
+        let job = self.shared.store.insert_job_claiming(job, blobs, events, claim).await?;
+        if job.state == JobState::Queued {
+            self.shared.lock().enqueue(job.queue_key, job.id, job.priority);
+            // Inside the request's span: this line joins the correlation id to the job id.
+            tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");
+            self.shared.wake.notify_one();
+        } else {
+            tracing::info!(job = %job.id, workflow = %job.workflow_id, "job answered from the result cache");
+            self.shared.metrics.job_finished(&job.workflow_id, job.state, None);
+        }
         self.shared.feed.publish(job.id);
         Ok(job)
     }

@@ -78,6 +78,15 @@ struct Run {
     /// A progress entry being written in the background; awaited before the next
     /// commit so the job's log stays in order.
     progress_write: Option<tokio::task::JoinHandle<()>>,
+    /// The last progress quarter reached, per node (`Milestone` events mark new ones).
+    quarter: Option<(String, u8)>,
+    /// A milestone not yet written (a write was in flight); written with the next one.
+    pending_milestone: Option<JobEventKind>,
+}
+
+/// The quarter (0 to 4) of a node's progress.
+fn quarter(value: f64, max: f64) -> u8 {
+    if max > 0.0 && value.is_finite() { (value / max * 4.0).floor().clamp(0.0, 4.0) as u8 } else { 0 }
 }
 
 /// Start a freshly dispatched job: commit the dispatch record, then submit.
@@ -142,6 +151,8 @@ impl Run {
             next_poll: Instant::now(),
             last_progress_log: None,
             progress_write: None,
+            quarter: None,
+            pending_milestone: None,
         }
     }
 
@@ -188,6 +199,12 @@ impl Run {
     async fn commit_with(&mut self, event: Event, blobs: Vec<NewBlob>) -> bool {
         if let Some(write) = self.progress_write.take() {
             let _ = write.await;
+        }
+        if let Some(milestone) = self.pending_milestone.take() {
+            match self.shared.store.append_events(self.id(), vec![milestone]).await {
+                Ok(()) => self.shared.feed.publish(self.id()),
+                Err(e) => tracing::warn!(job = %self.id(), error = %e, "cannot log a progress milestone"),
+            }
         }
         let (next, log) = match state::apply(&self.job, event, now_ms()) {
             Ok(t) => t,
@@ -376,21 +393,32 @@ impl Run {
 
     /// Record progress: live at once, and in the durable log at most every
     /// `PROGRESS_LOG_INTERVAL`, written in the background (progress is never acknowledged
-    /// to anyone, so it does not wait for its fsync).
+    /// to anyone, so it does not wait for its fsync). A node reaching a new quarter of its
+    /// progress (25/50/75/100 %) is logged as a `Milestone` at once (the `job.progress`
+    /// webhook); one that cannot be written yet goes with the next write or the next commit.
     fn progress(&mut self, progress: Progress) {
         self.shared.set_progress(self.id(), progress.clone());
+        let node = progress.node.clone().unwrap_or_default();
+        let q = quarter(progress.value, progress.max);
+        let crossed = match &self.quarter {
+            Some((n, last)) if *n == node => q > *last,
+            _ => q > 0,
+        };
+        if crossed {
+            self.pending_milestone = Some(JobEventKind::Milestone { node: node.clone(), percent: q * 25 });
+        }
+        if crossed || self.quarter.as_ref().is_none_or(|(n, _)| *n != node) {
+            self.quarter = Some((node.clone(), q));
+        }
         let due = self.last_progress_log.is_none_or(|t| t.elapsed() >= PROGRESS_LOG_INTERVAL);
         let idle = self.progress_write.as_ref().is_none_or(|w| w.is_finished());
-        if due && idle {
+        if (due || self.pending_milestone.is_some()) && idle {
             self.last_progress_log = Some(Instant::now());
-            let event = JobEventKind::Progress {
-                node: progress.node.unwrap_or_default(),
-                value: progress.value,
-                max: progress.max,
-            };
+            let mut events = vec![JobEventKind::Progress { node, value: progress.value, max: progress.max }];
+            events.extend(self.pending_milestone.take());
             let (shared, id) = (self.shared.clone(), self.id());
             self.progress_write = Some(tokio::spawn(async move {
-                match shared.store.append_events(id, vec![event]).await {
+                match shared.store.append_events(id, events).await {
                     Ok(()) => shared.feed.publish(id),
                     Err(e) => tracing::warn!(job = %id, error = %e, "cannot log progress"),
                 }
