@@ -59,7 +59,7 @@ impl Webhooks {
         self.inner.wake.notify_one();
     }
 
-    /// Stop the task and wait for the attempts in flight (each bounded by its timeout).
+    /// Stop the task and its attempts in flight, and wait for them.
     pub async fn shutdown(&self) {
         self.inner.stop.cancel();
         self.inner.tasks.close();
@@ -125,7 +125,12 @@ fn start_due(
         inner.tasks.spawn(tracing::Instrument::instrument(
             async move {
                 let seq = delivery.seq;
-                deliver(&gateway, delivery).await;
+                // Stopping abandons an attempt in flight: unrecorded, it is sent again after
+                // the restart, with the same webhook-id.
+                tokio::select! {
+                    _ = deliver(&gateway, delivery) => {}
+                    _ = inner_task.stop.cancelled() => {}
+                }
                 inner_task.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
                 drop(permit);
                 inner_task.wake.notify_one();

@@ -332,6 +332,30 @@ async fn kill9_between_completion_and_delivery_delivers_after_restart_with_the_s
     assert_eq!(receiver.hits("/crash").len(), 1, "delivered once");
 }
 
+/// Killed while the first attempt waits for a slow receiver (nothing recorded yet): sent
+/// again after the restart with the same webhook-id and the same body (at least once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_during_the_first_attempt_sends_it_again_after_restart() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let receiver = Receiver::start().await;
+    receiver.script("/slow", vec![Answer::slow(Duration::from_secs(30))]);
+    let mut gw = Gateway::start(dir.path(), &sim.url(), &env("500ms")).await;
+    let job = gw.submit_ok(job_body(&receiver.url("/slow"))).await;
+    let first = receiver.wait_hits("/slow", 1, WAIT).await;
+    let before = deliveries(&gw, &job).await;
+    assert_eq!((before[0]["state"].as_str(), before[0]["attempts"].as_u64()), (Some("pending"), Some(0)));
+    gw.kill9();
+    gw.restart().await;
+    let hits = receiver.wait_hits("/slow", 2, WAIT).await;
+    assert_eq!(hits[1].header("webhook-id"), first[0].header("webhook-id"));
+    assert_eq!(hits[1].header("webhook-id"), before[0]["id"].as_str());
+    assert_eq!(hits[1].body, first[0].body, "the body is rebuilt byte for byte from the outbox");
+    let after = wait_delivery(&gw, &job, "job.succeeded", |d| d["state"] == "delivered").await;
+    assert_eq!(after["attempts"], 1, "the unrecorded attempt is not counted");
+    verify_all(&hits);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disallowed_callbacks_are_refused_at_submit() {
     let dir = support::tempdir();

@@ -47,17 +47,24 @@ pub struct Answer {
     pub status: u16,
     /// Extra headers.
     pub headers: Vec<(String, String)>,
+    /// How long to wait before answering.
+    pub delay: Duration,
 }
 
 impl Answer {
     /// Just a status.
     pub fn status(status: u16) -> Answer {
-        Answer { status, headers: Vec::new() }
+        Answer { status, headers: Vec::new(), delay: Duration::ZERO }
     }
 
     /// A status with a `Retry-After` in seconds.
     pub fn retry_after(status: u16, secs: u64) -> Answer {
-        Answer { status, headers: vec![("retry-after".into(), secs.to_string())] }
+        Answer { status, headers: vec![("retry-after".into(), secs.to_string())], delay: Duration::ZERO }
+    }
+
+    /// 200 after `delay` (a slow receiver).
+    pub fn slow(delay: Duration) -> Answer {
+        Answer { status: 200, headers: Vec::new(), delay }
     }
 }
 
@@ -110,10 +117,17 @@ impl Receiver {
                                 .collect();
                             let body =
                                 req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-                            let mut s = state.lock().unwrap();
-                            let answer =
-                                s.scripts.get_mut(&path).and_then(VecDeque::pop_front).unwrap_or(Answer::status(200));
-                            s.hits.push(Hit { at, path, headers, body, status: answer.status });
+                            let answer = {
+                                let mut s = state.lock().unwrap();
+                                let answer = s
+                                    .scripts
+                                    .get_mut(&path)
+                                    .and_then(VecDeque::pop_front)
+                                    .unwrap_or(Answer::status(200));
+                                s.hits.push(Hit { at, path, headers, body, status: answer.status });
+                                answer
+                            };
+                            tokio::time::sleep(answer.delay).await;
                             let mut resp = hyper::Response::new(Full::new(Bytes::new()));
                             *resp.status_mut() = hyper::StatusCode::from_u16(answer.status).unwrap();
                             for (k, v) in answer.headers {
