@@ -332,6 +332,35 @@ async fn kill9_between_completion_and_delivery_delivers_after_restart_with_the_s
     assert_eq!(receiver.hits("/crash").len(), 1, "delivered once");
 }
 
+/// Without WEBHOOK_SECRET deliveries go unsigned (and a warning says so at start); in
+/// privacy mode the receiver still gets the inputs (opened from the sealed snapshot);
+/// output URLs are under PUBLIC_URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsigned_privacy_mode_and_public_url() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let receiver = Receiver::start().await;
+    let env = [
+        ("WEBHOOK_ALLOWED_DOMAINS", "127.0.0.1"),
+        ("PRIVACY_MODE", "true"),
+        ("PUBLIC_URL", "https://gw.example.com/base/"),
+    ];
+    let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
+    let prompt = "a lighthouse, quietly-unique-7731";
+    let job = gw
+        .submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": prompt}, "callbackUrl": receiver.url("/p")}))
+        .await;
+    let hits = receiver.wait_hits("/p", 1, WAIT).await;
+    let h = &hits[0];
+    assert!(h.header("webhook-signature").is_none() && h.header("x-signature").is_none(), "{:?}", h.headers);
+    assert!(h.header("webhook-id").unwrap().starts_with("msg_") && h.header("webhook-timestamp").is_some());
+    let v = h.json();
+    assert_eq!(v["data"]["inputs"]["prompt"], prompt, "revealed for the receiver: {v}");
+    let url = v["data"]["outputs"][0]["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!("https://gw.example.com/base/outputs/{job}/")), "{url}");
+    assert!(gw.proc_.log().contains("WEBHOOK_SECRET is not set"), "{}", gw.proc_.log());
+}
+
 /// Killed while the first attempt waits for a slow receiver (nothing recorded yet): sent
 /// again after the restart with the same webhook-id and the same body (at least once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
