@@ -21,7 +21,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 use crate::domain::JobState;
 
@@ -51,6 +53,21 @@ pub struct Snapshot {
     pub queue_by_priority: Vec<(&'static str, u64)>,
     /// Every configured backend.
     pub backends: Vec<BackendLevel>,
+    /// Store levels.
+    pub store: StoreLevel,
+}
+
+/// Levels of the store, from its O(1) counters.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreLevel {
+    /// Distinct blobs stored.
+    pub blobs: u64,
+    /// Their total size, uncompressed.
+    pub blob_bytes: u64,
+    /// Result-cache entries.
+    pub cache_entries: u64,
+    /// Webhook deliveries waiting for an attempt.
+    pub deliveries_pending: u64,
 }
 
 /// A backend's levels.
@@ -86,6 +103,10 @@ struct Inner {
     webhook_attempts: IntCounterVec,
     cache_lookups: IntCounterVec,
     pruned: IntCounterVec,
+    blobs: IntGauge,
+    blob_bytes: IntGauge,
+    cache_entries: IntGauge,
+    deliveries_pending: IntGauge,
     /// Workflow label values handed out so far (bounded by `WORKFLOW_LABELS_MAX`).
     workflows: Mutex<HashSet<String>>,
 }
@@ -124,6 +145,9 @@ impl Metrics {
         let histogram = |short: &str, help: &str, label: &str, buckets: &[f64]| {
             let opts = HistogramOpts::new(name(short), help).buckets(buckets.to_vec());
             reg(&registry, HistogramVec::new(opts, &[label]).expect("valid histogram"))
+        };
+        let level = |short: &str, help: &str| {
+            reg(&registry, IntGauge::with_opts(Opts::new(name(short), help)).expect("valid gauge"))
         };
         let single = |short: &str, help: &str| {
             reg(&registry, IntCounter::with_opts(Opts::new(name(short), help)).expect("valid counter"))
@@ -188,6 +212,10 @@ impl Metrics {
                 "Records deleted by retention, by kind (jobs, cache_entries, idempotency_keys).",
                 &["kind"],
             ),
+            blobs: level("blobs", "Distinct blobs (outputs and inputs, content-addressed) in the store."),
+            blob_bytes: level("blob_bytes", "Total size of the stored blobs, uncompressed, in bytes."),
+            cache_entries: level("cache_entries", "Entries of the result cache."),
+            deliveries_pending: level("webhook_deliveries_pending", "Webhook deliveries waiting for an attempt."),
             workflows: Mutex::new(HashSet::new()),
             registry,
         };
@@ -272,6 +300,11 @@ impl Metrics {
             m.backend_up.with_label_values(&[b.url.as_str()]).set(i64::from(b.up));
             m.backend_in_flight.with_label_values(&[b.url.as_str()]).set(i64::from(b.in_flight));
         }
+        let st = &snapshot.store;
+        m.blobs.set(clamp_i64(st.blobs));
+        m.blob_bytes.set(clamp_i64(st.blob_bytes));
+        m.cache_entries.set(clamp_i64(st.cache_entries));
+        m.deliveries_pending.set(clamp_i64(st.deliveries_pending));
         let mut buf = Vec::new();
         // Encoding into a Vec fails only on metric families the registry itself rejects.
         if let Err(e) = prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
@@ -304,12 +337,15 @@ mod tests {
             jobs_by_state: vec![(JobState::Queued, 2), (JobState::Succeeded, 1)],
             queue_by_priority: vec![("high", 1), ("normal", 1), ("low", 0), ("other", 0)],
             backends: vec![BackendLevel { url: "http://127.0.0.1:8188".into(), up: true, in_flight: 1 }],
+            store: StoreLevel { blobs: 3, blob_bytes: 4096, cache_entries: 1, deliveries_pending: 2 },
         };
         let text = m.render(&snapshot);
         for line in [
             "# TYPE comfyui_gateway_jobs gauge",
             "comfyui_gateway_jobs{state=\"queued\"} 2",
             "comfyui_gateway_queue_depth{priority=\"high\"} 1",
+            "comfyui_gateway_blob_bytes 4096",
+            "comfyui_gateway_webhook_deliveries_pending 2",
             "# TYPE comfyui_gateway_job_run_seconds histogram",
             "comfyui_gateway_job_run_seconds_count{workflow=\"icon_512\"} 1",
             "comfyui_gateway_job_wait_seconds_bucket{workflow=\"icon_512\",le=\"+Inf\"} 1",

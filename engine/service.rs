@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::domain::{Hash, IdempotencyRecord, InputRef, Job, JobId, JobState, WorkflowRecord, input_subfolder, now_ms};
 use crate::error::{Error, ErrorCode, Result};
 use crate::inputs::{self, Source};
-use crate::metrics::{BackendLevel, Metrics, Snapshot};
+use crate::metrics::{BackendLevel, Metrics, Snapshot, StoreLevel};
 use crate::scheduler::{Scheduler, queue_rank};
 use crate::store::{Claim, NewBlob, Store, StoreError};
 use crate::workflows::{self, CompiledWorkflow, FieldError, Limits, WorkflowError};
@@ -343,6 +343,12 @@ impl Gateway {
                 .into_iter()
                 .map(|b| BackendLevel { url: b.url, up: b.reachable, in_flight: b.in_flight })
                 .collect(),
+            store: StoreLevel {
+                blobs: stats.n_blobs,
+                blob_bytes: stats.blob_bytes,
+                cache_entries: stats.n_cache_entries,
+                deliveries_pending: stats.n_deliveries_pending,
+            },
         };
         Ok(self.metrics.render(&snapshot))
     }

@@ -204,10 +204,13 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 },
                 "post": {
                     "operationId": "createJob",
-                    "summary": "Submit a job; 202 only after it is durably committed (200 with the finished job under ?wait)",
+                    "summary": "Submit a job; 202 only after it is durably committed (200 with the finished job from the result cache or under ?wait)",
                     "parameters": [{"name": "wait", "in": "query", "required": false,
                         "description": "Seconds to wait for the job to finish (sync mode)",
-                        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300}}],
+                        "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300}},
+                        {"name": "Idempotency-Key", "in": "header", "required": false,
+                        "description": "The same key with the same body (per owner, for IDEMPOTENCY_TTL_SECONDS) answers with the first job; with another body, 422 IDEMPOTENCY_CONFLICT. Replays carry `Idempotent-Replayed: true`. `metadata.requestId` is used when the header is absent.",
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}}],
                     "requestBody": {"required": true, "content": {
                         "application/json": {"schema": schema_ref("JobRequest")},
                         "multipart/form-data": {"schema": {
@@ -218,9 +221,9 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                         }}
                     }},
                     "responses": with_errors(json!({
-                        "200": json_response("Finished within ?wait", schema_ref("Job")),
+                        "200": json_response("Answered from the result cache (cached: true), or finished within ?wait", schema_ref("Job")),
                         "202": json_response("Accepted and queued", schema_ref("JobAccepted"))
-                    }), &[("400", "Invalid request or inputs (details name each field)"), ("404", "No such workflow"), ("413", "Body too large")])
+                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT)")])
                 }
             },
             "/jobs/{jobId}/logs": {
@@ -250,7 +253,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                             "type": "object", "required": ["data"],
                             "properties": {
                                 "id": {"type": "string", "pattern": "^[0-9]+$"},
-                                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled"]},
+                                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled", "webhook"]},
                                 "data": {"type": "string", "contentMediaType": "application/json"},
                                 "retry": {"type": "integer"}
                             }
@@ -448,8 +451,11 @@ fn components() -> Map<String, Value> {
                 "inputs": {"type": ["object", "null"], "description": "Validated against the workflow's input schema (see x-workflow-inputs)"},
                 "params": {"type": ["object", "null"], "description": "Extra inputs; `inputs` win"},
                 "priority": {"oneOf": [{"$ref": "#/components/schemas/Priority"}, {"type": "null"}]},
-                "callbackUrl": {"type": ["string", "null"], "format": "uri"},
-                "metadata": {"type": ["object", "null"]}
+                "callbackUrl": {"type": ["string", "null"], "format": "uri", "description": "Webhook receiver (Standard Webhooks signatures); terminal events always"},
+                "callbackEvents": {"type": ["array", "null"], "description": "Further webhook events",
+                    "items": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]}},
+                "cache": {"type": ["boolean", "null"], "description": "false: neither answered from nor stored in the result cache"},
+                "metadata": {"type": ["object", "null"], "description": "Client data; `requestId` (a string) is an idempotency key"}
             }
         },
         "JobAccepted": {

@@ -136,6 +136,10 @@ pub struct StoreStats {
     pub blob_bytes: u64,
     /// Sum of their stored (after zstd, where used) sizes.
     pub blob_stored_bytes: u64,
+    /// Result-cache entries.
+    pub n_cache_entries: u64,
+    /// Webhook deliveries waiting for an attempt.
+    pub n_deliveries_pending: u64,
 }
 
 /// A cheap, cloneable handle on the store (an `Arc` inside).
@@ -540,6 +544,8 @@ impl Store {
             n_blobs: get(tables::meta_key::BLOBS_COUNT)?,
             blob_bytes: get(tables::meta_key::BLOBS_BYTES)?,
             blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
+            n_cache_entries: get(tables::meta_key::CACHE_ENTRIES)?,
+            n_deliveries_pending: get(tables::meta_key::DELIVERIES_PENDING)?,
         })
     }
 }

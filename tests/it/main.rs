@@ -14,6 +14,8 @@
 //! - `openapi`: the OpenAPI document, checked against the live server by schemathesis.
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
 //! - `privacy`: privacy mode: no prompt text in the database file, outputs or logs.
+//! - `results`: the result cache (hits skip the backend and share blobs, TTL, random
+//!   seeds), idempotency keys (replay, conflict, expiry, owners, races, restarts), retention.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
 //!   attempt bound, WebSocket drop, re-attach after a gateway restart.
 //! - `limits`: rate limits per key and IP with RateLimit headers, trusted proxies, CORS,
@@ -40,6 +42,7 @@ mod openapi;
 mod outputs;
 mod privacy;
 mod recovery;
+mod results;
 mod sim_protocol;
 mod tidy;
 mod webhooks;
