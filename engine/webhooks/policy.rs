@@ -142,7 +142,15 @@ pub async fn check_destination(url: &str, settings: &Settings) -> Result<Destina
 /// # Errors
 /// `CALLBACK_NOT_ALLOWED` naming the reason, with `details: {path: "/callbackUrl", reason}`.
 pub async fn check_callback_url(url: &str, settings: &Settings) -> crate::error::Result<()> {
-    match check_destination(url, settings).await {
+    // Bounded like an attempt: a host whose DNS never answers cannot hold a submit.
+    let checked = match tokio::time::timeout(settings.timeout, check_destination(url, settings)).await {
+        Ok(checked) => checked,
+        Err(_) => Err(format!(
+            "could not be checked within {} s (its host did not resolve; WEBHOOK_TIMEOUT_MS)",
+            settings.timeout.as_secs_f64()
+        )),
+    };
+    match checked {
         Ok(_) => Ok(()),
         Err(reason) => Err(Error::new(ErrorCode::CallbackNotAllowed, format!("/callbackUrl {reason}"))
             .with_details(serde_json::json!({ "path": "/callbackUrl", "reason": reason }))),
