@@ -107,19 +107,21 @@ fn start_due(
     slots: &Arc<Semaphore>,
 ) -> Result<Duration, crate::store::StoreError> {
     let now = now_ms();
-    let n_in_flight = inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).len();
-    let due = gateway.store.due_deliveries(now, gateway.config.webhooks.concurrency + n_in_flight)?;
+    // Held while the outbox is read: an attempt records its result *before* it leaves
+    // `in_flight`, so a delivery read as due here is either still in flight or due again.
+    let mut in_flight = inner.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+    let due = gateway.store.due_deliveries(now, gateway.config.webhooks.concurrency + in_flight.len())?;
     let mut waiting = false;
     for delivery in due {
-        if !inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(delivery.seq) {
+        if in_flight.contains(&delivery.seq) {
             waiting = true;
             continue;
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            inner.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&delivery.seq);
             waiting = true;
             break;
         };
+        in_flight.insert(delivery.seq);
         let (gateway, inner_task) = (gateway.clone(), inner.clone());
         let span = tracing::info_span!("webhook", job = %delivery.job_id, webhook_id = %delivery.id);
         inner.tasks.spawn(tracing::Instrument::instrument(
@@ -138,6 +140,7 @@ fn start_due(
             span,
         ));
     }
+    drop(in_flight);
     if waiting {
         return Ok(BUSY_POLL);
     }
