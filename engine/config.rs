@@ -193,6 +193,48 @@ pub struct ServeArgs {
     /// PEM file of the public key of RS256 (RSA) or EdDSA (Ed25519) bearer tokens.
     #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// Key of webhook signatures: `whsec_<base64>` (Standard Webhooks) or any other text as
+    /// raw bytes. Unset: deliveries go unsigned.
+    #[arg(long = "webhook-secret", env = "WEBHOOK_SECRET", hide_env_values = true, value_name = "WEBHOOK_SECRET")]
+    pub webhook_secret: Option<Secret>,
+    /// Hosts (and their subdomains) and IP addresses callbacks may go to, comma-separated
+    /// (unset: any host at a public address). A host listed by name may be private, e.g.
+    /// `127.0.0.1` for a local receiver.
+    #[arg(
+        long = "webhook-allowed-domains",
+        env = "WEBHOOK_ALLOWED_DOMAINS",
+        default_value = "",
+        value_name = "WEBHOOK_ALLOWED_DOMAINS"
+    )]
+    pub webhook_allowed_domains: String,
+    /// Waits before each retry of a failed webhook, comma-separated, with units ms/s/m/h.
+    #[arg(
+        long = "webhook-retry-schedule",
+        env = "WEBHOOK_RETRY_SCHEDULE",
+        default_value = crate::webhooks::schedule::DEFAULT_SCHEDULE,
+        value_name = "WEBHOOK_RETRY_SCHEDULE"
+    )]
+    pub webhook_retry_schedule: String,
+    /// Time limit of one webhook attempt, in ms.
+    #[arg(
+        long = "webhook-timeout-ms",
+        env = "WEBHOOK_TIMEOUT_MS",
+        default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS,
+        value_name = "WEBHOOK_TIMEOUT_MS"
+    )]
+    pub webhook_timeout_ms: u64,
+    /// Webhook attempts in flight at most.
+    #[arg(
+        long = "webhook-concurrency",
+        env = "WEBHOOK_CONCURRENCY",
+        default_value_t = crate::webhooks::DEFAULT_CONCURRENCY,
+        value_name = "WEBHOOK_CONCURRENCY"
+    )]
+    pub webhook_concurrency: usize,
+    /// The gateway's public base URL, for absolute output URLs in webhooks
+    /// (default: `http://HOST:PORT`).
+    #[arg(long = "public-url", env = "PUBLIC_URL", value_name = "PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Serve `/metrics` without credentials when authentication is on (default: false).
     #[arg(long = "metrics-public", env = "METRICS_PUBLIC", action = clap::ArgAction::Set, value_name = "METRICS_PUBLIC")]
     pub metrics_public: Option<bool>,
@@ -318,6 +360,10 @@ pub struct Config {
     pub auth: Arc<Auth>,
     /// `/metrics` without credentials even when authentication is on.
     pub metrics_public: bool,
+    /// Webhook signing key, destinations, retry schedule, timeout, concurrency.
+    pub webhooks: Arc<crate::webhooks::Settings>,
+    /// The gateway's public base URL without trailing slash (absolute URLs in webhooks).
+    pub public_url: String,
 }
 
 /// A configuration problem: names the variable and what is wrong with it.
@@ -394,6 +440,8 @@ impl Config {
         let allow = crate::inputs::AllowList::parse(&args.url_input_allow_hosts)
             .map_err(|e| bad("URL_INPUT_ALLOW_HOSTS", e))?;
         let api_limits = api_limits(args)?;
+        let webhooks = webhook_settings(args)?;
+        let public_url = public_url(args)?;
         let retention = retention(args)?;
         let auth = auth_from_args(args)?;
         let database_path = database_path(&args.database_url)?;
@@ -432,6 +480,8 @@ impl Config {
             sealer,
             sse_heartbeat_ms: args.sse_heartbeat_ms,
             metrics_public: args.metrics_public.unwrap_or(!auth.enabled()),
+            webhooks: Arc::new(webhooks),
+            public_url,
             auth: Arc::new(auth),
         })
     }
@@ -504,6 +554,49 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
         connections_max: args.max_connections as usize,
         header_read_timeout: std::time::Duration::from_millis(args.header_read_timeout_ms),
     })
+}
+
+/// The `WEBHOOK_*` settings.
+fn webhook_settings(args: &ServeArgs) -> Result<crate::webhooks::Settings, ConfigError> {
+    use crate::webhooks::{DomainList, Schedule, Settings, SigningKey};
+    let key = match &args.webhook_secret {
+        Some(secret) => Some(SigningKey::parse(&secret.0).map_err(|e| bad("WEBHOOK_SECRET", e))?),
+        None => None,
+    };
+    let allowed = DomainList::parse(&args.webhook_allowed_domains).map_err(|e| bad("WEBHOOK_ALLOWED_DOMAINS", e))?;
+    let schedule = Schedule::parse(&args.webhook_retry_schedule).map_err(|e| bad("WEBHOOK_RETRY_SCHEDULE", e))?;
+    if !(100..=600_000).contains(&args.webhook_timeout_ms) {
+        return Err(bad("WEBHOOK_TIMEOUT_MS", "must be between 100 and 600000"));
+    }
+    if !(1..=1024).contains(&args.webhook_concurrency) {
+        return Err(bad("WEBHOOK_CONCURRENCY", "must be between 1 and 1024"));
+    }
+    Ok(Settings {
+        key,
+        allowed,
+        schedule,
+        timeout: std::time::Duration::from_millis(args.webhook_timeout_ms),
+        concurrency: args.webhook_concurrency,
+    })
+}
+
+/// `PUBLIC_URL` without trailing slash, or `http://HOST:PORT`.
+fn public_url(args: &ServeArgs) -> Result<String, ConfigError> {
+    let Some(raw) = &args.public_url else {
+        let host = match args.host {
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            IpAddr::V4(v4) => v4.to_string(),
+        };
+        return Ok(format!("http://{host}:{}", args.port));
+    };
+    let url = reqwest::Url::parse(raw).map_err(|e| bad("PUBLIC_URL", format!("{raw:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(bad("PUBLIC_URL", format!("{raw:?} is not an http(s) URL with a host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(bad("PUBLIC_URL", format!("{raw:?} must not have credentials, a query or a fragment")));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
 }
 
 /// `CACHE_*`, `IDEMPOTENCY_TTL_SECONDS`, `JOB_RETENTION_SECONDS`, `PRUNE_INTERVAL_MS`.
@@ -629,6 +722,14 @@ mod tests {
             (&["--jwt-secret", "short"], "JWT_SECRET"),
             (&["--jwt-public-key", "/nonexistent/key.pem"], "JWT_PUBLIC_KEY"),
             (&["--jwt-public-key", "Cargo.toml"], "JWT_PUBLIC_KEY"),
+            (&["--webhook-secret", ""], "WEBHOOK_SECRET"),
+            (&["--webhook-secret", "whsec_!!"], "WEBHOOK_SECRET"),
+            (&["--webhook-allowed-domains", "https://a.example"], "WEBHOOK_ALLOWED_DOMAINS"),
+            (&["--webhook-retry-schedule", "5s,5x"], "WEBHOOK_RETRY_SCHEDULE"),
+            (&["--webhook-timeout-ms", "5"], "WEBHOOK_TIMEOUT_MS"),
+            (&["--webhook-concurrency", "0"], "WEBHOOK_CONCURRENCY"),
+            (&["--public-url", "ftp://x"], "PUBLIC_URL"),
+            (&["--public-url", "https://x/?q=1"], "PUBLIC_URL"),
         ];
         for (args, var) in cases {
             let err = parse(args).unwrap_err();
@@ -676,6 +777,30 @@ mod tests {
         std::fs::write(&file, "# keys\nfilekey0001:user\n").unwrap();
         let from_file = parse(&["--api-keys-file", file.to_str().unwrap()]).unwrap();
         assert_eq!(from_file.auth.key_fingerprints().len(), 1);
+    }
+
+    #[test]
+    fn webhook_settings_and_public_url() {
+        let c = parse(&[]).unwrap();
+        assert!(c.webhooks.key.is_none() && c.webhooks.allowed.is_empty());
+        assert_eq!(c.webhooks.schedule.waits().len(), 7);
+        assert_eq!((c.webhooks.timeout.as_millis(), c.webhooks.concurrency), (15_000, 16));
+        assert_eq!(c.public_url, "http://127.0.0.1:3000");
+        let c = parse(&[
+            "--webhook-secret",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "--webhook-allowed-domains",
+            "127.0.0.1,example.com",
+            "--webhook-retry-schedule",
+            "300ms,600ms",
+            "--public-url",
+            "https://gw.example.com/base/",
+        ])
+        .unwrap();
+        assert!(c.webhooks.key.is_some() && !c.webhooks.allowed.is_empty());
+        assert_eq!(c.webhooks.schedule.waits().len(), 2);
+        assert_eq!(c.public_url, "https://gw.example.com/base");
+        assert!(!format!("{c:?}").contains("MfKQ9r8G"), "the secret never shows");
     }
 
     #[test]

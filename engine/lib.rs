@@ -14,6 +14,7 @@
 //! - [`privacy`]: privacy mode: prompts and inputs sealed at rest, PNG text stripped.
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends.
+//! - [`webhooks`]: signed webhook deliveries from the durable outbox, retries, SSRF guard.
 //! - [`service`]: the gateway's operations in domain terms (submit with cache and
 //!   idempotency, register, read); the background pruner (retention).
 //! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.
@@ -37,4 +38,5 @@ pub mod privacy;
 pub mod scheduler;
 pub mod service;
 pub mod store;
+pub mod webhooks;
 pub mod workflows;

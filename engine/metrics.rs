@@ -12,7 +12,7 @@
 //! and `_count`), which is what we serve; `prometheus-client` writes OpenMetrics instead
 //! (`# EOF`, `_total` added to counter names), which is not 0.0.4.
 //!
-//! Every label set is bounded: `state`, `priority`, `outcome` are closed enums, `backend`
+//! Every label set is bounded: `state`, `priority`, `outcome` (jobs and webhook attempts) are closed enums, `backend`
 //! is the configured URL list, `route` is a route-table pattern, `status` a status code,
 //! and `workflow` is a registered workflow id, with at most [`WORKFLOW_LABELS_MAX`]
 //! distinct values (further ids are counted as `other`).
@@ -100,6 +100,7 @@ struct Inner {
     backend_in_flight: IntGaugeVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
+    webhook_attempts: IntCounterVec,
     cache_lookups: IntCounterVec,
     pruned: IntCounterVec,
     blobs: IntGauge,
@@ -196,6 +197,11 @@ impl Metrics {
                 "route",
                 HTTP_BUCKETS_S,
             ),
+            webhook_attempts: counter(
+                "webhook_attempts_total",
+                "Webhook delivery attempts, by what followed (delivered, retrying, failed, disabled).",
+                &["outcome"],
+            ),
             cache_lookups: counter(
                 "cache_lookups_total",
                 "Result-cache lookups of cacheable submits, by result (hit, miss).",
@@ -275,6 +281,12 @@ impl Metrics {
         self.inner.http_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 
+    /// A webhook attempt was recorded; `outcome` is `delivered`, `retrying`, `failed` or
+    /// `disabled`.
+    pub fn webhook_attempt(&self, outcome: &'static str) {
+        self.inner.webhook_attempts.with_label_values(&[outcome]).inc();
+    }
+
     /// The text exposition (format 0.0.4) of every metric, levels taken from `snapshot`.
     pub fn render(&self, snapshot: &Snapshot) -> String {
         let m = &self.inner;
@@ -318,6 +330,9 @@ mod tests {
         m.job_attempt(false);
         m.job_attempt(true);
         m.http_request("/jobs/{id}", 200, Duration::from_millis(3));
+        m.webhook_attempt("retrying");
+        m.webhook_attempt("delivered");
+        m.webhook_attempt("delivered");
         let snapshot = Snapshot {
             jobs_by_state: vec![(JobState::Queued, 2), (JobState::Succeeded, 1)],
             queue_by_priority: vec![("high", 1), ("normal", 1), ("low", 0), ("other", 0)],
@@ -339,6 +354,8 @@ mod tests {
             "comfyui_gateway_job_resubmissions_total 1",
             "comfyui_gateway_backend_up{backend=\"http://127.0.0.1:8188\"} 1",
             "comfyui_gateway_http_requests_total{route=\"/jobs/{id}\",status=\"200\"} 1",
+            "comfyui_gateway_webhook_attempts_total{outcome=\"delivered\"} 2",
+            "comfyui_gateway_webhook_attempts_total{outcome=\"retrying\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }

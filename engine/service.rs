@@ -114,6 +114,8 @@ pub struct Gateway {
     pub registry: Registry,
     /// The metrics registry (shared with the scheduler).
     pub metrics: Metrics,
+    /// The webhook delivery task.
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 /// Registered workflows: the store's records plus a cache of compiled ones.
@@ -134,11 +136,22 @@ impl Gateway {
         }
         let metrics = Metrics::new();
         let scheduler = Scheduler::start(store.clone(), config.clone(), metrics.clone()).await?;
-        Ok(Gateway { registry: Registry::new(store.clone()), store, scheduler, config, metrics })
+        let webhooks = crate::webhooks::Webhooks::new();
+        let gateway = Gateway {
+            registry: Registry::new(store.clone()),
+            store,
+            scheduler,
+            config,
+            metrics,
+            webhooks: webhooks.clone(),
+        };
+        webhooks.start(gateway.clone());
+        Ok(gateway)
     }
 
-    /// Stop the scheduler and close the store.
+    /// Stop the webhook task and the scheduler, and close the store.
     pub async fn shutdown(&self) {
+        self.webhooks.shutdown().await;
         self.scheduler.shutdown().await;
         self.store.close().await;
     }

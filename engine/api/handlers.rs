@@ -17,7 +17,9 @@ use tokio::sync::broadcast;
 
 use crate::auth::Principal;
 use crate::canonical;
-use crate::domain::{AuditAction, AuditEntry, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord, now_ms};
+use crate::domain::{
+    AuditAction, AuditEntry, Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord, now_ms,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{IdempotencyKey, SubmitRequest, Submitted, WorkflowDefinition};
 
@@ -675,6 +677,41 @@ pub async fn cancel_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = ctx.gateway.reveal(ctx.gateway.scheduler.cancel(id).await?)?;
     audit_log(ctx, p, AuditAction::JobCancel, id.to_string()).await?;
     Ok(reply::json(StatusCode::OK, &reply::job_json(&job, None)))
+}
+
+/// The JSON of one webhook delivery.
+fn delivery_json(d: &Delivery) -> Value {
+    json!({
+        "id": d.id,
+        "event": d.event.type_name(),
+        "url": d.url,
+        "state": d.state.as_str(),
+        "attempts": d.n_attempts,
+        "createdAt": reply::rfc3339(d.created_ms),
+        "lastAttemptAt": d.last_attempt_ms.map(reply::rfc3339),
+        "lastStatus": d.last_status,
+        "lastError": d.last_error,
+        "nextAttemptAt": (d.state == DeliveryState::Pending).then(|| reply::rfc3339(d.next_attempt_ms)),
+    })
+}
+
+/// `GET /jobs/{id}/webhooks`: the job's webhook deliveries, oldest first.
+pub fn job_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
+    let job = visible_job(ctx, p)?;
+    let list: Vec<Value> = ctx.gateway.store.job_deliveries(job.id)?.iter().map(delivery_json).collect();
+    Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "deliveries": list })))
+}
+
+/// `POST /jobs/{id}/webhook/redeliver`: every delivery of the job due again now (same
+/// `webhook-id`s), their endpoints enabled again; 409 if the job has none.
+pub async fn redeliver_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
+    let job = visible_job(ctx, p)?;
+    if ctx.gateway.store.job_deliveries(job.id)?.is_empty() {
+        return Err(Error::new(ErrorCode::Conflict, format!("job {} has no webhook deliveries", job.id)));
+    }
+    let list: Vec<Value> = ctx.gateway.store.redeliver(job.id, now_ms()).await?.iter().map(delivery_json).collect();
+    ctx.gateway.webhooks.wake();
+    Ok(reply::json(StatusCode::ACCEPTED, &json!({ "jobId": job.id, "deliveries": list })))
 }
 
 /// `GET /outputs/{id}`.

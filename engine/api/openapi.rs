@@ -279,6 +279,34 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                         &[("404", "No such job, or another owner's"), ("409", "The job already finished")])
                 }
             },
+            "/jobs/{jobId}/webhooks": {
+                "parameters": [job_id.clone()],
+                "get": {
+                    "operationId": "listJobWebhooks",
+                    "summary": "The job's webhook deliveries (one per event sent to its callbackUrl), oldest first",
+                    "responses": with_errors(json!({"200": json_response("The deliveries", json!({
+                        "type": "object", "required": ["jobId", "deliveries"],
+                        "properties": {
+                            "jobId": {"type": "string", "format": "uuid"},
+                            "deliveries": {"type": "array", "items": schema_ref("WebhookDelivery")}
+                        }
+                    }))}), &[("404", "No such job, or another owner's")])
+                }
+            },
+            "/jobs/{jobId}/webhook/redeliver": {
+                "parameters": [job_id.clone()],
+                "post": {
+                    "operationId": "redeliverJobWebhooks",
+                    "summary": "Send every webhook of the job again now, with the same webhook-id; re-enables endpoints disabled by HTTP 410",
+                    "responses": with_errors(json!({"202": json_response("The deliveries, due now", json!({
+                        "type": "object", "required": ["jobId", "deliveries"],
+                        "properties": {
+                            "jobId": {"type": "string", "format": "uuid"},
+                            "deliveries": {"type": "array", "items": schema_ref("WebhookDelivery")}
+                        }
+                    }))}), &[("404", "No such job, or another owner's"), ("409", "The job has no webhook deliveries")])
+                }
+            },
             "/outputs/{jobId}": {
                 "parameters": [job_id.clone()],
                 "get": {
@@ -338,6 +366,41 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
         },
         "x-workflow-inputs": Value::Object(inputs_by_workflow),
         "x-workflow-ids": ids,
+        "webhooks": webhooks(),
+    })
+}
+
+/// The messages POSTed to a job's `callbackUrl` (OpenAPI 3.1 `webhooks`).
+fn webhooks() -> Value {
+    let header = |name: &str, description: &str| json!({"name": name, "in": "header", "required": true, "description": description, "schema": {"type": "string"}});
+    json!({
+        "jobEvent": {"post": {
+            "summary": "A job event, POSTed to the job's callbackUrl (Standard Webhooks)",
+            "description": "Sent on every terminal state, and on job.started / job.progress when callbackEvents asks. \
+                Retried on WEBHOOK_RETRY_SCHEDULE (jitter ±10 %, Retry-After honoured) until a 2xx; a 410 disables \
+                the URL until POST /jobs/{jobId}/webhook/redeliver. Delivery is at least once: deduplicate by webhook-id.",
+            "parameters": [
+                header("webhook-id", "msg_<32 hex>, the same on every attempt"),
+                header("webhook-timestamp", "Unix seconds of this attempt"),
+                {"name": "webhook-signature", "in": "header", "required": false, "schema": {"type": "string"},
+                    "description": "v1,<base64 HMAC-SHA256 of id.timestamp.body> with WEBHOOK_SECRET (absent without one)"},
+                {"name": "x-signature", "in": "header", "required": false, "schema": {"type": "string"},
+                    "description": "sha256=<hex HMAC-SHA256 of the body>, the same key (absent without a secret)"}
+            ],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["type", "timestamp", "data"],
+                "properties": {
+                    "type": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]},
+                    "timestamp": {"type": "string", "format": "date-time", "description": "When the event happened"},
+                    "data": {"allOf": [schema_ref("Job")], "description": "The job; output URLs absolute under PUBLIC_URL; \
+                        job.progress adds progress: {node, percent}"}
+                }
+            }}}},
+            "responses": {
+                "2XX": {"description": "Delivered"},
+                "410": {"description": "Gone: the URL gets no more webhooks until a redelivery"}
+            }
+        }}
     })
 }
 
@@ -476,6 +539,22 @@ fn components() -> Map<String, Value> {
                 "status": {"$ref": "#/components/schemas/JobStatus"}
             }
         },
+        "WebhookDelivery": {
+            "type": "object",
+            "required": ["id", "event", "url", "state", "attempts", "createdAt", "lastAttemptAt", "lastStatus", "lastError", "nextAttemptAt"],
+            "properties": {
+                "id": {"type": "string", "description": "The webhook-id header, the same on every attempt"},
+                "event": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]},
+                "url": {"type": "string"},
+                "state": {"type": "string", "enum": ["pending", "delivered", "failed", "disabled"]},
+                "attempts": {"type": "integer", "minimum": 0},
+                "createdAt": {"type": "string", "format": "date-time"},
+                "lastAttemptAt": {"type": ["string", "null"], "format": "date-time"},
+                "lastStatus": {"type": ["integer", "null"]},
+                "lastError": {"type": ["string", "null"]},
+                "nextAttemptAt": {"type": ["string", "null"], "format": "date-time", "description": "While pending"}
+            }
+        },
         "WorkflowSummary": {
             "type": "object", "required": ["id", "name", "description", "version", "updatedAt"],
             "properties": {
@@ -574,6 +653,15 @@ mod tests {
         }
         assert!(doc["paths"]["/health"]["get"]["responses"]["429"].is_null());
         assert_eq!(doc["components"]["headers"]["Retry-After"]["schema"]["type"], "integer");
+    }
+
+    #[test]
+    fn webhook_messages_are_described() {
+        let doc = document(&[]);
+        let post = &doc["webhooks"]["jobEvent"]["post"];
+        let body = &post["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(body["properties"]["data"]["allOf"][0]["$ref"], "#/components/schemas/Job");
+        assert!(post["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "webhook-signature"));
     }
 
     #[test]

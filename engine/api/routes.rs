@@ -52,6 +52,10 @@ pub enum Route {
     JobEvents,
     /// `/jobs/{id}/logs`
     JobLogs,
+    /// `/jobs/{id}/webhooks`
+    JobWebhooks,
+    /// `/jobs/{id}/webhook/redeliver`
+    JobWebhookRedeliver,
     /// `/outputs/{id}`
     Outputs,
     /// `/outputs/{id}/{file}`
@@ -72,6 +76,7 @@ impl Route {
             | Route::Job
             | Route::JobEvents
             | Route::JobLogs
+            | Route::JobWebhooks
             | Route::Outputs
             | Route::Metrics
             | Route::Audit => "GET",
@@ -79,7 +84,7 @@ impl Route {
             Route::Workflows => "GET, POST",
             Route::Jobs => "GET, POST",
             Route::Workflow => "GET, PUT, DELETE",
-            Route::JobCancel => "POST",
+            Route::JobCancel | Route::JobWebhookRedeliver => "POST",
         }
     }
 }
@@ -123,6 +128,8 @@ impl Ctx {
             ("/jobs/{id}/cancel", Route::JobCancel),
             ("/jobs/{id}/events", Route::JobEvents),
             ("/jobs/{id}/logs", Route::JobLogs),
+            ("/jobs/{id}/webhooks", Route::JobWebhooks),
+            ("/jobs/{id}/webhook/redeliver", Route::JobWebhookRedeliver),
             ("/outputs/{id}", Route::Outputs),
             ("/outputs/{id}/{file}", Route::OutputFile),
             ("/metrics", Route::Metrics),
@@ -346,6 +353,8 @@ async fn route(
         (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
         (JobEvents, &Method::GET) => sse::job_events(ctx, &params, &req),
         (JobLogs, &Method::GET) => handlers::job_logs(ctx, &params),
+        (JobWebhooks, &Method::GET) => handlers::job_webhooks(ctx, &params),
+        (JobWebhookRedeliver, &Method::POST) => handlers::redeliver_webhooks(ctx, &params).await,
         (Outputs, &Method::GET) => handlers::list_outputs(ctx, &params),
         (OutputFile, &Method::GET | &Method::HEAD) => handlers::get_output(ctx, &params, &req),
         (Metrics, &Method::GET) => handlers::metrics(ctx),

@@ -124,9 +124,11 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     })
 }
 
-/// The addresses `host:port` may be fetched from, all checked; an error if any is refused.
-async fn checked_addrs(host: &str, port: u16, allow: &AllowList) -> Result<Vec<SocketAddr>, String> {
-    let host_allowed = allow.allows_host(host);
+/// Every address of `host:port`: the literal itself for an IP address, else the DNS answer.
+///
+/// # Errors
+/// The host does not resolve, or has no address.
+pub(crate) async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
     let literal = host.trim_start_matches('[').trim_end_matches(']');
     let addrs: Vec<SocketAddr> = match IpAddr::from_str(literal) {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -138,7 +140,13 @@ async fn checked_addrs(host: &str, port: u16, allow: &AllowList) -> Result<Vec<S
     if addrs.is_empty() {
         return Err(format!("host {host:?} has no address"));
     }
-    if !host_allowed {
+    Ok(addrs)
+}
+
+/// The addresses `host:port` may be fetched from, all checked; an error if any is refused.
+async fn checked_addrs(host: &str, port: u16, allow: &AllowList) -> Result<Vec<SocketAddr>, String> {
+    let addrs = resolve(host, port).await?;
+    if !allow.allows_host(host) {
         for addr in &addrs {
             let ip = addr.ip();
             if let Some(reason) = forbidden_reason(ip)
@@ -152,6 +160,21 @@ async fn checked_addrs(host: &str, port: u16, allow: &AllowList) -> Result<Vec<S
         }
     }
     Ok(addrs)
+}
+
+/// An HTTP client builder that connects to `host` only at `addrs` (already checked; an IP
+/// literal host needs no pinning), never through a proxy, and follows no redirect.
+pub(crate) fn pinned_client(host: &str, addrs: &[SocketAddr]) -> reqwest::ClientBuilder {
+    let builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("comfyui-gateway/", env!("CARGO_PKG_VERSION")));
+    if IpAddr::from_str(host.trim_start_matches('[').trim_end_matches(']')).is_err() {
+        // Connect only to the addresses just checked.
+        builder.resolve_to_addrs(host, addrs)
+    } else {
+        builder
+    }
 }
 
 /// Fetch `url` under `limits`: the body's bytes (not yet type-checked).
@@ -179,16 +202,10 @@ async fn fetch_unbounded(url: &str, limits: &FetchLimits) -> Result<Bytes, Strin
         let host = url.host_str().ok_or("has no host")?.to_string();
         let port = url.port_or_known_default().ok_or("has no port")?;
         let addrs = checked_addrs(&host, port, &limits.allow).await?;
-        let mut builder = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
+        let client = pinned_client(&host, &addrs)
             .connect_timeout(limits.timeout)
-            .user_agent(concat!("comfyui-gateway/", env!("CARGO_PKG_VERSION")));
-        if IpAddr::from_str(host.trim_start_matches('[').trim_end_matches(']')).is_err() {
-            // Connect only to the addresses just checked.
-            builder = builder.resolve_to_addrs(&host, &addrs);
-        }
-        let client = builder.build().map_err(|e| format!("cannot be fetched: {e}"))?;
+            .build()
+            .map_err(|e| format!("cannot be fetched: {e}"))?;
         let mut resp = client.get(url.clone()).send().await.map_err(|e| format!("could not be fetched: {e}"))?;
         let status = resp.status();
         if status.is_redirection() {

@@ -25,6 +25,9 @@
 //!   correlation and job ids.
 //! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
 //! - `tidy`: architecture invariants checked on the source.
+//! - `webhooks`: signed deliveries checked by Rust and by the PyPI `standardwebhooks`
+//!   package, retries on a compressed schedule, Retry-After, 410, redelivery, kill -9
+//!   before delivery, callbacks refused at submit.
 
 mod support;
 
@@ -42,3 +45,4 @@ mod recovery;
 mod results;
 mod sim_protocol;
 mod tidy;
+mod webhooks;

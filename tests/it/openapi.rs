@@ -31,6 +31,8 @@ async fn openapi_document_matches_the_live_server() {
         "/jobs/{jobId}/cancel",
         "/jobs/{jobId}/logs",
         "/jobs/{jobId}/events",
+        "/jobs/{jobId}/webhooks",
+        "/jobs/{jobId}/webhook/redeliver",
         "/outputs/{jobId}",
         "/outputs/{jobId}/{file}",
         "/audit",

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod receiver;
+
 /// The binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_comfyui-gateway");
 

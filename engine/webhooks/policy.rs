@@ -1,0 +1,224 @@
+//! Where webhooks may go: `WEBHOOK_ALLOWED_DOMAINS` and the SSRF guard of URL inputs
+//! ([`crate::inputs::fetch`]). Checked when a job is submitted (`CALLBACK_NOT_ALLOWED`) and
+//! again before every attempt (DNS answers change); an attempt connects only to the
+//! addresses checked for it.
+//!
+//! Rules: http or https, no credentials in the URL. With a non-empty list the host must be
+//! an entry or a subdomain of one. A host that *is* an entry (e.g. `127.0.0.1` for a local
+//! receiver) may have any address; every other host must resolve only to public addresses
+//! (no loopback, private, link-local, metadata, ...), subdomains of entries included.
+
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use super::Settings;
+use crate::error::{Error, ErrorCode};
+use crate::inputs::fetch;
+
+/// `WEBHOOK_ALLOWED_DOMAINS`: host names (matching themselves and their subdomains) and IP
+/// addresses (matching themselves).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DomainList {
+    names: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+/// How a host matches a [`DomainList`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// The host is an entry: it may have any address.
+    Named,
+    /// A subdomain of an entry, or any host with an empty list: public addresses only.
+    Public,
+    /// Not in a non-empty list.
+    Refused,
+}
+
+/// A host name lower-cased, without brackets or a trailing dot.
+fn normalize(host: &str) -> String {
+    host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl DomainList {
+    /// Parse a comma-separated list; blanks are ignored.
+    ///
+    /// # Errors
+    /// An entry that is neither a host name nor an IP address (a URL, a CIDR, a port...).
+    pub fn parse(list: &str) -> Result<DomainList, String> {
+        let mut out = DomainList::default();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let host = normalize(entry);
+            if let Ok(ip) = IpAddr::from_str(&host) {
+                out.ips.push(ip);
+            } else if !host.is_empty()
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && label.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
+                })
+            {
+                out.names.push(host);
+            } else {
+                return Err(format!("{entry:?} is not a host name or IP address"));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether no entry is listed (then any host may be called, public addresses only).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.ips.is_empty()
+    }
+
+    /// How `host` (as in a URL) matches.
+    pub fn classify(&self, host: &str) -> Match {
+        let host = normalize(host);
+        if let Ok(ip) = IpAddr::from_str(&host) {
+            return if self.ips.contains(&ip) {
+                Match::Named
+            } else if self.is_empty() {
+                Match::Public
+            } else {
+                Match::Refused
+            };
+        }
+        if self.names.contains(&host) {
+            Match::Named
+        } else if self.is_empty() || self.names.iter().any(|n| host.ends_with(&format!(".{n}"))) {
+            Match::Public
+        } else {
+            Match::Refused
+        }
+    }
+}
+
+/// A callback URL checked for an attempt: where to connect.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The parsed URL.
+    pub url: reqwest::Url,
+    /// Its host, as in the URL.
+    pub host: String,
+    /// The checked addresses to connect to.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Check `url` against the settings and resolve it: the addresses an attempt may connect to.
+///
+/// # Errors
+/// Why it is refused, as a phrase following "callbackUrl".
+pub async fn check_destination(url: &str, settings: &Settings) -> Result<Destination, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a valid URL: {e}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(format!("has the scheme {:?}; only http and https are called", parsed.scheme()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("contains credentials; sign requests with WEBHOOK_SECRET instead".to_string());
+    }
+    let host = parsed.host_str().ok_or("has no host")?.to_string();
+    let port = parsed.port_or_known_default().ok_or("has no port")?;
+    let matched = settings.allowed.classify(&host);
+    if matched == Match::Refused {
+        return Err(format!("names host {host:?}, which is not in WEBHOOK_ALLOWED_DOMAINS"));
+    }
+    let addrs = fetch::resolve(&host, port).await?;
+    if matched == Match::Public {
+        for addr in &addrs {
+            if let Some(reason) = fetch::forbidden_reason(addr.ip()) {
+                return Err(format!(
+                    "refers to host {host:?} at {}, a {reason} address; webhooks go only to public addresses \
+                     unless the host is listed in WEBHOOK_ALLOWED_DOMAINS",
+                    addr.ip()
+                ));
+            }
+        }
+    }
+    Ok(Destination { url: parsed, host, addrs })
+}
+
+/// The submit-time check of a job's `callbackUrl`.
+///
+/// # Errors
+/// `CALLBACK_NOT_ALLOWED` naming the reason, with `details: {path: "/callbackUrl", reason}`.
+pub async fn check_callback_url(url: &str, settings: &Settings) -> crate::error::Result<()> {
+    // Bounded like an attempt: a host whose DNS never answers cannot hold a submit.
+    let checked = match tokio::time::timeout(settings.timeout, check_destination(url, settings)).await {
+        Ok(checked) => checked,
+        Err(_) => Err(format!(
+            "could not be checked within {} s (its host did not resolve; WEBHOOK_TIMEOUT_MS)",
+            settings.timeout.as_secs_f64()
+        )),
+    };
+    match checked {
+        Ok(_) => Ok(()),
+        Err(reason) => Err(Error::new(ErrorCode::CallbackNotAllowed, format!("/callbackUrl {reason}"))
+            .with_details(serde_json::json!({ "path": "/callbackUrl", "reason": reason }))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(list: &str) -> Settings {
+        Settings { allowed: DomainList::parse(list).unwrap(), ..Settings::default() }
+    }
+
+    #[test]
+    fn list_matches_names_subdomains_and_ips() {
+        let list = DomainList::parse(" Example.com., 127.0.0.1 ,[::1], hooks_internal ").unwrap();
+        assert_eq!(list.classify("example.com"), Match::Named);
+        assert_eq!(list.classify("EXAMPLE.COM."), Match::Named);
+        assert_eq!(list.classify("api.example.com"), Match::Public);
+        assert_eq!(list.classify("badexample.com"), Match::Refused);
+        assert_eq!(list.classify("example.com.evil.net"), Match::Refused);
+        assert_eq!(list.classify("127.0.0.1"), Match::Named);
+        assert_eq!(list.classify("[::1]"), Match::Named);
+        assert_eq!(list.classify("127.0.0.2"), Match::Refused);
+        assert_eq!(list.classify("hooks_internal"), Match::Named);
+        assert_eq!(DomainList::default().classify("anything.org"), Match::Public);
+        assert_eq!(DomainList::default().classify("10.0.0.1"), Match::Public);
+        for bad in ["http://example.com", "10.0.0.0/8", "example.com:80", "a..b", "-a.com", "a b"] {
+            assert!(DomainList::parse(bad).is_err(), "{bad}");
+        }
+        assert!(DomainList::parse(" , ").unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn refuses_schemes_credentials_unlisted_and_private_hosts() {
+        let open = settings("");
+        for (url, why) in [
+            ("ftp://example.com/x", "only http and https"),
+            ("http://user:pw@example.com/x", "credentials"),
+            ("not a url", "not a valid URL"),
+            ("http://127.0.0.1:9/hook", "loopback"),
+            ("http://[::1]:9/hook", "loopback"),
+            ("http://169.254.169.254/latest", "cloud metadata"),
+            ("http://10.1.2.3/hook", "private"),
+            ("http://localhost:9/hook", "loopback"),
+        ] {
+            let e = check_destination(url, &open).await.unwrap_err();
+            assert!(e.contains(why), "{url}: {e}");
+        }
+        let listed = settings("127.0.0.1,example.com");
+        let e = check_destination("http://hooks.other.org/x", &listed).await.unwrap_err();
+        assert!(e.contains("not in WEBHOOK_ALLOWED_DOMAINS"), "{e}");
+        let e = check_destination("http://127.0.0.2:9/x", &listed).await.unwrap_err();
+        assert!(e.contains("not in WEBHOOK_ALLOWED_DOMAINS"), "{e}");
+        let ok = check_destination("http://127.0.0.1:9/hook", &listed).await.unwrap();
+        assert_eq!(ok.addrs, vec!["127.0.0.1:9".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(ok.host, "127.0.0.1");
+    }
+
+    #[tokio::test]
+    async fn submit_check_answers_callback_not_allowed_naming_the_field() {
+        let e = check_callback_url("http://169.254.169.254/", &settings("")).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::CallbackNotAllowed);
+        assert!(e.message.starts_with("/callbackUrl ") && e.message.contains("cloud metadata"), "{}", e.message);
+        let details = e.details.unwrap();
+        assert_eq!(details["path"], "/callbackUrl");
+        assert!(details["reason"].as_str().unwrap().contains("cloud metadata"));
+        assert!(check_callback_url("http://127.0.0.1:1/hook", &settings("127.0.0.1")).await.is_ok());
+    }
+}
