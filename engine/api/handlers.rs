@@ -468,6 +468,7 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => return Err(Error::validation("/callbackUrl", "must be an absolute http(s) URL")),
         }
+        crate::webhooks::check_callback_url(url, &ctx.gateway.config.webhooks).await?;
     }
     let webhook_events = webhook_events(&body, callback_url.is_some())?;
     let cache = match body.get("cache") {
