@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::domain::{
     Attempt, AuditEntry, CacheEntry, Delivery, Hash, IdempotencyRecord, Job, JobEvent, JobEventKind, JobId, JobState,
@@ -157,6 +157,8 @@ struct Inner {
     tx: Option<mpsc::Sender<Msg>>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     commits: Arc<AtomicU64>,
+    /// Notified after each commit that made a webhook delivery pending.
+    outbox: Arc<Notify>,
 }
 
 impl Drop for Inner {
@@ -197,15 +199,18 @@ impl Store {
         let db = Arc::new(db);
         writer::init_schema(&db)?;
         let commits = Arc::new(AtomicU64::new(0));
+        let outbox = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let handle = {
             let db = db.clone();
             let commits = commits.clone();
+            let outbox = outbox.clone();
             std::thread::Builder::new()
                 .name("store-writer".to_string())
-                .spawn(move || writer::run(&db, rx, &commits))?
+                .spawn(move || writer::run(&db, rx, &commits, &outbox))?
         };
-        Ok(Store { inner: Arc::new(Inner { db, tx: Some(tx), writer: Mutex::new(Some(handle)), commits }) })
+        let writer = Mutex::new(Some(handle));
+        Ok(Store { inner: Arc::new(Inner { db, tx: Some(tx), writer, commits, outbox }) })
     }
 
     /// Stop the writer after draining pending writes (idempotent). Writes after this fail
@@ -229,6 +234,12 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Wait until a commit makes a webhook delivery pending (a new delivery or a
+    /// redelivery); a commit before the call counts once (`Notify` keeps one permit).
+    pub async fn outbox_changed(&self) {
+        self.inner.outbox.notified().await;
     }
 
     /// How many write transactions the writer has committed since `open` (group commit

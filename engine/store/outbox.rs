@@ -137,6 +137,7 @@ pub(crate) fn write_new(t: &mut WriteTables<'_>, new: &NewDeliveries) -> Result<
         t.deliveries_by_job.insert((d.job_id.as_u128(), d.seq), ())?;
     }
     t.meta_add(meta_key::DELIVERIES_PENDING, new.items.len() as i64)?;
+    t.outbox_changed = true;
     Ok(())
 }
 
@@ -284,6 +285,7 @@ impl WriteOp for Redeliver {
         for (old, new, bytes) in plan {
             rewrite(t, &old, &new, &bytes)?;
             t.disabled_endpoints.remove(new.url.as_str())?;
+            t.outbox_changed = true;
             out.push(new);
         }
         Ok(out)

@@ -126,6 +126,9 @@ pub(crate) struct WriteTables<'txn> {
     pub cache_by_time: Table<'txn, (u64, [u8; 32]), ()>,
     pub idempotency: Table<'txn, &'static str, &'static [u8]>,
     pub idempotency_by_expiry: Table<'txn, (u64, &'static str), ()>,
+    /// Set by a write that made a delivery pending: the writer wakes the webhook worker
+    /// after the commit.
+    pub outbox_changed: bool,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -151,6 +154,7 @@ impl<'txn> WriteTables<'txn> {
             cache_by_time: txn.open_table(CACHE_BY_TIME)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
             idempotency_by_expiry: txn.open_table(IDEMPOTENCY_BY_EXPIRY)?,
+            outbox_changed: false,
         })
     }
 

@@ -258,3 +258,18 @@ async fn an_idempotency_key_is_claimed_once_until_it_expires() {
     assert_eq!(store.idempotency_record("o\nold").unwrap(), None);
     assert!(store.idempotency_record("o\nk").unwrap().is_some(), "unexpired records stay");
 }
+
+#[tokio::test]
+async fn only_commits_that_make_a_delivery_pending_wake_the_outbox() {
+    let (_dir, store) = open_temp();
+    let quiet = tokio::time::Duration::from_millis(50);
+    let silent = store.insert_job(queued(None), vec![JobEventKind::Queued]).await.unwrap();
+    succeed(&store, &silent, vec![], vec![]).await;
+    assert!(tokio::time::timeout(quiet, store.outbox_changed()).await.is_err(), "no webhook, no wake-up");
+    let job = store.insert_job(queued(Some("https://hooks.example/w")), vec![]).await.unwrap();
+    assert!(tokio::time::timeout(quiet, store.outbox_changed()).await.is_err(), "queued: nothing due yet");
+    succeed(&store, &job, vec![], vec![]).await;
+    tokio::time::timeout(quiet, store.outbox_changed()).await.expect("the terminal commit wakes the worker");
+    store.redeliver(job.id, now_ms()).await.unwrap();
+    tokio::time::timeout(quiet, store.outbox_changed()).await.expect("a redelivery wakes it");
+}

@@ -14,7 +14,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, Durability, WriteTransaction};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::StoreError;
 use super::tables::{SCHEMA_VERSION, WriteTables, meta_key};
@@ -138,7 +138,7 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
 }
 
 /// The writer loop; returns when the channel is closed and drained.
-pub(crate) fn run(db: &Database, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU64) {
+pub(crate) fn run(db: &Database, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU64, outbox: &Notify) {
     let mut closers = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
@@ -161,7 +161,7 @@ pub(crate) fn run(db: &Database, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU6
             }
         }
         if !batch.is_empty() {
-            commit_batch(db, batch, commits);
+            commit_batch(db, batch, commits, outbox);
         }
     }
     for ack in closers {
@@ -170,7 +170,7 @@ pub(crate) fn run(db: &Database, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU6
 }
 
 /// Apply and commit one batch, answering every op in it.
-fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &AtomicU64) {
+fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &AtomicU64, outbox: &Notify) {
     while !batch.is_empty() {
         let txn = match begin(db) {
             Ok(txn) => txn,
@@ -178,6 +178,7 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &Atomi
         };
         let mut rejected: Vec<Option<StoreError>> = Vec::with_capacity(batch.len());
         let mut poisoned = None;
+        let outbox_changed;
         {
             let mut t = match WriteTables::open(&txn) {
                 Ok(t) => t,
@@ -193,6 +194,7 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &Atomi
                     }
                 }
             }
+            outbox_changed = t.outbox_changed;
         }
         if let Some((i, e)) = poisoned {
             tracing::error!(error = %e, "store write failed; replaying its batch without it");
@@ -205,6 +207,9 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &Atomi
         match txn.commit() {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
+                if outbox_changed {
+                    outbox.notify_one();
+                }
                 for (p, error) in batch.into_iter().zip(rejected) {
                     p.answer(error);
                 }
@@ -276,7 +281,7 @@ mod tests {
             batch.push(pending(Put { key, fail, reject }, tx));
             replies.push(rx);
         }
-        commit_batch(&db, batch, &commits);
+        commit_batch(&db, batch, &commits, &Notify::new());
         let results: Vec<_> = replies.into_iter().map(|mut rx| rx.try_recv().unwrap()).collect();
         assert!(matches!(results[0], Ok(1)));
         assert!(matches!(results[1], Err(StoreError::Corrupt { .. })));

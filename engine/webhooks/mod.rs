@@ -3,7 +3,7 @@
 //!
 //! The store creates each delivery in the transaction that commits the job change it
 //! reports; this module only sends them. [`worker`] sleeps until the next delivery is due
-//! (woken by the scheduler's feed and by redeliveries), sends it ([`send`]: body, headers
+//! (woken by commits that make a delivery pending), sends it ([`send`]: body, headers
 //! signed by [`sign`], destination checked by [`policy`]), and records the attempt and
 //! what follows from it ([`schedule`]) in one commit. Delivery is at least once: a crash
 //! between the POST and the commit sends again, with the same `webhook-id`.

@@ -1,14 +1,14 @@
-//! The delivery task: sleeps until the next delivery is due (or a feed notification, a
-//! redelivery or a finished attempt wakes it), starts the due ones as attempts (at most
+//! The delivery task: sleeps until the next delivery is due (or a commit that made a
+//! delivery pending, a redelivery or a finished attempt wakes it), starts the due ones as attempts (at most
 //! `WEBHOOK_CONCURRENCY` in flight, never two of one delivery), and records each attempt in
-//! the store. It never blocks the scheduler: it only reads the store and the feed.
+//! the store. It never blocks the scheduler: it only reads the store.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use tokio::sync::{Notify, Semaphore, broadcast};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -68,7 +68,6 @@ impl Webhooks {
 }
 
 async fn run(gateway: Gateway, inner: Arc<Inner>) {
-    let mut feed = Some(gateway.scheduler.subscribe());
     let slots = Arc::new(Semaphore::new(gateway.config.webhooks.concurrency));
     loop {
         let pause = match start_due(&gateway, &inner, &slots) {
@@ -82,20 +81,10 @@ async fn run(gateway: Gateway, inner: Arc<Inner>) {
             _ = inner.stop.cancelled() => return,
             _ = inner.wake.notified() => {}
             _ = tokio::time::sleep(pause) => {}
-            got = recv(&mut feed) => {
-                if got == Err(broadcast::error::RecvError::Closed) {
-                    feed = None;
-                }
-            }
+            // Only commits that made a delivery pending wake it: jobs without webhooks cost
+            // the worker nothing.
+            _ = gateway.store.outbox_changed() => {}
         }
-    }
-}
-
-/// The next feed notification; never, without a feed.
-async fn recv(feed: &mut Option<broadcast::Receiver<crate::domain::JobId>>) -> Result<(), broadcast::error::RecvError> {
-    match feed {
-        Some(rx) => rx.recv().await.map(|_| ()),
-        None => std::future::pending().await,
     }
 }
 
