@@ -549,6 +549,8 @@ pub enum AuditAction {
     WorkflowDelete,
     /// `POST /jobs/:id/cancel`.
     JobCancel,
+    /// `POST /jobs/:id/webhook/redeliver` (declared last: actions are stored by position).
+    WebhookRedeliver,
 }
 
 impl AuditAction {
@@ -559,6 +561,7 @@ impl AuditAction {
             AuditAction::WorkflowUpdate => "workflow.update",
             AuditAction::WorkflowDelete => "workflow.delete",
             AuditAction::JobCancel => "job.cancel",
+            AuditAction::WebhookRedeliver => "job.webhook.redeliver",
         }
     }
 }

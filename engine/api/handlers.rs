@@ -712,6 +712,7 @@ pub async fn redeliver_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
     }
     let list: Vec<Value> = ctx.gateway.store.redeliver(job.id, now_ms()).await?.iter().map(delivery_json).collect();
     ctx.gateway.webhooks.wake();
+    audit_log(ctx, p, AuditAction::WebhookRedeliver, job.id.to_string()).await?;
     Ok(reply::json(StatusCode::ACCEPTED, &json!({ "jobId": job.id, "deliveries": list })))
 }
 

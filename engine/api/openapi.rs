@@ -434,7 +434,7 @@ fn components() -> Map<String, Value> {
                 "at": {"type": "string", "format": "date-time"},
                 "actor": {"type": ["string", "null"], "description": "Owner id; null in open mode"},
                 "role": {"type": ["string", "null"], "enum": ["admin", "user", null]},
-                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel"]},
+                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel", "job.webhook.redeliver"]},
                 "target": {"type": "string"},
                 "correlationId": {"type": "string"}
             }

@@ -293,6 +293,10 @@ async fn gone_disables_the_endpoint_until_a_redelivery() {
     let after = wait_delivery(&gw, &second, "job.succeeded", |d| d["state"] == "delivered").await;
     assert_eq!(after["attempts"], 2);
     verify_all(&hits);
+    // The redelivery is in the audit log.
+    let audit = get_json(&format!("{}/audit?limit=1", gw.url())).await.1;
+    assert_eq!(audit["entries"][0]["action"], "job.webhook.redeliver", "{audit}");
+    assert_eq!(audit["entries"][0]["target"], second.as_str());
     // The first job's delivery stays as it was until it is redelivered itself.
     assert_eq!(deliveries(&gw, &first).await[0]["state"], "disabled");
 
