@@ -34,6 +34,7 @@ pub mod domain;
 pub mod error;
 pub mod inputs;
 pub mod metrics;
+pub mod plugins;
 pub mod privacy;
 pub mod scheduler;
 pub mod service;

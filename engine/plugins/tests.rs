@@ -1,0 +1,175 @@
+//! Plugin host tests against the real guest components of `plugins/` (built by
+//! `scripts/build-plugins`; `PLUGINS_WASM_DIR` overrides where they are looked for). Each
+//! fixture is compiled once per test process.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{CallContext, Host, Hook, Limits, Media, Plugin};
+
+fn wasm_dir() -> PathBuf {
+    match std::option_env!("PLUGINS_WASM_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/target/wasm32-wasip2/release"),
+    }
+}
+
+/// The bytes of a built fixture (panics with the build command when missing).
+pub(crate) fn wasm(name: &str) -> Vec<u8> {
+    let path = wasm_dir().join(format!("{name}.wasm"));
+    std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; build the plugins first: scripts/build-plugins", path.display()))
+}
+
+fn limits() -> Limits {
+    Limits { timeout: Duration::from_millis(500), memory_bytes: 32 << 20, fuel: None, concurrency: 8 }
+}
+
+fn host() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| Host::new(limits()).expect("plugin host"))
+}
+
+fn plugin(name: &str) -> Plugin {
+    static CACHE: OnceLock<Mutex<HashMap<String, Plugin>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Mutex::default);
+    if let Some(p) = cache.lock().unwrap().get(name) {
+        return p.clone();
+    }
+    let (p, _) = host().compile(&wasm(name)).unwrap_or_else(|f| panic!("{name}: {f:?}"));
+    cache.lock().unwrap().insert(name.to_string(), p.clone());
+    p
+}
+
+fn ctx(config: Value) -> CallContext {
+    CallContext {
+        job_id: "00000000-0000-4000-8000-000000000001".into(),
+        workflow: ("wf".into(), 3),
+        owner: Some("key:abc".into()),
+        config: config.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_guard_rewrites_inputs_and_refuses_with_its_code_and_field() {
+    let p = plugin("prompt_guard");
+    assert_eq!(p.hooks, vec![Hook::InputTransform]);
+    let config = json!({"maxPromptChars": 40, "blocked": ["gore"], "presets": {"film": ", 35mm film"}});
+    let inputs = json!({"prompt": "a fox", "preset": "film", "aspectRatio": "16:9"});
+    let (r, report) = host().input_transform(&p, &ctx(config.clone()), &inputs).await;
+    let out = r.unwrap();
+    assert_eq!(out["prompt"], "a fox, 35mm film", "{out}");
+    assert!(out.get("preset").is_none() && out.get("aspectRatio").is_none(), "{out}");
+    let (w, h) = (out["width"].as_u64().unwrap(), out["height"].as_u64().unwrap());
+    assert!(w > h && w % 64 == 0 && h % 64 == 0, "{out}");
+    assert!(report.memory_peak > 0 && report.elapsed < Duration::from_secs(5));
+
+    let (r, _) = host().input_transform(&p, &ctx(config.clone()), &json!({"prompt": "so much gore"})).await;
+    let f = r.unwrap_err();
+    assert_eq!((f.kind, f.plugin_code.as_deref(), f.field.as_deref()), ("rejected", Some("PROMPT_BLOCKED"), Some("/prompt")));
+    let e = f.to_error(Hook::InputTransform);
+    assert_eq!((e.code.as_str(), e.code.status()), ("PLUGIN_FAILED", 422));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_plugins_end_with_the_right_kind_within_their_limit() {
+    let inputs = json!({"prompt": "x"});
+    let limit = limits().timeout;
+    for (name, kind, code) in [
+        ("spin", "timeout", "PLUGIN_LIMIT_EXCEEDED"),
+        ("sleepy", "timeout", "PLUGIN_LIMIT_EXCEEDED"),
+        ("balloon", "memory", "PLUGIN_LIMIT_EXCEEDED"),
+        ("flood", "memory", "PLUGIN_LIMIT_EXCEEDED"),
+        ("panicky", "panic", "PLUGIN_FAILED"),
+        ("abyss", "stack overflow", "PLUGIN_FAILED"),
+        ("bad_json", "invalid json", "PLUGIN_FAILED"),
+    ] {
+        let p = plugin(name);
+        let started = Instant::now();
+        let (r, _) = host().input_transform(&p, &ctx(json!({})), &inputs).await;
+        let elapsed = started.elapsed();
+        let f = r.expect_err(name);
+        assert_eq!(f.kind, kind, "{name}: {f:?}");
+        assert_eq!(f.to_error(Hook::InputTransform).code.as_str(), code, "{name}");
+        assert!(elapsed < limit * 3, "{name} took {elapsed:?}");
+        if name == "panicky" {
+            assert!(f.message.contains("plugin panicked on purpose"), "{f:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_denies_files_environment_and_network() {
+    for name in ["snoop", "snoop_offline"] {
+        let p = plugin(name);
+        let (r, _) = host().input_transform(&p, &ctx(json!({})), &json!({"prompt": "x"})).await;
+        let out = r.unwrap_or_else(|f| panic!("{name}: {f:?}"));
+        let report = out["snoop"].as_object().unwrap_or_else(|| panic!("{name}: {out}"));
+        assert!(!report.is_empty());
+        for (attempt, got) in report {
+            let denied = got.is_null() || got.as_str().is_some_and(|s| s.starts_with("error")) || got == &json!([]);
+            assert!(denied, "{name}: {attempt} got through: {got}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_type_mismatched_plugin_is_refused_with_a_readable_message() {
+    let f = host().compile(&wasm("mismatch")).expect_err("mismatch compiles");
+    assert_eq!(f.kind, "invalid plugin");
+    assert!(f.message.contains("input-transform") && f.message.contains("wrong types"), "{}", f.message);
+    let f = host().compile(b"\0asm\x01\0\0\0").expect_err("a core module");
+    assert!(f.message.contains("core wasm module"), "{}", f.message);
+    let f = host().compile(b"hello").expect_err("not wasm");
+    assert!(f.message.contains("not wasm"), "{}", f.message);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renderer_and_output_processor_run() {
+    let r = plugin("subgraph_renderer");
+    assert_eq!(r.hooks, vec![Hook::TemplateRender]);
+    let template = json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": "{{width}}", "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}, "_meta": {"enabledBy": "invert", "bypass": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t {{width}}"}}
+    });
+    let (out, _) = host().template_render(&r, &ctx(json!({})), &template, &json!({"width": 128, "invert": false})).await;
+    let prompt = out.unwrap();
+    assert_eq!(prompt["1"]["inputs"]["width"], 128);
+    assert!(prompt.get("2").is_none(), "the switched-off node is gone: {prompt}");
+    assert_eq!(prompt["3"]["inputs"]["images"], json!(["1", 0]), "rewired to the bypass");
+    assert_eq!(prompt["3"]["inputs"]["filename_prefix"], "t 128");
+
+    let o = plugin("png_tidy");
+    assert_eq!(o.hooks, vec![Hook::OutputProcess]);
+    let png = crate::comfy::sim::image::test_png_with_text();
+    let item = Media { name: "out.png".into(), media_type: "image/png".into(), data: png.clone() };
+    let (out, report) = host().output_process(&o, &ctx(json!({})), item.clone()).await;
+    let files = out.unwrap();
+    assert_eq!(files.len(), 1);
+    assert!(files[0].data.len() < png.len(), "metadata stripped");
+    assert!(!files[0].data.windows(4).any(|w| w == b"tEXt"), "no text chunk left");
+    assert!(report.elapsed < Duration::from_secs(5));
+    let drop = json!({"drop": ["out"]});
+    let (out, _) = host().output_process(&o, &ctx(drop), item).await;
+    assert!(out.unwrap().is_empty(), "dropped by name");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_precompiled_plugin_loads_without_compiling_on_a_new_host() {
+    let bytes = wasm("prompt_guard");
+    let (_, precompiled) = host().compile(&bytes).unwrap();
+    let fresh = Host::new(limits()).unwrap();
+    assert_eq!(fresh.compat_hash(), host().compat_hash());
+    let started = Instant::now();
+    let p = fresh.load_precompiled(*blake3::hash(&bytes).as_bytes(), &precompiled).unwrap();
+    let load = started.elapsed();
+    assert_eq!(p.hooks, vec![Hook::InputTransform]);
+    let (r, _) = fresh.input_transform(&p, &ctx(json!({})), &json!({"prompt": "ok"})).await;
+    assert_eq!(r.unwrap()["prompt"], "ok");
+    assert!(load < Duration::from_millis(500), "deserializing took {load:?}");
+}
