@@ -326,7 +326,8 @@ fn draw(config: &Config, info: &png::OutputInfo, pixels: &mut [u8]) {
             }
             let at = y as usize * info.line_size + x as usize * channels * bytes;
             for (c, sample) in pixels[at..at + channels * bytes].chunks_exact_mut(bytes).enumerate() {
-                let old = if wide { u32::from(u16::from_be_bytes([sample[0], sample[1]])) } else { u32::from(sample[0]) };
+                let old =
+                    if wide { u32::from(u16::from_be_bytes([sample[0], sample[1]])) } else { u32::from(sample[0]) };
                 let max = if wide { 65535 } else { 255 };
                 let new = match colour.get(c) {
                     // A colour channel: blend by the mark's alpha.
@@ -380,7 +381,14 @@ mod tests {
         out
     }
 
-    fn encode(width: u32, height: u32, color: png::ColorType, depth: png::BitDepth, data: &[u8], text: bool) -> Vec<u8> {
+    fn encode(
+        width: u32,
+        height: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        data: &[u8],
+        text: bool,
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         {
             let mut encoder = png::Encoder::new(&mut out, width, height);
@@ -521,10 +529,12 @@ mod tests {
         let (w, h) = (10u32, 8u32);
         let grey16: Vec<u8> = (0..w * h).flat_map(|i| ((i * 500) as u16).to_be_bytes()).collect();
         let png16 = encode(w, h, png::ColorType::Grayscale, png::BitDepth::Sixteen, &grey16, false);
-        let out = run(r##"{"watermark": true, "mark": "border", "color": "#FFFFFF80"}"##, item("g.png", "image/png", png16));
+        let out =
+            run(r##"{"watermark": true, "mark": "border", "color": "#FFFFFF80"}"##, item("g.png", "image/png", png16));
         let (info, px) = decode(&out[0].data);
         assert_eq!((info.color_type, info.bit_depth), (png::ColorType::Grayscale, png::BitDepth::Sixteen));
-        let sample = |x: u32, y: u32| u16::from_be_bytes([px[((y * w + x) * 2) as usize], px[((y * w + x) * 2 + 1) as usize]]);
+        let sample =
+            |x: u32, y: u32| u16::from_be_bytes([px[((y * w + x) * 2) as usize], px[((y * w + x) * 2 + 1) as usize]]);
         let orig = |x: u32, y: u32| ((y * w + x) * 500) as u16;
         assert_eq!(sample(5, 4), orig(5, 4), "inside untouched");
         let blended = (65535u32 * 128 + u32::from(orig(0, 0)) * 127) / 255;

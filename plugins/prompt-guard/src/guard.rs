@@ -119,7 +119,9 @@ fn apply(config: &Config, inputs: &str, logs: &mut Vec<(LogLevel, String)>) -> R
     if let Some(preset) = map.get("preset") {
         let name = preset
             .as_str()
-            .ok_or_else(|| Rejection::new("UNKNOWN_PRESET", "preset must be a preset name (a string)", Some("/preset")))?
+            .ok_or_else(|| {
+                Rejection::new("UNKNOWN_PRESET", "preset must be a preset name (a string)", Some("/preset"))
+            })?
             .to_owned();
         let text = config.presets.get(&name).and_then(Value::as_str).ok_or_else(|| {
             let mut known: Vec<&str> = config.presets.keys().map(String::as_str).collect();
@@ -144,17 +146,14 @@ fn apply(config: &Config, inputs: &str, logs: &mut Vec<(LogLevel, String)>) -> R
     if config.aspect_ratios
         && let Some(ratio) = map.get("aspectRatio")
     {
-        let (w, h) = ratio
-            .as_str()
-            .and_then(parse_ratio)
-            .ok_or_else(|| {
-                let allowed: Vec<String> = RATIOS.iter().map(|(w, h)| format!("{w}:{h}")).collect();
-                Rejection::new(
-                    "BAD_ASPECT_RATIO",
-                    format!("aspectRatio must be one of {} (got {ratio})", allowed.join(", ")),
-                    Some("/aspectRatio"),
-                )
-            })?;
+        let (w, h) = ratio.as_str().and_then(parse_ratio).ok_or_else(|| {
+            let allowed: Vec<String> = RATIOS.iter().map(|(w, h)| format!("{w}:{h}")).collect();
+            Rejection::new(
+                "BAD_ASPECT_RATIO",
+                format!("aspectRatio must be one of {} (got {ratio})", allowed.join(", ")),
+                Some("/aspectRatio"),
+            )
+        })?;
         let (width, height) = dimensions(w, h, config.long_side);
         for key in ["width", "height"] {
             if map.contains_key(key) {

@@ -108,8 +108,7 @@ pub fn select(
         let Some(Value::Object(node_inputs)) = node.get_mut("inputs") else { continue };
         let mut dropped = Vec::new();
         for (key, value) in node_inputs.iter_mut() {
-            let Some(mut target) = link_target(value, &ids).filter(|t| removed.contains(*t)).map(str::to_owned)
-            else {
+            let Some(mut target) = link_target(value, &ids).filter(|t| removed.contains(*t)).map(str::to_owned) else {
                 continue;
             };
             let mut index = value[1].as_u64().unwrap_or_default();
@@ -324,7 +323,10 @@ mod tests {
                    "upscale": {"factor": 1.5}}),
         )
         .unwrap();
-        assert_eq!(out["1"], json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd.safetensors"}}));
+        assert_eq!(
+            out["1"],
+            json!({"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd.safetensors"}})
+        );
         assert_eq!(out["2"]["inputs"]["model"], json!(["1", 0]));
         assert_eq!(out["3"]["inputs"]["seed"], json!(42), "a lone token keeps the JSON type");
         assert_eq!(out["3"]["inputs"]["positive"], json!("a cat | seed 42"));
@@ -338,11 +340,8 @@ mod tests {
 
     #[test]
     fn disabled_nodes_are_removed_and_links_rewired_or_dropped() {
-        let out = run(
-            &template(),
-            json!({"model": "sd", "lora": false, "seed": 1, "prompt": "p", "noNegative": true}),
-        )
-        .unwrap();
+        let out = run(&template(), json!({"model": "sd", "lora": false, "seed": 1, "prompt": "p", "noNegative": true}))
+            .unwrap();
         let nodes = out.as_object().unwrap();
         assert!(!nodes.contains_key("2") && !nodes.contains_key("5") && !nodes.contains_key("7"));
         assert_eq!(out["3"]["inputs"]["model"], json!(["1", 0]), "rewired to the LoRA's bypass");
@@ -371,7 +370,10 @@ mod tests {
             "4": {"class_type": "D", "inputs": {"x": ["3", 0]}}
         });
         let out = run(&t, json!({})).unwrap();
-        assert_eq!(out, json!({"1": {"class_type": "A", "inputs": {}}, "4": {"class_type": "D", "inputs": {"x": ["1", 0]}}}));
+        assert_eq!(
+            out,
+            json!({"1": {"class_type": "A", "inputs": {}}, "4": {"class_type": "D", "inputs": {"x": ["1", 0]}}})
+        );
     }
 
     #[test]
