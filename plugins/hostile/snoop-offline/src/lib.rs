@@ -2,7 +2,7 @@
 //!
 //! `snoop` without the socket attempt, so the component imports no `wasi:sockets/*` (for a
 //! host that refuses those imports at upload, as wit/README.md says): the same report with
-//! the keys `read`, `readDir`, `write`, `cwd`, `env`, `vars` and `args`.
+//! the keys `read`, `readDir`, `write`, `env`, `vars` and `args`.
 
 #[path = "../../snoop/src/attempts.rs"]
 mod attempts;

@@ -5,7 +5,7 @@
 //!
 //! ```json
 //! {"snoop": {"read": "error: ...", "readDir": "error: ...", "write": "error: ...",
-//!            "cwd": "error: ...", "env": null, "vars": null, "args": null,
+//!            "env": null, "vars": null, "args": null,
 //!            "connect": "error: ..."}}
 //! ```
 //!
@@ -15,7 +15,6 @@
 //! - `read`: `std::fs::read_to_string("/etc/passwd")`
 //! - `readDir`: `std::fs::read_dir("/")`
 //! - `write`: `std::fs::write("/tmp/x", ..)`
-//! - `cwd`: `std::env::current_dir()`
 //! - `env`: `std::env::var("HOME")`; `vars`: `std::env::vars()`; `args`: `std::env::args()`
 //! - `connect`: `std::net::TcpStream::connect_timeout(127.0.0.1:9, 200 ms)`: loopback, so a
 //!   broken sandbox still sends nothing off the machine. This makes the component import
