@@ -182,7 +182,10 @@ pub struct Plugin {
 
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plugin").field("hash", &crate::domain::hash_hex(&self.hash)).field("hooks", &self.hooks).finish()
+        f.debug_struct("Plugin")
+            .field("hash", &crate::domain::hash_hex(&self.hash))
+            .field("hooks", &self.hooks)
+            .finish()
     }
 }
 
@@ -435,6 +438,24 @@ impl Host {
         } else {
             None
         };
+        // Names were found above; types are checked by loading the typed functions from a
+        // throwaway instance (instantiation runs no guest code of a Rust plugin).
+        let typed = |iface: &str, e: wasmtime::Error| {
+            Failure::new("invalid plugin", format!("exports {iface} with the wrong types for 0.1: {e:#}"))
+        };
+        let mut store = self.store("{}");
+        let instance = futures_util::FutureExt::now_or_never(pre.instantiate_async(&mut store))
+            .ok_or_else(|| Failure::new("invalid plugin", "instantiation did not complete at once"))?
+            .map_err(|e| Failure::new("invalid plugin", format!("cannot be instantiated: {e:#}")))?;
+        if let Some(i) = &input_transform {
+            i.load(&mut store, &instance).map_err(|e| typed("input-transform", e))?;
+        }
+        if let Some(i) = &template_render {
+            i.load(&mut store, &instance).map_err(|e| typed("template-render", e))?;
+        }
+        if let Some(i) = &output_process {
+            i.load(&mut store, &instance).map_err(|e| typed("output-process", e))?;
+        }
         let mut hooks = Vec::new();
         for (hook, present) in [
             (Hook::InputTransform, input_transform.is_some()),
@@ -593,10 +614,7 @@ impl Host {
                 if total > MEDIA_MAX {
                     return Err(Failure::new("output too large", format!("returned {total} bytes (max {MEDIA_MAX})")));
                 }
-                Ok(items
-                    .into_iter()
-                    .map(|i| Media { name: i.name, media_type: i.media_type, data: i.data })
-                    .collect())
+                Ok(items.into_iter().map(|i| Media { name: i.name, media_type: i.media_type, data: i.data }).collect())
             }
         });
         (r, report)
@@ -617,7 +635,10 @@ fn rejected(e: wit::PluginError) -> Failure {
 fn json_result(r: Result<String, wit::PluginError>, object: bool) -> Result<Value, Failure> {
     let text = r.map_err(rejected)?;
     if text.len() > JSON_MAX {
-        return Err(Failure::new("output too large", format!("returned {} bytes of JSON (max {JSON_MAX})", text.len())));
+        return Err(Failure::new(
+            "output too large",
+            format!("returned {} bytes of JSON (max {JSON_MAX})", text.len()),
+        ));
     }
     let v: Value = serde_json::from_str(&text).map_err(|e| {
         Failure::new("invalid json", format!("returned text that is not JSON ({e}): {}", sandbox::cut(&text, 80)))
@@ -630,7 +651,11 @@ fn json_result(r: Result<String, wit::PluginError>, object: bool) -> Result<Valu
 
 /// Name what stopped a call.
 fn classify(e: &wasmtime::Error, state: &State, stdio: &str, limits: &Limits) -> Failure {
-    let panic_line = stdio.lines().find(|l| l.contains("panicked at")).map(|l| l.to_string());
+    // Rust's panic hook prints `thread '…' panicked at FILE:LINE:COL:` then the message.
+    let panic_line = stdio
+        .lines()
+        .position(|l| l.contains("panicked at"))
+        .map(|i| stdio.lines().skip(i).take(2).map(str::trim).collect::<Vec<_>>().join(" "));
     if let Some(trap) = e.downcast_ref::<Trap>() {
         return match trap {
             Trap::Interrupt => Failure::new(
@@ -652,7 +677,10 @@ fn classify(e: &wasmtime::Error, state: &State, stdio: &str, limits: &Limits) ->
         };
     }
     if state.limits.denied {
-        return Failure::new("memory", format!("needed more than {} MiB of memory (PLUGIN_MEMORY_MB)", limits.memory_bytes >> 20));
+        return Failure::new(
+            "memory",
+            format!("needed more than {} MiB of memory (PLUGIN_MEMORY_MB)", limits.memory_bytes >> 20),
+        );
     }
     match panic_line {
         Some(line) => Failure::new("panic", line),

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{CallContext, Host, Hook, Limits, Media, Plugin};
+use super::{CallContext, Hook, Host, Limits, Media, Plugin};
 
 fn wasm_dir() -> PathBuf {
     match std::option_env!("PLUGINS_WASM_DIR") {
@@ -58,7 +58,8 @@ fn ctx(config: Value) -> CallContext {
 async fn prompt_guard_rewrites_inputs_and_refuses_with_its_code_and_field() {
     let p = plugin("prompt_guard");
     assert_eq!(p.hooks, vec![Hook::InputTransform]);
-    let config = json!({"maxPromptChars": 40, "blocked": ["gore"], "presets": {"film": ", 35mm film"}});
+    let config =
+        json!({"maxPromptChars": 40, "blocked": ["gore"], "presets": {"film": ", 35mm film"}, "aspectRatios": true});
     let inputs = json!({"prompt": "a fox", "preset": "film", "aspectRatio": "16:9"});
     let (r, report) = host().input_transform(&p, &ctx(config.clone()), &inputs).await;
     let out = r.unwrap();
@@ -70,7 +71,10 @@ async fn prompt_guard_rewrites_inputs_and_refuses_with_its_code_and_field() {
 
     let (r, _) = host().input_transform(&p, &ctx(config.clone()), &json!({"prompt": "so much gore"})).await;
     let f = r.unwrap_err();
-    assert_eq!((f.kind, f.plugin_code.as_deref(), f.field.as_deref()), ("rejected", Some("PROMPT_BLOCKED"), Some("/prompt")));
+    assert_eq!(
+        (f.kind, f.plugin_code.as_deref(), f.field.as_deref()),
+        ("rejected", Some("PROMPT_BLOCKED"), Some("/prompt"))
+    );
     let e = f.to_error(Hook::InputTransform);
     assert_eq!((e.code.as_str(), e.code.status()), ("PLUGIN_FAILED", 422));
 }
@@ -119,12 +123,12 @@ async fn the_sandbox_denies_files_environment_and_network() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_type_mismatched_plugin_is_refused_with_a_readable_message() {
-    let f = host().compile(&wasm("mismatch")).expect_err("mismatch compiles");
+    let Err(f) = host().compile(&wasm("mismatch")) else { panic!("the mismatched plugin compiled") };
     assert_eq!(f.kind, "invalid plugin");
     assert!(f.message.contains("input-transform") && f.message.contains("wrong types"), "{}", f.message);
-    let f = host().compile(b"\0asm\x01\0\0\0").expect_err("a core module");
+    let Err(f) = host().compile(b"\0asm\x01\0\0\0") else { panic!("a core module compiled") };
     assert!(f.message.contains("core wasm module"), "{}", f.message);
-    let f = host().compile(b"hello").expect_err("not wasm");
+    let Err(f) = host().compile(b"hello") else { panic!("text compiled") };
     assert!(f.message.contains("not wasm"), "{}", f.message);
 }
 
@@ -137,7 +141,8 @@ async fn renderer_and_output_processor_run() {
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}, "_meta": {"enabledBy": "invert", "bypass": ["1", 0]}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "t {{width}}"}}
     });
-    let (out, _) = host().template_render(&r, &ctx(json!({})), &template, &json!({"width": 128, "invert": false})).await;
+    let (out, _) =
+        host().template_render(&r, &ctx(json!({})), &template, &json!({"width": 128, "invert": false})).await;
     let prompt = out.unwrap();
     assert_eq!(prompt["1"]["inputs"]["width"], 128);
     assert!(prompt.get("2").is_none(), "the switched-off node is gone: {prompt}");
@@ -146,7 +151,7 @@ async fn renderer_and_output_processor_run() {
 
     let o = plugin("png_tidy");
     assert_eq!(o.hooks, vec![Hook::OutputProcess]);
-    let png = crate::comfy::sim::image::test_png_with_text();
+    let png = png_with_text();
     let item = Media { name: "out.png".into(), media_type: "image/png".into(), data: png.clone() };
     let (out, report) = host().output_process(&o, &ctx(json!({})), item.clone()).await;
     let files = out.unwrap();
@@ -172,4 +177,17 @@ async fn a_precompiled_plugin_loads_without_compiling_on_a_new_host() {
     let (r, _) = fresh.input_transform(&p, &ctx(json!({})), &json!({"prompt": "ok"})).await;
     assert_eq!(r.unwrap()["prompt"], "ok");
     assert!(load < Duration::from_millis(500), "deserializing took {load:?}");
+}
+
+/// A 4x4 PNG with a `tEXt` chunk (as ComfyUI writes the workflow into its outputs).
+fn png_with_text() -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, 4, 4);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.add_text_chunk("prompt".into(), "{\"1\": {\"class_type\": \"SaveImage\"}}".into()).unwrap();
+    let mut w = enc.write_header().unwrap();
+    w.write_image_data(&[200u8; 4 * 4 * 3]).unwrap();
+    w.finish().unwrap();
+    out
 }
