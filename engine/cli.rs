@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use crate::api;
 use crate::comfy::sim;
 use crate::config::{Config, ServeArgs, database_path};
-use crate::service::{Gateway, Registry, WorkflowDefinition, register_bundled};
+use crate::service::{
+    Gateway, PluginChange, PluginSource, PluginSpec, Registry, WorkflowDefinition, register_bundled,
+};
 use crate::store::Store;
 
 /// comfyui-gateway: a durable REST gateway in front of ComfyUI.
@@ -109,9 +111,15 @@ pub struct AddWorkflowArgs {
     /// Input JSON Schema file.
     #[arg(long)]
     pub schema: Option<PathBuf>,
-    /// Plugin (.wasm) file.
+    /// Plugin (.wasm component) file: compiled, type-checked and stored with the workflow.
     #[arg(long)]
     pub plugin: Option<PathBuf>,
+    /// The plugin's configuration: JSON text, or `@FILE`.
+    #[arg(long = "plugin-config", requires = "plugin")]
+    pub plugin_config: Option<String>,
+    /// Keep the original outputs beside those the plugin's output-process returns.
+    #[arg(long = "keep-originals", requires = "plugin")]
+    pub keep_originals: bool,
     #[command(flatten)]
     pub db: DbArgs,
 }
@@ -238,12 +246,28 @@ fn read_json(path: &Path) -> Result<Value, CliError> {
 }
 
 async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
-    if args.plugin.is_some() {
-        return Err(CliError {
-            message: "--plugin: plugins are not supported by this version yet".into(),
-            exit_code: 2,
-        });
-    }
+    let plugin = match &args.plugin {
+        Some(path) => {
+            let wasm = std::fs::read(path)
+                .map_err(|e| CliError { message: format!("--plugin {}: {e}", path.display()), exit_code: 2 })?;
+            let config = match args.plugin_config.as_deref() {
+                None => json!({}),
+                Some(text) => {
+                    let text = match text.strip_prefix('@') {
+                        Some(file) => std::fs::read_to_string(file)
+                            .map_err(|e| CliError { message: format!("--plugin-config {file}: {e}"), exit_code: 2 })?,
+                        None => text.to_string(),
+                    };
+                    serde_json::from_str(&text).map_err(|e| CliError {
+                        message: format!("--plugin-config: not JSON: {e}"),
+                        exit_code: 2,
+                    })?
+                }
+            };
+            PluginChange::Set(PluginSpec { source: PluginSource::Wasm(wasm), config, keep_originals: args.keep_originals })
+        }
+        None => PluginChange::Keep,
+    };
     let file = read_json(&args.file)?;
     // Either a bare API-format template, or a definition object holding one.
     let (template, mut schema, defaults, keep_previews) = match file.get("workflow") {
@@ -266,11 +290,14 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
         input_schema: schema.filter(|s| !s.is_null()),
         defaults: defaults.and_then(|d| d.as_object().cloned()),
         keep_previews,
+        plugin,
     };
     match open_store(&args.db)? {
         Some(store) => {
             let replace = store.get_workflow(&def.id).map_err(|e| CliError::runtime(e.to_string()))?.is_some();
-            let registry = Registry::new(store.clone());
+            let host = crate::plugins::Host::new(crate::plugins::Limits::default())
+                .map_err(|e| CliError::runtime(e.message))?;
+            let registry = Registry::new(store.clone(), host);
             let rec = registry.put_workflow(def, replace).await.map_err(|e| CliError::runtime(e.message))?;
             store.close().await;
             println!("workflow {} version {}", rec.id, rec.version);
@@ -278,11 +305,21 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
         }
         None => {
             let base = args.db.server.base_url();
-            let body = json!({
+            let mut body = json!({
                 "id": def.id, "name": def.name, "description": def.description,
                 "workflow": def.template, "inputSchema": def.input_schema, "defaults": def.defaults,
                 "keepPreviews": def.keep_previews,
             });
+            if let PluginChange::Set(PluginSpec { source: PluginSource::Wasm(wasm), config, keep_originals }) =
+                &def.plugin
+            {
+                use base64::Engine as _;
+                body["plugin"] = json!({
+                    "wasm": base64::engine::general_purpose::STANDARD.encode(wasm),
+                    "config": config,
+                    "keepOriginals": keep_originals,
+                });
+            }
             let http = args.db.server.client()?;
             let exists = http
                 .get(format!("{base}/workflows/{}", def.id))

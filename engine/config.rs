@@ -174,6 +174,18 @@ pub struct ServeArgs {
         value_name = "PRUNE_INTERVAL_MS"
     )]
     pub prune_interval_ms: u64,
+    /// Wall time of one plugin call, in ms.
+    #[arg(long = "plugin-timeout-ms", env = "PLUGIN_TIMEOUT_MS", default_value_t = 2_000, value_name = "PLUGIN_TIMEOUT_MS")]
+    pub plugin_timeout_ms: u64,
+    /// Linear memory of one plugin instance, in MiB.
+    #[arg(long = "plugin-memory-mb", env = "PLUGIN_MEMORY_MB", default_value_t = 64, value_name = "PLUGIN_MEMORY_MB")]
+    pub plugin_memory_mb: u32,
+    /// Instructions (roughly) one plugin call may execute (unset: no fuel limit).
+    #[arg(long = "plugin-fuel", env = "PLUGIN_FUEL", value_name = "PLUGIN_FUEL")]
+    pub plugin_fuel: Option<u64>,
+    /// Plugin calls in flight at once (sizes the pooling allocator).
+    #[arg(long = "plugin-concurrency", env = "PLUGIN_CONCURRENCY", default_value_t = 16, value_name = "PLUGIN_CONCURRENCY")]
+    pub plugin_concurrency: u32,
     /// API keys as `key:role,...` (roles: admin, user).
     #[arg(
         long = "api-keys",
@@ -356,6 +368,8 @@ pub struct Config {
     pub api_limits: ApiLimits,
     /// The result cache and retention periods.
     pub retention: Retention,
+    /// Limits of every plugin call (`PLUGIN_*`).
+    pub plugin_limits: crate::plugins::Limits,
     /// API keys and JWT keys; empty: open mode (no credentials asked).
     pub auth: Arc<Auth>,
     /// `/metrics` without credentials even when authentication is on.
@@ -443,6 +457,24 @@ impl Config {
         let webhooks = webhook_settings(args)?;
         let public_url = public_url(args)?;
         let retention = retention(args)?;
+        if !(10..=600_000).contains(&args.plugin_timeout_ms) {
+            return Err(bad("PLUGIN_TIMEOUT_MS", "must be between 10 and 600000"));
+        }
+        if !(1..=4096).contains(&args.plugin_memory_mb) {
+            return Err(bad("PLUGIN_MEMORY_MB", "must be between 1 and 4096"));
+        }
+        if args.plugin_fuel == Some(0) {
+            return Err(bad("PLUGIN_FUEL", "must be at least 1 (unset it for no fuel limit)"));
+        }
+        if !(1..=1024).contains(&args.plugin_concurrency) {
+            return Err(bad("PLUGIN_CONCURRENCY", "must be between 1 and 1024"));
+        }
+        let plugin_limits = crate::plugins::Limits {
+            timeout: std::time::Duration::from_millis(args.plugin_timeout_ms),
+            memory_bytes: (args.plugin_memory_mb as usize) << 20,
+            fuel: args.plugin_fuel,
+            concurrency: args.plugin_concurrency,
+        };
         let auth = auth_from_args(args)?;
         let database_path = database_path(&args.database_url)?;
         let sealer = if args.privacy_mode {
@@ -455,6 +487,7 @@ impl Config {
         Ok(Config {
             api_limits,
             retention,
+            plugin_limits,
             host: args.host,
             port: args.port,
             backend_urls,

@@ -506,8 +506,21 @@ pub struct WorkflowRecord {
     /// Creation time of this version.
     pub created_ms: u64,
     /// Keep PreviewImage (temp) outputs as job outputs; otherwise only saved outputs are.
-    /// (Last field: records before it was added decode with `false`, see store::codec.)
+    /// (Format version 2: records before it decode with `false`, see store::codec.)
     pub keep_previews: bool,
+    /// The workflow's plugin, if it has one (format version 3: older records read `None`).
+    pub plugin: Option<PluginRef>,
+}
+
+/// A workflow's WebAssembly plugin: the stored component and its configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PluginRef {
+    /// BLAKE3 of the component's bytes (its key in the store).
+    pub hash: Hash,
+    /// The plugin's configuration, as compact JSON (`host.config()`).
+    pub config_json: String,
+    /// Keep the original output files beside those `output-process` returns.
+    pub keep_originals: bool,
 }
 
 /// What an authenticated caller may do.

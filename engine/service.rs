@@ -10,6 +10,8 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::canonical;
+use crate::domain::PluginRef;
+use crate::plugins::{CallContext, Hook};
 use crate::config::Config;
 use crate::domain::{Hash, IdempotencyRecord, InputRef, Job, JobId, JobState, WorkflowRecord, input_subfolder, now_ms};
 use crate::error::{Error, ErrorCode, Result};
@@ -96,6 +98,39 @@ pub struct WorkflowDefinition {
     pub defaults: Option<Map<String, Value>>,
     /// Keep PreviewImage (temp) outputs.
     pub keep_previews: bool,
+    /// What to do with the workflow's plugin.
+    pub plugin: PluginChange,
+}
+
+/// A workflow definition's plugin field.
+#[derive(Debug, Clone)]
+pub enum PluginChange {
+    /// Keep the current version's plugin (none for a new workflow).
+    Keep,
+    /// No plugin.
+    Remove,
+    /// This plugin.
+    Set(PluginSpec),
+}
+
+/// A plugin and its configuration.
+#[derive(Debug, Clone)]
+pub struct PluginSpec {
+    /// The component.
+    pub source: PluginSource,
+    /// Its configuration (`host.config()`).
+    pub config: Value,
+    /// Keep the original outputs beside the processed ones.
+    pub keep_originals: bool,
+}
+
+/// Where a plugin's component comes from.
+#[derive(Debug, Clone)]
+pub enum PluginSource {
+    /// Uploaded bytes.
+    Wasm(Vec<u8>),
+    /// A component already stored (by BLAKE3 hash).
+    Stored(Hash),
 }
 
 /// Highest and lowest priority level accepted.
@@ -114,6 +149,8 @@ pub struct Gateway {
     pub registry: Registry,
     /// The metrics registry (shared with the scheduler).
     pub metrics: Metrics,
+    /// The WebAssembly plugin host (shared with the scheduler).
+    pub plugins: crate::plugins::Host,
     /// The webhook delivery task.
     pub webhooks: crate::webhooks::Webhooks,
 }
@@ -122,6 +159,7 @@ pub struct Gateway {
 #[derive(Debug, Clone)]
 pub struct Registry {
     store: Store,
+    plugins: crate::plugins::Host,
     compiled: Arc<Mutex<HashMap<(String, u32), CompiledWorkflow>>>,
 }
 
@@ -135,10 +173,12 @@ impl Gateway {
             register_bundled(&store).await?;
         }
         let metrics = Metrics::new();
-        let scheduler = Scheduler::start(store.clone(), config.clone(), metrics.clone()).await?;
+        let plugins = crate::plugins::Host::new(config.plugin_limits.clone())?;
+        let scheduler = Scheduler::start(store.clone(), config.clone(), metrics.clone(), plugins.clone()).await?;
         let webhooks = crate::webhooks::Webhooks::new();
         let gateway = Gateway {
-            registry: Registry::new(store.clone()),
+            registry: Registry::new(store.clone(), plugins.clone()),
+            plugins,
             store,
             scheduler,
             config,
@@ -181,8 +221,37 @@ impl Gateway {
         let id = uuid::Uuid::new_v4();
         let mut given = req.inputs;
         let (input_refs, blobs) = self.load_images(id, compiled.image_inputs(), &mut given, req.files).await?;
-        let prepared =
+        let plugin = match &rec.plugin {
+            Some(p) => Some((self.registry.plugin(p).await?, p)),
+            None => None,
+        };
+        let call = |p: &PluginRef| CallContext {
+            job_id: id.to_string(),
+            workflow: (rec.id.clone(), rec.version),
+            owner: req.owner.clone(),
+            config: p.config_json.clone(),
+        };
+        // input-transform: on the client's inputs (images already replaced by their file
+        // names), before the schema's check and the cache key.
+        if let Some((plugin, p)) = &plugin
+            && plugin.hooks.contains(&Hook::InputTransform)
+        {
+            let (result, report) = self.plugins.input_transform(plugin, &call(p), &given).await;
+            log_plugin(Hook::InputTransform, &report.logs);
+            given = result.map_err(|f| f.to_error(Hook::InputTransform))?;
+        }
+        let mut prepared =
             compiled.prepare(&given, &self.limits(), &mut rand::rng()).map_err(|e| workflow_error("/inputs", e))?;
+        // template-render: replaces the built-in renderer's prompt.
+        if let Some((plugin, p)) = &plugin
+            && plugin.hooks.contains(&Hook::TemplateRender)
+        {
+            let template: Value = serde_json::from_str(&rec.template_json).unwrap_or(Value::Null);
+            let inputs = Value::Object(prepared.inputs.clone());
+            let (result, report) = self.plugins.template_render(plugin, &call(p), &template, &inputs).await;
+            log_plugin(Hook::TemplateRender, &report.logs);
+            prepared.prompt = result.map_err(|f| f.to_error(Hook::TemplateRender))?;
+        }
         let created_ms = now_ms();
         // A drawn (random) seed makes the result unrepeatable: neither served from nor
         // stored in the cache. In privacy mode results are not shared between owners.
@@ -193,7 +262,7 @@ impl Gateway {
         });
         let seed = prepared.seed.or_else(|| prepared.inputs.get("seed").and_then(Value::as_i64));
         let rank_ms = queue_rank(created_ms, req.priority, self.config.queue_aging_ms);
-        let inputs_json = Value::Object(prepared.inputs).to_string();
+        let inputs_json = Value::Object(prepared.inputs.clone()).to_string();
         let job = Job {
             seed,
             metadata_json: req.metadata.map(|m| m.to_string()),
@@ -383,9 +452,34 @@ impl Gateway {
 }
 
 impl Registry {
-    /// A registry over `store`.
-    pub fn new(store: Store) -> Registry {
-        Registry { store, compiled: Arc::default() }
+    /// A registry over `store`, loading plugins with `plugins`.
+    pub fn new(store: Store, plugins: crate::plugins::Host) -> Registry {
+        Registry { store, plugins, compiled: Arc::default() }
+    }
+
+    /// A workflow's plugin, ready to call (compiled or loaded precompiled at first use).
+    pub async fn plugin(&self, p: &PluginRef) -> Result<crate::plugins::Plugin> {
+        self.plugins.load(&self.store, &p.hash).await.map_err(|f| {
+            Error::internal(format!("stored plugin {} cannot be loaded: {}", crate::domain::hash_hex(&p.hash), f.message))
+        })
+    }
+
+    /// The plugin a definition asks for, installed (compiled, type-checked, stored).
+    async fn plugin_ref(&self, change: PluginChange, current: Option<&WorkflowRecord>) -> Result<Option<PluginRef>> {
+        let spec = match change {
+            PluginChange::Keep => return Ok(current.and_then(|c| c.plugin.clone())),
+            PluginChange::Remove => return Ok(None),
+            PluginChange::Set(spec) => spec,
+        };
+        let refused = |f: crate::plugins::Failure| Error::validation("/plugin", f.message);
+        let plugin = match spec.source {
+            PluginSource::Wasm(wasm) => self.plugins.install(&self.store, wasm).await.map_err(refused)?,
+            PluginSource::Stored(hash) => self.plugins.load(&self.store, &hash).await.map_err(refused)?,
+        };
+        if !spec.config.is_object() {
+            return Err(Error::validation("/plugin/config", "must be a JSON object"));
+        }
+        Ok(Some(PluginRef { hash: plugin.hash, config_json: spec.config.to_string(), keep_originals: spec.keep_originals }))
     }
 
     /// The compiled form of a stored workflow version (cached).
@@ -404,7 +498,8 @@ impl Registry {
     /// Register a new workflow (error if the id exists) or, with `replace`, a new version.
     pub async fn put_workflow(&self, def: WorkflowDefinition, replace: bool) -> Result<WorkflowRecord> {
         validate_workflow_id(&def.id)?;
-        let exists = self.store.get_workflow(&def.id)?.is_some();
+        let current = self.store.get_workflow(&def.id)?;
+        let exists = current.is_some();
         if exists && !replace {
             return Err(Error::new(ErrorCode::Conflict, format!("workflow {:?} exists; use PUT to update it", def.id)));
         }
@@ -423,6 +518,7 @@ impl Registry {
             defaults_json: def.defaults.map(|d| Value::Object(d).to_string()),
             created_ms: now_ms(),
             keep_previews: def.keep_previews,
+            plugin: self.plugin_ref(def.plugin, current.as_ref()).await?,
         };
         Ok(self.store.put_workflow(rec).await?)
     }
@@ -474,12 +570,20 @@ pub async fn register_bundled(store: &Store) -> Result<()> {
             defaults_json: None,
             created_ms: now_ms(),
             keep_previews: false,
+            plugin: None,
         };
         if store.put_workflow_if_absent(rec).await? {
             tracing::info!(workflow = b.id, "registered bundled workflow");
         }
     }
     Ok(())
+}
+
+/// Write a plugin call's log lines to the gateway's log (under the request's span).
+fn log_plugin(hook: Hook, logs: &[crate::plugins::sandbox::LogLine]) {
+    for l in logs {
+        tracing::info!(hook = hook.as_str(), level = l.level, "plugin: {}", l.message);
+    }
 }
 
 /// The stored key of an idempotency key: scoped by its owner ("" in open mode), so two

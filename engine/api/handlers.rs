@@ -21,7 +21,9 @@ use crate::domain::{
     AuditAction, AuditEntry, Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord, now_ms,
 };
 use crate::error::{Error, ErrorCode, Result};
-use crate::service::{IdempotencyKey, SubmitRequest, Submitted, WorkflowDefinition};
+use crate::service::{
+    IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
+};
 
 /// Read the whole body, at most `MAX_BODY_BYTES`.
 async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes> {
@@ -261,6 +263,13 @@ fn workflow_details(w: &WorkflowRecord, schema: Value) -> Value {
     v["workflow"] = serde_json::from_str(&w.template_json).unwrap_or(Value::Null);
     v["defaults"] = w.defaults_json.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(json!({}));
     v["keepPreviews"] = json!(w.keep_previews);
+    if let Some(p) = &w.plugin {
+        v["plugin"] = json!({
+            "hash": crate::domain::hash_hex(&p.hash),
+            "config": serde_json::from_str::<Value>(&p.config_json).unwrap_or(Value::Null),
+            "keepOriginals": p.keep_originals,
+        });
+    }
     v
 }
 
@@ -275,9 +284,6 @@ const WORKFLOW_FIELDS: &[&str] =
 
 fn workflow_definition(body: &Map<String, Value>, id: String) -> Result<WorkflowDefinition> {
     reject_unknown(body, WORKFLOW_FIELDS)?;
-    if body.get("plugin").is_some_and(|p| !p.is_null()) {
-        return Err(Error::validation("/plugin", "plugins are not supported by this version yet"));
-    }
     let template = match body.get("workflow") {
         Some(v @ Value::Object(_)) => v.clone(),
         Some(_) => {
@@ -302,7 +308,50 @@ fn workflow_definition(body: &Map<String, Value>, id: String) -> Result<Workflow
             Some(Value::Bool(b)) => *b,
             Some(_) => return Err(Error::validation("/keepPreviews", "must be a boolean")),
         },
+        plugin: plugin_change(body.get("plugin"))?,
     })
+}
+
+const PLUGIN_FIELDS: &[&str] = &["wasm", "hash", "config", "keepOriginals"];
+
+/// `plugin`: absent keeps the current one (on update), `null` removes it, an object sets it:
+/// `{wasm: <base64 component>, config?, keepOriginals?}` or `{hash: <hex of a stored one>, ...}`.
+fn plugin_change(v: Option<&Value>) -> Result<PluginChange> {
+    let obj = match v {
+        None => return Ok(PluginChange::Keep),
+        Some(Value::Null) => return Ok(PluginChange::Remove),
+        Some(Value::Object(o)) => o,
+        Some(_) => return Err(Error::validation("/plugin", "must be an object {wasm|hash, config?, keepOriginals?} or null")),
+    };
+    for k in obj.keys() {
+        if !PLUGIN_FIELDS.contains(&k.as_str()) {
+            return Err(Error::validation(&format!("/plugin/{k}"), "is not a plugin field (wasm, hash, config, keepOriginals)"));
+        }
+    }
+    use base64::Engine as _;
+    let source = match (obj.get("wasm"), obj.get("hash")) {
+        (Some(Value::String(b64)), None) => PluginSource::Wasm(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .map_err(|e| Error::validation("/plugin/wasm", format!("is not base64: {e}")))?,
+        ),
+        (None, Some(Value::String(hex))) => {
+            let hash = blake3::Hash::from_hex(hex.trim())
+                .map_err(|_| Error::validation("/plugin/hash", "must be the 64 hex digits of a stored plugin"))?;
+            PluginSource::Stored(*hash.as_bytes())
+        }
+        _ => return Err(Error::validation("/plugin", "needs exactly one of wasm (base64) and hash (hex)")),
+    };
+    let config = match obj.get("config") {
+        None | Some(Value::Null) => json!({}),
+        Some(c) => c.clone(),
+    };
+    let keep_originals = match obj.get("keepOriginals") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::validation("/plugin/keepOriginals", "must be a boolean")),
+    };
+    Ok(PluginChange::Set(PluginSpec { source, config, keep_originals }))
 }
 
 /// `POST /workflows`: 201 with the new workflow.

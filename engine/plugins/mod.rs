@@ -240,6 +240,14 @@ struct HostInner {
     loaded: Mutex<HashMap<Hash, Plugin>>,
     ticker: Option<std::thread::JoinHandle<()>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    counters: Counters,
+}
+
+/// Compilations and precompiled loads (for logs, metrics and tests).
+#[derive(Default)]
+struct Counters {
+    compiled: std::sync::atomic::AtomicU64,
+    from_cache: std::sync::atomic::AtomicU64,
 }
 
 impl Drop for HostInner {
@@ -339,6 +347,7 @@ impl Host {
                 loaded: Mutex::new(HashMap::new()),
                 ticker: Some(ticker),
                 stop,
+                counters: Counters::default(),
             }),
         })
     }
@@ -393,6 +402,62 @@ impl Host {
         let plugin = self.prepare(hash, &component)?;
         self.inner.loaded.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, plugin.clone());
         Ok(plugin)
+    }
+
+    /// Compile and store a new plugin (component + artifact for this engine): the plugin.
+    pub async fn install(&self, store: &crate::store::Store, wasm: Vec<u8>) -> Result<Plugin, Failure> {
+        let host = self.clone();
+        let bytes = wasm.clone();
+        // Cranelift takes a while for a large component: off the async workers.
+        let compiled = tokio::task::spawn_blocking(move || host.compile(&bytes))
+            .await
+            .map_err(|e| Failure::new("invalid plugin", format!("compilation stopped: {e}")))??;
+        let (plugin, precompiled) = compiled;
+        store
+            .put_plugin(plugin.hash, wasm, self.compat_hash(), precompiled)
+            .await
+            .map_err(|e| Failure::new("invalid plugin", format!("cannot be stored: {e}")))?;
+        self.counters().compiled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(plugin)
+    }
+
+    /// A stored plugin, ready to call: from memory, else from its precompiled artifact for
+    /// this engine (milliseconds), else compiled from its component (and the artifact
+    /// stored for the next start).
+    pub async fn load(&self, store: &crate::store::Store, hash: &Hash) -> Result<Plugin, Failure> {
+        if let Some(p) = self.loaded(hash) {
+            return Ok(p);
+        }
+        let gone = |e: String| Failure::new("invalid plugin", e);
+        if let Some(artifact) = store.plugin_artifact(hash, &self.compat_hash()).map_err(|e| gone(e.to_string()))? {
+            let plugin = self.load_precompiled(*hash, &artifact)?;
+            self.counters().from_cache.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(plugin);
+        }
+        let wasm = store
+            .plugin_wasm(hash)
+            .map_err(|e| gone(e.to_string()))?
+            .ok_or_else(|| gone(format!("plugin {} is not stored", crate::domain::hash_hex(hash))))?;
+        let host = self.clone();
+        let (plugin, precompiled) = tokio::task::spawn_blocking(move || host.compile(&wasm))
+            .await
+            .map_err(|e| gone(format!("compilation stopped: {e}")))??;
+        store
+            .put_plugin(*hash, Vec::new(), self.compat_hash(), precompiled)
+            .await
+            .map_err(|e| gone(format!("cannot store the artifact: {e}")))?;
+        self.counters().compiled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(plugin)
+    }
+
+    /// How many plugins this host compiled, and how many it loaded precompiled.
+    pub fn load_counts(&self) -> (u64, u64) {
+        let c = self.counters();
+        (c.compiled.load(std::sync::atomic::Ordering::Relaxed), c.from_cache.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn counters(&self) -> &Counters {
+        &self.inner.counters
     }
 
     /// A plugin already loaded, by hash.

@@ -181,6 +181,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// "Job X has new events" after every commit that appends to a job's log.
     pub(crate) feed: feed::Feed,
+    /// The plugin host (output-process hooks).
+    pub(crate) plugins: crate::plugins::Host,
 }
 
 impl Shared {
@@ -282,7 +284,12 @@ pub struct Scheduler {
 impl Scheduler {
     /// Rebuild state from the store, then start backend tasks, recovery runners and the
     /// dispatch loop.
-    pub async fn start(store: Store, config: Arc<Config>, metrics: Metrics) -> Result<Scheduler> {
+    pub async fn start(
+        store: Store,
+        config: Arc<Config>,
+        metrics: Metrics,
+        plugins: crate::plugins::Host,
+    ) -> Result<Scheduler> {
         let http = ComfyClient::http_pool();
         let backends: Vec<Arc<Backend>> =
             config.backend_urls.iter().map(|url| Arc::new(Backend::new(url, http.clone()))).collect();
@@ -296,6 +303,7 @@ impl Scheduler {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             feed: feed::Feed::default(),
+            plugins,
         });
         // Seed the run durations from recent history (bounded: the newest jobs only).
         let mut recent = store.list_jobs(None, feed::DURATIONS_SEED_JOBS, |_| true)?;

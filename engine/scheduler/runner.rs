@@ -543,17 +543,14 @@ impl Run {
 
     async fn store_outputs(&mut self, files: Vec<OutputFile>) -> Result<Phase, Exit> {
         // Saved outputs always; PreviewImage (temp) files only when the workflow asks.
-        let keep_previews = match self
-            .shared
-            .store
-            .get_workflow_version(&self.job.workflow_id, self.job.workflow_version)
-        {
-            Ok(rec) => rec.is_some_and(|w| w.keep_previews),
+        let workflow = match self.shared.store.get_workflow_version(&self.job.workflow_id, self.job.workflow_version) {
+            Ok(rec) => rec,
             Err(e) => {
                 tracing::error!(job = %self.id(), error = %e, "cannot read the job's workflow; previews are dropped");
-                false
+                None
             }
         };
+        let keep_previews = workflow.as_ref().is_some_and(|w| w.keep_previews);
         let wanted: Vec<OutputFile> = files
             .into_iter()
             .filter(|f| f.folder_type == "output" || (keep_previews && f.folder_type == "temp"))
@@ -564,11 +561,10 @@ impl Run {
                 .to_string();
             return self.fail(ErrorCode::ComfyuiNodeError, message, None).await;
         }
-        let mut outputs = Vec::with_capacity(wanted.len());
-        let mut blobs: Vec<NewBlob> = Vec::with_capacity(wanted.len());
-        for file in &wanted {
+        let mut files = Vec::with_capacity(wanted.len());
+        for file in wanted {
             let bytes = tokio::select! {
-                r = self.backend.client.view(file) => r,
+                r = self.backend.client.view(&file) => r,
                 _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
             };
             let bytes = match bytes {
@@ -584,9 +580,22 @@ impl Run {
                 (Some(_), Some(stripped)) => bytes::Bytes::from(stripped),
                 _ => bytes,
             };
-            let hash = *blake3::hash(&bytes).as_bytes();
             let media_type = protocol::media_type_of(&file.filename).to_string();
-            let name = unique_name(&outputs, file);
+            files.push((file, media_type, bytes));
+        }
+        // output-process: each file through the workflow's plugin, before anything is stored;
+        // its result is committed with the success, so a recovered job never runs it twice.
+        if let Some(p) = workflow.as_ref().and_then(|w| w.plugin.clone()) {
+            files = match self.process_outputs(&p, files).await {
+                Ok(files) => files,
+                Err(e) => return self.fail(e.code, e.message, e.details).await,
+            };
+        }
+        let mut outputs = Vec::with_capacity(files.len());
+        let mut blobs: Vec<NewBlob> = Vec::with_capacity(files.len());
+        for (file, media_type, bytes) in files {
+            let hash = *blake3::hash(&bytes).as_bytes();
+            let name = unique_name(&outputs, &file);
             outputs.push(OutputRef {
                 name,
                 node_id: file.node_id.clone(),
@@ -600,6 +609,43 @@ impl Run {
         }
         self.commit_with(Event::Succeed { outputs }, blobs).await;
         Err(Exit::Finished)
+    }
+
+    /// Run the plugin's `output-process` hook (if it has one) over every file: the files to
+    /// store (the originals too, first, when the workflow keeps them).
+    async fn process_outputs(
+        &self,
+        p: &crate::domain::PluginRef,
+        files: Vec<(OutputFile, String, bytes::Bytes)>,
+    ) -> Result<Vec<(OutputFile, String, bytes::Bytes)>, crate::error::Error> {
+        use crate::plugins::{CallContext, Hook, Media};
+        let host = &self.shared.plugins;
+        let plugin = host.load(&self.shared.store, &p.hash).await.map_err(|f| f.to_error(Hook::OutputProcess))?;
+        if !plugin.hooks.contains(&Hook::OutputProcess) {
+            return Ok(files);
+        }
+        let ctx = CallContext {
+            job_id: self.id().to_string(),
+            workflow: (self.job.workflow_id.clone(), self.job.workflow_version),
+            owner: self.job.owner.clone(),
+            config: p.config_json.clone(),
+        };
+        let mut out = Vec::with_capacity(files.len());
+        for (file, media_type, bytes) in files {
+            if p.keep_originals {
+                out.push((file.clone(), media_type.clone(), bytes.clone()));
+            }
+            let item = Media { name: file.filename.clone(), media_type, data: bytes.to_vec() };
+            let (result, report) = host.output_process(&plugin, &ctx, item).await;
+            for l in &report.logs {
+                tracing::info!(job = %self.id(), hook = "output-process", level = l.level, "plugin: {}", l.message);
+            }
+            for m in result.map_err(|f| f.to_error(Hook::OutputProcess))? {
+                let named = OutputFile { filename: m.name, ..file.clone() };
+                out.push((named, m.media_type, bytes::Bytes::from(m.data)));
+            }
+        }
+        Ok(out)
     }
 }
 

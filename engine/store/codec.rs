@@ -10,8 +10,8 @@
 //! of the same record, which is how old records are read ([`decode_upgraded`]).
 //! - `jobs`: [`JOBS_VERSION`] = 5 (v2 appended `inputs`, v3 `owner`, v4 `webhook_events`,
 //!   v5 `cache_key`).
-//! - `workflows`, `workflow_versions`: [`WORKFLOWS_VERSION`] = 2 (v2 appended
-//!   `keep_previews`).
+//! - `workflows`, `workflow_versions`: [`WORKFLOWS_VERSION`] = 3 (v2 appended
+//!   `keep_previews`, v3 `plugin`).
 //! - every other table (`job_events`, `blobs`, `audit`, ...): [`FORMAT_VERSION`] = 1.
 
 use serde::{Serialize, de::DeserializeOwned};
@@ -25,7 +25,7 @@ pub(crate) const FORMAT_VERSION: u8 = 1;
 pub(crate) const JOBS_VERSION: u8 = 5;
 
 /// The format version of `workflows` and `workflow_versions` records.
-pub(crate) const WORKFLOWS_VERSION: u8 = 2;
+pub(crate) const WORKFLOWS_VERSION: u8 = 3;
 
 /// Encode a record for `table` under `key` (both only used in the error).
 pub(crate) fn encode<T: Serialize>(
@@ -182,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_workflow_record_reads_with_keep_previews_false() {
+    fn older_workflow_records_read_with_keep_previews_false_and_no_plugin() {
         #[derive(serde::Serialize)]
         struct V1 {
             id: String,
@@ -193,11 +193,14 @@ mod tests {
             id: String,
             version: u32,
             keep_previews: bool,
+            plugin: Option<(u8, String)>,
         }
         let old = encode("workflows", &"w", &V1 { id: "w".into(), version: 4 }).unwrap();
         let read = |bytes: &[u8]| decode_upgraded::<Now>(WORKFLOWS_VERSION, "workflows", &"w", bytes);
-        assert_eq!(read(&old).unwrap(), Now { id: "w".into(), version: 4, keep_previews: false });
-        let new = encode_at(WORKFLOWS_VERSION, "workflows", &"w", &("w", 4u32, true)).unwrap();
-        assert!(read(&new).unwrap().keep_previews);
+        assert_eq!(read(&old).unwrap(), Now { id: "w".into(), version: 4, keep_previews: false, plugin: None });
+        let v2 = encode_at(2, "workflows", &"w", &("w", 4u32, true)).unwrap();
+        assert_eq!(read(&v2).unwrap(), Now { id: "w".into(), version: 4, keep_previews: true, plugin: None });
+        let v3 = encode_at(WORKFLOWS_VERSION, "workflows", &"w", &("w", 4u32, true, Some((7u8, "c")))).unwrap();
+        assert_eq!(read(&v3).unwrap().plugin, Some((7, "c".to_string())));
     }
 }

@@ -160,10 +160,17 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
             return Err(corrupt("workflow_versions", format!("{}@{}", rec.id, rec.version), "current version missing"));
         }
     }
+    let plugins = txn.open_table(super::tables::PLUGINS)?;
     for entry in versions.range::<(&str, u32)>(..)? {
         let (key, _) = entry?;
         let (id, version) = key.value();
-        workflows::get_version(txn, id, version)?;
+        let rec = workflows::get_version(txn, id, version)?
+            .ok_or_else(|| corrupt("workflow_versions", format!("{id}@{version}"), "vanished during the scan"))?;
+        if let Some(p) = &rec.plugin
+            && plugins.get(p.hash)?.is_none()
+        {
+            return Err(corrupt("plugins", hash_hex(&p.hash), format!("named by workflow {id}@{version} but not stored")));
+        }
     }
     Ok(())
 }

@@ -25,6 +25,7 @@ mod codec;
 mod integrity;
 mod jobs;
 mod outbox;
+mod plugins;
 mod prune;
 mod tables;
 mod workflows;
@@ -372,6 +373,25 @@ impl Store {
         limit: usize,
     ) -> Result<Pruned, StoreError> {
         self.submit(prune::Prune { finished_before_ms, cache_before_ms, now_ms, limit }).await
+    }
+
+    /// Store a plugin component (if new; `Invalid` if `wasm` does not hash to `hash`) and
+    /// its precompiled artifact for the engine compatibility hash `compat`. An empty `wasm`
+    /// stores only the artifact of an already stored component.
+    pub async fn put_plugin(&self, hash: Hash, wasm: Vec<u8>, compat: Hash, precompiled: Vec<u8>) -> Result<(), StoreError> {
+        self.submit(plugins::PutPlugin { hash, wasm, compat, precompiled }).await
+    }
+
+    /// A plugin component's bytes.
+    pub fn plugin_wasm(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        plugins::wasm(&txn, hash)
+    }
+
+    /// A plugin's precompiled artifact for an engine compatibility hash.
+    pub fn plugin_artifact(&self, hash: &Hash, compat: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        plugins::artifact(&txn, hash, compat)
     }
 
     /// Append an entry to the audit log; its sequence number (from 1, increasing).

@@ -20,6 +20,8 @@
 //! - `cache`: result-cache key -> `CacheEntry` (its outputs hold blob references).
 //! - `cache_by_time`: `(created_ms, key)` -> `()`; every cache entry, oldest first (pruning).
 //! - `idempotency`: `"<owner>\n<key>"` -> `IdempotencyRecord`.
+//! - `plugins`: BLAKE3 of a plugin component -> its wasm bytes (kept forever).
+//! - `plugin_artifacts`: `(plugin hash, engine compatibility hash)` -> precompiled bytes.
 //! - `idempotency_by_expiry`: `(expires_ms, "<owner>\n<key>")` -> `()`; every record (pruning).
 
 use redb::{Table, TableDefinition, WriteTransaction};
@@ -67,6 +69,11 @@ pub(crate) const IDEMPOTENCY: TableDefinition<&str, &[u8]> = TableDefinition::ne
 /// Idempotency records by expiry time.
 pub(crate) const IDEMPOTENCY_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
     TableDefinition::new("idempotency_by_expiry");
+
+/// Plugin components by hash.
+pub(crate) const PLUGINS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("plugins");
+/// Precompiled plugin artifacts by (plugin hash, engine compatibility hash).
+pub(crate) const PLUGIN_ARTIFACTS: TableDefinition<([u8; 32], [u8; 32]), &[u8]> = TableDefinition::new("plugin_artifacts");
 
 /// The schema this code reads and writes; stored under `meta["schema_version"]`.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
@@ -126,6 +133,8 @@ pub(crate) struct WriteTables<'txn> {
     pub cache_by_time: Table<'txn, (u64, [u8; 32]), ()>,
     pub idempotency: Table<'txn, &'static str, &'static [u8]>,
     pub idempotency_by_expiry: Table<'txn, (u64, &'static str), ()>,
+    pub plugins: Table<'txn, [u8; 32], &'static [u8]>,
+    pub plugin_artifacts: Table<'txn, ([u8; 32], [u8; 32]), &'static [u8]>,
     /// Set by a write that made a delivery pending: the writer wakes the webhook worker
     /// after the commit.
     pub outbox_changed: bool,
@@ -154,6 +163,8 @@ impl<'txn> WriteTables<'txn> {
             cache_by_time: txn.open_table(CACHE_BY_TIME)?,
             idempotency: txn.open_table(IDEMPOTENCY)?,
             idempotency_by_expiry: txn.open_table(IDEMPOTENCY_BY_EXPIRY)?,
+            plugins: txn.open_table(PLUGINS)?,
+            plugin_artifacts: txn.open_table(PLUGIN_ARTIFACTS)?,
             outbox_changed: false,
         })
     }

@@ -32,9 +32,18 @@ pub(crate) struct WorkflowPlan {
     bytes: Vec<u8>,
 }
 
-fn plan_version(rec: &WorkflowRecord, last: Option<u32>) -> Result<WorkflowPlan, StoreError> {
+fn plan_version(t: &WriteTables<'_>, rec: &WorkflowRecord, last: Option<u32>) -> Result<WorkflowPlan, StoreError> {
     if rec.id.is_empty() || rec.id.len() > WORKFLOW_ID_BYTES_MAX {
         return Err(StoreError::Invalid(format!("workflow id must be 1..={WORKFLOW_ID_BYTES_MAX} bytes")));
+    }
+    if let Some(p) = &rec.plugin
+        && !super::plugins::stored(t, &p.hash)?
+    {
+        return Err(StoreError::Invalid(format!(
+            "workflow {} names plugin {}, which is not stored",
+            rec.id,
+            crate::domain::hash_hex(&p.hash)
+        )));
     }
     let version = last
         .unwrap_or(0)
@@ -76,7 +85,7 @@ impl WriteOp for PutWorkflow {
 
     fn check(&self, t: &WriteTables<'_>) -> Result<WorkflowPlan, StoreError> {
         let last = last_version(&t.workflow_versions, &self.rec.id)?;
-        plan_version(&self.rec, last)
+        plan_version(t, &self.rec, last)
     }
 
     fn write(&self, plan: WorkflowPlan, t: &mut WriteTables<'_>) -> Result<WorkflowRecord, StoreError> {
@@ -92,7 +101,7 @@ impl WriteOp for PutWorkflowIfAbsent {
     fn check(&self, t: &WriteTables<'_>) -> Result<Self::Plan, StoreError> {
         match last_version(&t.workflow_versions, &self.rec.id)? {
             Some(_) => Ok(None),
-            None => plan_version(&self.rec, None).map(Some),
+            None => plan_version(t, &self.rec, None).map(Some),
         }
     }
 
