@@ -60,6 +60,7 @@ fn workflow(id: &str, name: &str) -> WorkflowRecord {
         defaults_json: None,
         created_ms: 5,
         keep_previews: true,
+        plugin: None,
     }
 }
 
