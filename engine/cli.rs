@@ -14,9 +14,7 @@ use serde_json::{Value, json};
 use crate::api;
 use crate::comfy::sim;
 use crate::config::{Config, ServeArgs, database_path};
-use crate::service::{
-    Gateway, PluginChange, PluginSource, PluginSpec, Registry, WorkflowDefinition, register_bundled,
-};
+use crate::service::{Gateway, PluginChange, PluginSource, PluginSpec, Registry, WorkflowDefinition, register_bundled};
 use crate::store::Store;
 
 /// comfyui-gateway: a durable REST gateway in front of ComfyUI.
@@ -258,13 +256,15 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
                             .map_err(|e| CliError { message: format!("--plugin-config {file}: {e}"), exit_code: 2 })?,
                         None => text.to_string(),
                     };
-                    serde_json::from_str(&text).map_err(|e| CliError {
-                        message: format!("--plugin-config: not JSON: {e}"),
-                        exit_code: 2,
-                    })?
+                    serde_json::from_str(&text)
+                        .map_err(|e| CliError { message: format!("--plugin-config: not JSON: {e}"), exit_code: 2 })?
                 }
             };
-            PluginChange::Set(PluginSpec { source: PluginSource::Wasm(wasm), config, keep_originals: args.keep_originals })
+            PluginChange::Set(PluginSpec {
+                source: PluginSource::Wasm(wasm),
+                config,
+                keep_originals: args.keep_originals,
+            })
         }
         None => PluginChange::Keep,
     };

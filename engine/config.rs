@@ -175,7 +175,12 @@ pub struct ServeArgs {
     )]
     pub prune_interval_ms: u64,
     /// Wall time of one plugin call, in ms.
-    #[arg(long = "plugin-timeout-ms", env = "PLUGIN_TIMEOUT_MS", default_value_t = 2_000, value_name = "PLUGIN_TIMEOUT_MS")]
+    #[arg(
+        long = "plugin-timeout-ms",
+        env = "PLUGIN_TIMEOUT_MS",
+        default_value_t = 2_000,
+        value_name = "PLUGIN_TIMEOUT_MS"
+    )]
     pub plugin_timeout_ms: u64,
     /// Linear memory of one plugin instance, in MiB.
     #[arg(long = "plugin-memory-mb", env = "PLUGIN_MEMORY_MB", default_value_t = 64, value_name = "PLUGIN_MEMORY_MB")]
@@ -184,7 +189,12 @@ pub struct ServeArgs {
     #[arg(long = "plugin-fuel", env = "PLUGIN_FUEL", value_name = "PLUGIN_FUEL")]
     pub plugin_fuel: Option<u64>,
     /// Plugin calls in flight at once (sizes the pooling allocator).
-    #[arg(long = "plugin-concurrency", env = "PLUGIN_CONCURRENCY", default_value_t = 16, value_name = "PLUGIN_CONCURRENCY")]
+    #[arg(
+        long = "plugin-concurrency",
+        env = "PLUGIN_CONCURRENCY",
+        default_value_t = 16,
+        value_name = "PLUGIN_CONCURRENCY"
+    )]
     pub plugin_concurrency: u32,
     /// API keys as `key:role,...` (roles: admin, user).
     #[arg(

@@ -55,6 +55,8 @@ pub struct Snapshot {
     pub backends: Vec<BackendLevel>,
     /// Store levels.
     pub store: StoreLevel,
+    /// Plugins compiled, and loaded from their precompiled artifacts, since start.
+    pub plugin_loads: (u64, u64),
 }
 
 /// Levels of the store, from its O(1) counters.
@@ -107,6 +109,7 @@ struct Inner {
     blob_bytes: IntGauge,
     cache_entries: IntGauge,
     deliveries_pending: IntGauge,
+    plugin_loads: IntGaugeVec,
     /// Workflow label values handed out so far (bounded by `WORKFLOW_LABELS_MAX`).
     workflows: Mutex<HashSet<String>>,
 }
@@ -216,6 +219,11 @@ impl Metrics {
             blob_bytes: level("blob_bytes", "Total size of the stored blobs, uncompressed, in bytes."),
             cache_entries: level("cache_entries", "Entries of the result cache."),
             deliveries_pending: level("webhook_deliveries_pending", "Webhook deliveries waiting for an attempt."),
+            plugin_loads: gauge(
+                "plugin_loads",
+                "Plugins made ready since start, by source: compiled, or precompiled (from the stored artifact).",
+                "source",
+            ),
             workflows: Mutex::new(HashSet::new()),
             registry,
         };
@@ -305,6 +313,8 @@ impl Metrics {
         m.blob_bytes.set(clamp_i64(st.blob_bytes));
         m.cache_entries.set(clamp_i64(st.cache_entries));
         m.deliveries_pending.set(clamp_i64(st.deliveries_pending));
+        m.plugin_loads.with_label_values(&["compiled"]).set(clamp_i64(snapshot.plugin_loads.0));
+        m.plugin_loads.with_label_values(&["precompiled"]).set(clamp_i64(snapshot.plugin_loads.1));
         let mut buf = Vec::new();
         // Encoding into a Vec fails only on metric families the registry itself rejects.
         if let Err(e) = prometheus::TextEncoder::new().encode(&m.registry.gather(), &mut buf) {
@@ -338,6 +348,7 @@ mod tests {
             queue_by_priority: vec![("high", 1), ("normal", 1), ("low", 0), ("other", 0)],
             backends: vec![BackendLevel { url: "http://127.0.0.1:8188".into(), up: true, in_flight: 1 }],
             store: StoreLevel { blobs: 3, blob_bytes: 4096, cache_entries: 1, deliveries_pending: 2 },
+            plugin_loads: (1, 4),
         };
         let text = m.render(&snapshot);
         for line in [
@@ -346,6 +357,7 @@ mod tests {
             "comfyui_gateway_queue_depth{priority=\"high\"} 1",
             "comfyui_gateway_blob_bytes 4096",
             "comfyui_gateway_webhook_deliveries_pending 2",
+            "comfyui_gateway_plugin_loads{source=\"precompiled\"} 4",
             "# TYPE comfyui_gateway_job_run_seconds histogram",
             "comfyui_gateway_job_run_seconds_count{workflow=\"icon_512\"} 1",
             "comfyui_gateway_job_wait_seconds_bucket{workflow=\"icon_512\",le=\"+Inf\"} 1",

@@ -10,13 +10,13 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::canonical;
-use crate::domain::PluginRef;
-use crate::plugins::{CallContext, Hook};
 use crate::config::Config;
+use crate::domain::PluginRef;
 use crate::domain::{Hash, IdempotencyRecord, InputRef, Job, JobId, JobState, WorkflowRecord, input_subfolder, now_ms};
 use crate::error::{Error, ErrorCode, Result};
 use crate::inputs::{self, Source};
 use crate::metrics::{BackendLevel, Metrics, Snapshot, StoreLevel};
+use crate::plugins::{CallContext, Hook};
 use crate::scheduler::{Scheduler, queue_rank};
 use crate::store::{Claim, NewBlob, Store, StoreError};
 use crate::workflows::{self, CompiledWorkflow, FieldError, Limits, WorkflowError};
@@ -418,6 +418,7 @@ impl Gateway {
                 cache_entries: stats.n_cache_entries,
                 deliveries_pending: stats.n_deliveries_pending,
             },
+            plugin_loads: self.plugins.load_counts(),
         };
         Ok(self.metrics.render(&snapshot))
     }
@@ -460,7 +461,11 @@ impl Registry {
     /// A workflow's plugin, ready to call (compiled or loaded precompiled at first use).
     pub async fn plugin(&self, p: &PluginRef) -> Result<crate::plugins::Plugin> {
         self.plugins.load(&self.store, &p.hash).await.map_err(|f| {
-            Error::internal(format!("stored plugin {} cannot be loaded: {}", crate::domain::hash_hex(&p.hash), f.message))
+            Error::internal(format!(
+                "stored plugin {} cannot be loaded: {}",
+                crate::domain::hash_hex(&p.hash),
+                f.message
+            ))
         })
     }
 
@@ -479,7 +484,11 @@ impl Registry {
         if !spec.config.is_object() {
             return Err(Error::validation("/plugin/config", "must be a JSON object"));
         }
-        Ok(Some(PluginRef { hash: plugin.hash, config_json: spec.config.to_string(), keep_originals: spec.keep_originals }))
+        Ok(Some(PluginRef {
+            hash: plugin.hash,
+            config_json: spec.config.to_string(),
+            keep_originals: spec.keep_originals,
+        }))
     }
 
     /// The compiled form of a stored workflow version (cached).

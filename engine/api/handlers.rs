@@ -321,11 +321,16 @@ fn plugin_change(v: Option<&Value>) -> Result<PluginChange> {
         None => return Ok(PluginChange::Keep),
         Some(Value::Null) => return Ok(PluginChange::Remove),
         Some(Value::Object(o)) => o,
-        Some(_) => return Err(Error::validation("/plugin", "must be an object {wasm|hash, config?, keepOriginals?} or null")),
+        Some(_) => {
+            return Err(Error::validation("/plugin", "must be an object {wasm|hash, config?, keepOriginals?} or null"));
+        }
     };
     for k in obj.keys() {
         if !PLUGIN_FIELDS.contains(&k.as_str()) {
-            return Err(Error::validation(&format!("/plugin/{k}"), "is not a plugin field (wasm, hash, config, keepOriginals)"));
+            return Err(Error::validation(
+                &format!("/plugin/{k}"),
+                "is not a plugin field (wasm, hash, config, keepOriginals)",
+            ));
         }
     }
     use base64::Engine as _;

@@ -169,7 +169,11 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
         if let Some(p) = &rec.plugin
             && plugins.get(p.hash)?.is_none()
         {
-            return Err(corrupt("plugins", hash_hex(&p.hash), format!("named by workflow {id}@{version} but not stored")));
+            return Err(corrupt(
+                "plugins",
+                hash_hex(&p.hash),
+                format!("named by workflow {id}@{version} but not stored"),
+            ));
         }
     }
     Ok(())

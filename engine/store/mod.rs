@@ -378,7 +378,13 @@ impl Store {
     /// Store a plugin component (if new; `Invalid` if `wasm` does not hash to `hash`) and
     /// its precompiled artifact for the engine compatibility hash `compat`. An empty `wasm`
     /// stores only the artifact of an already stored component.
-    pub async fn put_plugin(&self, hash: Hash, wasm: Vec<u8>, compat: Hash, precompiled: Vec<u8>) -> Result<(), StoreError> {
+    pub async fn put_plugin(
+        &self,
+        hash: Hash,
+        wasm: Vec<u8>,
+        compat: Hash,
+        precompiled: Vec<u8>,
+    ) -> Result<(), StoreError> {
         self.submit(plugins::PutPlugin { hash, wasm, compat, precompiled }).await
     }
 

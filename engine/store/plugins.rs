@@ -28,7 +28,10 @@ impl WriteOp for PutPlugin {
         }
         let stored = t.plugins.get(self.hash)?.is_some();
         if !stored && self.wasm.is_empty() {
-            return Err(StoreError::Invalid(format!("an artifact for plugin {} which is not stored", hash_hex(&self.hash))));
+            return Err(StoreError::Invalid(format!(
+                "an artifact for plugin {} which is not stored",
+                hash_hex(&self.hash)
+            )));
         }
         Ok(stored)
     }

@@ -73,7 +73,8 @@ pub(crate) const IDEMPOTENCY_BY_EXPIRY: TableDefinition<(u64, &str), ()> =
 /// Plugin components by hash.
 pub(crate) const PLUGINS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("plugins");
 /// Precompiled plugin artifacts by (plugin hash, engine compatibility hash).
-pub(crate) const PLUGIN_ARTIFACTS: TableDefinition<([u8; 32], [u8; 32]), &[u8]> = TableDefinition::new("plugin_artifacts");
+pub(crate) const PLUGIN_ARTIFACTS: TableDefinition<([u8; 32], [u8; 32]), &[u8]> =
+    TableDefinition::new("plugin_artifacts");
 
 /// The schema this code reads and writes; stored under `meta["schema_version"]`.
 pub(crate) const SCHEMA_VERSION: u64 = 1;

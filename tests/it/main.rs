@@ -13,6 +13,8 @@
 //!   per-backend concurrency, failure classification, cancel.
 //! - `openapi`: the OpenAPI document, checked against the live server by schemathesis.
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
+//! - `plugins`: WebAssembly plugins through real jobs: the examples, hostile plugins,
+//!   a type-mismatched upload, precompiled loads after a restart.
 //! - `privacy`: privacy mode: no prompt text in the database file, outputs or logs.
 //! - `results`: the result cache (hits skip the backend and share blobs, TTL, random
 //!   seeds), idempotency keys (replay, conflict, expiry, owners, races, restarts), retention.
@@ -40,6 +42,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod outputs;
+mod plugins;
 mod privacy;
 mod recovery;
 mod results;
