@@ -223,7 +223,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "responses": with_errors(json!({
                         "200": json_response("Answered from the result cache (cached: true), or finished within ?wait", schema_ref("Job")),
                         "202": json_response("Accepted and queued", schema_ref("JobAccepted"))
-                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT)")])
+                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)")])
                 }
             },
             "/jobs/{jobId}/logs": {
@@ -567,7 +567,12 @@ fn components() -> Map<String, Value> {
             "type": "object", "required": ["inputSchema", "workflow", "defaults"],
             "properties": {
                 "inputSchema": {"type": "object"}, "workflow": {"type": "object"}, "defaults": {"type": "object"},
-                "keepPreviews": {"type": "boolean"}
+                "keepPreviews": {"type": "boolean"},
+                "plugin": {"type": "object", "required": ["hash", "config", "keepOriginals"], "properties": {
+                    "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                    "config": {"type": "object"},
+                    "keepOriginals": {"type": "boolean"}
+                }}
             }
         },
         "WorkflowUpdate": {
@@ -586,7 +591,17 @@ fn components() -> Map<String, Value> {
                 },
                 "inputSchema": {"type": ["object", "null"], "description": "JSON Schema 2020-12 of the inputs"},
                 "defaults": {"type": ["object", "null"]},
-                "keepPreviews": {"type": ["boolean", "null"], "description": "Keep PreviewImage (temp) outputs as job outputs"}
+                "keepPreviews": {"type": ["boolean", "null"], "description": "Keep PreviewImage (temp) outputs as job outputs"},
+                "plugin": {
+                    "type": ["object", "null"], "additionalProperties": false,
+                    "description": "A WebAssembly component (wit/plugin.wit) run on this workflow's jobs: exactly one of `wasm` (base64 bytes, compiled and type-checked now; 400 with a readable message if it cannot be used) and `hash` (a stored one). Absent on an update: kept; null: removed.",
+                    "properties": {
+                        "wasm": {"type": "string", "contentEncoding": "base64"},
+                        "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "config": {"type": ["object", "null"], "description": "What the plugin's host.config() returns"},
+                        "keepOriginals": {"type": ["boolean", "null"], "description": "Keep the outputs beside what output-process returns"}
+                    }
+                }
             }
         },
         "WorkflowDefinition": {
