@@ -13,13 +13,16 @@
 //!   the simulator.
 //! - [`privacy`]: privacy mode: prompts and inputs sealed at rest, PNG text stripped.
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
-//! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends.
+//! - [`plugins`]: the WebAssembly plugin host (wasmtime): sandboxed, limited hook calls.
+//! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends;
+//!   output-process hooks; the background pruner (retention).
 //! - [`webhooks`]: signed webhook deliveries from the durable outbox, retries, SSRF guard.
 //! - [`service`]: the gateway's operations in domain terms (submit with cache and
-//!   idempotency, register, read); the background pruner (retention).
+//!   idempotency and the input/render plugin hooks, register workflows with plugins, read).
 //! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
-//! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health).
+//! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health,
+//!   plugin check/run).
 
 // serde_json's json! recurses per token; the OpenAPI document is one large literal.
 #![recursion_limit = "256"]
