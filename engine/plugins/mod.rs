@@ -241,6 +241,8 @@ struct HostInner {
     ticker: Option<std::thread::JoinHandle<()>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     counters: Counters,
+    /// One permit per call in flight: never more instances than the pool has slots.
+    permits: tokio::sync::Semaphore,
 }
 
 /// Compilations and precompiled loads (for logs, metrics and tests).
@@ -337,6 +339,7 @@ impl Host {
                 })
                 .map_err(|e| Error::internal(format!("cannot start the epoch ticker: {e}")))?
         };
+        let permits = tokio::sync::Semaphore::new(limits.concurrency.max(1) as usize);
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
@@ -348,6 +351,7 @@ impl Host {
                 ticker: Some(ticker),
                 stop,
                 counters: Counters::default(),
+                permits,
             }),
         })
     }
@@ -566,6 +570,8 @@ impl Host {
         call: impl AsyncFnOnce(&mut Store<State>, &wasmtime::component::Instance) -> wasmtime::Result<T>,
     ) -> (Result<T, Failure>, Report) {
         let started = Instant::now();
+        // Calls beyond PLUGIN_CONCURRENCY wait here (their wait counts in `elapsed`).
+        let _permit = self.inner.permits.acquire().await.ok();
         let mut store = self.store(config);
         let timeout = self.inner.limits.timeout;
         let outcome = tokio::time::timeout(timeout + TICK * 4, async {
