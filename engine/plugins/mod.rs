@@ -16,6 +16,7 @@
 //! The pooling allocator (sized from `PLUGIN_CONCURRENCY`) is used when the machine allows
 //! its reservations, with a fallback to on-demand allocation.
 
+pub mod cli;
 pub mod sandbox;
 #[cfg(test)]
 mod tests;
