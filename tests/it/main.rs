@@ -13,6 +13,8 @@
 //!   per-backend concurrency, failure classification, cancel.
 //! - `openapi`: the OpenAPI document, checked against the live server by schemathesis.
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
+//! - `plugin_cli`: `plugin check` and `plugin run` on the guest components of `plugins/`:
+//!   hooks and imports, a readable refusal, rewritten inputs, a tidied PNG, timeout, fuel.
 //! - `privacy`: privacy mode: no prompt text in the database file, outputs or logs.
 //! - `results`: the result cache (hits skip the backend and share blobs, TTL, random
 //!   seeds), idempotency keys (replay, conflict, expiry, owners, races, restarts), retention.
@@ -40,6 +42,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod outputs;
+mod plugin_cli;
 mod privacy;
 mod recovery;
 mod results;
