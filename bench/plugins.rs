@@ -84,6 +84,7 @@ fn png_512() -> Vec<u8> {
 
 struct Row {
     name: &'static str,
+    wasm: &'static str,
     size: usize,
     compile: f64,
     load: f64,
@@ -133,7 +134,9 @@ fn compile_and_load(host: &Host, bytes: &[u8]) -> (f64, f64, comfyui_gateway::pl
 }
 
 /// The host's engine settings (engine/plugins/mod.rs `engine_config`), replicated.
-fn replica_engine(limits: &Limits, pooling: bool) -> Engine {
+/// With `keep_resident`, the pooling allocator also keeps freed memories and tables resident
+/// and zeroes them with `memset` instead of `madvise` (no page faults when a slot is reused).
+fn replica_engine(limits: &Limits, pooling: bool, keep_resident: bool) -> Engine {
     let mut c = Config::new();
     c.wasm_component_model(true).epoch_interruption(true).consume_fuel(false);
     let reservation = (limits.memory_bytes as u64).next_power_of_two().max(1 << 24);
@@ -149,10 +152,16 @@ fn replica_engine(limits: &Limits, pooling: bool) -> Engine {
             .max_memory_size(limits.memory_bytes)
             .max_memories_per_component(4)
             .max_core_instances_per_component(16);
+        if keep_resident {
+            p.linear_memory_keep_resident(KEEP_RESIDENT).table_keep_resident(64 << 10);
+        }
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
     Engine::new(&c).expect("engine")
 }
+
+/// Bytes of each freed linear memory the `keep resident` variant keeps (and memsets).
+const KEEP_RESIDENT: usize = 2 << 20;
 
 struct Steps {
     wasi: Vec<f64>,
@@ -162,8 +171,8 @@ struct Steps {
     total: Vec<f64>,
 }
 
-/// One call's path, step by step, in the replica.
-async fn steps(engine: &Engine, bytes: &[u8], config: &str, inputs: &str, n: usize) -> Steps {
+/// Linker of the replica: WASI 0.2 and the `host` interface, as the host links them.
+fn replica_linker(engine: &Engine) -> Linker<State> {
     let mut linker = Linker::<State>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker).expect("wasi");
     comfyui_gateway::plugins::bindings::comfyui_gateway::plugin::host::add_to_linker::<
@@ -171,6 +180,30 @@ async fn steps(engine: &Engine, bytes: &[u8], config: &str, inputs: &str, n: usi
         wasmtime::component::HasSelf<State>,
     >(&mut linker, |s| s)
     .expect("host");
+    linker
+}
+
+/// Store + instantiation + drop, no call, in the replica (µs, sorted).
+async fn instantiate_only(engine: &Engine, bytes: &[u8], n: usize) -> Vec<f64> {
+    let component = Component::new(engine, bytes).expect("component");
+    let pre = replica_linker(engine).instantiate_pre(&component).expect("pre");
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n + n / 10 {
+        let t = Instant::now();
+        let mut store = Store::new(engine, State::new("{}", 64 << 20));
+        store.set_epoch_deadline(u64::MAX / 2);
+        pre.instantiate_async(&mut store).await.expect("instantiate");
+        drop(store);
+        if i >= n / 10 {
+            v.push(us(t.elapsed()));
+        }
+    }
+    sorted(v)
+}
+
+/// One call's path, step by step, in the replica.
+async fn steps(engine: &Engine, bytes: &[u8], config: &str, inputs: &str, n: usize) -> Steps {
+    let linker = replica_linker(engine);
     let component = Component::new(engine, bytes).expect("component");
     let pre: InstancePre<State> = linker.instantiate_pre(&component).expect("pre");
     let idx = GuestIndices::new(&pre).expect("indices");
@@ -254,6 +287,7 @@ async fn bench(n: usize) {
     let (outer, inner) = calls(n, async || host.input_transform(&p, &c, &inputs).await.1.elapsed).await;
     rows.push(Row {
         name: "input-transform  prompt_guard",
+        wasm: "prompt_guard",
         size: bytes.len(),
         compile,
         load,
@@ -276,6 +310,7 @@ async fn bench(n: usize) {
     let (outer, inner) = calls(n, async || host.template_render(&p, &c, &template, &tinputs).await.1.elapsed).await;
     rows.push(Row {
         name: "template-render  subgraph_renderer",
+        wasm: "subgraph_renderer",
         size: bytes.len(),
         compile,
         load,
@@ -294,6 +329,7 @@ async fn bench(n: usize) {
     let (outer, inner) = calls(n, async || host.output_process(&p, &c, item.clone()).await.1.elapsed).await;
     rows.push(Row {
         name: "output-process   png_tidy (512x512)",
+        wasm: "png_tidy",
         size: bytes.len(),
         compile,
         load,
@@ -304,18 +340,21 @@ async fn bench(n: usize) {
     println!("\nper call (a fresh instance each), {n} sequential calls; times in µs");
     println!("  png: {} bytes with its tEXt chunk", png.len());
     println!(
-        "{:<36} {:>8} {:>9} {:>9} {:>11} {:>11} {:>10} {:>10}",
-        "hook / plugin", "wasm KB", "call p50", "call p99", "report p50", "report p99", "compile", "load"
+        "{:<36} {:>8} {:>9} {:>9} {:>11} {:>11} {:>9} {:>10} {:>10}",
+        "hook / plugin", "wasm KB", "call p50", "call p99", "report p50", "report p99", "inst p50", "compile", "load"
     );
+    let replica = replica_engine(&limits, true, false);
     for r in &rows {
+        let inst = instantiate_only(&replica, &wasm(r.wasm), n).await;
         println!(
-            "{:<36} {:>8} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>10.0} {:>10.0}",
+            "{:<36} {:>8} {:>9.1} {:>9.1} {:>11.1} {:>11.1} {:>9.1} {:>10.0} {:>10.0}",
             r.name,
             r.size / 1024,
             pct(&r.calls, 0.5),
             pct(&r.calls, 0.99),
             pct(&r.inside, 0.5),
             pct(&r.inside, 0.99),
+            pct(&inst, 0.5),
             r.compile,
             r.load
         );
@@ -335,13 +374,13 @@ async fn bench(n: usize) {
         "{:<12} {:>16} {:>16} {:>16} {:>16} {:>16}",
         "allocator", "WASI ctx p50/99", "store p50/99", "instantiate", "call", "total"
     );
-    for pooling in [true, false] {
-        let engine = replica_engine(&limits, pooling);
+    for (name, pooling, keep) in [("pooling", true, false), ("pooling+keep", true, true), ("on-demand", false, false)] {
+        let engine = replica_engine(&limits, pooling, keep);
         let s = steps(&engine, &bytes, &config, &inputs, n).await;
         let f = |v: &[f64]| format!("{:.1}/{:.1}", pct(v, 0.5), pct(v, 0.99));
         println!(
             "{:<12} {:>16} {:>16} {:>16} {:>16} {:>16}",
-            if pooling { "pooling" } else { "on-demand" },
+            name,
             f(&s.wasi),
             f(&s.store),
             f(&s.instantiate),
@@ -349,5 +388,7 @@ async fn bench(n: usize) {
             f(&s.total)
         );
     }
+    println!("  pooling: the host's settings; pooling+keep: plus linear_memory_keep_resident(2 MiB) and");
+    println!("  table_keep_resident(64 KiB); on-demand: the host's fallback. total includes dropping the store.");
     println!("  (no memory limiter in the replica: its field is private to the host)");
 }
