@@ -145,7 +145,9 @@ fn compile_and_load(host: &Host, bytes: &[u8]) -> (f64, f64, comfyui_gateway::pl
 /// The host's engine settings (engine/plugins/mod.rs `engine_config`), replicated.
 /// With `keep_resident`, the pooling allocator also keeps freed memories and tables resident
 /// and zeroes them with `memset` instead of `madvise` (no page faults when a slot is reused).
-fn replica_engine(limits: &Limits, pooling: bool, keep_resident: bool) -> Engine {
+/// With `scan`, it also finds the pages a call dirtied with the PAGEMAP_SCAN ioctl (Linux
+/// 6.7+, `Enabled::Auto`) and resets only those.
+fn replica_engine(limits: &Limits, pooling: bool, keep_resident: bool, scan: bool) -> Engine {
     let mut c = Config::new();
     c.wasm_component_model(true).epoch_interruption(true).consume_fuel(false);
     let reservation = (limits.memory_bytes as u64).next_power_of_two().max(1 << 24);
@@ -163,6 +165,9 @@ fn replica_engine(limits: &Limits, pooling: bool, keep_resident: bool) -> Engine
             .max_core_instances_per_component(16);
         if keep_resident {
             p.linear_memory_keep_resident(KEEP_RESIDENT).table_keep_resident(64 << 10);
+        }
+        if scan {
+            p.pagemap_scan(wasmtime::Enabled::Auto);
         }
         c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
     }
@@ -352,7 +357,7 @@ async fn bench(n: usize) {
         "{:<36} {:>8} {:>9} {:>9} {:>11} {:>11} {:>9} {:>10} {:>10}",
         "hook / plugin", "wasm KB", "call p50", "call p99", "report p50", "report p99", "inst p50", "compile", "load"
     );
-    let replica = replica_engine(&limits, true, false);
+    let replica = replica_engine(&limits, true, false, false);
     for r in &rows {
         let inst = instantiate_only(&replica, &wasm(r.wasm), n).await;
         println!(
@@ -383,8 +388,13 @@ async fn bench(n: usize) {
         "{:<12} {:>16} {:>16} {:>16} {:>16} {:>16}",
         "allocator", "WASI ctx p50/99", "store p50/99", "instantiate", "call", "total"
     );
-    for (name, pooling, keep) in [("pooling", true, false), ("pooling+keep", true, true), ("on-demand", false, false)] {
-        let engine = replica_engine(&limits, pooling, keep);
+    for (name, pooling, keep, scan) in [
+        ("pooling", true, false, false),
+        ("pooling+keep", true, true, false),
+        ("pooling+scan", true, true, true),
+        ("on-demand", false, false, false),
+    ] {
+        let engine = replica_engine(&limits, pooling, keep, scan);
         let s = steps(&engine, &bytes, &config, &inputs, n).await;
         let f = |v: &[f64]| format!("{:.1}/{:.1}", pct(v, 0.5), pct(v, 0.99));
         println!(
@@ -398,6 +408,7 @@ async fn bench(n: usize) {
         );
     }
     println!("  pooling: the host's settings; pooling+keep: plus linear_memory_keep_resident(2 MiB) and");
-    println!("  table_keep_resident(64 KiB); on-demand: the host's fallback. total includes dropping the store.");
+    println!("  table_keep_resident(64 KiB); pooling+scan: plus pagemap_scan(Auto) (resets dirty pages only);");
+    println!("  on-demand: the host's fallback. total includes dropping the store.");
     println!("  (no memory limiter in the replica: its field is private to the host)");
 }

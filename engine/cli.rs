@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 use crate::api;
 use crate::comfy::sim;
 use crate::config::{Config, ServeArgs, database_path};
-use crate::plugins::cli::{self as plugin_cli, PluginArgs};
 use crate::service::{Gateway, Registry, WorkflowDefinition, register_bundled};
 use crate::store::Store;
 
@@ -44,7 +43,7 @@ pub enum Command {
     /// Ask a running gateway for its health.
     Health(ServerArgs),
     /// Plugin developer tools: `plugin check FILE.wasm`, `plugin run FILE.wasm --hook H --input FILE`.
-    Plugin(PluginArgs),
+    Plugin(crate::plugins::cli::PluginArgs),
 }
 
 /// Where the database is, and where a running server would be.
@@ -146,7 +145,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::AddWorkflow(args) => add_workflow(args).await,
         Command::ListWorkflows(db) => list_workflows(&db).await,
         Command::Health(server) => health(&server).await,
-        Command::Plugin(args) => plugin_cli::main(args).await,
+        Command::Plugin(args) => crate::plugins::cli::main(args).await,
     }
 }
 
