@@ -42,6 +42,8 @@ pub enum Command {
     ListWorkflows(DbArgs),
     /// Ask a running gateway for its health.
     Health(ServerArgs),
+    /// Plugin developer tools: `plugin check FILE.wasm`, `plugin run FILE.wasm --hook H --input FILE`.
+    Plugin(crate::plugins::cli::PluginArgs),
 }
 
 /// Where the database is, and where a running server would be.
@@ -149,6 +151,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::AddWorkflow(args) => add_workflow(args).await,
         Command::ListWorkflows(db) => list_workflows(&db).await,
         Command::Health(server) => health(&server).await,
+        Command::Plugin(args) => crate::plugins::cli::main(args).await,
     }
 }
 

@@ -13,6 +13,8 @@
 //!   per-backend concurrency, failure classification, cancel.
 //! - `openapi`: the OpenAPI document, checked against the live server by schemathesis.
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
+//! - `plugin_cli`: `plugin check` and `plugin run` on the guest components of `plugins/`:
+//!   hooks and imports, a readable refusal, rewritten inputs, a tidied PNG, timeout, fuel.
 //! - `plugins`: WebAssembly plugins through real jobs: the examples, hostile plugins,
 //!   a type-mismatched upload, precompiled loads after a restart.
 //! - `privacy`: privacy mode: no prompt text in the database file, outputs or logs.
@@ -42,6 +44,7 @@ mod limits;
 mod metrics;
 mod openapi;
 mod outputs;
+mod plugin_cli;
 mod plugins;
 mod privacy;
 mod recovery;
