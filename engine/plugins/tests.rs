@@ -191,3 +191,14 @@ fn png_with_text() -> Vec<u8> {
     w.finish().unwrap();
     out
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_answer_is_output_too_large_when_memory_allows_building_it() {
+    // `flood` returns 64 MiB of JSON: with room to build it, the size limit stops it.
+    let roomy = Host::new(Limits { memory_bytes: 256 << 20, timeout: Duration::from_secs(10), ..limits() }).unwrap();
+    let (p, _) = roomy.compile(&wasm("flood")).unwrap_or_else(|f| panic!("{f:?}"));
+    let (r, _) = roomy.input_transform(&p, &ctx(json!({})), &json!({"prompt": "x"})).await;
+    let f = r.expect_err("a 64 MiB answer");
+    assert_eq!(f.kind, "output too large", "{f:?}");
+    assert_eq!(f.to_error(Hook::InputTransform).code.as_str(), "PLUGIN_LIMIT_EXCEEDED");
+}
