@@ -80,18 +80,9 @@ impl WriteOp for InsertJob {
             Some(c) => Some(cache::plan_claim(t, c)?),
             None => None,
         };
-        let fill = cache::plan_fill(t, None, &job)?;
-        let (mut old_refs, mut new_refs) = (Vec::new(), blobs::job_refs(&job));
-        if let Some(fill) = &fill {
-            let (dropped, added) = fill.refs();
-            old_refs.extend(dropped);
-            new_refs.extend(added);
-        }
-        let refs = blobs::check_refs(t, &old_refs, &new_refs, &self.blobs)?;
-        let record = codec::encode_at(codec::JOBS_VERSION, "jobs", &job.id, &job)?;
-        let events = encode_events(t, job.id, &self.events)?;
-        let deliveries = outbox::plan(t, &job, &self.events)?;
-        Ok(JobPlan { job, record, old: None, seq: Some(seq), refs, events, deliveries, fill, claim })
+        let mut plan = plan_change(t, None, job, &self.blobs, &self.events)?;
+        (plan.seq, plan.claim) = (Some(seq), claim);
+        Ok(plan)
     }
 
     fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<Job, StoreError> {
@@ -131,18 +122,7 @@ impl WriteOp for UpdateJob {
             )));
         }
         check_job(&job)?;
-        let fill = cache::plan_fill(t, Some(&old), &job)?;
-        let (mut old_refs, mut new_refs) = (blobs::job_refs(&old), blobs::job_refs(&job));
-        if let Some(fill) = &fill {
-            let (dropped, added) = fill.refs();
-            old_refs.extend(dropped);
-            new_refs.extend(added);
-        }
-        let refs = blobs::check_refs(t, &old_refs, &new_refs, &self.blobs)?;
-        let record = codec::encode_at(codec::JOBS_VERSION, "jobs", &job.id, &job)?;
-        let events = encode_events(t, job.id, &self.events)?;
-        let deliveries = outbox::plan(t, &job, &self.events)?;
-        Ok(JobPlan { job, record, old: Some(old), seq: None, refs, events, deliveries, fill, claim: None })
+        plan_change(t, Some(old), job, &self.blobs, &self.events)
     }
 
     fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
@@ -167,6 +147,29 @@ impl WriteOp for AppendEvents {
         append(t, self.id, events)?;
         outbox::write_new(t, &deliveries)
     }
+}
+
+/// Plan writing `job` over `old` (None: an insert): blob references of the job and of the
+/// cache entry it fills, the record, its events and the webhook deliveries they make due.
+fn plan_change(
+    t: &WriteTables<'_>,
+    old: Option<Job>,
+    job: Job,
+    blobs: &[Payload],
+    events: &[JobEventKind],
+) -> Result<JobPlan, StoreError> {
+    let fill = cache::plan_fill(t, old.as_ref(), &job)?;
+    let (mut old_refs, mut new_refs) = (old.as_ref().map(blobs::job_refs).unwrap_or_default(), blobs::job_refs(&job));
+    if let Some(fill) = &fill {
+        let (dropped, added) = fill.refs();
+        old_refs.extend(dropped);
+        new_refs.extend(added);
+    }
+    let refs = blobs::check_refs(t, &old_refs, &new_refs, blobs)?;
+    let record = codec::encode_at(codec::JOBS_VERSION, "jobs", &job.id, &job)?;
+    let events_out = encode_events(t, job.id, events)?;
+    let deliveries = outbox::plan(t, &job, events)?;
+    Ok(JobPlan { job, record, old, seq: None, refs, events: events_out, deliveries, fill, claim: None })
 }
 
 /// Store-level invariants of a record about to be written.
