@@ -144,6 +144,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::from_args(&args).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+            if let Some(spec) = &args.failpoints {
+                crate::failpoints::configure(spec)
+                    .map_err(|e| CliError { message: format!("FAILPOINTS: {e}"), exit_code: 2 })?;
+            }
             serve(config).await
         }
         Command::Sim(args) => sim::run_cli(args).await.map_err(|e| CliError::runtime(format!("simulator: {e}"))),

@@ -196,6 +196,9 @@ pub struct ServeArgs {
         value_name = "PLUGIN_CONCURRENCY"
     )]
     pub plugin_concurrency: u32,
+    /// Crash points to arm, `name=action;...` (tests; builds with the `failpoints` feature).
+    #[arg(long = "failpoints", env = "FAILPOINTS", hide = true, value_name = "FAILPOINTS")]
+    pub failpoints: Option<String>,
     /// API keys as `key:role,...` (roles: admin, user).
     #[arg(
         long = "api-keys",

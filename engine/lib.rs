@@ -21,6 +21,7 @@
 //!   idempotency and the input/render plugin hooks, register workflows with plugins, read).
 //! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
+//! - [`failpoints`]: crash points at the dangerous windows (feature `failpoints`, tests).
 //! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health,
 //!   plugin check/run).
 
@@ -35,6 +36,7 @@ pub mod comfy;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod failpoints;
 pub mod inputs;
 pub mod metrics;
 pub mod plugins;

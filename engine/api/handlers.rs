@@ -552,6 +552,7 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
             idempotency,
         })
         .await?;
+    crate::failpoints::crash_point(crate::failpoints::AFTER_SUBMIT_COMMIT);
     let job = submitted.job();
     if let Some(slot) = slot {
         slot.commit(job.id);

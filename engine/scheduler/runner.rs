@@ -298,6 +298,7 @@ impl Run {
         };
         match result {
             Ok(()) => {
+                crate::failpoints::crash_point(crate::failpoints::AFTER_PROMPT);
                 self.restart_deadline();
                 self.next_poll = Instant::now() + self.poll_interval();
                 Ok(Phase::Wait)
@@ -607,6 +608,7 @@ impl Run {
                 blobs.push(NewBlob { hash, media_type, bytes });
             }
         }
+        crate::failpoints::crash_point(crate::failpoints::BEFORE_SUCCESS_COMMIT);
         self.commit_with(Event::Succeed { outputs }, blobs).await;
         Err(Exit::Finished)
     }

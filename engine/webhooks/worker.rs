@@ -182,6 +182,9 @@ async fn deliver(gateway: &Gateway, delivery: Delivery) {
         }
     };
     let (status, next) = (attempt.status, attempt.next);
+    if matches!(next, AttemptNext::Delivered) {
+        crate::failpoints::crash_point(crate::failpoints::WEBHOOK_AFTER_2XX);
+    }
     match gateway.store.record_attempt(delivery.seq, attempt).await {
         Ok(_) => {
             gateway.metrics.webhook_attempt(outcome_label(next));

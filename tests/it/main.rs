@@ -5,6 +5,8 @@
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
 //! - `auth`: API keys and JWTs against the real server: roles, job ownership (404 for
 //!   others), alg none / confusion / expiry attacks, the audit log, open mode.
+//! - `crash_points`: the gateway aborted at each dangerous window (after POST /prompt,
+//!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
 //!   privacy mode.
 //! - `inputs`: image inputs by URL, data URI, base64 and multipart; SSRF refusals, bad
@@ -37,6 +39,8 @@ mod support;
 
 mod api;
 mod auth;
+#[cfg(feature = "failpoints")]
+mod crash_points;
 mod events;
 mod inputs;
 mod jobs;

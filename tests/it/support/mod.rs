@@ -226,6 +226,23 @@ impl Gateway {
         self.proc_.kill9();
     }
 
+    /// Set (or, with `None`, remove) an environment variable for the next (re)start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.envs.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.envs.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Wait until the process exits on its own (a crash point), or panic after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) {
+        let start = Instant::now();
+        while !self.proc_.exited() {
+            assert!(start.elapsed() < within, "the gateway did not exit within {within:?}:\n{}", self.proc_.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Start it again with the same database and port.
     pub async fn restart(&mut self) {
         self.proc_.kill9();
