@@ -1,5 +1,5 @@
 //! The command line: `serve` (alias `run`), `sim`, `init`, `add-workflow`,
-//! `list-workflows`, `health`.
+//! `list-workflows`, `health`, `check`, `plugin`.
 //!
 //! Commands that change the database work whether or not a server is running: redb
 //! allows one process at a time, so when the file is held by a running gateway they go
@@ -42,6 +42,10 @@ pub enum Command {
     ListWorkflows(DbArgs),
     /// Ask a running gateway for its health.
     Health(ServerArgs),
+    /// Check a stopped gateway's database: open it (recovering from a crash as `serve`
+    /// would), verify every cross-table invariant (indexes, counters, blob references, no
+    /// dangling or leaked blobs, the webhook outbox) and print its counts.
+    Check(CheckArgs),
     /// Plugin developer tools: `plugin check FILE.wasm`, `plugin run FILE.wasm --hook H --input FILE`.
     Plugin(crate::plugins::cli::PluginArgs),
 }
@@ -92,6 +96,17 @@ impl ServerArgs {
             format!("http://{host}:{}", self.port)
         })
     }
+}
+
+/// `check` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// Path of the redb database file.
+    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "./data/gateway.redb")]
+    pub database_url: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `add-workflow` arguments.
@@ -155,6 +170,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::AddWorkflow(args) => add_workflow(args).await,
         Command::ListWorkflows(db) => list_workflows(&db).await,
         Command::Health(server) => health(&server).await,
+        Command::Check(args) => check(&args).await,
         Command::Plugin(args) => crate::plugins::cli::main(args).await,
     }
 }
@@ -243,6 +259,57 @@ async fn init(db: &DbArgs) -> Result<(), CliError> {
     store.close().await;
     println!("initialized {} ({n} workflows)", path.display());
     Ok(())
+}
+
+async fn check(args: &CheckArgs) -> Result<(), CliError> {
+    let path = database_path(&args.database_url).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+    if !path.is_file() {
+        return Err(CliError { message: format!("no database at {}", path.display()), exit_code: 2 });
+    }
+    let started = std::time::Instant::now();
+    let store = match Store::open(&path) {
+        Ok(store) => store,
+        Err(e) if is_locked(&e.to_string()) => {
+            return Err(CliError::runtime(format!("{} is in use by a running gateway; stop it first", path.display())));
+        }
+        Err(e) => return Err(CliError::runtime(format!("cannot open {}: {e}", path.display()))),
+    };
+    let open_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let verdict = store.verify_integrity();
+    let stats = store.stats().map_err(|e| CliError::runtime(e.to_string()))?;
+    store.close().await;
+    let jobs: serde_json::Map<String, Value> =
+        stats.n_jobs_by_state.iter().map(|(state, n)| (state.as_str().to_string(), json!(n))).collect();
+    let report = json!({
+        "ok": verdict.is_ok(),
+        "error": verdict.as_ref().err().map(|e| e.to_string()),
+        "openMs": open_ms,
+        "jobs": jobs,
+        "blobs": stats.n_blobs,
+        "blobBytes": stats.blob_bytes,
+        "cacheEntries": stats.n_cache_entries,
+        "deliveriesPending": stats.n_deliveries_pending,
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        let counts: Vec<String> = jobs.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("{}: opened in {open_ms:.1} ms", path.display());
+        println!("jobs: {}", counts.join(", "));
+        println!(
+            "blobs: {} ({} bytes), cache entries: {}, webhook deliveries pending: {}",
+            stats.n_blobs, stats.blob_bytes, stats.n_cache_entries, stats.n_deliveries_pending
+        );
+    }
+    match verdict {
+        Ok(()) => {
+            if !args.json {
+                println!("integrity: ok");
+            }
+            Ok(())
+        }
+        Err(e) => Err(CliError::runtime(format!("integrity check failed: {e}"))),
+    }
 }
 
 fn read_json(path: &Path) -> Result<Value, CliError> {

@@ -190,6 +190,11 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     let (code, out, _) = run(&["list-workflows"]);
     assert_eq!(code, Some(0));
     assert!(out.contains("cli_wf\tv1") && out.contains("icon_512"), "{out}");
+    // `check` verifies a stopped gateway's database.
+    let (code, out, err) = run(&["check", "--json"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(0)), "{report}");
 
     // With a server holding the database, the CLI goes through its API.
     let sim = Sim::start(dir.path(), 0).await;
@@ -211,6 +216,16 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("\"reachable\": true"), "{text}");
+    // ... and `check` refuses a database a gateway holds.
+    let (code, out, err) = run(&["check"]);
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("in use by a running gateway"), "{err}");
+    // A crash point this build does not know is a configuration error.
+    let out =
+        std::process::Command::new(support::BIN).args(["serve"]).env("FAILPOINTS", "nowhere=return").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("FAILPOINTS") && err.contains("not a crash point"), "{err}");
 
     // Bad configuration: one line naming the variable, exit code 2.
     let out = std::process::Command::new(support::BIN).args(["serve"]).env("MAX_CONCURRENCY", "0").output().unwrap();
