@@ -5,6 +5,7 @@
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
 //! - `auth`: API keys and JWTs against the real server: roles, job ownership (404 for
 //!   others), alg none / confusion / expiry attacks, the audit log, open mode.
+//! - `campaign`: the kill -9 campaign (ignored; `scripts/kill-campaign --kills N` runs it).
 //! - `crash_points`: the gateway aborted at each dangerous window (after POST /prompt,
 //!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
@@ -39,6 +40,7 @@ mod support;
 
 mod api;
 mod auth;
+mod campaign;
 #[cfg(feature = "failpoints")]
 mod crash_points;
 mod events;

@@ -243,6 +243,12 @@ impl Gateway {
         }
     }
 
+    /// Kill it (if running) and start it again without waiting for it to answer.
+    pub fn respawn(&mut self) {
+        self.proc_.kill9();
+        self.proc_ = Gateway::spawn(&self.dir, &self.envs);
+    }
+
     /// Start it again with the same database and port.
     pub async fn restart(&mut self) {
         self.proc_.kill9();
