@@ -1123,7 +1123,11 @@ async fn sim_fault_drop_ws_and_latency() {
     sim.post("/sim/faults", &json!({"reset": true})).await;
     assert_eq!(
         sim.get("/sim/faults").await.1,
-        json!({"latencyMs": 0, "oom": 0, "nodeError": 0, "hang": 0, "dropWsAfterMs": null, "crashOnNextExecution": false})
+        json!({
+            "latencyMs": 0, "oom": 0, "nodeError": 0, "hang": 0, "dropWsAfterMs": null, "crashOnNextExecution": false,
+            "promptError": 0, "promptHang": 0, "uploadError": 0, "historyError": 0, "historyHang": 0,
+            "historyNoOutputs": 0, "viewError": 0, "viewGarbage": 0, "viewTruncated": 0
+        })
     );
     assert_eq!(sim.post("/sim/faults", &json!({"bogus": 1})).await.0, 400);
     sim.stop().await;
