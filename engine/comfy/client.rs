@@ -65,10 +65,12 @@ pub struct SystemInfo {
 pub struct ComfyClient {
     base_url: String,
     http: reqwest::Client,
+    /// Longest time of one HTTP call that is not an upload or download.
+    call_timeout: Duration,
 }
 
-/// Longest time of one HTTP call that is not a download.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default longest time of one HTTP call that is not an upload or download.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest time of one output download.
 const VIEW_TIMEOUT: Duration = Duration::from_secs(300);
 /// The largest output file fetched, in bytes.
@@ -77,13 +79,21 @@ pub const VIEW_BYTES_MAX: u64 = 1 << 30;
 impl ComfyClient {
     /// A client for the backend at `base_url` (no trailing slash) sharing `http`'s pool.
     pub fn new(base_url: &str, http: reqwest::Client) -> ComfyClient {
-        ComfyClient { base_url: base_url.trim_end_matches('/').to_string(), http }
+        ComfyClient { base_url: base_url.trim_end_matches('/').to_string(), http, call_timeout: CALL_TIMEOUT }
     }
 
-    /// A connection pool suited to talking to backends.
-    pub fn http_pool() -> reqwest::Client {
+    /// The same client with another time limit for calls (uploads and downloads keep theirs).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> ComfyClient {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// A connection pool suited to talking to backends; a transfer that stays silent for
+    /// `read_timeout` fails (a hung upload or download does not wait for its whole limit).
+    pub fn http_pool(read_timeout: Duration) -> reqwest::Client {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            .read_timeout(read_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .no_proxy()
@@ -111,7 +121,7 @@ impl ComfyClient {
         let resp = self
             .http
             .get(format!("{}{path_and_query}", self.base_url))
-            .timeout(CALL_TIMEOUT)
+            .timeout(self.call_timeout)
             .send()
             .await
             .map_err(ComfyError::from_reqwest)?;
@@ -125,7 +135,7 @@ impl ComfyClient {
             .post(format!("{}{path}", self.base_url))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body)
-            .timeout(CALL_TIMEOUT)
+            .timeout(self.call_timeout)
             .send()
             .await
             .map_err(ComfyError::from_reqwest)?;
