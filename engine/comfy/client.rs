@@ -51,6 +51,16 @@ impl ComfyError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ComfyError::Connect(_) | ComfyError::Transport(_))
     }
+
+    /// Whether the same request may well succeed when sent again: the connection broke,
+    /// timed out or was cut short after connecting, or ComfyUI answered 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ComfyError::Transport(_) => true,
+            ComfyError::Status { status, .. } => *status >= 500,
+            ComfyError::Connect(_) | ComfyError::Rejected { .. } | ComfyError::Protocol(_) => false,
+        }
+    }
 }
 
 /// What `/system_stats` tells about a backend.
