@@ -7,6 +7,9 @@
 //!   others), alg none / confusion / expiry attacks, the audit log, open mode.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
 //!   privacy mode.
+//! - `faults`: the backend-fault matrix: refused connections, 5xx answers, hung answers,
+//!   execution hangs, WebSocket drops, crashes, garbage and truncated downloads, history
+//!   without outputs; transient and persistent, each with its expected end state and code.
 //! - `inputs`: image inputs by URL, data URI, base64 and multipart; SSRF refusals, bad
 //!   bytes and oversize as 400 naming the field.
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
@@ -38,6 +41,7 @@ mod support;
 mod api;
 mod auth;
 mod events;
+mod faults;
 mod inputs;
 mod jobs;
 mod limits;
