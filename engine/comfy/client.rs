@@ -44,7 +44,19 @@ pub enum ComfyError {
 
 impl ComfyError {
     fn from_reqwest(e: reqwest::Error) -> ComfyError {
-        if e.is_connect() { ComfyError::Connect(e.to_string()) } else { ComfyError::Transport(e.to_string()) }
+        // reqwest's text names only the request; the cause (refused, timed out, closed
+        // mid-body) is in its sources.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        if e.is_connect() { ComfyError::Connect(text) } else { ComfyError::Transport(text) }
     }
 
     /// Whether this failure means the backend is not reachable at all.
