@@ -16,6 +16,8 @@
 //! | `POST /prompt` 500, persistent | `promptError: 100` | `failed` `COMFYUI_UNREACHABLE`, attempts = `MAX_ATTEMPTS`, never executed |
 //! | `POST /upload/image` 500, transient | `uploadError: 1` | `succeeded`, attempts 1 (the upload is retried; the prompt was not sent yet), executed once |
 //! | `POST /upload/image` 500, persistent | `uploadError: 100` | `failed` `COMFYUI_UNREACHABLE`, attempts 1, never executed |
+//! | `POST /upload/image` hangs, transient | `uploadHang: 1` (stored, answer never comes) | `succeeded`, attempts 1 (upload retried after `COMFYUI_HTTP_TIMEOUT_MS`), executed once |
+//! | `POST /upload/image` hangs, persistent | `uploadHang: 100` | `failed` `COMFYUI_UNREACHABLE`, attempts 1, never executed (not requeued forever) |
 //! | `GET /history` 500, transient | `historyError: 1` | `succeeded`, attempts 1, executed once |
 //! | `GET /history` 500, persistent | `historyError: 1000` | `failed` `COMFYUI_UNREACHABLE` after `COMFYUI_TIMEOUT_MS`, attempts 1, executed once |
 //! | `GET /view` 500, transient | `viewError: 1` | `succeeded` (download retried), intact output, executed once |
@@ -24,6 +26,8 @@
 //! | `POST /prompt` hangs, persistent | `promptHang: 100` | `succeeded`, attempts 1, executed once |
 //! | `GET /history` hangs, transient | `historyHang: 1` | `succeeded`, attempts 1, executed once |
 //! | `GET /history` hangs, persistent | `historyHang: 1000` | `failed` `COMFYUI_UNREACHABLE` after `COMFYUI_TIMEOUT_MS`, attempts 1 |
+//! | `GET /view` hangs, transient | `viewHang: 1` | `succeeded` (download retried), intact output |
+//! | `GET /view` hangs, persistent | `viewHang: 100` | `failed` `COMFYUI_UNREACHABLE`, no output stored |
 //! | execution hangs | `hang: 1` | `failed` `COMFYUI_TIMEOUT` after `COMFYUI_TIMEOUT_MS`, the prompt interrupted, executed once |
 //! | WebSocket drop mid-job | `dropWsAfterMs` | `succeeded`, attempts 1, executed once |
 //! | ComfyUI crash mid-job | `crashOnNextExecution`, then restart | `succeeded`, attempts 2, executed once by the restarted backend |
@@ -138,6 +142,16 @@ impl Outcome {
     /// The terminal state, the error code (None for a success) and the attempts.
     fn expect(&self, status: &str, code: Option<&str>, attempts: u64, log: &str) {
         let job = &self.job;
+        // The observed outcome, for `--nocapture` runs (the test thread is named after the test).
+        eprintln!(
+            "[cell] {}: {} {} attempts={} in {} ms: {}",
+            std::thread::current().name().unwrap_or("?"),
+            job["status"],
+            job["error"]["code"],
+            job["attempts"],
+            self.took.as_millis(),
+            self.message()
+        );
         assert_eq!(job["status"], status, "{job}\n{log}");
         assert_eq!(job["error"]["code"].as_str(), code, "{job}");
         assert_eq!(job["attempts"].as_u64(), Some(attempts), "{job}");
@@ -336,6 +350,38 @@ async fn history_answer_hangs() {
     let o = rig.run(json!({"historyHang": 1000}), icon(2)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
     assert_eq!(rig.executed(&o.id).await, 1);
+}
+
+/// `POST /upload/image` that never answers: the upload is tried again (no attempt: the
+/// prompt was not sent); a backend that keeps hanging fails the job instead of taking it
+/// back again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_answer_hangs() {
+    let rig = Rig::start(&[]).await;
+    let o = rig.run(json!({"uploadHang": 1}), invert(3)).await;
+    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
+    assert_eq!(rig.executed(&o.id).await, 1);
+    rig.assert_intact_outputs(&o).await;
+
+    let o = rig.run(json!({"uploadHang": 100}), invert(4)).await;
+    o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
+    assert_eq!(rig.executed(&o.id).await, 0);
+}
+
+/// `GET /view` that never answers: the download is tried again; a backend that keeps
+/// hanging fails the job without storing anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn view_answer_hangs() {
+    let rig = Rig::start(&[]).await;
+    let o = rig.run(json!({"viewHang": 1}), icon(1)).await;
+    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
+    assert_eq!(rig.executed(&o.id).await, 1);
+    rig.assert_intact_outputs(&o).await;
+
+    let o = rig.run(json!({"viewHang": 100}), icon(2)).await;
+    o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
+    assert_eq!(rig.executed(&o.id).await, 1);
+    rig.assert_no_outputs(&o).await;
 }
 
 /// Execution that hangs past `COMFYUI_TIMEOUT_MS`: interrupted, `COMFYUI_TIMEOUT`.

@@ -1125,8 +1125,8 @@ async fn sim_fault_drop_ws_and_latency() {
         sim.get("/sim/faults").await.1,
         json!({
             "latencyMs": 0, "oom": 0, "nodeError": 0, "hang": 0, "dropWsAfterMs": null, "crashOnNextExecution": false,
-            "promptError": 0, "promptHang": 0, "uploadError": 0, "historyError": 0, "historyHang": 0,
-            "historyNoOutputs": 0, "viewError": 0, "viewGarbage": 0, "viewTruncated": 0
+            "promptError": 0, "promptHang": 0, "uploadError": 0, "uploadHang": 0, "historyError": 0, "historyHang": 0,
+            "historyNoOutputs": 0, "viewError": 0, "viewHang": 0, "viewGarbage": 0, "viewTruncated": 0
         })
     );
     assert_eq!(sim.post("/sim/faults", &json!({"bogus": 1})).await.0, 400);

@@ -244,7 +244,12 @@ async fn route(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Resp, 
             if fault(&shared, |f| &mut f.upload_error) {
                 server_error()
             } else {
-                upload(&shared, &content_type, &body, false)
+                let r = upload(&shared, &content_type, &body, false);
+                if r.status() == StatusCode::OK && fault(&shared, |f| &mut f.upload_hang) {
+                    with_wire(r, Wire::Hang)
+                } else {
+                    r
+                }
             }
         }
         (&Method::POST, ["upload", "mask"]) => upload(&shared, &content_type, &body, true),
@@ -657,12 +662,13 @@ fn view(shared: &Arc<Shared>, query: &HashMap<String, String>) -> Resp {
         // `preview=webp|jpeg` would re-encode; the simulator returns the file unchanged.
         _ => (bytes, files::content_type(&name)),
     };
-    // Faults: an error, a body that is not the file, or a body cut short.
-    let (error, garbage, truncated) = {
+    // Faults: an error, no answer, a body that is not the file, or a body cut short.
+    let (error, hang, garbage, truncated) = {
         let f = &mut shared.lock().faults;
         let error = super::state::Faults::take(&mut f.view_error);
-        let garbage = !error && super::state::Faults::take(&mut f.view_garbage);
-        (error, garbage, !error && !garbage && super::state::Faults::take(&mut f.view_truncated))
+        let hang = !error && super::state::Faults::take(&mut f.view_hang);
+        let garbage = !error && !hang && super::state::Faults::take(&mut f.view_garbage);
+        (error, hang, garbage, !error && !hang && !garbage && super::state::Faults::take(&mut f.view_truncated))
     };
     if error {
         return server_error();
@@ -675,6 +681,7 @@ fn view(shared: &Arc<Shared>, query: &HashMap<String, String>) -> Resp {
     }
     match wire {
         Some(w) => with_wire(r, w),
+        None if hang => with_wire(r, Wire::Hang),
         None => r,
     }
 }
@@ -1055,10 +1062,12 @@ struct FaultsPatch {
     prompt_error: Option<u32>,
     prompt_hang: Option<u32>,
     upload_error: Option<u32>,
+    upload_hang: Option<u32>,
     history_error: Option<u32>,
     history_hang: Option<u32>,
     history_no_outputs: Option<u32>,
     view_error: Option<u32>,
+    view_hang: Option<u32>,
     view_garbage: Option<u32>,
     view_truncated: Option<u32>,
     reset: Option<bool>,
@@ -1113,10 +1122,12 @@ fn post_faults(shared: &Arc<Shared>, body: &[u8]) -> Resp {
         (&mut f.prompt_error, patch.prompt_error),
         (&mut f.prompt_hang, patch.prompt_hang),
         (&mut f.upload_error, patch.upload_error),
+        (&mut f.upload_hang, patch.upload_hang),
         (&mut f.history_error, patch.history_error),
         (&mut f.history_hang, patch.history_hang),
         (&mut f.history_no_outputs, patch.history_no_outputs),
         (&mut f.view_error, patch.view_error),
+        (&mut f.view_hang, patch.view_hang),
         (&mut f.view_garbage, patch.view_garbage),
         (&mut f.view_truncated, patch.view_truncated),
     ] {

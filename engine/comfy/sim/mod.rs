@@ -37,10 +37,12 @@
 //! | `promptError: N` | – | the next N `POST /prompt` answer 500 (aiohttp's text) without queueing the prompt |
 //! | `promptHang: N` | – | the next N accepted `POST /prompt` queue the prompt, then hold the answer (an hour, i.e. until the client gives up) |
 //! | `uploadError: N` | – | the next N `POST /upload/image` answer 500 without storing the file |
+//! | `uploadHang: N` | – | the next N `POST /upload/image` store the file, then hold the answer (an hour) |
 //! | `historyError: N` | – | the next N `GET /history/{id}` answer 500 |
 //! | `historyHang: N` | – | the next N `GET /history/{id}` hold their answer (an hour) |
 //! | `historyNoOutputs: N` | – | the next N `GET /history/{id}` that find the prompt report it with `outputs: {}` and `meta: {}` |
 //! | `viewError: N` | – | the next N `GET /view` of an existing file answer 500 |
+//! | `viewHang: N` | – | the next N `GET /view` of an existing file hold their answer (an hour) |
 //! | `viewGarbage: N` | – | the next N `GET /view` of an existing file answer 200, with the file's content type, and an HTML error page as the body |
 //! | `viewTruncated: N` | – | the next N `GET /view` of an existing file declare the file's `Content-Length`, send half of it and close the connection |
 //! | `reset: true` | – | disarm everything first |

@@ -118,6 +118,8 @@ pub struct Faults {
     pub prompt_hang: u32,
     /// The next N `POST /upload/image` answer 500 without storing the file.
     pub upload_error: u32,
+    /// The next N `POST /upload/image` store the file, then never answer.
+    pub upload_hang: u32,
     /// The next N `GET /history/{id}` answer 500.
     pub history_error: u32,
     /// The next N `GET /history/{id}` never answer.
@@ -126,6 +128,8 @@ pub struct Faults {
     pub history_no_outputs: u32,
     /// The next N `GET /view` of an existing file answer 500.
     pub view_error: u32,
+    /// The next N `GET /view` of an existing file never answer.
+    pub view_hang: u32,
     /// The next N `GET /view` of an existing file answer 200 with bytes that are not the file.
     pub view_garbage: u32,
     /// The next N `GET /view` of an existing file declare its length, send half, and close.
