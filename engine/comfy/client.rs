@@ -309,3 +309,21 @@ fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
     text.into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ComfyError;
+
+    #[test]
+    fn transient_failures_are_broken_transfers_and_5xx() {
+        let status = |status| ComfyError::Status { status, body: String::new() };
+        assert!(ComfyError::Transport("timed out".into()).is_transient());
+        assert!(status(500).is_transient());
+        assert!(status(503).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!status(400).is_transient());
+        assert!(!ComfyError::Connect("refused".into()).is_transient(), "refused: the request never arrived");
+        assert!(!ComfyError::Protocol("bad json".into()).is_transient());
+        assert!(!ComfyError::Rejected { message: String::new(), details: serde_json::Value::Null }.is_transient());
+    }
+}
