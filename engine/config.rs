@@ -764,6 +764,7 @@ mod tests {
             (&["--comfyui-url", "http://a,http://a"], "COMFYUI_URL"),
             (&["--max-concurrency", "0"], "MAX_CONCURRENCY"),
             (&["--comfyui-timeout-ms", "0"], "COMFYUI_TIMEOUT_MS"),
+            (&["--comfyui-http-timeout-ms", "50"], "COMFYUI_HTTP_TIMEOUT_MS"),
             (&["--log-format", "xml"], "LOG_FORMAT"),
             (&["--database-url", "postgres://x"], "DATABASE_URL"),
             (&["--rate-limit-max", "10"], "RATE_LIMIT_WINDOW_MS"),
