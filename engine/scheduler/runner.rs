@@ -43,8 +43,9 @@ const WS_WAIT_AT_DISPATCH: Duration = Duration::from_secs(1);
 /// Minimum time between two progress entries in the durable event log.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_millis(500);
 /// Tries of one input upload or output download that fails transiently (a broken or
-/// cut-short transfer, a 5xx, bytes that are not the file), and the pause before the second.
+/// cut-short transfer, a 5xx, bytes that are not the file).
 const TRANSFER_TRIES: u32 = 3;
+/// Pause after a failed try of a transfer, times the tries so far.
 const TRANSFER_BACKOFF: Duration = Duration::from_millis(100);
 /// Pause before the one more look at a success history entry that lists no output.
 const HISTORY_REREAD_DELAY: Duration = Duration::from_millis(100);
