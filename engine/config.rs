@@ -36,6 +36,15 @@ pub struct ServeArgs {
         value_name = "COMFYUI_TIMEOUT_MS"
     )]
     pub comfyui_timeout_ms: u64,
+    /// Longest time of one HTTP call to ComfyUI (and longest silence within an upload or
+    /// download), in ms.
+    #[arg(
+        long = "comfyui-http-timeout-ms",
+        env = "COMFYUI_HTTP_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_name = "COMFYUI_HTTP_TIMEOUT_MS"
+    )]
+    pub comfyui_http_timeout_ms: u64,
     /// Path of the redb database file (a `redb://` or `file://` prefix is accepted).
     #[arg(
         long = "database-url",
@@ -345,6 +354,8 @@ pub struct Config {
     pub backend_urls: Vec<String>,
     /// Execution time limit of one job, in ms.
     pub comfyui_timeout_ms: u64,
+    /// Time limit of one HTTP call to a backend (and of silence within a transfer).
+    pub comfyui_http_timeout: std::time::Duration,
     /// The redb file.
     pub database_path: PathBuf,
     /// Prompts in flight per backend at most.
@@ -426,6 +437,9 @@ impl Config {
         if args.comfyui_timeout_ms == 0 {
             return Err(bad("COMFYUI_TIMEOUT_MS", "must be greater than 0"));
         }
+        if !(100..=600_000).contains(&args.comfyui_http_timeout_ms) {
+            return Err(bad("COMFYUI_HTTP_TIMEOUT_MS", "must be between 100 and 600000"));
+        }
         if !(1..=64).contains(&args.max_concurrency) {
             return Err(bad("MAX_CONCURRENCY", "must be between 1 and 64"));
         }
@@ -505,6 +519,7 @@ impl Config {
             port: args.port,
             backend_urls,
             comfyui_timeout_ms: args.comfyui_timeout_ms,
+            comfyui_http_timeout: std::time::Duration::from_millis(args.comfyui_http_timeout_ms),
             database_path,
             backend_concurrency_max: args.max_concurrency,
             image_size_max: args.max_image_size,
@@ -752,6 +767,7 @@ mod tests {
             (&["--comfyui-url", "http://a,http://a"], "COMFYUI_URL"),
             (&["--max-concurrency", "0"], "MAX_CONCURRENCY"),
             (&["--comfyui-timeout-ms", "0"], "COMFYUI_TIMEOUT_MS"),
+            (&["--comfyui-http-timeout-ms", "50"], "COMFYUI_HTTP_TIMEOUT_MS"),
             (&["--log-format", "xml"], "LOG_FORMAT"),
             (&["--database-url", "postgres://x"], "DATABASE_URL"),
             (&["--rate-limit-max", "10"], "RATE_LIMIT_WINDOW_MS"),

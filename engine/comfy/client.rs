@@ -44,12 +44,34 @@ pub enum ComfyError {
 
 impl ComfyError {
     fn from_reqwest(e: reqwest::Error) -> ComfyError {
-        if e.is_connect() { ComfyError::Connect(e.to_string()) } else { ComfyError::Transport(e.to_string()) }
+        // reqwest's text names only the request; the cause (refused, timed out, closed
+        // mid-body) is in its sources.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        if e.is_connect() { ComfyError::Connect(text) } else { ComfyError::Transport(text) }
     }
 
     /// Whether this failure means the backend is not reachable at all.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, ComfyError::Connect(_) | ComfyError::Transport(_))
+    }
+
+    /// Whether the same request may well succeed when sent again: the connection broke,
+    /// timed out or was cut short after connecting, or ComfyUI answered 5xx.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ComfyError::Transport(_) => true,
+            ComfyError::Status { status, .. } => *status >= 500,
+            ComfyError::Connect(_) | ComfyError::Rejected { .. } | ComfyError::Protocol(_) => false,
+        }
     }
 }
 
@@ -65,10 +87,12 @@ pub struct SystemInfo {
 pub struct ComfyClient {
     base_url: String,
     http: reqwest::Client,
+    /// Longest time of one HTTP call that is not an upload or download.
+    call_timeout: Duration,
 }
 
-/// Longest time of one HTTP call that is not a download.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default longest time of one HTTP call that is not an upload or download.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest time of one output download.
 const VIEW_TIMEOUT: Duration = Duration::from_secs(300);
 /// The largest output file fetched, in bytes.
@@ -77,13 +101,21 @@ pub const VIEW_BYTES_MAX: u64 = 1 << 30;
 impl ComfyClient {
     /// A client for the backend at `base_url` (no trailing slash) sharing `http`'s pool.
     pub fn new(base_url: &str, http: reqwest::Client) -> ComfyClient {
-        ComfyClient { base_url: base_url.trim_end_matches('/').to_string(), http }
+        ComfyClient { base_url: base_url.trim_end_matches('/').to_string(), http, call_timeout: CALL_TIMEOUT }
     }
 
-    /// A connection pool suited to talking to backends.
-    pub fn http_pool() -> reqwest::Client {
+    /// The same client with another time limit for calls (uploads and downloads keep theirs).
+    pub fn with_call_timeout(mut self, timeout: Duration) -> ComfyClient {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// A connection pool suited to talking to backends; a transfer that stays silent for
+    /// `read_timeout` fails (a hung upload or download does not wait for its whole limit).
+    pub fn http_pool(read_timeout: Duration) -> reqwest::Client {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            .read_timeout(read_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .no_proxy()
@@ -111,7 +143,7 @@ impl ComfyClient {
         let resp = self
             .http
             .get(format!("{}{path_and_query}", self.base_url))
-            .timeout(CALL_TIMEOUT)
+            .timeout(self.call_timeout)
             .send()
             .await
             .map_err(ComfyError::from_reqwest)?;
@@ -125,7 +157,7 @@ impl ComfyClient {
             .post(format!("{}{path}", self.base_url))
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(body)
-            .timeout(CALL_TIMEOUT)
+            .timeout(self.call_timeout)
             .send()
             .await
             .map_err(ComfyError::from_reqwest)?;
@@ -276,4 +308,22 @@ async fn success_body(resp: reqwest::Response) -> Result<Bytes, ComfyError> {
 fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(&body[..body.len().min(512)]);
     text.into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ComfyError;
+
+    #[test]
+    fn transient_failures_are_broken_transfers_and_5xx() {
+        let status = |status| ComfyError::Status { status, body: String::new() };
+        assert!(ComfyError::Transport("timed out".into()).is_transient());
+        assert!(status(500).is_transient());
+        assert!(status(503).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!status(400).is_transient());
+        assert!(!ComfyError::Connect("refused".into()).is_transient(), "refused: the request never arrived");
+        assert!(!ComfyError::Protocol("bad json".into()).is_transient());
+        assert!(!ComfyError::Rejected { message: String::new(), details: serde_json::Value::Null }.is_transient());
+    }
 }

@@ -373,9 +373,51 @@ pub fn media_type_of(filename: &str) -> &'static str {
     }
 }
 
+/// What is wrong with a downloaded output, judged by its file name: an image whose bytes
+/// do not start with its format's signature (e.g. a proxy's HTML error page), or a PNG that
+/// does not end with its `IEND` chunk (cut short). None for files of other types, which are
+/// taken as they come.
+pub fn output_defect(filename: &str, bytes: &[u8]) -> Option<String> {
+    const PNG_END: &[u8] = b"\0\0\0\0IEND\xae\x42\x60\x82";
+    let media_type = media_type_of(filename);
+    let (format, signature_ok) = match media_type {
+        "image/png" => ("PNG", bytes.starts_with(b"\x89PNG\r\n\x1a\n")),
+        "image/jpeg" => ("JPEG", bytes.starts_with(&[0xff, 0xd8, 0xff])),
+        "image/gif" => ("GIF", bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a")),
+        "image/webp" => ("WebP", bytes.len() >= 12 && bytes.starts_with(b"RIFF") && &bytes[8..12] == b"WEBP"),
+        _ => return None,
+    };
+    if !signature_ok {
+        let start: String =
+            bytes.iter().take(32).map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect();
+        return Some(format!("is not a {format} image: {} bytes starting with {start:?}", bytes.len()));
+    }
+    if format == "PNG" && !bytes.ends_with(PNG_END) {
+        return Some(format!("is an incomplete PNG image ({} bytes, no IEND chunk at the end)", bytes.len()));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_defects_by_file_name() {
+        let png = [b"\x89PNG\r\n\x1a\n".as_slice(), b"IHDR...", b"\0\0\0\0IEND\xae\x42\x60\x82"].concat();
+        assert_eq!(output_defect("a_00001_.png", &png), None);
+        let html = b"<html><head><title>502 Bad Gateway</title></head></html>";
+        let defect = output_defect("a_00001_.png", html).unwrap();
+        assert!(defect.starts_with("is not a PNG image: 56 bytes starting with \"<html><head><title>502"), "{defect}");
+        assert!(output_defect("a.png", &png[..png.len() / 2]).unwrap().contains("incomplete PNG"));
+        assert!(output_defect("a.JPG", html).unwrap().contains("not a JPEG"));
+        assert_eq!(output_defect("a.jpg", &[0xff, 0xd8, 0xff, 0xe0]), None);
+        assert!(output_defect("a.webp", b"RIFF\0\0\0\0WEBX").is_some());
+        assert_eq!(output_defect("a.gif", b"GIF89a..."), None);
+        // Other types are taken as they come.
+        assert_eq!(output_defect("a_00001_.latent", html), None);
+        assert_eq!(output_defect("clip.mp4", b""), None);
+    }
 
     #[test]
     fn ws_messages_from_captures() {

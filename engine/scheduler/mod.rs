@@ -82,10 +82,10 @@ pub struct BackendStatus {
 }
 
 impl Backend {
-    fn new(url: &str, http: reqwest::Client) -> Backend {
+    fn new(url: &str, http: reqwest::Client, call_timeout: std::time::Duration) -> Backend {
         Backend {
             id: url.to_string(),
-            client: ComfyClient::new(url, http),
+            client: ComfyClient::new(url, http).with_call_timeout(call_timeout),
             hub: WsHub::new(),
             healthy: AtomicBool::new(false),
             recheck: Notify::new(),
@@ -290,9 +290,12 @@ impl Scheduler {
         metrics: Metrics,
         plugins: crate::plugins::Host,
     ) -> Result<Scheduler> {
-        let http = ComfyClient::http_pool();
-        let backends: Vec<Arc<Backend>> =
-            config.backend_urls.iter().map(|url| Arc::new(Backend::new(url, http.clone()))).collect();
+        let http = ComfyClient::http_pool(config.comfyui_http_timeout);
+        let backends: Vec<Arc<Backend>> = config
+            .backend_urls
+            .iter()
+            .map(|url| Arc::new(Backend::new(url, http.clone(), config.comfyui_http_timeout)))
+            .collect();
         let shared = Arc::new(Shared {
             store: store.clone(),
             inner: Mutex::new(Inner { in_flight: vec![0; backends.len()], ..Inner::default() }),

@@ -42,6 +42,13 @@ const RECONCILE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 const WS_WAIT_AT_DISPATCH: Duration = Duration::from_secs(1);
 /// Minimum time between two progress entries in the durable event log.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_millis(500);
+/// Tries of one input upload or output download that fails transiently (a broken or
+/// cut-short transfer, a 5xx, bytes that are not the file).
+const TRANSFER_TRIES: u32 = 3;
+/// Pause after a failed try of a transfer, times the tries so far.
+const TRANSFER_BACKOFF: Duration = Duration::from_millis(100);
+/// Pause before the one more look at a success history entry that lists no output.
+const HISTORY_REREAD_DELAY: Duration = Duration::from_millis(100);
 
 enum Phase {
     Submit,
@@ -57,6 +64,14 @@ enum UploadError {
     Comfy(ComfyError),
     /// The stored image could not be read.
     Store(String),
+}
+
+/// Why an output could not be downloaded.
+enum DownloadError {
+    /// The connection was refused: the backend is down; reconcile.
+    Down,
+    /// Given up: the job fails with this code and message.
+    Failed(ErrorCode, String),
 }
 
 enum Exit {
@@ -84,6 +99,10 @@ struct Run {
     quarter: Option<(String, u8)>,
     /// A milestone not yet written (a write was in flight); written with the next one.
     pending_milestone: Option<JobEventKind>,
+    /// The history was read once more after it listed no output.
+    history_reread: bool,
+    /// The last failure that sent the job to reconciliation (named if the job fails).
+    last_failure: Option<String>,
 }
 
 /// The quarter (0 to 4) of a node's progress.
@@ -155,6 +174,8 @@ impl Run {
             progress_write: None,
             quarter: None,
             pending_milestone: None,
+            history_reread: false,
+            last_failure: None,
         }
     }
 
@@ -280,8 +301,14 @@ impl Run {
         };
         match uploaded {
             Ok(()) => {}
-            Err(UploadError::Comfy(ComfyError::Connect(reason) | ComfyError::Transport(reason))) => {
+            Err(UploadError::Comfy(ComfyError::Connect(reason))) => {
                 return self.requeue_unreachable(reason).await;
+            }
+            // The prompt was not sent, so no attempt is counted; failing here (rather than
+            // requeueing) bounds a backend that keeps failing uploads.
+            Err(UploadError::Comfy(e)) if e.is_transient() => {
+                let message = format!("ComfyUI failed to take an input image {TRANSFER_TRIES} times: {e}");
+                return self.fail(ErrorCode::ComfyuiUnreachable, message, None).await;
             }
             Err(UploadError::Comfy(other)) => {
                 let message = format!("ComfyUI did not accept an input image: {other}");
@@ -310,6 +337,7 @@ impl Run {
             Err(ComfyError::Connect(reason)) => self.requeue_unreachable(reason).await,
             Err(other) => {
                 tracing::warn!(job = %id, error = %other, "submit outcome unknown; reconciling");
+                self.last_failure = Some(format!("POST /prompt: {other}"));
                 Ok(Phase::Reconcile)
             }
         }
@@ -328,7 +356,8 @@ impl Run {
     }
 
     /// `POST /upload/image` of every input image, from the blob store, under the job's
-    /// subfolder with the name the prompt was rendered with.
+    /// subfolder with the name the prompt was rendered with; an upload that fails
+    /// transiently is tried again (`overwrite=true` makes that harmless).
     async fn upload_inputs(&self) -> Result<(), UploadError> {
         let subfolder = input_subfolder(self.job.id);
         for input in &self.job.inputs {
@@ -337,13 +366,52 @@ impl Run {
                 Ok(None) => return Err(UploadError::Store(format!("input {:?}: blob missing", input.name))),
                 Err(e) => return Err(UploadError::Store(format!("input {:?}: {e}", input.name))),
             };
-            self.backend
-                .client
-                .upload_image(&subfolder, &input.file_name, &input.media_type, bytes.into())
-                .await
-                .map_err(UploadError::Comfy)?;
+            let bytes = bytes::Bytes::from(bytes);
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let upload =
+                    self.backend.client.upload_image(&subfolder, &input.file_name, &input.media_type, bytes.clone());
+                match upload.await {
+                    Ok(()) => break,
+                    Err(e) if e.is_transient() && tries < TRANSFER_TRIES => {
+                        tracing::warn!(job = %self.id(), input = %input.name, error = %e, "input upload failed; trying again");
+                        tokio::time::sleep(TRANSFER_BACKOFF * tries).await;
+                    }
+                    Err(e) => return Err(UploadError::Comfy(e)),
+                }
+            }
         }
         Ok(())
+    }
+
+    /// `GET /view` of one output, checked against its file name
+    /// ([`protocol::output_defect`]); a transient failure or a defective body is tried again,
+    /// up to `TRANSFER_TRIES` times.
+    async fn download(&self, file: &OutputFile) -> Result<bytes::Bytes, DownloadError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let (code, failure) = match self.backend.client.view(file).await {
+                Ok(bytes) => match protocol::output_defect(&file.filename, &bytes) {
+                    None => return Ok(bytes),
+                    Some(defect) => (ErrorCode::ComfyuiNodeError, format!("output {} {defect}", file.filename)),
+                },
+                Err(ComfyError::Connect(_)) => return Err(DownloadError::Down),
+                Err(e) if e.is_transient() => {
+                    (ErrorCode::ComfyuiUnreachable, format!("output {} could not be downloaded: {e}", file.filename))
+                }
+                Err(e) => {
+                    let message = format!("output {} could not be downloaded: {e}", file.filename);
+                    return Err(DownloadError::Failed(ErrorCode::ComfyuiNodeError, message));
+                }
+            };
+            if tries >= TRANSFER_TRIES {
+                return Err(DownloadError::Failed(code, format!("{failure} ({tries} tries)")));
+            }
+            tracing::warn!(job = %self.id(), error = %failure, "output download failed; trying again");
+            tokio::time::sleep(TRANSFER_BACKOFF * tries).await;
+        }
     }
 
     fn poll_interval(&self) -> Duration {
@@ -521,7 +589,10 @@ impl Run {
     async fn resubmit(&mut self) -> Result<Phase, Exit> {
         let max = self.shared.config.attempts_max;
         if self.job.n_attempts >= max {
-            let message = format!("the backend lost the job {max} times (restarts or outages); giving up");
+            let mut message = format!("the backend lost the job {max} times (restarts or outages); giving up");
+            if let Some(failure) = &self.last_failure {
+                message.push_str(&format!("; last failure: {failure}"));
+            }
             return self.fail(ErrorCode::ComfyuiUnreachable, message, None).await;
         }
         let client_id = self.backend.hub.client_id().unwrap_or_else(|| format!("gw-{}", uuid::Uuid::new_v4().simple()));
@@ -557,6 +628,12 @@ impl Run {
             .filter(|f| f.folder_type == "output" || (keep_previews && f.folder_type == "temp"))
             .collect();
         if wanted.is_empty() {
+            // One more look first: cheap, and an incomplete answer does not cost the job.
+            if !self.history_reread {
+                self.history_reread = true;
+                tokio::time::sleep(HISTORY_REREAD_DELAY).await;
+                return Ok(Phase::Fetch);
+            }
             let message = "ComfyUI reported success but listed no saved output files \
                            (PreviewImage results are kept only with keepPreviews)"
                 .to_string();
@@ -565,16 +642,13 @@ impl Run {
         let mut files = Vec::with_capacity(wanted.len());
         for file in wanted {
             let bytes = tokio::select! {
-                r = self.backend.client.view(&file) => r,
+                r = self.download(&file) => r,
                 _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
             };
             let bytes = match bytes {
                 Ok(b) => b,
-                Err(e) if e.is_unreachable() => return Ok(Phase::Reconcile),
-                Err(e) => {
-                    let message = format!("output {} could not be downloaded: {e}", file.filename);
-                    return self.fail(ErrorCode::ComfyuiNodeError, message, None).await;
-                }
+                Err(DownloadError::Down) => return Ok(Phase::Reconcile),
+                Err(DownloadError::Failed(code, message)) => return self.fail(code, message, None).await,
             };
             // Privacy mode: ComfyUI writes the prompt into PNG text chunks; they are dropped.
             let bytes = match (&self.shared.config.sealer, crate::privacy::strip_png_text(&bytes)) {

@@ -10,6 +10,9 @@
 //!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
 //!   privacy mode.
+//! - `faults`: the backend-fault matrix: refused connections, 5xx answers, hung answers,
+//!   execution hangs, WebSocket drops, crashes, garbage and truncated downloads, history
+//!   without outputs; transient and persistent, each with its expected end state and code.
 //! - `inputs`: image inputs by URL, data URI, base64 and multipart; SSRF refusals, bad
 //!   bytes and oversize as 400 naming the field.
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
@@ -44,6 +47,7 @@ mod campaign;
 #[cfg(feature = "failpoints")]
 mod crash_points;
 mod events;
+mod faults;
 mod inputs;
 mod jobs;
 mod limits;

@@ -1123,9 +1123,86 @@ async fn sim_fault_drop_ws_and_latency() {
     sim.post("/sim/faults", &json!({"reset": true})).await;
     assert_eq!(
         sim.get("/sim/faults").await.1,
-        json!({"latencyMs": 0, "oom": 0, "nodeError": 0, "hang": 0, "dropWsAfterMs": null, "crashOnNextExecution": false})
+        json!({
+            "latencyMs": 0, "oom": 0, "nodeError": 0, "hang": 0, "dropWsAfterMs": null, "crashOnNextExecution": false,
+            "promptError": 0, "promptHang": 0, "uploadError": 0, "uploadHang": 0, "historyError": 0, "historyHang": 0,
+            "historyNoOutputs": 0, "viewError": 0, "viewHang": 0, "viewGarbage": 0, "viewTruncated": 0
+        })
     );
     assert_eq!(sim.post("/sim/faults", &json!({"bogus": 1})).await.0, 400);
+    sim.stop().await;
+}
+
+/// The HTTP faults on the wire: each counts requests on its route (`/api` too); once
+/// spent, the route answers as it always does.
+#[tokio::test]
+async fn sim_http_faults_on_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = start(dir.path(), 0).await;
+    let server_error = Value::String("500 Internal Server Error\n\nServer got itself in trouble".into());
+    let quick = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+
+    // promptError: aiohttp's 500, nothing queued; then the same body is accepted.
+    sim.post("/sim/faults", &json!({"promptError": 1})).await;
+    let submit = json!({"prompt": basic_prompt("wire", 1), "prompt_id": "w1"});
+    assert_eq!(sim.post("/api/prompt", &submit).await, (500, server_error.clone()));
+    assert_eq!(sim.get("/sim/executions").await.1["executions"], json!([]));
+    assert_eq!(sim.post("/prompt", &submit).await.0, 200);
+    let entry = sim.wait_history("w1").await;
+    let file = entry["outputs"]["2"]["images"][0]["filename"].as_str().unwrap().to_string();
+
+    // historyError, then historyNoOutputs (same entry, outputs and meta empty), then as is.
+    sim.post("/sim/faults", &json!({"historyError": 1, "historyNoOutputs": 1})).await;
+    assert_eq!(sim.get("/history/w1").await, (500, server_error.clone()));
+    let (s, bare) = sim.get("/api/history/w1").await;
+    assert_eq!((s, &bare["w1"]["outputs"], &bare["w1"]["meta"]), (200, &json!({}), &json!({})));
+    assert_eq!(bare["w1"]["status"], entry["status"]);
+    assert_eq!(sim.get("/history/w1").await.1["w1"], entry);
+
+    // viewError, viewGarbage, viewTruncated, viewHang, in that order when armed together.
+    let view = sim.url(&format!("/view?filename={file}&type=output"));
+    let real = sim.http.get(&view).send().await.unwrap().bytes().await.unwrap();
+    assert!(real.starts_with(b"\x89PNG"));
+    sim.post("/sim/faults", &json!({"viewError": 1, "viewGarbage": 1, "viewTruncated": 1, "viewHang": 1})).await;
+    assert_eq!(sim.http.get(&view).send().await.unwrap().status(), 500);
+    let hung = quick.get(&view).send().await;
+    assert!(hung.is_err_and(|e| e.is_timeout()), "viewHang holds the answer");
+    let garbage = sim.http.get(&view).send().await.unwrap();
+    assert_eq!(garbage.headers()["content-type"], "image/png");
+    assert!(garbage.bytes().await.unwrap().starts_with(b"<html>"));
+    let cut = sim.http.get(&view).send().await.unwrap();
+    assert_eq!(cut.content_length(), Some(real.len() as u64), "the whole length is declared");
+    assert!(cut.bytes().await.is_err(), "and the connection closes before it is sent");
+    assert_eq!(sim.http.get(&view).send().await.unwrap().bytes().await.unwrap(), real);
+
+    // uploadError: 500, nothing stored; uploadHang: stored, no answer.
+    let upload = |name: &str| {
+        format!(
+            "--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"{name}\"\r\n\
+             Content-Type: image/png\r\n\r\nnot checked\r\n--b--\r\n"
+        )
+    };
+    sim.post("/sim/faults", &json!({"uploadError": 1, "uploadHang": 1})).await;
+    let multipart = "multipart/form-data; boundary=b";
+    assert_eq!(sim.post_raw("/upload/image", &upload("u1.png"), multipart).await.0, 500);
+    assert!(!dir.path().join("input/u1.png").exists());
+    let hung =
+        quick.post(sim.url("/upload/image")).header("content-type", multipart).body(upload("u2.png")).send().await;
+    assert!(hung.is_err_and(|e| e.is_timeout()), "uploadHang holds the answer");
+    assert!(dir.path().join("input/u2.png").exists(), "after storing the file");
+    assert_eq!(sim.post_raw("/upload/image", &upload("u3.png"), multipart).await.0, 200);
+
+    // promptHang: the prompt is queued and runs; only the answer never comes.
+    sim.post("/sim/faults", &json!({"promptHang": 1, "historyHang": 1})).await;
+    let submit = json!({"prompt": basic_prompt("wire", 2), "prompt_id": "w2"});
+    assert!(quick.post(sim.url("/prompt")).json(&submit).send().await.is_err_and(|e| e.is_timeout()));
+    assert!(quick.get(sim.url("/history/w2")).send().await.is_err_and(|e| e.is_timeout()));
+    sim.wait_history("w2").await;
+
+    let (_, armed) = sim.get("/sim/faults").await;
+    for (name, count) in armed.as_object().unwrap() {
+        assert!(matches!(count, Value::Number(n) if n.as_u64() == Some(0)) || !count.is_number(), "{name} spent");
+    }
     sim.stop().await;
 }
 

@@ -1,7 +1,10 @@
 //! The HTTP side: one route table (every route also under `/api`), aiohttp's status codes
 //! and bodies for the odd cases (404/405/413/500/403), and the handlers of
 //! `/prompt`, `/queue`, `/history`, `/interrupt`, `/free`, `/view`, `/upload/*`, the
-//! read-only info routes and the simulator's own `/sim/*` control routes.
+//! read-only info routes and the simulator's own `/sim/*` control routes. HTTP faults
+//! (`/sim/faults`) that a complete body cannot express (an answer that never comes, a body
+//! shorter than its `Content-Length`) are marked on the response ([`Wire`]) and carried
+//! out by [`handle`].
 
 use super::defs::DEFS;
 use super::files;
@@ -19,8 +22,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 type Resp = Response<Full<Bytes>>;
 
@@ -61,8 +68,95 @@ fn not_found_static() -> Resp {
     resp(StatusCode::NOT_FOUND, Some("application/octet-stream"), Bytes::new())
 }
 
-/// Entry point of every request.
-pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
+/// How long an HTTP hang fault holds its answer (in practice: until the client gives up).
+const HTTP_HANG: Duration = Duration::from_secs(3600);
+
+/// A fault carried out on the wire, marked on a response by the handler that armed it.
+#[derive(Clone, Debug)]
+enum Wire {
+    /// Hold the answer for [`HTTP_HANG`] (or until shutdown).
+    Hang,
+    /// Declare these bytes' full length, send the first half, then drop the connection.
+    Truncate(Bytes),
+}
+
+/// The body of every answer: complete, or cut short by the `viewTruncated` fault.
+pub enum SimBody {
+    /// The whole body.
+    Full(Full<Bytes>),
+    /// Half of a body whose full length was declared; then, once that has gone out, an
+    /// error, which makes hyper close the connection.
+    Truncated(Option<Bytes>, Pin<Box<tokio::time::Sleep>>),
+}
+
+impl hyper::body::Body for SimBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, std::io::Error>>> {
+        match self.get_mut() {
+            SimBody::Full(full) => Pin::new(full).poll_frame(cx).map_err(|never| match never {}),
+            SimBody::Truncated(half, flushed) => match half.take() {
+                Some(bytes) => Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes)))),
+                None => flushed
+                    .as_mut()
+                    .poll(cx)
+                    .map(|()| Some(Err(std::io::Error::other("sim fault viewTruncated: connection closed mid-body")))),
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            SimBody::Full(full) => full.is_end_stream(),
+            SimBody::Truncated(..) => false,
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            SimBody::Full(full) => full.size_hint(),
+            SimBody::Truncated(..) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+/// Entry point of every request: route it, then carry out a wire fault the handler marked.
+pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<SimBody>, Infallible> {
+    let Ok(mut r) = route(shared.clone(), req).await;
+    match r.extensions_mut().remove::<Wire>() {
+        None => Ok(r.map(SimBody::Full)),
+        Some(Wire::Hang) => {
+            tokio::select! {
+                _ = tokio::time::sleep(HTTP_HANG) => {}
+                _ = shared.shutdown.cancelled() => {}
+            }
+            Ok(r.map(SimBody::Full))
+        }
+        Some(Wire::Truncate(bytes)) => {
+            let (mut parts, _) = r.into_parts();
+            parts.headers.insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(bytes.len() as u64));
+            let half = bytes.slice(..bytes.len() / 2);
+            let flushed = Box::pin(tokio::time::sleep(Duration::from_millis(50)));
+            Ok(Response::from_parts(parts, SimBody::Truncated(Some(half), flushed)))
+        }
+    }
+}
+
+/// Consume one count of the HTTP fault `pick` selects: whether this request gets it.
+fn fault(shared: &Shared, pick: impl FnOnce(&mut super::state::Faults) -> &mut u32) -> bool {
+    super::state::Faults::take(pick(&mut shared.lock().faults))
+}
+
+fn with_wire(mut r: Resp, wire: Wire) -> Resp {
+    r.extensions_mut().insert(wire);
+    r
+}
+
+async fn route(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
     let raw_path = req.uri().path().to_string();
     let query: HashMap<String, String> =
         req.uri().query().map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default();
@@ -118,16 +212,46 @@ pub async fn handle(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<R
         (&Method::GET, ["prompt"]) => {
             ok_json(&json!({"exec_info": {"queue_remaining": shared.lock().queue_remaining()}}))
         }
-        (&Method::POST, ["prompt"]) => post_prompt(&shared, &body),
+        (&Method::POST, ["prompt"]) => {
+            if fault(&shared, |f| &mut f.prompt_error) {
+                server_error()
+            } else {
+                let r = post_prompt(&shared, &body);
+                if r.status() == StatusCode::OK && fault(&shared, |f| &mut f.prompt_hang) {
+                    with_wire(r, Wire::Hang)
+                } else {
+                    r
+                }
+            }
+        }
         (&Method::GET, ["queue"]) => get_queue(&shared),
         (&Method::POST, ["queue"]) => post_queue(&shared, &body),
         (&Method::GET, ["history"]) => get_history(&shared, &query),
-        (&Method::GET, ["history", id]) => get_history_item(&shared, &percent_decode(id)),
+        (&Method::GET, ["history", id]) => {
+            if fault(&shared, |f| &mut f.history_error) {
+                server_error()
+            } else if fault(&shared, |f| &mut f.history_hang) {
+                with_wire(get_history_item(&shared, &percent_decode(id)), Wire::Hang)
+            } else {
+                get_history_item(&shared, &percent_decode(id))
+            }
+        }
         (&Method::POST, ["history"]) => post_history(&shared, &body),
         (&Method::POST, ["interrupt"]) => post_interrupt(&shared, &body),
         (&Method::POST, ["free"]) => post_free(&shared, &body),
         (&Method::GET | &Method::HEAD, ["view"]) => view(&shared, &query),
-        (&Method::POST, ["upload", "image"]) => upload(&shared, &content_type, &body, false),
+        (&Method::POST, ["upload", "image"]) => {
+            if fault(&shared, |f| &mut f.upload_error) {
+                server_error()
+            } else {
+                let r = upload(&shared, &content_type, &body, false);
+                if r.status() == StatusCode::OK && fault(&shared, |f| &mut f.upload_hang) {
+                    with_wire(r, Wire::Hang)
+                } else {
+                    r
+                }
+            }
+        }
         (&Method::POST, ["upload", "mask"]) => upload(&shared, &content_type, &body, true),
         (&Method::GET, ["system_stats"]) => {
             json_resp(StatusCode::OK, py_json(&reorder(&system_stats(&shared), SYSTEM_STATS_KEY_ORDER)))
@@ -421,9 +545,27 @@ fn get_history(shared: &Arc<Shared>, query: &HashMap<String, String>) -> Resp {
 }
 
 fn get_history_item(shared: &Arc<Shared>, id: &str) -> Resp {
-    let inner = shared.lock();
-    let found: Vec<&(String, String)> = inner.history.iter().filter(|(k, _)| k == id).collect();
-    json_resp(StatusCode::OK, history_object(&found))
+    let mut inner = shared.lock();
+    let found: Vec<(String, String)> = inner.history.iter().filter(|(k, _)| k == id).cloned().collect();
+    // Fault historyNoOutputs: the entry as if no node had reported a UI output.
+    let found = if !found.is_empty() && super::state::Faults::take(&mut inner.faults.history_no_outputs) {
+        found.into_iter().map(|(k, v)| (k, without_outputs(&v))).collect()
+    } else {
+        found
+    };
+    json_resp(StatusCode::OK, history_object(&found.iter().collect::<Vec<_>>()))
+}
+
+/// A history entry with empty `outputs` and `meta` (key order kept).
+fn without_outputs(entry: &str) -> String {
+    match serde_json::from_str::<OJson>(entry) {
+        Ok(mut e) => {
+            e.set("outputs", OJson::Obj(Vec::new()));
+            e.set("meta", OJson::Obj(Vec::new()));
+            e.to_json()
+        }
+        Err(_) => entry.to_string(),
+    }
 }
 
 fn post_history(shared: &Arc<Shared>, body: &[u8]) -> Resp {
@@ -520,12 +662,33 @@ fn view(shared: &Arc<Shared>, query: &HashMap<String, String>) -> Resp {
         // `preview=webp|jpeg` would re-encode; the simulator returns the file unchanged.
         _ => (bytes, files::content_type(&name)),
     };
+    // Faults: an error, no answer, a body that is not the file, or a body cut short.
+    let (error, hang, garbage, truncated) = {
+        let f = &mut shared.lock().faults;
+        let error = super::state::Faults::take(&mut f.view_error);
+        let hang = !error && super::state::Faults::take(&mut f.view_hang);
+        let garbage = !error && !hang && super::state::Faults::take(&mut f.view_garbage);
+        (error, hang, garbage, !error && !hang && !garbage && super::state::Faults::take(&mut f.view_truncated))
+    };
+    if error {
+        return server_error();
+    }
+    let body = if garbage { GARBAGE_BODY.as_bytes().to_vec() } else { body };
+    let (body, wire) = if truncated { (Vec::new(), Some(Wire::Truncate(Bytes::from(body)))) } else { (body, None) };
     let mut r = resp(StatusCode::OK, Some(content_type), body);
     if let Ok(v) = HeaderValue::from_str(&format!("filename=\"{name}\"")) {
         r.headers_mut().insert(CONTENT_DISPOSITION, v);
     }
-    r
+    match wire {
+        Some(w) => with_wire(r, w),
+        None if hang => with_wire(r, Wire::Hang),
+        None => r,
+    }
 }
+
+/// What fault `viewGarbage` sends instead of the file: a proxy's error page.
+const GARBAGE_BODY: &str = "<html><head><title>502 Bad Gateway</title></head>\n\
+                            <body><h1>502 Bad Gateway</h1></body></html>\n";
 
 /// One multipart part.
 struct Part {
@@ -896,6 +1059,17 @@ struct FaultsPatch {
     drop_ws_after_ms: Option<Option<u64>>,
     crash: Option<bool>,
     crash_on_next_execution: Option<bool>,
+    prompt_error: Option<u32>,
+    prompt_hang: Option<u32>,
+    upload_error: Option<u32>,
+    upload_hang: Option<u32>,
+    history_error: Option<u32>,
+    history_hang: Option<u32>,
+    history_no_outputs: Option<u32>,
+    view_error: Option<u32>,
+    view_hang: Option<u32>,
+    view_garbage: Option<u32>,
+    view_truncated: Option<u32>,
     reset: Option<bool>,
 }
 
@@ -943,6 +1117,23 @@ fn post_faults(shared: &Arc<Shared>, body: &[u8]) -> Resp {
     }
     if let Some(v) = patch.crash_on_next_execution {
         f.crash_on_next_execution = v;
+    }
+    for (field, value) in [
+        (&mut f.prompt_error, patch.prompt_error),
+        (&mut f.prompt_hang, patch.prompt_hang),
+        (&mut f.upload_error, patch.upload_error),
+        (&mut f.upload_hang, patch.upload_hang),
+        (&mut f.history_error, patch.history_error),
+        (&mut f.history_hang, patch.history_hang),
+        (&mut f.history_no_outputs, patch.history_no_outputs),
+        (&mut f.view_error, patch.view_error),
+        (&mut f.view_hang, patch.view_hang),
+        (&mut f.view_garbage, patch.view_garbage),
+        (&mut f.view_truncated, patch.view_truncated),
+    ] {
+        if let Some(v) = value {
+            *field = v;
+        }
     }
     let current = json!(inner.faults);
     if patch.drop_ws == Some(true) {

@@ -34,6 +34,17 @@
 //! | `dropWsAfterMs: N` / `null` | `--fault-drop-ws-after-ms N` | drop every WebSocket N ms after the next execution starts (one-shot) |
 //! | `crash: true` | – | exit the process with code 137 (~50 ms later, no cleanup) |
 //! | `crashOnNextExecution: true` | `--fault-crash-on-next-execution` | exit with code 137 when the next prompt is taken from the queue |
+//! | `promptError: N` | – | the next N `POST /prompt` answer 500 (aiohttp's text) without queueing the prompt |
+//! | `promptHang: N` | – | the next N accepted `POST /prompt` queue the prompt, then hold the answer (an hour, i.e. until the client gives up) |
+//! | `uploadError: N` | – | the next N `POST /upload/image` answer 500 without storing the file |
+//! | `uploadHang: N` | – | the next N `POST /upload/image` store the file, then hold the answer (an hour) |
+//! | `historyError: N` | – | the next N `GET /history/{id}` answer 500 |
+//! | `historyHang: N` | – | the next N `GET /history/{id}` hold their answer (an hour) |
+//! | `historyNoOutputs: N` | – | the next N `GET /history/{id}` that find the prompt report it with `outputs: {}` and `meta: {}` |
+//! | `viewError: N` | – | the next N `GET /view` of an existing file answer 500 |
+//! | `viewHang: N` | – | the next N `GET /view` of an existing file hold their answer (an hour) |
+//! | `viewGarbage: N` | – | the next N `GET /view` of an existing file answer 200, with the file's content type, and an HTML error page as the body |
+//! | `viewTruncated: N` | – | the next N `GET /view` of an existing file declare the file's `Content-Length`, send half of it and close the connection |
 //! | `reset: true` | – | disarm everything first |
 //!
 //! "First non-trivial node" = the first executed node whose class is not native; if the
@@ -41,7 +52,9 @@
 //! such a node (fully cached) does not consume a fault; an interrupted one does. `crash*` end the whole process, so they only make
 //! sense when the simulator runs as its own process (`comfyui-gateway sim`); the tests
 //! exercise them in a child process. Faults armed by flags behave exactly like the same
-//! fields posted to `/sim/faults` at start.
+//! fields posted to `/sim/faults` at start. The HTTP faults (`prompt*`, `upload*`,
+//! `history*`, `view*`) count requests on their route (with or without `/api`), so `1`
+//! is a transient fault and a large N a persistent one; `/sim/*` is never faulted.
 
 mod defs;
 mod exec;
@@ -156,6 +169,7 @@ impl From<SimArgs> for SimConfig {
                 hang: a.fault_hang,
                 drop_ws_after_ms: a.fault_drop_ws_after_ms,
                 crash_on_next_execution: a.fault_crash_on_next_execution,
+                ..Faults::default()
             },
         }
     }

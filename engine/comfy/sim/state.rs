@@ -112,6 +112,40 @@ pub struct Faults {
     pub drop_ws_after_ms: Option<u64>,
     /// Exit the process (code 137) when the next execution starts.
     pub crash_on_next_execution: bool,
+    /// The next N `POST /prompt` answer 500 without queueing the prompt.
+    pub prompt_error: u32,
+    /// The next N accepted `POST /prompt` queue the prompt, then never answer.
+    pub prompt_hang: u32,
+    /// The next N `POST /upload/image` answer 500 without storing the file.
+    pub upload_error: u32,
+    /// The next N `POST /upload/image` store the file, then never answer.
+    pub upload_hang: u32,
+    /// The next N `GET /history/{id}` answer 500.
+    pub history_error: u32,
+    /// The next N `GET /history/{id}` never answer.
+    pub history_hang: u32,
+    /// The next N `GET /history/{id}` that find the prompt report it with `outputs: {}`.
+    pub history_no_outputs: u32,
+    /// The next N `GET /view` of an existing file answer 500.
+    pub view_error: u32,
+    /// The next N `GET /view` of an existing file never answer.
+    pub view_hang: u32,
+    /// The next N `GET /view` of an existing file answer 200 with bytes that are not the file.
+    pub view_garbage: u32,
+    /// The next N `GET /view` of an existing file declare its length, send half, and close.
+    pub view_truncated: u32,
+}
+
+impl Faults {
+    /// Consume one count of an HTTP fault: whether it applies to this request.
+    pub fn take(count: &mut u32) -> bool {
+        if *count > 0 {
+            *count -= 1;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// A fault picked for one prompt at its start.
