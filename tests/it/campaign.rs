@@ -25,8 +25,9 @@
 //!   one), or a crash image failing the offline check.
 //!
 //! Settings (environment): `KILL_CAMPAIGN_KILLS` (20), `KILL_CAMPAIGN_SEED` (random),
-//! `KILL_CAMPAIGN_MAX_UP_MS` (1500), `KILL_CAMPAIGN_CLIENTS` (6), `KILL_CAMPAIGN_SIM_CRASH_EVERY`
-//! (25 kills; 0 = never), `KILL_CAMPAIGN_KEEP` (keep the temp dir and say where).
+//! `KILL_CAMPAIGN_MAX_UP_MS` (1500), `KILL_CAMPAIGN_CLIENTS` (4), `KILL_CAMPAIGN_PAUSE_MS` (mean
+//! pause of a client between operations, 200), `KILL_CAMPAIGN_SIM_CRASH_EVERY` (25 kills;
+//! 0 = never), `KILL_CAMPAIGN_KEEP` (keep the temp dir and say where).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -144,9 +145,12 @@ struct Shared {
 }
 
 /// One load task: random operations until `stop`.
-async fn client_task(shared: Arc<Shared>, seed: u64) {
+async fn client_task(shared: Arc<Shared>, seed: u64, pause_ms: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     while !shared.stop.load(Ordering::Relaxed) {
+        // Paced so that the backlog stays near what the backend can run: the campaign is
+        // about crashes under a steady load, not about a queue growing without end.
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..=2 * pause_ms))).await;
         let roll = rng.random_range(0..100);
         let ok = if roll < 55 {
             submit(&shared, &mut rng).await
@@ -444,11 +448,13 @@ async fn kill_campaign() {
     let kills = setting("KILL_CAMPAIGN_KILLS", 20);
     let seed = setting("KILL_CAMPAIGN_SEED", rand::random::<u32>() as u64);
     let max_up = setting("KILL_CAMPAIGN_MAX_UP_MS", 1500);
-    let clients = setting("KILL_CAMPAIGN_CLIENTS", 6);
+    let clients = setting("KILL_CAMPAIGN_CLIENTS", 4);
+    let pause_ms = setting("KILL_CAMPAIGN_PAUSE_MS", 200);
     let sim_crash_every = setting("KILL_CAMPAIGN_SIM_CRASH_EVERY", 25);
     let keep = std::env::var_os("KILL_CAMPAIGN_KEEP").is_some();
     println!(
-        "kill campaign: {kills} kills, seed {seed}, kill at uniform [0, {max_up}] ms after start, {clients} clients"
+        "kill campaign: {kills} kills, seed {seed}, kill at uniform [0, {max_up}] ms after start, {clients} clients \
+         pausing {pause_ms} ms on average"
     );
     let tmp = support::tempdir();
     let dir = tmp.path().to_path_buf();
@@ -511,7 +517,7 @@ async fn kill_campaign() {
                     };
                     verify_jobs(&shared, ids).await;
                 }
-                (0..clients).map(|i| tokio::spawn(client_task(shared.clone(), seed ^ (k << 8) ^ i))).collect()
+                (0..clients).map(|i| tokio::spawn(client_task(shared.clone(), seed ^ (k << 8) ^ i, pause_ms))).collect()
             }
             None => {
                 kills_in_recovery += 1;
