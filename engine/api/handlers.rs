@@ -182,10 +182,13 @@ fn parse_priority(v: Option<&Value>) -> Result<i32> {
     }
 }
 
-/// `GET /health`: 200 when at least one backend is reachable, else 503.
+/// `GET /health`: 200 when at least one backend is reachable and the store works, else 503.
 pub async fn health(ctx: &Ctx) -> Result<Resp> {
     let backends = ctx.gateway.scheduler.backends();
     let reachable = backends.iter().any(|b| b.reachable);
+    // A store that failed (a storage I/O error) refuses every write until a restart.
+    let store_failure = ctx.gateway.store.failure();
+    let ok = reachable && store_failure.is_none();
     let list: Vec<Value> = backends
         .iter()
         .map(|b| {
@@ -199,7 +202,7 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
         })
         .collect();
     let body = json!({
-        "ok": reachable,
+        "ok": ok,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": ctx.started.elapsed().as_secs(),
         "queueDepth": ctx.gateway.scheduler.queue_depth(),
@@ -208,8 +211,9 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
             "url": backends.first().map(|b| b.url.clone()),
             "backends": list,
         },
+        "store": {"ok": store_failure.is_none(), "error": store_failure},
     });
-    let status = if reachable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok(reply::json(status, &body))
 }
 
