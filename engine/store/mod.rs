@@ -34,7 +34,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_faults;
+pub(crate) mod tests_faults;
 #[cfg(test)]
 mod tests_outbox;
 

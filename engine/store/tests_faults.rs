@@ -66,6 +66,11 @@ pub(crate) struct Disk {
 /// A handle on a [`Disk`] shared by the test and its backend.
 pub(crate) type SharedDisk = Arc<Mutex<Disk>>;
 
+/// From now on nothing more becomes durable (a crash is coming).
+pub(crate) fn freeze(disk: &SharedDisk) {
+    disk.lock().unwrap_or_else(|e| e.into_inner()).frozen = true;
+}
+
 /// A disk holding `image` (durable and live).
 pub(crate) fn disk(image: Vec<u8>) -> SharedDisk {
     Arc::new(Mutex::new(Disk { live: image.clone(), durable: image, ..Disk::default() }))
