@@ -133,6 +133,33 @@ impl From<StoreError> for crate::error::Error {
     }
 }
 
+/// Create a database file at `path` (which does not exist) with every table: built under
+/// `<path>.creating` (a leftover of a crash is replaced), then renamed into place. redb
+/// writes its magic number last, and refuses a non-empty file without one for good; built
+/// in place, a crash during creation could leave exactly such a file at `path`.
+fn create_new(path: &Path) -> Result<(), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".creating");
+    let tmp = std::path::PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => tracing::warn!(path = %tmp.display(), "removed a database left half-created by a crash"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    {
+        let db = Database::create(&tmp)?;
+        writer::init_schema(&db)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // The rename is durable once the directory is (where a directory can be synced).
+    #[cfg(unix)]
+    {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Counts for `/capabilities` and metrics; O(1) to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoreStats {
@@ -191,10 +218,13 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open or create the database file (creating parent dirs), create all tables, start
-    /// the writer.
+    /// the writer. A new file is created crash-safely (see `create_new`).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
+        }
+        if !path.try_exists()? {
+            create_new(path)?;
         }
         Store::start(Database::create(path)?)
     }
