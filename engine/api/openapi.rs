@@ -633,7 +633,7 @@ fn components() -> Map<String, Value> {
                 },
                 "store": {
                     "type": "object", "required": ["ok"],
-                    "properties": {"ok": {"type": "boolean"}, "error": nullable_string}
+                    "properties": {"ok": {"type": "boolean"}}
                 }
             }
         },
