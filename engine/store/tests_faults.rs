@@ -5,8 +5,9 @@
 //! returns an I/O error (a dead disk that fails everything afterwards, or a transient
 //! error after which the disk works again) or freezes durability (from that op on nothing
 //! more becomes durable while the process goes on; in the torn variant everything written
-//! so far lands but only the first half of the k-th write). The durable image is what a
-//! crash leaves; the live image is what the process itself wrote.
+//! so far lands but only the first half of the k-th write; in the reordered variant every
+//! other write since the last sync lands). The durable image is what a crash leaves; the
+//! live image is what the process itself wrote.
 //!
 //! For each sequence a counting run without faults records K (its number of ops) and the
 //! observable state after each step; then for every k in 1..=K and every mode: no call
@@ -42,10 +43,13 @@ pub(crate) enum Mode {
     Freeze,
     /// Like `Freeze`, but everything written before lands, and half of the k-th write.
     Torn,
+    /// Like `Freeze`, but of the writes since the last sync (the k-th included) every
+    /// other one lands: the disk reordered them and lost the rest.
+    Reorder,
 }
 
 impl Mode {
-    pub(crate) const ALL: [Mode; 4] = [Mode::Dead, Mode::Transient, Mode::Freeze, Mode::Torn];
+    pub(crate) const ALL: [Mode; 5] = [Mode::Dead, Mode::Transient, Mode::Freeze, Mode::Torn, Mode::Reorder];
 
     fn is_error(self) -> bool {
         matches!(self, Mode::Dead | Mode::Transient)
@@ -61,6 +65,8 @@ pub(crate) struct Disk {
     pub(crate) ops: u64,
     frozen: bool,
     dead: bool,
+    /// Writes since the last sync (for `Reorder`).
+    unsynced: Vec<(u64, Vec<u8>)>,
 }
 
 /// A handle on a [`Disk`] shared by the test and its backend.
@@ -128,6 +134,17 @@ impl FaultBackend {
                 }
                 Mode::Transient => return Err(io_error()),
                 Mode::Freeze => disk.frozen = true,
+                Mode::Reorder => {
+                    disk.frozen = true;
+                    if let Op::Write(offset, data) = op {
+                        disk.unsynced.push((offset, data.to_vec()));
+                    }
+                    let Disk { live, durable, unsynced, .. } = &mut *disk;
+                    durable.resize(live.len().max(durable.len()), 0);
+                    for (offset, data) in unsynced.iter().step_by(2) {
+                        write_into(durable, *offset, data)?;
+                    }
+                }
                 Mode::Torn => {
                     disk.frozen = true;
                     // Everything written so far reached the platter, the k-th write only in part.
@@ -139,7 +156,12 @@ impl FaultBackend {
             }
         }
         match op {
-            Op::Write(offset, data) => write_into(&mut disk.live, offset, data),
+            Op::Write(offset, data) => {
+                if !disk.frozen {
+                    disk.unsynced.push((offset, data.to_vec()));
+                }
+                write_into(&mut disk.live, offset, data)
+            }
             Op::SetLen(len) => {
                 let len = usize::try_from(len).map_err(|_| io_error())?;
                 disk.live.resize(len, 0);
@@ -148,6 +170,7 @@ impl FaultBackend {
             Op::Sync => {
                 if !disk.frozen {
                     disk.durable = disk.live.clone();
+                    disk.unsynced.clear();
                 }
                 Ok(())
             }
