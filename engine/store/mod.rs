@@ -7,7 +7,8 @@
 //! Writes go through one writer thread that drains a bounded channel and commits whole
 //! batches in one `Durability::Immediate` transaction (group commit); every write call
 //! resolves only after the commit that holds it returned. Reads are plain synchronous
-//! snapshot reads on the caller's thread.
+//! snapshot reads on the caller's thread. A write transaction that fails to begin or
+//! commit stops the store until a restart (`StoreError::Failed`; see `writer`).
 //!
 //! Invariants (checked when written and when read back):
 //! - a job is in `queue` iff its state is `Queued` (under its `queue_key`), and in
