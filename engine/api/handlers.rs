@@ -182,10 +182,16 @@ fn parse_priority(v: Option<&Value>) -> Result<i32> {
     }
 }
 
-/// `GET /health`: 200 when at least one backend is reachable, else 503.
+/// `GET /health`: 200 when at least one backend is reachable and the store works, else 503.
 pub async fn health(ctx: &Ctx) -> Result<Resp> {
     let backends = ctx.gateway.scheduler.backends();
     let reachable = backends.iter().any(|b| b.reachable);
+    // A store that failed (a storage I/O error) refuses every call until a restart; a read
+    // of its counters (O(1)) also catches a disk that fails reads before any write.
+    let store = &ctx.gateway.store;
+    // Only up or down: the cause is in the log (this route is public).
+    let store_ok = store.failure().is_none() && store.stats().is_ok();
+    let ok = reachable && store_ok;
     let list: Vec<Value> = backends
         .iter()
         .map(|b| {
@@ -199,7 +205,7 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
         })
         .collect();
     let body = json!({
-        "ok": reachable,
+        "ok": ok,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": ctx.started.elapsed().as_secs(),
         "queueDepth": ctx.gateway.scheduler.queue_depth(),
@@ -208,8 +214,9 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
             "url": backends.first().map(|b| b.url.clone()),
             "backends": list,
         },
+        "store": {"ok": store_ok},
     });
-    let status = if reachable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok(reply::json(status, &body))
 }
 

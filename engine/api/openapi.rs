@@ -125,11 +125,11 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
         "paths": {
             "/health": {"get": {
                 "operationId": "health",
-                "summary": "Gateway and backend health (503 while no backend is reachable); always public",
+                "summary": "Gateway, backend and store health (503 while no backend is reachable or after a storage failure); always public",
                 "security": [{}],
                 "responses": {
                     "200": json_response("At least one backend is reachable", schema_ref("Health")),
-                    "503": json_response("No backend is reachable", schema_ref("Health")),
+                    "503": json_response("No backend is reachable, or the store failed", schema_ref("Health")),
                     "400": error_response("More than 64 query parameters"),
                 }
             }},
@@ -630,6 +630,10 @@ fn components() -> Map<String, Value> {
                             }
                         }}
                     }
+                },
+                "store": {
+                    "type": "object", "required": ["ok"],
+                    "properties": {"ok": {"type": "boolean"}}
                 }
             }
         },

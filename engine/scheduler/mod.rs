@@ -159,6 +159,18 @@ impl Inner {
         }
     }
 
+    /// The memory queue of recovered queued jobs.
+    fn rebuild_queue(&mut self, queued: &[Job]) {
+        for job in queued {
+            self.enqueue(job.queue_key, job.id, job.priority);
+        }
+    }
+
+    /// The job the dispatch loop takes next (when a backend has room).
+    fn best(&self) -> Option<(QueueKey, JobId)> {
+        self.queue.first_key_value().map(|(&key, q)| (key, q.id))
+    }
+
     fn dequeue(&mut self, key: &QueueKey) -> Option<JobId> {
         let q = self.queue.remove(key)?;
         let n = &mut self.n_queued_by_class[priority_class(q.priority)];
@@ -166,6 +178,28 @@ impl Inner {
         *n -= 1;
         Some(q.id)
     }
+}
+
+/// What the scheduler rebuilds at start: the store's queued jobs in dispatch order and its
+/// running jobs by id.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    pub(crate) queued: Vec<Job>,
+    pub(crate) running: Vec<Job>,
+}
+
+/// Read what [`Scheduler::start`] recovers from the store (the queue index and the
+/// running index, each job checked against its index).
+pub(crate) fn recover(store: &Store) -> std::result::Result<Recovered, crate::store::StoreError> {
+    let queued = store.queued_jobs()?;
+    let running = store.running_jobs()?;
+    for job in &queued {
+        assert_eq!(job.state, JobState::Queued, "queue index holds a job that is not queued");
+    }
+    for job in &running {
+        assert_eq!(job.state, JobState::Running, "running index holds a job that is not running");
+    }
+    Ok(Recovered { queued, running })
 }
 
 /// State shared by the dispatch loop, the backend tasks and the runners.
@@ -193,7 +227,8 @@ impl Shared {
     /// Pop the best queued job if a healthy backend has room; reserve that room.
     fn take_next(&self) -> Option<(QueueKey, JobId, usize)> {
         let mut inner = self.lock();
-        let (&key, &Queued { id, priority }) = inner.queue.first_key_value()?;
+        let (key, id) = inner.best()?;
+        let priority = inner.queue[&key].priority;
         let limit = self.config.backend_concurrency_max;
         let backend = (0..self.backends.len())
             .filter(|&b| self.backends[b].is_healthy() && inner.in_flight[b] < limit)
@@ -315,18 +350,10 @@ impl Scheduler {
             shared.feed.record(job);
         }
 
-        let queued = store.queued_jobs()?;
-        let running = store.running_jobs()?;
+        let Recovered { queued, running } = recover(&store)?;
         tracing::info!(queued = queued.len(), running = running.len(), "recovering from the store");
-        {
-            let mut inner = shared.lock();
-            for job in &queued {
-                assert_eq!(job.state, JobState::Queued, "queue index holds a job that is not queued");
-                inner.enqueue(job.queue_key, job.id, job.priority);
-            }
-        }
+        shared.lock().rebuild_queue(&queued);
         for job in running {
-            assert_eq!(job.state, JobState::Running, "running index holds a job that is not running");
             let backend = job.backend.as_deref().and_then(|b| shared.backends.iter().position(|x| x.id == b));
             match backend {
                 Some(b) => {
@@ -520,6 +547,9 @@ async fn dispatch_loop(shared: Arc<Shared>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests_lifecycle;
 
 #[cfg(test)]
 mod tests {

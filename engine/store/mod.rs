@@ -7,7 +7,8 @@
 //! Writes go through one writer thread that drains a bounded channel and commits whole
 //! batches in one `Durability::Immediate` transaction (group commit); every write call
 //! resolves only after the commit that holds it returned. Reads are plain synchronous
-//! snapshot reads on the caller's thread.
+//! snapshot reads on the caller's thread. A write transaction that fails to begin or
+//! commit stops the store until a restart (`StoreError::Failed`; see `writer`).
 //!
 //! Invariants (checked when written and when read back):
 //! - a job is in `queue` iff its state is `Queued` (under its `queue_key`), and in
@@ -34,13 +35,15 @@ mod writer;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+pub(crate) mod tests_faults;
+#[cfg(test)]
 mod tests_outbox;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use redb::{Database, ReadableDatabase};
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::domain::{
@@ -99,6 +102,11 @@ pub enum StoreError {
     /// `insert_job_claiming` named an idempotency key that holds a live record.
     #[error("idempotency key already used for job {}", .0.job_id)]
     IdempotencyTaken(Box<crate::domain::IdempotencyRecord>),
+    /// A write transaction failed to begin or commit (a storage I/O error): redb refuses
+    /// every later transaction of this process, and the outcome of the failed commit is
+    /// unknown, so the store stops (every call fails at once) until a restart recovers it.
+    #[error("store failed (restart the gateway to recover): {0}")]
+    Failed(String),
 }
 
 macro_rules! from_redb {
@@ -124,6 +132,33 @@ impl From<StoreError> for crate::error::Error {
     fn from(e: StoreError) -> Self {
         crate::error::Error::internal(e)
     }
+}
+
+/// Create a database file at `path` (which does not exist) with every table: built under
+/// `<path>.creating` (a leftover of a crash is replaced), then renamed into place. redb
+/// writes its magic number last, and refuses a non-empty file without one for good; built
+/// in place, a crash during creation could leave exactly such a file at `path`.
+fn create_new(path: &Path) -> Result<(), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".creating");
+    let tmp = std::path::PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => tracing::warn!(path = %tmp.display(), "removed a database left half-created by a crash"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    {
+        let db = Database::create(&tmp)?;
+        writer::init_schema(&db)?;
+    }
+    std::fs::rename(&tmp, path)?;
+    // The rename is durable once the directory is (where a directory can be synced).
+    #[cfg(unix)]
+    {
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Counts for `/capabilities` and metrics; O(1) to read.
@@ -160,6 +195,8 @@ struct Inner {
     commits: Arc<AtomicU64>,
     /// Notified after each commit that made a webhook delivery pending.
     outbox: Arc<Notify>,
+    /// Set once by the writer when a write transaction failed (see `StoreError::Failed`).
+    failure: Arc<OnceLock<String>>,
 }
 
 impl Drop for Inner {
@@ -182,10 +219,13 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Open or create the database file (creating parent dirs), create all tables, start
-    /// the writer.
+    /// the writer. A new file is created crash-safely (see `create_new`).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
+        }
+        if !path.try_exists()? {
+            create_new(path)?;
         }
         Store::start(Database::create(path)?)
     }
@@ -201,17 +241,19 @@ impl Store {
         writer::init_schema(&db)?;
         let commits = Arc::new(AtomicU64::new(0));
         let outbox = Arc::new(Notify::new());
+        let failure = Arc::new(OnceLock::new());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let handle = {
             let db = db.clone();
             let commits = commits.clone();
             let outbox = outbox.clone();
+            let failure = failure.clone();
             std::thread::Builder::new()
                 .name("store-writer".to_string())
-                .spawn(move || writer::run(&db, rx, &commits, &outbox))?
+                .spawn(move || writer::run(&db, rx, &commits, &outbox, &failure))?
         };
         let writer = Mutex::new(Some(handle));
-        Ok(Store { inner: Arc::new(Inner { db, tx: Some(tx), writer, commits, outbox }) })
+        Ok(Store { inner: Arc::new(Inner { db, tx: Some(tx), writer, commits, outbox, failure }) })
     }
 
     /// Stop the writer after draining pending writes (idempotent). Writes after this fail
@@ -249,7 +291,27 @@ impl Store {
         self.inner.commits.load(Ordering::Relaxed)
     }
 
+    /// Why the store stopped, once a write transaction failed (`StoreError::Failed`);
+    /// `None` while it works. The gateway reports it as unhealthy.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.failure.get().cloned()
+    }
+
+    fn check_failed(&self) -> Result<(), StoreError> {
+        match self.inner.failure.get() {
+            Some(reason) => Err(StoreError::Failed(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// A snapshot read transaction; `Failed` at once after a storage failure.
+    fn read_txn(&self) -> Result<ReadTransaction, StoreError> {
+        self.check_failed()?;
+        Ok(self.inner.db.begin_read()?)
+    }
+
     async fn submit<O: WriteOp>(&self, op: O) -> Result<O::Out, StoreError> {
+        self.check_failed()?;
         let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
         let (reply_tx, reply_rx) = oneshot::channel();
         tx.send(Msg::Write(writer::pending(op, reply_tx))).await.map_err(|_| StoreError::Closed)?;
@@ -390,13 +452,13 @@ impl Store {
 
     /// A plugin component's bytes.
     pub fn plugin_wasm(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         plugins::wasm(&txn, hash)
     }
 
     /// A plugin's precompiled artifact for an engine compatibility hash.
     pub fn plugin_artifact(&self, hash: &Hash, compat: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         plugins::artifact(&txn, hash, compat)
     }
 
@@ -413,7 +475,7 @@ impl Store {
         }
         let store = self.clone();
         let work = move || -> Result<Vec<blobs::Payload>, StoreError> {
-            let txn = store.inner.db.begin_read()?;
+            let txn = store.read_txn()?;
             let table = txn.open_table(tables::BLOBS)?;
             let mut out = Vec::with_capacity(blobs.len());
             for blob in blobs {
@@ -438,19 +500,19 @@ impl Store {
 
     /// The job, if it exists.
     pub fn get_job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         jobs::load_job(&txn.open_table(tables::JOBS)?, id.as_u128())
     }
 
     /// Every queued job, in `QueueKey` order (the dispatch order).
     pub fn queued_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         jobs::queued_jobs(&txn)
     }
 
     /// Just the queue index: `(queue key, job id)` in dispatch order, without the records.
     pub fn queued_ids(&self) -> Result<Vec<(crate::domain::QueueKey, JobId)>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         jobs::queued_ids(&txn)
     }
 
@@ -463,13 +525,13 @@ impl Store {
         limit: usize,
         keep: impl Fn(&Job) -> bool,
     ) -> Result<Vec<Job>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         jobs::list_jobs(&txn, cursor, limit, &keep)
     }
 
     /// Every running job, by id.
     pub fn running_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         jobs::running_jobs(&txn)
     }
 
@@ -481,80 +543,80 @@ impl Store {
         after_seq: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, JobEvent)>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         jobs::job_events(&txn, id, after_seq, limit)
     }
 
     /// The current version of a workflow, unless deleted.
     pub fn get_workflow(&self, id: &str) -> Result<Option<WorkflowRecord>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         workflows::get(&txn, id)
     }
 
     /// One version of a workflow, even if the workflow was deleted since.
     pub fn get_workflow_version(&self, id: &str, version: u32) -> Result<Option<WorkflowRecord>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         workflows::get_version(&txn, id, version)
     }
 
     /// The current versions of all workflows, by id.
     pub fn list_workflows(&self) -> Result<Vec<WorkflowRecord>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         workflows::list(&txn)
     }
 
     /// A page of the audit log, newest first: up to `limit` entries with a sequence number
     /// below `before` (the last one of the previous page), with their sequence numbers.
     pub fn audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<(u64, AuditEntry)>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         audit::page(&txn, before, limit)
     }
 
     /// Pending webhook deliveries due at `now_ms`, earliest first, up to `limit`.
     pub fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         outbox::due(&txn, now_ms, limit)
     }
 
     /// When the earliest pending delivery is due.
     pub fn next_delivery_due_ms(&self) -> Result<Option<u64>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         outbox::next_due(&txn)
     }
 
     /// Every delivery of a job, oldest first.
     pub fn job_deliveries(&self, job: JobId) -> Result<Vec<Delivery>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         outbox::of_job(&txn, job)
     }
 
     /// When the endpoint (exact callback URL) was disabled by a 410, if it is.
     pub fn endpoint_disabled_ms(&self, url: &str) -> Result<Option<u64>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         outbox::disabled_since(&txn, url)
     }
 
     /// The result-cache entry under `key`, if stored (expired or not).
     pub fn cache_entry(&self, key: &Hash) -> Result<Option<CacheEntry>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         cache::get(&txn, key)
     }
 
     /// The idempotency record under a scoped key (`"<owner>\n<key>"`), expired or not.
     pub fn idempotency_record(&self, key: &str) -> Result<Option<IdempotencyRecord>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         cache::get_claim(&txn, key)
     }
 
     /// A blob's metadata, if stored.
     pub fn blob_meta(&self, hash: &Hash) -> Result<Option<BlobMeta>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         blobs::meta(&txn, hash)
     }
 
     /// A blob's bytes, decompressed and verified against the hash (`Corrupt` if not).
     pub fn read_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         blobs::read(&txn, hash)
     }
 
@@ -562,13 +624,13 @@ impl Store {
     /// counters against counts, blob references against outputs, chunks against records).
     /// O(size of the database): for tests, `init` and operators, not for request paths.
     pub fn verify_integrity(&self) -> Result<(), StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         integrity::verify(&txn)
     }
 
     /// Job counts per state and blob totals, from counters kept in `meta`.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
-        let txn = self.inner.db.begin_read()?;
+        let txn = self.read_txn()?;
         let meta = txn.open_table(tables::META)?;
         let get = |key: &str| -> Result<u64, StoreError> { Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0)) };
         let states = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];

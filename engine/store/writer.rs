@@ -10,7 +10,15 @@
 //! `write` applies the checked plan. A failure inside `write` may leave a partial write
 //! in the shared transaction, so the whole transaction is aborted and the batch replayed
 //! without that operation. A commit failure fails every operation of the batch.
+//!
+//! A write transaction that fails to begin or to commit is a storage failure: redb
+//! latches the I/O error (every later transaction of this `Database` fails with
+//! `PreviousIo`, even if the disk recovered) and the failed commit may or may not be
+//! durable. The writer records the failure once and from then answers every write with
+//! `StoreError::Failed` without touching redb; a restart reopens the file, where redb's
+//! recovery decides the commit and the scheduler rebuilds its state from what is there.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{Database, Durability, WriteTransaction};
@@ -138,7 +146,13 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
 }
 
 /// The writer loop; returns when the channel is closed and drained.
-pub(crate) fn run(db: &Database, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU64, outbox: &Notify) {
+pub(crate) fn run(
+    db: &Database,
+    mut rx: mpsc::Receiver<Msg>,
+    commits: &AtomicU64,
+    outbox: &Notify,
+    failure: &OnceLock<String>,
+) {
     let mut closers = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
@@ -160,8 +174,12 @@ pub(crate) fn run(db: &Database, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU6
                 next = rx.try_recv().ok();
             }
         }
-        if !batch.is_empty() {
-            commit_batch(db, batch, commits, outbox);
+        if let Some(reason) = failure.get() {
+            for p in batch {
+                p.answer(Some(StoreError::Failed(reason.clone())));
+            }
+        } else if !batch.is_empty() {
+            commit_batch(db, batch, commits, outbox, failure);
         }
     }
     for ack in closers {
@@ -170,11 +188,20 @@ pub(crate) fn run(db: &Database, mut rx: mpsc::Receiver<Msg>, commits: &AtomicU6
 }
 
 /// Apply and commit one batch, answering every op in it.
-fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &AtomicU64, outbox: &Notify) {
+fn commit_batch(
+    db: &Database,
+    mut batch: Vec<Box<dyn Pending>>,
+    commits: &AtomicU64,
+    outbox: &Notify,
+    failure: &OnceLock<String>,
+) {
     while !batch.is_empty() {
         let txn = match begin(db) {
             Ok(txn) => txn,
-            Err(e) => return fail_all(batch, &e),
+            Err(e) => {
+                fail_store(failure, &e);
+                return fail_all(batch, &e);
+            }
         };
         let mut rejected: Vec<Option<StoreError>> = Vec::with_capacity(batch.len());
         let mut poisoned = None;
@@ -204,6 +231,16 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &Atomi
             batch.remove(i).answer(Some(e));
             continue;
         }
+        if rejected.iter().all(Option::is_some) {
+            // Nothing was written (`check` cannot write): no commit, no fsync.
+            if let Err(abort) = txn.abort() {
+                tracing::error!(error = %abort, "store abort failed");
+            }
+            for (p, error) in batch.into_iter().zip(rejected) {
+                p.answer(error);
+            }
+            return;
+        }
         match txn.commit() {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
@@ -217,12 +254,20 @@ fn commit_batch(db: &Database, mut batch: Vec<Box<dyn Pending>>, commits: &Atomi
             Err(e) => {
                 let e = StoreError::from(e);
                 tracing::error!(error = %e, "store commit failed");
+                fail_store(failure, &e);
                 for (p, error) in batch.into_iter().zip(rejected) {
                     p.answer(Some(error.unwrap_or_else(|| StoreError::Redb(e.to_string()))));
                 }
             }
         }
         return;
+    }
+}
+
+/// Record the first storage failure (see the module docs).
+fn fail_store(failure: &OnceLock<String>, e: &StoreError) {
+    if failure.set(e.to_string()).is_ok() {
+        tracing::error!(error = %e, "store failed: every write and read fails until a restart");
     }
 }
 
@@ -281,7 +326,7 @@ mod tests {
             batch.push(pending(Put { key, fail, reject }, tx));
             replies.push(rx);
         }
-        commit_batch(&db, batch, &commits, &Notify::new());
+        commit_batch(&db, batch, &commits, &Notify::new(), &OnceLock::new());
         let results: Vec<_> = replies.into_iter().map(|mut rx| rx.try_recv().unwrap()).collect();
         assert!(matches!(results[0], Ok(1)));
         assert!(matches!(results[1], Err(StoreError::Corrupt { .. })));
