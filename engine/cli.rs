@@ -159,11 +159,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::from_args(&args).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
-            if let Some(spec) = &args.failpoints {
-                crate::failpoints::configure(spec)
-                    .map_err(|e| CliError { message: format!("FAILPOINTS: {e}"), exit_code: 2 })?;
-            }
-            serve(config).await
+            // Checked now; armed once the gateway has started, before it serves.
+            let failpoints = match &args.failpoints {
+                Some(spec) => Some(
+                    crate::failpoints::parse(spec)
+                        .map_err(|e| CliError { message: format!("FAILPOINTS: {e}"), exit_code: 2 })?,
+                ),
+                None => None,
+            };
+            serve(config, failpoints).await
         }
         Command::Sim(args) => sim::run_cli(args).await.map_err(|e| CliError::runtime(format!("simulator: {e}"))),
         Command::Init(db) => init(&db).await,
@@ -175,22 +179,45 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn serve(config: Config) -> Result<(), CliError> {
+async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> Result<(), CliError> {
     let config = Arc::new(config);
     let addr = std::net::SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CliError::runtime(format!("cannot listen on {addr}: {e}")))?;
     let gateway = Gateway::start(config.clone()).await.map_err(|e| CliError::runtime(e.message))?;
+    if let Some(points) = failpoints {
+        points.arm().map_err(|e| CliError { message: format!("FAILPOINTS: {e}"), exit_code: 2 })?;
+    }
     // Before the first request is answered, so the warning cannot be missed.
     log_auth(&config);
     let server = api::serve(listener, gateway.clone()).map_err(|e| CliError::runtime(e.to_string()))?;
     tracing::info!(addr = %server.local_addr, backends = ?config.backend_urls, "comfyui-gateway listening");
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    // Fail-stop: once the database failed a write (a disk error), nothing more can be
+    // committed in this process; exiting lets the supervisor's restart recover from what
+    // is on disk, as after a crash, instead of answering every request with an error.
+    let failed = async {
+        loop {
+            if let Some(reason) = gateway.store.failure() {
+                return reason;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
+    let failure = tokio::select! {
+        _ = shutdown_signal() => None,
+        reason = failed => Some(reason),
+    };
+    match &failure {
+        None => tracing::info!("shutting down"),
+        Some(reason) => tracing::error!(%reason, "the database failed; exiting so that a restart recovers"),
+    }
     server.stop().await;
     gateway.shutdown().await;
-    Ok(())
+    match failure {
+        None => Ok(()),
+        Some(reason) => Err(CliError::runtime(format!("the database failed ({reason}); restart to recover"))),
+    }
 }
 
 /// Say at start how requests are authenticated: key fingerprints (owner ids), never keys.

@@ -1,4 +1,5 @@
-//! Crash points at the dangerous windows of a job's life, for the crash tests.
+//! Crash points at the dangerous windows of a job's life, and an injected disk error, for
+//! the crash tests.
 //!
 //! Built only with the cargo feature `failpoints` (the test command enables it; release
 //! builds have no crash points and refuse `FAILPOINTS`). `FAILPOINTS` arms them as
@@ -17,12 +18,21 @@ pub const WEBHOOK_AFTER_2XX: &str = "webhook-after-2xx";
 /// After a submitted job was committed, before the client is answered.
 pub const AFTER_SUBMIT_COMMIT: &str = "api-after-submit-commit";
 
-/// Every crash point, so a typo in `FAILPOINTS` is a configuration error, not a test that
-/// silently crashes nowhere.
-pub const ALL: [&str; 4] = [AFTER_PROMPT, BEFORE_SUCCESS_COMMIT, WEBHOOK_AFTER_2XX, AFTER_SUBMIT_COMMIT];
+/// Not a crash: the store's next commit fails as a disk error would (`return`), which must
+/// stop the store and then the process (fail-stop), for a restart to recover.
+pub const STORE_COMMIT_FAILS: &str = "store-commit-fails";
 
-/// Arm the crash points of a `FAILPOINTS` value.
-pub fn configure(spec: &str) -> Result<(), String> {
+/// Every point, so a typo in `FAILPOINTS` is a configuration error, not a test that
+/// silently crashes nowhere.
+pub const ALL: [&str; 5] =
+    [AFTER_PROMPT, BEFORE_SUCCESS_COMMIT, WEBHOOK_AFTER_2XX, AFTER_SUBMIT_COMMIT, STORE_COMMIT_FAILS];
+
+/// The points of a `FAILPOINTS` value, checked, not yet armed.
+#[derive(Debug)]
+pub struct Armed(Vec<(String, String)>);
+
+/// Check a `FAILPOINTS` value: known names, `name=action` syntax.
+pub fn parse(spec: &str) -> Result<Armed, String> {
     let mut points = Vec::new();
     for part in spec.split(';').map(str::trim).filter(|p| !p.is_empty()) {
         let (name, actions) = part.split_once('=').ok_or_else(|| format!("{part:?} is not name=action"))?;
@@ -30,25 +40,23 @@ pub fn configure(spec: &str) -> Result<(), String> {
         if !ALL.contains(&name) {
             return Err(format!("{name:?} is not a crash point (known: {})", ALL.join(", ")));
         }
-        points.push((name, actions.trim()));
+        points.push((name.to_string(), actions.trim().to_string()));
     }
-    if points.is_empty() {
-        return Ok(());
+    if !points.is_empty() && !cfg!(feature = "failpoints") {
+        return Err("this build has no crash points (build with --features failpoints)".into());
     }
-    arm(&points)
+    Ok(Armed(points))
 }
 
-#[cfg(feature = "failpoints")]
-fn arm(points: &[(&str, &str)]) -> Result<(), String> {
-    for (name, actions) in points {
-        fail::cfg(*name, actions).map_err(|e| format!("{name}: {e}"))?;
+impl Armed {
+    /// Arm them (the gateway does so once started, so they never fire during recovery).
+    pub fn arm(self) -> Result<(), String> {
+        #[cfg(feature = "failpoints")]
+        for (name, actions) in &self.0 {
+            fail::cfg(name.as_str(), actions).map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(())
     }
-    Ok(())
-}
-
-#[cfg(not(feature = "failpoints"))]
-fn arm(_: &[(&str, &str)]) -> Result<(), String> {
-    Err("this build has no crash points (build with --features failpoints)".into())
 }
 
 /// The crash point `name`: aborts the process when armed with `return`.
@@ -63,15 +71,34 @@ pub fn crash_point(name: &'static str) {
     let _ = name;
 }
 
+/// The fault point `name`: whether it is armed (`return`) at this call.
+#[inline]
+pub fn fault_point(name: &'static str) -> bool {
+    #[cfg(feature = "failpoints")]
+    {
+        fail::eval(name, |_| ()).is_some()
+    }
+    #[cfg(not(feature = "failpoints"))]
+    {
+        let _ = name;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn unknown_names_and_bad_syntax_are_refused() {
-        assert!(configure("").is_ok());
-        assert!(configure(" ; ").is_ok());
-        assert!(configure("runner-after-promt=return").unwrap_err().contains("not a crash point"));
-        assert!(configure("runner-after-prompt").unwrap_err().contains("name=action"));
+        assert!(parse("").is_ok());
+        assert!(parse(" ; ").is_ok());
+        assert!(parse("runner-after-promt=return").unwrap_err().contains("not a crash point"));
+        assert!(parse("runner-after-prompt").unwrap_err().contains("name=action"));
+        if cfg!(feature = "failpoints") {
+            assert_eq!(parse("runner-after-prompt=return; webhook-after-2xx=off").unwrap().0.len(), 2);
+        } else {
+            assert!(parse("runner-after-prompt=return").unwrap_err().contains("no crash points"));
+        }
     }
 }

@@ -182,6 +182,11 @@ pub(crate) fn get_claim(txn: &ReadTransaction, key: &str) -> Result<Option<Idemp
 }
 
 /// Remove up to `limit` records that expired before `now`; how many.
+/// Whether any idempotency claim expired before `now`.
+pub(crate) fn claims_expired(t: &WriteTables<'_>, now: u64) -> Result<bool, StoreError> {
+    Ok(t.idempotency_by_expiry.range((0, "")..(now, ""))?.next().is_some())
+}
+
 pub(crate) fn prune_claims(t: &mut WriteTables<'_>, now: u64, limit: usize) -> Result<usize, StoreError> {
     let mut keys = Vec::new();
     for entry in t.idempotency_by_expiry.range((0, "")..(now, ""))?.take(limit) {

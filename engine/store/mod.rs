@@ -107,6 +107,10 @@ pub enum StoreError {
     /// unknown, so the store stops (every call fails at once) until a restart recovers it.
     #[error("store failed (restart the gateway to recover): {0}")]
     Failed(String),
+    /// The operation found nothing to write (a prune with nothing due): no commit, no
+    /// fsync; never returned by a public method.
+    #[error("nothing to write")]
+    Unchanged,
 }
 
 macro_rules! from_redb {
@@ -434,7 +438,10 @@ impl Store {
         now_ms: u64,
         limit: usize,
     ) -> Result<Pruned, StoreError> {
-        self.submit(prune::Prune { finished_before_ms, cache_before_ms, now_ms, limit }).await
+        match self.submit(prune::Prune { finished_before_ms, cache_before_ms, now_ms, limit }).await {
+            Err(StoreError::Unchanged) => Ok(Pruned::default()),
+            other => other,
+        }
     }
 
     /// Store a plugin component (if new; `Invalid` if `wasm` does not hash to `hash`) and

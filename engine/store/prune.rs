@@ -77,6 +77,10 @@ impl WriteOp for Prune {
         let entries = cache::expired(t, self.cache_before_ms, self.limit)?;
         let mut dropped: Vec<_> = jobs.iter().flat_map(blobs::job_refs).collect();
         dropped.extend(entries.iter().flat_map(|(_, e)| cache::entry_refs(e)));
+        if jobs.is_empty() && entries.is_empty() && !cache::claims_expired(t, self.now_ms)? {
+            // Nothing due: rejected, so the pruner's tick costs no commit and no fsync.
+            return Err(StoreError::Unchanged);
+        }
         let refs = blobs::check_refs(t, &dropped, &[], &[])?;
         Ok(PrunePlan { jobs, entries, refs })
     }

@@ -176,6 +176,10 @@ async fn cache_entries_share_blobs_and_outlive_their_job_until_pruned() {
     assert_eq!(refs(&store, &b), Some(1));
     assert_eq!(store.read_blob(&b.hash).unwrap().as_deref(), Some(&b.bytes[..]));
     store.verify_integrity().unwrap();
+    // Nothing due: no commit (the pruner's idle ticks cost no fsync).
+    let commits = store.commits();
+    assert_eq!(store.prune(u64::MAX, 0, now_ms(), 100).await.unwrap(), Pruned::default());
+    assert_eq!(store.commits(), commits, "an empty prune commits nothing");
     let pruned = store.prune(0, u64::MAX, now_ms(), 100).await.unwrap();
     assert_eq!(pruned.cache_entries, 1);
     assert_eq!(store.cache_entry(&key).unwrap(), None);

@@ -241,7 +241,17 @@ fn commit_batch(
             }
             return;
         }
-        match txn.commit() {
+        let committed = if crate::failpoints::fault_point(crate::failpoints::STORE_COMMIT_FAILS) {
+            if let Err(abort) = txn.abort() {
+                tracing::error!(error = %abort, "store abort failed");
+            }
+            Err(redb::CommitError::Storage(redb::StorageError::Io(std::io::Error::other(
+                "injected disk error (failpoint store-commit-fails)",
+            ))))
+        } else {
+            txn.commit()
+        };
+        match committed {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
                 if outbox_changed {

@@ -175,7 +175,10 @@ fn submit_body(shared: &Shared, rng: &mut StdRng) -> (Value, Acked) {
         let n = rng.random_range(0..4);
         (json!({"workflowId": "icon_512", "inputs": {"prompt": format!("cached {n}"), "seed": n}}), "cache")
     } else if roll < 25 {
-        (json!({"workflowId": "guarded", "inputs": {"prompt": "a plugged fox", "aspectRatio": "1:1"}, "cache": false}), "plugin")
+        (
+            json!({"workflowId": "guarded", "inputs": {"prompt": "a plugged fox", "aspectRatio": "1:1"}, "cache": false}),
+            "plugin",
+        )
     } else {
         let seed: u32 = rng.random();
         (json!({"workflowId": "icon_512", "inputs": {"prompt": "a fox under load", "seed": seed}}), "run")
@@ -365,13 +368,13 @@ fn check_image(db: &Path, scratch: &Path) -> Result<Value, String> {
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let report: Value = serde_json::from_str(text.trim()).map_err(|_| {
-        format!("check printed no report (exit {:?}): {text}{}", out.status.code(), String::from_utf8_lossy(&out.stderr))
+        format!(
+            "check printed no report (exit {:?}): {text}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })?;
-    if out.status.success() && report["ok"] == true {
-        Ok(report)
-    } else {
-        Err(format!("check failed: {report}"))
-    }
+    if out.status.success() && report["ok"] == true { Ok(report) } else { Err(format!("check failed: {report}")) }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -547,11 +550,7 @@ async fn kill_campaign() {
         spawned = Instant::now();
         if k % 50 == 0 || k == kills {
             let l = shared.ledger.lock().unwrap();
-            println!(
-                "  {k}/{kills} kills, {} acknowledged, {:.0} s",
-                l.acked.len(),
-                started.elapsed().as_secs_f64()
-            );
+            println!("  {k}/{kills} kills, {} acknowledged, {:.0} s", l.acked.len(), started.elapsed().as_secs_f64());
         }
     }
 

@@ -152,3 +152,26 @@ async fn crash_before_the_submit_answer_is_recovered_by_an_idempotent_retry() {
     assert_eq!(list["jobs"].as_array().unwrap().len(), 1, "one job: {list}");
     ran_once(&sim, &id).await;
 }
+
+/// A disk error on a commit stops the store, and the process exits (fail-stop) instead of
+/// answering errors forever; the restart recovers everything acknowledged before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_error_stops_the_gateway_and_a_restart_recovers() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 10).await;
+    let mut gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
+    let before = gw.submit_ok(body("before the disk error")).await;
+    assert_eq!(gw.wait_terminal(&before, WAIT).await["status"], "succeeded");
+    gw.set_env("FAILPOINTS", Some("store-commit-fails=return"));
+    gw.restart().await;
+    let (status, v) = gw.submit(body("during the disk error")).await;
+    assert_eq!(status, 500, "not acknowledged: {v}");
+    assert_eq!(v["error"]["code"], "INTERNAL", "{v}");
+    gw.wait_exit(WAIT).await;
+    assert!(gw.proc_.log().contains("the database failed"), "{}", gw.proc_.log());
+    disarm_and_restart(&mut gw).await;
+    let done = gw.job(&before).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let after = gw.submit_ok(body("after the restart")).await;
+    assert_eq!(gw.wait_terminal(&after, WAIT).await["status"], "succeeded");
+}
