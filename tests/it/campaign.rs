@@ -575,9 +575,10 @@ async fn kill_campaign() {
     let mut pending: Vec<String> = ids.clone();
     while !pending.is_empty() && drain_start.elapsed() < DRAIN {
         verify_jobs(&shared, pending.clone()).await;
-        let ledger = shared.ledger.lock().unwrap();
-        pending.retain(|id| !ledger.finished.contains_key(id));
-        drop(ledger);
+        {
+            let ledger = shared.ledger.lock().unwrap();
+            pending.retain(|id| !ledger.finished.contains_key(id));
+        }
         if !pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
