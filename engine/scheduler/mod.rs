@@ -193,11 +193,17 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(store: &Store) -> std::result::Result<Recovered, crate::store::StoreError> {
     let queued = store.queued_jobs()?;
     let running = store.running_jobs()?;
-    for job in &queued {
-        assert_eq!(job.state, JobState::Queued, "queue index holds a job that is not queued");
+    // The store checks this on every write; a file that breaks it is refused, not trusted.
+    let misfiled = |table: &'static str, job: &Job| crate::store::StoreError::Corrupt {
+        table,
+        key: job.id.to_string(),
+        reason: format!("indexes a job that is {}", job.state.as_str()),
+    };
+    if let Some(job) = queued.iter().find(|j| j.state != JobState::Queued) {
+        return Err(misfiled("queue", job));
     }
-    for job in &running {
-        assert_eq!(job.state, JobState::Running, "running index holds a job that is not running");
+    if let Some(job) = running.iter().find(|j| j.state != JobState::Running) {
+        return Err(misfiled("running", job));
     }
     Ok(Recovered { queued, running })
 }
