@@ -79,8 +79,13 @@ fn json_depth(body: &[u8]) -> usize {
     deepest
 }
 
-/// Parse a JSON object, naming the position of a syntax error.
-fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
+/// Parse a JSON object body, naming the position of a syntax error (the fuzz target
+/// `job_request` runs it on arbitrary bytes).
+///
+/// # Errors
+/// `VALIDATION_ERROR`: empty, nested deeper than [`JSON_DEPTH_MAX`], malformed, or not an
+/// object.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
     if body.is_empty() {
         return Err(Error::validation("/", "the request body is empty; a JSON object is expected"));
     }
@@ -495,6 +500,71 @@ fn parse_wait(ctx: &Ctx, p: &Params) -> Result<Option<Duration>> {
     }
 }
 
+/// The fields of a `POST /jobs` body, each checked: what [`create_job`] hands to the
+/// service (the callback URL's destination is checked afterwards, by the webhook policy).
+#[derive(Debug)]
+pub struct JobFields {
+    /// `workflowId`.
+    pub workflow_id: String,
+    /// `inputs`, with `params` merged in (`inputs` win).
+    pub inputs: Map<String, Value>,
+    /// `priority` as a level.
+    pub priority: i32,
+    /// `metadata`.
+    pub metadata: Option<Value>,
+    /// `callbackUrl`: an absolute http(s) URL.
+    pub callback_url: Option<String>,
+    /// `cache` (default true).
+    pub cache: bool,
+    /// `callbackEvents` as a [`WebhookEvents`] bit set.
+    pub webhook_events: u8,
+    /// The `Idempotency-Key` header or `metadata.requestId`, with the request's fingerprint.
+    pub idempotency: Option<IdempotencyKey>,
+}
+
+/// Check the fields of a parsed `POST /jobs` body (no IO; the fuzz target `job_request`
+/// runs it on arbitrary bodies).
+///
+/// # Errors
+/// `VALIDATION_ERROR` naming the first field that is wrong.
+pub fn job_fields(
+    body: &Map<String, Value>,
+    header_key: Option<&HeaderValue>,
+    files: &[(String, Bytes)],
+) -> Result<JobFields> {
+    reject_unknown(body, JOB_FIELDS)?;
+    let idempotency = idempotency_key(header_key, body)?.map(|key| IdempotencyKey {
+        fingerprint: canonical::request_fingerprint(&Value::Object(body.clone()), files),
+        key,
+    });
+    let workflow_id = req_string(body, "workflowId")?;
+    let mut inputs = opt_object(body, "inputs")?.unwrap_or_default();
+    // `params` are accepted as extra inputs (seed's compatibility); `inputs` win.
+    for (k, v) in opt_object(body, "params")?.unwrap_or_default() {
+        inputs.entry(k).or_insert(v);
+    }
+    let callback_url = opt_string(body, "callbackUrl")?;
+    if let Some(url) = &callback_url {
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+            _ => return Err(Error::validation("/callbackUrl", "must be an absolute http(s) URL")),
+        }
+    }
+    let webhook_events = webhook_events(body, callback_url.is_some())?;
+    let cache = match body.get("cache") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::validation("/cache", "must be true or false")),
+    };
+    let metadata = match body.get("metadata") {
+        None | Some(Value::Null) => None,
+        Some(m @ Value::Object(_)) => Some(m.clone()),
+        Some(_) => return Err(Error::validation("/metadata", "must be a JSON object")),
+    };
+    let priority = parse_priority(body.get("priority"))?;
+    Ok(JobFields { workflow_id, inputs, priority, metadata, callback_url, cache, webhook_events, idempotency })
+}
+
 /// `POST /jobs`: 202 `{jobId, status, pollUrl}` after the durable commit. The body is JSON,
 /// or `multipart/form-data` with the JSON in a part named `request` (or `json`) and image
 /// inputs as file parts named after the input (or `inputs.<name>`). With
@@ -512,51 +582,25 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
     };
     let header_key = req.headers().get("idempotency-key").cloned();
     let (body, files) = read_job_request(ctx, req).await?;
-    reject_unknown(&body, JOB_FIELDS)?;
-    let idempotency = idempotency_key(header_key.as_ref(), &body)?.map(|key| IdempotencyKey {
-        fingerprint: canonical::request_fingerprint(&Value::Object(body.clone()), &files),
-        key,
-    });
-    let workflow_id = req_string(&body, "workflowId")?;
-    let mut inputs = opt_object(&body, "inputs")?.unwrap_or_default();
-    // `params` are accepted as extra inputs (seed's compatibility); `inputs` win.
-    for (k, v) in opt_object(&body, "params")?.unwrap_or_default() {
-        inputs.entry(k).or_insert(v);
-    }
-    let callback_url = opt_string(&body, "callbackUrl")?;
-    if let Some(url) = &callback_url {
-        match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => return Err(Error::validation("/callbackUrl", "must be an absolute http(s) URL")),
-        }
+    let fields = job_fields(&body, header_key.as_ref(), &files)?;
+    if let Some(url) = &fields.callback_url {
         crate::webhooks::check_callback_url(url, &ctx.gateway.config.webhooks).await?;
     }
-    let webhook_events = webhook_events(&body, callback_url.is_some())?;
-    let cache = match body.get("cache") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(Error::validation("/cache", "must be true or false")),
-    };
-    let metadata = match body.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(m @ Value::Object(_)) => Some(m.clone()),
-        Some(_) => return Err(Error::validation("/metadata", "must be a JSON object")),
-    };
     // Subscribed before the commit, so the job's terminal notification cannot be missed.
     let mut rx = wait.map(|_| ctx.gateway.scheduler.subscribe());
     let submitted = ctx
         .gateway
         .submit(SubmitRequest {
-            workflow_id,
-            inputs: Value::Object(inputs),
-            priority: parse_priority(body.get("priority"))?,
-            metadata,
-            callback_url,
+            workflow_id: fields.workflow_id,
+            inputs: Value::Object(fields.inputs),
+            priority: fields.priority,
+            metadata: fields.metadata,
+            callback_url: fields.callback_url,
             files,
             owner: p.caller.as_ref().map(|c| c.owner.clone()),
-            cache,
-            webhook_events,
-            idempotency,
+            cache: fields.cache,
+            webhook_events: fields.webhook_events,
+            idempotency: fields.idempotency,
         })
         .await?;
     crate::failpoints::crash_point(crate::failpoints::AFTER_SUBMIT_COMMIT);

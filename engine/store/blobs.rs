@@ -50,7 +50,7 @@ pub struct BlobMeta {
 
 /// The `blobs` table record.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct BlobRecord {
+pub(super) struct BlobRecord {
     size_bytes: u64,
     stored_bytes: u64,
     media_type: String,
@@ -336,12 +336,17 @@ fn load_record(
     let Some(guard) = blobs.get(hash)? else {
         return Ok(None);
     };
-    let rec: BlobRecord = codec::decode("blobs", &hash_hex(hash), guard.value())?;
+    decode_record(hash, guard.value()).map(Some)
+}
+
+/// Decode a `blobs` record and check its chunk count against its size.
+pub(super) fn decode_record(hash: &Hash, bytes: &[u8]) -> Result<BlobRecord, StoreError> {
+    let rec: BlobRecord = codec::decode("blobs", &hash_hex(hash), bytes)?;
     let n_chunks_expected = rec.stored_bytes.div_ceil(CHUNK_BYTES as u64);
     if u64::from(rec.n_chunks) != n_chunks_expected {
         return Err(corrupt(hash, format!("{} chunks for {} stored bytes", rec.n_chunks, rec.stored_bytes)));
     }
-    Ok(Some(rec))
+    Ok(rec)
 }
 
 /// A blob's metadata.

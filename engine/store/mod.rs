@@ -23,6 +23,8 @@ mod audit;
 mod blobs;
 mod cache;
 mod codec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod integrity;
 mod jobs;
 mod outbox;

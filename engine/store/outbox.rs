@@ -34,7 +34,8 @@ struct DeliveryRecord {
     job: Vec<u8>,
 }
 
-fn encode(d: &Delivery) -> Result<Vec<u8>, StoreError> {
+/// Encode a delivery as its `deliveries` record.
+pub(super) fn encode(d: &Delivery) -> Result<Vec<u8>, StoreError> {
     let rec = DeliveryRecord {
         id: d.id.clone(),
         job_id: d.job_id,
@@ -52,7 +53,8 @@ fn encode(d: &Delivery) -> Result<Vec<u8>, StoreError> {
     codec::encode("deliveries", &d.seq, &rec)
 }
 
-fn decode(seq: u64, bytes: &[u8]) -> Result<Delivery, StoreError> {
+/// Decode the `deliveries` record under `seq`, its job snapshot upgraded to the latest version.
+pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<Delivery, StoreError> {
     let rec: DeliveryRecord = codec::decode("deliveries", &seq, bytes)?;
     let job: Job = codec::decode_upgraded(codec::JOBS_VERSION, "deliveries", &seq, &rec.job)?;
     if job.id != rec.job_id {
