@@ -228,7 +228,11 @@ async fn post_job(shared: &Shared, body: &Value, key: Option<&str>, mut acked: A
             if !ledger.acked.contains_key(&id) {
                 ledger.acked.insert(id.clone(), acked);
             }
-            ledger.saw(&id, &v);
+            // A 202 (and its replays) is the short answer `{jobId, status, pollUrl}`; only a
+            // full job body (a 200) can be judged.
+            if v.get("attempts").is_some() {
+                ledger.saw(&id, &v);
+            }
             true
         }
         Ok((status, v)) => {
