@@ -318,18 +318,41 @@ mod tests {
         }
     }
 
-    /// Writes the seed corpus of the fuzz target `records` (first byte: the kind's index in
-    /// [`Record::ALL`]) into `$WRITE_FUZZ_SEEDS` when set (see `fuzz/README.md`).
+    /// The seed corpus of the fuzz target `records` (first byte: the kind's index in
+    /// [`Record::ALL`]): file name and contents.
+    fn seeds() -> Vec<(String, Vec<u8>)> {
+        samples()
+            .into_iter()
+            .enumerate()
+            .map(|(i, (kind, bytes))| {
+                let index = Record::ALL.iter().position(|k| *k == kind).unwrap() as u8;
+                let mut input = vec![index];
+                input.extend_from_slice(&bytes);
+                (format!("{i:02}-{}-v{}", kind.name(), bytes[0]), input)
+            })
+            .collect()
+    }
+
+    const SEED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/records");
+
+    /// The committed seeds are what today's encoder writes (a record format change must
+    /// refresh them: `cargo test --lib store::fuzzing -- --ignored`).
     #[test]
+    fn the_fuzz_seeds_match_the_encoder() {
+        for (name, bytes) in seeds() {
+            let path = std::path::Path::new(SEED_DIR).join(&name);
+            let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(stored == bytes, "{name} is stale: run cargo test --lib store::fuzzing -- --ignored");
+        }
+    }
+
+    /// Writes the seeds into fuzz/corpus/records.
+    #[test]
+    #[ignore = "writes into the source tree: cargo test --lib store::fuzzing -- --ignored"]
     fn write_fuzz_seeds() {
-        let Some(dir) = std::env::var_os("WRITE_FUZZ_SEEDS") else { return };
-        let dir = std::path::PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        for (i, (kind, bytes)) in samples().into_iter().enumerate() {
-            let index = Record::ALL.iter().position(|k| *k == kind).unwrap() as u8;
-            let mut input = vec![index];
-            input.extend_from_slice(&bytes);
-            std::fs::write(dir.join(format!("{i:02}-{}-v{}", kind.name(), bytes[0])), input).unwrap();
+        std::fs::create_dir_all(SEED_DIR).unwrap();
+        for (name, bytes) in seeds() {
+            std::fs::write(std::path::Path::new(SEED_DIR).join(name), bytes).unwrap();
         }
     }
 }
