@@ -569,18 +569,7 @@ pub fn compile_record(rec: &WorkflowRecord) -> Result<CompiledWorkflow, Workflow
 /// Register each bundled workflow whose id was never registered.
 pub async fn register_bundled(store: &Store) -> Result<()> {
     for b in workflows::bundled::all() {
-        let rec = WorkflowRecord {
-            id: b.id.to_string(),
-            version: 0,
-            name: b.name.to_string(),
-            description: b.description.to_string(),
-            template_json: b.template.to_string(),
-            schema_json: Some(b.input_schema.to_string()),
-            defaults_json: None,
-            created_ms: now_ms(),
-            keep_previews: false,
-            plugin: None,
-        };
+        let rec = b.record(now_ms());
         if store.put_workflow_if_absent(rec).await? {
             tracing::info!(workflow = b.id, "registered bundled workflow");
         }

@@ -18,6 +18,24 @@ pub struct BundledWorkflow {
     pub input_schema: Value,
 }
 
+impl BundledWorkflow {
+    /// The record that registers it (version 0: the store assigns the next).
+    pub fn record(&self, created_ms: u64) -> crate::domain::WorkflowRecord {
+        crate::domain::WorkflowRecord {
+            id: self.id.to_string(),
+            version: 0,
+            name: self.name.to_string(),
+            description: self.description.to_string(),
+            template_json: self.template.to_string(),
+            schema_json: Some(self.input_schema.to_string()),
+            defaults_json: None,
+            created_ms,
+            keep_previews: false,
+            plugin: None,
+        }
+    }
+}
+
 /// One bundled workflow's sources.
 struct Source {
     id: &'static str,

@@ -12,7 +12,6 @@
 use std::sync::OnceLock;
 
 use comfyui_gateway::api::handlers;
-use comfyui_gateway::domain::WorkflowRecord;
 use comfyui_gateway::service;
 use comfyui_gateway::workflows::{CompiledWorkflow, Limits, bundled};
 use libfuzzer_sys::fuzz_target;
@@ -26,18 +25,7 @@ fn workflows() -> &'static [(&'static str, CompiledWorkflow)] {
         bundled::all()
             .into_iter()
             .map(|b| {
-                let rec = WorkflowRecord {
-                    id: b.id.to_string(),
-                    version: 0,
-                    name: b.name.to_string(),
-                    description: b.description.to_string(),
-                    template_json: b.template.to_string(),
-                    schema_json: Some(b.input_schema.to_string()),
-                    defaults_json: None,
-                    created_ms: 0,
-                    keep_previews: false,
-                    plugin: None,
-                };
+                let rec = b.record(0);
                 (b.id, service::compile_record(&rec).expect("bundled workflows compile"))
             })
             .collect()

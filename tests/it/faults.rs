@@ -91,7 +91,7 @@ impl Rig {
         ];
         env.extend_from_slice(extra_env);
         let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
-        register_invert(&gw).await;
+        support::register_invert(&gw).await;
         Rig { _dir: dir, sim, gw }
     }
 
@@ -190,26 +190,6 @@ fn png_decodes(bytes: &[u8]) -> bool {
 
 fn icon(seed: u64) -> Value {
     json!({"workflowId": "icon_512", "inputs": {"prompt": "fault matrix", "seed": seed}})
-}
-
-/// LoadImage → ImageInvert → SaveImage, fed by a data URI (so the job uploads an input).
-async fn register_invert(gw: &Gateway) {
-    let body = json!({
-        "id": "invert",
-        "workflow": {
-            "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
-            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}}
-        },
-        "inputSchema": {
-            "type": "object",
-            "properties": {"image": {"type": "string", "format": "image"}},
-            "required": ["image"],
-            "additionalProperties": false
-        }
-    });
-    let (status, v) = support::post_json(&format!("{}/workflows", gw.url()), &body).await;
-    assert_eq!(status, 201, "{v}");
 }
 
 fn invert(seed: u8) -> Value {

@@ -107,25 +107,6 @@ async fn serve(png: Vec<u8>) -> u16 {
     port
 }
 
-async fn register_img2img(gw: &Gateway) {
-    let body = json!({
-        "id": "invert",
-        "workflow": {
-            "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
-            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
-            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}}
-        },
-        "inputSchema": {
-            "type": "object",
-            "properties": {"image": {"type": "string", "format": "image"}},
-            "required": ["image"],
-            "additionalProperties": false
-        }
-    });
-    let (status, v) = support::post_json(&format!("{}/workflows", gw.url()), &body).await;
-    assert_eq!(status, 201, "{v}");
-}
-
 /// Wait for the job, download its one output and check it is `pixels` inverted.
 async fn assert_inverted(gw: &Gateway, job: &str, pixels: &[u8]) {
     let done = gw.wait_terminal(job, WAIT).await;
@@ -160,7 +141,7 @@ async fn inputs_by_url_data_uri_base64_and_multipart_come_out_inverted() {
     let dir = support::tempdir();
     let sim = Sim::start(dir.path(), 0).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[("URL_INPUT_ALLOW_HOSTS", "127.0.0.1")]).await;
-    register_img2img(&gw).await;
+    support::register_invert(&gw).await;
     let (png_a, pixels_a) = test_png(WIDTH, HEIGHT, 0);
     let (png_b, pixels_b) = test_png(WIDTH, HEIGHT, 0x55);
     let port = serve(png_a.clone()).await;
@@ -215,7 +196,7 @@ async fn inputs_refused_urls_wrong_bytes_and_oversize_are_400_naming_the_field()
     let dir = support::tempdir();
     let sim = Sim::start(dir.path(), 0).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[("MAX_INPUT_IMAGE_BYTES", "4096")]).await;
-    register_img2img(&gw).await;
+    support::register_invert(&gw).await;
     let (png, _) = test_png(WIDTH, HEIGHT, 0);
     let port = serve(png.clone()).await;
 
@@ -256,7 +237,7 @@ async fn inputs_are_uploaded_again_when_a_lost_prompt_is_resubmitted() {
     let dir = support::tempdir();
     let mut sim = Sim::start(dir.path(), 0).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
-    register_img2img(&gw).await;
+    support::register_invert(&gw).await;
     let (png, pixels) = test_png(WIDTH, HEIGHT, 0x33);
     sim.faults(json!({"hang": 1})).await;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);

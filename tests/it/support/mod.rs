@@ -294,6 +294,27 @@ impl Gateway {
     }
 }
 
+/// Register the workflow `invert`: LoadImage → ImageInvert → SaveImage, one image input
+/// (so its jobs upload an input).
+pub async fn register_invert(gw: &Gateway) {
+    let body = serde_json::json!({
+        "id": "invert",
+        "workflow": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}}
+        },
+        "inputSchema": {
+            "type": "object",
+            "properties": {"image": {"type": "string", "format": "image"}},
+            "required": ["image"],
+            "additionalProperties": false
+        }
+    });
+    let (status, v) = post_json(&format!("{}/workflows", gw.url()), &body).await;
+    assert_eq!(status, 201, "{v}");
+}
+
 /// GET, returning status and JSON (Null if not JSON).
 pub async fn get_json(url: &str) -> (u16, Value) {
     let r = reqwest::Client::new().get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
