@@ -351,8 +351,12 @@ async fn wait_up(gw: &mut Gateway, spawned: Instant, until: Instant) -> Option<D
     let client = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
     let url = format!("{}/health", gw.url());
     loop {
-        if client.get(&url).send().await.is_ok() {
-            return Some(spawned.elapsed());
+        // The listener is bound before recovery, so a request may wait for it to end: bound
+        // by `until`, or the kill would be postponed to the first moment after recovery.
+        match tokio::time::timeout_at(until.into(), client.get(&url).send()).await {
+            Ok(Ok(_)) => return Some(spawned.elapsed()),
+            Err(_) => return None,
+            Ok(Err(_)) => {}
         }
         if Instant::now() >= until || gw.proc_.exited() {
             return None;
