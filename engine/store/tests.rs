@@ -39,7 +39,7 @@ fn blob(media_type: &str, bytes: Vec<u8>) -> NewBlob {
     NewBlob { hash: *blake3::hash(&bytes).as_bytes(), media_type: media_type.to_string(), bytes: Bytes::from(bytes) }
 }
 
-fn output(name: &str, b: &NewBlob) -> OutputRef {
+pub(super) fn output(name: &str, b: &NewBlob) -> OutputRef {
     OutputRef {
         name: name.to_string(),
         node_id: "9".to_string(),

@@ -24,6 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use uuid::Uuid;
 
+use super::tests::output;
 use super::{Claim, NewBlob, Store, StoreError, StoreStats};
 use crate::domain::{
     Attempt, AttemptNext, DeliveryState, Hash, IdempotencyRecord, Job, JobError, JobEventKind, JobId, JobState,
@@ -256,16 +257,6 @@ fn blob_out1() -> NewBlob {
 
 fn blob_out2() -> NewBlob {
     new_blob("out2", 500)
-}
-
-fn output(name: &str, b: &NewBlob) -> OutputRef {
-    OutputRef {
-        name: name.into(),
-        node_id: "9".into(),
-        media_type: b.media_type.clone(),
-        size_bytes: b.bytes.len() as u64,
-        hash: b.hash,
-    }
 }
 
 /// A queued job as the service builds it: fixed id and times, so runs are comparable.
