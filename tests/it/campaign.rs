@@ -70,6 +70,7 @@ struct Acked {
 struct Retry {
     key: String,
     body: Value,
+    acked: Acked,
 }
 
 /// Everything the clients learnt, shared by the load tasks.
@@ -243,7 +244,7 @@ async fn post_job(shared: &Shared, body: &Value, key: Option<&str>, mut acked: A
         Err(_) => {
             ledger.submit_errors += 1;
             if let Some(key) = key {
-                ledger.retries.push(Retry { key: key.to_string(), body: body.clone() });
+                ledger.retries.push(Retry { key: key.to_string(), body: body.clone(), acked });
             }
             false
         }
@@ -254,9 +255,7 @@ async fn submit(shared: &Shared, rng: &mut StdRng) -> bool {
     // First any idempotent submit whose answer was lost.
     let retry = shared.ledger.lock().unwrap().retries.pop();
     if let Some(r) = retry {
-        let kind = if r.body["workflowId"] == "guarded" { "plugin" } else { "run" };
-        let acked = Acked { kind, callback: r.body.get("callbackUrl").is_some(), cached: false };
-        return post_job(shared, &r.body, Some(&r.key), acked).await;
+        return post_job(shared, &r.body, Some(&r.key), r.acked).await;
     }
     let (body, acked) = submit_body(shared, rng);
     let key = rng.random_bool(0.3).then(|| format!("k-{}", uuid::Uuid::new_v4()));
@@ -571,12 +570,7 @@ async fn kill_campaign() {
     loop {
         let retry = shared.ledger.lock().unwrap().retries.pop();
         let Some(r) = retry else { break };
-        let acked = Acked {
-            kind: if r.body["workflowId"] == "guarded" { "plugin" } else { "run" },
-            callback: r.body.get("callbackUrl").is_some(),
-            cached: false,
-        };
-        assert!(post_job(&shared, &r.body, Some(&r.key), acked).await, "the gateway stopped answering");
+        assert!(post_job(&shared, &r.body, Some(&r.key), r.acked).await, "the gateway stopped answering");
     }
     let ids: Vec<String> = shared.ledger.lock().unwrap().acked.keys().cloned().collect();
     let drain_start = Instant::now();

@@ -38,13 +38,6 @@ async fn ran_once(sim: &Sim, id: &str) {
     assert_eq!(ex, vec![(id.to_string(), 1)], "executions");
 }
 
-/// The blob gauge of `/metrics`: how many distinct blobs the store holds.
-async fn blob_count(gw: &Gateway) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", gw.url())).await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with("comfyui_gateway_blobs ")).unwrap_or_else(|| panic!("{text}"));
-    line.rsplit(' ').next().unwrap().parse::<f64>().unwrap() as u64
-}
-
 /// Crash after ComfyUI accepted the prompt, before the runner did anything with the
 /// answer: after the restart the job is reconciled (found on the backend), not resubmitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,7 +80,7 @@ async fn crash_before_the_success_commit_stores_outputs_once() {
         assert_eq!(blake3::hash(&r.bytes().await.unwrap()).to_hex().as_str(), o["hash"]);
     }
     let distinct: std::collections::HashSet<&str> = outputs.iter().map(|o| o["hash"].as_str().unwrap()).collect();
-    assert_eq!(blob_count(&gw).await, distinct.len() as u64, "no blob stored twice or leaked");
+    assert_eq!(gw.metric("comfyui_gateway_blobs").await, distinct.len() as f64, "no blob stored twice or leaked");
 }
 
 /// Crash after the receiver answered 2xx, before the attempt was recorded: the delivery

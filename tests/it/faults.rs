@@ -125,6 +125,14 @@ impl Rig {
     }
 
     /// Every output of a succeeded job downloads as a PNG that decodes completely.
+    /// The job succeeded at its first attempt, ComfyUI ran it once, and its outputs are
+    /// intact: what every transient fault must come to.
+    async fn assert_clean_success(&self, o: &Outcome) {
+        o.expect("succeeded", None, 1, &self.gw.proc_.log());
+        assert_eq!(self.executed(&o.id).await, 1);
+        self.assert_intact_outputs(o).await;
+    }
+
     async fn assert_intact_outputs(&self, o: &Outcome) {
         let outputs = o.job["outputs"].as_array().cloned().unwrap_or_default();
         assert!(!outputs.is_empty(), "{}", o.job);
@@ -231,9 +239,7 @@ async fn refused_connections() {
     );
     rig.sim.restart().await;
     let o = rig.finish(id, start).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     // Past the time limit: killed mid-job, never back.
     rig.sim.faults(json!({"hang": 1})).await;
@@ -276,9 +282,7 @@ async fn prompt_answers_500() {
 async fn upload_answers_500() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"uploadError": 1}), invert(1)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     let o = rig.run(json!({"uploadError": 100}), invert(2)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
@@ -292,9 +296,7 @@ async fn upload_answers_500() {
 async fn history_answers_500() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"historyError": 1}), icon(1)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     let o = rig.run(json!({"historyError": 1000}), icon(2)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
@@ -307,9 +309,7 @@ async fn history_answers_500() {
 async fn view_answers_500() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"viewError": 1}), icon(1)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     let o = rig.run(json!({"viewError": 100}), icon(2)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
@@ -324,14 +324,10 @@ async fn view_answers_500() {
 async fn prompt_answer_hangs() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"promptHang": 1}), icon(1)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     let o = rig.run(json!({"promptHang": 100}), icon(2)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 }
 
 /// `GET /history/{id}` that never answers: past `COMFYUI_HTTP_TIMEOUT_MS` it is asked
@@ -340,9 +336,7 @@ async fn prompt_answer_hangs() {
 async fn history_answer_hangs() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"historyHang": 1}), icon(1)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     let o = rig.run(json!({"historyHang": 1000}), icon(2)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
@@ -356,9 +350,7 @@ async fn history_answer_hangs() {
 async fn upload_answer_hangs() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"uploadHang": 1}), invert(3)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     let o = rig.run(json!({"uploadHang": 100}), invert(4)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
@@ -371,9 +363,7 @@ async fn upload_answer_hangs() {
 async fn view_answer_hangs() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"viewHang": 1}), icon(1)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     let o = rig.run(json!({"viewHang": 100}), icon(2)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
@@ -406,9 +396,7 @@ async fn execution_hangs_past_the_time_limit() {
 async fn websocket_drop_mid_job() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"dropWsAfterMs": 30}), icon(1)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 }
 
 /// ComfyUI crashes when it takes the prompt and comes back empty: resubmitted once.
@@ -492,9 +480,7 @@ async fn view_truncated() {
 async fn history_without_outputs() {
     let rig = Rig::start(&[]).await;
     let o = rig.run(json!({"historyNoOutputs": 1}), icon(1)).await;
-    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
-    assert_eq!(rig.executed(&o.id).await, 1);
-    rig.assert_intact_outputs(&o).await;
+    rig.assert_clean_success(&o).await;
 
     let o = rig.run(json!({"historyNoOutputs": 100}), icon(2)).await;
     o.expect("failed", Some("COMFYUI_NODE_ERROR"), 1, &rig.gw.proc_.log());

@@ -50,14 +50,6 @@ async fn register(gw: &Gateway, id: &str, plugin: Value) -> (u16, Value) {
     post_json(&format!("{}/workflows", gw.url()), &body).await
 }
 
-async fn metric(gw: &Gateway, series: &str) -> f64 {
-    let text = reqwest::get(format!("{}/metrics", gw.url())).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn example_plugins_transform_render_and_post_process_real_jobs() {
     let dir = support::tempdir();
@@ -201,7 +193,7 @@ async fn a_restart_loads_plugins_precompiled_and_running_jobs_keep_their_version
     let guard = json!({"wasm": wasm_b64("prompt_guard"), "config": {"aspectRatios": true, "longSide": 128}});
     let (status, v) = register(&gw, "guarded", guard).await;
     assert_eq!(status, 201, "{v}");
-    assert_eq!(metric(&gw, "comfyui_gateway_plugin_loads{source=\"compiled\"}").await, 1.0);
+    assert_eq!(gw.metric("comfyui_gateway_plugin_loads{source=\"compiled\"}").await, 1.0);
 
     gw.restart().await;
     let started = Instant::now();
@@ -209,8 +201,8 @@ async fn a_restart_loads_plugins_precompiled_and_running_jobs_keep_their_version
     let first_submit = started.elapsed();
     let done = gw.wait_terminal(&id, Duration::from_secs(30)).await;
     assert_eq!((done["status"].as_str(), done["inputs"]["width"].as_i64()), (Some("succeeded"), Some(128)), "{done}");
-    assert_eq!(metric(&gw, "comfyui_gateway_plugin_loads{source=\"compiled\"}").await, 0.0, "no recompilation");
-    assert_eq!(metric(&gw, "comfyui_gateway_plugin_loads{source=\"precompiled\"}").await, 1.0);
+    assert_eq!(gw.metric("comfyui_gateway_plugin_loads{source=\"compiled\"}").await, 0.0, "no recompilation");
+    assert_eq!(gw.metric("comfyui_gateway_plugin_loads{source=\"precompiled\"}").await, 1.0);
     assert!(first_submit < Duration::from_secs(2), "first submit after restart took {first_submit:?}");
 
     // Updating the plugin (a new version) applies to new jobs; the workflow keeps a plugin

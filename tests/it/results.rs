@@ -8,20 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Gateway, Sim, get_json};
+use crate::support::{self, Gateway, Sim, get_json, sample};
 
 /// The value of an unlabeled (or exactly labeled) sample in a Prometheus text body.
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
-async fn metrics(gw: &Gateway) -> String {
-    reqwest::get(format!("{}/metrics", gw.url())).await.unwrap().text().await.unwrap()
-}
-
 async fn n_executions(sim: &Sim) -> usize {
     support::executions(&sim.executions().await).len()
 }
@@ -40,7 +29,7 @@ async fn a_cache_hit_never_reaches_the_backend_and_shares_the_stored_outputs() {
     let first = gw.wait_terminal(&first, Duration::from_secs(30)).await;
     assert_eq!((first["status"].as_str(), first["cached"].as_bool()), (Some("succeeded"), Some(false)));
     assert_eq!(n_executions(&sim).await, 1);
-    let blobs = sample(&metrics(&gw).await, "comfyui_gateway_blobs");
+    let blobs = sample(&gw.metrics().await, "comfyui_gateway_blobs");
     assert!(blobs >= 1.0, "the outputs are stored");
 
     // The same request, keys in another order: answered at once, born succeeded.
@@ -61,7 +50,7 @@ async fn a_cache_hit_never_reaches_the_backend_and_shares_the_stored_outputs() {
     assert_eq!(output_hashes(&hit), output_hashes(&first));
     assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     assert_eq!(n_executions(&sim).await, 1, "the simulator saw no prompt for the hit");
-    let text = metrics(&gw).await;
+    let text = gw.metrics().await;
     assert_eq!(sample(&text, "comfyui_gateway_blobs"), blobs, "no copy: the blob store is content-addressed");
     assert_eq!(sample(&text, "comfyui_gateway_cache_lookups_total{result=\"hit\"}"), 1.0);
     assert_eq!(sample(&text, "comfyui_gateway_cache_entries"), 1.0);
@@ -108,7 +97,7 @@ async fn cache_entries_expire_and_finished_jobs_are_pruned_with_their_outputs() 
     let again = gw.wait_terminal(&again, Duration::from_secs(30)).await;
     assert_eq!(again["cached"], false, "an expired entry is not served");
     assert_eq!(n_executions(&sim).await, 2);
-    assert!(sample(&metrics(&gw).await, "comfyui_gateway_pruned_total{kind=\"cache_entries\"}") >= 1.0);
+    assert!(sample(&gw.metrics().await, "comfyui_gateway_pruned_total{kind=\"cache_entries\"}") >= 1.0);
 
     // The first job and its outputs go after JOB_RETENTION_SECONDS; a running job stays.
     let file_url = format!("{}{}", gw.url(), again["outputs"][0]["url"].as_str().unwrap());
@@ -131,7 +120,7 @@ async fn cache_entries_expire_and_finished_jobs_are_pruned_with_their_outputs() 
         assert!(Instant::now() < deadline, "outputs of a pruned job are still served");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let text = metrics(&gw).await;
+    let text = gw.metrics().await;
     assert!(sample(&text, "comfyui_gateway_pruned_total{kind=\"jobs\"}") >= 3.0, "{text}");
     assert_eq!(sample(&text, "comfyui_gateway_blobs"), 0.0, "no job or entry names a blob any more");
     assert_eq!(gw.job(&stuck).await["status"], "running", "unfinished jobs are never pruned");

@@ -273,6 +273,16 @@ impl Gateway {
         v["jobId"].as_str().expect("jobId").to_string()
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.url())).await.unwrap().text().await.unwrap()
+    }
+
+    /// One sample of `/metrics` (see [`sample`]).
+    pub async fn metric(&self, series: &str) -> f64 {
+        sample(&self.metrics().await, series)
+    }
+
     /// `GET /jobs/:id`.
     pub async fn job(&self, id: &str) -> Value {
         let (status, v) = get_json(&format!("{}/jobs/{id}", self.url())).await;
@@ -313,6 +323,15 @@ pub async fn register_invert(gw: &Gateway) {
     });
     let (status, v) = post_json(&format!("{}/workflows", gw.url()), &body).await;
     assert_eq!(status, 201, "{v}");
+}
+
+/// The value of `series` (name with its labels, as printed) in a Prometheus text; 0 when
+/// absent.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// GET, returning status and JSON (Null if not JSON).
