@@ -1,33 +1,64 @@
-//! Benchmark (prints figures; not a test): `cargo bench --bench gateway`.
+//! The performance harness (prints a table; not a test): `scripts/bench`, or
+//! `cargo bench --bench gateway`. Every figure is measured against the real binary and the
+//! bundled simulator with zero-time execution, on 127.0.0.1, and printed next to its target.
 //!
-//! 1. Durable submits per second: `POST /jobs` → 202 (after the redb fsync) with 1, 16
-//!    and 64 concurrent clients, against a gateway whose backend is down (jobs stay
-//!    queued, so only the submit path is measured).
-//! 2. Added latency per job: the same rendered prompt run (a) directly against the
-//!    simulator by a client doing what the gateway does (POST /prompt, WebSocket until
-//!    `executing: null`, `/history`, `/view`), and (b) through the gateway (POST /jobs,
-//!    then GET /jobs/:id every millisecond until `succeeded`). Both sequential, distinct
-//!    seeds so ComfyUI's cache never answers.
+//! 1. Durable submits per second (`POST /jobs` → 202 after the fsync) with 1, 16 and 128
+//!    concurrent keep-alive clients, against a gateway whose backend is down (jobs stay
+//!    queued, so only the submit path is measured). The load generator is a minimal HTTP/1.1
+//!    client (one pre-rendered request per submit) so that it takes as little of the CPU the
+//!    gateway shares with it as possible.
+//! 2. End-to-end jobs per second: concurrent `POST /jobs?wait=30` through the gateway to the
+//!    simulator (HTTP + WebSocket), each answered when the job has succeeded.
+//! 3. Added latency per job: the same prompt run (a) directly against the simulator by a
+//!    client doing what the gateway does (`POST /prompt`, WebSocket until
+//!    `executing: null`, `/history`, `/view`) and (b) through the gateway (`POST
+//!    /jobs?wait=30`, then `GET /outputs/...`), same HTTP client, sequential.
+//! 4. Cache-hit submits: the requests of 3 again, each answered from the result cache.
+//! 5. Download throughput of a 4 MB output (`GET /outputs/:id/:file`, sequential).
+//! 6. Resident memory idle, and restart time and memory with 100,000 queued and 100
+//!    running jobs: the API answering, and every running job reconciled with its backend.
 //!
-//! 3. Cache-hit submits: the same requests as in 2 again, each answered from the result
-//!    cache (200, a job born `succeeded`; the simulator is not involved), sequential.
-//!
-//! Environment: `BENCH_SECONDS` (per concurrency level, default 3), `BENCH_RUNS`
-//! (latency runs, default 200).
+//! Environment: `BENCH_SECONDS` (per measured level, default 3), `BENCH_RUNS` (latency
+//! runs, default 300), `BENCH_QUEUED` (queued jobs for part 6, default 100000),
+//! `BENCH_ONLY` (comma-separated part numbers, default all).
 
-use std::path::Path;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_comfyui-gateway");
 
-struct Kill(Child);
-impl Drop for Kill {
+/// A process started by the bench, killed (SIGKILL) and reaped when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Resident set size and its peak, in MB (`/proc/<pid>/status`).
+    fn rss_mb(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let kb = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+    }
+}
+
+impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -38,36 +69,92 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
 }
 
-fn spawn(args: &[&str], envs: &[(&str, String)]) -> Kill {
+fn spawn(args: &[&str], envs: &[(&str, String)]) -> Proc {
     let mut cmd = Command::new(BIN);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    Kill(cmd.spawn().expect("spawn"))
+    Proc(cmd.spawn().expect("spawn"))
 }
 
-async fn wait_up(url: &str) {
+/// Wait until `url` answers at all; the time it took.
+async fn wait_up(url: &str) -> Duration {
+    let t = Instant::now();
     let c = reqwest::Client::new();
-    for _ in 0..400 {
+    while t.elapsed() < Duration::from_secs(60) {
         if c.get(url).send().await.is_ok() {
-            return;
+            return t.elapsed();
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     panic!("{url} did not come up");
 }
 
-fn gateway(dir: &Path, name: &str, backend: &str) -> (Kill, String) {
+/// A gateway on a free port with its database in `db`.
+struct Gw {
+    proc: Proc,
+    url: String,
+    port: u16,
+    envs: Vec<(&'static str, String)>,
+}
+
+impl Gw {
+    fn start(db: &Path, backend: &str, extra: &[(&'static str, String)]) -> Gw {
+        let port = free_port();
+        let mut envs = vec![
+            ("PORT", port.to_string()),
+            ("HOST", "127.0.0.1".to_string()),
+            ("COMFYUI_URL", backend.to_string()),
+            ("DATABASE_URL", db.display().to_string()),
+            ("LOG_LEVEL", "warn".to_string()),
+        ];
+        envs.extend(extra.iter().cloned());
+        let proc = spawn(&["serve"], &envs);
+        Gw { proc, url: format!("http://127.0.0.1:{port}"), port, envs }
+    }
+
+    /// Kill -9 and start again on the same port and database.
+    fn restart(&mut self) {
+        let _ = self.proc.0.kill();
+        let _ = self.proc.0.wait();
+        self.proc = spawn(&["serve"], &self.envs);
+    }
+
+    async fn ready(&self) {
+        wait_up(&format!("{}/health", self.url)).await;
+        let http = reqwest::Client::new();
+        for _ in 0..2000 {
+            let r = http.get(format!("{}/health", self.url)).send().await.expect("health");
+            if r.status().is_success() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("{} never became healthy", self.url);
+    }
+
+    async fn metric(&self, series: &str) -> f64 {
+        let text = reqwest::get(format!("{}/metrics", self.url)).await.expect("metrics").text().await.expect("text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+fn sim(data: &Path, node_delay_ms: u64) -> (Proc, String) {
     let port = free_port();
-    let envs = [
-        ("PORT", port.to_string()),
-        ("HOST", "127.0.0.1".to_string()),
-        ("COMFYUI_URL", backend.to_string()),
-        ("DATABASE_URL", dir.join(format!("{name}.redb")).display().to_string()),
-        ("LOG_LEVEL", "warn".to_string()),
+    let args = [
+        "sim",
+        "--port",
+        &port.to_string(),
+        "--node-delay-ms",
+        &node_delay_ms.to_string(),
+        "--data-dir",
+        &data.display().to_string(),
     ];
-    (spawn(&["serve"], &envs), format!("http://127.0.0.1:{port}"))
+    (spawn(&args, &[]), format!("http://127.0.0.1:{port}"))
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -77,55 +164,189 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-fn job_body(seed: u64) -> Value {
-    json!({"workflowId": "icon_512", "inputs": {"prompt": "benchmark", "seed": seed}})
+fn sorted(mut v: Vec<f64>) -> Vec<f64> {
+    v.sort_by(f64::total_cmp);
+    v
 }
 
-async fn submits(url: &str, clients: usize, seconds: u64) -> (f64, Vec<f64>) {
-    let http = reqwest::Client::new();
+// ---- a minimal HTTP/1.1 keep-alive client for the load generator ----
+
+/// One keep-alive connection that sends a request and reads its whole response.
+struct Raw {
+    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    line: String,
+}
+
+impl Raw {
+    async fn connect(port: u16) -> Raw {
+        let s = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let (rd, wr) = s.into_split();
+        Raw { rd: BufReader::with_capacity(64 * 1024, rd), wr, line: String::new() }
+    }
+
+    /// Send `req` (complete request bytes) and return (status, body length).
+    async fn call(&mut self, req: &[u8], body: &mut Vec<u8>) -> std::io::Result<u16> {
+        self.wr.write_all(req).await?;
+        self.line.clear();
+        self.rd.read_line(&mut self.line).await?;
+        let status = self.line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let mut len = 0usize;
+        loop {
+            self.line.clear();
+            if self.rd.read_line(&mut self.line).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let l = self.line.trim_end();
+            if l.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = l.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        body.resize(len, 0);
+        self.rd.read_exact(body).await?;
+        Ok(status)
+    }
+}
+
+fn post_request(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+// ---- workloads ----
+
+/// `clients` connections each submitting `body(n)` for `seconds`; (rate, sorted latencies ms).
+async fn load(
+    port: u16,
+    path: &'static str,
+    clients: usize,
+    seconds: f64,
+    expect: u16,
+    body: Arc<dyn Fn(u64) -> String + Send + Sync>,
+) -> (f64, Vec<f64>) {
     let stop = Arc::new(AtomicBool::new(false));
-    let start = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (http, stop, url) = (http.clone(), stop.clone(), url.to_string());
+    for _ in 0..clients {
+        let (stop, next, failures, body) = (stop.clone(), next.clone(), failures.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
+            let mut conn = Raw::connect(port).await;
+            let mut buf = Vec::new();
             let mut lat = Vec::new();
-            let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                let req = post_request(path, &body(next.fetch_add(1, Ordering::Relaxed)));
                 let t = Instant::now();
-                let r = http.post(format!("{url}/jobs")).json(&job_body(c as u64 * 1_000_000 + i)).send().await;
-                if r.map(|r| r.status().as_u16() == 202).unwrap_or(false) {
-                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                match conn.call(&req, &mut buf).await {
+                    Ok(s) if s == expect => lat.push(t.elapsed().as_secs_f64() * 1000.0),
+                    Ok(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        conn = Raw::connect(port).await;
+                    }
                 }
-                i += 1;
             }
             lat
         }));
     }
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for t in tasks {
-        all.extend(t.await.expect("task"));
+        all.extend(t.await.expect("client task"));
     }
     let elapsed = start.elapsed().as_secs_f64();
-    all.sort_by(f64::total_cmp);
-    (all.len() as f64 / elapsed, all)
+    let failed = failures.load(Ordering::Relaxed);
+    assert!(failed == 0, "{failed} requests to {path} did not answer {expect}");
+    (all.len() as f64 / elapsed, sorted(all))
 }
 
-/// The rendered prompt of icon_512 for a seed, exactly as the gateway would send it.
-fn rendered_prompt(seed: u64) -> Value {
-    let wf = comfyui_gateway::workflows::bundled::all().into_iter().find(|w| w.id == "icon_512").expect("icon_512");
-    let compiled = comfyui_gateway::workflows::CompiledWorkflow::compile(&wf.template, Some(&wf.input_schema), None)
-        .expect("compiles");
-    let limits = comfyui_gateway::workflows::Limits { image_size_max: 2048, batch_size_max: 4 };
-    compiled.prepare(&json!({"prompt": "benchmark", "seed": seed}), &limits, &mut rand::rng()).expect("prepares").prompt
+/// The smallest workflow the simulator runs: a solid-colour 64×64 image, saved. The colour
+/// comes from the request, so no two jobs share a result (neither in ComfyUI's cache nor
+/// the gateway's).
+async fn register_tiny(http: &reqwest::Client, gw: &str) {
+    let body = json!({
+        "id": "bench_tiny",
+        "workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": "{{color}}"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}}
+        },
+        "inputSchema": {
+            "type": "object",
+            "properties": {"color": {"type": "integer", "minimum": 0, "maximum": 16_777_215}},
+            "required": ["color"],
+            "additionalProperties": false
+        }
+    });
+    let r = http.post(format!("{gw}/workflows")).json(&body).send().await.expect("register");
+    assert!(r.status().is_success(), "register bench_tiny: {}", r.text().await.unwrap_or_default());
 }
 
-async fn direct_run(sim: &str, http: &reqwest::Client, ws: &mut WsStream, client_id: &str, seed: u64) -> f64 {
+/// A workflow that saves its input image: the bench's way to a 4 MB output.
+async fn register_copy(http: &reqwest::Client, gw: &str) {
+    let body = json!({
+        "id": "bench_copy",
+        "workflow": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "copy"}}
+        },
+        "inputSchema": {
+            "type": "object",
+            "properties": {"image": {"type": "string", "format": "image"}},
+            "required": ["image"],
+            "additionalProperties": false
+        }
+    });
+    let r = http.post(format!("{gw}/workflows")).json(&body).send().await.expect("register");
+    assert!(r.status().is_success(), "register bench_copy: {}", r.text().await.unwrap_or_default());
+}
+
+fn tiny_body(n: u64) -> String {
+    format!(r#"{{"workflowId":"bench_tiny","inputs":{{"color":{}}}}}"#, n % 16_777_216)
+}
+
+fn tiny_prompt(color: u64) -> Value {
+    json!({
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": color}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "bench"}}
+    })
+}
+
+/// A PNG of random RGB noise (incompressible), `side`×`side`.
+fn noise_png(side: u32) -> Vec<u8> {
+    use rand::RngCore as _;
+    let mut px = vec![0u8; (side * side * 3) as usize];
+    rand::rng().fill_bytes(&mut px);
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, side, side);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Fastest);
+    let mut w = enc.write_header().expect("png header");
+    w.write_image_data(&px).expect("png data");
+    w.finish().expect("png finish");
+    out
+}
+
+type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One prompt driven directly against the simulator, the way the gateway drives it.
+async fn direct_run(sim: &str, http: &reqwest::Client, ws: &mut WsStream, client_id: &str, color: u64) -> f64 {
     let prompt_id = uuid::Uuid::new_v4().to_string();
     let t = Instant::now();
-    let body = json!({"prompt": rendered_prompt(seed), "prompt_id": prompt_id, "client_id": client_id});
+    let body = json!({"prompt": tiny_prompt(color), "prompt_id": prompt_id, "client_id": client_id});
     let r = http.post(format!("{sim}/prompt")).json(&body).send().await.expect("post");
     assert_eq!(r.status().as_u16(), 200);
     while let Some(Ok(msg)) = ws.next().await {
@@ -137,6 +358,7 @@ async fn direct_run(sim: &str, http: &reqwest::Client, ws: &mut WsStream, client
         }
     }
     let h: Value = http.get(format!("{sim}/history/{prompt_id}")).send().await.unwrap().json().await.unwrap();
+    let mut n = 0;
     for node in h[&prompt_id]["outputs"].as_object().into_iter().flatten().map(|(_, v)| v) {
         for img in node["images"].as_array().into_iter().flatten() {
             let q = [
@@ -146,108 +368,281 @@ async fn direct_run(sim: &str, http: &reqwest::Client, ws: &mut WsStream, client
             ];
             let bytes = http.get(format!("{sim}/view")).query(&q).send().await.unwrap().bytes().await.unwrap();
             assert!(!bytes.is_empty());
+            n += 1;
         }
     }
+    assert_eq!(n, 1, "direct run produced {n} images");
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-type WsStream = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn gateway_run(gw: &str, http: &reqwest::Client, seed: u64) -> f64 {
+/// One job through the gateway: synchronous submit, then the output's bytes.
+async fn gateway_run(gw: &str, http: &reqwest::Client, color: u64) -> f64 {
     let t = Instant::now();
-    let v: Value = http.post(format!("{gw}/jobs")).json(&job_body(seed)).send().await.unwrap().json().await.unwrap();
-    let id = v["jobId"].as_str().expect("jobId").to_string();
-    loop {
-        let j: Value = http.get(format!("{gw}/jobs/{id}")).send().await.unwrap().json().await.unwrap();
-        match j["status"].as_str() {
-            Some("succeeded") => break,
-            Some("failed" | "canceled") => panic!("job failed: {j}"),
-            _ => tokio::time::sleep(Duration::from_millis(1)).await,
-        }
-    }
+    let body = json!({"workflowId": "bench_tiny", "inputs": {"color": color}});
+    let v: Value = http.post(format!("{gw}/jobs?wait=30")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    let url = v["outputs"][0]["url"].as_str().expect("output url");
+    let bytes = http.get(format!("{gw}{url}")).send().await.unwrap().bytes().await.unwrap();
+    assert!(!bytes.is_empty());
     t.elapsed().as_secs_f64() * 1000.0
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+/// One result row: what, measured, target, verdict.
+struct Table(Vec<(String, String, String, &'static str)>);
+
+impl Table {
+    fn row(&mut self, what: impl Into<String>, value: String, target: &str, met: Option<bool>) {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        let (what, target) = (what.into(), target.to_string());
+        println!("  {what:<46} {value:>22}   {target:<10} {verdict}");
+        let _ = std::io::stdout().flush();
+        self.0.push((what, value, target, verdict));
+    }
+
+    fn markdown(&self) -> String {
+        let mut s = String::from("| measure | result | target | |\n|---|---:|---|---|\n");
+        for (what, value, target, verdict) in &self.0 {
+            s.push_str(&format!("| {what} | {value} | {target} | {verdict} |\n"));
+        }
+        s
+    }
 }
 
 #[tokio::main]
 async fn main() {
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(3);
-    let runs: u64 = std::env::var("BENCH_RUNS").ok().and_then(|s| s.parse().ok()).unwrap_or(200);
+    let seconds = env_num("BENCH_SECONDS", 3) as f64;
+    let runs = env_num("BENCH_RUNS", 300);
+    let queued_target = env_num("BENCH_QUEUED", 100_000);
+    let only: Vec<u32> = std::env::var("BENCH_ONLY")
+        .ok()
+        .map(|s| s.split(',').filter_map(|p| p.trim().parse().ok()).collect())
+        .unwrap_or_default();
+    let part = |n: u32| only.is_empty() || only.contains(&n);
     let dir = tempfile::tempdir().expect("tempdir");
-    println!(
-        "comfyui-gateway benchmark ({} cores)",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-    );
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!("comfyui-gateway benchmark: {cores} cores, {} build", if cfg!(debug_assertions) { "debug" } else { "release" });
+    let mut table = Table(Vec::new());
+    let http = reqwest::Client::builder().tcp_nodelay(true).build().expect("client");
 
-    // 1. Durable submits.
-    let dead = format!("http://127.0.0.1:{}", free_port());
-    let (_gw, url) = gateway(dir.path(), "submits", &dead);
-    wait_up(&format!("{url}/health")).await;
-    println!("\ndurable submits (POST /jobs -> 202 after fsync), {seconds}s per level");
-    println!("{:>8} {:>12} {:>10} {:>10}", "clients", "submits/s", "p50 ms", "p99 ms");
-    for clients in [1, 16, 64] {
-        let (rate, lat) = submits(&url, clients, seconds).await;
-        println!("{clients:>8} {rate:>12.0} {:>10.2} {:>10.2}", pct(&lat, 0.5), pct(&lat, 0.99));
-    }
-    drop(_gw);
-
-    // 2. Added latency per job.
-    let sim_port = free_port();
-    let sim_dir = dir.path().join("sim");
-    let _sim = spawn(
-        &["sim", "--port", &sim_port.to_string(), "--node-delay-ms", "0", "--data-dir", &sim_dir.display().to_string()],
-        &[],
-    );
-    let sim = format!("http://127.0.0.1:{sim_port}");
-    wait_up(&format!("{sim}/system_stats")).await;
-    let http = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
-    let client_id = uuid::Uuid::new_v4().simple().to_string();
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{sim_port}/ws?clientId={client_id}")).await.unwrap();
-    let mut direct = Vec::new();
-    for i in 0..runs {
-        direct.push(direct_run(&sim, &http, &mut ws, &client_id, 10_000_000 + i).await);
-    }
-    let (_gw2, gw) = gateway(dir.path(), "latency", &sim);
-    wait_up(&format!("{gw}/health")).await;
-    // Let the gateway's backend probe and WebSocket come up.
-    for _ in 0..200 {
-        let h: Value = http.get(format!("{gw}/health")).send().await.unwrap().json().await.unwrap();
-        if h["ok"] == true {
-            break;
+    if part(1) {
+        println!("\n1. durable submits (POST /jobs -> 202 after fsync), backend down, {seconds}s per level");
+        let dead = format!("http://127.0.0.1:{}", free_port());
+        let gw = Gw::start(&dir.path().join("submits.redb"), &dead, &[]);
+        wait_up(&format!("{}/health", gw.url)).await;
+        let body: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(|n| {
+            format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#)
+        });
+        // Warm-up: connections, allocator, the first commits.
+        load(gw.port, "/jobs", 16, 0.5, 202, body.clone()).await;
+        for clients in [1, 16, 128] {
+            let (rate, lat) = load(gw.port, "/jobs", clients, seconds, 202, body.clone()).await;
+            table.row(
+                format!("submits/s, {clients} clients (p50 / p99 ms)"),
+                format!("{rate:.0} ({:.2} / {:.2})", pct(&lat, 0.5), pct(&lat, 0.99)),
+                "≥ 10000/s",
+                Some(rate >= 10_000.0),
+            );
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut via = Vec::new();
-    for i in 0..runs {
-        via.push(gateway_run(&gw, &http, 20_000_000 + i).await);
-    }
-    direct.sort_by(f64::total_cmp);
-    via.sort_by(f64::total_cmp);
-    println!("\nper-job latency, simulator with zero node delay, {runs} sequential jobs (icon_512, 512x512 PNG)");
-    println!("{:>22} {:>10} {:>10}", "", "p50 ms", "p99 ms");
-    println!("{:>22} {:>10.2} {:>10.2}", "direct to simulator", pct(&direct, 0.5), pct(&direct, 0.99));
-    println!("{:>22} {:>10.2} {:>10.2}", "through the gateway", pct(&via, 0.5), pct(&via, 0.99));
-    println!(
-        "{:>22} {:>10.2} {:>10.2}",
-        "added by the gateway",
-        pct(&via, 0.5) - pct(&direct, 0.5),
-        pct(&via, 0.99) - pct(&direct, 0.99)
-    );
 
-    // 3. Cache hits: the jobs of part 2 again.
-    let mut hits = Vec::new();
-    for i in 0..runs {
-        let t = Instant::now();
-        let r = http.post(format!("{gw}/jobs")).json(&job_body(20_000_000 + i)).send().await.unwrap();
-        let status = r.status().as_u16();
-        let v: Value = r.json().await.unwrap();
-        assert!(status == 200 && v["cached"] == true, "not a cache hit: {status} {v}");
-        hits.push(t.elapsed().as_secs_f64() * 1000.0);
+    let sim_dir = dir.path().join("sim");
+    let (_sim, sim_url) = sim(&sim_dir, 0);
+    wait_up(&format!("{sim_url}/system_stats")).await;
+
+    if part(2) || part(3) || part(4) || part(5) {
+        let gw = Gw::start(&dir.path().join("e2e.redb"), &sim_url, &[("MAX_CONCURRENCY", "32".to_string())]);
+        gw.ready().await;
+        register_tiny(&http, &gw.url).await;
+
+        if part(2) {
+            println!("\n2. end-to-end jobs (POST /jobs?wait=30 -> succeeded), simulator with zero-time nodes");
+            let body: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(tiny_body);
+            load(gw.port, "/jobs?wait=30", 32, 0.5, 200, body.clone()).await;
+            for clients in [16, 64] {
+                let (rate, lat) = load(gw.port, "/jobs?wait=30", clients, seconds, 200, body.clone()).await;
+                table.row(
+                    format!("jobs/s, {clients} clients (p50 / p99 ms)"),
+                    format!("{rate:.0} ({:.2} / {:.2})", pct(&lat, 0.5), pct(&lat, 0.99)),
+                    "≥ 1000/s",
+                    Some(rate >= 1000.0),
+                );
+            }
+        }
+
+        if part(3) || part(4) {
+            println!("\n3. added latency per job: {runs} sequential jobs, direct vs through the gateway");
+            let client_id = uuid::Uuid::new_v4().simple().to_string();
+            let ws_url = format!("{}/ws?clientId={client_id}", sim_url.replace("http://", "ws://"));
+            let (mut ws, _) = tokio_tungstenite::connect_async(ws_url).await.expect("ws");
+            let base = 8_000_000u64;
+            for i in 0..20 {
+                direct_run(&sim_url, &http, &mut ws, &client_id, base + i).await;
+                gateway_run(&gw.url, &http, base + 100 + i).await;
+            }
+            let (mut direct, mut via) = (Vec::new(), Vec::new());
+            for i in 0..runs {
+                // Interleaved, so drift in the machine's load hits both alike.
+                direct.push(direct_run(&sim_url, &http, &mut ws, &client_id, 10_000_000 + i).await);
+                via.push(gateway_run(&gw.url, &http, 12_000_000 + i).await);
+            }
+            let (direct, via) = (sorted(direct), sorted(via));
+            let f = |v: &[f64]| format!("{:.2} / {:.2}", pct(v, 0.5), pct(v, 0.99));
+            table.row("direct to the simulator, ms (p50 / p99)", f(&direct), "", None);
+            table.row("through the gateway, ms (p50 / p99)", f(&via), "", None);
+            let added50 = pct(&via, 0.5) - pct(&direct, 0.5);
+            let added99 = pct(&via, 0.99) - pct(&direct, 0.99);
+            table.row(
+                "added by the gateway, ms (p50 / p99)",
+                format!("{added50:.2} / {added99:.2}"),
+                "≤ 1 ms p50",
+                Some(added50 <= 1.0),
+            );
+
+            if part(4) {
+                println!("\n4. cache-hit submits: the jobs of 3 again");
+                let mut conn = Raw::connect(gw.port).await;
+                let mut buf = Vec::new();
+                let mut hits = Vec::new();
+                for i in 0..runs {
+                    let req = post_request("/jobs", &tiny_body(12_000_000 + i));
+                    let t = Instant::now();
+                    let status = conn.call(&req, &mut buf).await.expect("cache hit");
+                    hits.push(t.elapsed().as_secs_f64() * 1000.0);
+                    let v: Value = serde_json::from_slice(&buf).unwrap_or(Value::Null);
+                    assert!(status == 200 && v["cached"] == true, "not a cache hit: {status} {v}");
+                }
+                let hits = sorted(hits);
+                table.row(
+                    "cache-hit submit, ms (p50 / p99)",
+                    format!("{:.2} / {:.2}", pct(&hits, 0.5), pct(&hits, 0.99)),
+                    "≤ 1 ms p50",
+                    Some(pct(&hits, 0.5) <= 1.0),
+                );
+            }
+        }
+
+        if part(5) {
+            println!("\n5. download of a 4 MB output");
+            register_copy(&http, &gw.url).await;
+            let png = noise_png(1160);
+            let b64 = base64_encode(&png);
+            let body = json!({"workflowId": "bench_copy", "inputs": {"image": b64}});
+            let r = http.post(format!("{}/jobs?wait=60", gw.url)).json(&body).send().await.expect("submit");
+            let v: Value = r.json().await.expect("json");
+            assert_eq!(v["status"], "succeeded", "{v}");
+            let path = v["outputs"][0]["url"].as_str().expect("url").to_string();
+            let size = v["outputs"][0]["size"].as_u64().unwrap_or(0);
+            let req = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").into_bytes();
+            let mut conn = Raw::connect(gw.port).await;
+            let mut buf = Vec::new();
+            for _ in 0..5 {
+                conn.call(&req, &mut buf).await.expect("download");
+            }
+            let n = 200;
+            let t = Instant::now();
+            for _ in 0..n {
+                let status = conn.call(&req, &mut buf).await.expect("download");
+                assert_eq!(status, 200);
+                assert_eq!(buf.len() as u64, size);
+            }
+            let gbps = (size * n) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            table.row(
+                format!("download {:.1} MB output, GB/s", size as f64 / 1e6),
+                format!("{gbps:.2}"),
+                "≥ 1 GB/s",
+                Some(gbps >= 1.0),
+            );
+        }
     }
-    hits.sort_by(f64::total_cmp);
-    println!(
-        "
-cache-hit submits (POST /jobs -> 200, job born succeeded after fsync), {runs} sequential"
-    );
-    println!("{:>22} {:>10.2} {:>10.2}", "cache hit", pct(&hits, 0.5), pct(&hits, 0.99));
+
+    if part(6) {
+        println!("\n6. memory, and restart with {queued_target} queued and 100 running jobs");
+        // The running jobs stay running: each takes minutes in these simulators (two
+        // backends, 50 prompts each: MAX_CONCURRENCY is at most 64).
+        let (_slow1, slow1) = sim(&dir.path().join("slow-sim-1"), 600_000);
+        let (_slow2, slow2) = sim(&dir.path().join("slow-sim-2"), 600_000);
+        wait_up(&format!("{slow1}/system_stats")).await;
+        wait_up(&format!("{slow2}/system_stats")).await;
+        let db = dir.path().join("restart.redb");
+        let mut gw = Gw::start(&db, &format!("{slow1},{slow2}"), &[("MAX_CONCURRENCY", "50".to_string())]);
+        gw.ready().await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (idle, _) = gw.proc.rss_mb();
+        table.row("RSS idle, MB", format!("{idle:.1}"), "≤ 30 MB", Some(idle <= 30.0));
+
+        let body: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(|n| {
+            format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#)
+        });
+        let t = Instant::now();
+        let target = queued_target + 100;
+        let mut submitted = 0.0;
+        while submitted < target as f64 {
+            // Roughly the remaining count at the last measured rate, in slices of 2 s at most.
+            load(gw.port, "/jobs", 32, 1.0, 202, body.clone()).await;
+            submitted = gw.metric("comfyui_gateway_jobs{state=\"queued\"}").await
+                + gw.metric("comfyui_gateway_jobs{state=\"running\"}").await;
+        }
+        let running = gw.metric("comfyui_gateway_jobs{state=\"running\"}").await;
+        let queued = gw.metric("comfyui_gateway_jobs{state=\"queued\"}").await;
+        println!(
+            "  (filled in {:.1}s: {queued} queued, {running} running)",
+            t.elapsed().as_secs_f64()
+        );
+        let (full, _) = gw.proc.rss_mb();
+        table.row(
+            format!("RSS with {:.0} queued + {running} running, MB", queued),
+            format!("{full:.1}"),
+            "≤ 150 MB",
+            Some(full <= 150.0),
+        );
+
+        gw.restart();
+        let t = Instant::now();
+        wait_up(&format!("{}/health", gw.url)).await;
+        let api_up = t.elapsed();
+        loop {
+            let reconciled = gw.metric("comfyui_gateway_reconciliations_total{outcome=\"reattached\"}").await;
+            if reconciled >= running {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(120), "only {reconciled} of {running} reconciled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let all_reconciled = t.elapsed();
+        table.row(
+            "restart: API up, ms",
+            format!("{:.0}", api_up.as_secs_f64() * 1000.0),
+            "≤ 1000 ms",
+            Some(api_up <= Duration::from_secs(1)),
+        );
+        table.row(
+            format!("restart: all {running} running reconciled, ms"),
+            format!("{:.0}", all_reconciled.as_secs_f64() * 1000.0),
+            "≤ 2000 ms",
+            Some(all_reconciled <= Duration::from_secs(2)),
+        );
+        let (after, peak) = gw.proc.rss_mb();
+        table.row("RSS after the restart (peak), MB", format!("{after:.1} ({peak:.1})"), "≤ 150 MB", Some(peak <= 150.0));
+        let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        println!("  (database file: {:.0} MB)", size as f64 / 1e6);
+    }
+
+    println!("\nMarkdown:\n\n{}", table.markdown());
+    let out: PathBuf = std::env::var("BENCH_OUT").map(PathBuf::from).unwrap_or_default();
+    if !out.as_os_str().is_empty() {
+        std::fs::write(&out, table.markdown()).expect("write BENCH_OUT");
+    }
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }

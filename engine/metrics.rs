@@ -98,6 +98,7 @@ struct Inner {
     jobs_finished: IntCounterVec,
     job_attempts: IntCounter,
     job_resubmissions: IntCounter,
+    reconciliations: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
     http_requests: IntCounterVec,
@@ -182,6 +183,11 @@ impl Metrics {
             job_resubmissions: single(
                 "job_resubmissions_total",
                 "Prompts submitted again because a backend lost them.",
+            ),
+            reconciliations: counter(
+                "reconciliations_total",
+                "Running jobs reconciled with their backend (after a restart or an ambiguous failure), by what was found: reattached (in its queue), collected (finished), resubmitted (unknown).",
+                &["outcome"],
             ),
             backend_up: gauge(
                 "backend_up",
@@ -281,6 +287,12 @@ impl Metrics {
         if resubmission {
             self.inner.job_resubmissions.inc();
         }
+    }
+
+    /// A running job was reconciled with its backend; `outcome` is `reattached`,
+    /// `collected` or `resubmitted`.
+    pub fn reconciled(&self, outcome: &'static str) {
+        self.inner.reconciliations.with_label_values(&[outcome]).inc();
     }
 
     /// An HTTP request on the route pattern `route` was answered with `status`.

@@ -230,20 +230,41 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The backend a job should go to now: a healthy one with room, the least loaded.
+    fn pick_backend(&self, inner: &Inner) -> Option<usize> {
+        let limit = self.config.backend_concurrency_max;
+        (0..self.backends.len())
+            .filter(|&b| self.backends[b].is_healthy() && inner.in_flight[b] < limit)
+            .min_by_key(|&b| inner.in_flight[b])
+    }
+
     /// Pop the best queued job if a healthy backend has room; reserve that room.
     fn take_next(&self) -> Option<(QueueKey, JobId, usize)> {
         let mut inner = self.lock();
         let (key, id) = inner.best()?;
         let priority = inner.queue[&key].priority;
-        let limit = self.config.backend_concurrency_max;
-        let backend = (0..self.backends.len())
-            .filter(|&b| self.backends[b].is_healthy() && inner.in_flight[b] < limit)
-            .min_by_key(|&b| inner.in_flight[b])?;
+        let backend = self.pick_backend(&inner)?;
         inner.dequeue(&key);
         inner.in_flight[backend] += 1;
         let run = RunningJob { backend, priority, cancel: self.shutdown.child_token(), progress: None };
         inner.running.insert(id, run);
         Some((key, id, backend))
+    }
+
+    /// For a new job: when nothing waits in the queue and a backend has room and a live
+    /// WebSocket, reserve that room for it and return the backend with the socket's client
+    /// id, so that the job is dispatched in its insert commit.
+    fn reserve_new(&self, id: JobId, priority: i32) -> Option<(usize, String)> {
+        let mut inner = self.lock();
+        if !inner.queue.is_empty() {
+            return None;
+        }
+        let backend = self.pick_backend(&inner)?;
+        let client_id = self.backends[backend].hub.client_id()?;
+        inner.in_flight[backend] += 1;
+        let run = RunningJob { backend, priority, cancel: self.shutdown.child_token(), progress: None };
+        inner.running.insert(id, run);
+        Some((backend, client_id))
     }
 
     /// Reserve a backend slot for a job recovered as running.
@@ -404,13 +425,41 @@ impl Scheduler {
         claim: Option<crate::store::Claim>,
     ) -> Result<Job, crate::store::StoreError> {
         use crate::domain::JobEventKind;
-        let events = match job.state {
+        let mut events = match job.state {
             JobState::Queued => vec![JobEventKind::Queued],
             JobState::Succeeded => {
                 vec![JobEventKind::Queued, JobEventKind::Succeeded { n_outputs: job.outputs.len() as u32 }]
             }
             state => panic!("a new job is queued or a cache hit, not {}", state.as_str()),
         };
+        // Nothing waiting and a backend free: the dispatch record goes into the insert
+        // commit (one fsync less before the prompt is sent).
+        let direct = match job.state {
+            JobState::Queued => self.shared.reserve_new(job.id, job.priority),
+            _ => None,
+        };
+        if let Some((b, client_id)) = direct {
+            let queued = job.clone();
+            let event = state::Event::Dispatch { backend: self.shared.backends[b].id.clone(), client_id };
+            let Ok((running, log)) = state::apply(&job, event, now_ms()) else {
+                unreachable!("a queued job can always be dispatched")
+            };
+            events.extend(log);
+            let stored = match self.shared.store.insert_job_claiming(running, blobs, events, claim).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    self.shared.release(queued.id, None);
+                    return Err(e);
+                }
+            };
+            // Inside the request's span: this line joins the correlation id to the job id.
+            tracing::info!(job = %stored.id, workflow = %stored.workflow_id, priority = stored.priority, "job queued and dispatched");
+            self.shared.observe(&Job { queue_key: stored.queue_key, ..queued }, &stored);
+            self.shared.feed.publish(stored.id);
+            let span = tracing::info_span!("job", job = %stored.id);
+            self.shared.tasks.spawn(runner::start(self.shared.clone(), b, stored.clone()).instrument(span));
+            return Ok(stored);
+        }
         let job = self.shared.store.insert_job_claiming(job, blobs, events, claim).await?;
         if job.state == JobState::Queued {
             self.shared.lock().enqueue(job.queue_key, job.id, job.priority);

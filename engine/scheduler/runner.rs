@@ -150,6 +150,15 @@ pub(crate) async fn dispatch(shared: Arc<Shared>, b: usize, queue_key: QueueKey,
     run.drive(Phase::Submit).await;
 }
 
+/// Run a job whose dispatch record was committed with its insert
+/// ([`super::Scheduler::submit`] found a backend free): submit it now.
+pub(crate) async fn start(shared: Arc<Shared>, b: usize, job: Job) {
+    let backend = shared.backends[b].clone();
+    let sub = backend.hub.subscribe(&job.id.to_string());
+    let cancel = shared.cancel_token(job.id).unwrap_or_else(|| shared.shutdown.child_token());
+    Run::new(shared, backend, job, sub, cancel).drive(Phase::Submit).await;
+}
+
 /// Resume a job found `running` in the store at start-up: reconcile first.
 pub(crate) async fn recover(shared: Arc<Shared>, b: usize, job: Job) {
     let backend = shared.backends[b].clone();
@@ -559,17 +568,24 @@ impl Run {
             };
             match seen {
                 Seen::Queued => {
+                    self.shared.metrics.reconciled("reattached");
                     self.commit(Event::Reattach { found: "in the backend's queue".into() }).await;
                     self.next_poll = Instant::now() + self.poll_interval();
                     return Ok(Phase::Wait);
                 }
-                Seen::Finished(entry) => return Ok(Phase::Collect(entry)),
+                Seen::Finished(entry) => {
+                    self.shared.metrics.reconciled("collected");
+                    return Ok(Phase::Collect(entry));
+                }
                 Seen::Unknown if !looked_twice => {
                     // A POST still in flight when we looked could land now: look once more.
                     looked_twice = true;
                     tokio::time::sleep(RECONCILE_GRACE).await;
                 }
-                Seen::Unknown => return self.resubmit().await,
+                Seen::Unknown => {
+                    self.shared.metrics.reconciled("resubmitted");
+                    return self.resubmit().await;
+                }
             }
         }
     }

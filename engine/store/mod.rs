@@ -223,6 +223,10 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// redb's own page cache (its default is 1 GiB, which a large queue read at recovery
+/// would fill); the kernel's page cache keeps the rest of the file warm.
+const CACHE_BYTES: usize = 48 << 20;
+
 impl Store {
     /// Open or create the database file (creating parent dirs), create all tables, start
     /// the writer. A new file is created crash-safely (see `create_new`).
@@ -233,7 +237,7 @@ impl Store {
         if !path.try_exists()? {
             create_new(path)?;
         }
-        Store::start(Database::create(path)?)
+        Store::start(redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)?)
     }
 
     /// Open a store on a custom redb backend (tests: fault injection).

@@ -54,6 +54,12 @@ async fn crash_after_the_prompt_was_accepted_runs_it_once() {
     assert_eq!(done["status"], "succeeded", "{done}\n{}", gw.proc_.log());
     assert_eq!(done["attempts"], 1, "reconciled, not resubmitted: {done}");
     ran_once(&sim, &id).await;
+    // The metric of what reconciliation found (the bench's restart figure waits on it).
+    let found = |outcome: &str| format!("comfyui_gateway_reconciliations_total{{outcome=\"{outcome}\"}}");
+    let reattached = gw.metric(&found("reattached")).await;
+    let collected = gw.metric(&found("collected")).await;
+    assert_eq!(reattached + collected, 1.0, "one reconciliation: {reattached} reattached, {collected} collected");
+    assert_eq!(gw.metric(&found("resubmitted")).await, 0.0);
 }
 
 /// Crash after every output was downloaded, before the success was committed: the
