@@ -233,7 +233,7 @@ async fn run(file: bool, ops: Vec<Op>) {
                     created_ms,
                 );
                 let stored = real.store().insert_job(job, vec![JobEventKind::Queued]).await.unwrap();
-                real.queue.enqueue(stored.queue_key, stored.id, stored.priority);
+                real.queue.enqueue(stored.queue_key, stored.id, stored.priority, &stored.workflow_id);
                 let m = ModelJob { priority, state: JobState::Queued, n_attempts: 0, outputs: vec![], n_events: 1 };
                 model.jobs.insert(i, (id, m));
             }
