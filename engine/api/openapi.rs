@@ -553,6 +553,7 @@ fn components() -> Map<String, Value> {
                 "status": {"$ref": "#/components/schemas/JobStatus"},
                 "priority": {"type": "integer"},
                 "attempts": {"type": "integer", "minimum": 0},
+                "backend": {"type": ["string", "null"], "description": "Id of the backend it runs or last ran on"},
                 "cached": {"type": "boolean"},
                 "inputs": {"type": ["object", "null"]},
                 "seed": {"type": ["integer", "null"]},

@@ -619,7 +619,19 @@ impl Run {
 
     async fn look(&self, id: &str) -> Result<Seen, String> {
         let client = &self.backend.client;
-        let queue = client.queue().await.map_err(|e| e.to_string())?;
+        let queue = match client.queue().await {
+            Ok(queue) => queue,
+            Err(e) => {
+                // `/queue` has no injected faults and is cheap: no connection or no answer
+                // in time means the backend is unreachable (e.g. partitioned while its
+                // WebSocket still looks open), so its health task re-probes and the
+                // dead-backend clock starts.
+                if e.is_unreachable() {
+                    self.backend.mark_down(&format!("GET /queue: {e}"));
+                }
+                return Err(e.to_string());
+            }
+        };
         if queue.contains(id) {
             return Ok(Seen::Queued);
         }
