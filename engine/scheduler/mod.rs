@@ -750,6 +750,35 @@ mod tests {
     }
 
     #[test]
+    fn recent_keeps_the_last_durations_and_their_median() {
+        let mut r = super::Recent::default();
+        assert_eq!(r.p50(), None);
+        for ms in [30, 10, 20] {
+            r.push(ms);
+        }
+        assert_eq!(r.p50(), Some(20));
+        r.push(40);
+        assert_eq!(r.p50(), Some(20), "the lower median of an even count");
+        for _ in 0..super::Recent::CAPACITY {
+            r.push(7);
+        }
+        assert_eq!(r.p50(), Some(7), "older durations fall out");
+    }
+
+    #[test]
+    fn a_backend_answers_to_its_id_and_to_its_url_in_old_records() {
+        let config = crate::config::BackendConfig {
+            id: "gpu1".into(),
+            url: "http://u:p@10.0.0.5:8188".into(),
+            concurrency_max: 2,
+        };
+        let b = super::Backend::new(&config, reqwest::Client::new(), std::time::Duration::from_secs(1));
+        assert_eq!((b.url.as_str(), b.concurrency_max), ("http://10.0.0.5:8188", 2), "no credentials shown");
+        assert!(b.answers_to("gpu1") && b.answers_to("http://u:p@10.0.0.5:8188"));
+        assert!(!b.answers_to("gpu2") && !b.answers_to("http://10.0.0.6:8188"));
+    }
+
+    #[test]
     fn priority_then_fifo_then_aging() {
         let aging = 60_000;
         let high_late = queue_rank(10_000, 1, aging);

@@ -389,3 +389,26 @@ async fn a_partitioned_backend_loses_the_moved_prompt_when_it_comes_back() {
     assert_eq!((done["backend"].as_str(), done["attempts"].as_u64()), (Some("b"), Some(2)));
     assert_eq!(executed(&sb, &id).await, 1);
 }
+
+/// A job recorded on a backend that is no longer configured is requeued at start (one
+/// more attempt) and runs on a configured one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_a_backend_removed_from_the_configuration_runs_on_another_after_a_restart() {
+    let dir = support::tempdir();
+    let (sa, sb) = two_sims(dir.path(), 400).await;
+    let mut gw = Gateway::start(dir.path(), &pool(&sa, 1, &sb, 1), &[]).await;
+    wait_backends_up(&gw).await;
+    let id = gw.submit_ok(icon(1)).await;
+    assert_eq!(wait_running(&gw, &id).await["backend"], "a");
+    wait_executing(&sa, &id).await;
+    gw.kill9();
+    gw.set_env("COMFYUI_URL", Some(&format!("{}#id=b", sb.url())));
+    gw.restart().await;
+    let done = gw.wait_terminal(&id, WAIT).await;
+    assert_done_with_outputs(&done, &gw.proc_.log());
+    assert_eq!((done["backend"].as_str(), done["attempts"].as_u64()), (Some("b"), Some(2)), "{done}");
+    assert_eq!(executed(&sb, &id).await, 1);
+    let (_, logs) = get_json(&format!("{}/jobs/{id}/logs", gw.url())).await;
+    let requeued = logs["events"].as_array().unwrap().iter().find(|e| e["type"] == "requeued").cloned();
+    assert!(requeued.is_some_and(|e| e.to_string().contains("no longer configured")), "{logs}");
+}
