@@ -38,12 +38,15 @@ pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
                     i.comfyui_version = info.comfyui_version;
                     i.probe_ms.push(probe_started.elapsed().as_millis() as u64);
                 }
-                if !backend.is_healthy() {
-                    clear_strays(&shared, &backend).await;
-                }
-                backend.lock_info().unreachable_since = None;
-                if !backend.healthy.swap(true, Ordering::AcqRel) {
-                    tracing::info!(backend = %backend.id, "backend reachable");
+                {
+                    let _rejoin = backend.rejoin.lock().await;
+                    if !backend.is_healthy() {
+                        clear_strays(&shared, &backend).await;
+                    }
+                    backend.lock_info().unreachable_since = None;
+                    if !backend.healthy.swap(true, Ordering::AcqRel) {
+                        tracing::info!(backend = %backend.id, "backend reachable");
+                    }
                 }
                 shared.wake_dispatcher();
                 let started = tokio::time::Instant::now();

@@ -61,6 +61,10 @@ pub struct Backend {
     healthy: AtomicBool,
     /// Drained by an operator: no new dispatch (running jobs finish).
     draining: AtomicBool,
+    /// Held by the health task while it clears stray prompts and marks the backend
+    /// healthy, and by a runner while it decides to move a job off it and commits that:
+    /// so a move is either seen by the clearing (and its prompt removed) or not made.
+    pub(crate) rejoin: tokio::sync::Mutex<()>,
     /// Wakes the backend's health task to re-probe now.
     recheck: Notify,
     info: Mutex<BackendInfo>,
@@ -149,6 +153,7 @@ impl Backend {
             hub: WsHub::new(),
             healthy: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            rejoin: tokio::sync::Mutex::new(()),
             recheck: Notify::new(),
             info: Mutex::new(BackendInfo::default()),
         }

@@ -556,7 +556,13 @@ impl Run {
                 Ok(seen) => seen,
                 Err(reason) => {
                     if self.backend_is_dead() {
-                        return self.move_away(reason).await;
+                        // Decided and committed under `rejoin`, so the backend cannot come
+                        // back in between without its clearing seeing the move.
+                        let backend = self.backend.clone();
+                        let _rejoin = backend.rejoin.lock().await;
+                        if self.backend_is_dead() {
+                            return self.move_away(reason).await;
+                        }
                     }
                     if Instant::now() >= self.deadline {
                         let message = format!("backend unreachable for longer than the job's time limit: {reason}");
