@@ -1,7 +1,7 @@
 //! Model-based test of the job lifecycle (proptest): random operations run against the
-//! real store, the real state machine (`state::apply`, moves off dead backends included), the scheduler's memory queue and
-//! its recovery reads (`recover`), and against a plain reference model; after every
-//! operation they must agree.
+//! real store, the real state machine (`state::apply`, moves off dead backends included),
+//! the scheduler's memory queue and its recovery reads (`recover`), and against a plain
+//! reference model; after every operation they must agree.
 //!
 //! The store lives either in a real redb file in a temp dir (`Crash` drops it without
 //! closing, like a killed process whose writes the OS kept) or on the in-memory fault
