@@ -201,7 +201,9 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
         .iter()
         .map(|b| {
             json!({
+                "id": b.id,
                 "url": b.url,
+                "state": b.state(),
                 "reachable": b.reachable,
                 "inFlight": b.in_flight,
                 "comfyuiVersion": b.info.comfyui_version,

@@ -672,7 +672,9 @@ fn components() -> Map<String, Value> {
                         "backends": {"type": "array", "items": {
                             "type": "object", "required": ["url", "reachable", "inFlight"],
                             "properties": {
-                                "url": {"type": "string"}, "reachable": {"type": "boolean"},
+                                "id": {"type": "string"}, "url": {"type": "string"},
+                                "state": {"type": "string", "enum": ["healthy", "down", "draining"]},
+                                "reachable": {"type": "boolean"},
                                 "inFlight": {"type": "integer", "minimum": 0},
                                 "comfyuiVersion": nullable_string, "lastError": nullable_string
                             }

@@ -133,6 +133,10 @@ async fn jobs_spread_within_each_backends_own_limit_and_get_backends_reports_the
     // /health keeps its shape; metrics have the per-backend levels.
     let (_, health) = get_json(&format!("{}/health", gw.url())).await;
     assert_eq!(health["comfyui"]["backends"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        (health["comfyui"]["backends"][1]["id"].as_str(), health["comfyui"]["backends"][1]["state"].as_str()),
+        (Some("b"), Some("healthy"))
+    );
     let metrics = gw.metrics().await;
     for s in [&sa, &sb] {
         assert_eq!(support::sample(&metrics, &format!("comfyui_gateway_backend_up{{backend=\"{}\"}}", s.url())), 1.0);
