@@ -235,6 +235,7 @@ fn backend_json(b: &crate::scheduler::BackendStatus) -> Value {
         "state": b.state(),
         "reachable": b.reachable,
         "draining": b.draining,
+        "drainedAt": b.info.drained_since_ms.map(reply::rfc3339),
         "inFlight": b.in_flight,
         "maxConcurrency": b.concurrency_max,
         "latencyMs": {"run": b.info.run_ms.p50(), "probe": b.info.probe_ms.p50()},

@@ -467,13 +467,14 @@ fn components() -> Map<String, Value> {
         },
         "Backend": {
             "type": "object",
-            "required": ["id", "url", "state", "reachable", "draining", "inFlight", "maxConcurrency", "latencyMs", "lastError", "comfyuiVersion", "recentWorkflows"],
+            "required": ["id", "url", "state", "reachable", "draining", "drainedAt", "inFlight", "maxConcurrency", "latencyMs", "lastError", "comfyuiVersion", "recentWorkflows"],
             "properties": {
                 "id": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"},
                 "url": {"type": "string", "description": "Base URL without credentials"},
                 "state": {"type": "string", "enum": ["healthy", "down", "draining"]},
                 "reachable": {"type": "boolean"},
                 "draining": {"type": "boolean"},
+                "drainedAt": {"type": ["string", "null"], "format": "date-time", "description": "When the drain began (kept across restarts)"},
                 "inFlight": {"type": "integer", "minimum": 0},
                 "maxConcurrency": {"type": "integer", "minimum": 1},
                 "latencyMs": {

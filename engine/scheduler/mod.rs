@@ -109,6 +109,8 @@ pub struct BackendInfo {
     pub probe_ms: Recent,
     /// Run times (`POST /prompt` to outputs stored) of the last jobs that succeeded here.
     pub run_ms: Recent,
+    /// When an operator drained it (ms since the epoch), while drained.
+    pub drained_since_ms: Option<u64>,
 }
 
 /// A backend's state for status reports.
@@ -467,9 +469,10 @@ impl Scheduler {
             .collect();
         // A maintenance drain outlives restarts; drains of backends no longer configured
         // stay recorded (harmless) until resumed.
-        for (id, _since) in store.drained_backends()? {
+        for (id, since_ms) in store.drained_backends()? {
             if let Some(b) = backends.iter().find(|b| b.id == id) {
                 b.draining.store(true, Ordering::Release);
+                b.lock_info().drained_since_ms = Some(since_ms);
                 tracing::info!(backend = %id, "backend stays drained");
             }
         }
@@ -674,8 +677,14 @@ impl Scheduler {
         let Some(i) = shared.backends.iter().position(|b| b.id == id) else {
             return Err(Error::new(ErrorCode::BackendNotFound, format!("no backend with id {id:?}")));
         };
-        shared.store.set_backend_drain(id, draining.then(now_ms)).await?;
+        let now = now_ms();
+        shared.store.set_backend_drain(id, draining.then_some(now)).await?;
         let backend = &shared.backends[i];
+        {
+            // As in the store: a second drain keeps the first one's time.
+            let mut info = backend.lock_info();
+            info.drained_since_ms = if draining { Some(info.drained_since_ms.unwrap_or(now)) } else { None };
+        }
         if backend.draining.swap(draining, Ordering::AcqRel) != draining {
             tracing::info!(backend = %id, draining, "backend drain changed");
         }

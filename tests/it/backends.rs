@@ -120,6 +120,7 @@ async fn jobs_spread_within_each_backends_own_limit_and_get_backends_reports_the
     for (backend, max) in [(a, 1), (b, 2)] {
         assert_eq!(backend["state"], "healthy", "{backend}");
         assert_eq!(backend["draining"], false);
+        assert!(backend["drainedAt"].is_null());
         assert_eq!(backend["inFlight"], 0);
         assert_eq!(backend["maxConcurrency"], max);
         assert_eq!(backend["comfyuiVersion"], "0.3.64");
@@ -212,6 +213,8 @@ async fn a_drained_backend_takes_no_new_jobs_finishes_its_own_and_stays_drained_
     wait_backends_up(&gw).await;
     let a = by_id(&backends(&gw).await, "a").clone();
     assert_eq!((a["state"].as_str(), a["draining"].as_bool()), (Some("draining"), Some(true)), "{a}");
+    assert_eq!(a["drainedAt"], drained["drainedAt"], "the first drain's time, kept across the restart");
+    assert!(drained["drainedAt"].as_str().is_some_and(|t| t.ends_with('Z')), "{drained}");
     let after_restart = gw.submit_ok(icon(4)).await;
     assert_eq!(gw.wait_terminal(&after_restart, WAIT).await["backend"], "b");
 
