@@ -372,6 +372,7 @@ impl Shared {
     fn adopt_running(&self, job: &Job, backend: usize) {
         let mut inner = self.lock();
         inner.in_flight[backend] += 1;
+        inner.note_workflow(backend, &job.workflow_id, now_ms());
         let workflow = job.workflow_id.clone();
         let run = RunningJob {
             backend,
