@@ -192,7 +192,8 @@ async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> 
     // Before the first request is answered, so the warning cannot be missed.
     log_auth(&config);
     let server = api::serve(listener, gateway.clone()).map_err(|e| CliError::runtime(e.to_string()))?;
-    tracing::info!(addr = %server.local_addr, backends = ?config.backend_urls, "comfyui-gateway listening");
+    let backends: Vec<String> = config.backends.iter().map(|b| format!("{}={}", b.id, b.public_url())).collect();
+    tracing::info!(addr = %server.local_addr, ?backends, "comfyui-gateway listening");
     // Fail-stop: once the database failed a write (a disk error), nothing more can be
     // committed in this process; exiting lets the supervisor's restart recover from what
     // is on disk, as after a crash, instead of answering every request with an error.

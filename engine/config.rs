@@ -20,7 +20,9 @@ pub struct ServeArgs {
     /// Address to bind.
     #[arg(long, env = "HOST", default_value = "127.0.0.1", value_name = "HOST")]
     pub host: IpAddr,
-    /// ComfyUI base URL; a comma-separated list means several backends.
+    /// ComfyUI base URL; a comma-separated list means several backends. Each may carry
+    /// options in its fragment: `http://10.0.0.5:8188#id=gpu1&max=2` (`id`: a stable name
+    /// of `[a-z0-9_-]`, default `<host>-<port>`; `max`: its own `MAX_CONCURRENCY`).
     #[arg(
         long = "comfyui-url",
         env = "COMFYUI_URL",
@@ -62,6 +64,14 @@ pub struct ServeArgs {
     /// Largest batch an input may ask for.
     #[arg(long = "max-batch-size", env = "MAX_BATCH_SIZE", default_value_t = 4, value_name = "MAX_BATCH_SIZE")]
     pub max_batch_size: u32,
+    /// A backend unreachable this long (ms) is dead: its running jobs are moved to another.
+    #[arg(
+        long = "backend-dead-after-ms",
+        env = "BACKEND_DEAD_AFTER_MS",
+        default_value_t = 15_000,
+        value_name = "BACKEND_DEAD_AFTER_MS"
+    )]
+    pub backend_dead_after_ms: u64,
     /// Times a job may be handed to a backend before it fails.
     #[arg(long = "max-attempts", env = "MAX_ATTEMPTS", default_value_t = 3, value_name = "MAX_ATTEMPTS")]
     pub max_attempts: u32,
@@ -350,15 +360,17 @@ pub struct Config {
     pub host: IpAddr,
     /// Port to bind (0 = any).
     pub port: u16,
-    /// Backend base URLs, without trailing slash.
-    pub backend_urls: Vec<String>,
+    /// The backends, in `COMFYUI_URL` order.
+    pub backends: Vec<BackendConfig>,
+    /// A backend unreachable this long (ms) is dead: its running jobs move elsewhere.
+    pub backend_dead_after_ms: u64,
     /// Execution time limit of one job, in ms.
     pub comfyui_timeout_ms: u64,
     /// Time limit of one HTTP call to a backend (and of silence within a transfer).
     pub comfyui_http_timeout: std::time::Duration,
     /// The redb file.
     pub database_path: PathBuf,
-    /// Prompts in flight per backend at most.
+    /// Prompts in flight per backend at most, unless its `max` option says otherwise.
     pub backend_concurrency_max: u32,
     /// Largest width/height of an input, in pixels.
     pub image_size_max: u32,
@@ -404,6 +416,35 @@ pub struct Config {
     pub public_url: String,
 }
 
+/// One ComfyUI backend of `COMFYUI_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Stable short name (`[a-z0-9_-]`, at most [`BACKEND_ID_LEN_MAX`] characters): the
+    /// `backend` of the jobs it runs, the `{id}` of `/backends/{id}`, the drain record's key.
+    pub id: String,
+    /// Base URL without trailing slash or fragment (may hold credentials).
+    pub url: String,
+    /// Prompts in flight at most.
+    pub concurrency_max: u32,
+}
+
+impl BackendConfig {
+    /// The URL without credentials (for status reports and logs).
+    pub fn public_url(&self) -> String {
+        match reqwest::Url::parse(&self.url) {
+            Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+                let _ = u.set_username("");
+                let _ = u.set_password(None);
+                u.as_str().trim_end_matches('/').to_string()
+            }
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// Longest backend id.
+pub const BACKEND_ID_LEN_MAX: usize = 32;
+
 /// A configuration problem: names the variable and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {variable}: {message}")]
@@ -421,27 +462,33 @@ fn bad(variable: &'static str, message: impl Into<String>) -> ConfigError {
 impl Config {
     /// Validate parsed arguments into a configuration.
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let mut backend_urls = Vec::new();
-        for raw in args.comfyui_url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            backend_urls.push(normalize_backend_url(raw)?);
+        if !(1..=64).contains(&args.max_concurrency) {
+            return Err(bad("MAX_CONCURRENCY", "must be between 1 and 64"));
         }
-        if backend_urls.is_empty() {
+        let mut backends = Vec::new();
+        for raw in args.comfyui_url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            backends.push(parse_backend(raw, args.max_concurrency)?);
+        }
+        if backends.is_empty() {
             return Err(bad("COMFYUI_URL", "no backend URL given"));
         }
-        let mut seen = std::collections::HashSet::new();
-        for url in &backend_urls {
-            if !seen.insert(url) {
-                return Err(bad("COMFYUI_URL", format!("{url} is listed twice")));
+        let (mut urls, mut ids) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+        for b in &backends {
+            if !urls.insert(&b.url) {
+                return Err(bad("COMFYUI_URL", format!("{} is listed twice", b.public_url())));
             }
+            if !ids.insert(&b.id) {
+                return Err(bad("COMFYUI_URL", format!("backend id {:?} is used twice", b.id)));
+            }
+        }
+        if !(500..=3_600_000).contains(&args.backend_dead_after_ms) {
+            return Err(bad("BACKEND_DEAD_AFTER_MS", "must be between 500 and 3600000"));
         }
         if args.comfyui_timeout_ms == 0 {
             return Err(bad("COMFYUI_TIMEOUT_MS", "must be greater than 0"));
         }
         if !(100..=600_000).contains(&args.comfyui_http_timeout_ms) {
             return Err(bad("COMFYUI_HTTP_TIMEOUT_MS", "must be between 100 and 600000"));
-        }
-        if !(1..=64).contains(&args.max_concurrency) {
-            return Err(bad("MAX_CONCURRENCY", "must be between 1 and 64"));
         }
         if !(64..=16384).contains(&args.max_image_size) {
             return Err(bad("MAX_IMAGE_SIZE", "must be between 64 and 16384"));
@@ -517,7 +564,8 @@ impl Config {
             plugin_limits,
             host: args.host,
             port: args.port,
-            backend_urls,
+            backends,
+            backend_dead_after_ms: args.backend_dead_after_ms,
             comfyui_timeout_ms: args.comfyui_timeout_ms,
             comfyui_http_timeout: std::time::Duration::from_millis(args.comfyui_http_timeout_ms),
             database_path,
@@ -723,18 +771,67 @@ pub fn database_path(url: &str) -> Result<PathBuf, ConfigError> {
     Ok(PathBuf::from(path))
 }
 
-fn normalize_backend_url(raw: &str) -> Result<String, ConfigError> {
-    let url = reqwest::Url::parse(raw).map_err(|e| bad("COMFYUI_URL", format!("{raw:?}: {e}")))?;
+/// One `COMFYUI_URL` item: the URL, and its fragment's options (`id=NAME&max=N`; a fragment
+/// is never sent over HTTP). Errors quote the item without its credentials.
+fn parse_backend(raw: &str, default_max: u32) -> Result<BackendConfig, ConfigError> {
+    let mut url = reqwest::Url::parse(raw).map_err(|e| bad("COMFYUI_URL", format!("{e}")))?;
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    let shown = shown.as_str().to_string();
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad("COMFYUI_URL", format!("{raw:?}: scheme must be http or https")));
+        return Err(bad("COMFYUI_URL", format!("{shown:?}: scheme must be http or https")));
     }
-    if url.host_str().is_none() {
-        return Err(bad("COMFYUI_URL", format!("{raw:?}: no host")));
+    let Some(host) = url.host_str().map(str::to_string) else {
+        return Err(bad("COMFYUI_URL", format!("{shown:?}: no host")));
+    };
+    if url.query().is_some() {
+        return Err(bad("COMFYUI_URL", format!("{shown:?}: must not have a query")));
     }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad("COMFYUI_URL", format!("{raw:?}: must not have a query or fragment")));
+    let (mut id, mut concurrency_max) = (None, default_max);
+    for pair in url.fragment().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "id" => {
+                let ok = (1..=BACKEND_ID_LEN_MAX).contains(&value.len())
+                    && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+                if !ok {
+                    return Err(bad(
+                        "COMFYUI_URL",
+                        format!("{shown:?}: id {value:?} must be 1 to {BACKEND_ID_LEN_MAX} characters of [a-z0-9_-]"),
+                    ));
+                }
+                id = Some(value.to_string());
+            }
+            "max" => {
+                concurrency_max =
+                    value.parse().ok().filter(|n| (1..=64).contains(n)).ok_or_else(|| {
+                        bad("COMFYUI_URL", format!("{shown:?}: max {value:?} must be between 1 and 64"))
+                    })?;
+            }
+            other => {
+                return Err(bad("COMFYUI_URL", format!("{shown:?}: unknown option {other:?} (id, max)")));
+            }
+        }
     }
-    Ok(url.as_str().trim_end_matches('/').to_string())
+    url.set_fragment(None);
+    let port = url.port_or_known_default().unwrap_or(80);
+    let id = id.unwrap_or_else(|| default_backend_id(&host, port));
+    Ok(BackendConfig { id, url: url.as_str().trim_end_matches('/').to_string(), concurrency_max })
+}
+
+/// `<host>-<port>` with every character outside `[a-z0-9_-]` as `-` (`10.0.0.6-8188`),
+/// cut to [`BACKEND_ID_LEN_MAX`] from the end (the port is kept).
+fn default_backend_id(host: &str, port: u16) -> String {
+    let clean: String = host
+        .trim_matches(|c| c == '[' || c == ']')
+        .chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' { c } else { '-' })
+        .collect();
+    let id = format!("{clean}-{port}");
+    let cut = id.len().saturating_sub(BACKEND_ID_LEN_MAX);
+    id[cut..].to_string()
 }
 
 #[cfg(test)]
@@ -757,7 +854,60 @@ mod tests {
     #[test]
     fn backends_are_split_and_normalized() {
         let c = parse(&["--comfyui-url", "http://a:8188/, http://b:8189"]).unwrap();
-        assert_eq!(c.backend_urls, vec!["http://a:8188", "http://b:8189"]);
+        let urls: Vec<&str> = c.backends.iter().map(|b| b.url.as_str()).collect();
+        assert_eq!(urls, vec!["http://a:8188", "http://b:8189"]);
+        assert_eq!(c.backend_dead_after_ms, 15_000);
+    }
+
+    #[test]
+    fn backend_options_come_from_the_fragment() {
+        let c = parse(&[
+            "--max-concurrency",
+            "3",
+            "--comfyui-url",
+            "http://10.0.0.5:8188#id=gpu1&max=2,http://10.0.0.6:8188/,https://u:pw@Box.Example,http://[::1]:9000#max=1",
+        ])
+        .unwrap();
+        let got: Vec<(&str, &str, u32)> =
+            c.backends.iter().map(|b| (b.id.as_str(), b.url.as_str(), b.concurrency_max)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("gpu1", "http://10.0.0.5:8188", 2),
+                ("10-0-0-6-8188", "http://10.0.0.6:8188", 3),
+                ("box-example-443", "https://u:pw@box.example", 3),
+                ("--1-9000", "http://[::1]:9000", 1),
+            ]
+        );
+        assert_eq!(c.backends[2].public_url(), "https://box.example");
+        assert_eq!(c.backends[1].public_url(), "http://10.0.0.6:8188");
+        let long = parse(&["--comfyui-url", "http://a-very-long-host-name.internal.example.com:8188"]).unwrap();
+        assert_eq!(long.backends[0].id.len(), BACKEND_ID_LEN_MAX);
+        assert!(long.backends[0].id.ends_with("-8188"));
+    }
+
+    #[test]
+    fn bad_backend_options_name_comfyui_url() {
+        for url in [
+            "http://a#id=GPU",
+            "http://a#id=",
+            "http://a#id=a.b",
+            "http://a#id=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "http://a#max=0",
+            "http://a#max=65",
+            "http://a#max=two",
+            "http://a#weight=2",
+            "http://a#id=x,http://b#id=x",
+            "http://a?x=1",
+            "http://u:secret@a#colour=blue",
+        ] {
+            let err = parse(&["--comfyui-url", url]).unwrap_err();
+            assert_eq!(err.variable, "COMFYUI_URL", "{url}");
+            assert!(!err.to_string().contains("secret"), "credentials are not echoed: {err}");
+        }
+        for ms in ["0", "499", "3600001"] {
+            assert_eq!(parse(&["--backend-dead-after-ms", ms]).unwrap_err().variable, "BACKEND_DEAD_AFTER_MS");
+        }
     }
 
     #[test]

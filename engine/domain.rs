@@ -562,8 +562,12 @@ pub enum AuditAction {
     WorkflowDelete,
     /// `POST /jobs/:id/cancel`.
     JobCancel,
-    /// `POST /jobs/:id/webhook/redeliver` (declared last: actions are stored by position).
+    /// `POST /jobs/:id/webhook/redeliver` (actions are stored by position: new ones go last).
     WebhookRedeliver,
+    /// `POST /backends/:id/drain`.
+    BackendDrain,
+    /// `POST /backends/:id/resume`.
+    BackendResume,
 }
 
 impl AuditAction {
@@ -575,6 +579,8 @@ impl AuditAction {
             AuditAction::WorkflowDelete => "workflow.delete",
             AuditAction::JobCancel => "job.cancel",
             AuditAction::WebhookRedeliver => "job.webhook.redeliver",
+            AuditAction::BackendDrain => "backend.drain",
+            AuditAction::BackendResume => "backend.resume",
         }
     }
 }
@@ -590,7 +596,7 @@ pub struct AuditEntry {
     pub role: Option<Role>,
     /// What was done.
     pub action: AuditAction,
-    /// What it was done to: a workflow id or a job id.
+    /// What it was done to: a workflow id, a job id or a backend id.
     pub target: String,
     /// The request's correlation id.
     pub correlation_id: String,

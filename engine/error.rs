@@ -47,8 +47,10 @@ pub enum ErrorCode {
     /// Something went wrong inside the gateway; details are only in the log.
     Internal,
     /// A `callbackUrl` points where webhooks may not go (`WEBHOOK_ALLOWED_DOMAINS`, or a
-    /// loopback/private/metadata address). Declared last: codes are stored by position.
+    /// loopback/private/metadata address). Codes are stored by position: new ones go last.
     CallbackNotAllowed,
+    /// No configured backend with that id (`/backends/{id}`).
+    BackendNotFound,
 }
 
 impl ErrorCode {
@@ -74,6 +76,7 @@ impl ErrorCode {
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::Internal,
         ErrorCode::CallbackNotAllowed,
+        ErrorCode::BackendNotFound,
     ];
 
     /// The stable wire string.
@@ -99,6 +102,7 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::CallbackNotAllowed => "CALLBACK_NOT_ALLOWED",
+            ErrorCode::BackendNotFound => "BACKEND_NOT_FOUND",
         }
     }
 
@@ -125,6 +129,7 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::Internal => 500,
             ErrorCode::CallbackNotAllowed => 400,
+            ErrorCode::BackendNotFound => 404,
         }
     }
 
@@ -150,7 +155,8 @@ impl ErrorCode {
             | ErrorCode::NotFound
             | ErrorCode::MethodNotAllowed
             | ErrorCode::RangeNotSatisfiable
-            | ErrorCode::CallbackNotAllowed => false,
+            | ErrorCode::CallbackNotAllowed
+            | ErrorCode::BackendNotFound => false,
         }
     }
 }
@@ -231,12 +237,13 @@ mod tests {
             ErrorCode::RangeNotSatisfiable => 17,
             ErrorCode::Internal => 18,
             ErrorCode::CallbackNotAllowed => 19,
+            ErrorCode::BackendNotFound => 20,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 20);
+        assert_eq!(ErrorCode::ALL.len(), 21);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);

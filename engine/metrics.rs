@@ -81,6 +81,8 @@ pub struct BackendLevel {
     pub up: bool,
     /// Our prompts in flight on it.
     pub in_flight: u32,
+    /// Drained by an operator.
+    pub draining: bool,
 }
 
 /// The gateway's metrics. Cheap to clone.
@@ -101,6 +103,7 @@ struct Inner {
     reconciliations: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_in_flight: IntGaugeVec,
+    backend_draining: IntGaugeVec,
     http_requests: IntCounterVec,
     http_duration: HistogramVec,
     webhook_attempts: IntCounterVec,
@@ -195,6 +198,11 @@ impl Metrics {
                 "backend",
             ),
             backend_in_flight: gauge("backend_in_flight", "The gateway's prompts in flight on a backend.", "backend"),
+            backend_draining: gauge(
+                "backend_draining",
+                "Whether an operator drained a backend (1: no new jobs go there) or not (0).",
+                "backend",
+            ),
             http_requests: counter(
                 "http_requests_total",
                 "HTTP requests answered, by route pattern and status code.",
@@ -319,6 +327,7 @@ impl Metrics {
         for b in &snapshot.backends {
             m.backend_up.with_label_values(&[b.url.as_str()]).set(i64::from(b.up));
             m.backend_in_flight.with_label_values(&[b.url.as_str()]).set(i64::from(b.in_flight));
+            m.backend_draining.with_label_values(&[b.url.as_str()]).set(i64::from(b.draining));
         }
         let st = &snapshot.store;
         m.blobs.set(clamp_i64(st.blobs));
@@ -358,7 +367,12 @@ mod tests {
         let snapshot = Snapshot {
             jobs_by_state: vec![(JobState::Queued, 2), (JobState::Succeeded, 1)],
             queue_by_priority: vec![("high", 1), ("normal", 1), ("low", 0), ("other", 0)],
-            backends: vec![BackendLevel { url: "http://127.0.0.1:8188".into(), up: true, in_flight: 1 }],
+            backends: vec![BackendLevel {
+                url: "http://127.0.0.1:8188".into(),
+                up: true,
+                in_flight: 1,
+                draining: true,
+            }],
             store: StoreLevel { blobs: 3, blob_bytes: 4096, cache_entries: 1, deliveries_pending: 2 },
             plugin_loads: (1, 4),
         };
@@ -377,6 +391,7 @@ mod tests {
             "comfyui_gateway_job_attempts_total 2",
             "comfyui_gateway_job_resubmissions_total 1",
             "comfyui_gateway_backend_up{backend=\"http://127.0.0.1:8188\"} 1",
+            "comfyui_gateway_backend_draining{backend=\"http://127.0.0.1:8188\"} 1",
             "comfyui_gateway_http_requests_total{route=\"/jobs/{id}\",status=\"200\"} 1",
             "comfyui_gateway_webhook_attempts_total{outcome=\"delivered\"} 2",
             "comfyui_gateway_webhook_attempts_total{outcome=\"retrying\"} 1",

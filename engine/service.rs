@@ -412,7 +412,7 @@ impl Gateway {
                 .scheduler
                 .backends()
                 .into_iter()
-                .map(|b| BackendLevel { url: b.url, up: b.reachable, in_flight: b.in_flight })
+                .map(|b| BackendLevel { url: b.url, up: b.reachable, in_flight: b.in_flight, draining: b.draining })
                 .collect(),
             store: StoreLevel {
                 blobs: stats.n_blobs,

@@ -201,7 +201,9 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
         .iter()
         .map(|b| {
             json!({
+                "id": b.id,
                 "url": b.url,
+                "state": b.state(),
                 "reachable": b.reachable,
                 "inFlight": b.in_flight,
                 "comfyuiVersion": b.info.comfyui_version,
@@ -223,6 +225,39 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
     });
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok(reply::json(status, &body))
+}
+
+/// One backend in `GET /backends` and the drain answers.
+fn backend_json(b: &crate::scheduler::BackendStatus) -> Value {
+    json!({
+        "id": b.id,
+        "url": b.url,
+        "state": b.state(),
+        "reachable": b.reachable,
+        "draining": b.draining,
+        "drainedAt": b.info.drained_since_ms.map(reply::rfc3339),
+        "inFlight": b.in_flight,
+        "maxConcurrency": b.concurrency_max,
+        "latencyMs": {"run": b.info.run_ms.p50(), "probe": b.info.probe_ms.p50()},
+        "lastError": b.info.last_error,
+        "comfyuiVersion": b.info.comfyui_version,
+        "recentWorkflows": b.recent_workflows,
+    })
+}
+
+/// `GET /backends`: every configured backend's state, in `COMFYUI_URL` order.
+pub fn backends(ctx: &Ctx) -> Result<Resp> {
+    let list: Vec<Value> = ctx.gateway.scheduler.backends().iter().map(backend_json).collect();
+    Ok(reply::json(StatusCode::OK, &json!({ "backends": list })))
+}
+
+/// `POST /backends/{id}/drain` and `/resume` (admin): no new jobs go to a drained backend,
+/// its running jobs finish; the drain is durable and audit-logged.
+pub async fn set_draining(ctx: &Ctx, p: &Params, draining: bool) -> Result<Resp> {
+    let status = ctx.gateway.scheduler.set_draining(&p.id, draining).await?;
+    let action = if draining { AuditAction::BackendDrain } else { AuditAction::BackendResume };
+    audit_log(ctx, p, action, status.id.clone()).await?;
+    Ok(reply::json(StatusCode::OK, &backend_json(&status)))
 }
 
 /// `GET /capabilities`.

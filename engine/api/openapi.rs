@@ -336,6 +336,32 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     }
                 }))}), &[("400", "Bad query parameter"), ADMIN_ONLY])
             }},
+            "/backends": {"get": {
+                "operationId": "listBackends",
+                "summary": "Every configured ComfyUI backend: state, load, latencies, recent workflows",
+                "responses": with_errors(json!({"200": json_response("The backends, in COMFYUI_URL order", json!({
+                    "type": "object", "required": ["backends"],
+                    "properties": {"backends": {"type": "array", "items": schema_ref("Backend")}}
+                }))}), &[])
+            }},
+            "/backends/{backendId}/drain": {
+                "parameters": [path_param("backendId", "The backend's id (COMFYUI_URL option id)")],
+                "post": {
+                    "operationId": "drainBackend",
+                    "summary": "Drain a backend: no new jobs go there, running ones finish; survives restarts; admins only",
+                    "responses": with_errors(json!({"200": json_response("The backend after the change", schema_ref("Backend"))}),
+                        &[("404", "No backend with that id (BACKEND_NOT_FOUND)"), ADMIN_ONLY])
+                }
+            },
+            "/backends/{backendId}/resume": {
+                "parameters": [path_param("backendId", "The backend's id (COMFYUI_URL option id)")],
+                "post": {
+                    "operationId": "resumeBackend",
+                    "summary": "Undo a drain: the backend takes new jobs again; admins only",
+                    "responses": with_errors(json!({"200": json_response("The backend after the change", schema_ref("Backend"))}),
+                        &[("404", "No backend with that id (BACKEND_NOT_FOUND)"), ADMIN_ONLY])
+                }
+            },
             "/outputs/{jobId}/{file}": {
                 "parameters": [job_id, path_param("file", "The output's name")],
                 "get": {
@@ -434,9 +460,31 @@ fn components() -> Map<String, Value> {
                 "at": {"type": "string", "format": "date-time"},
                 "actor": {"type": ["string", "null"], "description": "Owner id; null in open mode"},
                 "role": {"type": ["string", "null"], "enum": ["admin", "user", null]},
-                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel", "job.webhook.redeliver"]},
+                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel", "job.webhook.redeliver", "backend.drain", "backend.resume"]},
                 "target": {"type": "string"},
                 "correlationId": {"type": "string"}
+            }
+        },
+        "Backend": {
+            "type": "object",
+            "required": ["id", "url", "state", "reachable", "draining", "drainedAt", "inFlight", "maxConcurrency", "latencyMs", "lastError", "comfyuiVersion", "recentWorkflows"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"},
+                "url": {"type": "string", "description": "Base URL without credentials"},
+                "state": {"type": "string", "enum": ["healthy", "down", "draining"]},
+                "reachable": {"type": "boolean"},
+                "draining": {"type": "boolean"},
+                "drainedAt": {"type": ["string", "null"], "format": "date-time", "description": "When the drain began (kept across restarts)"},
+                "inFlight": {"type": "integer", "minimum": 0},
+                "maxConcurrency": {"type": "integer", "minimum": 1},
+                "latencyMs": {
+                    "type": "object", "required": ["run", "probe"],
+                    "description": "Medians of the last 32 job runs (POST /prompt to outputs stored) and health probes",
+                    "properties": {"run": {"type": ["integer", "null"]}, "probe": {"type": ["integer", "null"]}}
+                },
+                "lastError": {"type": ["string", "null"]},
+                "comfyuiVersion": {"type": ["string", "null"]},
+                "recentWorkflows": {"type": "array", "items": {"type": "string"}, "description": "Workflows it took recently, most recent first"}
             }
         },
         "JobStatus": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
@@ -506,6 +554,7 @@ fn components() -> Map<String, Value> {
                 "status": {"$ref": "#/components/schemas/JobStatus"},
                 "priority": {"type": "integer"},
                 "attempts": {"type": "integer", "minimum": 0},
+                "backend": {"type": ["string", "null"], "description": "Id of the backend it runs or last ran on"},
                 "cached": {"type": "boolean"},
                 "inputs": {"type": ["object", "null"]},
                 "seed": {"type": ["integer", "null"]},
@@ -624,7 +673,9 @@ fn components() -> Map<String, Value> {
                         "backends": {"type": "array", "items": {
                             "type": "object", "required": ["url", "reachable", "inFlight"],
                             "properties": {
-                                "url": {"type": "string"}, "reachable": {"type": "boolean"},
+                                "id": {"type": "string"}, "url": {"type": "string"},
+                                "state": {"type": "string", "enum": ["healthy", "down", "draining"]},
+                                "reachable": {"type": "boolean"},
                                 "inFlight": {"type": "integer", "minimum": 0},
                                 "comfyuiVersion": nullable_string, "lastError": nullable_string
                             }

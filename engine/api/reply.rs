@@ -232,6 +232,8 @@ pub fn job_json(job: &Job, live: Option<&LiveStatus>) -> Value {
         "status": job.state.as_str(),
         "priority": job.priority,
         "attempts": job.n_attempts,
+        // The id of the backend it runs (or last ran) on; old records hold its URL.
+        "backend": job.backend,
         "cached": job.cached,
         "inputs": parse_json(&job.inputs_json),
         "seed": job.seed,

@@ -64,6 +64,12 @@ pub enum Route {
     Metrics,
     /// `/audit`
     Audit,
+    /// `/backends`
+    Backends,
+    /// `/backends/{id}/drain`
+    BackendDrain,
+    /// `/backends/{id}/resume`
+    BackendResume,
 }
 
 impl Route {
@@ -79,12 +85,13 @@ impl Route {
             | Route::JobWebhooks
             | Route::Outputs
             | Route::Metrics
-            | Route::Audit => "GET",
+            | Route::Audit
+            | Route::Backends => "GET",
             Route::OutputFile => "GET, HEAD",
             Route::Workflows => "GET, POST",
             Route::Jobs => "GET, POST",
             Route::Workflow => "GET, PUT, DELETE",
-            Route::JobCancel | Route::JobWebhookRedeliver => "POST",
+            Route::JobCancel | Route::JobWebhookRedeliver | Route::BackendDrain | Route::BackendResume => "POST",
         }
     }
 }
@@ -134,6 +141,9 @@ impl Ctx {
             ("/outputs/{id}/{file}", Route::OutputFile),
             ("/metrics", Route::Metrics),
             ("/audit", Route::Audit),
+            ("/backends", Route::Backends),
+            ("/backends/{id}/drain", Route::BackendDrain),
+            ("/backends/{id}/resume", Route::BackendResume),
         ];
         for (path, route) in table {
             router.insert(path, (route, path)).expect("the route table is valid");
@@ -329,13 +339,15 @@ async fn route(
     }
     use Route::*;
     let method = req.method().clone();
-    // Roles: workflow changes, the audit log and (unless public) metrics are for admins.
+    // Roles: workflow changes, the audit log, backend drains and (unless public) metrics
+    // are for admins; reading backend states is for any authenticated caller.
     match (route, &method) {
         (Workflows, &Method::POST) | (Workflow, &Method::PUT | &Method::DELETE) => {
             admin_only(&params, "changing workflows")?
         }
         (Audit, &Method::GET) => admin_only(&params, "reading the audit log")?,
         (Metrics, &Method::GET) => admin_only(&params, "reading metrics")?,
+        (BackendDrain | BackendResume, &Method::POST) => admin_only(&params, "draining or resuming a backend")?,
         _ => {}
     }
     match (route, &method) {
@@ -359,6 +371,9 @@ async fn route(
         (OutputFile, &Method::GET | &Method::HEAD) => handlers::get_output(ctx, &params, &req),
         (Metrics, &Method::GET) => handlers::metrics(ctx),
         (Audit, &Method::GET) => handlers::audit(ctx, &params),
+        (Backends, &Method::GET) => handlers::backends(ctx),
+        (BackendDrain, &Method::POST) => handlers::set_draining(ctx, &params, true).await,
+        (BackendResume, &Method::POST) => handlers::set_draining(ctx, &params, false).await,
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
             .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
     }

@@ -3,13 +3,20 @@
 //!
 //! A backend is dispatched to only while healthy. Runners that fail to connect mark it
 //! down ([`super::Backend::mark_down`]), which wakes this task to re-probe at once.
+//!
+//! Each successful probe's round trip is recorded; the time of the first failed one is
+//! kept while the backend stays unreachable (the dead-backend rule of the runner reads
+//! it). A backend that comes back is first cleared of our prompts that do not belong
+//! there any more (moved elsewhere while it was unreachable, or finished meanwhile), and
+//! only then marked healthy, so nothing is dispatched to it before.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::Shared;
+use super::{Backend, Shared};
 use crate::comfy::ws;
+use crate::domain::JobState;
 
 /// First retry delay after a failed probe.
 const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -23,14 +30,23 @@ pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
     let backend = shared.backends[b].clone();
     let mut delay = PROBE_BACKOFF_MIN;
     while !shared.shutdown.is_cancelled() {
+        let probe_started = tokio::time::Instant::now();
         match backend.client.system_stats().await {
             Ok(info) => {
                 {
                     let mut i = backend.lock_info();
                     i.comfyui_version = info.comfyui_version;
+                    i.probe_ms.push(probe_started.elapsed().as_millis() as u64);
                 }
-                if !backend.healthy.swap(true, Ordering::AcqRel) {
-                    tracing::info!(backend = %backend.id, "backend reachable");
+                {
+                    let _rejoin = backend.rejoin.lock().await;
+                    if !backend.is_healthy() {
+                        clear_strays(&shared, &backend).await;
+                    }
+                    backend.lock_info().unreachable_since = None;
+                    if !backend.healthy.swap(true, Ordering::AcqRel) {
+                        tracing::info!(backend = %backend.id, "backend reachable");
+                    }
                 }
                 shared.wake_dispatcher();
                 let started = tokio::time::Instant::now();
@@ -55,7 +71,9 @@ pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
                 if backend.healthy.swap(false, Ordering::AcqRel) {
                     tracing::warn!(backend = %backend.id, error = %e, "backend unreachable");
                 }
-                backend.lock_info().last_error = Some(e.to_string());
+                let mut info = backend.lock_info();
+                info.last_error = Some(e.to_string());
+                info.unreachable_since.get_or_insert_with(std::time::Instant::now);
             }
         }
         tokio::select! {
@@ -64,5 +82,45 @@ pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
             _ = shared.shutdown.cancelled() => return,
         }
         delay = (delay * 2).min(PROBE_BACKOFF_MAX);
+    }
+}
+
+/// Remove from `backend`'s queue every prompt of ours that is not a job running there
+/// according to the store: jobs moved to another backend while this one was unreachable
+/// (a partition, not a restart, keeps them), and jobs that finished or were canceled
+/// meanwhile. A pending one is deleted, a running one interrupted (`ComfyClient::cancel`
+/// does both). Prompt ids that are not jobs of ours are left alone.
+async fn clear_strays(shared: &Shared, backend: &Backend) {
+    let queue = match backend.client.queue().await {
+        Ok(q) => q,
+        Err(e) => {
+            tracing::warn!(backend = %backend.id, error = %e, "cannot read the queue of a backend that came back");
+            return;
+        }
+    };
+    for prompt_id in queue.running.iter().chain(&queue.pending) {
+        let Ok(id) = uuid::Uuid::parse_str(prompt_id) else { continue };
+        let job = match shared.store.get_job(id) {
+            Ok(Some(job)) => job,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(backend = %backend.id, error = %e, "cannot read a job to clear strays; left as is");
+                return;
+            }
+        };
+        let belongs = job.state == JobState::Running && job.backend.as_deref().is_some_and(|b| backend.answers_to(b));
+        if belongs {
+            continue;
+        }
+        match backend.client.cancel(prompt_id).await {
+            Ok(()) => tracing::info!(
+                backend = %backend.id,
+                job = %id,
+                state = job.state.as_str(),
+                now_on = job.backend.as_deref().unwrap_or("-"),
+                "removed a prompt of ours that no longer belongs to this backend"
+            ),
+            Err(e) => tracing::warn!(backend = %backend.id, job = %id, error = %e, "cannot remove a stray prompt"),
+        }
     }
 }

@@ -12,10 +12,11 @@
 pub mod backends;
 pub mod feed;
 pub mod prune;
+pub mod routing;
 pub mod runner;
 pub mod state;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +28,7 @@ use tracing::Instrument;
 
 use crate::comfy::client::ComfyClient;
 use crate::comfy::ws::WsHub;
-use crate::config::Config;
+use crate::config::{BackendConfig, Config};
 use crate::domain::{Job, JobError, JobId, JobState, QueueKey, now_ms};
 use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::Metrics;
@@ -47,47 +48,114 @@ pub struct Progress {
 /// A backend as the scheduler sees it.
 #[derive(Debug)]
 pub struct Backend {
-    /// Its id: the base URL.
+    /// Its stable id (`COMFYUI_URL` option `id`): what jobs record as their backend.
     pub id: String,
+    /// Its base URL without credentials.
+    pub url: String,
+    /// Prompts in flight at most.
+    pub concurrency_max: u32,
     /// HTTP client.
     pub client: ComfyClient,
     /// WebSocket event routing.
     pub hub: Arc<WsHub>,
     healthy: AtomicBool,
+    /// Drained by an operator: no new dispatch (running jobs finish).
+    draining: AtomicBool,
+    /// Held by the health task while it clears stray prompts and marks the backend
+    /// healthy, and by a runner while it decides to move a job off it and commits that:
+    /// so a move is either seen by the clearing (and its prompt removed) or not made.
+    pub(crate) rejoin: tokio::sync::Mutex<()>,
     /// Wakes the backend's health task to re-probe now.
     recheck: Notify,
     info: Mutex<BackendInfo>,
 }
 
-/// What is known about a backend, for `/health`.
+/// The last [`Recent::CAPACITY`] durations of something, in ms.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Recent {
+    ms: VecDeque<u64>,
+}
+
+impl Recent {
+    /// Durations kept.
+    pub const CAPACITY: usize = 32;
+
+    /// Add one, dropping the oldest beyond the capacity.
+    pub fn push(&mut self, ms: u64) {
+        if self.ms.len() == Self::CAPACITY {
+            self.ms.pop_front();
+        }
+        self.ms.push_back(ms);
+    }
+
+    /// The median (the lower one of an even count); None when empty.
+    pub fn p50(&self) -> Option<u64> {
+        let mut sorted: Vec<u64> = self.ms.iter().copied().collect();
+        sorted.sort_unstable();
+        sorted.get(sorted.len().saturating_sub(1) / 2).copied()
+    }
+}
+
+/// What is known about a backend, for `/health` and `/backends`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BackendInfo {
     /// ComfyUI version from `/system_stats`.
     pub comfyui_version: Option<String>,
     /// The last connection problem.
     pub last_error: Option<String>,
+    /// Since when it has been unreachable (a failed probe or connection), while it is.
+    pub unreachable_since: Option<std::time::Instant>,
+    /// Round trips of the last successful probes (`/system_stats`).
+    pub probe_ms: Recent,
+    /// Run times (`POST /prompt` to outputs stored) of the last jobs that succeeded here.
+    pub run_ms: Recent,
+    /// When an operator drained it (ms since the epoch), while drained.
+    pub drained_since_ms: Option<u64>,
 }
 
 /// A backend's state for status reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendStatus {
-    /// Base URL.
+    /// Stable id.
+    pub id: String,
+    /// Base URL without credentials.
     pub url: String,
     /// Answered its last probe.
     pub reachable: bool,
+    /// Drained by an operator.
+    pub draining: bool,
     /// Prompts in flight.
     pub in_flight: u32,
-    /// Version and last error.
+    /// Its concurrency limit.
+    pub concurrency_max: u32,
+    /// Version, last error, latencies.
     pub info: BackendInfo,
+    /// Workflows it took recently, most recent first.
+    pub recent_workflows: Vec<String>,
+}
+
+impl BackendStatus {
+    /// `draining`, else `healthy` or `down`.
+    pub fn state(&self) -> &'static str {
+        match (self.draining, self.reachable) {
+            (true, _) => "draining",
+            (false, true) => "healthy",
+            (false, false) => "down",
+        }
+    }
 }
 
 impl Backend {
-    fn new(url: &str, http: reqwest::Client, call_timeout: std::time::Duration) -> Backend {
+    fn new(config: &BackendConfig, http: reqwest::Client, call_timeout: std::time::Duration) -> Backend {
         Backend {
-            id: url.to_string(),
-            client: ComfyClient::new(url, http).with_call_timeout(call_timeout),
+            id: config.id.clone(),
+            url: config.public_url(),
+            concurrency_max: config.concurrency_max,
+            client: ComfyClient::new(&config.url, http).with_call_timeout(call_timeout),
             hub: WsHub::new(),
             healthy: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            rejoin: tokio::sync::Mutex::new(()),
             recheck: Notify::new(),
             info: Mutex::new(BackendInfo::default()),
         }
@@ -98,13 +166,38 @@ impl Backend {
         self.healthy.load(Ordering::Acquire)
     }
 
+    /// Whether an operator drained it.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether a job's recorded backend names this one: its id, or its URL (the records
+    /// of versions that stored the URL).
+    pub fn answers_to(&self, recorded: &str) -> bool {
+        recorded == self.id || recorded == self.client.base_url()
+    }
+
+    /// How long it has been unreachable (None while it is not known to be).
+    pub fn unreachable_for(&self) -> Option<Duration> {
+        self.lock_info().unreachable_since.map(|t| t.elapsed())
+    }
+
     /// A request could not connect: stop dispatching here and re-probe.
     pub fn mark_down(&self, reason: &str) {
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::warn!(backend = %self.id, reason, "backend marked down");
         }
-        self.lock_info().last_error = Some(reason.to_string());
+        {
+            let mut info = self.lock_info();
+            info.last_error = Some(reason.to_string());
+            info.unreachable_since.get_or_insert_with(std::time::Instant::now);
+        }
         self.recheck.notify_one();
+    }
+
+    /// A job that ran here succeeded after `run`.
+    pub(crate) fn record_run(&self, run: Duration) {
+        self.lock_info().run_ms.push(run.as_millis() as u64);
     }
 
     fn lock_info(&self) -> std::sync::MutexGuard<'_, BackendInfo> {
@@ -117,16 +210,23 @@ struct RunningJob {
     backend: usize,
     /// Its priority, to count it in the right level if it goes back to the queue.
     priority: i32,
+    /// Its workflow, for routing if it goes back to the queue.
+    workflow: String,
     cancel: CancellationToken,
     progress: Option<Progress>,
 }
 
 /// A job in the memory queue.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Queued {
     id: JobId,
     priority: i32,
+    /// For routing (workflow affinity).
+    workflow: String,
 }
+
+/// Workflows remembered per backend for routing and `/backends`.
+const RECENT_WORKFLOWS_MAX: usize = 8;
 
 /// The priority labels of [`Scheduler::queue_depth_by_priority`], by [`priority_class`].
 pub const PRIORITY_LABELS: [&str; 4] = ["high", "normal", "low", "other"];
@@ -149,12 +249,15 @@ struct Inner {
     n_queued_by_class: [u64; 4],
     /// Prompts in flight per backend (same index as `Shared::backends`).
     in_flight: Vec<u32>,
+    /// Per backend: the workflows it took last and when (ms), most recent first, at most
+    /// `RECENT_WORKFLOWS_MAX`.
+    recent: Vec<Vec<(String, u64)>>,
     running: HashMap<JobId, RunningJob>,
 }
 
 impl Inner {
-    fn enqueue(&mut self, key: QueueKey, id: JobId, priority: i32) {
-        if self.queue.insert(key, Queued { id, priority }).is_none() {
+    fn enqueue(&mut self, key: QueueKey, id: JobId, priority: i32, workflow: &str) {
+        if self.queue.insert(key, Queued { id, priority, workflow: workflow.to_string() }).is_none() {
             self.n_queued_by_class[priority_class(priority)] += 1;
         }
     }
@@ -162,8 +265,16 @@ impl Inner {
     /// The memory queue of recovered queued jobs.
     fn rebuild_queue(&mut self, queued: &[Job]) {
         for job in queued {
-            self.enqueue(job.queue_key, job.id, job.priority);
+            self.enqueue(job.queue_key, job.id, job.priority, &job.workflow_id);
         }
+    }
+
+    /// Backend `b` took a job of `workflow` at `now_ms`.
+    fn note_workflow(&mut self, b: usize, workflow: &str, now_ms: u64) {
+        let recent = &mut self.recent[b];
+        recent.retain(|(w, _)| w != workflow);
+        recent.insert(0, (workflow.to_string(), now_ms));
+        recent.truncate(RECENT_WORKFLOWS_MAX);
     }
 
     /// The job the dispatch loop takes next (when a backend has room).
@@ -230,23 +341,34 @@ impl Shared {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The backend a job should go to now: a healthy one with room, the least loaded.
-    fn pick_backend(&self, inner: &Inner) -> Option<usize> {
-        let limit = self.config.backend_concurrency_max;
-        (0..self.backends.len())
-            .filter(|&b| self.backends[b].is_healthy() && inner.in_flight[b] < limit)
-            .min_by_key(|&b| inner.in_flight[b])
+    /// The backend a job of `workflow` should go to now ([`routing::pick`]).
+    fn pick_backend(&self, inner: &Inner, workflow: &str, now: u64) -> Option<usize> {
+        let candidates: Vec<routing::Candidate> = self
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(b, backend)| routing::Candidate {
+                open: backend.is_healthy() && !backend.is_draining(),
+                in_flight: inner.in_flight[b],
+                max: backend.concurrency_max,
+                last_ran_ms: inner.recent[b].iter().find(|(w, _)| *w == workflow).map(|(_, t)| *t),
+            })
+            .collect();
+        routing::pick(&candidates, now)
     }
 
-    /// Pop the best queued job if a healthy backend has room; reserve that room.
+    /// Pop the best queued job if a backend may take it ([`routing::pick`]); reserve that
+    /// backend's room.
     fn take_next(&self) -> Option<(QueueKey, JobId, usize)> {
         let mut inner = self.lock();
         let (key, id) = inner.best()?;
-        let priority = inner.queue[&key].priority;
-        let backend = self.pick_backend(&inner)?;
+        let Queued { priority, workflow, .. } = inner.queue[&key].clone();
+        let now = now_ms();
+        let backend = self.pick_backend(&inner, &workflow, now)?;
         inner.dequeue(&key);
         inner.in_flight[backend] += 1;
-        let run = RunningJob { backend, priority, cancel: self.shutdown.child_token(), progress: None };
+        inner.note_workflow(backend, &workflow, now);
+        let run = RunningJob { backend, priority, workflow, cancel: self.shutdown.child_token(), progress: None };
         inner.running.insert(id, run);
         Some((key, id, backend))
     }
@@ -254,25 +376,36 @@ impl Shared {
     /// For a new job: when nothing waits in the queue and a backend has room and a live
     /// WebSocket, reserve that room for it and return the backend with the socket's client
     /// id, so that the job is dispatched in its insert commit.
-    fn reserve_new(&self, id: JobId, priority: i32) -> Option<(usize, String)> {
+    fn reserve_new(&self, id: JobId, priority: i32, workflow: &str) -> Option<(usize, String)> {
         let mut inner = self.lock();
         if !inner.queue.is_empty() {
             return None;
         }
-        let backend = self.pick_backend(&inner)?;
+        let now = now_ms();
+        let backend = self.pick_backend(&inner, workflow, now)?;
         let client_id = self.backends[backend].hub.client_id()?;
         inner.in_flight[backend] += 1;
-        let run = RunningJob { backend, priority, cancel: self.shutdown.child_token(), progress: None };
+        inner.note_workflow(backend, workflow, now);
+        let workflow = workflow.to_string();
+        let run = RunningJob { backend, priority, workflow, cancel: self.shutdown.child_token(), progress: None };
         inner.running.insert(id, run);
         Some((backend, client_id))
     }
 
     /// Reserve a backend slot for a job recovered as running.
-    fn adopt_running(&self, id: JobId, priority: i32, backend: usize) {
+    fn adopt_running(&self, job: &Job, backend: usize) {
         let mut inner = self.lock();
         inner.in_flight[backend] += 1;
-        let run = RunningJob { backend, priority, cancel: self.shutdown.child_token(), progress: None };
-        inner.running.insert(id, run);
+        inner.note_workflow(backend, &job.workflow_id, now_ms());
+        let workflow = job.workflow_id.clone();
+        let run = RunningJob {
+            backend,
+            priority: job.priority,
+            workflow,
+            cancel: self.shutdown.child_token(),
+            progress: None,
+        };
+        inner.running.insert(job.id, run);
     }
 
     /// The runner of `id` is done with its backend slot; `requeue` puts the job back.
@@ -284,7 +417,8 @@ impl Shared {
         }
         if let Some(key) = requeue {
             // Every released job was taken or adopted, so its priority is known.
-            inner.enqueue(key, id, run.map_or(0, |r| r.priority));
+            let (priority, workflow) = run.map_or((0, String::new()), |r| (r.priority, r.workflow));
+            inner.enqueue(key, id, priority, &workflow);
         }
         drop(inner);
         self.wake.notify_one();
@@ -354,13 +488,27 @@ impl Scheduler {
     ) -> Result<Scheduler> {
         let http = ComfyClient::http_pool(config.comfyui_http_timeout);
         let backends: Vec<Arc<Backend>> = config
-            .backend_urls
+            .backends
             .iter()
-            .map(|url| Arc::new(Backend::new(url, http.clone(), config.comfyui_http_timeout)))
+            .map(|b| Arc::new(Backend::new(b, http.clone(), config.comfyui_http_timeout)))
             .collect();
+        // A maintenance drain outlives restarts; drains of backends no longer configured
+        // stay recorded (harmless) until resumed.
+        for (id, since_ms) in store.drained_backends()? {
+            if let Some(b) = backends.iter().find(|b| b.id == id) {
+                b.draining.store(true, Ordering::Release);
+                b.lock_info().drained_since_ms = Some(since_ms);
+                tracing::info!(backend = %id, "backend stays drained");
+            }
+        }
+        let n_backends = backends.len();
         let shared = Arc::new(Shared {
             store: store.clone(),
-            inner: Mutex::new(Inner { in_flight: vec![0; backends.len()], ..Inner::default() }),
+            inner: Mutex::new(Inner {
+                in_flight: vec![0; n_backends],
+                recent: vec![Vec::new(); n_backends],
+                ..Inner::default()
+            }),
             backends,
             config,
             metrics,
@@ -381,27 +529,38 @@ impl Scheduler {
         tracing::info!(queued = queued.len(), running = running.len(), "recovering from the store");
         shared.lock().rebuild_queue(&queued);
         for job in running {
-            let backend = job.backend.as_deref().and_then(|b| shared.backends.iter().position(|x| x.id == b));
+            let backend = job.backend.as_deref().and_then(|b| shared.backends.iter().position(|x| x.answers_to(b)));
             match backend {
                 Some(b) => {
-                    shared.adopt_running(job.id, job.priority, b);
+                    shared.adopt_running(&job, b);
                     let span = tracing::info_span!("job", job = %job.id);
                     shared.tasks.spawn(runner::recover(shared.clone(), b, job).instrument(span));
                 }
                 None => {
-                    let error = JobError {
-                        code: ErrorCode::ComfyuiUnreachable,
-                        message: format!(
-                            "the job ran on backend {:?}, which is no longer configured; it cannot be reconciled",
-                            job.backend
-                        ),
-                        details_json: None,
+                    // Its backend was removed from COMFYUI_URL: run it elsewhere, as a move
+                    // off a dead backend (an attempt, since it may have run there).
+                    let was = job.backend.clone().unwrap_or_default();
+                    let event = if job.n_attempts >= shared.config.attempts_max {
+                        let error = JobError {
+                            code: ErrorCode::ComfyuiUnreachable,
+                            message: format!(
+                                "the job ran on backend {was:?}, which is no longer configured, and has used its {} attempts",
+                                shared.config.attempts_max
+                            ),
+                            details_json: None,
+                        };
+                        state::Event::Fail { error }
+                    } else {
+                        state::Event::Move { reason: format!("backend {was:?} is no longer configured") }
                     };
-                    let (next, log) =
-                        state::apply(&job, state::Event::Fail { error }, now_ms()).map_err(Error::internal)?;
+                    let (next, log) = state::apply(&job, event, now_ms()).map_err(Error::internal)?;
                     store.update_job(next.clone(), log).await?;
                     shared.observe(&job, &next);
                     shared.feed.committed(&next);
+                    if next.state == JobState::Queued {
+                        tracing::info!(job = %next.id, backend = %was, "job of a backend no longer configured requeued");
+                        shared.lock().enqueue(next.queue_key, next.id, next.priority, &next.workflow_id);
+                    }
                 }
             }
         }
@@ -435,7 +594,7 @@ impl Scheduler {
         // Nothing waiting and a backend free: the dispatch record goes into the insert
         // commit (one fsync less before the prompt is sent).
         let direct = match job.state {
-            JobState::Queued => self.shared.reserve_new(job.id, job.priority),
+            JobState::Queued => self.shared.reserve_new(job.id, job.priority, &job.workflow_id),
             _ => None,
         };
         if let Some((b, client_id)) = direct {
@@ -462,7 +621,7 @@ impl Scheduler {
         }
         let job = self.shared.store.insert_job_claiming(job, blobs, events, claim).await?;
         if job.state == JobState::Queued {
-            self.shared.lock().enqueue(job.queue_key, job.id, job.priority);
+            self.shared.lock().enqueue(job.queue_key, job.id, job.priority, &job.workflow_id);
             // Inside the request's span: this line joins the correlation id to the job id.
             tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");
             self.shared.wake.notify_one();
@@ -534,11 +693,11 @@ impl Scheduler {
         let p50_ms = self.shared.feed.median_run_ms(&job.workflow_id)?;
         let (slots, busy) = {
             let inner = self.shared.lock();
-            let limit = self.shared.config.backend_concurrency_max as usize;
-            let healthy: Vec<usize> =
-                (0..self.shared.backends.len()).filter(|&b| self.shared.backends[b].is_healthy()).collect();
-            let slots = healthy.len().max(1) * limit;
-            let busy = healthy.iter().all(|&b| inner.in_flight[b] as usize >= limit);
+            let backends = &self.shared.backends;
+            let open: Vec<usize> =
+                (0..backends.len()).filter(|&b| backends[b].is_healthy() && !backends[b].is_draining()).collect();
+            let slots = open.iter().map(|&b| backends[b].concurrency_max as usize).sum::<usize>().max(1);
+            let busy = open.iter().all(|&b| inner.in_flight[b] >= backends[b].concurrency_max);
             (slots, busy)
         };
         let ms = feed::eta_ms(job, live.queue_position, slots, busy, p50_ms, now_ms())?;
@@ -557,20 +716,34 @@ impl Scheduler {
         std::array::from_fn(|i| (PRIORITY_LABELS[i], counts[i]))
     }
 
-    /// Every backend's state.
+    /// Every backend's state, in `COMFYUI_URL` order.
     pub fn backends(&self) -> Vec<BackendStatus> {
         let inner = self.shared.lock();
-        self.shared
-            .backends
-            .iter()
-            .enumerate()
-            .map(|(i, b)| BackendStatus {
-                url: b.id.clone(),
-                reachable: b.is_healthy(),
-                in_flight: inner.in_flight[i],
-                info: b.lock_info().clone(),
-            })
-            .collect()
+        self.shared.backends.iter().enumerate().map(|(i, b)| status_of(b, &inner, i)).collect()
+    }
+
+    /// Drain backend `id` (no new dispatch; running jobs finish) or resume it. Recorded in
+    /// the store first, so the drain outlives a restart. `BACKEND_NOT_FOUND` for an id
+    /// that is not configured.
+    pub async fn set_draining(&self, id: &str, draining: bool) -> Result<BackendStatus> {
+        let shared = &self.shared;
+        let Some(i) = shared.backends.iter().position(|b| b.id == id) else {
+            return Err(Error::new(ErrorCode::BackendNotFound, format!("no backend with id {id:?}")));
+        };
+        let now = now_ms();
+        shared.store.set_backend_drain(id, draining.then_some(now)).await?;
+        let backend = &shared.backends[i];
+        {
+            // As in the store: a second drain keeps the first one's time.
+            let mut info = backend.lock_info();
+            info.drained_since_ms = if draining { Some(info.drained_since_ms.unwrap_or(now)) } else { None };
+        }
+        if backend.draining.swap(draining, Ordering::AcqRel) != draining {
+            tracing::info!(backend = %id, draining, "backend drain changed");
+        }
+        shared.wake.notify_one();
+        let inner = shared.lock();
+        Ok(status_of(backend, &inner, i))
     }
 
     /// Stop every task (running jobs stay `running` in the store and are reconciled at the
@@ -579,6 +752,19 @@ impl Scheduler {
         self.shared.shutdown.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+    }
+}
+
+fn status_of(b: &Backend, inner: &Inner, i: usize) -> BackendStatus {
+    BackendStatus {
+        id: b.id.clone(),
+        url: b.url.clone(),
+        reachable: b.is_healthy(),
+        draining: b.is_draining(),
+        in_flight: inner.in_flight[i],
+        concurrency_max: b.concurrency_max,
+        info: b.lock_info().clone(),
+        recent_workflows: inner.recent[i].iter().map(|(w, _)| w.clone()).collect(),
     }
 }
 
@@ -620,14 +806,43 @@ mod tests {
         let mut inner = Inner::default();
         let key = |seq| QueueKey { rank_ms: 0, seq };
         let (a, b) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());
-        inner.enqueue(key(1), a, 1);
-        inner.enqueue(key(1), a, 1); // the same job again is not counted twice
-        inner.enqueue(key(2), b, 42);
+        inner.enqueue(key(1), a, 1, "w");
+        inner.enqueue(key(1), a, 1, "w"); // the same job again is not counted twice
+        inner.enqueue(key(2), b, 42, "w");
         assert_eq!(inner.n_queued_by_class, [1, 0, 0, 1]);
         assert_eq!(inner.dequeue(&key(1)), Some(a));
         assert_eq!(inner.dequeue(&key(1)), None);
         assert_eq!(inner.n_queued_by_class, [0, 0, 0, 1]);
         assert_eq!(inner.n_queued_by_class.iter().sum::<u64>(), inner.queue.len() as u64);
+    }
+
+    #[test]
+    fn recent_keeps_the_last_durations_and_their_median() {
+        let mut r = super::Recent::default();
+        assert_eq!(r.p50(), None);
+        for ms in [30, 10, 20] {
+            r.push(ms);
+        }
+        assert_eq!(r.p50(), Some(20));
+        r.push(40);
+        assert_eq!(r.p50(), Some(20), "the lower median of an even count");
+        for _ in 0..super::Recent::CAPACITY {
+            r.push(7);
+        }
+        assert_eq!(r.p50(), Some(7), "older durations fall out");
+    }
+
+    #[test]
+    fn a_backend_answers_to_its_id_and_to_its_url_in_old_records() {
+        let config = crate::config::BackendConfig {
+            id: "gpu1".into(),
+            url: "http://u:p@10.0.0.5:8188".into(),
+            concurrency_max: 2,
+        };
+        let b = super::Backend::new(&config, reqwest::Client::new(), std::time::Duration::from_secs(1));
+        assert_eq!((b.url.as_str(), b.concurrency_max), ("http://10.0.0.5:8188", 2), "no credentials shown");
+        assert!(b.answers_to("gpu1") && b.answers_to("http://u:p@10.0.0.5:8188"));
+        assert!(!b.answers_to("gpu2") && !b.answers_to("http://10.0.0.6:8188"));
     }
 
     #[test]

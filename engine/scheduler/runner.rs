@@ -14,6 +14,12 @@
 //! the queue to the history atomically): still there → wait for it; finished → collect;
 //! unknown twice in a row → ComfyUI lost it, so submit again with the same prompt_id,
 //! counted as an attempt, up to `MAX_ATTEMPTS`.
+//!
+//! Dead backends: with more than one backend configured, a runner reconciling with a
+//! backend that has been unreachable for `BACKEND_DEAD_AFTER_MS` gives the job up there
+//! and moves it back to the queue (`Event::Move`, counted as an attempt, bounded by
+//! `MAX_ATTEMPTS`), so another backend runs it. Should the box come back still holding the
+//! prompt, its health task removes it before dispatching there again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -103,6 +109,8 @@ struct Run {
     history_reread: bool,
     /// The last failure that sent the job to reconciliation (named if the job fails).
     last_failure: Option<String>,
+    /// When this runner's `POST /prompt` was accepted (for the backend's run times).
+    submitted: Option<Instant>,
 }
 
 /// The quarter (0 to 4) of a node's progress.
@@ -185,6 +193,7 @@ impl Run {
             pending_milestone: None,
             history_reread: false,
             last_failure: None,
+            submitted: None,
         }
     }
 
@@ -335,6 +344,7 @@ impl Run {
         match result {
             Ok(()) => {
                 crate::failpoints::crash_point(crate::failpoints::AFTER_PROMPT);
+                self.submitted = Some(Instant::now());
                 self.restart_deadline();
                 self.next_poll = Instant::now() + self.poll_interval();
                 Ok(Phase::Wait)
@@ -554,6 +564,15 @@ impl Run {
             let seen = match self.look(&id).await {
                 Ok(seen) => seen,
                 Err(reason) => {
+                    if self.backend_is_dead() {
+                        // Decided and committed under `rejoin`, so the backend cannot come
+                        // back in between without its clearing seeing the move.
+                        let backend = self.backend.clone();
+                        let _rejoin = backend.rejoin.lock().await;
+                        if self.backend_is_dead() {
+                            return self.move_away(reason).await;
+                        }
+                    }
                     if Instant::now() >= self.deadline {
                         let message = format!("backend unreachable for longer than the job's time limit: {reason}");
                         return self.fail(ErrorCode::ComfyuiUnreachable, message, None).await;
@@ -590,9 +609,51 @@ impl Run {
         }
     }
 
+    /// The dead-backend rule: another backend is configured, and this one is down (not
+    /// healthy) and has been unreachable for `BACKEND_DEAD_AFTER_MS`.
+    fn backend_is_dead(&self) -> bool {
+        let dead_after = Duration::from_millis(self.shared.config.backend_dead_after_ms);
+        self.shared.backends.len() > 1
+            && !self.backend.is_healthy()
+            && self.backend.unreachable_for().is_some_and(|d| d >= dead_after)
+    }
+
+    /// Give the job up on its dead backend: back to the queue for another one, counted as
+    /// an attempt (it may have run there); past `MAX_ATTEMPTS` it fails instead.
+    async fn move_away(&mut self, last_failure: String) -> Result<Phase, Exit> {
+        let (max, dead_after) = (self.shared.config.attempts_max, self.shared.config.backend_dead_after_ms);
+        let backend = self.backend.id.clone();
+        if self.job.n_attempts >= max {
+            let message = format!(
+                "backend {backend} unreachable for longer than BACKEND_DEAD_AFTER_MS ({dead_after} ms) and the job \
+                 has used its {max} attempts; last failure: {last_failure}"
+            );
+            return self.fail(ErrorCode::ComfyuiUnreachable, message, None).await;
+        }
+        tracing::warn!(job = %self.id(), backend = %backend, "backend dead; moving the job to another backend");
+        let key = self.job.queue_key;
+        let reason = format!(
+            "backend {backend} unreachable for longer than BACKEND_DEAD_AFTER_MS ({dead_after} ms); moved to another \
+             backend (last failure: {last_failure})"
+        );
+        if self.commit(Event::Move { reason }).await { Err(Exit::Requeue(key)) } else { Err(Exit::Finished) }
+    }
+
     async fn look(&self, id: &str) -> Result<Seen, String> {
         let client = &self.backend.client;
-        let queue = client.queue().await.map_err(|e| e.to_string())?;
+        let queue = match client.queue().await {
+            Ok(queue) => queue,
+            Err(e) => {
+                // `/queue` has no injected faults and is cheap: no connection or no answer
+                // in time means the backend is unreachable (e.g. partitioned while its
+                // WebSocket still looks open), so its health task re-probes and the
+                // dead-backend clock starts.
+                if e.is_unreachable() {
+                    self.backend.mark_down(&format!("GET /queue: {e}"));
+                }
+                return Err(e.to_string());
+            }
+        };
         if queue.contains(id) {
             return Ok(Seen::Queued);
         }
@@ -699,7 +760,11 @@ impl Run {
             }
         }
         crate::failpoints::crash_point(crate::failpoints::BEFORE_SUCCESS_COMMIT);
-        self.commit_with(Event::Succeed { outputs }, blobs).await;
+        if self.commit_with(Event::Succeed { outputs }, blobs).await
+            && let Some(submitted) = self.submitted
+        {
+            self.backend.record_run(submitted.elapsed());
+        }
         Err(Exit::Finished)
     }
 

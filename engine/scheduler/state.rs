@@ -6,7 +6,7 @@
 //! queued ──dispatch──▶ running ──succeed──▶ succeeded
 //!   ▲  │                │ │ └──fail──────▶ failed
 //!   │  └─cancel/fail─┐  │ └────cancel────▶ canceled
-//!   └────requeue─────┼──┘  (resubmit: running ▶ running, attempt + 1)
+//!   └─requeue/move───┼──┘  (resubmit: running ▶ running, attempt + 1)
 //!                    ▼
 //!             failed | canceled
 //! ```
@@ -25,6 +25,12 @@ pub enum Event {
     },
     /// The backend certainly never received it: back to the queue, attempt not counted.
     Requeue {
+        /// Why.
+        reason: String,
+    },
+    /// Its backend is dead: back to the queue for another backend, the attempt counted
+    /// (the prompt may have run there).
+    Move {
         /// Why.
         reason: String,
     },
@@ -72,6 +78,7 @@ impl Event {
         match self {
             Event::Dispatch { .. } => "dispatch",
             Event::Requeue { .. } => "requeue",
+            Event::Move { .. } => "move",
             Event::Resubmit { .. } => "resubmit",
             Event::Reattach { .. } => "reattach",
             Event::Succeed { .. } => "succeed",
@@ -99,6 +106,12 @@ pub fn apply(job: &Job, event: Event, now_ms: u64) -> Result<(Job, Vec<JobEventK
         (Running, Event::Requeue { reason }) => {
             next.state = Queued;
             next.n_attempts = next.n_attempts.saturating_sub(1);
+            next.backend = None;
+            next.client_id = None;
+            vec![JobEventKind::Requeued { reason }]
+        }
+        (Running, Event::Move { reason }) => {
+            next.state = Queued;
             next.backend = None;
             next.client_id = None;
             vec![JobEventKind::Requeued { reason }]
@@ -167,6 +180,20 @@ mod tests {
         let (j, _) = apply(&j, dispatch(), 12).unwrap();
         let (j, _) = apply(&j, Event::Resubmit { client_id: "d".into(), reason: "lost".into() }, 13).unwrap();
         assert_eq!((j.state, j.n_attempts, j.client_id.as_deref()), (JobState::Running, 2, Some("d")));
+    }
+
+    #[test]
+    fn move_goes_back_to_the_queue_and_counts_the_attempt() {
+        let (j, _) = apply(&job(), dispatch(), 10).unwrap();
+        let (j, log) = apply(&j, Event::Move { reason: "backend b dead".into() }, 11).unwrap();
+        assert_eq!(
+            (j.state, j.n_attempts, j.backend.as_deref(), j.client_id.as_deref()),
+            (JobState::Queued, 1, None, None)
+        );
+        assert_eq!(log, vec![JobEventKind::Requeued { reason: "backend b dead".into() }]);
+        let (j, _) = apply(&j, dispatch(), 12).unwrap();
+        assert_eq!((j.state, j.n_attempts), (JobState::Running, 2), "the next dispatch is the second attempt");
+        assert!(apply(&job(), Event::Move { reason: "r".into() }, 1).is_err(), "only a running job moves");
     }
 
     #[test]

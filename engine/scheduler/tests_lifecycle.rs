@@ -1,7 +1,7 @@
 //! Model-based test of the job lifecycle (proptest): random operations run against the
-//! real store, the real state machine (`state::apply`), the scheduler's memory queue and
-//! its recovery reads (`recover`), and against a plain reference model; after every
-//! operation they must agree.
+//! real store, the real state machine (`state::apply`, moves off dead backends included),
+//! the scheduler's memory queue and its recovery reads (`recover`), and against a plain
+//! reference model; after every operation they must agree.
 //!
 //! The store lives either in a real redb file in a temp dir (`Crash` drops it without
 //! closing, like a killed process whose writes the OS kept) or on the in-memory fault
@@ -44,6 +44,8 @@ enum Op {
     },
     Fail(usize),
     Cancel(usize),
+    /// Move the `n`-th running job off its (dead) backend, back to the queue.
+    Move(usize),
     /// Update a job that was never inserted.
     Ghost,
     Crash,
@@ -58,6 +60,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), proptest::collection::vec(0..POOL, 0..3)).prop_map(|(n, outputs)| Op::Complete { n, outputs }),
         1 => any::<usize>().prop_map(Op::Fail),
         2 => any::<usize>().prop_map(Op::Cancel),
+        1 => any::<usize>().prop_map(Op::Move),
         1 => Just(Op::Ghost),
         1 => Just(Op::Crash),
         1 => Just(Op::Restart),
@@ -233,7 +236,7 @@ async fn run(file: bool, ops: Vec<Op>) {
                     created_ms,
                 );
                 let stored = real.store().insert_job(job, vec![JobEventKind::Queued]).await.unwrap();
-                real.queue.enqueue(stored.queue_key, stored.id, stored.priority);
+                real.queue.enqueue(stored.queue_key, stored.id, stored.priority, &stored.workflow_id);
                 let m = ModelJob { priority, state: JobState::Queued, n_attempts: 0, outputs: vec![], n_events: 1 };
                 model.jobs.insert(i, (id, m));
             }
@@ -294,6 +297,20 @@ async fn run(file: bool, ops: Vec<Op>) {
                 if valid {
                     let m = model.get_mut(id);
                     m.state = to;
+                    m.n_events += 1;
+                }
+            }
+            Op::Move(n) => {
+                let running: Vec<JobId> = model.running().into_iter().collect();
+                if !running.is_empty() {
+                    let id = running[n % running.len()];
+                    real.transition(id, Event::Move { reason: "backend dead".into() }, vec![]).await.unwrap();
+                    // Back into the memory queue under its unchanged key, as `release` does.
+                    let job = real.store().get_job(id).unwrap().unwrap();
+                    assert_eq!(job.backend, None, "{ctx}");
+                    real.queue.enqueue(job.queue_key, id, job.priority, &job.workflow_id);
+                    let m = model.get_mut(id);
+                    m.state = JobState::Queued;
                     m.n_events += 1;
                 }
             }

@@ -20,6 +20,7 @@
 //!   it; a blob whose last reference goes away is deleted with its chunks.
 
 mod audit;
+mod backends;
 mod blobs;
 mod cache;
 mod codec;
@@ -473,6 +474,18 @@ impl Store {
     pub fn plugin_artifact(&self, hash: &Hash, compat: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.read_txn()?;
         plugins::artifact(&txn, hash, compat)
+    }
+
+    /// Record that backend `id` is drained since `since_ms` (None: resumed). A drain that
+    /// is already recorded keeps its time.
+    pub async fn set_backend_drain(&self, id: &str, since_ms: Option<u64>) -> Result<(), StoreError> {
+        self.submit(backends::SetDrain { id: id.to_string(), since_ms }).await
+    }
+
+    /// The drained backends (id, since ms), by id.
+    pub fn drained_backends(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let txn = self.read_txn()?;
+        backends::drained(&txn)
     }
 
     /// Append an entry to the audit log; its sequence number (from 1, increasing).

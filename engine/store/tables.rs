@@ -23,6 +23,7 @@
 //! - `plugins`: BLAKE3 of a plugin component -> its wasm bytes (kept forever).
 //! - `plugin_artifacts`: `(plugin hash, engine compatibility hash)` -> precompiled bytes.
 //! - `idempotency_by_expiry`: `(expires_ms, "<owner>\n<key>")` -> `()`; every record (pruning).
+//! - `backend_drains`: backend id -> when it was drained (ms); holds exactly the drained backends.
 
 use redb::{Table, TableDefinition, WriteTransaction};
 
@@ -75,6 +76,9 @@ pub(crate) const PLUGINS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::ne
 /// Precompiled plugin artifacts by (plugin hash, engine compatibility hash).
 pub(crate) const PLUGIN_ARTIFACTS: TableDefinition<([u8; 32], [u8; 32]), &[u8]> =
     TableDefinition::new("plugin_artifacts");
+
+/// Drained backends by id, with the time of the drain (survives restarts).
+pub(crate) const BACKEND_DRAINS: TableDefinition<&str, u64> = TableDefinition::new("backend_drains");
 
 /// The schema this code reads and writes; stored under `meta["schema_version"]`.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
@@ -136,6 +140,7 @@ pub(crate) struct WriteTables<'txn> {
     pub idempotency_by_expiry: Table<'txn, (u64, &'static str), ()>,
     pub plugins: Table<'txn, [u8; 32], &'static [u8]>,
     pub plugin_artifacts: Table<'txn, ([u8; 32], [u8; 32]), &'static [u8]>,
+    pub backend_drains: Table<'txn, &'static str, u64>,
     /// Set by a write that made a delivery pending: the writer wakes the webhook worker
     /// after the commit.
     pub outbox_changed: bool,
@@ -166,6 +171,7 @@ impl<'txn> WriteTables<'txn> {
             idempotency_by_expiry: txn.open_table(IDEMPOTENCY_BY_EXPIRY)?,
             plugins: txn.open_table(PLUGINS)?,
             plugin_artifacts: txn.open_table(PLUGIN_ARTIFACTS)?,
+            backend_drains: txn.open_table(BACKEND_DRAINS)?,
             outbox_changed: false,
         })
     }

@@ -155,6 +155,24 @@ async fn audit_appends_in_order_pages_newest_first_and_survives_reopen() {
 }
 
 #[tokio::test]
+async fn backend_drains_keep_their_first_time_and_survive_reopen() {
+    let (dir, store) = open_temp();
+    assert!(store.drained_backends().unwrap().is_empty());
+    store.set_backend_drain("gpu2", Some(20)).await.unwrap();
+    store.set_backend_drain("gpu1", Some(10)).await.unwrap();
+    store.set_backend_drain("gpu1", Some(30)).await.unwrap();
+    store.set_backend_drain("gpu3", None).await.unwrap(); // resuming a running backend changes nothing
+    assert_eq!(store.drained_backends().unwrap(), vec![("gpu1".to_string(), 10), ("gpu2".to_string(), 20)]);
+    assert!(matches!(store.set_backend_drain("", Some(1)).await, Err(StoreError::Invalid(_))));
+    store.close().await;
+    drop(store);
+    let store = Store::open(&db_path(&dir)).unwrap();
+    store.set_backend_drain("gpu2", None).await.unwrap();
+    assert_eq!(store.drained_backends().unwrap(), vec![("gpu1".to_string(), 10)]);
+    store.verify_integrity().unwrap();
+}
+
+#[tokio::test]
 async fn queue_orders_by_rank_then_seq_and_follows_state() {
     let (_dir, store) = open_temp();
     let a = store.insert_job(job(100), vec![JobEventKind::Queued]).await.unwrap();

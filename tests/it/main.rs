@@ -5,6 +5,9 @@
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
 //! - `auth`: API keys and JWTs against the real server: roles, job ownership (404 for
 //!   others), alg none / confusion / expiry attacks, the audit log, open mode.
+//! - `backends`: the backend pool on two simulators: per-backend limits and ids, workflow
+//!   affinity, `GET /backends`, durable drains (roles, audit), jobs moved off a killed or
+//!   partitioned backend and the stray prompt removed when it comes back.
 //! - `campaign`: the kill -9 campaign (ignored; `scripts/kill-campaign --kills N` runs it).
 //! - `crash_points`: the gateway aborted at each dangerous window (after POST /prompt,
 //!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
@@ -43,6 +46,7 @@ mod support;
 
 mod api;
 mod auth;
+mod backends;
 mod campaign;
 #[cfg(feature = "failpoints")]
 mod crash_points;

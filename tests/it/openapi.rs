@@ -36,6 +36,9 @@ async fn openapi_document_matches_the_live_server() {
         "/outputs/{jobId}",
         "/outputs/{jobId}/{file}",
         "/audit",
+        "/backends",
+        "/backends/{backendId}/drain",
+        "/backends/{backendId}/resume",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} is documented");
     }
@@ -49,6 +52,7 @@ async fn openapi_document_matches_the_live_server() {
     assert!(doc["paths"]["/jobs"]["get"]["responses"]["401"].is_object());
     assert!(doc["paths"]["/workflows"]["post"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/audit"]["get"]["responses"]["403"].is_object());
+    assert!(doc["paths"]["/backends/{backendId}/drain"]["post"]["responses"]["403"].is_object());
     let codes: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
         .as_array()
         .unwrap()
