@@ -263,7 +263,7 @@ impl Inner {
     }
 
     /// The memory queue of recovered queued jobs.
-    fn rebuild_queue(&mut self, queued: &[Job]) {
+    fn rebuild_queue(&mut self, queued: &[crate::store::QueuedHead]) {
         for job in queued {
             self.enqueue(job.queue_key, job.id, job.priority, &job.workflow_id);
         }
@@ -295,14 +295,15 @@ impl Inner {
 /// running jobs by id.
 #[derive(Debug)]
 pub(crate) struct Recovered {
-    pub(crate) queued: Vec<Job>,
+    pub(crate) queued: Vec<crate::store::QueuedHead>,
     pub(crate) running: Vec<Job>,
 }
 
 /// Read what [`Scheduler::start`] recovers from the store (the queue index and the
 /// running index, each job checked against its index).
 pub(crate) fn recover(store: &Store) -> std::result::Result<Recovered, crate::store::StoreError> {
-    let queued = store.queued_jobs()?;
+    // Heads only (checked against the index by the store): the prompts stay on disk.
+    let queued = store.queued_heads()?;
     let running = store.running_jobs()?;
     // The store checks this on every write; a file that breaks it is refused, not trusted.
     let misfiled = |table: &'static str, job: &Job| crate::store::StoreError::Corrupt {
@@ -310,9 +311,6 @@ pub(crate) fn recover(store: &Store) -> std::result::Result<Recovered, crate::st
         key: job.id.to_string(),
         reason: format!("indexes a job that is {}", job.state.as_str()),
     };
-    if let Some(job) = queued.iter().find(|j| j.state != JobState::Queued) {
-        return Err(misfiled("queue", job));
-    }
     if let Some(job) = running.iter().find(|j| j.state != JobState::Running) {
         return Err(misfiled("running", job));
     }

@@ -69,6 +69,26 @@ pub(crate) fn decode_upgraded<T: DeserializeOwned>(
     }
 }
 
+/// Decode only the leading fields of a record at any version from 1 to `latest`: `T` is a
+/// struct of the record type's first fields (postcard is positional, and versions only
+/// append fields), so the rest of the record is neither decoded nor copied. Recovery reads
+/// what the queue needs of every queued job this way.
+pub(crate) fn decode_prefix<'a, T: serde::Deserialize<'a>>(
+    latest: u8,
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    bytes: &'a [u8],
+) -> Result<T, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt { table, key: key.to_string(), reason };
+    match bytes.split_first() {
+        Some((&v, body)) if (FORMAT_VERSION..=latest).contains(&v) => {
+            postcard::take_from_bytes::<T>(body).map(|(value, _)| value).map_err(|e| corrupt(e.to_string()))
+        }
+        Some((&v, _)) => Err(corrupt(format!("unknown format version {v}"))),
+        None => Err(corrupt("empty record".to_string())),
+    }
+}
+
 /// Decode a record read from `table` under `key`; any failure is `Corrupt` naming both.
 pub(crate) fn decode<T: DeserializeOwned>(
     table: &'static str,

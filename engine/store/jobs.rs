@@ -323,6 +323,85 @@ pub(crate) fn queued_ids(txn: &ReadTransaction) -> Result<Vec<(QueueKey, JobId)>
     Ok(out)
 }
 
+/// What the scheduler's memory queue needs of a queued job (see [`queued_heads`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueuedHead {
+    /// The job.
+    pub id: JobId,
+    /// Its workflow (for routing affinity).
+    pub workflow_id: String,
+    /// Its priority (for the queue depth by priority).
+    pub priority: i32,
+    /// Its place in the queue.
+    pub queue_key: QueueKey,
+}
+
+/// The leading fields of a job record, in `Job`'s field order, borrowed from the record:
+/// everything up to `state` (the prompt and inputs are skipped over, not copied).
+#[derive(serde::Deserialize)]
+struct JobPrefix<'a> {
+    id: JobId,
+    workflow_id: &'a str,
+    _workflow_version: u32,
+    _inputs_json: &'a str,
+    _prompt_json: &'a str,
+    priority: i32,
+    queue_key: QueueKey,
+    state: JobState,
+}
+
+/// The queued jobs in dispatch order, each checked against its index entry, decoding only
+/// the head of each record: recovery of a queue of 100,000 jobs neither decodes nor holds
+/// their prompts.
+pub(crate) fn queued_heads(txn: &ReadTransaction) -> Result<Vec<QueuedHead>, StoreError> {
+    let jobs = txn.open_table(JOBS)?;
+    let mut out = Vec::new();
+    for (key, id) in queued_ids(txn)? {
+        let guard = jobs
+            .get(id.as_u128())?
+            .ok_or_else(|| corrupt("queue", QueueKeyDisplay(key), format!("names missing job {id}")))?;
+        let head = head_of(guard.value(), &id)?;
+        if head.id != id {
+            return Err(corrupt("jobs", id, format!("record is for job {}", head.id)));
+        }
+        if head.state != JobState::Queued || head.queue_key != key {
+            return Err(corrupt(
+                "jobs",
+                id,
+                format!(
+                    "in the queue at {} but record is {} at {}",
+                    QueueKeyDisplay(key),
+                    head.state.as_str(),
+                    QueueKeyDisplay(head.queue_key)
+                ),
+            ));
+        }
+        out.push(QueuedHead { id, workflow_id: head.workflow_id, priority: head.priority, queue_key: key });
+    }
+    Ok(out)
+}
+
+/// The head of a job record (any format version), with its state.
+pub(crate) struct Head {
+    pub id: JobId,
+    pub workflow_id: String,
+    pub priority: i32,
+    pub queue_key: QueueKey,
+    pub state: JobState,
+}
+
+/// Decode the head of the job record `bytes` (stored under `key`).
+pub(crate) fn head_of(bytes: &[u8], key: &dyn std::fmt::Display) -> Result<Head, StoreError> {
+    let p: JobPrefix<'_> = codec::decode_prefix(codec::JOBS_VERSION, "jobs", key, bytes)?;
+    Ok(Head {
+        id: p.id,
+        workflow_id: p.workflow_id.to_string(),
+        priority: p.priority,
+        queue_key: p.queue_key,
+        state: p.state,
+    })
+}
+
 /// Queued jobs in dispatch order, each checked against its index entry.
 pub(crate) fn queued_jobs(txn: &ReadTransaction) -> Result<Vec<Job>, StoreError> {
     let jobs = txn.open_table(JOBS)?;

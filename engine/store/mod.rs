@@ -56,6 +56,7 @@ use crate::domain::{
 
 pub use blobs::{BlobMeta, NewBlob};
 pub use cache::Claim;
+pub use jobs::QueuedHead;
 pub use prune::Pruned;
 
 use writer::{Msg, WriteOp};
@@ -534,6 +535,13 @@ impl Store {
     pub fn queued_jobs(&self) -> Result<Vec<Job>, StoreError> {
         let txn = self.read_txn()?;
         jobs::queued_jobs(&txn)
+    }
+
+    /// The queued jobs in dispatch order, only what the memory queue needs of each (the
+    /// records' heads; see `jobs::queued_heads`).
+    pub fn queued_heads(&self) -> Result<Vec<QueuedHead>, StoreError> {
+        let txn = self.read_txn()?;
+        jobs::queued_heads(&txn)
     }
 
     /// Just the queue index: `(queue key, job id)` in dispatch order, without the records.

@@ -181,6 +181,20 @@ async fn queue_orders_by_rank_then_seq_and_follows_state() {
     let d = store.insert_job(job(-20), vec![]).await.unwrap();
     let order: Vec<_> = store.queued_jobs().unwrap().iter().map(|j| j.id).collect();
     assert_eq!(order, vec![d.id, b.id, a.id, c.id]);
+    // Recovery's heads: the same jobs in the same order, with what the memory queue needs.
+    let heads = store.queued_heads().unwrap();
+    let from_jobs: Vec<_> = store
+        .queued_jobs()
+        .unwrap()
+        .into_iter()
+        .map(|j| crate::store::QueuedHead {
+            id: j.id,
+            workflow_id: j.workflow_id,
+            priority: j.priority,
+            queue_key: j.queue_key,
+        })
+        .collect();
+    assert_eq!(heads, from_jobs);
     let ids: Vec<_> = store.queued_ids().unwrap().into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids, order);
     assert_eq!(counts(&store), vec![4, 0, 0, 0, 0]);
