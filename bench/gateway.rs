@@ -387,6 +387,22 @@ async fn gateway_run(gw: &str, http: &reqwest::Client, color: u64) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// `n` times: write 4 KiB at the start of a file and `fdatasync` it; each time in ms.
+fn fsync_latencies(dir: &Path, n: usize) -> Vec<f64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::create(dir.join("fsync-probe")).expect("probe file");
+    let page = [7u8; 4096];
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f.seek(SeekFrom::Start(0)).expect("seek");
+            f.write_all(&page).expect("write");
+            f.sync_data().expect("fdatasync");
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
+}
+
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
@@ -444,6 +460,14 @@ async fn main() {
             Arc::new(|n| format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#));
         // Warm-up: connections, allocator, the first commits.
         load(gw.port, "/jobs", 16, 0.5, 202, body.clone()).await;
+        // The floor under one client's latency: one durable write of this disk.
+        let sync = sorted(fsync_latencies(dir.path(), 300));
+        table.row(
+            "disk: 4 KiB write + fdatasync, ms (p50 / p99)",
+            format!("{:.3} / {:.3}", pct(&sync, 0.5), pct(&sync, 0.99)),
+            "",
+            None,
+        );
         for clients in [1, 16, 128] {
             let (rate, lat) = load(gw.port, "/jobs", clients, seconds, 202, body.clone()).await;
             table.row(
