@@ -49,6 +49,9 @@ pub enum ErrorCode {
     /// A `callbackUrl` points where webhooks may not go (`WEBHOOK_ALLOWED_DOMAINS`, or a
     /// loopback/private/metadata address). Declared last: codes are stored by position.
     CallbackNotAllowed,
+    /// The blob storage (the S3-compatible bucket) did not answer or failed; nothing
+    /// was changed, try again. Declared last: codes are stored by position.
+    StorageUnavailable,
 }
 
 impl ErrorCode {
@@ -74,6 +77,7 @@ impl ErrorCode {
         ErrorCode::RangeNotSatisfiable,
         ErrorCode::Internal,
         ErrorCode::CallbackNotAllowed,
+        ErrorCode::StorageUnavailable,
     ];
 
     /// The stable wire string.
@@ -99,6 +103,7 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => "RANGE_NOT_SATISFIABLE",
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::CallbackNotAllowed => "CALLBACK_NOT_ALLOWED",
+            ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
         }
     }
 
@@ -125,6 +130,7 @@ impl ErrorCode {
             ErrorCode::RangeNotSatisfiable => 416,
             ErrorCode::Internal => 500,
             ErrorCode::CallbackNotAllowed => 400,
+            ErrorCode::StorageUnavailable => 503,
         }
     }
 
@@ -135,7 +141,8 @@ impl ErrorCode {
             | ErrorCode::ComfyuiOom
             | ErrorCode::ComfyuiTimeout
             | ErrorCode::RateLimited
-            | ErrorCode::Internal => true,
+            | ErrorCode::Internal
+            | ErrorCode::StorageUnavailable => true,
             ErrorCode::ComfyuiNodeError
             | ErrorCode::ValidationError
             | ErrorCode::WorkflowNotFound
@@ -231,12 +238,13 @@ mod tests {
             ErrorCode::RangeNotSatisfiable => 17,
             ErrorCode::Internal => 18,
             ErrorCode::CallbackNotAllowed => 19,
+            ErrorCode::StorageUnavailable => 20,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 20);
+        assert_eq!(ErrorCode::ALL.len(), 21);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);

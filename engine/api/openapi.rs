@@ -349,8 +349,9 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                             "application/json": {"schema": schema_ref("OutputBase64")}
                         }},
                         "206": {"description": "A byte range", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-                        "304": {"description": "Not modified (If-None-Match)"}
-                    }), &[("400", "Bad query parameter"), ("404", "No such job or output"), ("416", "Range outside the file")])
+                        "304": {"description": "Not modified (If-None-Match)"},
+                        "307": {"description": "With S3 storage and S3_PRESIGN_TTL_SECONDS set: redirect (Location) to a presigned GET URL of the object"}
+                    }), &[("400", "Bad query parameter"), ("404", "No such job or output"), ("416", "Range outside the file"), ("503", "The blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
                 }
             }
         },

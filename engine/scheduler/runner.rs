@@ -361,12 +361,12 @@ impl Run {
     async fn upload_inputs(&self) -> Result<(), UploadError> {
         let subfolder = input_subfolder(self.job.id);
         for input in &self.job.inputs {
-            let bytes = match self.shared.store.read_blob(&input.hash) {
+            // From redb or the bucket (with object storage).
+            let bytes = match self.shared.store.blob_bytes(&input.hash).await {
                 Ok(Some(bytes)) => bytes,
                 Ok(None) => return Err(UploadError::Store(format!("input {:?}: blob missing", input.name))),
                 Err(e) => return Err(UploadError::Store(format!("input {:?}: {e}", input.name))),
             };
-            let bytes = bytes::Bytes::from(bytes);
             let mut tries = 0;
             loop {
                 tries += 1;
