@@ -33,6 +33,9 @@
 //!   parameter cap, path traversal.
 //! - `metrics`: `GET /metrics` checked by promtool and by value; JSON logs with
 //!   correlation and job ids.
+//! - `s3`: `STORAGE_PROVIDER=s3` against a real S3 server (s3s-fs): objects by hash,
+//!   downloads every way, dedupe and cache sharing, deletion with the last job only,
+//!   presigned redirects, restart, a bucket down at start and during downloads.
 //! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
 //! - `tidy`: architecture invariants checked on the source.
 //! - `webhooks`: signed deliveries checked by Rust and by the PyPI `standardwebhooks`
@@ -59,6 +62,7 @@ mod plugins;
 mod privacy;
 mod recovery;
 mod results;
+mod s3;
 mod sim_protocol;
 mod tidy;
 mod webhooks;

@@ -1,0 +1,392 @@
+//! `STORAGE_PROVIDER=s3` against a real S3-compatible server: `s3s-fs` (crates.io; installed
+//! by `scripts/ci-deps` into `<target dir>/tools/bin`), on a free port with a temp dir, the
+//! real gateway binary and the simulator. Objects are checked as files of s3s-fs's root
+//! (`<root>/<bucket>/<key>`). Without s3s-fs the tests print a notice and pass, except on
+//! CI (`CI` set), where they fail.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use crate::support::{self, Gateway, Proc, Sim, free_port, get_json, register_invert};
+
+const BUCKET: &str = "outputs";
+const ACCESS_KEY: &str = "gateway-test";
+const SECRET_KEY: &str = "gateway-test-secret";
+const BOUND: Duration = Duration::from_secs(30);
+
+/// Where s3s-fs is: `$S3S_FS`, `<target dir>/tools/bin/s3s-fs`, or on `PATH`.
+fn s3s_fs() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("S3S_FS") {
+        return Some(PathBuf::from(p));
+    }
+    let target = Path::new(support::BIN).parent()?.parent()?;
+    let beside = target.join("tools/bin/s3s-fs");
+    if beside.is_file() {
+        return Some(beside);
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join("s3s-fs")).find(|p| p.is_file())
+}
+
+/// s3s-fs, or None (with a notice) when it is missing and this is not CI.
+fn s3s_or_skip(test: &str) -> Option<PathBuf> {
+    match s3s_fs() {
+        Some(p) => Some(p),
+        None => {
+            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+            assert!(!ci, "s3s-fs is missing on CI: scripts/ci-deps installs it");
+            eprintln!("NOTICE: s3s-fs not found; skipping {test} (scripts/ci-deps installs it)");
+            None
+        }
+    }
+}
+
+/// An s3s-fs server with one bucket.
+struct S3 {
+    proc_: Proc,
+    program: PathBuf,
+    port: u16,
+    root: PathBuf,
+}
+
+impl S3 {
+    async fn start(program: PathBuf, dir: &Path, port: u16) -> S3 {
+        let root = dir.join("s3-root");
+        std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let proc_ = S3::spawn(&program, dir, &root, port);
+        let mut s3 = S3 { proc_, program, port, root };
+        s3.wait_ready().await;
+        s3
+    }
+
+    fn spawn(program: &Path, dir: &Path, root: &Path, port: u16) -> Proc {
+        let args: Vec<String> = [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--access-key",
+            ACCESS_KEY,
+            "--secret-key",
+            SECRET_KEY,
+            &root.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let log = dir.join(format!("s3s-{port}-{}.log", std::process::id()));
+        Proc::spawn_program(program, "s3s-fs", &args, &[], log)
+    }
+
+    async fn wait_ready(&mut self) {
+        let url = self.url();
+        support::wait_http(&url, &mut self.proc_, Duration::from_secs(20)).await;
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(&mut self) {
+        self.proc_.kill9();
+    }
+
+    async fn restart(&mut self) {
+        self.proc_.kill9();
+        let dir = self.root.parent().unwrap().to_path_buf();
+        self.proc_ = S3::spawn(&self.program, &dir, &self.root, self.port);
+        self.wait_ready().await;
+    }
+
+    /// The object of a blob, as a file of s3s-fs's root.
+    fn object(&self, hash: &str) -> PathBuf {
+        self.root.join(BUCKET).join("blobs").join(hash)
+    }
+
+    /// Every object under `blobs/`.
+    fn n_objects(&self) -> usize {
+        std::fs::read_dir(self.root.join(BUCKET).join("blobs")).map(|d| d.count()).unwrap_or(0)
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("STORAGE_PROVIDER", "s3".to_string()),
+            ("S3_ENDPOINT", self.url()),
+            ("S3_BUCKET", BUCKET.to_string()),
+            ("S3_ACCESS_KEY", ACCESS_KEY.to_string()),
+            ("S3_SECRET_KEY", SECRET_KEY.to_string()),
+            ("S3_REGION", "us-east-1".to_string()),
+        ]
+    }
+}
+
+async fn start_gateway(dir: &Path, sim: &Sim, s3: &S3, extra: &[(&str, &str)]) -> Gateway {
+    let env = s3.env();
+    let mut all: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    all.extend_from_slice(extra);
+    Gateway::start(dir, &sim.url(), &all).await
+}
+
+fn icon(seed: u64, cache: bool) -> Value {
+    json!({"workflowId": "icon_512", "inputs": {"prompt": "a bucket", "seed": seed}, "cache": cache})
+}
+
+async fn run(gw: &Gateway, body: Value) -> Value {
+    let (status, v) = gw.submit(body).await;
+    assert!(status == 202 || status == 200, "submit: {status} {v}");
+    let job = gw.wait_terminal(v["jobId"].as_str().unwrap(), BOUND).await;
+    assert_eq!(job["status"], "succeeded", "{job}");
+    job
+}
+
+fn no_redirects() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn invert_body() -> Value {
+    let pixels: Vec<u8> = (0..8 * 8 * 3).map(|i| (i as u8).wrapping_mul(13)).collect();
+    let mut png_bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png_bytes, 8, 8);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.write_header().unwrap().write_image_data(&pixels).unwrap();
+    }
+    let uri = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&png_bytes));
+    json!({"workflowId": "invert", "inputs": {"image": uri}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_and_inputs_live_in_the_bucket_by_hash_and_download_every_way() {
+    let Some(program) = s3s_or_skip("outputs_and_inputs_live_in_the_bucket_by_hash_and_download_every_way") else {
+        return;
+    };
+    let dir = support::tempdir();
+    let s3 = S3::start(program, dir.path(), free_port()).await;
+    let sim = Sim::start(dir.path(), 0).await;
+    let mut gw = start_gateway(dir.path(), &sim, &s3, &[]).await;
+    let (_, caps) = get_json(&format!("{}/capabilities", gw.url())).await;
+    assert_eq!(caps["storageProvider"], "s3");
+
+    // The output is an object named by its hash, with the bytes the gateway serves.
+    let job = run(&gw, icon(1, true)).await;
+    let out = &job["outputs"][0];
+    let hash = out["hash"].as_str().unwrap().to_string();
+    let url = format!("{}{}", gw.url(), out["url"].as_str().unwrap());
+    let object = std::fs::read(s3.object(&hash)).expect("the output is an object of the bucket");
+    assert_eq!(blake3::hash(&object).to_hex().as_str(), hash);
+    assert_eq!(s3.n_objects(), 1);
+
+    // Whole, ETag, 304, Range, HEAD, ?format=base64, ?include=base64.
+    let client = reqwest::Client::new();
+    let r = client.get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(etag, format!("\"{hash}\""));
+    assert_eq!(r.bytes().await.unwrap(), object);
+    let r = client.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 304);
+    let r = client.get(&url).header("range", "bytes=10-1033").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.headers()["content-range"], format!("bytes 10-1033/{}", object.len()).as_str());
+    assert_eq!(r.bytes().await.unwrap(), object[10..1034]);
+    let r = client.get(&url).header("range", "bytes=-7").send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap(), object[object.len() - 7..]);
+    let r = client.head(&url).send().await.unwrap();
+    assert_eq!(r.headers()["content-length"], object.len().to_string().as_str());
+    let (status, b64) = get_json(&format!("{url}?format=base64")).await;
+    assert_eq!(status, 200);
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(b64["data"].as_str().unwrap()).unwrap(), object);
+    let job_id = job["jobId"].as_str().unwrap().to_string();
+    let (_, inlined) = get_json(&format!("{}/jobs/{job_id}?include=base64", gw.url())).await;
+    let data = inlined["outputs"][0]["base64"].as_str().unwrap();
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(data).unwrap(), object);
+
+    // Identical outputs of another job are stored once; a cache hit shares the object.
+    let again = run(&gw, icon(1, false)).await;
+    assert_eq!(again["outputs"][0]["hash"], hash.as_str());
+    assert_eq!(again["cached"], false);
+    let hit = run(&gw, icon(1, true)).await;
+    assert_eq!((hit["cached"].as_bool(), hit["outputs"][0]["hash"].as_str()), (Some(true), Some(hash.as_str())));
+    assert_eq!(s3.n_objects(), 1, "one object for three jobs naming the same content");
+
+    // An image input is an object too, and the runner uploads it to ComfyUI from there.
+    register_invert(&gw).await;
+    let inverted = run(&gw, invert_body()).await;
+    assert_eq!(s3.n_objects(), 3, "the input and the inverted output");
+    let inverted_hash = inverted["outputs"][0]["hash"].as_str().unwrap().to_string();
+    assert!(s3.object(&inverted_hash).is_file());
+
+    // A restart keeps everything; with S3_PRESIGN_TTL_SECONDS downloads redirect to a
+    // presigned URL of the object, which s3s-fs serves with the same bytes.
+    gw.set_env("S3_PRESIGN_TTL_SECONDS", Some("120"));
+    gw.restart().await;
+    let r = no_redirects().get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 307);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(location.starts_with(&format!("{}/{BUCKET}/blobs/{hash}?", s3.url())), "{location}");
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    let presigned = reqwest::get(&location).await.unwrap();
+    assert_eq!(presigned.status().as_u16(), 200);
+    assert_eq!(presigned.bytes().await.unwrap(), object);
+    let r = client.get(&url).header("if-none-match", &etag).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 304, "a cached copy is still good without a trip to the bucket");
+    let (status, b64) = get_json(&format!("{url}?format=base64")).await;
+    assert_eq!((status, b64["hash"].as_str()), (200, Some(hash.as_str())));
+
+    // The bytes are not in redb: the rows say remote, without chunks; `check` is happy.
+    gw.kill9();
+    let store = comfyui_gateway::store::Store::open(&gw.db).unwrap();
+    let h: [u8; 32] = blake3::Hash::from_hex(&hash).unwrap().into();
+    let meta = store.blob_meta(&h).unwrap().unwrap();
+    // Three jobs and the cache entry name it.
+    assert!(meta.remote && meta.n_chunks == 0 && meta.n_refs == 4, "{meta:?}");
+    store.verify_integrity().unwrap();
+    drop(store);
+    let out = std::process::Command::new(support::BIN)
+        .args(["check", "--json", "--database-url"])
+        .arg(&gw.db)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(3)), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_object_goes_with_the_last_job_naming_it_and_not_before() {
+    let Some(program) = s3s_or_skip("the_object_goes_with_the_last_job_naming_it_and_not_before") else { return };
+    let dir = support::tempdir();
+    let s3 = S3::start(program, dir.path(), free_port()).await;
+    let sim = Sim::start(dir.path(), 0).await;
+    let env = [("JOB_RETENTION_SECONDS", "2"), ("PRUNE_INTERVAL_MS", "100"), ("CACHE_ENABLED", "false")];
+    let gw = start_gateway(dir.path(), &sim, &s3, &env).await;
+    let first = run(&gw, icon(7, false)).await;
+    let hash = first["outputs"][0]["hash"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let second = run(&gw, icon(7, false)).await;
+    assert_eq!(second["outputs"][0]["hash"], hash.as_str());
+    let (first_id, second_id) = (first["jobId"].as_str().unwrap(), second["jobId"].as_str().unwrap());
+
+    // The first job is pruned; the object stays while the second names it.
+    let deadline = Instant::now() + BOUND;
+    while get_json(&format!("{}/jobs/{first_id}", gw.url())).await.0 != 404 {
+        assert!(Instant::now() < deadline, "job {first_id} was never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let object_there = s3.object(&hash).is_file();
+    let (status, _) = get_json(&format!("{}/jobs/{second_id}", gw.url())).await;
+    if status == 200 {
+        assert!(object_there, "the object was deleted while job {second_id} still named it");
+    }
+
+    // The last job goes: its object goes too, after the commit.
+    let deadline = Instant::now() + BOUND;
+    while get_json(&format!("{}/jobs/{second_id}", gw.url())).await.0 != 404 {
+        assert!(Instant::now() < deadline, "job {second_id} was never pruned");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + BOUND;
+    while s3.object(&hash).exists() {
+        assert!(Instant::now() < deadline, "the object of a blob nothing names was never deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s3.n_objects(), 0);
+    assert_eq!(gw.metric("comfyui_gateway_blobs").await, 0.0);
+
+    // The same content again: uploaded again, downloadable.
+    let third = run(&gw, icon(7, false)).await;
+    assert_eq!(third["outputs"][0]["hash"], hash.as_str());
+    assert!(s3.object(&hash).is_file());
+    let url = format!("{}{}", gw.url(), third["outputs"][0]["url"].as_str().unwrap());
+    let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), hash);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_that_is_down_fails_the_start_and_downloads_cleanly() {
+    let Some(program) = s3s_or_skip("a_bucket_that_is_down_fails_the_start_and_downloads_cleanly") else { return };
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let port = free_port();
+
+    // Nothing listens at S3_ENDPOINT: the gateway does not start, and says why in one line.
+    let env = [
+        ("PORT", free_port().to_string()),
+        ("HOST", "127.0.0.1".to_string()),
+        ("COMFYUI_URL", sim.url()),
+        ("DATABASE_URL", dir.path().join("down.redb").display().to_string()),
+        ("STORAGE_PROVIDER", "s3".to_string()),
+        ("S3_ENDPOINT", format!("http://127.0.0.1:{port}")),
+        ("S3_BUCKET", BUCKET.to_string()),
+        ("S3_ACCESS_KEY", ACCESS_KEY.to_string()),
+        ("S3_SECRET_KEY", SECRET_KEY.to_string()),
+    ];
+    let envs: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    let mut down = Proc::spawn_program(
+        Path::new(support::BIN),
+        "gateway",
+        &["serve".to_string()],
+        &envs,
+        dir.path().join("down.log"),
+    );
+    let start = Instant::now();
+    while !down.exited() {
+        assert!(start.elapsed() < BOUND, "the gateway started without its bucket:\n{}", down.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = down.log();
+    assert!(log.contains("S3_ENDPOINT") && log.contains("not reachable"), "{log}");
+    // A missing setting is named too.
+    let mut missing = envs.clone();
+    missing.retain(|(k, _)| k != "S3_BUCKET");
+    let mut bad = Proc::spawn_program(
+        Path::new(support::BIN),
+        "gateway",
+        &["serve".to_string()],
+        &missing,
+        dir.path().join("bad.log"),
+    );
+    while !bad.exited() {
+        assert!(start.elapsed() < BOUND, "the gateway started without S3_BUCKET:\n{}", bad.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(bad.log().contains("S3_BUCKET: must be set"), "{}", bad.log());
+
+    // Up at start, down later: downloads answer 503 STORAGE_UNAVAILABLE, never a panic.
+    let mut s3 = S3::start(program, dir.path(), port).await;
+    let gw = start_gateway(dir.path(), &sim, &s3, &[]).await;
+    let job = run(&gw, icon(3, true)).await;
+    let url = format!("{}{}", gw.url(), job["outputs"][0]["url"].as_str().unwrap());
+    assert_eq!(reqwest::get(&url).await.unwrap().status().as_u16(), 200);
+    s3.stop();
+    for (what, u) in [
+        ("raw", url.clone()),
+        ("range", url.clone()),
+        ("base64", format!("{url}?format=base64")),
+        ("inline", format!("{}/jobs/{}?include=base64", gw.url(), job["jobId"].as_str().unwrap())),
+    ] {
+        let mut req = reqwest::Client::new().get(&u);
+        if what == "range" {
+            req = req.header("range", "bytes=0-99");
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 503, "{what}: {body}");
+        assert_eq!(body["error"]["code"], "STORAGE_UNAVAILABLE", "{what}: {body}");
+        assert_eq!(body["error"]["retryable"], true, "{what}: {body}");
+    }
+    // A submit whose input image cannot be uploaded is refused the same way (nothing stored).
+    register_invert(&gw).await;
+    let (status, body) = gw.submit(invert_body()).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (503, Some("STORAGE_UNAVAILABLE")), "{body}");
+    assert_eq!(get_json(&format!("{}/health", gw.url())).await.0, 200, "the gateway itself is fine");
+
+    // The bucket comes back: so do the downloads.
+    s3.restart().await;
+    let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), job["outputs"][0]["hash"].as_str().unwrap());
+}
