@@ -385,8 +385,19 @@ async fn a_bucket_that_is_down_fails_the_start_and_downloads_cleanly() {
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("STORAGE_UNAVAILABLE")), "{body}");
     assert_eq!(get_json(&format!("{}/health", gw.url())).await.0, 200, "the gateway itself is fine");
 
-    // The bucket comes back: so do the downloads.
+    // A job that finishes while the bucket is down waits (its success commit is retried in
+    // place) and succeeds once the bucket is back; so do the downloads.
+    let waiting = gw.submit_ok(icon(4, true)).await;
+    let start = Instant::now();
+    while !gw.proc_.log().contains("the object storage refused the job's blobs") {
+        assert!(start.elapsed() < BOUND, "the success commit never met the bucket:\n{}", gw.proc_.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gw.job(&waiting).await["status"], "running", "nothing is committed without its objects");
     s3.restart().await;
+    let done = gw.wait_terminal(&waiting, BOUND).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert!(s3.object(done["outputs"][0]["hash"].as_str().unwrap()).is_file());
     let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
     assert_eq!(blake3::hash(&bytes).to_hex().as_str(), job["outputs"][0]["hash"].as_str().unwrap());
 }
