@@ -401,3 +401,66 @@ async fn a_bucket_that_is_down_fails_the_start_and_downloads_cleanly() {
     let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
     assert_eq!(blake3::hash(&bytes).to_hex().as_str(), job["outputs"][0]["hash"].as_str().unwrap());
 }
+
+/// A crash between an object's upload and the commit that references it (the failpoint
+/// `store-object-uploaded`) leaves at most an orphan object: a submit's input image that
+/// was never acknowledged, or the outputs of a job that is collected again after the
+/// restart (ComfyUI ran it once) and then references the same object.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_upload_and_commit_leaves_at_most_an_orphan_object() {
+    let Some(program) = s3s_or_skip("a_crash_between_upload_and_commit_leaves_at_most_an_orphan_object") else {
+        return;
+    };
+    let dir = support::tempdir();
+    let s3 = S3::start(program, dir.path(), free_port()).await;
+    let sim = Sim::start(dir.path(), 10).await;
+    let mut gw = start_gateway(dir.path(), &sim, &s3, &[]).await;
+    register_invert(&gw).await;
+    let check = |db: &Path| -> Value {
+        let out = std::process::Command::new(support::BIN)
+            .args(["check", "--json", "--database-url"])
+            .arg(db)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+
+    // A submit with an image: the input is uploaded, the gateway dies before the commit.
+    gw.set_env("FAILPOINTS", Some("store-object-uploaded=return"));
+    gw.restart().await;
+    let submit = reqwest::Client::new().post(format!("{}/jobs", gw.url())).json(&invert_body()).send().await;
+    assert!(submit.is_err() || !submit.unwrap().status().is_success(), "never acknowledged");
+    gw.wait_exit(BOUND).await;
+    assert!(gw.proc_.log().contains("failpoint store-object-uploaded: crashing"), "{}", gw.proc_.log());
+    assert_eq!(s3.n_objects(), 1, "the orphan input object");
+    let report = check(&gw.db);
+    assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(0)), "{report}");
+
+    // A job's outputs: uploaded, then the crash; after the restart the job is collected
+    // again from ComfyUI's history and its success references the object.
+    gw.restart().await;
+    let id = gw.submit_ok(icon(9, true)).await;
+    gw.wait_exit(BOUND).await;
+    let orphans = s3.n_objects();
+    assert_eq!(orphans, 2, "the input and the output, neither referenced");
+    gw.set_env("FAILPOINTS", None);
+    gw.restart().await;
+    let done = gw.wait_terminal(&id, BOUND).await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", gw.proc_.log());
+    assert_eq!(support::executions(&sim.executions().await), vec![(id.clone(), 1)], "ComfyUI ran it once");
+    let hash = done["outputs"][0]["hash"].as_str().unwrap();
+    assert!(s3.object(hash).is_file());
+    assert_eq!(s3.n_objects(), 2, "the output object is the one uploaded before the crash");
+    let bytes = reqwest::get(format!("{}{}", gw.url(), done["outputs"][0]["url"].as_str().unwrap()))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), hash);
+    gw.kill9();
+    let report = check(&gw.db);
+    assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(1)), "{report}");
+}
