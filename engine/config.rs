@@ -272,6 +272,14 @@ pub struct ServeArgs {
     /// Serve `/metrics` without credentials when authentication is on (default: false).
     #[arg(long = "metrics-public", env = "METRICS_PUBLIC", action = clap::ArgAction::Set, value_name = "METRICS_PUBLIC")]
     pub metrics_public: Option<bool>,
+    /// Where blob bytes are kept (`STORAGE_PROVIDER`, `S3_*`).
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Where blob bytes are kept: `serve`, and `check` (which can verify the objects).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
     /// Where output and input bytes are kept: `local` (in the database file) or `s3` (an
     /// S3-compatible bucket; metadata stays in the database).
     #[arg(
@@ -536,7 +544,7 @@ impl Config {
             concurrency: args.plugin_concurrency,
         };
         let auth = auth_from_args(args)?;
-        let storage = storage_provider(args)?;
+        let storage = storage_provider(&args.storage)?;
         let database_path = database_path(&args.database_url)?;
         let sealer = if args.privacy_mode {
             let key_file = args.privacy_key_file.clone().unwrap_or_else(|| database_path.with_extension("privacy-key"));
@@ -584,7 +592,7 @@ impl Config {
 }
 
 /// `STORAGE_PROVIDER` and, for `s3`, the `S3_*` settings.
-fn storage_provider(args: &ServeArgs) -> Result<crate::storage::Provider, ConfigError> {
+pub fn storage_provider(args: &StorageArgs) -> Result<crate::storage::Provider, ConfigError> {
     use crate::storage::{Provider, S3Settings};
     match args.storage_provider.trim() {
         "local" => return Ok(Provider::Local),

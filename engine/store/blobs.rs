@@ -446,6 +446,20 @@ pub(crate) fn read(txn: &ReadTransaction, hash: &Hash) -> Result<Option<Vec<u8>>
     Ok(Some(bytes))
 }
 
+/// The hashes of every remote blob.
+pub(crate) fn remote_hashes(txn: &ReadTransaction) -> Result<Vec<Hash>, StoreError> {
+    let table = txn.open_table(BLOBS)?;
+    let mut out = Vec::new();
+    for entry in table.range::<[u8; 32]>(..)? {
+        let (k, v) = entry?;
+        let hash = k.value();
+        if decode_record(&hash, v.value())?.remote {
+            out.push(hash);
+        }
+    }
+    Ok(out)
+}
+
 /// Up to `limit` hashes whose object waits for deletion, with when their row went.
 pub(crate) fn pending_deletes(txn: &ReadTransaction, limit: usize) -> Result<Vec<(Hash, u64)>, StoreError> {
     let table = txn.open_table(BLOB_DELETES)?;

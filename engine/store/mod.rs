@@ -738,6 +738,12 @@ impl Store {
         Ok(Some(objects.get(hash).await?))
     }
 
+    /// Every blob whose bytes are in the bucket (for `check`; O(blobs)).
+    pub fn remote_blobs(&self) -> Result<Vec<Hash>, StoreError> {
+        let txn = self.read_txn()?;
+        blobs::remote_hashes(&txn)
+    }
+
     /// Up to `limit` remote blobs whose object waits for deletion (hash, when the row went).
     pub fn pending_deletes(&self, limit: usize) -> Result<Vec<(Hash, u64)>, StoreError> {
         let txn = self.read_txn()?;

@@ -253,6 +253,27 @@ async fn outputs_and_inputs_live_in_the_bucket_by_hash_and_download_every_way() 
         .unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(3)), "{report}");
+
+    // `check --objects` also finds every object in the bucket, and names one that is gone.
+    let check_objects = || {
+        let mut cmd = std::process::Command::new(support::BIN);
+        cmd.args(["check", "--json", "--objects", "--database-url"]).arg(&gw.db).env_remove("DATABASE_URL");
+        for (k, v) in s3.env() {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), report, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, report, _) = check_objects();
+    assert_eq!(
+        (code, report["objectsChecked"].as_u64(), report["objectsMissing"].as_u64()),
+        (Some(0), Some(3), Some(0))
+    );
+    std::fs::remove_file(s3.object(&inverted_hash)).unwrap();
+    let (code, report, stderr) = check_objects();
+    assert_eq!((code, report["ok"].as_bool(), report["objectsMissing"].as_u64()), (Some(1), Some(false), Some(1)));
+    assert!(stderr.contains(&format!("missing object: blobs/{inverted_hash}")), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
