@@ -333,6 +333,7 @@ async fn check(args: &CheckArgs) -> Result<(), CliError> {
         "objectDeletesPending": deletes_pending,
         "objectsChecked": objects.as_ref().map(|o| o.checked),
         "objectsMissing": objects.as_ref().map(|o| o.missing),
+        "objectsOrphaned": objects.as_ref().map(|o| o.orphaned),
     });
     if args.json {
         println!("{report}");
@@ -345,7 +346,10 @@ async fn check(args: &CheckArgs) -> Result<(), CliError> {
             stats.n_blobs, stats.blob_bytes, stats.n_cache_entries, stats.n_deliveries_pending
         );
         if let Some(o) = &objects {
-            println!("objects: {} checked, {} missing, {deletes_pending} waiting for deletion", o.checked, o.missing);
+            println!(
+                "objects: {} checked, {} missing, {} orphaned, {deletes_pending} waiting for deletion",
+                o.checked, o.missing, o.orphaned
+            );
         }
     }
     match verdict {
@@ -363,6 +367,9 @@ async fn check(args: &CheckArgs) -> Result<(), CliError> {
 struct ObjectsChecked {
     checked: usize,
     missing: usize,
+    /// Objects no blob row names and none waiting for deletion: left by a crash between an
+    /// upload and its commit (harmless; never deleted automatically).
+    orphaned: usize,
 }
 
 /// HEAD the object of every remote blob (16 at a time).
@@ -387,6 +394,13 @@ async fn check_objects(store: &Store, args: &crate::config::StorageArgs) -> Resu
         .buffer_unordered(16)
         .collect()
         .await;
+    let known: std::collections::HashSet<_> = store
+        .remote_blobs()
+        .and_then(|r| Ok(r.into_iter().chain(store.pending_deletes(usize::MAX)?.into_iter().map(|(h, _)| h))))
+        .map_err(|e| CliError::runtime(e.to_string()))?
+        .collect();
+    let listed = objects.list().await.map_err(|e| CliError::runtime(format!("cannot list the bucket: {e}")))?;
+    let orphaned = listed.iter().filter(|h| !known.contains(*h)).count();
     let mut missing = 0;
     for (hash, result) in results {
         match result {
@@ -398,7 +412,7 @@ async fn check_objects(store: &Store, args: &crate::config::StorageArgs) -> Resu
             Err(e) => return Err(CliError::runtime(format!("cannot check the bucket: {e}"))),
         }
     }
-    Ok(ObjectsChecked { checked, missing })
+    Ok(ObjectsChecked { checked, missing, orphaned })
 }
 
 fn read_json(path: &Path) -> Result<Value, CliError> {

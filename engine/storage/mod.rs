@@ -278,6 +278,22 @@ impl Objects {
         }
     }
 
+    /// The hashes of every object under `<prefix>blobs/` (keys that are not a hash are
+    /// left out).
+    pub async fn list(&self) -> Result<Vec<Hash>, StorageError> {
+        let prefix = ObjectPath::from(format!("{}blobs", self.inner.prefix));
+        let mut list = self.inner.s3.list(Some(&prefix));
+        let mut out = Vec::new();
+        while let Some(meta) = list.next().await {
+            let meta = meta.map_err(|e| StorageError::Failed(format!("list: {e}")))?;
+            let name = meta.location.filename().unwrap_or("");
+            if let Ok(hash) = blake3::Hash::from_hex(name) {
+                out.push(*hash.as_bytes());
+            }
+        }
+        Ok(out)
+    }
+
     /// Delete a blob's object (a missing object is fine).
     pub async fn delete(&self, hash: &Hash) -> Result<(), StorageError> {
         let key = self.key(hash);

@@ -267,8 +267,14 @@ async fn outputs_and_inputs_live_in_the_bucket_by_hash_and_download_every_way() 
     };
     let (code, report, _) = check_objects();
     assert_eq!(
-        (code, report["objectsChecked"].as_u64(), report["objectsMissing"].as_u64()),
-        (Some(0), Some(3), Some(0))
+        (
+            code,
+            report["objectsChecked"].as_u64(),
+            report["objectsMissing"].as_u64(),
+            report["objectsOrphaned"].as_u64()
+        ),
+        (Some(0), Some(3), Some(0), Some(0)),
+        "{report}"
     );
     std::fs::remove_file(s3.object(&inverted_hash)).unwrap();
     let (code, report, stderr) = check_objects();
@@ -439,13 +445,12 @@ async fn a_crash_between_upload_and_commit_leaves_at_most_an_orphan_object() {
     let mut gw = start_gateway(dir.path(), &sim, &s3, &[]).await;
     register_invert(&gw).await;
     let check = |db: &Path| -> Value {
-        let out = std::process::Command::new(support::BIN)
-            .args(["check", "--json", "--database-url"])
-            .arg(db)
-            .env_remove("DATABASE_URL")
-            .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap()
+        let mut cmd = std::process::Command::new(support::BIN);
+        cmd.args(["check", "--json", "--objects", "--database-url"]).arg(db).env_remove("DATABASE_URL");
+        for (k, v) in s3.env() {
+            cmd.env(k, v);
+        }
+        serde_json::from_slice(&cmd.output().unwrap().stdout).unwrap()
     };
 
     // A submit with an image: the input is uploaded, the gateway dies before the commit.
@@ -458,6 +463,7 @@ async fn a_crash_between_upload_and_commit_leaves_at_most_an_orphan_object() {
     assert_eq!(s3.n_objects(), 1, "the orphan input object");
     let report = check(&gw.db);
     assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(0)), "{report}");
+    assert_eq!(report["objectsOrphaned"], 1, "{report}");
 
     // A job's outputs: uploaded, then the crash; after the restart the job is collected
     // again from ComfyUI's history and its success references the object.
@@ -484,4 +490,5 @@ async fn a_crash_between_upload_and_commit_leaves_at_most_an_orphan_object() {
     gw.kill9();
     let report = check(&gw.db);
     assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(1)), "{report}");
+    assert_eq!((report["objectsMissing"].as_u64(), report["objectsOrphaned"].as_u64()), (Some(0), Some(1)), "{report}");
 }
