@@ -156,12 +156,22 @@ pub struct Objects {
     inner: Arc<ObjectsInner>,
 }
 
-#[derive(Debug)]
 struct ObjectsInner {
     s3: AmazonS3,
     prefix: String,
     presign_ttl: Option<Duration>,
     locks: HashLocks,
+}
+
+impl std::fmt::Debug for ObjectsInner {
+    // Not the client's: its configuration holds the credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Objects")
+            .field("bucket", &self.s3.to_string())
+            .field("prefix", &self.prefix)
+            .field("presign_ttl", &self.presign_ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Objects {
