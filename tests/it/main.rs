@@ -35,7 +35,8 @@
 //!   correlation and job ids.
 //! - `s3`: `STORAGE_PROVIDER=s3` against a real S3 server (s3s-fs): objects by hash,
 //!   downloads every way, dedupe and cache sharing, deletion with the last job only,
-//!   presigned redirects, restart, a bucket down at start and during downloads.
+//!   uploads racing deletions, presigned redirects, restart, a crash between upload and
+//!   commit, a bucket down at start, during downloads and at a job's success.
 //! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
 //! - `tidy`: architecture invariants checked on the source.
 //! - `webhooks`: signed deliveries checked by Rust and by the PyPI `standardwebhooks`

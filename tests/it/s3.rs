@@ -492,3 +492,88 @@ async fn a_crash_between_upload_and_commit_leaves_at_most_an_orphan_object() {
     assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(1)), "{report}");
     assert_eq!((report["objectsMissing"].as_u64(), report["objectsOrphaned"].as_u64()), (Some(0), Some(1)), "{report}");
 }
+
+/// Churn on one content: jobs with the same output finish and are pruned (retention 1 s)
+/// over and over, so the object is deleted and uploaded again while deletions are pending.
+/// Whenever a job exists its output downloads with the right bytes (never a 5xx), and at
+/// the end every blob row has its object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_racing_deletions_never_lose_a_referenced_object() {
+    let Some(program) = s3s_or_skip("uploads_racing_deletions_never_lose_a_referenced_object") else { return };
+    let dir = support::tempdir();
+    let s3 = S3::start(program, dir.path(), free_port()).await;
+    let sim = Sim::start(dir.path(), 0).await;
+    let env = [("JOB_RETENTION_SECONDS", "1"), ("PRUNE_INTERVAL_MS", "20"), ("CACHE_ENABLED", "false")];
+    let mut gw = start_gateway(dir.path(), &sim, &s3, &env).await;
+    let url = gw.url();
+    let worker = |lane: u64| {
+        let url = url.clone();
+        async move {
+            let client = reqwest::Client::new();
+            let (mut served, mut reuploads) = (0, 0);
+            for i in 0..12u64 {
+                let r = client.post(format!("{url}/jobs")).json(&icon(21, false)).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+                let id = r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string();
+                let deadline = Instant::now() + BOUND;
+                let job = loop {
+                    let (status, v) = get_json(&format!("{url}/jobs/{id}")).await;
+                    if status == 404 {
+                        break None; // finished and pruned already
+                    }
+                    if v["status"] == "succeeded" {
+                        break Some(v);
+                    }
+                    assert!(v["status"] == "queued" || v["status"] == "running", "{v}");
+                    assert!(Instant::now() < deadline, "job {id} stuck: {v}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                };
+                if let Some(job) = job {
+                    let out = &job["outputs"][0];
+                    let r = client.get(format!("{url}{}", out["url"].as_str().unwrap())).send().await.unwrap();
+                    match r.status().as_u16() {
+                        200 => {
+                            let bytes = r.bytes().await.unwrap();
+                            assert_eq!(blake3::hash(&bytes).to_hex().as_str(), out["hash"].as_str().unwrap());
+                            served += 1;
+                        }
+                        404 => {} // pruned between the two requests
+                        other => panic!("job {id}: download answered {other}: {}", r.text().await.unwrap_or_default()),
+                    }
+                }
+                // Both lanes pause together around the retention period: after a long pause
+                // the last job naming the content is pruned (its object's deletion pending or
+                // done) before the next upload; after one of about the period, the prune and
+                // the next upload race.
+                let pause_ms = [0u64, 1500, 1000, 300, 1020 + lane, 1500][(i % 6) as usize];
+                if pause_ms > 1000 {
+                    reuploads += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+            }
+            (served, reuploads)
+        }
+    };
+    let (a, b) = tokio::join!(worker(0), worker(7));
+    assert!(a.0 + b.0 >= 12, "most downloads were served: {a:?} {b:?}");
+    // Every job goes, and so does the object, once nothing names it.
+    let deadline = Instant::now() + BOUND;
+    while gw.metric("comfyui_gateway_blobs").await != 0.0 || s3.n_objects() != 0 {
+        assert!(Instant::now() < deadline, "the blob or its object outlived every job");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let n_reaped = gw.proc_.log().matches("deleted the objects of unreferenced blobs").count();
+    eprintln!("reaper passes that deleted: {n_reaped}; uploads after a gap: {a:?} {b:?}");
+    assert!(n_reaped >= 2, "the content was deleted and uploaded again (and at the end): {n_reaped}");
+    // And it comes back for a new job.
+    let job = run(&gw, icon(21, false)).await;
+    assert!(s3.object(job["outputs"][0]["hash"].as_str().unwrap()).is_file());
+    gw.kill9();
+    let mut cmd = std::process::Command::new(support::BIN);
+    cmd.args(["check", "--json", "--objects", "--database-url"]).arg(&gw.db).env_remove("DATABASE_URL");
+    for (k, v) in s3.env() {
+        cmd.env(k, v);
+    }
+    let report: Value = serde_json::from_slice(&cmd.output().unwrap().stdout).unwrap();
+    assert_eq!((report["ok"].as_bool(), report["objectsMissing"].as_u64()), (Some(true), Some(0)), "{report}");
+}
