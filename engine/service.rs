@@ -418,6 +418,7 @@ impl Gateway {
                 blob_bytes: stats.blob_bytes,
                 cache_entries: stats.n_cache_entries,
                 deliveries_pending: stats.n_deliveries_pending,
+                object_deletes_pending: stats.n_object_deletes_pending,
             },
             plugin_loads: self.plugins.load_counts(),
         };

@@ -200,6 +200,8 @@ pub struct StoreStats {
     pub n_cache_entries: u64,
     /// Webhook deliveries waiting for an attempt.
     pub n_deliveries_pending: u64,
+    /// Objects of remote blobs waiting for deletion (`blob_deletes`).
+    pub n_object_deletes_pending: u64,
 }
 
 /// A cheap, cloneable handle on the store (an `Arc` inside).
@@ -791,6 +793,10 @@ impl Store {
             blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
             n_cache_entries: get(tables::meta_key::CACHE_ENTRIES)?,
             n_deliveries_pending: get(tables::meta_key::DELIVERIES_PENDING)?,
+            n_object_deletes_pending: {
+                use redb::ReadableTableMetadata;
+                txn.open_table(tables::BLOB_DELETES)?.len()?
+            },
         })
     }
 }
