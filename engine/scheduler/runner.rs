@@ -387,14 +387,23 @@ impl Run {
     async fn upload_inputs(&self) -> Result<(), UploadError> {
         let subfolder = input_subfolder(self.job.id);
         for input in &self.job.inputs {
-            // From redb or the bucket (with object storage).
-            let bytes = match self.shared.store.blob_bytes(&input.hash).await {
-                Ok(Some(bytes)) => bytes,
-                Ok(None) => return Err(UploadError::Store(format!("input {:?}: blob missing", input.name))),
-                Err(e @ crate::store::StoreError::Objects(_)) => {
-                    return Err(UploadError::Objects(format!("input {:?}: {e}", input.name)));
+            // From redb or the bucket (with object storage; a bucket that fails is tried
+            // like a success commit: `OBJECT_TRIES` times, backing off).
+            let mut reads = 0;
+            let bytes = loop {
+                reads += 1;
+                match self.shared.store.blob_bytes(&input.hash).await {
+                    Ok(Some(bytes)) => break bytes,
+                    Ok(None) => return Err(UploadError::Store(format!("input {:?}: blob missing", input.name))),
+                    Err(e @ crate::store::StoreError::Objects(_)) if reads < OBJECT_TRIES => {
+                        tracing::warn!(job = %self.id(), input = %input.name, error = %e, "cannot read an input image from the object storage; trying again");
+                        tokio::time::sleep(OBJECT_BACKOFF * (1 << (reads - 1))).await;
+                    }
+                    Err(e @ crate::store::StoreError::Objects(_)) => {
+                        return Err(UploadError::Objects(format!("input {:?}: {e}", input.name)));
+                    }
+                    Err(e) => return Err(UploadError::Store(format!("input {:?}: {e}", input.name))),
                 }
-                Err(e) => return Err(UploadError::Store(format!("input {:?}: {e}", input.name))),
             };
             let mut tries = 0;
             loop {

@@ -427,6 +427,22 @@ async fn a_bucket_that_is_down_fails_the_start_and_downloads_cleanly() {
     assert!(s3.object(done["outputs"][0]["hash"].as_str().unwrap()).is_file());
     let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
     assert_eq!(blake3::hash(&bytes).to_hex().as_str(), job["outputs"][0]["hash"].as_str().unwrap());
+
+    // An input image stored while the bucket was up, read at dispatch while it is down:
+    // the runner tries again, and the job runs once the bucket is back.
+    let mut sim = sim;
+    sim.proc_.kill9();
+    let queued = gw.submit_ok(invert_body()).await;
+    s3.stop();
+    sim.restart().await;
+    let start = Instant::now();
+    while !gw.proc_.log().contains("cannot read an input image from the object storage; trying again") {
+        assert!(start.elapsed() < BOUND, "the input was never read:\n{}", gw.proc_.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s3.restart().await;
+    let done = gw.wait_terminal(&queued, BOUND).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
 }
 
 /// A crash between an object's upload and the commit that references it (the failpoint
