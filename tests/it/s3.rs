@@ -1,5 +1,5 @@
 //! `STORAGE_PROVIDER=s3` against a real S3-compatible server: `s3s-fs` (crates.io; installed
-//! by `scripts/ci-deps` into `<target dir>/tools/bin`), on a free port with a temp dir, the
+//! by `scripts/ci-deps` into `<target dir>/tools/bin`, or named by `S3S_FS`), on a free port with a temp dir, the
 //! real gateway binary and the simulator. Objects are checked as files of s3s-fs's root
 //! (`<root>/<bucket>/<key>`). Without s3s-fs the tests print a notice and pass, except on
 //! CI (`CI` set), where they fail.
@@ -20,7 +20,9 @@ const BOUND: Duration = Duration::from_secs(30);
 /// Where s3s-fs is: `$S3S_FS`, `<target dir>/tools/bin/s3s-fs`, or on `PATH`.
 fn s3s_fs() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("S3S_FS") {
-        return Some(PathBuf::from(p));
+        // An explicit choice: that file or nothing (`S3S_FS=none` tests the skip).
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let target = Path::new(support::BIN).parent()?.parent()?;
     let beside = target.join("tools/bin/s3s-fs");
