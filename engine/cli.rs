@@ -107,6 +107,13 @@ pub struct CheckArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// With `STORAGE_PROVIDER=s3`: also check that every remote blob's object exists
+    /// (one HEAD request per blob).
+    #[arg(long)]
+    pub objects: bool,
+    /// The blob storage (read for `--objects`).
+    #[command(flatten)]
+    pub storage: crate::config::StorageArgs,
 }
 
 /// `add-workflow` arguments.
@@ -303,7 +310,14 @@ async fn check(args: &CheckArgs) -> Result<(), CliError> {
         Err(e) => return Err(CliError::runtime(format!("cannot open {}: {e}", path.display()))),
     };
     let open_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let verdict = store.verify_integrity();
+    let mut verdict = store.verify_integrity().map_err(|e| e.to_string());
+    let objects = if args.objects { Some(check_objects(&store, &args.storage).await?) } else { None };
+    if let (Ok(()), Some(o)) = (&verdict, &objects)
+        && o.missing > 0
+    {
+        verdict = Err(format!("{} of {} objects are missing from the bucket", o.missing, o.checked));
+    }
+    let deletes_pending = store.pending_deletes(usize::MAX).map_err(|e| CliError::runtime(e.to_string()))?.len();
     let stats = store.stats().map_err(|e| CliError::runtime(e.to_string()))?;
     store.close().await;
     let jobs: serde_json::Map<String, Value> =
@@ -317,6 +331,10 @@ async fn check(args: &CheckArgs) -> Result<(), CliError> {
         "blobBytes": stats.blob_bytes,
         "cacheEntries": stats.n_cache_entries,
         "deliveriesPending": stats.n_deliveries_pending,
+        "objectDeletesPending": deletes_pending,
+        "objectsChecked": objects.as_ref().map(|o| o.checked),
+        "objectsMissing": objects.as_ref().map(|o| o.missing),
+        "objectsOrphaned": objects.as_ref().map(|o| o.orphaned),
     });
     if args.json {
         println!("{report}");
@@ -328,6 +346,12 @@ async fn check(args: &CheckArgs) -> Result<(), CliError> {
             "blobs: {} ({} bytes), cache entries: {}, webhook deliveries pending: {}",
             stats.n_blobs, stats.blob_bytes, stats.n_cache_entries, stats.n_deliveries_pending
         );
+        if let Some(o) = &objects {
+            println!(
+                "objects: {} checked, {} missing, {} orphaned, {deletes_pending} waiting for deletion",
+                o.checked, o.missing, o.orphaned
+            );
+        }
     }
     match verdict {
         Ok(()) => {
@@ -338,6 +362,58 @@ async fn check(args: &CheckArgs) -> Result<(), CliError> {
         }
         Err(e) => Err(CliError::runtime(format!("integrity check failed: {e}"))),
     }
+}
+
+/// What `check --objects` found.
+struct ObjectsChecked {
+    checked: usize,
+    missing: usize,
+    /// Objects no blob row names and none waiting for deletion: left by a crash between an
+    /// upload and its commit (harmless; never deleted automatically).
+    orphaned: usize,
+}
+
+/// HEAD the object of every remote blob (16 at a time).
+async fn check_objects(store: &Store, args: &crate::config::StorageArgs) -> Result<ObjectsChecked, CliError> {
+    use futures_util::StreamExt;
+    let provider =
+        crate::config::storage_provider(args).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+    let crate::storage::Provider::S3(settings) = provider else {
+        return Err(CliError {
+            message: "--objects needs STORAGE_PROVIDER=s3 and its S3_* settings".into(),
+            exit_code: 2,
+        });
+    };
+    let objects = crate::storage::Objects::new(&settings).map_err(|e| CliError::runtime(e.to_string()))?;
+    let hashes = store.remote_blobs().map_err(|e| CliError::runtime(e.to_string()))?;
+    let checked = hashes.len();
+    let results: Vec<_> = futures_util::stream::iter(hashes)
+        .map(|hash| {
+            let objects = objects.clone();
+            async move { (hash, objects.exists(&hash).await) }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let known: std::collections::HashSet<_> = store
+        .remote_blobs()
+        .and_then(|r| Ok(r.into_iter().chain(store.pending_deletes(usize::MAX)?.into_iter().map(|(h, _)| h))))
+        .map_err(|e| CliError::runtime(e.to_string()))?
+        .collect();
+    let listed = objects.list().await.map_err(|e| CliError::runtime(format!("cannot list the bucket: {e}")))?;
+    let orphaned = listed.iter().filter(|h| !known.contains(*h)).count();
+    let mut missing = 0;
+    for (hash, result) in results {
+        match result {
+            Ok(true) => {}
+            Ok(false) => {
+                missing += 1;
+                eprintln!("missing object: {}", objects.key(&hash));
+            }
+            Err(e) => return Err(CliError::runtime(format!("cannot check the bucket: {e}"))),
+        }
+    }
+    Ok(ObjectsChecked { checked, missing, orphaned })
 }
 
 fn read_json(path: &Path) -> Result<Value, CliError> {

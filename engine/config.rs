@@ -282,6 +282,45 @@ pub struct ServeArgs {
     /// Serve `/metrics` without credentials when authentication is on (default: false).
     #[arg(long = "metrics-public", env = "METRICS_PUBLIC", action = clap::ArgAction::Set, value_name = "METRICS_PUBLIC")]
     pub metrics_public: Option<bool>,
+    /// Where blob bytes are kept (`STORAGE_PROVIDER`, `S3_*`).
+    #[command(flatten)]
+    pub storage: StorageArgs,
+}
+
+/// Where blob bytes are kept: `serve`, and `check` (which can verify the objects).
+#[derive(clap::Args, Debug, Clone)]
+pub struct StorageArgs {
+    /// Where output and input bytes are kept: `local` (in the database file) or `s3` (an
+    /// S3-compatible bucket; metadata stays in the database).
+    #[arg(
+        long = "storage-provider",
+        env = "STORAGE_PROVIDER",
+        default_value = "local",
+        value_name = "STORAGE_PROVIDER"
+    )]
+    pub storage_provider: String,
+    /// Base URL of the S3 API (e.g. `http://127.0.0.1:9000` for MinIO); unset: AWS.
+    #[arg(long = "s3-endpoint", env = "S3_ENDPOINT", value_name = "S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The bucket (must exist).
+    #[arg(long = "s3-bucket", env = "S3_BUCKET", value_name = "S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Access key id.
+    #[arg(long = "s3-access-key", env = "S3_ACCESS_KEY", hide_env_values = true, value_name = "S3_ACCESS_KEY")]
+    pub s3_access_key: Option<Secret>,
+    /// Secret access key.
+    #[arg(long = "s3-secret-key", env = "S3_SECRET_KEY", hide_env_values = true, value_name = "S3_SECRET_KEY")]
+    pub s3_secret_key: Option<Secret>,
+    /// Region (signing region for other S3-compatible servers).
+    #[arg(long = "s3-region", env = "S3_REGION", default_value = "us-east-1", value_name = "S3_REGION")]
+    pub s3_region: String,
+    /// Prefix of every object key (`<prefix>blobs/<hash>`), e.g. `gateway/`.
+    #[arg(long = "s3-prefix", env = "S3_PREFIX", default_value = "", value_name = "S3_PREFIX")]
+    pub s3_prefix: String,
+    /// Answer downloads with a redirect to a presigned GET URL valid this many seconds
+    /// (unset: the gateway streams the bytes itself).
+    #[arg(long = "s3-presign-ttl-seconds", env = "S3_PRESIGN_TTL_SECONDS", value_name = "S3_PRESIGN_TTL_SECONDS")]
+    pub s3_presign_ttl_seconds: Option<u64>,
 }
 
 /// How long the gateway remembers things, and the result cache.
@@ -414,6 +453,8 @@ pub struct Config {
     pub webhooks: Arc<crate::webhooks::Settings>,
     /// The gateway's public base URL without trailing slash (absolute URLs in webhooks).
     pub public_url: String,
+    /// Where blob bytes are kept (`STORAGE_PROVIDER`, `S3_*`).
+    pub storage: crate::storage::Provider,
 }
 
 /// One ComfyUI backend of `COMFYUI_URL`.
@@ -550,6 +591,7 @@ impl Config {
             concurrency: args.plugin_concurrency,
         };
         let auth = auth_from_args(args)?;
+        let storage = storage_provider(&args.storage)?;
         let database_path = database_path(&args.database_url)?;
         let sealer = if args.privacy_mode {
             let key_file = args.privacy_key_file.clone().unwrap_or_else(|| database_path.with_extension("privacy-key"));
@@ -592,8 +634,89 @@ impl Config {
             webhooks: Arc::new(webhooks),
             public_url,
             auth: Arc::new(auth),
+            storage,
         })
     }
+}
+
+/// `STORAGE_PROVIDER` and, for `s3`, the `S3_*` settings.
+pub fn storage_provider(args: &StorageArgs) -> Result<crate::storage::Provider, ConfigError> {
+    use crate::storage::{Provider, S3Settings};
+    match args.storage_provider.trim() {
+        "local" => return Ok(Provider::Local),
+        "s3" => {}
+        other => return Err(bad("STORAGE_PROVIDER", format!("{other:?} is not local or s3"))),
+    }
+    let bucket = args.s3_bucket.as_deref().map(str::trim).unwrap_or("");
+    if bucket.is_empty() {
+        return Err(bad("S3_BUCKET", "must be set when STORAGE_PROVIDER=s3"));
+    }
+    let bucket_ok = (3..=63).contains(&bucket.len())
+        && bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && !bucket.starts_with(['-', '.'])
+        && !bucket.ends_with(['-', '.']);
+    if !bucket_ok {
+        return Err(bad("S3_BUCKET", format!("{bucket:?} is not a bucket name (3-63 of a-z, 0-9, '-', '.')")));
+    }
+    let secret = |value: &Option<Secret>, variable: &'static str| -> Result<Secret, ConfigError> {
+        match value {
+            Some(s) if !s.0.trim().is_empty() => Ok(Secret(s.0.trim().to_string())),
+            _ => Err(bad(variable, "must be set when STORAGE_PROVIDER=s3")),
+        }
+    };
+    let access_key = secret(&args.s3_access_key, "S3_ACCESS_KEY")?;
+    let secret_key = secret(&args.s3_secret_key, "S3_SECRET_KEY")?;
+    let endpoint = match args.s3_endpoint.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(raw) => {
+            let url = reqwest::Url::parse(raw).map_err(|e| bad("S3_ENDPOINT", format!("{raw:?}: {e}")))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+                return Err(bad("S3_ENDPOINT", format!("{raw:?} is not an http(s) URL")));
+            }
+            if url.query().is_some() || url.fragment().is_some() || url.path() != "/" {
+                return Err(bad("S3_ENDPOINT", format!("{raw:?}: give only scheme, host and port")));
+            }
+            Some(raw.trim_end_matches('/').to_string())
+        }
+    };
+    let region = args.s3_region.trim();
+    if region.is_empty() || !region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(bad("S3_REGION", format!("{region:?} is not a region name")));
+    }
+    let prefix = s3_prefix(&args.s3_prefix).map_err(|m| bad("S3_PREFIX", m))?;
+    let presign_ttl = match args.s3_presign_ttl_seconds {
+        None => None,
+        // SigV4 presigned URLs are valid for at most 7 days.
+        Some(n) if (1..=604_800).contains(&n) => Some(std::time::Duration::from_secs(n)),
+        Some(_) => return Err(bad("S3_PRESIGN_TTL_SECONDS", "must be between 1 and 604800 (7 days)")),
+    };
+    Ok(Provider::S3(S3Settings {
+        endpoint,
+        bucket: bucket.to_string(),
+        access_key,
+        secret_key,
+        region: region.to_string(),
+        prefix,
+        presign_ttl,
+    }))
+}
+
+/// `S3_PREFIX` normalized: empty, or path segments ending in `/` (no empty, `.` or `..`
+/// segment, no leading `/`).
+fn s3_prefix(raw: &str) -> Result<String, String> {
+    let trimmed = raw.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    for segment in trimmed.split('/') {
+        if segment.is_empty() || segment == "." || segment == ".." {
+            return Err(format!("{raw:?} has an empty, '.' or '..' segment"));
+        }
+        if !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.!*'()".contains(&b)) {
+            return Err(format!("{raw:?}: use letters, digits and -_.!*'() between slashes"));
+        }
+    }
+    Ok(format!("{trimmed}/"))
 }
 
 fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
@@ -942,12 +1065,67 @@ mod tests {
             (&["--webhook-concurrency", "0"], "WEBHOOK_CONCURRENCY"),
             (&["--public-url", "ftp://x"], "PUBLIC_URL"),
             (&["--public-url", "https://x/?q=1"], "PUBLIC_URL"),
+            (&["--storage-provider", "gcs"], "STORAGE_PROVIDER"),
+            (&["--storage-provider", "s3"], "S3_BUCKET"),
+            (&["--storage-provider", "s3", "--s3-bucket", "Bad_Bucket"], "S3_BUCKET"),
+            (&["--storage-provider", "s3", "--s3-bucket", "outputs"], "S3_ACCESS_KEY"),
+            (&["--storage-provider", "s3", "--s3-bucket", "outputs", "--s3-access-key", "k"], "S3_SECRET_KEY"),
+            (
+                &[S3, S3_BUCKET, S3_KEYS[0], S3_KEYS[1], S3_KEYS[2], S3_KEYS[3], "--s3-endpoint", "ftp://x"],
+                "S3_ENDPOINT",
+            ),
+            (
+                &[S3, S3_BUCKET, S3_KEYS[0], S3_KEYS[1], S3_KEYS[2], S3_KEYS[3], "--s3-endpoint", "http://x/b"],
+                "S3_ENDPOINT",
+            ),
+            (&[S3, S3_BUCKET, S3_KEYS[0], S3_KEYS[1], S3_KEYS[2], S3_KEYS[3], "--s3-region", "us east"], "S3_REGION"),
+            (&[S3, S3_BUCKET, S3_KEYS[0], S3_KEYS[1], S3_KEYS[2], S3_KEYS[3], "--s3-prefix", "a//b"], "S3_PREFIX"),
+            (&[S3, S3_BUCKET, S3_KEYS[0], S3_KEYS[1], S3_KEYS[2], S3_KEYS[3], "--s3-prefix", "a/../b"], "S3_PREFIX"),
+            (
+                &[S3, S3_BUCKET, S3_KEYS[0], S3_KEYS[1], S3_KEYS[2], S3_KEYS[3], "--s3-presign-ttl-seconds", "0"],
+                "S3_PRESIGN_TTL_SECONDS",
+            ),
         ];
         for (args, var) in cases {
             let err = parse(args).unwrap_err();
             assert_eq!(err.variable, *var, "{args:?}");
             assert!(err.to_string().contains(var));
         }
+    }
+
+    const S3: &str = "--storage-provider=s3";
+    const S3_BUCKET: &str = "--s3-bucket=outputs";
+    const S3_KEYS: [&str; 4] = ["--s3-access-key", "access", "--s3-secret-key", "secret"];
+
+    #[test]
+    fn storage_is_local_by_default_and_s3_settings_are_normalized() {
+        use crate::storage::Provider;
+        assert_eq!(parse(&[]).unwrap().storage, Provider::Local);
+        let c = parse(&[
+            S3,
+            S3_BUCKET,
+            S3_KEYS[0],
+            S3_KEYS[1],
+            S3_KEYS[2],
+            S3_KEYS[3],
+            "--s3-endpoint",
+            "http://127.0.0.1:9000/",
+            "--s3-prefix",
+            "/gw/prod",
+            "--s3-presign-ttl-seconds",
+            "300",
+        ])
+        .unwrap();
+        let Provider::S3(s) = &c.storage else { panic!("not s3: {:?}", c.storage) };
+        assert_eq!(s.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!((s.bucket.as_str(), s.region.as_str(), s.prefix.as_str()), ("outputs", "us-east-1", "gw/prod/"));
+        assert_eq!(s.presign_ttl, Some(std::time::Duration::from_secs(300)));
+        assert_eq!(c.storage.name(), "s3");
+        // The keys never show in debug output.
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("access\"") && !debug.contains("secret\""), "{debug}");
+        assert_eq!(s3_prefix("").unwrap(), "");
+        assert_eq!(s3_prefix("a/b/").unwrap(), "a/b/");
     }
 
     #[test]

@@ -51,6 +51,9 @@ pub enum ErrorCode {
     CallbackNotAllowed,
     /// No configured backend with that id (`/backends/{id}`).
     BackendNotFound,
+    /// The blob storage (the S3-compatible bucket) did not answer or failed; nothing
+    /// was changed, try again. Declared last: codes are stored by position.
+    StorageUnavailable,
 }
 
 impl ErrorCode {
@@ -77,6 +80,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::CallbackNotAllowed,
         ErrorCode::BackendNotFound,
+        ErrorCode::StorageUnavailable,
     ];
 
     /// The stable wire string.
@@ -103,6 +107,7 @@ impl ErrorCode {
             ErrorCode::Internal => "INTERNAL",
             ErrorCode::CallbackNotAllowed => "CALLBACK_NOT_ALLOWED",
             ErrorCode::BackendNotFound => "BACKEND_NOT_FOUND",
+            ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
         }
     }
 
@@ -130,6 +135,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::CallbackNotAllowed => 400,
             ErrorCode::BackendNotFound => 404,
+            ErrorCode::StorageUnavailable => 503,
         }
     }
 
@@ -140,7 +146,8 @@ impl ErrorCode {
             | ErrorCode::ComfyuiOom
             | ErrorCode::ComfyuiTimeout
             | ErrorCode::RateLimited
-            | ErrorCode::Internal => true,
+            | ErrorCode::Internal
+            | ErrorCode::StorageUnavailable => true,
             ErrorCode::ComfyuiNodeError
             | ErrorCode::ValidationError
             | ErrorCode::WorkflowNotFound
@@ -238,12 +245,13 @@ mod tests {
             ErrorCode::Internal => 18,
             ErrorCode::CallbackNotAllowed => 19,
             ErrorCode::BackendNotFound => 20,
+            ErrorCode::StorageUnavailable => 21,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 21);
+        assert_eq!(ErrorCode::ALL.len(), 22);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);

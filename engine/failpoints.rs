@@ -17,6 +17,9 @@ pub const BEFORE_SUCCESS_COMMIT: &str = "runner-before-success-commit";
 pub const WEBHOOK_AFTER_2XX: &str = "webhook-after-2xx";
 /// After a submitted job was committed, before the client is answered.
 pub const AFTER_SUBMIT_COMMIT: &str = "api-after-submit-commit";
+/// With object storage: after a blob's object was uploaded, before the commit that
+/// references it (a crash here leaves at most an orphan object).
+pub const OBJECT_UPLOADED: &str = "store-object-uploaded";
 
 /// Not a crash: the store's next commit fails as a disk error would (`return`), which must
 /// stop the store and then the process (fail-stop), for a restart to recover.
@@ -24,8 +27,8 @@ pub const STORE_COMMIT_FAILS: &str = "store-commit-fails";
 
 /// Every point, so a typo in `FAILPOINTS` is a configuration error, not a test that
 /// silently crashes nowhere.
-pub const ALL: [&str; 5] =
-    [AFTER_PROMPT, BEFORE_SUCCESS_COMMIT, WEBHOOK_AFTER_2XX, AFTER_SUBMIT_COMMIT, STORE_COMMIT_FAILS];
+pub const ALL: [&str; 6] =
+    [AFTER_PROMPT, BEFORE_SUCCESS_COMMIT, WEBHOOK_AFTER_2XX, AFTER_SUBMIT_COMMIT, OBJECT_UPLOADED, STORE_COMMIT_FAILS];
 
 /// The points of a `FAILPOINTS` value, checked, not yet armed.
 #[derive(Debug)]

@@ -6,6 +6,8 @@
 //! - [`domain`]: jobs, priorities, outputs, workflows as the gateway sees them.
 //! - [`store`]: the only module that touches redb (jobs, events, queue, workflows, blobs,
 //!   webhook outbox, result cache, idempotency keys, retention).
+//! - [`storage`]: blob backends: blob bytes in an S3-compatible bucket
+//!   (`STORAGE_PROVIDER=s3`; object_store), the upload/delete locks, the object reaper.
 //! - [`workflows`]: template rendering and JSON Schema validation of inputs (pure).
 //! - [`canonical`]: canonical JSON; the result-cache key and idempotency fingerprints.
 //! - [`inputs`]: image inputs: SSRF-guarded URL fetch, data URI / base64, magic bytes.
@@ -43,6 +45,7 @@ pub mod plugins;
 pub mod privacy;
 pub mod scheduler;
 pub mod service;
+pub mod storage;
 pub mod store;
 pub mod webhooks;
 pub mod workflows;

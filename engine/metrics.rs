@@ -70,6 +70,8 @@ pub struct StoreLevel {
     pub cache_entries: u64,
     /// Webhook deliveries waiting for an attempt.
     pub deliveries_pending: u64,
+    /// Objects of unreferenced blobs waiting for the reaper (S3 storage).
+    pub object_deletes_pending: u64,
 }
 
 /// A backend's levels.
@@ -113,6 +115,7 @@ struct Inner {
     blob_bytes: IntGauge,
     cache_entries: IntGauge,
     deliveries_pending: IntGauge,
+    object_deletes_pending: IntGauge,
     plugin_loads: IntGaugeVec,
     /// Workflow label values handed out so far (bounded by `WORKFLOW_LABELS_MAX`).
     workflows: Mutex<HashSet<String>>,
@@ -233,6 +236,10 @@ impl Metrics {
             blob_bytes: level("blob_bytes", "Total size of the stored blobs, uncompressed, in bytes."),
             cache_entries: level("cache_entries", "Entries of the result cache."),
             deliveries_pending: level("webhook_deliveries_pending", "Webhook deliveries waiting for an attempt."),
+            object_deletes_pending: level(
+                "object_deletes_pending",
+                "Objects of blobs nothing names any more, waiting to be deleted from the S3 bucket.",
+            ),
             plugin_loads: gauge(
                 "plugin_loads",
                 "Plugins made ready since start, by source: compiled, or precompiled (from the stored artifact).",
@@ -334,6 +341,7 @@ impl Metrics {
         m.blob_bytes.set(clamp_i64(st.blob_bytes));
         m.cache_entries.set(clamp_i64(st.cache_entries));
         m.deliveries_pending.set(clamp_i64(st.deliveries_pending));
+        m.object_deletes_pending.set(clamp_i64(st.object_deletes_pending));
         m.plugin_loads.with_label_values(&["compiled"]).set(clamp_i64(snapshot.plugin_loads.0));
         m.plugin_loads.with_label_values(&["precompiled"]).set(clamp_i64(snapshot.plugin_loads.1));
         let mut buf = Vec::new();
@@ -373,7 +381,13 @@ mod tests {
                 in_flight: 1,
                 draining: true,
             }],
-            store: StoreLevel { blobs: 3, blob_bytes: 4096, cache_entries: 1, deliveries_pending: 2 },
+            store: StoreLevel {
+                blobs: 3,
+                blob_bytes: 4096,
+                cache_entries: 1,
+                deliveries_pending: 2,
+                object_deletes_pending: 5,
+            },
             plugin_loads: (1, 4),
         };
         let text = m.render(&snapshot);
@@ -383,6 +397,7 @@ mod tests {
             "comfyui_gateway_queue_depth{priority=\"high\"} 1",
             "comfyui_gateway_blob_bytes 4096",
             "comfyui_gateway_webhook_deliveries_pending 2",
+            "comfyui_gateway_object_deletes_pending 5",
             "comfyui_gateway_plugin_loads{source=\"precompiled\"} 4",
             "# TYPE comfyui_gateway_job_run_seconds histogram",
             "comfyui_gateway_job_run_seconds_count{workflow=\"icon_512\"} 1",

@@ -166,7 +166,8 @@ pub struct Registry {
 impl Gateway {
     /// Open the store, register bundled workflows if asked, start the scheduler.
     pub async fn start(config: Arc<Config>) -> Result<Gateway> {
-        let store = Store::open(&config.database_path).map_err(|e| {
+        let objects = open_objects(&config.storage).await?;
+        let store = Store::open_with(&config.database_path, objects).map_err(|e| {
             Error::new(ErrorCode::Internal, format!("cannot open {}: {e}", config.database_path.display()))
         })?;
         if config.bundled_workflows {
@@ -419,6 +420,7 @@ impl Gateway {
                 blob_bytes: stats.blob_bytes,
                 cache_entries: stats.n_cache_entries,
                 deliveries_pending: stats.n_deliveries_pending,
+                object_deletes_pending: stats.n_object_deletes_pending,
             },
             plugin_loads: self.plugins.load_counts(),
         };
@@ -446,12 +448,49 @@ impl Gateway {
         })
     }
 
-    /// A stored blob's bytes (verified against its hash).
-    pub fn blob(&self, hash: &Hash) -> Result<Vec<u8>> {
+    /// A stored blob's bytes (verified against its hash), from redb or the bucket.
+    pub async fn blob(&self, hash: &Hash) -> Result<Bytes> {
         self.store
-            .read_blob(hash)?
+            .blob_bytes(hash)
+            .await?
             .ok_or_else(|| Error::internal(format!("blob {} is referenced but missing", crate::domain::hash_hex(hash))))
     }
+
+    /// Where a stored blob's bytes are: `None` for redb (read with [`Gateway::blob`]), or
+    /// the bucket holding them.
+    pub fn blob_objects(&self, hash: &Hash) -> Result<Option<&crate::storage::Objects>> {
+        let meta = self.store.blob_meta(hash)?.ok_or_else(|| {
+            Error::internal(format!("blob {} is referenced but missing", crate::domain::hash_hex(hash)))
+        })?;
+        if !meta.remote {
+            return Ok(None);
+        }
+        match self.store.objects() {
+            Some(objects) => Ok(Some(objects)),
+            None => Err(crate::store::StoreError::Objects(crate::storage::StorageError::Failed(format!(
+                "blob {} is in object storage, but STORAGE_PROVIDER is not s3",
+                crate::domain::hash_hex(hash)
+            )))
+            .into()),
+        }
+    }
+}
+
+/// The bucket of `STORAGE_PROVIDER=s3`, checked reachable (one request); None for `local`.
+async fn open_objects(provider: &crate::storage::Provider) -> Result<Option<crate::storage::Objects>> {
+    let crate::storage::Provider::S3(settings) = provider else { return Ok(None) };
+    let at = settings.endpoint.as_deref().unwrap_or("AWS");
+    let objects = crate::storage::Objects::new(settings).map_err(|e| {
+        Error::new(ErrorCode::Internal, format!("S3_ENDPOINT: bucket {:?} at {at}: {e}", settings.bucket))
+    })?;
+    objects.check_reachable().await.map_err(|e| {
+        Error::new(
+            ErrorCode::StorageUnavailable,
+            format!("S3_ENDPOINT/S3_BUCKET: bucket {:?} at {at} is not reachable: {e}", settings.bucket),
+        )
+    })?;
+    tracing::info!(bucket = %settings.bucket, endpoint = at, prefix = %settings.prefix, "blob bytes go to the S3 bucket");
+    Ok(Some(objects))
 }
 
 impl Registry {

@@ -1,11 +1,19 @@
 //! Output downloads: `GET|HEAD /outputs/{id}/{file}` with a strong `ETag` (the BLAKE3
 //! content hash), `If-None-Match` (304), single `Range` requests (206/416, `If-Range`),
 //! `?format=base64` (JSON), and inline base64 for `GET /jobs/{id}?include=base64`.
+//!
+//! A blob kept in the S3 bucket is streamed from it (a `Range` becomes a ranged GET), or,
+//! with `S3_PRESIGN_TTL_SECONDS`, answered with a 307 to a presigned GET URL. A bucket that
+//! fails before the first byte is a 503 `STORAGE_UNAVAILABLE`; after it, the response ends
+//! short of its `Content-Length`, so the client sees a cut transfer, never wrong bytes.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 use serde_json::{Value, json};
 
 use super::reply::{self, Resp};
@@ -88,7 +96,7 @@ fn find_output<'a>(job: &'a Job, file: &str) -> Result<&'a OutputRef> {
 }
 
 /// Answer a download of `file` of `job`; `head` leaves the body out.
-pub fn output_file(
+pub async fn output_file(
     gateway: &Gateway,
     job: &Job,
     file: &str,
@@ -108,10 +116,11 @@ pub fn output_file(
     }
     let not_modified = header_str(headers, header::IF_NONE_MATCH)
         .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let objects = if not_modified { None } else { gateway.blob_objects(&output.hash)? };
     let mut resp = if not_modified {
         reply::empty(StatusCode::NOT_MODIFIED)
     } else if format.as_deref() == Some("base64") {
-        let bytes = read(gateway, output)?;
+        let bytes = read(gateway, output).await?;
         let body = json!({
             "name": output.name,
             "mediaType": output.media_type,
@@ -121,6 +130,15 @@ pub fn output_file(
             "data": BASE64.encode(&bytes),
         });
         reply::json(StatusCode::OK, &body)
+    } else if let Some(objects) = objects.filter(|o| o.presigns() && !head) {
+        let url = objects.presigned_get(&output.hash).await.map_err(storage_error)?.unwrap_or_default();
+        let mut r = reply::empty(StatusCode::TEMPORARY_REDIRECT);
+        r.headers_mut().insert(header::LOCATION, value(&url));
+        // The URL expires: no cache may keep the redirect longer than the TTL allows.
+        r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+        let h = r.headers_mut();
+        h.insert(header::ETAG, value(&etag));
+        return Ok(r);
     } else {
         let len = output.size_bytes;
         // If-Range with a different validator means: send the whole (changed) thing.
@@ -135,26 +153,31 @@ pub fn output_file(
                     .with_details(json!({ "size": len })));
             }
             RangeAsk::Full => {
-                let body = if head { Bytes::new() } else { Bytes::from(read(gateway, output)?) };
-                let mut r = reply::bytes(StatusCode::OK, &output.media_type, body);
-                if head {
-                    r.headers_mut().insert(header::CONTENT_LENGTH, value(&len.to_string()));
-                }
+                let mut r = match objects {
+                    Some(objects) if !head => stream(objects, output, None).await?,
+                    _ => {
+                        let body = if head { Bytes::new() } else { read(gateway, output).await? };
+                        reply::bytes(StatusCode::OK, &output.media_type, body)
+                    }
+                };
+                r.headers_mut().insert(header::CONTENT_LENGTH, value(&len.to_string()));
                 r
             }
             RangeAsk::Partial(range) => {
-                let body = if head {
-                    Bytes::new()
-                } else {
-                    let bytes = read(gateway, output)?;
-                    Bytes::copy_from_slice(&bytes[range.start as usize..range.end as usize])
+                let mut r = match objects {
+                    Some(objects) if !head => stream(objects, output, Some(range)).await?,
+                    _ => {
+                        let body = if head {
+                            Bytes::new()
+                        } else {
+                            read(gateway, output).await?.slice(range.start as usize..range.end as usize)
+                        };
+                        reply::bytes(StatusCode::PARTIAL_CONTENT, &output.media_type, body)
+                    }
                 };
-                let mut r = reply::bytes(StatusCode::PARTIAL_CONTENT, &output.media_type, body);
                 let h = r.headers_mut();
                 h.insert(header::CONTENT_RANGE, value(&format!("bytes {}-{}/{len}", range.start, range.end - 1)));
-                if head {
-                    h.insert(header::CONTENT_LENGTH, value(&(range.end - range.start).to_string()));
-                }
+                h.insert(header::CONTENT_LENGTH, value(&(range.end - range.start).to_string()));
                 r
             }
         }
@@ -172,8 +195,33 @@ fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn read(gateway: &Gateway, output: &OutputRef) -> Result<Vec<u8>> {
-    let bytes = gateway.blob(&output.hash)?;
+fn storage_error(e: crate::storage::StorageError) -> Error {
+    Error::from(crate::store::StoreError::Objects(e))
+}
+
+/// A 200 (or 206 for `range`) whose body streams the object from the bucket. The GET is
+/// made before answering, so a bucket that is down is a 503; a failure mid-stream ends the
+/// body early (the caller sets `Content-Length`, so the client sees the cut).
+async fn stream(objects: &crate::storage::Objects, output: &OutputRef, range: Option<ByteRange>) -> Result<Resp> {
+    let hash = output.hash;
+    let chunks = objects.get_stream(&hash, range.map(|r| r.start..r.end)).await.map_err(storage_error)?;
+    let frames = chunks
+        .take_while(move |chunk| {
+            if let Err(e) = chunk {
+                tracing::error!(blob = %hash_hex(&hash), error = %e, "object storage failed during a download; cutting it short");
+            }
+            std::future::ready(chunk.is_ok())
+        })
+        .filter_map(|chunk| std::future::ready(chunk.ok().map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)))));
+    let status = if range.is_some() { StatusCode::PARTIAL_CONTENT } else { StatusCode::OK };
+    let mut r = http::Response::new(StreamBody::new(frames).boxed_unsync());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, value(&output.media_type));
+    Ok(r)
+}
+
+async fn read(gateway: &Gateway, output: &OutputRef) -> Result<Bytes> {
+    let bytes = gateway.blob(&output.hash).await?;
     if bytes.len() as u64 != output.size_bytes {
         return Err(Error::internal(format!(
             "blob {} has {} bytes, expected {}",
@@ -187,14 +235,14 @@ fn read(gateway: &Gateway, output: &OutputRef) -> Result<Vec<u8>> {
 
 /// Add `base64` data to each output of a job JSON (as built by `reply::job_json`) that is
 /// small enough; larger ones get `"inlined": false`.
-pub fn inline_outputs(gateway: &Gateway, job: &Job, job_json: &mut Value) -> Result<()> {
+pub async fn inline_outputs(gateway: &Gateway, job: &Job, job_json: &mut Value) -> Result<()> {
     let Some(list) = job_json.get_mut("outputs").and_then(Value::as_array_mut) else { return Ok(()) };
     let mut total = 0u64;
     for (entry, output) in list.iter_mut().zip(&job.outputs) {
         let fits = output.size_bytes <= INLINE_BYTES_MAX && total + output.size_bytes <= INLINE_TOTAL_BYTES_MAX;
         if fits {
             total += output.size_bytes;
-            entry["base64"] = json!(BASE64.encode(read(gateway, output)?));
+            entry["base64"] = json!(BASE64.encode(read(gateway, output).await?));
             entry["inlined"] = json!(true);
         } else {
             entry["inlined"] = json!(false);

@@ -271,7 +271,7 @@ pub fn capabilities(ctx: &Ctx) -> Result<Resp> {
             "maxSize": c.image_size_max,
             "maxBatch": c.batch_size_max,
             "formats": ["png", "jpeg", "webp", "gif", "mp4", "webm", "wav", "mp3", "flac", "txt", "json"],
-            "storageProvider": "local",
+            "storageProvider": c.storage.name(),
             "maxBodyBytes": c.body_bytes_max,
             "priorities": ["high", "normal", "low"],
         }),
@@ -699,14 +699,14 @@ async fn wait_terminal(
 
 /// `GET /jobs/{id}`: the job with its queue position, progress and `etaSeconds`
 /// (`?include=base64` inlines small outputs).
-pub fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
+pub async fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
     let live = ctx.gateway.scheduler.live_status(job.id, job.queue_key);
     let mut body = reply::job_json(&job, Some(&live));
     body["etaSeconds"] = json!(ctx.gateway.scheduler.eta_seconds(&job, &live));
     match p.query("include") {
         None => {}
-        Some("base64") => download::inline_outputs(&ctx.gateway, &job, &mut body)?,
+        Some("base64") => download::inline_outputs(&ctx.gateway, &job, &mut body).await?,
         Some(_) => return Err(Error::validation("include", "the only value is base64")),
     }
     Ok(reply::json(StatusCode::OK, &body))
@@ -865,10 +865,10 @@ pub fn list_outputs(ctx: &Ctx, p: &Params) -> Result<Resp> {
 }
 
 /// `GET|HEAD /outputs/{id}/{file}`: see [`download`].
-pub fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp> {
+pub async fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
     let query = req.uri().query().unwrap_or("");
-    download::output_file(&ctx.gateway, &job, &p.file, req.headers(), query, req.method() == http::Method::HEAD)
+    download::output_file(&ctx.gateway, &job, &p.file, req.headers(), query, req.method() == http::Method::HEAD).await
 }
 
 /// `GET /metrics`: Prometheus text format 0.0.4.

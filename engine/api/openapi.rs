@@ -223,7 +223,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "responses": with_errors(json!({
                         "200": json_response("Answered from the result cache (cached: true), or finished within ?wait", schema_ref("Job")),
                         "202": json_response("Accepted and queued", schema_ref("JobAccepted"))
-                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)")])
+                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
                 }
             },
             "/jobs/{jobId}/logs": {
@@ -268,7 +268,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "parameters": [{"name": "include", "in": "query", "required": false,
                         "description": "`base64` inlines small outputs", "schema": {"type": "string", "enum": ["base64"]}}],
                     "responses": with_errors(json!({"200": json_response("The job", schema_ref("Job"))}),
-                        &[("400", "Bad query parameter"), ("404", "No such job, or another owner's")])
+                        &[("400", "Bad query parameter"), ("404", "No such job, or another owner's"), ("503", "?include=base64 while the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
                 }
             },
             "/jobs/{jobId}/cancel": {
@@ -375,8 +375,9 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                             "application/json": {"schema": schema_ref("OutputBase64")}
                         }},
                         "206": {"description": "A byte range", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
-                        "304": {"description": "Not modified (If-None-Match)"}
-                    }), &[("400", "Bad query parameter"), ("404", "No such job or output"), ("416", "Range outside the file")])
+                        "304": {"description": "Not modified (If-None-Match)"},
+                        "307": {"description": "With S3 storage and S3_PRESIGN_TTL_SECONDS set: redirect (Location) to a presigned GET URL of the object"}
+                    }), &[("400", "Bad query parameter"), ("404", "No such job or output"), ("416", "Range outside the file"), ("503", "The blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
                 }
             }
         },

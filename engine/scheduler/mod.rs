@@ -567,6 +567,10 @@ impl Scheduler {
         }
         shared.tasks.spawn(dispatch_loop(shared.clone()));
         shared.tasks.spawn(prune::run(shared.clone()));
+        if let Some(objects) = shared.store.objects() {
+            let reaper = crate::storage::reaper::run(shared.store.clone(), objects.clone(), shared.shutdown.clone());
+            shared.tasks.spawn(reaper);
+        }
         Ok(Scheduler { shared })
     }
 

@@ -54,6 +54,12 @@ const TRANSFER_TRIES: u32 = 3;
 /// Pause after a failed try of a transfer, times the tries so far.
 const TRANSFER_BACKOFF: Duration = Duration::from_millis(100);
 /// Pause before the one more look at a success history entry that lists no output.
+/// Tries of a success commit whose outputs the object storage refuses (S3 down), and the
+/// first pause between them (doubling): about 15 s in all, then the job fails
+/// `STORAGE_UNAVAILABLE` (its outputs were never stored, so nothing is lost or dangling).
+const OBJECT_TRIES: u32 = 5;
+const OBJECT_BACKOFF: Duration = Duration::from_secs(1);
+/// Pause before reading a history that listed no output again.
 const HISTORY_REREAD_DELAY: Duration = Duration::from_millis(100);
 
 enum Phase {
@@ -70,6 +76,8 @@ enum UploadError {
     Comfy(ComfyError),
     /// The stored image could not be read.
     Store(String),
+    /// The object storage holding the image failed (S3 down).
+    Objects(String),
 }
 
 /// Why an output could not be downloaded.
@@ -238,6 +246,15 @@ impl Run {
     }
 
     async fn commit_with(&mut self, event: Event, blobs: Vec<NewBlob>) -> bool {
+        self.try_commit_with(event, blobs).await.is_ok()
+    }
+
+    /// `commit_with`, with the store's error (None: the transition was refused).
+    async fn try_commit_with(
+        &mut self,
+        event: Event,
+        blobs: Vec<NewBlob>,
+    ) -> Result<(), Option<crate::store::StoreError>> {
         if let Some(write) = self.progress_write.take() {
             let _ = write.await;
         }
@@ -251,7 +268,7 @@ impl Run {
             Ok(t) => t,
             Err(e) => {
                 tracing::error!(job = %self.id(), error = %e, "refused transition");
-                return false;
+                return Err(None);
             }
         };
         let result = if blobs.is_empty() && next.state != JobState::Succeeded {
@@ -265,11 +282,15 @@ impl Run {
                 self.shared.observe(&self.job, &next);
                 self.shared.feed.committed(&next);
                 self.job = next;
-                true
+                Ok(())
+            }
+            Err(e @ crate::store::StoreError::Objects(_)) => {
+                tracing::warn!(job = %self.id(), error = %e, "the object storage refused the job's blobs; nothing was committed");
+                Err(Some(e))
             }
             Err(e) => {
                 tracing::error!(job = %self.id(), error = %e, "cannot record a job transition; it will be reconciled at the next start");
-                false
+                Err(Some(e))
             }
         }
     }
@@ -336,6 +357,11 @@ impl Run {
                 tracing::error!(job = %id, error = %message, "cannot read an input image");
                 return self.fail(ErrorCode::Internal, "an input image could not be read".to_string(), None).await;
             }
+            Err(UploadError::Objects(message)) => {
+                tracing::warn!(job = %id, error = %message, "cannot read an input image from the object storage");
+                let message = "an input image could not be read: the blob storage is unavailable".to_string();
+                return self.fail(ErrorCode::StorageUnavailable, message, None).await;
+            }
         }
         let result = tokio::select! {
             r = self.backend.client.submit(&prompt, &id, &client_id) => r,
@@ -380,12 +406,24 @@ impl Run {
     async fn upload_inputs(&self) -> Result<(), UploadError> {
         let subfolder = input_subfolder(self.job.id);
         for input in &self.job.inputs {
-            let bytes = match self.shared.store.read_blob(&input.hash) {
-                Ok(Some(bytes)) => bytes,
-                Ok(None) => return Err(UploadError::Store(format!("input {:?}: blob missing", input.name))),
-                Err(e) => return Err(UploadError::Store(format!("input {:?}: {e}", input.name))),
+            // From redb or the bucket (with object storage; a bucket that fails is tried
+            // like a success commit: `OBJECT_TRIES` times, backing off).
+            let mut reads = 0;
+            let bytes = loop {
+                reads += 1;
+                match self.shared.store.blob_bytes(&input.hash).await {
+                    Ok(Some(bytes)) => break bytes,
+                    Ok(None) => return Err(UploadError::Store(format!("input {:?}: blob missing", input.name))),
+                    Err(e @ crate::store::StoreError::Objects(_)) if reads < OBJECT_TRIES => {
+                        tracing::warn!(job = %self.id(), input = %input.name, error = %e, "cannot read an input image from the object storage; trying again");
+                        tokio::time::sleep(OBJECT_BACKOFF * (1 << (reads - 1))).await;
+                    }
+                    Err(e @ crate::store::StoreError::Objects(_)) => {
+                        return Err(UploadError::Objects(format!("input {:?}: {e}", input.name)));
+                    }
+                    Err(e) => return Err(UploadError::Store(format!("input {:?}: {e}", input.name))),
+                }
             };
-            let bytes = bytes::Bytes::from(bytes);
             let mut tries = 0;
             loop {
                 tries += 1;
@@ -760,12 +798,32 @@ impl Run {
             }
         }
         crate::failpoints::crash_point(crate::failpoints::BEFORE_SUCCESS_COMMIT);
-        if self.commit_with(Event::Succeed { outputs }, blobs).await
-            && let Some(submitted) = self.submitted
-        {
-            self.backend.record_run(submitted.elapsed());
+        // With object storage the blobs are uploaded before the commit; a bucket that is
+        // down is waited for a little, in place, then the job fails without outputs.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self.try_commit_with(Event::Succeed { outputs: outputs.clone() }, blobs.clone()).await;
+            match result {
+                Err(Some(crate::store::StoreError::Objects(_))) if tries < OBJECT_TRIES => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(OBJECT_BACKOFF * (1 << (tries - 1))) => {}
+                        _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
+                    }
+                }
+                Err(Some(crate::store::StoreError::Objects(e))) => {
+                    let message = format!("the outputs could not be stored {OBJECT_TRIES} times: {e}");
+                    return self.fail(ErrorCode::StorageUnavailable, message, None).await;
+                }
+                Ok(()) => {
+                    if let Some(submitted) = self.submitted {
+                        self.backend.record_run(submitted.elapsed());
+                    }
+                    return Err(Exit::Finished);
+                }
+                Err(_) => return Err(Exit::Finished),
+            }
         }
-        Err(Exit::Finished)
     }
 
     /// Run the plugin's `output-process` hook (if it has one) over every file: the files to

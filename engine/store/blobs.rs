@@ -2,6 +2,12 @@
 //! `CHUNK_BYTES` chunks (no multi-MB redb values), zstd only for media types that
 //! compress and only when it pays, and reference counts so identical outputs of different
 //! jobs are stored once.
+//!
+//! With object storage (`STORAGE_PROVIDER=s3`) a blob's row is *remote*: its bytes are the
+//! object `<prefix>blobs/<hash>` of the bucket, uploaded before the commit that creates the
+//! row, and it has no chunks. The commit that drops a remote blob's last reference records
+//! it in `blob_deletes` (the reaper deletes the object after it); the commit that creates
+//! a row removes the hash from `blob_deletes` (the upload it follows made the object again).
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -12,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use super::codec;
-use super::tables::{BLOB_CHUNKS, BLOBS, WriteTables, meta_key};
-use crate::domain::{Hash, Job, hash_hex};
+use super::tables::{BLOB_CHUNKS, BLOB_DELETES, BLOBS, WriteTables, meta_key};
+use crate::domain::{Hash, Job, hash_hex, now_ms};
 
 /// Stored bytes per chunk.
 pub(crate) const CHUNK_BYTES: usize = 256 * 1024;
@@ -46,6 +52,8 @@ pub struct BlobMeta {
     pub n_refs: u64,
     /// Size as stored (after compression, if any).
     pub stored_bytes: u64,
+    /// Whether the bytes are an object of the bucket (no chunks in redb).
+    pub remote: bool,
 }
 
 /// The `blobs` table record.
@@ -57,6 +65,8 @@ pub(super) struct BlobRecord {
     compressed: bool,
     n_chunks: u32,
     n_refs: u64,
+    /// The bytes are an object of the bucket (format v2; v1 records are local).
+    remote: bool,
 }
 
 impl From<BlobRecord> for BlobMeta {
@@ -68,6 +78,7 @@ impl From<BlobRecord> for BlobMeta {
             n_chunks: r.n_chunks,
             n_refs: r.n_refs,
             stored_bytes: r.stored_bytes,
+            remote: r.remote,
         }
     }
 }
@@ -79,8 +90,10 @@ pub(crate) struct PreparedBlob {
     media_type: String,
     size_bytes: u64,
     compressed: bool,
-    /// What the chunks hold: the zstd frame or the raw bytes.
+    /// What the chunks hold: the zstd frame or the raw bytes (empty when remote).
     stored: Bytes,
+    /// The bytes are an object of the bucket, already uploaded.
+    remote: bool,
 }
 
 /// A blob handed to the writer: prepared off-thread, or left raw because it was already
@@ -153,6 +166,7 @@ pub(crate) fn prepare(blob: NewBlob) -> Result<PreparedBlob, StoreError> {
         size_bytes: size as u64,
         compressed: false,
         stored: blob.bytes,
+        remote: false,
     };
     if size > 0 && compressible(&prepared.media_type) {
         // A compression failure just means storing the raw bytes.
@@ -164,6 +178,27 @@ pub(crate) fn prepare(blob: NewBlob) -> Result<PreparedBlob, StoreError> {
         }
     }
     Ok(prepared)
+}
+
+/// Verify a blob's hash (before its upload); `Invalid` if the bytes do not match.
+pub(crate) fn verify_hash(blob: &NewBlob) -> Result<(), StoreError> {
+    let actual = blake3::hash(&blob.bytes);
+    if actual.as_bytes() != &blob.hash {
+        return Err(StoreError::Invalid(format!("blob {}: bytes hash to {}", hash_hex(&blob.hash), actual.to_hex())));
+    }
+    Ok(())
+}
+
+/// A blob whose bytes were uploaded to the bucket (hash verified before the upload).
+pub(crate) fn remote(blob: &NewBlob) -> PreparedBlob {
+    PreparedBlob {
+        hash: blob.hash,
+        media_type: blob.media_type.clone(),
+        size_bytes: blob.bytes.len() as u64,
+        compressed: false,
+        stored: Bytes::new(),
+        remote: true,
+    }
 }
 
 /// A checked change of blob references.
@@ -274,12 +309,16 @@ pub(crate) fn apply_refs(t: &mut WriteTables<'_>, plan: &RefPlan) -> Result<(), 
                 }
                 let rec = BlobRecord {
                     size_bytes: p.size_bytes,
-                    stored_bytes: p.stored.len() as u64,
+                    stored_bytes: if p.remote { p.size_bytes } else { p.stored.len() as u64 },
                     media_type: p.media_type.clone(),
                     compressed: p.compressed,
                     n_chunks,
                     n_refs: *n,
+                    remote: p.remote,
                 };
+                // The row is back: an object deletion still pending for this hash is void
+                // (this commit's upload, under the hash's lock, made the object again).
+                t.blob_deletes.remove(hash)?;
                 put_record(t, hash, &rec)?;
                 t.meta_add(meta_key::BLOBS_COUNT, 1)?;
                 t.meta_add(meta_key::BLOBS_BYTES, signed(rec.size_bytes))?;
@@ -306,6 +345,11 @@ pub(crate) fn apply_refs(t: &mut WriteTables<'_>, plan: &RefPlan) -> Result<(), 
                     t.blob_chunks.remove((*hash, i))?;
                 }
                 t.blobs.remove(hash)?;
+                if rec.remote {
+                    // Deleted by the reaper once this commit returned (never before).
+                    t.blob_deletes.insert(hash, now_ms())?;
+                    t.deletes_changed = true;
+                }
                 t.meta_add(meta_key::BLOBS_COUNT, -1)?;
                 t.meta_add(meta_key::BLOBS_BYTES, -signed(rec.size_bytes))?;
                 t.meta_add(meta_key::BLOBS_STORED_BYTES, -signed(rec.stored_bytes))?;
@@ -324,7 +368,8 @@ fn add_refs(hash: &Hash, refs: u64, n: u64) -> Result<u64, StoreError> {
 }
 
 fn put_record(t: &mut WriteTables<'_>, hash: &Hash, rec: &BlobRecord) -> Result<(), StoreError> {
-    let bytes = codec::encode("blobs", &hash_hex(hash), rec)?;
+    assert!(!rec.remote || rec.n_chunks == 0, "a remote blob has no chunks");
+    let bytes = codec::encode_at(codec::BLOBS_VERSION, "blobs", &hash_hex(hash), rec)?;
     t.blobs.insert(hash, bytes.as_slice())?;
     Ok(())
 }
@@ -341,8 +386,8 @@ fn load_record(
 
 /// Decode a `blobs` record and check its chunk count against its size.
 pub(super) fn decode_record(hash: &Hash, bytes: &[u8]) -> Result<BlobRecord, StoreError> {
-    let rec: BlobRecord = codec::decode("blobs", &hash_hex(hash), bytes)?;
-    let n_chunks_expected = rec.stored_bytes.div_ceil(CHUNK_BYTES as u64);
+    let rec: BlobRecord = codec::decode_upgraded(codec::BLOBS_VERSION, "blobs", &hash_hex(hash), bytes)?;
+    let n_chunks_expected = if rec.remote { 0 } else { rec.stored_bytes.div_ceil(CHUNK_BYTES as u64) };
     if u64::from(rec.n_chunks) != n_chunks_expected {
         return Err(corrupt(hash, format!("{} chunks for {} stored bytes", rec.n_chunks, rec.stored_bytes)));
     }
@@ -361,6 +406,9 @@ pub(crate) fn read(txn: &ReadTransaction, hash: &Hash) -> Result<Option<Vec<u8>>
     let Some(rec) = load_record(&blobs, hash)? else {
         return Ok(None);
     };
+    if rec.remote {
+        return Err(StoreError::Invalid(format!("blob {} is stored in the bucket, not in redb", hash_hex(hash))));
+    }
     let chunks = txn.open_table(BLOB_CHUNKS)?;
     // Sizes come from disk: reserve only what `load_record` checked against the chunk
     // count, and never more than a bounded amount up front.
@@ -396,6 +444,64 @@ pub(crate) fn read(txn: &ReadTransaction, hash: &Hash) -> Result<Option<Vec<u8>>
         return Err(corrupt(hash, "content does not match its hash"));
     }
     Ok(Some(bytes))
+}
+
+/// The hashes of every remote blob.
+pub(crate) fn remote_hashes(txn: &ReadTransaction) -> Result<Vec<Hash>, StoreError> {
+    let table = txn.open_table(BLOBS)?;
+    let mut out = Vec::new();
+    for entry in table.range::<[u8; 32]>(..)? {
+        let (k, v) = entry?;
+        let hash = k.value();
+        if decode_record(&hash, v.value())?.remote {
+            out.push(hash);
+        }
+    }
+    Ok(out)
+}
+
+/// Up to `limit` hashes whose object waits for deletion, with when their row went.
+pub(crate) fn pending_deletes(txn: &ReadTransaction, limit: usize) -> Result<Vec<(Hash, u64)>, StoreError> {
+    let table = txn.open_table(BLOB_DELETES)?;
+    let mut out = Vec::new();
+    for entry in table.range::<[u8; 32]>(..)?.take(limit) {
+        let (k, v) = entry?;
+        out.push((k.value(), v.value()));
+    }
+    Ok(out)
+}
+
+/// Whether the object of `hash` may be deleted now: its deletion is pending and no row
+/// names the hash.
+pub(crate) fn delete_due(txn: &ReadTransaction, hash: &Hash) -> Result<bool, StoreError> {
+    let pending = txn.open_table(BLOB_DELETES)?.get(hash)?.is_some();
+    let row = txn.open_table(BLOBS)?.get(hash)?.is_some();
+    if pending && row {
+        return Err(corrupt(hash, "both stored and waiting for deletion"));
+    }
+    Ok(pending)
+}
+
+/// Clear the pending deletion of an object the reaper deleted.
+pub(crate) struct FinishDelete {
+    pub hash: Hash,
+}
+
+impl super::writer::WriteOp for FinishDelete {
+    type Out = ();
+    type Plan = ();
+
+    fn check(&self, t: &WriteTables<'_>) -> Result<(), StoreError> {
+        if t.blob_deletes.get(&self.hash)?.is_none() {
+            return Err(StoreError::Unchanged);
+        }
+        Ok(())
+    }
+
+    fn write(&self, (): (), t: &mut WriteTables<'_>) -> Result<(), StoreError> {
+        t.blob_deletes.remove(&self.hash)?;
+        Ok(())
+    }
 }
 
 fn corrupt(hash: &Hash, reason: impl Into<String>) -> StoreError {

@@ -12,7 +12,8 @@
 //!   v5 `cache_key`).
 //! - `workflows`, `workflow_versions`: [`WORKFLOWS_VERSION`] = 3 (v2 appended
 //!   `keep_previews`, v3 `plugin`).
-//! - every other table (`job_events`, `blobs`, `audit`, ...): [`FORMAT_VERSION`] = 1.
+//! - `blobs`: [`BLOBS_VERSION`] = 2 (v2 appended `remote`).
+//! - every other table (`job_events`, `audit`, ...): [`FORMAT_VERSION`] = 1.
 
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -23,6 +24,9 @@ pub(crate) const FORMAT_VERSION: u8 = 1;
 
 /// The format version of `jobs` records (see the module doc).
 pub(crate) const JOBS_VERSION: u8 = 5;
+
+/// The format version of `blobs` records (see the module doc).
+pub(crate) const BLOBS_VERSION: u8 = 2;
 
 /// The format version of `workflows` and `workflow_versions` records.
 pub(crate) const WORKFLOWS_VERSION: u8 = 3;

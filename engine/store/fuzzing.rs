@@ -89,7 +89,7 @@ pub fn decode(kind: Record, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
         }
         Record::Blob => {
             let rec = blobs::decode_record(&[0; 32], bytes)?;
-            codec::encode("blobs", key, &rec)
+            codec::encode_at(codec::BLOBS_VERSION, "blobs", key, &rec)
         }
         Record::Cache => {
             let entry: CacheEntry = codec::decode("cache", key, bytes)?;
@@ -274,6 +274,11 @@ pub fn samples() -> Vec<(Record, Vec<u8>)> {
         correlation_id: "c0ffee".to_string(),
     };
     out.push((Record::Audit, enc(codec::encode("audit", key, &audit))));
+    // Blob records at v2 (appended `remote`): kept in redb, and in the bucket (no chunks).
+    let local = (900_000u64, 600_000u64, "image/png", true, 3u32, 2u64, false);
+    out.push((Record::Blob, enc(codec::encode_at(codec::BLOBS_VERSION, "blobs", key, &local))));
+    let remote = (900_000u64, 900_000u64, "image/png", false, 0u32, 1u64, true);
+    out.push((Record::Blob, enc(codec::encode_at(codec::BLOBS_VERSION, "blobs", key, &remote))));
     out
 }
 
@@ -294,6 +299,7 @@ mod tests {
             let latest = match kind {
                 Record::Job => JOBS_VERSION,
                 Record::Workflow => WORKFLOWS_VERSION,
+                Record::Blob => codec::BLOBS_VERSION,
                 _ => FORMAT_VERSION,
             };
             if bytes[0] == latest {

@@ -11,7 +11,8 @@ use uuid::Uuid;
 use super::blobs;
 use super::codec;
 use super::tables::{
-    BLOB_CHUNKS, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, META, WORKFLOW_VERSIONS, meta_key, state_count_key,
+    BLOB_CHUNKS, BLOB_DELETES, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, META, WORKFLOW_VERSIONS, meta_key,
+    state_count_key,
 };
 use super::{StoreError, workflows};
 use crate::domain::{Hash, Job, JobEvent, JobState, hash_hex};
@@ -138,6 +139,15 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     }
     if let Some(hash) = refs.keys().next() {
         return Err(corrupt("blobs", hash_hex(hash), "named by an output or input but not stored"));
+    }
+    // Objects waiting for deletion: none is the hash of a stored blob (the commit that
+    // re-creates a row clears its entry).
+    let deletes = txn.open_table(BLOB_DELETES)?;
+    for entry in deletes.range::<[u8; 32]>(..)? {
+        let hash = entry?.0.value();
+        if blob_table.get(hash)?.is_some() {
+            return Err(corrupt("blob_deletes", hash_hex(&hash), "pending deletion of a stored blob"));
+        }
     }
     let n_chunk_entries = chunks.len()?;
     if n_chunk_entries != n_chunks_total {

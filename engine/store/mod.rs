@@ -17,7 +17,10 @@
 //! - `queue_key.seq` is assigned by the store, unique, and never changes;
 //! - `meta` per-state counts equal the number of jobs in each state;
 //! - a blob's `n_refs` is the number of `OutputRef`s and `InputRef`s of all jobs naming
-//!   it; a blob whose last reference goes away is deleted with its chunks.
+//!   it; a blob whose last reference goes away is deleted with its chunks;
+//! - with object storage (`Store::open_with`), a new blob's object is uploaded before the
+//!   commit that creates its row, under the hash's lock (see `storage`), and a remote
+//!   blob's row is never in `blob_deletes` (the reaper's to-do list).
 
 mod audit;
 mod backends;
@@ -39,6 +42,8 @@ mod writer;
 mod tests;
 #[cfg(test)]
 pub(crate) mod tests_faults;
+#[cfg(test)]
+mod tests_objects;
 #[cfg(test)]
 mod tests_outbox;
 
@@ -106,6 +111,10 @@ pub enum StoreError {
     /// `insert_job_claiming` named an idempotency key that holds a live record.
     #[error("idempotency key already used for job {}", .0.job_id)]
     IdempotencyTaken(Box<crate::domain::IdempotencyRecord>),
+    /// The object storage (S3 bucket) failed: an upload before a commit, or a read of a
+    /// remote blob. Nothing was committed.
+    #[error("{0}")]
+    Objects(#[from] crate::storage::StorageError),
     /// A write transaction failed to begin or commit (a storage I/O error): redb refuses
     /// every later transaction of this process, and the outcome of the failed commit is
     /// unknown, so the store stops (every call fails at once) until a restart recovers it.
@@ -138,7 +147,16 @@ from_redb!(
 
 impl From<StoreError> for crate::error::Error {
     fn from(e: StoreError) -> Self {
-        crate::error::Error::internal(e)
+        match e {
+            StoreError::Objects(e) => {
+                tracing::error!(error = %e, "object storage failed");
+                crate::error::Error::new(
+                    crate::error::ErrorCode::StorageUnavailable,
+                    "the blob storage is unavailable; try again later",
+                )
+            }
+            e => crate::error::Error::internal(e),
+        }
     }
 }
 
@@ -184,6 +202,8 @@ pub struct StoreStats {
     pub n_cache_entries: u64,
     /// Webhook deliveries waiting for an attempt.
     pub n_deliveries_pending: u64,
+    /// Objects of remote blobs waiting for deletion (`blob_deletes`).
+    pub n_object_deletes_pending: u64,
 }
 
 /// A cheap, cloneable handle on the store (an `Arc` inside).
@@ -205,6 +225,10 @@ struct Inner {
     outbox: Arc<Notify>,
     /// Set once by the writer when a write transaction failed (see `StoreError::Failed`).
     failure: Arc<OnceLock<String>>,
+    /// Notified after each commit that recorded an object to delete.
+    deletes: Arc<Notify>,
+    /// The bucket holding new blobs' bytes (None: they go into redb).
+    objects: Option<crate::storage::Objects>,
 }
 
 impl Drop for Inner {
@@ -233,39 +257,47 @@ impl Store {
     /// Open or create the database file (creating parent dirs), create all tables, start
     /// the writer. A new file is created crash-safely (see `create_new`).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, None)
+    }
+
+    /// [`Store::open`], keeping the bytes of new blobs in `objects` (an S3 bucket) when
+    /// given: each is uploaded before the commit that references it.
+    pub fn open_with(path: &Path, objects: Option<crate::storage::Objects>) -> Result<Store, StoreError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent)?;
         }
         if !path.try_exists()? {
             create_new(path)?;
         }
-        Store::start(redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)?)
+        Store::start(redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)?, objects)
     }
 
     /// Open a store on a custom redb backend (tests: fault injection).
     #[cfg(test)]
     pub(crate) fn open_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
-        Store::start(redb::Builder::new().create_with_backend(backend)?)
+        Store::start(redb::Builder::new().create_with_backend(backend)?, None)
     }
 
-    fn start(db: Database) -> Result<Store, StoreError> {
+    fn start(db: Database, objects: Option<crate::storage::Objects>) -> Result<Store, StoreError> {
         let db = Arc::new(db);
         writer::init_schema(&db)?;
         let commits = Arc::new(AtomicU64::new(0));
         let outbox = Arc::new(Notify::new());
         let failure = Arc::new(OnceLock::new());
+        let deletes = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel(WRITE_QUEUE_MAX);
         let handle = {
             let db = db.clone();
             let commits = commits.clone();
             let outbox = outbox.clone();
             let failure = failure.clone();
-            std::thread::Builder::new()
-                .name("store-writer".to_string())
-                .spawn(move || writer::run(&db, rx, &commits, &outbox, &failure))?
+            let deletes = deletes.clone();
+            std::thread::Builder::new().name("store-writer".to_string()).spawn(move || {
+                writer::run(&db, rx, &commits, writer::Wake { outbox: &outbox, deletes: &deletes }, &failure)
+            })?
         };
         let writer = Mutex::new(Some(handle));
-        Ok(Store { inner: Arc::new(Inner { db, tx: Some(tx), writer, commits, outbox, failure }) })
+        Ok(Store { inner: Arc::new(Inner { db, tx: Some(tx), writer, commits, outbox, failure, deletes, objects }) })
     }
 
     /// Stop the writer after draining pending writes (idempotent). Writes after this fail
@@ -295,6 +327,17 @@ impl Store {
     /// redelivery); a commit before the call counts once (`Notify` keeps one permit).
     pub async fn outbox_changed(&self) {
         self.inner.outbox.notified().await;
+    }
+
+    /// Wait until a commit records an object to delete (a permit is kept, like
+    /// [`Store::outbox_changed`]).
+    pub async fn deletes_changed(&self) {
+        self.inner.deletes.notified().await;
+    }
+
+    /// The bucket holding blob bytes, with object storage.
+    pub fn objects(&self) -> Option<&crate::storage::Objects> {
+        self.inner.objects.as_ref()
     }
 
     /// How many write transactions the writer has committed since `open` (group commit
@@ -350,7 +393,9 @@ impl Store {
         blobs: Vec<NewBlob>,
         events: Vec<JobEventKind>,
     ) -> Result<Job, StoreError> {
-        let blobs = self.prepare_blobs(blobs).await?;
+        let wanted = blobs::job_refs(&job);
+        // Held until the commit returned: see `storage` (uploads against deletions).
+        let (blobs, _held) = self.prepare_blobs(blobs, &wanted).await?;
         self.submit(jobs::InsertJob { job, blobs, events, claim: None }).await
     }
 
@@ -364,7 +409,8 @@ impl Store {
         events: Vec<JobEventKind>,
         claim: Option<Claim>,
     ) -> Result<Job, StoreError> {
-        let blobs = self.prepare_blobs(blobs).await?;
+        let wanted = blobs::job_refs(&job);
+        let (blobs, _held) = self.prepare_blobs(blobs, &wanted).await?;
         self.submit(jobs::InsertJob { job, blobs, events, claim }).await
     }
 
@@ -390,7 +436,8 @@ impl Store {
         blobs: Vec<NewBlob>,
         events: Vec<JobEventKind>,
     ) -> Result<(), StoreError> {
-        let blobs = self.prepare_blobs(blobs).await?;
+        let wanted = blobs::job_refs(&job);
+        let (blobs, _held) = self.prepare_blobs(blobs, &wanted).await?;
         self.submit(jobs::UpdateJob { job, blobs, events }).await
     }
 
@@ -496,10 +543,56 @@ impl Store {
 
     /// Verify hashes and compress new blobs off the writer thread (and off the async
     /// workers when a runtime is there); blobs already stored are passed through as-is.
-    async fn prepare_blobs(&self, blobs: Vec<NewBlob>) -> Result<Vec<blobs::Payload>, StoreError> {
+    /// With object storage, upload them instead (see [`Store::upload_blobs`]); the locks
+    /// returned must be held until the commit that references them returned.
+    async fn prepare_blobs(
+        &self,
+        blobs: Vec<NewBlob>,
+        wanted: &[blobs::BlobUse],
+    ) -> Result<(Vec<blobs::Payload>, Option<crate::storage::Held>), StoreError> {
         if blobs.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         }
+        if let Some(objects) = &self.inner.objects {
+            let (payloads, held) = self.upload_blobs(objects, blobs, wanted).await?;
+            return Ok((payloads, Some(held)));
+        }
+        Ok((self.prepare_local(blobs).await?, None))
+    }
+
+    /// Lock the stripes of the blobs a job names, then PUT each whose row is absent (or
+    /// local): the object exists before any commit can name it, and no reaper can delete
+    /// it until the locks go. Blobs no output or input names are left out (never stored).
+    async fn upload_blobs(
+        &self,
+        objects: &crate::storage::Objects,
+        blobs: Vec<NewBlob>,
+        wanted: &[blobs::BlobUse],
+    ) -> Result<(Vec<blobs::Payload>, crate::storage::Held), StoreError> {
+        let mut todo: Vec<NewBlob> = Vec::with_capacity(blobs.len());
+        for blob in blobs {
+            if wanted.iter().any(|w| w.hash == blob.hash) && !todo.iter().any(|b| b.hash == blob.hash) {
+                todo.push(blob);
+            }
+        }
+        let held = objects.locks().lock(todo.iter().map(|b| b.hash)).await;
+        let mut out = Vec::with_capacity(todo.len());
+        for blob in todo {
+            let stored_remote = self.blob_meta(&blob.hash)?.is_some_and(|m| m.remote);
+            if !stored_remote {
+                let check = blob.clone();
+                tokio::task::spawn_blocking(move || blobs::verify_hash(&check))
+                    .await
+                    .map_err(|e| StoreError::Invalid(format!("blob check failed: {e}")))??;
+                objects.put(&blob.hash, blob.bytes.clone()).await?;
+                crate::failpoints::crash_point(crate::failpoints::OBJECT_UPLOADED);
+            }
+            out.push(blobs::Payload::Prepared(blobs::remote(&blob)));
+        }
+        Ok((out, held))
+    }
+
+    async fn prepare_local(&self, blobs: Vec<NewBlob>) -> Result<Vec<blobs::Payload>, StoreError> {
         let store = self.clone();
         let work = move || -> Result<Vec<blobs::Payload>, StoreError> {
             let txn = store.read_txn()?;
@@ -649,9 +742,55 @@ impl Store {
     }
 
     /// A blob's bytes, decompressed and verified against the hash (`Corrupt` if not).
+    /// `Invalid` for a remote blob (see [`Store::blob_bytes`]).
     pub fn read_blob(&self, hash: &Hash) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.read_txn()?;
         blobs::read(&txn, hash)
+    }
+
+    /// A blob's bytes wherever they are (redb chunks or the bucket), verified against the
+    /// hash. `Objects` if the bucket fails; also when the blob is remote and this store was
+    /// opened without the bucket.
+    pub async fn blob_bytes(&self, hash: &Hash) -> Result<Option<bytes::Bytes>, StoreError> {
+        let Some(meta) = self.blob_meta(hash)? else { return Ok(None) };
+        if !meta.remote {
+            return Ok(self.read_blob(hash)?.map(bytes::Bytes::from));
+        }
+        let objects = self.inner.objects.as_ref().ok_or_else(|| {
+            crate::storage::StorageError::Failed(format!(
+                "blob {} is in object storage, but STORAGE_PROVIDER is not s3",
+                crate::domain::hash_hex(hash)
+            ))
+        })?;
+        Ok(Some(objects.get(hash).await?))
+    }
+
+    /// Every blob whose bytes are in the bucket (for `check`; O(blobs)).
+    pub fn remote_blobs(&self) -> Result<Vec<Hash>, StoreError> {
+        let txn = self.read_txn()?;
+        blobs::remote_hashes(&txn)
+    }
+
+    /// Up to `limit` remote blobs whose object waits for deletion (hash, when the row went).
+    pub fn pending_deletes(&self, limit: usize) -> Result<Vec<(Hash, u64)>, StoreError> {
+        let txn = self.read_txn()?;
+        blobs::pending_deletes(&txn, limit)
+    }
+
+    /// Whether the object of `hash` may be deleted now (its deletion is pending: no row).
+    /// Meaningful only under the hash's lock (see `storage`).
+    pub fn delete_due(&self, hash: &Hash) -> Result<bool, StoreError> {
+        let txn = self.read_txn()?;
+        blobs::delete_due(&txn, hash)
+    }
+
+    /// Clear the pending deletion of `hash` after its object was deleted (a no-op, without
+    /// a commit, if nothing is pending).
+    pub async fn finish_delete(&self, hash: Hash) -> Result<(), StoreError> {
+        match self.submit(blobs::FinishDelete { hash }).await {
+            Err(StoreError::Unchanged) | Ok(()) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// Scan everything and check every cross-table invariant (indexes against states,
@@ -679,6 +818,10 @@ impl Store {
             blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
             n_cache_entries: get(tables::meta_key::CACHE_ENTRIES)?,
             n_deliveries_pending: get(tables::meta_key::DELIVERIES_PENDING)?,
+            n_object_deletes_pending: {
+                use redb::ReadableTableMetadata;
+                txn.open_table(tables::BLOB_DELETES)?.len()?
+            },
         })
     }
 }

@@ -11,7 +11,10 @@
 //! - `workflows`: id -> the current `WorkflowRecord` (absent once deleted).
 //! - `workflow_versions`: `(id, version)` -> every `WorkflowRecord` ever stored, kept forever.
 //! - `blobs`: BLAKE3 hash -> `BlobRecord` (size, media type, compression, chunk count, refs).
-//! - `blob_chunks`: `(hash, index)` -> at most `CHUNK_BYTES` of the stored (maybe zstd) bytes.
+//! - `blob_chunks`: `(hash, index)` -> at most `CHUNK_BYTES` of the stored (maybe zstd) bytes
+//!   (none for a blob whose bytes are an object of the S3 bucket: `BlobRecord::remote`).
+//! - `blob_deletes`: hash -> when its last reference went (ms): remote blobs whose object
+//!   is to be deleted by the reaper; never the hash of a row of `blobs`.
 //! - `audit`: seq (from `meta["audit_seq"]`, from 1) -> `AuditEntry`; append-only.
 //! - `deliveries`: seq (from `meta["delivery_seq"]`, from 1) -> `Delivery` (the webhook outbox).
 //! - `deliveries_due`: `(next_attempt_ms, seq)` -> `()`; holds exactly the `Pending` deliveries.
@@ -49,6 +52,8 @@ pub(crate) const WORKFLOW_VERSIONS: TableDefinition<(&str, u32), &[u8]> = TableD
 pub(crate) const BLOBS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("blobs");
 /// Blob contents, chunked.
 pub(crate) const BLOB_CHUNKS: TableDefinition<([u8; 32], u32), &[u8]> = TableDefinition::new("blob_chunks");
+/// Remote blobs whose object waits for deletion, with the time their row went.
+pub(crate) const BLOB_DELETES: TableDefinition<[u8; 32], u64> = TableDefinition::new("blob_deletes");
 
 /// The audit log by sequence number.
 pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
@@ -129,6 +134,7 @@ pub(crate) struct WriteTables<'txn> {
     pub workflow_versions: Table<'txn, (&'static str, u32), &'static [u8]>,
     pub blobs: Table<'txn, [u8; 32], &'static [u8]>,
     pub blob_chunks: Table<'txn, ([u8; 32], u32), &'static [u8]>,
+    pub blob_deletes: Table<'txn, [u8; 32], u64>,
     pub audit: Table<'txn, u64, &'static [u8]>,
     pub deliveries: Table<'txn, u64, &'static [u8]>,
     pub deliveries_due: Table<'txn, (u64, u64), ()>,
@@ -144,6 +150,9 @@ pub(crate) struct WriteTables<'txn> {
     /// Set by a write that made a delivery pending: the writer wakes the webhook worker
     /// after the commit.
     pub outbox_changed: bool,
+    /// Set by a write that recorded an object to delete: the writer wakes the reaper
+    /// after the commit.
+    pub deletes_changed: bool,
 }
 
 impl<'txn> WriteTables<'txn> {
@@ -160,6 +169,7 @@ impl<'txn> WriteTables<'txn> {
             workflow_versions: txn.open_table(WORKFLOW_VERSIONS)?,
             blobs: txn.open_table(BLOBS)?,
             blob_chunks: txn.open_table(BLOB_CHUNKS)?,
+            blob_deletes: txn.open_table(BLOB_DELETES)?,
             audit: txn.open_table(AUDIT)?,
             deliveries: txn.open_table(DELIVERIES)?,
             deliveries_due: txn.open_table(DELIVERIES_DUE)?,
@@ -173,6 +183,7 @@ impl<'txn> WriteTables<'txn> {
             plugin_artifacts: txn.open_table(PLUGIN_ARTIFACTS)?,
             backend_drains: txn.open_table(BACKEND_DRAINS)?,
             outbox_changed: false,
+            deletes_changed: false,
         })
     }
 

@@ -145,12 +145,21 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
     Ok(txn)
 }
 
+/// Who the writer wakes after a commit.
+#[derive(Clone, Copy)]
+pub(crate) struct Wake<'a> {
+    /// The webhook worker, after a commit that made a delivery pending.
+    pub outbox: &'a Notify,
+    /// The object reaper, after a commit that recorded an object to delete.
+    pub deletes: &'a Notify,
+}
+
 /// The writer loop; returns when the channel is closed and drained.
 pub(crate) fn run(
     db: &Database,
     mut rx: mpsc::Receiver<Msg>,
     commits: &AtomicU64,
-    outbox: &Notify,
+    wake: Wake<'_>,
     failure: &OnceLock<String>,
 ) {
     let mut closers = Vec::new();
@@ -179,7 +188,7 @@ pub(crate) fn run(
                 p.answer(Some(StoreError::Failed(reason.clone())));
             }
         } else if !batch.is_empty() {
-            commit_batch(db, batch, commits, outbox, failure);
+            commit_batch(db, batch, commits, wake, failure);
         }
     }
     for ack in closers {
@@ -192,7 +201,7 @@ fn commit_batch(
     db: &Database,
     mut batch: Vec<Box<dyn Pending>>,
     commits: &AtomicU64,
-    outbox: &Notify,
+    wake: Wake<'_>,
     failure: &OnceLock<String>,
 ) {
     while !batch.is_empty() {
@@ -205,7 +214,7 @@ fn commit_batch(
         };
         let mut rejected: Vec<Option<StoreError>> = Vec::with_capacity(batch.len());
         let mut poisoned = None;
-        let outbox_changed;
+        let (outbox_changed, deletes_changed);
         {
             let mut t = match WriteTables::open(&txn) {
                 Ok(t) => t,
@@ -222,6 +231,7 @@ fn commit_batch(
                 }
             }
             outbox_changed = t.outbox_changed;
+            deletes_changed = t.deletes_changed;
         }
         if let Some((i, e)) = poisoned {
             tracing::error!(error = %e, "store write failed; replaying its batch without it");
@@ -255,7 +265,10 @@ fn commit_batch(
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
                 if outbox_changed {
-                    outbox.notify_one();
+                    wake.outbox.notify_one();
+                }
+                if deletes_changed {
+                    wake.deletes.notify_one();
                 }
                 for (p, error) in batch.into_iter().zip(rejected) {
                     p.answer(error);
@@ -336,7 +349,8 @@ mod tests {
             batch.push(pending(Put { key, fail, reject }, tx));
             replies.push(rx);
         }
-        commit_batch(&db, batch, &commits, &Notify::new(), &OnceLock::new());
+        let (outbox, deletes) = (Notify::new(), Notify::new());
+        commit_batch(&db, batch, &commits, Wake { outbox: &outbox, deletes: &deletes }, &OnceLock::new());
         let results: Vec<_> = replies.into_iter().map(|mut rx| rx.try_recv().unwrap()).collect();
         assert!(matches!(results[0], Ok(1)));
         assert!(matches!(results[1], Err(StoreError::Corrupt { .. })));

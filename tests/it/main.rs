@@ -36,6 +36,10 @@
 //!   parameter cap, path traversal.
 //! - `metrics`: `GET /metrics` checked by promtool and by value; JSON logs with
 //!   correlation and job ids.
+//! - `s3`: `STORAGE_PROVIDER=s3` against a real S3 server (s3s-fs): objects by hash,
+//!   downloads every way, dedupe and cache sharing, deletion with the last job only,
+//!   uploads racing deletions, presigned redirects, restart, a crash between upload and
+//!   commit, a bucket down at start, during downloads and at a job's success.
 //! - `sim_protocol`: the simulator replays captured ComfyUI scenarios, field by field.
 //! - `tidy`: architecture invariants checked on the source.
 //! - `webhooks`: signed deliveries checked by Rust and by the PyPI `standardwebhooks`
@@ -63,6 +67,7 @@ mod plugins;
 mod privacy;
 mod recovery;
 mod results;
+mod s3;
 mod sim_protocol;
 mod tidy;
 mod webhooks;

@@ -30,9 +30,15 @@ pub struct Proc {
 
 impl Proc {
     fn spawn(name: &str, args: &[String], envs: &[(String, String)], log: PathBuf) -> Proc {
+        Proc::spawn_program(Path::new(BIN), name, args, envs, log)
+    }
+
+    /// Run `program` (not necessarily the binary under test) with the developer's
+    /// gateway configuration removed from its environment, output into `log`.
+    pub fn spawn_program(program: &Path, name: &str, args: &[String], envs: &[(String, String)], log: PathBuf) -> Proc {
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(program);
         cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         // Tests must not inherit the developer's configuration.
         for var in [
@@ -48,6 +54,14 @@ impl Proc {
             "JWT_SECRET",
             "JWT_PUBLIC_KEY",
             "METRICS_PUBLIC",
+            "STORAGE_PROVIDER",
+            "S3_ENDPOINT",
+            "S3_BUCKET",
+            "S3_ACCESS_KEY",
+            "S3_SECRET_KEY",
+            "S3_REGION",
+            "S3_PREFIX",
+            "S3_PRESIGN_TTL_SECONDS",
         ] {
             cmd.env_remove(var);
         }
