@@ -6,7 +6,9 @@
 //! running jobs get a runner that first reconciles with the backend (see [`runner`]).
 //!
 //! One dispatch loop pops the best queued job whenever a healthy backend has room and
-//! spawns its runner; handlers only commit and notify. Every task is spawned through one
+//! spawns its runner; handlers only commit and notify, except that a new job finding the
+//! queue empty and a backend free is committed already dispatched and its runner spawned
+//! at once ([`Scheduler::submit`]). Every task is spawned through one
 //! [`TaskTracker`] and stops on one [`CancellationToken`].
 
 pub mod backends;
@@ -614,7 +616,8 @@ impl Scheduler {
                 }
             };
             // Inside the request's span: this line joins the correlation id to the job id.
-            tracing::info!(job = %stored.id, workflow = %stored.workflow_id, priority = stored.priority, "job queued and dispatched");
+            let (workflow, priority) = (&stored.workflow_id, stored.priority);
+            tracing::info!(job = %stored.id, workflow = %workflow, priority, dispatched = true, "job queued");
             self.shared.observe(&Job { queue_key: stored.queue_key, ..queued }, &stored);
             self.shared.feed.publish(stored.id);
             let span = tracing::info_span!("job", job = %stored.id);
