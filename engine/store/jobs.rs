@@ -364,21 +364,20 @@ pub(crate) fn queued_heads(txn: &ReadTransaction) -> Result<Vec<QueuedHead>, Sto
         if head.id != id {
             return Err(corrupt("jobs", id, format!("record is for job {}", head.id)));
         }
-        if head.state != JobState::Queued || head.queue_key != key {
-            return Err(corrupt(
-                "jobs",
-                id,
-                format!(
-                    "in the queue at {} but record is {} at {}",
-                    QueueKeyDisplay(key),
-                    head.state.as_str(),
-                    QueueKeyDisplay(head.queue_key)
-                ),
-            ));
-        }
+        check_queued(key, id, head.state, head.queue_key)?;
         out.push(QueuedHead { id, workflow_id: head.workflow_id, priority: head.priority, queue_key: key });
     }
     Ok(out)
+}
+
+/// A record listed in the queue at `key` must be a queued job at `key`.
+fn check_queued(key: QueueKey, id: JobId, state: JobState, at: QueueKey) -> Result<(), StoreError> {
+    if state == JobState::Queued && at == key {
+        return Ok(());
+    }
+    let reason =
+        format!("in the queue at {} but record is {} at {}", QueueKeyDisplay(key), state.as_str(), QueueKeyDisplay(at));
+    Err(corrupt("jobs", id, reason))
 }
 
 /// The head of a job record (any format version), with its state.
@@ -409,18 +408,7 @@ pub(crate) fn queued_jobs(txn: &ReadTransaction) -> Result<Vec<Job>, StoreError>
     for (key, id) in queued_ids(txn)? {
         let job = load_job(&jobs, id.as_u128())?
             .ok_or_else(|| corrupt("queue", QueueKeyDisplay(key), format!("names missing job {id}")))?;
-        if job.state != JobState::Queued || job.queue_key != key {
-            return Err(corrupt(
-                "jobs",
-                id,
-                format!(
-                    "in the queue at {} but record is {} at {}",
-                    QueueKeyDisplay(key),
-                    job.state.as_str(),
-                    QueueKeyDisplay(job.queue_key)
-                ),
-            ));
-        }
+        check_queued(key, id, job.state, job.queue_key)?;
         out.push(job);
     }
     Ok(out)

@@ -50,7 +50,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde_json::{Value, json};
 
 use crate::support::{self, Gateway, Sim};
@@ -200,19 +199,6 @@ fn icon(seed: u64) -> Value {
     json!({"workflowId": "icon_512", "inputs": {"prompt": "fault matrix", "seed": seed}})
 }
 
-fn invert(seed: u8) -> Value {
-    let pixels: Vec<u8> = (0..8 * 8 * 3).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
-    let mut png_bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut png_bytes, 8, 8);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        encoder.write_header().unwrap().write_image_data(&pixels).unwrap();
-    }
-    let uri = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&png_bytes));
-    json!({"workflowId": "invert", "inputs": {"image": uri}})
-}
-
 async fn wait_until_executing(rig: &Rig, id: &str) {
     let start = Instant::now();
     while rig.executed(id).await == 0 {
@@ -281,10 +267,10 @@ async fn prompt_answers_500() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_answers_500() {
     let rig = Rig::start(&[]).await;
-    let o = rig.run(json!({"uploadError": 1}), invert(1)).await;
+    let o = rig.run(json!({"uploadError": 1}), support::invert_job(1)).await;
     rig.assert_clean_success(&o).await;
 
-    let o = rig.run(json!({"uploadError": 100}), invert(2)).await;
+    let o = rig.run(json!({"uploadError": 100}), support::invert_job(2)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
     assert!(o.message().contains("500"), "{}", o.message());
     assert_eq!(rig.executed(&o.id).await, 0);
@@ -349,10 +335,10 @@ async fn history_answer_hangs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_answer_hangs() {
     let rig = Rig::start(&[]).await;
-    let o = rig.run(json!({"uploadHang": 1}), invert(3)).await;
+    let o = rig.run(json!({"uploadHang": 1}), support::invert_job(3)).await;
     rig.assert_clean_success(&o).await;
 
-    let o = rig.run(json!({"uploadHang": 100}), invert(4)).await;
+    let o = rig.run(json!({"uploadHang": 100}), support::invert_job(4)).await;
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
     assert_eq!(rig.executed(&o.id).await, 0);
 }

@@ -147,19 +147,6 @@ fn no_redirects() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
 }
 
-fn invert_body() -> Value {
-    let pixels: Vec<u8> = (0..8 * 8 * 3).map(|i| (i as u8).wrapping_mul(13)).collect();
-    let mut png_bytes = Vec::new();
-    {
-        let mut encoder = png::Encoder::new(&mut png_bytes, 8, 8);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        encoder.write_header().unwrap().write_image_data(&pixels).unwrap();
-    }
-    let uri = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&png_bytes));
-    json!({"workflowId": "invert", "inputs": {"image": uri}})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_and_inputs_live_in_the_bucket_by_hash_and_download_every_way() {
     let Some(program) = s3s_or_skip("outputs_and_inputs_live_in_the_bucket_by_hash_and_download_every_way") else {
@@ -216,7 +203,7 @@ async fn outputs_and_inputs_live_in_the_bucket_by_hash_and_download_every_way() 
 
     // An image input is an object too, and the runner uploads it to ComfyUI from there.
     register_invert(&gw).await;
-    let inverted = run(&gw, invert_body()).await;
+    let inverted = run(&gw, support::invert_job(0)).await;
     assert_eq!(s3.n_objects(), 3, "the input and the inverted output");
     let inverted_hash = inverted["outputs"][0]["hash"].as_str().unwrap().to_string();
     assert!(s3.object(&inverted_hash).is_file());
@@ -410,7 +397,7 @@ async fn a_bucket_that_is_down_fails_the_start_and_downloads_cleanly() {
     }
     // A submit whose input image cannot be uploaded is refused the same way (nothing stored).
     register_invert(&gw).await;
-    let (status, body) = gw.submit(invert_body()).await;
+    let (status, body) = gw.submit(support::invert_job(0)).await;
     assert_eq!((status, body["error"]["code"].as_str()), (503, Some("STORAGE_UNAVAILABLE")), "{body}");
     assert_eq!(get_json(&format!("{}/health", gw.url())).await.0, 200, "the gateway itself is fine");
 
@@ -434,7 +421,7 @@ async fn a_bucket_that_is_down_fails_the_start_and_downloads_cleanly() {
     // the runner tries again, and the job runs once the bucket is back.
     let mut sim = sim;
     sim.proc_.kill9();
-    let queued = gw.submit_ok(invert_body()).await;
+    let queued = gw.submit_ok(support::invert_job(0)).await;
     s3.stop();
     sim.restart().await;
     let start = Instant::now();
@@ -474,7 +461,7 @@ async fn a_crash_between_upload_and_commit_leaves_at_most_an_orphan_object() {
     // A submit with an image: the input is uploaded, the gateway dies before the commit.
     gw.set_env("FAILPOINTS", Some("store-object-uploaded=return"));
     gw.restart().await;
-    let submit = reqwest::Client::new().post(format!("{}/jobs", gw.url())).json(&invert_body()).send().await;
+    let submit = reqwest::Client::new().post(format!("{}/jobs", gw.url())).json(&support::invert_job(0)).send().await;
     assert!(submit.is_err() || !submit.unwrap().status().is_success(), "never acknowledged");
     gw.wait_exit(BOUND).await;
     assert!(gw.proc_.log().contains("failpoint store-object-uploaded: crashing"), "{}", gw.proc_.log());

@@ -339,6 +339,22 @@ pub async fn register_invert(gw: &Gateway) {
     assert_eq!(status, 201, "{v}");
 }
 
+/// A job of the `invert` workflow ([`register_invert`]) on an 8×8 RGB PNG given as a data
+/// URI, its pixels varied by `seed`.
+pub fn invert_job(seed: u8) -> serde_json::Value {
+    use base64::Engine as _;
+    let pixels: Vec<u8> = (0..8 * 8 * 3).map(|i| (i as u8).wrapping_mul(7) ^ seed).collect();
+    let mut png_bytes = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut png_bytes, 8, 8);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Eight);
+        encoder.write_header().unwrap().write_image_data(&pixels).unwrap();
+    }
+    let uri = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&png_bytes));
+    serde_json::json!({"workflowId": "invert", "inputs": {"image": uri}})
+}
+
 /// The value of `series` (name with its labels, as printed) in a Prometheus text; 0 when
 /// absent.
 pub fn sample(text: &str, series: &str) -> f64 {
