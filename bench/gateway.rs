@@ -428,7 +428,10 @@ async fn main() {
     let part = |n: u32| only.is_empty() || only.contains(&n);
     let dir = tempfile::tempdir().expect("tempdir");
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("comfyui-gateway benchmark: {cores} cores, {} build", if cfg!(debug_assertions) { "debug" } else { "release" });
+    println!(
+        "comfyui-gateway benchmark: {cores} cores, {} build",
+        if cfg!(debug_assertions) { "debug" } else { "release" }
+    );
     let mut table = Table(Vec::new());
     let http = reqwest::Client::builder().tcp_nodelay(true).build().expect("client");
 
@@ -437,9 +440,8 @@ async fn main() {
         let dead = format!("http://127.0.0.1:{}", free_port());
         let gw = Gw::start(&dir.path().join("submits.redb"), &dead, &[]);
         wait_up(&format!("{}/health", gw.url)).await;
-        let body: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(|n| {
-            format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#)
-        });
+        let body: Arc<dyn Fn(u64) -> String + Send + Sync> =
+            Arc::new(|n| format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#));
         // Warm-up: connections, allocator, the first commits.
         load(gw.port, "/jobs", 16, 0.5, 202, body.clone()).await;
         for clients in [1, 16, 128] {
@@ -578,9 +580,8 @@ async fn main() {
         let (idle, _) = gw.proc.rss_mb();
         table.row("RSS idle, MB", format!("{idle:.1}"), "≤ 30 MB", Some(idle <= 30.0));
 
-        let body: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(|n| {
-            format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#)
-        });
+        let body: Arc<dyn Fn(u64) -> String + Send + Sync> =
+            Arc::new(|n| format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#));
         let t = Instant::now();
         let target = queued_target + 100;
         let mut submitted = 0.0;
@@ -592,10 +593,7 @@ async fn main() {
         }
         let running = gw.metric("comfyui_gateway_jobs{state=\"running\"}").await;
         let queued = gw.metric("comfyui_gateway_jobs{state=\"queued\"}").await;
-        println!(
-            "  (filled in {:.1}s: {queued} queued, {running} running)",
-            t.elapsed().as_secs_f64()
-        );
+        println!("  (filled in {:.1}s: {queued} queued, {running} running)", t.elapsed().as_secs_f64());
         let (full, _) = gw.proc.rss_mb();
         table.row(
             format!("RSS with {:.0} queued + {running} running, MB", queued),
@@ -630,7 +628,12 @@ async fn main() {
             Some(all_reconciled <= Duration::from_secs(2)),
         );
         let (after, peak) = gw.proc.rss_mb();
-        table.row("RSS after the restart (peak), MB", format!("{after:.1} ({peak:.1})"), "≤ 150 MB", Some(peak <= 150.0));
+        table.row(
+            "RSS after the restart (peak), MB",
+            format!("{after:.1} ({peak:.1})"),
+            "≤ 150 MB",
+            Some(peak <= 150.0),
+        );
         let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
         println!("  (database file: {:.0} MB)", size as f64 / 1e6);
     }
