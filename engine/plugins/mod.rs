@@ -1,5 +1,5 @@
 //! WebAssembly plugins: the types every build shares (hooks, limits, failures, call
-//! context) and the host, which is the wasmtime runtime ([`runtime`], cargo feature
+//! context) and the host, which is the wasmtime runtime (`runtime.rs`, cargo feature
 //! `wasm-plugins`, on by default) or, without it, a stand-in with the same API whose every
 //! operation fails with [`Failure::unavailable`] (`disabled.rs`).
 //!
