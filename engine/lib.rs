@@ -15,7 +15,8 @@
 //!   the simulator.
 //! - [`privacy`]: privacy mode: prompts and inputs sealed at rest, PNG text stripped.
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
-//! - [`plugins`]: the WebAssembly plugin host (wasmtime): sandboxed, limited hook calls.
+//! - [`plugins`]: the WebAssembly plugin host (wasmtime, cargo feature `wasm-plugins`):
+//!   sandboxed, limited hook calls; without the feature every plugin operation is refused.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends;
 //!   output-process hooks; the background pruner (retention).
 //! - [`webhooks`]: signed webhook deliveries from the durable outbox, retries, SSRF guard.

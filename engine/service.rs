@@ -502,11 +502,14 @@ impl Registry {
     /// A workflow's plugin, ready to call (compiled or loaded precompiled at first use).
     pub async fn plugin(&self, p: &PluginRef) -> Result<crate::plugins::Plugin> {
         self.plugins.load(&self.store, &p.hash).await.map_err(|f| {
-            Error::internal(format!(
-                "stored plugin {} cannot be loaded: {}",
-                crate::domain::hash_hex(&p.hash),
-                f.message
-            ))
+            // A build without the runtime refuses the job (422), it is not a fault.
+            f.unavailable_error().unwrap_or_else(|| {
+                Error::internal(format!(
+                    "stored plugin {} cannot be loaded: {}",
+                    crate::domain::hash_hex(&p.hash),
+                    f.message
+                ))
+            })
         })
     }
 
@@ -517,7 +520,9 @@ impl Registry {
             PluginChange::Remove => return Ok(None),
             PluginChange::Set(spec) => spec,
         };
-        let refused = |f: crate::plugins::Failure| Error::validation("/plugin", f.message);
+        let refused = |f: crate::plugins::Failure| {
+            f.unavailable_error().unwrap_or_else(|| Error::validation("/plugin", f.message))
+        };
         let plugin = match spec.source {
             PluginSource::Wasm(wasm) => self.plugins.install(&self.store, wasm).await.map_err(refused)?,
             PluginSource::Stored(hash) => self.plugins.load(&self.store, &hash).await.map_err(refused)?,
@@ -619,7 +624,7 @@ pub async fn register_bundled(store: &Store) -> Result<()> {
 }
 
 /// Write a plugin call's log lines to the gateway's log (under the request's span).
-fn log_plugin(hook: Hook, logs: &[crate::plugins::sandbox::LogLine]) {
+fn log_plugin(hook: Hook, logs: &[crate::plugins::LogLine]) {
     for l in logs {
         tracing::info!(hook = hook.as_str(), level = l.level, "plugin: {}", l.message);
     }

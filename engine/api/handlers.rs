@@ -274,6 +274,7 @@ pub fn capabilities(ctx: &Ctx) -> Result<Resp> {
             "storageProvider": c.storage.name(),
             "maxBodyBytes": c.body_bytes_max,
             "priorities": ["high", "normal", "low"],
+            "plugins": crate::plugins::AVAILABLE,
         }),
     ))
 }

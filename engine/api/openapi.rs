@@ -22,6 +22,12 @@ const UNAUTHORIZED: &str = "AUTH_FAILED: credentials are configured and none or 
 /// The `403` of the admin-only operations.
 const ADMIN_ONLY: (&str, &str) = ("403", "FORBIDDEN: the caller's role is user; this needs admin");
 
+/// The `422` of a workflow with a plugin on a build without the plugin runtime.
+const NO_PLUGIN_RUNTIME: (&str, &str) = (
+    "422",
+    "PLUGIN_FAILED: the definition has a plugin and this build has no WebAssembly plugin runtime (cargo feature `wasm-plugins`)",
+);
+
 fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
 }
@@ -161,7 +167,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "createWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowDefinition")}}},
                     "responses": with_errors(json!({"201": json_response("Registered (version 1)", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("413", "Body too large")])
+                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("413", "Body too large"), NO_PLUGIN_RUNTIME])
                 }
             },
             "/workflows/{id}": {
@@ -175,7 +181,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "updateWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowUpdate")}}},
                     "responses": with_errors(json!({"200": json_response("The new version", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("413", "Body too large")])
+                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("413", "Body too large"), NO_PLUGIN_RUNTIME])
                 },
                 "delete": {
                     "operationId": "deleteWorkflow",
@@ -697,7 +703,8 @@ fn components() -> Map<String, Value> {
                 "formats": {"type": "array", "items": {"type": "string"}},
                 "storageProvider": {"type": "string"},
                 "maxBodyBytes": {"type": "integer"},
-                "priorities": {"type": "array", "items": {"type": "string"}}
+                "priorities": {"type": "array", "items": {"type": "string"}},
+                "plugins": {"type": "boolean", "description": "Whether this build runs WebAssembly plugins (cargo feature `wasm-plugins`); without them a workflow with a plugin is refused with PLUGIN_FAILED"}
             }
         }
     });

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::sandbox::LogLine;
+use super::LogLine;
 use super::{CallContext, Failure, Hook, Host, Limits, Media, Report};
 use crate::cli::CliError;
 

@@ -13,22 +13,10 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::comfyui_gateway::plugin::host;
+pub use super::{LOG_LINE_MAX, LOG_LINES_MAX, LogLine, cut};
 
-/// Longest log line kept, in bytes (longer ones are cut).
-pub const LOG_LINE_MAX: usize = 1024;
-/// Most log lines kept per call (further ones are dropped and counted).
-pub const LOG_LINES_MAX: usize = 64;
 /// Most bytes of stdout + stderr kept per call (the rest is dropped).
 pub const STDIO_MAX: usize = 16 * 1024;
-
-/// One line the plugin logged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogLine {
-    /// `debug`, `info`, `warn`, `error`, or `stderr` for captured output.
-    pub level: &'static str,
-    /// The text (at most [`LOG_LINE_MAX`] bytes).
-    pub message: String,
-}
 
 /// Everything a call's store holds.
 pub struct State {
@@ -87,18 +75,6 @@ impl host::Host for State {
     fn config(&mut self) -> String {
         self.config.clone()
     }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary.
-pub fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
 }
 
 /// The memory limiter of one call: every memory and table of the instance together.

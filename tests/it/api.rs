@@ -141,6 +141,7 @@ async fn workflow_crud_with_versions() {
     assert_eq!(caps["maxSize"], 2048);
     assert_eq!(caps["maxBatch"], 4);
     assert_eq!(caps["storageProvider"], "local");
+    assert_eq!(caps["plugins"], cfg!(feature = "wasm-plugins"), "the build's plugin runtime: {caps}");
 
     let r = reqwest::Client::new().delete(format!("{url}/plain")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 204);

@@ -4,7 +4,7 @@
 //!
 //! The load: submits of every priority (some with webhooks, some with an
 //! `Idempotency-Key` that is retried after a lost answer), repeated requests that become
-//! cache hits, jobs of a workflow with a WebAssembly plugin, cancels and reads. A kill lands
+//! cache hits, jobs of a workflow with a WebAssembly plugin (with `wasm-plugins`), cancels and reads. A kill lands
 //! at a uniform moment in `[0, KILL_CAMPAIGN_MAX_UP_MS]` after the process was started, so
 //! some land during recovery itself. Every so often ComfyUI crashes too.
 //!
@@ -175,7 +175,7 @@ fn submit_body(shared: &Shared, rng: &mut StdRng) -> (Value, Acked) {
         // A handful of distinct requests asked again and again: cache hits after the first.
         let n = rng.random_range(0..4);
         (json!({"workflowId": "icon_512", "inputs": {"prompt": format!("cached {n}"), "seed": n}}), "cache")
-    } else if roll < 25 {
+    } else if roll < 25 && cfg!(feature = "wasm-plugins") {
         (
             json!({"workflowId": "guarded", "inputs": {"prompt": "a plugged fox", "aspectRatio": "1:1"}, "cache": false}),
             "plugin",
@@ -488,7 +488,9 @@ async fn kill_campaign() {
         ],
     )
     .await;
-    register_plugin_workflow(&gw).await;
+    if cfg!(feature = "wasm-plugins") {
+        register_plugin_workflow(&gw).await;
+    }
     let shared = Arc::new(Shared {
         url: gw.url(),
         hook: receiver.url("/hook"),

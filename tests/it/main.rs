@@ -26,6 +26,8 @@
 //!   hooks and imports, a readable refusal, rewritten inputs, a tidied PNG, timeout, fuel.
 //! - `plugins`: WebAssembly plugins through real jobs: the examples, hostile plugins,
 //!   a type-mismatched upload, precompiled loads after a restart.
+//! - `plugins_disabled` (only without the `wasm-plugins` feature): a workflow with a plugin
+//!   is refused with 422 `PLUGIN_FAILED`, `plugin check` exits 1, `/capabilities` says so.
 //! - `privacy`: privacy mode: no prompt text in the database file, outputs or logs.
 //! - `results`: the result cache (hits skip the backend and share blobs, TTL, random
 //!   seeds), idempotency keys (replay, conflict, expiry, owners, races, restarts), retention.
@@ -62,8 +64,12 @@ mod limits;
 mod metrics;
 mod openapi;
 mod outputs;
+#[cfg(feature = "wasm-plugins")]
 mod plugin_cli;
+#[cfg(feature = "wasm-plugins")]
 mod plugins;
+#[cfg(not(feature = "wasm-plugins"))]
+mod plugins_disabled;
 mod privacy;
 mod recovery;
 mod results;

@@ -1,6 +1,7 @@
 //! Architecture invariants, checked on the source (ARCHITECTURE.md "Invariants"):
 //! only `store` imports redb; only `api` (and the simulator, which is a server of its own)
-//! uses hyper and matchit; only `config`/`cli`/`main` read the environment; every source
+//! uses hyper and matchit; only the plugin runtime uses wasmtime, and only `plugins/mod.rs`
+//! names the `wasm-plugins` feature; only `config`/`cli`/`main` read the environment; every source
 //! file starts with a `//!` doc comment.
 
 use std::path::{Path, PathBuf};
@@ -50,6 +51,17 @@ fn only_the_api_and_the_simulator_serve_http() {
     for needle in ["hyper::", "matchit::", "hyper_util::", "multer::"] {
         assert_eq!(offenders(&files, needle, &["engine/api/", "engine/comfy/sim/"]), Vec::<String>::new(), "{needle}");
     }
+}
+
+#[test]
+fn only_the_plugin_runtime_uses_wasmtime_and_only_plugins_names_its_feature() {
+    let files = engine_files();
+    for needle in ["wasmtime::", "wasmtime_wasi::"] {
+        let allowed = ["engine/plugins/runtime.rs", "engine/plugins/sandbox.rs", "engine/plugins/tests.rs"];
+        assert_eq!(offenders(&files, needle, &allowed), Vec::<String>::new(), "{needle}");
+    }
+    // The rest of the gateway is the same in a build without `wasm-plugins`.
+    assert_eq!(offenders(&files, "feature = \"wasm-plugins\"", &["engine/plugins/mod.rs"]), Vec::<String>::new());
 }
 
 #[test]
