@@ -561,25 +561,6 @@ async fn main() {
                     Some(rate >= 1000.0),
                 );
             }
-            // One simulator runs one prompt at a time, as ComfyUI does, so it bounds the
-            // rate above; the same load over a pool of two shows the gateway's own.
-            let (_sim3, sim3_url) = sim(&dir.path().join("sim-pool"), 0);
-            wait_up(&format!("{sim3_url}/system_stats")).await;
-            let pool = Gw::start(
-                &dir.path().join("pool.redb"),
-                &format!("{sim_url},{sim3_url}"),
-                &[("MAX_CONCURRENCY", "32".to_string())],
-            );
-            pool.ready().await;
-            register_tiny(&http, &pool.url).await;
-            load(pool.port, "/jobs?wait=30", 32, 0.5, 200, body.clone()).await;
-            let (rate, lat) = load(pool.port, "/jobs?wait=30", 64, seconds, 200, body.clone()).await;
-            table.row(
-                "jobs/s, 64 clients, two simulators (p50 / p99 ms)",
-                format!("{rate:.0} ({:.2} / {:.2})", pct(&lat, 0.5), pct(&lat, 0.99)),
-                "≥ 1000/s",
-                Some(rate >= 1000.0),
-            );
         }
 
         if part(5) {

@@ -9,6 +9,23 @@ use comfyui_gateway::cli::{self, Cli, Command};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `mi_option_arena_eager_commit` (mimalloc.h's `mi_option_e`, position 4).
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Commit mimalloc's arenas on demand, so that freed pages go back to the system (with
+/// its default, eager on Linux, an idle gateway held ~11 MB more). Set from the ELF
+/// constructors, before Rust's runtime makes the first allocation, which creates the arena.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static MIMALLOC_OPTIONS: extern "C" fn() = {
+    extern "C" fn set() {
+        // SAFETY: sets a process-wide option before any thread or allocation exists.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+    }
+    set
+};
+
 fn main() {
     if let Err(e) = dotenvy::dotenv()
         && !e.not_found()
