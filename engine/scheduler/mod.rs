@@ -587,55 +587,15 @@ impl Scheduler {
         blobs: Vec<crate::store::NewBlob>,
         claim: Option<crate::store::Claim>,
     ) -> Result<Job, crate::store::StoreError> {
-        use crate::domain::JobEventKind;
-        let mut events = match job.state {
-            JobState::Queued => vec![JobEventKind::Queued],
-            JobState::Succeeded => {
-                vec![JobEventKind::Queued, JobEventKind::Succeeded { n_outputs: job.outputs.len() as u32 }]
-            }
-            state => panic!("a new job is queued or a cache hit, not {}", state.as_str()),
-        };
-        // Nothing waiting and a backend free: the dispatch record goes into the insert
-        // commit (one fsync less before the prompt is sent).
-        let direct = match job.state {
-            JobState::Queued => self.shared.reserve_new(job.id, job.priority, &job.workflow_id),
-            _ => None,
-        };
-        if let Some((b, client_id)) = direct {
-            let queued = job.clone();
-            let event = state::Event::Dispatch { backend: self.shared.backends[b].id.clone(), client_id };
-            let Ok((running, log)) = state::apply(&job, event, now_ms()) else {
-                unreachable!("a queued job can always be dispatched")
-            };
-            events.extend(log);
-            let stored = match self.shared.store.insert_job_claiming(running, blobs, events, claim).await {
-                Ok(stored) => stored,
-                Err(e) => {
-                    self.shared.release(queued.id, None);
-                    return Err(e);
-                }
-            };
-            // Inside the request's span: this line joins the correlation id to the job id.
-            let (workflow, priority) = (&stored.workflow_id, stored.priority);
-            tracing::info!(job = %stored.id, workflow = %workflow, priority, dispatched = true, "job queued");
-            self.shared.observe(&Job { queue_key: stored.queue_key, ..queued }, &stored);
-            self.shared.feed.publish(stored.id);
-            let span = tracing::info_span!("job", job = %stored.id);
-            self.shared.tasks.spawn(runner::start(self.shared.clone(), b, stored.clone()).instrument(span));
-            return Ok(stored);
+        // The commit and what must follow it (the memory queue, or the runner) run in a task
+        // of their own: a request dropped half-way (its client went away) cannot leave a
+        // committed job that the scheduler does not know about until the next start.
+        let task = submit_task(self.shared.clone(), job, blobs, claim).instrument(tracing::Span::current());
+        match self.shared.tasks.spawn(task).await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(crate::store::StoreError::Closed),
         }
-        let job = self.shared.store.insert_job_claiming(job, blobs, events, claim).await?;
-        if job.state == JobState::Queued {
-            self.shared.lock().enqueue(job.queue_key, job.id, job.priority, &job.workflow_id);
-            // Inside the request's span: this line joins the correlation id to the job id.
-            tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");
-            self.shared.wake.notify_one();
-        } else {
-            tracing::info!(job = %job.id, workflow = %job.workflow_id, "job answered from the result cache");
-            self.shared.metrics.job_finished(&job.workflow_id, job.state, None);
-        }
-        self.shared.feed.publish(job.id);
-        Ok(job)
     }
 
     /// Cancel a job: a queued one at once, a running one by interrupting it on its backend.
@@ -773,6 +733,64 @@ fn status_of(b: &Backend, inner: &Inner, i: usize) -> BackendStatus {
     }
 }
 
+/// [`Scheduler::submit`]: commit the new job, then queue it or start its runner.
+async fn submit_task(
+    shared: Arc<Shared>,
+    job: Job,
+    blobs: Vec<crate::store::NewBlob>,
+    claim: Option<crate::store::Claim>,
+) -> Result<Job, crate::store::StoreError> {
+    use crate::domain::JobEventKind;
+    let mut events = match job.state {
+        JobState::Queued => vec![JobEventKind::Queued],
+        JobState::Succeeded => {
+            vec![JobEventKind::Queued, JobEventKind::Succeeded { n_outputs: job.outputs.len() as u32 }]
+        }
+        state => panic!("a new job is queued or a cache hit, not {}", state.as_str()),
+    };
+    // Nothing waiting and a backend free: the dispatch record goes into the insert
+    // commit (one fsync less before the prompt is sent).
+    let direct = match job.state {
+        JobState::Queued => shared.reserve_new(job.id, job.priority, &job.workflow_id),
+        _ => None,
+    };
+    if let Some((b, client_id)) = direct {
+        let queued = job.clone();
+        let event = state::Event::Dispatch { backend: shared.backends[b].id.clone(), client_id };
+        let Ok((running, log)) = state::apply(&job, event, now_ms()) else {
+            unreachable!("a queued job can always be dispatched")
+        };
+        events.extend(log);
+        let stored = match shared.store.insert_job_claiming(running, blobs, events, claim).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                shared.release(queued.id, None);
+                return Err(e);
+            }
+        };
+        // Inside the request's span: this line joins the correlation id to the job id.
+        let (workflow, priority) = (&stored.workflow_id, stored.priority);
+        tracing::info!(job = %stored.id, workflow = %workflow, priority, dispatched = true, "job queued");
+        shared.observe(&Job { queue_key: stored.queue_key, ..queued }, &stored);
+        shared.feed.publish(stored.id);
+        let span = tracing::info_span!("job", job = %stored.id);
+        shared.tasks.spawn(runner::start(shared.clone(), b, stored.clone()).instrument(span));
+        return Ok(stored);
+    }
+    let job = shared.store.insert_job_claiming(job, blobs, events, claim).await?;
+    if job.state == JobState::Queued {
+        shared.lock().enqueue(job.queue_key, job.id, job.priority, &job.workflow_id);
+        // Inside the request's span: this line joins the correlation id to the job id.
+        tracing::info!(job = %job.id, workflow = %job.workflow_id, priority = job.priority, "job queued");
+        shared.wake.notify_one();
+    } else {
+        tracing::info!(job = %job.id, workflow = %job.workflow_id, "job answered from the result cache");
+        shared.metrics.job_finished(&job.workflow_id, job.state, None);
+    }
+    shared.feed.publish(job.id);
+    Ok(job)
+}
+
 /// The durable queue rank of a job created at `created_ms` with `priority`.
 pub fn queue_rank(created_ms: u64, priority: i32, aging_ms: u64) -> i64 {
     (created_ms as i64).saturating_sub((priority as i64).saturating_mul(aging_ms as i64))
@@ -860,5 +878,51 @@ mod tests {
         let low_old = queue_rank(0, -1, aging);
         let high_new = queue_rank(2 * aging + 1, 1, aging);
         assert!(low_old < high_new, "a low job that waited two aging periods overtakes new high work");
+    }
+
+    /// A request's future dropped after its first poll (the client went away while the
+    /// commit was under way): the job still joins the memory queue. Before the commit and
+    /// its bookkeeping ran in a task of their own, it stayed queued in the store only,
+    /// undispatched until the next start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_submit_whose_caller_goes_away_still_queues_the_job() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Args {
+            #[command(flatten)]
+            serve: crate::config::ServeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("g.redb");
+        let dead = "http://127.0.0.1:9"; // nothing listens: the job stays queued
+        let args = Args::parse_from(["t", "--database-url", db.to_str().unwrap(), "--comfyui-url", dead]);
+        let config = std::sync::Arc::new(crate::config::Config::from_args(&args.serve).unwrap());
+        let gw = crate::service::Gateway::start(config).await.unwrap();
+        let req = crate::service::SubmitRequest {
+            workflow_id: "icon_512".into(),
+            inputs: serde_json::json!({"prompt": "gone", "seed": 1}),
+            priority: 0,
+            metadata: None,
+            callback_url: None,
+            files: Vec::new(),
+            owner: None,
+            cache: false,
+            webhook_events: 0,
+            idempotency: None,
+        };
+        let mut submit = Box::pin(gw.submit(req));
+        // One poll: the commit is under way (the writer thread answers later), then the
+        // request goes away.
+        assert!(tokio::time::timeout(std::time::Duration::ZERO, &mut submit).await.is_err());
+        drop(submit);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while gw.scheduler.queue_depth() == 0 {
+            assert!(std::time::Instant::now() < deadline, "the committed job never joined the memory queue");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(gw.store.queued_ids().unwrap().len(), 1);
+        assert_eq!(gw.scheduler.queue_depth(), 1);
+        gw.scheduler.shutdown().await;
+        gw.store.close().await;
     }
 }
