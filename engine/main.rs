@@ -10,6 +10,7 @@ use comfyui_gateway::cli::{self, Cli, Command};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// `mi_option_arena_eager_commit` (mimalloc.h's `mi_option_e`, position 4).
+#[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// Commit mimalloc's arenas on demand, so that freed pages go back to the system (with
