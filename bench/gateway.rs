@@ -164,6 +164,11 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
+/// "p50 / p99" of sorted milliseconds.
+fn p50_p99(sorted: &[f64]) -> String {
+    format!("{:.2} / {:.2}", pct(sorted, 0.5), pct(sorted, 0.99))
+}
+
 fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v.sort_by(f64::total_cmp);
     v
@@ -313,6 +318,11 @@ async fn register_copy(http: &reqwest::Client, gw: &str) {
     assert!(r.status().is_success(), "register bench_copy: {}", r.text().await.unwrap_or_default());
 }
 
+/// A submit of the bundled icon_512 workflow with seed `n`.
+fn icon_body(n: u64) -> String {
+    format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#)
+}
+
 fn tiny_body(n: u64) -> String {
     format!(r#"{{"workflowId":"bench_tiny","inputs":{{"color":{}}}}}"#, n % 16_777_216)
 }
@@ -456,8 +466,7 @@ async fn main() {
         let dead = format!("http://127.0.0.1:{}", free_port());
         let gw = Gw::start(&dir.path().join("submits.redb"), &dead, &[]);
         wait_up(&format!("{}/health", gw.url)).await;
-        let body: Arc<dyn Fn(u64) -> String + Send + Sync> =
-            Arc::new(|n| format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#));
+        let body: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(icon_body);
         // Warm-up: connections, allocator, the first commits.
         load(gw.port, "/jobs", 16, 0.5, 202, body.clone()).await;
         // The floor under one client's latency: one durable write of this disk.
@@ -472,7 +481,7 @@ async fn main() {
             let (rate, lat) = load(gw.port, "/jobs", clients, seconds, 202, body.clone()).await;
             table.row(
                 format!("submits/s, {clients} clients (p50 / p99 ms)"),
-                format!("{rate:.0} ({:.2} / {:.2})", pct(&lat, 0.5), pct(&lat, 0.99)),
+                format!("{rate:.0} ({})", p50_p99(&lat)),
                 "≥ 10000/s",
                 Some(rate >= 10_000.0),
             );
@@ -508,9 +517,8 @@ async fn main() {
             via.push(gateway_run(&gw.url, &http, 12_000_000 + i).await);
         }
         let (direct, via) = (sorted(direct), sorted(via));
-        let f = |v: &[f64]| format!("{:.2} / {:.2}", pct(v, 0.5), pct(v, 0.99));
-        table.row("direct to the simulator, ms (p50 / p99)", f(&direct), "", None);
-        table.row("through the gateway, ms (p50 / p99)", f(&via), "", None);
+        table.row("direct to the simulator, ms (p50 / p99)", p50_p99(&direct), "", None);
+        table.row("through the gateway, ms (p50 / p99)", p50_p99(&via), "", None);
         let added50 = pct(&via, 0.5) - pct(&direct, 0.5);
         let added99 = pct(&via, 0.99) - pct(&direct, 0.99);
         table.row(
@@ -534,12 +542,7 @@ async fn main() {
                 assert!(status == 200 && v["cached"] == true, "not a cache hit: {status} {v}");
             }
             let hits = sorted(hits);
-            table.row(
-                "cache-hit submit, ms (p50 / p99)",
-                format!("{:.2} / {:.2}", pct(&hits, 0.5), pct(&hits, 0.99)),
-                "≤ 1 ms p50",
-                Some(pct(&hits, 0.5) <= 1.0),
-            );
+            table.row("cache-hit submit, ms (p50 / p99)", p50_p99(&hits), "≤ 1 ms p50", Some(pct(&hits, 0.5) <= 1.0));
         }
     }
 
@@ -556,7 +559,7 @@ async fn main() {
                 let (rate, lat) = load(gw.port, "/jobs?wait=30", clients, seconds, 200, body.clone()).await;
                 table.row(
                     format!("jobs/s, {clients} clients (p50 / p99 ms)"),
-                    format!("{rate:.0} ({:.2} / {:.2})", pct(&lat, 0.5), pct(&lat, 0.99)),
+                    format!("{rate:.0} ({})", p50_p99(&lat)),
                     "≥ 1000/s",
                     Some(rate >= 1000.0),
                 );
@@ -612,8 +615,7 @@ async fn main() {
         let (idle, _) = gw.proc.rss_mb();
         table.row("RSS idle, MB", format!("{idle:.1}"), "≤ 30 MB", Some(idle <= 30.0));
 
-        let body: Arc<dyn Fn(u64) -> String + Send + Sync> =
-            Arc::new(|n| format!(r#"{{"workflowId":"icon_512","inputs":{{"prompt":"benchmark","seed":{n}}}}}"#));
+        let body: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(icon_body);
         let t = Instant::now();
         let target = queued_target + 100;
         let mut submitted = 0.0;

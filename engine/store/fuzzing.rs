@@ -74,9 +74,10 @@ pub fn decode(kind: Record, bytes: &[u8]) -> Result<Vec<u8>, StoreError> {
         Record::Job => {
             let job: Job = codec::decode_upgraded(JOBS_VERSION, "jobs", key, bytes)?;
             // Recovery's head decoder reads the same leading fields from the same bytes.
-            let head = super::jobs::head_of(bytes, &"fuzz").expect("a record that decodes has a decodable head");
+            let (head, state) =
+                super::jobs::head_of(bytes, &"fuzz").expect("a record that decodes has a decodable head");
             let expected = (job.id, job.workflow_id.as_str(), job.priority, job.queue_key, job.state);
-            assert_eq!((head.id, head.workflow_id.as_str(), head.priority, head.queue_key, head.state), expected);
+            assert_eq!((head.id, head.workflow_id.as_str(), head.priority, head.queue_key, state), expected);
             codec::encode_at(JOBS_VERSION, "jobs", key, &job)
         }
         Record::JobEvent => {

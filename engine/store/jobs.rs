@@ -360,12 +360,12 @@ pub(crate) fn queued_heads(txn: &ReadTransaction) -> Result<Vec<QueuedHead>, Sto
         let guard = jobs
             .get(id.as_u128())?
             .ok_or_else(|| corrupt("queue", QueueKeyDisplay(key), format!("names missing job {id}")))?;
-        let head = head_of(guard.value(), &id)?;
+        let (head, state) = head_of(guard.value(), &id)?;
         if head.id != id {
             return Err(corrupt("jobs", id, format!("record is for job {}", head.id)));
         }
-        check_queued(key, id, head.state, head.queue_key)?;
-        out.push(QueuedHead { id, workflow_id: head.workflow_id, priority: head.priority, queue_key: key });
+        check_queued(key, id, state, head.queue_key)?;
+        out.push(head);
     }
     Ok(out)
 }
@@ -380,25 +380,13 @@ fn check_queued(key: QueueKey, id: JobId, state: JobState, at: QueueKey) -> Resu
     Err(corrupt("jobs", id, reason))
 }
 
-/// The head of a job record (any format version), with its state.
-pub(crate) struct Head {
-    pub id: JobId,
-    pub workflow_id: String,
-    pub priority: i32,
-    pub queue_key: QueueKey,
-    pub state: JobState,
-}
-
-/// Decode the head of the job record `bytes` (stored under `key`).
-pub(crate) fn head_of(bytes: &[u8], key: &dyn std::fmt::Display) -> Result<Head, StoreError> {
+/// The head of the job record `bytes` (stored under `key`; any format version), and the
+/// job's state.
+pub(crate) fn head_of(bytes: &[u8], key: &dyn std::fmt::Display) -> Result<(QueuedHead, JobState), StoreError> {
     let p: JobPrefix<'_> = codec::decode_prefix(codec::JOBS_VERSION, "jobs", key, bytes)?;
-    Ok(Head {
-        id: p.id,
-        workflow_id: p.workflow_id.to_string(),
-        priority: p.priority,
-        queue_key: p.queue_key,
-        state: p.state,
-    })
+    let head =
+        QueuedHead { id: p.id, workflow_id: p.workflow_id.to_string(), priority: p.priority, queue_key: p.queue_key };
+    Ok((head, p.state))
 }
 
 /// Queued jobs in dispatch order, each checked against its index entry.
