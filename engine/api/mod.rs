@@ -2,9 +2,10 @@
 //! graceful shutdown, [`server`]), one route table ([`routes`]), handlers that translate
 //! between JSON and the service's domain calls ([`handlers`]), the response helpers
 //! that shape every body and error the same way ([`reply`]), the Server-Sent Events
-//! stream of a job ([`sse`]), and the limits against abuse: rate limits, the per-client
+//! stream of a job ([`sse`]), the web dashboard's embedded files ([`dashboard`]), and the limits against abuse: rate limits, the per-client
 //! job cap, CORS ([`limits`]).
 
+pub mod dashboard;
 pub mod download;
 pub mod handlers;
 pub mod limits;

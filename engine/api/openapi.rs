@@ -129,6 +129,32 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
         },
         "security": [{}, {"ApiKeyAuth": []}, {"BearerAuth": []}],
         "paths": {
+            "/": {"get": {
+                "operationId": "dashboard",
+                "summary": "The web dashboard's page (HTML; HEAD too). Public: the page holds no data, it asks for a key and calls this API with it",
+                "security": [{}],
+                "responses": with_errors(json!({
+                    "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "304": {"description": "Not modified (If-None-Match)"}
+                }), &[])
+            }},
+            "/ui/{file}": {
+                "parameters": [path_param("file", "One of the dashboard's files: app.js, style.css, favicon.svg, index.html")],
+                "get": {
+                    "operationId": "dashboardFile",
+                    "summary": "A static file of the dashboard (HEAD too); public",
+                    "security": [{}],
+                    "responses": with_errors(json!({
+                        "200": {"description": "The file", "content": {
+                            "text/javascript": {"schema": {"type": "string"}},
+                            "text/css": {"schema": {"type": "string"}},
+                            "text/html": {"schema": {"type": "string"}},
+                            "image/svg+xml": {"schema": {"type": "string"}}
+                        }},
+                        "304": {"description": "Not modified (If-None-Match)"}
+                    }), &[("404", "Not a file of the dashboard")])
+                }
+            },
             "/health": {"get": {
                 "operationId": "health",
                 "summary": "Gateway, backend and store health (503 while no backend is reachable or after a storage failure); always public",

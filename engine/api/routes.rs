@@ -11,7 +11,8 @@
 //!
 //! Authentication happens here, before routing, for every request: when credentials are
 //! configured, a request without a valid `X-API-Key` or bearer token is `401 AUTH_FAILED`
-//! (with `WWW-Authenticate`), except `/health` and, with `METRICS_PUBLIC`, `/metrics`.
+//! (with `WWW-Authenticate`), except `/health`, the dashboard's static files (`/`, `/ui/*`)
+//! and, with `METRICS_PUBLIC`, `/metrics`.
 //! Authorization by role is in [`route`]; ownership of jobs in the handlers.
 
 use std::net::SocketAddr;
@@ -23,7 +24,7 @@ use tracing::Instrument;
 
 use super::limits::{self, Client, Cors, Limits};
 use super::reply::{self, Resp};
-use super::{handlers, sse};
+use super::{dashboard, handlers, sse};
 use crate::auth::Principal;
 use crate::domain::Role;
 use crate::error::{Error, ErrorCode};
@@ -70,6 +71,10 @@ pub enum Route {
     BackendDrain,
     /// `/backends/{id}/resume`
     BackendResume,
+    /// `/`: the dashboard's page.
+    Dashboard,
+    /// `/ui/{file}`: the dashboard's scripts, styles and icon.
+    DashboardFile,
 }
 
 impl Route {
@@ -87,7 +92,7 @@ impl Route {
             | Route::Metrics
             | Route::Audit
             | Route::Backends => "GET",
-            Route::OutputFile => "GET, HEAD",
+            Route::OutputFile | Route::Dashboard | Route::DashboardFile => "GET, HEAD",
             Route::Workflows => "GET, POST",
             Route::Jobs => "GET, POST",
             Route::Workflow => "GET, PUT, DELETE",
@@ -144,6 +149,8 @@ impl Ctx {
             ("/backends", Route::Backends),
             ("/backends/{id}/drain", Route::BackendDrain),
             ("/backends/{id}/resume", Route::BackendResume),
+            ("/", Route::Dashboard),
+            ("/ui/{file}", Route::DashboardFile),
         ];
         for (path, route) in table {
             router.insert(path, (route, path)).expect("the route table is valid");
@@ -191,13 +198,13 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Who is calling: None in open mode and on the public routes (`/health`; `/metrics`
-/// with `METRICS_PUBLIC`), else the principal of valid credentials, else `AUTH_FAILED`.
+/// Who is calling: None in open mode and on the public routes (`/health`, the dashboard's
+/// static files, which hold no data; `/metrics` with `METRICS_PUBLIC`), else the principal of valid credentials, else `AUTH_FAILED`.
 /// Unknown paths need credentials too, so the route table cannot be probed.
 fn authenticate(ctx: &Ctx, headers: &HeaderMap, route: Option<Route>) -> Result<Option<Principal>, Error> {
     let config = &ctx.gateway.config;
     let public = match route {
-        Some(Route::Health) => true,
+        Some(Route::Health | Route::Dashboard | Route::DashboardFile) => true,
         Some(Route::Metrics) => config.metrics_public,
         _ => false,
     };
@@ -374,6 +381,8 @@ async fn route(
         (Backends, &Method::GET) => handlers::backends(ctx),
         (BackendDrain, &Method::POST) => handlers::set_draining(ctx, &params, true).await,
         (BackendResume, &Method::POST) => handlers::set_draining(ctx, &params, false).await,
+        (Dashboard, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), None),
+        (DashboardFile, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), Some(&params.file)),
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
             .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
     }

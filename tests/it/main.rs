@@ -11,6 +11,10 @@
 //! - `campaign`: the kill -9 campaign (ignored; `scripts/kill-campaign --kills N` runs it).
 //! - `crash_points`: the gateway aborted at each dangerous window (after POST /prompt,
 //!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
+//! - `dashboard`: the web dashboard's files (public, typed, ETag, CSP) and the page in
+//!   headless chromium (playwright-core): sign in with a key, submit from the generated
+//!   form (file picker too), watch the job succeed with its thumbnail, download an output,
+//!   another user sees none of it; screenshots under `<target>/tmp/dashboard/`.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
 //!   privacy mode.
 //! - `faults`: the backend-fault matrix: refused connections, 5xx answers, hung answers,
@@ -56,6 +60,7 @@ mod backends;
 mod campaign;
 #[cfg(feature = "failpoints")]
 mod crash_points;
+mod dashboard;
 mod events;
 mod faults;
 mod inputs;

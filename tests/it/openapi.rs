@@ -20,6 +20,8 @@ async fn openapi_document_matches_the_live_server() {
     assert_eq!(status, 200);
     assert_eq!(doc["openapi"], "3.1.0");
     for path in [
+        "/",
+        "/ui/{file}",
         "/health",
         "/capabilities",
         "/openapi.json",

@@ -1,0 +1,707 @@
+// comfyui-gateway dashboard: plain JavaScript, no framework, no build step.
+//
+// It is a client of the REST API like any other: every call carries the credential
+// entered at sign-in (an API key as X-API-Key, a JWT as a bearer token), kept in
+// sessionStorage (gone when the tab closes), so the page shows only what that key may
+// see. Live job status comes from GET /jobs/{id}/events (Server-Sent Events), read with
+// fetch so that the credential can be sent (EventSource cannot send headers), resumed
+// with Last-Event-ID after a drop. Images are fetched with the credential too and shown
+// from blob: URLs. Everything the server sends is put into the page as text, never as HTML.
+'use strict';
+
+const CREDENTIAL_KEY = 'comfyui-gateway.credential';
+const POLL_MS = 2000;
+/// Running jobs of a list followed live at once (browsers allow 6 connections per host).
+const LIVE_MAX = 3;
+const TERMINAL = new Set(['succeeded', 'failed', 'canceled']);
+
+const session = {
+  credential: sessionStorage.getItem(CREDENTIAL_KEY),
+  open: false, // the server has no credentials configured
+  admin: false,
+};
+
+// ---------- DOM helpers ----------
+
+/** An element: h('a', {href: '#'}, 'text', child, ...). Strings become text nodes. */
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k === 'dataset') Object.assign(el.dataset, v);
+    // Through the CSSOM: the Content-Security-Policy forbids style attributes.
+    else if (k === 'style') Object.assign(el.style, v);
+    else if (v === true) el.setAttribute(k, '');
+    else el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === undefined || c === null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const $view = () => document.getElementById('view');
+
+function show(...nodes) {
+  const v = $view();
+  v.replaceChildren(...nodes.flat().filter((n) => n !== null && n !== undefined && n !== false));
+}
+
+function statusPill(status) {
+  return h('span', { class: `pill st-${status}`, dataset: { status } }, status);
+}
+
+function progressBar(percent, wide) {
+  const p = Math.max(0, Math.min(100, Number(percent) || 0));
+  return h('span', { class: wide ? 'bar wide' : 'bar', title: `${p.toFixed(0)} %` },
+    h('span', { style: { width: `${p}%` } }));
+}
+
+function shortId(id) {
+  return String(id).slice(-12);
+}
+
+function ago(iso) {
+  if (!iso) return '';
+  const s = (Date.now() - Date.parse(iso)) / 1000;
+  if (s < 60) return `${Math.max(0, Math.round(s))} s ago`;
+  if (s < 3600) return `${Math.round(s / 60)} min ago`;
+  if (s < 86400) return `${Math.round(s / 3600)} h ago`;
+  return new Date(iso).toLocaleString();
+}
+
+function duration(job) {
+  if (!job.startedAt) return '';
+  const end = job.finishedAt ? Date.parse(job.finishedAt) : Date.now();
+  const s = (end - Date.parse(job.startedAt)) / 1000;
+  return s < 60 ? `${s.toFixed(1)} s` : `${(s / 60).toFixed(1)} min`;
+}
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+function alertBox(err) {
+  const body = [h('strong', {}, err.code ? `${err.code}: ` : ''), err.message || String(err)];
+  if (err.details) body.push(h('pre', {}, JSON.stringify(err.details, null, 2)));
+  return h('div', { class: 'alert', role: 'alert' }, body);
+}
+
+// ---------- the API ----------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    const e = (body && body.error) || {};
+    super(e.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = e.code || `HTTP_${status}`;
+    this.details = e.details;
+  }
+}
+
+function isJwt(c) {
+  return /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(c);
+}
+
+function authHeaders() {
+  const c = session.credential;
+  if (!c) return {};
+  return isJwt(c) ? { Authorization: `Bearer ${c}` } : { 'X-API-Key': c };
+}
+
+/** Call the API; resolves to the parsed JSON body (or the Response with raw: true). */
+async function api(path, { method = 'GET', body, headers = {}, raw = false, signal } = {}) {
+  const init = { method, headers: { ...authHeaders(), ...headers }, signal };
+  if (body instanceof FormData) init.body = body;
+  else if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers['Content-Type'] = 'application/json';
+  }
+  const resp = await fetch(path, init);
+  // A saved credential that stops working (key removed, token expired): sign in again.
+  if (resp.status === 401 && session.credential && sessionStorage.getItem(CREDENTIAL_KEY) === session.credential) {
+    signOut('The gateway refused the saved credential; sign in again.');
+  }
+  if (!resp.ok) {
+    let parsed = null;
+    try { parsed = await resp.json(); } catch (_) { /* not JSON */ }
+    throw new ApiError(resp.status, parsed);
+  }
+  if (raw) return resp;
+  return resp.status === 204 ? null : resp.json();
+}
+
+/** blob: URLs of downloaded outputs, by API path (outputs never change). */
+const blobs = new Map();
+
+async function outputBlob(url) {
+  if (!blobs.has(url)) {
+    const p = api(url, { raw: true }).then((r) => r.blob()).then((b) => URL.createObjectURL(b));
+    blobs.set(url, p);
+    p.catch(() => blobs.delete(url));
+  }
+  return blobs.get(url);
+}
+
+async function download(url, name) {
+  const href = await outputBlob(url);
+  const a = h('a', { href, download: name });
+  document.body.append(a);
+  a.click();
+  a.remove();
+}
+
+/**
+ * Follows GET /jobs/{id}/events: calls onEvent({id, event, data}) for every event,
+ * reconnects with Last-Event-ID after a drop, stops after the terminal event.
+ */
+class Follower {
+  constructor(jobId, onEvent) {
+    this.jobId = jobId;
+    this.onEvent = onEvent;
+    this.lastId = 0;
+    this.done = false;
+    this.ctrl = new AbortController();
+    this.run();
+  }
+
+  stop() {
+    this.done = true;
+    this.ctrl.abort();
+  }
+
+  async run() {
+    let delay = 500;
+    while (!this.done) {
+      try {
+        const headers = { Accept: 'text/event-stream' };
+        if (this.lastId) headers['Last-Event-ID'] = String(this.lastId);
+        const resp = await api(`/jobs/${encodeURIComponent(this.jobId)}/events`,
+          { headers, raw: true, signal: this.ctrl.signal });
+        const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buf = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buf += value.replace(/\r\n?/g, '\n');
+          let i;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            this.dispatch(block);
+          }
+        }
+        delay = 500;
+      } catch (e) {
+        if (this.done || e.name === 'AbortError') return;
+        // A job that does not exist (or is another owner's) will not appear later.
+        if (e instanceof ApiError && e.status >= 400 && e.status < 500 && e.status !== 429) return;
+        delay = Math.min(delay * 2, 10000);
+      }
+      if (!this.done) await new Promise((r) => setTimeout(r, delay));
+    }
+  }
+
+  dispatch(block) {
+    const ev = { id: null, event: 'message', data: '' };
+    for (const line of block.split('\n')) {
+      if (!line || line.startsWith(':')) continue;
+      const colon = line.indexOf(':');
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+      if (field === 'id') ev.id = value;
+      else if (field === 'event') ev.event = value;
+      else if (field === 'data') ev.data += (ev.data ? '\n' : '') + value;
+    }
+    if (!ev.data) return;
+    if (ev.id) this.lastId = Number(ev.id);
+    let data;
+    try { data = JSON.parse(ev.data); } catch (_) { return; }
+    if (TERMINAL.has(ev.event)) this.done = true;
+    this.onEvent({ id: ev.id, event: ev.event, data });
+  }
+}
+
+// ---------- pages ----------
+
+/** What the current page started (timers, followers); stopped on every navigation. */
+let page = { timers: [], followers: new Map(), alive: true };
+
+function leavePage() {
+  page.alive = false;
+  page.timers.forEach(clearInterval);
+  page.followers.forEach((f) => f.stop());
+  page = { timers: [], followers: new Map(), alive: true };
+}
+
+function every(ms, fn) {
+  const p = page;
+  const tick = async () => {
+    if (!p.alive) return;
+    try { await fn(); } catch (e) { if (!(e instanceof ApiError && e.status === 401)) console.warn(e); }
+  };
+  p.timers.push(setInterval(tick, ms));
+  return tick();
+}
+
+function route() {
+  leavePage();
+  const hash = location.hash.replace(/^#\/?/, '');
+  const [view, ...rest] = hash.split('/');
+  const arg = rest.length ? decodeURIComponent(rest.join('/')) : null;
+  if (!session.credential && !session.open) return loginPage();
+  document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.view === (view || 'jobs')));
+  const pages = { jobs: arg ? jobPage : jobsPage, queue: queuePage, workflows: arg ? workflowPage : workflowsPage, backends: backendsPage };
+  const fn = pages[view] || jobsPage;
+  fn(arg).catch((e) => show(h('h1', {}, 'Something went wrong'), alertBox(e)));
+}
+
+// ----- sign in -----
+
+function loginPage(message) {
+  const input = h('input', { id: 'credential', type: 'password', autocomplete: 'off', placeholder: 'API key or JWT', required: true });
+  const error = h('div', {});
+  if (message) error.append(h('div', { class: 'alert', role: 'alert' }, message));
+  const form = h('form', {
+    class: 'panel login', id: 'login',
+    onsubmit: async (ev) => {
+      ev.preventDefault();
+      session.credential = input.value.trim();
+      try {
+        await api('/capabilities');
+        sessionStorage.setItem(CREDENTIAL_KEY, session.credential);
+        await whoAmI();
+        if (!location.hash || location.hash === '#/login') location.hash = '#/jobs';
+        else route();
+      } catch (e) {
+        session.credential = null;
+        error.replaceChildren(alertBox(e.status === 401 ? { code: e.code, message: 'That key or token was not accepted.' } : e));
+      }
+    },
+  },
+  h('h1', {}, 'Sign in'),
+  h('p', {}, 'Enter an API key (sent as X-API-Key) or a JWT (sent as a bearer token). It is kept in this tab only.'),
+  error,
+  h('div', { class: 'field' }, h('label', { for: 'credential' }, 'Credential'), input),
+  h('p', {}, h('button', { class: 'primary', type: 'submit' }, 'Sign in')));
+  document.getElementById('nav').hidden = true;
+  document.getElementById('logout').hidden = true;
+  document.getElementById('who').hidden = true;
+  show(form);
+  input.focus();
+}
+
+function signOut(message) {
+  session.credential = null;
+  sessionStorage.removeItem(CREDENTIAL_KEY);
+  for (const p of blobs.values()) p.then((u) => URL.revokeObjectURL(u), () => {});
+  blobs.clear();
+  leavePage();
+  loginPage(message);
+}
+
+/** The caller's role: /audit is for admins only. */
+async function whoAmI() {
+  try {
+    await api('/audit?limit=1');
+    session.admin = true;
+  } catch (e) {
+    session.admin = false;
+  }
+  const who = document.getElementById('who');
+  who.textContent = session.open ? 'open mode (no credentials configured)' : session.admin ? 'admin' : 'user';
+  who.hidden = false;
+  document.getElementById('nav').hidden = false;
+  document.getElementById('logout').hidden = session.open;
+}
+
+// ----- jobs -----
+
+function jobRow(job, live) {
+  const cells = [
+    h('td', { class: 'mono' }, h('a', { href: `#/jobs/${job.jobId}` }, shortId(job.jobId))),
+    h('td', {}, job.workflowId),
+    h('td', {}, statusPill(job.status), job.cached ? h('span', { class: 'muted' }, ' cached') : null),
+    h('td', {}, job.status === 'running' ? progressBar(live ? live.percent : 0) : job.error ? h('span', { class: 'muted' }, job.error.code) : ''),
+    h('td', {}, job.priority),
+    h('td', {}, job.backend || ''),
+    h('td', { title: job.createdAt }, ago(job.createdAt)),
+    h('td', {}, duration(job)),
+  ];
+  return h('tr', { class: 'clickable', dataset: { job: job.jobId, status: job.status }, onclick: (e) => {
+    if (e.target.tagName !== 'A') location.hash = `#/jobs/${job.jobId}`;
+  } }, cells);
+}
+
+async function jobsPage() {
+  const status = h('select', { id: 'filter-status', onchange: () => refresh() },
+    ['', 'queued', 'running', 'succeeded', 'failed', 'canceled'].map((s) => h('option', { value: s }, s || 'any status')));
+  const tbody = h('tbody', {});
+  const more = h('button', { type: 'button', hidden: true }, 'Load more');
+  const table = h('table', { id: 'jobs' },
+    h('thead', {}, h('tr', {}, ['Job', 'Workflow', 'Status', 'Progress', 'Priority', 'Backend', 'Created', 'Ran'].map((t) => h('th', {}, t)))),
+    tbody);
+  const empty = h('div', { class: 'empty', hidden: true }, 'No jobs yet. Submit one from ', h('a', { href: '#/workflows' }, 'Workflows'), '.');
+  show(h('div', { class: 'row' }, h('h1', {}, 'Jobs'), h('span', { class: 'spacer' }), status),
+    h('div', { class: 'panel' }, table, empty, more));
+
+  const progress = new Map();
+  let shown = 50;
+  async function refresh() {
+    const q = new URLSearchParams({ limit: String(shown) });
+    if (status.value) q.set('status', status.value);
+    const { jobs, nextCursor } = await api(`/jobs?${q}`);
+    if (!page.alive) return;
+    tbody.replaceChildren(...jobs.map((j) => jobRow(j, progress.get(j.jobId))));
+    empty.hidden = jobs.length > 0;
+    more.hidden = !nextCursor;
+    followRunning(jobs);
+  }
+  more.onclick = () => { shown = Math.min(shown + 50, 500); refresh(); };
+
+  // Live progress of the first few running jobs, from their event streams.
+  function followRunning(jobs) {
+    const running = new Set(jobs.filter((j) => j.status === 'running').slice(0, LIVE_MAX).map((j) => j.jobId));
+    for (const [id, f] of page.followers) {
+      if (!running.has(id)) { f.stop(); page.followers.delete(id); }
+    }
+    for (const id of running) {
+      if (page.followers.has(id)) continue;
+      page.followers.set(id, new Follower(id, ({ event, data }) => {
+        if (event === 'progress' && data.percent !== undefined) progress.set(id, { percent: data.percent });
+        const row = tbody.querySelector(`tr[data-job="${id}"]`);
+        if (!row) return;
+        if (TERMINAL.has(event)) { refresh(); return; }
+        const bar = row.querySelector('.bar > span');
+        if (bar && progress.has(id)) bar.style.width = `${progress.get(id).percent}%`;
+      }));
+    }
+  }
+  await every(POLL_MS, refresh);
+}
+
+function outputTile(o) {
+  const img = h('img', { alt: o.name, loading: 'lazy' });
+  const isImage = /^image\//.test(o.mediaType);
+  if (isImage) outputBlob(o.url).then((u) => { img.src = u; }, () => { img.alt = `${o.name} (could not load)`; });
+  return h('figure', { class: 'thumb', dataset: { output: o.name } },
+    isImage ? img : h('div', { class: 'empty' }, o.mediaType),
+    h('figcaption', { class: 'cap' },
+      h('span', { title: `${o.name} · ${o.mediaType} · BLAKE3 ${o.hash}` }, `${o.name} · ${bytes(o.size)}`),
+      h('button', { class: 'link download', type: 'button', onclick: () => download(o.url, o.name) }, 'Download')));
+}
+
+function eventText(d) {
+  switch (d.type) {
+    case 'dispatched': return `to ${d.backend} (attempt ${d.attempt})`;
+    case 'progress': return `node ${d.node}: ${d.value}/${d.max} (${Math.round(d.percent)} %)`;
+    case 'milestone': return `node ${d.node}: ${Math.round(d.percent)} %`;
+    case 'requeued': return d.reason || '';
+    case 'reattached': return d.found ? 'found on the backend' : 'not found on the backend';
+    case 'succeeded': return `${d.outputs ?? (d.job ? d.job.outputs.length : '')} output(s)`;
+    case 'failed': return `${d.code || (d.job && d.job.error && d.job.error.code) || ''}: ${d.message || (d.job && d.job.error && d.job.error.message) || ''}`;
+    case 'canceled': return d.reason || '';
+    case 'webhook': return `${d.event} attempt ${d.attempt}: ${d.outcome}${d.httpStatus ? ` (HTTP ${d.httpStatus})` : ''}${d.error ? ` ${d.error}` : ''}`;
+    default: return '';
+  }
+}
+
+async function jobPage(id) {
+  let job = await api(`/jobs/${encodeURIComponent(id)}`);
+  const head = h('div', {});
+  const errorBox = h('div', {});
+  const outputs = h('div', { class: 'thumbs', id: 'outputs' });
+  const events = h('tbody', {});
+  const bar = h('div', { id: 'progress' });
+  const inputs = h('pre', { id: 'inputs' });
+
+  function render() {
+    const cancel = !TERMINAL.has(job.status)
+      ? h('button', { class: 'danger', type: 'button', onclick: async (e) => {
+        e.target.disabled = true;
+        try { job = await api(`/jobs/${encodeURIComponent(id)}/cancel`, { method: 'POST' }); render(); } catch (err) { errorBox.replaceChildren(alertBox(err)); }
+      } }, 'Cancel') : null;
+    head.replaceChildren(
+      h('div', { class: 'row' }, h('h1', { class: 'mono' }, `Job ${job.jobId}`), h('span', { id: 'job-status' }, statusPill(job.status)), h('span', { class: 'spacer' }), cancel),
+      h('dl', { class: 'kv panel' },
+        h('dt', {}, 'Workflow'), h('dd', {}, h('a', { href: `#/workflows/${encodeURIComponent(job.workflowId)}` }, job.workflowId), ` v${job.workflowVersion}`),
+        h('dt', {}, 'Priority'), h('dd', {}, job.priority),
+        h('dt', {}, 'Backend'), h('dd', {}, job.backend || '—'),
+        h('dt', {}, 'Attempts'), h('dd', {}, job.attempts),
+        h('dt', {}, 'Seed'), h('dd', { class: 'mono' }, job.seed ?? '—'),
+        h('dt', {}, 'Cached'), h('dd', {}, job.cached ? 'yes (result cache hit)' : 'no'),
+        h('dt', {}, 'Created'), h('dd', {}, job.createdAt),
+        h('dt', {}, 'Started'), h('dd', {}, job.startedAt || '—'),
+        h('dt', {}, 'Finished'), h('dd', {}, job.finishedAt ? `${job.finishedAt} (${duration(job)})` : '—')));
+    if (job.error) errorBox.replaceChildren(alertBox(job.error));
+    if (job.status === 'running' || job.status === 'queued') {
+      if (!bar.firstChild) bar.replaceChildren(progressBar(job.progress ? job.progress.percent : 0, true));
+    } else bar.replaceChildren();
+    outputs.replaceChildren(...(job.outputs.length ? job.outputs.map(outputTile) : [h('div', { class: 'empty' }, TERMINAL.has(job.status) ? 'No outputs.' : 'Outputs appear here when the job succeeds.')]));
+    inputs.textContent = JSON.stringify(job.inputs, null, 2);
+  }
+  render();
+  show(head, bar, errorBox,
+    h('h2', {}, 'Outputs'), outputs,
+    h('h2', {}, 'Inputs'), inputs,
+    h('h2', {}, 'Event log'),
+    h('div', { class: 'panel' }, h('table', { class: 'events', id: 'events' },
+      h('thead', {}, h('tr', {}, ['#', 'At', 'Event', ''].map((t) => h('th', {}, t)))), events)));
+
+  const f = new Follower(id, ({ event, data }) => {
+    if (event === 'output') return; // listed with the job of the terminal event
+    events.append(h('tr', { dataset: { type: data.type } }, h('td', {}, data.seq), h('td', { title: data.at }, new Date(data.at).toLocaleTimeString()),
+      h('td', {}, data.type), h('td', {}, eventText(data))));
+    if (event === 'progress' && data.percent !== undefined) {
+      const span = bar.querySelector('.bar > span');
+      if (span) span.style.width = `${data.percent}%`;
+    }
+    if (data.job) { job = data.job; render(); } else if (data.status && data.status !== job.status) { job.status = data.status; if (data.backend) job.backend = data.backend; render(); }
+  });
+  page.followers.set(id, f);
+}
+
+// ----- queue -----
+
+async function queuePage() {
+  const running = h('div', { class: 'cards', id: 'running' });
+  const queued = h('div', { id: 'queued' });
+  show(h('h1', {}, 'Queue'), h('h2', {}, 'Running, by backend'), running, h('h2', {}, 'Queued, by priority (highest first, then oldest first)'), queued);
+  await every(POLL_MS, async () => {
+    const [{ jobs }, backends] = await Promise.all([
+      api('/jobs?status=queued,running&limit=500'),
+      api('/backends').then((b) => b.backends, () => []),
+    ]);
+    if (!page.alive) return;
+    const byBackend = new Map(backends.map((b) => [b.id, []]));
+    for (const j of jobs.filter((j) => j.status === 'running')) {
+      const k = j.backend || '?';
+      if (!byBackend.has(k)) byBackend.set(k, []);
+      byBackend.get(k).push(j);
+    }
+    running.replaceChildren(...[...byBackend].map(([id, list]) => {
+      const b = backends.find((x) => x.id === id);
+      return h('div', { class: 'card', dataset: { backend: id } },
+        h('div', { class: 'row' }, h('h3', {}, id), h('span', { class: 'spacer' }), b ? statusPill(b.state) : null),
+        b ? h('div', { class: 'muted' }, `${b.inFlight} / ${b.maxConcurrency} in flight`) : null,
+        list.length ? h('ul', {}, list.map((j) => h('li', {}, h('a', { class: 'mono', href: `#/jobs/${j.jobId}` }, shortId(j.jobId)), ` ${j.workflowId}`))) : h('div', { class: 'empty' }, 'idle'));
+    }));
+    const waiting = jobs.filter((j) => j.status === 'queued')
+      .sort((a, b) => b.priority - a.priority || Date.parse(a.createdAt) - Date.parse(b.createdAt));
+    if (!waiting.length) { queued.replaceChildren(h('div', { class: 'empty' }, 'Nothing is waiting.')); return; }
+    const groups = new Map();
+    waiting.forEach((j, i) => {
+      if (!groups.has(j.priority)) groups.set(j.priority, []);
+      groups.get(j.priority).push([i + 1, j]);
+    });
+    queued.replaceChildren(...[...groups].map(([prio, list]) => h('div', { class: 'panel', dataset: { priority: prio } },
+      h('div', { class: 'row' }, h('strong', {}, `Priority ${prio}`), h('span', { class: 'muted' }, `${list.length} job(s)`)),
+      h('table', {}, h('tbody', {}, list.map(([pos, j]) => h('tr', {},
+        h('td', { class: 'muted' }, `#${pos}`), h('td', { class: 'mono' }, h('a', { href: `#/jobs/${j.jobId}` }, shortId(j.jobId))),
+        h('td', {}, j.workflowId), h('td', { title: j.createdAt }, ago(j.createdAt)))))))));
+  });
+}
+
+// ----- workflows -----
+
+async function workflowsPage() {
+  const { workflows } = await api('/workflows');
+  show(h('h1', {}, 'Workflows'),
+    workflows.length
+      ? h('div', { class: 'cards', id: 'workflows' }, workflows.map((w) => h('a', { class: 'card', href: `#/workflows/${encodeURIComponent(w.id)}`, dataset: { workflow: w.id } },
+        h('h3', {}, w.name || w.id), h('div', { class: 'mono muted' }, `${w.id} · v${w.version}`), h('p', {}, w.description || ''))))
+      : h('div', { class: 'empty' }, 'No workflows are registered.'));
+}
+
+/** A local "$ref" ("#/$defs/x") resolved against the root schema. */
+function resolve(root, s) {
+  let seen = 0;
+  while (s && typeof s.$ref === 'string' && s.$ref.startsWith('#/') && seen++ < 16) {
+    s = s.$ref.slice(2).split('/').reduce((o, k) => (o ? o[k.replace(/~1/g, '/').replace(/~0/g, '~')] : undefined), root);
+  }
+  return s || {};
+}
+
+function schemaType(s) {
+  const t = Array.isArray(s.type) ? s.type.find((x) => x !== 'null') : s.type;
+  if (t) return t;
+  if (s.enum) return typeof s.enum[0] === 'number' ? 'number' : 'string';
+  return 'string';
+}
+
+/** One form field for one top-level input; returns {el, read()} where read() gives the value or undefined. */
+function field(root, name, schema, required) {
+  const s = resolve(root, schema);
+  const type = schemaType(s);
+  const id = `in-${name}`;
+  const wide = s.format === 'image' || (type === 'string' && !s.enum && (/prompt|text|caption/i.test(name) || (s.maxLength || 0) > 256)) || type === 'object' || type === 'array';
+  let control;
+  let read;
+  const hints = [];
+  if (s.format === 'image') {
+    const picker = h('input', { id, name, type: 'file', accept: 'image/*', required: required && !('default' in s) });
+    const url = h('input', { id: `${id}-url`, type: 'text', placeholder: 'or an http(s) URL / data: URI' });
+    read = () => (picker.files.length ? { file: picker.files[0] } : url.value.trim() || undefined);
+    control = h('div', {}, picker, url);
+    hints.push('PNG, JPEG or WebP; uploaded with the job.');
+  } else if (s.enum) {
+    control = h('select', { id, name }, !required || !('default' in s) ? h('option', { value: '' }, required ? '— choose —' : '(default)') : null,
+      s.enum.map((v, i) => h('option', { value: String(i) }, String(v))));
+    if ('default' in s) control.value = String(s.enum.findIndex((v) => v === s.default));
+    read = () => (control.value === '' ? undefined : s.enum[Number(control.value)]);
+  } else if (type === 'boolean') {
+    control = h('input', { id, name, type: 'checkbox' });
+    control.checked = s.default === true;
+    read = () => control.checked;
+  } else if (type === 'integer' || type === 'number') {
+    const step = s.multipleOf || (type === 'integer' ? 1 : 'any');
+    control = h('input', { id, name, type: 'number', step, min: s.minimum ?? s.exclusiveMinimum, max: s.maximum ?? s.exclusiveMaximum, value: s.default, placeholder: 'default' in s ? '' : name === 'seed' ? 'random' : '' });
+    read = () => (control.value === '' ? undefined : Number(control.value));
+    if (s.minimum !== undefined || s.maximum !== undefined) hints.push(`${s.minimum ?? '…'} to ${s.maximum ?? '…'}${s.multipleOf ? `, multiple of ${s.multipleOf}` : ''}`);
+  } else if (type === 'object' || type === 'array') {
+    control = h('textarea', { id, name, placeholder: type === 'array' ? '[ … ] (JSON)' : '{ … } (JSON)' });
+    if ('default' in s) control.value = JSON.stringify(s.default, null, 2);
+    read = () => {
+      if (!control.value.trim()) return undefined;
+      try { return JSON.parse(control.value); } catch (e) { throw new FieldError(name, `is not valid JSON: ${e.message}`); }
+    };
+  } else {
+    control = wide ? h('textarea', { id, name, maxlength: s.maxLength }) : h('input', { id, name, type: 'text', maxlength: s.maxLength });
+    if (typeof s.default === 'string') control.value = s.default;
+    read = () => (control.value === '' ? undefined : control.value);
+  }
+  const err = h('div', { class: 'err' });
+  const el = h('div', { class: wide ? 'field wide' : 'field', dataset: { input: name } },
+    h('label', { for: id }, s.title || name, required ? h('span', { class: 'req', title: 'required' }, ' *') : null),
+    control,
+    s.description ? h('div', { class: 'hint' }, s.description) : null,
+    hints.length ? h('div', { class: 'hint' }, hints.join(' ')) : null,
+    err);
+  return { name, el, read, error: (msg) => { el.classList.toggle('invalid', !!msg); err.textContent = msg || ''; } };
+}
+
+class FieldError extends Error {
+  constructor(name, message) { super(message); this.field = name; }
+}
+
+async function workflowPage(id) {
+  const w = await api(`/workflows/${encodeURIComponent(id)}`);
+  const schema = w.inputSchema || {};
+  const required = new Set(schema.required || []);
+  const fields = Object.entries(schema.properties || {}).map(([n, s]) => field(schema, n, s, required.has(n)));
+  const priority = h('input', { id: 'job-priority', type: 'number', step: 1, value: 0 });
+  const cache = h('input', { id: 'job-cache', type: 'checkbox' });
+  cache.checked = true;
+  const status = h('div', {});
+  const submit = h('button', { class: 'primary', type: 'submit', id: 'submit' }, 'Submit job');
+  const form = h('form', { id: 'job-form', class: 'panel', novalidate: true, onsubmit: async (ev) => {
+    ev.preventDefault();
+    status.replaceChildren();
+    fields.forEach((f) => f.error(null));
+    const inputs = {};
+    const files = [];
+    try {
+      for (const f of fields) {
+        const v = f.read();
+        if (v === undefined) continue;
+        if (v && v.file) files.push([f.name, v.file]);
+        else inputs[f.name] = v;
+      }
+    } catch (e) {
+      if (e instanceof FieldError) { fields.find((f) => f.name === e.field).error(e.message); return; }
+      throw e;
+    }
+    const request = { workflowId: w.id, inputs, priority: Number(priority.value) || 0, cache: cache.checked };
+    let body = request;
+    if (files.length) {
+      body = new FormData();
+      body.append('request', new Blob([JSON.stringify(request)], { type: 'application/json' }));
+      for (const [n, file] of files) body.append(n, file, file.name);
+    }
+    submit.disabled = true;
+    try {
+      const r = await api('/jobs', { method: 'POST', body });
+      location.hash = `#/jobs/${r.jobId}`;
+    } catch (e) {
+      submit.disabled = false;
+      // Field errors point at /inputs/<name> (or /<name>): show them next to the field.
+      for (const d of Array.isArray(e.details) ? e.details : []) {
+        const m = /^\/(?:inputs\/)?([^/]+)/.exec(d.path || '');
+        const f = m && fields.find((x) => x.name === m[1].replace(/~1/g, '/').replace(/~0/g, '~'));
+        if (f) f.error(d.message);
+      }
+      status.replaceChildren(alertBox(e));
+    }
+  } },
+  h('div', { class: 'form' }, fields.map((f) => f.el),
+    h('div', { class: 'field' }, h('label', { for: 'job-priority' }, 'Priority'), priority, h('div', { class: 'hint' }, 'Higher runs first.')),
+    h('div', { class: 'field' }, h('label', { for: 'job-cache' }, cache, ' Use the result cache'), h('div', { class: 'hint' }, 'Same inputs and seed: answered from the stored outputs.'))),
+  h('p', {}, submit), status);
+  show(h('div', { class: 'row' }, h('h1', {}, w.name || w.id), h('span', { class: 'mono muted' }, `${w.id} · v${w.version}`)),
+    w.description ? h('p', {}, w.description) : null,
+    form,
+    h('details', {}, h('summary', {}, 'Input schema (JSON Schema)'), h('pre', { id: 'schema' }, JSON.stringify(schema, null, 2))));
+}
+
+// ----- backends -----
+
+async function backendsPage() {
+  const tbody = h('tbody', {});
+  const status = h('div', {});
+  show(h('h1', {}, 'Backends'), status, h('div', { class: 'panel' }, h('table', { id: 'backends' },
+    h('thead', {}, h('tr', {}, ['Backend', 'State', 'In flight', 'Run p50', 'Probe p50', 'ComfyUI', 'Last error', ''].map((t) => h('th', {}, t)))), tbody)));
+  const ms = (v) => (v === null || v === undefined ? '—' : `${Math.round(v)} ms`);
+  async function refresh() {
+    const { backends } = await api('/backends');
+    if (!page.alive) return;
+    tbody.replaceChildren(...backends.map((b) => h('tr', { dataset: { backend: b.id } },
+      h('td', {}, h('strong', {}, b.id), h('div', { class: 'muted mono' }, b.url)),
+      h('td', {}, statusPill(b.state)),
+      h('td', {}, `${b.inFlight} / ${b.maxConcurrency}`, h('div', {}, progressBar(b.maxConcurrency ? (100 * b.inFlight) / b.maxConcurrency : 0))),
+      h('td', {}, ms(b.latencyMs && b.latencyMs.run)),
+      h('td', {}, ms(b.latencyMs && b.latencyMs.probe)),
+      h('td', {}, b.comfyuiVersion || '—'),
+      h('td', { class: 'muted' }, b.lastError || ''),
+      h('td', {}, session.admin ? h('button', { type: 'button', onclick: async () => {
+        try { await api(`/backends/${encodeURIComponent(b.id)}/${b.draining ? 'resume' : 'drain'}`, { method: 'POST' }); status.replaceChildren(); refresh(); } catch (e) { status.replaceChildren(alertBox(e)); }
+      } }, b.draining ? 'Resume' : 'Drain') : null))));
+  }
+  await every(POLL_MS + 1000, refresh);
+}
+
+// ---------- start ----------
+
+async function healthPill() {
+  const pill = document.getElementById('health');
+  try {
+    const r = await fetch('/health');
+    const body = await r.json();
+    pill.textContent = r.ok ? 'healthy' : 'degraded';
+    pill.className = `pill ${r.ok ? 'st-ok' : 'st-failed'}`;
+    pill.title = `GET /health: ${JSON.stringify(body.backends || body)}`;
+  } catch (_) {
+    pill.textContent = 'unreachable';
+    pill.className = 'pill st-failed';
+  }
+}
+
+async function start() {
+  document.getElementById('logout').addEventListener('click', () => signOut());
+  window.addEventListener('hashchange', route);
+  healthPill();
+  setInterval(healthPill, 10000);
+  if (!session.credential) {
+    // Open mode: the server needs no credentials at all.
+    const r = await fetch('/capabilities').catch(() => null);
+    session.open = !!(r && r.ok);
+  }
+  if (session.credential || session.open) await whoAmI();
+  route();
+}
+
+start();

@@ -1,0 +1,189 @@
+// The dashboard in a real browser: Debian's chromium, headless, driven by playwright-core.
+// Run by tests/it/dashboard.rs against a live gateway + simulator; prints one JSON line
+// of what it saw and exits non-zero (with the reason) when anything is not as expected.
+//
+// Env: GATEWAY_URL, USER_KEY, OTHER_KEY, ADMIN_KEY, IMAGE_PATH (a PNG for the file
+// picker), SHOT_DIR (screenshots), CHROMIUM (default /usr/bin/chromium).
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+
+const env = (k) => {
+  const v = process.env[k];
+  if (!v) throw new Error(`${k} is not set`);
+  return v;
+};
+const base = env('GATEWAY_URL');
+const shots = env('SHOT_DIR');
+mkdirSync(shots, { recursive: true });
+const TIMEOUT = 60_000;
+
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+});
+const seen = { steps: [] };
+let page;
+// Script errors and Content-Security-Policy violations fail the test.
+const problems = [];
+try {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  context.setDefaultTimeout(TIMEOUT);
+  page = await context.newPage();
+  page.on('pageerror', (e) => problems.push(`page error: ${e}`));
+  page.on('console', (m) => {
+    if (m.type() === 'error' && /Content Security Policy|Uncaught|TypeError|ReferenceError/.test(m.text())) problems.push(`console: ${m.text()}`);
+  });
+  const step = (s) => { seen.steps.push(s); };
+
+  async function signIn(key, role) {
+    await page.goto(`${base}/`);
+    if (await page.locator('#logout').isVisible()) await page.click('#logout');
+    await page.waitForSelector('#login');
+    await page.fill('#credential', key);
+    await page.click('#login button[type=submit]');
+    await page.waitForSelector('table#jobs');
+    await page.waitForFunction((r) => document.getElementById('who').textContent === r, role);
+  }
+
+  async function jobIdsListed() {
+    await page.goto(`${base}/#/jobs`);
+    await page.waitForSelector('table#jobs');
+    // Two refreshes: the list is loaded (not an earlier page's leftovers).
+    await page.waitForTimeout(2500);
+    return page.$$eval('#jobs tr[data-job]', (rows) => rows.map((r) => r.dataset.job));
+  }
+
+  /** After a submit: the job's page, or the error the form shows. */
+  async function submitted() {
+    await page.waitForFunction(() => /^#\/jobs\/[0-9a-f-]{36}$/.test(location.hash) || document.querySelector('#job-form .alert'));
+    const alert = await page.$('#job-form .alert');
+    if (alert) throw new Error(`the submit was refused: ${await alert.textContent()}`);
+  }
+
+  async function waitSucceeded(what) {
+    await page.waitForSelector('#job-status [data-status]');
+    const status = await page.waitForFunction(() => {
+      const s = document.querySelector('#job-status [data-status]')?.dataset.status;
+      return ['succeeded', 'failed', 'canceled'].includes(s) && s;
+    }).then((h) => h.jsonValue());
+    if (status !== 'succeeded') {
+      const alert = await page.locator('.alert').allTextContents();
+      throw new Error(`${what} ended ${status}: ${alert.join(' | ')}`);
+    }
+    // The thumbnail: fetched with the key, shown from a blob: URL, really decoded.
+    await page.waitForFunction(() => {
+      const img = document.querySelector('#outputs img');
+      return img && img.src.startsWith('blob:') && img.complete && img.naturalWidth > 0;
+    });
+    const img = await page.$eval('#outputs img', (i) => ({ w: i.naturalWidth, h: i.naturalHeight }));
+    const events = await page.$$eval('#events tr[data-type]', (rows) => rows.map((r) => r.dataset.type));
+    return { img, events, id: decodeURIComponent(new URL(page.url()).hash.split('/')[2]) };
+  }
+
+  // 1. A wrong key is refused; the user's key signs in.
+  await page.goto(`${base}/`);
+  await page.waitForSelector('#login');
+  await page.fill('#credential', 'not-a-key');
+  await page.click('#login button[type=submit]');
+  await page.waitForSelector('#login .alert');
+  check((await page.textContent('#login .alert')).includes('not accepted'), 'a wrong key is refused');
+  step('wrong key refused');
+  await signIn(env('USER_KEY'), 'user');
+  step('signed in as user');
+
+  // 2. A text-to-image job from the form generated from icon_512's schema.
+  await page.goto(`${base}/#/workflows`);
+  await page.click('[data-workflow="icon_512"]');
+  await page.waitForSelector('#job-form');
+  const fields = await page.$$eval('#job-form [data-input]', (els) => els.map((e) => e.dataset.input));
+  for (const f of ['prompt', 'negative_prompt', 'width', 'height', 'steps', 'cfg', 'sampler_name', 'seed']) {
+    check(fields.includes(f), `the form has a field for ${f} (has ${fields})`);
+  }
+  check(await page.$eval('#in-width', (e) => e.type === 'number' && e.min === '64' && e.max === '4096' && e.step === '8' && e.value === '512'),
+    'width is a number field with the schema range, step and default');
+  check(await page.$eval('#in-sampler_name', (e) => e.tagName === 'SELECT' && e.options.length > 10 && e.selectedOptions[0].textContent === 'dpmpp_2m'),
+    'sampler_name is a select of the enum with the default chosen');
+  // A value out of range: the API's field error is shown next to the field.
+  await page.fill('#in-prompt', 'a red fox, flat icon');
+  await page.fill('#in-width', '16');
+  await page.click('#submit');
+  await page.waitForSelector('[data-input="width"].invalid .err');
+  const widthError = await page.textContent('[data-input="width"] .err');
+  check(/64|minimum/.test(widthError), `the width error names the minimum: ${widthError}`);
+  step('field error shown');
+  await page.fill('#in-width', '256');
+  await page.fill('#in-seed', '42');
+  await page.click('#submit');
+  await submitted();
+  // Live: the job is followed over its event stream while it runs.
+  await page.waitForSelector('#progress .bar, #job-status [data-status="succeeded"]');
+  const text = await waitSucceeded('the icon job');
+  check(text.img.w === 256, `the thumbnail is the 256 px output (got ${text.img.w})`);
+  for (const t of ['queued', 'dispatched', 'succeeded']) check(text.events.includes(t), `event log has ${t}: ${text.events}`);
+  check(text.events.includes('progress'), `progress came over the stream: ${text.events}`);
+  check((await page.textContent('#inputs')).includes('a red fox, flat icon'), 'the inputs are shown');
+  await page.screenshot({ path: `${shots}/job.png`, fullPage: true });
+  seen.textJob = text.id;
+  step('text job succeeded with thumbnail');
+
+  // 3. An image input by file picker (multipart upload).
+  await page.goto(`${base}/#/workflows/invert`);
+  await page.waitForSelector('#job-form input[type=file]#in-image');
+  await page.setInputFiles('#in-image', env('IMAGE_PATH'));
+  await page.screenshot({ path: `${shots}/form.png`, fullPage: true });
+  await page.click('#submit');
+  await submitted();
+  const upload = await waitSucceeded('the invert job');
+  seen.uploadJob = upload.id;
+  // The download link hands over the output's bytes.
+  const [dl] = await Promise.all([page.waitForEvent('download'), page.click('#outputs .download')]);
+  seen.downloadName = dl.suggestedFilename();
+  seen.downloadPath = `${shots}/downloaded-${seen.downloadName}`;
+  await dl.saveAs(seen.downloadPath);
+  step('upload job succeeded, output downloaded');
+
+  const mine = await jobIdsListed();
+  check(mine.includes(seen.textJob) && mine.includes(seen.uploadJob), `the user's list shows both jobs: ${mine}`);
+  await page.screenshot({ path: `${shots}/jobs.png`, fullPage: true });
+
+  // 4. Another user sees neither job, not even by its address.
+  await signIn(env('OTHER_KEY'), 'user');
+  const theirs = await jobIdsListed();
+  check(!theirs.includes(seen.textJob) && !theirs.includes(seen.uploadJob), `another user's list hides them: ${theirs}`);
+  seen.otherListed = theirs.length;
+  await page.goto(`${base}/#/jobs/${seen.textJob}`);
+  await page.waitForSelector('.alert');
+  check((await page.textContent('.alert')).includes('JOB_NOT_FOUND'), 'another user gets JOB_NOT_FOUND');
+  step('other user sees nothing');
+
+  // 5. The admin sees both, the queue and the backends with their in-flight counts.
+  await signIn(env('ADMIN_KEY'), 'admin');
+  const all = await jobIdsListed();
+  check(all.includes(seen.textJob) && all.includes(seen.uploadJob), `the admin's list shows both: ${all}`);
+  await page.goto(`${base}/#/backends`);
+  await page.waitForSelector('#backends tr[data-backend]');
+  seen.backends = await page.$$eval('#backends tr[data-backend]', (rows) => rows.map((r) => ({
+    id: r.dataset.backend, state: r.querySelector('[data-status]').dataset.status, inFlight: r.children[2].textContent.trim(),
+  })));
+  check(await page.locator('#backends button', { hasText: 'Drain' }).count() === seen.backends.length, 'an admin may drain each backend');
+  await page.screenshot({ path: `${shots}/backends.png`, fullPage: true });
+  await page.goto(`${base}/#/queue`);
+  await page.waitForSelector('#running .card[data-backend]');
+  await page.screenshot({ path: `${shots}/queue.png`, fullPage: true });
+  step('admin sees all, backends and queue');
+
+  check(problems.length === 0, `the page had errors: ${problems.join('\n')}`);
+  console.log(JSON.stringify(seen));
+} catch (e) {
+  await page?.screenshot({ path: `${shots}/failure.png`, fullPage: true }).catch(() => {});
+  console.error(`dashboard test failed: ${e.stack || e}\nsteps done: ${seen.steps.join(' → ')}\n${problems.join('\n')}`);
+  process.exitCode = 1;
+} finally {
+  await browser.close();
+}

@@ -1,0 +1,197 @@
+//! The web dashboard: its files over HTTP (public, typed, cached by ETag, under a strict
+//! Content-Security-Policy), and the page itself in a real headless browser
+//! (`tests/browser/dashboard.mjs`: Debian's chromium driven by playwright-core, both
+//! installed by `scripts/ci-deps`): signing in with a key, a job submitted from the form
+//! generated from a workflow's schema (a field error shown next to its field, an image
+//! input by file picker), followed live to `succeeded` with its thumbnail, an output
+//! downloaded, and another user's key seeing none of those jobs. Screenshots are saved
+//! under `<target>/tmp/dashboard/` for a person to look at.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::support::{self, Gateway, Sim};
+
+const ADMIN_KEY: &str = "dash-admin-key-01";
+const USER_KEY: &str = "dash-alice-key-01";
+const OTHER_KEY: &str = "dash-bob-key-0001";
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_files_are_public_typed_and_revalidated() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let keys = format!("{ADMIN_KEY}:admin,{USER_KEY}:user");
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys)]).await;
+
+    // No credentials needed for the files: they hold no data.
+    let page = get(&format!("{}/", gw.url()), &[]).await;
+    assert_eq!(page.status(), 200);
+    let h = page.headers().clone();
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/ui/app.js") && html.contains("/ui/style.css"));
+    for (file, media_type) in
+        [("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")]
+    {
+        let url = format!("{}/ui/{file}", gw.url());
+        let r = get(&url, &[]).await;
+        assert_eq!(r.status(), 200, "{file}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(media_type), "{file}");
+        let etag = r.headers()["etag"].to_str().unwrap().to_string();
+        assert!(!r.bytes().await.unwrap().is_empty());
+        let again = get(&url, &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status(), 304, "{file} revalidates");
+        let head = reqwest::Client::new().head(&url).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+    }
+    let missing = get(&format!("{}/ui/secrets.json", gw.url()), &[]).await;
+    assert_eq!(missing.status(), 404);
+    let body: Value = missing.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "NOT_FOUND");
+    // The API behind it still needs the key, and other unknown paths stay closed.
+    assert_eq!(get(&format!("{}/jobs", gw.url()), &[]).await.status(), 401);
+    assert_eq!(get(&format!("{}/ui", gw.url()), &[]).await.status(), 401);
+    let post = reqwest::Client::new().post(format!("{}/", gw.url())).send().await.unwrap();
+    assert_eq!(post.status(), 405);
+}
+
+/// The browser and playwright-core, or None (with a notice) outside CI when missing.
+fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let chromium = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    let script = root.join("tests/browser/dashboard.mjs");
+    let ready = chromium.exists()
+        && root.join("tests/browser/node_modules/playwright-core").is_dir()
+        && Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ready {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have chromium, node and tests/browser/node_modules (scripts/ci-deps installs them)"
+        );
+        eprintln!("NOTICE: chromium, node or playwright-core is missing; run scripts/ci-deps for the browser test");
+        return None;
+    }
+    Some((chromium, script))
+}
+
+/// An 8×8 PNG for the file picker.
+fn png_file(dir: &Path) -> PathBuf {
+    let uri = support::invert_job(9)["inputs"]["image"].as_str().unwrap().to_string();
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD.decode(uri.split_once(',').unwrap().1).unwrap();
+    let path = dir.join("picked.png");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_in_a_headless_browser() {
+    let Some((chromium, script)) = browser_tools() else { return };
+    let dir = support::tempdir();
+    // Slow nodes, so that the job is seen running and its progress comes over the stream.
+    let sim = Sim::start(dir.path(), 150).await;
+    let keys = format!("{ADMIN_KEY}:admin,{USER_KEY}:user,{OTHER_KEY}:user");
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys)]).await;
+    let client = reqwest::Client::new();
+    let invert = json!({
+        "id": "invert",
+        "name": "Invert an image",
+        "workflow": {
+            "1": {"class_type": "LoadImage", "inputs": {"image": "{{image}}"}},
+            "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "inverted"}}
+        },
+        "inputSchema": {"type": "object", "required": ["image"], "additionalProperties": false,
+            "properties": {"image": {"type": "string", "format": "image", "description": "The picture to invert."}}}
+    });
+    let r = client.post(format!("{}/workflows", gw.url())).header("x-api-key", ADMIN_KEY).json(&invert).send().await;
+    assert_eq!(r.unwrap().status(), 201);
+    // A job of the other user, which the first must not see.
+    let r = client
+        .post(format!("{}/jobs", gw.url()))
+        .header("x-api-key", OTHER_KEY)
+        .json(&support::invert_job(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let others: Value = r.json().await.unwrap();
+
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
+    let mut node = Command::new("node");
+    node.arg(&script)
+        .env("GATEWAY_URL", gw.url())
+        .env("USER_KEY", USER_KEY)
+        .env("OTHER_KEY", OTHER_KEY)
+        .env("ADMIN_KEY", ADMIN_KEY)
+        .env("IMAGE_PATH", png_file(dir.path()))
+        .env("SHOT_DIR", &shots)
+        .env("CHROMIUM", &chromium);
+    // The script bounds every wait (60 s) and closes the browser on every path.
+    let out = tokio::task::spawn_blocking(move || node.output().expect("node runs")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{}\n{stdout}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.proc_.log()
+    );
+    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
+    eprintln!("dashboard screenshots: {}", shots.display());
+
+    // What the browser did, checked through the API.
+    for (job, workflow) in [(&seen["textJob"], "icon_512"), (&seen["uploadJob"], "invert")] {
+        let id = job.as_str().expect("a job id");
+        let r = client.get(format!("{}/jobs/{id}", gw.url())).header("x-api-key", USER_KEY).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!((v["status"].as_str(), v["workflowId"].as_str()), (Some("succeeded"), Some(workflow)), "{v}");
+        let r = client.get(format!("{}/jobs/{id}", gw.url())).header("x-api-key", OTHER_KEY).send().await.unwrap();
+        assert_eq!(r.status(), 404, "the other user cannot read it either");
+    }
+    let text: Value = client
+        .get(format!("{}/jobs/{}", gw.url(), seen["textJob"].as_str().unwrap()))
+        .header("x-api-key", USER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(text["inputs"]["width"], 256, "the form sent the typed value");
+    assert_eq!(text["inputs"]["seed"], 42);
+    assert_eq!(text["inputs"]["prompt"], "a red fox, flat icon");
+    // The downloaded file is the output's bytes.
+    let upload_id = seen["uploadJob"].as_str().unwrap();
+    let name = seen["downloadName"].as_str().unwrap();
+    let served = client
+        .get(format!("{}/outputs/{upload_id}/{name}", gw.url()))
+        .header("x-api-key", USER_KEY)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(seen["downloadPath"].as_str().unwrap()).unwrap(), served);
+    // The other user's list had their own job and nothing else.
+    assert!(others["jobId"].is_string());
+    assert_eq!(seen["otherListed"], 1, "{seen}");
+    assert_eq!(seen["backends"][0]["inFlight"].as_str().map(|s| s.ends_with("/ 1")), Some(true), "{seen}");
+    for shot in ["job.png", "form.png", "jobs.png", "backends.png", "queue.png"] {
+        let bytes = std::fs::read(shots.join(shot)).unwrap_or_else(|e| panic!("{shot}: {e}"));
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000, "{shot} is a real screenshot");
+    }
+}
