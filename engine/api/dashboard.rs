@@ -26,11 +26,7 @@ struct Asset {
 }
 
 const ASSETS: [Asset; 4] = [
-    Asset {
-        name: "index.html",
-        media_type: "text/html; charset=utf-8",
-        body: include_bytes!("dashboard/index.html"),
-    },
+    Asset { name: "index.html", media_type: "text/html; charset=utf-8", body: include_bytes!("dashboard/index.html") },
     Asset { name: "app.js", media_type: "text/javascript; charset=utf-8", body: include_bytes!("dashboard/app.js") },
     Asset { name: "style.css", media_type: "text/css; charset=utf-8", body: include_bytes!("dashboard/style.css") },
     Asset { name: "favicon.svg", media_type: "image/svg+xml", body: include_bytes!("dashboard/favicon.svg") },
