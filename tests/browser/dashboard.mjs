@@ -173,8 +173,20 @@ try {
   })));
   check(await page.locator('#backends button', { hasText: 'Drain' }).count() === seen.backends.length, 'an admin may drain each backend');
   await page.screenshot({ path: `${shots}/backends.png`, fullPage: true });
+  // A queue to look at: one job runs (the simulator is slow), the rest wait by priority.
+  for (const [i, priority] of [0, 0, 10, 0, -5].entries()) {
+    const r = await fetch(`${base}/jobs`, {
+      method: 'POST',
+      headers: { 'X-API-Key': env('ADMIN_KEY'), 'Content-Type': 'application/json' },
+      body: JSON.stringify({ workflowId: 'icon_512', priority, cache: false, inputs: { prompt: `queued ${i}`, seed: i, steps: 40 } }),
+    });
+    check(r.status === 202, `queue job ${i}: ${r.status} ${await r.text()}`);
+  }
   await page.goto(`${base}/#/queue`);
-  await page.waitForSelector('#running .card[data-backend]');
+  await page.waitForSelector('#running .card[data-backend] li');
+  await page.waitForFunction(() => document.querySelectorAll('#queued [data-priority]').length >= 3);
+  seen.queuedPriorities = await page.$$eval('#queued [data-priority]', (els) => els.map((e) => Number(e.dataset.priority)));
+  check(seen.queuedPriorities.join() === '10,0,-5', `queued groups by priority, highest first: ${seen.queuedPriorities}`);
   await page.screenshot({ path: `${shots}/queue.png`, fullPage: true });
   step('admin sees all, backends and queue');
 
