@@ -3,7 +3,7 @@
 // of what it saw and exits non-zero (with the reason) when anything is not as expected.
 //
 // Env: GATEWAY_URL, USER_KEY, OTHER_KEY, ADMIN_KEY, IMAGE_PATH (a PNG for the file
-// picker), SHOT_DIR (screenshots), CHROMIUM (default /usr/bin/chromium).
+// picker), IMPORT_FILE (an API-format export from ComfyUI), SHOT_DIR (screenshots), CHROMIUM (default /usr/bin/chromium).
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 
@@ -166,6 +166,30 @@ try {
   await signIn(env('ADMIN_KEY'), 'admin');
   const all = await jobIdsListed();
   check(all.includes(seen.textJob) && all.includes(seen.uploadJob), `the admin's list shows both: ${all}`);
+  // An SDXL export from ComfyUI imported, reviewed, registered, and run from its form.
+  await page.goto(`${base}/#/workflows`);
+  await page.click('#import-link');
+  await page.setInputFiles('#import-file', env('IMPORT_FILE'));
+  await page.waitForFunction(() => document.getElementById('import-json').value.includes('class_type'));
+  await page.fill('#import-id', 'sdxl_imported');
+  await page.click('#import-propose');
+  await page.waitForSelector('#import-inputs tr[data-input]');
+  seen.importedInputs = await page.$$eval('#import-inputs tr[data-input]', (rows) => rows.map((r) => r.dataset.input));
+  for (const f of ['prompt', 'negative_prompt', 'seed', 'steps', 'cfg', 'width', 'height', 'checkpoint']) {
+    check(seen.importedInputs.includes(f), `the import found ${f}: ${seen.importedInputs}`);
+  }
+  await page.screenshot({ path: `${shots}/import.png`, fullPage: true });
+  await page.click('#import-register');
+  await page.waitForSelector('#job-form [data-input="prompt"]');
+  check(await page.$eval('#in-checkpoint', (e) => e.tagName === 'SELECT' && [...e.options].some((o) => o.textContent === 'sd_xl_base_1.0.safetensors')),
+    'the imported checkpoint input is a select of the installed checkpoints');
+  await page.fill('#in-prompt', 'a lighthouse at dusk');
+  await page.fill('#in-steps', '4');
+  await page.click('#submit');
+  await submitted();
+  seen.importedJob = (await waitSucceeded('the imported workflow\'s job')).id;
+  step('workflow imported and run');
+
   await page.goto(`${base}/#/backends`);
   await page.waitForSelector('#backends tr[data-backend]');
   seen.backends = await page.$$eval('#backends tr[data-backend]', (rows) => rows.map((r) => ({

@@ -4,7 +4,8 @@
 //! installed by `scripts/ci-deps`): signing in with a key, a job submitted from the form
 //! generated from a workflow's schema (a field error shown next to its field, an image
 //! input by file picker), followed live to `succeeded` with its thumbnail, an output
-//! downloaded, and another user's key seeing none of those jobs. Screenshots are saved
+//! downloaded, another user's key seeing none of those jobs, and an admin importing an
+//! SDXL export from ComfyUI, registering the proposal and running it. Screenshots are saved
 //! under `<target>/tmp/dashboard/` for a person to look at.
 
 use std::path::{Path, PathBuf};
@@ -138,6 +139,7 @@ async fn the_dashboard_in_a_headless_browser() {
         .env("OTHER_KEY", OTHER_KEY)
         .env("ADMIN_KEY", ADMIN_KEY)
         .env("IMAGE_PATH", png_file(dir.path()))
+        .env("IMPORT_FILE", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/sdxl_api.json"))
         .env("SHOT_DIR", &shots)
         .env("CHROMIUM", &chromium);
     // The script bounds every wait (60 s) and closes the browser on every path.
@@ -190,7 +192,20 @@ async fn the_dashboard_in_a_headless_browser() {
     assert!(others["jobId"].is_string());
     assert_eq!(seen["otherListed"], 1, "{seen}");
     assert_eq!(seen["backends"][0]["inFlight"].as_str().map(|s| s.ends_with("/ 1")), Some(true), "{seen}");
-    for shot in ["job.png", "form.png", "jobs.png", "backends.png", "queue.png"] {
+    // The imported workflow ran with what the form sent.
+    let imported = seen["importedJob"].as_str().expect("the imported workflow's job");
+    let v: Value = client
+        .get(format!("{}/jobs/{imported}", gw.url()))
+        .header("x-api-key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((v["workflowId"].as_str(), v["status"].as_str()), (Some("sdxl_imported"), Some("succeeded")), "{v}");
+    assert_eq!((v["inputs"]["prompt"].as_str(), v["inputs"]["steps"].as_i64()), (Some("a lighthouse at dusk"), Some(4)));
+    for shot in ["job.png", "form.png", "jobs.png", "import.png", "backends.png", "queue.png"] {
         let bytes = std::fs::read(shots.join(shot)).unwrap_or_else(|e| panic!("{shot}: {e}"));
         assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000, "{shot} is a real screenshot");
     }

@@ -255,8 +255,9 @@ function route() {
   const [view, ...rest] = hash.split('/');
   const arg = rest.length ? decodeURIComponent(rest.join('/')) : null;
   if (!session.credential && !session.open) return loginPage();
-  document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.view === (view || 'jobs')));
-  const pages = { jobs: arg ? jobPage : jobsPage, queue: queuePage, workflows: arg ? workflowPage : workflowsPage, backends: backendsPage };
+  const tab = view === 'import' ? 'workflows' : view || 'jobs';
+  document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.view === tab));
+  const pages = { jobs: arg ? jobPage : jobsPage, queue: queuePage, workflows: arg ? workflowPage : workflowsPage, import: importPage, backends: backendsPage };
   const fn = pages[view] || jobsPage;
   fn(arg).catch((e) => show(h('h1', {}, 'Something went wrong'), alertBox(e)));
 }
@@ -511,8 +512,9 @@ async function queuePage() {
 
 async function workflowsPage() {
   const { workflows } = await api('/workflows');
-  show(h('h1', {}, 'Workflows'),
-    workflows.length
+  show(h('div', { class: 'row' }, h('h1', {}, 'Workflows'), h('span', { class: 'spacer' }),
+    session.admin ? h('a', { class: 'button', href: '#/import', id: 'import-link' }, 'Import from ComfyUI') : null),
+  workflows.length
       ? h('div', { class: 'cards', id: 'workflows' }, workflows.map((w) => h('a', { class: 'card', href: `#/workflows/${encodeURIComponent(w.id)}`, dataset: { workflow: w.id } },
         h('h3', {}, w.name || w.id), h('div', { class: 'mono muted' }, `${w.id} · v${w.version}`), h('p', {}, w.description || ''))))
       : h('div', { class: 'empty' }, 'No workflows are registered.'));
@@ -646,6 +648,71 @@ async function workflowPage(id) {
     w.description ? h('p', {}, w.description) : null,
     form,
     h('details', {}, h('summary', {}, 'Input schema (JSON Schema)'), h('pre', { id: 'schema' }, JSON.stringify(schema, null, 2))));
+}
+
+// ----- import -----
+
+/**
+ * An API-format export from ComfyUI → POST /workflows/import proposes a template and an
+ * input schema from the backend's /object_info; the admin reviews (and may edit) them and
+ * registers the result as a normal workflow with POST /workflows.
+ */
+async function importPage() {
+  const file = h('input', { id: 'import-file', type: 'file', accept: '.json,application/json' });
+  const text = h('textarea', { id: 'import-json', placeholder: '{"3": {"class_type": "KSampler", "inputs": {…}}, …}', style: { minHeight: '160px' } });
+  file.addEventListener('change', async () => { if (file.files.length) text.value = await file.files[0].text(); });
+  const id = h('input', { id: 'import-id', type: 'text', placeholder: 'from the file name or the checkpoint' });
+  const name = h('input', { id: 'import-name', type: 'text' });
+  const status = h('div', {});
+  const review = h('div', { id: 'import-review' });
+  const form = h('form', { class: 'panel', id: 'import-form', onsubmit: async (ev) => {
+    ev.preventDefault();
+    status.replaceChildren();
+    review.replaceChildren();
+    let workflow;
+    try { workflow = JSON.parse(text.value); } catch (e) { status.replaceChildren(alertBox({ code: 'INVALID_JSON', message: `The export is not JSON: ${e.message}` })); return; }
+    const body = { workflow };
+    if (id.value.trim()) body.id = id.value.trim();
+    else if (file.files.length) body.id = file.files[0].name.replace(/\.json$/i, '').replace(/[^A-Za-z0-9_-]+/g, '_');
+    if (name.value.trim()) body.name = name.value.trim();
+    try {
+      reviewProposal(review, await api('/workflows/import', { method: 'POST', body }));
+    } catch (e) { status.replaceChildren(alertBox(e)); }
+  } },
+  h('p', {}, 'In ComfyUI, enable the dev mode options and use ', h('strong', {}, 'Export (API)'), '; pick or paste that file. ',
+    'The common inputs (prompts, sampler settings, size, checkpoint, image inputs) are found and typed from the backend\'s node definitions.'),
+  h('div', { class: 'form' },
+    h('div', { class: 'field' }, h('label', { for: 'import-file' }, 'API-format file'), file),
+    h('div', { class: 'field' }, h('label', { for: 'import-id' }, 'Workflow id'), id),
+    h('div', { class: 'field' }, h('label', { for: 'import-name' }, 'Name'), name),
+    h('div', { class: 'field wide' }, h('label', { for: 'import-json' }, 'Export (JSON)'), text)),
+  h('p', {}, h('button', { class: 'primary', type: 'submit', id: 'import-propose' }, 'Propose a workflow')), status);
+  show(h('h1', {}, 'Import a workflow from ComfyUI'), form, review);
+}
+
+function reviewProposal(el, { proposal, inputs, warnings }) {
+  const schema = h('textarea', { id: 'import-schema', class: 'mono', style: { minHeight: '320px' } });
+  schema.value = JSON.stringify(proposal.inputSchema, null, 2);
+  const status = h('div', {});
+  const register = h('button', { class: 'primary', type: 'button', id: 'import-register', onclick: async () => {
+    status.replaceChildren();
+    let inputSchema;
+    try { inputSchema = JSON.parse(schema.value); } catch (e) { status.replaceChildren(alertBox({ code: 'INVALID_JSON', message: `The schema is not JSON: ${e.message}` })); return; }
+    register.disabled = true;
+    try {
+      const w = await api('/workflows', { method: 'POST', body: { id: proposal.id, name: proposal.name, description: proposal.description, workflow: proposal.template, inputSchema } });
+      location.hash = `#/workflows/${encodeURIComponent(w.id)}`;
+    } catch (e) { register.disabled = false; status.replaceChildren(alertBox(e)); }
+  } }, `Register "${proposal.id}"`);
+  el.replaceChildren(h('div', { class: 'panel' },
+    h('h2', {}, `Proposal: ${proposal.name || proposal.id}`),
+    warnings.length ? h('div', { class: 'note', id: 'import-warnings' }, h('strong', {}, 'Check: '), h('ul', {}, warnings.map((w) => h('li', {}, w)))) : null,
+    h('table', { id: 'import-inputs' }, h('thead', {}, h('tr', {}, ['Input', 'Type', 'Node', 'Replaces', 'Exported value'].map((t) => h('th', {}, t)))),
+      h('tbody', {}, inputs.map((i) => h('tr', { dataset: { input: i.name } }, h('td', {}, h('strong', {}, i.name)), h('td', {}, i.type),
+        h('td', {}, `${i.node} (${i.classType})`), h('td', { class: 'mono' }, i.input), h('td', { class: 'mono' }, JSON.stringify(i.value)))))),
+    h('h2', {}, 'Input schema (edit before registering if you like)'), schema,
+    h('details', {}, h('summary', {}, 'Template with {{tokens}}'), h('pre', {}, JSON.stringify(proposal.template, null, 2))),
+    h('p', {}, register), status));
 }
 
 // ----- backends -----
