@@ -69,7 +69,8 @@ print("" if v is None else v if not isinstance(v, (dict, list)) else json.dumps(
 echo "comfyui-gateway API tour against $URL"
 
 # --- Service -------------------------------------------------------------------------
-step 200 GET /health
+# 200 when a backend is reachable, 503 until then (jobs wait in the queue meanwhile).
+step '200|503' GET /health
 step 200 GET /capabilities
 step 200 GET /openapi.json
 cp "$BODY" "$work/openapi.json"

@@ -13,6 +13,9 @@
 //!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
 //!   privacy mode.
+//! - `examples`: the client examples of `examples/` against a live gateway: `curl.sh`
+//!   (every endpoint), the Python client and webhook receiver, the Node client, the n8n
+//!   workflow (structure, and its HTTP Request node replayed).
 //! - `faults`: the backend-fault matrix: refused connections, 5xx answers, hung answers,
 //!   execution hangs, WebSocket drops, crashes, garbage and truncated downloads, history
 //!   without outputs; transient and persistent, each with its expected end state and code.
@@ -57,6 +60,7 @@ mod campaign;
 #[cfg(feature = "failpoints")]
 mod crash_points;
 mod events;
+mod examples;
 mod faults;
 mod inputs;
 mod jobs;
