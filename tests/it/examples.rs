@@ -102,7 +102,7 @@ async fn assert_downloaded(gw: &Gateway, job: &str, dir: &Path) -> usize {
 fn succeeded_job(out: &str) -> String {
     out.lines()
         .filter_map(|l| l.strip_prefix("job ").and_then(|r| r.strip_suffix(" succeeded")))
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no `job ID succeeded` line:\n{out}"))
         .to_string()
 }
