@@ -118,6 +118,8 @@ step '202|200' POST /jobs -H 'content-type: application/json' \
 job=$(jget "$BODY" jobId)
 echo "    job: $job"
 step 200 GET "/jobs/$job"
+# Errors have one envelope: {"error": {code, message, retryable, details?}, "correlationId"}.
+step 404 POST /jobs -H 'content-type: application/json' -d '{"workflowId": "no_such_workflow", "inputs": {}}'
 
 echo
 echo "==> GET /jobs/$job/events   (Server-Sent Events with curl -N, until the terminal event)"
@@ -153,6 +155,7 @@ step 206 GET "$file_url" -r 0-99
 [ "$(wc -c <"$BODY")" -eq 100 ] || { echo "FAILED: the range is not 100 bytes" >&2; exit 1; }
 step 304 GET "$file_url" -H "If-None-Match: \"$file_hash\""
 step 200 GET "$file_url?format=base64"
+step 200 GET "/jobs/$job?include=base64"
 
 # --- A multipart job: the image uploaded as a file part ------------------------------
 # 200 instead of 202 when the result cache already holds this job's result.
@@ -208,6 +211,9 @@ fi
 step 200 GET /metrics
 step 200 GET '/audit?limit=5'
 step 204 DELETE "/workflows/$WF"
+
+# --- The dashboard (a 404 on servers without one) -------------------------------------
+step '200|404' GET /
 
 # --- Import a ComfyUI workflow (only when the server has POST /workflows/import) ----
 if grep -q '"/workflows/import"' "$work/openapi.json"; then

@@ -121,7 +121,24 @@ async fn curl_tour_calls_every_endpoint_with_the_expected_status() {
     let log = text(&out);
     assert!(out.status.success(), "curl.sh failed:\n{log}\n{}", gw.proc_.log());
 
-    // Every route of the table was called (engine/api/routes.rs).
+    // Every pattern of the route table (engine/api/routes.rs) was called: a route added
+    // there needs its step in curl.sh.
+    let table = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/api/routes.rs")).unwrap();
+    let patterns: Vec<&str> =
+        table.lines().filter_map(|l| l.trim().strip_prefix("(\"")?.split_once("\", Route::").map(|(p, _)| p)).collect();
+    assert!(patterns.len() >= 19, "the route table was not found: {patterns:?}");
+    let called: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("==> ")?.split_whitespace().nth(1))
+        .map(|p| p.split('?').next().unwrap())
+        .collect();
+    let matches = |pattern: &str, path: &str| {
+        let (a, b): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
+        a.len() == b.len() && a.iter().zip(&b).all(|(p, s)| p == s || p.starts_with('{') && !s.is_empty())
+    };
+    for pattern in &patterns {
+        assert!(called.iter().any(|path| matches(pattern, path)), "curl.sh has no step for {pattern}:\n{log}");
+    }
     for step in [
         "==> GET /health",
         "==> GET /capabilities",
