@@ -228,6 +228,18 @@ async fn python_client_follows_a_job_with_a_resume_and_downloads_verified_output
     let job = succeeded_job(&log);
     assert!(assert_downloaded(&gw, &job, &out_dir).await >= 1);
 
+    // `demo`: the same with an in-process receiver as the callback, its delivery verified.
+    let mut cmd = example("python3");
+    cmd.arg(examples_dir().join("python/gateway_client.py"))
+        .args(["--url", &gw.url(), "--api-key", USER_KEY, "demo", "--secret", SECRET, "--out"])
+        .arg(dir.path().join("demo-out"));
+    let out = run(cmd).await;
+    let log = text(&out);
+    assert!(out.status.success(), "gateway_client.py demo failed:\n{log}");
+    let job = succeeded_job(&log);
+    assert!(log.contains(&format!("webhook job.succeeded for {job} verified")), "{log}");
+    assert!(assert_downloaded(&gw, &job, &dir.path().join("demo-out")).await >= 1);
+
     // A failing request exits non-zero with the gateway's error.
     let mut cmd = example("python3");
     cmd.arg(examples_dir().join("python/gateway_client.py")).args([
