@@ -17,6 +17,9 @@
 //!   another user sees none of it; screenshots under `<target>/tmp/dashboard/`.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
 //!   privacy mode.
+//! - `examples`: the client examples of `examples/` against a live gateway: `curl.sh`
+//!   (every endpoint), the Python client and webhook receiver, the Node client, the n8n
+//!   workflow (structure, and its HTTP Request node replayed).
 //! - `faults`: the backend-fault matrix: refused connections, 5xx answers, hung answers,
 //!   execution hangs, WebSocket drops, crashes, garbage and truncated downloads, history
 //!   without outputs; transient and persistent, each with its expected end state and code.
@@ -62,6 +65,7 @@ mod campaign;
 mod crash_points;
 mod dashboard;
 mod events;
+mod examples;
 mod faults;
 mod inputs;
 mod jobs;
