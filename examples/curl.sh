@@ -212,8 +212,9 @@ step 200 GET /metrics
 step 200 GET '/audit?limit=5'
 step 204 DELETE "/workflows/$WF"
 
-# --- The dashboard (a 404 on servers without one) -------------------------------------
-step '200|404' GET /
+# --- The dashboard: its page and files are public (the page asks for a key) ----------
+step 200 GET /
+step 200 GET /ui/app.js
 
 # --- Import a ComfyUI workflow (only when the server has POST /workflows/import) ----
 if grep -q '"/workflows/import"' "$work/openapi.json"; then
