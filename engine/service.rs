@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::canonical;
+use crate::comfy::protocol::ObjectInfo;
 use crate::config::Config;
 use crate::domain::PluginRef;
 use crate::domain::{Hash, IdempotencyRecord, InputRef, Job, JobId, JobState, WorkflowRecord, input_subfolder, now_ms};
@@ -132,6 +133,38 @@ pub enum PluginSource {
     /// A component already stored (by BLAKE3 hash).
     Stored(Hash),
 }
+
+/// A workflow proposed from a ComfyUI export ([`Gateway::import_workflow`]).
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The id proposed (given, else [`IMPORT_ID_DEFAULT`]).
+    pub id: String,
+    /// The name (given, else the id).
+    pub name: String,
+    /// The description (given, else empty).
+    pub description: String,
+    /// Template, input schema, what was found, warnings.
+    pub proposal: workflows::import::Proposal,
+}
+
+impl Imported {
+    /// The definition that registers the proposal as it is.
+    pub fn definition(&self) -> WorkflowDefinition {
+        WorkflowDefinition {
+            id: self.id.clone(),
+            name: Some(self.name.clone()),
+            description: Some(self.description.clone()),
+            template: self.proposal.template.clone(),
+            input_schema: Some(self.proposal.input_schema.clone()),
+            defaults: None,
+            keep_previews: false,
+            plugin: PluginChange::Keep,
+        }
+    }
+}
+
+/// The id of an imported workflow when none is given.
+pub const IMPORT_ID_DEFAULT: &str = "imported";
 
 /// Highest and lowest priority level accepted.
 pub const PRIORITY_MAX: i32 = 100;
@@ -425,6 +458,56 @@ impl Gateway {
             plugin_loads: self.plugins.load_counts(),
         };
         Ok(self.metrics.render(&snapshot))
+    }
+
+    /// The node definitions of the backend [`Scheduler::catalog_backend`] picks, fetched
+    /// now (not cached: imports are rare, and installing a model changes them).
+    /// `COMFYUI_UNREACHABLE` when it cannot be read.
+    pub async fn object_info(&self) -> Result<ObjectInfo> {
+        let (id, client) = self.scheduler.catalog_backend();
+        client.object_info().await.map_err(|e| {
+            // The cause may name the URL (and its credentials): logged, not answered.
+            tracing::warn!(backend = %id, error = %e, "cannot read /object_info");
+            let why = if e.is_unreachable() { "is unreachable" } else { "did not answer /object_info properly" };
+            Error::new(
+                ErrorCode::ComfyuiUnreachable,
+                format!("cannot read the node definitions: ComfyUI backend {id} {why}; try again when it is up"),
+            )
+        })
+    }
+
+    /// Propose a workflow (template + input schema) for a ComfyUI API-format export, typed
+    /// from the backend's node definitions. `at` is where the export is in the request
+    /// (`/workflow`, or `` for a whole body), for error paths.
+    pub async fn import_workflow(
+        &self,
+        workflow: &Value,
+        at: &str,
+        id: Option<String>,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<Imported> {
+        let id = id.unwrap_or_else(|| IMPORT_ID_DEFAULT.to_string());
+        validate_workflow_id(&id)?;
+        workflows::import::check_api_format(workflow, at)
+            .map_err(|e| workflow_error("", WorkflowError::Definition(e)))?;
+        let classes = self.object_info().await?;
+        let name = name.unwrap_or_else(|| id.clone());
+        let description = description.unwrap_or_default();
+        let proposal = workflows::import::propose(workflow, &classes, &name, &description).map_err(|errors| {
+            let errors = errors
+                .into_iter()
+                .map(|e| {
+                    let rest = e.path.strip_prefix("/workflow").unwrap_or(&e.path).to_string();
+                    FieldError::new(
+                        if rest.is_empty() && at.is_empty() { "/".into() } else { format!("{at}{rest}") },
+                        e.message,
+                    )
+                })
+                .collect();
+            workflow_error("", WorkflowError::Definition(errors))
+        })?;
+        Ok(Imported { id, name, description, proposal })
     }
 
     /// A job by id.
