@@ -487,27 +487,11 @@ impl Gateway {
         name: Option<String>,
         description: Option<String>,
     ) -> Result<Imported> {
-        let id = id.unwrap_or_else(|| IMPORT_ID_DEFAULT.to_string());
-        validate_workflow_id(&id)?;
-        workflows::import::check_api_format(workflow, at)
-            .map_err(|e| workflow_error("", WorkflowError::Definition(e)))?;
+        // The request is checked before the backend is asked: a bad one is a 400 even
+        // while the backend is down.
+        check_import(workflow, at, id.as_deref())?;
         let classes = self.object_info().await?;
-        let name = name.unwrap_or_else(|| id.clone());
-        let description = description.unwrap_or_default();
-        let proposal = workflows::import::propose(workflow, &classes, &name, &description).map_err(|errors| {
-            let errors = errors
-                .into_iter()
-                .map(|e| {
-                    let rest = e.path.strip_prefix("/workflow").unwrap_or(&e.path).to_string();
-                    FieldError::new(
-                        if rest.is_empty() && at.is_empty() { "/".into() } else { format!("{at}{rest}") },
-                        e.message,
-                    )
-                })
-                .collect();
-            workflow_error("", WorkflowError::Definition(errors))
-        })?;
-        Ok(Imported { id, name, description, proposal })
+        propose_import(workflow, at, &classes, id, name, description)
     }
 
     /// A job by id.
@@ -684,6 +668,42 @@ impl Registry {
     pub fn workflows(&self) -> Result<Vec<WorkflowRecord>> {
         Ok(self.store.list_workflows()?)
     }
+}
+
+/// Check an import request: the id (if given) and the API format of the export, which is at
+/// `at` in the request (`/workflow`, or `` for a whole body or file).
+pub fn check_import(workflow: &Value, at: &str, id: Option<&str>) -> Result<()> {
+    validate_workflow_id(id.unwrap_or(IMPORT_ID_DEFAULT))?;
+    workflows::import::check_api_format(workflow, at).map_err(|e| workflow_error("", WorkflowError::Definition(e)))
+}
+
+/// Propose a workflow for an export from the backend's node definitions
+/// ([`workflows::import::propose`]); `id` defaults to [`IMPORT_ID_DEFAULT`], `name` to the id.
+pub fn propose_import(
+    workflow: &Value,
+    at: &str,
+    classes: &ObjectInfo,
+    id: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+) -> Result<Imported> {
+    check_import(workflow, at, id.as_deref())?;
+    let id = id.unwrap_or_else(|| IMPORT_ID_DEFAULT.to_string());
+    let name = name.unwrap_or_else(|| id.clone());
+    let description = description.unwrap_or_default();
+    let proposal = workflows::import::propose(workflow, classes, &name, &description).map_err(|errors| {
+        // The derivation names paths under `/workflow`; the export is at `at`.
+        let errors = errors
+            .into_iter()
+            .map(|e| {
+                let rest = e.path.strip_prefix("/workflow").unwrap_or(&e.path);
+                let path = if rest.is_empty() && at.is_empty() { "/".to_string() } else { format!("{at}{rest}") };
+                FieldError::new(path, e.message)
+            })
+            .collect();
+        workflow_error("", WorkflowError::Definition(errors))
+    })?;
+    Ok(Imported { id, name, description, proposal })
 }
 
 /// Compile a stored workflow record.

@@ -279,3 +279,103 @@ async fn import_is_for_admins_and_needs_a_reachable_backend() {
     let (status, _) = post("admin-key-0001", json!({"workflow": []})).await;
     assert_eq!(status, 400);
 }
+
+/// Run the binary with `args` (no inherited gateway configuration but `envs`): exit code,
+/// stdout, stderr.
+fn cli(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(support::BIN);
+    cmd.args(args);
+    for var in ["PORT", "HOST", "COMFYUI_URL", "DATABASE_URL", "GATEWAY_URL", "GATEWAY_API_KEY"] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_workflow_cli_writes_files_that_add_workflow_accepts() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 5).await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures");
+    let sdxl = fixtures.join("sdxl_api.json").display().to_string();
+    let out_dir = dir.path().join("proposed");
+    let out = out_dir.display().to_string();
+    let db = dir.path().join("gateway.redb").display().to_string();
+
+    // The backend from COMFYUI_URL (the first of a list), the proposal on stdout, the files.
+    let list = format!("{},http://127.0.0.1:1", sim.url());
+    let (code, stdout, stderr) = cli(
+        &["import-workflow", &sdxl, "--id", "sdxl_cli", "--name", "SDXL (CLI)", "--out", &out],
+        &[("COMFYUI_URL", &list)],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let printed: Value = serde_json::from_str(&stdout).expect("stdout is the proposal's JSON");
+    assert_eq!(printed["proposal"]["id"], "sdxl_cli");
+    assert!(printed["proposal"]["inputSchema"]["properties"]["refiner_steps"].is_object());
+    let template = out_dir.join("sdxl_cli.json");
+    let schema = out_dir.join("sdxl_cli.schema.json");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&schema).unwrap()).unwrap();
+    assert_eq!(written, printed["proposal"]["inputSchema"]);
+    assert_eq!(written["title"], "SDXL (CLI)");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&template).unwrap()).unwrap();
+    assert_eq!(written, printed["proposal"]["template"]);
+
+    // Reviewed, then added like any workflow file pair.
+    let db_env = [("DATABASE_URL", db.as_str())];
+    let (code, stdout, stderr) = cli(&["init"], &db_env);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let (t, s) = (template.display().to_string(), schema.display().to_string());
+    let (code, stdout, stderr) = cli(&["add-workflow", &t, "--id", "sdxl_cli", "--schema", &s], &db_env);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("sdxl_cli version 1"), "{stdout}");
+
+    // `--register` with the database held by a running gateway goes through its API.
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("DATABASE_URL", &db)]).await;
+    let port = gw.port.to_string();
+    let img2img = fixtures.join("img2img_api.json").display().to_string();
+    let (code, stdout, stderr) = cli(
+        &[
+            "import-workflow",
+            &img2img,
+            "--comfyui-url",
+            &sim.url(),
+            "--id",
+            "img2img_cli",
+            "--register",
+            "--port",
+            &port,
+        ],
+        &db_env,
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stderr.contains("img2img_cli version 1") && stderr.contains("via"), "{stderr}");
+    serde_json::from_str::<Value>(&stdout).expect("stdout is still only the JSON");
+    let (status, w) = get_json(&format!("{}/workflows/img2img_cli", gw.url())).await;
+    assert_eq!(status, 200, "{w}");
+    assert_eq!(w["inputSchema"]["properties"]["image"]["format"], "image");
+    // The workflow added from the files runs.
+    let job = gw.submit_ok(json!({"workflowId": "sdxl_cli", "inputs": {"steps": 3, "batch_size": 2}})).await;
+    assert_eq!(gw.wait_terminal(&job, Duration::from_secs(120)).await["status"], "succeeded");
+    assert_eq!(received_prompt(&sim, &job).await["5"]["inputs"]["batch_size"], 2);
+
+    // Refusals: exit 1 with the reason, 2 for a bad COMFYUI_URL.
+    let ui = dir.path().join("ui.json");
+    std::fs::write(&ui, r#"{"last_node_id": 1, "nodes": [], "links": []}"#).unwrap();
+    let (code, _, stderr) = cli(&["import-workflow", ui.to_str().unwrap(), "--comfyui-url", &sim.url()], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("Export (API)"), "{stderr}");
+    let down = format!("http://127.0.0.1:{}", support::free_port());
+    let (code, _, stderr) = cli(&["import-workflow", &sdxl, "--comfyui-url", &down], &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("cannot read the node definitions"), "{stderr}");
+    let (code, _, stderr) = cli(&["import-workflow", &sdxl, "--comfyui-url", "ftp://x"], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("COMFYUI_URL"), "{stderr}");
+}
