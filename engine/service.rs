@@ -691,18 +691,8 @@ pub fn propose_import(
     let id = id.unwrap_or_else(|| IMPORT_ID_DEFAULT.to_string());
     let name = name.unwrap_or_else(|| id.clone());
     let description = description.unwrap_or_default();
-    let proposal = workflows::import::propose(workflow, classes, &name, &description).map_err(|errors| {
-        // The derivation names paths under `/workflow`; the export is at `at`.
-        let errors = errors
-            .into_iter()
-            .map(|e| {
-                let rest = e.path.strip_prefix("/workflow").unwrap_or(&e.path);
-                let path = if rest.is_empty() && at.is_empty() { "/".to_string() } else { format!("{at}{rest}") };
-                FieldError::new(path, e.message)
-            })
-            .collect();
-        workflow_error("", WorkflowError::Definition(errors))
-    })?;
+    let proposal = workflows::import::propose(workflow, at, classes, &name, &description)
+        .map_err(|errors| workflow_error("", WorkflowError::Definition(errors)))?;
     Ok(Imported { id, name, description, proposal })
 }
 

@@ -36,7 +36,7 @@ use serde::Serialize;
 use serde_json::{Map, Value, json};
 
 use super::schema::SEED_MAX;
-use super::{CompiledWorkflow, FieldError, template};
+use super::{CompiledWorkflow, FieldError};
 use crate::comfy::protocol::{InputKind, NodeClass, ObjectInfo};
 
 /// Longest prompt text accepted by a proposed schema (as in the bundled workflows).
@@ -99,20 +99,21 @@ pub fn check_api_format(workflow: &Value, at: &str) -> Result<(), Vec<FieldError
              Export (API) and import that file",
         )]);
     }
-    let errors: Vec<FieldError> = super::check_template(workflow)
+    let errors = rebase(super::check_template(workflow), at);
+    if errors.is_empty() { Ok(()) } else { Err(errors) }
+}
+
+/// Errors with paths under `/workflow` (as [`CompiledWorkflow::compile`] names them) moved
+/// under `at`, where the export is in the request.
+fn rebase(errors: Vec<FieldError>, at: &str) -> Vec<FieldError> {
+    errors
         .into_iter()
         .map(|e| {
             let rest = e.path.strip_prefix("/workflow").unwrap_or(&e.path);
-            FieldError::new(format!("{at}{rest}").replace("//", "/"), e.message)
+            let path = if rest.is_empty() && at.is_empty() { "/".to_string() } else { format!("{at}{rest}") };
+            FieldError::new(path, e.message)
         })
-        .map(|mut e| {
-            if e.path.is_empty() {
-                e.path = "/".into();
-            }
-            e
-        })
-        .collect();
-    if errors.is_empty() { Ok(()) } else { Err(errors) }
+        .collect()
 }
 
 /// Which side of a sampler a prompt text is on.
@@ -209,13 +210,15 @@ struct Derive<'a> {
 }
 
 /// Propose a template and an input schema for an API-format `workflow` (already accepted by
-/// [`check_api_format`]) from the backend's node definitions.
+/// [`check_api_format`]; `at` is where it is in the request) from the backend's node
+/// definitions.
 ///
 /// # Errors
-/// When the proposal does not compile (a literal string of the export that looks like a
-/// `{{token}}`), the compile errors, with paths under `/workflow`.
+/// When the proposal does not compile (a literal string of the export that reads as a
+/// `{{token}}`), the compile errors, with paths under `at`.
 pub fn propose(
     workflow: &Value,
+    at: &str,
     classes: &ObjectInfo,
     name: &str,
     description: &str,
@@ -238,13 +241,6 @@ pub fn propose(
         warnings: Vec::new(),
         used: BTreeSet::new(),
     };
-    let tokens = template::placeholders(workflow);
-    if !tokens.is_empty() {
-        d.warnings.push(format!(
-            "the export already holds text that reads as template tokens ({}); each must become an input",
-            tokens.iter().map(|t| format!("{{{{{t}}}}}")).collect::<Vec<_>>().join(", ")
-        ));
-    }
     let mut unknown: Vec<(&str, &str)> =
         d.nodes.values().filter(|n| !classes.contains_key(n.class)).map(|n| (n.id, n.class)).collect();
     unknown.sort_by(|a, b| id_order(a.0, b.0));
@@ -272,7 +268,7 @@ pub fn propose(
     if !description.is_empty() {
         schema["description"] = json!(description);
     }
-    CompiledWorkflow::compile(&d.template, Some(&schema), None).map_err(|e| e.field_errors().to_vec())?;
+    CompiledWorkflow::compile(&d.template, Some(&schema), None).map_err(|e| rebase(e.field_errors().to_vec(), at))?;
     Ok(Proposal { template: d.template, input_schema: schema, inputs: d.found, warnings: d.warnings })
 }
 
@@ -287,8 +283,8 @@ impl<'a> Derive<'a> {
         self.nodes.get(id)
     }
 
-    /// The nodes reached by following links back from `start`, passing through nodes for
-    /// which `through` holds (only their input named `follow`, when they have one).
+    /// The nodes for which `stop` holds reached by following links back from `start`, not
+    /// past them; through a node with an input named `follow`, only that input is followed.
     fn trace(&self, start: Option<&str>, follow: &str, stop: impl Fn(&Node<'a>) -> bool) -> Vec<&'a str> {
         let mut found = Vec::new();
         let mut seen = BTreeSet::new();
@@ -355,16 +351,29 @@ impl<'a> Derive<'a> {
                 }
             }
         }
+        // Not reached from a sampler: the side of any other node's `positive` / `negative`
+        // input they feed (CFGGuider, SamplerCustom, ...), else the title.
+        let mut sides: BTreeMap<&'a str, Side> = BTreeMap::new();
+        let guides: Vec<&'a str> = self.ids_of(|c| !is_sampler(c));
+        for id in guides {
+            for (side, input) in [(Side::Negative, "negative"), (Side::Positive, "positive")] {
+                let start = self.node(id).and_then(|n| n.link(input));
+                for text in self.trace(start, input, |n| n.class == "CLIPTextEncode") {
+                    sides.entry(text).or_insert(side);
+                }
+            }
+        }
         let loose: Vec<&'a str> =
             self.ids_of(|c| c == "CLIPTextEncode").into_iter().filter(|id| !texts.contains_key(id)).collect();
-        let mut n_loose = [0usize; 2];
         for id in loose {
-            let negative = self.node(id).is_some_and(|n| n.title.to_ascii_lowercase().contains("neg"));
-            let side = if negative { Side::Negative } else { Side::Positive };
-            let count = &mut n_loose[usize::from(negative)];
-            *count += 1;
-            let taken = texts.values().any(|(s, t)| *s == side && *t == Tag::Primary);
-            let tag = if *count == 1 && !taken { Tag::Primary } else { Tag::Nth(*count + usize::from(taken)) };
+            let by_title = match self.node(id).is_some_and(|n| n.title.to_ascii_lowercase().contains("neg")) {
+                true => Side::Negative,
+                false => Side::Positive,
+            };
+            let side = sides.get(id).copied().unwrap_or(by_title);
+            let n_side = texts.values().filter(|(s, _)| *s == side).count();
+            let primary_taken = texts.values().any(|(s, t)| *s == side && *t == Tag::Primary);
+            let tag = if primary_taken { Tag::Nth(n_side + 1) } else { Tag::Primary };
             texts.insert(id, (side, tag));
         }
         let mut ordered: Vec<(&'a str, Side, Tag)> = texts.into_iter().map(|(id, (s, t))| (id, s, t)).collect();
@@ -397,18 +406,23 @@ impl<'a> Derive<'a> {
             }
         }
 
-        // Checkpoint loaders: the tag of the first sampler they feed, else their order.
-        let loaders = self.ids_of(|c| c == "CheckpointLoaderSimple");
-        for (i, id) in loaders.into_iter().enumerate() {
-            let tag = sampler_tags
-                .iter()
-                .find(|(s, _)| {
-                    self.trace(self.node(s).and_then(|n| n.link("model")), "model", |n| {
-                        n.class == "CheckpointLoaderSimple"
-                    })
-                    .contains(&id)
-                })
-                .map_or(if i == 0 { Tag::Primary } else { Tag::Nth(i + 1) }, |(_, t)| t.clone());
+        // Checkpoint loaders: the tag of the first sampler they feed, then the others in order.
+        let mut loaders: Vec<(&'a str, Tag)> = Vec::new();
+        for (sampler, tag) in &sampler_tags {
+            let start = self.node(sampler).and_then(|n| n.link("model"));
+            for id in self.trace(start, "model", |n| n.class == "CheckpointLoaderSimple") {
+                if !loaders.iter().any(|(l, _)| *l == id) {
+                    loaders.push((id, tag.clone()));
+                }
+            }
+        }
+        for id in self.ids_of(|c| c == "CheckpointLoaderSimple") {
+            if !loaders.iter().any(|(l, _)| *l == id) {
+                // `slot` makes the name free (`checkpoint_2`, ...) when it is taken.
+                loaders.push((id, Tag::Primary));
+            }
+        }
+        for (id, tag) in loaders {
             self.slot(id, "ckpt_name", &tag.apply("checkpoint"), Role::Checkpoint);
         }
         for (i, id) in self.ids_of(|c| c == "LoadImage").into_iter().enumerate() {
@@ -694,7 +708,7 @@ mod tests {
 
     #[test]
     fn sdxl_base_and_refiner_are_named_apart_and_compile() {
-        let p = propose(&sdxl(), &object_info(), "SDXL", "base + refiner").unwrap();
+        let p = propose(&sdxl(), "/workflow", &object_info(), "SDXL", "base + refiner").unwrap();
         let s = &p.input_schema;
         assert_eq!(
             names(&p),
@@ -769,14 +783,28 @@ mod tests {
             "4": {"class_type": "KSampler", "inputs": {"positive": ["1", 0], "negative": ["3", 0], "seed": 1, "steps": 5}},
             "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "loose", "clip": ["9", 1]}, "_meta": {"title": "Neg extra"}},
             "6": {"class_type": "CLIPTextEncode", "inputs": {"text": "other", "clip": ["9", 1]}},
-            "9": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}}
+            "9": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+            "10": {"class_type": "CLIPTextEncode", "inputs": {"text": "guided", "clip": ["9", 1]}, "_meta": {"title": "Positive"}},
+            "11": {"class_type": "CFGGuider", "inputs": {"model": ["9", 0], "positive": ["6", 0], "negative": ["10", 0], "cfg": 8}}
         });
-        let p = propose(&wf, &object_info(), "t", "").unwrap();
+        let p = propose(&wf, "/workflow", &object_info(), "t", "").unwrap();
         let token = |id: &str| p.template[id]["inputs"]["text"].clone();
+        assert_eq!(token("10"), "{{negative_prompt_3}}", "a guider's negative despite its title");
         assert_eq!(token("1"), "{{prompt}}", "linked to positive despite its title");
         assert_eq!(token("2"), "{{negative_prompt}}", "through ConditioningCombine");
         assert_eq!(token("5"), "{{negative_prompt_2}}", "unlinked: by title");
         assert_eq!(token("6"), "{{prompt_2}}");
+        // No sampler at all: titles, then order.
+        let wf = json!({
+            "1": {"class_type": "CLIPTextEncode", "inputs": {"text": "a", "clip": ["3", 1]}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "b", "clip": ["3", 1]}},
+            "3": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}}
+        });
+        let p = propose(&wf, "/workflow", &object_info(), "t", "").unwrap();
+        assert_eq!(
+            (p.template["1"]["inputs"]["text"].as_str(), p.template["2"]["inputs"]["text"].as_str()),
+            (Some("{{prompt}}"), Some("{{prompt_2}}"))
+        );
     }
 
     #[test]
@@ -786,13 +814,13 @@ mod tests {
         wf["12"]["inputs"]["ckpt_name"] = json!("v1-5-pruned-emaonly.safetensors");
         wf["12"]["_meta"]["title"] = json!("Load Checkpoint");
         wf["15"]["inputs"]["text"] = json!("sharper");
-        let p = propose(&wf, &object_info(), "t", "").unwrap();
+        let p = propose(&wf, "/workflow", &object_info(), "t", "").unwrap();
         assert_eq!(p.template["11"]["inputs"]["steps"], "{{steps_2}}");
         assert_eq!(p.template["12"]["inputs"]["ckpt_name"], "{{checkpoint_2}}");
         assert_eq!(p.template["15"]["inputs"]["text"], "{{prompt_2}}");
         assert_eq!(p.template["16"]["inputs"]["text"], "{{negative_prompt}}");
         // Stable: the same export gives the same proposal.
-        assert_eq!(propose(&wf, &object_info(), "t", "").unwrap(), p);
+        assert_eq!(propose(&wf, "/workflow", &object_info(), "t", "").unwrap(), p);
     }
 
     #[test]
@@ -803,7 +831,7 @@ mod tests {
             "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 1020, "height": 768, "batch_size": 2}},
             "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.safetensors"}}
         });
-        let p = propose(&wf, &object_info(), "t", "").unwrap();
+        let p = propose(&wf, "/workflow", &object_info(), "t", "").unwrap();
         let props = &p.input_schema["properties"];
         for name in ["steps", "cfg", "sampler_name", "width", "checkpoint"] {
             assert!(props[name].get("default").is_none(), "{name}: {}", props[name]);
@@ -825,7 +853,7 @@ mod tests {
             "2": {"class_type": "KSampler", "inputs": {"seed": 5, "steps": 12, "sampler_name": "euler"}}
         });
         let empty = ObjectInfo::new();
-        let p = propose(&wf, &empty, "t", "").unwrap();
+        let p = propose(&wf, "/workflow", &empty, "t", "").unwrap();
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
         assert!(p.warnings[0].contains("MyCustomNode"));
         assert_eq!(p.input_schema["properties"]["steps"]["type"], "integer");
@@ -833,7 +861,8 @@ mod tests {
         assert_eq!(p.input_schema["properties"]["sampler_name"]["type"], "string");
         assert_eq!(p.template["1"]["inputs"]["strength"], 0.5);
         // Nothing recognizable: fine, with a warning.
-        let p = propose(&json!({"1": {"class_type": "SaveImage", "inputs": {}}}), &object_info(), "t", "").unwrap();
+        let p = propose(&json!({"1": {"class_type": "SaveImage", "inputs": {}}}), "/workflow", &object_info(), "t", "")
+            .unwrap();
         assert_eq!(p.input_schema["properties"], json!({}));
         assert!(p.warnings[0].contains("no common input"));
     }
@@ -844,7 +873,7 @@ mod tests {
             "1": {"class_type": "LoadImage", "inputs": {"image": "example.png"}},
             "2": {"class_type": "LoadImage", "inputs": {"image": "mask.png"}}
         });
-        let p = propose(&wf, &object_info(), "t", "").unwrap();
+        let p = propose(&wf, "/workflow", &object_info(), "t", "").unwrap();
         assert_eq!(p.input_schema["properties"]["image"]["format"], "image");
         assert_eq!(p.input_schema["required"], json!(["image", "image_2"]));
         let compiled = CompiledWorkflow::compile(&p.template, Some(&p.input_schema), None).unwrap();
@@ -869,7 +898,9 @@ mod tests {
     #[test]
     fn token_like_literals_fail_to_compile_with_a_path() {
         let wf = json!({"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "{{x}}"}}});
-        let e = propose(&wf, &object_info(), "t", "").unwrap_err();
+        let e = propose(&wf, "/workflow", &object_info(), "t", "").unwrap_err();
         assert!(e[0].path.starts_with("/workflow/1"), "{e:?}");
+        let e = propose(&wf, "", &object_info(), "t", "").unwrap_err();
+        assert!(e[0].path.starts_with("/1/inputs"), "{e:?}");
     }
 }
