@@ -679,14 +679,27 @@ fn components() -> Map<String, Value> {
             }
         },
         "WorkflowImport": {
-            "type": "object",
             "description": "`{workflow, id?, name?, description?, register?}`, or the API-format export itself as the whole body (then with the default options)",
-            "properties": {
-                "workflow": {"type": "object", "description": "The workflow as ComfyUI's Export (API) writes it: {node id: {class_type, inputs, _meta?}}"},
-                "id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]{1,128}$", "description": "The proposed id (default `imported`)"},
-                "name": {"type": ["string", "null"], "description": "Name (default: the id); the schema's title"},
-                "description": {"type": ["string", "null"], "description": "The schema's description"},
-                "register": {"type": ["boolean", "null"], "description": "Register the proposal as it is (201), like POST /workflows"}
+            "anyOf": [
+                {
+                    "type": "object", "required": ["workflow"], "additionalProperties": false,
+                    "properties": {
+                        "workflow": {"$ref": "#/components/schemas/ApiFormatWorkflow"},
+                        "id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]{1,128}$", "description": "The proposed id (default `imported`)"},
+                        "name": {"type": ["string", "null"], "description": "Name (default: the id); the schema's title"},
+                        "description": {"type": ["string", "null"], "description": "The schema's description"},
+                        "register": {"type": ["boolean", "null"], "description": "Register the proposal as it is (201), like POST /workflows"}
+                    }
+                },
+                {"$ref": "#/components/schemas/ApiFormatWorkflow"}
+            ]
+        },
+        "ApiFormatWorkflow": {
+            "type": "object", "minProperties": 1,
+            "description": "A workflow as ComfyUI's Export (API) writes it: {node id: {class_type, inputs, _meta?}}, links as [node id, output index]",
+            "additionalProperties": {
+                "type": "object", "required": ["class_type", "inputs"],
+                "properties": {"class_type": {"type": "string", "minLength": 1}, "inputs": {"type": "object"}}
             }
         },
         "ImportedInput": {
