@@ -280,6 +280,27 @@ async fn import_is_for_admins_and_needs_a_reachable_backend() {
     assert_eq!(status, 400);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_asks_the_first_healthy_backend() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let down = format!("http://127.0.0.1:{}", support::free_port());
+    let gw = Gateway::start(dir.path(), &format!("{down},{}", sim.url()), &[]).await;
+    let start = std::time::Instant::now();
+    loop {
+        let (_, v) = get_json(&format!("{}/backends", gw.url())).await;
+        if v["backends"][1]["reachable"] == true {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "the simulator never became healthy: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, v) =
+        post_json(&format!("{}/workflows/import", gw.url()), &json!({"workflow": fixture("img2img_api.json")})).await;
+    assert_eq!(status, 200, "the first backend is down, the second answers: {v}");
+    assert!(enum_of(&v["proposal"]["inputSchema"], "checkpoint").contains(&"sd_xl_base_1.0.safetensors".to_string()));
+}
+
 /// Run the binary with `args` (no inherited gateway configuration but `envs`): exit code,
 /// stdout, stderr.
 fn cli(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
