@@ -550,8 +550,11 @@ fn property(
     let mut p = Map::new();
     let mut warning = None;
     let kind = declared.map(|d| d.kind.clone());
-    let description =
-        declared.and_then(|d| d.tooltip.clone()).unwrap_or_else(|| fallback_description(input, role).into());
+    // A prompt's side says more than the node's tooltip ("The text to be encoded.").
+    let description = match role {
+        Role::Text(_) => fallback_description(input, role).to_string(),
+        _ => declared.and_then(|d| d.tooltip.clone()).unwrap_or_else(|| fallback_description(input, role).into()),
+    };
     if !description.is_empty() {
         p.insert("description".into(), json!(description));
     }
@@ -758,6 +761,7 @@ mod tests {
         assert!(props["checkpoint"]["enum"].as_array().unwrap().contains(&json!("sd_xl_refiner_1.0.safetensors")));
         assert_eq!(props["refiner_checkpoint"]["default"], "sd_xl_refiner_1.0.safetensors");
         assert_eq!(props["prompt"]["default"], sdxl()["6"]["inputs"]["text"]);
+        assert_eq!(props["negative_prompt"]["description"], "What to avoid (negative prompt).");
         assert_eq!(s["required"], json!([]));
         assert_eq!(s["title"], "SDXL");
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
