@@ -1,5 +1,5 @@
 //! The command line: `serve` (alias `run`), `sim`, `init`, `add-workflow`,
-//! `list-workflows`, `health`, `check`, `plugin`.
+//! `import-workflow`, `list-workflows`, `health`, `check`, `plugin`.
 //!
 //! Commands that change the database work whether or not a server is running: redb
 //! allows one process at a time, so when the file is held by a running gateway they go
@@ -38,6 +38,10 @@ pub enum Command {
     Init(DbArgs),
     /// Register (or update) a workflow from an API-format JSON file.
     AddWorkflow(AddWorkflowArgs),
+    /// Propose a template and input schema for a workflow exported from ComfyUI
+    /// (Workflow → Export (API)), typed from a ComfyUI server's node definitions; print it,
+    /// write it (`--out`) or register it (`--register`).
+    ImportWorkflow(ImportWorkflowArgs),
     /// List registered workflows.
     ListWorkflows(DbArgs),
     /// Ask a running gateway for its health.
@@ -146,6 +150,35 @@ pub struct AddWorkflowArgs {
     pub db: DbArgs,
 }
 
+/// `import-workflow` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ImportWorkflowArgs {
+    /// The workflow exported from ComfyUI in API format (`{node id: {class_type, inputs}}`).
+    pub file: PathBuf,
+    /// The ComfyUI server whose node definitions (`/object_info`) type the inputs: the first
+    /// of a `COMFYUI_URL` list.
+    #[arg(long = "comfyui-url", env = "COMFYUI_URL", default_value = "http://127.0.0.1:8188")]
+    pub comfyui_url: String,
+    /// The workflow id (default `imported`).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Display name (default: the id); the schema's `title`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Description; the schema's `description`.
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Also write `DIR/<id>.json` (template) and `DIR/<id>.schema.json` (input schema), the
+    /// files `add-workflow <id>.json --id ID --schema <id>.schema.json` takes.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Register (or update) it as proposed, as `add-workflow` does.
+    #[arg(long)]
+    pub register: bool,
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
 /// A failure of a command: its message and exit code.
 #[derive(Debug)]
 pub struct CliError {
@@ -179,6 +212,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Sim(args) => sim::run_cli(args).await.map_err(|e| CliError::runtime(format!("simulator: {e}"))),
         Command::Init(db) => init(&db).await,
         Command::AddWorkflow(args) => add_workflow(args).await,
+        Command::ImportWorkflow(args) => import_workflow(args).await,
         Command::ListWorkflows(db) => list_workflows(&db).await,
         Command::Health(server) => health(&server).await,
         Command::Check(args) => check(&args).await,
@@ -470,7 +504,14 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
         keep_previews,
         plugin,
     };
-    match open_store(&args.db)? {
+    println!("{}", register_definition(def, &args.db).await?);
+    Ok(())
+}
+
+/// Register `def` (or a new version of it when the id exists): in the database, or through
+/// the REST API of the server holding it. What was registered, in one line.
+async fn register_definition(def: WorkflowDefinition, db: &DbArgs) -> Result<String, CliError> {
+    match open_store(db)? {
         Some(store) => {
             let replace = store.get_workflow(&def.id).map_err(|e| CliError::runtime(e.to_string()))?.is_some();
             let host = crate::plugins::Host::new(crate::plugins::Limits::default())
@@ -478,11 +519,10 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
             let registry = Registry::new(store.clone(), host);
             let rec = registry.put_workflow(def, replace).await.map_err(|e| CliError::runtime(e.message))?;
             store.close().await;
-            println!("workflow {} version {}", rec.id, rec.version);
-            Ok(())
+            Ok(format!("workflow {} version {}", rec.id, rec.version))
         }
         None => {
-            let base = args.db.server.base_url();
+            let base = db.server.base_url();
             let mut body = json!({
                 "id": def.id, "name": def.name, "description": def.description,
                 "workflow": def.template, "inputSchema": def.input_schema, "defaults": def.defaults,
@@ -498,7 +538,7 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
                     "keepOriginals": keep_originals,
                 });
             }
-            let http = args.db.server.client()?;
+            let http = db.server.client()?;
             let exists = http
                 .get(format!("{base}/workflows/{}", def.id))
                 .send()
@@ -516,10 +556,68 @@ async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
             if !status.is_success() {
                 return Err(CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or(""))));
             }
-            println!("workflow {} version {} (via {base})", v["id"].as_str().unwrap_or(""), v["version"]);
-            Ok(())
+            Ok(format!("workflow {} version {} (via {base})", v["id"].as_str().unwrap_or(""), v["version"]))
         }
     }
+}
+
+async fn import_workflow(args: ImportWorkflowArgs) -> Result<(), CliError> {
+    let usage = |message: String| CliError { message, exit_code: 2 };
+    let backends = crate::config::parse_backends(&args.comfyui_url, 1).map_err(|e| usage(e.to_string()))?;
+    let backend = &backends[0];
+    let export = read_json(&args.file)?;
+    let file = args.file.display();
+    let refused = |e: crate::error::Error| {
+        let details: Vec<String> = e
+            .details
+            .as_ref()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|d| format!("{}: {}", d["path"].as_str().unwrap_or(""), d["message"].as_str().unwrap_or("")))
+            .collect();
+        let message = if details.is_empty() { e.message } else { details.join("; ") };
+        CliError::runtime(format!("{file}: {message}"))
+    };
+    crate::service::check_import(&export, "", args.id.as_deref()).map_err(refused)?;
+    let client = crate::comfy::client::ComfyClient::new(
+        &backend.url,
+        crate::comfy::client::ComfyClient::http_pool(std::time::Duration::from_secs(30)),
+    );
+    let classes = client.object_info().await.map_err(|e| {
+        CliError::runtime(format!("cannot read the node definitions of {} (/object_info): {e}", backend.public_url()))
+    })?;
+    let imported =
+        crate::service::propose_import(&export, "", &classes, args.id, args.name, args.description).map_err(refused)?;
+    let proposal = &imported.proposal;
+    let answer = json!({
+        "proposal": {
+            "id": imported.id, "name": imported.name, "description": imported.description,
+            "template": proposal.template, "inputSchema": proposal.input_schema,
+        },
+        "inputs": proposal.inputs,
+        "warnings": proposal.warnings,
+    });
+    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    for warning in &proposal.warnings {
+        eprintln!("warning: {warning}");
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir).map_err(|e| CliError::runtime(format!("--out {}: {e}", dir.display())))?;
+        for (path, value) in [
+            (dir.join(format!("{}.json", imported.id)), &proposal.template),
+            (dir.join(format!("{}.schema.json", imported.id)), &proposal.input_schema),
+        ] {
+            let text = serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
+            std::fs::write(&path, text).map_err(|e| CliError::runtime(format!("{}: {e}", path.display())))?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
+    if args.register {
+        // stdout holds only the proposal's JSON.
+        eprintln!("{}", register_definition(imported.definition(), &args.db).await?);
+    }
+    Ok(())
 }
 
 async fn list_workflows(db: &DbArgs) -> Result<(), CliError> {

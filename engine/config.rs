@@ -506,22 +506,7 @@ impl Config {
         if !(1..=64).contains(&args.max_concurrency) {
             return Err(bad("MAX_CONCURRENCY", "must be between 1 and 64"));
         }
-        let mut backends = Vec::new();
-        for raw in args.comfyui_url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            backends.push(parse_backend(raw, args.max_concurrency)?);
-        }
-        if backends.is_empty() {
-            return Err(bad("COMFYUI_URL", "no backend URL given"));
-        }
-        let (mut urls, mut ids) = (std::collections::HashSet::new(), std::collections::HashSet::new());
-        for b in &backends {
-            if !urls.insert(&b.url) {
-                return Err(bad("COMFYUI_URL", format!("{} is listed twice", b.public_url())));
-            }
-            if !ids.insert(&b.id) {
-                return Err(bad("COMFYUI_URL", format!("backend id {:?} is used twice", b.id)));
-            }
-        }
+        let backends = parse_backends(&args.comfyui_url, args.max_concurrency)?;
         if !(500..=3_600_000).contains(&args.backend_dead_after_ms) {
             return Err(bad("BACKEND_DEAD_AFTER_MS", "must be between 500 and 3600000"));
         }
@@ -892,6 +877,28 @@ pub fn database_path(url: &str) -> Result<PathBuf, ConfigError> {
         return Err(bad("DATABASE_URL", format!("{url:?}: only a file path (or redb://PATH) is supported")));
     }
     Ok(PathBuf::from(path))
+}
+
+/// A `COMFYUI_URL` value: a comma-separated list of backends (each `URL#id=NAME&max=N`),
+/// at least one, no URL or id twice; `default_max` is `MAX_CONCURRENCY`.
+pub fn parse_backends(list: &str, default_max: u32) -> Result<Vec<BackendConfig>, ConfigError> {
+    let mut backends = Vec::new();
+    for raw in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        backends.push(parse_backend(raw, default_max)?);
+    }
+    if backends.is_empty() {
+        return Err(bad("COMFYUI_URL", "no backend URL given"));
+    }
+    let (mut urls, mut ids) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    for b in &backends {
+        if !urls.insert(&b.url) {
+            return Err(bad("COMFYUI_URL", format!("{} is listed twice", b.public_url())));
+        }
+        if !ids.insert(&b.id) {
+            return Err(bad("COMFYUI_URL", format!("backend id {:?} is used twice", b.id)));
+        }
+    }
+    Ok(backends)
 }
 
 /// One `COMFYUI_URL` item: the URL, and its fragment's options (`id=NAME&max=N`; a fragment

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::canonical;
+use crate::comfy::protocol::ObjectInfo;
 use crate::config::Config;
 use crate::domain::PluginRef;
 use crate::domain::{Hash, IdempotencyRecord, InputRef, Job, JobId, JobState, WorkflowRecord, input_subfolder, now_ms};
@@ -132,6 +133,38 @@ pub enum PluginSource {
     /// A component already stored (by BLAKE3 hash).
     Stored(Hash),
 }
+
+/// A workflow proposed from a ComfyUI export ([`Gateway::import_workflow`]).
+#[derive(Debug, Clone)]
+pub struct Imported {
+    /// The id proposed (given, else [`IMPORT_ID_DEFAULT`]).
+    pub id: String,
+    /// The name (given, else the id).
+    pub name: String,
+    /// The description (given, else empty).
+    pub description: String,
+    /// Template, input schema, what was found, warnings.
+    pub proposal: workflows::import::Proposal,
+}
+
+impl Imported {
+    /// The definition that registers the proposal as it is.
+    pub fn definition(&self) -> WorkflowDefinition {
+        WorkflowDefinition {
+            id: self.id.clone(),
+            name: Some(self.name.clone()),
+            description: Some(self.description.clone()),
+            template: self.proposal.template.clone(),
+            input_schema: Some(self.proposal.input_schema.clone()),
+            defaults: None,
+            keep_previews: false,
+            plugin: PluginChange::Keep,
+        }
+    }
+}
+
+/// The id of an imported workflow when none is given.
+pub const IMPORT_ID_DEFAULT: &str = "imported";
 
 /// Highest and lowest priority level accepted.
 pub const PRIORITY_MAX: i32 = 100;
@@ -427,6 +460,40 @@ impl Gateway {
         Ok(self.metrics.render(&snapshot))
     }
 
+    /// The node definitions of the backend [`Scheduler::catalog_backend`] picks, fetched
+    /// now (not cached: imports are rare, and installing a model changes them).
+    /// `COMFYUI_UNREACHABLE` when it cannot be read.
+    pub async fn object_info(&self) -> Result<ObjectInfo> {
+        let (id, client) = self.scheduler.catalog_backend();
+        client.object_info().await.map_err(|e| {
+            // The cause may name the URL (and its credentials): logged, not answered.
+            tracing::warn!(backend = %id, error = %e, "cannot read /object_info");
+            let why = if e.is_unreachable() { "is unreachable" } else { "did not answer /object_info properly" };
+            Error::new(
+                ErrorCode::ComfyuiUnreachable,
+                format!("cannot read the node definitions: ComfyUI backend {id} {why}; try again when it is up"),
+            )
+        })
+    }
+
+    /// Propose a workflow (template + input schema) for a ComfyUI API-format export, typed
+    /// from the backend's node definitions. `at` is where the export is in the request
+    /// (`/workflow`, or `` for a whole body), for error paths.
+    pub async fn import_workflow(
+        &self,
+        workflow: &Value,
+        at: &str,
+        id: Option<String>,
+        name: Option<String>,
+        description: Option<String>,
+    ) -> Result<Imported> {
+        // The request is checked before the backend is asked: a bad one is a 400 even
+        // while the backend is down.
+        check_import(workflow, at, id.as_deref())?;
+        let classes = self.object_info().await?;
+        propose_import(workflow, at, &classes, id, name, description)
+    }
+
     /// A job by id.
     pub fn job(&self, id: JobId) -> Result<Job> {
         let job = self
@@ -601,6 +668,32 @@ impl Registry {
     pub fn workflows(&self) -> Result<Vec<WorkflowRecord>> {
         Ok(self.store.list_workflows()?)
     }
+}
+
+/// Check an import request: the id (if given) and the API format of the export, which is at
+/// `at` in the request (`/workflow`, or `` for a whole body or file).
+pub fn check_import(workflow: &Value, at: &str, id: Option<&str>) -> Result<()> {
+    validate_workflow_id(id.unwrap_or(IMPORT_ID_DEFAULT))?;
+    workflows::import::check_api_format(workflow, at).map_err(|e| workflow_error("", WorkflowError::Definition(e)))
+}
+
+/// Propose a workflow for an export from the backend's node definitions
+/// ([`workflows::import::propose`]); `id` defaults to [`IMPORT_ID_DEFAULT`], `name` to the id.
+pub fn propose_import(
+    workflow: &Value,
+    at: &str,
+    classes: &ObjectInfo,
+    id: Option<String>,
+    name: Option<String>,
+    description: Option<String>,
+) -> Result<Imported> {
+    check_import(workflow, at, id.as_deref())?;
+    let id = id.unwrap_or_else(|| IMPORT_ID_DEFAULT.to_string());
+    let name = name.unwrap_or_else(|| id.clone());
+    let description = description.unwrap_or_default();
+    let proposal = workflows::import::propose(workflow, at, classes, &name, &description)
+        .map_err(|errors| workflow_error("", WorkflowError::Definition(errors)))?;
+    Ok(Imported { id, name, description, proposal })
 }
 
 /// Compile a stored workflow record.

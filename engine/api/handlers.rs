@@ -412,10 +412,65 @@ pub async fn create_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
     let body = read_object(ctx, req).await?;
     let id = req_string(&body, "id")?;
     let def = workflow_definition(&body, id)?;
+    Ok(reply::json(StatusCode::CREATED, &register_workflow(ctx, p, def).await?))
+}
+
+/// Register a new workflow (audited): its details.
+async fn register_workflow(ctx: &Ctx, p: &Params, def: WorkflowDefinition) -> Result<Value> {
     let rec = ctx.gateway.registry.put_workflow(def, false).await?;
     audit_log(ctx, p, AuditAction::WorkflowCreate, rec.id.clone()).await?;
     let (rec, schema) = ctx.gateway.registry.workflow(&rec.id)?;
-    Ok(reply::json(StatusCode::CREATED, &workflow_details(&rec, schema)))
+    Ok(workflow_details(&rec, schema))
+}
+
+const IMPORT_FIELDS: &[&str] = &["workflow", "id", "name", "description", "register"];
+
+/// `POST /workflows/import`: a template and input schema proposed for a ComfyUI API-format
+/// export, typed from the first healthy backend's `/object_info`. The body is
+/// `{workflow, id?, name?, description?, register?}`, or the export itself. 200 with
+/// `{proposal, inputs, warnings}`; with `register: true`, 201 with the registered workflow
+/// (as `POST /workflows` answers) plus `inputs` and `warnings`.
+pub async fn import_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
+    let body = read_object(ctx, req).await?;
+    let wrapped = body.contains_key("workflow");
+    let (workflow, at, options) = if wrapped {
+        reject_unknown(&body, IMPORT_FIELDS)?;
+        (body.get("workflow").cloned().unwrap_or(Value::Null), "/workflow", body)
+    } else {
+        // The export as the whole body: no options.
+        (Value::Object(body), "", Map::new())
+    };
+    let register = match options.get("register") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(Error::validation("/register", "must be a boolean")),
+    };
+    let imported = ctx
+        .gateway
+        .import_workflow(
+            &workflow,
+            at,
+            opt_string(&options, "id")?,
+            opt_string(&options, "name")?,
+            opt_string(&options, "description")?,
+        )
+        .await?;
+    let found = serde_json::to_value(&imported.proposal.inputs).unwrap_or_else(|_| json!([]));
+    let warnings = json!(imported.proposal.warnings);
+    if register {
+        let mut details = register_workflow(ctx, p, imported.definition()).await?;
+        details["inputs"] = found;
+        details["warnings"] = warnings;
+        return Ok(reply::json(StatusCode::CREATED, &details));
+    }
+    let proposal = json!({
+        "id": imported.id,
+        "name": imported.name,
+        "description": imported.description,
+        "template": imported.proposal.template,
+        "inputSchema": imported.proposal.input_schema,
+    });
+    Ok(reply::json(StatusCode::OK, &json!({"proposal": proposal, "inputs": found, "warnings": warnings})))
 }
 
 /// `PUT /workflows/{id}`: a new version.

@@ -196,6 +196,24 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                         &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("413", "Body too large"), NO_PLUGIN_RUNTIME])
                 }
             },
+            "/workflows/import": {
+                "post": {
+                    "operationId": "importWorkflow",
+                    "summary": "Propose a template and input schema for a workflow exported from ComfyUI (Export (API)), typed from the first healthy backend's /object_info; with register: true, register it",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowImport")}}},
+                    "responses": with_errors(json!({
+                        "200": json_response("The proposal, what was recognized, and what to check", schema_ref("WorkflowImported")),
+                        "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", json!({
+                            "allOf": [schema_ref("WorkflowDetails")],
+                            "type": "object", "required": ["inputs", "warnings"],
+                            "properties": {
+                                "inputs": {"type": "array", "items": schema_ref("ImportedInput")},
+                                "warnings": {"type": "array", "items": {"type": "string"}}
+                            }
+                        }))
+                    }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)")])
+                }
+            },
             "/workflows/{id}": {
                 "parameters": [workflow_id],
                 "get": {
@@ -684,6 +702,56 @@ fn components() -> Map<String, Value> {
                         "keepOriginals": {"type": ["boolean", "null"], "description": "Keep the outputs beside what output-process returns"}
                     }
                 }
+            }
+        },
+        "WorkflowImport": {
+            "description": "`{workflow, id?, name?, description?, register?}`, or the API-format export itself as the whole body (then with the default options)",
+            "anyOf": [
+                {
+                    "type": "object", "required": ["workflow"], "additionalProperties": false,
+                    "properties": {
+                        "workflow": {"$ref": "#/components/schemas/ApiFormatWorkflow"},
+                        "id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]{1,128}$", "description": "The proposed id (default `imported`)"},
+                        "name": {"type": ["string", "null"], "description": "Name (default: the id); the schema's title"},
+                        "description": {"type": ["string", "null"], "description": "The schema's description"},
+                        "register": {"type": ["boolean", "null"], "description": "Register the proposal as it is (201), like POST /workflows"}
+                    }
+                },
+                {"$ref": "#/components/schemas/ApiFormatWorkflow"}
+            ]
+        },
+        "ApiFormatWorkflow": {
+            "type": "object", "minProperties": 1,
+            "description": "A workflow as ComfyUI's Export (API) writes it: {node id: {class_type, inputs, _meta?}}, links as [node id, output index]",
+            "additionalProperties": {
+                "type": "object", "required": ["class_type", "inputs"],
+                "properties": {"class_type": {"type": "string", "minLength": 1}, "inputs": {"type": "object"}}
+            }
+        },
+        "ImportedInput": {
+            "type": "object", "required": ["name", "node", "classType", "input", "type", "value"],
+            "properties": {
+                "name": {"type": "string", "description": "The proposed input (template token)"},
+                "node": {"type": "string", "description": "The node id"},
+                "classType": {"type": "string"},
+                "input": {"type": "string", "description": "The node input replaced by the token"},
+                "type": {"type": "string", "description": "The JSON Schema type proposed"},
+                "value": {"description": "The exported value"}
+            }
+        },
+        "WorkflowImported": {
+            "type": "object", "required": ["proposal", "inputs", "warnings"],
+            "properties": {
+                "proposal": {
+                    "type": "object", "required": ["id", "name", "description", "template", "inputSchema"],
+                    "properties": {
+                        "id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
+                        "template": {"type": "object", "description": "The export with the recognized values replaced by {{name}} tokens"},
+                        "inputSchema": {"type": "object", "description": "JSON Schema 2020-12 of the proposed inputs"}
+                    }
+                },
+                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/ImportedInput"}},
+                "warnings": {"type": "array", "items": {"type": "string"}, "description": "Unknown node classes, values the backend does not offer, defaults left out"}
             }
         },
         "WorkflowDefinition": {

@@ -43,6 +43,8 @@ pub enum Route {
     Workflows,
     /// `/workflows/{id}`
     Workflow,
+    /// `/workflows/import`
+    WorkflowImport,
     /// `/jobs`
     Jobs,
     /// `/jobs/{id}`
@@ -96,7 +98,11 @@ impl Route {
             Route::Workflows => "GET, POST",
             Route::Jobs => "GET, POST",
             Route::Workflow => "GET, PUT, DELETE",
-            Route::JobCancel | Route::JobWebhookRedeliver | Route::BackendDrain | Route::BackendResume => "POST",
+            Route::JobCancel
+            | Route::JobWebhookRedeliver
+            | Route::BackendDrain
+            | Route::BackendResume
+            | Route::WorkflowImport => "POST",
         }
     }
 }
@@ -135,6 +141,8 @@ impl Ctx {
             ("/openapi.json", Route::OpenApi),
             ("/workflows", Route::Workflows),
             ("/workflows/{id}", Route::Workflow),
+            // A static segment wins over `{id}`, so no workflow can be named `import`.
+            ("/workflows/import", Route::WorkflowImport),
             ("/jobs", Route::Jobs),
             ("/jobs/{id}", Route::Job),
             ("/jobs/{id}/cancel", Route::JobCancel),
@@ -349,7 +357,7 @@ async fn route(
     // Roles: workflow changes, the audit log, backend drains and (unless public) metrics
     // are for admins; reading backend states is for any authenticated caller.
     match (route, &method) {
-        (Workflows, &Method::POST) | (Workflow, &Method::PUT | &Method::DELETE) => {
+        (Workflows | WorkflowImport, &Method::POST) | (Workflow, &Method::PUT | &Method::DELETE) => {
             admin_only(&params, "changing workflows")?
         }
         (Audit, &Method::GET) => admin_only(&params, "reading the audit log")?,
@@ -366,6 +374,7 @@ async fn route(
         (Workflow, &Method::GET) => handlers::get_workflow(ctx, &params),
         (Workflow, &Method::PUT) => handlers::update_workflow(ctx, &params, req).await,
         (Workflow, &Method::DELETE) => handlers::delete_workflow(ctx, &params).await,
+        (WorkflowImport, &Method::POST) => handlers::import_workflow(ctx, &params, req).await,
         (Jobs, &Method::GET) => handlers::list_jobs(ctx, &params),
         (Jobs, &Method::POST) => handlers::create_job(ctx, &params, client, req).await,
         (Job, &Method::GET) => handlers::get_job(ctx, &params).await,

@@ -1,4 +1,5 @@
-//! HTTP client of one ComfyUI backend: upload, submit, history, queue, interrupt, view, stats.
+//! HTTP client of one ComfyUI backend: upload, submit, history, queue, interrupt, view, stats,
+//! node definitions (`/object_info`).
 //!
 //! Errors say whether the request can have reached ComfyUI: a refused connection
 //! ([`ComfyError::Connect`]) certainly did not, anything else after connecting is
@@ -10,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::protocol::{self, HistoryEntry, OutputFile, QueueSnapshot};
+use super::protocol::{self, HistoryEntry, ObjectInfo, OutputFile, QueueSnapshot};
 
 /// Why a call to ComfyUI failed.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +244,13 @@ impl ComfyClient {
     pub async fn history(&self, prompt_id: &str) -> Result<Option<HistoryEntry>, ComfyError> {
         let v = self.get_json(&format!("/history/{prompt_id}")).await?;
         Ok(protocol::parse_history(&v, prompt_id))
+    }
+
+    /// `GET /object_info`: every node class the backend knows, with its inputs' types,
+    /// ranges and choices (installed models, samplers, ...).
+    pub async fn object_info(&self) -> Result<ObjectInfo, ComfyError> {
+        let v = self.get_json("/object_info").await?;
+        protocol::parse_object_info(&v).map_err(ComfyError::Protocol)
     }
 
     /// `GET /queue`.

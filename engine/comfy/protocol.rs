@@ -398,9 +398,156 @@ pub fn output_defect(filename: &str, bytes: &[u8]) -> Option<String> {
     None
 }
 
+/// One node class of `GET /object_info`, reduced to what deriving input schemas needs.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NodeClass {
+    /// `display_name` (the default `_meta.title` of its nodes).
+    pub display_name: Option<String>,
+    /// Its inputs (required and optional) by name.
+    pub inputs: std::collections::BTreeMap<String, NodeInput>,
+}
+
+/// One input of a node class.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeInput {
+    /// What it takes.
+    pub kind: InputKind,
+    /// Declared under `required` (else `optional`).
+    pub required: bool,
+    /// The `tooltip` option.
+    pub tooltip: Option<String>,
+}
+
+/// The type of a node input as `/object_info` declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputKind {
+    /// `INT` with its `min` / `max` / `step` options (seeds reach `u64::MAX`, so `i128`).
+    Int {
+        /// `min`.
+        min: Option<i128>,
+        /// `max`.
+        max: Option<i128>,
+        /// `step`.
+        step: Option<i128>,
+    },
+    /// `FLOAT` with its `min` / `max` / `step` options.
+    Float {
+        /// `min`.
+        min: Option<f64>,
+        /// `max`.
+        max: Option<f64>,
+        /// `step`.
+        step: Option<f64>,
+    },
+    /// `STRING`.
+    String {
+        /// The `multiline` option (prompt text).
+        multiline: bool,
+    },
+    /// `BOOLEAN`.
+    Boolean,
+    /// A combo: a list of choices (`[[...], {...}]` or `["COMBO", {"options": [...]}]`).
+    Combo {
+        /// The choices (installed models, sampler names, input files, ...).
+        options: Vec<Value>,
+        /// The `image_upload` option (`LoadImage`).
+        image_upload: bool,
+    },
+    /// A connection type (`MODEL`, `CLIP`, `IMAGE`, ...): only links, no literal.
+    Link(String),
+}
+
+/// The node classes of a backend by class name (`GET /object_info`).
+pub type ObjectInfo = std::collections::BTreeMap<String, NodeClass>;
+
+/// Parse a `GET /object_info` body. Entries that are not objects are skipped, inputs of an
+/// unknown shape are read as links; only a body that is not an object is an error.
+pub fn parse_object_info(body: &Value) -> Result<ObjectInfo, String> {
+    let classes = body.as_object().ok_or("the /object_info body is not a JSON object")?;
+    let mut info = ObjectInfo::new();
+    for (name, class) in classes {
+        let Some(class) = class.as_object() else {
+            continue;
+        };
+        let mut parsed = NodeClass {
+            display_name: class.get("display_name").and_then(Value::as_str).map(str::to_string),
+            inputs: Default::default(),
+        };
+        for (category, required) in [("required", true), ("optional", false)] {
+            let specs = class.get("input").and_then(|i| i.get(category)).and_then(Value::as_object);
+            for (input, spec) in specs.into_iter().flatten() {
+                let options = spec.get(1).filter(|o| o.is_object());
+                parsed.inputs.insert(
+                    input.clone(),
+                    NodeInput {
+                        kind: input_kind(spec.get(0).unwrap_or(&Value::Null), options),
+                        required,
+                        tooltip: options.and_then(|o| o.get("tooltip")).and_then(Value::as_str).map(str::to_string),
+                    },
+                );
+            }
+        }
+        info.insert(name.clone(), parsed);
+    }
+    Ok(info)
+}
+
+fn input_kind(kind: &Value, options: Option<&Value>) -> InputKind {
+    let option = |key: &str| options.and_then(|o| o.get(key));
+    let int = |key: &str| {
+        option(key).and_then(|v| {
+            v.as_i64().map(i128::from).or_else(|| v.as_u64().map(i128::from)).or_else(|| {
+                // Whole floats only; ComfyUI writes integer options as integers.
+                v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e38).map(|f| f as i128)
+            })
+        })
+    };
+    let float = |key: &str| option(key).and_then(Value::as_f64);
+    let image_upload = option("image_upload").and_then(Value::as_bool).unwrap_or(false);
+    match kind {
+        Value::Array(choices) => InputKind::Combo { options: choices.clone(), image_upload },
+        Value::String(t) => match t.as_str() {
+            "INT" => InputKind::Int { min: int("min"), max: int("max"), step: int("step") },
+            "FLOAT" => InputKind::Float { min: float("min"), max: float("max"), step: float("step") },
+            "STRING" => InputKind::String { multiline: option("multiline").and_then(Value::as_bool).unwrap_or(false) },
+            "BOOLEAN" => InputKind::Boolean,
+            "COMBO" => InputKind::Combo {
+                options: option("options").and_then(Value::as_array).cloned().unwrap_or_default(),
+                image_upload,
+            },
+            other => InputKind::Link(other.to_string()),
+        },
+        other => InputKind::Link(other.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_info_of_the_simulator_parses() {
+        use serde_json::json;
+        let body: Value = serde_json::from_str(include_str!("sim/object_info.json")).unwrap();
+        let info = parse_object_info(&body).unwrap();
+        let ks = &info["KSampler"];
+        assert_eq!(ks.inputs["seed"].kind, InputKind::Int { min: Some(0), max: Some(u64::MAX as i128), step: None });
+        assert!(matches!(ks.inputs["cfg"].kind, InputKind::Float { step: Some(s), .. } if (s - 0.1).abs() < 1e-9));
+        assert!(matches!(&ks.inputs["sampler_name"].kind, InputKind::Combo { options, .. } if options.len() > 10));
+        assert_eq!(ks.inputs["model"].kind, InputKind::Link("MODEL".into()));
+        assert!(ks.inputs["steps"].tooltip.is_some());
+        assert_eq!(info["CLIPTextEncode"].inputs["text"].kind, InputKind::String { multiline: true });
+        assert!(matches!(&info["LoadImage"].inputs["image"].kind, InputKind::Combo { image_upload: true, .. }));
+        let combo = json!({"X": {"input": {"optional": {"c": ["COMBO", {"options": ["a", "b"]}]}}}, "Bad": 5});
+        let info = parse_object_info(&combo).unwrap();
+        assert_eq!(info.len(), 1);
+        assert!(!info["X"].inputs["c"].required);
+        assert_eq!(
+            info["X"].inputs["c"].kind,
+            InputKind::Combo { options: vec![json!("a"), json!("b")], image_upload: false }
+        );
+        assert!(parse_object_info(&json!([1])).is_err());
+    }
 
     #[test]
     fn output_defects_by_file_name() {

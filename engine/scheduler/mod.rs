@@ -681,6 +681,17 @@ impl Scheduler {
         std::array::from_fn(|i| (PRIORITY_LABELS[i], counts[i]))
     }
 
+    /// The backend to ask about node definitions (`/object_info`): the first healthy one in
+    /// `COMFYUI_URL` order, else the first (its health probe may not have answered yet).
+    /// Its id and client.
+    pub fn catalog_backend(&self) -> (String, ComfyClient) {
+        let backends = &self.shared.backends;
+        let backend = backends.iter().find(|b| b.is_healthy()).or_else(|| backends.first());
+        // `Config` refuses an empty `COMFYUI_URL`, so there is always a first backend.
+        let backend = backend.expect("at least one backend is configured");
+        (backend.id.clone(), backend.client.clone())
+    }
+
     /// Every backend's state, in `COMFYUI_URL` order.
     pub fn backends(&self) -> Vec<BackendStatus> {
         let inner = self.shared.lock();

@@ -5,6 +5,7 @@
 //! - [`template`]: the token scanner, [`template::placeholders`] and [`template::render`].
 //! - [`schema`]: JSON Schema (draft 2020-12) compile, defaults, seeds, validation, limits.
 //! - [`bundled`]: the workflows shipped in `workflows/` and registered on first start.
+//! - [`import`]: a template and input schema proposed for a workflow exported from ComfyUI.
 //!
 //! [`CompiledWorkflow::compile`] checks a definition once; [`CompiledWorkflow::prepare`] runs per
 //! submit: defaults → seed → schema → limits → render.
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 pub mod bundled;
+pub mod import;
 pub mod schema;
 pub mod template;
 
@@ -295,7 +297,7 @@ fn wrap_lists(prompt: &mut Value, slots: &[(String, String)]) {
 }
 
 /// Structural checks of an API-format template.
-fn check_template(template: &Value) -> Vec<FieldError> {
+pub(crate) fn check_template(template: &Value) -> Vec<FieldError> {
     let mut errors = Vec::new();
     let Some(nodes) = template.as_object() else {
         errors.push(FieldError::new(

@@ -93,7 +93,7 @@ pub fn derive(tokens: &BTreeSet<String>, defaults: Option<&Map<String, Value>>) 
 }
 
 /// The JSON Schema type name of a value.
-fn json_type(value: &Value) -> &'static str {
+pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "boolean",

@@ -23,6 +23,9 @@
 //! - `faults`: the backend-fault matrix: refused connections, 5xx answers, hung answers,
 //!   execution hangs, WebSocket drops, crashes, garbage and truncated downloads, history
 //!   without outputs; transient and persistent, each with its expected end state and code.
+//! - `import`: workflow import (`POST /workflows/import`, `import-workflow`): SDXL base +
+//!   refiner and img2img exports typed from the simulator's `/object_info`, registered and
+//!   run with overridden inputs; the CLI's files through `add-workflow`; refusals.
 //! - `inputs`: image inputs by URL, data URI, base64 and multipart; SSRF refusals, bad
 //!   bytes and oversize as 400 naming the field.
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
@@ -67,6 +70,7 @@ mod dashboard;
 mod events;
 mod examples;
 mod faults;
+mod import;
 mod inputs;
 mod jobs;
 mod limits;

@@ -28,6 +28,7 @@ async fn openapi_document_matches_the_live_server() {
         "/metrics",
         "/workflows",
         "/workflows/{id}",
+        "/workflows/import",
         "/jobs",
         "/jobs/{jobId}",
         "/jobs/{jobId}/cancel",
