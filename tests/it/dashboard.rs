@@ -204,7 +204,10 @@ async fn the_dashboard_in_a_headless_browser() {
         .await
         .unwrap();
     assert_eq!((v["workflowId"].as_str(), v["status"].as_str()), (Some("sdxl_imported"), Some("succeeded")), "{v}");
-    assert_eq!((v["inputs"]["prompt"].as_str(), v["inputs"]["steps"].as_i64()), (Some("a lighthouse at dusk"), Some(4)));
+    assert_eq!(
+        (v["inputs"]["prompt"].as_str(), v["inputs"]["steps"].as_i64()),
+        (Some("a lighthouse at dusk"), Some(4))
+    );
     for shot in ["job.png", "form.png", "jobs.png", "import.png", "backends.png", "queue.png"] {
         let bytes = std::fs::read(shots.join(shot)).unwrap_or_else(|e| panic!("{shot}: {e}"));
         assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000, "{shot} is a real screenshot");

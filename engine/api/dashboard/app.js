@@ -595,7 +595,12 @@ async function workflowPage(id) {
   const w = await api(`/workflows/${encodeURIComponent(id)}`);
   const schema = w.inputSchema || {};
   const required = new Set(schema.required || []);
-  const fields = Object.entries(schema.properties || {}).map(([n, s]) => field(schema, n, s, required.has(n)));
+  // Required inputs first, then texts (prompts), then the rest in the schema's order.
+  const rank = ([n, s]) => (required.has(n) ? 0 : schemaType(resolve(schema, s)) === 'string' && /prompt|text/i.test(n) ? 1 : 2);
+  const fields = Object.entries(schema.properties || {})
+    .map((e, i) => [rank(e), i, e])
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .map(([, , [n, s]]) => field(schema, n, s, required.has(n)));
   const priority = h('input', { id: 'job-priority', type: 'number', step: 1, value: 0 });
   const cache = h('input', { id: 'job-cache', type: 'checkbox' });
   cache.checked = true;
