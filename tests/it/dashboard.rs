@@ -8,6 +8,7 @@
 //! SDXL export from ComfyUI, registering the proposal and running it. Screenshots are saved
 //! under `<target>/tmp/dashboard/` for a person to look at.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -70,7 +71,7 @@ async fn the_dashboard_files_are_public_typed_and_revalidated() {
 }
 
 /// The browser and playwright-core, or None (with a notice) outside CI when missing.
-fn browser_tools() -> Option<(PathBuf, PathBuf)> {
+pub(crate) fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
     let script = root.join("tests/browser/dashboard.mjs");
@@ -86,6 +87,31 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
         return None;
     }
     Some((chromium, script))
+}
+
+/// Where the browser script saves its screenshots (and downloads).
+pub(crate) fn shots_dir() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard")
+}
+
+/// Run `tests/browser/dashboard.mjs` against `gw` with `envs`: what it saw (its last line
+/// of output, JSON). Panics with its error, its output and the gateway's log when it fails.
+pub(crate) async fn run_browser(chromium: &Path, script: &Path, gw: &Gateway, envs: &[(&str, &OsStr)]) -> Value {
+    let mut node = Command::new("node");
+    node.arg(script).env("GATEWAY_URL", gw.url()).env("SHOT_DIR", shots_dir()).env("CHROMIUM", chromium);
+    for (k, v) in envs {
+        node.env(k, v);
+    }
+    // The script bounds every wait (60 s) and closes the browser on every path.
+    let out = tokio::task::spawn_blocking(move || node.output().expect("node runs")).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser test failed:\n{}\n{stdout}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gw.proc_.log()
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line")
 }
 
 /// An 8×8 PNG for the file picker.
@@ -131,47 +157,34 @@ async fn the_dashboard_in_a_headless_browser() {
     assert_eq!(r.status(), 202);
     let others: Value = r.json().await.unwrap();
 
-    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard");
-    let mut node = Command::new("node");
-    node.arg(&script)
-        .env("GATEWAY_URL", gw.url())
-        .env("USER_KEY", USER_KEY)
-        .env("OTHER_KEY", OTHER_KEY)
-        .env("ADMIN_KEY", ADMIN_KEY)
-        .env("IMAGE_PATH", png_file(dir.path()))
-        .env("IMPORT_FILE", Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/sdxl_api.json"))
-        .env("SHOT_DIR", &shots)
-        .env("CHROMIUM", &chromium);
-    // The script bounds every wait (60 s) and closes the browser on every path.
-    let out = tokio::task::spawn_blocking(move || node.output().expect("node runs")).await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser test failed:\n{}\n{stdout}\ngateway log:\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        gw.proc_.log()
-    );
-    let seen: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("one JSON line");
-    eprintln!("dashboard screenshots: {}", shots.display());
+    let image = png_file(dir.path());
+    let import = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/sdxl_api.json");
+    let envs = [
+        ("USER_KEY", OsStr::new(USER_KEY)),
+        ("OTHER_KEY", OsStr::new(OTHER_KEY)),
+        ("ADMIN_KEY", OsStr::new(ADMIN_KEY)),
+        ("IMAGE_PATH", image.as_os_str()),
+        ("IMPORT_FILE", import.as_os_str()),
+    ];
+    let seen = run_browser(&chromium, &script, &gw, &envs).await;
+    let shots = shots_dir();
+    eprintln!("dashboard screenshots: {}; page load: {}", shots.display(), seen["timing"]);
 
     // What the browser did, checked through the API.
+    let job_as = |job: &Value, key: &'static str| {
+        let url = format!("{}/jobs/{}", gw.url(), job.as_str().expect("a job id"));
+        let r = client.get(url).header("x-api-key", key).send();
+        async move {
+            let r = r.await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
     for (job, workflow) in [(&seen["textJob"], "icon_512"), (&seen["uploadJob"], "invert")] {
-        let id = job.as_str().expect("a job id");
-        let r = client.get(format!("{}/jobs/{id}", gw.url())).header("x-api-key", USER_KEY).send().await.unwrap();
-        let v: Value = r.json().await.unwrap();
+        let (_, v) = job_as(job, USER_KEY).await;
         assert_eq!((v["status"].as_str(), v["workflowId"].as_str()), (Some("succeeded"), Some(workflow)), "{v}");
-        let r = client.get(format!("{}/jobs/{id}", gw.url())).header("x-api-key", OTHER_KEY).send().await.unwrap();
-        assert_eq!(r.status(), 404, "the other user cannot read it either");
+        assert_eq!(job_as(job, OTHER_KEY).await.0, 404, "the other user cannot read it either");
     }
-    let text: Value = client
-        .get(format!("{}/jobs/{}", gw.url(), seen["textJob"].as_str().unwrap()))
-        .header("x-api-key", USER_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, text) = job_as(&seen["textJob"], USER_KEY).await;
     assert_eq!(text["inputs"]["width"], 256, "the form sent the typed value");
     assert_eq!(text["inputs"]["seed"], 42);
     assert_eq!(text["inputs"]["prompt"], "a red fox, flat icon");
@@ -193,16 +206,7 @@ async fn the_dashboard_in_a_headless_browser() {
     assert_eq!(seen["otherListed"], 1, "{seen}");
     assert_eq!(seen["backends"][0]["inFlight"].as_str().map(|s| s.ends_with("/ 1")), Some(true), "{seen}");
     // The imported workflow ran with what the form sent.
-    let imported = seen["importedJob"].as_str().expect("the imported workflow's job");
-    let v: Value = client
-        .get(format!("{}/jobs/{imported}", gw.url()))
-        .header("x-api-key", ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, v) = job_as(&seen["importedJob"], ADMIN_KEY).await;
     assert_eq!((v["workflowId"].as_str(), v["status"].as_str()), (Some("sdxl_imported"), Some("succeeded")), "{v}");
     assert_eq!(
         (v["inputs"]["prompt"].as_str(), v["inputs"]["steps"].as_i64()),

@@ -582,3 +582,38 @@ async fn uploads_racing_deletions_never_lose_a_referenced_object() {
     let report: Value = serde_json::from_slice(&cmd.output().unwrap().stdout).unwrap();
     assert_eq!((report["ok"].as_bool(), report["objectsMissing"].as_u64()), (Some(true), Some(0)), "{report}");
 }
+
+/// The dashboard with presigned downloads: the gateway answers a download with a 307 to
+/// the bucket, which the page may not read (its CSP allows its own origin only), so it
+/// falls back to `?format=base64`; thumbnail and download still show the output's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_presigned_outputs() {
+    let Some(program) = s3s_or_skip("the_dashboard_shows_presigned_outputs") else { return };
+    let Some((chromium, script)) = crate::dashboard::browser_tools() else { return };
+    let dir = support::tempdir();
+    let s3 = S3::start(program, dir.path(), free_port()).await;
+    let sim = Sim::start(dir.path(), 0).await;
+    let key = "presigned-user-key-1";
+    let keys = format!("{key}:user");
+    let gw = start_gateway(dir.path(), &sim, &s3, &[("S3_PRESIGN_TTL_SECONDS", "300"), ("API_KEYS", &keys)]).await;
+    let client = reqwest::Client::new();
+    let r = client.post(format!("{}/jobs?wait=30", gw.url())).header("x-api-key", key).json(&icon(7, false));
+    let job: Value = r.send().await.unwrap().json().await.unwrap();
+    assert_eq!(job["status"], "succeeded", "{job}");
+    let out = &job["outputs"][0];
+    let url = format!("{}{}", gw.url(), out["url"].as_str().unwrap());
+    let r = no_redirects().get(&url).header("x-api-key", key).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 307, "downloads are redirected to the bucket");
+
+    let id = job["jobId"].as_str().unwrap();
+    let envs = [
+        ("SCENARIO", std::ffi::OsStr::new("presigned")),
+        ("USER_KEY", std::ffi::OsStr::new(key)),
+        ("JOB_ID", std::ffi::OsStr::new(id)),
+    ];
+    let seen = crate::dashboard::run_browser(&chromium, &script, &gw, &envs).await;
+    assert_eq!(seen["job"], id);
+    assert_eq!(seen["downloadName"], out["name"]);
+    let saved = std::fs::read(seen["downloadPath"].as_str().unwrap()).unwrap();
+    assert_eq!(blake3::hash(&saved).to_hex().as_str(), out["hash"].as_str().unwrap());
+}

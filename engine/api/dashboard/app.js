@@ -115,8 +115,8 @@ function authHeaders() {
 }
 
 /** Call the API; resolves to the parsed JSON body (or the Response with raw: true). */
-async function api(path, { method = 'GET', body, headers = {}, raw = false, signal } = {}) {
-  const init = { method, headers: { ...authHeaders(), ...headers }, signal };
+async function api(path, { method = 'GET', body, headers = {}, raw = false, signal, redirect } = {}) {
+  const init = { method, headers: { ...authHeaders(), ...headers }, signal, redirect };
   if (body instanceof FormData) init.body = body;
   else if (body !== undefined) {
     init.body = JSON.stringify(body);
@@ -127,6 +127,7 @@ async function api(path, { method = 'GET', body, headers = {}, raw = false, sign
   if (resp.status === 401 && session.credential && sessionStorage.getItem(CREDENTIAL_KEY) === session.credential) {
     signOut('The gateway refused the saved credential; sign in again.');
   }
+  if (raw && resp.type === 'opaqueredirect') return resp;
   if (!resp.ok) {
     let parsed = null;
     try { parsed = await resp.json(); } catch (_) { /* not JSON */ }
@@ -139,9 +140,24 @@ async function api(path, { method = 'GET', body, headers = {}, raw = false, sign
 /** blob: URLs of downloaded outputs, by API path (outputs never change). */
 const blobs = new Map();
 
+/**
+ * An output's bytes. With S3 presigned downloads the gateway answers 307 to the bucket,
+ * which this page may not read (its CSP allows this origin only, and the bucket may not
+ * allow CORS); the base64 form is always served by the gateway itself.
+ */
+async function fetchOutput(url) {
+  const r = await api(url, { raw: true, redirect: 'manual' });
+  if (r.type !== 'opaqueredirect') return r.blob();
+  const { data, mediaType } = await api(`${url}?format=base64`);
+  const bin = atob(data);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return new Blob([bytes], { type: mediaType });
+}
+
 async function outputBlob(url) {
   if (!blobs.has(url)) {
-    const p = api(url, { raw: true }).then((r) => r.blob()).then((b) => URL.createObjectURL(b));
+    const p = fetchOutput(url).then((b) => URL.createObjectURL(b));
     blobs.set(url, p);
     p.catch(() => blobs.delete(url));
   }
@@ -361,6 +377,7 @@ async function jobsPage() {
     tbody.replaceChildren(...jobs.map((j) => jobRow(j, progress.get(j.jobId))));
     empty.hidden = jobs.length > 0;
     more.hidden = !nextCursor;
+    table.dataset.loaded = 'true';
     followRunning(jobs);
   }
   more.onclick = () => { shown = Math.min(shown + 50, 500); refresh(); };
