@@ -245,28 +245,61 @@ class Follower {
 
 // ---------- pages ----------
 
-/** What the current page started (timers, followers); stopped on every navigation. */
-let page = { timers: [], followers: new Map(), alive: true };
+/**
+ * One visit of a page: what it started (timers, event streams), all stopped when the user
+ * navigates. A page that is left while it still awaits an answer renders nothing and
+ * starts nothing: every page function works through its own visit.
+ */
+class Visit {
+  constructor() {
+    this.alive = true;
+    this.timers = [];
+    this.followers = new Map();
+  }
 
-function leavePage() {
-  page.alive = false;
-  page.timers.forEach(clearInterval);
-  page.followers.forEach((f) => f.stop());
-  page = { timers: [], followers: new Map(), alive: true };
+  leave() {
+    this.alive = false;
+    this.timers.forEach(clearInterval);
+    this.followers.forEach((f) => f.stop());
+  }
+
+  show(...nodes) {
+    if (this.alive) show(...nodes);
+  }
+
+  /** Run `fn` now and every `ms` while the page is shown. */
+  every(ms, fn) {
+    const tick = async () => {
+      if (!this.alive) return;
+      try { await fn(); } catch (e) { if (!(e instanceof ApiError && e.status === 401)) console.warn(e); }
+    };
+    if (this.alive) this.timers.push(setInterval(tick, ms));
+    return tick();
+  }
+
+  /** Follow job `id`'s events while the page is shown (replacing an earlier follower). */
+  follow(id, onEvent) {
+    if (!this.alive) return;
+    this.unfollow(id);
+    this.followers.set(id, new Follower(id, onEvent));
+  }
+
+  unfollow(id) {
+    this.followers.get(id)?.stop();
+    this.followers.delete(id);
+  }
 }
 
-function every(ms, fn) {
-  const p = page;
-  const tick = async () => {
-    if (!p.alive) return;
-    try { await fn(); } catch (e) { if (!(e instanceof ApiError && e.status === 401)) console.warn(e); }
-  };
-  p.timers.push(setInterval(tick, ms));
-  return tick();
+let visit = new Visit();
+
+function leavePage() {
+  visit.leave();
+  visit = new Visit();
+  return visit;
 }
 
 function route() {
-  leavePage();
+  const here = leavePage();
   const hash = location.hash.replace(/^#\/?/, '');
   const [view, ...rest] = hash.split('/');
   const arg = rest.length ? decodeURIComponent(rest.join('/')) : null;
@@ -275,7 +308,7 @@ function route() {
   document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.view === tab));
   const pages = { jobs: arg ? jobPage : jobsPage, queue: queuePage, workflows: arg ? workflowPage : workflowsPage, import: importPage, backends: backendsPage };
   const fn = pages[view] || jobsPage;
-  fn(arg).catch((e) => show(h('h1', {}, 'Something went wrong'), alertBox(e)));
+  fn(here, arg).catch((e) => here.show(h('h1', {}, 'Something went wrong'), alertBox(e)));
 }
 
 // ----- sign in -----
@@ -355,8 +388,8 @@ function jobRow(job, live) {
   } }, cells);
 }
 
-async function jobsPage() {
-  const status = h('select', { id: 'filter-status', onchange: () => refresh() },
+async function jobsPage(here) {
+  const status = h('select', { id: 'filter-status', onchange: () => reload() },
     ['', 'queued', 'running', 'succeeded', 'failed', 'canceled'].map((s) => h('option', { value: s }, s || 'any status')));
   const tbody = h('tbody', {});
   const more = h('button', { type: 'button', hidden: true }, 'Load more');
@@ -364,7 +397,7 @@ async function jobsPage() {
     h('thead', {}, h('tr', {}, ['Job', 'Workflow', 'Status', 'Progress', 'Priority', 'Backend', 'Created', 'Ran'].map((t) => h('th', {}, t)))),
     tbody);
   const empty = h('div', { class: 'empty', hidden: true }, 'No jobs yet. Submit one from ', h('a', { href: '#/workflows' }, 'Workflows'), '.');
-  show(h('div', { class: 'row' }, h('h1', {}, 'Jobs'), h('span', { class: 'spacer' }), status),
+  here.show(h('div', { class: 'row' }, h('h1', {}, 'Jobs'), h('span', { class: 'spacer' }), status),
     h('div', { class: 'panel' }, table, empty, more));
 
   const progress = new Map();
@@ -373,34 +406,35 @@ async function jobsPage() {
     const q = new URLSearchParams({ limit: String(shown) });
     if (status.value) q.set('status', status.value);
     const { jobs, nextCursor } = await api(`/jobs?${q}`);
-    if (!page.alive) return;
+    if (!here.alive) return;
     tbody.replaceChildren(...jobs.map((j) => jobRow(j, progress.get(j.jobId))));
     empty.hidden = jobs.length > 0;
     more.hidden = !nextCursor;
     table.dataset.loaded = 'true';
     followRunning(jobs);
   }
-  more.onclick = () => { shown = Math.min(shown + 50, 500); refresh(); };
+  more.onclick = () => { shown = Math.min(shown + 50, 500); reload(); };
+  const reload = () => refresh().catch((e) => console.warn(e));
 
   // Live progress of the first few running jobs, from their event streams.
   function followRunning(jobs) {
     const running = new Set(jobs.filter((j) => j.status === 'running').slice(0, LIVE_MAX).map((j) => j.jobId));
-    for (const [id, f] of page.followers) {
-      if (!running.has(id)) { f.stop(); page.followers.delete(id); }
+    for (const id of [...here.followers.keys()]) {
+      if (!running.has(id)) here.unfollow(id);
     }
     for (const id of running) {
-      if (page.followers.has(id)) continue;
-      page.followers.set(id, new Follower(id, ({ event, data }) => {
+      if (here.followers.has(id)) continue;
+      here.follow(id, ({ event, data }) => {
         if (event === 'progress' && data.percent !== undefined) progress.set(id, { percent: data.percent });
         const row = tbody.querySelector(`tr[data-job="${id}"]`);
         if (!row) return;
-        if (TERMINAL.has(event)) { refresh(); return; }
+        if (TERMINAL.has(event)) { reload(); return; }
         const bar = row.querySelector('.bar > span');
         if (bar && progress.has(id)) bar.style.width = `${progress.get(id).percent}%`;
-      }));
+      });
     }
   }
-  await every(POLL_MS, refresh);
+  await here.every(POLL_MS, refresh);
 }
 
 function outputTile(o) {
@@ -429,7 +463,7 @@ function eventText(d) {
   }
 }
 
-async function jobPage(id) {
+async function jobPage(here, id) {
   let job = await api(`/jobs/${encodeURIComponent(id)}`);
   const head = h('div', {});
   const errorBox = h('div', {});
@@ -464,14 +498,14 @@ async function jobPage(id) {
     inputs.textContent = JSON.stringify(job.inputs, null, 2);
   }
   render();
-  show(head, bar, errorBox,
+  here.show(head, bar, errorBox,
     h('h2', {}, 'Outputs'), outputs,
     h('h2', {}, 'Inputs'), inputs,
     h('h2', {}, 'Event log'),
     h('div', { class: 'panel' }, h('table', { class: 'events', id: 'events' },
       h('thead', {}, h('tr', {}, ['#', 'At', 'Event', ''].map((t) => h('th', {}, t)))), events)));
 
-  const f = new Follower(id, ({ event, data }) => {
+  here.follow(id, ({ event, data }) => {
     if (event === 'output') return; // listed with the job of the terminal event
     events.append(h('tr', { dataset: { type: data.type } }, h('td', {}, data.seq), h('td', { title: data.at }, new Date(data.at).toLocaleTimeString()),
       h('td', {}, data.type), h('td', {}, eventText(data))));
@@ -481,21 +515,20 @@ async function jobPage(id) {
     }
     if (data.job) { job = data.job; render(); } else if (data.status && data.status !== job.status) { job.status = data.status; if (data.backend) job.backend = data.backend; render(); }
   });
-  page.followers.set(id, f);
 }
 
 // ----- queue -----
 
-async function queuePage() {
+async function queuePage(here) {
   const running = h('div', { class: 'cards', id: 'running' });
   const queued = h('div', { id: 'queued' });
-  show(h('h1', {}, 'Queue'), h('h2', {}, 'Running, by backend'), running, h('h2', {}, 'Queued, by priority (highest first, then oldest first)'), queued);
-  await every(POLL_MS, async () => {
+  here.show(h('h1', {}, 'Queue'), h('h2', {}, 'Running, by backend'), running, h('h2', {}, 'Queued, by priority (highest first, then oldest first)'), queued);
+  await here.every(POLL_MS, async () => {
     const [{ jobs }, backends] = await Promise.all([
       api('/jobs?status=queued,running&limit=500'),
       api('/backends').then((b) => b.backends, () => []),
     ]);
-    if (!page.alive) return;
+    if (!here.alive) return;
     const byBackend = new Map(backends.map((b) => [b.id, []]));
     for (const j of jobs.filter((j) => j.status === 'running')) {
       const k = j.backend || '?';
@@ -527,9 +560,9 @@ async function queuePage() {
 
 // ----- workflows -----
 
-async function workflowsPage() {
+async function workflowsPage(here) {
   const { workflows } = await api('/workflows');
-  show(h('div', { class: 'row' }, h('h1', {}, 'Workflows'), h('span', { class: 'spacer' }),
+  here.show(h('div', { class: 'row' }, h('h1', {}, 'Workflows'), h('span', { class: 'spacer' }),
     session.admin ? h('a', { class: 'button', href: '#/import', id: 'import-link' }, 'Import from ComfyUI') : null),
   workflows.length
       ? h('div', { class: 'cards', id: 'workflows' }, workflows.map((w) => h('a', { class: 'card', href: `#/workflows/${encodeURIComponent(w.id)}`, dataset: { workflow: w.id } },
@@ -608,7 +641,7 @@ class FieldError extends Error {
   constructor(name, message) { super(message); this.field = name; }
 }
 
-async function workflowPage(id) {
+async function workflowPage(here, id) {
   const w = await api(`/workflows/${encodeURIComponent(id)}`);
   const schema = w.inputSchema || {};
   const required = new Set(schema.required || []);
@@ -666,7 +699,7 @@ async function workflowPage(id) {
     h('div', { class: 'field' }, h('label', { for: 'job-priority' }, 'Priority'), priority, h('div', { class: 'hint' }, 'Higher runs first.')),
     h('div', { class: 'field' }, h('label', { for: 'job-cache' }, cache, ' Use the result cache'), h('div', { class: 'hint' }, 'Same inputs and seed: answered from the stored outputs.'))),
   h('p', {}, submit), status);
-  show(h('div', { class: 'row' }, h('h1', {}, w.name || w.id), h('span', { class: 'mono muted' }, `${w.id} · v${w.version}`)),
+  here.show(h('div', { class: 'row' }, h('h1', {}, w.name || w.id), h('span', { class: 'mono muted' }, `${w.id} · v${w.version}`)),
     w.description ? h('p', {}, w.description) : null,
     form,
     h('details', {}, h('summary', {}, 'Input schema (JSON Schema)'), h('pre', { id: 'schema' }, JSON.stringify(schema, null, 2))));
@@ -679,7 +712,7 @@ async function workflowPage(id) {
  * input schema from the backend's /object_info; the admin reviews (and may edit) them and
  * registers the result as a normal workflow with POST /workflows.
  */
-async function importPage() {
+async function importPage(here) {
   const file = h('input', { id: 'import-file', type: 'file', accept: '.json,application/json' });
   const text = h('textarea', { id: 'import-json', placeholder: '{"3": {"class_type": "KSampler", "inputs": {…}}, …}', style: { minHeight: '160px' } });
   file.addEventListener('change', async () => { if (file.files.length) text.value = await file.files[0].text(); });
@@ -709,7 +742,7 @@ async function importPage() {
     h('div', { class: 'field' }, h('label', { for: 'import-name' }, 'Name'), name),
     h('div', { class: 'field wide' }, h('label', { for: 'import-json' }, 'Export (JSON)'), text)),
   h('p', {}, h('button', { class: 'primary', type: 'submit', id: 'import-propose' }, 'Propose a workflow')), status);
-  show(h('h1', {}, 'Import a workflow from ComfyUI'), form, review);
+  here.show(h('h1', {}, 'Import a workflow from ComfyUI'), form, review);
 }
 
 function reviewProposal(el, { proposal, inputs, warnings }) {
@@ -739,15 +772,15 @@ function reviewProposal(el, { proposal, inputs, warnings }) {
 
 // ----- backends -----
 
-async function backendsPage() {
+async function backendsPage(here) {
   const tbody = h('tbody', {});
   const status = h('div', {});
-  show(h('h1', {}, 'Backends'), status, h('div', { class: 'panel' }, h('table', { id: 'backends' },
+  here.show(h('h1', {}, 'Backends'), status, h('div', { class: 'panel' }, h('table', { id: 'backends' },
     h('thead', {}, h('tr', {}, ['Backend', 'State', 'In flight', 'Run p50', 'Probe p50', 'ComfyUI', 'Last error', ''].map((t) => h('th', {}, t)))), tbody)));
   const ms = (v) => (v === null || v === undefined ? '—' : `${Math.round(v)} ms`);
   async function refresh() {
     const { backends } = await api('/backends');
-    if (!page.alive) return;
+    if (!here.alive) return;
     tbody.replaceChildren(...backends.map((b) => h('tr', { dataset: { backend: b.id } },
       h('td', {}, h('strong', {}, b.id), h('div', { class: 'muted mono' }, b.url)),
       h('td', {}, statusPill(b.state)),
@@ -757,10 +790,10 @@ async function backendsPage() {
       h('td', {}, b.comfyuiVersion || '—'),
       h('td', { class: 'muted' }, b.lastError || ''),
       h('td', {}, session.admin ? h('button', { type: 'button', onclick: async () => {
-        try { await api(`/backends/${encodeURIComponent(b.id)}/${b.draining ? 'resume' : 'drain'}`, { method: 'POST' }); status.replaceChildren(); refresh(); } catch (e) { status.replaceChildren(alertBox(e)); }
+        try { await api(`/backends/${encodeURIComponent(b.id)}/${b.draining ? 'resume' : 'drain'}`, { method: 'POST' }); status.replaceChildren(); await refresh(); } catch (e) { status.replaceChildren(alertBox(e)); }
       } }, b.draining ? 'Resume' : 'Drain') : null))));
   }
-  await every(POLL_MS + 1000, refresh);
+  await here.every(POLL_MS + 1000, refresh);
 }
 
 // ---------- start ----------
