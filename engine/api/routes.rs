@@ -207,7 +207,8 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Who is calling: None in open mode and on the public routes (`/health`, the dashboard's
-/// static files, which hold no data; `/metrics` with `METRICS_PUBLIC`), else the principal of valid credentials, else `AUTH_FAILED`.
+/// static files, which hold no data; `/metrics` with `METRICS_PUBLIC`), else the principal
+/// of valid credentials, else `AUTH_FAILED`.
 /// Unknown paths need credentials too, so the route table cannot be probed.
 fn authenticate(ctx: &Ctx, headers: &HeaderMap, route: Option<Route>) -> Result<Option<Principal>, Error> {
     let config = &ctx.gateway.config;
