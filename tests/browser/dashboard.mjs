@@ -2,7 +2,7 @@
 // Run by tests/it/dashboard.rs against a live gateway + simulator; prints one JSON line
 // of what it saw and exits non-zero (with the reason) when anything is not as expected.
 //
-// Env: GATEWAY_URL, USER_KEY, OTHER_KEY, ADMIN_KEY, IMAGE_PATH (a PNG for the file
+// Env: GATEWAY_URL, USER_KEY, OTHER_KEY, ADMIN_KEY, JWT_TOKEN (a user's HS256 token), IMAGE_PATH (a PNG for the file
 // picker), IMPORT_FILE (an API-format export from ComfyUI), SHOT_DIR (screenshots),
 // CHROMIUM (default /usr/bin/chromium). With SCENARIO=presigned (S3 storage, downloads
 // redirected to presigned URLs): only USER_KEY's job JOB_ID, its thumbnail and download.
@@ -184,6 +184,14 @@ try {
     await page.waitForSelector('.alert');
     check((await page.textContent('.alert')).includes('JOB_NOT_FOUND'), 'another user gets JOB_NOT_FOUND');
     step('other user sees nothing');
+
+    // A JWT signs in too, and is sent as a bearer token; its subject owns no job here.
+    const bearer = page.waitForRequest((r) => r.url().includes('/jobs?') && (r.headers().authorization || '').startsWith('Bearer '));
+    await signIn(env('JWT_TOKEN'), 'user');
+    await bearer;
+    const carols = await jobIdsListed();
+    check(carols.length === 0, `the token's subject sees no job: ${carols}`);
+    step('JWT signs in as bearer');
 
     // 5. The admin sees both, the queue and the backends with their in-flight counts.
     await signIn(env('ADMIN_KEY'), 'admin');

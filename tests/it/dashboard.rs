@@ -4,7 +4,7 @@
 //! installed by `scripts/ci-deps`): signing in with a key, a job submitted from the form
 //! generated from a workflow's schema (a field error shown next to its field, an image
 //! input by file picker), followed live to `succeeded` with its thumbnail, an output
-//! downloaded, another user's key seeing none of those jobs, and an admin importing an
+//! downloaded, another user's key (and a user's JWT) seeing none of those jobs, and an admin importing an
 //! SDXL export from ComfyUI, registering the proposal and running it. Screenshots are saved
 //! under `<target>/tmp/dashboard/` for a person to look at.
 
@@ -19,6 +19,15 @@ use crate::support::{self, Gateway, Sim};
 const ADMIN_KEY: &str = "dash-admin-key-01";
 const USER_KEY: &str = "dash-alice-key-01";
 const OTHER_KEY: &str = "dash-bob-key-0001";
+const JWT_SECRET: &str = "a-dashboard-test-secret-of-32-bytes-or-more";
+
+/// An HS256 token of the user `carol`, valid for 10 minutes.
+fn carol_token() -> String {
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+    let claims = json!({"sub": "carol", "role": "user", "exp": exp});
+    let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+}
 
 async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut r = reqwest::Client::new().get(url);
@@ -131,7 +140,7 @@ async fn the_dashboard_in_a_headless_browser() {
     // Slow nodes, so that the job is seen running and its progress comes over the stream.
     let sim = Sim::start(dir.path(), 150).await;
     let keys = format!("{ADMIN_KEY}:admin,{USER_KEY}:user,{OTHER_KEY}:user");
-    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys)]).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys), ("JWT_SECRET", JWT_SECRET)]).await;
     let client = reqwest::Client::new();
     let invert = json!({
         "id": "invert",
@@ -159,7 +168,9 @@ async fn the_dashboard_in_a_headless_browser() {
 
     let image = png_file(dir.path());
     let import = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/sdxl_api.json");
+    let token = carol_token();
     let envs = [
+        ("JWT_TOKEN", OsStr::new(&token)),
         ("USER_KEY", OsStr::new(USER_KEY)),
         ("OTHER_KEY", OsStr::new(OTHER_KEY)),
         ("ADMIN_KEY", OsStr::new(ADMIN_KEY)),
