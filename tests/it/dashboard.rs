@@ -4,9 +4,9 @@
 //! installed by `scripts/ci-deps`): signing in with a key, a job submitted from the form
 //! generated from a workflow's schema (a field error shown next to its field, an image
 //! input by file picker), followed live to `succeeded` with its thumbnail, an output
-//! downloaded, another user's key (and a user's JWT) seeing none of those jobs, and an admin importing an
-//! SDXL export from ComfyUI, registering the proposal and running it. Screenshots are saved
-//! under `<target>/tmp/dashboard/` for a person to look at.
+//! downloaded, another user's key (and a user's JWT) seeing none of those jobs, and an
+//! admin importing an SDXL export from ComfyUI, registering the proposal and running it.
+//! Screenshots are saved under `<target>/tmp/dashboard/` for a person to look at.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
