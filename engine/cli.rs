@@ -590,15 +590,7 @@ async fn import_workflow(args: ImportWorkflowArgs) -> Result<(), CliError> {
     let imported =
         crate::service::propose_import(&export, "", &classes, args.id, args.name, args.description).map_err(refused)?;
     let proposal = &imported.proposal;
-    let answer = json!({
-        "proposal": {
-            "id": imported.id, "name": imported.name, "description": imported.description,
-            "template": proposal.template, "inputSchema": proposal.input_schema,
-        },
-        "inputs": proposal.inputs,
-        "warnings": proposal.warnings,
-    });
-    println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+    println!("{}", serde_json::to_string_pretty(&imported.answer()).unwrap_or_default());
     for warning in &proposal.warnings {
         eprintln!("warning: {warning}");
     }

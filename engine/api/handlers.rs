@@ -455,22 +455,14 @@ pub async fn import_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
             opt_string(&options, "description")?,
         )
         .await?;
-    let found = serde_json::to_value(&imported.proposal.inputs).unwrap_or_else(|_| json!([]));
-    let warnings = json!(imported.proposal.warnings);
+    let mut answer = imported.answer();
     if register {
         let mut details = register_workflow(ctx, p, imported.definition()).await?;
-        details["inputs"] = found;
-        details["warnings"] = warnings;
+        details["inputs"] = answer["inputs"].take();
+        details["warnings"] = answer["warnings"].take();
         return Ok(reply::json(StatusCode::CREATED, &details));
     }
-    let proposal = json!({
-        "id": imported.id,
-        "name": imported.name,
-        "description": imported.description,
-        "template": imported.proposal.template,
-        "inputSchema": imported.proposal.input_schema,
-    });
-    Ok(reply::json(StatusCode::OK, &json!({"proposal": proposal, "inputs": found, "warnings": warnings})))
+    Ok(reply::json(StatusCode::OK, &answer))
 }
 
 /// `PUT /workflows/{id}`: a new version.
