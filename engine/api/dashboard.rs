@@ -54,11 +54,7 @@ pub fn serve(method: &Method, headers: &HeaderMap, file: Option<&str>) -> Result
         .find(|(_, a)| a.name == name)
         .ok_or_else(|| Error::new(ErrorCode::NotFound, format!("the dashboard has no file {name:?}")))?;
     let etag = &ETAGS[i];
-    let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
-    let mut resp = if fresh {
+    let mut resp = if super::download::not_modified(headers, etag) {
         reply::empty(StatusCode::NOT_MODIFIED)
     } else if method == Method::HEAD {
         let mut r = reply::empty(StatusCode::OK);

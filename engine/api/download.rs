@@ -88,6 +88,12 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Whether `If-None-Match` names `etag` (or is `*`): the client's copy is current (304).
+pub(super) fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
+    header_str(headers, header::IF_NONE_MATCH)
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+}
+
 fn find_output<'a>(job: &'a Job, file: &str) -> Result<&'a OutputRef> {
     job.outputs
         .iter()
@@ -114,8 +120,7 @@ pub async fn output_file(
             _ => {}
         }
     }
-    let not_modified = header_str(headers, header::IF_NONE_MATCH)
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let not_modified = not_modified(headers, &etag);
     let objects = if not_modified { None } else { gateway.blob_objects(&output.hash)? };
     let mut resp = if not_modified {
         reply::empty(StatusCode::NOT_MODIFIED)
