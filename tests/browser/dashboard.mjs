@@ -171,6 +171,21 @@ try {
     await dl.saveAs(seen.downloadPath);
     step('upload job succeeded, output downloaded');
 
+    // A job that fails: its page shows the error the API recorded.
+    const r = await fetch(`${base}/jobs`, {
+      method: 'POST',
+      headers: { 'X-API-Key': env('USER_KEY'), 'Content-Type': 'application/json' },
+      body: JSON.stringify({ workflowId: 'icon_512', inputs: { prompt: 'no such model', checkpoint: 'missing.safetensors' } }),
+    });
+    check(r.status === 202, `the failing job is accepted: ${r.status}`);
+    seen.failedJob = (await r.json()).jobId;
+    await page.goto(`${base}/#/jobs/${seen.failedJob}`);
+    await page.waitForSelector('#job-status [data-status="failed"]');
+    await page.waitForSelector('.alert');
+    seen.failedAlert = await page.textContent('.alert');
+    seen.failedEvents = await page.$$eval('#events tr[data-type]', (rows) => rows.map((r) => r.dataset.type));
+    step('failed job shows its error');
+
     const mine = await jobIdsListed();
     check(mine.includes(seen.textJob) && mine.includes(seen.uploadJob), `the user's list shows both jobs: ${mine}`);
     await page.screenshot({ path: `${shots}/jobs.png`, fullPage: true });

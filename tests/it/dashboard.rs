@@ -3,10 +3,11 @@
 //! (`tests/browser/dashboard.mjs`: Debian's chromium driven by playwright-core, both
 //! installed by `scripts/ci-deps`): signing in with a key, a job submitted from the form
 //! generated from a workflow's schema (a field error shown next to its field, an image
-//! input by file picker), followed live to `succeeded` with its thumbnail, an output
-//! downloaded, another user's key (and a user's JWT) seeing none of those jobs, and an
-//! admin importing an SDXL export from ComfyUI, registering the proposal and running it.
-//! Screenshots are saved under `<target>/tmp/dashboard/` for a person to look at.
+//! input by file picker), followed live to `succeeded` with its thumbnail, a failed job's
+//! error shown, an output downloaded, another user's key (and a user's JWT) seeing none of
+//! those jobs, and an admin importing an SDXL export from ComfyUI, registering the proposal
+//! and running it. Screenshots are saved under `<target>/tmp/dashboard/` for a person to
+//! look at.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -195,6 +196,15 @@ async fn the_dashboard_in_a_headless_browser() {
         assert_eq!((v["status"].as_str(), v["workflowId"].as_str()), (Some("succeeded"), Some(workflow)), "{v}");
         assert_eq!(job_as(job, OTHER_KEY).await.0, 404, "the other user cannot read it either");
     }
+    // The failed job's page showed the error code and message the API recorded, and the
+    // failure in its event log.
+    let (_, failed) = job_as(&seen["failedJob"], USER_KEY).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let alert = seen["failedAlert"].as_str().unwrap();
+    for part in [&failed["error"]["code"], &failed["error"]["message"]] {
+        assert!(alert.contains(part.as_str().unwrap()), "{alert:?} lacks {part}");
+    }
+    assert!(seen["failedEvents"].as_array().unwrap().contains(&json!("failed")), "{seen}");
     let (_, text) = job_as(&seen["textJob"], USER_KEY).await;
     assert_eq!(text["inputs"]["width"], 256, "the form sent the typed value");
     assert_eq!(text["inputs"]["seed"], 42);
