@@ -2,6 +2,8 @@
 //! ComfyUI simulator) on 127.0.0.1 with its database in a temp dir.
 //!
 //! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
+//! - `abuse`: availability under attack: each hostile client, tenant or plugin beside a
+//!   well-behaved neighbour, who must still be served; the attacker gets its 4xx.
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
 //! - `auth`: API keys and JWTs against the real server: roles, job ownership (404 for
 //!   others), alg none / confusion / expiry attacks, the audit log, open mode.
@@ -60,6 +62,7 @@
 
 mod support;
 
+mod abuse;
 mod api;
 mod auth;
 mod backends;
