@@ -17,10 +17,14 @@
 //! 5. Download throughput of a 4 MB output (`GET /outputs/:id/:file`, sequential).
 //! 6. Resident memory idle, and restart time and memory with 100,000 queued and 100
 //!    running jobs: the API answering, and every running job reconciled with its backend.
+//! 7. Under attack (`attack.rs`): a well-behaved client's p50/p99 while another client
+//!    floods slow bodies, event streams, million-key bodies or a looping plugin; peak RSS.
 //!
 //! Environment: `BENCH_SECONDS` (per measured level, default 3), `BENCH_RUNS` (latency
 //! runs, default 300), `BENCH_QUEUED` (queued jobs for part 6, default 100000),
 //! `BENCH_ONLY` (comma-separated part numbers, default all).
+
+mod attack;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -670,6 +674,10 @@ async fn main() {
         );
         let size = std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
         println!("  (database file: {:.0} MB)", size as f64 / 1e6);
+    }
+
+    if part(7) {
+        attack::run(dir.path(), &mut table).await;
     }
 
     println!("\nMarkdown:\n\n{}", table.markdown());
