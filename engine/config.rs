@@ -1173,6 +1173,16 @@ mod tests {
     }
 
     #[test]
+    fn disk_limits_default_to_a_gib_free_and_no_quota_and_are_parsed() {
+        let d = parse(&[]).unwrap().disk;
+        assert_eq!(d, DiskLimits { free_min_bytes: 1 << 30, quota_bytes_per_owner: None });
+        let d = parse(&["--disk-free-min-bytes", "0", "--storage-quota-bytes-per-owner", "5000"]).unwrap().disk;
+        assert_eq!(d, DiskLimits { free_min_bytes: 0, quota_bytes_per_owner: Some(5000) });
+        let err = parse(&["--storage-quota-bytes-per-owner", "0"]).unwrap_err();
+        assert_eq!(err.variable, "STORAGE_QUOTA_BYTES_PER_OWNER");
+    }
+
+    #[test]
     fn api_limits_are_permissive_by_default_and_parsed() {
         let c = parse(&[]).unwrap().api_limits;
         assert_eq!(c.rate, None);

@@ -18,6 +18,8 @@
 //! - `meta` per-state counts equal the number of jobs in each state;
 //! - a blob's `n_refs` is the number of `OutputRef`s and `InputRef`s of all jobs naming
 //!   it; a blob whose last reference goes away is deleted with its chunks;
+//! - an owner's `owner_usage` is the sum of the sizes of every input and output its jobs
+//!   name (see `usage`), and `meta["usage.bytes"]` their total;
 //! - with object storage (`Store::open_with`), a new blob's object is uploaded before the
 //!   commit that creates its row, under the hash's lock (see `storage`), and a remote
 //!   blob's row is never in `blob_deletes` (the reaper's to-do list).
