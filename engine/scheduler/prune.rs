@@ -39,6 +39,11 @@ const PASS_WAIT_MAX: Duration = Duration::from_secs(3);
 /// A pass that ended this recently counts as "retention already ran" for a submit.
 const PASS_FRESH: Duration = Duration::from_secs(1);
 
+/// While space is low and nothing was pruned, redb's free pages are measured again at
+/// most this often (a measurement walks every page of the database and holds the writer,
+/// so refused submits must not be able to make it run every second).
+const MEASURE_EVERY: Duration = Duration::from_secs(30);
+
 /// The pruner's doorbell and its pass counter, shared with submits.
 #[derive(Debug)]
 pub(crate) struct Pruner {
@@ -48,12 +53,25 @@ pub(crate) struct Pruner {
     passes: watch::Sender<u64>,
     /// When the last pass ended.
     last_pass: Mutex<Option<Instant>>,
+    /// When redb's free pages were last measured.
+    last_measure: Mutex<Option<Instant>>,
 }
 
 impl Default for Pruner {
     fn default() -> Self {
-        Pruner { wake: Notify::new(), passes: watch::Sender::new(0), last_pass: Mutex::new(None) }
+        Pruner {
+            wake: Notify::new(),
+            passes: watch::Sender::new(0),
+            last_pass: Mutex::new(None),
+            last_measure: Mutex::new(None),
+        }
     }
+}
+
+/// Whether a pass should measure redb's free pages: space is low, and the pass freed
+/// something or the last measurement is old (or there was none).
+pub(crate) fn measure_due(low: bool, pruned: bool, last_measure: Option<Duration>) -> bool {
+    low && (pruned || last_measure.is_none_or(|ago| ago >= MEASURE_EVERY))
 }
 
 /// Whether `space` is below `free_min_bytes` (the watermark; 0: never).
@@ -104,10 +122,13 @@ pub(crate) async fn prune_once(shared: &Shared) -> Pruned {
 
 /// One pass: prune, then, when space is low, measure what redb can reuse; count the pass.
 async fn pass(shared: &Shared) {
-    prune_once(shared).await;
+    let pruned = prune_once(shared).await != Pruned::default();
     let free_min = shared.config.disk.free_min_bytes;
     shared.store.refresh_space();
-    if low(shared.store.disk_space().ok().flatten(), free_min) {
+    let is_low = low(shared.store.disk_space().ok().flatten(), free_min);
+    let last_measure = shared.pruner.last_measure.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed());
+    if measure_due(is_low, pruned, last_measure) {
+        *shared.pruner.last_measure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         match shared.store.measure_space().await {
             Ok(Some(space)) => tracing::info!(
                 fs_free_bytes = space.fs_free_bytes,
@@ -192,5 +213,15 @@ mod tests {
         assert!(!below(None, 10), "no file, no check");
         assert!(low(s(19, 0), 10) && !low(s(20, 0), 10));
         assert!(!low(s(0, 0), 0));
+    }
+
+    #[test]
+    fn redb_is_measured_when_low_after_a_prune_or_when_the_last_reading_is_old() {
+        let s = Duration::from_secs;
+        assert!(!measure_due(false, true, None), "not while space is plentiful");
+        assert!(measure_due(true, false, None), "never measured");
+        assert!(measure_due(true, true, Some(s(1))), "a prune freed pages");
+        assert!(!measure_due(true, false, Some(s(1))), "nothing changed since a recent reading");
+        assert!(measure_due(true, false, Some(MEASURE_EVERY)));
     }
 }
