@@ -181,12 +181,8 @@ impl Scheduler {
         if !below(space, free_min) {
             return Ok(());
         }
-        let fresh = shared
-            .pruner
-            .last_pass
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t.elapsed() < PASS_FRESH);
+        let fresh =
+            shared.pruner.last_pass.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t.elapsed() < PASS_FRESH);
         if !fresh {
             let mut passes = shared.pruner.passes.subscribe();
             let seen = *passes.borrow_and_update();

@@ -967,7 +967,8 @@ async fn owner_usage_follows_inserts_outputs_and_prunes_charging_shared_blobs_to
         size_bytes: 3_000,
         hash: img.hash,
     };
-    let owned = |rank, owner: Option<&str>| Job { owner: owner.map(str::to_string), inputs: vec![input.clone()], ..job(rank) };
+    let owned =
+        |rank, owner: Option<&str>| Job { owner: owner.map(str::to_string), inputs: vec![input.clone()], ..job(rank) };
     let usage = |owner: Option<&str>| store.owner_usage(owner).unwrap();
     // Inputs are charged at insert; the blob both jobs share, to each of them in full.
     let a = store.insert_job_with_blobs(owned(1, Some("alice")), vec![img.clone()], vec![]).await.unwrap();

@@ -106,9 +106,8 @@ async fn a_client_filling_the_disk_gets_507_while_others_read_and_cancel_and_ret
     let Some(fs) = Tmpfs::mount(&dir.path().join("fs"), "24m") else { return };
     let db = fs.dir.join("gateway.redb");
     // Made up front: encoding noise is slow in a debug build, and the fill should be quick.
-    let pngs: Vec<Vec<u8>> = tokio::task::spawn_blocking(|| (100..140).map(|seed| noise_png(512, seed)).collect())
-        .await
-        .unwrap();
+    let pngs: Vec<Vec<u8>> =
+        tokio::task::spawn_blocking(|| (100..140).map(|seed| noise_png(512, seed)).collect()).await.unwrap();
     let sim = Sim::start(dir.path(), 20).await;
     let mut gw = Gateway::start(
         dir.path(),
@@ -181,7 +180,11 @@ async fn a_client_filling_the_disk_gets_507_while_others_read_and_cancel_and_ret
     };
     let fill_started = Instant::now();
     let (n_reads, (accepted, retry_after, refusal)) = tokio::join!(reader, attacker);
-    eprintln!("disk full (507) after {} jobs in {:?}; the neighbour read {n_reads} times", accepted.len(), fill_started.elapsed());
+    eprintln!(
+        "disk full (507) after {} jobs in {:?}; the neighbour read {n_reads} times",
+        accepted.len(),
+        fill_started.elapsed()
+    );
     assert!(n_reads > 0, "the neighbour read nothing");
     assert_eq!(refusal["error"]["code"], "STORAGE_FULL", "{refusal}");
     assert_eq!(refusal["error"]["retryable"], true, "{refusal}");
