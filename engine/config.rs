@@ -193,6 +193,23 @@ pub struct ServeArgs {
         value_name = "PRUNE_INTERVAL_MS"
     )]
     pub prune_interval_ms: u64,
+    /// Free bytes the database's file system must keep: below it new jobs are refused
+    /// with 507 `STORAGE_FULL` (0: no check).
+    #[arg(
+        long = "disk-free-min-bytes",
+        env = "DISK_FREE_MIN_BYTES",
+        default_value_t = 1 << 30,
+        value_name = "DISK_FREE_MIN_BYTES"
+    )]
+    pub disk_free_min_bytes: u64,
+    /// Bytes of inputs and outputs one owner may keep stored; at or over it its new jobs
+    /// are refused with 507 `QUOTA_EXCEEDED` (unset: no quota).
+    #[arg(
+        long = "storage-quota-bytes-per-owner",
+        env = "STORAGE_QUOTA_BYTES_PER_OWNER",
+        value_name = "STORAGE_QUOTA_BYTES_PER_OWNER"
+    )]
+    pub storage_quota_bytes_per_owner: Option<u64>,
     /// Wall time of one plugin call, in ms.
     #[arg(
         long = "plugin-timeout-ms",
@@ -338,6 +355,16 @@ pub struct Retention {
     pub prune_interval: std::time::Duration,
 }
 
+/// Limits on the disk the database lives on (`DISK_FREE_MIN_BYTES`,
+/// `STORAGE_QUOTA_BYTES_PER_OWNER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskLimits {
+    /// Free bytes the database's file system keeps; new jobs are refused below (0: off).
+    pub free_min_bytes: u64,
+    /// Bytes of inputs and outputs one owner may keep stored (None: unlimited).
+    pub quota_bytes_per_owner: Option<u64>,
+}
+
 /// A request rate limit (GCRA): `max` requests per `window`, refilled evenly.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -445,6 +472,8 @@ pub struct Config {
     pub retention: Retention,
     /// Limits of every plugin call (`PLUGIN_*`).
     pub plugin_limits: crate::plugins::Limits,
+    /// Free-space watermark and per-owner storage quota.
+    pub disk: DiskLimits,
     /// API keys and JWT keys; empty: open mode (no credentials asked).
     pub auth: Arc<Auth>,
     /// `/metrics` without credentials even when authentication is on.
@@ -557,6 +586,13 @@ impl Config {
         let webhooks = webhook_settings(args)?;
         let public_url = public_url(args)?;
         let retention = retention(args)?;
+        if args.storage_quota_bytes_per_owner == Some(0) {
+            return Err(bad("STORAGE_QUOTA_BYTES_PER_OWNER", "must be at least 1 (unset it for no quota)"));
+        }
+        let disk = DiskLimits {
+            free_min_bytes: args.disk_free_min_bytes,
+            quota_bytes_per_owner: args.storage_quota_bytes_per_owner,
+        };
         if !(10..=600_000).contains(&args.plugin_timeout_ms) {
             return Err(bad("PLUGIN_TIMEOUT_MS", "must be between 10 and 600000"));
         }
@@ -588,6 +624,7 @@ impl Config {
         Ok(Config {
             api_limits,
             retention,
+            disk,
             plugin_limits,
             host: args.host,
             port: args.port,
@@ -1133,6 +1170,16 @@ mod tests {
         assert!(!debug.contains("access\"") && !debug.contains("secret\""), "{debug}");
         assert_eq!(s3_prefix("").unwrap(), "");
         assert_eq!(s3_prefix("a/b/").unwrap(), "a/b/");
+    }
+
+    #[test]
+    fn disk_limits_default_to_a_gib_free_and_no_quota_and_are_parsed() {
+        let d = parse(&[]).unwrap().disk;
+        assert_eq!(d, DiskLimits { free_min_bytes: 1 << 30, quota_bytes_per_owner: None });
+        let d = parse(&["--disk-free-min-bytes", "0", "--storage-quota-bytes-per-owner", "5000"]).unwrap().disk;
+        assert_eq!(d, DiskLimits { free_min_bytes: 0, quota_bytes_per_owner: Some(5000) });
+        let err = parse(&["--storage-quota-bytes-per-owner", "0"]).unwrap_err();
+        assert_eq!(err.variable, "STORAGE_QUOTA_BYTES_PER_OWNER");
     }
 
     #[test]

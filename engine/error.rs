@@ -54,6 +54,12 @@ pub enum ErrorCode {
     /// The blob storage (the S3-compatible bucket) did not answer or failed; nothing
     /// was changed, try again. Declared last: codes are stored by position.
     StorageUnavailable,
+    /// The database's file system is below `DISK_FREE_MIN_BYTES`: new jobs are refused
+    /// until retention frees space (507 with `Retry-After`).
+    StorageFull,
+    /// The owner keeps `STORAGE_QUOTA_BYTES_PER_OWNER` bytes of inputs and outputs or more:
+    /// its new jobs are refused until some of its jobs are pruned (507 with `Retry-After`).
+    QuotaExceeded,
 }
 
 impl ErrorCode {
@@ -81,6 +87,8 @@ impl ErrorCode {
         ErrorCode::CallbackNotAllowed,
         ErrorCode::BackendNotFound,
         ErrorCode::StorageUnavailable,
+        ErrorCode::StorageFull,
+        ErrorCode::QuotaExceeded,
     ];
 
     /// The stable wire string.
@@ -108,6 +116,8 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => "CALLBACK_NOT_ALLOWED",
             ErrorCode::BackendNotFound => "BACKEND_NOT_FOUND",
             ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            ErrorCode::StorageFull => "STORAGE_FULL",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 
@@ -136,6 +146,8 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => 400,
             ErrorCode::BackendNotFound => 404,
             ErrorCode::StorageUnavailable => 503,
+            // RFC 4918 §11.5; RFC 4331 §6 answers an exceeded quota with it too.
+            ErrorCode::StorageFull | ErrorCode::QuotaExceeded => 507,
         }
     }
 
@@ -147,7 +159,9 @@ impl ErrorCode {
             | ErrorCode::ComfyuiTimeout
             | ErrorCode::RateLimited
             | ErrorCode::Internal
-            | ErrorCode::StorageUnavailable => true,
+            | ErrorCode::StorageUnavailable
+            | ErrorCode::StorageFull
+            | ErrorCode::QuotaExceeded => true,
             ErrorCode::ComfyuiNodeError
             | ErrorCode::ValidationError
             | ErrorCode::WorkflowNotFound
@@ -246,12 +260,14 @@ mod tests {
             ErrorCode::CallbackNotAllowed => 19,
             ErrorCode::BackendNotFound => 20,
             ErrorCode::StorageUnavailable => 21,
+            ErrorCode::StorageFull => 22,
+            ErrorCode::QuotaExceeded => 23,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 22);
+        assert_eq!(ErrorCode::ALL.len(), 24);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);

@@ -72,6 +72,12 @@ pub struct StoreLevel {
     pub deliveries_pending: u64,
     /// Objects of unreferenced blobs waiting for the reaper (S3 storage).
     pub object_deletes_pending: u64,
+    /// Bytes new writes can use on the database's disk (None: unknown).
+    pub disk_free_bytes: Option<u64>,
+    /// Bytes of inputs and outputs charged to owners, summed.
+    pub usage_bytes: u64,
+    /// Owners charged any bytes.
+    pub owners_with_usage: u64,
 }
 
 /// A backend's levels.
@@ -116,6 +122,10 @@ struct Inner {
     cache_entries: IntGauge,
     deliveries_pending: IntGauge,
     object_deletes_pending: IntGauge,
+    disk_free_bytes: IntGauge,
+    usage_bytes: IntGauge,
+    owners_with_usage: IntGauge,
+    storage_refusals: IntCounterVec,
     plugin_loads: IntGaugeVec,
     /// Workflow label values handed out so far (bounded by `WORKFLOW_LABELS_MAX`).
     workflows: Mutex<HashSet<String>>,
@@ -240,6 +250,20 @@ impl Metrics {
                 "object_deletes_pending",
                 "Objects of blobs nothing names any more, waiting to be deleted from the S3 bucket.",
             ),
+            disk_free_bytes: level(
+                "disk_free_bytes",
+                "Bytes new writes can use on the database's file system (its free space plus the pages redb freed in its file, as last measured).",
+            ),
+            usage_bytes: level(
+                "storage_usage_bytes",
+                "Bytes of inputs and outputs kept, summed over owners (a shared blob counts once per job naming it).",
+            ),
+            owners_with_usage: level("storage_owners", "Owners whose jobs keep any inputs or outputs."),
+            storage_refusals: counter(
+                "storage_refusals_total",
+                "New jobs refused for storage, by reason: disk_full (DISK_FREE_MIN_BYTES), quota (STORAGE_QUOTA_BYTES_PER_OWNER).",
+                &["reason"],
+            ),
             plugin_loads: gauge(
                 "plugin_loads",
                 "Plugins made ready since start, by source: compiled, or precompiled (from the stored artifact).",
@@ -263,6 +287,11 @@ impl Metrics {
             return id.to_string();
         }
         OTHER.to_string()
+    }
+
+    /// A new job was refused for storage (`disk_full` or `quota`).
+    pub fn storage_refused(&self, reason: &'static str) {
+        self.inner.storage_refusals.with_label_values(&[reason]).inc();
     }
 
     /// A cacheable submit looked up the result cache.
@@ -342,6 +371,11 @@ impl Metrics {
         m.cache_entries.set(clamp_i64(st.cache_entries));
         m.deliveries_pending.set(clamp_i64(st.deliveries_pending));
         m.object_deletes_pending.set(clamp_i64(st.object_deletes_pending));
+        if let Some(free) = st.disk_free_bytes {
+            m.disk_free_bytes.set(clamp_i64(free));
+        }
+        m.usage_bytes.set(clamp_i64(st.usage_bytes));
+        m.owners_with_usage.set(clamp_i64(st.owners_with_usage));
         m.plugin_loads.with_label_values(&["compiled"]).set(clamp_i64(snapshot.plugin_loads.0));
         m.plugin_loads.with_label_values(&["precompiled"]).set(clamp_i64(snapshot.plugin_loads.1));
         let mut buf = Vec::new();
@@ -372,6 +406,7 @@ mod tests {
         m.webhook_attempt("retrying");
         m.webhook_attempt("delivered");
         m.webhook_attempt("delivered");
+        m.storage_refused("quota");
         let snapshot = Snapshot {
             jobs_by_state: vec![(JobState::Queued, 2), (JobState::Succeeded, 1)],
             queue_by_priority: vec![("high", 1), ("normal", 1), ("low", 0), ("other", 0)],
@@ -387,6 +422,9 @@ mod tests {
                 cache_entries: 1,
                 deliveries_pending: 2,
                 object_deletes_pending: 5,
+                disk_free_bytes: Some(1 << 30),
+                usage_bytes: 8192,
+                owners_with_usage: 2,
             },
             plugin_loads: (1, 4),
         };
@@ -398,6 +436,10 @@ mod tests {
             "comfyui_gateway_blob_bytes 4096",
             "comfyui_gateway_webhook_deliveries_pending 2",
             "comfyui_gateway_object_deletes_pending 5",
+            "comfyui_gateway_disk_free_bytes 1073741824",
+            "comfyui_gateway_storage_usage_bytes 8192",
+            "comfyui_gateway_storage_owners 2",
+            "comfyui_gateway_storage_refusals_total{reason=\"quota\"} 1",
             "comfyui_gateway_plugin_loads{source=\"precompiled\"} 4",
             "# TYPE comfyui_gateway_job_run_seconds histogram",
             "comfyui_gateway_job_run_seconds_count{workflow=\"icon_512\"} 1",

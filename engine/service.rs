@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::canonical;
 use crate::comfy::protocol::ObjectInfo;
@@ -183,6 +183,11 @@ pub const IMPORT_ID_DEFAULT: &str = "imported";
 /// Highest and lowest priority level accepted.
 pub const PRIORITY_MAX: i32 = 100;
 
+/// `Retry-After` of `STORAGE_FULL`: about when retention may have freed space.
+const STORAGE_FULL_RETRY_AFTER_S: u64 = 30;
+/// `Retry-After` of `QUOTA_EXCEEDED`: the owner's jobs age out slowly; try again later.
+const QUOTA_RETRY_AFTER_S: u64 = 60;
+
 /// The gateway's operations.
 #[derive(Debug, Clone)]
 pub struct Gateway {
@@ -262,6 +267,7 @@ impl Gateway {
         {
             return Ok(replayed);
         }
+        self.storage_check(req.owner.as_deref()).await?;
         let rec = self.store.get_workflow(&req.workflow_id)?.ok_or_else(|| {
             Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {:?}", req.workflow_id))
         })?;
@@ -450,6 +456,58 @@ impl Gateway {
         Ok((refs, blobs))
     }
 
+    /// Whether a new job of `owner` may be stored: `507 STORAGE_FULL` as in
+    /// [`Gateway::disk_check`], `507 QUOTA_EXCEEDED` when the owner keeps
+    /// `STORAGE_QUOTA_BYTES_PER_OWNER` bytes or more. Both carry `retryAfterSeconds`.
+    /// A bound checked at submit: the outputs of the owner's unfinished jobs (at most
+    /// `MAX_JOBS_PER_CLIENT` of them) may still take it past the quota.
+    async fn storage_check(&self, owner: Option<&str>) -> Result<()> {
+        self.disk_check().await?;
+        if let Some(quota) = self.config.disk.quota_bytes_per_owner {
+            let used = self.store.owner_usage(owner)?;
+            if used >= quota {
+                self.metrics.storage_refused("quota");
+                return Err(Error::new(
+                    ErrorCode::QuotaExceeded,
+                    format!(
+                        "your jobs keep {used} bytes of inputs and outputs, the quota is {quota}; new jobs are refused until some of yours are pruned"
+                    ),
+                )
+                .with_details(json!({
+                    "usedBytes": used,
+                    "quotaBytes": quota,
+                    "retryAfterSeconds": QUOTA_RETRY_AFTER_S,
+                })));
+            }
+        }
+        Ok(())
+    }
+
+    /// `507 STORAGE_FULL` (with `retryAfterSeconds`) when the database's disk stays below
+    /// `DISK_FREE_MIN_BYTES` after retention ran first ([`Scheduler::disk_check`]): for
+    /// every request that stores something new (jobs, workflows, plugins); reads, cancels
+    /// and running jobs are not checked.
+    pub async fn disk_check(&self) -> Result<()> {
+        if let Err(space) = self.scheduler.disk_check().await {
+            self.metrics.storage_refused("disk_full");
+            tracing::warn!(
+                free_bytes = space.free_bytes(),
+                free_min_bytes = self.config.disk.free_min_bytes,
+                "a write refused: the database's disk is low"
+            );
+            return Err(Error::new(
+                ErrorCode::StorageFull,
+                format!(
+                    "the gateway's storage is full ({} bytes free, {} kept free); new jobs are refused until retention frees space",
+                    space.free_bytes(),
+                    self.config.disk.free_min_bytes
+                ),
+            )
+            .with_details(json!({ "retryAfterSeconds": STORAGE_FULL_RETRY_AFTER_S })));
+        }
+        Ok(())
+    }
+
     /// The metrics in Prometheus text format, levels read now (store counts are O(1)).
     pub fn metrics_text(&self) -> Result<String> {
         let stats = self.store.stats()?;
@@ -468,6 +526,9 @@ impl Gateway {
                 cache_entries: stats.n_cache_entries,
                 deliveries_pending: stats.n_deliveries_pending,
                 object_deletes_pending: stats.n_object_deletes_pending,
+                disk_free_bytes: self.store.disk_space()?.map(|s| s.free_bytes()),
+                usage_bytes: stats.usage_bytes,
+                owners_with_usage: stats.n_owners_with_usage,
             },
             plugin_loads: self.plugins.load_counts(),
         };

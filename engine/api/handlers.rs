@@ -417,6 +417,7 @@ pub async fn create_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
 
 /// Register a new workflow (audited): its details.
 async fn register_workflow(ctx: &Ctx, p: &Params, def: WorkflowDefinition) -> Result<Value> {
+    ctx.gateway.disk_check().await?;
     let rec = ctx.gateway.registry.put_workflow(def, false).await?;
     audit_log(ctx, p, AuditAction::WorkflowCreate, rec.id.clone()).await?;
     let (rec, schema) = ctx.gateway.registry.workflow(&rec.id)?;
@@ -474,6 +475,7 @@ pub async fn update_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
         return Err(Error::validation("/id", format!("does not match the path ({:?})", p.id)));
     }
     let def = workflow_definition(&body, p.id.clone())?;
+    ctx.gateway.disk_check().await?;
     ctx.gateway.registry.put_workflow(def, true).await?;
     audit_log(ctx, p, AuditAction::WorkflowUpdate, p.id.clone()).await?;
     let (rec, schema) = ctx.gateway.registry.workflow(&p.id)?;

@@ -21,6 +21,9 @@ const UNAUTHORIZED: &str = "AUTH_FAILED: credentials are configured and none or 
 
 /// The `403` of the admin-only operations.
 const ADMIN_ONLY: (&str, &str) = ("403", "FORBIDDEN: the caller's role is user; this needs admin");
+/// A write refused because the database's disk is below `DISK_FREE_MIN_BYTES`.
+const DISK_FULL: (&str, &str) =
+    ("507", "The database's disk is below DISK_FREE_MIN_BYTES (STORAGE_FULL); retry after Retry-After seconds");
 
 /// The `422` of a workflow with a plugin on a build without the plugin runtime.
 const NO_PLUGIN_RUNTIME: (&str, &str) = (
@@ -193,7 +196,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "createWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowDefinition")}}},
                     "responses": with_errors(json!({"201": json_response("Registered (version 1)", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("413", "Body too large"), NO_PLUGIN_RUNTIME])
+                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
                 }
             },
             "/workflows/import": {
@@ -211,7 +214,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                                 "warnings": {"type": "array", "items": {"type": "string"}}
                             }
                         }))
-                    }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)")])
+                    }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)"), DISK_FULL])
                 }
             },
             "/workflows/{id}": {
@@ -225,7 +228,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "updateWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowUpdate")}}},
                     "responses": with_errors(json!({"200": json_response("The new version", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("413", "Body too large"), NO_PLUGIN_RUNTIME])
+                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
                 },
                 "delete": {
                     "operationId": "deleteWorkflow",
@@ -273,7 +276,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "responses": with_errors(json!({
                         "200": json_response("Answered from the result cache (cached: true), or finished within ?wait", schema_ref("Job")),
                         "202": json_response("Accepted: committed, queued (or already running when a backend was free)", schema_ref("JobAccepted"))
-                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
+                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)"), ("507", "The database's disk is below DISK_FREE_MIN_BYTES (STORAGE_FULL), or the caller keeps STORAGE_QUOTA_BYTES_PER_OWNER bytes or more (QUOTA_EXCEEDED); retry after Retry-After seconds")])
                 }
             },
             "/jobs/{jobId}/logs": {

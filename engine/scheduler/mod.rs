@@ -334,6 +334,8 @@ pub(crate) struct Shared {
     pub(crate) feed: feed::Feed,
     /// The plugin host (output-process hooks).
     pub(crate) plugins: crate::plugins::Host,
+    /// The pruner's doorbell (a submit short of disk space rings it).
+    pub(crate) pruner: prune::Pruner,
 }
 
 impl Shared {
@@ -517,6 +519,7 @@ impl Scheduler {
             shutdown: CancellationToken::new(),
             feed: feed::Feed::default(),
             plugins,
+            pruner: prune::Pruner::default(),
         });
         // Seed the run durations from recent history (bounded: the newest jobs only).
         let mut recent = store.list_jobs(None, feed::DURATIONS_SEED_JOBS, |_| true)?;

@@ -67,6 +67,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
         return Err(corrupt("meta", meta_key::CACHE_ENTRIES, format!("says {recorded}, {} entries", entries.len())));
     }
     super::outbox::verify(txn)?;
+    super::usage::verify(txn)?;
     for state in [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled] {
         let counted = n_by_state.get(&state).copied().unwrap_or(0);
         let recorded = meta_get(state_count_key(state))?;

@@ -235,6 +235,7 @@ fn write_job(t: &mut WriteTables<'_>, plan: &JobPlan) -> Result<(), StoreError> 
     index_add(t, job)?;
     t.meta_add(state_count_key(job.state), 1)?;
     blobs::apply_refs(t, &plan.refs)?;
+    super::usage::charge_change(t, plan.old.as_ref(), Some(job))?;
     t.jobs.insert(job.id.as_u128(), plan.record.as_slice())?;
     append(t, job.id, plan.events.clone())?;
     outbox::write_new(t, &plan.deliveries)?;

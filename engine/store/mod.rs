@@ -18,6 +18,8 @@
 //! - `meta` per-state counts equal the number of jobs in each state;
 //! - a blob's `n_refs` is the number of `OutputRef`s and `InputRef`s of all jobs naming
 //!   it; a blob whose last reference goes away is deleted with its chunks;
+//! - an owner's `owner_usage` is the sum of the sizes of every input and output its jobs
+//!   name (see `usage`), and `meta["usage.bytes"]` their total;
 //! - with object storage (`Store::open_with`), a new blob's object is uploaded before the
 //!   commit that creates its row, under the hash's lock (see `storage`), and a remote
 //!   blob's row is never in `blob_deletes` (the reaper's to-do list).
@@ -34,7 +36,9 @@ mod jobs;
 mod outbox;
 mod plugins;
 mod prune;
+mod space;
 mod tables;
+mod usage;
 mod workflows;
 mod writer;
 
@@ -63,6 +67,7 @@ pub use blobs::{BlobMeta, NewBlob};
 pub use cache::Claim;
 pub use jobs::QueuedHead;
 pub use prune::Pruned;
+pub use space::DiskSpace;
 
 use writer::{Msg, WriteOp};
 
@@ -204,6 +209,10 @@ pub struct StoreStats {
     pub n_deliveries_pending: u64,
     /// Objects of remote blobs waiting for deletion (`blob_deletes`).
     pub n_object_deletes_pending: u64,
+    /// Bytes of inputs and outputs charged to owners, summed (see `Store::owner_usage`).
+    pub usage_bytes: u64,
+    /// Owners charged any bytes.
+    pub n_owners_with_usage: u64,
 }
 
 /// A cheap, cloneable handle on the store (an `Arc` inside).
@@ -229,6 +238,8 @@ struct Inner {
     deletes: Arc<Notify>,
     /// The bucket holding new blobs' bytes (None: they go into redb).
     objects: Option<crate::storage::Objects>,
+    /// Free space of the database's file system (None: a custom backend, in tests).
+    space: Option<Arc<space::Space>>,
 }
 
 impl Drop for Inner {
@@ -269,16 +280,21 @@ impl Store {
         if !path.try_exists()? {
             create_new(path)?;
         }
-        Store::start(redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)?, objects)
+        let space = Arc::new(space::Space::new(path));
+        Store::start(redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)?, objects, Some(space))
     }
 
     /// Open a store on a custom redb backend (tests: fault injection).
     #[cfg(test)]
     pub(crate) fn open_backend(backend: impl redb::StorageBackend) -> Result<Store, StoreError> {
-        Store::start(redb::Builder::new().create_with_backend(backend)?, None)
+        Store::start(redb::Builder::new().create_with_backend(backend)?, None, None)
     }
 
-    fn start(db: Database, objects: Option<crate::storage::Objects>) -> Result<Store, StoreError> {
+    fn start(
+        db: Database,
+        objects: Option<crate::storage::Objects>,
+        space: Option<Arc<space::Space>>,
+    ) -> Result<Store, StoreError> {
         let db = Arc::new(db);
         writer::init_schema(&db)?;
         let commits = Arc::new(AtomicU64::new(0));
@@ -292,12 +308,15 @@ impl Store {
             let outbox = outbox.clone();
             let failure = failure.clone();
             let deletes = deletes.clone();
+            let space = space.clone();
             std::thread::Builder::new().name("store-writer".to_string()).spawn(move || {
-                writer::run(&db, rx, &commits, writer::Wake { outbox: &outbox, deletes: &deletes }, &failure)
+                let wake = writer::Wake { outbox: &outbox, deletes: &deletes, space: space.as_deref() };
+                writer::run(&db, rx, &commits, wake, &failure)
             })?
         };
         let writer = Mutex::new(Some(handle));
-        Ok(Store { inner: Arc::new(Inner { db, tx: Some(tx), writer, commits, outbox, failure, deletes, objects }) })
+        let inner = Inner { db, tx: Some(tx), writer, commits, outbox, failure, deletes, objects, space };
+        Ok(Store { inner: Arc::new(inner) })
     }
 
     /// Stop the writer after draining pending writes (idempotent). Writes after this fail
@@ -793,6 +812,50 @@ impl Store {
         }
     }
 
+    /// The space new writes can use on the database's file system, from cached readings
+    /// (refreshed after every commit, by [`Store::refresh_space`] and
+    /// [`Store::measure_space`]): O(1). None for a store without a file (tests).
+    pub fn disk_space(&self) -> Result<Option<DiskSpace>, StoreError> {
+        let Some(space) = &self.inner.space else { return Ok(None) };
+        Ok(Some(space.get(self.blob_stored_bytes()?)))
+    }
+
+    /// Read the file system's free space again (two system calls).
+    pub fn refresh_space(&self) {
+        if let Some(space) = &self.inner.space {
+            space.refresh();
+        }
+    }
+
+    /// Measure how much of the database file redb freed and can reuse (see `space`): the
+    /// writer releases the pages earlier commits freed (an empty commit) and counts the
+    /// allocated ones, a walk over every page of the database that holds the writer, so
+    /// call it only while space is low. Returns the new readings.
+    pub async fn measure_space(&self) -> Result<Option<DiskSpace>, StoreError> {
+        let Some(space) = &self.inner.space else { return Ok(None) };
+        self.check_failed()?;
+        let tx = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+        let blob_bytes = self.blob_stored_bytes()?;
+        let (reply_tx, reply_rx) = oneshot::channel();
+        tx.send(Msg::Measure(reply_tx)).await.map_err(|_| StoreError::Closed)?;
+        let allocated = reply_rx.await.map_err(|_| StoreError::Closed)?.map_err(StoreError::Redb)?;
+        space.measured(allocated, blob_bytes);
+        Ok(Some(space.get(self.blob_stored_bytes()?)))
+    }
+
+    fn blob_stored_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.read_txn()?;
+        let meta = txn.open_table(tables::META)?;
+        Ok(meta.get(tables::meta_key::BLOBS_STORED_BYTES)?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// The bytes of inputs and outputs the jobs of `owner` hold (None: jobs without an
+    /// owner), each blob charged in full to every job naming it (see `usage`). O(1).
+    pub fn owner_usage(&self, owner: Option<&str>) -> Result<u64, StoreError> {
+        let txn = self.read_txn()?;
+        usage::of_owner(&txn, owner.unwrap_or(""))
+    }
+
     /// Scan everything and check every cross-table invariant (indexes against states,
     /// counters against counts, blob references against outputs, chunks against records).
     /// O(size of the database): for tests, `init` and operators, not for request paths.
@@ -821,6 +884,11 @@ impl Store {
             n_object_deletes_pending: {
                 use redb::ReadableTableMetadata;
                 txn.open_table(tables::BLOB_DELETES)?.len()?
+            },
+            usage_bytes: get(tables::meta_key::USAGE_BYTES)?,
+            n_owners_with_usage: {
+                use redb::ReadableTableMetadata;
+                txn.open_table(tables::OWNER_USAGE)?.len()?
             },
         })
     }

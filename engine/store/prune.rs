@@ -92,6 +92,7 @@ impl WriteOp for Prune {
             t.jobs.remove(key)?;
             t.events.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
             t.meta_add(state_count_key(job.state), -1)?;
+            super::usage::charge_change(t, Some(job), None)?;
             outbox::remove_job(t, job.id)?;
         }
         for (key, entry) in &plan.entries {

@@ -27,6 +27,8 @@
 //! - `plugin_artifacts`: `(plugin hash, engine compatibility hash)` -> precompiled bytes.
 //! - `idempotency_by_expiry`: `(expires_ms, "<owner>\n<key>")` -> `()`; every record (pruning).
 //! - `backend_drains`: backend id -> when it was drained (ms); holds exactly the drained backends.
+//! - `owner_usage`: owner id (`""`: none) -> bytes of inputs and outputs its jobs hold
+//!   (see `usage`); no entry at 0.
 
 use redb::{Table, TableDefinition, WriteTransaction};
 
@@ -85,6 +87,9 @@ pub(crate) const PLUGIN_ARTIFACTS: TableDefinition<([u8; 32], [u8; 32]), &[u8]> 
 /// Drained backends by id, with the time of the drain (survives restarts).
 pub(crate) const BACKEND_DRAINS: TableDefinition<&str, u64> = TableDefinition::new("backend_drains");
 
+/// Bytes of inputs and outputs per owner (`usage`).
+pub(crate) const OWNER_USAGE: TableDefinition<&str, u64> = TableDefinition::new("owner_usage");
+
 /// The schema this code reads and writes; stored under `meta["schema_version"]`.
 pub(crate) const SCHEMA_VERSION: u64 = 1;
 
@@ -108,6 +113,10 @@ pub(crate) mod meta_key {
     pub const DELIVERIES_PENDING: &str = "deliveries.pending";
     /// Number of result-cache entries.
     pub const CACHE_ENTRIES: &str = "cache.entries";
+    /// Sum of `owner_usage`.
+    pub const USAGE_BYTES: &str = "usage.bytes";
+    /// Set once `owner_usage` was built for this database (see `usage::build_if_missing`).
+    pub const USAGE_BUILT: &str = "usage.built";
 }
 
 /// The `meta` key counting the jobs in `state`.
@@ -147,6 +156,7 @@ pub(crate) struct WriteTables<'txn> {
     pub plugins: Table<'txn, [u8; 32], &'static [u8]>,
     pub plugin_artifacts: Table<'txn, ([u8; 32], [u8; 32]), &'static [u8]>,
     pub backend_drains: Table<'txn, &'static str, u64>,
+    pub owner_usage: Table<'txn, &'static str, u64>,
     /// Set by a write that made a delivery pending: the writer wakes the webhook worker
     /// after the commit.
     pub outbox_changed: bool,
@@ -182,6 +192,7 @@ impl<'txn> WriteTables<'txn> {
             plugins: txn.open_table(PLUGINS)?,
             plugin_artifacts: txn.open_table(PLUGIN_ARTIFACTS)?,
             backend_drains: txn.open_table(BACKEND_DRAINS)?,
+            owner_usage: txn.open_table(OWNER_USAGE)?,
             outbox_changed: false,
             deletes_changed: false,
         })

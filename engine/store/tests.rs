@@ -953,3 +953,118 @@ async fn list_jobs_pages_newest_first_with_a_filter() {
     assert!(matches!(store.update_job(moved, vec![]).await, Err(StoreError::Invalid(_))));
     store.verify_integrity().unwrap();
 }
+
+#[tokio::test]
+async fn owner_usage_follows_inserts_outputs_and_prunes_charging_shared_blobs_to_every_job() {
+    let (_dir, store) = open_temp();
+    let img = blob("image/png", bytes_of("usage-input", 3_000));
+    let shared = blob("image/png", bytes_of("usage-shared", 5_000));
+    let own = blob("image/png", bytes_of("usage-own", 7_000));
+    let input = crate::domain::InputRef {
+        name: "image".to_string(),
+        file_name: "image.png".to_string(),
+        media_type: "image/png".to_string(),
+        size_bytes: 3_000,
+        hash: img.hash,
+    };
+    let owned =
+        |rank, owner: Option<&str>| Job { owner: owner.map(str::to_string), inputs: vec![input.clone()], ..job(rank) };
+    let usage = |owner: Option<&str>| store.owner_usage(owner).unwrap();
+    // Inputs are charged at insert; the blob both jobs share, to each of them in full.
+    let a = store.insert_job_with_blobs(owned(1, Some("alice")), vec![img.clone()], vec![]).await.unwrap();
+    let b = store.insert_job_with_blobs(owned(2, Some("bob")), vec![img.clone()], vec![]).await.unwrap();
+    let c = store.insert_job_with_blobs(owned(3, None), vec![img.clone()], vec![]).await.unwrap();
+    assert_eq!((usage(Some("alice")), usage(Some("bob")), usage(None)), (3_000, 3_000, 3_000));
+    assert_eq!(usage(Some("nobody")), 0);
+    // Outputs at success (one of them shared with bob's), once however often completed.
+    let mut a_done = a.clone();
+    a_done.state = JobState::Succeeded;
+    a_done.finished_ms = Some(10);
+    a_done.outputs = vec![output("0.png", &shared), output("1.png", &own)];
+    store.complete_job(a_done.clone(), vec![shared.clone(), own.clone()], vec![]).await.unwrap();
+    store.complete_job(a_done.clone(), vec![], vec![]).await.unwrap();
+    let mut b_done = b.clone();
+    b_done.state = JobState::Succeeded;
+    b_done.finished_ms = Some(10);
+    b_done.outputs = vec![output("0.png", &shared)];
+    store.complete_job(b_done, vec![], vec![]).await.unwrap();
+    assert_eq!((usage(Some("alice")), usage(Some("bob"))), (15_000, 8_000));
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.usage_bytes, stats.n_owners_with_usage), (26_000, 3));
+    store.verify_integrity().unwrap();
+    // Pruning takes a job's charge with it (c is still queued: kept).
+    let pruned = store.prune(u64::MAX, 0, 0, 16).await.unwrap();
+    assert_eq!(pruned.jobs, 2);
+    assert_eq!((usage(Some("alice")), usage(Some("bob")), usage(None)), (0, 0, 3_000));
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.usage_bytes, stats.n_owners_with_usage), (3_000, 1));
+    store.verify_integrity().unwrap();
+    assert!(store.get_job(c.id).unwrap().is_some());
+}
+
+#[tokio::test]
+async fn owner_usage_is_built_once_for_an_older_database_and_checked_by_integrity() {
+    let (dir, store) = open_temp();
+    let img = blob("image/png", bytes_of("built-input", 2_000));
+    let mut a = Job { owner: Some("alice".to_string()), ..job(1) };
+    a.inputs = vec![crate::domain::InputRef {
+        name: "image".to_string(),
+        file_name: "image.png".to_string(),
+        media_type: "image/png".to_string(),
+        size_bytes: 2_000,
+        hash: img.hash,
+    }];
+    store.insert_job_with_blobs(a, vec![img], vec![]).await.unwrap();
+    store.close().await;
+    drop(store);
+    // As a database written before the table: no table, no marker, no total.
+    {
+        let db = Database::create(db_path(&dir)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(super::tables::OWNER_USAGE).unwrap();
+        let mut meta = txn.open_table(super::tables::META).unwrap();
+        meta.remove(super::tables::meta_key::USAGE_BUILT).unwrap();
+        meta.remove(super::tables::meta_key::USAGE_BYTES).unwrap();
+        drop(meta);
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&db_path(&dir)).unwrap();
+    assert_eq!(store.owner_usage(Some("alice")).unwrap(), 2_000);
+    store.verify_integrity().unwrap();
+    store.close().await;
+    drop(store);
+    // A figure that disagrees with the jobs is found.
+    {
+        let db = Database::create(db_path(&dir)).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(super::tables::OWNER_USAGE).unwrap().insert("alice", 1).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&db_path(&dir)).unwrap();
+    let err = store.verify_integrity().unwrap_err();
+    assert!(matches!(&err, StoreError::Corrupt { table: "owner_usage", .. }), "{err}");
+}
+
+#[tokio::test]
+async fn measured_space_counts_the_pages_a_prune_freed() {
+    let (_dir, store) = open_temp();
+    let before = store.disk_space().unwrap().expect("a file store reads its disk");
+    assert!(before.fs_free_bytes > 0);
+    assert_eq!(before.db_reusable_bytes, 0, "not measured yet");
+    let big = blob("application/x-test", bytes_of("space", 2 << 20));
+    let a = store.insert_job(job(1), vec![]).await.unwrap();
+    let mut done = a.clone();
+    done.state = JobState::Succeeded;
+    done.finished_ms = Some(1);
+    done.outputs = vec![output("big.bin", &big)];
+    store.complete_job(done, vec![big], vec![]).await.unwrap();
+    let full = store.measure_space().await.unwrap().unwrap();
+    assert_eq!(store.prune(u64::MAX, 0, 0, 16).await.unwrap().jobs, 1);
+    let freed = store.measure_space().await.unwrap().unwrap();
+    // The 2 MiB of chunks are free pages of the file now, reusable without growing it.
+    assert!(
+        freed.db_reusable_bytes >= full.db_reusable_bytes + (1 << 20),
+        "before the prune {full:?}, after {freed:?}"
+    );
+    store.verify_integrity().unwrap();
+}

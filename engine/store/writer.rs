@@ -118,6 +118,8 @@ pub(crate) enum Msg {
     Write(Box<dyn Pending>),
     /// Stop accepting writes, finish the queued ones, then acknowledge.
     Close(oneshot::Sender<()>),
+    /// Measure the bytes of the pages redb has allocated (see `space`), after the batch.
+    Measure(oneshot::Sender<Result<u64, String>>),
 }
 
 /// Create every table and check (or set) the schema version, in one durable commit.
@@ -134,6 +136,7 @@ pub(crate) fn init_schema(db: &Database) -> Result<(), StoreError> {
                 return Err(StoreError::Schema { found, expected: SCHEMA_VERSION });
             }
         }
+        super::usage::build_if_missing(&mut t)?;
     }
     txn.commit()?;
     Ok(())
@@ -152,6 +155,8 @@ pub(crate) struct Wake<'a> {
     pub outbox: &'a Notify,
     /// The object reaper, after a commit that recorded an object to delete.
     pub deletes: &'a Notify,
+    /// The free-space readings, refreshed after every commit.
+    pub space: Option<&'a super::space::Space>,
 }
 
 /// The writer loop; returns when the channel is closed and drained.
@@ -164,6 +169,7 @@ pub(crate) fn run(
 ) {
     let mut closers = Vec::new();
     while let Some(first) = rx.blocking_recv() {
+        let mut measures = Vec::new();
         let mut batch = Vec::new();
         let mut payload_bytes = 0;
         let mut next = Some(first);
@@ -178,6 +184,7 @@ pub(crate) fn run(
                     rx.close();
                     closers.push(ack);
                 }
+                Msg::Measure(reply) => measures.push(reply),
             }
             if batch.len() < BATCH_OPS_MAX && payload_bytes < BATCH_PAYLOAD_BYTES_MAX {
                 next = rx.try_recv().ok();
@@ -189,6 +196,16 @@ pub(crate) fn run(
             }
         } else if !batch.is_empty() {
             commit_batch(db, batch, commits, wake, failure);
+        }
+        if !measures.is_empty() {
+            // One measurement answers every request that arrived with this batch.
+            let result = measure(db, failure).map_err(|e| e.to_string());
+            if let Some(space) = wake.space {
+                space.refresh();
+            }
+            for reply in measures {
+                let _ = reply.send(result.clone());
+            }
         }
     }
     for ack in closers {
@@ -264,6 +281,9 @@ fn commit_batch(
         match committed {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
+                if let Some(space) = wake.space {
+                    space.refresh();
+                }
                 if outbox_changed {
                     wake.outbox.notify_one();
                 }
@@ -285,6 +305,34 @@ fn commit_batch(
         }
         return;
     }
+}
+
+/// The bytes of the pages redb has allocated. An empty durable commit first releases the
+/// pages that earlier commits freed (redb frees them at the next commit), so a prune shows.
+/// O(pages of the database): only asked for while space is low (`Store::measure_space`).
+fn measure(db: &Database, failure: &OnceLock<String>) -> Result<u64, StoreError> {
+    if let Some(reason) = failure.get() {
+        return Err(StoreError::Failed(reason.clone()));
+    }
+    let release = begin(db).and_then(|txn| Ok(txn.commit()?));
+    if let Err(e) = release {
+        // A commit that fails is a storage failure like any other (see the module docs).
+        fail_store(failure, &e);
+        return Err(e);
+    }
+    let txn = match begin(db) {
+        Ok(txn) => txn,
+        Err(e) => {
+            fail_store(failure, &e);
+            return Err(e);
+        }
+    };
+    let stats = txn.stats()?;
+    let allocated = stats.allocated_pages().saturating_mul(stats.page_size() as u64);
+    if let Err(e) = txn.abort() {
+        tracing::error!(error = %e, "store abort failed");
+    }
+    Ok(allocated)
 }
 
 /// Record the first storage failure (see the module docs).
@@ -350,7 +398,8 @@ mod tests {
             replies.push(rx);
         }
         let (outbox, deletes) = (Notify::new(), Notify::new());
-        commit_batch(&db, batch, &commits, Wake { outbox: &outbox, deletes: &deletes }, &OnceLock::new());
+        let wake = Wake { outbox: &outbox, deletes: &deletes, space: None };
+        commit_batch(&db, batch, &commits, wake, &OnceLock::new());
         let results: Vec<_> = replies.into_iter().map(|mut rx| rx.try_recv().unwrap()).collect();
         assert!(matches!(results[0], Ok(1)));
         assert!(matches!(results[1], Err(StoreError::Corrupt { .. })));
