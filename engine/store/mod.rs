@@ -174,6 +174,16 @@ fn create_new(path: &Path) -> Result<(), StoreError> {
         Err(e) => return Err(e.into()),
     }
     {
+        // Mode 0600 from the first byte: the database holds every job's inputs and outputs.
+        // redb initialises an empty file it is given.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        drop(options.open(&tmp)?);
         let db = Database::create(&tmp)?;
         writer::init_schema(&db)?;
     }

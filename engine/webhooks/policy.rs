@@ -126,10 +126,11 @@ pub async fn check_destination(url: &str, settings: &Settings) -> Result<Destina
     if matched == Match::Public {
         for addr in &addrs {
             if let Some(reason) = fetch::forbidden_reason(addr.ip()) {
+                // Never the address itself: the answer would tell any client what a
+                // name resolves to inside the gateway's network.
                 return Err(format!(
-                    "refers to host {host:?} at {}, a {reason} address; webhooks go only to public addresses \
-                     unless the host is listed in WEBHOOK_ALLOWED_DOMAINS",
-                    addr.ip()
+                    "refers to host {host:?}, which resolves to a {reason} address; webhooks go only to public \
+                     addresses unless the host is listed in WEBHOOK_ALLOWED_DOMAINS"
                 ));
             }
         }
@@ -201,6 +202,10 @@ mod tests {
             let e = check_destination(url, &open).await.unwrap_err();
             assert!(e.contains(why), "{url}: {e}");
         }
+        // What a name resolves to stays inside the gateway.
+        let e = check_destination("http://localhost:9/hook", &open).await.unwrap_err();
+        assert!(e.contains("resolves to a loopback address"), "{e}");
+        assert!(!e.contains("127.0.0.1") && !e.contains("::1"), "{e}");
         let listed = settings("127.0.0.1,example.com");
         let e = check_destination("http://hooks.other.org/x", &listed).await.unwrap_err();
         assert!(e.contains("not in WEBHOOK_ALLOWED_DOMAINS"), "{e}");
