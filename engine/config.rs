@@ -243,7 +243,8 @@ pub struct ServeArgs {
     pub webhook_secret: Option<Secret>,
     /// Hosts (and their subdomains) and IP addresses callbacks may go to, comma-separated
     /// (unset: any host at a public address). A host listed by name may be private, e.g.
-    /// `127.0.0.1` for a local receiver.
+    /// `127.0.0.1` for a local receiver. `host:port` (`[v6]:port`) allows that port only;
+    /// a bare host allows every port.
     #[arg(
         long = "webhook-allowed-domains",
         env = "WEBHOOK_ALLOWED_DOMAINS",
@@ -1067,6 +1068,7 @@ mod tests {
             (&["--webhook-secret", ""], "WEBHOOK_SECRET"),
             (&["--webhook-secret", "whsec_!!"], "WEBHOOK_SECRET"),
             (&["--webhook-allowed-domains", "https://a.example"], "WEBHOOK_ALLOWED_DOMAINS"),
+            (&["--webhook-allowed-domains", "a.example:99999"], "WEBHOOK_ALLOWED_DOMAINS"),
             (&["--webhook-retry-schedule", "5s,5x"], "WEBHOOK_RETRY_SCHEDULE"),
             (&["--webhook-timeout-ms", "5"], "WEBHOOK_TIMEOUT_MS"),
             (&["--webhook-concurrency", "0"], "WEBHOOK_CONCURRENCY"),
