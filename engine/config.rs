@@ -276,6 +276,23 @@ pub struct ServeArgs {
         value_name = "WEBHOOK_CONCURRENCY"
     )]
     pub webhook_concurrency: usize,
+    /// Webhook attempts in flight to one destination (host and port of the callback URL)
+    /// at most, within `WEBHOOK_CONCURRENCY`: a hanging receiver cannot hold every slot.
+    #[arg(
+        long = "webhook-destination-concurrency",
+        env = "WEBHOOK_DESTINATION_CONCURRENCY",
+        default_value_t = crate::webhooks::DEFAULT_DESTINATION_CONCURRENCY,
+        value_name = "WEBHOOK_DESTINATION_CONCURRENCY"
+    )]
+    pub webhook_destination_concurrency: usize,
+    /// Webhook attempts in flight for one owner's jobs at most, within `WEBHOOK_CONCURRENCY`.
+    #[arg(
+        long = "webhook-owner-concurrency",
+        env = "WEBHOOK_OWNER_CONCURRENCY",
+        default_value_t = crate::webhooks::DEFAULT_OWNER_CONCURRENCY,
+        value_name = "WEBHOOK_OWNER_CONCURRENCY"
+    )]
+    pub webhook_owner_concurrency: usize,
     /// The gateway's public base URL, for absolute output URLs in webhooks
     /// (default: `http://HOST:PORT`).
     #[arg(long = "public-url", env = "PUBLIC_URL", value_name = "PUBLIC_URL")]
@@ -789,12 +806,20 @@ fn webhook_settings(args: &ServeArgs) -> Result<crate::webhooks::Settings, Confi
     if !(1..=1024).contains(&args.webhook_concurrency) {
         return Err(bad("WEBHOOK_CONCURRENCY", "must be between 1 and 1024"));
     }
+    if !(1..=1024).contains(&args.webhook_destination_concurrency) {
+        return Err(bad("WEBHOOK_DESTINATION_CONCURRENCY", "must be between 1 and 1024"));
+    }
+    if !(1..=1024).contains(&args.webhook_owner_concurrency) {
+        return Err(bad("WEBHOOK_OWNER_CONCURRENCY", "must be between 1 and 1024"));
+    }
     Ok(Settings {
         key,
         allowed,
         schedule,
         timeout: std::time::Duration::from_millis(args.webhook_timeout_ms),
         concurrency: args.webhook_concurrency,
+        destination_concurrency: args.webhook_destination_concurrency,
+        owner_concurrency: args.webhook_owner_concurrency,
     })
 }
 
@@ -1072,6 +1097,8 @@ mod tests {
             (&["--webhook-retry-schedule", "5s,5x"], "WEBHOOK_RETRY_SCHEDULE"),
             (&["--webhook-timeout-ms", "5"], "WEBHOOK_TIMEOUT_MS"),
             (&["--webhook-concurrency", "0"], "WEBHOOK_CONCURRENCY"),
+            (&["--webhook-destination-concurrency", "0"], "WEBHOOK_DESTINATION_CONCURRENCY"),
+            (&["--webhook-owner-concurrency", "0"], "WEBHOOK_OWNER_CONCURRENCY"),
             (&["--public-url", "ftp://x"], "PUBLIC_URL"),
             (&["--public-url", "https://x/?q=1"], "PUBLIC_URL"),
             (&["--storage-provider", "gcs"], "STORAGE_PROVIDER"),
@@ -1184,6 +1211,7 @@ mod tests {
         assert!(c.webhooks.key.is_none() && c.webhooks.allowed.is_empty());
         assert_eq!(c.webhooks.schedule.waits().len(), 7);
         assert_eq!((c.webhooks.timeout.as_millis(), c.webhooks.concurrency), (15_000, 16));
+        assert_eq!((c.webhooks.destination_concurrency, c.webhooks.owner_concurrency), (4, 8));
         assert_eq!(c.public_url, "http://127.0.0.1:3000");
         let c = parse(&[
             "--webhook-secret",

@@ -712,7 +712,21 @@ impl Store {
     /// Pending webhook deliveries due at `now_ms`, earliest first, up to `limit`.
     pub fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let txn = self.read_txn()?;
-        outbox::due(&txn, now_ms, limit)
+        outbox::due(&txn, now_ms, limit, limit, |_| false)
+    }
+
+    /// Pending webhook deliveries due at `now_ms`, earliest first: up to `load_max`, among
+    /// the first `scan_max` due ones, skipping (without reading them) those whose seq
+    /// `skip` names. The worker skips deliveries in flight or waiting for a busy destination.
+    pub fn due_deliveries_skipping(
+        &self,
+        now_ms: u64,
+        scan_max: usize,
+        load_max: usize,
+        skip: impl FnMut(u64) -> bool,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let txn = self.read_txn()?;
+        outbox::due(&txn, now_ms, scan_max, load_max, skip)
     }
 
     /// When the earliest pending delivery is due.
