@@ -147,6 +147,11 @@ pub struct ServeArgs {
     /// Browser origins allowed by CORS: exact origins, comma-separated, or `*` (unset: none).
     #[arg(long = "cors-origins", env = "CORS_ORIGINS", default_value = "", value_name = "CORS_ORIGINS")]
     pub cors_origins: String,
+    /// Host names (and IP addresses) the `Host` header may name besides the bound address,
+    /// loopback names and `PUBLIC_URL`'s host, comma-separated, or `*` for any. Checked in
+    /// open mode always (against DNS rebinding), with credentials only when set.
+    #[arg(long = "allowed-hosts", env = "ALLOWED_HOSTS", default_value = "", value_name = "ALLOWED_HOSTS")]
+    pub allowed_hosts: String,
     /// Open client connections at most; further connections wait to be accepted.
     #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value_t = 1024, value_name = "MAX_CONNECTIONS")]
     pub max_connections: u32,
@@ -376,6 +381,16 @@ pub enum CorsOrigins {
     List(Vec<String>),
 }
 
+/// Which `Host` header values the API answers (`ALLOWED_HOSTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHosts {
+    /// `*`: any host.
+    Any,
+    /// The bound address, loopback names, `PUBLIC_URL`'s host and these names (lower-case,
+    /// without port or trailing dot); an empty list checks nothing once credentials are on.
+    List(Vec<String>),
+}
+
 /// Limits of the API against abuse.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
@@ -387,6 +402,8 @@ pub struct ApiLimits {
     pub jobs_per_client_max: Option<u32>,
     /// CORS origins.
     pub cors: CorsOrigins,
+    /// `ALLOWED_HOSTS`.
+    pub allowed_hosts: AllowedHosts,
     /// Open connections at most.
     pub connections_max: usize,
     /// Time limit of reading a request's headers.
@@ -775,6 +792,7 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
         }
         CorsOrigins::List(list)
     };
+    let allowed_hosts = allowed_hosts(&args.allowed_hosts)?;
     if !(1..=1_000_000).contains(&args.max_connections) {
         return Err(bad("MAX_CONNECTIONS", "must be between 1 and 1000000"));
     }
@@ -786,9 +804,46 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
         trusted_proxies,
         jobs_per_client_max: args.max_jobs_per_client,
         cors,
+        allowed_hosts,
         connections_max: args.max_connections as usize,
         header_read_timeout: std::time::Duration::from_millis(args.header_read_timeout_ms),
     })
+}
+
+/// The host of a `Host` header value or `ALLOWED_HOSTS` entry: without port, brackets or
+/// trailing dot, lower-case (`[::1]:3000` → `::1`, `GW.example.:80` → `gw.example`).
+pub fn host_name(authority: &str) -> String {
+    let authority = authority.trim();
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(h, _)| h),
+        // One colon: a port; more: a bare IPv6 address.
+        None => match authority.split_once(':') {
+            Some((h, p)) if !p.contains(':') => h,
+            _ => authority,
+        },
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// `ALLOWED_HOSTS`: `*`, or host names and IP addresses (a `:port` is ignored: the check
+/// is about names, against DNS rebinding).
+fn allowed_hosts(raw: &str) -> Result<AllowedHosts, ConfigError> {
+    let entries: Vec<&str> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if entries == ["*"] {
+        return Ok(AllowedHosts::Any);
+    }
+    let mut list = Vec::new();
+    for entry in entries {
+        let host = host_name(entry);
+        let ok = !host.is_empty()
+            && (host.parse::<IpAddr>().is_ok()
+                || host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+        if !ok {
+            return Err(bad("ALLOWED_HOSTS", format!("{entry:?} is not a host name or IP address, or *")));
+        }
+        list.push(host);
+    }
+    Ok(AllowedHosts::List(list))
 }
 
 /// The `WEBHOOK_*` settings.
@@ -1093,6 +1148,8 @@ mod tests {
             (&["--webhook-secret", ""], "WEBHOOK_SECRET"),
             (&["--webhook-secret", "whsec_!!"], "WEBHOOK_SECRET"),
             (&["--webhook-allowed-domains", "https://a.example"], "WEBHOOK_ALLOWED_DOMAINS"),
+            (&["--allowed-hosts", "https://a.example/"], "ALLOWED_HOSTS"),
+            (&["--allowed-hosts", "a b"], "ALLOWED_HOSTS"),
             (&["--webhook-allowed-domains", "a.example:99999"], "WEBHOOK_ALLOWED_DOMAINS"),
             (&["--webhook-retry-schedule", "5s,5x"], "WEBHOOK_RETRY_SCHEDULE"),
             (&["--webhook-timeout-ms", "5"], "WEBHOOK_TIMEOUT_MS"),
@@ -1188,6 +1245,13 @@ mod tests {
         assert!(c.trusted_proxies[1].contains(&"192.168.1.1".parse::<IpAddr>().unwrap()));
         assert_eq!(c.cors, CorsOrigins::List(vec!["https://a.example".into(), "http://localhost:5173".into()]));
         assert_eq!(parse(&["--cors-origins", "*"]).unwrap().api_limits.cors, CorsOrigins::Any);
+        assert_eq!(c.allowed_hosts, AllowedHosts::List(vec![]));
+        assert_eq!(parse(&["--allowed-hosts", "*"]).unwrap().api_limits.allowed_hosts, AllowedHosts::Any);
+        let hosts = parse(&["--allowed-hosts", "GW.Example.com., 10.0.0.5:3000 ,[::2]:80"]).unwrap();
+        assert_eq!(
+            hosts.api_limits.allowed_hosts,
+            AllowedHosts::List(vec!["gw.example.com".into(), "10.0.0.5".into(), "::2".into()])
+        );
     }
 
     #[test]

@@ -54,6 +54,15 @@ pub enum ErrorCode {
     /// The blob storage (the S3-compatible bucket) did not answer or failed; nothing
     /// was changed, try again. Declared last: codes are stored by position.
     StorageUnavailable,
+    /// A state-changing request with a body in a media type the route does not take
+    /// (only `application/json`, and `multipart/form-data` for `POST /jobs`).
+    UnsupportedMediaType,
+    /// A request whose `Host` is not the gateway's (bound address, loopback name or
+    /// `ALLOWED_HOSTS`): DNS rebinding.
+    HostNotAllowed,
+    /// A state-changing request from another browser origin (`Origin` not the gateway's
+    /// and not in `CORS_ORIGINS`, or `Sec-Fetch-Site: cross-site`).
+    CrossOriginRefused,
 }
 
 impl ErrorCode {
@@ -81,6 +90,9 @@ impl ErrorCode {
         ErrorCode::CallbackNotAllowed,
         ErrorCode::BackendNotFound,
         ErrorCode::StorageUnavailable,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::HostNotAllowed,
+        ErrorCode::CrossOriginRefused,
     ];
 
     /// The stable wire string.
@@ -108,6 +120,9 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => "CALLBACK_NOT_ALLOWED",
             ErrorCode::BackendNotFound => "BACKEND_NOT_FOUND",
             ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::HostNotAllowed => "HOST_NOT_ALLOWED",
+            ErrorCode::CrossOriginRefused => "CROSS_ORIGIN_REFUSED",
         }
     }
 
@@ -136,6 +151,9 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => 400,
             ErrorCode::BackendNotFound => 404,
             ErrorCode::StorageUnavailable => 503,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::HostNotAllowed => 403,
+            ErrorCode::CrossOriginRefused => 403,
         }
     }
 
@@ -163,7 +181,10 @@ impl ErrorCode {
             | ErrorCode::MethodNotAllowed
             | ErrorCode::RangeNotSatisfiable
             | ErrorCode::CallbackNotAllowed
-            | ErrorCode::BackendNotFound => false,
+            | ErrorCode::BackendNotFound
+            | ErrorCode::UnsupportedMediaType
+            | ErrorCode::HostNotAllowed
+            | ErrorCode::CrossOriginRefused => false,
         }
     }
 }
@@ -246,12 +267,15 @@ mod tests {
             ErrorCode::CallbackNotAllowed => 19,
             ErrorCode::BackendNotFound => 20,
             ErrorCode::StorageUnavailable => 21,
+            ErrorCode::UnsupportedMediaType => 22,
+            ErrorCode::HostNotAllowed => 23,
+            ErrorCode::CrossOriginRefused => 24,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 22);
+        assert_eq!(ErrorCode::ALL.len(), 25);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);
