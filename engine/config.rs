@@ -835,7 +835,16 @@ fn allowed_hosts(raw: &str) -> Result<AllowedHosts, ConfigError> {
     let mut list = Vec::new();
     for entry in entries {
         let host = host_name(entry);
-        let ok = !host.is_empty()
+        // What follows the host may only be a port.
+        let after = match entry.strip_prefix('[') {
+            Some(rest) => rest.split_once(']').map_or("?", |(_, a)| a),
+            None if entry.matches(':').count() == 1 => entry.split_once(':').map_or("", |(_, p)| p),
+            None => "",
+        };
+        let after = after.strip_prefix(':').unwrap_or(after);
+        let ok = after.parse::<u16>().is_ok() || after.is_empty();
+        let ok = ok
+            && !host.is_empty()
             && (host.parse::<IpAddr>().is_ok()
                 || host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
         if !ok {
@@ -1150,6 +1159,8 @@ mod tests {
             (&["--webhook-allowed-domains", "https://a.example"], "WEBHOOK_ALLOWED_DOMAINS"),
             (&["--allowed-hosts", "https://a.example/"], "ALLOWED_HOSTS"),
             (&["--allowed-hosts", "a b"], "ALLOWED_HOSTS"),
+            (&["--allowed-hosts", "gw.example:http"], "ALLOWED_HOSTS"),
+            (&["--allowed-hosts", "[::1]x"], "ALLOWED_HOSTS"),
             (&["--webhook-allowed-domains", "a.example:99999"], "WEBHOOK_ALLOWED_DOMAINS"),
             (&["--webhook-retry-schedule", "5s,5x"], "WEBHOOK_RETRY_SCHEDULE"),
             (&["--webhook-timeout-ms", "5"], "WEBHOOK_TIMEOUT_MS"),
