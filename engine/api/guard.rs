@@ -67,7 +67,8 @@ impl Guard {
             AllowedHosts::List(list) if list.is_empty() && !open => None,
             AllowedHosts::List(list) => {
                 let mut names = list.clone();
-                if let Some(h) = reqwest::Url::parse(&config.public_url).ok().and_then(|u| u.host_str().map(host_name)) {
+                if let Some(h) = reqwest::Url::parse(&config.public_url).ok().and_then(|u| u.host_str().map(host_name))
+                {
                     names.push(h);
                 }
                 Some(Hosts { bound: config.host, names })
@@ -105,7 +106,9 @@ impl Guard {
         let refused = |why: &str| {
             Err(Error::new(
                 ErrorCode::CrossOriginRefused,
-                format!("{why}: without credentials configured, only pages of this gateway's origin or of CORS_ORIGINS may change anything"),
+                format!(
+                    "{why}: without credentials configured, only pages of this gateway's origin or of CORS_ORIGINS may change anything"
+                ),
             ))
         };
         let origin = headers.get(header::ORIGIN).map(|v| v.to_str().unwrap_or("null"));
@@ -210,11 +213,16 @@ mod tests {
     #[test]
     fn hosts_are_the_bound_address_loopback_names_and_the_list() {
         let g = guard(true, "127.0.0.1", &["gw.lan"], CorsOrigins::List(vec![]));
-        for ok in ["127.0.0.1:3000", "localhost:3000", "LOCALHOST", "[::1]:3000", "127.0.0.2", "gw.lan:8080", "gw.lan."] {
+        for ok in ["127.0.0.1:3000", "localhost:3000", "LOCALHOST", "[::1]:3000", "127.0.0.2", "gw.lan:8080", "gw.lan."]
+        {
             assert_eq!(code(g.check(&Method::GET, &headers(&[("host", ok)]), false)), None, "{ok}");
         }
         for bad in ["evil.example:3000", "localhost.evil.example", "10.0.0.1:3000", "gw.lan.evil"] {
-            assert_eq!(code(g.check(&Method::GET, &headers(&[("host", bad)]), false)), Some("HOST_NOT_ALLOWED"), "{bad}");
+            assert_eq!(
+                code(g.check(&Method::GET, &headers(&[("host", bad)]), false)),
+                Some("HOST_NOT_ALLOWED"),
+                "{bad}"
+            );
         }
         // No Host (HTTP/1.0 tools) is no browser.
         assert_eq!(code(g.check(&Method::GET, &HeaderMap::new(), false)), None);

@@ -454,8 +454,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
 fn guard_responses(doc: &mut Value) {
     const HOST: &str = "HOST_NOT_ALLOWED: the Host header names neither this gateway nor an ALLOWED_HOSTS entry";
     const ORIGIN: &str = "CROSS_ORIGIN_REFUSED: open mode, a write from another browser origin";
-    const MEDIA: &str =
-        "UNSUPPORTED_MEDIA_TYPE: a body in another type than the operation takes (application/json; multipart/form-data for POST /jobs)";
+    const MEDIA: &str = "UNSUPPORTED_MEDIA_TYPE: a body in another type than the operation takes (application/json; multipart/form-data for POST /jobs)";
     let Some(paths) = doc["paths"].as_object_mut() else { return };
     for (method, op) in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.iter_mut()) {
         let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
@@ -859,7 +858,12 @@ mod tests {
         }
         assert!(doc["paths"]["/health"]["get"]["responses"]["429"].is_null());
         // The guard's answers: a foreign Host anywhere, cross-origin writes, wrong media types.
-        assert!(doc["paths"]["/health"]["get"]["responses"]["403"]["description"].as_str().unwrap().contains("HOST_NOT_ALLOWED"));
+        assert!(
+            doc["paths"]["/health"]["get"]["responses"]["403"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("HOST_NOT_ALLOWED")
+        );
         let create = &doc["paths"]["/jobs"]["post"]["responses"];
         assert!(create["415"].is_object() && create["403"]["description"].as_str().unwrap().contains("CROSS_ORIGIN"));
         let admin = doc["paths"]["/workflows"]["post"]["responses"]["403"]["description"].as_str().unwrap();

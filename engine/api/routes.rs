@@ -114,12 +114,15 @@ impl Route {
     /// The body `method` on this route takes (its media type is checked before the handler).
     pub fn body_kind(self, method: &Method) -> BodyKind {
         match (self, method) {
-            (Route::Workflows | Route::WorkflowImport, &Method::POST) | (Route::Workflow, &Method::PUT) => BodyKind::Json,
+            (Route::Workflows | Route::WorkflowImport, &Method::POST) | (Route::Workflow, &Method::PUT) => {
+                BodyKind::Json
+            }
             (Route::Jobs, &Method::POST) => BodyKind::JsonOrMultipart,
             (Route::Workflow, &Method::DELETE)
-            | (Route::JobCancel | Route::JobWebhookRedeliver | Route::BackendDrain | Route::BackendResume, &Method::POST) => {
-                BodyKind::Empty
-            }
+            | (
+                Route::JobCancel | Route::JobWebhookRedeliver | Route::BackendDrain | Route::BackendResume,
+                &Method::POST,
+            ) => BodyKind::Empty,
             // Reads, and methods the route does not take (answered 405).
             _ => BodyKind::Ignored,
         }

@@ -323,15 +323,8 @@ mod tests {
 
     #[test]
     fn a_lane_is_the_callback_host_and_port_and_the_owner() {
-        let mut job = crate::domain::Job::new_queued(
-            uuid::Uuid::new_v4(),
-            ("wf", 1),
-            "{}".into(),
-            "{}".into(),
-            0,
-            0,
-            1_000,
-        );
+        let mut job =
+            crate::domain::Job::new_queued(uuid::Uuid::new_v4(), ("wf", 1), "{}".into(), "{}".into(), 0, 0, 1_000);
         job.owner = Some("key:abc".into());
         let delivery = |url: &str| Delivery {
             seq: 1,

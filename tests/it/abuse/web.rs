@@ -102,7 +102,8 @@ async fn open_mode_refuses_cross_origin_writes_and_foreign_hosts_while_the_page_
     let (status, v) = raw(port, &head, &job).await;
     assert!(status == 202 || status == 200, "the dashboard's submit: {status} {v}");
     let id = v["jobId"].as_str().unwrap().to_string();
-    let cancel = format!("POST /jobs/{id}/cancel HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: http://localhost:{port}");
+    let cancel =
+        format!("POST /jobs/{id}/cancel HTTP/1.1\r\nHost: localhost:{port}\r\nOrigin: http://localhost:{port}");
     let (status, v) = raw(port, &cancel, "").await;
     assert!(status == 200 || status == 409, "a POST without a body (cancel) keeps working: {status} {v}");
     for host in [format!("localhost:{port}"), format!("[::1]:{port}"), here.clone()] {
@@ -127,7 +128,8 @@ async fn dot_workflow_ids_are_refused_and_the_database_and_key_files_are_private
         assert_eq!((status, code(&v)), (400, "VALIDATION_ERROR"), "{id:?}: {v}");
         assert!(v["error"]["message"].as_str().unwrap().contains("dot segments"), "{v}");
         // PUT by a raw path (clients resolve `..` away; a raw one can send it).
-        let head = format!("PUT /workflows/{id} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json", gw.port);
+        let head =
+            format!("PUT /workflows/{id} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json", gw.port);
         let (status, v) = raw(gw.port, &head, &workflow(id).to_string()).await;
         assert_eq!((status, code(&v)), (400, "VALIDATION_ERROR"), "PUT {id:?}: {v}");
     }
