@@ -652,7 +652,12 @@ async fn list_workflows(db: &DbArgs) -> Result<(), CliError> {
 
 async fn health(server: &ServerArgs) -> Result<(), CliError> {
     let base = server.base_url();
-    let resp = reqwest::get(format!("{base}/health"))
+    // With GATEWAY_API_KEY the answer has the details (backends, version); without, when
+    // the gateway has credentials configured, only up and ready.
+    let resp = server
+        .client()?
+        .get(format!("{base}/health"))
+        .send()
         .await
         .map_err(|e| CliError::runtime(format!("{base} is not reachable: {e}")))?;
     let status = resp.status();

@@ -147,6 +147,11 @@ pub struct ServeArgs {
     /// Browser origins allowed by CORS: exact origins, comma-separated, or `*` (unset: none).
     #[arg(long = "cors-origins", env = "CORS_ORIGINS", default_value = "", value_name = "CORS_ORIGINS")]
     pub cors_origins: String,
+    /// Host names (and IP addresses) the `Host` header may name besides the bound address,
+    /// loopback names and `PUBLIC_URL`'s host, comma-separated, or `*` for any. Checked in
+    /// open mode always (against DNS rebinding), with credentials only when set.
+    #[arg(long = "allowed-hosts", env = "ALLOWED_HOSTS", default_value = "", value_name = "ALLOWED_HOSTS")]
+    pub allowed_hosts: String,
     /// Open client connections at most; further connections wait to be accepted.
     #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value_t = 1024, value_name = "MAX_CONNECTIONS")]
     pub max_connections: u32,
@@ -260,7 +265,8 @@ pub struct ServeArgs {
     pub webhook_secret: Option<Secret>,
     /// Hosts (and their subdomains) and IP addresses callbacks may go to, comma-separated
     /// (unset: any host at a public address). A host listed by name may be private, e.g.
-    /// `127.0.0.1` for a local receiver.
+    /// `127.0.0.1` for a local receiver. `host:port` (`[v6]:port`) allows that port only;
+    /// a bare host allows every port.
     #[arg(
         long = "webhook-allowed-domains",
         env = "WEBHOOK_ALLOWED_DOMAINS",
@@ -292,6 +298,23 @@ pub struct ServeArgs {
         value_name = "WEBHOOK_CONCURRENCY"
     )]
     pub webhook_concurrency: usize,
+    /// Webhook attempts in flight to one destination (host and port of the callback URL)
+    /// at most, within `WEBHOOK_CONCURRENCY`: a hanging receiver cannot hold every slot.
+    #[arg(
+        long = "webhook-destination-concurrency",
+        env = "WEBHOOK_DESTINATION_CONCURRENCY",
+        default_value_t = crate::webhooks::DEFAULT_DESTINATION_CONCURRENCY,
+        value_name = "WEBHOOK_DESTINATION_CONCURRENCY"
+    )]
+    pub webhook_destination_concurrency: usize,
+    /// Webhook attempts in flight for one owner's jobs at most, within `WEBHOOK_CONCURRENCY`.
+    #[arg(
+        long = "webhook-owner-concurrency",
+        env = "WEBHOOK_OWNER_CONCURRENCY",
+        default_value_t = crate::webhooks::DEFAULT_OWNER_CONCURRENCY,
+        value_name = "WEBHOOK_OWNER_CONCURRENCY"
+    )]
+    pub webhook_owner_concurrency: usize,
     /// The gateway's public base URL, for absolute output URLs in webhooks
     /// (default: `http://HOST:PORT`).
     #[arg(long = "public-url", env = "PUBLIC_URL", value_name = "PUBLIC_URL")]
@@ -385,6 +408,16 @@ pub enum CorsOrigins {
     List(Vec<String>),
 }
 
+/// Which `Host` header values the API answers (`ALLOWED_HOSTS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedHosts {
+    /// `*`: any host.
+    Any,
+    /// The bound address, loopback names, `PUBLIC_URL`'s host and these names (lower-case,
+    /// without port or trailing dot); an empty list checks nothing once credentials are on.
+    List(Vec<String>),
+}
+
 /// Limits of the API against abuse.
 #[derive(Debug, Clone)]
 pub struct ApiLimits {
@@ -396,6 +429,8 @@ pub struct ApiLimits {
     pub jobs_per_client_max: Option<u32>,
     /// CORS origins.
     pub cors: CorsOrigins,
+    /// `ALLOWED_HOSTS`.
+    pub allowed_hosts: AllowedHosts,
     /// Open connections at most.
     pub connections_max: usize,
     /// Time limit of reading a request's headers.
@@ -794,6 +829,7 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
         }
         CorsOrigins::List(list)
     };
+    let allowed_hosts = allowed_hosts(&args.allowed_hosts)?;
     if !(1..=1_000_000).contains(&args.max_connections) {
         return Err(bad("MAX_CONNECTIONS", "must be between 1 and 1000000"));
     }
@@ -805,9 +841,55 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
         trusted_proxies,
         jobs_per_client_max: args.max_jobs_per_client,
         cors,
+        allowed_hosts,
         connections_max: args.max_connections as usize,
         header_read_timeout: std::time::Duration::from_millis(args.header_read_timeout_ms),
     })
+}
+
+/// The host of a `Host` header value or `ALLOWED_HOSTS` entry: without port, brackets or
+/// trailing dot, lower-case (`[::1]:3000` → `::1`, `GW.example.:80` → `gw.example`).
+pub fn host_name(authority: &str) -> String {
+    let authority = authority.trim();
+    let host = match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(h, _)| h),
+        // One colon: a port; more: a bare IPv6 address.
+        None => match authority.split_once(':') {
+            Some((h, p)) if !p.contains(':') => h,
+            _ => authority,
+        },
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// `ALLOWED_HOSTS`: `*`, or host names and IP addresses (a `:port` is ignored: the check
+/// is about names, against DNS rebinding).
+fn allowed_hosts(raw: &str) -> Result<AllowedHosts, ConfigError> {
+    let entries: Vec<&str> = raw.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if entries == ["*"] {
+        return Ok(AllowedHosts::Any);
+    }
+    let mut list = Vec::new();
+    for entry in entries {
+        let host = host_name(entry);
+        // What follows the host may only be a port.
+        let after = match entry.strip_prefix('[') {
+            Some(rest) => rest.split_once(']').map_or("?", |(_, a)| a),
+            None if entry.matches(':').count() == 1 => entry.split_once(':').map_or("", |(_, p)| p),
+            None => "",
+        };
+        let after = after.strip_prefix(':').unwrap_or(after);
+        let ok = after.parse::<u16>().is_ok() || after.is_empty();
+        let ok = ok
+            && !host.is_empty()
+            && (host.parse::<IpAddr>().is_ok()
+                || host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')));
+        if !ok {
+            return Err(bad("ALLOWED_HOSTS", format!("{entry:?} is not a host name or IP address, or *")));
+        }
+        list.push(host);
+    }
+    Ok(AllowedHosts::List(list))
 }
 
 /// The `WEBHOOK_*` settings.
@@ -825,12 +907,20 @@ fn webhook_settings(args: &ServeArgs) -> Result<crate::webhooks::Settings, Confi
     if !(1..=1024).contains(&args.webhook_concurrency) {
         return Err(bad("WEBHOOK_CONCURRENCY", "must be between 1 and 1024"));
     }
+    if !(1..=1024).contains(&args.webhook_destination_concurrency) {
+        return Err(bad("WEBHOOK_DESTINATION_CONCURRENCY", "must be between 1 and 1024"));
+    }
+    if !(1..=1024).contains(&args.webhook_owner_concurrency) {
+        return Err(bad("WEBHOOK_OWNER_CONCURRENCY", "must be between 1 and 1024"));
+    }
     Ok(Settings {
         key,
         allowed,
         schedule,
         timeout: std::time::Duration::from_millis(args.webhook_timeout_ms),
         concurrency: args.webhook_concurrency,
+        destination_concurrency: args.webhook_destination_concurrency,
+        owner_concurrency: args.webhook_owner_concurrency,
     })
 }
 
@@ -1104,9 +1194,16 @@ mod tests {
             (&["--webhook-secret", ""], "WEBHOOK_SECRET"),
             (&["--webhook-secret", "whsec_!!"], "WEBHOOK_SECRET"),
             (&["--webhook-allowed-domains", "https://a.example"], "WEBHOOK_ALLOWED_DOMAINS"),
+            (&["--allowed-hosts", "https://a.example/"], "ALLOWED_HOSTS"),
+            (&["--allowed-hosts", "a b"], "ALLOWED_HOSTS"),
+            (&["--allowed-hosts", "gw.example:http"], "ALLOWED_HOSTS"),
+            (&["--allowed-hosts", "[::1]x"], "ALLOWED_HOSTS"),
+            (&["--webhook-allowed-domains", "a.example:99999"], "WEBHOOK_ALLOWED_DOMAINS"),
             (&["--webhook-retry-schedule", "5s,5x"], "WEBHOOK_RETRY_SCHEDULE"),
             (&["--webhook-timeout-ms", "5"], "WEBHOOK_TIMEOUT_MS"),
             (&["--webhook-concurrency", "0"], "WEBHOOK_CONCURRENCY"),
+            (&["--webhook-destination-concurrency", "0"], "WEBHOOK_DESTINATION_CONCURRENCY"),
+            (&["--webhook-owner-concurrency", "0"], "WEBHOOK_OWNER_CONCURRENCY"),
             (&["--public-url", "ftp://x"], "PUBLIC_URL"),
             (&["--public-url", "https://x/?q=1"], "PUBLIC_URL"),
             (&["--storage-provider", "gcs"], "STORAGE_PROVIDER"),
@@ -1206,6 +1303,13 @@ mod tests {
         assert!(c.trusted_proxies[1].contains(&"192.168.1.1".parse::<IpAddr>().unwrap()));
         assert_eq!(c.cors, CorsOrigins::List(vec!["https://a.example".into(), "http://localhost:5173".into()]));
         assert_eq!(parse(&["--cors-origins", "*"]).unwrap().api_limits.cors, CorsOrigins::Any);
+        assert_eq!(c.allowed_hosts, AllowedHosts::List(vec![]));
+        assert_eq!(parse(&["--allowed-hosts", "*"]).unwrap().api_limits.allowed_hosts, AllowedHosts::Any);
+        let hosts = parse(&["--allowed-hosts", "GW.Example.com., 10.0.0.5:3000 ,[::2]:80"]).unwrap();
+        assert_eq!(
+            hosts.api_limits.allowed_hosts,
+            AllowedHosts::List(vec!["gw.example.com".into(), "10.0.0.5".into(), "::2".into()])
+        );
     }
 
     #[test]
@@ -1229,6 +1333,7 @@ mod tests {
         assert!(c.webhooks.key.is_none() && c.webhooks.allowed.is_empty());
         assert_eq!(c.webhooks.schedule.waits().len(), 7);
         assert_eq!((c.webhooks.timeout.as_millis(), c.webhooks.concurrency), (15_000, 16));
+        assert_eq!((c.webhooks.destination_concurrency, c.webhooks.owner_concurrency), (4, 8));
         assert_eq!(c.public_url, "http://127.0.0.1:3000");
         let c = parse(&[
             "--webhook-secret",

@@ -60,6 +60,15 @@ pub enum ErrorCode {
     /// The owner keeps `STORAGE_QUOTA_BYTES_PER_OWNER` bytes of inputs and outputs or more:
     /// its new jobs are refused until some of its jobs are pruned (507 with `Retry-After`).
     QuotaExceeded,
+    /// A state-changing request with a body in a media type the route does not take
+    /// (only `application/json`, and `multipart/form-data` for `POST /jobs`).
+    UnsupportedMediaType,
+    /// A request whose `Host` is not the gateway's (bound address, loopback name or
+    /// `ALLOWED_HOSTS`): DNS rebinding.
+    HostNotAllowed,
+    /// A state-changing request from another browser origin (`Origin` not the gateway's
+    /// and not in `CORS_ORIGINS`, or `Sec-Fetch-Site: cross-site`).
+    CrossOriginRefused,
 }
 
 impl ErrorCode {
@@ -89,6 +98,9 @@ impl ErrorCode {
         ErrorCode::StorageUnavailable,
         ErrorCode::StorageFull,
         ErrorCode::QuotaExceeded,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::HostNotAllowed,
+        ErrorCode::CrossOriginRefused,
     ];
 
     /// The stable wire string.
@@ -118,6 +130,9 @@ impl ErrorCode {
             ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
             ErrorCode::StorageFull => "STORAGE_FULL",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
+            ErrorCode::HostNotAllowed => "HOST_NOT_ALLOWED",
+            ErrorCode::CrossOriginRefused => "CROSS_ORIGIN_REFUSED",
         }
     }
 
@@ -148,6 +163,9 @@ impl ErrorCode {
             ErrorCode::StorageUnavailable => 503,
             // RFC 4918 §11.5; RFC 4331 §6 answers an exceeded quota with it too.
             ErrorCode::StorageFull | ErrorCode::QuotaExceeded => 507,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::HostNotAllowed => 403,
+            ErrorCode::CrossOriginRefused => 403,
         }
     }
 
@@ -177,7 +195,10 @@ impl ErrorCode {
             | ErrorCode::MethodNotAllowed
             | ErrorCode::RangeNotSatisfiable
             | ErrorCode::CallbackNotAllowed
-            | ErrorCode::BackendNotFound => false,
+            | ErrorCode::BackendNotFound
+            | ErrorCode::UnsupportedMediaType
+            | ErrorCode::HostNotAllowed
+            | ErrorCode::CrossOriginRefused => false,
         }
     }
 }
@@ -262,12 +283,15 @@ mod tests {
             ErrorCode::StorageUnavailable => 21,
             ErrorCode::StorageFull => 22,
             ErrorCode::QuotaExceeded => 23,
+            ErrorCode::UnsupportedMediaType => 24,
+            ErrorCode::HostNotAllowed => 25,
+            ErrorCode::CrossOriginRefused => 26,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 24);
+        assert_eq!(ErrorCode::ALL.len(), 27);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);

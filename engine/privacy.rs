@@ -45,7 +45,15 @@ impl Sealer {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 }
-                write_private(path, &key).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                // Written whole under `<path>.creating` (mode 0600 from the start), then
+                // renamed: a crash never leaves a short key file that refuses every start.
+                let mut tmp = path.as_os_str().to_owned();
+                tmp.push(".creating");
+                let tmp = std::path::PathBuf::from(tmp);
+                let _ = std::fs::remove_file(&tmp);
+                write_private(&tmp, &key)
+                    .and_then(|()| std::fs::rename(&tmp, path))
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 key.to_vec()
             }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
@@ -177,6 +185,12 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
+        assert!(!dir.path().join("k/privacy.key.creating").exists(), "renamed into place");
+        // A leftover of a crash during creation is replaced, not read.
+        let fresh = dir.path().join("fresh.key");
+        std::fs::write(dir.path().join("fresh.key.creating"), b"half").unwrap();
+        let _ = Sealer::load_or_create(&fresh).unwrap();
+        assert_eq!(std::fs::read(&fresh).unwrap().len(), KEY_LEN);
         std::fs::write(dir.path().join("short"), b"x").unwrap();
         assert!(Sealer::load_or_create(&dir.path().join("short")).is_err());
     }

@@ -808,7 +808,15 @@ fn validate_workflow_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if ok { Ok(()) } else { Err(Error::validation("/id", "must be 1-128 characters of A-Z a-z 0-9 _ - .")) }
+    if !ok {
+        return Err(Error::validation("/id", "must be 1-128 characters of A-Z a-z 0-9 _ - ."));
+    }
+    // Dot segments: browsers, curl and proxies resolve `/workflows/..` away, so such a
+    // workflow could never be read, changed or deleted.
+    if matches!(id, "." | "..") {
+        return Err(Error::validation("/id", "must not be \".\" or \"..\" (URL dot segments)"));
+    }
+    Ok(())
 }
 
 /// Map a workflow error to `VALIDATION_ERROR`, prefixing field paths with `prefix`.

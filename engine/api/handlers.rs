@@ -187,8 +187,9 @@ fn parse_priority(v: Option<&Value>) -> Result<i32> {
     }
 }
 
-/// `GET /health`: 200 when at least one backend is reachable and the store works, else 503.
-pub async fn health(ctx: &Ctx) -> Result<Resp> {
+/// `GET /health`: 200 when at least one backend is reachable and the store works, else 503;
+/// with `details` (open mode, or valid credentials) the backends, version and queue too.
+pub async fn health(ctx: &Ctx, details: bool) -> Result<Resp> {
     let backends = ctx.gateway.scheduler.backends();
     let reachable = backends.iter().any(|b| b.reachable);
     // A store that failed (a storage I/O error) refuses every call until a restart; a read
@@ -197,6 +198,12 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
     // Only up or down: the cause is in the log (this route is public).
     let store_ok = store.failure().is_none() && store.stats().is_ok();
     let ok = reachable && store_ok;
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    if !details {
+        // The public answer (credentials configured, none valid given): up and ready or
+        // not; backend URLs, versions and error texts are for authenticated callers.
+        return Ok(reply::json(status, &json!({"ok": ok, "status": "up", "ready": ok})));
+    }
     let list: Vec<Value> = backends
         .iter()
         .map(|b| {
@@ -213,6 +220,8 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
         .collect();
     let body = json!({
         "ok": ok,
+        "status": "up",
+        "ready": ok,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": ctx.started.elapsed().as_secs(),
         "queueDepth": ctx.gateway.scheduler.queue_depth(),
@@ -223,7 +232,6 @@ pub async fn health(ctx: &Ctx) -> Result<Resp> {
         },
         "store": {"ok": store_ok},
     });
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     Ok(reply::json(status, &body))
 }
 

@@ -3,10 +3,11 @@
 //! between JSON and the service's domain calls ([`handlers`]), the response helpers
 //! that shape every body and error the same way ([`reply`]), the Server-Sent Events
 //! stream of a job ([`sse`]), the web dashboard's embedded files ([`dashboard`]), and the limits against abuse: rate limits, the per-client
-//! job cap, CORS ([`limits`]).
+//! job cap, CORS ([`limits`]); the checks of `Host`, `Origin` and media types ([`guard`]).
 
 pub mod dashboard;
 pub mod download;
+pub mod guard;
 pub mod handlers;
 pub mod limits;
 pub mod openapi;

@@ -115,7 +115,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
     let job_id = path_param("jobId", "The job id (a UUID)");
     let workflow_id = path_param("id", "The workflow id");
     let read = |ok: Value| with_errors(ok, &[("404", "No such job, or another owner's")]);
-    json!({
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {
             "title": "comfyui-gateway",
@@ -447,7 +447,37 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
         "x-workflow-inputs": Value::Object(inputs_by_workflow),
         "x-workflow-ids": ids,
         "webhooks": webhooks(),
-    })
+    });
+    guard_responses(&mut doc);
+    doc
+}
+
+/// The answers of `api::guard`, on every operation: `403 HOST_NOT_ALLOWED` (any), `403
+/// CROSS_ORIGIN_REFUSED` (writes) and `415 UNSUPPORTED_MEDIA_TYPE` (writes).
+fn guard_responses(doc: &mut Value) {
+    const HOST: &str = "HOST_NOT_ALLOWED: the Host header names neither this gateway nor an ALLOWED_HOSTS entry";
+    const ORIGIN: &str = "CROSS_ORIGIN_REFUSED: open mode, a write from another browser origin";
+    const MEDIA: &str = "UNSUPPORTED_MEDIA_TYPE: a body in another type than the operation takes (application/json; multipart/form-data for POST /jobs)";
+    let Some(paths) = doc["paths"].as_object_mut() else { return };
+    for (method, op) in paths.values_mut().filter_map(Value::as_object_mut).flat_map(|p| p.iter_mut()) {
+        let Some(responses) = op.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+        let writes = matches!(method.as_str(), "post" | "put" | "delete");
+        match responses.get_mut("403") {
+            Some(r) => {
+                let extra = if writes { format!("; or {HOST}; or {ORIGIN}") } else { format!("; or {HOST}") };
+                if let Some(d) = r.get_mut("description").and_then(|d| d.as_str().map(|d| format!("{d}{extra}"))) {
+                    r["description"] = Value::String(d);
+                }
+            }
+            None => {
+                let text = if writes { format!("{HOST}; or {ORIGIN}") } else { HOST.to_string() };
+                responses.insert("403".into(), error_response(&text));
+            }
+        }
+        if writes {
+            responses.entry("415").or_insert_with(|| error_response(MEDIA));
+        }
+    }
 }
 
 /// The messages POSTed to a job's `callbackUrl` (OpenAPI 3.1 `webhooks`).
@@ -763,9 +793,12 @@ fn components() -> Map<String, Value> {
             "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}
         },
         "Health": {
-            "type": "object", "required": ["ok", "version", "uptime", "comfyui"],
+            "type": "object", "required": ["ok"],
+            "description": "Without valid credentials when authentication is on: only ok, status and ready.",
             "properties": {
                 "ok": {"type": "boolean"},
+                "status": {"type": "string", "enum": ["up"]},
+                "ready": {"type": "boolean"},
                 "version": {"type": "string"},
                 "uptime": {"type": "integer", "minimum": 0},
                 "queueDepth": {"type": "integer", "minimum": 0},
@@ -827,6 +860,18 @@ mod tests {
             );
         }
         assert!(doc["paths"]["/health"]["get"]["responses"]["429"].is_null());
+        // The guard's answers: a foreign Host anywhere, cross-origin writes, wrong media types.
+        assert!(
+            doc["paths"]["/health"]["get"]["responses"]["403"]["description"]
+                .as_str()
+                .unwrap()
+                .contains("HOST_NOT_ALLOWED")
+        );
+        let create = &doc["paths"]["/jobs"]["post"]["responses"];
+        assert!(create["415"].is_object() && create["403"]["description"].as_str().unwrap().contains("CROSS_ORIGIN"));
+        let admin = doc["paths"]["/workflows"]["post"]["responses"]["403"]["description"].as_str().unwrap();
+        assert!(admin.contains("FORBIDDEN") && admin.contains("HOST_NOT_ALLOWED"), "{admin}");
+        assert!(doc["paths"]["/jobs"]["get"]["responses"]["415"].is_null());
         assert_eq!(doc["components"]["headers"]["Retry-After"]["schema"]["type"], "integer");
     }
 

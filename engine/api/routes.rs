@@ -9,6 +9,10 @@
 //! number of query parameters, and CORS (preflights answered 204, allow fields only for
 //! allowed origins).
 //!
+//! Before authentication, [`guard`] checks the `Host` (DNS rebinding) and, in open mode,
+//! the origin of state-changing requests; each route's body media type is checked before
+//! its handler runs.
+//!
 //! Authentication happens here, before routing, for every request: when credentials are
 //! configured, a request without a valid `X-API-Key` or bearer token is `401 AUTH_FAILED`
 //! (with `WWW-Authenticate`), except `/health`, the dashboard's static files (`/`, `/ui/*`)
@@ -22,6 +26,7 @@ use http::{HeaderMap, HeaderValue, Method, Request};
 use hyper::body::Incoming;
 use tracing::Instrument;
 
+use super::guard::{self, BodyKind, Guard};
 use super::limits::{self, Client, Cors, Limits};
 use super::reply::{self, Resp};
 use super::{dashboard, handlers, sse};
@@ -105,6 +110,23 @@ impl Route {
             | Route::WorkflowImport => "POST",
         }
     }
+
+    /// The body `method` on this route takes (its media type is checked before the handler).
+    pub fn body_kind(self, method: &Method) -> BodyKind {
+        match (self, method) {
+            (Route::Workflows | Route::WorkflowImport, &Method::POST) | (Route::Workflow, &Method::PUT) => {
+                BodyKind::Json
+            }
+            (Route::Jobs, &Method::POST) => BodyKind::JsonOrMultipart,
+            (Route::Workflow, &Method::DELETE)
+            | (
+                Route::JobCancel | Route::JobWebhookRedeliver | Route::BackendDrain | Route::BackendResume,
+                &Method::POST,
+            ) => BodyKind::Empty,
+            // Reads, and methods the route does not take (answered 405).
+            _ => BodyKind::Ignored,
+        }
+    }
 }
 
 /// The `route` of a request that matched no pattern (metrics and access log).
@@ -129,6 +151,8 @@ pub struct Ctx {
     pub stop: tokio_util::sync::CancellationToken,
     /// Rate limits, job cap, CORS.
     pub limits: Limits,
+    /// `Host`, `Origin` and media type checks.
+    pub guard: Guard,
 }
 
 impl Ctx {
@@ -164,7 +188,8 @@ impl Ctx {
             router.insert(path, (route, path)).expect("the route table is valid");
         }
         let limits = Limits::new(&gateway.config.api_limits);
-        Ctx { gateway, router, started: std::time::Instant::now(), stop, limits }
+        let guard = Guard::new(&gateway.config);
+        Ctx { gateway, router, started: std::time::Instant::now(), stop, limits, guard }
     }
 }
 
@@ -217,8 +242,15 @@ fn authenticate(ctx: &Ctx, headers: &HeaderMap, route: Option<Route>) -> Result<
         Some(Route::Metrics) => config.metrics_public,
         _ => false,
     };
-    if !config.auth.enabled() || public {
+    if !config.auth.enabled() {
         return Ok(None);
+    }
+    if public {
+        // Valid credentials on `/health` earn its details; anything else gets the public
+        // answer (a probe with a stale key still learns up or down).
+        let health = matches!(route, Some(Route::Health));
+        let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+        return Ok(health.then(|| config.auth.authenticate(api_key, bearer_token(headers)).ok()).flatten());
     }
     // A key header that is not text cannot match any key: it is a wrong key, not none.
     let api_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -272,6 +304,7 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
         let is_health = matches!(matched, Some((Route::Health, _, _)));
         // Rate first, so that guessing credentials is throttled too.
         let rate = ctx.limits.rate.as_ref().filter(|_| !is_health).map(|r| r.check(&client));
+        let refused = ctx.guard.check(&method, req.headers(), preflight).err();
         // Browsers send CORS preflights without credentials.
         let caller =
             if preflight { Ok(None) } else { authenticate(ctx, req.headers(), matched.as_ref().map(|(r, _, _)| *r)) };
@@ -282,10 +315,11 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
             Some(owner) => Client { ip: client.ip, key: owner.clone() },
             None => client,
         };
-        let result = match (rate.as_ref().and_then(|d| d.retry_after_s), caller) {
-            (Some(s), _) => Err(limits::rate_limited(s)),
-            (None, Err(e)) => Err(e),
-            (None, Ok(caller)) => {
+        let result = match (rate.as_ref().and_then(|d| d.retry_after_s), refused, caller) {
+            (Some(s), _, _) => Err(limits::rate_limited(s)),
+            (None, Some(e), _) => Err(e),
+            (None, None, Err(e)) => Err(e),
+            (None, None, Ok(caller)) => {
                 if let Some((_, _, params)) = matched.as_mut() {
                     params.caller = caller;
                 }
@@ -366,8 +400,14 @@ async fn route(
         (BackendDrain | BackendResume, &Method::POST) => admin_only(&params, "draining or resuming a backend")?,
         _ => {}
     }
+    let has_body = !hyper::body::Body::is_end_stream(req.body());
+    guard::check_media_type(route.body_kind(&method), req.headers(), has_body)?;
     match (route, &method) {
-        (Health, &Method::GET) => handlers::health(ctx).await,
+        (Health, &Method::GET) => {
+            // Details (backend URLs, versions, errors) for callers who may see them.
+            let details = !ctx.gateway.config.auth.enabled() || params.caller.is_some();
+            handlers::health(ctx, details).await
+        }
         (Capabilities, &Method::GET) => handlers::capabilities(ctx),
         (OpenApi, &Method::GET) => handlers::openapi(ctx),
         (Workflows, &Method::GET) => handlers::list_workflows(ctx),

@@ -152,9 +152,11 @@ async fn checked_addrs(host: &str, port: u16, allow: &AllowList) -> Result<Vec<S
             if let Some(reason) = forbidden_reason(ip)
                 && !allow.allows_ip(ip)
             {
+                // Never the address itself: the answer would tell any client what a
+                // name resolves to inside the gateway's network.
                 return Err(format!(
-                    "refers to host {host:?} at {ip}, a {reason} address; the gateway fetches only public \
-                     addresses (see URL_INPUT_ALLOW_HOSTS)"
+                    "refers to host {host:?}, which resolves to a {reason} address; the gateway fetches only \
+                     public addresses (see URL_INPUT_ALLOW_HOSTS)"
                 ));
             }
         }
@@ -313,7 +315,9 @@ mod tests {
             assert!(e.contains("address"), "{url}: {e}");
         }
         let e = fetch("http://localhost:9/x.png", &limits).await.unwrap_err();
-        assert!(e.contains("loopback"), "{e}");
+        assert!(e.contains("resolves to a loopback address"), "{e}");
+        // What a name resolves to stays inside the gateway.
+        assert!(!e.contains("127.0.0.1") && !e.contains("::1"), "{e}");
         assert!(fetch("ftp://example.com/x.png", &limits).await.unwrap_err().contains("only http"));
         // https goes through the same guard (TLS is rustls; the host name stays the SNI and
         // certificate name while the connection is pinned to the checked address).

@@ -179,6 +179,16 @@ fn create_new(path: &Path) -> Result<(), StoreError> {
         Err(e) => return Err(e.into()),
     }
     {
+        // Mode 0600 from the first byte: the database holds every job's inputs and outputs.
+        // redb initialises an empty file it is given.
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        drop(options.open(&tmp)?);
         let db = Database::create(&tmp)?;
         writer::init_schema(&db)?;
     }
@@ -721,7 +731,21 @@ impl Store {
     /// Pending webhook deliveries due at `now_ms`, earliest first, up to `limit`.
     pub fn due_deliveries(&self, now_ms: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let txn = self.read_txn()?;
-        outbox::due(&txn, now_ms, limit)
+        outbox::due(&txn, now_ms, limit, limit, |_| false)
+    }
+
+    /// Pending webhook deliveries due at `now_ms`, earliest first: up to `load_max`, among
+    /// the first `scan_max` due ones, skipping (without reading them) those whose seq
+    /// `skip` names. The worker skips deliveries in flight or waiting for a busy destination.
+    pub fn due_deliveries_skipping(
+        &self,
+        now_ms: u64,
+        scan_max: usize,
+        load_max: usize,
+        skip: impl FnMut(u64) -> bool,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let txn = self.read_txn()?;
+        outbox::due(&txn, now_ms, scan_max, load_max, skip)
     }
 
     /// When the earliest pending delivery is due.

@@ -294,13 +294,27 @@ impl WriteOp for Redeliver {
     }
 }
 
-/// Pending deliveries due at `now`, earliest first.
-pub(crate) fn due(txn: &ReadTransaction, now: u64, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+/// Pending deliveries due at `now`, earliest first: up to `load_max` of them, among the
+/// first `scan_max` entries of the due index, loading none whose seq `skip` names (the
+/// index is read without decoding a record, so skipping is cheap).
+pub(crate) fn due(
+    txn: &ReadTransaction,
+    now: u64,
+    scan_max: usize,
+    load_max: usize,
+    mut skip: impl FnMut(u64) -> bool,
+) -> Result<Vec<Delivery>, StoreError> {
     let index = txn.open_table(DELIVERIES_DUE)?;
     let table = txn.open_table(DELIVERIES)?;
     let mut out = Vec::new();
-    for entry in index.range((0, 0)..=(now, u64::MAX))?.take(limit) {
+    for entry in index.range((0, 0)..=(now, u64::MAX))?.take(scan_max) {
+        if out.len() >= load_max {
+            break;
+        }
         let (due_ms, seq) = entry?.0.value();
+        if skip(seq) {
+            continue;
+        }
         let d = load(&table, seq)?.ok_or_else(|| corrupt(seq, "in the due index but missing"))?;
         if d.state != DeliveryState::Pending || d.next_attempt_ms != due_ms {
             return Err(corrupt(seq, format!("due at {due_ms} but {} at {}", d.state.as_str(), d.next_attempt_ms)));

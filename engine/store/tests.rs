@@ -1068,3 +1068,17 @@ async fn measured_space_counts_the_pages_a_prune_freed() {
     );
     store.verify_integrity().unwrap();
 }
+
+#[cfg(unix)]
+#[test]
+fn a_new_database_file_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (dir, store) = open_temp();
+    drop(store);
+    let path = db_path(&dir);
+    // Whatever the umask: only the owner may read the jobs' inputs and outputs.
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let mut creating = path.as_os_str().to_owned();
+    creating.push(".creating");
+    assert!(!Path::new(&creating).exists(), "the half-created file was renamed into place");
+}

@@ -136,6 +136,18 @@ async fn started_and_progress_only_when_asked_and_410_disables_until_redelivery(
     assert_eq!(redelivered[0].n_attempts, 1, "attempts are kept");
     assert_eq!(store.endpoint_disabled_ms(url).unwrap(), None, "a redelivery re-enables the endpoint");
     assert_eq!(store.due_deliveries(now, 10).unwrap().len(), 2);
+    // The worker skips what is in flight or waits for a busy destination, unread.
+    let (a, b) = (redelivered[0].seq, redelivered[1].seq);
+    let mut asked = Vec::new();
+    let rest = store
+        .due_deliveries_skipping(now, 10, 10, |seq| {
+            asked.push(seq);
+            seq == a
+        })
+        .unwrap();
+    assert_eq!((asked, rest.iter().map(|d| d.seq).collect::<Vec<_>>()), (vec![a, b], vec![b]));
+    assert_eq!(store.due_deliveries_skipping(now, 10, 1, |_| false).unwrap().len(), 1, "load_max");
+    assert_eq!(store.due_deliveries_skipping(now, 1, 10, |_| false).unwrap().len(), 1, "scan_max");
     store.verify_integrity().unwrap();
 }
 

@@ -40,12 +40,24 @@ pub struct Settings {
     pub timeout: Duration,
     /// `WEBHOOK_CONCURRENCY`: attempts in flight at most.
     pub concurrency: usize,
+    /// `WEBHOOK_DESTINATION_CONCURRENCY`: attempts in flight to one destination (the
+    /// callback URL's host and port) at most.
+    pub destination_concurrency: usize,
+    /// `WEBHOOK_OWNER_CONCURRENCY`: attempts in flight for one owner's jobs at most (jobs
+    /// without an owner, in open mode, are bounded by the other caps only).
+    pub owner_concurrency: usize,
 }
 
 /// Default of `WEBHOOK_TIMEOUT_MS`.
 pub const DEFAULT_TIMEOUT_MS: u64 = 15_000;
 /// Default of `WEBHOOK_CONCURRENCY`.
 pub const DEFAULT_CONCURRENCY: usize = 16;
+/// Default of `WEBHOOK_DESTINATION_CONCURRENCY`: a receiver that hangs holds this many
+/// slots at most, leaving the rest to everybody else.
+pub const DEFAULT_DESTINATION_CONCURRENCY: usize = 4;
+/// Default of `WEBHOOK_OWNER_CONCURRENCY`: half the default slots, so one tenant's slow
+/// receivers (on many ports or hosts) cannot hold them all.
+pub const DEFAULT_OWNER_CONCURRENCY: usize = 8;
 
 impl Default for Settings {
     fn default() -> Settings {
@@ -55,6 +67,8 @@ impl Default for Settings {
             schedule: Schedule::default(),
             timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS),
             concurrency: DEFAULT_CONCURRENCY,
+            destination_concurrency: DEFAULT_DESTINATION_CONCURRENCY,
+            owner_concurrency: DEFAULT_OWNER_CONCURRENCY,
         }
     }
 }

@@ -4,7 +4,8 @@
 //! addresses checked for it.
 //!
 //! Rules: http or https, no credentials in the URL. With a non-empty list the host must be
-//! an entry or a subdomain of one. A host that *is* an entry (e.g. `127.0.0.1` for a local
+//! an entry or a subdomain of one, on the entry's port when it names one (`host:port`; a
+//! bare host allows every port). A host that *is* an entry (e.g. `127.0.0.1` for a local
 //! receiver) may have any address; every other host must resolve only to public addresses
 //! (no loopback, private, link-local, metadata, ...), subdomains of entries included.
 
@@ -16,11 +17,16 @@ use crate::error::{Error, ErrorCode};
 use crate::inputs::fetch;
 
 /// `WEBHOOK_ALLOWED_DOMAINS`: host names (matching themselves and their subdomains) and IP
-/// addresses (matching themselves).
+/// addresses (matching themselves), each on any port, or on one port when written
+/// `host:port` (`[v6]:port`).
+///
+/// A bare host keeps meaning every port (compatible with lists written before ports could
+/// be named); name the port (`127.0.0.1:9000`) when the host also runs other HTTP services,
+/// ComfyUI's `/prompt` included, so callbacks can reach only the receiver.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DomainList {
-    names: Vec<String>,
-    ips: Vec<IpAddr>,
+    names: Vec<(String, Option<u16>)>,
+    ips: Vec<(IpAddr, Option<u16>)>,
 }
 
 /// How a host matches a [`DomainList`].
@@ -39,17 +45,40 @@ fn normalize(host: &str) -> String {
     host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.').to_ascii_lowercase()
 }
 
+/// An entry split into its host and optional port: `host`, `host:port`, `v4:port`,
+/// `[v6]:port`, or a bare IPv6 address (its colons are not a port).
+fn split_port(entry: &str) -> Result<(&str, Option<u16>), String> {
+    let port = |p: &str| match p.parse::<u16>() {
+        Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(format!("{entry:?} has a bad port {p:?}")),
+    };
+    if let Some(rest) = entry.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(|| format!("{entry:?} is missing a ']'"))?;
+        return match after {
+            "" => Ok((host, None)),
+            _ => Ok((host, Some(port(after.strip_prefix(':').ok_or_else(|| format!("{entry:?} is malformed"))?)?))),
+        };
+    }
+    match entry.split_once(':') {
+        // One colon: `host:port`; more: a bare IPv6 address.
+        Some((host, p)) if !p.contains(':') => Ok((host, Some(port(p)?))),
+        _ => Ok((entry, None)),
+    }
+}
+
 impl DomainList {
     /// Parse a comma-separated list; blanks are ignored.
     ///
     /// # Errors
-    /// An entry that is neither a host name nor an IP address (a URL, a CIDR, a port...).
+    /// An entry that is neither a host name nor an IP address, with an optional port (a
+    /// URL, a CIDR, a bad port...).
     pub fn parse(list: &str) -> Result<DomainList, String> {
         let mut out = DomainList::default();
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let host = normalize(entry);
+            let (host, port) = split_port(entry)?;
+            let host = normalize(host);
             if let Ok(ip) = IpAddr::from_str(&host) {
-                out.ips.push(ip);
+                out.ips.push((ip, port));
             } else if !host.is_empty()
                 && host.split('.').all(|label| {
                     !label.is_empty()
@@ -58,9 +87,9 @@ impl DomainList {
                         && label.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_'))
                 })
             {
-                out.names.push(host);
+                out.names.push((host, port));
             } else {
-                return Err(format!("{entry:?} is not a host name or IP address"));
+                return Err(format!("{entry:?} is not a host name or IP address (with an optional :port)"));
             }
         }
         Ok(out)
@@ -71,11 +100,12 @@ impl DomainList {
         self.names.is_empty() && self.ips.is_empty()
     }
 
-    /// How `host` (as in a URL) matches.
-    pub fn classify(&self, host: &str) -> Match {
+    /// How `host` (as in a URL) on `port` matches.
+    pub fn classify(&self, host: &str, port: u16) -> Match {
+        let on_port = |p: &Option<u16>| p.is_none_or(|p| p == port);
         let host = normalize(host);
         if let Ok(ip) = IpAddr::from_str(&host) {
-            return if self.ips.contains(&ip) {
+            return if self.ips.iter().any(|(i, p)| *i == ip && on_port(p)) {
                 Match::Named
             } else if self.is_empty() {
                 Match::Public
@@ -83,9 +113,9 @@ impl DomainList {
                 Match::Refused
             };
         }
-        if self.names.contains(&host) {
+        if self.names.iter().any(|(n, p)| *n == host && on_port(p)) {
             Match::Named
-        } else if self.is_empty() || self.names.iter().any(|n| host.ends_with(&format!(".{n}"))) {
+        } else if self.is_empty() || self.names.iter().any(|(n, p)| on_port(p) && host.ends_with(&format!(".{n}"))) {
             Match::Public
         } else {
             Match::Refused
@@ -118,18 +148,19 @@ pub async fn check_destination(url: &str, settings: &Settings) -> Result<Destina
     }
     let host = parsed.host_str().ok_or("has no host")?.to_string();
     let port = parsed.port_or_known_default().ok_or("has no port")?;
-    let matched = settings.allowed.classify(&host);
+    let matched = settings.allowed.classify(&host, port);
     if matched == Match::Refused {
-        return Err(format!("names host {host:?}, which is not in WEBHOOK_ALLOWED_DOMAINS"));
+        return Err(format!("names host {host:?} port {port}, which is not in WEBHOOK_ALLOWED_DOMAINS"));
     }
     let addrs = fetch::resolve(&host, port).await?;
     if matched == Match::Public {
         for addr in &addrs {
             if let Some(reason) = fetch::forbidden_reason(addr.ip()) {
+                // Never the address itself: the answer would tell any client what a
+                // name resolves to inside the gateway's network.
                 return Err(format!(
-                    "refers to host {host:?} at {}, a {reason} address; webhooks go only to public addresses \
-                     unless the host is listed in WEBHOOK_ALLOWED_DOMAINS",
-                    addr.ip()
+                    "refers to host {host:?}, which resolves to a {reason} address; webhooks go only to public \
+                     addresses unless the host is listed in WEBHOOK_ALLOWED_DOMAINS"
                 ));
             }
         }
@@ -168,21 +199,42 @@ mod tests {
     #[test]
     fn list_matches_names_subdomains_and_ips() {
         let list = DomainList::parse(" Example.com., 127.0.0.1 ,[::1], hooks_internal ").unwrap();
-        assert_eq!(list.classify("example.com"), Match::Named);
-        assert_eq!(list.classify("EXAMPLE.COM."), Match::Named);
-        assert_eq!(list.classify("api.example.com"), Match::Public);
-        assert_eq!(list.classify("badexample.com"), Match::Refused);
-        assert_eq!(list.classify("example.com.evil.net"), Match::Refused);
-        assert_eq!(list.classify("127.0.0.1"), Match::Named);
-        assert_eq!(list.classify("[::1]"), Match::Named);
-        assert_eq!(list.classify("127.0.0.2"), Match::Refused);
-        assert_eq!(list.classify("hooks_internal"), Match::Named);
-        assert_eq!(DomainList::default().classify("anything.org"), Match::Public);
-        assert_eq!(DomainList::default().classify("10.0.0.1"), Match::Public);
-        for bad in ["http://example.com", "10.0.0.0/8", "example.com:80", "a..b", "-a.com", "a b"] {
+        assert_eq!(list.classify("example.com", 443), Match::Named);
+        assert_eq!(list.classify("EXAMPLE.COM.", 8080), Match::Named, "a bare host: any port");
+        assert_eq!(list.classify("api.example.com", 443), Match::Public);
+        assert_eq!(list.classify("badexample.com", 443), Match::Refused);
+        assert_eq!(list.classify("example.com.evil.net", 443), Match::Refused);
+        assert_eq!(list.classify("127.0.0.1", 8188), Match::Named);
+        assert_eq!(list.classify("[::1]", 80), Match::Named);
+        assert_eq!(list.classify("127.0.0.2", 80), Match::Refused);
+        assert_eq!(list.classify("hooks_internal", 80), Match::Named);
+        assert_eq!(DomainList::default().classify("anything.org", 443), Match::Public);
+        assert_eq!(DomainList::default().classify("10.0.0.1", 80), Match::Public);
+        for bad in ["http://example.com", "10.0.0.0/8", "a..b", "-a.com", "a b", "example.com:0", "example.com:http"] {
+            assert!(DomainList::parse(bad).is_err(), "{bad}");
+        }
+        for bad in ["example.com:65536", "[::1]:x", "[::1", "127.0.0.1:"] {
             assert!(DomainList::parse(bad).is_err(), "{bad}");
         }
         assert!(DomainList::parse(" , ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_port_in_an_entry_allows_that_port_only() {
+        let list = DomainList::parse("127.0.0.1:9000, [::1]:9001, hooks.example.com:8443, ::2").unwrap();
+        assert_eq!(list.classify("127.0.0.1", 9000), Match::Named);
+        // The same host's other services (ComfyUI on 8188) stay out of reach.
+        assert_eq!(list.classify("127.0.0.1", 8188), Match::Refused);
+        assert_eq!(list.classify("[::1]", 9001), Match::Named);
+        assert_eq!(list.classify("[::1]", 9000), Match::Refused);
+        assert_eq!(list.classify("hooks.example.com", 8443), Match::Named);
+        assert_eq!(list.classify("a.hooks.example.com", 8443), Match::Public);
+        assert_eq!(list.classify("a.hooks.example.com", 443), Match::Refused);
+        assert_eq!(list.classify("::2", 1), Match::Named, "a bare IPv6 address has no port");
+        // Two entries for one host: each port it names, or any with a bare entry.
+        let both = DomainList::parse("127.0.0.1:9000,127.0.0.1:9002").unwrap();
+        assert_eq!(both.classify("127.0.0.1", 9002), Match::Named);
+        assert_eq!(both.classify("127.0.0.1", 9001), Match::Refused);
     }
 
     #[tokio::test]
@@ -201,11 +253,19 @@ mod tests {
             let e = check_destination(url, &open).await.unwrap_err();
             assert!(e.contains(why), "{url}: {e}");
         }
+        // What a name resolves to stays inside the gateway.
+        let e = check_destination("http://localhost:9/hook", &open).await.unwrap_err();
+        assert!(e.contains("resolves to a loopback address"), "{e}");
+        assert!(!e.contains("127.0.0.1") && !e.contains("::1"), "{e}");
         let listed = settings("127.0.0.1,example.com");
         let e = check_destination("http://hooks.other.org/x", &listed).await.unwrap_err();
         assert!(e.contains("not in WEBHOOK_ALLOWED_DOMAINS"), "{e}");
         let e = check_destination("http://127.0.0.2:9/x", &listed).await.unwrap_err();
         assert!(e.contains("not in WEBHOOK_ALLOWED_DOMAINS"), "{e}");
+        let ported = settings("127.0.0.1:9");
+        assert!(check_destination("http://127.0.0.1:9/hook", &ported).await.is_ok());
+        let e = check_destination("http://127.0.0.1:8188/prompt", &ported).await.unwrap_err();
+        assert!(e.contains("port 8188, which is not in WEBHOOK_ALLOWED_DOMAINS"), "{e}");
         let ok = check_destination("http://127.0.0.1:9/hook", &listed).await.unwrap();
         assert_eq!(ok.addrs, vec!["127.0.0.1:9".parse::<SocketAddr>().unwrap()]);
         assert_eq!(ok.host, "127.0.0.1");

@@ -244,7 +244,8 @@ async fn limits_cap_unfinished_jobs_per_client() {
 async fn limits_bodies_headers_json_query_and_paths() {
     let dir = support::tempdir();
     let sim = Sim::start(dir.path(), 0).await;
-    let env = [("MAX_BODY_BYTES", "65536"), ("HEADER_READ_TIMEOUT_MS", "300")];
+    // `ALLOWED_HOSTS`: the raw requests below name the host `x`.
+    let env = [("MAX_BODY_BYTES", "65536"), ("HEADER_READ_TIMEOUT_MS", "300"), ("ALLOWED_HOSTS", "x")];
     let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
 
     // A chunked body (no Content-Length) beyond MAX_BODY_BYTES.

@@ -89,3 +89,4 @@ impl Neighbour {
     }
 }
 mod disk;
+mod web;
