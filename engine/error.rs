@@ -54,6 +54,9 @@ pub enum ErrorCode {
     /// The blob storage (the S3-compatible bucket) did not answer or failed; nothing
     /// was changed, try again. Declared last: codes are stored by position.
     StorageUnavailable,
+    /// The request body did not arrive within `BODY_READ_TIMEOUT_MS`, or slower than
+    /// `BODY_MIN_BYTES_PER_S`; the connection is closed. Codes are stored by position.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -81,6 +84,7 @@ impl ErrorCode {
         ErrorCode::CallbackNotAllowed,
         ErrorCode::BackendNotFound,
         ErrorCode::StorageUnavailable,
+        ErrorCode::RequestTimeout,
     ];
 
     /// The stable wire string.
@@ -108,6 +112,7 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => "CALLBACK_NOT_ALLOWED",
             ErrorCode::BackendNotFound => "BACKEND_NOT_FOUND",
             ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
         }
     }
 
@@ -136,6 +141,7 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => 400,
             ErrorCode::BackendNotFound => 404,
             ErrorCode::StorageUnavailable => 503,
+            ErrorCode::RequestTimeout => 408,
         }
     }
 
@@ -147,7 +153,8 @@ impl ErrorCode {
             | ErrorCode::ComfyuiTimeout
             | ErrorCode::RateLimited
             | ErrorCode::Internal
-            | ErrorCode::StorageUnavailable => true,
+            | ErrorCode::StorageUnavailable
+            | ErrorCode::RequestTimeout => true,
             ErrorCode::ComfyuiNodeError
             | ErrorCode::ValidationError
             | ErrorCode::WorkflowNotFound
@@ -246,12 +253,13 @@ mod tests {
             ErrorCode::CallbackNotAllowed => 19,
             ErrorCode::BackendNotFound => 20,
             ErrorCode::StorageUnavailable => 21,
+            ErrorCode::RequestTimeout => 22,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 22);
+        assert_eq!(ErrorCode::ALL.len(), 23);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);
