@@ -970,6 +970,10 @@ pub async fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Resul
 
 /// `GET /metrics`: Prometheus text format 0.0.4.
 pub fn metrics(ctx: &Ctx) -> Result<Resp> {
+    let (m, l) = (&ctx.gateway.metrics, &ctx.limits);
+    m.http_open("connections", l.connections.count(&()).1);
+    m.http_open("event_streams", l.event_streams.count(&String::new()).1);
+    m.http_open("sync_waits", l.sync_waits.count(&String::new()).1);
     let text = ctx.gateway.metrics_text()?;
     Ok(reply::bytes(StatusCode::OK, crate::metrics::CONTENT_TYPE, Bytes::from(text)))
 }

@@ -522,6 +522,9 @@ pub struct Limits {
     pub cors: Cors,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every open connection being served (no cap here: `MAX_CONNECTIONS` is the accept
+    /// loop's semaphore); counted for the `http_open` gauge.
+    pub connections: Arc<Held<()>>,
     /// Open connections per TCP peer IP (`MAX_CONNECTIONS_PER_IP`).
     pub connections_per_ip: Arc<Held<IpAddr>>,
     /// Open connections per authenticated owner (`MAX_CONNECTIONS_PER_CLIENT`).
@@ -540,6 +543,7 @@ impl Limits {
             jobs: c.jobs_per_client_max.map(JobCap::new),
             cors: Cors::new(c.cors.clone()),
             trusted_proxies: c.trusted_proxies.clone(),
+            connections: Held::new("connections", "MAX_CONNECTIONS", usize::MAX, None),
             connections_per_ip: Held::new("connections", "MAX_CONNECTIONS_PER_IP", c.connections_per_ip_max, None),
             connections_per_client: Held::new(
                 "connections",

@@ -130,6 +130,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
                 }
             },
         };
+        let open = ctx.limits.connections.hold(&()).ok();
         let share = Arc::new(limits::ConnShare::default());
         let ctx = ctx.clone();
         let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
@@ -150,7 +151,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop((permit, ip_hold));
+            drop((permit, ip_hold, open));
         });
     }
     drop(listener);

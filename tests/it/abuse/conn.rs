@@ -178,13 +178,19 @@ async fn abuse_conn_stalled_bodies_are_cut_off_and_the_neighbour_is_served() {
 }
 
 /// A body that trickles in below `BODY_MIN_BYTES_PER_S` after the grace period is cut off
-/// before the total deadline; a complete body is fine.
+/// before the total deadline, and a socket that sends nothing is closed; a complete body
+/// is fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abuse_conn_a_trickling_body_is_cut_off_by_the_minimum_rate() {
     let dir = support::tempdir();
     let sim = Sim::start(dir.path(), 0).await;
-    let env = [("BODY_READ_TIMEOUT_MS", "60000"), ("BODY_MIN_BYTES_PER_S", "100")];
+    let env = [("BODY_READ_TIMEOUT_MS", "60000"), ("BODY_MIN_BYTES_PER_S", "100"), ("HEADER_READ_TIMEOUT_MS", "1000")];
     let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
+    // A socket that never sends anything is closed by the header read timeout.
+    let mut silent = connect(gw.port, None, b"").await;
+    let started = Instant::now();
+    assert!(closed_within(&mut silent, SERVED_WITHIN).await, "a silent socket was left open");
+    assert!(started.elapsed() >= Duration::from_millis(800), "{:?}", started.elapsed());
     let head = "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
     let mut stream = connect(gw.port, None, head.as_bytes()).await;
     let started = Instant::now();
@@ -311,6 +317,19 @@ async fn abuse_conn_event_stream_flood_is_capped_per_client() {
     eprintln!("event streams: {counts:?}");
     assert_eq!(open.len(), STREAMS, "{counts:?}");
     assert_eq!(counts.get(&429), Some(&(ATTACKERS - STREAMS)), "{counts:?}");
+    let admin = Neighbour::new(&gw.url(), Some(ADMIN_KEY));
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", gw.url()))
+        .header("x-api-key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(support::sample(&text, "comfyui_gateway_http_open{kind=\"event_streams\"}"), STREAMS as f64);
+    assert!(support::sample(&text, "comfyui_gateway_http_open{kind=\"connections\"}") >= STREAMS as f64);
+    assert_eq!(admin.get("/health").await.0, 200);
 
     // The neighbour is served while alice's streams stay open, and can open its own.
     let served = bob.probe_for(&["/health", &format!("/jobs/{bobs_job}")], Duration::from_secs(2)).await;
