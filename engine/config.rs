@@ -186,6 +186,15 @@ pub struct ServeArgs {
         value_name = "BODY_MIN_BYTES_PER_S"
     )]
     pub body_min_bytes_per_s: u64,
+    /// Longest time a response write may make no progress (a client that stopped
+    /// reading) before its connection is closed, in ms.
+    #[arg(
+        long = "write-stall-timeout-ms",
+        env = "WRITE_STALL_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_name = "WRITE_STALL_TIMEOUT_MS"
+    )]
+    pub write_stall_timeout_ms: u64,
     /// Open event streams (`GET /jobs/{id}/events`) in total at most
     /// (default: `MAX_CONNECTIONS` / 2).
     #[arg(long = "max-event-streams", env = "MAX_EVENT_STREAMS", value_name = "MAX_EVENT_STREAMS")]
@@ -427,6 +436,8 @@ pub struct ApiLimits {
     pub body_read_timeout: std::time::Duration,
     /// Slowest average body rate after the grace period, in bytes/s (0: not checked).
     pub body_min_bytes_per_s: u64,
+    /// Time a response write may make no progress before the connection is closed.
+    pub write_stall_timeout: std::time::Duration,
     /// Open event streams in total.
     pub event_streams_max: usize,
     /// Open event streams per client key.
@@ -828,6 +839,9 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
     if !(100..=3_600_000).contains(&args.body_read_timeout_ms) {
         return Err(bad("BODY_READ_TIMEOUT_MS", "must be between 100 and 3600000"));
     }
+    if !(100..=3_600_000).contains(&args.write_stall_timeout_ms) {
+        return Err(bad("WRITE_STALL_TIMEOUT_MS", "must be between 100 and 3600000"));
+    }
     // A share of the global cap by default, so one client never fills it.
     let connections = args.max_connections;
     let share = |set: Option<u32>, name: &'static str, divisor: u32, max: u32| match set {
@@ -856,6 +870,7 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
         )?,
         body_read_timeout: std::time::Duration::from_millis(args.body_read_timeout_ms),
         body_min_bytes_per_s: args.body_min_bytes_per_s,
+        write_stall_timeout: std::time::Duration::from_millis(args.write_stall_timeout_ms),
         event_streams_max: share(args.max_event_streams, "MAX_EVENT_STREAMS", 2, 1_000_000)?,
         event_streams_per_client_max: share(
             args.max_event_streams_per_client,
@@ -1157,6 +1172,7 @@ mod tests {
             (&["--max-connections", "10", "--max-connections-per-ip", "11"], "MAX_CONNECTIONS_PER_IP"),
             (&["--max-connections-per-client", "2000"], "MAX_CONNECTIONS_PER_CLIENT"),
             (&["--body-read-timeout-ms", "5"], "BODY_READ_TIMEOUT_MS"),
+            (&["--write-stall-timeout-ms", "0"], "WRITE_STALL_TIMEOUT_MS"),
             (&["--max-event-streams-per-client", "0"], "MAX_EVENT_STREAMS_PER_CLIENT"),
             (&["--max-sync-waits", "0"], "MAX_SYNC_WAITS"),
             (&["--api-keys", "longenoughkey:root"], "API_KEYS"),
@@ -1247,6 +1263,7 @@ mod tests {
         assert_eq!((c.event_streams_max, c.event_streams_per_client_max), (512, 32));
         assert_eq!((c.sync_waits_max, c.sync_waits_per_client_max), (256, 32));
         assert_eq!((c.body_read_timeout.as_millis(), c.body_min_bytes_per_s), (60_000, 1024));
+        assert_eq!(c.write_stall_timeout.as_millis(), 30_000);
         let one = parse(&["--max-connections", "1"]).unwrap().api_limits;
         assert_eq!((one.connections_per_ip_max, one.event_streams_per_client_max), (1, 1));
         let set = parse(&["--max-connections-per-ip", "1000", "--max-sync-waits-per-client", "3"]).unwrap().api_limits;
