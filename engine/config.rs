@@ -211,7 +211,11 @@ pub struct ServeArgs {
     #[arg(long = "max-sync-waits", env = "MAX_SYNC_WAITS", value_name = "MAX_SYNC_WAITS")]
     pub max_sync_waits: Option<u32>,
     /// Synchronous submits waiting per client key at most (default: `MAX_CONNECTIONS` / 32).
-    #[arg(long = "max-sync-waits-per-client", env = "MAX_SYNC_WAITS_PER_CLIENT", value_name = "MAX_SYNC_WAITS_PER_CLIENT")]
+    #[arg(
+        long = "max-sync-waits-per-client",
+        env = "MAX_SYNC_WAITS_PER_CLIENT",
+        value_name = "MAX_SYNC_WAITS_PER_CLIENT"
+    )]
     pub max_sync_waits_per_client: Option<u32>,
     /// Answer a request whose rendered workflow already succeeded from the stored outputs.
     #[arg(long = "cache-enabled", env = "CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_name = "CACHE_ENABLED")]
@@ -856,12 +860,7 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
         cors,
         connections_max: args.max_connections as usize,
         header_read_timeout: std::time::Duration::from_millis(args.header_read_timeout_ms),
-        connections_per_ip_max: share(
-            args.max_connections_per_ip,
-            "MAX_CONNECTIONS_PER_IP",
-            4,
-            connections,
-        )?,
+        connections_per_ip_max: share(args.max_connections_per_ip, "MAX_CONNECTIONS_PER_IP", 4, connections)?,
         connections_per_client_max: share(
             args.max_connections_per_client,
             "MAX_CONNECTIONS_PER_CLIENT",

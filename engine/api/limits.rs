@@ -390,16 +390,26 @@ impl<K: std::hash::Hash + Eq + Clone> Held<K> {
         let (map, total) = &mut *counts;
         let n = map.get(key).copied().unwrap_or(0);
         let refused = if n >= self.per_key_max {
-            Some((format!("this client already has {n} open {} (at most {})", self.what, self.per_key_max), self.per_key_setting, self.per_key_max))
+            Some((
+                format!("this client already has {n} open {} (at most {})", self.what, self.per_key_max),
+                self.per_key_setting,
+                self.per_key_max,
+            ))
         } else if *total >= self.total_max {
             let setting = self.total_setting.unwrap_or(self.per_key_setting);
-            Some((format!("the gateway already has {total} open {} (at most {})", self.what, self.total_max), setting, self.total_max))
+            Some((
+                format!("the gateway already has {total} open {} (at most {})", self.what, self.total_max),
+                setting,
+                self.total_max,
+            ))
         } else {
             None
         };
         if let Some((message, setting, max)) = refused {
             return Err(Error::new(ErrorCode::RateLimited, format!("{message}; retry in {HELD_RETRY_AFTER_S} s"))
-                .with_details(serde_json::json!({ "limit": setting, "max": max, "retryAfterSeconds": HELD_RETRY_AFTER_S })));
+                .with_details(
+                    serde_json::json!({ "limit": setting, "max": max, "retryAfterSeconds": HELD_RETRY_AFTER_S }),
+                ));
         }
         *map.entry(key.clone()).or_insert(0) += 1;
         *total += 1;

@@ -30,8 +30,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::{limits, reply};
 use super::routes::{self, Ctx};
+use super::{limits, reply};
 use crate::error::Error;
 use crate::service::Gateway;
 

@@ -191,7 +191,8 @@ async fn abuse_conn_a_trickling_body_is_cut_off_by_the_minimum_rate() {
     let started = Instant::now();
     assert!(closed_within(&mut silent, SERVED_WITHIN).await, "a silent socket was left open");
     assert!(started.elapsed() >= Duration::from_millis(800), "{:?}", started.elapsed());
-    let head = "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
+    let head =
+        "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n";
     let mut stream = connect(gw.port, None, head.as_bytes()).await;
     let started = Instant::now();
     // 10 bytes a second: far below 100 bytes/s, but never silent.
@@ -368,11 +369,7 @@ async fn abuse_conn_sync_wait_flood_is_capped_per_client() {
     // Slow jobs: every wait runs to its end.
     let sim = Sim::start(dir.path(), 3000).await;
     let keys = keys();
-    let env = [
-        ("API_KEYS", keys.as_str()),
-        ("MAX_CONNECTIONS_PER_IP", "1024"),
-        ("MAX_SYNC_WAITS_PER_CLIENT", "4"),
-    ];
+    let env = [("API_KEYS", keys.as_str()), ("MAX_CONNECTIONS_PER_IP", "1024"), ("MAX_SYNC_WAITS_PER_CLIENT", "4")];
     let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
     let bob = Neighbour::new(&gw.url(), Some(BOB_KEY));
 
