@@ -134,6 +134,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
             false => match ctx.limits.connections_per_ip.hold(&peer.ip()) {
                 Ok(hold) => Some(hold),
                 Err(err) => {
+                    tracing::debug!(peer = %peer.ip(), "a connection over MAX_CONNECTIONS_PER_IP is refused");
                     drop(permit);
                     refuse(stream, err, &refusing, header_read_timeout);
                     continue;
