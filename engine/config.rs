@@ -163,6 +163,65 @@ pub struct ServeArgs {
         value_name = "HEADER_READ_TIMEOUT_MS"
     )]
     pub header_read_timeout_ms: u64,
+    /// Open connections per client IP (the TCP peer) at most; further ones are answered
+    /// `429` and closed. Peers in `TRUSTED_PROXIES` are exempt (default: `MAX_CONNECTIONS` / 4).
+    #[arg(long = "max-connections-per-ip", env = "MAX_CONNECTIONS_PER_IP", value_name = "MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
+    /// Open connections per authenticated client (owner id) at most, counted when a request
+    /// on the connection authenticates (default: `MAX_CONNECTIONS` / 8).
+    #[arg(
+        long = "max-connections-per-client",
+        env = "MAX_CONNECTIONS_PER_CLIENT",
+        value_name = "MAX_CONNECTIONS_PER_CLIENT"
+    )]
+    pub max_connections_per_client: Option<u32>,
+    /// Longest time a client may take to send a request's body, in ms.
+    #[arg(
+        long = "body-read-timeout-ms",
+        env = "BODY_READ_TIMEOUT_MS",
+        default_value_t = 60_000,
+        value_name = "BODY_READ_TIMEOUT_MS"
+    )]
+    pub body_read_timeout_ms: u64,
+    /// Slowest average rate of a request body after its first 5 s, in bytes/s (0: none).
+    #[arg(
+        long = "body-min-bytes-per-s",
+        env = "BODY_MIN_BYTES_PER_S",
+        default_value_t = 1024,
+        value_name = "BODY_MIN_BYTES_PER_S"
+    )]
+    pub body_min_bytes_per_s: u64,
+    /// Longest time a response write may make no progress (a client that stopped
+    /// reading) before its connection is closed, in ms.
+    #[arg(
+        long = "write-stall-timeout-ms",
+        env = "WRITE_STALL_TIMEOUT_MS",
+        default_value_t = 30_000,
+        value_name = "WRITE_STALL_TIMEOUT_MS"
+    )]
+    pub write_stall_timeout_ms: u64,
+    /// Open event streams (`GET /jobs/{id}/events`) in total at most
+    /// (default: `MAX_CONNECTIONS` / 2).
+    #[arg(long = "max-event-streams", env = "MAX_EVENT_STREAMS", value_name = "MAX_EVENT_STREAMS")]
+    pub max_event_streams: Option<u32>,
+    /// Open event streams per client key at most (default: `MAX_CONNECTIONS` / 32).
+    #[arg(
+        long = "max-event-streams-per-client",
+        env = "MAX_EVENT_STREAMS_PER_CLIENT",
+        value_name = "MAX_EVENT_STREAMS_PER_CLIENT"
+    )]
+    pub max_event_streams_per_client: Option<u32>,
+    /// Synchronous submits (`POST /jobs?wait=`) waiting in total at most
+    /// (default: `MAX_CONNECTIONS` / 4).
+    #[arg(long = "max-sync-waits", env = "MAX_SYNC_WAITS", value_name = "MAX_SYNC_WAITS")]
+    pub max_sync_waits: Option<u32>,
+    /// Synchronous submits waiting per client key at most (default: `MAX_CONNECTIONS` / 32).
+    #[arg(
+        long = "max-sync-waits-per-client",
+        env = "MAX_SYNC_WAITS_PER_CLIENT",
+        value_name = "MAX_SYNC_WAITS_PER_CLIENT"
+    )]
+    pub max_sync_waits_per_client: Option<u32>,
     /// Answer a request whose rendered workflow already succeeded from the stored outputs.
     #[arg(long = "cache-enabled", env = "CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_name = "CACHE_ENABLED")]
     pub cache_enabled: bool,
@@ -435,6 +494,24 @@ pub struct ApiLimits {
     pub connections_max: usize,
     /// Time limit of reading a request's headers.
     pub header_read_timeout: std::time::Duration,
+    /// Open connections per client IP (the TCP peer; trusted proxies exempt).
+    pub connections_per_ip_max: usize,
+    /// Open connections per authenticated client (owner id).
+    pub connections_per_client_max: usize,
+    /// Time limit of reading a request's body.
+    pub body_read_timeout: std::time::Duration,
+    /// Slowest average body rate after the grace period, in bytes/s (0: not checked).
+    pub body_min_bytes_per_s: u64,
+    /// Time a response write may make no progress before the connection is closed.
+    pub write_stall_timeout: std::time::Duration,
+    /// Open event streams in total.
+    pub event_streams_max: usize,
+    /// Open event streams per client key.
+    pub event_streams_per_client_max: usize,
+    /// Waiting synchronous submits in total.
+    pub sync_waits_max: usize,
+    /// Waiting synchronous submits per client key.
+    pub sync_waits_per_client_max: usize,
 }
 
 /// A secret setting (API keys, JWT secret): its `Debug` never shows the value.
@@ -836,6 +913,19 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
     if !(10..=600_000).contains(&args.header_read_timeout_ms) {
         return Err(bad("HEADER_READ_TIMEOUT_MS", "must be between 10 and 600000"));
     }
+    if !(100..=3_600_000).contains(&args.body_read_timeout_ms) {
+        return Err(bad("BODY_READ_TIMEOUT_MS", "must be between 100 and 3600000"));
+    }
+    if !(100..=3_600_000).contains(&args.write_stall_timeout_ms) {
+        return Err(bad("WRITE_STALL_TIMEOUT_MS", "must be between 100 and 3600000"));
+    }
+    // A share of the global cap by default, so one client never fills it.
+    let connections = args.max_connections;
+    let share = |set: Option<u32>, name: &'static str, divisor: u32, max: u32| match set {
+        Some(n) if !(1..=max).contains(&n) => Err(bad(name, format!("must be between 1 and {max}"))),
+        Some(n) => Ok(n as usize),
+        None => Ok((connections / divisor).max(1) as usize),
+    };
     Ok(ApiLimits {
         rate,
         trusted_proxies,
@@ -844,6 +934,25 @@ fn api_limits(args: &ServeArgs) -> Result<ApiLimits, ConfigError> {
         allowed_hosts,
         connections_max: args.max_connections as usize,
         header_read_timeout: std::time::Duration::from_millis(args.header_read_timeout_ms),
+        connections_per_ip_max: share(args.max_connections_per_ip, "MAX_CONNECTIONS_PER_IP", 4, connections)?,
+        connections_per_client_max: share(
+            args.max_connections_per_client,
+            "MAX_CONNECTIONS_PER_CLIENT",
+            8,
+            connections,
+        )?,
+        body_read_timeout: std::time::Duration::from_millis(args.body_read_timeout_ms),
+        body_min_bytes_per_s: args.body_min_bytes_per_s,
+        write_stall_timeout: std::time::Duration::from_millis(args.write_stall_timeout_ms),
+        event_streams_max: share(args.max_event_streams, "MAX_EVENT_STREAMS", 2, 1_000_000)?,
+        event_streams_per_client_max: share(
+            args.max_event_streams_per_client,
+            "MAX_EVENT_STREAMS_PER_CLIENT",
+            32,
+            1_000_000,
+        )?,
+        sync_waits_max: share(args.max_sync_waits, "MAX_SYNC_WAITS", 4, 1_000_000)?,
+        sync_waits_per_client_max: share(args.max_sync_waits_per_client, "MAX_SYNC_WAITS_PER_CLIENT", 32, 1_000_000)?,
     })
 }
 
@@ -1185,6 +1294,13 @@ mod tests {
             (&["--max-jobs-per-client", "0"], "MAX_JOBS_PER_CLIENT"),
             (&["--max-connections", "0"], "MAX_CONNECTIONS"),
             (&["--header-read-timeout-ms", "1"], "HEADER_READ_TIMEOUT_MS"),
+            (&["--max-connections-per-ip", "0"], "MAX_CONNECTIONS_PER_IP"),
+            (&["--max-connections", "10", "--max-connections-per-ip", "11"], "MAX_CONNECTIONS_PER_IP"),
+            (&["--max-connections-per-client", "2000"], "MAX_CONNECTIONS_PER_CLIENT"),
+            (&["--body-read-timeout-ms", "5"], "BODY_READ_TIMEOUT_MS"),
+            (&["--write-stall-timeout-ms", "0"], "WRITE_STALL_TIMEOUT_MS"),
+            (&["--max-event-streams-per-client", "0"], "MAX_EVENT_STREAMS_PER_CLIENT"),
+            (&["--max-sync-waits", "0"], "MAX_SYNC_WAITS"),
             (&["--api-keys", "longenoughkey:root"], "API_KEYS"),
             (&["--api-keys", "nocolonhere"], "API_KEYS"),
             (&["--api-keys-file", "/nonexistent/keys.txt"], "API_KEYS_FILE"),
@@ -1285,6 +1401,16 @@ mod tests {
         assert_eq!(c.rate, None);
         assert_eq!(c.cors, CorsOrigins::List(vec![]));
         assert!(c.trusted_proxies.is_empty() && c.jobs_per_client_max.is_none());
+        // Connection shares default to fractions of MAX_CONNECTIONS (headroom for others).
+        assert_eq!((c.connections_max, c.connections_per_ip_max, c.connections_per_client_max), (1024, 256, 128));
+        assert_eq!((c.event_streams_max, c.event_streams_per_client_max), (512, 32));
+        assert_eq!((c.sync_waits_max, c.sync_waits_per_client_max), (256, 32));
+        assert_eq!((c.body_read_timeout.as_millis(), c.body_min_bytes_per_s), (60_000, 1024));
+        assert_eq!(c.write_stall_timeout.as_millis(), 30_000);
+        let one = parse(&["--max-connections", "1"]).unwrap().api_limits;
+        assert_eq!((one.connections_per_ip_max, one.event_streams_per_client_max), (1, 1));
+        let set = parse(&["--max-connections-per-ip", "1000", "--max-sync-waits-per-client", "3"]).unwrap().api_limits;
+        assert_eq!((set.connections_per_ip_max, set.sync_waits_per_client_max), (1000, 3));
         let c = parse(&[
             "--rate-limit-max",
             "5",

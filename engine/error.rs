@@ -69,6 +69,9 @@ pub enum ErrorCode {
     /// A state-changing request from another browser origin (`Origin` not the gateway's
     /// and not in `CORS_ORIGINS`, or `Sec-Fetch-Site: cross-site`).
     CrossOriginRefused,
+    /// The request body did not arrive within `BODY_READ_TIMEOUT_MS`, or slower than
+    /// `BODY_MIN_BYTES_PER_S`; the connection is closed. Codes are stored by position.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -101,6 +104,7 @@ impl ErrorCode {
         ErrorCode::UnsupportedMediaType,
         ErrorCode::HostNotAllowed,
         ErrorCode::CrossOriginRefused,
+        ErrorCode::RequestTimeout,
     ];
 
     /// The stable wire string.
@@ -133,6 +137,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "UNSUPPORTED_MEDIA_TYPE",
             ErrorCode::HostNotAllowed => "HOST_NOT_ALLOWED",
             ErrorCode::CrossOriginRefused => "CROSS_ORIGIN_REFUSED",
+            ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
         }
     }
 
@@ -166,6 +171,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::HostNotAllowed => 403,
             ErrorCode::CrossOriginRefused => 403,
+            ErrorCode::RequestTimeout => 408,
         }
     }
 
@@ -179,7 +185,8 @@ impl ErrorCode {
             | ErrorCode::Internal
             | ErrorCode::StorageUnavailable
             | ErrorCode::StorageFull
-            | ErrorCode::QuotaExceeded => true,
+            | ErrorCode::QuotaExceeded
+            | ErrorCode::RequestTimeout => true,
             ErrorCode::ComfyuiNodeError
             | ErrorCode::ValidationError
             | ErrorCode::WorkflowNotFound
@@ -286,12 +293,13 @@ mod tests {
             ErrorCode::UnsupportedMediaType => 24,
             ErrorCode::HostNotAllowed => 25,
             ErrorCode::CrossOriginRefused => 26,
+            ErrorCode::RequestTimeout => 27,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 27);
+        assert_eq!(ErrorCode::ALL.len(), 28);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);

@@ -127,6 +127,7 @@ struct Inner {
     owners_with_usage: IntGauge,
     storage_refusals: IntCounterVec,
     plugin_loads: IntGaugeVec,
+    http_open: IntGaugeVec,
     /// Workflow label values handed out so far (bounded by `WORKFLOW_LABELS_MAX`).
     workflows: Mutex<HashSet<String>>,
 }
@@ -269,6 +270,11 @@ impl Metrics {
                 "Plugins made ready since start, by source: compiled, or precompiled (from the stored artifact).",
                 "source",
             ),
+            http_open: gauge(
+                "http_open",
+                "What clients hold open now: connections, event_streams, sync_waits (POST /jobs?wait=).",
+                "kind",
+            ),
             workflows: Mutex::new(HashSet::new()),
             registry,
         };
@@ -343,6 +349,11 @@ impl Metrics {
     pub fn http_request(&self, route: &str, status: u16, elapsed: Duration) {
         self.inner.http_requests.with_label_values(&[route, &status.to_string()]).inc();
         self.inner.http_duration.with_label_values(&[route]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Clients hold `n` of `kind` (`connections`, `event_streams`, `sync_waits`) open now.
+    pub fn http_open(&self, kind: &'static str, n: usize) {
+        self.inner.http_open.with_label_values(&[kind]).set(clamp_i64(n as u64));
     }
 
     /// A webhook attempt was recorded; `outcome` is `delivered`, `retrying`, `failed` or

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value, json};
 
@@ -25,7 +25,15 @@ use crate::service::{
     IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
 };
 
-/// Read the whole body, at most `MAX_BODY_BYTES`.
+/// How long a slow body has before its average rate is checked (`BODY_MIN_BYTES_PER_S`).
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
+
+/// How often a body that sends nothing is checked against its deadline and rate.
+const BODY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Read the whole body, at most `MAX_BODY_BYTES`, within `BODY_READ_TIMEOUT_MS` and (after
+/// [`BODY_RATE_GRACE`]) at `BODY_MIN_BYTES_PER_S` on average; a stalled or slow body is
+/// `408 REQUEST_TIMEOUT` (and `routes::handle` closes the connection).
 async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes> {
     let max = ctx.gateway.config.body_bytes_max;
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
@@ -33,10 +41,45 @@ async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes> {
     {
         return Err(too_large(max));
     }
-    match Limited::new(req.into_body(), max).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(max)),
-        Err(e) => Err(Error::validation("/", format!("could not read the request body: {e}"))),
+    let limits = &ctx.gateway.config.api_limits;
+    let started = tokio::time::Instant::now();
+    let deadline = started + limits.body_read_timeout;
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        let wake = deadline.min(tokio::time::Instant::now() + BODY_CHECK_INTERVAL);
+        // `frame()` is cancel-safe: a timeout loses no data.
+        match tokio::time::timeout_at(wake, body.frame()).await {
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > max {
+                        return Err(too_large(max));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Ok(Some(Err(e))) => return Err(Error::validation("/", format!("could not read the request body: {e}"))),
+            Err(_) => {}
+        }
+        let elapsed = started.elapsed();
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorCode::RequestTimeout,
+                format!("the request body did not arrive within {} ms", limits.body_read_timeout.as_millis()),
+            ));
+        }
+        if super::limits::body_too_slow(buf.len() as u64, elapsed, limits.body_min_bytes_per_s, BODY_RATE_GRACE) {
+            return Err(Error::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the request body arrives slower than {} bytes/s ({} bytes in {} ms)",
+                    limits.body_min_bytes_per_s,
+                    buf.len(),
+                    elapsed.as_millis()
+                ),
+            ));
+        }
     }
 }
 
@@ -663,9 +706,15 @@ pub fn job_fields(
 /// inputs as file parts named after the input (or `inputs.<name>`). With
 /// `?wait=SECONDS`: 200 with the finished job if it ends within that time, else the 202.
 ///
-/// A client at its `MAX_JOBS_PER_CLIENT` of queued + running jobs gets 429.
+/// A client at its `MAX_JOBS_PER_CLIENT` of queued + running jobs gets 429, and so does a
+/// `?wait=` submit beyond `MAX_SYNC_WAITS_PER_CLIENT` or `MAX_SYNC_WAITS`.
 pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Incoming>) -> Result<Resp> {
     let wait = parse_wait(ctx, p)?;
+    // A waiting submit holds its connection: capped per client key and in total.
+    let _waiting = match wait {
+        Some(_) => Some(ctx.limits.sync_waits.hold(&client.key)?),
+        None => None,
+    };
     let slot = match &ctx.limits.jobs {
         Some(cap) => Some(cap.reserve(&client.key, |id| {
             // A job that cannot be read is not counted (it does not hold the client back).
@@ -931,6 +980,10 @@ pub async fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Resul
 
 /// `GET /metrics`: Prometheus text format 0.0.4.
 pub fn metrics(ctx: &Ctx) -> Result<Resp> {
+    let (m, l) = (&ctx.gateway.metrics, &ctx.limits);
+    m.http_open("connections", l.connections.count(&()).1);
+    m.http_open("event_streams", l.event_streams.count(&String::new()).1);
+    m.http_open("sync_waits", l.sync_waits.count(&String::new()).1);
     let text = ctx.gateway.metrics_text()?;
     Ok(reply::bytes(StatusCode::OK, crate::metrics::CONTENT_TYPE, Bytes::from(text)))
 }

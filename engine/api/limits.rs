@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -338,6 +338,139 @@ impl Drop for JobSlot<'_> {
     }
 }
 
+/// Things a client holds open (connections, event streams, waiting submits), counted per
+/// key and in total, each with a cap. Only keys holding something are tracked.
+#[derive(Debug)]
+pub struct Held<K: std::hash::Hash + Eq + Clone> {
+    /// What is counted, for messages (`connections`, `event streams`, ...).
+    what: &'static str,
+    /// The setting of the per-key cap, for messages and details.
+    per_key_setting: &'static str,
+    per_key_max: usize,
+    /// The setting of the total cap (None: the total is not capped here).
+    total_setting: Option<&'static str>,
+    total_max: usize,
+    /// Key → count, and the total.
+    counts: Mutex<(HashMap<K, usize>, usize)>,
+}
+
+/// One thing held under a key: released when dropped.
+#[derive(Debug)]
+pub struct Hold<K: std::hash::Hash + Eq + Clone> {
+    held: Arc<Held<K>>,
+    key: K,
+}
+
+/// Seconds a client refused by a [`Held`] cap is asked to wait before it tries again.
+pub const HELD_RETRY_AFTER_S: u64 = 1;
+
+impl<K: std::hash::Hash + Eq + Clone> Held<K> {
+    /// At most `per_key_max` per key (its setting named `per_key_setting`), and, with
+    /// `total`, at most that many in all.
+    pub fn new(
+        what: &'static str,
+        per_key_setting: &'static str,
+        per_key_max: usize,
+        total: Option<(&'static str, usize)>,
+    ) -> Arc<Held<K>> {
+        Arc::new(Held {
+            what,
+            per_key_setting,
+            per_key_max,
+            total_setting: total.map(|(s, _)| s),
+            total_max: total.map_or(usize::MAX, |(_, n)| n),
+            counts: Mutex::new((HashMap::new(), 0)),
+        })
+    }
+
+    /// Hold one more under `key`, unless the key or the total is at its cap:
+    /// `429 RATE_LIMITED` (with `retryAfterSeconds`) then.
+    pub fn hold(self: &Arc<Self>, key: &K) -> Result<Hold<K>, Error> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, total) = &mut *counts;
+        let n = map.get(key).copied().unwrap_or(0);
+        let refused = if n >= self.per_key_max {
+            Some((
+                format!("this client already has {n} open {} (at most {})", self.what, self.per_key_max),
+                self.per_key_setting,
+                self.per_key_max,
+            ))
+        } else if *total >= self.total_max {
+            let setting = self.total_setting.unwrap_or(self.per_key_setting);
+            Some((
+                format!("the gateway already has {total} open {} (at most {})", self.what, self.total_max),
+                setting,
+                self.total_max,
+            ))
+        } else {
+            None
+        };
+        if let Some((message, setting, max)) = refused {
+            return Err(Error::new(ErrorCode::RateLimited, format!("{message}; retry in {HELD_RETRY_AFTER_S} s"))
+                .with_details(
+                    serde_json::json!({ "limit": setting, "max": max, "retryAfterSeconds": HELD_RETRY_AFTER_S }),
+                ));
+        }
+        *map.entry(key.clone()).or_insert(0) += 1;
+        *total += 1;
+        Ok(Hold { held: self.clone(), key: key.clone() })
+    }
+
+    /// What `key` holds now, and the total.
+    pub fn count(&self, key: &K) -> (usize, usize) {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        (counts.0.get(key).copied().unwrap_or(0), counts.1)
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Hold<K> {
+    /// The key this is held under.
+    pub fn key(&self) -> &K {
+        &self.key
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Drop for Hold<K> {
+    fn drop(&mut self) {
+        let mut counts = self.held.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let (map, total) = &mut *counts;
+        *total = total.saturating_sub(1);
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// One connection's share: who it is counted under once a request on it authenticated.
+/// The accept loop puts it in every request's extensions.
+#[derive(Debug, Default)]
+pub struct ConnShare {
+    client: Mutex<Option<Hold<String>>>,
+}
+
+impl ConnShare {
+    /// Count this connection under `owner` (once; a request with another owner moves it),
+    /// unless `owner` already has `MAX_CONNECTIONS_PER_CLIENT` connections.
+    pub fn attribute(&self, held: &Arc<Held<String>>, owner: &str) -> Result<(), Error> {
+        let mut client = self.client.lock().unwrap_or_else(|e| e.into_inner());
+        if client.as_ref().is_some_and(|h| h.key() == owner) {
+            return Ok(());
+        }
+        let hold = held.hold(&owner.to_string())?;
+        *client = Some(hold);
+        Ok(())
+    }
+}
+
+/// Whether a body read `read` bytes in `elapsed` too slowly: after `grace`, its average
+/// rate since the start must be at least `min_per_s` bytes/s (0: never too slow).
+pub fn body_too_slow(read: u64, elapsed: Duration, min_per_s: u64, grace: Duration) -> bool {
+    min_per_s > 0 && elapsed > grace && (read as u128) * 1000 < (min_per_s as u128) * elapsed.as_millis()
+}
+
 /// CORS: which origins browsers may call from.
 #[derive(Debug)]
 pub struct Cors {
@@ -399,6 +532,17 @@ pub struct Limits {
     pub cors: Cors,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Every open connection being served (no cap here: `MAX_CONNECTIONS` is the accept
+    /// loop's semaphore); counted for the `http_open` gauge.
+    pub connections: Arc<Held<()>>,
+    /// Open connections per TCP peer IP (`MAX_CONNECTIONS_PER_IP`).
+    pub connections_per_ip: Arc<Held<IpAddr>>,
+    /// Open connections per authenticated owner (`MAX_CONNECTIONS_PER_CLIENT`).
+    pub connections_per_client: Arc<Held<String>>,
+    /// Open event streams per client key and in total.
+    pub event_streams: Arc<Held<String>>,
+    /// Waiting `?wait=` submits per client key and in total.
+    pub sync_waits: Arc<Held<String>>,
 }
 
 impl Limits {
@@ -409,6 +553,26 @@ impl Limits {
             jobs: c.jobs_per_client_max.map(JobCap::new),
             cors: Cors::new(c.cors.clone()),
             trusted_proxies: c.trusted_proxies.clone(),
+            connections: Held::new("connections", "MAX_CONNECTIONS", usize::MAX, None),
+            connections_per_ip: Held::new("connections", "MAX_CONNECTIONS_PER_IP", c.connections_per_ip_max, None),
+            connections_per_client: Held::new(
+                "connections",
+                "MAX_CONNECTIONS_PER_CLIENT",
+                c.connections_per_client_max,
+                None,
+            ),
+            event_streams: Held::new(
+                "event streams",
+                "MAX_EVENT_STREAMS_PER_CLIENT",
+                c.event_streams_per_client_max,
+                Some(("MAX_EVENT_STREAMS", c.event_streams_max)),
+            ),
+            sync_waits: Held::new(
+                "waiting submits (?wait=)",
+                "MAX_SYNC_WAITS_PER_CLIENT",
+                c.sync_waits_per_client_max,
+                Some(("MAX_SYNC_WAITS", c.sync_waits_max)),
+            ),
         }
     }
 }
@@ -472,6 +636,54 @@ mod tests {
         limits.evict();
         assert_eq!(limits.tracked(), (0, 0));
         assert!(limits.check(&a).retry_after_s.is_none());
+    }
+
+    #[test]
+    fn held_caps_each_key_and_the_total_and_releases_on_drop() {
+        let held: Arc<Held<String>> = Held::new("streams", "PER_KEY", 2, Some(("TOTAL", 3)));
+        let (a, b) = ("a".to_string(), "b".to_string());
+        let a1 = held.hold(&a).unwrap();
+        let a2 = held.hold(&a).unwrap();
+        let e = held.hold(&a).unwrap_err();
+        assert_eq!((e.code, e.details.as_ref().unwrap()["limit"].as_str()), (ErrorCode::RateLimited, Some("PER_KEY")));
+        assert_eq!(e.details.as_ref().unwrap()["retryAfterSeconds"], 1);
+        let b1 = held.hold(&b).unwrap();
+        // The total (3) is reached although b has room.
+        let e = held.hold(&b).unwrap_err();
+        assert_eq!(e.details.as_ref().unwrap()["limit"], "TOTAL");
+        assert_eq!(held.count(&a), (2, 3));
+        drop(a1);
+        assert_eq!(held.count(&a), (1, 2));
+        let b2 = held.hold(&b).unwrap();
+        drop((a2, b1, b2));
+        assert_eq!(held.count(&a), (0, 0));
+        assert!(held.counts.lock().unwrap().0.is_empty(), "idle keys are forgotten");
+    }
+
+    #[test]
+    fn a_connection_counts_once_under_its_owner() {
+        let held: Arc<Held<String>> = Held::new("connections", "MAX_CONNECTIONS_PER_CLIENT", 1, None);
+        let (c1, c2) = (ConnShare::default(), ConnShare::default());
+        c1.attribute(&held, "alice").unwrap();
+        c1.attribute(&held, "alice").unwrap();
+        assert_eq!(held.count(&"alice".to_string()), (1, 1));
+        assert!(c2.attribute(&held, "alice").is_err(), "alice's second connection is over her cap");
+        c2.attribute(&held, "bob").unwrap();
+        // A request with another owner moves the connection.
+        c1.attribute(&held, "carol").unwrap();
+        assert_eq!(held.count(&"alice".to_string()), (0, 2));
+        drop((c1, c2));
+        assert_eq!(held.count(&"bob".to_string()), (0, 0));
+    }
+
+    #[test]
+    fn a_body_is_too_slow_only_after_the_grace_and_below_the_rate() {
+        let grace = Duration::from_secs(5);
+        assert!(!body_too_slow(0, Duration::from_secs(4), 1000, grace), "within the grace");
+        assert!(body_too_slow(0, Duration::from_secs(6), 1000, grace));
+        assert!(body_too_slow(5_999, Duration::from_secs(6), 1000, grace));
+        assert!(!body_too_slow(6_000, Duration::from_secs(6), 1000, grace), "the average since the start counts");
+        assert!(!body_too_slow(0, Duration::from_secs(600), 0, grace), "0 turns the check off");
     }
 
     #[test]

@@ -196,7 +196,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "createWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowDefinition")}}},
                     "responses": with_errors(json!({"201": json_response("Registered (version 1)", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
+                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
                 }
             },
             "/workflows/import": {
@@ -214,7 +214,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                                 "warnings": {"type": "array", "items": {"type": "string"}}
                             }
                         }))
-                    }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)"), DISK_FULL])
+                    }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)"), DISK_FULL])
                 }
             },
             "/workflows/{id}": {
@@ -228,7 +228,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "operationId": "updateWorkflow",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowUpdate")}}},
                     "responses": with_errors(json!({"200": json_response("The new version", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
+                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
                 },
                 "delete": {
                     "operationId": "deleteWorkflow",
@@ -276,7 +276,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "responses": with_errors(json!({
                         "200": json_response("Answered from the result cache (cached: true), or finished within ?wait", schema_ref("Job")),
                         "202": json_response("Accepted: committed, queued (or already running when a backend was free)", schema_ref("JobAccepted"))
-                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)"), ("507", "The database's disk is below DISK_FREE_MIN_BYTES (STORAGE_FULL), or the caller keeps STORAGE_QUOTA_BYTES_PER_OWNER bytes or more (QUOTA_EXCEEDED); retry after Retry-After seconds")])
+                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)"), ("507", "The database's disk is below DISK_FREE_MIN_BYTES (STORAGE_FULL), or the caller keeps STORAGE_QUOTA_BYTES_PER_OWNER bytes or more (QUOTA_EXCEEDED); retry after Retry-After seconds")])
                 }
             },
             "/jobs/{jobId}/logs": {

@@ -68,8 +68,8 @@ pub fn error(err: &Error, correlation_id: &str) -> Resp {
     {
         resp.headers_mut().insert(header::ALLOW, v);
     }
-    // An error that says when to come back (429, 507) says it in `Retry-After` too.
-    if let Some(s) = err.details.as_ref().and_then(|d| d["retryAfterSeconds"].as_u64()) {
+    // A refusal that names when to retry (a 429 of a cap) says it in `Retry-After` too.
+    if let Some(s) = err.details.as_ref().and_then(|d| d.get("retryAfterSeconds")).and_then(Value::as_u64) {
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
     }
     // RFC 9110 §15.5.17: a 416 says how large the resource is.

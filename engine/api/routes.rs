@@ -315,6 +315,18 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
             Some(owner) => Client { ip: client.ip, key: owner.clone() },
             None => client,
         };
+        // The connection counts under an authenticated caller (`MAX_CONNECTIONS_PER_CLIENT`);
+        // a connection over the caller's share is answered 429 and closed.
+        let share = req.extensions().get::<std::sync::Arc<limits::ConnShare>>().cloned();
+        let over_share = match (&principal, share, rate.as_ref().and_then(|d| d.retry_after_s)) {
+            (Some(owner), Some(share), None) => share.attribute(&ctx.limits.connections_per_client, owner).err(),
+            _ => None,
+        };
+        let close = over_share.is_some();
+        let caller = match over_share {
+            Some(e) => Err(e),
+            None => caller,
+        };
         let result = match (rate.as_ref().and_then(|d| d.retry_after_s), refused, caller) {
             (Some(s), _, _) => Err(limits::rate_limited(s)),
             (None, Some(e), _) => Err(e),
@@ -332,6 +344,10 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
         };
         if let Some(d) = &rate {
             d.apply(&mut resp);
+        }
+        // A body that did not arrive in time is left unread: the connection cannot go on.
+        if close || resp.status() == http::StatusCode::REQUEST_TIMEOUT {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
         ctx.limits.cors.apply(origin.as_ref(), preflight, &mut resp);
         if resp.status() == http::StatusCode::UNAUTHORIZED
@@ -420,7 +436,7 @@ async fn route(
         (Jobs, &Method::POST) => handlers::create_job(ctx, &params, client, req).await,
         (Job, &Method::GET) => handlers::get_job(ctx, &params).await,
         (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
-        (JobEvents, &Method::GET) => sse::job_events(ctx, &params, &req),
+        (JobEvents, &Method::GET) => sse::job_events(ctx, &params, &req, client),
         (JobLogs, &Method::GET) => handlers::job_logs(ctx, &params),
         (JobWebhooks, &Method::GET) => handlers::job_webhooks(ctx, &params),
         (JobWebhookRedeliver, &Method::POST) => handlers::redeliver_webhooks(ctx, &params).await,

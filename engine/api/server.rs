@@ -3,23 +3,47 @@
 //! `MAX_CONNECTIONS` connections are served at once (further ones wait in the listen
 //! backlog), a client has `HEADER_READ_TIMEOUT_MS` to send its headers, and idle rate-limit
 //! keys are evicted every [`limits::EVICT_INTERVAL`].
+//!
+//! Per client: a TCP peer IP already holding `MAX_CONNECTIONS_PER_IP` connections (peers in
+//! `TRUSTED_PROXIES` are exempt: they carry many clients) gives its global slot back at
+//! once; its new connection is answered `429 RATE_LIMITED` with `Retry-After` and closed,
+//! by at most [`REFUSING_MAX`] small refusal tasks (beyond them it is closed unanswered).
+//! Every request carries its connection's [`limits::ConnShare`], which `routes::handle`
+//! counts under the caller once authenticated (`MAX_CONNECTIONS_PER_CLIENT`).
+//!
+//! Idle and stalled sockets are closed: a socket that sends no headers (or none after a
+//! response) by the header read timeout, a body too slow by `handlers::read_body`, and a
+//! client that stops reading once a write made no progress for `WRITE_STALL_TIMEOUT_MS`
+//! ([`StallGuard`]).
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use super::limits;
 use super::routes::{self, Ctx};
+use super::{limits, reply};
+use crate::error::Error;
 use crate::service::Gateway;
 
 /// Longest wait for in-flight requests at shutdown.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Connections being refused (answered 429 and closed) at once, at most; they hold no
+/// slot of `MAX_CONNECTIONS`.
+pub const REFUSING_MAX: usize = 64;
+
+/// Longest time a refused connection has to send its request's headers.
+const REFUSE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A running API server.
 #[derive(Debug)]
@@ -66,7 +90,9 @@ fn seed_job_cap(ctx: &Ctx) -> crate::error::Result<()> {
 async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationToken) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let header_read_timeout = ctx.gateway.config.api_limits.header_read_timeout;
+    let write_stall = ctx.gateway.config.api_limits.write_stall_timeout;
     let connections = Arc::new(tokio::sync::Semaphore::new(ctx.gateway.config.api_limits.connections_max));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING_MAX));
     let mut evict = tokio::time::interval(limits::EVICT_INTERVAL);
     evict.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -101,9 +127,26 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // The connection cap per peer IP: the TCP peer, whatever `X-Forwarded-For` says.
+        let trusted = ctx.limits.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
+        let ip_hold = match trusted {
+            true => None,
+            false => match ctx.limits.connections_per_ip.hold(&peer.ip()) {
+                Ok(hold) => Some(hold),
+                Err(err) => {
+                    tracing::debug!(peer = %peer.ip(), "a connection over MAX_CONNECTIONS_PER_IP is refused");
+                    drop(permit);
+                    refuse(stream, err, &refusing, header_read_timeout);
+                    continue;
+                }
+            },
+        };
+        let open = ctx.limits.connections.hold(&()).ok();
+        let share = Arc::new(limits::ConnShare::default());
         let ctx = ctx.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let ctx = ctx.clone();
+            req.extensions_mut().insert(share.clone());
             async move {
                 // `handle` writes the access log line (with the correlation id).
                 let resp = routes::handle(&ctx, peer, req).await;
@@ -113,17 +156,154 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_read_timeout)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(StallGuard::new(stream, write_stall)), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
-            drop(permit);
+            drop((permit, ip_hold, open));
         });
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
         tracing::warn!("some requests were still running at the shutdown deadline");
+    }
+}
+
+/// Answer every request on `stream` with `err` (a 429 with `Retry-After`) and close it;
+/// closed at once when [`REFUSING_MAX`] refusals are already running.
+fn refuse(stream: TcpStream, err: Error, refusing: &Arc<tokio::sync::Semaphore>, header_read_timeout: Duration) {
+    let Ok(slot) = refusing.clone().try_acquire_owned() else { return };
+    let err = Arc::new(err);
+    let service = service_fn(move |_req| {
+        let err = err.clone();
+        async move {
+            let mut resp = reply::error(&err, &uuid::Uuid::new_v4().simple().to_string());
+            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            Ok::<_, std::convert::Infallible>(resp)
+        }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .keep_alive(false)
+        .header_read_timeout(header_read_timeout.min(REFUSE_READ_TIMEOUT))
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSE_READ_TIMEOUT * 2, conn).await;
+        drop(slot);
+    });
+}
+
+/// A socket whose writes fail (`TimedOut`) once they made no progress for `stall`: a
+/// client that stops reading cannot hold its connection forever.
+#[derive(Debug)]
+pub struct StallGuard<S> {
+    inner: S,
+    stall: Duration,
+    /// Started when a write found the socket full; reset by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> StallGuard<S> {
+    /// Guard `inner`'s writes with `stall`.
+    pub fn new(inner: S, stall: Duration) -> StallGuard<S> {
+        StallGuard { inner, stall, stalled: None }
+    }
+
+    /// The socket made no progress: `TimedOut` once that lasted `stall`, else pending.
+    fn pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let stall = self.stall;
+        let timer = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading the response",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progress<T>(&mut self, r: Poll<std::io::Result<T>>, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Pending => self.pending(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for StallGuard<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for StallGuard<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(r, cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(r, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(r, cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.progress(r, cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_that_makes_no_progress_fails_after_the_stall_timeout() {
+        let stall = Duration::from_millis(300);
+        let (client, server) = tokio::io::duplex(64);
+        let mut guarded = StallGuard::new(server, stall);
+        // Progress resets the timer: a slow reader (64 bytes every 200 ms) gets everything,
+        // though the whole write takes longer than the stall timeout.
+        let reader = tokio::spawn(async move {
+            let mut client = client;
+            let mut buf = [0u8; 64];
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = client.read(&mut buf).await;
+            }
+            client
+        });
+        let started = tokio::time::Instant::now();
+        guarded.write_all(&[0u8; 64 * 5]).await.expect("a slow reader gets everything");
+        assert!(started.elapsed() > stall);
+        let _client = reader.await.unwrap();
+        // A reader that stopped: the write fails after the stall timeout.
+        let started = tokio::time::Instant::now();
+        let err = tokio::time::timeout(stall * 5, guarded.write_all(&[0u8; 256]))
+            .await
+            .expect("the stalled write ends")
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= stall && started.elapsed() < stall * 5, "{:?}", started.elapsed());
     }
 }

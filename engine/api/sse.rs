@@ -6,10 +6,15 @@
 //! from its last seq on every notification (and on a lag): nothing is lost, nothing is
 //! sent twice. Progress comes only from the durable log (at most one entry per 500 ms),
 //! so every event has an id and a resumed stream is identical to an uninterrupted one.
-//! The `output` events of a success carry no id of their own: they precede the
-//! `succeeded` event of the same seq, and are repeated if the client reconnects before
-//! receiving it. The stream ends after the terminal event (`succeeded`, `failed`,
+//! The `output` events of a success precede the `succeeded` event and carry its seq as
+//! their `id:` too, so a client that got them and reconnects with that `Last-Event-ID`
+//! is not sent them again (nor the terminal event: it ends at once), and one that missed
+//! them gets them all. The stream ends after the terminal event (`succeeded`, `failed`,
 //! `canceled`), or at once when the job already ended before the client's last seq.
+//!
+//! Open streams are capped per client key (`MAX_EVENT_STREAMS_PER_CLIENT`) and in total
+//! (`MAX_EVENT_STREAMS`): beyond them `429 RATE_LIMITED` with `Retry-After`. A stream
+//! holds its connection, so it also counts toward the client's connection share.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -23,6 +28,7 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
+use super::limits::{Client, Hold};
 use super::reply::{self, Resp};
 use super::routes::{Ctx, Params};
 use crate::domain::{JobEventKind, JobId};
@@ -35,7 +41,7 @@ const RETRY_MS: u64 = 2000;
 const READ_BATCH: usize = 256;
 
 /// `GET /jobs/{id}/events`.
-pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp> {
+pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>, client: &Client) -> Result<Resp> {
     let id = uuid::Uuid::parse_str(&p.id)
         .map_err(|_| Error::new(ErrorCode::JobNotFound, format!("no job with id {:?}", p.id)))?;
     let header_id = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("?").trim().to_string());
@@ -48,6 +54,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp
     // Subscribe before the first read so that no commit falls between the two.
     let rx = ctx.gateway.scheduler.subscribe();
     super::handlers::visible_job(ctx, p)?;
+    let hold = ctx.limits.event_streams.hold(&client.key)?;
     let period = Duration::from_millis(ctx.gateway.config.sse_heartbeat_ms);
     let follow = Follow {
         gateway: ctx.gateway.clone(),
@@ -60,6 +67,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp
         finished: false,
         stop: ctx.stop.clone(),
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
+        _hold: hold,
     };
     let stream = futures_util::stream::unfold(follow, Follow::next);
     let body = StreamBody::new(futures_util::StreamExt::map(stream, |b| Ok::<_, Infallible>(Frame::data(b))));
@@ -88,6 +96,8 @@ struct Follow {
     finished: bool,
     stop: CancellationToken,
     heartbeat: tokio::time::Interval,
+    /// This stream's place under the stream caps, given back when the stream ends.
+    _hold: Hold<String>,
 }
 
 impl Follow {
@@ -161,28 +171,27 @@ impl Follow {
                 let mut body = reply::job_json(&j, None);
                 if matches!(event.kind, JobEventKind::Succeeded { .. }) {
                     for o in &j.outputs {
-                        self.out.push_back(encode(None, "output", &reply::output_json(&j, o)));
+                        self.out.push_back(encode(seq, "output", &reply::output_json(&j, o)));
                     }
                 }
                 if privacy {
                     reply::redact(&mut body, &texts);
                 }
                 data = json!({ "seq": seq, "at": data["at"], "type": data["type"], "job": body });
-                self.out.push_back(encode(Some(seq), name, &data));
+                self.out.push_back(encode(seq, name, &data));
                 self.finished = true;
                 break;
             }
             if privacy {
                 reply::redact(&mut data, &texts);
             }
-            self.out.push_back(encode(Some(seq), name, &data));
+            self.out.push_back(encode(seq, name, &data));
         }
         Ok(())
     }
 }
 
 /// One event in the text/event-stream format; `data` is one line of JSON.
-fn encode(id: Option<u64>, event: &str, data: &Value) -> Bytes {
-    let id = id.map(|id| format!("id: {id}\n")).unwrap_or_default();
-    Bytes::from(format!("{id}event: {event}\ndata: {data}\n\n"))
+fn encode(id: u64, event: &str, data: &Value) -> Bytes {
+    Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
 }

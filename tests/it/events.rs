@@ -127,9 +127,19 @@ async fn events_stream_status_progress_and_the_terminal_event_then_close() {
     assert!(!outputs.is_empty(), "the terminal event carries the outputs");
     let n_output_events = events.iter().filter(|e| e.event == "output").count();
     assert_eq!(n_output_events, outputs.len(), "one output event per output");
-    // Every durable log entry, in order, exactly once.
-    assert_eq!(ids(&events), log_seqs(&gw, &id).await);
+    // Every durable log entry, in order, exactly once; the output events carry the id of
+    // the terminal event they precede.
+    let logged: Vec<Sse> = events.iter().filter(|e| e.event != "output").cloned().collect();
+    assert_eq!(ids(&logged), log_seqs(&gw, &id).await);
     assert_eq!(last.id, ids(&events).last().copied());
+    for e in events.iter().filter(|e| e.event == "output") {
+        assert_eq!(e.id, last.id, "an output event has the terminal event's id: {:?}", e.data);
+    }
+    // A client that got an output event and reconnects with its id is not sent it again.
+    let output_id = events.iter().find(|e| e.event == "output").and_then(|e| e.id).unwrap();
+    let again = SseStream::open(&events_url(&gw, &id), Some(output_id)).await.rest().await;
+    assert!(again.iter().all(|e| e.event != "output"), "outputs replayed after Last-Event-ID: {again:?}");
+    assert!(again.is_empty(), "{again:?}");
 
     // The raw format `curl -N` shows: a retry hint, then blocks of id/event/data lines.
     let raw = &stream.raw;

@@ -5,6 +5,8 @@
 //!
 //! Every part lives in its own file; [`Neighbour`] is the well-behaved client they share.
 
+mod conn;
+
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
