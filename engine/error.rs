@@ -54,6 +54,10 @@ pub enum ErrorCode {
     /// The blob storage (the S3-compatible bucket) did not answer or failed; nothing
     /// was changed, try again. Declared last: codes are stored by position.
     StorageUnavailable,
+    /// Every call slot of the workflow's plugin (`PLUGIN_CONCURRENCY_PER_PLUGIN`) or of the
+    /// plugin host (`PLUGIN_CONCURRENCY`) stayed taken for `PLUGIN_QUEUE_WAIT_MS`: the plugin
+    /// is saturated, not the caller; nothing was stored, try again (`Retry-After`).
+    PluginBusy,
 }
 
 impl ErrorCode {
@@ -81,6 +85,7 @@ impl ErrorCode {
         ErrorCode::CallbackNotAllowed,
         ErrorCode::BackendNotFound,
         ErrorCode::StorageUnavailable,
+        ErrorCode::PluginBusy,
     ];
 
     /// The stable wire string.
@@ -108,6 +113,7 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => "CALLBACK_NOT_ALLOWED",
             ErrorCode::BackendNotFound => "BACKEND_NOT_FOUND",
             ErrorCode::StorageUnavailable => "STORAGE_UNAVAILABLE",
+            ErrorCode::PluginBusy => "PLUGIN_BUSY",
         }
     }
 
@@ -136,6 +142,7 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => 400,
             ErrorCode::BackendNotFound => 404,
             ErrorCode::StorageUnavailable => 503,
+            ErrorCode::PluginBusy => 503,
         }
     }
 
@@ -147,7 +154,8 @@ impl ErrorCode {
             | ErrorCode::ComfyuiTimeout
             | ErrorCode::RateLimited
             | ErrorCode::Internal
-            | ErrorCode::StorageUnavailable => true,
+            | ErrorCode::StorageUnavailable
+            | ErrorCode::PluginBusy => true,
             ErrorCode::ComfyuiNodeError
             | ErrorCode::ValidationError
             | ErrorCode::WorkflowNotFound
@@ -246,12 +254,13 @@ mod tests {
             ErrorCode::CallbackNotAllowed => 19,
             ErrorCode::BackendNotFound => 20,
             ErrorCode::StorageUnavailable => 21,
+            ErrorCode::PluginBusy => 22,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 22);
+        assert_eq!(ErrorCode::ALL.len(), 23);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);

@@ -68,6 +68,10 @@ pub fn error(err: &Error, correlation_id: &str) -> Resp {
     {
         resp.headers_mut().insert(header::ALLOW, v);
     }
+    // A refusal that knows when to come back (`PLUGIN_BUSY`) says so in `Retry-After`.
+    if let Some(secs) = err.details.as_ref().and_then(|d| d["retryAfterSeconds"].as_u64()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     // RFC 9110 §15.5.17: a 416 says how large the resource is.
     if let (ErrorCode::RangeNotSatisfiable, Some(size)) =
         (err.code, err.details.as_ref().and_then(|d| d["size"].as_u64()))

@@ -88,3 +88,6 @@ impl Neighbour {
         served
     }
 }
+
+#[cfg(feature = "wasm-plugins")]
+mod plugins;
