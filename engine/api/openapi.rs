@@ -273,7 +273,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "responses": with_errors(json!({
                         "200": json_response("Answered from the result cache (cached: true), or finished within ?wait", schema_ref("Job")),
                         "202": json_response("Accepted: committed, queued (or already running when a backend was free)", schema_ref("JobAccepted"))
-                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
+                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE), or the workflow's plugin had no free call slot within PLUGIN_QUEUE_WAIT_MS (PLUGIN_BUSY, with Retry-After)")])
                 }
             },
             "/jobs/{jobId}/logs": {
