@@ -254,8 +254,9 @@ struct Inner {
     /// Prompts in flight per backend (same index as `Shared::backends`).
     in_flight: Vec<u32>,
     /// Jobs per backend whose outputs are downloaded and in their plugin's output-process
-    /// (no longer a prompt on the backend); at most the backend's limit, so downloaded
-    /// outputs waiting for a plugin stay bounded.
+    /// (no longer a prompt on the backend). No dispatch to a backend whose prompts and
+    /// post-processing jobs together reach twice its limit, so downloaded outputs waiting
+    /// for a plugin stay bounded.
     processing: Vec<u32>,
     /// Per backend: the workflows it took last and when (ms), most recent first, at most
     /// `RECENT_WORKFLOWS_MAX`.
@@ -356,7 +357,9 @@ impl Shared {
             .map(|(b, backend)| routing::Candidate {
                 open: backend.is_healthy()
                     && !backend.is_draining()
-                    && inner.processing[b] < backend.concurrency_max,
+                    // Prompts stay within the limit (`in_flight` below); jobs post-processing
+                    // may take as many again, no more.
+                    && inner.in_flight[b] + inner.processing[b] < 2 * backend.concurrency_max,
                 in_flight: inner.in_flight[b],
                 max: backend.concurrency_max,
                 last_ran_ms: inner.recent[b].iter().find(|(w, _)| *w == workflow).map(|(_, t)| *t),
