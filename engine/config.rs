@@ -216,7 +216,11 @@ pub struct ServeArgs {
     )]
     pub plugin_concurrency: u32,
     /// Calls of one plugin in flight at once (unset: half of PLUGIN_CONCURRENCY, at least 1).
-    #[arg(long = "plugin-concurrency-per-plugin", env = "PLUGIN_CONCURRENCY_PER_PLUGIN", value_name = "PLUGIN_CONCURRENCY_PER_PLUGIN")]
+    #[arg(
+        long = "plugin-concurrency-per-plugin",
+        env = "PLUGIN_CONCURRENCY_PER_PLUGIN",
+        value_name = "PLUGIN_CONCURRENCY_PER_PLUGIN"
+    )]
     pub plugin_concurrency_per_plugin: Option<u32>,
     /// Threads of the plugin runtime, where every plugin call runs (never the API's).
     #[arg(long = "plugin-threads", env = "PLUGIN_THREADS", default_value_t = 2, value_name = "PLUGIN_THREADS")]

@@ -26,7 +26,13 @@ pub(crate) fn wasm(name: &str) -> Vec<u8> {
 }
 
 fn limits() -> Limits {
-    Limits { timeout: Duration::from_millis(500), memory_bytes: 32 << 20, fuel: None, concurrency: 8, ..Limits::default() }
+    Limits {
+        timeout: Duration::from_millis(500),
+        memory_bytes: 32 << 20,
+        fuel: None,
+        concurrency: 8,
+        ..Limits::default()
+    }
 }
 
 fn host() -> &'static Host {

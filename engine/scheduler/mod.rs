@@ -379,7 +379,14 @@ impl Shared {
         inner.dequeue(&key);
         inner.in_flight[backend] += 1;
         inner.note_workflow(backend, &workflow, now);
-        let run = RunningJob { backend, priority, workflow, cancel: self.shutdown.child_token(), progress: None, processing: false };
+        let run = RunningJob {
+            backend,
+            priority,
+            workflow,
+            cancel: self.shutdown.child_token(),
+            progress: None,
+            processing: false,
+        };
         inner.running.insert(id, run);
         Some((key, id, backend))
     }
@@ -398,7 +405,14 @@ impl Shared {
         inner.in_flight[backend] += 1;
         inner.note_workflow(backend, workflow, now);
         let workflow = workflow.to_string();
-        let run = RunningJob { backend, priority, workflow, cancel: self.shutdown.child_token(), progress: None, processing: false };
+        let run = RunningJob {
+            backend,
+            priority,
+            workflow,
+            cancel: self.shutdown.child_token(),
+            progress: None,
+            processing: false,
+        };
         inner.running.insert(id, run);
         Some((backend, client_id))
     }
