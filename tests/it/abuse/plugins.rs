@@ -157,3 +157,40 @@ async fn output_process_gives_the_backend_slot_to_the_next_job() {
     assert_eq!(slow["status"], "succeeded", "{slow}");
     assert_eq!(slow["outputs"].as_array().map(Vec::len), Some(1), "{slow}");
 }
+
+/// A gateway killed while a job's output-process runs (its backend slot already given
+/// back): after the restart the job, still `running` in the store, is collected from the
+/// backend's history without running the prompt again, its hook runs again (its result was
+/// never committed), and it succeeds; the backend's slot accounting is whole, so the next
+/// jobs on the one-slot backend run too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_killed_in_output_process_is_recovered_once_and_the_slots_add_up() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let env = [("PLUGIN_TIMEOUT_MS", "10000"), ("MAX_CONCURRENCY", "1")];
+    let mut gw = Gateway::start(dir.path(), &sim.url(), &env).await;
+    register(&gw, "plain", None).await;
+    register(&gw, "slow", Some(json!({"wasm": wasm_b64("slow_output"), "config": {"ms": 2000}}))).await;
+    let id = gw.submit_ok(json!({"workflowId": "slow", "inputs": {}, "cache": false})).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !support::executions(&sim.executions().await).iter().any(|(p, _)| *p == id) {
+        assert!(Instant::now() < deadline, "the prompt never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The prompt ran; its output is downloaded and the hook sleeps its 2 s.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gw.job(&id).await["status"], "running");
+    gw.restart().await;
+    let done = gw.wait_terminal(&id, Duration::from_secs(30)).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["outputs"].as_array().map(Vec::len), Some(1), "{done}");
+    let runs: u64 = support::executions(&sim.executions().await).iter().filter(|(p, _)| *p == id).map(|(_, n)| n).sum();
+    assert_eq!(runs, 1, "the prompt ran once; only the hook ran again");
+    let mut next = Vec::new();
+    for width in [32, 48] {
+        next.push(gw.submit_ok(json!({"workflowId": "plain", "inputs": {"width": width}, "cache": false})).await);
+    }
+    for id in next {
+        assert_eq!(gw.wait_terminal(&id, Duration::from_secs(30)).await["status"], "succeeded");
+    }
+}
