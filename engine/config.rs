@@ -1250,4 +1250,28 @@ mod tests {
         assert!(!shown.contains("verysecretkey1") && !shown.contains("0123456789abcdef"), "{shown}");
         assert!(shown.contains("Secret(***)"));
     }
+
+    #[test]
+    fn plugin_slots_default_to_half_per_plugin_and_are_checked() {
+        let c = parse(&[]).unwrap();
+        let l = &c.plugin_limits;
+        assert_eq!((l.concurrency, l.per_plugin, l.threads), (16, 8, 2));
+        assert_eq!(l.queue_wait, std::time::Duration::from_secs(5));
+        let c = parse(&["--plugin-concurrency", "1"]).unwrap();
+        assert_eq!(c.plugin_limits.per_plugin, 1, "at least one");
+        let c = parse(&["--plugin-concurrency", "4", "--plugin-concurrency-per-plugin", "4"]).unwrap();
+        assert_eq!(c.plugin_limits.per_plugin, 4);
+        for (args, name) in [
+            (
+                &["--plugin-concurrency", "4", "--plugin-concurrency-per-plugin", "5"][..],
+                "PLUGIN_CONCURRENCY_PER_PLUGIN",
+            ),
+            (&["--plugin-concurrency-per-plugin", "0"][..], "PLUGIN_CONCURRENCY_PER_PLUGIN"),
+            (&["--plugin-threads", "0"][..], "PLUGIN_THREADS"),
+            (&["--plugin-queue-wait-ms", "600001"][..], "PLUGIN_QUEUE_WAIT_MS"),
+        ] {
+            let e = parse(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.to_string().contains(name), "{args:?}: {e}");
+        }
+    }
 }
