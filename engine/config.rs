@@ -296,6 +296,24 @@ pub struct ServeArgs {
         value_name = "PLUGIN_CONCURRENCY"
     )]
     pub plugin_concurrency: u32,
+    /// Calls of one plugin in flight at once (unset: half of PLUGIN_CONCURRENCY, at least 1).
+    #[arg(
+        long = "plugin-concurrency-per-plugin",
+        env = "PLUGIN_CONCURRENCY_PER_PLUGIN",
+        value_name = "PLUGIN_CONCURRENCY_PER_PLUGIN"
+    )]
+    pub plugin_concurrency_per_plugin: Option<u32>,
+    /// Threads of the plugin runtime, where every plugin call runs (never the API's).
+    #[arg(long = "plugin-threads", env = "PLUGIN_THREADS", default_value_t = 2, value_name = "PLUGIN_THREADS")]
+    pub plugin_threads: u32,
+    /// How long a submit's plugin call waits for a free call slot before `503 PLUGIN_BUSY`, in ms.
+    #[arg(
+        long = "plugin-queue-wait-ms",
+        env = "PLUGIN_QUEUE_WAIT_MS",
+        default_value_t = 5_000,
+        value_name = "PLUGIN_QUEUE_WAIT_MS"
+    )]
+    pub plugin_queue_wait_ms: u64,
     /// Crash points to arm, `name=action;...` (tests; builds with the `failpoints` feature).
     #[arg(long = "failpoints", env = "FAILPOINTS", hide = true, value_name = "FAILPOINTS")]
     pub failpoints: Option<String>,
@@ -717,11 +735,24 @@ impl Config {
         if !(1..=1024).contains(&args.plugin_concurrency) {
             return Err(bad("PLUGIN_CONCURRENCY", "must be between 1 and 1024"));
         }
+        let per_plugin = args.plugin_concurrency_per_plugin.unwrap_or((args.plugin_concurrency / 2).max(1));
+        if !(1..=args.plugin_concurrency).contains(&per_plugin) {
+            return Err(bad("PLUGIN_CONCURRENCY_PER_PLUGIN", "must be between 1 and PLUGIN_CONCURRENCY"));
+        }
+        if !(1..=256).contains(&args.plugin_threads) {
+            return Err(bad("PLUGIN_THREADS", "must be between 1 and 256"));
+        }
+        if args.plugin_queue_wait_ms > 600_000 {
+            return Err(bad("PLUGIN_QUEUE_WAIT_MS", "must be at most 600000"));
+        }
         let plugin_limits = crate::plugins::Limits {
             timeout: std::time::Duration::from_millis(args.plugin_timeout_ms),
             memory_bytes: (args.plugin_memory_mb as usize) << 20,
             fuel: args.plugin_fuel,
             concurrency: args.plugin_concurrency,
+            per_plugin,
+            threads: args.plugin_threads,
+            queue_wait: std::time::Duration::from_millis(args.plugin_queue_wait_ms),
         };
         let auth = auth_from_args(args)?;
         let storage = storage_provider(&args.storage)?;
@@ -1496,5 +1527,29 @@ mod tests {
         let shown = format!("{:?}", args.serve);
         assert!(!shown.contains("verysecretkey1") && !shown.contains("0123456789abcdef"), "{shown}");
         assert!(shown.contains("Secret(***)"));
+    }
+
+    #[test]
+    fn plugin_slots_default_to_half_per_plugin_and_are_checked() {
+        let c = parse(&[]).unwrap();
+        let l = &c.plugin_limits;
+        assert_eq!((l.concurrency, l.per_plugin, l.threads), (16, 8, 2));
+        assert_eq!(l.queue_wait, std::time::Duration::from_secs(5));
+        let c = parse(&["--plugin-concurrency", "1"]).unwrap();
+        assert_eq!(c.plugin_limits.per_plugin, 1, "at least one");
+        let c = parse(&["--plugin-concurrency", "4", "--plugin-concurrency-per-plugin", "4"]).unwrap();
+        assert_eq!(c.plugin_limits.per_plugin, 4);
+        for (args, name) in [
+            (
+                &["--plugin-concurrency", "4", "--plugin-concurrency-per-plugin", "5"][..],
+                "PLUGIN_CONCURRENCY_PER_PLUGIN",
+            ),
+            (&["--plugin-concurrency-per-plugin", "0"][..], "PLUGIN_CONCURRENCY_PER_PLUGIN"),
+            (&["--plugin-threads", "0"][..], "PLUGIN_THREADS"),
+            (&["--plugin-queue-wait-ms", "600001"][..], "PLUGIN_QUEUE_WAIT_MS"),
+        ] {
+            let e = parse(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.to_string().contains(name), "{args:?}: {e}");
+        }
     }
 }

@@ -72,6 +72,10 @@ pub enum ErrorCode {
     /// The request body did not arrive within `BODY_READ_TIMEOUT_MS`, or slower than
     /// `BODY_MIN_BYTES_PER_S`; the connection is closed. Codes are stored by position.
     RequestTimeout,
+    /// Every call slot of the workflow's plugin (`PLUGIN_CONCURRENCY_PER_PLUGIN`) or of the
+    /// plugin host (`PLUGIN_CONCURRENCY`) stayed taken for `PLUGIN_QUEUE_WAIT_MS`: the plugin
+    /// is saturated, not the caller; nothing was stored, try again (`Retry-After`).
+    PluginBusy,
 }
 
 impl ErrorCode {
@@ -105,6 +109,7 @@ impl ErrorCode {
         ErrorCode::HostNotAllowed,
         ErrorCode::CrossOriginRefused,
         ErrorCode::RequestTimeout,
+        ErrorCode::PluginBusy,
     ];
 
     /// The stable wire string.
@@ -138,6 +143,7 @@ impl ErrorCode {
             ErrorCode::HostNotAllowed => "HOST_NOT_ALLOWED",
             ErrorCode::CrossOriginRefused => "CROSS_ORIGIN_REFUSED",
             ErrorCode::RequestTimeout => "REQUEST_TIMEOUT",
+            ErrorCode::PluginBusy => "PLUGIN_BUSY",
         }
     }
 
@@ -172,6 +178,7 @@ impl ErrorCode {
             ErrorCode::HostNotAllowed => 403,
             ErrorCode::CrossOriginRefused => 403,
             ErrorCode::RequestTimeout => 408,
+            ErrorCode::PluginBusy => 503,
         }
     }
 
@@ -186,7 +193,8 @@ impl ErrorCode {
             | ErrorCode::StorageUnavailable
             | ErrorCode::StorageFull
             | ErrorCode::QuotaExceeded
-            | ErrorCode::RequestTimeout => true,
+            | ErrorCode::RequestTimeout
+            | ErrorCode::PluginBusy => true,
             ErrorCode::ComfyuiNodeError
             | ErrorCode::ValidationError
             | ErrorCode::WorkflowNotFound
@@ -294,12 +302,13 @@ mod tests {
             ErrorCode::HostNotAllowed => 25,
             ErrorCode::CrossOriginRefused => 26,
             ErrorCode::RequestTimeout => 27,
+            ErrorCode::PluginBusy => 28,
         }
     }
 
     #[test]
     fn all_lists_every_code_once_with_distinct_strings() {
-        assert_eq!(ErrorCode::ALL.len(), 28);
+        assert_eq!(ErrorCode::ALL.len(), 29);
         let mut strings = std::collections::HashSet::new();
         for (i, code) in ErrorCode::ALL.iter().enumerate() {
             assert_eq!(position(*code), i);

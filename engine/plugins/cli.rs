@@ -220,6 +220,7 @@ pub async fn run(args: RunArgs) -> Result<(), CliError> {
         memory_bytes: args.memory_mb.max(1) << 20,
         fuel: args.fuel,
         concurrency: 2,
+        ..Limits::default()
     };
     let host = host(limits)?;
     let started = Instant::now();

@@ -35,6 +35,13 @@ use crate::error::{Error, ErrorCode};
 /// Whether this build has the WebAssembly plugin runtime (cargo feature `wasm-plugins`).
 pub const AVAILABLE: bool = cfg!(feature = "wasm-plugins");
 
+/// The [`Failure::kind`] of a call that found no free slot in time.
+pub const BUSY: &str = "busy";
+
+/// The `Retry-After` of a `PLUGIN_BUSY` refusal, in seconds: a slot frees as soon as any
+/// call ends, and calls take milliseconds unless a plugin misbehaves.
+pub const BUSY_RETRY_AFTER_SECONDS: u64 = 1;
+
 /// The [`Failure::kind`] of every plugin operation in a build without the runtime.
 pub const UNAVAILABLE: &str = "unavailable";
 
@@ -111,13 +118,30 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// `PLUGIN_FUEL`: instructions (roughly) one call may execute; None: unlimited.
     pub fuel: Option<u64>,
-    /// `PLUGIN_CONCURRENCY`: calls in flight at once (sizes the pooling allocator).
+    /// `PLUGIN_CONCURRENCY`: calls in flight at once, all plugins together (sizes the
+    /// pooling allocator).
     pub concurrency: u32,
+    /// `PLUGIN_CONCURRENCY_PER_PLUGIN`: calls of one plugin in flight at once.
+    pub per_plugin: u32,
+    /// `PLUGIN_THREADS`: the threads of the plugin runtime, where every call runs (never on
+    /// the API's async workers).
+    pub threads: u32,
+    /// `PLUGIN_QUEUE_WAIT_MS`: how long a submit's call waits for a free slot before it is
+    /// refused `503 PLUGIN_BUSY` (output-process calls of running jobs wait their turn).
+    pub queue_wait: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { timeout: Duration::from_secs(2), memory_bytes: 64 << 20, fuel: None, concurrency: 16 }
+        Limits {
+            timeout: Duration::from_secs(2),
+            memory_bytes: 64 << 20,
+            fuel: None,
+            concurrency: 16,
+            per_plugin: 8,
+            threads: 2,
+            queue_wait: Duration::from_secs(5),
+        }
     }
 }
 
@@ -126,7 +150,8 @@ impl Default for Limits {
 pub struct Failure {
     /// The stable kind: `timeout`, `memory`, `fuel`, `input too large`, `output too large`
     /// (limits), `trap`, `stack overflow`, `panic`, `invalid json`, `rejected`,
-    /// `invalid plugin`, `unavailable` (this build has no plugin runtime).
+    /// `invalid plugin`, `unavailable` (this build has no plugin runtime), `busy` (no free
+    /// call slot within `PLUGIN_QUEUE_WAIT_MS`: the plugin, not the caller, is saturated).
     pub kind: &'static str,
     /// What happened.
     pub message: String,
@@ -162,11 +187,35 @@ impl Failure {
         matches!(self.kind, "timeout" | "memory" | "fuel" | "input too large" | "output too large")
     }
 
-    /// The gateway error: `PLUGIN_LIMIT_EXCEEDED` or `PLUGIN_FAILED` (both 422), with the
-    /// kind, the hook and, for a rejection, the plugin's code and field in the details.
+    /// A call that found no free slot within `waited` (the plugin's or the host's
+    /// concurrency cap).
+    #[cfg_attr(not(feature = "wasm-plugins"), allow(dead_code))]
+    pub(crate) fn busy(waited: Duration) -> Failure {
+        Failure::new(
+            BUSY,
+            format!(
+                "every call slot stayed taken for {} ms (PLUGIN_CONCURRENCY_PER_PLUGIN, PLUGIN_CONCURRENCY); try again later",
+                waited.as_millis()
+            ),
+        )
+    }
+
+    /// The gateway error: `PLUGIN_LIMIT_EXCEEDED` or `PLUGIN_FAILED` (both 422), or
+    /// `PLUGIN_BUSY` (503, `retryAfterSeconds` in the details) for a call that found no
+    /// slot, with the kind, the hook and, for a rejection, the plugin's code and field in
+    /// the details.
     pub fn to_error(&self, hook: Hook) -> Error {
-        let code = if self.is_limit() { ErrorCode::PluginLimitExceeded } else { ErrorCode::PluginFailed };
+        let code = if self.kind == BUSY {
+            ErrorCode::PluginBusy
+        } else if self.is_limit() {
+            ErrorCode::PluginLimitExceeded
+        } else {
+            ErrorCode::PluginFailed
+        };
         let mut details = json!({ "kind": self.kind, "hook": hook.as_str() });
+        if self.kind == BUSY {
+            details["retryAfterSeconds"] = json!(BUSY_RETRY_AFTER_SECONDS);
+        }
         if let Some(c) = &self.plugin_code {
             details["pluginCode"] = json!(c);
         }

@@ -5,22 +5,35 @@
 //!
 //! - Sandbox ([`super::sandbox`]): deny-all WASI (no env, args, files or network),
 //!   stdout/stderr captured and bounded, bounded `host.log`, a limiter over all memories.
-//! - Limits per call: wall time (an epoch ticker traps running code; a call blocked in a
-//!   host function is cut by a timeout around the async call), memory, input and output
+//! - Limits per call: wall time (an epoch ticker interrupts running code; a call blocked in
+//!   a host function is cut by a timeout around the async call), memory, input and output
 //!   sizes, and an optional fuel budget (a deterministic instruction count).
 //! - Imports are checked at load against an allow-list (the `host` interface and WASI 0.2).
+//! - Threads: every call runs on the host's own tokio runtime (`PLUGIN_THREADS` workers),
+//!   never on the caller's (the API's) async workers, and yields to that runtime on every
+//!   epoch tick, so a CPU-bound plugin costs its own call's time and nothing else; past the
+//!   wall-time limit the tick traps (`timeout`).
+//! - Concurrency: at most `PLUGIN_CONCURRENCY` calls in flight in total and
+//!   `PLUGIN_CONCURRENCY_PER_PLUGIN` per plugin; a submit's call waits at most
+//!   `PLUGIN_QUEUE_WAIT_MS` for its slots, then fails `busy` (`503 PLUGIN_BUSY`). The
+//!   slots are held by the call's task, so a caller that goes away never lets more
+//!   instances run than the pool has.
 //!
 //! The pooling allocator (sized from `PLUGIN_CONCURRENCY`) is used when the machine allows
 //! its reservations, with a fallback to on-demand allocation.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hasher;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
 use serde_json::Value;
 use wasmtime::component::{Component, InstancePre, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
 
 use super::sandbox::{self, State};
 use super::{CallContext, Failure, Hook, JSON_MAX, Limits, LogLine, MEDIA_MAX, Media, Report};
@@ -103,8 +116,22 @@ struct HostInner {
     stop: Arc<std::sync::atomic::AtomicBool>,
     counters: Counters,
     /// One permit per call in flight: never more instances than the pool has slots.
-    permits: tokio::sync::Semaphore,
+    permits: Arc<Semaphore>,
+    /// Per plugin (by wasm hash): `PLUGIN_CONCURRENCY_PER_PLUGIN` permits, made at its
+    /// first call (plugins are kept forever, so this grows with the stored plugins only).
+    per_plugin: Mutex<HashMap<Hash, Arc<Semaphore>>>,
+    /// The runtime every call runs on (`PLUGIN_THREADS` workers); taken at drop.
+    runtime: Option<tokio::runtime::Runtime>,
 }
+
+/// One hook's call in a fresh instance, boxed so it can move to the plugin runtime.
+type Call<T> = Box<
+    dyn for<'a> FnOnce(
+            &'a mut Store<State>,
+            &'a wasmtime::component::Instance,
+        ) -> Pin<Box<dyn Future<Output = wasmtime::Result<T>> + Send + 'a>>
+        + Send,
+>;
 
 /// Compilations and precompiled loads (for logs, metrics and tests).
 #[derive(Default)]
@@ -118,6 +145,10 @@ impl Drop for HostInner {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
+        }
+        // Possibly inside another runtime (a test, the gateway's shutdown): no blocking.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
         }
     }
 }
@@ -206,7 +237,13 @@ impl Host {
                 })
                 .map_err(|e| Error::internal(format!("cannot start the epoch ticker: {e}")))?
         };
-        let permits = tokio::sync::Semaphore::new(limits.concurrency.max(1) as usize);
+        let permits = Arc::new(Semaphore::new(limits.concurrency.max(1) as usize));
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(limits.threads.max(1) as usize)
+            .thread_name("plugin-worker")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal(format!("cannot start the plugin runtime: {e}")))?;
         Ok(Host {
             inner: Arc::new(HostInner {
                 engine,
@@ -219,6 +256,8 @@ impl Host {
                 stop,
                 counters: Counters::default(),
                 permits,
+                per_plugin: Mutex::new(HashMap::new()),
+                runtime: Some(runtime),
             }),
         })
     }
@@ -414,7 +453,8 @@ impl Host {
         Ok(Plugin { hash, hooks, imports, pre, input_transform, template_render, output_process })
     }
 
-    /// A fresh store for one call, with its limits armed.
+    /// A fresh store with its limits armed, whose running code traps once the wall-time
+    /// limit's ticks have passed (for the type check at load, which cannot yield).
     fn store(&self, config: &str) -> Store<State> {
         let limits = &self.inner.limits;
         let mut store = Store::new(&self.inner.engine, State::new(config, limits.memory_bytes));
@@ -429,42 +469,108 @@ impl Host {
         store
     }
 
-    /// Run `call` in a fresh instance under the wall-time limit, mapping every failure.
-    async fn run<T>(
+    /// A fresh store for one call: running code yields to the plugin runtime on every
+    /// epoch tick, and the first tick past `deadline` interrupts it (`Trap::Interrupt`,
+    /// the `timeout` kind).
+    fn call_store(&self, config: &str, deadline: Instant) -> Store<State> {
+        let mut store = self.store(config);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            Ok(if Instant::now() >= deadline { UpdateDeadline::Interrupt } else { UpdateDeadline::Yield(1) })
+        });
+        store
+    }
+
+    /// The call slots of `plugin` (its own, then the host's), waiting at most `wait` for
+    /// them (None: as long as it takes).
+    async fn slots(
+        &self,
+        plugin: &Plugin,
+        wait: Option<Duration>,
+    ) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), Failure> {
+        let own = {
+            let mut map = self.inner.per_plugin.lock().unwrap_or_else(|p| p.into_inner());
+            let n = self.inner.limits.per_plugin.clamp(1, self.inner.limits.concurrency.max(1));
+            map.entry(plugin.hash).or_insert_with(|| Arc::new(Semaphore::new(n as usize))).clone()
+        };
+        let total = self.inner.permits.clone();
+        // Always in this order (the plugin's, then the host's), so no two calls can hold one
+        // each and wait for the other's.
+        let acquire = async move {
+            let own = own.acquire_owned().await;
+            let total = total.acquire_owned().await;
+            own.and_then(|o| total.map(|t| (o, t)))
+        };
+        let closed = || Failure::new("unavailable", "the plugin host is shutting down");
+        match wait {
+            None => acquire.await.map_err(|_| closed()),
+            Some(wait) => match tokio::time::timeout(wait, acquire).await {
+                Ok(slots) => slots.map_err(|_| closed()),
+                Err(_) => Err(Failure::busy(wait)),
+            },
+        }
+    }
+
+    /// Run `call` in a fresh instance under the wall-time limit, on the plugin runtime,
+    /// mapping every failure. `wait` bounds the wait for a call slot (None: unbounded).
+    async fn run<T: Send + 'static>(
         &self,
         plugin: &Plugin,
         config: &str,
-        call: impl AsyncFnOnce(&mut Store<State>, &wasmtime::component::Instance) -> wasmtime::Result<T>,
+        wait: Option<Duration>,
+        call: Call<T>,
     ) -> (Result<T, Failure>, Report) {
         let started = Instant::now();
-        // Calls beyond PLUGIN_CONCURRENCY wait here (their wait counts in `elapsed`).
-        let _permit = self.inner.permits.acquire().await.ok();
-        let mut store = self.store(config);
-        let timeout = self.inner.limits.timeout;
-        let outcome = tokio::time::timeout(timeout + TICK * 4, async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
-            call(&mut store, &instance).await
-        })
-        .await;
-        let fuel_used = self.inner.limits.fuel.map(|budget| budget - store.get_fuel().unwrap_or(0));
-        let state = store.data();
-        let mut logs = state.logs.clone();
-        if state.logs_dropped > 0 {
-            logs.push(LogLine { level: "warn", message: format!("{} more log lines dropped", state.logs_dropped) });
-        }
-        let stdio = state.stdio.text();
-        for line in stdio.lines().filter(|l| !l.trim().is_empty()).take(sandbox::LOG_LINES_MAX) {
-            logs.push(LogLine { level: "stderr", message: sandbox::cut(line, sandbox::LOG_LINE_MAX) });
-        }
-        let report = Report { elapsed: started.elapsed(), memory_peak: state.limits.memory_peak, fuel_used, logs };
-        let result = match outcome {
-            Err(_) => Err(Failure::new(
-                "timeout",
-                format!("did not return within {} ms (PLUGIN_TIMEOUT_MS), blocked in a host call", timeout.as_millis()),
-            )),
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(classify(&e, state, &stdio, &self.inner.limits)),
+        // Calls beyond the caps wait here (their wait counts in `elapsed`).
+        let slots = match self.slots(plugin, wait).await {
+            Ok(slots) => slots,
+            Err(f) => return (Err(f), Report { elapsed: started.elapsed(), ..Report::default() }),
         };
+        let (host, pre, config) = (self.clone(), plugin.pre.clone(), config.to_string());
+        let Some(runtime) = self.inner.runtime.as_ref() else {
+            return (Err(Failure::new("unavailable", "the plugin runtime is stopped")), Report::default());
+        };
+        // The task holds the slots: a caller that goes away (its client left) does not
+        // free them before the instance is gone.
+        let task = runtime.spawn(async move {
+            let _slots = slots;
+            let limits = &host.inner.limits;
+            let timeout = limits.timeout;
+            let mut store = host.call_store(&config, Instant::now() + timeout);
+            let outcome = tokio::time::timeout(timeout + TICK * 4, async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                call(&mut store, &instance).await
+            })
+            .await;
+            let fuel_used = limits.fuel.map(|budget| budget - store.get_fuel().unwrap_or(0));
+            let state = store.data();
+            let mut logs = state.logs.clone();
+            if state.logs_dropped > 0 {
+                logs.push(LogLine { level: "warn", message: format!("{} more log lines dropped", state.logs_dropped) });
+            }
+            let stdio = state.stdio.text();
+            for line in stdio.lines().filter(|l| !l.trim().is_empty()).take(sandbox::LOG_LINES_MAX) {
+                logs.push(LogLine { level: "stderr", message: sandbox::cut(line, sandbox::LOG_LINE_MAX) });
+            }
+            let report = Report { elapsed: Duration::ZERO, memory_peak: state.limits.memory_peak, fuel_used, logs };
+            let result = match outcome {
+                Err(_) => Err(Failure::new(
+                    "timeout",
+                    format!(
+                        "did not return within {} ms (PLUGIN_TIMEOUT_MS), blocked in a host call",
+                        timeout.as_millis()
+                    ),
+                )),
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(classify(&e, state, &stdio, limits)),
+            };
+            (result, report)
+        });
+        let (result, mut report) = match task.await {
+            Ok(done) => done,
+            Err(e) => (Err(Failure::new("trap", format!("the call stopped: {e}"))), Report::default()),
+        };
+        report.elapsed = started.elapsed();
         let result = result.map_err(|mut f| {
             f.logs = report.logs.clone();
             f
@@ -487,11 +593,19 @@ impl Host {
             return (Err(Failure::new("input too large", format!("inputs over {JSON_MAX} bytes"))), Report::default());
         }
         let wctx = ctx.wit();
+        let wait = Some(self.inner.limits.queue_wait);
         let (r, report) = self
-            .run(plugin, &ctx.config, async move |store, instance| {
-                let guest = idx.load(&mut *store, instance)?;
-                guest.call_transform(&mut *store, &wctx, &text).await
-            })
+            .run(
+                plugin,
+                &ctx.config,
+                wait,
+                Box::new(move |store, instance| {
+                    Box::pin(async move {
+                        let guest = idx.load(&mut *store, instance)?;
+                        guest.call_transform(&mut *store, &wctx, &text).await
+                    })
+                }),
+            )
             .await;
         (r.and_then(|r| json_result(r, true)), report)
     }
@@ -515,11 +629,19 @@ impl Host {
             );
         }
         let wctx = ctx.wit();
+        let wait = Some(self.inner.limits.queue_wait);
         let (r, report) = self
-            .run(plugin, &ctx.config, async move |store, instance| {
-                let guest = idx.load(&mut *store, instance)?;
-                guest.call_render(&mut *store, &wctx, &template, &inputs).await
-            })
+            .run(
+                plugin,
+                &ctx.config,
+                wait,
+                Box::new(move |store, instance| {
+                    Box::pin(async move {
+                        let guest = idx.load(&mut *store, instance)?;
+                        guest.call_render(&mut *store, &wctx, &template, &inputs).await
+                    })
+                }),
+            )
             .await;
         (r.and_then(|r| json_result(r, true)), report)
     }
@@ -539,11 +661,20 @@ impl Host {
         }
         let wctx = ctx.wit();
         let witem = wit::MediaItem { name: item.name, media_type: item.media_type, data: item.data };
+        // A running job's post-processing waits its turn: it is bounded by the jobs the
+        // scheduler lets into output-process, and failing it would waste a finished run.
         let (r, report) = self
-            .run(plugin, &ctx.config, async move |store, instance| {
-                let guest = idx.load(&mut *store, instance)?;
-                guest.call_process(&mut *store, &wctx, &witem).await
-            })
+            .run(
+                plugin,
+                &ctx.config,
+                None,
+                Box::new(move |store, instance| {
+                    Box::pin(async move {
+                        let guest = idx.load(&mut *store, instance)?;
+                        guest.call_process(&mut *store, &wctx, &witem).await
+                    })
+                }),
+            )
             .await;
         let r = r.and_then(|r| match r {
             Err(e) => Err(rejected(e)),

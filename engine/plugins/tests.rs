@@ -26,7 +26,13 @@ pub(crate) fn wasm(name: &str) -> Vec<u8> {
 }
 
 fn limits() -> Limits {
-    Limits { timeout: Duration::from_millis(500), memory_bytes: 32 << 20, fuel: None, concurrency: 8 }
+    Limits {
+        timeout: Duration::from_millis(500),
+        memory_bytes: 32 << 20,
+        fuel: None,
+        concurrency: 8,
+        ..Limits::default()
+    }
 }
 
 fn host() -> &'static Host {
@@ -201,4 +207,75 @@ async fn a_huge_answer_is_output_too_large_when_memory_allows_building_it() {
     let f = r.expect_err("a 64 MiB answer");
     assert_eq!(f.kind, "output too large", "{f:?}");
     assert_eq!(f.to_error(Hook::InputTransform).code.as_str(), "PLUGIN_LIMIT_EXCEEDED");
+}
+
+/// A plugin that loops until its time limit runs on the plugin runtime: the caller's
+/// runtime, here a single thread (the worst case for the API), keeps running its other
+/// tasks throughout. When calls ran on the caller's threads, the ticker below stood still
+/// for the whole call.
+#[tokio::test(flavor = "current_thread")]
+async fn a_looping_call_leaves_the_callers_threads_free() {
+    let limits = Limits { timeout: Duration::from_millis(600), ..limits() };
+    let h = Host::new(limits).unwrap();
+    let (spin, _) = h.compile(&wasm("spin")).unwrap_or_else(|f| panic!("{f:?}"));
+    let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let ticker = {
+        let ticks = ticks.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+    };
+    let started = Instant::now();
+    let (r, _) = h.input_transform(&spin, &ctx(json!({})), &json!({"prompt": "x"})).await;
+    let elapsed = started.elapsed();
+    ticker.abort();
+    assert_eq!(r.expect_err("spin never returns").kind, "timeout");
+    assert!(elapsed >= Duration::from_millis(600) && elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    // 60 ticks of 10 ms fit in the call; a busy CI box may lose some, but not most.
+    let n = ticks.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(n >= 20, "the caller's thread ticked only {n} times during a {elapsed:?} call");
+}
+
+/// Per-plugin slots: with one slot per plugin, a second call of a looping plugin waits
+/// `queue_wait`, then fails `busy` (`503 PLUGIN_BUSY`, retryable) while the first runs to
+/// its time limit; another plugin still gets its own slot meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_plugin_refuses_callers_in_bounded_time_and_leaves_others_their_slots() {
+    let limits = Limits {
+        timeout: Duration::from_millis(1500),
+        concurrency: 4,
+        per_plugin: 1,
+        queue_wait: Duration::from_millis(200),
+        ..limits()
+    };
+    let h = Host::new(limits).unwrap();
+    let (spin, _) = h.compile(&wasm("spin")).unwrap_or_else(|f| panic!("{f:?}"));
+    let (guard, _) = h.compile(&wasm("prompt_guard")).unwrap_or_else(|f| panic!("{f:?}"));
+    let inputs = json!({"prompt": "x"});
+    let first = {
+        let (h, spin, inputs) = (h.clone(), spin.clone(), inputs.clone());
+        tokio::spawn(async move { h.input_transform(&spin, &ctx(json!({})), &inputs).await.0 })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let (second, report) = h.input_transform(&spin, &ctx(json!({})), &inputs).await;
+    let waited = started.elapsed();
+    let f = second.expect_err("no slot for a second call");
+    assert_eq!(f.kind, super::BUSY, "{f:?}");
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_millis(1200), "waited {waited:?}");
+    assert!(report.elapsed >= Duration::from_millis(200));
+    let e = f.to_error(Hook::InputTransform);
+    assert_eq!((e.code.as_str(), e.code.status(), e.code.retryable()), ("PLUGIN_BUSY", 503, true));
+    assert_eq!(e.details.as_ref().unwrap()["retryAfterSeconds"], 1);
+    let started = Instant::now();
+    let (other, _) = h.input_transform(&guard, &ctx(json!({})), &inputs).await;
+    assert_eq!(other.unwrap()["prompt"], "x", "another plugin has its own slot");
+    assert!(started.elapsed() < Duration::from_millis(1000), "the other plugin waited {:?}", started.elapsed());
+    assert_eq!(first.await.unwrap().expect_err("spin never returns").kind, "timeout");
+    // The slot is free again.
+    let (third, _) = h.input_transform(&guard, &ctx(json!({})), &inputs).await;
+    assert!(third.is_ok());
 }

@@ -216,6 +216,8 @@ struct RunningJob {
     workflow: String,
     cancel: CancellationToken,
     progress: Option<Progress>,
+    /// In output-process: its backend slot is given back, it counts in `processing`.
+    processing: bool,
 }
 
 /// A job in the memory queue.
@@ -251,6 +253,11 @@ struct Inner {
     n_queued_by_class: [u64; 4],
     /// Prompts in flight per backend (same index as `Shared::backends`).
     in_flight: Vec<u32>,
+    /// Jobs per backend whose outputs are downloaded and in their plugin's output-process
+    /// (no longer a prompt on the backend). No dispatch to a backend whose prompts and
+    /// post-processing jobs together reach twice its limit, so downloaded outputs waiting
+    /// for a plugin stay bounded.
+    processing: Vec<u32>,
     /// Per backend: the workflows it took last and when (ms), most recent first, at most
     /// `RECENT_WORKFLOWS_MAX`.
     recent: Vec<Vec<(String, u64)>>,
@@ -350,7 +357,11 @@ impl Shared {
             .iter()
             .enumerate()
             .map(|(b, backend)| routing::Candidate {
-                open: backend.is_healthy() && !backend.is_draining(),
+                open: backend.is_healthy()
+                    && !backend.is_draining()
+                    // Prompts stay within the limit (`in_flight` below); jobs post-processing
+                    // may take as many again, no more.
+                    && inner.in_flight[b] + inner.processing[b] < 2 * backend.concurrency_max,
                 in_flight: inner.in_flight[b],
                 max: backend.concurrency_max,
                 last_ran_ms: inner.recent[b].iter().find(|(w, _)| *w == workflow).map(|(_, t)| *t),
@@ -370,7 +381,14 @@ impl Shared {
         inner.dequeue(&key);
         inner.in_flight[backend] += 1;
         inner.note_workflow(backend, &workflow, now);
-        let run = RunningJob { backend, priority, workflow, cancel: self.shutdown.child_token(), progress: None };
+        let run = RunningJob {
+            backend,
+            priority,
+            workflow,
+            cancel: self.shutdown.child_token(),
+            progress: None,
+            processing: false,
+        };
         inner.running.insert(id, run);
         Some((key, id, backend))
     }
@@ -389,7 +407,14 @@ impl Shared {
         inner.in_flight[backend] += 1;
         inner.note_workflow(backend, workflow, now);
         let workflow = workflow.to_string();
-        let run = RunningJob { backend, priority, workflow, cancel: self.shutdown.child_token(), progress: None };
+        let run = RunningJob {
+            backend,
+            priority,
+            workflow,
+            cancel: self.shutdown.child_token(),
+            progress: None,
+            processing: false,
+        };
         inner.running.insert(id, run);
         Some((backend, client_id))
     }
@@ -406,6 +431,7 @@ impl Shared {
             workflow,
             cancel: self.shutdown.child_token(),
             progress: None,
+            processing: false,
         };
         inner.running.insert(job.id, run);
     }
@@ -415,13 +441,31 @@ impl Shared {
         let mut inner = self.lock();
         let run = inner.running.remove(&id);
         if let Some(run) = &run {
-            inner.in_flight[run.backend] = inner.in_flight[run.backend].saturating_sub(1);
+            let count = if run.processing { &mut inner.processing } else { &mut inner.in_flight };
+            count[run.backend] = count[run.backend].saturating_sub(1);
         }
         if let Some(key) = requeue {
             // Every released job was taken or adopted, so its priority is known.
             let (priority, workflow) = run.map_or((0, String::new()), |r| (r.priority, r.workflow));
             inner.enqueue(key, id, priority, &workflow);
         }
+        drop(inner);
+        self.wake.notify_one();
+    }
+
+    /// The runner of `id` downloaded its outputs and runs its plugin's output-process: its
+    /// backend's prompt slot goes to the next queued job while the hook runs. The job stays
+    /// `running` (in the store and here) until [`Shared::release`].
+    pub(crate) fn post_processing(&self, id: JobId) {
+        let mut inner = self.lock();
+        let Some(run) = inner.running.get_mut(&id) else { return };
+        if run.processing {
+            return;
+        }
+        run.processing = true;
+        let b = run.backend;
+        inner.in_flight[b] = inner.in_flight[b].saturating_sub(1);
+        inner.processing[b] += 1;
         drop(inner);
         self.wake.notify_one();
     }
@@ -508,6 +552,7 @@ impl Scheduler {
             store: store.clone(),
             inner: Mutex::new(Inner {
                 in_flight: vec![0; n_backends],
+                processing: vec![0; n_backends],
                 recent: vec![Vec::new(); n_backends],
                 ..Inner::default()
             }),

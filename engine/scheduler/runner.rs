@@ -839,6 +839,10 @@ impl Run {
         if !plugin.hooks.contains(&Hook::OutputProcess) {
             return Ok(files);
         }
+        // The prompt is done and its outputs are here: the backend's slot goes to the next
+        // queued job while the hook runs (the job stays `running` until its success commit,
+        // so a restart before it reconciles, downloads and runs the hook again).
+        self.shared.post_processing(self.id());
         let ctx = CallContext {
             job_id: self.id().to_string(),
             workflow: (self.job.workflow_id.clone(), self.job.workflow_version),

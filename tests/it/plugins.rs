@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::support::{self, Gateway, Sim, get_json, post_json};
 
-fn wasm_b64(name: &str) -> String {
+pub(crate) fn wasm_b64(name: &str) -> String {
     let dir = match std::option_env!("PLUGINS_WASM_DIR") {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("plugins/target/wasm32-wasip2/release"),
@@ -24,7 +24,7 @@ fn wasm_b64(name: &str) -> String {
 }
 
 /// A small image workflow the simulator runs: an optional invert between image and save.
-fn graph() -> Value {
+pub(crate) fn graph() -> Value {
     json!({
         "1": {"class_type": "EmptyImage", "inputs": {"width": "{{width}}", "height": "{{height}}", "batch_size": 1, "color": 0}},
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}, "_meta": {"enabledBy": "invert", "bypass": ["1", 0]}},
@@ -32,7 +32,7 @@ fn graph() -> Value {
     })
 }
 
-fn schema() -> Value {
+pub(crate) fn schema() -> Value {
     json!({
         "type": "object",
         "properties": {

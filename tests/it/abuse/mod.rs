@@ -5,8 +5,6 @@
 //!
 //! Every part lives in its own file; [`Neighbour`] is the well-behaved client they share.
 
-mod conn;
-
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -90,5 +88,10 @@ impl Neighbour {
         served
     }
 }
+
+mod conn;
 mod disk;
 mod web;
+
+#[cfg(feature = "wasm-plugins")]
+mod plugins;
