@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::auth::Principal;
 use crate::canonical;
+use crate::config::MemoryLimits;
 use crate::domain::{
     AuditAction, AuditEntry, Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord, now_ms,
 };
@@ -46,7 +47,60 @@ fn too_large(max: usize) -> Error {
 
 /// Parse a JSON object body, naming the position of a syntax error.
 async fn read_object(ctx: &Ctx, req: Request<Incoming>) -> Result<Map<String, Value>> {
-    parse_object(&read_body(ctx, req).await?)
+    off_workers(read_body(ctx, req).await?, |body| parse_object(&body)).await
+}
+
+/// Bodies up to this size are parsed on the async worker that read them; larger ones on
+/// the blocking pool, so a few large bodies cannot hold every worker (and every other
+/// client) for the time their parse takes.
+const PARSE_INLINE_BYTES_MAX: usize = 64 * 1024;
+
+/// `work(body)`, on the blocking pool when the body is larger than
+/// [`PARSE_INLINE_BYTES_MAX`]; what `work` refuses is also dropped there.
+async fn off_workers<T: Send + 'static>(body: Bytes, work: impl FnOnce(Bytes) -> Result<T> + Send + 'static) -> Result<T> {
+    if body.len() <= PARSE_INLINE_BYTES_MAX {
+        return work(body);
+    }
+    tokio::task::spawn_blocking(move || work(body)).await.map_err(Error::internal)?
+}
+
+/// The caps on what a job body may make the gateway hold, checked before anything else
+/// looks at its fields: `MAX_INPUT_KEYS` on the members of `inputs` and `params` (at every
+/// depth), `MAX_METADATA_BYTES` on `metadata`. Both checks stop at their limit, so a body
+/// of a million keys is refused in the time it takes to count to the limit.
+///
+/// # Errors
+/// `VALIDATION_ERROR` naming `/inputs` or `/metadata`.
+pub fn check_job_caps(body: &Map<String, Value>, memory: &MemoryLimits) -> Result<()> {
+    let inputs = ["inputs", "params"].into_iter().filter_map(|k| body.get(k));
+    let max = memory.input_keys_max;
+    if crate::workflows::schema::members_up_to(inputs, max) > max {
+        return Err(Error::validation(
+            "/inputs",
+            format!("has more than {max} keys with params and nested objects counted (the gateway's MAX_INPUT_KEYS)"),
+        ));
+    }
+    let max = memory.metadata_bytes_max;
+    if let Some(metadata) = body.get("metadata")
+        && reply::json_len_within(metadata, max).is_none()
+    {
+        return Err(Error::validation(
+            "/metadata",
+            format!("is larger than {max} bytes of JSON (the gateway's MAX_METADATA_BYTES)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Parse a job's JSON body and check [`check_job_caps`] (off the async workers when large).
+async fn parse_job_object(ctx: &Ctx, body: Bytes) -> Result<Map<String, Value>> {
+    let memory = ctx.gateway.config.memory;
+    off_workers(body, move |body| {
+        let object = parse_object(&body)?;
+        check_job_caps(&object, &memory)?;
+        Ok(object)
+    })
+    .await
 }
 
 /// Nesting depth of a JSON body at most (arrays and objects).
@@ -538,7 +592,8 @@ fn webhook_events(body: &Map<String, Value>, has_callback: bool) -> Result<u8> {
 async fn read_job_request(ctx: &Ctx, req: Request<Incoming>) -> Result<(Map<String, Value>, Vec<(String, Bytes)>)> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data") {
-        return Ok((read_object(ctx, req).await?, Vec::new()));
+        let body = read_body(ctx, req).await?;
+        return Ok((parse_job_object(ctx, body).await?, Vec::new()));
     }
     let boundary = multer::parse_boundary(content_type)
         .map_err(|e| Error::validation("/", format!("bad multipart content type: {e}")))?;
@@ -555,7 +610,7 @@ async fn read_job_request(ctx: &Ctx, req: Request<Incoming>) -> Result<(Map<Stri
                 if json.is_some() {
                     return Err(Error::validation("/", "more than one \"request\" part"));
                 }
-                json = Some(parse_object(&bytes)?);
+                json = Some(parse_job_object(ctx, bytes).await?);
             }
             "" => return Err(Error::validation("/", "a multipart part has no name")),
             _ => {
@@ -848,17 +903,36 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
 /// Most log entries returned by `GET /jobs/{id}/logs`.
 const LOG_ENTRIES_MAX: usize = 10_000;
 
-/// `GET /jobs/{id}/logs`: the job's event log, `{jobId, events: [{seq, at, type, ...}]}`.
-/// Log entries hold no inputs; under `PRIVACY_MODE` any input text that a backend's
-/// message might echo is redacted as well.
+/// `GET /jobs/{id}/logs?after=SEQ`: the job's event log, `{jobId, events: [{seq, at,
+/// type, ...}]}`, from the entry after `SEQ`. At most [`LOG_ENTRIES_MAX`] entries and
+/// `MAX_RESPONSE_BYTES` of them: a log cut short says `nextAfter` (the last seq listed),
+/// to be passed as `after` for the rest. Log entries hold no inputs; under
+/// `PRIVACY_MODE` any input text that a backend's message might echo is redacted as well.
 pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
+    let after = match p.query("after") {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<u64>().map_err(|_| Error::validation("after", "must be the seq of a log entry (an integer)"))?,
+        ),
+    };
     let job = visible_job(ctx, p)?;
-    let events = ctx.gateway.store.job_events(job.id, None, LOG_ENTRIES_MAX)?;
-    let mut list: Value = events.iter().map(|(seq, e)| reply::event_json(*seq, e)).collect();
-    if ctx.gateway.config.privacy_mode {
-        reply::redact(&mut list, &reply::private_texts(&job));
+    let events = ctx.gateway.store.job_events(job.id, after, LOG_ENTRIES_MAX)?;
+    let full = events.len() == LOG_ENTRIES_MAX;
+    let texts = if ctx.gateway.config.privacy_mode { Some(reply::private_texts(&job)) } else { None };
+    let entries = events.iter().map(|(seq, e)| {
+        let mut v = reply::event_json(*seq, e);
+        if let Some(texts) = &texts {
+            reply::redact(&mut v, texts);
+        }
+        v
+    });
+    let (list, cut) = reply::capped_list(entries, ctx.gateway.config.memory.response_bytes_max);
+    let mut body = json!({ "jobId": job.id, "status": job.state.as_str() });
+    if cut || full {
+        body["nextAfter"] = list.last().map_or(Value::Null, |e| e["seq"].clone());
     }
-    Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "events": list })))
+    body["events"] = Value::Array(list);
+    Ok(reply::json(StatusCode::OK, &body))
 }
 
 /// `POST /jobs/{id}/cancel` (recorded in the audit log).
@@ -888,8 +962,15 @@ fn delivery_json(d: &Delivery) -> Value {
 /// `GET /jobs/{id}/webhooks`: the job's webhook deliveries, oldest first.
 pub fn job_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
-    let list: Vec<Value> = ctx.gateway.store.job_deliveries(job.id)?.iter().map(delivery_json).collect();
-    Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "deliveries": list })))
+    let deliveries = ctx.gateway.store.job_deliveries(job.id)?;
+    let (list, cut) =
+        reply::capped_list(deliveries.iter().map(delivery_json), ctx.gateway.config.memory.response_bytes_max);
+    let mut body = json!({ "jobId": job.id, "deliveries": list });
+    if cut {
+        // The oldest are listed; the rest did not fit in MAX_RESPONSE_BYTES.
+        body["truncated"] = json!(true);
+    }
+    Ok(reply::json(StatusCode::OK, &body))
 }
 
 /// `POST /jobs/{id}/webhook/redeliver`: every delivery of the job due again now (same

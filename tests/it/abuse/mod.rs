@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod mem;
+
 /// How long one request of the well-behaved client may take while an attack runs before
 /// the test calls it starved. Seconds, not milliseconds: CI machines are slow and busy.
 pub const SERVED_WITHIN: Duration = Duration::from_secs(5);
