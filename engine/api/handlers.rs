@@ -73,29 +73,104 @@ async fn off_workers<T: Send + 'static>(body: Bytes, work: impl FnOnce(Bytes) ->
 /// `VALIDATION_ERROR` naming `/inputs` or `/metadata`.
 pub fn check_job_caps(body: &Map<String, Value>, memory: &MemoryLimits) -> Result<()> {
     let inputs = ["inputs", "params"].into_iter().filter_map(|k| body.get(k));
-    let max = memory.input_keys_max;
-    if crate::workflows::schema::members_up_to(inputs, max) > max {
-        return Err(Error::validation(
-            "/inputs",
-            format!("has more than {max} keys with params and nested objects counted (the gateway's MAX_INPUT_KEYS)"),
-        ));
+    if crate::workflows::schema::members_up_to(inputs, memory.input_keys_max) > memory.input_keys_max {
+        return Err(too_many_input_keys(memory.input_keys_max));
     }
-    let max = memory.metadata_bytes_max;
     if let Some(metadata) = body.get("metadata")
-        && reply::json_len_within(metadata, max).is_none()
+        && reply::json_len_within(metadata, memory.metadata_bytes_max).is_none()
     {
-        return Err(Error::validation(
-            "/metadata",
-            format!("is larger than {max} bytes of JSON (the gateway's MAX_METADATA_BYTES)"),
-        ));
+        return Err(metadata_too_large(memory.metadata_bytes_max));
     }
     Ok(())
 }
 
+fn too_many_input_keys(max: usize) -> Error {
+    Error::validation(
+        "/inputs",
+        format!("has more than {max} keys with params and nested objects counted (the gateway's MAX_INPUT_KEYS)"),
+    )
+}
+
+fn metadata_too_large(max: usize) -> Error {
+    Error::validation("/metadata", format!("is larger than {max} bytes of JSON (the gateway's MAX_METADATA_BYTES)"))
+}
+
+/// Object members found by a scan of a job body's bytes, without parsing it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MemberScan {
+    /// Members inside the top-level `inputs` and `params` values, at every depth.
+    inputs: usize,
+    /// Members inside the top-level `metadata` value, at every depth.
+    metadata: usize,
+}
+
+/// Count the members (a `:` outside strings is one) within the top-level `inputs`,
+/// `params` and `metadata` of a JSON body. Keys are compared as written, so an escaped
+/// name escapes this scan, not [`check_job_caps`] after the parse: the scan only lets a
+/// body of a million keys be refused before a million map entries are built.
+fn scan_members(body: &[u8]) -> MemberScan {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Field {
+        Inputs,
+        Metadata,
+        Other,
+    }
+    let mut scan = MemberScan::default();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut string_start, mut last_key, mut field) = (0usize, (0usize, 0usize), Field::Other);
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    in_string = false;
+                    if depth == 1 {
+                        last_key = (string_start, i);
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 => {
+                field = match &body[last_key.0..last_key.1] {
+                    b"inputs" | b"params" => Field::Inputs,
+                    b"metadata" => Field::Metadata,
+                    _ => Field::Other,
+                };
+            }
+            b':' => match field {
+                Field::Inputs => scan.inputs += 1,
+                Field::Metadata => scan.metadata += 1,
+                Field::Other => {}
+            },
+            _ => {}
+        }
+    }
+    scan
+}
+
 /// Parse a job's JSON body and check [`check_job_caps`] (off the async workers when large).
+/// A body whose members alone break a cap is refused before it is parsed: a metadata
+/// member is at least 4 bytes of compact JSON (`"":0`), an object 2 more.
 async fn parse_job_object(ctx: &Ctx, body: Bytes) -> Result<Map<String, Value>> {
     let memory = ctx.gateway.config.memory;
     off_workers(body, move |body| {
+        let scan = scan_members(&body);
+        if scan.inputs > memory.input_keys_max {
+            return Err(too_many_input_keys(memory.input_keys_max));
+        }
+        if scan.metadata.saturating_mul(4).saturating_add(2) > memory.metadata_bytes_max {
+            return Err(metadata_too_large(memory.metadata_bytes_max));
+        }
         let object = parse_object(&body)?;
         check_job_caps(&object, &memory)?;
         Ok(object)
@@ -1061,6 +1136,29 @@ pub fn audit(ctx: &Ctx, p: &Params) -> Result<Resp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_scan_counts_inside_inputs_params_and_metadata_only() {
+        let body = br#"{"workflowId": "a:b", "inputs": {"x": 1, "y": {"z": "q:{}"}, "w": [{"v": 2}]},
+            "metadata": {"m": {"n": 1}}, "params": {"p": 1}, "other": {"o": 1, "o2": 2}}"#;
+        assert_eq!(scan_members(body), MemberScan { inputs: 6, metadata: 2 });
+        let escaped = br#"{"inputs": {"a\"b": 1, "c\\": {"d": 2}}, "x": "\\"}"#;
+        assert_eq!(scan_members(escaped), MemberScan { inputs: 3, metadata: 0 });
+        assert_eq!(scan_members(b"not json: at all"), MemberScan::default());
+    }
+
+    #[test]
+    fn job_caps_refuse_wide_inputs_and_large_metadata() {
+        let memory = MemoryLimits { input_keys_max: 4, metadata_bytes_max: 20, ..MemoryLimits::default() };
+        let ok = parse_object(br#"{"inputs": {"a": 1, "b": {"c": 2}}, "params": {"d": 1}, "metadata": {"k": "v"}}"#);
+        assert!(check_job_caps(&ok.unwrap(), &memory).is_ok());
+        let wide = parse_object(br#"{"inputs": {"a": 1, "b": {"c": 2}}, "params": {"d": 1, "e": 2}}"#).unwrap();
+        let e = check_job_caps(&wide, &memory).unwrap_err();
+        assert_eq!(e.details.unwrap()[0]["path"], "/inputs");
+        let big = parse_object(br#"{"metadata": {"k": "0123456789abcdef"}}"#).unwrap();
+        let e = check_job_caps(&big, &memory).unwrap_err();
+        assert_eq!(e.details.unwrap()[0]["path"], "/metadata");
+    }
 
     #[test]
     fn json_depth_counts_nesting_outside_strings() {
