@@ -65,7 +65,11 @@ fn main() {
         }
     };
     init_tracing(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE).build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -57,7 +57,10 @@ const PARSE_INLINE_BYTES_MAX: usize = 64 * 1024;
 
 /// `work(body)`, on the blocking pool when the body is larger than
 /// [`PARSE_INLINE_BYTES_MAX`]; what `work` refuses is also dropped there.
-async fn off_workers<T: Send + 'static>(body: Bytes, work: impl FnOnce(Bytes) -> Result<T> + Send + 'static) -> Result<T> {
+async fn off_workers<T: Send + 'static>(
+    body: Bytes,
+    work: impl FnOnce(Bytes) -> Result<T> + Send + 'static,
+) -> Result<T> {
     if body.len() <= PARSE_INLINE_BYTES_MAX {
         return work(body);
     }
@@ -987,7 +990,8 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let after = match p.query("after") {
         None => None,
         Some(raw) => Some(
-            raw.parse::<u64>().map_err(|_| Error::validation("after", "must be the seq of a log entry (an integer)"))?,
+            raw.parse::<u64>()
+                .map_err(|_| Error::validation("after", "must be the seq of a log entry (an integer)"))?,
         ),
     };
     let job = visible_job(ctx, p)?;
