@@ -185,3 +185,25 @@ async fn many_bad_fields_give_fifty_details_and_a_count() {
     assert_eq!(v["error"]["details"].as_array().map(Vec::len), Some(3), "{v}");
     assert!(v["error"].get("detailsOmitted").is_none(), "{v}");
 }
+
+/// A job's log is listed from `?after=SEQ` (how a log cut at `MAX_RESPONSE_BYTES` is
+/// continued); a log that fits says no `nextAfter`; a bad `after` is a 400 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_logs_continue_after_a_seq() {
+    let dir = support::tempdir();
+    let (_sim, gw) = gateway(dir.path(), &[("MAX_RESPONSE_BYTES", "65536")]).await;
+    let id = gw.submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": "x"}})).await;
+    gw.wait_terminal(&id, Duration::from_secs(30)).await;
+    let logs = format!("{}/jobs/{id}/logs", gw.url());
+    let (status, all) = support::get_json(&logs).await;
+    assert_eq!(status, 200, "{all}");
+    let seqs: Vec<u64> = all["events"].as_array().unwrap().iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert!(seqs.len() >= 3, "{all}");
+    assert!(all.get("nextAfter").is_none(), "{all}");
+    let (status, rest) = support::get_json(&format!("{logs}?after={}", seqs[0])).await;
+    assert_eq!(status, 200, "{rest}");
+    let rest: Vec<u64> = rest["events"].as_array().unwrap().iter().filter_map(|e| e["seq"].as_u64()).collect();
+    assert_eq!(rest, seqs[1..]);
+    let (status, v) = support::get_json(&format!("{logs}?after=first")).await;
+    assert_eq!((status, &v["error"]["details"][0]["path"]), (400, &json!("after")), "{v}");
+}
