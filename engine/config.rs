@@ -90,7 +90,7 @@ pub struct ServeArgs {
     /// Largest `metadata` of a job, in bytes of JSON.
     #[arg(long = "max-metadata-bytes", env = "MAX_METADATA_BYTES", default_value_t = 16 * 1024, value_name = "MAX_METADATA_BYTES")]
     pub max_metadata_bytes: usize,
-    /// Most bytes one listing response (job logs, webhook deliveries) builds before it is cut.
+    /// Most bytes one listing response (job logs, webhook deliveries, audit) builds before it is cut.
     #[arg(long = "max-response-bytes", env = "MAX_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024, value_name = "MAX_RESPONSE_BYTES")]
     pub max_response_bytes: usize,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
@@ -391,7 +391,7 @@ pub struct MemoryLimits {
     pub input_keys_max: usize,
     /// `MAX_METADATA_BYTES`: largest `metadata` of a job, in bytes of compact JSON.
     pub metadata_bytes_max: usize,
-    /// `MAX_RESPONSE_BYTES`: most bytes a listing (job logs, webhook deliveries) builds.
+    /// `MAX_RESPONSE_BYTES`: most bytes a listing (job logs, webhook deliveries, audit) builds.
     pub response_bytes_max: usize,
 }
 

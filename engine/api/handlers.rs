@@ -1114,26 +1114,28 @@ pub fn audit(ctx: &Ctx, p: &Params) -> Result<Resp> {
         ),
     };
     let mut entries = ctx.gateway.store.audit(before, limit + 1)?;
-    let next_cursor = if entries.len() > limit {
+    let mut next_cursor = if entries.len() > limit {
         entries.truncate(limit);
         entries.last().map(|(seq, _)| seq.to_string())
     } else {
         None
     };
-    let list: Vec<Value> = entries
-        .iter()
-        .map(|(seq, e)| {
-            json!({
-                "seq": seq,
-                "at": reply::rfc3339(e.at_ms),
-                "actor": e.actor,
-                "role": e.role.map(Role::as_str),
-                "action": e.action.as_str(),
-                "target": e.target,
-                "correlationId": e.correlation_id,
-            })
+    let items = entries.iter().map(|(seq, e)| {
+        json!({
+            "seq": seq,
+            "at": reply::rfc3339(e.at_ms),
+            "actor": e.actor,
+            "role": e.role.map(Role::as_str),
+            "action": e.action.as_str(),
+            "target": e.target,
+            "correlationId": e.correlation_id,
         })
-        .collect();
+    });
+    // A page is also cut at MAX_RESPONSE_BYTES; the cursor then continues after it.
+    let (list, cut) = reply::capped_list(items, ctx.gateway.config.memory.response_bytes_max);
+    if cut {
+        next_cursor = list.last().map(|e| e["seq"].to_string());
+    }
     Ok(reply::json(StatusCode::OK, &json!({ "entries": list, "nextCursor": next_cursor })))
 }
 
