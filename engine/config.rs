@@ -84,6 +84,15 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long = "max-body-bytes", env = "MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
+    /// Most members of a job's `inputs` (with `params`), counted in nested objects too.
+    #[arg(long = "max-input-keys", env = "MAX_INPUT_KEYS", default_value_t = 1024, value_name = "MAX_INPUT_KEYS")]
+    pub max_input_keys: usize,
+    /// Largest `metadata` of a job, in bytes of JSON.
+    #[arg(long = "max-metadata-bytes", env = "MAX_METADATA_BYTES", default_value_t = 16 * 1024, value_name = "MAX_METADATA_BYTES")]
+    pub max_metadata_bytes: usize,
+    /// Most bytes one listing response (job logs, webhook deliveries, audit) builds before it is cut.
+    #[arg(long = "max-response-bytes", env = "MAX_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024, value_name = "MAX_RESPONSE_BYTES")]
+    pub max_response_bytes: usize,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long = "log-level", env = "LOG_LEVEL", default_value = "info", value_name = "LOG_LEVEL")]
     pub log_level: String,
@@ -532,6 +541,23 @@ pub struct ApiLimits {
     pub sync_waits_per_client_max: usize,
 }
 
+/// What bounds the memory one request takes, beyond `MAX_BODY_BYTES`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// `MAX_INPUT_KEYS`: most members of a job's `inputs` and `params`, at every depth.
+    pub input_keys_max: usize,
+    /// `MAX_METADATA_BYTES`: largest `metadata` of a job, in bytes of compact JSON.
+    pub metadata_bytes_max: usize,
+    /// `MAX_RESPONSE_BYTES`: most bytes a listing (job logs, webhook deliveries, audit) builds.
+    pub response_bytes_max: usize,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits { input_keys_max: 1024, metadata_bytes_max: 16 * 1024, response_bytes_max: 8 * 1024 * 1024 }
+    }
+}
+
 /// A secret setting (API keys, JWT secret): its `Debug` never shows the value.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -580,6 +606,9 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// Largest request body, in bytes.
     pub body_bytes_max: usize,
+    /// Memory one request may make the gateway build (`MAX_INPUT_KEYS`,
+    /// `MAX_METADATA_BYTES`, `MAX_RESPONSE_BYTES`).
+    pub memory: MemoryLimits,
     /// Longest `?wait=` of a synchronous submit, in seconds.
     pub sync_wait_max_s: u64,
     /// Log filter.
@@ -693,6 +722,15 @@ impl Config {
         if !(1024..=1 << 30).contains(&args.max_body_bytes) {
             return Err(bad("MAX_BODY_BYTES", "must be between 1024 and 1073741824"));
         }
+        if !(1..=1_000_000).contains(&args.max_input_keys) {
+            return Err(bad("MAX_INPUT_KEYS", "must be between 1 and 1000000"));
+        }
+        if !(64..=1 << 30).contains(&args.max_metadata_bytes) {
+            return Err(bad("MAX_METADATA_BYTES", "must be between 64 and 1073741824"));
+        }
+        if !(64 * 1024..=1 << 30).contains(&args.max_response_bytes) {
+            return Err(bad("MAX_RESPONSE_BYTES", "must be between 65536 and 1073741824"));
+        }
         if !(10..=3_600_000).contains(&args.sse_heartbeat_ms) {
             return Err(bad("SSE_HEARTBEAT_MS", "must be between 10 and 3600000"));
         }
@@ -783,6 +821,11 @@ impl Config {
             queue_aging_ms: args.queue_aging_ms,
             poll_interval_ms: args.poll_interval_ms,
             body_bytes_max: args.max_body_bytes,
+            memory: MemoryLimits {
+                input_keys_max: args.max_input_keys,
+                metadata_bytes_max: args.max_metadata_bytes,
+                response_bytes_max: args.max_response_bytes,
+            },
             sync_wait_max_s: 300,
             log_level: args.log_level.clone(),
             log_json,
@@ -1324,6 +1367,9 @@ mod tests {
             (&["--cors-origins", "https://a.example/path"], "CORS_ORIGINS"),
             (&["--max-jobs-per-client", "0"], "MAX_JOBS_PER_CLIENT"),
             (&["--max-connections", "0"], "MAX_CONNECTIONS"),
+            (&["--max-input-keys", "0"], "MAX_INPUT_KEYS"),
+            (&["--max-metadata-bytes", "10"], "MAX_METADATA_BYTES"),
+            (&["--max-response-bytes", "1000"], "MAX_RESPONSE_BYTES"),
             (&["--header-read-timeout-ms", "1"], "HEADER_READ_TIMEOUT_MS"),
             (&["--max-connections-per-ip", "0"], "MAX_CONNECTIONS_PER_IP"),
             (&["--max-connections", "10", "--max-connections-per-ip", "11"], "MAX_CONNECTIONS_PER_IP"),
@@ -1424,6 +1470,14 @@ mod tests {
         assert_eq!(d, DiskLimits { free_min_bytes: 0, quota_bytes_per_owner: Some(5000) });
         let err = parse(&["--storage-quota-bytes-per-owner", "0"]).unwrap_err();
         assert_eq!(err.variable, "STORAGE_QUOTA_BYTES_PER_OWNER");
+    }
+
+    #[test]
+    fn memory_limits_have_defaults_and_are_parsed() {
+        assert_eq!(parse(&[]).unwrap().memory, MemoryLimits::default());
+        let c = parse(&["--max-input-keys", "7", "--max-metadata-bytes", "100", "--max-response-bytes", "65536"]);
+        let m = c.unwrap().memory;
+        assert_eq!((m.input_keys_max, m.metadata_bytes_max, m.response_bytes_max), (7, 100, 65536));
     }
 
     #[test]

@@ -235,17 +235,34 @@ pub struct Error {
     pub message: String,
     /// Structured details (JSON), e.g. `[{"path": "/width", "message": "..."}]`.
     pub details: Option<serde_json::Value>,
+    /// How many more details there were than `details` lists (see
+    /// [`Error::with_details_capped`]); 0 when it lists them all.
+    pub details_omitted: usize,
 }
+
+/// Most entries a `details` list holds; the rest are only counted (`detailsOmitted`), so an
+/// error body stays small however many problems a request has.
+pub const DETAILS_MAX: usize = 50;
 
 impl Error {
     /// An error with a code and message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error { code, message: message.into(), details: None }
+        Error { code, message: message.into(), details: None, details_omitted: 0 }
     }
 
     /// Attach structured details.
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
         self.details = Some(details);
+        self
+    }
+
+    /// Attach a list of details, at most [`DETAILS_MAX`] of them: the rest are counted in
+    /// `details_omitted`, never built.
+    pub fn with_details_capped(mut self, details: impl ExactSizeIterator<Item = serde_json::Value>) -> Self {
+        let total = details.len();
+        let kept: Vec<serde_json::Value> = details.take(DETAILS_MAX).collect();
+        self.details_omitted = total - kept.len();
+        self.details = Some(serde_json::Value::Array(kept));
         self
     }
 
@@ -304,6 +321,20 @@ mod tests {
             ErrorCode::RequestTimeout => 27,
             ErrorCode::PluginBusy => 28,
         }
+    }
+
+    #[test]
+    fn capped_details_keep_the_first_and_count_the_rest() {
+        use super::{DETAILS_MAX, Error};
+        let many = (0..DETAILS_MAX * 3).map(|i| serde_json::json!({"path": format!("/{i}")}));
+        let e = Error::new(ErrorCode::ValidationError, "x").with_details_capped(many);
+        let list = e.details.as_ref().and_then(|d| d.as_array()).unwrap();
+        assert_eq!(list.len(), DETAILS_MAX);
+        assert_eq!(list[0]["path"], "/0");
+        assert_eq!(e.details_omitted, DETAILS_MAX * 2);
+        let few = (0..3).map(|i| serde_json::json!({"path": format!("/{i}")}));
+        let e = Error::new(ErrorCode::ValidationError, "x").with_details_capped(few);
+        assert_eq!((e.details.unwrap().as_array().unwrap().len(), e.details_omitted), (3, 0));
     }
 
     #[test]

@@ -296,6 +296,15 @@ impl Gateway {
             log_plugin(Hook::InputTransform, &report.logs);
             given = result.map_err(|f| f.to_error(Hook::InputTransform))?;
         }
+        // MAX_INPUT_KEYS before the schema's validator, whatever produced the inputs (the API
+        // checked the client's already; a plugin's transform may have added to them).
+        let keys_max = self.config.memory.input_keys_max;
+        if workflows::schema::members_up_to([&given], keys_max) > keys_max {
+            return Err(Error::validation(
+                "/inputs",
+                format!("has more than {keys_max} keys with nested objects counted (the gateway's MAX_INPUT_KEYS)"),
+            ));
+        }
         let mut prepared =
             compiled.prepare(&given, &self.limits(), &mut rand::rng()).map_err(|e| workflow_error("/inputs", e))?;
         // template-render: replaces the built-in renderer's prompt.
@@ -825,20 +834,22 @@ fn workflow_error(prefix: &str, e: WorkflowError) -> Error {
         WorkflowError::Invalid(f) => ("invalid inputs", f),
         WorkflowError::Definition(f) => ("invalid workflow definition", f),
     };
-    let details: Vec<Value> = fields
-        .iter()
-        .map(|f| {
-            let path = match (prefix, f.path.as_str()) {
-                ("", p) => p.to_string(),
-                (prefix, "" | "/") => prefix.to_string(),
-                (prefix, p) => format!("{prefix}{p}"),
-            };
-            serde_json::json!({ "path": path, "message": f.message })
-        })
-        .collect();
-    let first = details
-        .first()
-        .map(|d| format!("{}: {}", d["path"].as_str().unwrap_or(""), d["message"].as_str().unwrap_or("")))
-        .unwrap_or_default();
-    Error::new(ErrorCode::ValidationError, format!("{what}: {first}")).with_details(Value::Array(details))
+    let detail = |f: &FieldError| {
+        let path = match (prefix, f.path.as_str()) {
+            ("", p) => p.to_string(),
+            (prefix, "" | "/") => prefix.to_string(),
+            (prefix, p) => format!("{prefix}{p}"),
+        };
+        serde_json::json!({ "path": path, "message": f.message })
+    };
+    let first = fields.first().map(detail).map_or_else(String::new, |d| {
+        format!("{}: {}", d["path"].as_str().unwrap_or(""), d["message"].as_str().unwrap_or(""))
+    });
+    let more = match fields.len() {
+        0 | 1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    // At most `DETAILS_MAX` details are built; the rest are counted (`detailsOmitted`).
+    Error::new(ErrorCode::ValidationError, format!("{what}: {first}{more}"))
+        .with_details_capped(fields.iter().map(detail))
 }

@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 
 use crate::auth::Principal;
 use crate::canonical;
+use crate::config::MemoryLimits;
 use crate::domain::{
     AuditAction, AuditEntry, Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord, now_ms,
 };
@@ -89,7 +90,138 @@ fn too_large(max: usize) -> Error {
 
 /// Parse a JSON object body, naming the position of a syntax error.
 async fn read_object(ctx: &Ctx, req: Request<Incoming>) -> Result<Map<String, Value>> {
-    parse_object(&read_body(ctx, req).await?)
+    off_workers(read_body(ctx, req).await?, |body| parse_object(&body)).await
+}
+
+/// Bodies up to this size are parsed on the async worker that read them; larger ones on
+/// the blocking pool, so a few large bodies cannot hold every worker (and every other
+/// client) for the time their parse takes.
+const PARSE_INLINE_BYTES_MAX: usize = 64 * 1024;
+
+/// `work(body)`, on the blocking pool when the body is larger than
+/// [`PARSE_INLINE_BYTES_MAX`]; what `work` refuses is also dropped there.
+async fn off_workers<T: Send + 'static>(
+    body: Bytes,
+    work: impl FnOnce(Bytes) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if body.len() <= PARSE_INLINE_BYTES_MAX {
+        return work(body);
+    }
+    tokio::task::spawn_blocking(move || work(body)).await.map_err(Error::internal)?
+}
+
+/// The caps on what a job body may make the gateway hold, checked before anything else
+/// looks at its fields: `MAX_INPUT_KEYS` on the members of `inputs` and `params` (at every
+/// depth), `MAX_METADATA_BYTES` on `metadata`. Both checks stop at their limit, so a body
+/// of a million keys is refused in the time it takes to count to the limit.
+///
+/// # Errors
+/// `VALIDATION_ERROR` naming `/inputs` or `/metadata`.
+pub fn check_job_caps(body: &Map<String, Value>, memory: &MemoryLimits) -> Result<()> {
+    let inputs = ["inputs", "params"].into_iter().filter_map(|k| body.get(k));
+    if crate::workflows::schema::members_up_to(inputs, memory.input_keys_max) > memory.input_keys_max {
+        return Err(too_many_input_keys(memory.input_keys_max));
+    }
+    if let Some(metadata) = body.get("metadata")
+        && reply::json_len_within(metadata, memory.metadata_bytes_max).is_none()
+    {
+        return Err(metadata_too_large(memory.metadata_bytes_max));
+    }
+    Ok(())
+}
+
+fn too_many_input_keys(max: usize) -> Error {
+    Error::validation(
+        "/inputs",
+        format!("has more than {max} keys with params and nested objects counted (the gateway's MAX_INPUT_KEYS)"),
+    )
+}
+
+fn metadata_too_large(max: usize) -> Error {
+    Error::validation("/metadata", format!("is larger than {max} bytes of JSON (the gateway's MAX_METADATA_BYTES)"))
+}
+
+/// Object members found by a scan of a job body's bytes, without parsing it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct MemberScan {
+    /// Members inside the top-level `inputs` and `params` values, at every depth.
+    inputs: usize,
+    /// Members inside the top-level `metadata` value, at every depth.
+    metadata: usize,
+}
+
+/// Count the members (a `:` outside strings is one) within the top-level `inputs`,
+/// `params` and `metadata` of a JSON body. Keys are compared as written, so an escaped
+/// name escapes this scan, not [`check_job_caps`] after the parse: the scan only lets a
+/// body of a million keys be refused before a million map entries are built.
+fn scan_members(body: &[u8]) -> MemberScan {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Field {
+        Inputs,
+        Metadata,
+        Other,
+    }
+    let mut scan = MemberScan::default();
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    let (mut string_start, mut last_key, mut field) = (0usize, (0usize, 0usize), Field::Other);
+    for (i, &b) in body.iter().enumerate() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => {
+                    in_string = false;
+                    if depth == 1 {
+                        last_key = (string_start, i);
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                string_start = i + 1;
+            }
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b':' if depth == 1 => {
+                field = match &body[last_key.0..last_key.1] {
+                    b"inputs" | b"params" => Field::Inputs,
+                    b"metadata" => Field::Metadata,
+                    _ => Field::Other,
+                };
+            }
+            b':' => match field {
+                Field::Inputs => scan.inputs += 1,
+                Field::Metadata => scan.metadata += 1,
+                Field::Other => {}
+            },
+            _ => {}
+        }
+    }
+    scan
+}
+
+/// Parse a job's JSON body and check [`check_job_caps`] (off the async workers when large).
+/// A body whose members alone break a cap is refused before it is parsed: a metadata
+/// member is at least 4 bytes of compact JSON (`"":0`), an object 2 more.
+async fn parse_job_object(ctx: &Ctx, body: Bytes) -> Result<Map<String, Value>> {
+    let memory = ctx.gateway.config.memory;
+    off_workers(body, move |body| {
+        let scan = scan_members(&body);
+        if scan.inputs > memory.input_keys_max {
+            return Err(too_many_input_keys(memory.input_keys_max));
+        }
+        if scan.metadata.saturating_mul(4).saturating_add(2) > memory.metadata_bytes_max {
+            return Err(metadata_too_large(memory.metadata_bytes_max));
+        }
+        let object = parse_object(&body)?;
+        check_job_caps(&object, &memory)?;
+        Ok(object)
+    })
+    .await
 }
 
 /// Nesting depth of a JSON body at most (arrays and objects).
@@ -591,7 +723,8 @@ fn webhook_events(body: &Map<String, Value>, has_callback: bool) -> Result<u8> {
 async fn read_job_request(ctx: &Ctx, req: Request<Incoming>) -> Result<(Map<String, Value>, Vec<(String, Bytes)>)> {
     let content_type = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data") {
-        return Ok((read_object(ctx, req).await?, Vec::new()));
+        let body = read_body(ctx, req).await?;
+        return Ok((parse_job_object(ctx, body).await?, Vec::new()));
     }
     let boundary = multer::parse_boundary(content_type)
         .map_err(|e| Error::validation("/", format!("bad multipart content type: {e}")))?;
@@ -608,7 +741,7 @@ async fn read_job_request(ctx: &Ctx, req: Request<Incoming>) -> Result<(Map<Stri
                 if json.is_some() {
                     return Err(Error::validation("/", "more than one \"request\" part"));
                 }
-                json = Some(parse_object(&bytes)?);
+                json = Some(parse_job_object(ctx, bytes).await?);
             }
             "" => return Err(Error::validation("/", "a multipart part has no name")),
             _ => {
@@ -907,17 +1040,37 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
 /// Most log entries returned by `GET /jobs/{id}/logs`.
 const LOG_ENTRIES_MAX: usize = 10_000;
 
-/// `GET /jobs/{id}/logs`: the job's event log, `{jobId, events: [{seq, at, type, ...}]}`.
-/// Log entries hold no inputs; under `PRIVACY_MODE` any input text that a backend's
-/// message might echo is redacted as well.
+/// `GET /jobs/{id}/logs?after=SEQ`: the job's event log, `{jobId, events: [{seq, at,
+/// type, ...}]}`, from the entry after `SEQ`. At most [`LOG_ENTRIES_MAX`] entries and
+/// `MAX_RESPONSE_BYTES` of them: a log cut short says `nextAfter` (the last seq listed),
+/// to be passed as `after` for the rest. Log entries hold no inputs; under
+/// `PRIVACY_MODE` any input text that a backend's message might echo is redacted as well.
 pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
+    let after = match p.query("after") {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<u64>()
+                .map_err(|_| Error::validation("after", "must be the seq of a log entry (an integer)"))?,
+        ),
+    };
     let job = visible_job(ctx, p)?;
-    let events = ctx.gateway.store.job_events(job.id, None, LOG_ENTRIES_MAX)?;
-    let mut list: Value = events.iter().map(|(seq, e)| reply::event_json(*seq, e)).collect();
-    if ctx.gateway.config.privacy_mode {
-        reply::redact(&mut list, &reply::private_texts(&job));
+    let events = ctx.gateway.store.job_events(job.id, after, LOG_ENTRIES_MAX)?;
+    let full = events.len() == LOG_ENTRIES_MAX;
+    let texts = if ctx.gateway.config.privacy_mode { Some(reply::private_texts(&job)) } else { None };
+    let entries = events.iter().map(|(seq, e)| {
+        let mut v = reply::event_json(*seq, e);
+        if let Some(texts) = &texts {
+            reply::redact(&mut v, texts);
+        }
+        v
+    });
+    let (list, cut) = reply::capped_list(entries, ctx.gateway.config.memory.response_bytes_max);
+    let mut body = json!({ "jobId": job.id, "status": job.state.as_str() });
+    if cut || full {
+        body["nextAfter"] = list.last().map_or(Value::Null, |e| e["seq"].clone());
     }
-    Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "events": list })))
+    body["events"] = Value::Array(list);
+    Ok(reply::json(StatusCode::OK, &body))
 }
 
 /// `POST /jobs/{id}/cancel` (recorded in the audit log).
@@ -947,8 +1100,15 @@ fn delivery_json(d: &Delivery) -> Value {
 /// `GET /jobs/{id}/webhooks`: the job's webhook deliveries, oldest first.
 pub fn job_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
-    let list: Vec<Value> = ctx.gateway.store.job_deliveries(job.id)?.iter().map(delivery_json).collect();
-    Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "deliveries": list })))
+    let deliveries = ctx.gateway.store.job_deliveries(job.id)?;
+    let (list, cut) =
+        reply::capped_list(deliveries.iter().map(delivery_json), ctx.gateway.config.memory.response_bytes_max);
+    let mut body = json!({ "jobId": job.id, "deliveries": list });
+    if cut {
+        // The oldest are listed; the rest did not fit in MAX_RESPONSE_BYTES.
+        body["truncated"] = json!(true);
+    }
+    Ok(reply::json(StatusCode::OK, &body))
 }
 
 /// `POST /jobs/{id}/webhook/redeliver`: every delivery of the job due again now (same
@@ -1017,32 +1177,57 @@ pub fn audit(ctx: &Ctx, p: &Params) -> Result<Resp> {
         ),
     };
     let mut entries = ctx.gateway.store.audit(before, limit + 1)?;
-    let next_cursor = if entries.len() > limit {
+    let mut next_cursor = if entries.len() > limit {
         entries.truncate(limit);
         entries.last().map(|(seq, _)| seq.to_string())
     } else {
         None
     };
-    let list: Vec<Value> = entries
-        .iter()
-        .map(|(seq, e)| {
-            json!({
-                "seq": seq,
-                "at": reply::rfc3339(e.at_ms),
-                "actor": e.actor,
-                "role": e.role.map(Role::as_str),
-                "action": e.action.as_str(),
-                "target": e.target,
-                "correlationId": e.correlation_id,
-            })
+    let items = entries.iter().map(|(seq, e)| {
+        json!({
+            "seq": seq,
+            "at": reply::rfc3339(e.at_ms),
+            "actor": e.actor,
+            "role": e.role.map(Role::as_str),
+            "action": e.action.as_str(),
+            "target": e.target,
+            "correlationId": e.correlation_id,
         })
-        .collect();
+    });
+    // A page is also cut at MAX_RESPONSE_BYTES; the cursor then continues after it.
+    let (list, cut) = reply::capped_list(items, ctx.gateway.config.memory.response_bytes_max);
+    if cut {
+        next_cursor = list.last().map(|e| e["seq"].to_string());
+    }
     Ok(reply::json(StatusCode::OK, &json!({ "entries": list, "nextCursor": next_cursor })))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_scan_counts_inside_inputs_params_and_metadata_only() {
+        let body = br#"{"workflowId": "a:b", "inputs": {"x": 1, "y": {"z": "q:{}"}, "w": [{"v": 2}]},
+            "metadata": {"m": {"n": 1}}, "params": {"p": 1}, "other": {"o": 1, "o2": 2}}"#;
+        assert_eq!(scan_members(body), MemberScan { inputs: 6, metadata: 2 });
+        let escaped = br#"{"inputs": {"a\"b": 1, "c\\": {"d": 2}}, "x": "\\"}"#;
+        assert_eq!(scan_members(escaped), MemberScan { inputs: 3, metadata: 0 });
+        assert_eq!(scan_members(b"not json: at all"), MemberScan::default());
+    }
+
+    #[test]
+    fn job_caps_refuse_wide_inputs_and_large_metadata() {
+        let memory = MemoryLimits { input_keys_max: 4, metadata_bytes_max: 20, ..MemoryLimits::default() };
+        let ok = parse_object(br#"{"inputs": {"a": 1, "b": {"c": 2}}, "params": {"d": 1}, "metadata": {"k": "v"}}"#);
+        assert!(check_job_caps(&ok.unwrap(), &memory).is_ok());
+        let wide = parse_object(br#"{"inputs": {"a": 1, "b": {"c": 2}}, "params": {"d": 1, "e": 2}}"#).unwrap();
+        let e = check_job_caps(&wide, &memory).unwrap_err();
+        assert_eq!(e.details.unwrap()[0]["path"], "/inputs");
+        let big = parse_object(br#"{"metadata": {"k": "0123456789abcdef"}}"#).unwrap();
+        let e = check_job_caps(&big, &memory).unwrap_err();
+        assert_eq!(e.details.unwrap()[0]["path"], "/metadata");
+    }
 
     #[test]
     fn json_depth_counts_nesting_outside_strings() {

@@ -283,13 +283,15 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 "parameters": [job_id.clone()],
                 "get": {
                     "operationId": "jobLogs",
-                    "summary": "The job's durable event log",
+                    "summary": "The job's durable event log (10,000 entries and MAX_RESPONSE_BYTES at most; nextAfter continues it)",
+                    "parameters": [{"name": "after", "in": "query", "required": false, "description": "List the entries after this seq (a nextAfter)", "schema": {"type": "integer", "minimum": 0}}],
                     "responses": read(json!({"200": json_response("The event log", json!({
                         "type": "object", "required": ["jobId", "status", "events"],
                         "properties": {
                             "jobId": {"type": "string", "format": "uuid"},
                             "status": schema_ref("JobStatus"),
-                            "events": {"type": "array", "items": schema_ref("JobEvent")}
+                            "events": {"type": "array", "items": schema_ref("JobEvent")},
+                            "nextAfter": {"type": ["integer", "null"], "description": "Present when the log was cut short: pass it as after for the rest"}
                         }
                     }))}))
                 }
@@ -341,7 +343,8 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                         "type": "object", "required": ["jobId", "deliveries"],
                         "properties": {
                             "jobId": {"type": "string", "format": "uuid"},
-                            "deliveries": {"type": "array", "items": schema_ref("WebhookDelivery")}
+                            "deliveries": {"type": "array", "items": schema_ref("WebhookDelivery")},
+                            "truncated": {"type": "boolean", "description": "The oldest deliveries only: the rest did not fit in MAX_RESPONSE_BYTES"}
                         }
                     }))}), &[("404", "No such job, or another owner's")])
                 }
@@ -531,7 +534,9 @@ fn components() -> Map<String, Value> {
                         "code": {"type": "string", "enum": codes},
                         "message": {"type": "string"},
                         "retryable": {"type": "boolean"},
-                        "details": {}
+                        "details": {},
+                        "detailsOmitted": {"type": "integer", "minimum": 1,
+                            "description": "How many more problems there were than the 50 details list"}
                     }
                 },
                 "correlationId": {"type": "string"}

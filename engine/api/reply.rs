@@ -59,6 +59,9 @@ pub fn error(err: &Error, correlation_id: &str) -> Resp {
     if let Some(d) = &err.details {
         e["details"] = d.clone();
     }
+    if err.details_omitted > 0 {
+        e["detailsOmitted"] = json!(err.details_omitted);
+    }
     let status = StatusCode::from_u16(err.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json(status, &json!({ "error": e, "correlationId": correlation_id }));
     // RFC 9110 §15.5.6: a 405 lists the allowed methods.
@@ -80,6 +83,47 @@ pub fn error(err: &Error, correlation_id: &str) -> Resp {
         resp.headers_mut().insert(header::CONTENT_RANGE, v);
     }
     resp
+}
+
+/// The length of `v` as compact JSON if it is at most `max` bytes, else None; the
+/// serialization stops at `max`, so a huge value costs no more than a small one.
+pub fn json_len_within(v: &Value, max: usize) -> Option<usize> {
+    /// Counts bytes and fails the write once there are more than `max`.
+    struct Counter {
+        n: usize,
+        max: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.n += buf.len();
+            if self.n > self.max { Err(std::io::Error::other("over the limit")) } else { Ok(buf.len()) }
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut counter = Counter { n: 0, max };
+    serde_json::to_writer(&mut counter, v).ok().map(|()| counter.n)
+}
+
+/// The items of a listing that fit in `max_bytes` of JSON, in order (the first one always,
+/// so a listing advances), and whether any were left off: how a response built in memory
+/// stays within `MAX_RESPONSE_BYTES` however much is stored.
+pub fn capped_list(items: impl IntoIterator<Item = Value>, max_bytes: usize) -> (Vec<Value>, bool) {
+    let mut list = Vec::new();
+    let mut left = max_bytes;
+    for item in items {
+        // One byte for the separating comma.
+        match json_len_within(&item, left.saturating_sub(1)) {
+            Some(n) => {
+                left -= n + 1;
+                list.push(item);
+            }
+            None if list.is_empty() => list.push(item),
+            None => return (list, true),
+        }
+    }
+    (list, false)
 }
 
 /// RFC 3339 UTC time of a Unix-epoch millisecond timestamp.
@@ -276,6 +320,34 @@ pub fn job_json(job: &Job, live: Option<&LiveStatus>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::rfc3339;
+
+    #[test]
+    fn json_len_is_exact_within_the_limit_and_none_beyond() {
+        use super::json_len_within;
+        let v = serde_json::json!({"a": [1, 2, "x"]});
+        let n = v.to_string().len();
+        assert_eq!(json_len_within(&v, n), Some(n));
+        assert_eq!(json_len_within(&v, n - 1), None);
+        let big = serde_json::Value::String("x".repeat(1 << 20));
+        assert_eq!(json_len_within(&big, 100), None);
+    }
+
+    #[test]
+    fn capped_list_keeps_what_fits_and_says_it_cut() {
+        use super::capped_list;
+        let items = || (0..100).map(|i| serde_json::json!({"seq": i, "pad": "y".repeat(90)}));
+        let one = serde_json::json!({"seq": 10, "pad": "y".repeat(90)}).to_string().len();
+        let (list, cut) = capped_list(items(), 10 * (one + 1));
+        assert!(cut);
+        assert!((9..=10).contains(&list.len()), "{}", list.len());
+        assert_eq!(list[0]["seq"], 0);
+        assert!(serde_json::Value::Array(list).to_string().len() <= 10 * (one + 1) + 2);
+        let (all, cut) = capped_list(items(), 1 << 20);
+        assert_eq!((all.len(), cut), (100, false));
+        // The first item always comes, so a paged listing advances.
+        let (first, cut) = capped_list(items(), 5);
+        assert_eq!((first.len(), cut), (1, true));
+    }
 
     #[test]
     fn rfc3339_known_instants() {

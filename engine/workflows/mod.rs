@@ -74,8 +74,14 @@ impl WorkflowError {
     }
 }
 
+/// The problems as one line: at most [`crate::error::DETAILS_MAX`] of them, then a count.
 fn join(errors: &[FieldError]) -> String {
-    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    let max = crate::error::DETAILS_MAX;
+    let mut line = errors.iter().take(max).map(ToString::to_string).collect::<Vec<_>>().join("; ");
+    if errors.len() > max {
+        line.push_str(&format!("; and {} more", errors.len() - max));
+    }
+    line
 }
 
 /// A workflow definition checked and compiled, ready to prepare jobs. Cheap to clone.

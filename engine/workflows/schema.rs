@@ -406,6 +406,28 @@ fn normalize_in(root: &Value, schema: &Value, object: &mut Map<String, Value>, d
     }
 }
 
+/// How many object members `values` hold, nested objects and arrays included, counted
+/// up to `max + 1` at most: the walk stops there, so checking `MAX_INPUT_KEYS` against a
+/// million keys costs no more than against `max` (and comes before any schema validation).
+pub fn members_up_to<'a>(values: impl IntoIterator<Item = &'a Value>, max: usize) -> usize {
+    let mut stack: Vec<&Value> = values.into_iter().collect();
+    let mut n = 0usize;
+    while let Some(value) = stack.pop() {
+        match value {
+            Value::Object(map) => {
+                n += map.len();
+                if n > max {
+                    return max + 1;
+                }
+                stack.extend(map.values().filter(|v| v.is_object() || v.is_array()));
+            }
+            Value::Array(items) => stack.extend(items.iter().filter(|v| v.is_object() || v.is_array())),
+            _ => {}
+        }
+    }
+    n
+}
+
 /// `""` (the root, as `jsonschema` writes it) becomes `"/"`.
 fn pointer(path: &str) -> String {
     if path.is_empty() { "/".to_owned() } else { path.to_owned() }
@@ -483,6 +505,19 @@ mod tests {
             "deep": {"format": "image"}}}}});
         assert_eq!(image_inputs(&schema), ["image", "mask"]);
         assert!(compile(&schema).is_ok());
+    }
+
+    #[test]
+    fn members_are_counted_at_every_depth_and_the_count_stops_past_max() {
+        let v = json!({"a": 1, "b": {"c": 2, "d": [{"e": 3}, [{"f": 4, "g": 5}]]}, "h": "{}"});
+        assert_eq!(members_up_to([&v], 100), 8);
+        assert_eq!(members_up_to([&v, &json!({"x": {}})], 100), 9);
+        assert_eq!(members_up_to([&v], 8), 8);
+        assert_eq!(members_up_to([&v], 7), 8);
+        assert_eq!(members_up_to([&v], 2), 3);
+        let wide = Value::Object((0..10_000).map(|i| (format!("k{i}"), json!(i))).collect());
+        assert_eq!(members_up_to([&wide], 256), 257);
+        assert_eq!(members_up_to([&json!(5), &json!([])], 0), 0);
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl Neighbour {
 
 mod conn;
 mod disk;
+mod mem;
 mod web;
 
 #[cfg(feature = "wasm-plugins")]
