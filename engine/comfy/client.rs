@@ -254,7 +254,8 @@ impl ComfyClient {
 
     /// `GET /queue`; an answer of another shape is [`ComfyError::Protocol`], never an empty queue.
     pub async fn queue(&self) -> Result<QueueSnapshot, ComfyError> {
-        protocol::parse_queue(&self.get_json("/queue").await?).map_err(|e| ComfyError::Protocol(format!("GET /queue: {e}")))
+        protocol::parse_queue(&self.get_json("/queue").await?)
+            .map_err(|e| ComfyError::Protocol(format!("GET /queue: {e}")))
     }
 
     /// Stop a prompt: interrupt it if it runs, remove it if it is pending.

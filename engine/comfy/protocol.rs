@@ -756,7 +756,10 @@ mod tests {
             ("status_str not a string", entry(json!({"status_str": true, "messages": []}), json!({}))),
             ("messages missing", entry(json!({"status_str": "success"}), json!({}))),
             ("messages not a list", entry(json!({"status_str": "success", "messages": {}}), json!({}))),
-            ("a message not a pair", entry(json!({"status_str": "error", "messages": [["execution_error"]]}), json!({}))),
+            (
+                "a message not a pair",
+                entry(json!({"status_str": "error", "messages": [["execution_error"]]}), json!({})),
+            ),
             ("a message name not a string", entry(json!({"status_str": "error", "messages": [[1, {}]]}), json!({}))),
             (
                 "success with an error message",
@@ -766,7 +769,10 @@ mod tests {
             ("outputs a list", entry(ok_status.clone(), json!([]))),
             ("a node's outputs a list", entry(ok_status.clone(), json!({"2": [{"filename": "a.png"}]}))),
             ("a file name not a string", entry(ok_status.clone(), json!({"2": {"images": [{"filename": 7}]}}))),
-            ("a subfolder not a string", entry(ok_status.clone(), json!({"2": {"images": [{"filename": "a", "subfolder": 1}]}}))),
+            (
+                "a subfolder not a string",
+                entry(ok_status.clone(), json!({"2": {"images": [{"filename": "a", "subfolder": 1}]}})),
+            ),
         ];
         for (what, body) in cases {
             let parsed = parse_history(&body, "p");
@@ -784,7 +790,10 @@ mod tests {
         )
         .unwrap();
         assert!(q.contains("a") && q.contains("b") && q.contains("c") && !q.contains("d"));
-        assert_eq!(parse_queue(&serde_json::json!({"queue_running": [], "queue_pending": []})), Ok(QueueSnapshot::default()));
+        assert_eq!(
+            parse_queue(&serde_json::json!({"queue_running": [], "queue_pending": []})),
+            Ok(QueueSnapshot::default())
+        );
         let (msg, details) = parse_rejection(
             r#"{"error":{"type":"prompt_outputs_failed_validation","message":"Prompt outputs failed validation","details":"","extra_info":{}},
             "node_errors":{"1":{"errors":[{"type":"value_smaller_than_min","message":"Value 0 smaller than min of 1","details":"width"}],"dependent_outputs":["2"],"class_type":"EmptyImage"}}}"#,
@@ -842,8 +851,11 @@ mod tests {
                     if event["kind"] != "http" || event["response"]["status"] != 200 {
                         continue;
                     }
-                    let (method, path, body) =
-                        (&event["request"]["method"], event["request"]["path"].as_str().unwrap_or(""), &event["response"]["body"]);
+                    let (method, path, body) = (
+                        &event["request"]["method"],
+                        event["request"]["path"].as_str().unwrap_or(""),
+                        &event["response"]["body"],
+                    );
                     if body.is_null() {
                         continue;
                     }

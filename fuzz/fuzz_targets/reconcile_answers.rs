@@ -21,7 +21,12 @@ use serde_json::Value;
 /// The queue's ids by the model: `None` when the body is not a queue.
 fn model_queue(v: &Value) -> Option<(Vec<String>, Vec<String>)> {
     let ids = |key: &str| -> Option<Vec<String>> {
-        v.as_object()?.get(key)?.as_array()?.iter().map(|item| item.as_array()?.get(1)?.as_str().map(str::to_string)).collect()
+        v.as_object()?
+            .get(key)?
+            .as_array()?
+            .iter()
+            .map(|item| item.as_array()?.get(1)?.as_str().map(str::to_string))
+            .collect()
     };
     Some((ids("queue_running")?, ids("queue_pending")?))
 }

@@ -604,9 +604,17 @@ fn get_history_item(shared: &Arc<Shared>, id: &str) -> Resp {
     };
     // Faults historyNoStatus and historyOddStatus: an entry the gateway must not understand.
     let found = if !found.is_empty() && super::state::Faults::take(&mut inner.faults.history_no_status) {
-        found.into_iter().map(|(k, v)| (k, edit_entry(&v, |e| {
-            e.remove("status");
-        }))).collect()
+        found
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    edit_entry(&v, |e| {
+                        e.remove("status");
+                    }),
+                )
+            })
+            .collect()
     } else if !found.is_empty() && super::state::Faults::take(&mut inner.faults.history_odd_status) {
         let running = |e: &mut OJson| {
             if let Some(status) = e.get_mut("status") {
