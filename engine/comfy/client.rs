@@ -149,7 +149,10 @@ impl ComfyClient {
             .await
             .map_err(ComfyError::from_reqwest)?;
         let body = success_body(resp).await?;
-        serde_json::from_slice(&body).map_err(|e| ComfyError::Protocol(format!("{path_and_query}: {e}")))
+        serde_json::from_slice(&body).map_err(|e| {
+            let start: String = snippet(&body).chars().take(64).collect();
+            ComfyError::Protocol(format!("{path_and_query}: the answer is not JSON ({e}): {start:?}"))
+        })
     }
 
     async fn post_json(&self, path: &str, body: String) -> Result<(u16, Bytes), ComfyError> {
@@ -180,14 +183,8 @@ impl ComfyClient {
         let (status, body) =
             self.post_json("/prompt", protocol::submit_body(prompt_json, prompt_id, client_id)).await?;
         match status {
-            200 => {
-                let v: Value = serde_json::from_slice(&body)
-                    .map_err(|e| ComfyError::Protocol(format!("POST /prompt answer: {e}")))?;
-                match v.get("prompt_id").and_then(Value::as_str) {
-                    Some(id) if id == prompt_id => Ok(()),
-                    other => Err(ComfyError::Protocol(format!("POST /prompt answered prompt_id {other:?}"))),
-                }
-            }
+            200 => protocol::parse_submit_answer(&body, prompt_id)
+                .map_err(|e| ComfyError::Protocol(format!("POST /prompt: {e}"))),
             400 => {
                 let (message, details) = protocol::parse_rejection(&String::from_utf8_lossy(&body));
                 Err(ComfyError::Rejected { message, details })
@@ -240,10 +237,12 @@ impl ComfyClient {
         }
     }
 
-    /// `GET /history/{id}`: None while unknown or unfinished.
+    /// `GET /history/{id}`: None while unknown or unfinished (ComfyUI's `{}`); an answer of
+    /// any other shape is [`ComfyError::Protocol`], never None.
     pub async fn history(&self, prompt_id: &str) -> Result<Option<HistoryEntry>, ComfyError> {
-        let v = self.get_json(&format!("/history/{prompt_id}")).await?;
-        Ok(protocol::parse_history(&v, prompt_id))
+        let path = format!("/history/{prompt_id}");
+        let v = self.get_json(&path).await?;
+        protocol::parse_history(&v, prompt_id).map_err(|e| ComfyError::Protocol(format!("GET {path}: {e}")))
     }
 
     /// `GET /object_info`: every node class the backend knows, with its inputs' types,
@@ -253,9 +252,10 @@ impl ComfyClient {
         protocol::parse_object_info(&v).map_err(ComfyError::Protocol)
     }
 
-    /// `GET /queue`.
+    /// `GET /queue`; an answer of another shape is [`ComfyError::Protocol`], never an empty queue.
     pub async fn queue(&self) -> Result<QueueSnapshot, ComfyError> {
-        Ok(protocol::parse_queue(&self.get_json("/queue").await?))
+        protocol::parse_queue(&self.get_json("/queue").await?)
+            .map_err(|e| ComfyError::Protocol(format!("GET /queue: {e}")))
     }
 
     /// Stop a prompt: interrupt it if it runs, remove it if it is pending.

@@ -2,8 +2,11 @@
 //! WebSocket messages, history entries, queue snapshots, rejection bodies, and the
 //! classification of execution errors into the gateway's error codes.
 //!
-//! Parsing is lenient about what it does not need (unknown message types and extra
-//! fields are ignored) and never panics on any input.
+//! Parsing never panics on any input. It is lenient about what it does not need (unknown
+//! message types and extra fields are ignored), except for the answers behind the
+//! re-submit decision (`/queue`, `/history/{id}`, the `POST /prompt` answer): those are
+//! parsed strictly, and a shape the gateway does not understand is an error, never an
+//! empty queue, an unknown prompt or a success (ARCHITECTURE.md, reconciliation).
 
 use serde_json::Value;
 
@@ -235,53 +238,129 @@ pub struct HistoryEntry {
     pub files: Vec<OutputFile>,
 }
 
-/// Parse the body of `GET /history/{prompt_id}`: `None` for `{}` (unknown or unfinished).
-pub fn parse_history(body: &Value, prompt_id: &str) -> Option<HistoryEntry> {
-    let entry = body.get(prompt_id)?;
-    let status = entry.get("status");
-    let messages = status.and_then(|s| s.get("messages")).and_then(Value::as_array);
-    let find = |name: &str| {
-        messages.and_then(|m| {
-            m.iter().find_map(|pair| {
-                let pair = pair.as_array()?;
-                (pair.first()?.as_str()? == name).then(|| pair.get(1).cloned().unwrap_or(Value::Null))
-            })
-        })
+/// What a JSON value is, for error messages.
+fn shape(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parse the body of `GET /history/{prompt_id}`, strictly (it feeds the re-submit decision):
+/// `Ok(None)` only for ComfyUI's `{}` (unknown, unfinished, or lost in a restart),
+/// `Ok(Some(entry))` for `{prompt_id: entry}` with an entry [`parse_history_entry`]
+/// understands, and an error for anything else: a body that is not an object, an object
+/// that lists other keys but not this prompt (a proxy's or another server's JSON), or an
+/// entry of another shape. An error must never be taken for "unknown".
+pub fn parse_history(body: &Value, prompt_id: &str) -> Result<Option<HistoryEntry>, String> {
+    let Some(entries) = body.as_object() else {
+        return Err(format!("the history body is {}, not an object", shape(body)));
     };
-    let status_str = status.and_then(|s| s.get("status_str")).and_then(Value::as_str);
-    let outcome = if let Some(data) = find("execution_error") {
-        Outcome::Error(ExecutionError::from_value(&data))
-    } else if find("execution_interrupted").is_some() {
-        Outcome::Interrupted
-    } else if status_str == Some("success") || status.is_none() {
-        Outcome::Success
-    } else {
-        Outcome::Error(ExecutionError {
-            prompt_id: prompt_id.to_string(),
-            exception_message: format!("ComfyUI reported status {:?}", status_str.unwrap_or("")),
-            ..ExecutionError::default()
-        })
+    match entries.get(prompt_id) {
+        Some(entry) => parse_history_entry(entry, prompt_id).map(Some),
+        None if entries.is_empty() => Ok(None),
+        None => {
+            let first = entries.keys().next().map(String::as_str).unwrap_or("");
+            let first: String = first.chars().take(40).collect();
+            Err(format!("the history body has {} other key(s) (first {first:?}) and not the prompt", entries.len()))
+        }
+    }
+}
+
+/// Parse one history entry, strictly: an object with `status` (an object whose
+/// `status_str` is `success` or `error` and whose `messages` is a list of `[name, data]`
+/// pairs) and `outputs` (an object of per-node UI objects). A success that also lists an
+/// `execution_error` or `execution_interrupted` message contradicts itself and is an error
+/// too. Extra fields are ignored, and so are UI values that are not file lists (`text`,
+/// `animated`, ...).
+pub fn parse_history_entry(entry: &Value, prompt_id: &str) -> Result<HistoryEntry, String> {
+    let entry = entry.as_object().ok_or_else(|| format!("the history entry is {}, not an object", shape(entry)))?;
+    let status = match entry.get("status") {
+        Some(Value::Object(status)) => status,
+        Some(other) => return Err(format!("the history entry's status is {}, not an object", shape(other))),
+        None => return Err("the history entry has no status".to_string()),
+    };
+    let status_str = match status.get("status_str") {
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => return Err(format!("the history entry's status_str is {}, not a string", shape(other))),
+        None => return Err("the history entry's status has no status_str".to_string()),
+    };
+    let messages = match status.get("messages") {
+        Some(Value::Array(messages)) => messages,
+        Some(other) => return Err(format!("the history entry's status messages are {}, not a list", shape(other))),
+        None => return Err("the history entry's status has no messages".to_string()),
+    };
+    let mut named = Vec::with_capacity(messages.len());
+    for (i, message) in messages.iter().enumerate() {
+        match message.as_array().map(Vec::as_slice) {
+            Some([Value::String(name), data]) => named.push((name.as_str(), data)),
+            _ => return Err(format!("the history entry's status message {i} is not a [name, data] pair")),
+        }
+    }
+    let find = |name: &str| named.iter().find(|(n, _)| *n == name).map(|(_, data)| *data);
+    let (error, interrupted) = (find("execution_error"), find("execution_interrupted"));
+    let outcome = match status_str {
+        "success" if error.is_some() || interrupted.is_some() => {
+            return Err("the history entry says success but lists an execution error or interruption".to_string());
+        }
+        "success" => Outcome::Success,
+        "error" => match (error, interrupted) {
+            (Some(data), _) => Outcome::Error(ExecutionError::from_value(data)),
+            (None, Some(_)) => Outcome::Interrupted,
+            (None, None) => Outcome::Error(ExecutionError {
+                prompt_id: prompt_id.to_string(),
+                exception_message: "ComfyUI reported status \"error\" without an execution_error message".to_string(),
+                ..ExecutionError::default()
+            }),
+        },
+        other => {
+            let other: String = other.chars().take(40).collect();
+            return Err(format!("the history entry's status_str {other:?} is neither \"success\" nor \"error\""));
+        }
+    };
+    let outputs = match entry.get("outputs") {
+        Some(Value::Object(outputs)) => outputs,
+        Some(other) => return Err(format!("the history entry's outputs are {}, not an object", shape(other))),
+        None => return Err("the history entry has no outputs".to_string()),
     };
     let mut files = Vec::new();
-    if let Some(outputs) = entry.get("outputs").and_then(Value::as_object) {
-        for (node_id, ui) in outputs {
-            let Some(ui) = ui.as_object() else { continue };
-            for (key, list) in ui {
-                let Some(list) = list.as_array() else { continue };
-                for item in list {
-                    let Some(filename) = item.get("filename").and_then(Value::as_str) else { continue };
-                    files.push(OutputFile {
-                        node_id: node_id.clone(),
-                        key: key.clone(),
-                        filename: filename.to_string(),
-                        subfolder: str_field(item, "subfolder").unwrap_or_default(),
-                        folder_type: str_field(item, "type").unwrap_or_else(|| "output".to_string()),
-                    });
-                }
+    for (node_id, ui) in outputs {
+        let Some(ui) = ui.as_object() else {
+            return Err(format!("the history entry's outputs of node {node_id:?} are {}, not an object", shape(ui)));
+        };
+        for (key, list) in ui {
+            let Some(list) = list.as_array() else { continue };
+            for item in list {
+                let Some(filename) = item.get("filename") else { continue };
+                let (Some(filename), Ok(subfolder), Ok(folder_type)) =
+                    (filename.as_str(), opt_str(item, "subfolder"), opt_str(item, "type"))
+                else {
+                    return Err(format!("the history entry lists a file of node {node_id:?} that is not understood"));
+                };
+                files.push(OutputFile {
+                    node_id: node_id.clone(),
+                    key: key.clone(),
+                    filename: filename.to_string(),
+                    subfolder: subfolder.unwrap_or_default(),
+                    folder_type: folder_type.unwrap_or_else(|| "output".to_string()),
+                });
             }
         }
     }
-    Some(HistoryEntry { outcome, files })
+    Ok(HistoryEntry { outcome, files })
+}
+
+/// A field that is absent (`Ok(None)`) or a string; anything else is an error.
+fn opt_str(v: &Value, key: &str) -> Result<Option<String>, ()> {
+    match v.get(key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(()),
+    }
 }
 
 /// The prompt ids in ComfyUI's queue.
@@ -300,17 +379,46 @@ impl QueueSnapshot {
     }
 }
 
-/// Parse `GET /queue`: items are `[number, prompt_id, prompt, extra_data, outputs]`.
-pub fn parse_queue(body: &Value) -> QueueSnapshot {
-    let ids = |key: &str| -> Vec<String> {
-        body.get(key)
-            .and_then(Value::as_array)
-            .map(|items| {
-                items.iter().filter_map(|item| item.get(1).and_then(Value::as_str).map(str::to_string)).collect()
-            })
-            .unwrap_or_default()
+/// Parse `GET /queue`, strictly (it feeds the re-submit decision): an object whose
+/// `queue_running` and `queue_pending` are both lists of items `[number, prompt_id, prompt,
+/// extra_data, outputs]` (only the prompt id, a string, is read; extra fields are
+/// ignored). Anything else is an error, never an empty queue.
+pub fn parse_queue(body: &Value) -> Result<QueueSnapshot, String> {
+    let Some(queue) = body.as_object() else {
+        return Err(format!("the queue body is {}, not an object", shape(body)));
     };
-    QueueSnapshot { running: ids("queue_running"), pending: ids("queue_pending") }
+    let ids = |key: &str| -> Result<Vec<String>, String> {
+        let items = match queue.get(key) {
+            Some(Value::Array(items)) => items,
+            Some(other) => return Err(format!("the queue's {key} is {}, not a list", shape(other))),
+            None => return Err(format!("the queue body has no {key}")),
+        };
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| match item.as_array().and_then(|a| a.get(1)) {
+                Some(Value::String(id)) => Ok(id.clone()),
+                _ => Err(format!("the queue's {key}[{i}] is not a [number, prompt_id, ...] item")),
+            })
+            .collect()
+    };
+    Ok(QueueSnapshot { running: ids("queue_running")?, pending: ids("queue_pending")? })
+}
+
+/// Parse a 200 answer to `POST /prompt`: accepted only if it is a JSON object naming our
+/// `prompt_id` (ComfyUI echoes the id it was given); anything else is an error, and the
+/// submission's outcome is then unknown (reconciled, never assumed either way).
+pub fn parse_submit_answer(body: &[u8], prompt_id: &str) -> Result<(), String> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    match v.get("prompt_id") {
+        Some(Value::String(id)) if id == prompt_id => Ok(()),
+        Some(Value::String(id)) => {
+            let id: String = id.chars().take(40).collect();
+            Err(format!("the answer names prompt_id {id:?}"))
+        }
+        Some(other) => Err(format!("the answer's prompt_id is {}", shape(other))),
+        None => Err(format!("the answer is {} without a prompt_id", shape(&v))),
+    }
 }
 
 /// A 400 answer to `POST /prompt`, reduced to a message and the per-node details.
@@ -597,15 +705,15 @@ mod tests {
         let body: Value = serde_json::json!({"p": {
             "outputs": {"2": {"images": [{"filename": "a_00001_.png", "subfolder": "", "type": "output"}]}},
             "status": {"status_str": "success", "completed": true, "messages": []}}});
-        let e = parse_history(&body, "p").unwrap();
+        let e = parse_history(&body, "p").unwrap().unwrap();
         assert_eq!(e.outcome, Outcome::Success);
         assert_eq!(e.files.len(), 1);
         assert_eq!(e.files[0].filename, "a_00001_.png");
-        assert!(parse_history(&serde_json::json!({}), "p").is_none());
+        assert_eq!(parse_history(&serde_json::json!({}), "p"), Ok(None));
         let body: Value = serde_json::json!({"p": {"outputs": {}, "status": {"status_str": "error", "completed": false,
             "messages": [["execution_start", {}], ["execution_error", {"prompt_id": "p", "node_id": "1",
             "node_type": "LoadImage", "exception_type": "PIL.UnidentifiedImageError", "exception_message": "bad\n"}]]}}});
-        match parse_history(&body, "p").unwrap().outcome {
+        match parse_history(&body, "p").unwrap().unwrap().outcome {
             Outcome::Error(e) => {
                 assert_eq!(e.node_type, "LoadImage");
                 assert_eq!(e.exception_message, "bad");
@@ -614,15 +722,78 @@ mod tests {
         }
         let body: Value = serde_json::json!({"p": {"outputs": {}, "status": {"status_str": "error",
             "messages": [["execution_interrupted", {"prompt_id": "p"}]]}}});
-        assert_eq!(parse_history(&body, "p").unwrap().outcome, Outcome::Interrupted);
+        assert_eq!(parse_history(&body, "p").unwrap().unwrap().outcome, Outcome::Interrupted);
+        // An error status without a message is still a failure ComfyUI reported.
+        let body: Value = serde_json::json!({"p": {"outputs": {}, "status": {"status_str": "error", "messages": []}}});
+        assert!(matches!(parse_history(&body, "p").unwrap().unwrap().outcome, Outcome::Error(_)));
+        // UI values that are not file lists are skipped; files keep their folder type.
+        let body: Value = serde_json::json!({"p": {"status": {"status_str": "success", "messages": []},
+            "outputs": {"3": {"text": ["hi"], "animated": [false], "images": [{"filename": "t.png", "type": "temp"}]}}}});
+        let e = parse_history(&body, "p").unwrap().unwrap();
+        assert_eq!(e.files.len(), 1);
+        assert_eq!((e.files[0].folder_type.as_str(), e.files[0].subfolder.as_str()), ("temp", ""));
+    }
+
+    /// Every answer that is not one ComfyUI gives is an error: never "unknown" (`Ok(None)`),
+    /// never a success. Each of these would have led to a second `POST /prompt` (or a false
+    /// success) when the parser was lenient.
+    #[test]
+    fn history_answers_not_understood_are_errors() {
+        use serde_json::json;
+        let ok_status = json!({"status_str": "success", "completed": true, "messages": []});
+        let entry = |status: Value, outputs: Value| json!({"p": {"status": status, "outputs": outputs}});
+        let cases = [
+            ("a JSON list", json!([])),
+            ("a string", json!("<html>502</html>")),
+            ("null", Value::Null),
+            ("an object of another shape", json!({"error": "upstream connect error", "status": 502})),
+            ("another prompt's entry only", json!({"q": {"status": ok_status.clone(), "outputs": {}}})),
+            ("the entry is a string", json!({"p": "pending"})),
+            ("the entry has no status", json!({"p": {"outputs": {"2": {"images": [{"filename": "a.png"}]}}}})),
+            ("status is not an object", entry(json!("success"), json!({}))),
+            ("status_str missing", entry(json!({"completed": true, "messages": []}), json!({}))),
+            ("status_str running", entry(json!({"status_str": "running", "messages": []}), json!({}))),
+            ("status_str not a string", entry(json!({"status_str": true, "messages": []}), json!({}))),
+            ("messages missing", entry(json!({"status_str": "success"}), json!({}))),
+            ("messages not a list", entry(json!({"status_str": "success", "messages": {}}), json!({}))),
+            (
+                "a message not a pair",
+                entry(json!({"status_str": "error", "messages": [["execution_error"]]}), json!({})),
+            ),
+            ("a message name not a string", entry(json!({"status_str": "error", "messages": [[1, {}]]}), json!({}))),
+            (
+                "success with an error message",
+                entry(json!({"status_str": "success", "messages": [["execution_error", {}]]}), json!({})),
+            ),
+            ("outputs missing", json!({"p": {"status": ok_status.clone()}})),
+            ("outputs a list", entry(ok_status.clone(), json!([]))),
+            ("a node's outputs a list", entry(ok_status.clone(), json!({"2": [{"filename": "a.png"}]}))),
+            ("a file name not a string", entry(ok_status.clone(), json!({"2": {"images": [{"filename": 7}]}}))),
+            (
+                "a subfolder not a string",
+                entry(ok_status.clone(), json!({"2": {"images": [{"filename": "a", "subfolder": 1}]}})),
+            ),
+        ];
+        for (what, body) in cases {
+            let parsed = parse_history(&body, "p");
+            assert!(parsed.is_err(), "{what}: {body} gave {parsed:?}");
+            assert!(!parsed.unwrap_err().is_empty(), "{what}: a message");
+        }
+        // The one "unknown": ComfyUI's `{}`.
+        assert_eq!(parse_history(&json!({}), "p"), Ok(None));
     }
 
     #[test]
     fn queue_and_rejection() {
         let q = parse_queue(
             &serde_json::json!({"queue_running": [[1, "a", {}, {}, []]], "queue_pending": [[3, "c"], [2, "b"]]}),
-        );
+        )
+        .unwrap();
         assert!(q.contains("a") && q.contains("b") && q.contains("c") && !q.contains("d"));
+        assert_eq!(
+            parse_queue(&serde_json::json!({"queue_running": [], "queue_pending": []})),
+            Ok(QueueSnapshot::default())
+        );
         let (msg, details) = parse_rejection(
             r#"{"error":{"type":"prompt_outputs_failed_validation","message":"Prompt outputs failed validation","details":"","extra_info":{}},
             "node_errors":{"1":{"errors":[{"type":"value_smaller_than_min","message":"Value 0 smaller than min of 1","details":"width"}],"dependent_outputs":["2"],"class_type":"EmptyImage"}}}"#,
@@ -630,6 +801,82 @@ mod tests {
         assert!(msg.contains("prompt_outputs_failed_validation"));
         assert_eq!(details["nodeErrors"][0]["nodeId"], "1");
         assert_eq!(details["nodeErrors"][0]["details"], "width");
+    }
+
+    /// A queue answer of another shape is an error, never an empty queue.
+    #[test]
+    fn queue_answers_not_understood_are_errors() {
+        use serde_json::json;
+        let cases = [
+            json!([]),
+            json!("<html>"),
+            Value::Null,
+            json!({}),
+            json!({"error": "upstream connect error"}),
+            json!({"queue_pending": []}),
+            json!({"queue_running": []}),
+            json!({"queue_running": null, "queue_pending": []}),
+            json!({"queue_running": {}, "queue_pending": []}),
+            json!({"queue_running": [], "queue_pending": [["a"]]}),
+            json!({"queue_running": [[1, 2]], "queue_pending": []}),
+            json!({"queue_running": ["a"], "queue_pending": []}),
+            json!({"queue_running": [{"prompt_id": "a"}], "queue_pending": []}),
+        ];
+        for body in cases {
+            let parsed = parse_queue(&body);
+            assert!(parsed.is_err(), "{body} gave {parsed:?}");
+        }
+    }
+
+    #[test]
+    fn submit_answers() {
+        assert_eq!(parse_submit_answer(br#"{"prompt_id": "p", "number": 1, "node_errors": {}}"#, "p"), Ok(()));
+        for body in [&br#"{"prompt_id": "q", "number": 1}"#[..], b"{}", b"[]", b"<html>", br#"{"prompt_id": 5}"#, b""] {
+            assert!(parse_submit_answer(body, "p").is_err(), "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// Every `/queue`, `/history/{id}` and `POST /prompt` answer of the captured ComfyUI
+    /// sessions parses (those in the repository, and the full set in `shared/` beside the
+    /// clone when it is there): strictness refuses only what ComfyUI does not send.
+    #[test]
+    fn every_captured_answer_parses() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut checked = (0, 0, 0);
+        for dir in [root.join("tests/it/captures"), root.join("../shared/comfyui/captures")] {
+            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+            for file in entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")) {
+                let Ok(capture) = serde_json::from_slice::<Value>(&std::fs::read(&file).unwrap()) else { continue };
+                for event in capture.get("events").and_then(Value::as_array).into_iter().flatten() {
+                    if event["kind"] != "http" || event["response"]["status"] != 200 {
+                        continue;
+                    }
+                    let (method, path, body) = (
+                        &event["request"]["method"],
+                        event["request"]["path"].as_str().unwrap_or(""),
+                        &event["response"]["body"],
+                    );
+                    if body.is_null() {
+                        continue;
+                    }
+                    let here = format!("{}: {method} {path}", file.display());
+                    if method == "GET" && (path == "/queue" || path == "/api/queue") {
+                        parse_queue(body).unwrap_or_else(|e| panic!("{here}: {e}"));
+                        checked.0 += 1;
+                    } else if method == "GET" && path.starts_with("/history/") {
+                        let id = &path["/history/".len()..];
+                        let parsed = parse_history(body, id).unwrap_or_else(|e| panic!("{here}: {e}"));
+                        assert_eq!(parsed.is_none(), body.as_object().is_some_and(|o| o.is_empty()), "{here}");
+                        checked.1 += 1;
+                    } else if method == "POST" && path == "/prompt" {
+                        let id = body["prompt_id"].as_str().unwrap_or("");
+                        parse_submit_answer(body.to_string().as_bytes(), id).unwrap_or_else(|e| panic!("{here}: {e}"));
+                        checked.2 += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked.0 >= 2 && checked.1 >= 5 && checked.2 >= 5, "captures found: {checked:?}");
     }
 
     #[test]

@@ -12,8 +12,12 @@
 //! restart of the gateway, a dropped WebSocket, an ambiguous HTTP failure) it reconciles:
 //! `/queue` first, then `/history/{id}` (in that order, since ComfyUI moves a prompt from
 //! the queue to the history atomically): still there → wait for it; finished → collect;
-//! unknown twice in a row → ComfyUI lost it, so submit again with the same prompt_id,
-//! counted as an attempt, up to `MAX_ATTEMPTS`.
+//! unknown twice → ComfyUI lost it, so submit again with the same prompt_id, counted as
+//! an attempt, up to `MAX_ATTEMPTS`. "Unknown" is only ever concluded from answers the
+//! client understood (`protocol` parses `/queue` and `/history/{id}` strictly): a failed
+//! call or an answer of another shape is not a look at all; the job waits and looks again,
+//! bounded by its time limit, and such a failure neither counts toward the two unknowns
+//! nor resets them.
 //!
 //! Dead backends: with more than one backend configured, a runner reconciling with a
 //! backend that has been unreachable for `BACKEND_DEAD_AFTER_MS` gives the job up there
@@ -597,11 +601,13 @@ impl Run {
     async fn reconcile(&mut self) -> Result<Phase, Exit> {
         let id = self.id().to_string();
         let mut backoff = Duration::from_millis(100);
-        let mut looked_twice = false;
+        // Answers that said "unknown" (understood ones only: a failed look is not counted).
+        let mut unknown_seen = 0u32;
         loop {
             let seen = match self.look(&id).await {
                 Ok(seen) => seen,
-                Err(reason) => {
+                Err(failure) => {
+                    let reason = failure.to_string();
                     if self.backend_is_dead() {
                         // Decided and committed under `rejoin`, so the backend cannot come
                         // back in between without its clearing seeing the move.
@@ -612,8 +618,18 @@ impl Run {
                         }
                     }
                     if Instant::now() >= self.deadline {
-                        let message = format!("backend unreachable for longer than the job's time limit: {reason}");
+                        let message = if matches!(failure, ComfyError::Protocol(_)) {
+                            format!(
+                                "the backend's answers were not understood for longer than the job's time limit \
+                                 (the prompt was not submitted again): {reason}"
+                            )
+                        } else {
+                            format!("backend unreachable for longer than the job's time limit: {reason}")
+                        };
                         return self.fail(ErrorCode::ComfyuiUnreachable, message, None).await;
+                    }
+                    if matches!(failure, ComfyError::Protocol(_)) {
+                        tracing::warn!(job = %id, error = %reason, "answer not understood while reconciling; looking again");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -634,9 +650,9 @@ impl Run {
                     self.shared.metrics.reconciled("collected");
                     return Ok(Phase::Collect(entry));
                 }
-                Seen::Unknown if !looked_twice => {
+                Seen::Unknown if unknown_seen == 0 => {
                     // A POST still in flight when we looked could land now: look once more.
-                    looked_twice = true;
+                    unknown_seen += 1;
                     tokio::time::sleep(RECONCILE_GRACE).await;
                 }
                 Seen::Unknown => {
@@ -677,27 +693,28 @@ impl Run {
         if self.commit(Event::Move { reason }).await { Err(Exit::Requeue(key)) } else { Err(Exit::Finished) }
     }
 
-    async fn look(&self, id: &str) -> Result<Seen, String> {
+    /// One look at the backend: `/queue`, then `/history/{id}`. `Unknown` only when both
+    /// were understood and neither lists the prompt; a history entry is taken even when the
+    /// queue's answer was not understood (a finished prompt is finished), but "unknown" is
+    /// then not concluded: the queue's failure is returned instead.
+    async fn look(&self, id: &str) -> Result<Seen, ComfyError> {
         let client = &self.backend.client;
-        let queue = match client.queue().await {
-            Ok(queue) => queue,
-            Err(e) => {
-                // `/queue` has no injected faults and is cheap: no connection or no answer
-                // in time means the backend is unreachable (e.g. partitioned while its
-                // WebSocket still looks open), so its health task re-probes and the
-                // dead-backend clock starts.
-                if e.is_unreachable() {
-                    self.backend.mark_down(&format!("GET /queue: {e}"));
-                }
-                return Err(e.to_string());
+        let queue_failure = match client.queue().await {
+            Ok(queue) if queue.contains(id) => return Ok(Seen::Queued),
+            Ok(_) => None,
+            Err(e) if e.is_unreachable() => {
+                // `/queue` is cheap: no connection or no answer in time means the backend
+                // is unreachable (e.g. partitioned while its WebSocket still looks open),
+                // so its health task re-probes and the dead-backend clock starts.
+                self.backend.mark_down(&format!("GET /queue: {e}"));
+                return Err(e);
             }
+            Err(e) => Some(e),
         };
-        if queue.contains(id) {
-            return Ok(Seen::Queued);
-        }
-        match client.history(id).await.map_err(|e| e.to_string())? {
-            Some(entry) => Ok(Seen::Finished(entry)),
-            None => Ok(Seen::Unknown),
+        match (client.history(id).await?, queue_failure) {
+            (Some(entry), _) => Ok(Seen::Finished(entry)),
+            (None, None) => Ok(Seen::Unknown),
+            (None, Some(queue_failure)) => Err(queue_failure),
         }
     }
 

@@ -1,7 +1,7 @@
 //! ComfyUI's JSON as the gateway reads it (`comfy::protocol`): a WebSocket text frame, a
-//! `/history/{id}` body, a `/queue` body, a `POST /prompt` rejection. Never a panic, and
+//! `/history/{id}` body, a `/queue` body, a `POST /prompt` rejection. Never a panic (the
+//! strict `/queue` and `/history` parsers are checked further by `reconcile_answers`), and
 //! - a parsed WS message's prompt id comes from the message's `data.prompt_id`;
-//! - a history body answers for each of its prompt ids and for no other;
 //! - the `POST /prompt` body built around a JSON prompt is JSON with that prompt and id.
 //!
 //! Input: one body or frame (the same bytes go to every parser).
@@ -27,25 +27,18 @@ fuzz_target!(|data: &[u8]| {
     assert!(!summary.is_empty());
     assert!(details.get("nodeErrors").is_some_and(Value::is_array));
 
+    // `/queue` and `/history/{id}` have their own target (`reconcile_answers`); here only
+    // "never a panic" for them.
     let Some(value) = value else { return };
-    let queue = protocol::parse_queue(&value);
-    for id in queue.running.iter().chain(&queue.pending) {
-        assert!(queue.contains(id));
-    }
+    let _ = protocol::parse_queue(&value);
     if let Some(entries) = value.as_object() {
         for prompt_id in entries.keys().take(8) {
-            let entry = protocol::parse_history(&value, prompt_id).expect("an entry of the body");
-            if let Outcome::Error(e) = &entry.outcome {
+            if let Ok(Some(entry)) = protocol::parse_history(&value, prompt_id)
+                && let Outcome::Error(e) = &entry.outcome
+            {
                 let _ = (e.code(), e.summary(), e.details());
             }
-            for file in &entry.files {
-                let _ = protocol::media_type_of(&file.filename);
-            }
         }
-        let absent = "00000000-not-a-key";
-        assert_eq!(entries.contains_key(absent), protocol::parse_history(&value, absent).is_some());
-    } else {
-        assert!(protocol::parse_history(&value, "p").is_none() || value.get("p").is_some());
     }
     let body = protocol::submit_body(&value.to_string(), "prompt-1", "client-1");
     let sent: Value = serde_json::from_str(&body).expect("the submit body is JSON");

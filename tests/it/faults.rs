@@ -38,6 +38,12 @@
 //! | truncated `/view` body, persistent | `viewTruncated: 100` | `failed` `COMFYUI_UNREACHABLE`, no output stored, bounded (not a loop) |
 //! | `/history` without outputs, transient | `historyNoOutputs: 1` | `succeeded` (the history is read again before concluding) |
 //! | `/history` without outputs, persistent | `historyNoOutputs: 100` | `failed` `COMFYUI_NODE_ERROR` ("listed no saved output files"), executed once |
+//! | `/queue` not understood, transient | `promptHang: 1` + `queueGarbage: 4` (HTML page, JSON of another shape, `queue_running` null, missing), the prompt still running | `succeeded`, attempts 1, submitted once (never read as an empty queue), executed once |
+//! | `/queue` not understood, persistent | `promptHang: 1` + `queueGarbage: 1000` | `succeeded` (the finished prompt's history entry is taken), attempts 1, submitted once |
+//! | `/history` not understood, transient | `promptHang: 1` + `historyGarbage: 2` / `4` (`[]`, `{"error": ...}`, HTML, `{"<id>": "pending"}`) | `succeeded`, attempts 1, submitted once (never "unknown"), executed once |
+//! | `/history` not understood, persistent | `promptHang: 1` + `historyGarbage: 1000` | `failed` `COMFYUI_UNREACHABLE` ("not understood") at the time limit, submitted once |
+//! | history entry without `status` / with `status_str: "running"`, transient | `historyNoStatus: 2`, `historyOddStatus: 2` | `succeeded` (not taken as a success or a failure until real), submitted once |
+//! | the same, persistent | `historyNoStatus: 1000`, `historyOddStatus: 1000` | `failed` `COMFYUI_UNREACHABLE` ("not understood") at the time limit, submitted once, executed once |
 //!
 //! A job still *queued* while its backend is down waits without a time limit (nothing was
 //! sent, no attempt is counted); the time limit starts when a prompt is submitted.
@@ -46,7 +52,10 @@
 //! transfers): a transient upload or `/view` 500 failed the job `COMFYUI_NODE_ERROR`; a
 //! garbage `/view` body was stored as the PNG output; a persistent truncated or hung `/view`
 //! reconciled and downloaded again forever; a persistent hung upload requeued the job
-//! forever; a transient `/history` without outputs failed the job.
+//! forever; a transient `/history` without outputs failed the job. And before `/queue` and
+//! `/history/{id}` were parsed strictly, a malformed `/queue` was an empty queue and a
+//! history body of another shape "unknown" (two of them: a second `POST /prompt`), an entry
+//! without `status` a success, and one with an odd `status_str` a failure.
 
 use std::time::{Duration, Instant};
 
@@ -472,4 +481,114 @@ async fn history_without_outputs() {
     o.expect("failed", Some("COMFYUI_NODE_ERROR"), 1, &rig.gw.proc_.log());
     assert!(o.message().contains("no saved output"), "{}", o.message());
     assert_eq!(rig.executed(&o.id).await, 1);
+}
+
+impl Rig {
+    /// How many `POST /prompt` with the job's prompt id the simulator accepted: the
+    /// exactly-once check of the cells whose faults feed the re-submit decision.
+    async fn submitted(&self, id: &str) -> u64 {
+        let executions = self.sim.executions().await;
+        let records = executions["executions"].as_array().cloned().unwrap_or_default();
+        records.iter().find(|e| e["promptId"] == id).and_then(|e| e["submitted"].as_u64()).unwrap_or(0)
+    }
+
+    /// Like `run`, also returning the faults still armed when the job ended (before the
+    /// reset), so a cell can show that the job did meet the answers it was given.
+    async fn run_counted(&self, fault: Value, body: Value) -> (Outcome, Value) {
+        self.sim.faults(json!({"reset": true})).await;
+        self.sim.faults(fault).await;
+        let start = Instant::now();
+        let id = self.gw.submit_ok(body).await;
+        let job = self.gw.wait_terminal(&id, BOUND).await;
+        let took = start.elapsed();
+        let (_, left) = support::get_json(&format!("{}/sim/faults", self.sim.url())).await;
+        self.sim.faults(json!({"reset": true})).await;
+        (Outcome { id, job, took }, left)
+    }
+
+    /// The job ran once, was submitted once (never a second `POST /prompt`), and every
+    /// count of the transient `fault` was served to it.
+    async fn assert_exactly_once(&self, o: &Outcome, left: &Value, fault: &str) {
+        assert_eq!(self.submitted(&o.id).await, 1, "one POST /prompt: {}\n{}", o.job, self.gw.proc_.log());
+        assert_eq!(self.executed(&o.id).await, 1, "{}", o.job);
+        assert_eq!(left[fault], 0, "the job met every {fault} answer: {left}");
+    }
+}
+
+/// `GET /queue` answers 200 with what is not a queue (an HTML error page, JSON of another
+/// shape, `queue_running` null or missing) while the job is reconciled and its prompt still
+/// runs: never read as an empty queue, so never "unknown" and never a second
+/// `POST /prompt`; the job reattaches once the answers are real again.
+///
+/// The simulator runs each model node for 600 ms here, so the prompt is still running
+/// while reconciliation meets the faults; `promptHang: 1` sends the job to reconciliation
+/// (the `POST /prompt` answer never comes, `COMFYUI_HTTP_TIMEOUT_MS` = 400 ms).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_answers_not_understood() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 600).await;
+    let rig = Rig::with_sim(dir, sim, RESTART_ENV).await;
+    // Transient: every kind once, then the real queue (the job is still in it).
+    let (o, left) = rig.run_counted(json!({"promptHang": 1, "queueGarbage": 4}), icon(1)).await;
+    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
+    rig.assert_exactly_once(&o, &left, "queueGarbage").await;
+    rig.assert_intact_outputs(&o).await;
+
+    // Persistent: the queue is never understood, but the finished prompt's history entry
+    // is taken as it is (a finished prompt is finished); still one submission.
+    let (o, left) = rig.run_counted(json!({"promptHang": 1, "queueGarbage": 1000}), icon(2)).await;
+    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
+    assert!(left["queueGarbage"].as_u64().is_some_and(|n| n < 1000), "the job met the fault: {left}");
+    assert_eq!(rig.submitted(&o.id).await, 1, "one POST /prompt: {}", o.job);
+    assert_eq!(rig.executed(&o.id).await, 1);
+}
+
+/// `GET /history/{id}` answers 200 with what is not a history (an HTML error page, JSON of
+/// another shape, a list, the prompt mapped to a string) while the job is reconciled after
+/// its prompt finished: never "unknown", never a second `POST /prompt`; the job is
+/// collected once the answers are real; persistent → `COMFYUI_UNREACHABLE` at the job's
+/// time limit, still submitted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_answers_not_understood() {
+    let rig = Rig::start(&[]).await;
+    // Two answers a lenient parser took for "unknown" (`[]`, then `{"error": ...}`): before
+    // the parse was strict this cell resubmitted the prompt.
+    let (o, left) = rig.run_counted(json!({"promptHang": 1, "historyGarbage": 2}), icon(1)).await;
+    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
+    rig.assert_exactly_once(&o, &left, "historyGarbage").await;
+    rig.assert_intact_outputs(&o).await;
+
+    // Every kind once.
+    let (o, left) = rig.run_counted(json!({"promptHang": 1, "historyGarbage": 4}), icon(2)).await;
+    o.expect("succeeded", None, 1, &rig.gw.proc_.log());
+    rig.assert_exactly_once(&o, &left, "historyGarbage").await;
+
+    let (o, _) = rig.run_counted(json!({"promptHang": 1, "historyGarbage": 1000}), icon(3)).await;
+    o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
+    assert!(o.message().contains("not understood"), "{}", o.message());
+    assert!(o.took >= Duration::from_millis(TIMEOUT_MS), "waited for the time limit: {:?}", o.took);
+    assert_eq!(rig.submitted(&o.id).await, 1, "one POST /prompt: {}", o.job);
+    assert_eq!(rig.executed(&o.id).await, 1);
+}
+
+/// A finished prompt's history entry without `status`, or with a `status_str` that is
+/// neither success nor error: not taken as a success (nor as a failure); read again, and
+/// collected once the entry is real; persistent → `COMFYUI_UNREACHABLE` at the job's time
+/// limit, submitted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_entries_not_understood() {
+    let rig = Rig::start(&[]).await;
+    for fault in ["historyNoStatus", "historyOddStatus"] {
+        let seed = if fault == "historyNoStatus" { 1 } else { 3 };
+        let (o, left) = rig.run_counted(json!({fault: 2}), icon(seed)).await;
+        o.expect("succeeded", None, 1, &rig.gw.proc_.log());
+        rig.assert_exactly_once(&o, &left, fault).await;
+        rig.assert_intact_outputs(&o).await;
+
+        let (o, _) = rig.run_counted(json!({fault: 1000}), icon(seed + 1)).await;
+        o.expect("failed", Some("COMFYUI_UNREACHABLE"), 1, &rig.gw.proc_.log());
+        assert!(o.message().contains("not understood"), "{}", o.message());
+        assert_eq!(rig.submitted(&o.id).await, 1, "one POST /prompt: {}", o.job);
+        assert_eq!(rig.executed(&o.id).await, 1);
+    }
 }

@@ -1126,7 +1126,8 @@ async fn sim_fault_drop_ws_and_latency() {
         json!({
             "latencyMs": 0, "oom": 0, "nodeError": 0, "hang": 0, "dropWsAfterMs": null, "crashOnNextExecution": false,
             "promptError": 0, "promptHang": 0, "uploadError": 0, "uploadHang": 0, "historyError": 0, "historyHang": 0,
-            "historyNoOutputs": 0, "viewError": 0, "viewHang": 0, "viewGarbage": 0, "viewTruncated": 0
+            "historyNoOutputs": 0, "viewError": 0, "viewHang": 0, "viewGarbage": 0, "viewTruncated": 0,
+            "queueGarbage": 0, "historyGarbage": 0, "historyNoStatus": 0, "historyOddStatus": 0
         })
     );
     assert_eq!(sim.post("/sim/faults", &json!({"bogus": 1})).await.0, 400);
@@ -1157,6 +1158,37 @@ async fn sim_http_faults_on_the_wire() {
     let (s, bare) = sim.get("/api/history/w1").await;
     assert_eq!((s, &bare["w1"]["outputs"], &bare["w1"]["meta"]), (200, &json!({}), &json!({})));
     assert_eq!(bare["w1"]["status"], entry["status"]);
+    assert_eq!(sim.get("/history/w1").await.1["w1"], entry);
+
+    // Answers that are not ComfyUI's, each kind in turn, then the real ones again.
+    let real_queue = sim.get("/queue").await;
+    sim.post("/sim/faults", &json!({"queueGarbage": 4, "historyGarbage": 4})).await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (s, q) = sim.get("/api/queue").await;
+        assert_eq!(s, 200);
+        assert!(!(q["queue_running"].is_array() && q["queue_pending"].is_array()), "not a queue: {q}");
+        seen.push(q);
+    }
+    assert!(seen[0].as_str().is_some_and(|t| t.starts_with("<html>")), "an HTML page first: {seen:?}");
+    assert_eq!(seen[3]["error"], "upstream connect error");
+    assert_eq!(sim.get("/queue").await, real_queue);
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (s, h) = sim.get("/history/w1").await;
+        assert_eq!(s, 200);
+        assert!(!h["w1"].is_object(), "not a history entry: {h}");
+        seen.push(h);
+    }
+    assert_eq!(seen[1], json!({"w1": "pending"}));
+    assert_eq!(seen[2], json!([]));
+    assert_eq!(sim.get("/history/w1").await.1["w1"], entry);
+    // historyNoStatus, then historyOddStatus (found entries only), then as is.
+    sim.post("/sim/faults", &json!({"historyNoStatus": 1, "historyOddStatus": 1})).await;
+    assert_eq!(sim.get("/history/nope").await.1, json!({}), "an unknown prompt does not use them");
+    let (_, h) = sim.get("/history/w1").await;
+    assert!(h["w1"].get("status").is_none() && h["w1"]["outputs"] == entry["outputs"], "{h}");
+    assert_eq!(sim.get("/history/w1").await.1["w1"]["status"]["status_str"], "running");
     assert_eq!(sim.get("/history/w1").await.1["w1"], entry);
 
     // viewError, viewGarbage, viewTruncated, viewHang, in that order when armed together.

@@ -224,11 +224,28 @@ async fn route(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Resp, 
                 }
             }
         }
-        (&Method::GET, ["queue"]) => get_queue(&shared),
+        (&Method::GET, ["queue"]) => {
+            let garbage = {
+                let f = &mut shared.lock().faults;
+                let left = f.queue_garbage;
+                super::state::Faults::take(&mut f.queue_garbage).then_some(left)
+            };
+            match garbage {
+                Some(left) => queue_garbage(&shared, left),
+                None => get_queue(&shared),
+            }
+        }
         (&Method::POST, ["queue"]) => post_queue(&shared, &body),
         (&Method::GET, ["history"]) => get_history(&shared, &query),
         (&Method::GET, ["history", id]) => {
-            if fault(&shared, |f| &mut f.history_error) {
+            let garbage = {
+                let f = &mut shared.lock().faults;
+                let left = f.history_garbage;
+                super::state::Faults::take(&mut f.history_garbage).then_some(left)
+            };
+            if let Some(left) = garbage {
+                history_garbage(&percent_decode(id), left)
+            } else if fault(&shared, |f| &mut f.history_error) {
                 server_error()
             } else if fault(&shared, |f| &mut f.history_hang) {
                 with_wire(get_history_item(&shared, &percent_decode(id)), Wire::Hang)
@@ -473,6 +490,38 @@ fn get_queue(shared: &Arc<Shared>) -> Resp {
     )
 }
 
+/// What faults `queueGarbage` and `historyGarbage` send first: a proxy's error page, as 200.
+fn html_error_page() -> Resp {
+    resp(StatusCode::OK, Some("text/html; charset=utf-8"), GARBAGE_BODY)
+}
+
+/// Fault `queueGarbage`: a 200 answer that is not a queue, the kind picked by the count
+/// left (`left`, before this request), so N requests see the kinds in turn.
+fn queue_garbage(shared: &Arc<Shared>, left: u32) -> Resp {
+    match left % 4 {
+        0 => html_error_page(),
+        1 => json_resp(StatusCode::OK, r#"{"error": "upstream connect error", "status": 502}"#.to_string()),
+        2 => json_resp(StatusCode::OK, r#"{"queue_running": null, "queue_pending": []}"#.to_string()),
+        _ => {
+            // A real pending list, but no `queue_running` (a newer format, say).
+            let inner = shared.lock();
+            let pending: Vec<OJson> = inner.pending.iter().map(|i| i.to_tuple(&i.extra_data)).collect();
+            json_resp(StatusCode::OK, format!("{{\"queue_pending\": {}}}", OJson::Arr(pending).to_json()))
+        }
+    }
+}
+
+/// Fault `historyGarbage`: a 200 answer that is not a history body, the kind picked by the
+/// count left (`left`, before this request).
+fn history_garbage(id: &str, left: u32) -> Resp {
+    match left % 4 {
+        0 => html_error_page(),
+        1 => json_resp(StatusCode::OK, r#"{"error": "upstream connect error", "status": 502}"#.to_string()),
+        2 => json_resp(StatusCode::OK, "[]".to_string()),
+        _ => json_resp(StatusCode::OK, history_object(&[&(id.to_string(), "\"pending\"".to_string())])),
+    }
+}
+
 fn post_queue(shared: &Arc<Shared>, body: &[u8]) -> Resp {
     let Some(json) = parse_json(body) else {
         return server_error();
@@ -553,7 +602,41 @@ fn get_history_item(shared: &Arc<Shared>, id: &str) -> Resp {
     } else {
         found
     };
+    // Faults historyNoStatus and historyOddStatus: an entry the gateway must not understand.
+    let found = if !found.is_empty() && super::state::Faults::take(&mut inner.faults.history_no_status) {
+        found
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k,
+                    edit_entry(&v, |e| {
+                        e.remove("status");
+                    }),
+                )
+            })
+            .collect()
+    } else if !found.is_empty() && super::state::Faults::take(&mut inner.faults.history_odd_status) {
+        let running = |e: &mut OJson| {
+            if let Some(status) = e.get_mut("status") {
+                status.set("status_str", OJson::Str("running".into()));
+            }
+        };
+        found.into_iter().map(|(k, v)| (k, edit_entry(&v, running))).collect()
+    } else {
+        found
+    };
     json_resp(StatusCode::OK, history_object(&found.iter().collect::<Vec<_>>()))
+}
+
+/// A history entry changed by `edit` (key order kept).
+fn edit_entry(entry: &str, edit: impl FnOnce(&mut OJson)) -> String {
+    match serde_json::from_str::<OJson>(entry) {
+        Ok(mut e) => {
+            edit(&mut e);
+            e.to_json()
+        }
+        Err(_) => entry.to_string(),
+    }
 }
 
 /// A history entry with empty `outputs` and `meta` (key order kept).
@@ -1070,6 +1153,10 @@ struct FaultsPatch {
     view_hang: Option<u32>,
     view_garbage: Option<u32>,
     view_truncated: Option<u32>,
+    queue_garbage: Option<u32>,
+    history_garbage: Option<u32>,
+    history_no_status: Option<u32>,
+    history_odd_status: Option<u32>,
     reset: Option<bool>,
 }
 
@@ -1130,6 +1217,10 @@ fn post_faults(shared: &Arc<Shared>, body: &[u8]) -> Resp {
         (&mut f.view_hang, patch.view_hang),
         (&mut f.view_garbage, patch.view_garbage),
         (&mut f.view_truncated, patch.view_truncated),
+        (&mut f.queue_garbage, patch.queue_garbage),
+        (&mut f.history_garbage, patch.history_garbage),
+        (&mut f.history_no_status, patch.history_no_status),
+        (&mut f.history_odd_status, patch.history_odd_status),
     ] {
         if let Some(v) = value {
             *field = v;

@@ -45,6 +45,10 @@
 //! | `viewHang: N` | – | the next N `GET /view` of an existing file hold their answer (an hour) |
 //! | `viewGarbage: N` | – | the next N `GET /view` of an existing file answer 200, with the file's content type, and an HTML error page as the body |
 //! | `viewTruncated: N` | – | the next N `GET /view` of an existing file declare the file's `Content-Length`, send half of it and close the connection |
+//! | `queueGarbage: N` | – | the next N `GET /queue` answer 200 with what is not a queue, in turn: an HTML error page, a JSON object of another shape, `queue_running: null`, no `queue_running` |
+//! | `historyGarbage: N` | – | the next N `GET /history/{id}` answer 200 with what is not a history, in turn: an HTML error page, a JSON object of another shape, `[]`, the prompt mapped to a string |
+//! | `historyNoStatus: N` | – | the next N `GET /history/{id}` that find the prompt report it without `status` |
+//! | `historyOddStatus: N` | – | the next N `GET /history/{id}` that find the prompt report it with `status_str: "running"` |
 //! | `reset: true` | – | disarm everything first |
 //!
 //! "First non-trivial node" = the first executed node whose class is not native; if the
@@ -53,7 +57,7 @@
 //! sense when the simulator runs as its own process (`comfyui-gateway sim`); the tests
 //! exercise them in a child process. Faults armed by flags behave exactly like the same
 //! fields posted to `/sim/faults` at start. The HTTP faults (`prompt*`, `upload*`,
-//! `history*`, `view*`) count requests on their route (with or without `/api`), so `1`
+//! `queue*`, `history*`, `view*`) count requests on their route (with or without `/api`), so `1`
 //! is a transient fault and a large N a persistent one; `/sim/*` is never faulted.
 
 mod defs;

@@ -134,6 +134,19 @@ pub struct Faults {
     pub view_garbage: u32,
     /// The next N `GET /view` of an existing file declare its length, send half, and close.
     pub view_truncated: u32,
+    /// The next N `GET /queue` answer 200 with a body that is not ComfyUI's queue (in turn:
+    /// an HTML error page, a JSON object of another shape, `queue_running` not a list,
+    /// `queue_running` missing).
+    pub queue_garbage: u32,
+    /// The next N `GET /history/{id}` answer 200 with a body that is not ComfyUI's history
+    /// (in turn: an HTML error page, a JSON object of another shape, a JSON list, the prompt
+    /// mapped to a string).
+    pub history_garbage: u32,
+    /// The next N `GET /history/{id}` that find the prompt report it without `status`.
+    pub history_no_status: u32,
+    /// The next N `GET /history/{id}` that find the prompt report it with `status_str`
+    /// `"running"` (neither success nor error).
+    pub history_odd_status: u32,
 }
 
 impl Faults {

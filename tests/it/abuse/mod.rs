@@ -92,6 +92,7 @@ impl Neighbour {
 mod conn;
 mod disk;
 mod mem;
+mod parse;
 mod web;
 
 #[cfg(feature = "wasm-plugins")]
