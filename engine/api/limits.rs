@@ -252,6 +252,9 @@ pub fn rate_limited(retry_after_s: u64) -> Error {
         .with_details(serde_json::json!({ "retryAfterSeconds": retry_after_s }))
 }
 
+/// `Retry-After` of a submit refused by the per-client job cap, in seconds.
+const JOB_CAP_RETRY_AFTER_S: u64 = 5;
+
 /// The per-client cap on queued + running jobs. Only clients with unfinished jobs are
 /// tracked, with their job ids; a check looks up the state of those (at most the cap).
 #[derive(Debug)]
@@ -297,7 +300,11 @@ impl JobCap {
                 ErrorCode::RateLimited,
                 format!("this client already has {n} queued or running jobs (at most {})", self.max),
             )
-            .with_details(serde_json::json!({ "maxJobsPerClient": self.max })));
+            // No time is known when one of them finishes: a client polling its jobs knows
+            // better; a blind retry waits a few seconds (`Retry-After`).
+            .with_details(
+                serde_json::json!({ "maxJobsPerClient": self.max, "retryAfterSeconds": JOB_CAP_RETRY_AFTER_S }),
+            ));
         }
         entry.1 += 1;
         Ok(JobSlot { cap: self, key: key.to_string() })

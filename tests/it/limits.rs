@@ -222,6 +222,9 @@ async fn limits_cap_unfinished_jobs_per_client() {
             }
             let r = rb.send().await.unwrap();
             let s = r.status().as_u16();
+            if s == 429 {
+                assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("5"), "job cap 429");
+            }
             (s, r.json::<Value>().await.unwrap_or(Value::Null))
         }
     };

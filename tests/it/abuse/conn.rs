@@ -252,7 +252,8 @@ async fn abuse_conn_one_address_cannot_fill_the_connection_pool() {
         assert_eq!(r.status().as_u16(), 200);
     }
     let mut stream =
-        connect(gw.port, Some(Ipv4Addr::new(127, 0, 0, 3).into()), b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await;
+        connect(gw.port, Some(Ipv4Addr::new(127, 0, 0, 3).into()), b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await;
     assert_eq!(read_head(&mut stream, SERVED_WITHIN).await.status, 200);
     drop(held);
 }
