@@ -84,6 +84,10 @@ pub struct ServeArgs {
     /// Largest request body, in bytes.
     #[arg(long = "max-body-bytes", env = "MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
+    /// Largest page of `GET /jobs`, in bytes of JSON: a page stops early past it, with a
+    /// `nextCursor` to continue.
+    #[arg(long = "jobs-page-max-bytes", env = "JOBS_PAGE_MAX_BYTES", default_value_t = 4 * 1024 * 1024, value_name = "JOBS_PAGE_MAX_BYTES")]
+    pub jobs_page_max_bytes: usize,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
     #[arg(long = "log-level", env = "LOG_LEVEL", default_value = "info", value_name = "LOG_LEVEL")]
     pub log_level: String,
@@ -237,6 +241,12 @@ pub struct ServeArgs {
     /// PEM file of the public key of RS256 (RSA) or EdDSA (Ed25519) bearer tokens.
     #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// The audience bearer tokens must name in `aud` (unset: `aud` is not checked).
+    #[arg(long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The issuer bearer tokens must carry in `iss` (unset: `iss` is not checked).
+    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Key of webhook signatures: `whsec_<base64>` (Standard Webhooks) or any other text as
     /// raw bytes. Unset: deliveries go unsigned.
     #[arg(long = "webhook-secret", env = "WEBHOOK_SECRET", hide_env_values = true, value_name = "WEBHOOK_SECRET")]
@@ -423,6 +433,8 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// Largest request body, in bytes.
     pub body_bytes_max: usize,
+    /// Bytes of JSON after which a `GET /jobs` page stops (`JOBS_PAGE_MAX_BYTES`).
+    pub jobs_page_bytes_max: usize,
     /// Longest `?wait=` of a synchronous submit, in seconds.
     pub sync_wait_max_s: u64,
     /// Log filter.
@@ -534,6 +546,9 @@ impl Config {
         if !(1024..=1 << 30).contains(&args.max_body_bytes) {
             return Err(bad("MAX_BODY_BYTES", "must be between 1024 and 1073741824"));
         }
+        if !(1024..=1 << 30).contains(&args.jobs_page_max_bytes) {
+            return Err(bad("JOBS_PAGE_MAX_BYTES", "must be between 1024 and 1073741824"));
+        }
         if !(10..=3_600_000).contains(&args.sse_heartbeat_ms) {
             return Err(bad("SSE_HEARTBEAT_MS", "must be between 10 and 3600000"));
         }
@@ -603,6 +618,7 @@ impl Config {
             queue_aging_ms: args.queue_aging_ms,
             poll_interval_ms: args.poll_interval_ms,
             body_bytes_max: args.max_body_bytes,
+            jobs_page_bytes_max: args.jobs_page_max_bytes,
             sync_wait_max_s: 300,
             log_level: args.log_level.clone(),
             log_json,
@@ -841,7 +857,8 @@ fn retention(args: &ServeArgs) -> Result<Retention, ConfigError> {
     })
 }
 
-/// The credentials of `API_KEYS`, `API_KEYS_FILE`, `JWT_SECRET` and `JWT_PUBLIC_KEY`.
+/// The credentials of `API_KEYS`, `API_KEYS_FILE`, `JWT_SECRET` and `JWT_PUBLIC_KEY`, and
+/// the claims `JWT_AUDIENCE` / `JWT_ISSUER` pin.
 fn auth_from_args(args: &ServeArgs) -> Result<Auth, ConfigError> {
     let mut auth = Auth::default();
     let keys = Auth::parse_keys(&args.api_keys.0, ',').map_err(|e| bad("API_KEYS", e))?;
@@ -863,6 +880,20 @@ fn auth_from_args(args: &ServeArgs) -> Result<Auth, ConfigError> {
         let pem =
             std::fs::read(path).map_err(|e| bad("JWT_PUBLIC_KEY", format!("cannot read {}: {e}", path.display())))?;
         auth.set_jwt_public_key(&pem).map_err(|e| bad("JWT_PUBLIC_KEY", format!("{}: {e}", path.display())))?;
+    }
+    for (name, value) in [("JWT_AUDIENCE", &args.jwt_audience), ("JWT_ISSUER", &args.jwt_issuer)] {
+        let Some(value) = value else { continue };
+        if value.trim().is_empty() {
+            return Err(bad(name, "must not be empty (unset it to not check the claim)"));
+        }
+        if !auth.jwt_enabled() {
+            return Err(bad(name, "needs JWT_SECRET or JWT_PUBLIC_KEY"));
+        }
+        if name == "JWT_AUDIENCE" {
+            auth.set_jwt_audience(value);
+        } else {
+            auth.set_jwt_issuer(value);
+        }
     }
     Ok(auth)
 }
@@ -1064,6 +1095,9 @@ mod tests {
             (&["--jwt-secret", "short"], "JWT_SECRET"),
             (&["--jwt-public-key", "/nonexistent/key.pem"], "JWT_PUBLIC_KEY"),
             (&["--jwt-public-key", "Cargo.toml"], "JWT_PUBLIC_KEY"),
+            (&["--jwt-audience", "gw"], "JWT_AUDIENCE"),
+            (&["--jwt-secret", "0123456789abcdef0123456789abcdef", "--jwt-issuer", " "], "JWT_ISSUER"),
+            (&["--jobs-page-max-bytes", "100"], "JOBS_PAGE_MAX_BYTES"),
             (&["--webhook-secret", ""], "WEBHOOK_SECRET"),
             (&["--webhook-secret", "whsec_!!"], "WEBHOOK_SECRET"),
             (&["--webhook-allowed-domains", "https://a.example"], "WEBHOOK_ALLOWED_DOMAINS"),

@@ -88,3 +88,4 @@ impl Neighbour {
         served
     }
 }
+mod store;
