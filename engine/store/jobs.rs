@@ -329,10 +329,8 @@ pub(crate) fn load_job(jobs: &impl ReadableTable<u128, &'static [u8]>, key: u128
 /// were namespaced (up to version 5: a JWT's raw `sub`) is mapped to its owner id.
 pub(crate) fn decode_job(table: &'static str, key: &dyn std::fmt::Display, bytes: &[u8]) -> Result<Job, StoreError> {
     let mut job: Job = codec::decode_upgraded_to(codec::JOBS_VERSION, codec::JOBS_FIELDS_VERSION, table, key, bytes)?;
-    if bytes.first().is_some_and(|&v| v < codec::JOBS_OWNER_NAMESPACED)
-        && let Some(legacy) = &job.owner
-    {
-        job.owner = Some(owner::from_legacy(legacy));
+    if bytes.first().is_some_and(|&v| v < codec::JOBS_OWNER_NAMESPACED) {
+        job.owner = job.owner.as_deref().map(owner::from_legacy);
     }
     Ok(job)
 }
@@ -666,7 +664,8 @@ pub(crate) fn migrate_owners(db: &Database) -> Result<(), StoreError> {
         let mut t = WriteTables::open(&txn)?;
         let mut renames = Vec::new();
         for entry in t.idempotency_by_expiry.range::<(u64, &str)>(..)? {
-            let (expires_ms, scoped) = entry?.0.value();
+            let (k, _) = entry?;
+            let (expires_ms, scoped) = k.value();
             if let Some((who, key)) = scoped.split_once('\n')
                 && !who.is_empty()
                 && !owner::is_key(who)

@@ -1,7 +1,7 @@
 //! The owner index and `list_jobs_page` (bounded listings), and the schema-1 migration of
 //! owner ids.
 
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata};
 use uuid::Uuid;
 
 use super::cache::Claim;
@@ -128,7 +128,9 @@ async fn the_owner_index_lists_an_owners_jobs_within_bounds_and_pages_by_scan_an
     store.verify_integrity().unwrap();
     let pruned = store.prune(u64::MAX, 0, now_ms(), 100).await.unwrap();
     assert_eq!(pruned.jobs, failed.len());
-    let left = |owner| made.iter().filter(|j| j.owner.as_deref() == Some(owner) && j.state != JobState::Failed);
+    let left = |owner: &'static str| {
+        made.iter().filter(move |j| j.owner.as_deref() == Some(owner) && j.state != JobState::Failed)
+    };
     assert_eq!(store.list_jobs_page(&query(Some(BOB))).unwrap().jobs, left(BOB).cloned().collect::<Vec<_>>());
     store.verify_integrity().unwrap();
 }
@@ -183,9 +185,10 @@ async fn a_schema_1_file_gets_its_owner_index_and_namespaced_owners_at_open() {
     }
     let (bob_job, key_job) = (made[0].clone(), made[1].clone());
     let extra = job(Some(BOB), 99, "x");
-    store.insert_job_claiming(extra.clone(), vec![], vec![], Some(claim("bob\nk1", &extra))).await.unwrap();
+    let extra = store.insert_job_claiming(extra.clone(), vec![], vec![], Some(claim("bob\nk1", &extra))).await.unwrap();
     let keyed = job(Some(KEY), 98, "x");
-    store.insert_job_claiming(keyed.clone(), vec![], vec![], Some(claim(&format!("{KEY}\nk2"), &keyed))).await.unwrap();
+    let key2 = format!("{KEY}\nk2");
+    let keyed = store.insert_job_claiming(keyed.clone(), vec![], vec![], Some(claim(&key2, &keyed))).await.unwrap();
     made.extend([extra.clone(), keyed.clone()]);
     store.close().await;
     drop(store);
