@@ -736,7 +736,8 @@ async fn fill_listing(db: &Path, total: u64) -> u64 {
             .map(|i| {
                 let owner = if i % every == 0 && i / every < 10 { &user } else { &other };
                 let created = start_ms + if owner == &user { i / every } else { 10 + i };
-                let mut j = Job::new_queued(uuid::Uuid::new_v4(), ("icon_512", 1), "{}".into(), "{}".into(), 0, 0, created);
+                let mut j =
+                    Job::new_queued(uuid::Uuid::new_v4(), ("icon_512", 1), "{}".into(), "{}".into(), 0, 0, created);
                 (j.state, j.finished_ms, j.updated_ms) = (JobState::Succeeded, Some(created), created);
                 j.owner = Some(owner.clone());
                 let store = store.clone();

@@ -21,10 +21,10 @@ use crate::domain::{
     AuditAction, AuditEntry, Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord, now_ms,
 };
 use crate::error::{Error, ErrorCode, Result};
-use crate::store::JobQuery;
 use crate::service::{
     IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
 };
+use crate::store::JobQuery;
 
 /// Read the whole body, at most `MAX_BODY_BYTES`.
 async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes> {

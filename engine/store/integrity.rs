@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::blobs;
 use super::codec;
 use super::tables::{
-    BLOB_CHUNKS, BLOB_DELETES, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, JOBS_BY_OWNER, META, WORKFLOW_VERSIONS, meta_key,
-    state_count_key,
+    BLOB_CHUNKS, BLOB_DELETES, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, JOBS_BY_OWNER, META, WORKFLOW_VERSIONS,
+    meta_key, state_count_key,
 };
 use super::{StoreError, workflows};
 use crate::domain::{Hash, Job, JobEvent, JobState, hash_hex};

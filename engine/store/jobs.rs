@@ -546,8 +546,8 @@ impl PageScan<'_> {
         if head.id != id {
             return Err(corrupt("jobs", id, format!("record is for job {}", head.id)));
         }
-        let wanted = q.statuses.is_none_or(|s| s.contains(&head.state))
-            && q.workflow_id.is_none_or(|w| w == head.workflow_id);
+        let wanted =
+            q.statuses.is_none_or(|s| s.contains(&head.state)) && q.workflow_id.is_none_or(|w| w == head.workflow_id);
         if wanted {
             if let Some(last) = self.page.jobs.last()
                 && self.bytes.saturating_add(bytes.len()) > q.bytes_max

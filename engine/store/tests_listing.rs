@@ -68,7 +68,8 @@ async fn the_owner_index_lists_an_owners_jobs_within_bounds_and_pages_by_scan_an
     let mut made = Vec::new();
     for i in 0..40u64 {
         let workflow = if i % 3 == 0 { "x" } else { "y" };
-        let mut j = store.insert_job(job(owners[i as usize % owners.len()], 100 + i / 3, workflow), vec![]).await.unwrap();
+        let mut j =
+            store.insert_job(job(owners[i as usize % owners.len()], 100 + i / 3, workflow), vec![]).await.unwrap();
         if i % 4 == 0 {
             (j.state, j.finished_ms) = (JobState::Failed, Some(200));
             store.update_job(j.clone(), vec![]).await.unwrap();
@@ -109,7 +110,7 @@ async fn the_owner_index_lists_an_owners_jobs_within_bounds_and_pages_by_scan_an
     // with a position to go on from), pages cut by bytes: each the whole list once, in order.
     let failed = made.iter().filter(|j| j.state == JobState::Failed).cloned().collect::<Vec<_>>();
     let (pages3, n3) = all_pages(&store, &JobQuery { limit: 3, ..query(None) });
-    assert_eq!((pages3, n3), (made.clone(), made.len().div_ceil(3) + usize::from(made.len() % 3 == 0)));
+    assert_eq!((pages3, n3), (made.clone(), made.len().div_ceil(3) + usize::from(made.len().is_multiple_of(3))));
     let scan = JobQuery { statuses: Some(&[JobState::Failed]), limit: 4, scan_max: 5, ..query(None) };
     let first = store.list_jobs_page(&scan).unwrap();
     assert!(first.jobs.len() < 4 && first.resume.is_some(), "5 entries examined: {first:?}");
@@ -142,7 +143,7 @@ async fn integrity_finds_a_missing_or_stray_owner_entry() {
     store.verify_integrity().unwrap();
     store.close().await;
     drop(store);
-    let edit = |f: &dyn Fn(&mut redb::Table<'_, (&'static str, u64, u128), ()>)| {
+    let edit = |f: &dyn Fn(&mut OwnerIndex<'_>)| {
         let db = Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
         f(&mut txn.open_table(JOBS_BY_OWNER).unwrap());
@@ -165,9 +166,17 @@ async fn integrity_finds_a_missing_or_stray_owner_entry() {
     assert!(matches!(err, StoreError::Corrupt { table: "jobs", .. }), "{err:?}");
 }
 
+/// The owner index, opened for writing.
+type OwnerIndex<'txn> = redb::Table<'txn, (&'static str, u64, u128), ()>;
+
 fn claim(key: &str, job: &Job) -> Claim {
-    let record =
-        IdempotencyRecord { body_hash: [1; 32], job_id: job.id, status: 202, created_ms: 1, expires_ms: now_ms() + 60_000 };
+    let record = IdempotencyRecord {
+        body_hash: [1; 32],
+        job_id: job.id,
+        status: 202,
+        created_ms: 1,
+        expires_ms: now_ms() + 60_000,
+    };
     Claim { key: key.to_string(), record }
 }
 

@@ -54,12 +54,7 @@ async fn abuse_store_a_token_subject_is_never_an_api_keys_owner() {
     let dir = support::tempdir();
     let sim = Sim::start(dir.path(), 5).await;
     let keys = format!("{ADMIN_KEY}:admin,{ALICE_KEY}:user");
-    let env = [
-        ("API_KEYS", keys.as_str()),
-        ("JWT_SECRET", SECRET),
-        ("JWT_AUDIENCE", AUDIENCE),
-        ("JWT_ISSUER", ISSUER),
-    ];
+    let env = [("API_KEYS", keys.as_str()), ("JWT_SECRET", SECRET), ("JWT_AUDIENCE", AUDIENCE), ("JWT_ISSUER", ISSUER)];
     let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
     let base = gw.url();
     let http = reqwest::Client::new();
