@@ -19,10 +19,14 @@
 //!    running jobs: the API answering, and every running job reconciled with its backend.
 //! 7. Under attack (`attack.rs`): a well-behaved client's p50/p99 while another client
 //!    floods slow bodies, event streams, million-key bodies or a looping plugin; peak RSS.
+//! 8. Listing: `GET /jobs` as a user owning 10 jobs among 200,000 (the others of another
+//!    owner, all newer than the user's), sequential, p50 / p99; also with `after=` before
+//!    the user's first job, and an admin's first page.
 //!
 //! Environment: `BENCH_SECONDS` (per measured level, default 3), `BENCH_RUNS` (latency
 //! runs, default 300), `BENCH_QUEUED` (queued jobs for part 6, default 100000),
-//! `BENCH_ONLY` (comma-separated part numbers, default all).
+//! `BENCH_LISTED` (jobs in the database of part 8, default 200000), `BENCH_ONLY`
+//! (comma-separated part numbers, default all).
 
 mod attack;
 
@@ -680,11 +684,81 @@ async fn main() {
         attack::run(dir.path(), &mut table).await;
     }
 
+    if part(8) {
+        let total = env_num("BENCH_LISTED", 200_000);
+        println!("\n8. GET /jobs as a user owning 10 jobs among {total}, {runs} sequential requests");
+        let db = dir.path().join("listing.redb");
+        let t = Instant::now();
+        let start_ms = fill_listing(&db, total).await;
+        println!("  (filled in {:.1}s)", t.elapsed().as_secs_f64());
+        let dead = format!("http://127.0.0.1:{}", free_port());
+        let keys = "bench-admin-key:admin,bench-user-key:user,bench-other-key:user".to_string();
+        let gw = Gw::start(&db, &dead, &[("API_KEYS", keys)]);
+        wait_up(&format!("{}/health", gw.url)).await;
+        let user_pages = [
+            ("user: GET /jobs", "/jobs".to_string(), "bench-user-key"),
+            ("user: GET /jobs?after=<before its first>", format!("/jobs?after={}", start_ms - 1), "bench-user-key"),
+            ("admin: GET /jobs (first page of 50)", "/jobs".to_string(), "bench-admin-key"),
+        ];
+        for (what, path, key) in user_pages {
+            let url = format!("{}{path}", gw.url);
+            let mut lat = Vec::new();
+            for i in 0..runs + 20 {
+                let t = Instant::now();
+                let r = http.get(&url).header("x-api-key", key).send().await.expect("list");
+                assert!(r.status().is_success(), "{what}: {}", r.status());
+                let v: Value = r.json().await.expect("json");
+                if i >= 20 {
+                    lat.push(t.elapsed().as_secs_f64() * 1000.0);
+                }
+                let n = v["jobs"].as_array().map_or(0, Vec::len);
+                assert!(n == if key == "bench-user-key" { 10 } else { 50 }, "{what}: {n} jobs");
+            }
+            let lat = sorted(lat);
+            let target = if key == "bench-user-key" { "p50 < 2 ms" } else { "" };
+            let met = (key == "bench-user-key").then(|| pct(&lat, 0.5) < 2.0);
+            table.row(format!("{what}, ms p50 / p99"), p50_p99(&lat), target, met);
+        }
+    }
+
     println!("\nMarkdown:\n\n{}", table.markdown());
     let out: PathBuf = std::env::var("BENCH_OUT").map(PathBuf::from).unwrap_or_default();
     if !out.as_os_str().is_empty() {
         std::fs::write(&out, table.markdown()).expect("write BENCH_OUT");
     }
+}
+
+/// A database of `total` finished jobs: 10 of `bench-user-key`'s owner, the oldest, one
+/// every `total / 10` of them, and the others of `bench-other-key`'s owner. Returns the
+/// creation time of the first job.
+async fn fill_listing(db: &Path, total: u64) -> u64 {
+    use comfyui_gateway::domain::{Job, JobState};
+    let store = comfyui_gateway::store::Store::open(db).expect("open");
+    let (user, other) =
+        (comfyui_gateway::auth::key_owner("bench-user-key"), comfyui_gateway::auth::key_owner("bench-other-key"));
+    let start_ms = comfyui_gateway::domain::now_ms() - total - 1_000;
+    let every = (total / 10).max(1);
+    let mut n = 0;
+    while n < total {
+        let tasks: Vec<_> = (n..total.min(n + 1_000))
+            .map(|i| {
+                let owner = if i % every == 0 && i / every < 10 { &user } else { &other };
+                let created = start_ms + if owner == &user { i / every } else { 10 + i };
+                let mut j =
+                    Job::new_queued(uuid::Uuid::new_v4(), ("icon_512", 1), "{}".into(), "{}".into(), 0, 0, created);
+                (j.state, j.finished_ms, j.updated_ms) = (JobState::Succeeded, Some(created), created);
+                j.owner = Some(owner.clone());
+                let store = store.clone();
+                tokio::spawn(async move { store.insert_job(j, Vec::new()).await.expect("insert") })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("insert task");
+        }
+        n = total.min(n + 1_000);
+    }
+    store.close().await;
+    start_ms
 }
 
 fn base64_encode(bytes: &[u8]) -> String {

@@ -11,12 +11,16 @@
 //!   algorithm is verified only with the key of its own family, so a token signed with
 //!   HMAC over the public key (algorithm confusion) or with `alg: none` never verifies.
 //!   `exp` and `sub` are required, `nbf` is honored, with [`JWT_LEEWAY_S`] of clock skew.
+//!   With `JWT_AUDIENCE` / `JWT_ISSUER` set, `aud` / `iss` are required and must match.
+//! - Owner ids are namespaced by source (`domain::owner`): `key:<16 hex>` for a key,
+//!   `jwt:<sub>` for a token, so no token subject (not even `sub: "key:…"`) is a key's
+//!   owner.
 
 use aws_lc_rs::digest;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use subtle::ConstantTimeEq;
 
-use crate::domain::Role;
+use crate::domain::{Role, owner};
 
 /// Clock skew allowed on `exp` and `nbf`, in seconds.
 pub const JWT_LEEWAY_S: u64 = 30;
@@ -27,7 +31,7 @@ pub const JWT_SECRET_BYTES_MIN: usize = 32;
 /// An authenticated caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
-    /// The owner id: `key:<16 hex>` for an API key, the JWT's `sub` for a token.
+    /// The owner id: `key:<16 hex>` for an API key, `jwt:<sub>` for a token.
     pub owner: String,
     /// What it may do.
     pub role: Role,
@@ -58,6 +62,10 @@ pub struct Auth {
     keys: Vec<ApiKey>,
     hmac: Option<DecodingKey>,
     public: Option<PublicKey>,
+    /// `JWT_AUDIENCE`: the `aud` a token must name.
+    audience: Option<String>,
+    /// `JWT_ISSUER`: the `iss` a token must carry.
+    issuer: Option<String>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -67,6 +75,8 @@ impl std::fmt::Debug for Auth {
             .field("api_keys", &self.keys.len())
             .field("jwt_hs256", &self.hmac.is_some())
             .field("jwt_public", &self.public.as_ref().map(|p| p.alg))
+            .field("jwt_audience", &self.audience)
+            .field("jwt_issuer", &self.issuer)
             .finish()
     }
 }
@@ -159,6 +169,16 @@ impl Auth {
         Ok(())
     }
 
+    /// Require tokens to name `audience` in `aud` (`JWT_AUDIENCE`).
+    pub fn set_jwt_audience(&mut self, audience: &str) {
+        self.audience = Some(audience.to_string());
+    }
+
+    /// Require tokens to carry `iss: issuer` (`JWT_ISSUER`).
+    pub fn set_jwt_issuer(&mut self, issuer: &str) {
+        self.issuer = Some(issuer.to_string());
+    }
+
     /// Whether any credential is configured (otherwise: open mode).
     pub fn enabled(&self) -> bool {
         !self.keys.is_empty() || self.hmac.is_some() || self.public.is_some()
@@ -220,8 +240,19 @@ impl Auth {
         validation.leeway = JWT_LEEWAY_S;
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let mut required = vec!["exp", "sub"];
+        match &self.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &self.issuer {
+            validation.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|_| bad.clone())?;
         let role = match data.claims.role.as_deref() {
             None => Role::User,
@@ -230,7 +261,7 @@ impl Auth {
         if data.claims.sub.is_empty() || data.claims.sub.len() > 256 {
             return Err(bad);
         }
-        Ok(Principal { owner: data.claims.sub, role })
+        Ok(Principal { owner: owner::jwt(&data.claims.sub), role })
     }
 }
 
@@ -302,7 +333,7 @@ mod tests {
         let exp = jsonwebtoken::get_current_timestamp() + 600;
         let claims = serde_json::json!({"sub": "frank", "exp": exp, "role": "admin"});
         let p = auth.authenticate(None, Some(&rs256(&pair, &claims))).unwrap();
-        assert_eq!(p, Principal { owner: "frank".into(), role: Role::Admin });
+        assert_eq!(p, Principal { owner: "jwt:frank".into(), role: Role::Admin });
         // HS256 with the public key as the HMAC secret: algorithm confusion.
         let confused = jsonwebtoken::encode(
             &jsonwebtoken::Header::new(Algorithm::HS256),
@@ -315,6 +346,52 @@ mod tests {
         assert!(auth.authenticate(None, Some(&rs256(&other, &claims))).is_err());
         let expired = serde_json::json!({"sub": "frank", "exp": exp - 1200});
         assert!(auth.authenticate(None, Some(&rs256(&pair, &expired))).is_err());
+    }
+
+    fn hs256(secret: &[u8], claims: &serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(secret);
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), claims, &key).unwrap()
+    }
+
+    #[test]
+    fn token_subjects_never_equal_a_keys_owner() {
+        let mut auth = Auth::default();
+        auth.add_keys(Auth::parse_keys("userkey22:user", ',').unwrap()).unwrap();
+        auth.set_jwt_secret(&[7u8; 32]).unwrap();
+        let key_owner = auth.authenticate(Some("userkey22"), None).unwrap().owner;
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let token = hs256(&[7u8; 32], &serde_json::json!({"sub": key_owner, "exp": exp}));
+        let p = auth.authenticate(None, Some(&token)).unwrap();
+        assert_eq!(p.owner, format!("jwt:{key_owner}"));
+        assert_ne!(p.owner, key_owner);
+        assert!(!owner::is_key(&p.owner) && owner::is_key(&key_owner));
+    }
+
+    #[test]
+    fn audience_and_issuer_are_required_when_set() {
+        let secret = [7u8; 32];
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let mut auth = Auth::default();
+        auth.set_jwt_secret(&secret).unwrap();
+        let plain = hs256(&secret, &serde_json::json!({"sub": "ann", "exp": exp}));
+        let with_aud = hs256(&secret, &serde_json::json!({"sub": "ann", "exp": exp, "aud": "gw"}));
+        // Unset: aud and iss are not looked at.
+        assert!(auth.authenticate(None, Some(&plain)).is_ok());
+        assert!(auth.authenticate(None, Some(&with_aud)).is_ok());
+        auth.set_jwt_audience("gw");
+        auth.set_jwt_issuer("https://idp.example");
+        let ok = serde_json::json!({"sub": "ann", "exp": exp, "aud": "gw", "iss": "https://idp.example"});
+        assert_eq!(auth.authenticate(None, Some(&hs256(&secret, &ok))).unwrap().owner, "jwt:ann");
+        let list_aud = serde_json::json!({"sub": "ann", "exp": exp, "aud": ["x", "gw"], "iss": "https://idp.example"});
+        assert!(auth.authenticate(None, Some(&hs256(&secret, &list_aud))).is_ok());
+        for bad in [
+            serde_json::json!({"sub": "ann", "exp": exp, "iss": "https://idp.example"}),
+            serde_json::json!({"sub": "ann", "exp": exp, "aud": "other", "iss": "https://idp.example"}),
+            serde_json::json!({"sub": "ann", "exp": exp, "aud": "gw"}),
+            serde_json::json!({"sub": "ann", "exp": exp, "aud": "gw", "iss": "https://evil.example"}),
+        ] {
+            assert!(auth.authenticate(None, Some(&hs256(&secret, &bad))).is_err(), "{bad}");
+        }
     }
 
     #[test]

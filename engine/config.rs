@@ -90,7 +90,7 @@ pub struct ServeArgs {
     /// Largest `metadata` of a job, in bytes of JSON.
     #[arg(long = "max-metadata-bytes", env = "MAX_METADATA_BYTES", default_value_t = 16 * 1024, value_name = "MAX_METADATA_BYTES")]
     pub max_metadata_bytes: usize,
-    /// Most bytes one listing response (job logs, webhook deliveries, audit) builds before it is cut.
+    /// Most bytes one listing response (job pages, job logs, webhook deliveries, audit) builds before it is cut.
     #[arg(long = "max-response-bytes", env = "MAX_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024, value_name = "MAX_RESPONSE_BYTES")]
     pub max_response_bytes: usize,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
@@ -345,6 +345,12 @@ pub struct ServeArgs {
     /// PEM file of the public key of RS256 (RSA) or EdDSA (Ed25519) bearer tokens.
     #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
     pub jwt_public_key: Option<PathBuf>,
+    /// The audience bearer tokens must name in `aud` (unset: `aud` is not checked).
+    #[arg(long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The issuer bearer tokens must carry in `iss` (unset: `iss` is not checked).
+    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
     /// Key of webhook signatures: `whsec_<base64>` (Standard Webhooks) or any other text as
     /// raw bytes. Unset: deliveries go unsigned.
     #[arg(long = "webhook-secret", env = "WEBHOOK_SECRET", hide_env_values = true, value_name = "WEBHOOK_SECRET")]
@@ -1151,7 +1157,8 @@ fn retention(args: &ServeArgs) -> Result<Retention, ConfigError> {
     })
 }
 
-/// The credentials of `API_KEYS`, `API_KEYS_FILE`, `JWT_SECRET` and `JWT_PUBLIC_KEY`.
+/// The credentials of `API_KEYS`, `API_KEYS_FILE`, `JWT_SECRET` and `JWT_PUBLIC_KEY`, and
+/// the claims `JWT_AUDIENCE` / `JWT_ISSUER` pin.
 fn auth_from_args(args: &ServeArgs) -> Result<Auth, ConfigError> {
     let mut auth = Auth::default();
     let keys = Auth::parse_keys(&args.api_keys.0, ',').map_err(|e| bad("API_KEYS", e))?;
@@ -1173,6 +1180,20 @@ fn auth_from_args(args: &ServeArgs) -> Result<Auth, ConfigError> {
         let pem =
             std::fs::read(path).map_err(|e| bad("JWT_PUBLIC_KEY", format!("cannot read {}: {e}", path.display())))?;
         auth.set_jwt_public_key(&pem).map_err(|e| bad("JWT_PUBLIC_KEY", format!("{}: {e}", path.display())))?;
+    }
+    for (name, value) in [("JWT_AUDIENCE", &args.jwt_audience), ("JWT_ISSUER", &args.jwt_issuer)] {
+        let Some(value) = value else { continue };
+        if value.trim().is_empty() {
+            return Err(bad(name, "must not be empty (unset it to not check the claim)"));
+        }
+        if !auth.jwt_enabled() {
+            return Err(bad(name, "needs JWT_SECRET or JWT_PUBLIC_KEY"));
+        }
+        if name == "JWT_AUDIENCE" {
+            auth.set_jwt_audience(value);
+        } else {
+            auth.set_jwt_issuer(value);
+        }
     }
     Ok(auth)
 }
@@ -1384,6 +1405,8 @@ mod tests {
             (&["--jwt-secret", "short"], "JWT_SECRET"),
             (&["--jwt-public-key", "/nonexistent/key.pem"], "JWT_PUBLIC_KEY"),
             (&["--jwt-public-key", "Cargo.toml"], "JWT_PUBLIC_KEY"),
+            (&["--jwt-audience", "gw"], "JWT_AUDIENCE"),
+            (&["--jwt-secret", "0123456789abcdef0123456789abcdef", "--jwt-issuer", " "], "JWT_ISSUER"),
             (&["--webhook-secret", ""], "WEBHOOK_SECRET"),
             (&["--webhook-secret", "whsec_!!"], "WEBHOOK_SECRET"),
             (&["--webhook-allowed-domains", "https://a.example"], "WEBHOOK_ALLOWED_DOMAINS"),

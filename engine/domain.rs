@@ -172,8 +172,9 @@ pub struct Job {
     /// Image inputs, stored as blobs referenced by this job. (Format version 2: a
     /// version-1 record is this record without it and `owner`, see `store::codec`.)
     pub inputs: Vec<InputRef>,
-    /// Who submitted it: an API key's owner id or a JWT's `sub`; None in open mode.
-    /// (Format version 3: a version-2 record reads as `None`.)
+    /// Who submitted it: an [`owner`] id (`key:<16 hex>` or `jwt:<sub>`); None in open
+    /// mode. (Format version 3: a version-2 record reads as `None`; up to format version
+    /// 5 a JWT's raw `sub`, mapped by [`owner::from_legacy`] when read.)
     pub owner: Option<String>,
     /// The webhook events asked for beyond the terminal ones, a [`WebhookEvents`] bit set
     /// (format version 4: older records read as 0, terminal events only).
@@ -521,6 +522,43 @@ pub struct PluginRef {
     pub config_json: String,
     /// Keep the original output files beside those `output-process` returns.
     pub keep_originals: bool,
+}
+
+/// Owner ids: who a job belongs to, namespaced by where the identity comes from, so no
+/// identity of one source can equal one of another.
+///
+/// - an API key: `key:` + 16 lowercase hex digits (of the key's SHA-256);
+/// - a JWT: `jwt:` + its `sub`. The issuer is not part of the id: the gateway trusts one
+///   token source (one `JWT_SECRET` or `JWT_PUBLIC_KEY`, optionally pinned by
+///   `JWT_ISSUER`), so its subjects are one namespace; putting the issuer in would change
+///   every owner the day an operator sets `JWT_ISSUER`, orphaning their jobs.
+///
+/// Job records of format version 5 and older (and schema-1 idempotency keys) hold a raw
+/// JWT `sub`: [`owner::from_legacy`] maps them.
+pub mod owner {
+    /// The prefix of an API key's owner id.
+    pub const KEY_PREFIX: &str = "key:";
+    /// The prefix of a JWT subject's owner id.
+    pub const JWT_PREFIX: &str = "jwt:";
+
+    /// The owner id of a JWT subject.
+    pub fn jwt(sub: &str) -> String {
+        format!("{JWT_PREFIX}{sub}")
+    }
+
+    /// Whether `id` is exactly an API key's owner id (`key:` + 16 lowercase hex digits).
+    pub fn is_key(id: &str) -> bool {
+        id.strip_prefix(KEY_PREFIX)
+            .is_some_and(|hex| hex.len() == 16 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+    }
+
+    /// The owner id of an owner written before owner ids were namespaced: an API key's
+    /// id stays; anything else was a JWT's raw `sub` and gains `jwt:`. (A legacy JWT
+    /// whose `sub` was shaped exactly like a key's id cannot be told from one: it stays a
+    /// key's id, which is what it could already read before.)
+    pub fn from_legacy(id: &str) -> String {
+        if is_key(id) { id.to_string() } else { jwt(id) }
+    }
 }
 
 /// What an authenticated caller may do.

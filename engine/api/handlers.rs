@@ -25,6 +25,7 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::service::{
     IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
 };
+use crate::store::JobQuery;
 
 /// How long a slow body has before its average rate is checked (`BODY_MIN_BYTES_PER_S`).
 pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
@@ -981,9 +982,17 @@ fn decode_cursor(raw: &str) -> Result<(u64, JobId)> {
     Ok((created_ms, id))
 }
 
+/// Index entries one `GET /jobs` page examines at most: a filter that matches little
+/// returns a short page (maybe empty) with a `nextCursor` instead of walking every job.
+const LIST_SCAN_MAX: usize = 5_000;
+
 /// `GET /jobs?status=&workflowId=&after=&before=&limit=&cursor=`: newest first,
-/// `{jobs, nextCursor}`. The cursor is the position of the last job listed, so pages
-/// neither repeat nor skip jobs when new ones arrive meanwhile (they sort before it).
+/// `{jobs, nextCursor}`. The cursor is the position of the last job listed (or examined),
+/// so pages neither repeat nor skip jobs when new ones arrive meanwhile (they sort before
+/// it). A user's listing walks its own jobs only (the owner index); `after`, `before` and
+/// the cursor bound the index range. A page also stops at [`LIST_SCAN_MAX`] entries
+/// examined and at `MAX_RESPONSE_BYTES` of JSON, with a `nextCursor` to continue, so a
+/// page may hold fewer than `limit` jobs while more follow.
 pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     const KNOWN: &[&str] = &["status", "workflowId", "after", "before", "limit", "cursor"];
     if let Some((k, _)) = p.query.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
@@ -1017,24 +1026,50 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     {
         cursor = Some((b, uuid::Uuid::nil()));
     }
-    let keep = |j: &Job| {
-        may_see(p.caller.as_ref(), j)
-            && statuses.as_ref().is_none_or(|s| s.contains(&j.state))
-            && workflow_id.as_ref().is_none_or(|w| &j.workflow_id == w)
-            && after.is_none_or(|a| j.created_ms > a)
+    // A user sees only its own jobs: its range of the owner index, not a filter.
+    let owner = match &p.caller {
+        Some(Principal { owner, role: Role::User }) => Some(owner.as_str()),
+        None | Some(Principal { role: Role::Admin, .. }) => None,
     };
-    let mut jobs = ctx.gateway.store.list_jobs(cursor, limit + 1, keep)?;
-    let next_cursor = if jobs.len() > limit {
+    let bytes_max = ctx.gateway.config.memory.response_bytes_max;
+    let query = JobQuery {
+        owner,
+        statuses: statuses.as_deref(),
+        workflow_id: workflow_id.as_deref(),
+        after_ms: after,
+        before: cursor,
+        limit: limit + 1,
+        scan_max: LIST_SCAN_MAX,
+        bytes_max,
+    };
+    let page = ctx.gateway.store.list_jobs_page(&query)?;
+    let (mut jobs, mut next) = (page.jobs, page.resume);
+    if jobs.len() > limit {
         jobs.truncate(limit);
-        jobs.last().map(|j| encode_cursor(j.created_ms, j.id))
-    } else {
-        None
-    };
-    let mut list = Vec::with_capacity(jobs.len());
-    for j in jobs {
-        list.push(reply::job_json(&ctx.gateway.reveal(j)?, None));
+        next = jobs.last().map(|j| (j.created_ms, j.id));
     }
-    Ok(reply::json(StatusCode::OK, &json!({ "jobs": list, "nextCursor": next_cursor })))
+    // The JSON is built job by job and stops past the byte budget (one job always fits).
+    let mut body = b"{\"jobs\":[".to_vec();
+    let mut listed: Option<(u64, JobId)> = None;
+    for j in jobs {
+        let position = (j.created_ms, j.id);
+        let item = serde_json::to_vec(&reply::job_json(&ctx.gateway.reveal(j)?, None))
+            .map_err(|e| Error::internal(format!("encoding a job: {e}")))?;
+        if let Some(last) = listed
+            && body.len() + item.len() > bytes_max
+        {
+            next = Some(last);
+            break;
+        }
+        if listed.is_some() {
+            body.push(b',');
+        }
+        body.extend_from_slice(&item);
+        listed = Some(position);
+    }
+    let next_cursor = next.map(|(ms, id)| encode_cursor(ms, id));
+    body.extend_from_slice(format!("],\"nextCursor\":{}}}", json!(next_cursor)).as_bytes());
+    Ok(reply::bytes(StatusCode::OK, "application/json", body.into()))
 }
 
 /// Most log entries returned by `GET /jobs/{id}/logs`.

@@ -8,8 +8,10 @@
 //! value is written by postcard as one `0x00` byte (an empty list, `false`, `None`). Then
 //! a version-N record followed by one `0x00` byte is exactly the version-(N+1) encoding
 //! of the same record, which is how old records are read ([`decode_upgraded`]).
-//! - `jobs`: [`JOBS_VERSION`] = 5 (v2 appended `inputs`, v3 `owner`, v4 `webhook_events`,
-//!   v5 `cache_key`).
+//! - `jobs`: [`JOBS_VERSION`] = 6 (v2 appended `inputs`, v3 `owner`, v4 `webhook_events`,
+//!   v5 `cache_key`; v6 appended nothing: its `owner` is namespaced, `jwt:<sub>` for a
+//!   token, where up to v5 it is a JWT's raw `sub`; `store::jobs::decode_job` maps it, see
+//!   `domain::owner`). A version that appends no field is read by [`decode_upgraded_to`].
 //! - `workflows`, `workflow_versions`: [`WORKFLOWS_VERSION`] = 3 (v2 appended
 //!   `keep_previews`, v3 `plugin`).
 //! - `blobs`: [`BLOBS_VERSION`] = 2 (v2 appended `remote`).
@@ -23,7 +25,13 @@ use super::StoreError;
 pub(crate) const FORMAT_VERSION: u8 = 1;
 
 /// The format version of `jobs` records (see the module doc).
-pub(crate) const JOBS_VERSION: u8 = 5;
+pub(crate) const JOBS_VERSION: u8 = 6;
+
+/// The last `jobs` format version that appended a field (v6 changed a field's meaning).
+pub(crate) const JOBS_FIELDS_VERSION: u8 = 5;
+
+/// The first `jobs` format version whose `owner` is a namespaced owner id.
+pub(crate) const JOBS_OWNER_NAMESPACED: u8 = 6;
 
 /// The format version of `blobs` records (see the module doc).
 pub(crate) const BLOBS_VERSION: u8 = 2;
@@ -60,9 +68,22 @@ pub(crate) fn decode_upgraded<T: DeserializeOwned>(
     key: &dyn std::fmt::Display,
     bytes: &[u8],
 ) -> Result<T, StoreError> {
+    decode_upgraded_to(latest, latest, table, key, bytes)
+}
+
+/// [`decode_upgraded`] of a table whose versions after `fields` appended no field: a
+/// version-`v` record gains `fields - min(v, fields)` zero bytes. The caller reads the
+/// version (the first byte) to interpret fields whose meaning changed.
+pub(crate) fn decode_upgraded_to<T: DeserializeOwned>(
+    latest: u8,
+    fields: u8,
+    table: &'static str,
+    key: &dyn std::fmt::Display,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     match bytes.first() {
         Some(&v) if (FORMAT_VERSION..latest).contains(&v) => {
-            let missing = usize::from(latest - v);
+            let missing = usize::from(fields.saturating_sub(v));
             let mut upgraded = Vec::with_capacity(bytes.len() + missing);
             upgraded.push(latest);
             upgraded.extend_from_slice(&bytes[1..]);
@@ -174,7 +195,7 @@ mod tests {
             webhook_events: u8,
             cache_key: Option<[u8; 32]>,
         }
-        let read = |bytes: &[u8]| decode_upgraded::<V5>(JOBS_VERSION, "jobs", &"k", bytes);
+        let read = |bytes: &[u8]| decode_upgraded_to::<V5>(JOBS_VERSION, JOBS_FIELDS_VERSION, "jobs", &"k", bytes);
         let zero = |inputs: Vec<(String, u8)>, owner: Option<String>, webhook_events: u8| V5 {
             a: 3,
             b: "x".into(),
@@ -194,9 +215,12 @@ mod tests {
         let v4 = encode_at(4, "jobs", &"k", &old).unwrap();
         assert_eq!(read(&v4).unwrap(), zero(inputs.clone(), owner.clone(), 3));
         let now = V5 { cache_key: Some([9; 32]), ..zero(inputs, owner, 3) };
-        let v5 = encode_at(JOBS_VERSION, "jobs", &"k", &now).unwrap();
-        assert_eq!(v5[0], 5);
+        let v5 = encode_at(5, "jobs", &"k", &now).unwrap();
         assert_eq!(read(&v5).unwrap(), now);
+        // v6 appended no field: a v5 record is a v6 record but for its version byte.
+        let v6 = encode_at(JOBS_VERSION, "jobs", &"k", &now).unwrap();
+        assert_eq!((v6[0], &v6[1..]), (6, &v5[1..]));
+        assert_eq!(read(&v6).unwrap(), now);
         // A newer or unknown version, or a v2 record with a byte too many, is corrupt.
         assert!(read(&[9, 0]).is_err());
         assert!(read(&[0, 0]).is_err());

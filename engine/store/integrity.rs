@@ -11,8 +11,8 @@ use uuid::Uuid;
 use super::blobs;
 use super::codec;
 use super::tables::{
-    BLOB_CHUNKS, BLOB_DELETES, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, META, WORKFLOW_VERSIONS, meta_key,
-    state_count_key,
+    BLOB_CHUNKS, BLOB_DELETES, BLOBS, JOB_EVENTS, JOBS, JOBS_BY_CREATED, JOBS_BY_OWNER, META, WORKFLOW_VERSIONS,
+    meta_key, state_count_key,
 };
 use super::{StoreError, workflows};
 use crate::domain::{Hash, Job, JobEvent, JobState, hash_hex};
@@ -35,12 +35,22 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     let seq_max = meta_get(meta_key::JOB_SEQ)?;
     let mut n_queued = 0u64;
     let mut n_running = 0u64;
+    // Owner index: every owned job listed under its owner and creation time, and nothing
+    // else (the count matches).
+    let by_owner = txn.open_table(JOBS_BY_OWNER)?;
+    let mut n_owned = 0u64;
     for entry in jobs.range::<u128>(..)? {
         let (k, v) = entry?;
         let id = Uuid::from_u128(k.value());
-        let job: Job = codec::decode_upgraded(codec::JOBS_VERSION, "jobs", &id, v.value())?;
+        let job: Job = super::jobs::decode_job("jobs", &id, v.value())?;
         if job.id != id {
             return Err(corrupt("jobs", id, format!("record is for job {}", job.id)));
+        }
+        if let Some(owner) = &job.owner {
+            n_owned += 1;
+            if by_owner.get((owner.as_str(), job.created_ms, k.value()))?.is_none() {
+                return Err(corrupt("jobs_by_owner", id, format!("job of {owner:?} not listed for it")));
+            }
         }
         if job.queue_key.seq == 0 || job.queue_key.seq > seq_max || !seqs.insert(job.queue_key.seq) {
             return Err(corrupt("jobs", id, format!("bad or reused seq {}", job.queue_key.seq)));
@@ -54,6 +64,10 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
             JobState::Running => n_running += 1,
             JobState::Succeeded | JobState::Failed | JobState::Canceled => {}
         }
+    }
+    let n_by_owner = by_owner.len()?;
+    if n_by_owner != n_owned {
+        return Err(corrupt("jobs_by_owner", "*", format!("{n_by_owner} entries for {n_owned} owned jobs")));
     }
     // Cache entries hold references of their own.
     let entries = super::cache::all(txn)?;

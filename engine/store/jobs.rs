@@ -1,8 +1,10 @@
-//! Jobs: the record, its event log, and the queue and running indexes kept in step.
+//! Jobs: the record, its event log, and the queue, running, listing and owner indexes
+//! kept in step.
 
 use std::collections::HashSet;
+use std::ops::Bound;
 
-use redb::{ReadTransaction, ReadableTable};
+use redb::{Database, ReadTransaction, ReadableTable};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -10,9 +12,12 @@ use super::blobs::{self, Payload, RefPlan};
 use super::cache::{self, Claim, ClaimPlan, Fill};
 use super::codec;
 use super::outbox::{self, NewDeliveries};
-use super::tables::{JOB_EVENTS, JOBS, JOBS_BY_CREATED, QUEUE, RUNNING, WriteTables, meta_key, state_count_key};
-use super::writer::WriteOp;
-use crate::domain::{Job, JobEvent, JobEventKind, JobId, JobState, QueueKey, now_ms};
+use super::tables::{
+    JOB_EVENTS, JOBS, JOBS_BY_CREATED, JOBS_BY_OWNER, QUEUE, RUNNING, SCHEMA_VERSION, WriteTables, meta_key,
+    state_count_key,
+};
+use super::writer::{self, WriteOp};
+use crate::domain::{Job, JobEvent, JobEventKind, JobId, JobState, QueueKey, now_ms, owner};
 
 /// `Store::insert_job`.
 pub(crate) struct InsertJob {
@@ -93,6 +98,11 @@ impl WriteOp for InsertJob {
         if t.by_created.insert(created, ())?.is_some() {
             return Err(corrupt("jobs_by_created", plan.job.id, "new job already listed"));
         }
+        if let Some(owner) = &plan.job.owner
+            && t.by_owner.insert((owner.as_str(), created.0, created.1), ())?.is_some()
+        {
+            return Err(corrupt("jobs_by_owner", plan.job.id, "new job already listed"));
+        }
         write_job(t, &plan)?;
         Ok(plan.job)
     }
@@ -114,6 +124,9 @@ impl WriteOp for UpdateJob {
                 "job {}: created_ms {} differs from the stored {}",
                 job.id, job.created_ms, old.created_ms
             )));
+        }
+        if job.owner != old.owner {
+            return Err(StoreError::Invalid(format!("job {}: the owner of a job never changes", job.id)));
         }
         if job.queue_key.seq != old.queue_key.seq {
             return Err(StoreError::Invalid(format!(
@@ -305,11 +318,22 @@ pub(crate) fn load_job(jobs: &impl ReadableTable<u128, &'static [u8]>, key: u128
     let Some(guard) = jobs.get(key)? else {
         return Ok(None);
     };
-    let job: Job = codec::decode_upgraded(codec::JOBS_VERSION, "jobs", &id, guard.value())?;
+    let job = decode_job("jobs", &id, guard.value())?;
     if job.id != id {
         return Err(corrupt("jobs", id, format!("record is for job {}", job.id)));
     }
     Ok(Some(job))
+}
+
+/// Decode a job record (or a job snapshot of `table`) of any format version: fields
+/// appended since its version read as zero values, and an owner written before owner ids
+/// were namespaced (up to version 5: a JWT's raw `sub`) is mapped to its owner id.
+pub(crate) fn decode_job(table: &'static str, key: &dyn std::fmt::Display, bytes: &[u8]) -> Result<Job, StoreError> {
+    let mut job: Job = codec::decode_upgraded_to(codec::JOBS_VERSION, codec::JOBS_FIELDS_VERSION, table, key, bytes)?;
+    if bytes.first().is_some_and(|&v| v < codec::JOBS_OWNER_NAMESPACED) {
+        job.owner = job.owner.as_deref().map(owner::from_legacy);
+    }
+    Ok(job)
 }
 
 /// The queue index in dispatch order.
@@ -450,6 +474,217 @@ pub(crate) fn list_jobs(
         }
     }
     Ok(out)
+}
+
+/// What a listing asks of the store (`GET /jobs`): newest first, inside index bounds.
+#[derive(Debug, Clone)]
+pub struct JobQuery<'a> {
+    /// Only this owner's jobs, walked in `jobs_by_owner`; None: every job (`jobs_by_created`).
+    pub owner: Option<&'a str>,
+    /// Only jobs in one of these states.
+    pub statuses: Option<&'a [JobState]>,
+    /// Only jobs of this workflow.
+    pub workflow_id: Option<&'a str>,
+    /// Only jobs created strictly after this time (ms): the low bound of the index range.
+    pub after_ms: Option<u64>,
+    /// Only jobs strictly before this `(created_ms, id)` position (the last job of the
+    /// previous page, or `(before_ms, nil)`): the high bound of the index range.
+    pub before: Option<(u64, JobId)>,
+    /// Matching jobs wanted at most.
+    pub limit: usize,
+    /// Index entries examined at most (filters that match little cost this, not O(jobs)).
+    pub scan_max: usize,
+    /// Bytes of matching records gathered at most (at least one record is returned).
+    pub bytes_max: usize,
+}
+
+/// A page of jobs (see [`JobQuery`]).
+#[derive(Debug, Default)]
+pub struct JobPage {
+    /// The matching jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// Set when the page stopped before `limit` matches for `scan_max` or `bytes_max`: the
+    /// position of the last entry it covered, to continue strictly after (older than).
+    pub resume: Option<(u64, JobId)>,
+}
+
+/// The leading fields of a job record the listing filters on (see [`JobPrefix`]).
+#[derive(serde::Deserialize)]
+struct ListHead<'a> {
+    id: JobId,
+    workflow_id: &'a str,
+    _workflow_version: u32,
+    _inputs_json: &'a str,
+    _prompt_json: &'a str,
+    _priority: i32,
+    _queue_key: QueueKey,
+    state: JobState,
+}
+
+/// Walks an index newest first, gathering the jobs that match (see [`list_page`]).
+struct PageScan<'q> {
+    query: &'q JobQuery<'q>,
+    index: &'static str,
+    page: JobPage,
+    examined: usize,
+    bytes: usize,
+}
+
+impl PageScan<'_> {
+    /// Look at the entry `(created_ms, key)`; false once the page is complete.
+    fn step(
+        &mut self,
+        jobs: &impl ReadableTable<u128, &'static [u8]>,
+        created_ms: u64,
+        key: u128,
+    ) -> Result<bool, StoreError> {
+        let q = self.query;
+        let id = Uuid::from_u128(key);
+        self.examined += 1;
+        let guard = jobs.get(key)?.ok_or_else(|| corrupt(self.index, id, "names a missing job"))?;
+        let bytes = guard.value();
+        let head: ListHead<'_> = codec::decode_prefix(codec::JOBS_VERSION, "jobs", &id, bytes)?;
+        if head.id != id {
+            return Err(corrupt("jobs", id, format!("record is for job {}", head.id)));
+        }
+        let wanted =
+            q.statuses.is_none_or(|s| s.contains(&head.state)) && q.workflow_id.is_none_or(|w| w == head.workflow_id);
+        if wanted {
+            if let Some(last) = self.page.jobs.last()
+                && self.bytes.saturating_add(bytes.len()) > q.bytes_max
+            {
+                self.page.resume = Some((last.created_ms, last.id));
+                return Ok(false);
+            }
+            let job = decode_job("jobs", &id, bytes)?;
+            if job.created_ms != created_ms {
+                return Err(corrupt("jobs", id, format!("listed at {created_ms}, created at {}", job.created_ms)));
+            }
+            if q.owner.is_some() && job.owner.as_deref() != q.owner {
+                return Err(corrupt("jobs", id, format!("listed for owner {:?}, owned by {:?}", q.owner, job.owner)));
+            }
+            self.bytes = self.bytes.saturating_add(bytes.len());
+            self.page.jobs.push(job);
+            if self.page.jobs.len() >= q.limit {
+                return Ok(false);
+            }
+        }
+        if self.examined >= q.scan_max {
+            self.page.resume = Some((created_ms, id));
+            return Ok(false);
+        }
+        Ok(true)
+    }
+}
+
+/// A page of jobs newest first: a range of `jobs_by_owner` (with `owner`) or of
+/// `jobs_by_created` between `after_ms` and `before`, examining at most `scan_max` entries
+/// and decoding in full only the records that match (the others only up to their state).
+/// O(`scan_max`) whatever the size of the store.
+pub(crate) fn list_page(txn: &ReadTransaction, q: &JobQuery<'_>) -> Result<JobPage, StoreError> {
+    let jobs = txn.open_table(JOBS)?;
+    let Some(low_ms) = q.after_ms.map_or(Some(0), |a| a.checked_add(1)) else {
+        return Ok(JobPage::default());
+    };
+    let high = q.before.map(|(ms, id)| (ms, id.as_u128()));
+    if q.limit == 0 || q.scan_max == 0 || high.is_some_and(|h| h <= (low_ms, 0)) {
+        return Ok(JobPage::default());
+    }
+    let index = if q.owner.is_some() { "jobs_by_owner" } else { "jobs_by_created" };
+    let mut scan = PageScan { query: q, index, page: JobPage::default(), examined: 0, bytes: 0 };
+    match q.owner {
+        Some(owner) => {
+            let table = txn.open_table(JOBS_BY_OWNER)?;
+            let high = match high {
+                Some((ms, key)) => Bound::Excluded((owner, ms, key)),
+                None => Bound::Included((owner, u64::MAX, u128::MAX)),
+            };
+            for entry in table.range((Bound::Included((owner, low_ms, 0u128)), high))?.rev() {
+                let (_, created_ms, key) = entry?.0.value();
+                if !scan.step(&jobs, created_ms, key)? {
+                    break;
+                }
+            }
+        }
+        None => {
+            let table = txn.open_table(JOBS_BY_CREATED)?;
+            let high = match high {
+                Some(h) => Bound::Excluded(h),
+                None => Bound::Included((u64::MAX, u128::MAX)),
+            };
+            for entry in table.range((Bound::Included((low_ms, 0u128)), high))?.rev() {
+                let (created_ms, key) = entry?.0.value();
+                if !scan.step(&jobs, created_ms, key)? {
+                    break;
+                }
+            }
+        }
+    }
+    Ok(scan.page)
+}
+
+/// Records read per transaction when migrating a schema-1 file (a few under test, so
+/// the tests cross batch boundaries).
+const MIGRATE_BATCH: usize = if cfg!(test) { 7 } else { 2_000 };
+
+/// Bring a schema-1 file to [`SCHEMA_VERSION`] 2, before the writer starts: build
+/// `jobs_by_owner` from `jobs` in transactions of [`MIGRATE_BATCH`] records (memory
+/// bounded by a batch; rerun from the start after a crash, the inserts are idempotent),
+/// then, in one transaction with the new schema version, rename the idempotency keys of
+/// JWT owners to their namespaced owner id (`"<sub>\n<key>"` -> `"jwt:<sub>\n<key>"`;
+/// few: records live only for their TTL).
+pub(crate) fn migrate_owners(db: &Database) -> Result<(), StoreError> {
+    let mut after: Option<u128> = None;
+    loop {
+        let txn = writer::begin(db)?;
+        let done = {
+            let mut t = WriteTables::open(&txn)?;
+            let mut batch = Vec::with_capacity(MIGRATE_BATCH);
+            let low = after.map_or(Bound::Unbounded, Bound::Excluded);
+            for entry in t.jobs.range::<u128>((low, Bound::Unbounded))?.take(MIGRATE_BATCH) {
+                let (k, v) = entry?;
+                let key = k.value();
+                let job = decode_job("jobs", &Uuid::from_u128(key), v.value())?;
+                batch.push((key, job.created_ms, job.owner));
+            }
+            for (key, created_ms, owner) in &batch {
+                if let Some(owner) = owner {
+                    t.by_owner.insert((owner.as_str(), *created_ms, *key), ())?;
+                }
+            }
+            after = batch.last().map(|b| b.0);
+            batch.len() < MIGRATE_BATCH
+        };
+        txn.commit()?;
+        if done {
+            break;
+        }
+    }
+    let txn = writer::begin(db)?;
+    {
+        let mut t = WriteTables::open(&txn)?;
+        let mut renames = Vec::new();
+        for entry in t.idempotency_by_expiry.range::<(u64, &str)>(..)? {
+            let (k, _) = entry?;
+            let (expires_ms, scoped) = k.value();
+            if let Some((who, key)) = scoped.split_once('\n')
+                && !who.is_empty()
+                && !owner::is_key(who)
+            {
+                renames.push((expires_ms, scoped.to_string(), format!("{}\n{key}", owner::jwt(who))));
+            }
+        }
+        for (expires_ms, old, new) in &renames {
+            t.idempotency_by_expiry.remove((*expires_ms, old.as_str()))?;
+            t.idempotency_by_expiry.insert((*expires_ms, new.as_str()), ())?;
+            let record = t.idempotency.remove(old.as_str())?.map(|g| g.value().to_vec());
+            let record = record.ok_or_else(|| corrupt("idempotency_by_expiry", old, "names a missing record"))?;
+            t.idempotency.insert(new.as_str(), record.as_slice())?;
+        }
+        t.meta.insert(meta_key::SCHEMA_VERSION, SCHEMA_VERSION)?;
+    }
+    txn.commit()?;
+    Ok(())
 }
 
 /// A page of a job's event log.

@@ -13,7 +13,9 @@
 //! Invariants (checked when written and when read back):
 //! - a job is in `queue` iff its state is `Queued` (under its `queue_key`), and in
 //!   `running` iff its state is `Running`;
-//! - every job has one `jobs_by_created` entry at its (immutable) `created_ms`;
+//! - every job has one `jobs_by_created` entry at its (immutable) `created_ms`, and every
+//!   job with an owner one `jobs_by_owner` entry at `(owner, created_ms)` (the owner of a
+//!   job never changes);
 //! - `queue_key.seq` is assigned by the store, unique, and never changes;
 //! - `meta` per-state counts equal the number of jobs in each state;
 //! - a blob's `n_refs` is the number of `OutputRef`s and `InputRef`s of all jobs naming
@@ -47,6 +49,8 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod tests_faults;
 #[cfg(test)]
+mod tests_listing;
+#[cfg(test)]
 mod tests_objects;
 #[cfg(test)]
 mod tests_outbox;
@@ -65,7 +69,7 @@ use crate::domain::{
 
 pub use blobs::{BlobMeta, NewBlob};
 pub use cache::Claim;
-pub use jobs::QueuedHead;
+pub use jobs::{JobPage, JobQuery, QueuedHead};
 pub use prune::Pruned;
 pub use space::DiskSpace;
 
@@ -683,6 +687,14 @@ impl Store {
     ) -> Result<Vec<Job>, StoreError> {
         let txn = self.read_txn()?;
         jobs::list_jobs(&txn, cursor, limit, &keep)
+    }
+
+    /// A page of jobs for `GET /jobs` (see [`JobQuery`]): newest first, walking the owner
+    /// index for `owner` and the creation index otherwise, between the time bounds, at
+    /// most `scan_max` entries and `bytes_max` bytes of records: O(`scan_max`), not O(jobs).
+    pub fn list_jobs_page(&self, query: &JobQuery<'_>) -> Result<JobPage, StoreError> {
+        let txn = self.read_txn()?;
+        jobs::list_page(&txn, query)
     }
 
     /// Every running job, by id.

@@ -56,7 +56,7 @@ pub(super) fn encode(d: &Delivery) -> Result<Vec<u8>, StoreError> {
 /// Decode the `deliveries` record under `seq`, its job snapshot upgraded to the latest version.
 pub(super) fn decode(seq: u64, bytes: &[u8]) -> Result<Delivery, StoreError> {
     let rec: DeliveryRecord = codec::decode("deliveries", &seq, bytes)?;
-    let job: Job = codec::decode_upgraded(codec::JOBS_VERSION, "deliveries", &seq, &rec.job)?;
+    let job: Job = super::jobs::decode_job("deliveries", &seq, &rec.job)?;
     if job.id != rec.job_id {
         return Err(corrupt(seq, format!("snapshot of job {} in a delivery for job {}", job.id, rec.job_id)));
     }

@@ -1,4 +1,4 @@
-//! Retention: deleting old finished jobs (record, listing entry, events, deliveries and
+//! Retention: deleting old finished jobs (record, listing entries, events, deliveries and
 //! blob references), expired cache entries and expired idempotency keys, a bounded batch
 //! per commit so the writer (and so every submit) never waits long behind it.
 
@@ -89,6 +89,9 @@ impl WriteOp for Prune {
         for job in &plan.jobs {
             let key = job.id.as_u128();
             t.by_created.remove((job.created_ms, key))?;
+            if let Some(owner) = &job.owner {
+                t.by_owner.remove((owner.as_str(), job.created_ms, key))?;
+            }
             t.jobs.remove(key)?;
             t.events.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
             t.meta_add(state_count_key(job.state), -1)?;

@@ -8,6 +8,9 @@
 //! - `queue`: `(rank_ms, seq)` -> job id; holds exactly the `Queued` jobs, in dispatch order.
 //! - `running`: job id -> `()`; holds exactly the `Running` jobs.
 //! - `jobs_by_created`: `(created_ms, job id)` -> `()`; every job, for listing newest first.
+//! - `jobs_by_owner`: `(owner, created_ms, job id)` -> `()`; every job with an owner (none
+//!   in open mode), for a user's listing newest first (schema 2; built at open from `jobs`
+//!   for a schema-1 file, see `jobs::migrate`).
 //! - `workflows`: id -> the current `WorkflowRecord` (absent once deleted).
 //! - `workflow_versions`: `(id, version)` -> every `WorkflowRecord` ever stored, kept forever.
 //! - `blobs`: BLAKE3 hash -> `BlobRecord` (size, media type, compression, chunk count, refs).
@@ -46,6 +49,8 @@ pub(crate) const QUEUE: TableDefinition<(i64, u64), u128> = TableDefinition::new
 pub(crate) const RUNNING: TableDefinition<u128, ()> = TableDefinition::new("running");
 /// Every job by acceptance time (for listing; `created_ms` never changes).
 pub(crate) const JOBS_BY_CREATED: TableDefinition<(u64, u128), ()> = TableDefinition::new("jobs_by_created");
+/// Every job with an owner, by owner and acceptance time (a user's listing).
+pub(crate) const JOBS_BY_OWNER: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("jobs_by_owner");
 /// Current workflow versions by id.
 pub(crate) const WORKFLOWS: TableDefinition<&str, &[u8]> = TableDefinition::new("workflows");
 /// Every workflow version ever stored.
@@ -91,7 +96,9 @@ pub(crate) const BACKEND_DRAINS: TableDefinition<&str, u64> = TableDefinition::n
 pub(crate) const OWNER_USAGE: TableDefinition<&str, u64> = TableDefinition::new("owner_usage");
 
 /// The schema this code reads and writes; stored under `meta["schema_version"]`.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+/// Schema 2 added `jobs_by_owner` and namespaced owner ids (`domain::owner`) in the
+/// scoped keys of `idempotency`; a schema-1 file is migrated at open (`jobs::migrate`).
+pub(crate) const SCHEMA_VERSION: u64 = 2;
 
 /// `meta` keys.
 pub(crate) mod meta_key {
@@ -139,6 +146,7 @@ pub(crate) struct WriteTables<'txn> {
     pub queue: Table<'txn, (i64, u64), u128>,
     pub running: Table<'txn, u128, ()>,
     pub by_created: Table<'txn, (u64, u128), ()>,
+    pub by_owner: Table<'txn, (&'static str, u64, u128), ()>,
     pub workflows: Table<'txn, &'static str, &'static [u8]>,
     pub workflow_versions: Table<'txn, (&'static str, u32), &'static [u8]>,
     pub blobs: Table<'txn, [u8; 32], &'static [u8]>,
@@ -175,6 +183,7 @@ impl<'txn> WriteTables<'txn> {
             queue: txn.open_table(QUEUE)?,
             running: txn.open_table(RUNNING)?,
             by_created: txn.open_table(JOBS_BY_CREATED)?,
+            by_owner: txn.open_table(JOBS_BY_OWNER)?,
             workflows: txn.open_table(WORKFLOWS)?,
             workflow_versions: txn.open_table(WORKFLOW_VERSIONS)?,
             blobs: txn.open_table(BLOBS)?,

@@ -753,7 +753,7 @@ async fn schema_version_is_checked() {
         txn.open_table(super::tables::META).unwrap().insert("schema_version", 99).unwrap();
         txn.commit().unwrap();
     }
-    assert!(matches!(Store::open(&path), Err(StoreError::Schema { found: 99, expected: 1 })));
+    assert!(matches!(Store::open(&path), Err(StoreError::Schema { found: 99, expected: 2 })));
 }
 
 #[test]
@@ -807,6 +807,8 @@ async fn model_based_random_operations() {
                     for _ in 0..n {
                         let mut j = job(rng.random_range(-5..20));
                         j.created_ms = rng.random_range(0..30);
+                        j.owner = [None, Some("key:0123456789abcdef"), Some("jwt:ann")][rng.random_range(0..3)]
+                            .map(str::to_string);
                         if rng.random_bool(0.2) {
                             j.state = JobState::Running;
                         }

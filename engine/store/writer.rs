@@ -125,24 +125,31 @@ pub(crate) enum Msg {
 /// Create every table and check (or set) the schema version, in one durable commit.
 pub(crate) fn init_schema(db: &Database) -> Result<(), StoreError> {
     let txn = begin(db)?;
-    {
+    let migrate = {
         let mut t = WriteTables::open(&txn)?;
-        match t.meta_get_opt(meta_key::SCHEMA_VERSION)? {
+        let migrate = match t.meta_get_opt(meta_key::SCHEMA_VERSION)? {
             None => {
                 t.meta.insert(meta_key::SCHEMA_VERSION, SCHEMA_VERSION)?;
+                false
             }
-            Some(SCHEMA_VERSION) => {}
+            Some(SCHEMA_VERSION) => false,
+            // Schema 1 lacks the owner index: built before the writer starts.
+            Some(1) => true,
             Some(found) => {
                 return Err(StoreError::Schema { found, expected: SCHEMA_VERSION });
             }
-        }
+        };
         super::usage::build_if_missing(&mut t)?;
-    }
+        migrate
+    };
     txn.commit()?;
+    if migrate {
+        super::jobs::migrate_owners(db)?;
+    }
     Ok(())
 }
 
-fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+pub(crate) fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
     let mut txn = db.begin_write()?;
     txn.set_durability(Durability::Immediate)?;
     Ok(txn)

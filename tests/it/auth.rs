@@ -308,7 +308,7 @@ async fn auth_jwt_hs256_owner_and_attacks() {
     let (status, _, v) = call("POST", &format!("{base}/workflows"), Cred::Bearer(&admin), Some(&body), &[]).await;
     assert_eq!(status, 201, "{v}");
     let (_, _, v) = call("GET", &format!("{base}/audit"), Cred::Bearer(&admin), None, &[]).await;
-    assert_eq!(v["entries"][0]["actor"], "ops");
+    assert_eq!(v["entries"][0]["actor"], "jwt:ops");
 
     let attacks = [
         ("alg none", alg_none(&json!({"sub": "carol", "exp": now + 600, "role": "admin"}))),

@@ -93,6 +93,7 @@ mod conn;
 mod disk;
 mod mem;
 mod parse;
+mod store;
 mod web;
 
 #[cfg(feature = "wasm-plugins")]
