@@ -239,6 +239,36 @@ async fn a_looping_call_leaves_the_callers_threads_free() {
     assert!(n >= 20, "the caller's thread ticked only {n} times during a {elapsed:?} call");
 }
 
+/// The plugin runtime's threads run at a lower priority than the caller's (Linux nice),
+/// so plugins computing flat out give way to the API's threads on a busy machine.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn the_plugin_threads_run_at_a_lower_priority() {
+    let h = Host::new(limits()).unwrap();
+    let (p, _) = h.compile(&wasm("prompt_guard")).unwrap_or_else(|f| panic!("{f:?}"));
+    // A call makes sure the runtime's threads have started.
+    let _ = h.input_transform(&p, &ctx(json!({})), &json!({"prompt": "x"})).await;
+    // Field 19 of /proc/<pid>/task/<tid>/stat is the thread's nice value; the name (field
+    // 2) is in parentheses, so count fields after its closing one.
+    let nice_of = |stat: &str| -> i32 {
+        let after = &stat[stat.rfind(')').expect("stat has a name") + 2..];
+        after.split(' ').nth(16).and_then(|v| v.parse().ok()).expect("nice field")
+    };
+    let own = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap());
+    let mut plugin_threads = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = task.unwrap().path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() == "plugin-worker" {
+            plugin_threads.push(nice_of(&std::fs::read_to_string(dir.join("stat")).unwrap()));
+        }
+    }
+    assert!(!plugin_threads.is_empty(), "no plugin-worker thread found");
+    for nice in plugin_threads {
+        assert!(nice > own, "a plugin thread runs at nice {nice}, the caller at {own}");
+    }
+}
+
 /// Per-plugin slots: with one slot per plugin, a second call of a looping plugin waits
 /// `queue_wait`, then fails `busy` (`503 PLUGIN_BUSY`, retryable) while the first runs to
 /// its time limit; another plugin still gets its own slot meanwhile.
