@@ -17,7 +17,6 @@ use redb::{ReadTransaction, ReadableTable};
 
 use super::StoreError;
 use super::blobs;
-use super::codec;
 use super::tables::{JOBS, OWNER_USAGE, WriteTables, meta_key};
 use crate::domain::Job;
 
@@ -84,7 +83,7 @@ pub(crate) fn build_if_missing(t: &mut WriteTables<'_>) -> Result<(), StoreError
     for entry in t.jobs.range::<u128>(..)? {
         let (k, v) = entry?;
         let id = uuid::Uuid::from_u128(k.value());
-        let job: Job = codec::decode_upgraded(codec::JOBS_VERSION, "jobs", &id, v.value())?;
+        let job: Job = super::jobs::decode_job("jobs", &id, v.value())?;
         jobs.push((owner_key(&job).to_string(), job_bytes(&job)));
     }
     if !jobs.is_empty() {
@@ -109,7 +108,7 @@ pub(crate) fn verify(txn: &ReadTransaction) -> Result<(), StoreError> {
     for entry in txn.open_table(JOBS)?.range::<u128>(..)? {
         let (k, v) = entry?;
         let id = uuid::Uuid::from_u128(k.value());
-        let job: Job = codec::decode_upgraded(codec::JOBS_VERSION, "jobs", &id, v.value())?;
+        let job: Job = super::jobs::decode_job("jobs", &id, v.value())?;
         let bytes = job_bytes(&job);
         if bytes > 0 {
             *expected.entry(owner_key(&job).to_string()).or_default() += bytes;
