@@ -65,6 +65,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>, client: &Clien
         first_read: true,
         stale: true,
         finished: false,
+        ended_at_open: false,
         stop: ctx.stop.clone(),
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
         _hold: hold,
@@ -94,6 +95,10 @@ struct Follow {
     stale: bool,
     /// The terminal event is queued: end once `out` is sent.
     finished: bool,
+    /// The job had already ended at the first read: once the log is read to its end the
+    /// stream ends too, terminal event sent or not (the client had it; what follows it in
+    /// the log, webhook attempts, is sent first).
+    ended_at_open: bool,
     stop: CancellationToken,
     heartbeat: tokio::time::Interval,
     /// This stream's place under the stream caps, given back when the stream ends.
@@ -144,11 +149,17 @@ impl Follow {
             texts = if privacy { reply::private_texts(&j) } else { Vec::new() };
             job = Some(j);
         }
-        if self.first_read && events.is_empty() && job.as_ref().is_some_and(|j| j.state.is_terminal()) {
-            // The client already has everything, terminal event included.
-            self.finished = true;
+        if self.first_read && job.as_ref().is_some_and(|j| j.state.is_terminal()) {
+            self.ended_at_open = true;
         }
         self.first_read = false;
+        // A job that ended before the stream opened, its log read to the end without its
+        // terminal event: the client already had that event (its Last-Event-ID is at or past
+        // it), so nothing more will come and the stream ends after what was read (webhook
+        // entries), instead of staying open, holding a stream slot, for an event already sent.
+        if self.ended_at_open && !self.stale {
+            self.finished = true;
+        }
         for (seq, event) in events {
             self.last_seq = seq;
             let mut data = reply::event_json(seq, &event);
