@@ -10,7 +10,8 @@
 //! their `id:` too, so a client that got them and reconnects with that `Last-Event-ID`
 //! is not sent them again (nor the terminal event: it ends at once), and one that missed
 //! them gets them all. The stream ends after the terminal event (`succeeded`, `failed`,
-//! `canceled`), or at once when the job already ended before the client's last seq.
+//! `canceled`), or, for a job that had already ended when the client's last seq is at or
+//! past its terminal event, once the log entries after that seq (webhook attempts) are sent.
 //!
 //! Open streams are capped per client key (`MAX_EVENT_STREAMS_PER_CLIENT`) and in total
 //! (`MAX_EVENT_STREAMS`): beyond them `429 RATE_LIMITED` with `Retry-After`. A stream
