@@ -45,16 +45,7 @@ impl Sealer {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
                     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
                 }
-                // Written whole under `<path>.creating` (mode 0600 from the start), then
-                // renamed: a crash never leaves a short key file that refuses every start.
-                let mut tmp = path.as_os_str().to_owned();
-                tmp.push(".creating");
-                let tmp = std::path::PathBuf::from(tmp);
-                let _ = std::fs::remove_file(&tmp);
-                write_private(&tmp, &key)
-                    .and_then(|()| std::fs::rename(&tmp, path))
-                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-                key.to_vec()
+                place_new_key(path, &key)?
             }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
@@ -94,6 +85,34 @@ impl Sealer {
             .open_in_place(nonce, Aad::empty(), &mut data)
             .map_err(|_| "sealed field does not open with PRIVACY_KEY_FILE's key".to_string())?;
         String::from_utf8(plain.to_vec()).map(Cow::Owned).map_err(|_| "sealed field is not UTF-8".into())
+    }
+}
+
+/// Put a newly made `key` at `path` and return the key that is there: `key`, or the one
+/// another process put there first. The key is written whole under a name of this
+/// process's own (mode 0600 from the start), then linked into place: a crash never leaves
+/// a short key file that refuses every start, and a link never replaces a file, so of two
+/// processes creating the key at once one key wins and both use it (a rename would let the
+/// second replace the key the first already seals jobs with, making them unreadable).
+fn place_new_key(path: &Path, key: &[u8]) -> Result<Vec<u8>, String> {
+    let cannot = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".creating.{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let placed = write_private(&tmp, key).and_then(|()| match std::fs::hard_link(&tmp, path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e),
+        // A file system without hard links: no other way to place it whole.
+        Err(_) => std::fs::rename(&tmp, path),
+        Ok(()) => Ok(()),
+    });
+    let _ = std::fs::remove_file(&tmp);
+    match placed {
+        Ok(()) => Ok(key.to_vec()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        }
+        Err(e) => Err(cannot(e)),
     }
 }
 
@@ -165,6 +184,20 @@ pub fn strip_png_text(bytes: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// Two processes creating the key at once: the second to place its key finds the
+    /// first's and uses it; the first's key (with which it may already seal jobs) stays.
+    #[test]
+    fn a_key_created_meanwhile_by_another_process_is_kept_and_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("privacy.key");
+        std::fs::write(&path, [1u8; KEY_LEN]).unwrap();
+        let used = place_new_key(&path, &[2u8; KEY_LEN]).unwrap();
+        assert_eq!(used, [1u8; KEY_LEN], "the key already there is the one used");
+        assert_eq!(std::fs::read(&path).unwrap(), [1u8; KEY_LEN], "and it is not replaced");
+        let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temporary file is left");
+    }
+
     #[test]
     fn seal_and_open_with_a_persisted_key() {
         let dir = tempfile::tempdir().unwrap();
@@ -185,10 +218,11 @@ mod tests {
             use std::os::unix::fs::PermissionsExt as _;
             assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
-        assert!(!dir.path().join("k/privacy.key.creating").exists(), "renamed into place");
+        let tmp = format!("privacy.key.creating.{}", std::process::id());
+        assert!(!dir.path().join("k").join(tmp).exists(), "linked into place, the temporary removed");
         // A leftover of a crash during creation is replaced, not read.
         let fresh = dir.path().join("fresh.key");
-        std::fs::write(dir.path().join("fresh.key.creating"), b"half").unwrap();
+        std::fs::write(dir.path().join(format!("fresh.key.creating.{}", std::process::id())), b"half").unwrap();
         let _ = Sealer::load_or_create(&fresh).unwrap();
         assert_eq!(std::fs::read(&fresh).unwrap().len(), KEY_LEN);
         std::fs::write(dir.path().join("short"), b"x").unwrap();

@@ -10,7 +10,8 @@
 //! their `id:` too, so a client that got them and reconnects with that `Last-Event-ID`
 //! is not sent them again (nor the terminal event: it ends at once), and one that missed
 //! them gets them all. The stream ends after the terminal event (`succeeded`, `failed`,
-//! `canceled`), or at once when the job already ended before the client's last seq.
+//! `canceled`), or, for a job that had already ended when the client's last seq is at or
+//! past its terminal event, once the log entries after that seq (webhook attempts) are sent.
 //!
 //! Open streams are capped per client key (`MAX_EVENT_STREAMS_PER_CLIENT`) and in total
 //! (`MAX_EVENT_STREAMS`): beyond them `429 RATE_LIMITED` with `Retry-After`. A stream
@@ -65,6 +66,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>, client: &Clien
         first_read: true,
         stale: true,
         finished: false,
+        ended_at_open: false,
         stop: ctx.stop.clone(),
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
         _hold: hold,
@@ -94,6 +96,10 @@ struct Follow {
     stale: bool,
     /// The terminal event is queued: end once `out` is sent.
     finished: bool,
+    /// The job had already ended at the first read: once the log is read to its end the
+    /// stream ends too, terminal event sent or not (the client had it; what follows it in
+    /// the log, webhook attempts, is sent first).
+    ended_at_open: bool,
     stop: CancellationToken,
     heartbeat: tokio::time::Interval,
     /// This stream's place under the stream caps, given back when the stream ends.
@@ -144,11 +150,17 @@ impl Follow {
             texts = if privacy { reply::private_texts(&j) } else { Vec::new() };
             job = Some(j);
         }
-        if self.first_read && events.is_empty() && job.as_ref().is_some_and(|j| j.state.is_terminal()) {
-            // The client already has everything, terminal event included.
-            self.finished = true;
+        if self.first_read && job.as_ref().is_some_and(|j| j.state.is_terminal()) {
+            self.ended_at_open = true;
         }
         self.first_read = false;
+        // A job that ended before the stream opened, its log read to the end without its
+        // terminal event: the client already had that event (its Last-Event-ID is at or past
+        // it), so nothing more will come and the stream ends after what was read (webhook
+        // entries), instead of staying open, holding a stream slot, for an event already sent.
+        if self.ended_at_open && !self.stale {
+            self.finished = true;
+        }
         for (seq, event) in events {
             self.last_seq = seq;
             let mut data = reply::event_json(seq, &event);

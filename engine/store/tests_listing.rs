@@ -263,3 +263,59 @@ fn legacy_owners_map_into_their_namespace() {
     assert_eq!(owner::from_legacy("key:0123"), "jwt:key:0123");
     assert_eq!(owner::from_legacy("jwt:x"), "jwt:jwt:x", "a legacy sub is a sub, whatever its shape");
 }
+
+/// A database written before this release: schema 1, format-5 job records whose JWT
+/// owners are raw subjects, and neither `owner_usage` nor its markers. Opening it counts
+/// each owner's storage from the records read as every other read reads them (namespaced
+/// owners; a v5 record is not a v4 record short of a field), so the open, the integrity
+/// check and the next update of a legacy job all work.
+#[tokio::test]
+async fn a_pre_usage_schema_1_file_counts_usage_under_namespaced_owners() {
+    use super::NewBlob;
+    let (_dir, store, path) = open_temp();
+    let bytes = vec![7u8; 2_000];
+    let img = NewBlob {
+        hash: *blake3::hash(&bytes).as_bytes(),
+        media_type: "image/png".to_string(),
+        bytes: bytes::Bytes::from(bytes),
+    };
+    let mut bob_job = job(Some(BOB), 10, "x");
+    bob_job.inputs = vec![crate::domain::InputRef {
+        name: "image".to_string(),
+        file_name: "image.png".to_string(),
+        media_type: "image/png".to_string(),
+        size_bytes: 2_000,
+        hash: img.hash,
+    }];
+    let bob_job = store.insert_job_with_blobs(bob_job, vec![img], vec![]).await.unwrap();
+    store.close().await;
+    drop(store);
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut old = bob_job.clone();
+            old.owner = Some("bob".to_string());
+            let record = codec::encode_at(5, "jobs", &old.id, &old).unwrap();
+            txn.open_table(JOBS).unwrap().insert(old.id.as_u128(), record.as_slice()).unwrap();
+        }
+        txn.delete_table(JOBS_BY_OWNER).unwrap();
+        txn.delete_table(super::tables::OWNER_USAGE).unwrap();
+        let mut meta = txn.open_table(META).unwrap();
+        meta.insert("schema_version", 1).unwrap();
+        meta.remove(super::tables::meta_key::USAGE_BUILT).unwrap();
+        meta.remove(super::tables::meta_key::USAGE_BYTES).unwrap();
+        drop(meta);
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(store.owner_usage(Some(BOB)).unwrap(), 2_000);
+    assert_eq!(store.owner_usage(Some("bob")).unwrap(), 0);
+    store.verify_integrity().unwrap();
+    // The legacy job's next update moves its charge within its (namespaced) owner.
+    let mut running = store.get_job(bob_job.id).unwrap().unwrap();
+    running.state = JobState::Running;
+    store.update_job(running, vec![]).await.unwrap();
+    assert_eq!(store.owner_usage(Some(BOB)).unwrap(), 2_000);
+    store.verify_integrity().unwrap();
+}

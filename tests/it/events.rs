@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::support::receiver::Receiver;
 use crate::support::{self, Gateway, Sim, get_json, post_json};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -104,6 +105,35 @@ async fn log_seqs(gw: &Gateway, id: &str) -> Vec<u64> {
     let (status, logs) = get_json(&format!("{}/jobs/{id}/logs", gw.url())).await;
     assert_eq!(status, 200, "{logs}");
     logs["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+/// A finished job whose log goes on past its terminal event (a webhook attempt): a client
+/// that had the terminal event and reconnects with its id gets the entries after it, then
+/// the end of the stream, not a stream held open (and a stream slot held) for an event
+/// that was already sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_resumed_past_the_terminal_event_ends_after_the_entries_that_follow_it() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 50).await;
+    let receiver = Receiver::start().await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("WEBHOOK_ALLOWED_DOMAINS", "127.0.0.1")]).await;
+    let body = json!({"workflowId": "icon_512", "inputs": {"prompt": "a heron"}, "callbackUrl": receiver.url("/h")});
+    let id = gw.submit_ok(body).await;
+    let events = SseStream::open(&events_url(&gw, &id), None).await.rest().await;
+    let terminal = events.last().unwrap();
+    assert_eq!(terminal.event, "succeeded", "{events:?}");
+    let terminal_id = terminal.id.unwrap();
+    let start = Instant::now();
+    while log_seqs(&gw, &id).await.last().copied() == Some(terminal_id) {
+        assert!(start.elapsed() < WAIT, "no webhook attempt was logged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        SseStream::open(&events_url(&gw, &id), Some(terminal_id)).await.rest().await
+    })
+    .await
+    .expect("the resumed stream of a finished job ends");
+    assert!(!again.is_empty() && again.iter().all(|e| e.event == "webhook"), "{again:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
