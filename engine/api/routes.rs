@@ -316,8 +316,11 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
             None => client,
         };
         // The connection counts under an authenticated caller (`MAX_CONNECTIONS_PER_CLIENT`);
-        // a connection over the caller's share is answered 429 and closed.
-        let share = req.extensions().get::<std::sync::Arc<limits::ConnShare>>().cloned();
+        // a connection over the caller's share is answered 429 and closed. Not a trusted
+        // proxy's: its pooled connections carry every tenant's requests in turn, so they are
+        // no one tenant's (the per-IP cap exempts them for the same reason).
+        let from_proxy = ctx.limits.trusted_proxies.iter().any(|net| net.contains(&peer.ip()));
+        let share = req.extensions().get::<std::sync::Arc<limits::ConnShare>>().cloned().filter(|_| !from_proxy);
         let over_share = match (&principal, share, rate.as_ref().and_then(|d| d.retry_after_s)) {
             (Some(owner), Some(share), None) => share.attribute(&ctx.limits.connections_per_client, owner).err(),
             _ => None,

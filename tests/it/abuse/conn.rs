@@ -421,3 +421,35 @@ async fn abuse_conn_sync_wait_flood_is_capped_per_client() {
     let (_, list) = alice.get("/jobs?limit=100").await;
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(WAITS), "{list}");
 }
+
+/// Behind a trusted proxy, pooled connections carry every tenant's requests in turn: they
+/// are not counted under the owner that last used them, so a busy tenant whose requests
+/// happen to ride many of the proxy's connections is not refused for the proxy's pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_conn_a_trusted_proxys_connections_count_under_no_tenant() {
+    const POOLED: usize = 6;
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let keys = keys();
+    let env = [("API_KEYS", keys.as_str()), ("MAX_CONNECTIONS_PER_CLIENT", "2"), ("TRUSTED_PROXIES", "127.0.0.1/32")];
+    let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
+    let request = format!("GET /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {ALICE_KEY}\r\n\r\n");
+    // The proxy (127.0.0.1) keeps its connections open, each having carried alice's request.
+    let mut pooled = Vec::new();
+    for _ in 0..POOLED {
+        let mut stream = connect(gw.port, None, request.as_bytes()).await;
+        let answer = read_head(&mut stream, SERVED_WITHIN).await;
+        assert_eq!(answer.status, 200, "through the trusted proxy: {}", answer.head);
+        pooled.push(stream);
+    }
+    // The same tenant straight from another address is held to its share.
+    let mut direct = Vec::new();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect(gw.port, Some(Ipv4Addr::new(127, 0, 0, 2).into()), request.as_bytes()).await;
+        statuses.push(read_head(&mut stream, SERVED_WITHIN).await.status);
+        direct.push(stream);
+    }
+    assert_eq!(statuses, [200, 200, 429], "directly, alice holds at most 2 connections");
+    drop((pooled, direct));
+}
