@@ -6,10 +6,11 @@
 //! from its last seq on every notification (and on a lag): nothing is lost, nothing is
 //! sent twice. Progress comes only from the durable log (at most one entry per 500 ms),
 //! so every event has an id and a resumed stream is identical to an uninterrupted one.
-//! The `output` events of a success precede the `succeeded` event and carry its seq as
-//! their `id:` too, so a client that got them and reconnects with that `Last-Event-ID`
-//! is not sent them again (nor the terminal event: it ends at once), and one that missed
-//! them gets them all. The stream ends after the terminal event (`succeeded`, `failed`,
+//! The `output` events of a success precede the `succeeded` event (seq `N`); output `k`
+//! carries the id `N.k`, so a client that reconnects with `Last-Event-ID: N.k` is sent
+//! the outputs after `k` and then the terminal event, one that got the terminal event
+//! (`N`) is sent neither again, and one that missed them gets them all. Nothing is lost
+//! when a connection drops between two outputs, and nothing is sent twice. The stream ends after the terminal event (`succeeded`, `failed`,
 //! `canceled`), or, for a job that had already ended when the client's last seq is at or
 //! past its terminal event, once the log entries after that seq (webhook attempts) are sent.
 //!
@@ -46,10 +47,10 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>, client: &Clien
     let id = uuid::Uuid::parse_str(&p.id)
         .map_err(|_| Error::new(ErrorCode::JobNotFound, format!("no job with id {:?}", p.id)))?;
     let header_id = req.headers().get("last-event-id").map(|v| v.to_str().unwrap_or("?").trim().to_string());
-    let last_seq = match header_id.as_deref().or(p.query("lastEventId")) {
-        None | Some("") => 0,
-        Some(raw) => raw.parse::<u64>().map_err(|_| {
-            Error::validation("lastEventId", "Last-Event-ID must be the id (a non-negative integer) of an event")
+    let (last_seq, outputs_seen) = match header_id.as_deref().or(p.query("lastEventId")) {
+        None | Some("") => (0, None),
+        Some(raw) => parse_event_id(raw).ok_or_else(|| {
+            Error::validation("lastEventId", "Last-Event-ID must be the id of an event: N, or N.k for an output")
         })?,
     };
     // Subscribe before the first read so that no commit falls between the two.
@@ -61,6 +62,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>, client: &Clien
         gateway: ctx.gateway.clone(),
         id,
         last_seq,
+        outputs_seen,
         rx,
         out: VecDeque::from([Bytes::from(format!("retry: {RETRY_MS}\n\n"))]),
         first_read: true,
@@ -88,6 +90,9 @@ struct Follow {
     id: JobId,
     /// The seq of the last log entry sent (0: none).
     last_seq: u64,
+    /// Resumed after output `k` of the terminal event at seq `N`: `(N, k + 1)` outputs of
+    /// that event were sent already.
+    outputs_seen: Option<(u64, usize)>,
     rx: broadcast::Receiver<JobId>,
     /// Encoded events waiting to be sent.
     out: VecDeque<Bytes>,
@@ -182,8 +187,10 @@ impl Follow {
                 let j = self.gateway.job(self.id)?;
                 let mut body = reply::job_json(&j, None);
                 if matches!(event.kind, JobEventKind::Succeeded { .. }) {
-                    for o in &j.outputs {
-                        self.out.push_back(encode(seq, "output", &reply::output_json(&j, o)));
+                    let seen = self.outputs_seen.filter(|(at, _)| *at == seq).map_or(0, |(_, n)| n);
+                    for (k, o) in j.outputs.iter().enumerate().skip(seen) {
+                        let id = format!("{seq}.{k}");
+                        self.out.push_back(encode_as(&id, "output", &reply::output_json(&j, o)));
                     }
                 }
                 if privacy {
@@ -205,5 +212,42 @@ impl Follow {
 
 /// One event in the text/event-stream format; `data` is one line of JSON.
 fn encode(id: u64, event: &str, data: &Value) -> Bytes {
+    encode_as(&id.to_string(), event, data)
+}
+
+/// [`encode`] with an id that is not a log seq (`N.k`: output `k` of the event at seq `N`).
+fn encode_as(id: &str, event: &str, data: &Value) -> Bytes {
     Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
+}
+
+/// A `Last-Event-ID`: `N` (every log entry up to seq `N` was received) or `N.k` (output
+/// `k` of the terminal event at seq `N`: the entries before `N` and outputs `0..=k`), as
+/// `(last seq, Some((N, k + 1)))`. None when it is neither.
+fn parse_event_id(raw: &str) -> Option<(u64, Option<(u64, usize)>)> {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match raw.split_once('.') {
+        None => digits(raw).then(|| raw.parse().ok()).flatten().map(|n| (n, None)),
+        Some((n, k)) if digits(n) && digits(k) => {
+            let (n, k) = (n.parse::<u64>().ok()?, k.parse::<usize>().ok()?);
+            // Output ids name a terminal event, which is never the log's first entry.
+            Some((n.checked_sub(1)?, Some((n, k.checked_add(1)?))))
+        }
+        Some(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_event_id;
+
+    #[test]
+    fn event_ids_are_seqs_or_outputs_of_a_seq() {
+        assert_eq!(parse_event_id("0"), Some((0, None)));
+        assert_eq!(parse_event_id("17"), Some((17, None)));
+        assert_eq!(parse_event_id("17.0"), Some((16, Some((17, 1)))));
+        assert_eq!(parse_event_id("17.3"), Some((16, Some((17, 4)))));
+        for bad in ["", "-1", "+1", "1.", ".1", "0.0", "1.2.3", "a", "1e3", " 1", "18446744073709551616"] {
+            assert_eq!(parse_event_id(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -15,7 +15,10 @@ const WAIT: Duration = Duration::from_secs(60);
 /// One parsed Server-Sent Event.
 #[derive(Debug, Clone)]
 struct Sse {
+    /// The id of a log entry (its seq); None for an output event (see `output_id`).
     id: Option<u64>,
+    /// The id as sent: `N`, or `N.k` for output `k` of the terminal event at seq `N`.
+    raw_id: Option<String>,
     event: String,
     data: Value,
 }
@@ -31,9 +34,14 @@ struct SseStream {
 
 impl SseStream {
     async fn open(url: &str, last_event_id: Option<u64>) -> SseStream {
+        SseStream::open_after(url, last_event_id.map(|id| id.to_string()).as_deref()).await
+    }
+
+    /// [`SseStream::open`] with any `Last-Event-ID` (an output's `N.k` too).
+    async fn open_after(url: &str, last_event_id: Option<&str>) -> SseStream {
         let mut req = reqwest::Client::new().get(url);
         if let Some(id) = last_event_id {
-            req = req.header("last-event-id", id.to_string());
+            req = req.header("last-event-id", id);
         }
         let resp = req.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
         assert_eq!(resp.status().as_u16(), 200, "GET {url}");
@@ -50,10 +58,14 @@ impl SseStream {
         loop {
             while let Some(end) = self.buf.find("\n\n") {
                 let block: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (None, None, None);
+                let (mut id, mut raw_id, mut event, mut data) = (None, None, None, None);
                 for line in block.lines().filter(|l| !l.is_empty()) {
                     if let Some(v) = line.strip_prefix("id: ") {
-                        id = Some(v.parse::<u64>().expect("numeric id"));
+                        // A seq, or `N.k` (an output of the event at seq N).
+                        let (n, k) = v.split_once('.').unwrap_or((v, ""));
+                        assert!(n.parse::<u64>().is_ok() && (k.is_empty() || k.parse::<u64>().is_ok()), "id {v:?}");
+                        id = k.is_empty().then(|| n.parse::<u64>().unwrap());
+                        raw_id = Some(v.to_string());
                     } else if let Some(v) = line.strip_prefix("event: ") {
                         event = Some(v.to_string());
                     } else if let Some(v) = line.strip_prefix("data: ") {
@@ -63,7 +75,7 @@ impl SseStream {
                     }
                 }
                 if let (Some(event), Some(data)) = (event, data) {
-                    return Some(Sse { id, event, data });
+                    return Some(Sse { id, raw_id, event, data });
                 }
             }
             if self.ended {
@@ -141,7 +153,9 @@ async fn events_stream_status_progress_and_the_terminal_event_then_close() {
     let dir = support::tempdir();
     let sim = Sim::start(dir.path(), 300).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
-    let id = gw.submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": "a lighthouse"}})).await;
+    // Three outputs, so that a stream resumed between two of them is tested.
+    let job = json!({"workflowId": "icon_512", "inputs": {"prompt": "a lighthouse", "batch_size": 3}});
+    let id = gw.submit_ok(job).await;
     let mut stream = SseStream::open(&events_url(&gw, &id), None).await;
     let events = stream.rest().await;
     let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
@@ -154,21 +168,29 @@ async fn events_stream_status_progress_and_the_terminal_event_then_close() {
     assert_eq!(last.event, "succeeded", "{names:?}");
     assert_eq!(last.data["job"]["status"], "succeeded");
     let outputs = last.data["job"]["outputs"].as_array().unwrap();
-    assert!(!outputs.is_empty(), "the terminal event carries the outputs");
+    assert_eq!(outputs.len(), 3, "the terminal event carries the outputs");
     let n_output_events = events.iter().filter(|e| e.event == "output").count();
     assert_eq!(n_output_events, outputs.len(), "one output event per output");
-    // Every durable log entry, in order, exactly once; the output events carry the id of
-    // the terminal event they precede.
+    // Every durable log entry, in order, exactly once; output k carries the id `N.k` of
+    // the terminal event (seq N) it precedes.
     let logged: Vec<Sse> = events.iter().filter(|e| e.event != "output").cloned().collect();
     assert_eq!(ids(&logged), log_seqs(&gw, &id).await);
     assert_eq!(last.id, ids(&events).last().copied());
-    for e in events.iter().filter(|e| e.event == "output") {
-        assert_eq!(e.id, last.id, "an output event has the terminal event's id: {:?}", e.data);
-    }
-    // A client that got an output event and reconnects with its id is not sent it again.
-    let output_id = events.iter().find(|e| e.event == "output").and_then(|e| e.id).unwrap();
-    let again = SseStream::open(&events_url(&gw, &id), Some(output_id)).await.rest().await;
-    assert!(again.iter().all(|e| e.event != "output"), "outputs replayed after Last-Event-ID: {again:?}");
+    let terminal = last.id.unwrap();
+    let output_ids: Vec<String> =
+        events.iter().filter(|e| e.event == "output").filter_map(|e| e.raw_id.clone()).collect();
+    let expected: Vec<String> = (0..outputs.len()).map(|k| format!("{terminal}.{k}")).collect();
+    assert_eq!(output_ids, expected, "output k has the id N.k of the terminal event N");
+    // A client that got the first output and reconnects with its id gets the rest of the
+    // outputs, then the terminal event: nothing lost, nothing twice.
+    let again = SseStream::open_after(&events_url(&gw, &id), Some(&expected[0])).await.rest().await;
+    let resumed: Vec<(String, Option<String>)> = again.iter().map(|e| (e.event.clone(), e.raw_id.clone())).collect();
+    let mut want: Vec<(String, Option<String>)> =
+        expected[1..].iter().map(|k| ("output".into(), Some(k.clone()))).collect();
+    want.push(("succeeded".into(), Some(terminal.to_string())));
+    assert_eq!(resumed, want, "resumed after the first output");
+    // One that got the terminal event is sent nothing again.
+    let again = SseStream::open(&events_url(&gw, &id), Some(terminal)).await.rest().await;
     assert!(again.is_empty(), "{again:?}");
 
     // The raw format `curl -N` shows: a retry hint, then blocks of id/event/data lines.

@@ -235,7 +235,7 @@ class Follower {
       else if (field === 'data') ev.data += (ev.data ? '\n' : '') + value;
     }
     if (!ev.data) return;
-    if (ev.id) this.lastId = Number(ev.id);
+    if (ev.id) this.lastId = ev.id;
     let data;
     try { data = JSON.parse(ev.data); } catch (_) { return; }
     if (TERMINAL.has(ev.event)) this.done = true;
