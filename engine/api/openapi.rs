@@ -301,13 +301,13 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 "get": {
                     "operationId": "jobEvents",
                     "summary": "Server-Sent Events: status, progress, outputs, terminal state; Last-Event-ID resumes",
-                    "parameters": [{"name": "lastEventId", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 0}}],
+                    "parameters": [{"name": "lastEventId", "in": "query", "required": false, "description": "The id of the last event received: N (a log seq), or N.k (output k of the terminal event N)", "schema": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}}],
                     "responses": with_errors(json!({"200": {"description": "An event stream",
                         "content": {"text/event-stream": {"schema": {
                             "description": "One event; `data` is JSON (the log entry, or for a terminal event {seq, at, type, job})",
                             "type": "object", "required": ["data"],
                             "properties": {
-                                "id": {"type": "string", "pattern": "^[0-9]+$"},
+                                "id": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "description": "The event's seq in the job's log; N.k for output k of the terminal event N"},
                                 "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled", "webhook"]},
                                 "data": {"type": "string", "contentMediaType": "application/json"},
                                 "retry": {"type": "integer"}
