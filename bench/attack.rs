@@ -290,10 +290,10 @@ pub async fn run(dir: &Path, table: &mut Table) {
         let limit = 2.0 * pct(&base.get, 0.99).max(pct(&base.post, 0.99));
         table.row(
             format!(
-                "{what}: neighbour GET / POST ms (p50 / p99), failed{}",
+                "{what}: neighbour ms (p50 / p99){}",
                 if attacker.is_empty() { String::new() } else { format!("; attacker got {attacker}") }
             ),
-            format!("{} | {} | {}", p50_p99(&seen.get), p50_p99(&seen.post), seen.failed),
+            format!("GET {}, POST {}, {} failed", p50_p99(&seen.get), p50_p99(&seen.post), seen.failed),
             "p99 ≤ 2x no attack, 0 failed",
             Some(seen.failed == 0 && worst <= limit),
         );
