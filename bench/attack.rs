@@ -101,6 +101,13 @@ impl Attack {
         Attack { stop: Arc::new(AtomicBool::new(false)), tasks: Vec::new(), statuses: Default::default() }
     }
 
+    /// Run `task` on the attacker's runtime: its own threads, so the attacker's work (12 MB
+    /// bodies built and sent) does not delay the neighbour's requests inside this process;
+    /// the two still share the machine's cores with the gateway, as real clients would.
+    fn spawn(&mut self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.tasks.push(attacker_runtime().spawn(task));
+    }
+
     async fn end(self) -> String {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
@@ -113,6 +120,19 @@ impl Attack {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// The runtime attacks run on (two threads of their own), started once.
+fn attacker_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("attacker")
+            .enable_all()
+            .build()
+            .expect("attacker runtime")
+    })
 }
 
 fn count(statuses: &std::sync::Mutex<std::collections::BTreeMap<u16, u64>>, status: u16) {
@@ -134,7 +154,7 @@ fn slow_bodies(port: u16, n: usize) -> Attack {
     let mut attack = Attack::new();
     for _ in 0..n {
         let statuses = attack.statuses.clone();
-        attack.tasks.push(tokio::spawn(async move {
+        attack.spawn(async move {
             let Ok(mut s) = connect_from(ATTACKER_IP, port).await else {
                 count(&statuses, 0);
                 return;
@@ -150,7 +170,7 @@ fn slow_bodies(port: u16, n: usize) -> Attack {
             let status = raw_status(&mut s).await;
             count(&statuses, status);
             std::future::pending::<()>().await;
-        }));
+        });
     }
     attack
 }
@@ -161,7 +181,7 @@ fn event_streams(port: u16, job: &str, n: usize) -> Attack {
     for _ in 0..n {
         let statuses = attack.statuses.clone();
         let job = job.to_string();
-        attack.tasks.push(tokio::spawn(async move {
+        attack.spawn(async move {
             let Ok(mut s) = connect_from(ATTACKER_IP, port).await else {
                 count(&statuses, 0);
                 return;
@@ -183,7 +203,7 @@ fn event_streams(port: u16, job: &str, n: usize) -> Attack {
                 }
             }
             std::future::pending::<()>().await;
-        }));
+        });
     }
     attack
 }
@@ -205,7 +225,7 @@ fn post_loop(gw: &str, path: &str, body: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
     for _ in 0..tasks {
         let (stop, statuses, body) = (attack.stop.clone(), attack.statuses.clone(), body.clone());
         let url = format!("{gw}{path}");
-        attack.tasks.push(tokio::spawn(async move {
+        attack.spawn(async move {
             let http = client_from(ATTACKER_IP);
             while !stop.load(Ordering::Relaxed) {
                 let r = http
@@ -223,7 +243,7 @@ fn post_loop(gw: &str, path: &str, body: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
                     Err(_) => count(&statuses, 0),
                 }
             }
-        }));
+        });
     }
     attack
 }
