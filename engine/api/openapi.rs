@@ -301,7 +301,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 "get": {
                     "operationId": "jobEvents",
                     "summary": "Server-Sent Events: status, progress, outputs, terminal state; Last-Event-ID resumes",
-                    "parameters": [{"name": "lastEventId", "in": "query", "required": false, "description": "The id of the last event received: N (a log seq), or N.k (output k of the terminal event N)", "schema": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"}}],
+                    "parameters": [{"name": "lastEventId", "in": "query", "required": false, "description": "The id of the last event received: N (a log seq), or N.k (output k of the terminal event N); empty: from the start", "schema": {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?)?$"}}],
                     "responses": with_errors(json!({"200": {"description": "An event stream",
                         "content": {"text/event-stream": {"schema": {
                             "description": "One event; `data` is JSON (the log entry, or for a terminal event {seq, at, type, job})",
