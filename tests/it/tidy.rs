@@ -2,7 +2,7 @@
 //! only `store` imports redb; only `api` (and the simulator, which is a server of its own)
 //! uses hyper and matchit; only the plugin runtime uses wasmtime, and only `plugins/mod.rs`
 //! names the `wasm-plugins` feature; only `config`/`cli`/`main` read the environment; every source
-//! file starts with a `//!` doc comment.
+//! file starts with a `//!` doc comment; every cap setting is listed in the resource rule.
 
 use std::path::{Path, PathBuf};
 
@@ -78,4 +78,30 @@ fn every_source_file_says_what_it_is_for() {
     for (path, text) in engine_files() {
         assert!(text.trim_start().starts_with("//!"), "{path} starts with a //! comment");
     }
+}
+
+/// The resource rule of ARCHITECTURE.md lists every cap: each setting named `MAX_*`,
+/// `*_CONCURRENCY*` or `*_PER_*` in `config.rs` (`MAX_ATTEMPTS` bounds retries, not a share).
+#[test]
+fn every_cap_setting_is_in_the_resource_rule() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = std::fs::read_to_string(root.join("engine/config.rs")).unwrap();
+    let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let start = architecture.find("- Resource rule:").expect("ARCHITECTURE.md states the resource rule");
+    let rule = &architecture[start..];
+    let rule = &rule[..rule[2..].find("\n- ").map_or(rule.len(), |end| end + 2)];
+    let mut caps: Vec<&str> = config
+        .split("env = \"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .filter(|name| {
+            (name.starts_with("MAX_") || name.contains("_CONCURRENCY") || name.contains("_PER_"))
+                && *name != "MAX_ATTEMPTS"
+        })
+        .collect();
+    caps.sort_unstable();
+    caps.dedup();
+    assert!(caps.len() > 15, "found the cap settings: {caps:?}");
+    let missing: Vec<&&str> = caps.iter().filter(|name| !rule.contains(&format!("`{name}`"))).collect();
+    assert!(missing.is_empty(), "caps missing from ARCHITECTURE.md's resource rule: {missing:?}");
 }
