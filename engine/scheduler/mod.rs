@@ -286,6 +286,15 @@ impl Inner {
         recent.truncate(RECENT_WORKFLOWS_MAX);
     }
 
+    /// Job `id` takes a slot of backend `b` at `now_ms`: counted in flight, noted for
+    /// affinity, and running there under `cancel`.
+    fn occupy(&mut self, b: usize, id: JobId, priority: i32, workflow: String, cancel: CancellationToken, now_ms: u64) {
+        self.in_flight[b] += 1;
+        self.note_workflow(b, &workflow, now_ms);
+        let run = RunningJob { backend: b, priority, workflow, cancel, progress: None, processing: false };
+        self.running.insert(id, run);
+    }
+
     /// The job the dispatch loop takes next (when a backend has room).
     fn best(&self) -> Option<(QueueKey, JobId)> {
         self.queue.first_key_value().map(|(&key, q)| (key, q.id))
@@ -379,17 +388,7 @@ impl Shared {
         let now = now_ms();
         let backend = self.pick_backend(&inner, &workflow, now)?;
         inner.dequeue(&key);
-        inner.in_flight[backend] += 1;
-        inner.note_workflow(backend, &workflow, now);
-        let run = RunningJob {
-            backend,
-            priority,
-            workflow,
-            cancel: self.shutdown.child_token(),
-            progress: None,
-            processing: false,
-        };
-        inner.running.insert(id, run);
+        inner.occupy(backend, id, priority, workflow, self.shutdown.child_token(), now);
         Some((key, id, backend))
     }
 
@@ -404,18 +403,7 @@ impl Shared {
         let now = now_ms();
         let backend = self.pick_backend(&inner, workflow, now)?;
         let client_id = self.backends[backend].hub.client_id()?;
-        inner.in_flight[backend] += 1;
-        inner.note_workflow(backend, workflow, now);
-        let workflow = workflow.to_string();
-        let run = RunningJob {
-            backend,
-            priority,
-            workflow,
-            cancel: self.shutdown.child_token(),
-            progress: None,
-            processing: false,
-        };
-        inner.running.insert(id, run);
+        inner.occupy(backend, id, priority, workflow.to_string(), self.shutdown.child_token(), now);
         Some((backend, client_id))
     }
 
