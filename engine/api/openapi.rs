@@ -166,6 +166,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "200": json_response("At least one backend is reachable", schema_ref("Health")),
                     "503": json_response("No backend is reachable, or the store failed", schema_ref("Health")),
                     "400": error_response("More than 64 query parameters"),
+                    "429": error_response("The connection came from an address already holding MAX_CONNECTIONS_PER_IP (RATE_LIMITED, with Retry-After; refused before the path is read). /health itself is never rate limited"),
                 }
             }},
             "/capabilities": {"get": {
@@ -864,7 +865,12 @@ mod tests {
                 r["200"]["headers"]["RateLimit"]["$ref"].is_string() || r["202"]["headers"]["RateLimit"].is_object()
             );
         }
-        assert!(doc["paths"]["/health"]["get"]["responses"]["429"].is_null());
+        // /health is not rate limited; its 429 is only the per-address connection cap's.
+        let health_429 = doc["paths"]["/health"]["get"]["responses"]["429"]["description"].as_str().unwrap();
+        assert!(
+            health_429.contains("MAX_CONNECTIONS_PER_IP") && !health_429.contains("RATE_LIMIT_MAX"),
+            "{health_429}"
+        );
         // The guard's answers: a foreign Host anywhere, cross-origin writes, wrong media types.
         assert!(
             doc["paths"]["/health"]["get"]["responses"]["403"]["description"]
