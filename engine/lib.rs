@@ -14,6 +14,7 @@
 //! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, and
 //!   the simulator.
 //! - [`privacy`]: privacy mode: prompts and inputs sealed at rest, PNG text stripped.
+//! - [`priority`]: lower thread priority for work one client can make heavy (plugins, bulk).
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.
 //! - [`plugins`]: the WebAssembly plugin host (wasmtime, cargo feature `wasm-plugins`):
 //!   sandboxed, limited hook calls; without the feature every plugin operation is refused.
@@ -43,6 +44,7 @@ pub mod failpoints;
 pub mod inputs;
 pub mod metrics;
 pub mod plugins;
+pub mod priority;
 pub mod privacy;
 pub mod scheduler;
 pub mod service;

@@ -91,24 +91,26 @@ fn too_large(max: usize) -> Error {
 
 /// Parse a JSON object body, naming the position of a syntax error.
 async fn read_object(ctx: &Ctx, req: Request<Incoming>) -> Result<Map<String, Value>> {
-    off_workers(read_body(ctx, req).await?, |body| parse_object(&body)).await
+    off_workers(ctx, read_body(ctx, req).await?, |body| parse_object(&body)).await
 }
 
 /// Bodies up to this size are parsed on the async worker that read them; larger ones on
-/// the blocking pool, so a few large bodies cannot hold every worker (and every other
+/// the bulk pool, so a few large bodies cannot hold every worker (and every other
 /// client) for the time their parse takes.
 const PARSE_INLINE_BYTES_MAX: usize = 64 * 1024;
 
-/// `work(body)`, on the blocking pool when the body is larger than
-/// [`PARSE_INLINE_BYTES_MAX`]; what `work` refuses is also dropped there.
+/// `work(body)`, on the bulk pool ([`super::bulk`]: its own threads, below the API's
+/// priority) when the body is larger than [`PARSE_INLINE_BYTES_MAX`]; what `work`
+/// refuses is also dropped there.
 async fn off_workers<T: Send + 'static>(
+    ctx: &Ctx,
     body: Bytes,
     work: impl FnOnce(Bytes) -> Result<T> + Send + 'static,
 ) -> Result<T> {
     if body.len() <= PARSE_INLINE_BYTES_MAX {
         return work(body);
     }
-    tokio::task::spawn_blocking(move || work(body)).await.map_err(Error::internal)?
+    ctx.bulk.run(move || work(body)).await?
 }
 
 /// The caps on what a job body may make the gateway hold, checked before anything else
@@ -210,7 +212,7 @@ fn scan_members(body: &[u8]) -> MemberScan {
 /// member is at least 4 bytes of compact JSON (`"":0`), an object 2 more.
 async fn parse_job_object(ctx: &Ctx, body: Bytes) -> Result<Map<String, Value>> {
     let memory = ctx.gateway.config.memory;
-    off_workers(body, move |body| {
+    off_workers(ctx, body, move |body| {
         let scan = scan_members(&body);
         if scan.inputs > memory.input_keys_max {
             return Err(too_many_input_keys(memory.input_keys_max));

@@ -3,8 +3,10 @@
 //! between JSON and the service's domain calls ([`handlers`]), the response helpers
 //! that shape every body and error the same way ([`reply`]), the Server-Sent Events
 //! stream of a job ([`sse`]), the web dashboard's embedded files ([`dashboard`]), and the limits against abuse: rate limits, the per-client
-//! job cap, CORS ([`limits`]); the checks of `Host`, `Origin` and media types ([`guard`]).
+//! job cap, CORS ([`limits`]); the checks of `Host`, `Origin` and media types ([`guard`]); the lower-priority threads
+//! that scan and parse large bodies ([`bulk`]).
 
+pub mod bulk;
 pub mod dashboard;
 pub mod download;
 pub mod guard;

@@ -153,6 +153,8 @@ pub struct Ctx {
     pub limits: Limits,
     /// `Host`, `Origin` and media type checks.
     pub guard: Guard,
+    /// The threads that scan and parse large bodies, below the API's priority.
+    pub bulk: super::bulk::Bulk,
 }
 
 impl Ctx {
@@ -189,7 +191,7 @@ impl Ctx {
         }
         let limits = Limits::new(&gateway.config.api_limits);
         let guard = Guard::new(&gateway.config);
-        Ctx { gateway, router, started: std::time::Instant::now(), stop, limits, guard }
+        Ctx { gateway, router, started: std::time::Instant::now(), stop, limits, guard, bulk: super::bulk::Bulk::new() }
     }
 }
 

@@ -66,21 +66,6 @@ const WASI_ALLOWED: &[&str] =
 /// calls time, not everybody's latency.
 const PLUGIN_THREAD_NICE: i32 = 10;
 
-/// Lower the calling thread's priority by [`PLUGIN_THREAD_NICE`] (Linux: a thread id is a
-/// `PRIO_PROCESS` target of its own). Best effort: a failure only costs the neighbours
-/// some latency under load, so it is logged, not fatal.
-fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        let tid = Some(rustix::thread::gettid());
-        let lowered = rustix::process::getpriority_process(tid)
-            .and_then(|nice| rustix::process::setpriority_process(tid, (nice + PLUGIN_THREAD_NICE).min(19)));
-        if let Err(e) = lowered {
-            tracing::debug!(error = %e, "cannot lower the plugin thread's priority");
-        }
-    }
-}
-
 /// How often the epoch ticker ticks; a call's wall-time limit is counted in these.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -262,7 +247,7 @@ impl Host {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(limits.threads.max(1) as usize)
             .thread_name("plugin-worker")
-            .on_thread_start(lower_thread_priority)
+            .on_thread_start(|| crate::priority::lower_current_thread(PLUGIN_THREAD_NICE))
             .enable_all()
             .build()
             .map_err(|e| Error::internal(format!("cannot start the plugin runtime: {e}")))?;
