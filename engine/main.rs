@@ -36,10 +36,10 @@ static MIMALLOC_OPTIONS: extern "C" fn() = {
     set
 };
 
-/// How long an idle thread of the blocking pool lives (tokio's default: 10 s). Large
-/// request bodies are parsed there, and mimalloc purges a thread's free pages only while
-/// the thread allocates or when it ends: an idle parse thread held a refused body's
-/// memory (tens of MB) until it ended, so it ends sooner.
+/// How long an idle thread of the blocking pool lives (tokio's default: 10 s). Blocking
+/// work that may allocate much (blob hashing, plugin compiles) runs there, and mimalloc
+/// purges a thread's free pages only while the thread allocates or when it ends: an idle
+/// thread held what it freed (tens of MB) until it ended, so it ends sooner.
 const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() {
