@@ -151,44 +151,33 @@ async fn raw_status(stream: &mut TcpStream) -> u16 {
 
 /// `n` connections sending complete headers and no body.
 fn slow_bodies(port: u16, n: usize) -> Attack {
-    let mut attack = Attack::new();
-    for _ in 0..n {
-        let statuses = attack.statuses.clone();
-        attack.spawn(async move {
-            let Ok(mut s) = connect_from(ATTACKER_IP, port).await else {
-                count(&statuses, 0);
-                return;
-            };
-            let head = format!(
-                "POST /jobs HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {ATTACKER}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
-            );
-            if s.write_all(head.as_bytes()).await.is_err() {
-                count(&statuses, 0);
-                return;
-            }
-            // Hold the connection until the gateway answers or closes it.
-            let status = raw_status(&mut s).await;
-            count(&statuses, status);
-            std::future::pending::<()>().await;
-        });
-    }
-    attack
+    let head = format!(
+        "POST /jobs HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {ATTACKER}\r\ncontent-type: application/json\r\ncontent-length: 100000\r\n\r\n"
+    );
+    held_connections(port, n, head)
 }
 
 /// `n` event streams on `job`, held open (the bytes are read and dropped).
 fn event_streams(port: u16, job: &str, n: usize) -> Attack {
+    let head = format!(
+        "GET /jobs/{job}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {ATTACKER}\r\naccept: text/event-stream\r\n\r\n"
+    );
+    held_connections(port, n, head)
+}
+
+/// `n` connections from the attacker's address, each sending `head` and then holding the
+/// connection: its status is counted, whatever follows is read and dropped until the
+/// gateway closes it.
+fn held_connections(port: u16, n: usize, head: String) -> Attack {
     let mut attack = Attack::new();
+    let head = Arc::new(head);
     for _ in 0..n {
-        let statuses = attack.statuses.clone();
-        let job = job.to_string();
+        let (statuses, head) = (attack.statuses.clone(), head.clone());
         attack.spawn(async move {
             let Ok(mut s) = connect_from(ATTACKER_IP, port).await else {
                 count(&statuses, 0);
                 return;
             };
-            let head = format!(
-                "GET /jobs/{job}/events HTTP/1.1\r\nhost: 127.0.0.1\r\nx-api-key: {ATTACKER}\r\naccept: text/event-stream\r\n\r\n"
-            );
             if s.write_all(head.as_bytes()).await.is_err() {
                 count(&statuses, 0);
                 return;

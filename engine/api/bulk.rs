@@ -25,7 +25,7 @@ impl std::fmt::Debug for Bulk {
 
 impl Bulk {
     /// Start the pool's threads.
-    pub fn new() -> Bulk {
+    pub fn start() -> Bulk {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(BULK_THREADS)
             .thread_name("api-bulk")
@@ -46,12 +46,6 @@ impl Bulk {
     }
 }
 
-impl Default for Bulk {
-    fn default() -> Bulk {
-        Bulk::new()
-    }
-}
-
 impl Drop for Bulk {
     fn drop(&mut self) {
         // Possibly inside another runtime (the server's shutdown, a test): no blocking.
@@ -68,7 +62,7 @@ mod tests {
     /// Work runs on the pool's own threads, named `api-bulk`, at a lower priority.
     #[tokio::test(flavor = "current_thread")]
     async fn work_runs_on_the_pools_lower_priority_threads() {
-        let bulk = Bulk::new();
+        let bulk = Bulk::start();
         let (name, nice) = bulk
             .run(|| {
                 let name = std::thread::current().name().map(str::to_string);

@@ -191,7 +191,15 @@ impl Ctx {
         }
         let limits = Limits::new(&gateway.config.api_limits);
         let guard = Guard::new(&gateway.config);
-        Ctx { gateway, router, started: std::time::Instant::now(), stop, limits, guard, bulk: super::bulk::Bulk::new() }
+        Ctx {
+            gateway,
+            router,
+            started: std::time::Instant::now(),
+            stop,
+            limits,
+            guard,
+            bulk: super::bulk::Bulk::start(),
+        }
     }
 }
 
