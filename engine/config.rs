@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::auth::Auth;
 
 /// The settings of `serve` (and of the commands that open the database), as flags that
-/// fall back to environment variables of the same meaning (SPEC §5).
+/// fall back to environment variables of the same meaning (README "Configuration").
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Port of the REST API.

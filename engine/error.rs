@@ -1,4 +1,4 @@
-//! The one error type of the gateway, with stable codes (SPEC §6) and HTTP statuses.
+//! The one error type of the gateway, with stable codes (README "Use it") and HTTP statuses.
 //!
 //! Codes are part of the API contract: never renamed, never reused. `code()` and
 //! `status()` are exhaustive matches so a new variant cannot ship without both.

@@ -26,8 +26,8 @@
 //! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
 //! - [`failpoints`]: crash points at the dangerous windows (feature `failpoints`, tests).
-//! - [`cli`]: the command line (serve, sim, init, add-workflow, list-workflows, health,
-//!   plugin check/run).
+//! - [`cli`]: the command line (serve (alias run), sim, init, add-workflow, import-workflow,
+//!   list-workflows, health, check, plugin check/run); failures to exit codes.
 
 // serde_json's json! recurses per token; the OpenAPI document is one large literal.
 #![recursion_limit = "256"]

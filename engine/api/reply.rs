@@ -1,4 +1,4 @@
-//! Response helpers: JSON bodies, the error envelope of SPEC §6
+//! Response helpers: JSON bodies, the error envelope (README "Use it")
 //! (`{"error": {code, message, retryable, details?}, "correlationId"}`), and the JSON
 //! shapes of jobs and outputs.
 
