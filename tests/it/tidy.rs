@@ -105,3 +105,41 @@ fn every_cap_setting_is_in_the_resource_rule() {
     let missing: Vec<&&str> = caps.iter().filter(|name| !rule.contains(&format!("`{name}`"))).collect();
     assert!(missing.is_empty(), "caps missing from ARCHITECTURE.md's resource rule: {missing:?}");
 }
+
+/// ARCHITECTURE.md leaves numbers to the code: it names constants and settings instead, and
+/// every name it cites in backticks (an `UPPER_SNAKE` constant or setting, an `engine/` path)
+/// exists, so renaming one without the map fails here.
+#[test]
+fn every_name_the_architecture_cites_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
+    let files = engine_files();
+    let config = std::fs::read_to_string(root.join("engine/config.rs")).unwrap();
+    let cited: Vec<&str> = architecture.split('`').skip(1).step_by(2).collect();
+    assert!(cited.len() > 100, "found the cited names");
+    let mut missing = Vec::new();
+    for name in cited.iter().filter(|name| !name.contains('*')) {
+        let name = name.trim_end_matches('/');
+        if name.starts_with("engine/") {
+            if !root.join(name).exists() {
+                missing.push(name.to_string());
+            }
+            continue;
+        }
+        let is_constant = name.len() > 3
+            && name.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+            && name.contains('_');
+        if !is_constant {
+            continue;
+        }
+        let field = format!("pub {}:", name.to_ascii_lowercase());
+        let known = files
+            .iter()
+            .any(|(_, text)| text.contains(&format!("const {name}:")) || text.contains(&format!("\"{name}\"")))
+            || config.contains(&field);
+        if !known {
+            missing.push(name.to_string());
+        }
+    }
+    assert!(missing.is_empty(), "ARCHITECTURE.md cites names the code does not have: {missing:?}");
+}
