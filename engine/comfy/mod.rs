@@ -2,6 +2,7 @@
 //! scheduler, and the simulator that speaks the same protocol for tests and demos.
 
 pub mod client;
+pub mod graph;
 pub mod protocol;
 pub mod sim;
 pub mod ws;

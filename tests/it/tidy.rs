@@ -105,3 +105,55 @@ fn every_cap_setting_is_in_the_resource_rule() {
     let missing: Vec<&&str> = caps.iter().filter(|name| !rule.contains(&format!("`{name}`"))).collect();
     assert!(missing.is_empty(), "caps missing from ARCHITECTURE.md's resource rule: {missing:?}");
 }
+
+/// Only `comfy` knows ComfyUI's JSON (ARCHITECTURE.md "Invariants"): outside `engine/comfy/`,
+/// no source names a key of ComfyUI's messages and prompts or a node class it recognizes;
+/// the rest of the gateway reads prompts through `comfy::graph` and answers through
+/// `comfy::protocol`. Unit-test modules build fixtures in ComfyUI's format and are not
+/// checked: files of tests (`tests.rs`, `tests_*.rs`) and a trailing `#[cfg(test)] mod tests`.
+/// Allowed beside them: `api/openapi.rs` (the contract describes the API-format workflow a
+/// client sends) and `store/fuzzing.rs` (sample records for the fuzz targets).
+#[test]
+fn only_comfy_knows_comfyui_json() {
+    const NEEDLES: &[&str] = &[
+        "\"class_type\"",
+        "\"_meta\"",
+        "\"__value__\"",
+        "\"KSampler\"",
+        "\"KSamplerAdvanced\"",
+        "\"CheckpointLoaderSimple\"",
+        "\"CLIPTextEncode\"",
+        "\"EmptyLatentImage\"",
+        "\"LoadImage\"",
+        "\"SaveImage\"",
+        "\"PreviewImage\"",
+        "\"folder_type\"",
+        "\"prompt_id\"",
+        "\"node_errors\"",
+        "\"status_str\"",
+        "\"execution_error\"",
+        "\"execution_interrupted\"",
+        "\"executing\"",
+    ];
+    const ALLOWED: &[&str] = &["engine/comfy/", "engine/api/openapi.rs", "engine/store/fuzzing.rs"];
+    let files: Vec<(String, String)> = engine_files()
+        .into_iter()
+        .filter(|(path, _)| {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            name != "tests.rs" && !name.starts_with("tests_")
+        })
+        .map(|(path, text)| {
+            let code = text.split("\n#[cfg(test)]\nmod tests").next().unwrap_or_default().to_string();
+            (path, code)
+        })
+        .collect();
+    // The needles are found where they live (the check can fail).
+    let comfy =
+        files.iter().filter(|(p, _)| p.starts_with("engine/comfy/")).map(|(_, t)| t.as_str()).collect::<String>();
+    for needle in ["\"class_type\"", "\"KSampler\"", "\"prompt_id\"", "\"status_str\"", "\"node_errors\""] {
+        assert!(comfy.contains(needle), "engine/comfy/ names {needle}");
+    }
+    for needle in NEEDLES {
+        assert_eq!(offenders(&files, needle, ALLOWED), Vec::<String>::new(), "{needle} outside engine/comfy/");
+    }
+}
