@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use crate::api;
 use crate::comfy::sim;
 use crate::config::{Config, ServeArgs, database_path};
-use crate::service::{Gateway, PluginChange, PluginSource, PluginSpec, Registry, WorkflowDefinition, register_bundled};
+use crate::service::{
+    Actor, Gateway, PluginChange, PluginSource, PluginSpec, Registry, WorkflowDefinition, register_bundled,
+};
 use crate::store::Store;
 
 /// comfyui-gateway: a durable REST gateway in front of ComfyUI.
@@ -240,7 +242,7 @@ async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> 
     // is on disk, as after a crash, instead of answering every request with an error.
     let failed = async {
         loop {
-            if let Some(reason) = gateway.store.failure() {
+            if let Some(reason) = gateway.store_failure() {
                 return reason;
             }
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -517,7 +519,8 @@ async fn register_definition(def: WorkflowDefinition, db: &DbArgs) -> Result<Str
             let host = crate::plugins::Host::new(crate::plugins::Limits::default())
                 .map_err(|e| CliError::runtime(e.message))?;
             let registry = Registry::new(store.clone(), host);
-            let rec = registry.put_workflow(def, replace).await.map_err(|e| CliError::runtime(e.message))?;
+            let rec =
+                registry.put_workflow(def, replace, &Actor::cli()).await.map_err(|e| CliError::runtime(e.message))?;
             store.close().await;
             Ok(format!("workflow {} version {}", rec.id, rec.version))
         }

@@ -11,8 +11,8 @@
 //! - [`workflows`]: template rendering and JSON Schema validation of inputs (pure).
 //! - [`canonical`]: canonical JSON; the result-cache key and idempotency fingerprints.
 //! - [`inputs`]: image inputs: SSRF-guarded URL fetch, data URI / base64, magic bytes.
-//! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, and
-//!   the simulator.
+//! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, wire
+//!   messages, the API-format prompt as a graph (node classes, inputs, links), the simulator.
 //! - [`privacy`]: privacy mode: prompts and inputs sealed at rest, PNG text stripped.
 //! - [`priority`]: lower thread priority for work one client can make heavy (plugins, bulk).
 //! - [`metrics`]: the Prometheus registry handle (bounded labels), rendered at scrape time.

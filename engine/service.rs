@@ -9,17 +9,21 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
+use crate::auth::Principal;
 use crate::canonical;
 use crate::comfy::protocol::ObjectInfo;
 use crate::config::Config;
 use crate::domain::PluginRef;
-use crate::domain::{Hash, IdempotencyRecord, InputRef, Job, JobId, JobState, WorkflowRecord, input_subfolder, now_ms};
+use crate::domain::{
+    AuditAction, AuditEntry, Delivery, Hash, IdempotencyRecord, InputRef, Job, JobEvent, JobId, QueueKey, Role,
+    WorkflowRecord, input_subfolder, now_ms,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::inputs::{self, Source};
 use crate::metrics::{BackendLevel, Metrics, Snapshot, StoreLevel};
 use crate::plugins::{CallContext, Hook};
-use crate::scheduler::{Scheduler, queue_rank};
-use crate::store::{Claim, NewBlob, Store, StoreError};
+use crate::scheduler::{BackendStatus, LiveStatus, Scheduler, queue_rank};
+use crate::store::{Claim, JobPage, JobQuery, NewBlob, Store, StoreError};
 use crate::workflows::{self, CompiledWorkflow, FieldError, Limits, WorkflowError};
 
 /// A request to run a workflow.
@@ -188,17 +192,56 @@ const STORAGE_FULL_RETRY_AFTER_S: u64 = 30;
 /// `Retry-After` of `QUOTA_EXCEEDED`: the owner's jobs age out slowly; try again later.
 const QUOTA_RETRY_AFTER_S: u64 = 60;
 
-/// The gateway's operations.
+/// Who does an audited change: what its audit-log entry records.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The caller (None in open mode).
+    pub principal: Option<Principal>,
+    /// The request's correlation id.
+    pub correlation_id: String,
+}
+
+impl Actor {
+    /// The owner id the command line's changes are recorded under (not an API owner id:
+    /// those are `key:...` or `jwt:...`).
+    pub const CLI_OWNER: &'static str = "cli";
+
+    /// The command line, run by the gateway's operator: an admin named [`Actor::CLI_OWNER`],
+    /// with a fresh correlation id.
+    pub fn cli() -> Actor {
+        Actor {
+            principal: Some(Principal { owner: Actor::CLI_OWNER.to_string(), role: Role::Admin }),
+            correlation_id: uuid::Uuid::now_v7().simple().to_string(),
+        }
+    }
+}
+
+/// Record a done action in the durable audit log.
+async fn append_audit(store: &Store, actor: &Actor, action: AuditAction, target: String) -> Result<()> {
+    let entry = AuditEntry {
+        at_ms: now_ms(),
+        actor: actor.principal.as_ref().map(|c| c.owner.clone()),
+        role: actor.principal.as_ref().map(|c| c.role),
+        action,
+        target,
+        correlation_id: actor.correlation_id.clone(),
+    };
+    store.append_audit(entry).await?;
+    Ok(())
+}
+
+/// The gateway's operations. The store and the scheduler are its own: the API and the CLI
+/// go through these operations (so every change is audited the same way).
 #[derive(Debug, Clone)]
 pub struct Gateway {
     /// The durable store.
-    pub store: Store,
+    store: Store,
     /// The scheduler.
-    pub scheduler: Scheduler,
+    scheduler: Scheduler,
     /// The configuration.
     pub config: Arc<Config>,
     /// Registered workflows.
-    pub registry: Registry,
+    registry: Registry,
     /// The metrics registry (shared with the scheduler).
     pub metrics: Metrics,
     /// The WebAssembly plugin host (shared with the scheduler).
@@ -247,6 +290,130 @@ impl Gateway {
         self.webhooks.shutdown().await;
         self.scheduler.shutdown().await;
         self.store.close().await;
+    }
+
+    /// Why the store refuses every write since a storage failure (fail-stop), if it does.
+    pub fn store_failure(&self) -> Option<String> {
+        self.store.failure()
+    }
+
+    /// Whether the store works: no storage failure, and its counters (O(1)) can be read,
+    /// which also catches a disk that fails reads before any write.
+    pub fn store_ok(&self) -> bool {
+        self.store.failure().is_none() && self.store.stats().is_ok()
+    }
+
+    /// The webhook worker's handle on the store's outbox (the worker is part of the service:
+    /// [`Gateway::start`] starts it).
+    pub(crate) fn outbox(&self) -> &Store {
+        &self.store
+    }
+
+    /// Every unfinished job (queued, then running) with its owner, read from the records'
+    /// heads: what the per-client job cap counts at start.
+    pub fn unfinished_owners(&self) -> Result<Vec<(JobId, Option<String>)>> {
+        Ok(self.store.unfinished_owners()?)
+    }
+
+    /// Every workflow.
+    pub fn workflows(&self) -> Result<Vec<WorkflowRecord>> {
+        self.registry.workflows()
+    }
+
+    /// A workflow with its effective input schema.
+    pub fn workflow(&self, id: &str) -> Result<(WorkflowRecord, Value)> {
+        self.registry.workflow(id)
+    }
+
+    /// Register a new workflow (error if the id exists) or, with `replace`, a new version
+    /// ([`Registry::put_workflow`], audited), refused while the disk is low
+    /// ([`Gateway::disk_check`]). The workflow with its effective input schema.
+    pub async fn put_workflow(
+        &self,
+        def: WorkflowDefinition,
+        replace: bool,
+        actor: &Actor,
+    ) -> Result<(WorkflowRecord, Value)> {
+        self.disk_check().await?;
+        let rec = self.registry.put_workflow(def, replace, actor).await?;
+        self.registry.workflow(&rec.id)
+    }
+
+    /// Remove a workflow (audited).
+    pub async fn delete_workflow(&self, id: &str, actor: &Actor) -> Result<()> {
+        self.registry.delete_workflow(id, actor).await
+    }
+
+    /// Every backend's state, in `COMFYUI_URL` order.
+    pub fn backends(&self) -> Vec<BackendStatus> {
+        self.scheduler.backends()
+    }
+
+    /// Jobs waiting in the gateway's queue.
+    pub fn queue_depth(&self) -> usize {
+        self.scheduler.queue_depth()
+    }
+
+    /// Drain backend `id` or resume it ([`Scheduler::set_draining`]), audited.
+    pub async fn set_draining(&self, id: &str, draining: bool, actor: &Actor) -> Result<BackendStatus> {
+        let status = self.scheduler.set_draining(id, draining).await?;
+        let action = if draining { AuditAction::BackendDrain } else { AuditAction::BackendResume };
+        append_audit(&self.store, actor, action, status.id.clone()).await?;
+        Ok(status)
+    }
+
+    /// A receiver of "job X has new events" notifications ([`Scheduler::subscribe`]).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<JobId> {
+        self.scheduler.subscribe()
+    }
+
+    /// Queue position or progress of a job.
+    pub fn live_status(&self, id: JobId, queue_key: QueueKey) -> LiveStatus {
+        self.scheduler.live_status(id, queue_key)
+    }
+
+    /// Estimated seconds until `job` finishes ([`Scheduler::eta_seconds`]).
+    pub fn eta_seconds(&self, job: &Job, live: &LiveStatus) -> Option<f64> {
+        self.scheduler.eta_seconds(job, live)
+    }
+
+    /// Cancel a job ([`Scheduler::cancel`]), audited: the job after the change, revealed.
+    pub async fn cancel(&self, id: JobId, actor: &Actor) -> Result<Job> {
+        let job = self.reveal(self.scheduler.cancel(id).await?)?;
+        append_audit(&self.store, actor, AuditAction::JobCancel, id.to_string()).await?;
+        Ok(job)
+    }
+
+    /// A page of jobs ([`Store::list_jobs_page`]); their sealed fields are not opened.
+    pub fn jobs_page(&self, query: &JobQuery<'_>) -> Result<JobPage> {
+        Ok(self.store.list_jobs_page(query)?)
+    }
+
+    /// Up to `limit` log entries of a job with seq > `after_seq` (all when None), oldest first.
+    pub fn job_events(&self, id: JobId, after_seq: Option<u64>, limit: usize) -> Result<Vec<(u64, JobEvent)>> {
+        Ok(self.store.job_events(id, after_seq, limit)?)
+    }
+
+    /// A job's webhook deliveries, oldest first.
+    pub fn job_deliveries(&self, id: JobId) -> Result<Vec<Delivery>> {
+        Ok(self.store.job_deliveries(id)?)
+    }
+
+    /// Every webhook delivery of a job due again now (same ids), their endpoints enabled
+    /// again, audited; `CONFLICT` if the job has none.
+    pub async fn redeliver(&self, id: JobId, actor: &Actor) -> Result<Vec<Delivery>> {
+        if self.store.job_deliveries(id)?.is_empty() {
+            return Err(Error::new(ErrorCode::Conflict, format!("job {id} has no webhook deliveries")));
+        }
+        let deliveries = self.store.redeliver(id, now_ms()).await?;
+        self.webhooks.wake();
+        append_audit(&self.store, actor, AuditAction::WebhookRedeliver, id.to_string()).await?;
+        Ok(deliveries)
+    }
+
+    /// Up to `limit` audit-log entries newest first, with seq < `before` (all when None).
+    pub fn audit(&self, before: Option<u64>, limit: usize) -> Result<Vec<(u64, AuditEntry)>> {
+        Ok(self.store.audit(before, limit)?)
     }
 
     fn limits(&self) -> Limits {
@@ -368,15 +535,7 @@ impl Gateway {
             });
             self.metrics.cache_lookup(hit.is_some());
             if let Some(entry) = hit {
-                let born = Job {
-                    state: JobState::Succeeded,
-                    cached: true,
-                    outputs: entry.outputs,
-                    started_ms: Some(created_ms),
-                    finished_ms: Some(created_ms),
-                    ..job.clone()
-                };
-                match self.scheduler.submit(born, blobs.clone(), claim(200)).await {
+                match self.scheduler.submit(job.clone(), Some(entry.outputs), blobs.clone(), claim(200)).await {
                     Ok(job) => return Ok(Submitted::Cached(job)),
                     // The entry expired and its blobs went meanwhile: run the job instead.
                     Err(StoreError::Invalid(e)) => tracing::info!(error = %e, "cache entry gone; running the job"),
@@ -384,7 +543,7 @@ impl Gateway {
                 }
             }
         }
-        match self.scheduler.submit(job, blobs, claim(202)).await {
+        match self.scheduler.submit(job, None, blobs, claim(202)).await {
             Ok(job) => Ok(Submitted::Queued(job)),
             Err(e) => self.claim_failed(e, req.idempotency.as_ref()),
         }
@@ -701,8 +860,10 @@ impl Registry {
         Ok(compiled)
     }
 
-    /// Register a new workflow (error if the id exists) or, with `replace`, a new version.
-    pub async fn put_workflow(&self, def: WorkflowDefinition, replace: bool) -> Result<WorkflowRecord> {
+    /// Register a new workflow (error if the id exists) or, with `replace`, a new version,
+    /// and record it in the audit log (`workflow.create` / `workflow.update`) by `actor`:
+    /// the one registration path of the API and the CLI.
+    pub async fn put_workflow(&self, def: WorkflowDefinition, replace: bool, actor: &Actor) -> Result<WorkflowRecord> {
         validate_workflow_id(&def.id)?;
         let current = self.store.get_workflow(&def.id)?;
         let exists = current.is_some();
@@ -726,16 +887,18 @@ impl Registry {
             keep_previews: def.keep_previews,
             plugin: self.plugin_ref(def.plugin, current.as_ref()).await?,
         };
-        Ok(self.store.put_workflow(rec).await?)
+        let rec = self.store.put_workflow(rec).await?;
+        let action = if replace { AuditAction::WorkflowUpdate } else { AuditAction::WorkflowCreate };
+        append_audit(&self.store, actor, action, rec.id.clone()).await?;
+        Ok(rec)
     }
 
-    /// Remove a workflow.
-    pub async fn delete_workflow(&self, id: &str) -> Result<()> {
-        if self.store.delete_workflow(id).await? {
-            Ok(())
-        } else {
-            Err(Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {id:?}")))
+    /// Remove a workflow, recorded in the audit log (`workflow.delete`) by `actor`.
+    pub async fn delete_workflow(&self, id: &str, actor: &Actor) -> Result<()> {
+        if !self.store.delete_workflow(id).await? {
+            return Err(Error::new(ErrorCode::WorkflowNotFound, format!("no workflow with id {id:?}")));
         }
+        append_audit(&self.store, actor, AuditAction::WorkflowDelete, id.to_string()).await
     }
 
     /// A workflow with its effective input schema.

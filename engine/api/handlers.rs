@@ -18,12 +18,10 @@ use tokio::sync::broadcast;
 use crate::auth::Principal;
 use crate::canonical;
 use crate::config::MemoryLimits;
-use crate::domain::{
-    AuditAction, AuditEntry, Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord, now_ms,
-};
+use crate::domain::{Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{
-    IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
+    Actor, IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
 };
 use crate::store::JobQuery;
 
@@ -333,18 +331,9 @@ pub(super) fn visible_job(ctx: &Ctx, p: &Params) -> Result<Job> {
     }
 }
 
-/// Record a done action in the durable audit log.
-async fn audit_log(ctx: &Ctx, p: &Params, action: AuditAction, target: String) -> Result<()> {
-    let entry = AuditEntry {
-        at_ms: now_ms(),
-        actor: p.caller.as_ref().map(|c| c.owner.clone()),
-        role: p.caller.as_ref().map(|c| c.role),
-        action,
-        target,
-        correlation_id: p.correlation_id.clone(),
-    };
-    ctx.gateway.store.append_audit(entry).await?;
-    Ok(())
+/// The caller of a request, as the audit log records it.
+fn actor(p: &Params) -> Actor {
+    Actor { principal: p.caller.clone(), correlation_id: p.correlation_id.clone() }
 }
 
 /// `high`, `normal`, `low`, or an integer level.
@@ -368,13 +357,11 @@ fn parse_priority(v: Option<&Value>) -> Result<i32> {
 /// `GET /health`: 200 when at least one backend is reachable and the store works, else 503;
 /// with `details` (open mode, or valid credentials) the backends, version and queue too.
 pub async fn health(ctx: &Ctx, details: bool) -> Result<Resp> {
-    let backends = ctx.gateway.scheduler.backends();
+    let backends = ctx.gateway.backends();
     let reachable = backends.iter().any(|b| b.reachable);
-    // A store that failed (a storage I/O error) refuses every call until a restart; a read
-    // of its counters (O(1)) also catches a disk that fails reads before any write.
-    let store = &ctx.gateway.store;
+    // A store that failed (a storage I/O error) refuses every call until a restart.
     // Only up or down: the cause is in the log (this route is public).
-    let store_ok = store.failure().is_none() && store.stats().is_ok();
+    let store_ok = ctx.gateway.store_ok();
     let ok = reachable && store_ok;
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     if !details {
@@ -402,7 +389,7 @@ pub async fn health(ctx: &Ctx, details: bool) -> Result<Resp> {
         "ready": ok,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime": ctx.started.elapsed().as_secs(),
-        "queueDepth": ctx.gateway.scheduler.queue_depth(),
+        "queueDepth": ctx.gateway.queue_depth(),
         "comfyui": {
             "reachable": reachable,
             "url": backends.first().map(|b| b.url.clone()),
@@ -433,22 +420,20 @@ fn backend_json(b: &crate::scheduler::BackendStatus) -> Value {
 
 /// `GET /backends`: every configured backend's state, in `COMFYUI_URL` order.
 pub fn backends(ctx: &Ctx) -> Result<Resp> {
-    let list: Vec<Value> = ctx.gateway.scheduler.backends().iter().map(backend_json).collect();
+    let list: Vec<Value> = ctx.gateway.backends().iter().map(backend_json).collect();
     Ok(reply::json(StatusCode::OK, &json!({ "backends": list })))
 }
 
 /// `POST /backends/{id}/drain` and `/resume` (admin): no new jobs go to a drained backend,
 /// its running jobs finish; the drain is durable and audit-logged.
 pub async fn set_draining(ctx: &Ctx, p: &Params, draining: bool) -> Result<Resp> {
-    let status = ctx.gateway.scheduler.set_draining(&p.id, draining).await?;
-    let action = if draining { AuditAction::BackendDrain } else { AuditAction::BackendResume };
-    audit_log(ctx, p, action, status.id.clone()).await?;
+    let status = ctx.gateway.set_draining(&p.id, draining, &actor(p)).await?;
     Ok(reply::json(StatusCode::OK, &backend_json(&status)))
 }
 
 /// `GET /capabilities`.
 pub fn capabilities(ctx: &Ctx) -> Result<Resp> {
-    let workflows: Vec<String> = ctx.gateway.registry.workflows()?.into_iter().map(|w| w.id).collect();
+    let workflows: Vec<String> = ctx.gateway.workflows()?.into_iter().map(|w| w.id).collect();
     let c = &ctx.gateway.config;
     Ok(reply::json(
         StatusCode::OK,
@@ -468,8 +453,8 @@ pub fn capabilities(ctx: &Ctx) -> Result<Resp> {
 /// `GET /openapi.json`, with every registered workflow's input schema.
 pub fn openapi(ctx: &Ctx) -> Result<Resp> {
     let mut workflows = Vec::new();
-    for w in ctx.gateway.registry.workflows()? {
-        let (_, schema) = ctx.gateway.registry.workflow(&w.id)?;
+    for w in ctx.gateway.workflows()? {
+        let (_, schema) = ctx.gateway.workflow(&w.id)?;
         workflows.push((w.id, schema));
     }
     Ok(reply::json(StatusCode::OK, &super::openapi::document(&workflows)))
@@ -487,7 +472,7 @@ fn workflow_summary(w: &WorkflowRecord) -> Value {
 
 /// `GET /workflows`.
 pub fn list_workflows(ctx: &Ctx) -> Result<Resp> {
-    let list: Vec<Value> = ctx.gateway.registry.workflows()?.iter().map(workflow_summary).collect();
+    let list: Vec<Value> = ctx.gateway.workflows()?.iter().map(workflow_summary).collect();
     Ok(reply::json(StatusCode::OK, &json!({ "workflows": list })))
 }
 
@@ -509,7 +494,7 @@ fn workflow_details(w: &WorkflowRecord, schema: Value) -> Value {
 
 /// `GET /workflows/{id}`.
 pub fn get_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let (w, schema) = ctx.gateway.registry.workflow(&p.id)?;
+    let (w, schema) = ctx.gateway.workflow(&p.id)?;
     Ok(reply::json(StatusCode::OK, &workflow_details(&w, schema)))
 }
 
@@ -603,10 +588,7 @@ pub async fn create_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
 
 /// Register a new workflow (audited): its details.
 async fn register_workflow(ctx: &Ctx, p: &Params, def: WorkflowDefinition) -> Result<Value> {
-    ctx.gateway.disk_check().await?;
-    let rec = ctx.gateway.registry.put_workflow(def, false).await?;
-    audit_log(ctx, p, AuditAction::WorkflowCreate, rec.id.clone()).await?;
-    let (rec, schema) = ctx.gateway.registry.workflow(&rec.id)?;
+    let (rec, schema) = ctx.gateway.put_workflow(def, false, &actor(p)).await?;
     Ok(workflow_details(&rec, schema))
 }
 
@@ -661,17 +643,13 @@ pub async fn update_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
         return Err(Error::validation("/id", format!("does not match the path ({:?})", p.id)));
     }
     let def = workflow_definition(&body, p.id.clone())?;
-    ctx.gateway.disk_check().await?;
-    ctx.gateway.registry.put_workflow(def, true).await?;
-    audit_log(ctx, p, AuditAction::WorkflowUpdate, p.id.clone()).await?;
-    let (rec, schema) = ctx.gateway.registry.workflow(&p.id)?;
+    let (rec, schema) = ctx.gateway.put_workflow(def, true, &actor(p)).await?;
     Ok(reply::json(StatusCode::OK, &workflow_details(&rec, schema)))
 }
 
 /// `DELETE /workflows/{id}`: 204.
 pub async fn delete_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    ctx.gateway.registry.delete_workflow(&p.id).await?;
-    audit_log(ctx, p, AuditAction::WorkflowDelete, p.id.clone()).await?;
+    ctx.gateway.delete_workflow(&p.id, &actor(p)).await?;
     Ok(reply::empty(StatusCode::NO_CONTENT))
 }
 
@@ -865,7 +843,7 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
         crate::webhooks::check_callback_url(url, &ctx.gateway.config.webhooks).await?;
     }
     // Subscribed before the commit, so the job's terminal notification cannot be missed.
-    let mut rx = wait.map(|_| ctx.gateway.scheduler.subscribe());
+    let mut rx = wait.map(|_| ctx.gateway.subscribe());
     let submitted = ctx
         .gateway
         .submit(SubmitRequest {
@@ -944,9 +922,9 @@ async fn wait_terminal(
 /// (`?include=base64` inlines small outputs).
 pub async fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
-    let live = ctx.gateway.scheduler.live_status(job.id, job.queue_key);
+    let live = ctx.gateway.live_status(job.id, job.queue_key);
     let mut body = reply::job_json(&job, Some(&live));
-    body["etaSeconds"] = json!(ctx.gateway.scheduler.eta_seconds(&job, &live));
+    body["etaSeconds"] = json!(ctx.gateway.eta_seconds(&job, &live));
     match p.query("include") {
         None => {}
         Some("base64") => download::inline_outputs(&ctx.gateway, &job, &mut body).await?,
@@ -955,9 +933,103 @@ pub async fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     Ok(reply::json(StatusCode::OK, &body))
 }
 
-/// Default and largest page size of `GET /jobs`.
-const LIST_LIMIT_DEFAULT: usize = 50;
-const LIST_LIMIT_MAX: usize = 500;
+/// Default and largest page size of the listings (`GET /jobs`, `GET /audit`).
+const PAGE_LIMIT_DEFAULT: usize = 50;
+const PAGE_LIMIT_MAX: usize = 500;
+
+/// A listing's position: what its opaque `cursor` parameter encodes (the last entry listed,
+/// or examined), so pages neither repeat nor skip entries added meanwhile.
+trait Cursor: Sized {
+    /// The listing, for the error of a cursor it did not return.
+    const LISTING: &'static str;
+    /// The `cursor` parameter (and `nextCursor`) of this position.
+    fn encode(&self) -> String;
+    /// The position a `cursor` parameter names, if it is one.
+    fn decode(raw: &str) -> Option<Self>;
+}
+
+/// `GET /jobs`: hex of the last listed job's `(created_ms, id)`.
+impl Cursor for (u64, JobId) {
+    const LISTING: &'static str = "GET /jobs";
+
+    fn encode(&self) -> String {
+        format!("{:016x}{}", self.0, self.1.simple())
+    }
+
+    fn decode(raw: &str) -> Option<Self> {
+        if raw.len() != 48 || !raw.is_ascii() {
+            return None;
+        }
+        let created_ms = u64::from_str_radix(&raw[..16], 16).ok()?;
+        let id = uuid::Uuid::try_parse(&raw[16..]).ok()?;
+        Some((created_ms, id))
+    }
+}
+
+/// `GET /audit`: the sequence number of the last entry listed.
+impl Cursor for u64 {
+    const LISTING: &'static str = "GET /audit";
+
+    fn encode(&self) -> String {
+        self.to_string()
+    }
+
+    fn decode(raw: &str) -> Option<Self> {
+        raw.parse::<u64>().ok().filter(|n| *n > 0)
+    }
+}
+
+/// A listing's query parameters must be `known` ones.
+fn known_params(p: &Params, known: &[&str]) -> Result<()> {
+    match p.query.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+        Some((k, _)) => Err(Error::validation(k, format!("unknown parameter; expected one of {}", known.join(", ")))),
+        None => Ok(()),
+    }
+}
+
+/// The page a listing request asks for: `limit` is 1 to [`PAGE_LIMIT_MAX`]
+/// ([`PAGE_LIMIT_DEFAULT`] when absent), `cursor` a position the listing returned. The same
+/// bounds and errors for every listing.
+struct Page<C> {
+    limit: usize,
+    cursor: Option<C>,
+}
+
+impl<C: Cursor> Page<C> {
+    fn parse(p: &Params) -> Result<Page<C>> {
+        let limit = match p.query("limit") {
+            None => PAGE_LIMIT_DEFAULT,
+            Some(raw) => {
+                raw.parse::<usize>().ok().filter(|n| (1..=PAGE_LIMIT_MAX).contains(n)).ok_or_else(|| {
+                    Error::validation("limit", format!("must be an integer from 1 to {PAGE_LIMIT_MAX}"))
+                })?
+            }
+        };
+        let cursor =
+            match p.query("cursor") {
+                None => None,
+                Some(raw) => Some(C::decode(raw).ok_or_else(|| {
+                    Error::validation("cursor", format!("is not a cursor returned by {}", C::LISTING))
+                })?),
+            };
+        Ok(Page { limit, cursor })
+    }
+
+    /// How many entries to read: one more than the page, to know whether more follow.
+    fn read_max(&self) -> usize {
+        self.limit + 1
+    }
+
+    /// `entries` (read up to [`Page::read_max`]) cut to the page; the position of its last
+    /// entry when more followed, where the next page starts.
+    fn cut<T>(&self, entries: &mut Vec<T>, position: impl Fn(&T) -> C) -> Option<C> {
+        if entries.len() <= self.limit {
+            return None;
+        }
+        entries.truncate(self.limit);
+        entries.last().map(position)
+    }
+}
 
 /// A time bound of `GET /jobs`: RFC 3339 or milliseconds since the Unix epoch.
 fn parse_time(p: &Params, name: &str) -> Result<Option<u64>> {
@@ -967,21 +1039,6 @@ fn parse_time(p: &Params, name: &str) -> Result<Option<u64>> {
         .or_else(|| reply::parse_rfc3339(raw))
         .map(Some)
         .ok_or_else(|| Error::validation(name, "must be an RFC 3339 date-time or milliseconds since the Unix epoch"))
-}
-
-/// The opaque cursor of `GET /jobs`: hex of the last listed job's `(created_ms, id)`.
-fn encode_cursor(created_ms: u64, id: JobId) -> String {
-    format!("{created_ms:016x}{}", id.simple())
-}
-
-fn decode_cursor(raw: &str) -> Result<(u64, JobId)> {
-    let bad = || Error::validation("cursor", "is not a cursor returned by GET /jobs");
-    if raw.len() != 48 || !raw.is_ascii() {
-        return Err(bad());
-    }
-    let created_ms = u64::from_str_radix(&raw[..16], 16).map_err(|_| bad())?;
-    let id = uuid::Uuid::try_parse(&raw[16..]).map_err(|_| bad())?;
-    Ok((created_ms, id))
 }
 
 /// Index entries one `GET /jobs` page examines at most: a filter that matches little
@@ -996,10 +1053,7 @@ const LIST_SCAN_MAX: usize = 5_000;
 /// examined and at `MAX_RESPONSE_BYTES` of JSON, with a `nextCursor` to continue, so a
 /// page may hold fewer than `limit` jobs while more follow.
 pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    const KNOWN: &[&str] = &["status", "workflowId", "after", "before", "limit", "cursor"];
-    if let Some((k, _)) = p.query.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
-        return Err(Error::validation(k, format!("unknown parameter; expected one of {}", KNOWN.join(", "))));
-    }
+    known_params(p, &["status", "workflowId", "after", "before", "limit", "cursor"])?;
     let statuses = match p.query("status") {
         None => None,
         Some(raw) => {
@@ -1013,15 +1067,8 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     };
     let workflow_id = p.query("workflowId").map(str::to_string);
     let (after, before) = (parse_time(p, "after")?, parse_time(p, "before")?);
-    let limit = match p.query("limit") {
-        None => LIST_LIMIT_DEFAULT,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=LIST_LIMIT_MAX).contains(n))
-            .ok_or_else(|| Error::validation("limit", format!("must be an integer from 1 to {LIST_LIMIT_MAX}")))?,
-    };
-    let mut cursor = p.query("cursor").map(decode_cursor).transpose()?;
+    let page_asked = Page::<(u64, JobId)>::parse(p)?;
+    let mut cursor = page_asked.cursor;
     // `before` is exclusive: start the scan there when it is nearer than the cursor.
     if let Some(b) = before
         && cursor.is_none_or(|(ms, _)| b <= ms)
@@ -1040,16 +1087,13 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
         workflow_id: workflow_id.as_deref(),
         after_ms: after,
         before: cursor,
-        limit: limit + 1,
+        limit: page_asked.read_max(),
         scan_max: LIST_SCAN_MAX,
         bytes_max,
     };
-    let page = ctx.gateway.store.list_jobs_page(&query)?;
-    let (mut jobs, mut next) = (page.jobs, page.resume);
-    if jobs.len() > limit {
-        jobs.truncate(limit);
-        next = jobs.last().map(|j| (j.created_ms, j.id));
-    }
+    let page = ctx.gateway.jobs_page(&query)?;
+    let mut jobs = page.jobs;
+    let mut next = page_asked.cut(&mut jobs, |j| (j.created_ms, j.id)).or(page.resume);
     // The JSON is built job by job and stops past the byte budget (one job always fits).
     let mut body = b"{\"jobs\":[".to_vec();
     let mut listed: Option<(u64, JobId)> = None;
@@ -1069,7 +1113,7 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
         body.extend_from_slice(&item);
         listed = Some(position);
     }
-    let next_cursor = next.map(|(ms, id)| encode_cursor(ms, id));
+    let next_cursor = next.map(|c| c.encode());
     body.extend_from_slice(format!("],\"nextCursor\":{}}}", json!(next_cursor)).as_bytes());
     Ok(reply::bytes(StatusCode::OK, "application/json", body.into()))
 }
@@ -1091,7 +1135,7 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
         ),
     };
     let job = visible_job(ctx, p)?;
-    let events = ctx.gateway.store.job_events(job.id, after, LOG_ENTRIES_MAX)?;
+    let events = ctx.gateway.job_events(job.id, after, LOG_ENTRIES_MAX)?;
     let full = events.len() == LOG_ENTRIES_MAX;
     let texts = if ctx.gateway.config.privacy_mode { Some(reply::private_texts(&job)) } else { None };
     let entries = events.iter().map(|(seq, e)| {
@@ -1113,8 +1157,7 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
 /// `POST /jobs/{id}/cancel` (recorded in the audit log).
 pub async fn cancel_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let id = visible_job(ctx, p)?.id;
-    let job = ctx.gateway.reveal(ctx.gateway.scheduler.cancel(id).await?)?;
-    audit_log(ctx, p, AuditAction::JobCancel, id.to_string()).await?;
+    let job = ctx.gateway.cancel(id, &actor(p)).await?;
     Ok(reply::json(StatusCode::OK, &reply::job_json(&job, None)))
 }
 
@@ -1137,7 +1180,7 @@ fn delivery_json(d: &Delivery) -> Value {
 /// `GET /jobs/{id}/webhooks`: the job's webhook deliveries, oldest first.
 pub fn job_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
-    let deliveries = ctx.gateway.store.job_deliveries(job.id)?;
+    let deliveries = ctx.gateway.job_deliveries(job.id)?;
     let (list, cut) =
         reply::capped_list(deliveries.iter().map(delivery_json), ctx.gateway.config.memory.response_bytes_max);
     let mut body = json!({ "jobId": job.id, "deliveries": list });
@@ -1152,12 +1195,7 @@ pub fn job_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
 /// `webhook-id`s), their endpoints enabled again; 409 if the job has none.
 pub async fn redeliver_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
-    if ctx.gateway.store.job_deliveries(job.id)?.is_empty() {
-        return Err(Error::new(ErrorCode::Conflict, format!("job {} has no webhook deliveries", job.id)));
-    }
-    let list: Vec<Value> = ctx.gateway.store.redeliver(job.id, now_ms()).await?.iter().map(delivery_json).collect();
-    ctx.gateway.webhooks.wake();
-    audit_log(ctx, p, AuditAction::WebhookRedeliver, job.id.to_string()).await?;
+    let list: Vec<Value> = ctx.gateway.redeliver(job.id, &actor(p)).await?.iter().map(delivery_json).collect();
     Ok(reply::json(StatusCode::ACCEPTED, &json!({ "jobId": job.id, "deliveries": list })))
 }
 
@@ -1185,41 +1223,13 @@ pub fn metrics(ctx: &Ctx) -> Result<Resp> {
     Ok(reply::bytes(StatusCode::OK, crate::metrics::CONTENT_TYPE, Bytes::from(text)))
 }
 
-/// Default and largest page size of `GET /audit`.
-const AUDIT_LIMIT_DEFAULT: usize = 50;
-const AUDIT_LIMIT_MAX: usize = 500;
-
 /// `GET /audit?limit=&cursor=` (admins): the audit log newest first, `{entries,
 /// nextCursor}`; the cursor is the sequence number of the last entry listed.
 pub fn audit(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    const KNOWN: &[&str] = &["limit", "cursor"];
-    if let Some((k, _)) = p.query.iter().find(|(k, _)| !KNOWN.contains(&k.as_str())) {
-        return Err(Error::validation(k, format!("unknown parameter; expected one of {}", KNOWN.join(", "))));
-    }
-    let limit = match p.query("limit") {
-        None => AUDIT_LIMIT_DEFAULT,
-        Some(raw) => raw
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=AUDIT_LIMIT_MAX).contains(n))
-            .ok_or_else(|| Error::validation("limit", format!("must be an integer from 1 to {AUDIT_LIMIT_MAX}")))?,
-    };
-    let before = match p.query("cursor") {
-        None => None,
-        Some(raw) => Some(
-            raw.parse::<u64>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| Error::validation("cursor", "is not a cursor returned by GET /audit"))?,
-        ),
-    };
-    let mut entries = ctx.gateway.store.audit(before, limit + 1)?;
-    let mut next_cursor = if entries.len() > limit {
-        entries.truncate(limit);
-        entries.last().map(|(seq, _)| seq.to_string())
-    } else {
-        None
-    };
+    known_params(p, &["limit", "cursor"])?;
+    let page = Page::<u64>::parse(p)?;
+    let mut entries = ctx.gateway.audit(page.cursor, page.read_max())?;
+    let mut next_cursor = page.cut(&mut entries, |(seq, _)| *seq).map(|c| c.encode());
     let items = entries.iter().map(|(seq, e)| {
         json!({
             "seq": seq,
@@ -1264,6 +1274,27 @@ mod tests {
         let big = parse_object(br#"{"metadata": {"k": "0123456789abcdef"}}"#).unwrap();
         let e = check_job_caps(&big, &memory).unwrap_err();
         assert_eq!(e.details.unwrap()[0]["path"], "/metadata");
+    }
+
+    #[test]
+    fn cursors_round_trip_and_pages_are_cut_with_the_next_position() {
+        let job = (0x1234_u64, uuid::Uuid::from_u128(7));
+        let raw = job.encode();
+        assert_eq!(raw.len(), 48);
+        assert_eq!(<(u64, JobId)>::decode(&raw), Some(job));
+        for bad in ["", "zz", &raw[1..], &format!("{}x", &raw[..47])] {
+            assert_eq!(<(u64, JobId)>::decode(bad), None, "{bad:?}");
+        }
+        assert_eq!(u64::decode(&42u64.encode()), Some(42));
+        assert_eq!((u64::decode("0"), u64::decode("-1"), u64::decode("a")), (None, None, None));
+        let page = Page::<u64> { limit: 2, cursor: None };
+        assert_eq!(page.read_max(), 3);
+        let mut entries = vec![9u64, 8, 7];
+        assert_eq!(page.cut(&mut entries, |e| *e), Some(8));
+        assert_eq!(entries, [9, 8]);
+        let mut short = vec![9u64];
+        assert_eq!(page.cut(&mut short, |e| *e), None);
+        assert_eq!(short, [9]);
     }
 
     #[test]

@@ -548,7 +548,7 @@ fn components() -> Map<String, Value> {
             "properties": {
                 "seq": {"type": "integer", "minimum": 1},
                 "at": {"type": "string", "format": "date-time"},
-                "actor": {"type": ["string", "null"], "description": "Owner id; null in open mode"},
+                "actor": {"type": ["string", "null"], "description": "Owner id (`cli` for a workflow registered with the command line on the database); null for an API call in open mode"},
                 "role": {"type": ["string", "null"], "enum": ["admin", "user", null]},
                 "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel", "job.webhook.redeliver", "backend.drain", "backend.resume"]},
                 "target": {"type": "string"},

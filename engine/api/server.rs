@@ -78,10 +78,9 @@ pub fn serve(listener: TcpListener, gateway: Gateway) -> std::io::Result<Server>
 /// reset the counts. Jobs without an owner (open mode) cannot be attributed.
 fn seed_job_cap(ctx: &Ctx) -> crate::error::Result<()> {
     let Some(cap) = &ctx.limits.jobs else { return Ok(()) };
-    let store = &ctx.gateway.store;
-    for job in store.queued_jobs()?.into_iter().chain(store.running_jobs()?) {
-        if let Some(owner) = &job.owner {
-            cap.track(owner, job.id);
+    for (id, owner) in ctx.gateway.unfinished_owners()? {
+        if let Some(owner) = &owner {
+            cap.track(owner, id);
         }
     }
     Ok(())

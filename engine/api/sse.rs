@@ -54,7 +54,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>, client: &Clien
         })?,
     };
     // Subscribe before the first read so that no commit falls between the two.
-    let rx = ctx.gateway.scheduler.subscribe();
+    let rx = ctx.gateway.subscribe();
     super::handlers::visible_job(ctx, p)?;
     let hold = ctx.limits.event_streams.hold(&client.key)?;
     let period = Duration::from_millis(ctx.gateway.config.sse_heartbeat_ms);
@@ -142,8 +142,7 @@ impl Follow {
 
     /// Queue the log entries after `last_seq`.
     fn read(&mut self) -> Result<()> {
-        let store = &self.gateway.store;
-        let events = store.job_events(self.id, Some(self.last_seq), READ_BATCH)?;
+        let events = self.gateway.job_events(self.id, Some(self.last_seq), READ_BATCH)?;
         if events.len() == READ_BATCH {
             self.stale = true;
         }

@@ -218,6 +218,18 @@ pub struct OutputFile {
     pub folder_type: String,
 }
 
+impl OutputFile {
+    /// A file a node saved (`SaveImage` and the like: folder `output`).
+    pub fn is_saved(&self) -> bool {
+        self.folder_type == "output"
+    }
+
+    /// A preview (`PreviewImage`: folder `temp`), kept only when the workflow asks.
+    pub fn is_preview(&self) -> bool {
+        self.folder_type == "temp"
+    }
+}
+
 /// How a finished prompt ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

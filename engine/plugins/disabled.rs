@@ -168,9 +168,17 @@ mod tests {
         };
 
         // Registering: an upload and a stored hash are both refused; nothing is written.
-        let e = registry.put_workflow(def("up", PluginSource::Wasm(b"\0asm\x0d\0\x01\0".to_vec())), false).await;
+        let e = registry
+            .put_workflow(
+                def("up", PluginSource::Wasm(b"\0asm\x0d\0\x01\0".to_vec())),
+                false,
+                &crate::service::Actor::cli(),
+            )
+            .await;
         assert_unavailable(&e.unwrap_err());
-        let e = registry.put_workflow(def("by-hash", PluginSource::Stored([7; 32])), false).await;
+        let e = registry
+            .put_workflow(def("by-hash", PluginSource::Stored([7; 32])), false, &crate::service::Actor::cli())
+            .await;
         assert_unavailable(&e.unwrap_err());
         assert!(registry.workflows().unwrap().is_empty());
 

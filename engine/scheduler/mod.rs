@@ -612,21 +612,23 @@ impl Scheduler {
         Ok(Scheduler { shared })
     }
 
-    /// Durably accept a new job with the blobs of its image inputs in the same commit, and
-    /// claiming `claim` (an idempotency key) in it too: a `Queued` job (`rank_ms` set by
-    /// [`queue_rank`]) joins the queue; a job born terminal (a cache hit) is only recorded.
+    /// Durably accept a new `Queued` job (`rank_ms` set by [`queue_rank`]) with the blobs of
+    /// its image inputs in the same commit, and claiming `claim` (an idempotency key) in it
+    /// too: it joins the queue, or with `cached` (the outputs of a result-cache entry) it
+    /// takes [`state::Event::CacheHit`] in that commit and is only recorded.
     /// Returns the job as stored, after the commit; the store's error as is (e.g.
-    /// `IdempotencyTaken`).
+    /// `IdempotencyTaken`, or `Invalid` when a cached output's blob is gone).
     pub async fn submit(
         &self,
         job: Job,
+        cached: Option<Vec<crate::domain::OutputRef>>,
         blobs: Vec<crate::store::NewBlob>,
         claim: Option<crate::store::Claim>,
     ) -> Result<Job, crate::store::StoreError> {
         // The commit and what must follow it (the memory queue, or the runner) run in a task
         // of their own: a request dropped half-way (its client went away) cannot leave a
         // committed job that the scheduler does not know about until the next start.
-        let task = submit_task(self.shared.clone(), job, blobs, claim).instrument(tracing::Span::current());
+        let task = submit_task(self.shared.clone(), job, cached, blobs, claim).instrument(tracing::Span::current());
         match self.shared.tasks.spawn(task).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
@@ -784,16 +786,23 @@ fn status_of(b: &Backend, inner: &Inner, i: usize) -> BackendStatus {
 async fn submit_task(
     shared: Arc<Shared>,
     job: Job,
+    cached: Option<Vec<crate::domain::OutputRef>>,
     blobs: Vec<crate::store::NewBlob>,
     claim: Option<crate::store::Claim>,
 ) -> Result<Job, crate::store::StoreError> {
     use crate::domain::JobEventKind;
-    let mut events = match job.state {
-        JobState::Queued => vec![JobEventKind::Queued],
-        JobState::Succeeded => {
-            vec![JobEventKind::Queued, JobEventKind::Succeeded { n_outputs: job.outputs.len() as u32 }]
+    assert_eq!(job.state, JobState::Queued, "a new job is queued");
+    let mut events = vec![JobEventKind::Queued];
+    // A cache hit: succeeded at its creation time, in the insert commit.
+    let job = match cached {
+        Some(outputs) => {
+            let Ok((done, log)) = state::apply(&job, state::Event::CacheHit { outputs }, job.created_ms) else {
+                unreachable!("a new job can always be answered from the cache")
+            };
+            events.extend(log);
+            done
         }
-        state => panic!("a new job is queued or a cache hit, not {}", state.as_str()),
+        None => job,
     };
     // Nothing waiting and a backend free: the dispatch record goes into the insert
     // commit (one fsync less before the prompt is sent).
@@ -964,13 +973,14 @@ mod tests {
         assert!(first.is_pending(), "the submit finished within one poll");
         drop(submit);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while gw.scheduler.queue_depth() == 0 {
+        while gw.queue_depth() == 0 {
             assert!(std::time::Instant::now() < deadline, "the committed job never joined the memory queue");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        assert_eq!(gw.store.queued_ids().unwrap().len(), 1);
-        assert_eq!(gw.scheduler.queue_depth(), 1);
-        gw.scheduler.shutdown().await;
-        gw.store.close().await;
+        let stored = gw.unfinished_owners().unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(gw.job(stored[0].0).unwrap().state, crate::domain::JobState::Queued);
+        assert_eq!(gw.queue_depth(), 1);
+        gw.shutdown().await;
     }
 }

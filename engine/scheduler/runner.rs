@@ -755,10 +755,8 @@ impl Run {
             }
         };
         let keep_previews = workflow.as_ref().is_some_and(|w| w.keep_previews);
-        let wanted: Vec<OutputFile> = files
-            .into_iter()
-            .filter(|f| f.folder_type == "output" || (keep_previews && f.folder_type == "temp"))
-            .collect();
+        let wanted: Vec<OutputFile> =
+            files.into_iter().filter(|f| f.is_saved() || (keep_previews && f.is_preview())).collect();
         if wanted.is_empty() {
             // One more look first: cheap, and an incomplete answer does not cost the job.
             if !self.history_reread {

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! queued ──dispatch──▶ running ──succeed──▶ succeeded
+//!   │ └──────────────cache hit─────────────▶ succeeded
 //!   ▲  │                │ │ └──fail──────▶ failed
 //!   │  └─cancel/fail─┐  │ └────cancel────▶ canceled
 //!   └─requeue/move───┼──┘  (resubmit: running ▶ running, attempt + 1)
@@ -46,6 +47,12 @@ pub enum Event {
         /// What was found.
         found: String,
     },
+    /// A new job answered from the result cache: succeeded at once with the outputs of
+    /// the cached result (their blobs shared, not copied), never dispatched.
+    CacheHit {
+        /// The cached outputs.
+        outputs: Vec<OutputRef>,
+    },
     /// Finished with stored outputs.
     Succeed {
         /// The outputs.
@@ -81,6 +88,7 @@ impl Event {
             Event::Move { .. } => "move",
             Event::Resubmit { .. } => "resubmit",
             Event::Reattach { .. } => "reattach",
+            Event::CacheHit { .. } => "cache hit",
             Event::Succeed { .. } => "succeed",
             Event::Fail { .. } => "fail",
             Event::Cancel { .. } => "cancel",
@@ -123,6 +131,15 @@ pub fn apply(job: &Job, event: Event, now_ms: u64) -> Result<(Job, Vec<JobEventK
             vec![JobEventKind::Requeued { reason }, JobEventKind::Dispatched { backend, attempt: next.n_attempts }]
         }
         (Running, Event::Reattach { found }) => vec![JobEventKind::Reattached { found }],
+        (Queued, Event::CacheHit { outputs }) if job.started_ms.is_none() => {
+            next.state = Succeeded;
+            next.cached = true;
+            next.started_ms = Some(now_ms);
+            next.finished_ms = Some(now_ms);
+            let n_outputs = outputs.len() as u32;
+            next.outputs = outputs;
+            vec![JobEventKind::Succeeded { n_outputs }]
+        }
         (Running, Event::Succeed { outputs }) => {
             next.state = Succeeded;
             next.finished_ms = Some(now_ms);
@@ -211,6 +228,32 @@ mod tests {
                 let err = apply(&done, e, 3).unwrap_err();
                 assert_eq!(err.from, done.state);
             }
+        }
+    }
+
+    fn output() -> OutputRef {
+        OutputRef {
+            name: "1.png".into(),
+            node_id: "9".into(),
+            media_type: "image/png".into(),
+            size_bytes: 3,
+            hash: [7; 32],
+        }
+    }
+
+    #[test]
+    fn a_cache_hit_succeeds_a_new_job_at_once_with_the_cached_outputs() {
+        let (j, log) = apply(&job(), Event::CacheHit { outputs: vec![output()] }, 10).unwrap();
+        assert_eq!((j.state, j.cached, j.n_attempts), (JobState::Succeeded, true, 0));
+        assert_eq!((j.started_ms, j.finished_ms, j.updated_ms), (Some(10), Some(10), 10));
+        assert_eq!((j.outputs.as_slice(), j.backend.as_deref()), ([output()].as_slice(), None));
+        assert_eq!(log, vec![JobEventKind::Succeeded { n_outputs: 1 }]);
+        // Only a new job: not one that ran, was requeued, or is running or done.
+        let (running, _) = apply(&job(), dispatch(), 1).unwrap();
+        let (requeued, _) = apply(&running, Event::Move { reason: "dead".into() }, 2).unwrap();
+        for j in [running, requeued, j] {
+            let err = apply(&j, Event::CacheHit { outputs: vec![output()] }, 3).unwrap_err();
+            assert_eq!((err.from, err.event), (j.state, "cache hit"));
         }
     }
 

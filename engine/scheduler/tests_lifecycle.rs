@@ -46,6 +46,10 @@ enum Op {
     Cancel(usize),
     /// Move the `n`-th running job off its (dead) backend, back to the queue.
     Move(usize),
+    /// A new job answered from the result cache with the outputs of the `n`-th job, when
+    /// that one succeeded with outputs (`Event::CacheHit` in the insert commit, as
+    /// `Scheduler::submit` does; the blobs are shared).
+    CacheHit(usize),
     /// Update a job that was never inserted.
     Ghost,
     Crash,
@@ -61,6 +65,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(Op::Fail),
         2 => any::<usize>().prop_map(Op::Cancel),
         1 => any::<usize>().prop_map(Op::Move),
+        1 => any::<usize>().prop_map(Op::CacheHit),
         1 => Just(Op::Ghost),
         1 => Just(Op::Crash),
         1 => Just(Op::Restart),
@@ -313,6 +318,31 @@ async fn run(file: bool, ops: Vec<Op>) {
                     m.state = JobState::Queued;
                     m.n_events += 1;
                 }
+            }
+            Op::CacheHit(n) => {
+                let Some((_, m)) = model.nth(n) else { continue };
+                if m.state != JobState::Succeeded || m.outputs.is_empty() {
+                    continue;
+                }
+                let outputs = m.outputs.clone();
+                let i = model.jobs.len();
+                let created_ms = 1_000 + i as u64;
+                let id = Uuid::from_u128(i as u128 + 1);
+                let job = Job::new_queued(
+                    id,
+                    ("wf", 1),
+                    "{}".into(),
+                    "{\"1\":{}}".into(),
+                    0,
+                    queue_rank(created_ms, 0, AGING_MS),
+                    created_ms,
+                );
+                let (done, log) = apply(&job, Event::CacheHit { outputs: outputs.clone() }, created_ms).unwrap();
+                let events = [vec![JobEventKind::Queued], log].concat();
+                let stored = real.store().insert_job_claiming(done, vec![], events, None).await.unwrap();
+                assert_eq!((stored.state, stored.cached), (JobState::Succeeded, true), "{ctx}");
+                let m = ModelJob { priority: 0, state: JobState::Succeeded, n_attempts: 0, outputs, n_events: 2 };
+                model.jobs.insert(i, (id, m));
             }
             Op::Ghost => {
                 let ghost = Job::new_queued(Uuid::from_u128(u128::MAX), ("wf", 1), "{}".into(), "{}".into(), 0, 0, 1);

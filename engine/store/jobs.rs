@@ -414,6 +414,96 @@ pub(crate) fn head_of(bytes: &[u8], key: &dyn std::fmt::Display) -> Result<(Queu
     Ok((head, p.state))
 }
 
+/// A job record's fields up to `owner`, in `Job`'s field order, borrowed from the record:
+/// the prompt, inputs and metadata are skipped over, not copied; an unfinished job's error
+/// and outputs are empty.
+#[derive(serde::Deserialize)]
+struct OwnerPrefix<'a> {
+    id: JobId,
+    _workflow_id: &'a str,
+    _workflow_version: u32,
+    _inputs_json: &'a str,
+    _prompt_json: &'a str,
+    _priority: i32,
+    queue_key: QueueKey,
+    state: JobState,
+    _n_attempts: u32,
+    #[serde(borrow)]
+    _backend: Option<&'a str>,
+    #[serde(borrow)]
+    _client_id: Option<&'a str>,
+    _error: Option<crate::domain::JobError>,
+    _outputs: Vec<crate::domain::OutputRef>,
+    _seed: Option<i64>,
+    #[serde(borrow)]
+    _metadata_json: Option<&'a str>,
+    #[serde(borrow)]
+    _callback_url: Option<&'a str>,
+    _cached: bool,
+    _created_ms: u64,
+    _started_ms: Option<u64>,
+    _finished_ms: Option<u64>,
+    _updated_ms: u64,
+    _inputs: Vec<crate::domain::InputRef>,
+    #[serde(borrow)]
+    owner: Option<&'a str>,
+}
+
+/// The first `jobs` format version with an `owner` field (module doc of `codec`).
+const JOBS_OWNER_VERSION: u8 = 3;
+
+/// A record's id, queue key, state and owner (mapped as [`decode_job`] maps it), read from
+/// its head: a record older than owners has none.
+fn owner_of(
+    bytes: &[u8],
+    key: &dyn std::fmt::Display,
+) -> Result<(JobId, QueueKey, JobState, Option<String>), StoreError> {
+    let version = bytes.first().copied().unwrap_or_default();
+    if version < JOBS_OWNER_VERSION {
+        let p: JobPrefix<'_> = codec::decode_prefix(codec::JOBS_VERSION, "jobs", key, bytes)?;
+        return Ok((p.id, p.queue_key, p.state, None));
+    }
+    let p: OwnerPrefix<'_> = codec::decode_prefix(codec::JOBS_VERSION, "jobs", key, bytes)?;
+    let owner = match version < codec::JOBS_OWNER_NAMESPACED {
+        true => p.owner.map(owner::from_legacy),
+        false => p.owner.map(str::to_string),
+    };
+    Ok((p.id, p.queue_key, p.state, owner))
+}
+
+/// The unfinished jobs (queued, then running) with their owners, each checked against its
+/// index entry, decoding only the records' heads up to the owner (see [`OwnerPrefix`]).
+pub(crate) fn unfinished_owners(txn: &ReadTransaction) -> Result<Vec<(JobId, Option<String>)>, StoreError> {
+    let jobs = txn.open_table(JOBS)?;
+    let mut out = Vec::new();
+    for (key, id) in queued_ids(txn)? {
+        let guard = jobs
+            .get(id.as_u128())?
+            .ok_or_else(|| corrupt("queue", QueueKeyDisplay(key), format!("names missing job {id}")))?;
+        let (found, at, state, owner) = owner_of(guard.value(), &id)?;
+        if found != id {
+            return Err(corrupt("jobs", id, format!("record is for job {found}")));
+        }
+        check_queued(key, id, state, at)?;
+        out.push((id, owner));
+    }
+    let running = txn.open_table(RUNNING)?;
+    for entry in running.range::<u128>(..)? {
+        let key = entry?.0.value();
+        let id = Uuid::from_u128(key);
+        let guard = jobs.get(key)?.ok_or_else(|| corrupt("running", id, "names a missing job"))?;
+        let (found, _, state, owner) = owner_of(guard.value(), &id)?;
+        if found != id {
+            return Err(corrupt("jobs", id, format!("record is for job {found}")));
+        }
+        if state != JobState::Running {
+            return Err(corrupt("jobs", id, format!("in the running index but record is {}", state.as_str())));
+        }
+        out.push((id, owner));
+    }
+    Ok(out)
+}
+
 /// Queued jobs in dispatch order, each checked against its index entry.
 pub(crate) fn queued_jobs(txn: &ReadTransaction) -> Result<Vec<Job>, StoreError> {
     let jobs = txn.open_table(JOBS)?;

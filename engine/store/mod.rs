@@ -670,6 +670,13 @@ impl Store {
         jobs::queued_heads(&txn)
     }
 
+    /// Every unfinished job (queued, then running) with its owner, read from the records'
+    /// heads (see `jobs::unfinished_owners`): what the per-client job cap counts at start.
+    pub fn unfinished_owners(&self) -> Result<Vec<(JobId, Option<String>)>, StoreError> {
+        let txn = self.read_txn()?;
+        jobs::unfinished_owners(&txn)
+    }
+
     /// Just the queue index: `(queue key, job id)` in dispatch order, without the records.
     pub fn queued_ids(&self) -> Result<Vec<(crate::domain::QueueKey, JobId)>, StoreError> {
         let txn = self.read_txn()?;

@@ -207,6 +207,9 @@ async fn queue_orders_by_rank_then_seq_and_follows_state() {
     assert_eq!(store.queued_jobs().unwrap().iter().map(|j| j.id).collect::<Vec<_>>(), vec![d.id, a.id, c.id]);
     assert_eq!(store.running_jobs().unwrap(), vec![b_run.clone()]);
     assert_eq!(counts(&store), vec![3, 1, 0, 0, 0]);
+    // The job cap's start-up read: queued in dispatch order, then running, from the heads.
+    let owners: Vec<_> = store.unfinished_owners().unwrap().into_iter().map(|(id, o)| (id, o.is_none())).collect();
+    assert_eq!(owners, vec![(d.id, true), (a.id, true), (c.id, true), (b.id, true)]);
 
     // Requeue b behind everything: the new key replaces the old.
     let mut b_back = b_run.clone();

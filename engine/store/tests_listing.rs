@@ -224,6 +224,7 @@ async fn a_schema_1_file_gets_its_owner_index_and_namespaced_owners_at_open() {
     store.verify_integrity().unwrap();
     assert_eq!(store.get_job(bob_job.id).unwrap().unwrap().owner.as_deref(), Some(BOB));
     assert_eq!(store.get_job(key_job.id).unwrap().unwrap().owner.as_deref(), Some(KEY));
+    assert_eq!(store.unfinished_owners().unwrap(), unfinished_by_full_reads(&store), "v5 heads");
     let of = |owner: &str| newest_first(made.iter().filter(|j| j.owner.as_deref() == Some(owner)).cloned().collect());
     assert_eq!(store.list_jobs_page(&query(Some(BOB))).unwrap().jobs, of(BOB));
     assert_eq!(store.list_jobs_page(&query(Some(KEY))).unwrap().jobs, of(KEY));
@@ -245,6 +246,9 @@ async fn a_schema_1_file_gets_its_owner_index_and_namespaced_owners_at_open() {
     running.state = JobState::Running;
     store.update_job(running, vec![]).await.unwrap();
     assert_eq!(store.get_job(bob_job.id).unwrap().unwrap().owner.as_deref(), Some(BOB));
+    let unfinished = store.unfinished_owners().unwrap();
+    assert_eq!(unfinished, unfinished_by_full_reads(&store), "v5 and v6 heads, queued and running");
+    assert_eq!(unfinished.last(), Some(&(bob_job.id, Some(BOB.to_string()))), "running jobs come last");
     store.verify_integrity().unwrap();
     // Opening again changes nothing.
     store.close().await;
@@ -252,6 +256,12 @@ async fn a_schema_1_file_gets_its_owner_index_and_namespaced_owners_at_open() {
     let store = Store::open(&path).unwrap();
     assert_eq!(store.list_jobs_page(&query(Some(BOB))).unwrap().jobs.len(), of(BOB).len());
     store.verify_integrity().unwrap();
+}
+
+/// What `Store::unfinished_owners` reads from the records' heads, read from whole records.
+fn unfinished_by_full_reads(store: &Store) -> Vec<(crate::domain::JobId, Option<String>)> {
+    let queued = store.queued_jobs().unwrap().into_iter();
+    queued.chain(store.running_jobs().unwrap()).map(|j| (j.id, j.owner)).collect()
 }
 
 #[test]

@@ -145,7 +145,7 @@ async fn run(gateway: Gateway, inner: Arc<Inner>) {
             _ = tokio::time::sleep(pause) => {}
             // Only commits that made a delivery pending wake it: jobs without webhooks cost
             // the worker nothing.
-            _ = gateway.store.outbox_changed() => {}
+            _ = gateway.outbox().outbox_changed() => {}
         }
     }
 }
@@ -173,7 +173,7 @@ fn start_due(
     let mut waiting = false;
     let due = {
         let load = Load::of(in_flight.values());
-        gateway.store.due_deliveries_skipping(now, SCAN_MAX, settings.concurrency + LOAD_EXTRA, |seq| {
+        gateway.outbox().due_deliveries_skipping(now, SCAN_MAX, settings.concurrency + LOAD_EXTRA, |seq| {
             if in_flight.contains_key(&seq) {
                 waiting = true;
                 return true;
@@ -224,7 +224,7 @@ fn start_due(
     if waiting {
         return Ok(BUSY_POLL);
     }
-    let pause = match gateway.store.next_delivery_due_ms()? {
+    let pause = match gateway.outbox().next_delivery_due_ms()? {
         // Due already: in flight (started above or earlier); its end wakes us.
         Some(at) if at <= now => BUSY_POLL,
         Some(at) => Duration::from_millis(at - now),
@@ -238,7 +238,7 @@ fn start_due(
 async fn deliver(gateway: &Gateway, delivery: Delivery) {
     let settings = &gateway.config.webhooks;
     let attempt_no = delivery.n_attempts + 1;
-    let attempt = match gateway.store.endpoint_disabled_ms(&delivery.url) {
+    let attempt = match gateway.outbox().endpoint_disabled_ms(&delivery.url) {
         Ok(Some(_)) => Attempt {
             at_ms: now_ms(),
             status: None,
@@ -276,7 +276,7 @@ async fn deliver(gateway: &Gateway, delivery: Delivery) {
     if matches!(next, AttemptNext::Delivered) {
         crate::failpoints::crash_point(crate::failpoints::WEBHOOK_AFTER_2XX);
     }
-    match gateway.store.record_attempt(delivery.seq, attempt).await {
+    match gateway.outbox().record_attempt(delivery.seq, attempt).await {
         Ok(_) => {
             gateway.metrics.webhook_attempt(outcome_label(next));
             tracing::info!(event = delivery.event.type_name(), attempt = attempt_no, ?status, ?next, "webhook attempt");

@@ -37,6 +37,7 @@ use serde_json::{Map, Value, json};
 
 use super::schema::SEED_MAX;
 use super::{CompiledWorkflow, FieldError};
+use crate::comfy::graph::{self, Node, classes};
 use crate::comfy::protocol::{InputKind, NodeClass, ObjectInfo};
 
 /// Longest prompt text accepted by a proposed schema (as in the bundled workflows).
@@ -92,7 +93,7 @@ pub fn check_api_format(workflow: &Value, at: &str) -> Result<(), Vec<FieldError
             "must be a workflow in ComfyUI API format: a JSON object of nodes {id: {class_type, inputs}}",
         )]);
     };
-    if nodes.get("nodes").is_some_and(Value::is_array) || nodes.get("links").is_some_and(Value::is_array) {
+    if graph::is_ui_format(nodes) {
         return Err(vec![FieldError::new(
             here,
             "this is ComfyUI's UI workflow format (nodes and links arrays); in ComfyUI use Workflow → \
@@ -144,49 +145,6 @@ impl Tag {
     }
 }
 
-/// The classes whose inputs are recognized, and the proposed base name of each input.
-const SAMPLER_INPUTS: &[(&str, &str)] = &[
-    ("seed", "seed"),
-    ("noise_seed", "seed"),
-    ("steps", "steps"),
-    ("cfg", "cfg"),
-    ("sampler_name", "sampler_name"),
-    ("scheduler", "scheduler"),
-    ("denoise", "denoise"),
-];
-const LATENT_INPUTS: &[(&str, &str)] = &[("width", "width"), ("height", "height"), ("batch_size", "batch_size")];
-
-fn is_sampler(class: &str) -> bool {
-    matches!(class, "KSampler" | "KSamplerAdvanced")
-}
-
-fn is_latent(class: &str) -> bool {
-    matches!(class, "EmptyLatentImage" | "EmptySD3LatentImage")
-}
-
-/// One node of the export, read.
-struct Node<'a> {
-    id: &'a str,
-    class: &'a str,
-    title: &'a str,
-    inputs: &'a Map<String, Value>,
-}
-
-impl Node<'_> {
-    /// The node a link input points at.
-    fn link(&self, input: &str) -> Option<&str> {
-        link_target(self.inputs.get(input)?)
-    }
-}
-
-/// `["id", slot]` → `id`.
-fn link_target(value: &Value) -> Option<&str> {
-    match value.as_array().map(Vec::as_slice) {
-        Some([Value::String(id), Value::Number(slot)]) if slot.is_u64() => Some(id),
-        _ => None,
-    }
-}
-
 /// Node ids in a stable order: numeric ids by value, then the others by text.
 fn id_order(a: &str, b: &str) -> std::cmp::Ordering {
     match (a.parse::<u64>(), b.parse::<u64>()) {
@@ -223,14 +181,7 @@ pub fn propose(
     name: &str,
     description: &str,
 ) -> Result<Proposal, Vec<FieldError>> {
-    let empty = Map::new();
-    let mut nodes = BTreeMap::new();
-    for (id, node) in workflow.as_object().unwrap_or(&empty) {
-        let class = node.get("class_type").and_then(Value::as_str).unwrap_or_default();
-        let title = node.pointer("/_meta/title").and_then(Value::as_str).unwrap_or_default();
-        let inputs = node.get("inputs").and_then(Value::as_object).unwrap_or(&empty);
-        nodes.insert(id.as_str(), Node { id, class, title, inputs });
-    }
+    let nodes = graph::nodes(workflow);
     let mut d = Derive {
         nodes,
         classes,
@@ -306,7 +257,7 @@ impl<'a> Derive<'a> {
                 todo.push(next);
                 continue;
             }
-            todo.extend(node.inputs.values().filter_map(link_target));
+            todo.extend(node.links());
         }
         found.sort_by(|a, b| id_order(a, b));
         found
@@ -315,23 +266,26 @@ impl<'a> Derive<'a> {
     fn run(&mut self) {
         // Samplers along the latent chain: one fed by another sampler comes after it.
         let mut samplers: Vec<(usize, &'a str)> = self
-            .ids_of(is_sampler)
+            .ids_of(classes::is_sampler)
             .into_iter()
             .map(|id| {
-                let upstream = self
-                    .trace(self.node(id).and_then(|n| n.link("latent_image")), "latent_image", |n| is_sampler(n.class));
+                let upstream =
+                    self.trace(self.node(id).and_then(|n| n.link(classes::LATENT_IMAGE)), classes::LATENT_IMAGE, |n| {
+                        classes::is_sampler(n.class)
+                    });
                 (upstream.len(), id)
             })
             .collect();
         samplers.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| id_order(a.1, b.1)));
         let mut sampler_tags = Vec::new();
         for (i, &(_, id)) in samplers.iter().enumerate() {
-            let checkpoints = self
-                .trace(self.node(id).and_then(|n| n.link("model")), "model", |n| n.class == "CheckpointLoaderSimple");
+            let checkpoints = self.trace(self.node(id).and_then(|n| n.link(classes::MODEL)), classes::MODEL, |n| {
+                classes::is_checkpoint_loader(n.class)
+            });
             let refiner = |text: &str| text.to_ascii_lowercase().contains("refiner");
             let says_refiner = self.node(id).is_some_and(|n| refiner(n.title))
                 || checkpoints.iter().filter_map(|c| self.node(c)).any(|c| {
-                    refiner(c.title) || c.inputs.get("ckpt_name").and_then(Value::as_str).is_some_and(refiner)
+                    refiner(c.title) || c.input(classes::CKPT_NAME).and_then(Value::as_str).is_some_and(refiner)
                 });
             let tag = match (i, says_refiner) {
                 (0, _) => Tag::Primary,
@@ -344,9 +298,9 @@ impl<'a> Derive<'a> {
         // Prompt texts: by the sampler side they feed, else by title.
         let mut texts: BTreeMap<&'a str, (Side, Tag)> = BTreeMap::new();
         for (id, tag) in &sampler_tags {
-            for (side, input) in [(Side::Positive, "positive"), (Side::Negative, "negative")] {
+            for (side, input) in [(Side::Positive, classes::POSITIVE), (Side::Negative, classes::NEGATIVE)] {
                 let start = self.node(id).and_then(|n| n.link(input));
-                for text in self.trace(start, input, |n| n.class == "CLIPTextEncode") {
+                for text in self.trace(start, input, |n| classes::is_text_encoder(n.class)) {
                     texts.entry(text).or_insert((side, tag.clone()));
                 }
             }
@@ -354,17 +308,17 @@ impl<'a> Derive<'a> {
         // Not reached from a sampler: the side of any other node's `positive` / `negative`
         // input they feed (CFGGuider, SamplerCustom, ...), else the title.
         let mut sides: BTreeMap<&'a str, Side> = BTreeMap::new();
-        let guides: Vec<&'a str> = self.ids_of(|c| !is_sampler(c));
+        let guides: Vec<&'a str> = self.ids_of(|c| !classes::is_sampler(c));
         for id in guides {
-            for (side, input) in [(Side::Negative, "negative"), (Side::Positive, "positive")] {
+            for (side, input) in [(Side::Negative, classes::NEGATIVE), (Side::Positive, classes::POSITIVE)] {
                 let start = self.node(id).and_then(|n| n.link(input));
-                for text in self.trace(start, input, |n| n.class == "CLIPTextEncode") {
+                for text in self.trace(start, input, |n| classes::is_text_encoder(n.class)) {
                     sides.entry(text).or_insert(side);
                 }
             }
         }
         let loose: Vec<&'a str> =
-            self.ids_of(|c| c == "CLIPTextEncode").into_iter().filter(|id| !texts.contains_key(id)).collect();
+            self.ids_of(classes::is_text_encoder).into_iter().filter(|id| !texts.contains_key(id)).collect();
         for id in loose {
             let by_title = match self.node(id).is_some_and(|n| n.title.to_ascii_lowercase().contains("neg")) {
                 true => Side::Negative,
@@ -391,17 +345,17 @@ impl<'a> Derive<'a> {
         let mut shared: BTreeMap<(bool, String), String> = BTreeMap::new();
         for (id, side, tag) in ordered {
             let base = if side == Side::Positive { "prompt" } else { "negative_prompt" };
-            let text = self.node(id).and_then(|n| n.inputs.get("text")).and_then(Value::as_str).map(str::to_string);
+            let text = self.node(id).and_then(|n| n.input(classes::TEXT)).and_then(Value::as_str).map(str::to_string);
             let Some(text) = text else {
                 continue;
             };
             let key = (side == Side::Negative, text);
             if let Some(name) = shared.get(&key) {
                 let name = name.clone();
-                self.replace(id, "text", &name, "string");
+                self.replace(id, classes::TEXT, &name, "string");
                 continue;
             }
-            if let Some(name) = self.slot(id, "text", &tag.apply(base), Role::Text(side)) {
+            if let Some(name) = self.slot(id, classes::TEXT, &tag.apply(base), Role::Text(side)) {
                 shared.insert(key, name);
             }
         }
@@ -409,34 +363,34 @@ impl<'a> Derive<'a> {
         // Checkpoint loaders: the tag of the first sampler they feed, then the others in order.
         let mut loaders: Vec<(&'a str, Tag)> = Vec::new();
         for (sampler, tag) in &sampler_tags {
-            let start = self.node(sampler).and_then(|n| n.link("model"));
-            for id in self.trace(start, "model", |n| n.class == "CheckpointLoaderSimple") {
+            let start = self.node(sampler).and_then(|n| n.link(classes::MODEL));
+            for id in self.trace(start, classes::MODEL, |n| classes::is_checkpoint_loader(n.class)) {
                 if !loaders.iter().any(|(l, _)| *l == id) {
                     loaders.push((id, tag.clone()));
                 }
             }
         }
-        for id in self.ids_of(|c| c == "CheckpointLoaderSimple") {
+        for id in self.ids_of(classes::is_checkpoint_loader) {
             if !loaders.iter().any(|(l, _)| *l == id) {
                 // `slot` makes the name free (`checkpoint_2`, ...) when it is taken.
                 loaders.push((id, Tag::Primary));
             }
         }
         for (id, tag) in loaders {
-            self.slot(id, "ckpt_name", &tag.apply("checkpoint"), Role::Checkpoint);
+            self.slot(id, classes::CKPT_NAME, &tag.apply("checkpoint"), Role::Checkpoint);
         }
-        for (i, id) in self.ids_of(|c| c == "LoadImage").into_iter().enumerate() {
+        for (i, id) in self.ids_of(classes::is_image_loader).into_iter().enumerate() {
             let tag = if i == 0 { Tag::Primary } else { Tag::Nth(i + 1) };
-            self.slot(id, "image", &tag.apply("image"), Role::Image);
+            self.slot(id, classes::IMAGE, &tag.apply("image"), Role::Image);
         }
-        for (i, id) in self.ids_of(is_latent).into_iter().enumerate() {
+        for (i, id) in self.ids_of(classes::is_empty_latent).into_iter().enumerate() {
             let tag = if i == 0 { Tag::Primary } else { Tag::Nth(i + 1) };
-            for (input, base) in LATENT_INPUTS {
+            for (input, base) in classes::LATENT_INPUTS {
                 self.slot(id, input, &tag.apply(base), Role::Plain);
             }
         }
         for (id, tag) in sampler_tags {
-            for (input, base) in SAMPLER_INPUTS {
+            for (input, base) in classes::SAMPLER_INPUTS {
                 let role = if base == &"seed" { Role::Seed } else { Role::Plain };
                 self.slot(id, input, &tag.apply(base), role);
             }
@@ -456,7 +410,7 @@ impl<'a> Derive<'a> {
         let Some(node) = self.node(id) else {
             return;
         };
-        let value = node.inputs.get(input).cloned().unwrap_or(Value::Null);
+        let value = node.input(input).cloned().unwrap_or(Value::Null);
         self.found.push(FoundInput {
             name: name.to_string(),
             node: id.to_string(),
@@ -465,7 +419,7 @@ impl<'a> Derive<'a> {
             kind: kind.to_string(),
             value,
         });
-        if let Some(slot) = self.template.get_mut(id).and_then(|n| n.get_mut("inputs")).and_then(|i| i.get_mut(input)) {
+        if let Some(slot) = graph::input_mut(&mut self.template, id, input) {
             *slot = Value::String(format!("{{{{{name}}}}}"));
         }
     }
@@ -474,7 +428,7 @@ impl<'a> Derive<'a> {
     /// the name used, or None when the input is absent or a link.
     fn slot(&mut self, id: &str, input: &str, name: &str, role: Role) -> Option<String> {
         let node = self.node(id)?;
-        let value = node.inputs.get(input)?.clone();
+        let value = node.input(input)?.clone();
         if value.is_array() || value.is_object() || value.is_null() {
             // Wired from another node (a primitive, a reroute): not a literal to replace.
             return None;

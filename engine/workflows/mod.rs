@@ -20,6 +20,7 @@ pub mod import;
 pub mod schema;
 pub mod template;
 
+use crate::comfy::graph;
 use template::Template;
 
 /// Limits from configuration.
@@ -273,85 +274,33 @@ fn token_pointer(token: &str) -> String {
 
 /// Node inputs whose template value is exactly one token.
 fn token_slots(template: &Value) -> Vec<(String, String)> {
-    let mut slots = Vec::new();
-    for (id, node) in template.as_object().into_iter().flatten() {
-        let inputs = node.get("inputs").and_then(Value::as_object);
-        for (name, value) in inputs.into_iter().flatten() {
-            if let Value::String(s) = value
-                && template::is_single_token(s)
-            {
-                slots.push((id.clone(), name.clone()));
-            }
-        }
-    }
-    slots
+    graph::node_inputs(template)
+        .filter(|(_, _, value)| value.as_str().is_some_and(template::is_single_token))
+        .map(|(id, name, _)| (id.to_string(), name.to_string()))
+        .collect()
 }
 
-/// ComfyUI reads a JSON list in a node input as a link (`[node_id, slot]`); a literal list must
-/// be sent as `{"__value__": [...]}`. Lists substituted for a whole node input are wrapped, so
-/// an input can never re-wire the graph.
+/// ComfyUI reads a JSON list in a node input as a link; a literal list must be wrapped
+/// ([`graph::literal_list`]). Lists substituted for a whole node input are wrapped, so an
+/// input can never re-wire the graph.
 fn wrap_lists(prompt: &mut Value, slots: &[(String, String)]) {
     for (id, name) in slots {
-        let slot = prompt.get_mut(id).and_then(|node| node.get_mut("inputs")).and_then(|inputs| inputs.get_mut(name));
-        if let Some(value) = slot
+        if let Some(value) = graph::input_mut(prompt, id, name)
             && value.is_array()
         {
-            let list = value.take();
-            *value = serde_json::json!({ "__value__": list });
+            *value = graph::literal_list(value.take());
         }
     }
 }
 
-/// Structural checks of an API-format template.
+/// Structural checks of an API-format template ([`graph::check`]), with paths under
+/// `/workflow`.
 pub(crate) fn check_template(template: &Value) -> Vec<FieldError> {
-    let mut errors = Vec::new();
-    let Some(nodes) = template.as_object() else {
-        errors.push(FieldError::new(
-            "/workflow",
-            "the workflow must be a JSON object of nodes {id: {class_type, inputs}} (ComfyUI API format)",
-        ));
-        return errors;
-    };
-    if nodes.is_empty() {
-        errors.push(FieldError::new("/workflow", "the workflow has no nodes"));
-    }
-    for (id, node) in nodes {
-        let at = format!("/workflow/{}", template::escape_pointer(id));
-        let Some(node) = node.as_object() else {
-            errors.push(FieldError::new(at, "a node must be an object {class_type, inputs}"));
-            continue;
-        };
-        match node.get("class_type") {
-            Some(Value::String(class)) if !class.is_empty() => {
-                if !template::placeholders(&Value::String(class.clone())).is_empty() {
-                    errors.push(FieldError::new(
-                        format!("{at}/class_type"),
-                        "class_type must be a literal node class, not a template token",
-                    ));
-                }
-            }
-            _ => errors.push(FieldError::new(format!("{at}/class_type"), "class_type must be a non-empty string")),
-        }
-        match node.get("inputs") {
-            Some(Value::Object(inputs)) => {
-                for (name, value) in inputs {
-                    // ComfyUI reads any [string, integer] pair as a link to another node.
-                    if let Some([Value::String(target), Value::Number(slot)]) = value.as_array().map(Vec::as_slice)
-                        && slot.is_u64()
-                        && !nodes.contains_key(target)
-                        && template::placeholders(&Value::String(target.clone())).is_empty()
-                    {
-                        errors.push(FieldError::new(
-                            format!("{at}/inputs/{}", template::escape_pointer(name)),
-                            format!("links to node \"{target}\", which is not in the workflow"),
-                        ));
-                    }
-                }
-            }
-            _ => errors.push(FieldError::new(format!("{at}/inputs"), "inputs must be an object")),
-        }
-    }
-    errors
+    let is_token = |s: &str| !template::placeholders(&Value::String(s.to_string())).is_empty();
+    graph::check(template, &is_token)
+        .into_iter()
+        .map(|(path, message)| FieldError::new(format!("/workflow{path}"), message))
+        .collect()
 }
 
 #[cfg(test)]

@@ -253,3 +253,60 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("COMFYUI_URL"), ".env is read: {err}");
 }
+
+/// One registration path: `add-workflow` on the database records its change in the audit log
+/// as `POST /workflows` and `PUT /workflows/{id}` do (actor `cli`, role admin), and `GET /audit`
+/// lists it beside the API's entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_add_workflow_is_audited_like_the_api() {
+    let dir = support::tempdir();
+    let db = dir.path().join("audit.redb");
+    let wf = dir.path().join("wf.json");
+    std::fs::write(
+        &wf,
+        json!({"1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 3}},
+               "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "cli"}}})
+        .to_string(),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(support::BIN)
+            .args(args)
+            .env("DATABASE_URL", &db)
+            .env_remove("PORT")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {text}");
+    };
+    run(&["init"]);
+    run(&["add-workflow", wf.to_str().unwrap(), "--id", "audited"]);
+    run(&["add-workflow", wf.to_str().unwrap(), "--id", "audited"]);
+
+    let sim = Sim::start(dir.path(), 0).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("DATABASE_URL", db.to_str().unwrap())]).await;
+    let r = reqwest::Client::new().delete(format!("{}/workflows/audited", gw.url())).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    let (status, v) = get_json(&format!("{}/audit", gw.url())).await;
+    assert_eq!(status, 200, "{v}");
+    let entries = v["entries"].as_array().unwrap();
+    let seen: Vec<(&str, &str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or("-");
+            (text("action"), text("target"), text("actor"), text("role"))
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("workflow.delete", "audited", "-", "-"),
+            ("workflow.update", "audited", "cli", "admin"),
+            ("workflow.create", "audited", "cli", "admin"),
+        ],
+        "{v}"
+    );
+    // Each CLI run is its own correlation id.
+    let ids: Vec<&str> = entries[1..].iter().map(|e| e["correlationId"].as_str().unwrap()).collect();
+    assert!(ids[0] != ids[1] && ids.iter().all(|id| (8..=64).contains(&id.len())), "{ids:?}");
+}

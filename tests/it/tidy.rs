@@ -142,4 +142,80 @@ fn every_name_the_architecture_cites_exists() {
         }
     }
     assert!(missing.is_empty(), "ARCHITECTURE.md cites names the code does not have: {missing:?}");
+
+/// The engine's sources without their tests: files of tests (`tests.rs`, `tests_*.rs`) are
+/// left out, and a file's trailing `#[cfg(test)] mod tests` is cut off.
+fn non_test_sources() -> Vec<(String, String)> {
+    engine_files()
+        .into_iter()
+        .filter(|(path, _)| {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            name != "tests.rs" && !name.starts_with("tests_")
+        })
+        .map(|(path, text)| {
+            let code = text.split("\n#[cfg(test)]\nmod tests").next().unwrap_or_default().to_string();
+            (path, code)
+        })
+        .collect()
+}
+
+/// Only `comfy` knows ComfyUI's JSON (ARCHITECTURE.md "Invariants"): outside `engine/comfy/`,
+/// no source names a key of ComfyUI's messages and prompts or a node class it recognizes;
+/// the rest of the gateway reads prompts through `comfy::graph` and answers through
+/// `comfy::protocol`. Unit-test modules build fixtures in ComfyUI's format and are not
+/// checked: files of tests (`tests.rs`, `tests_*.rs`) and a trailing `#[cfg(test)] mod tests`.
+/// Allowed beside them: `api/openapi.rs` (the contract describes the API-format workflow a
+/// client sends) and `store/fuzzing.rs` (sample records for the fuzz targets).
+#[test]
+fn only_comfy_knows_comfyui_json() {
+    const NEEDLES: &[&str] = &[
+        "\"class_type\"",
+        "\"_meta\"",
+        "\"__value__\"",
+        "\"KSampler\"",
+        "\"KSamplerAdvanced\"",
+        "\"CheckpointLoaderSimple\"",
+        "\"CLIPTextEncode\"",
+        "\"EmptyLatentImage\"",
+        "\"LoadImage\"",
+        "\"SaveImage\"",
+        "\"PreviewImage\"",
+        "\"folder_type\"",
+        "\"prompt_id\"",
+        "\"node_errors\"",
+        "\"status_str\"",
+        "\"execution_error\"",
+        "\"execution_interrupted\"",
+        "\"executing\"",
+    ];
+    const ALLOWED: &[&str] = &["engine/comfy/", "engine/api/openapi.rs", "engine/store/fuzzing.rs"];
+    let files = non_test_sources();
+    // The needles are found where they live (the check can fail).
+    let comfy =
+        files.iter().filter(|(p, _)| p.starts_with("engine/comfy/")).map(|(_, t)| t.as_str()).collect::<String>();
+    for needle in ["\"class_type\"", "\"KSampler\"", "\"prompt_id\"", "\"status_str\"", "\"node_errors\""] {
+        assert!(comfy.contains(needle), "engine/comfy/ names {needle}");
+    }
+    for needle in NEEDLES {
+        assert_eq!(offenders(&files, needle, ALLOWED), Vec::<String>::new(), "{needle} outside engine/comfy/");
+    }
+}
+
+/// Every state change of a job goes through `scheduler::state::apply` (ARCHITECTURE.md
+/// "Invariants"; a cache hit is its `Event::CacheHit`): outside `scheduler/state.rs` a job's
+/// state is only set once, when `Job::new_queued` makes a job born queued. Tests and the
+/// fuzzers' sample records (`store/fuzzing.rs`) are not checked.
+#[test]
+fn only_the_state_machine_changes_a_jobs_state() {
+    let files = non_test_sources();
+    let allowed = ["engine/scheduler/state.rs", "engine/domain.rs", "engine/store/fuzzing.rs"];
+    for needle in ["state = JobState::", "state: JobState::"] {
+        assert_eq!(offenders(&files, needle, &allowed), Vec::<String>::new(), "{needle}");
+    }
+    let domain = &files.iter().find(|(p, _)| p == "engine/domain.rs").expect("engine/domain.rs").1;
+    let births: Vec<&str> = domain.matches("state: JobState::").collect();
+    assert_eq!(births.len(), 1, "engine/domain.rs sets a job's state only in Job::new_queued");
+    assert!(domain.contains("state: JobState::Queued,"), "a job is born queued");
+    let machine = &files.iter().find(|(p, _)| p == "engine/scheduler/state.rs").expect("state.rs").1;
+    assert!(machine.contains("Event::CacheHit"), "the state machine models cache hits");
 }
