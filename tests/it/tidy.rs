@@ -81,19 +81,23 @@ fn every_source_file_says_what_it_is_for() {
 }
 
 /// The resource rule of ARCHITECTURE.md lists every cap: each setting named `MAX_*`,
-/// `*_CONCURRENCY*` or `*_PER_*` in `config.rs` (`MAX_ATTEMPTS` bounds retries, not a share).
+/// `*_CONCURRENCY*` or `*_PER_*` of `serve` (`MAX_ATTEMPTS` bounds retries, not a share).
+/// The names come from clap itself (`#[arg(long, env)]` derives them from the field names).
 #[test]
 fn every_cap_setting_is_in_the_resource_rule() {
+    use clap::Args;
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let config = std::fs::read_to_string(root.join("engine/config.rs")).unwrap();
     let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
     let start = architecture.find("- Resource rule:").expect("ARCHITECTURE.md states the resource rule");
     let rule = &architecture[start..];
     let rule = &rule[..rule[2..].find("\n- ").map_or(rule.len(), |end| end + 2)];
-    let mut caps: Vec<&str> = config
-        .split("env = \"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
+    let serve = comfyui_gateway::config::ServeArgs::augment_args(clap::Command::new("serve"));
+    let settings: Vec<String> =
+        serve.get_arguments().filter_map(|a| a.get_env()).map(|env| env.to_string_lossy().into_owned()).collect();
+    assert!(settings.len() > 60 && settings.iter().any(|s| s == "S3_BUCKET"), "found the settings: {settings:?}");
+    let mut caps: Vec<&str> = settings
+        .iter()
+        .map(String::as_str)
         .filter(|name| {
             (name.starts_with("MAX_") || name.contains("_CONCURRENCY") || name.contains("_PER_"))
                 && *name != "MAX_ATTEMPTS"
@@ -104,4 +108,27 @@ fn every_cap_setting_is_in_the_resource_rule() {
     assert!(caps.len() > 15, "found the cap settings: {caps:?}");
     let missing: Vec<&&str> = caps.iter().filter(|name| !rule.contains(&format!("`{name}`"))).collect();
     assert!(missing.is_empty(), "caps missing from ARCHITECTURE.md's resource rule: {missing:?}");
+}
+
+/// `#[arg(long, env)]` derives a setting's flag and variable from its field: an explicit name
+/// in `config.rs` is one that differs from the field's (none today), never a repeat of it.
+#[test]
+fn settings_names_are_derived_not_repeated() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = std::fs::read_to_string(root.join("engine/config.rs")).unwrap();
+    let mut repeated = Vec::new();
+    for (attr, rest) in config.split("#[arg(").skip(1).filter_map(|chunk| chunk.split_once(")]")) {
+        let Some(field) = rest.trim_start().strip_prefix("pub ").and_then(|f| f.split(':').next()) else { continue };
+        for derived in [
+            format!("long = \"{}\"", field.replace('_', "-")),
+            format!("env = \"{}\"", field.to_uppercase()),
+            format!("value_name = \"{}\"", field.to_uppercase()),
+        ] {
+            if attr.contains(&derived) {
+                repeated.push(format!("{field}: {derived}"));
+            }
+        }
+    }
+    assert!(config.matches("#[arg(long, env").count() > 60, "found the settings");
+    assert_eq!(repeated, Vec::<String>::new(), "write `#[arg(long, env)]`: clap derives these names");
 }
