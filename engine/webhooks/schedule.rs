@@ -85,7 +85,7 @@ impl Schedule {
             Outcome::Failed { retry_after } => retry_after,
         };
         let Some(wait) = self.waits.get(attempt as usize - 1) else { return AttemptNext::GiveUp };
-        let jittered = Duration::from_secs_f64(wait.as_secs_f64() * jitter);
+        let jittered = crate::backoff::jittered(*wait, jitter);
         let wait = retry_after.map_or(jittered, |r| jittered.max(r.min(RETRY_AFTER_MAX)));
         AttemptNext::RetryAt(now_ms.saturating_add(wait.as_millis() as u64))
     }
