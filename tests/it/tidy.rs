@@ -132,3 +132,49 @@ fn settings_names_are_derived_not_repeated() {
     assert!(config.matches("#[arg(long, env").count() > 60, "found the settings");
     assert_eq!(repeated, Vec::<String>::new(), "write `#[arg(long, env)]`: clap derives these names");
 }
+
+/// One SSRF gate: only `ssrf.rs` resolves client-given hosts, classifies addresses and pins
+/// connections (image inputs and webhooks both go through it).
+#[test]
+fn one_ssrf_gate() {
+    let files = engine_files();
+    for needle in ["lookup_host", "resolve_to_addrs", "to_ipv4_mapped", "fn forbidden_reason"] {
+        assert_eq!(offenders(&files, needle, &["engine/ssrf.rs"]), Vec::<String>::new(), "{needle}");
+    }
+}
+
+/// One backoff formula: retry loops ask `backoff::Backoff` for their pauses instead of
+/// doubling or shifting a duration by hand.
+#[test]
+fn one_backoff_formula() {
+    let files = engine_files();
+    for needle in ["* 2).min(", "*= 2", "<< ("] {
+        assert_eq!(offenders(&files, needle, &["engine/backoff.rs"]), Vec::<String>::new(), "{needle}");
+    }
+}
+
+/// Dates are read and written by crates (`time` for RFC 3339, `httpdate` for HTTP-dates),
+/// not by hand: no civil-calendar arithmetic, no month-name tables.
+#[test]
+fn no_hand_written_dates() {
+    let files = engine_files();
+    for needle in ["719_468", "146_097", "\"Jan\"", "\"GMT\"", "days_from_civil", "civil_from"] {
+        assert_eq!(offenders(&files, needle, &[]), Vec::<String>::new(), "{needle}");
+    }
+}
+
+/// SHA-256, HMAC and constant-time comparison come from aws-lc-rs (already there for TLS
+/// and JWTs): no second implementation beside it.
+#[test]
+fn one_crypto_library() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = engine_files();
+    for needle in ["sha2::", "subtle::", "hmac::Hmac", "use hmac"] {
+        assert_eq!(offenders(&files, needle, &[]), Vec::<String>::new(), "{needle}");
+    }
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    for krate in ["sha2", "subtle", "hmac"] {
+        let direct = manifest.lines().any(|line| line.split(['=', ' ']).next() == Some(krate));
+        assert!(!direct, "{krate} is a direct dependency of Cargo.toml; use aws-lc-rs");
+    }
+}
