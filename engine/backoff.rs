@@ -67,7 +67,10 @@ mod tests {
         let constant = Backoff { base: ms(50), factor: 1, max: Duration::MAX };
         assert!(constant.delays().take(5).all(|d| d == ms(50)));
         let triple = Backoff { base: ms(10), factor: 3, max: ms(100) };
-        assert_eq!([triple.delay(1), triple.delay(2), triple.delay(3), triple.delay(4)], [ms(10), ms(30), ms(90), ms(100)]);
+        assert_eq!(
+            [triple.delay(1), triple.delay(2), triple.delay(3), triple.delay(4)],
+            [ms(10), ms(30), ms(90), ms(100)]
+        );
         assert_eq!(Backoff::doubling(ms(500), ms(100)).delay(1), ms(100), "max wins");
         let huge = Backoff::doubling(Duration::from_secs(u64::MAX / 2), Duration::MAX);
         assert_eq!(huge.delay(3), Duration::MAX, "saturates instead of overflowing");

@@ -54,7 +54,10 @@ impl std::fmt::Display for Refusal {
             Refusal::NoPort => write!(f, "has no port"),
             Refusal::Unresolved(why) => write!(f, "{why}"),
             Refusal::Forbidden { host, reason } => {
-                write!(f, "refers to host {host:?}, which resolves to a {reason} address; only public addresses are allowed")
+                write!(
+                    f,
+                    "refers to host {host:?}, which resolves to a {reason} address; only public addresses are allowed"
+                )
             }
         }
     }
@@ -132,11 +135,7 @@ pub fn host_port(url: &reqwest::Url) -> Result<(String, u16), Refusal> {
 ///
 /// # Errors
 /// [`Refusal::Unresolved`], or [`Refusal::Forbidden`] if any address is neither.
-pub async fn checked_addrs(
-    host: &str,
-    port: u16,
-    exempt: impl Fn(IpAddr) -> bool,
-) -> Result<Vec<SocketAddr>, Refusal> {
+pub async fn checked_addrs(host: &str, port: u16, exempt: impl Fn(IpAddr) -> bool) -> Result<Vec<SocketAddr>, Refusal> {
     let addrs = resolve(host, port).await.map_err(Refusal::Unresolved)?;
     for addr in &addrs {
         if let Some(reason) = forbidden_reason(addr.ip())
@@ -319,7 +318,10 @@ mod tests {
         assert!(matches!(parse("not a url"), Err(Refusal::Invalid(_))));
         assert_eq!(Refusal::NoPort.to_string(), "has no port");
         let forbidden = Refusal::Forbidden { host: "x".to_string(), reason: "private" };
-        assert_eq!(forbidden.to_string(), "refers to host \"x\", which resolves to a private address; only public addresses are allowed");
+        assert_eq!(
+            forbidden.to_string(),
+            "refers to host \"x\", which resolves to a private address; only public addresses are allowed"
+        );
     }
 
     #[tokio::test]

@@ -162,7 +162,10 @@ mod tests {
         assert_eq!(parse_retry_after("Sunday, 06-Nov-94 08:51:37 GMT", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after("Sun Nov  6 08:51:37 1994", now), Some(Duration::from_secs(120)));
         // A leap day; a wrong weekday, a day that does not exist and dates before 1970 are malformed.
-        assert_eq!(parse_retry_after("Thu, 29 Feb 2024 00:00:00 GMT", 1_709_164_700_000), Some(Duration::from_secs(100)));
+        assert_eq!(
+            parse_retry_after("Thu, 29 Feb 2024 00:00:00 GMT", 1_709_164_700_000),
+            Some(Duration::from_secs(100))
+        );
         for bad in [
             "",
             "-1",
