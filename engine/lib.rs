@@ -23,7 +23,7 @@
 //!   sandboxed, limited hook calls; without the feature every plugin operation is refused.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends;
 //!   output-process hooks; the background pruner (retention).
-//! - [`webhooks`]: signed webhook deliveries from the durable outbox, retries, SSRF guard.
+//! - [`webhooks`]: signed webhook deliveries from the durable outbox, retries, destination policy.
 //! - [`service`]: the gateway's operations in domain terms (submit with cache and
 //!   idempotency and the input/render plugin hooks, register workflows with plugins, read).
 //! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.

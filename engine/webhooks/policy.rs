@@ -1,7 +1,7 @@
-//! Where webhooks may go: `WEBHOOK_ALLOWED_DOMAINS` and the gateway's SSRF gate
-//! ([`crate::ssrf`], shared with URL inputs). Checked when a job is submitted (`CALLBACK_NOT_ALLOWED`) and
-//! again before every attempt (DNS answers change); an attempt connects only to the
-//! addresses checked for it.
+//! Where webhooks may go: `WEBHOOK_ALLOWED_DOMAINS` over the gateway's SSRF gate
+//! ([`crate::ssrf`], shared with URL inputs). Checked when a job is submitted
+//! (`CALLBACK_NOT_ALLOWED`) and again before every attempt (DNS answers change); an attempt
+//! connects only to the addresses checked for it.
 //!
 //! Rules: http or https, no credentials in the URL. With a non-empty list the host must be
 //! an entry or a subdomain of one, on the entry's port when it names one (`host:port`; a
