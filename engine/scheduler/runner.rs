@@ -59,7 +59,7 @@ const TRANSFER_TRIES: u32 = 3;
 /// Pauses after failed tries of a transfer: 100 ms, 200 ms.
 const TRANSFER_BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_millis(200));
 /// Tries of a success commit whose outputs the object storage refuses (S3 down), and the
-/// first pause between them (doubling): about 15 s in all, then the job fails
+/// pauses between them (1, 2, 4, 8 s): about 15 s in all, then the job fails
 /// `STORAGE_UNAVAILABLE` (its outputs were never stored, so nothing is lost or dangling).
 const OBJECT_TRIES: u32 = 5;
 const OBJECT_BACKOFF: Backoff = Backoff::doubling(Duration::from_secs(1), Duration::from_secs(8));
