@@ -16,9 +16,8 @@
 //!   `jwt:<sub>` for a token, so no token subject (not even `sub: "key:…"`) is a key's
 //!   owner.
 
-use aws_lc_rs::digest;
+use aws_lc_rs::{constant_time, digest};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use subtle::ConstantTimeEq;
 
 use crate::domain::{Role, owner};
 
@@ -89,6 +88,11 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
+/// Whether two key digests are equal, in time that does not depend on where they differ.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    constant_time::verify_slices_are_equal(a, b).is_ok()
+}
+
 /// The owner id of an API key: `key:` + the first 16 hex digits of its SHA-256.
 pub fn key_owner(key: &str) -> String {
     owner_of(&sha256(key.as_bytes()))
@@ -135,7 +139,7 @@ impl Auth {
     pub fn add_keys(&mut self, keys: Vec<(String, Role)>) -> Result<(), String> {
         for (key, role) in keys {
             let digest = sha256(key.as_bytes());
-            if self.keys.iter().any(|k| bool::from(k.digest.ct_eq(&digest))) {
+            if self.keys.iter().any(|k| same_digest(&k.digest, &digest)) {
                 return Err(format!("the key of {} is listed twice", owner_of(&digest)));
             }
             self.keys.push(ApiKey { digest, role });
@@ -214,7 +218,7 @@ impl Auth {
         let mut found: Option<Role> = None;
         // Every key is compared, whatever matched before.
         for k in &self.keys {
-            if bool::from(k.digest.ct_eq(&digest)) {
+            if same_digest(&k.digest, &digest) {
                 found = Some(k.role);
             }
         }
@@ -278,6 +282,10 @@ mod tests {
         let p = auth.authenticate(Some("userkey22"), None).unwrap();
         assert_eq!(p.role, Role::User);
         assert_eq!(p.owner, key_owner("userkey22"));
+        // Owner ids are stored with every job: the first 8 bytes of SHA-256("test-key"), hex
+        // (Python's hashlib).
+        assert_eq!(key_owner("test-key"), "key:62af8704764faf8e");
+        assert!(same_digest(&sha256(b"a"), &sha256(b"a")) && !same_digest(&sha256(b"a"), &sha256(b"b")));
         assert!(p.owner.starts_with("key:") && p.owner.len() == 20);
         assert_eq!(auth.authenticate(Some("adminkey1"), None).unwrap().role, Role::Admin);
         assert!(auth.authenticate(Some("userkey2"), None).is_err());

@@ -5,8 +5,8 @@
 //! strings and numbers as serde_json writes them; so two JSON texts that differ only in
 //! key order or spacing hash the same.
 
+use aws_lc_rs::digest;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 use crate::domain::{Hash, InputRef};
 
@@ -54,41 +54,46 @@ pub fn to_string(v: &Value) -> String {
 /// `scope` (empty, or the owner when results must not be shared between owners).
 pub fn cache_key(workflow: (&str, u32), prompt: &Value, job_folder: &str, inputs: &[InputRef], scope: &str) -> Hash {
     let canonical = to_string(prompt).replace(job_folder, "gw/<job>");
-    let mut h = Sha256::new();
+    let mut h = digest::Context::new(&digest::SHA256);
     for part in
         [b"comfyui-gateway cache v1".as_slice(), workflow.0.as_bytes(), &workflow.1.to_be_bytes(), scope.as_bytes()]
     {
-        h.update((part.len() as u64).to_be_bytes());
+        h.update(&(part.len() as u64).to_be_bytes());
         h.update(part);
     }
-    h.update((canonical.len() as u64).to_be_bytes());
+    h.update(&(canonical.len() as u64).to_be_bytes());
     h.update(canonical.as_bytes());
     let mut named: Vec<(&str, &Hash)> = inputs.iter().map(|i| (i.name.as_str(), &i.hash)).collect();
     named.sort_unstable();
     for (name, hash) in named {
-        h.update((name.len() as u64).to_be_bytes());
+        h.update(&(name.len() as u64).to_be_bytes());
         h.update(name.as_bytes());
         h.update(hash);
     }
-    h.finalize().into()
+    finish(h)
+}
+
+/// The SHA-256 digest of a finished context.
+fn finish(h: digest::Context) -> [u8; 32] {
+    h.finish().as_ref().try_into().expect("SHA-256 is 32 bytes")
 }
 
 /// The fingerprint of a submit request: its canonical JSON body and, for multipart
 /// submits, each file part's name and bytes (in name order).
 pub fn request_fingerprint(body: &Value, files: &[(String, bytes::Bytes)]) -> [u8; 32] {
-    let mut h = Sha256::new();
+    let mut h = digest::Context::new(&digest::SHA256);
     let canonical = to_string(body);
-    h.update((canonical.len() as u64).to_be_bytes());
+    h.update(&(canonical.len() as u64).to_be_bytes());
     h.update(canonical.as_bytes());
     let mut parts: Vec<&(String, bytes::Bytes)> = files.iter().collect();
     parts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     for (name, bytes) in parts {
-        h.update((name.len() as u64).to_be_bytes());
+        h.update(&(name.len() as u64).to_be_bytes());
         h.update(name.as_bytes());
-        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&(bytes.len() as u64).to_be_bytes());
         h.update(bytes);
     }
-    h.finalize().into()
+    finish(h)
 }
 
 #[cfg(test)]
@@ -141,5 +146,33 @@ mod tests {
         assert_eq!(request_fingerprint(&body, &f(b"x")), request_fingerprint(&same, &f(b"x")));
         assert_ne!(request_fingerprint(&body, &f(b"x")), request_fingerprint(&body, &f(b"y")));
         assert_ne!(request_fingerprint(&body, &[]), request_fingerprint(&json!({"workflowId": "w"}), &[]));
+    }
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Cache keys and fingerprints are stored (redb) and compared across versions: these
+    /// vectors were computed independently (Python's hashlib over the same framing).
+    #[test]
+    fn digests_are_pinned() {
+        let prompt = json!({"1": {"class_type": "LoadImage", "inputs": {"image": "gw/aaa/init.png", "seed": 1}}});
+        let image = InputRef {
+            name: "init".into(),
+            file_name: "init.png".into(),
+            media_type: "image/png".into(),
+            size_bytes: 1,
+            hash: [1; 32],
+        };
+        assert_eq!(
+            hex(&cache_key(("wf", 1), &prompt, "gw/aaa", &[image], "")),
+            "f554557cd12e6c3d5c09ce89d9a14cbaa8f73d361c422419138d3cf8065cb9ec"
+        );
+        let body = json!({"workflowId": "w", "inputs": {"a": 1}});
+        let files = [("img".to_string(), bytes::Bytes::from_static(b"x"))];
+        assert_eq!(
+            hex(&request_fingerprint(&body, &files)),
+            "ad4a34a88db99060835da64bf854a507db3dcf54e60e67d988df976f3ab93f1f"
+        );
     }
 }

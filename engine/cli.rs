@@ -60,7 +60,7 @@ pub enum Command {
 #[derive(clap::Args, Debug, Clone)]
 pub struct DbArgs {
     /// Path of the redb database file.
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "./data/gateway.redb")]
+    #[arg(long, env, default_value = "./data/gateway.redb")]
     pub database_url: String,
     #[command(flatten)]
     pub server: ServerArgs,
@@ -70,16 +70,16 @@ pub struct DbArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServerArgs {
     /// Base URL of a running gateway (default: http://HOST:PORT).
-    #[arg(long = "server-url", env = "GATEWAY_URL")]
+    #[arg(long, env = "GATEWAY_URL")]
     pub server_url: Option<String>,
     /// Port of a running gateway.
-    #[arg(long, env = "PORT", default_value_t = 3000)]
+    #[arg(long, env, default_value_t = 3000)]
     pub port: u16,
     /// Host of a running gateway.
-    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    #[arg(long, env, default_value = "127.0.0.1")]
     pub host: String,
     /// API key sent as `X-API-Key` to a running gateway that has authentication on.
-    #[arg(long = "api-key", env = "GATEWAY_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 }
 
@@ -108,7 +108,7 @@ impl ServerArgs {
 #[derive(clap::Args, Debug, Clone)]
 pub struct CheckArgs {
     /// Path of the redb database file.
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "./data/gateway.redb")]
+    #[arg(long, env, default_value = "./data/gateway.redb")]
     pub database_url: String,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -143,10 +143,10 @@ pub struct AddWorkflowArgs {
     #[arg(long)]
     pub plugin: Option<PathBuf>,
     /// The plugin's configuration: JSON text, or `@FILE`.
-    #[arg(long = "plugin-config", requires = "plugin")]
+    #[arg(long, requires = "plugin")]
     pub plugin_config: Option<String>,
     /// Keep the original outputs beside those the plugin's output-process returns.
-    #[arg(long = "keep-originals", requires = "plugin")]
+    #[arg(long, requires = "plugin")]
     pub keep_originals: bool,
     #[command(flatten)]
     pub db: DbArgs,
@@ -159,7 +159,7 @@ pub struct ImportWorkflowArgs {
     pub file: PathBuf,
     /// The ComfyUI server whose node definitions (`/object_info`) type the inputs: the first
     /// of a `COMFYUI_URL` list.
-    #[arg(long = "comfyui-url", env = "COMFYUI_URL", default_value = "http://127.0.0.1:8188")]
+    #[arg(long, env, default_value = "http://127.0.0.1:8188")]
     pub comfyui_url: String,
     /// The workflow id (default `imported`).
     #[arg(long)]

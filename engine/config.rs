@@ -15,404 +15,247 @@ use crate::auth::Auth;
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Port of the REST API.
-    #[arg(long, env = "PORT", default_value_t = 3000, value_name = "PORT")]
+    #[arg(long, env, default_value_t = 3000)]
     pub port: u16,
     /// Address to bind.
-    #[arg(long, env = "HOST", default_value = "127.0.0.1", value_name = "HOST")]
+    #[arg(long, env, default_value = "127.0.0.1")]
     pub host: IpAddr,
     /// ComfyUI base URL; a comma-separated list means several backends. Each may carry
     /// options in its fragment: `http://10.0.0.5:8188#id=gpu1&max=2` (`id`: a stable name
     /// of `[a-z0-9_-]`, default `<host>-<port>`; `max`: its own `MAX_CONCURRENCY`).
-    #[arg(
-        long = "comfyui-url",
-        env = "COMFYUI_URL",
-        default_value = "http://127.0.0.1:8188",
-        value_name = "COMFYUI_URL"
-    )]
+    #[arg(long, env, default_value = "http://127.0.0.1:8188")]
     pub comfyui_url: String,
     /// Longest execution time of one job on ComfyUI, in ms.
-    #[arg(
-        long = "comfyui-timeout-ms",
-        env = "COMFYUI_TIMEOUT_MS",
-        default_value_t = 300_000,
-        value_name = "COMFYUI_TIMEOUT_MS"
-    )]
+    #[arg(long, env, default_value_t = 300_000)]
     pub comfyui_timeout_ms: u64,
     /// Longest time of one HTTP call to ComfyUI (and longest silence within an upload or
     /// download), in ms.
-    #[arg(
-        long = "comfyui-http-timeout-ms",
-        env = "COMFYUI_HTTP_TIMEOUT_MS",
-        default_value_t = 30_000,
-        value_name = "COMFYUI_HTTP_TIMEOUT_MS"
-    )]
+    #[arg(long, env, default_value_t = 30_000)]
     pub comfyui_http_timeout_ms: u64,
     /// Path of the redb database file (a `redb://` or `file://` prefix is accepted).
-    #[arg(
-        long = "database-url",
-        env = "DATABASE_URL",
-        default_value = "./data/gateway.redb",
-        value_name = "DATABASE_URL"
-    )]
+    #[arg(long, env, default_value = "./data/gateway.redb")]
     pub database_url: String,
     /// Prompts in flight per backend at most.
-    #[arg(long = "max-concurrency", env = "MAX_CONCURRENCY", default_value_t = 1, value_name = "MAX_CONCURRENCY")]
+    #[arg(long, env, default_value_t = 1)]
     pub max_concurrency: u32,
     /// Largest width or height an input may ask for, in pixels.
-    #[arg(long = "max-image-size", env = "MAX_IMAGE_SIZE", default_value_t = 2048, value_name = "MAX_IMAGE_SIZE")]
+    #[arg(long, env, default_value_t = 2048)]
     pub max_image_size: u32,
     /// Largest batch an input may ask for.
-    #[arg(long = "max-batch-size", env = "MAX_BATCH_SIZE", default_value_t = 4, value_name = "MAX_BATCH_SIZE")]
+    #[arg(long, env, default_value_t = 4)]
     pub max_batch_size: u32,
     /// A backend unreachable this long (ms) is dead: its running jobs are moved to another.
-    #[arg(
-        long = "backend-dead-after-ms",
-        env = "BACKEND_DEAD_AFTER_MS",
-        default_value_t = 15_000,
-        value_name = "BACKEND_DEAD_AFTER_MS"
-    )]
+    #[arg(long, env, default_value_t = 15_000)]
     pub backend_dead_after_ms: u64,
     /// Times a job may be handed to a backend before it fails.
-    #[arg(long = "max-attempts", env = "MAX_ATTEMPTS", default_value_t = 3, value_name = "MAX_ATTEMPTS")]
+    #[arg(long, env, default_value_t = 3)]
     pub max_attempts: u32,
     /// Head start per priority level in ms: a job waiting this long overtakes one a level above.
-    #[arg(long = "queue-aging-ms", env = "QUEUE_AGING_MS", default_value_t = 60_000, value_name = "QUEUE_AGING_MS")]
+    #[arg(long, env, default_value_t = 60_000)]
     pub queue_aging_ms: u64,
     /// How often a job is checked on its backend when no WebSocket reports it, in ms.
-    #[arg(long = "poll-interval-ms", env = "POLL_INTERVAL_MS", default_value_t = 500, value_name = "POLL_INTERVAL_MS")]
+    #[arg(long, env, default_value_t = 500)]
     pub poll_interval_ms: u64,
     /// Largest request body, in bytes.
-    #[arg(long = "max-body-bytes", env = "MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, value_name = "MAX_BODY_BYTES")]
+    #[arg(long, env, default_value_t = 16 * 1024 * 1024)]
     pub max_body_bytes: usize,
     /// Most members of a job's `inputs` (with `params`), counted in nested objects too.
-    #[arg(long = "max-input-keys", env = "MAX_INPUT_KEYS", default_value_t = 1024, value_name = "MAX_INPUT_KEYS")]
+    #[arg(long, env, default_value_t = 1024)]
     pub max_input_keys: usize,
     /// Largest `metadata` of a job, in bytes of JSON.
-    #[arg(long = "max-metadata-bytes", env = "MAX_METADATA_BYTES", default_value_t = 16 * 1024, value_name = "MAX_METADATA_BYTES")]
+    #[arg(long, env, default_value_t = 16 * 1024)]
     pub max_metadata_bytes: usize,
     /// Most bytes one listing response (job pages, job logs, webhook deliveries, audit) builds before it is cut.
-    #[arg(long = "max-response-bytes", env = "MAX_RESPONSE_BYTES", default_value_t = 8 * 1024 * 1024, value_name = "MAX_RESPONSE_BYTES")]
+    #[arg(long, env, default_value_t = 8 * 1024 * 1024)]
     pub max_response_bytes: usize,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
-    #[arg(long = "log-level", env = "LOG_LEVEL", default_value = "info", value_name = "LOG_LEVEL")]
+    #[arg(long, env, default_value = "info")]
     pub log_level: String,
     /// Log format: `json` or `text`.
-    #[arg(long = "log-format", env = "LOG_FORMAT", default_value = "text", value_name = "LOG_FORMAT")]
+    #[arg(long, env, default_value = "text")]
     pub log_format: String,
     /// Register the bundled workflows on first start.
-    #[arg(long = "bundled-workflows", env = "BUNDLED_WORKFLOWS", default_value_t = true, action = clap::ArgAction::Set, value_name = "BUNDLED_WORKFLOWS")]
+    #[arg(long, env, default_value_t = true, action = clap::ArgAction::Set)]
     pub bundled_workflows: bool,
     /// Largest image input (URL, base64 or multipart), in bytes.
-    #[arg(long = "max-input-image-bytes", env = "MAX_INPUT_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024, value_name = "MAX_INPUT_IMAGE_BYTES")]
+    #[arg(long, env, default_value_t = 20 * 1024 * 1024)]
     pub max_input_image_bytes: usize,
     /// Time limit of fetching one image input URL (redirects included), in ms.
-    #[arg(
-        long = "url-input-timeout-ms",
-        env = "URL_INPUT_TIMEOUT_MS",
-        default_value_t = 15_000,
-        value_name = "URL_INPUT_TIMEOUT_MS"
-    )]
+    #[arg(long, env, default_value_t = 15_000)]
     pub url_input_timeout_ms: u64,
     /// Host names, IP addresses or CIDRs that image input URLs may reach although they are
     /// not public (comma-separated; e.g. `127.0.0.1,images.internal`).
-    #[arg(
-        long = "url-input-allow-hosts",
-        env = "URL_INPUT_ALLOW_HOSTS",
-        default_value = "",
-        value_name = "URL_INPUT_ALLOW_HOSTS"
-    )]
+    #[arg(long, env, default_value = "")]
     pub url_input_allow_hosts: String,
     /// Keep prompt texts and inputs out of job logs and event streams.
-    #[arg(long = "privacy-mode", env = "PRIVACY_MODE", default_value_t = false, action = clap::ArgAction::Set, value_name = "PRIVACY_MODE")]
+    #[arg(long, env, default_value_t = false, action = clap::ArgAction::Set)]
     pub privacy_mode: bool,
     /// The key that seals prompts and inputs at rest in privacy mode (32 bytes; created
     /// with mode 0600 if absent). Default: `<database file>.privacy-key`.
-    #[arg(long = "privacy-key-file", env = "PRIVACY_KEY_FILE", value_name = "PRIVACY_KEY_FILE")]
+    #[arg(long, env)]
     pub privacy_key_file: Option<PathBuf>,
     /// Interval of the `: ping` comment lines on event streams, in ms.
-    #[arg(
-        long = "sse-heartbeat-ms",
-        env = "SSE_HEARTBEAT_MS",
-        default_value_t = 15_000,
-        value_name = "SSE_HEARTBEAT_MS"
-    )]
+    #[arg(long, env, default_value_t = 15_000)]
     pub sse_heartbeat_ms: u64,
     /// Requests per client key in each `RATE_LIMIT_WINDOW_MS` (unset: no rate limit).
-    #[arg(long = "rate-limit-max", env = "RATE_LIMIT_MAX", value_name = "RATE_LIMIT_MAX")]
+    #[arg(long, env)]
     pub rate_limit_max: Option<u32>,
     /// The rate limit's window, in ms (set together with `RATE_LIMIT_MAX`).
-    #[arg(long = "rate-limit-window-ms", env = "RATE_LIMIT_WINDOW_MS", value_name = "RATE_LIMIT_WINDOW_MS")]
+    #[arg(long, env)]
     pub rate_limit_window_ms: Option<u64>,
     /// Requests per client IP in each window, whatever API keys they carry
     /// (default: 10 × `RATE_LIMIT_MAX`).
-    #[arg(long = "rate-limit-ip-max", env = "RATE_LIMIT_IP_MAX", value_name = "RATE_LIMIT_IP_MAX")]
+    #[arg(long, env)]
     pub rate_limit_ip_max: Option<u32>,
     /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` names the client.
-    #[arg(long = "trusted-proxies", env = "TRUSTED_PROXIES", default_value = "", value_name = "TRUSTED_PROXIES")]
+    #[arg(long, env, default_value = "")]
     pub trusted_proxies: String,
     /// Queued + running jobs per client key at most (unset: unlimited).
-    #[arg(long = "max-jobs-per-client", env = "MAX_JOBS_PER_CLIENT", value_name = "MAX_JOBS_PER_CLIENT")]
+    #[arg(long, env)]
     pub max_jobs_per_client: Option<u32>,
     /// Browser origins allowed by CORS: exact origins, comma-separated, or `*` (unset: none).
-    #[arg(long = "cors-origins", env = "CORS_ORIGINS", default_value = "", value_name = "CORS_ORIGINS")]
+    #[arg(long, env, default_value = "")]
     pub cors_origins: String,
     /// Host names (and IP addresses) the `Host` header may name besides the bound address,
     /// loopback names and `PUBLIC_URL`'s host, comma-separated, or `*` for any. Checked in
     /// open mode always (against DNS rebinding), with credentials only when set.
-    #[arg(long = "allowed-hosts", env = "ALLOWED_HOSTS", default_value = "", value_name = "ALLOWED_HOSTS")]
+    #[arg(long, env, default_value = "")]
     pub allowed_hosts: String,
     /// Open client connections at most; further connections wait to be accepted.
-    #[arg(long = "max-connections", env = "MAX_CONNECTIONS", default_value_t = 1024, value_name = "MAX_CONNECTIONS")]
+    #[arg(long, env, default_value_t = 1024)]
     pub max_connections: u32,
     /// Longest time a client may take to send a request's headers, in ms.
-    #[arg(
-        long = "header-read-timeout-ms",
-        env = "HEADER_READ_TIMEOUT_MS",
-        default_value_t = 10_000,
-        value_name = "HEADER_READ_TIMEOUT_MS"
-    )]
+    #[arg(long, env, default_value_t = 10_000)]
     pub header_read_timeout_ms: u64,
     /// Open connections per client IP (the TCP peer) at most; further ones are answered
     /// `429` and closed. Peers in `TRUSTED_PROXIES` are exempt (default: `MAX_CONNECTIONS` / 4).
-    #[arg(long = "max-connections-per-ip", env = "MAX_CONNECTIONS_PER_IP", value_name = "MAX_CONNECTIONS_PER_IP")]
+    #[arg(long, env)]
     pub max_connections_per_ip: Option<u32>,
     /// Open connections per authenticated client (owner id) at most, counted when a request
     /// on the connection authenticates (default: `MAX_CONNECTIONS` / 8).
-    #[arg(
-        long = "max-connections-per-client",
-        env = "MAX_CONNECTIONS_PER_CLIENT",
-        value_name = "MAX_CONNECTIONS_PER_CLIENT"
-    )]
+    #[arg(long, env)]
     pub max_connections_per_client: Option<u32>,
     /// Longest time a client may take to send a request's body, in ms.
-    #[arg(
-        long = "body-read-timeout-ms",
-        env = "BODY_READ_TIMEOUT_MS",
-        default_value_t = 60_000,
-        value_name = "BODY_READ_TIMEOUT_MS"
-    )]
+    #[arg(long, env, default_value_t = 60_000)]
     pub body_read_timeout_ms: u64,
     /// Slowest average rate of a request body after its first 5 s, in bytes/s (0: none).
-    #[arg(
-        long = "body-min-bytes-per-s",
-        env = "BODY_MIN_BYTES_PER_S",
-        default_value_t = 1024,
-        value_name = "BODY_MIN_BYTES_PER_S"
-    )]
+    #[arg(long, env, default_value_t = 1024)]
     pub body_min_bytes_per_s: u64,
     /// Longest time a response write may make no progress (a client that stopped
     /// reading) before its connection is closed, in ms.
-    #[arg(
-        long = "write-stall-timeout-ms",
-        env = "WRITE_STALL_TIMEOUT_MS",
-        default_value_t = 30_000,
-        value_name = "WRITE_STALL_TIMEOUT_MS"
-    )]
+    #[arg(long, env, default_value_t = 30_000)]
     pub write_stall_timeout_ms: u64,
     /// Open event streams (`GET /jobs/{id}/events`) in total at most
     /// (default: `MAX_CONNECTIONS` / 2).
-    #[arg(long = "max-event-streams", env = "MAX_EVENT_STREAMS", value_name = "MAX_EVENT_STREAMS")]
+    #[arg(long, env)]
     pub max_event_streams: Option<u32>,
     /// Open event streams per client key at most (default: `MAX_CONNECTIONS` / 32).
-    #[arg(
-        long = "max-event-streams-per-client",
-        env = "MAX_EVENT_STREAMS_PER_CLIENT",
-        value_name = "MAX_EVENT_STREAMS_PER_CLIENT"
-    )]
+    #[arg(long, env)]
     pub max_event_streams_per_client: Option<u32>,
     /// Synchronous submits (`POST /jobs?wait=`) waiting in total at most
     /// (default: `MAX_CONNECTIONS` / 4).
-    #[arg(long = "max-sync-waits", env = "MAX_SYNC_WAITS", value_name = "MAX_SYNC_WAITS")]
+    #[arg(long, env)]
     pub max_sync_waits: Option<u32>,
     /// Synchronous submits waiting per client key at most (default: `MAX_CONNECTIONS` / 32).
-    #[arg(
-        long = "max-sync-waits-per-client",
-        env = "MAX_SYNC_WAITS_PER_CLIENT",
-        value_name = "MAX_SYNC_WAITS_PER_CLIENT"
-    )]
+    #[arg(long, env)]
     pub max_sync_waits_per_client: Option<u32>,
     /// Answer a request whose rendered workflow already succeeded from the stored outputs.
-    #[arg(long = "cache-enabled", env = "CACHE_ENABLED", default_value_t = true, action = clap::ArgAction::Set, value_name = "CACHE_ENABLED")]
+    #[arg(long, env, default_value_t = true, action = clap::ArgAction::Set)]
     pub cache_enabled: bool,
     /// How long a cached result is served, in seconds.
-    #[arg(
-        long = "cache-ttl-seconds",
-        env = "CACHE_TTL_SECONDS",
-        default_value_t = 86_400,
-        value_name = "CACHE_TTL_SECONDS"
-    )]
+    #[arg(long, env, default_value_t = 86_400)]
     pub cache_ttl_seconds: u64,
     /// How long an `Idempotency-Key` (or `metadata.requestId`) is remembered, in seconds.
-    #[arg(
-        long = "idempotency-ttl-seconds",
-        env = "IDEMPOTENCY_TTL_SECONDS",
-        default_value_t = 86_400,
-        value_name = "IDEMPOTENCY_TTL_SECONDS"
-    )]
+    #[arg(long, env, default_value_t = 86_400)]
     pub idempotency_ttl_seconds: u64,
     /// How long finished jobs, their events and outputs are kept, in seconds (0: forever).
-    #[arg(
-        long = "job-retention-seconds",
-        env = "JOB_RETENTION_SECONDS",
-        default_value_t = 7 * 86_400,
-        value_name = "JOB_RETENTION_SECONDS"
-    )]
+    #[arg(long, env, default_value_t = 7 * 86_400)]
     pub job_retention_seconds: u64,
     /// How often the background pruner looks for expired jobs, cache entries and keys, in ms.
-    #[arg(
-        long = "prune-interval-ms",
-        env = "PRUNE_INTERVAL_MS",
-        default_value_t = 60_000,
-        value_name = "PRUNE_INTERVAL_MS"
-    )]
+    #[arg(long, env, default_value_t = 60_000)]
     pub prune_interval_ms: u64,
     /// Free bytes the database's file system must keep: below it new jobs are refused
     /// with 507 `STORAGE_FULL` (0: no check).
-    #[arg(
-        long = "disk-free-min-bytes",
-        env = "DISK_FREE_MIN_BYTES",
-        default_value_t = 1 << 30,
-        value_name = "DISK_FREE_MIN_BYTES"
-    )]
+    #[arg(long, env, default_value_t = 1 << 30)]
     pub disk_free_min_bytes: u64,
     /// Bytes of inputs and outputs one owner may keep stored; at or over it its new jobs
     /// are refused with 507 `QUOTA_EXCEEDED` (unset: no quota).
-    #[arg(
-        long = "storage-quota-bytes-per-owner",
-        env = "STORAGE_QUOTA_BYTES_PER_OWNER",
-        value_name = "STORAGE_QUOTA_BYTES_PER_OWNER"
-    )]
+    #[arg(long, env)]
     pub storage_quota_bytes_per_owner: Option<u64>,
     /// Wall time of one plugin call, in ms.
-    #[arg(
-        long = "plugin-timeout-ms",
-        env = "PLUGIN_TIMEOUT_MS",
-        default_value_t = 2_000,
-        value_name = "PLUGIN_TIMEOUT_MS"
-    )]
+    #[arg(long, env, default_value_t = 2_000)]
     pub plugin_timeout_ms: u64,
     /// Linear memory of one plugin instance, in MiB.
-    #[arg(long = "plugin-memory-mb", env = "PLUGIN_MEMORY_MB", default_value_t = 64, value_name = "PLUGIN_MEMORY_MB")]
+    #[arg(long, env, default_value_t = 64)]
     pub plugin_memory_mb: u32,
     /// Instructions (roughly) one plugin call may execute (unset: no fuel limit).
-    #[arg(long = "plugin-fuel", env = "PLUGIN_FUEL", value_name = "PLUGIN_FUEL")]
+    #[arg(long, env)]
     pub plugin_fuel: Option<u64>,
     /// Plugin calls in flight at once (sizes the pooling allocator).
-    #[arg(
-        long = "plugin-concurrency",
-        env = "PLUGIN_CONCURRENCY",
-        default_value_t = 16,
-        value_name = "PLUGIN_CONCURRENCY"
-    )]
+    #[arg(long, env, default_value_t = 16)]
     pub plugin_concurrency: u32,
     /// Calls of one plugin in flight at once (unset: half of PLUGIN_CONCURRENCY, at least 1).
-    #[arg(
-        long = "plugin-concurrency-per-plugin",
-        env = "PLUGIN_CONCURRENCY_PER_PLUGIN",
-        value_name = "PLUGIN_CONCURRENCY_PER_PLUGIN"
-    )]
+    #[arg(long, env)]
     pub plugin_concurrency_per_plugin: Option<u32>,
     /// Threads of the plugin runtime, where every plugin call runs (never the API's).
-    #[arg(long = "plugin-threads", env = "PLUGIN_THREADS", default_value_t = 2, value_name = "PLUGIN_THREADS")]
+    #[arg(long, env, default_value_t = 2)]
     pub plugin_threads: u32,
     /// How long a submit's plugin call waits for a free call slot before `503 PLUGIN_BUSY`, in ms.
-    #[arg(
-        long = "plugin-queue-wait-ms",
-        env = "PLUGIN_QUEUE_WAIT_MS",
-        default_value_t = 5_000,
-        value_name = "PLUGIN_QUEUE_WAIT_MS"
-    )]
+    #[arg(long, env, default_value_t = 5_000)]
     pub plugin_queue_wait_ms: u64,
     /// Crash points to arm, `name=action;...` (tests; builds with the `failpoints` feature).
-    #[arg(long = "failpoints", env = "FAILPOINTS", hide = true, value_name = "FAILPOINTS")]
+    #[arg(long, env, hide = true)]
     pub failpoints: Option<String>,
     /// API keys as `key:role,...` (roles: admin, user).
-    #[arg(
-        long = "api-keys",
-        env = "API_KEYS",
-        default_value = "",
-        hide_env_values = true,
-        hide_default_value = true,
-        value_name = "API_KEYS"
-    )]
+    #[arg(long, env, default_value = "", hide_env_values = true, hide_default_value = true)]
     pub api_keys: Secret,
     /// A file of API keys, one `key:role` per line (`#` starts a comment).
-    #[arg(long = "api-keys-file", env = "API_KEYS_FILE", value_name = "API_KEYS_FILE")]
+    #[arg(long, env)]
     pub api_keys_file: Option<PathBuf>,
     /// Secret of HS256 bearer tokens (JWT), at least 32 bytes.
-    #[arg(long = "jwt-secret", env = "JWT_SECRET", hide_env_values = true, value_name = "JWT_SECRET")]
+    #[arg(long, env, hide_env_values = true)]
     pub jwt_secret: Option<Secret>,
     /// PEM file of the public key of RS256 (RSA) or EdDSA (Ed25519) bearer tokens.
-    #[arg(long = "jwt-public-key", env = "JWT_PUBLIC_KEY", value_name = "JWT_PUBLIC_KEY")]
+    #[arg(long, env)]
     pub jwt_public_key: Option<PathBuf>,
     /// The audience bearer tokens must name in `aud` (unset: `aud` is not checked).
-    #[arg(long = "jwt-audience", env = "JWT_AUDIENCE", value_name = "JWT_AUDIENCE")]
+    #[arg(long, env)]
     pub jwt_audience: Option<String>,
     /// The issuer bearer tokens must carry in `iss` (unset: `iss` is not checked).
-    #[arg(long = "jwt-issuer", env = "JWT_ISSUER", value_name = "JWT_ISSUER")]
+    #[arg(long, env)]
     pub jwt_issuer: Option<String>,
     /// Key of webhook signatures: `whsec_<base64>` (Standard Webhooks) or any other text as
     /// raw bytes. Unset: deliveries go unsigned.
-    #[arg(long = "webhook-secret", env = "WEBHOOK_SECRET", hide_env_values = true, value_name = "WEBHOOK_SECRET")]
+    #[arg(long, env, hide_env_values = true)]
     pub webhook_secret: Option<Secret>,
     /// Hosts (and their subdomains) and IP addresses callbacks may go to, comma-separated
     /// (unset: any host at a public address). A host listed by name may be private, e.g.
     /// `127.0.0.1` for a local receiver. `host:port` (`[v6]:port`) allows that port only;
     /// a bare host allows every port.
-    #[arg(
-        long = "webhook-allowed-domains",
-        env = "WEBHOOK_ALLOWED_DOMAINS",
-        default_value = "",
-        value_name = "WEBHOOK_ALLOWED_DOMAINS"
-    )]
+    #[arg(long, env, default_value = "")]
     pub webhook_allowed_domains: String,
     /// Waits before each retry of a failed webhook, comma-separated, with units ms/s/m/h.
-    #[arg(
-        long = "webhook-retry-schedule",
-        env = "WEBHOOK_RETRY_SCHEDULE",
-        default_value = crate::webhooks::schedule::DEFAULT_SCHEDULE,
-        value_name = "WEBHOOK_RETRY_SCHEDULE"
-    )]
+    #[arg(long, env, default_value = crate::webhooks::schedule::DEFAULT_SCHEDULE)]
     pub webhook_retry_schedule: String,
     /// Time limit of one webhook attempt, in ms.
-    #[arg(
-        long = "webhook-timeout-ms",
-        env = "WEBHOOK_TIMEOUT_MS",
-        default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS,
-        value_name = "WEBHOOK_TIMEOUT_MS"
-    )]
+    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS)]
     pub webhook_timeout_ms: u64,
     /// Webhook attempts in flight at most.
-    #[arg(
-        long = "webhook-concurrency",
-        env = "WEBHOOK_CONCURRENCY",
-        default_value_t = crate::webhooks::DEFAULT_CONCURRENCY,
-        value_name = "WEBHOOK_CONCURRENCY"
-    )]
+    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_CONCURRENCY)]
     pub webhook_concurrency: usize,
     /// Webhook attempts in flight to one destination (host and port of the callback URL)
     /// at most, within `WEBHOOK_CONCURRENCY`: a hanging receiver cannot hold every slot.
-    #[arg(
-        long = "webhook-destination-concurrency",
-        env = "WEBHOOK_DESTINATION_CONCURRENCY",
-        default_value_t = crate::webhooks::DEFAULT_DESTINATION_CONCURRENCY,
-        value_name = "WEBHOOK_DESTINATION_CONCURRENCY"
-    )]
+    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_DESTINATION_CONCURRENCY)]
     pub webhook_destination_concurrency: usize,
     /// Webhook attempts in flight for one owner's jobs at most, within `WEBHOOK_CONCURRENCY`.
-    #[arg(
-        long = "webhook-owner-concurrency",
-        env = "WEBHOOK_OWNER_CONCURRENCY",
-        default_value_t = crate::webhooks::DEFAULT_OWNER_CONCURRENCY,
-        value_name = "WEBHOOK_OWNER_CONCURRENCY"
-    )]
+    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_OWNER_CONCURRENCY)]
     pub webhook_owner_concurrency: usize,
     /// The gateway's public base URL, for absolute output URLs in webhooks
     /// (default: `http://HOST:PORT`).
-    #[arg(long = "public-url", env = "PUBLIC_URL", value_name = "PUBLIC_URL")]
+    #[arg(long, env)]
     pub public_url: Option<String>,
     /// Serve `/metrics` without credentials when authentication is on (default: false).
-    #[arg(long = "metrics-public", env = "METRICS_PUBLIC", action = clap::ArgAction::Set, value_name = "METRICS_PUBLIC")]
+    #[arg(long, env, action = clap::ArgAction::Set)]
     pub metrics_public: Option<bool>,
     /// Where blob bytes are kept (`STORAGE_PROVIDER`, `S3_*`).
     #[command(flatten)]
@@ -424,34 +267,29 @@ pub struct ServeArgs {
 pub struct StorageArgs {
     /// Where output and input bytes are kept: `local` (in the database file) or `s3` (an
     /// S3-compatible bucket; metadata stays in the database).
-    #[arg(
-        long = "storage-provider",
-        env = "STORAGE_PROVIDER",
-        default_value = "local",
-        value_name = "STORAGE_PROVIDER"
-    )]
+    #[arg(long, env, default_value = "local")]
     pub storage_provider: String,
     /// Base URL of the S3 API (e.g. `http://127.0.0.1:9000` for MinIO); unset: AWS.
-    #[arg(long = "s3-endpoint", env = "S3_ENDPOINT", value_name = "S3_ENDPOINT")]
+    #[arg(long, env)]
     pub s3_endpoint: Option<String>,
     /// The bucket (must exist).
-    #[arg(long = "s3-bucket", env = "S3_BUCKET", value_name = "S3_BUCKET")]
+    #[arg(long, env)]
     pub s3_bucket: Option<String>,
     /// Access key id.
-    #[arg(long = "s3-access-key", env = "S3_ACCESS_KEY", hide_env_values = true, value_name = "S3_ACCESS_KEY")]
+    #[arg(long, env, hide_env_values = true)]
     pub s3_access_key: Option<Secret>,
     /// Secret access key.
-    #[arg(long = "s3-secret-key", env = "S3_SECRET_KEY", hide_env_values = true, value_name = "S3_SECRET_KEY")]
+    #[arg(long, env, hide_env_values = true)]
     pub s3_secret_key: Option<Secret>,
     /// Region (signing region for other S3-compatible servers).
-    #[arg(long = "s3-region", env = "S3_REGION", default_value = "us-east-1", value_name = "S3_REGION")]
+    #[arg(long, env, default_value = "us-east-1")]
     pub s3_region: String,
     /// Prefix of every object key (`<prefix>blobs/<hash>`), e.g. `gateway/`.
-    #[arg(long = "s3-prefix", env = "S3_PREFIX", default_value = "", value_name = "S3_PREFIX")]
+    #[arg(long, env, default_value = "")]
     pub s3_prefix: String,
     /// Answer downloads with a redirect to a presigned GET URL valid this many seconds
     /// (unset: the gateway streams the bytes itself).
-    #[arg(long = "s3-presign-ttl-seconds", env = "S3_PRESIGN_TTL_SECONDS", value_name = "S3_PRESIGN_TTL_SECONDS")]
+    #[arg(long, env)]
     pub s3_presign_ttl_seconds: Option<u64>,
 }
 

@@ -4,12 +4,15 @@
 //! - [`config`]: every setting and limit, loaded once from flags / env / `.env`.
 //! - [`error`]: the one error enum with stable codes and HTTP statuses.
 //! - [`domain`]: jobs, priorities, outputs, workflows as the gateway sees them.
+//! - [`backoff`]: the one formula of retry pauses (exponential, capped; jitter).
 //! - [`store`]: the only module that touches redb (jobs, events, queue, workflows, blobs,
 //!   webhook outbox, result cache, idempotency keys, retention).
 //! - [`storage`]: blob backends: blob bytes in an S3-compatible bucket
 //!   (`STORAGE_PROVIDER=s3`; object_store), the upload/delete locks, the object reaper.
 //! - [`workflows`]: template rendering and JSON Schema validation of inputs (pure).
 //! - [`canonical`]: canonical JSON; the result-cache key and idempotency fingerprints.
+//! - [`ssrf`]: the SSRF gate of the gateway's requests to client-given URLs (image
+//!   inputs, webhooks): scheme, own DNS resolution, public addresses only, pinned client.
 //! - [`inputs`]: image inputs: SSRF-guarded URL fetch, data URI / base64, magic bytes.
 //! - [`comfy`]: the only module that knows ComfyUI's JSON: HTTP + WebSocket client, wire
 //!   messages, the API-format prompt as a graph (node classes, inputs, links), the simulator.
@@ -20,7 +23,7 @@
 //!   sandboxed, limited hook calls; without the feature every plugin operation is refused.
 //! - [`scheduler`]: pure job state machine, dispatch by priority, recovery, backends;
 //!   output-process hooks; the background pruner (retention).
-//! - [`webhooks`]: signed webhook deliveries from the durable outbox, retries, SSRF guard.
+//! - [`webhooks`]: signed webhook deliveries from the durable outbox, retries, destination policy.
 //! - [`service`]: the gateway's operations in domain terms (submit with cache and
 //!   idempotency and the input/render plugin hooks, register workflows with plugins, read).
 //! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.
@@ -34,6 +37,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backoff;
 pub mod canonical;
 pub mod cli;
 pub mod comfy;
@@ -48,6 +52,7 @@ pub mod priority;
 pub mod privacy;
 pub mod scheduler;
 pub mod service;
+pub mod ssrf;
 pub mod storage;
 pub mod store;
 pub mod webhooks;

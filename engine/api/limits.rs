@@ -13,12 +13,12 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use aws_lc_rs::digest;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use http::{HeaderMap, HeaderValue, Method, header};
-use sha2::Digest;
 
 use super::reply::Resp;
 use crate::config::{ApiLimits, CorsOrigins, RateLimit};
@@ -56,7 +56,7 @@ impl Client {
     pub fn identify(peer: SocketAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> Client {
         let ip = client_ip(peer.ip(), headers, trusted);
         let key = match headers.get("x-api-key") {
-            Some(v) => format!("key:{}", hex(&sha2::Sha256::digest(v.as_bytes())[..16])),
+            Some(v) => format!("key:{}", hex(&digest::digest(&digest::SHA256, v.as_bytes()).as_ref()[..16])),
             None => format!("ip:{ip}"),
         };
         Client { ip, key }
@@ -620,6 +620,8 @@ mod tests {
         let key = Client::identify(peer, &h, &[]).key;
         assert_eq!(key.len(), 4 + 32);
         assert!(!key.contains("secret"));
+        // The first 16 bytes of SHA-256("secret"), hex (Python's hashlib).
+        assert_eq!(key, "key:2bb80d537b1da3e38bd30361aa855686");
     }
 
     #[test]

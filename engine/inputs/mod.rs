@@ -3,7 +3,7 @@
 //!
 //! - [`load`]: URL → guarded fetch ([`fetch`]), data URI / base64 → decode; then
 //!   [`sniff`] by magic bytes (PNG, JPEG, WebP, GIF only) and the size limit.
-//! - [`fetch`]: the SSRF-guarded HTTP fetch and the address classifier.
+//! - [`fetch`]: the HTTP fetch through the SSRF gate ([`crate::ssrf`]).
 //!
 //! Every failure is a message for the client about its own input (a 400 naming
 //! `/inputs/<name>`); nothing here touches the store or ComfyUI.
@@ -13,7 +13,8 @@ use bytes::Bytes;
 
 pub mod fetch;
 
-pub use fetch::{AllowList, FetchLimits};
+pub use crate::ssrf::AllowList;
+pub use fetch::FetchLimits;
 
 /// A checked image: its bytes and what they are.
 #[derive(Debug, Clone, PartialEq)]

@@ -15,20 +15,20 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Backend, Shared};
+use crate::backoff::Backoff;
 use crate::comfy::ws;
 use crate::domain::JobState;
 
-/// First retry delay after a failed probe.
-const PROBE_BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Longest delay between probes of a down backend.
-const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Pauses between probes of a down backend (or after a short WebSocket session).
+const PROBE_BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
 /// A WebSocket session shorter than this counts as a failed connection for backoff.
 const SESSION_SHORT: Duration = Duration::from_secs(2);
 
 /// Keep backend `b`'s health and WebSocket up to date until shutdown.
 pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
     let backend = shared.backends[b].clone();
-    let mut delay = PROBE_BACKOFF_MIN;
+    // Pauses since the backend last held a session of `SESSION_SHORT` or longer.
+    let mut pauses = 0u32;
     while !shared.shutdown.is_cancelled() {
         let probe_started = tokio::time::Instant::now();
         match backend.client.system_stats().await {
@@ -63,7 +63,7 @@ pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
                 tracing::info!(backend = %backend.id, reason, "backend websocket ended");
                 backend.lock_info().last_error = Some(reason);
                 if started.elapsed() >= SESSION_SHORT {
-                    delay = PROBE_BACKOFF_MIN;
+                    pauses = 0;
                     continue;
                 }
             }
@@ -76,12 +76,12 @@ pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
                 info.unreachable_since.get_or_insert_with(std::time::Instant::now);
             }
         }
+        pauses = pauses.saturating_add(1);
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(PROBE_BACKOFF.delay(pauses)) => {}
             _ = backend.recheck.notified() => {}
             _ = shared.shutdown.cancelled() => return,
         }
-        delay = (delay * 2).min(PROBE_BACKOFF_MAX);
     }
 }
 

@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{self, Event};
 use super::{Backend, Progress, Shared};
+use crate::backoff::Backoff;
 use crate::comfy::client::ComfyError;
 use crate::comfy::protocol::{self, HistoryEntry, Outcome, OutputFile};
 use crate::comfy::ws::{Signal, Subscription};
@@ -46,8 +47,8 @@ use crate::store::NewBlob;
 const POLL_WITH_WS: Duration = Duration::from_secs(5);
 /// Delay before the second look at a prompt the backend did not know.
 const RECONCILE_GRACE: Duration = Duration::from_millis(300);
-/// Longest delay between attempts to reach a down backend while reconciling.
-const RECONCILE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Pauses between attempts to reach a down backend while reconciling.
+const RECONCILE_BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
 /// Longest wait at dispatch for the backend's WebSocket to come up.
 const WS_WAIT_AT_DISPATCH: Duration = Duration::from_secs(1);
 /// Minimum time between two progress entries in the durable event log.
@@ -55,14 +56,13 @@ const PROGRESS_LOG_INTERVAL: Duration = Duration::from_millis(500);
 /// Tries of one input upload or output download that fails transiently (a broken or
 /// cut-short transfer, a 5xx, bytes that are not the file).
 const TRANSFER_TRIES: u32 = 3;
-/// Pause after a failed try of a transfer, times the tries so far.
-const TRANSFER_BACKOFF: Duration = Duration::from_millis(100);
-/// Pause before the one more look at a success history entry that lists no output.
+/// Pauses after failed tries of a transfer: 100 ms, 200 ms.
+const TRANSFER_BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_millis(200));
 /// Tries of a success commit whose outputs the object storage refuses (S3 down), and the
-/// first pause between them (doubling): about 15 s in all, then the job fails
+/// pauses between them (1, 2, 4, 8 s): about 15 s in all, then the job fails
 /// `STORAGE_UNAVAILABLE` (its outputs were never stored, so nothing is lost or dangling).
 const OBJECT_TRIES: u32 = 5;
-const OBJECT_BACKOFF: Duration = Duration::from_secs(1);
+const OBJECT_BACKOFF: Backoff = Backoff::doubling(Duration::from_secs(1), Duration::from_secs(8));
 /// Pause before reading a history that listed no output again.
 const HISTORY_REREAD_DELAY: Duration = Duration::from_millis(100);
 
@@ -420,7 +420,7 @@ impl Run {
                     Ok(None) => return Err(UploadError::Store(format!("input {:?}: blob missing", input.name))),
                     Err(e @ crate::store::StoreError::Objects(_)) if reads < OBJECT_TRIES => {
                         tracing::warn!(job = %self.id(), input = %input.name, error = %e, "cannot read an input image from the object storage; trying again");
-                        tokio::time::sleep(OBJECT_BACKOFF * (1 << (reads - 1))).await;
+                        tokio::time::sleep(OBJECT_BACKOFF.delay(reads)).await;
                     }
                     Err(e @ crate::store::StoreError::Objects(_)) => {
                         return Err(UploadError::Objects(format!("input {:?}: {e}", input.name)));
@@ -437,7 +437,7 @@ impl Run {
                     Ok(()) => break,
                     Err(e) if e.is_transient() && tries < TRANSFER_TRIES => {
                         tracing::warn!(job = %self.id(), input = %input.name, error = %e, "input upload failed; trying again");
-                        tokio::time::sleep(TRANSFER_BACKOFF * tries).await;
+                        tokio::time::sleep(TRANSFER_BACKOFF.delay(tries)).await;
                     }
                     Err(e) => return Err(UploadError::Comfy(e)),
                 }
@@ -471,7 +471,7 @@ impl Run {
                 return Err(DownloadError::Failed(code, format!("{failure} ({tries} tries)")));
             }
             tracing::warn!(job = %self.id(), error = %failure, "output download failed; trying again");
-            tokio::time::sleep(TRANSFER_BACKOFF * tries).await;
+            tokio::time::sleep(TRANSFER_BACKOFF.delay(tries)).await;
         }
     }
 
@@ -600,7 +600,8 @@ impl Run {
     /// Find out what the backend knows of this prompt.
     async fn reconcile(&mut self) -> Result<Phase, Exit> {
         let id = self.id().to_string();
-        let mut backoff = Duration::from_millis(100);
+        // Looks that failed (each followed by a pause of `RECONCILE_BACKOFF`).
+        let mut failures = 0u32;
         // Answers that said "unknown" (understood ones only: a failed look is not counted).
         let mut unknown_seen = 0u32;
         loop {
@@ -631,11 +632,11 @@ impl Run {
                     if matches!(failure, ComfyError::Protocol(_)) {
                         tracing::warn!(job = %id, error = %reason, "answer not understood while reconciling; looking again");
                     }
+                    failures = failures.saturating_add(1);
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = tokio::time::sleep(RECONCILE_BACKOFF.delay(failures)) => {}
                         _ = self.cancel.cancelled() => return self.canceled().await,
                     }
-                    backoff = (backoff * 2).min(RECONCILE_BACKOFF_MAX);
                     continue;
                 }
             };
@@ -822,7 +823,7 @@ impl Run {
             match result {
                 Err(Some(crate::store::StoreError::Objects(_))) if tries < OBJECT_TRIES => {
                     tokio::select! {
-                        _ = tokio::time::sleep(OBJECT_BACKOFF * (1 << (tries - 1))) => {}
+                        _ = tokio::time::sleep(OBJECT_BACKOFF.delay(tries)) => {}
                         _ = self.shared.shutdown.cancelled() => return Err(Exit::Shutdown),
                     }
                 }

@@ -9,7 +9,7 @@
 //! between the POST and the commit sends again, with the same `webhook-id`.
 //!
 //! - [`sign`]: `WEBHOOK_SECRET`, Standard Webhooks and `X-Signature` signatures, verify.
-//! - [`policy`]: `WEBHOOK_ALLOWED_DOMAINS` and the SSRF guard; `CALLBACK_NOT_ALLOWED`.
+//! - [`policy`]: `WEBHOOK_ALLOWED_DOMAINS` over the SSRF gate ([`crate::ssrf`]); `CALLBACK_NOT_ALLOWED`.
 //! - [`schedule`]: `WEBHOOK_RETRY_SCHEDULE`, jitter, `Retry-After`.
 //! - [`send`]: the body and one attempt.
 //! - [`worker`]: the delivery task and its handle.

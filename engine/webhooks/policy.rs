@@ -1,7 +1,7 @@
-//! Where webhooks may go: `WEBHOOK_ALLOWED_DOMAINS` and the SSRF guard of URL inputs
-//! ([`crate::inputs::fetch`]). Checked when a job is submitted (`CALLBACK_NOT_ALLOWED`) and
-//! again before every attempt (DNS answers change); an attempt connects only to the
-//! addresses checked for it.
+//! Where webhooks may go: `WEBHOOK_ALLOWED_DOMAINS` over the gateway's SSRF gate
+//! ([`crate::ssrf`], shared with URL inputs). Checked when a job is submitted
+//! (`CALLBACK_NOT_ALLOWED`) and again before every attempt (DNS answers change); an attempt
+//! connects only to the addresses checked for it.
 //!
 //! Rules: http or https, no credentials in the URL. With a non-empty list the host must be
 //! an entry or a subdomain of one, on the entry's port when it names one (`host:port`; a
@@ -14,7 +14,7 @@ use std::str::FromStr;
 
 use super::Settings;
 use crate::error::{Error, ErrorCode};
-use crate::inputs::fetch;
+use crate::ssrf::{self, Refusal};
 
 /// `WEBHOOK_ALLOWED_DOMAINS`: host names (matching themselves and their subdomains) and IP
 /// addresses (matching themselves), each on any port, or on one port when written
@@ -139,33 +139,28 @@ pub struct Destination {
 /// # Errors
 /// Why it is refused, as a phrase following "callbackUrl".
 pub async fn check_destination(url: &str, settings: &Settings) -> Result<Destination, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("is not a valid URL: {e}"))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!("has the scheme {:?}; only http and https are called", parsed.scheme()));
-    }
-    if !parsed.username().is_empty() || parsed.password().is_some() {
-        return Err("contains credentials; sign requests with WEBHOOK_SECRET instead".to_string());
-    }
-    let host = parsed.host_str().ok_or("has no host")?.to_string();
-    let port = parsed.port_or_known_default().ok_or("has no port")?;
+    let parsed = ssrf::parse(url).map_err(refusal)?;
+    let (host, port) = ssrf::host_port(&parsed).map_err(refusal)?;
     let matched = settings.allowed.classify(&host, port);
     if matched == Match::Refused {
         return Err(format!("names host {host:?} port {port}, which is not in WEBHOOK_ALLOWED_DOMAINS"));
     }
-    let addrs = fetch::resolve(&host, port).await?;
-    if matched == Match::Public {
-        for addr in &addrs {
-            if let Some(reason) = fetch::forbidden_reason(addr.ip()) {
-                // Never the address itself: the answer would tell any client what a
-                // name resolves to inside the gateway's network.
-                return Err(format!(
-                    "refers to host {host:?}, which resolves to a {reason} address; webhooks go only to public \
-                     addresses unless the host is listed in WEBHOOK_ALLOWED_DOMAINS"
-                ));
-            }
-        }
-    }
+    // A host that is an entry may have any address; every other, public ones only.
+    let addrs = ssrf::checked_addrs(&host, port, |_| matched == Match::Named).await.map_err(refusal)?;
     Ok(Destination { url: parsed, host, addrs })
+}
+
+/// A refusal of the gate, worded for a callback URL.
+fn refusal(refused: Refusal) -> String {
+    match &refused {
+        Refusal::Scheme(scheme) => format!("has the scheme {scheme:?}; only http and https are called"),
+        Refusal::Credentials => "contains credentials; sign requests with WEBHOOK_SECRET instead".to_string(),
+        Refusal::Forbidden { host, reason } => format!(
+            "refers to host {host:?}, which resolves to a {reason} address; webhooks go only to public \
+             addresses unless the host is listed in WEBHOOK_ALLOWED_DOMAINS"
+        ),
+        Refusal::Invalid(_) | Refusal::NoHost | Refusal::NoPort | Refusal::Unresolved(_) => refused.to_string(),
+    }
 }
 
 /// The submit-time check of a job's `callbackUrl`.

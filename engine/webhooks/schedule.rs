@@ -85,7 +85,7 @@ impl Schedule {
             Outcome::Failed { retry_after } => retry_after,
         };
         let Some(wait) = self.waits.get(attempt as usize - 1) else { return AttemptNext::GiveUp };
-        let jittered = Duration::from_secs_f64(wait.as_secs_f64() * jitter);
+        let jittered = crate::backoff::jittered(*wait, jitter);
         let wait = retry_after.map_or(jittered, |r| jittered.max(r.min(RETRY_AFTER_MAX)));
         AttemptNext::RetryAt(now_ms.saturating_add(wait.as_millis() as u64))
     }
@@ -98,28 +98,17 @@ impl Default for Schedule {
 }
 
 /// The wait a `Retry-After` value asks for (RFC 9110 §10.2.3: delay seconds or an
-/// IMF-fixdate HTTP-date), relative to `now_ms`; None if malformed. A date in the past
-/// asks for no wait.
+/// HTTP-date, in any of the three formats of §5.6.7), relative to `now_ms`; None if
+/// malformed. A date in the past asks for no wait.
 pub fn parse_retry_after(value: &str, now_ms: u64) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Longer than u64 seconds is "very long": capped by the caller anyway.
         return Some(Duration::from_secs(value.parse().unwrap_or(u64::MAX)));
     }
-    let at_ms = parse_imf_fixdate(value)?;
-    Some(Duration::from_millis(at_ms.saturating_sub(now_ms)))
-}
-
-/// Milliseconds since the Unix epoch of `Sun, 06 Nov 1994 08:49:37 GMT`.
-fn parse_imf_fixdate(s: &str) -> Option<u64> {
-    let parts: Vec<&str> = s.split(' ').collect();
-    let [weekday, day, month, year, time, "GMT"] = parts.as_slice() else { return None };
-    if weekday.len() != 4 || !weekday.ends_with(',') || day.len() != 2 || year.len() != 4 || time.len() != 8 {
-        return None;
-    }
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    let month = MONTHS.iter().position(|m| m == month)? + 1;
-    crate::api::reply::parse_rfc3339(&format!("{year}-{month:02}-{day}T{time}Z"))
+    let at = httpdate::parse_http_date(value).ok()?;
+    let at_ms = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    Some(Duration::from_millis(u64::try_from(at_ms).ok()?.saturating_sub(now_ms)))
 }
 
 #[cfg(test)]
@@ -169,7 +158,25 @@ mod tests {
         assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now), Some(Duration::from_secs(120)));
         assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now), Some(Duration::ZERO));
-        for bad in ["", "-1", "1.5", "soon", "Sunday, 06-Nov-94 08:49:37 GMT", "Sun, 06 Foo 1994 08:49:37 GMT"] {
+        // The obsolete formats a recipient must accept (RFC 9110 §5.6.7).
+        assert_eq!(parse_retry_after("Sunday, 06-Nov-94 08:51:37 GMT", now), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Sun Nov  6 08:51:37 1994", now), Some(Duration::from_secs(120)));
+        // A leap day; a wrong weekday, a day that does not exist and dates before 1970 are malformed.
+        assert_eq!(
+            parse_retry_after("Thu, 29 Feb 2024 00:00:00 GMT", 1_709_164_700_000),
+            Some(Duration::from_secs(100))
+        );
+        for bad in [
+            "",
+            "-1",
+            "1.5",
+            "soon",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Mon, 06 Nov 1994 08:49:37 GMT",
+            "Thu, 29 Feb 2023 00:00:00 GMT",
+            "Wed, 31 Dec 1969 23:59:59 GMT",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+        ] {
             assert_eq!(parse_retry_after(bad, now), None, "{bad}");
         }
     }

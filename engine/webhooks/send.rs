@@ -13,7 +13,7 @@ use super::schedule::{Outcome, parse_retry_after};
 use super::sign::{standard_signature, x_signature};
 use crate::api::reply::{job_json, rfc3339};
 use crate::domain::{Delivery, Job, WebhookEvent, now_ms};
-use crate::inputs::fetch::pinned_client;
+use crate::ssrf::pinned_client;
 
 /// The Standard Webhooks payload of a delivery: `{type, timestamp, data}`, where `data` is
 /// the job as the API shows it (`job`: the delivery's snapshot with sealed fields opened)

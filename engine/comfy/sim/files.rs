@@ -91,8 +91,9 @@ fn expand_vars(prefix: &str, width: u32, height: u32) -> String {
     if !prefix.contains('%') {
         return prefix.to_string();
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (y, mo, d, h, mi, s) = civil_from_unix(now);
+    let now = time::OffsetDateTime::from(std::time::SystemTime::now());
+    let (y, mo, d) = (now.year(), u8::from(now.month()), now.day());
+    let (h, mi, s) = (now.hour(), now.minute(), now.second());
     prefix
         .replace("%width%", &width.to_string())
         .replace("%height%", &height.to_string())
@@ -102,22 +103,6 @@ fn expand_vars(prefix: &str, width: u32, height: u32) -> String {
         .replace("%hour%", &format!("{h:02}"))
         .replace("%minute%", &format!("{mi:02}"))
         .replace("%second%", &format!("{s:02}"))
-}
-
-/// UTC civil time from a unix timestamp (Howard Hinnant's algorithm).
-fn civil_from_unix(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d, (rem / 3600) as u32, ((rem % 3600) / 60) as u32, (rem % 60) as u32)
 }
 
 /// Content-Type by extension, with the types aiohttp refuses to serve inline forced to
