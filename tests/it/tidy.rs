@@ -146,6 +146,7 @@ fn every_name_the_architecture_cites_exists() {
         }
     }
     assert!(missing.is_empty(), "ARCHITECTURE.md cites names the code does not have: {missing:?}");
+}
 
 /// The engine's sources without their tests: files of tests (`tests.rs`, `tests_*.rs`) are
 /// left out, and a file's trailing `#[cfg(test)] mod tests` is cut off.
@@ -222,6 +223,7 @@ fn only_the_state_machine_changes_a_jobs_state() {
     assert!(domain.contains("state: JobState::Queued,"), "a job is born queued");
     let machine = &files.iter().find(|(p, _)| p == "engine/scheduler/state.rs").expect("state.rs").1;
     assert!(machine.contains("Event::CacheHit"), "the state machine models cache hits");
+}
 
 /// `#[arg(long, env)]` derives a setting's flag and variable from its field: an explicit name
 /// in `config.rs` or `cli.rs` is one that differs from the field's (`GATEWAY_URL`), never a
