@@ -311,7 +311,9 @@ impl Gateway {
         if let Some((plugin, p)) = &plugin
             && plugin.hooks.contains(&Hook::TemplateRender)
         {
-            let template: Value = serde_json::from_str(&rec.template_json).unwrap_or(Value::Null);
+            let template = workflows::decode_stored("/workflow", &rec.template_json).map_err(|e| {
+                Error::internal(format!("stored workflow {} v{} is damaged: {e}", rec.id, rec.version))
+            })?;
             let inputs = Value::Object(prepared.inputs.clone());
             let (result, report) = self.plugins.template_render(plugin, &call(p), &template, &inputs).await;
             log_plugin(Hook::TemplateRender, &report.logs);
@@ -782,10 +784,16 @@ pub fn propose_import(
 
 /// Compile a stored workflow record.
 pub fn compile_record(rec: &WorkflowRecord) -> Result<CompiledWorkflow, WorkflowError> {
-    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
-    let template = parse(&rec.template_json);
-    let schema = rec.schema_json.as_deref().map(parse);
-    let defaults = rec.defaults_json.as_deref().map(parse).and_then(|d| d.as_object().cloned());
+    let template = workflows::decode_stored("/workflow", &rec.template_json)?;
+    let schema = rec.schema_json.as_deref().map(|s| workflows::decode_stored("/inputSchema", s)).transpose()?;
+    let defaults = match rec.defaults_json.as_deref().map(|s| workflows::decode_stored("/defaults", s)).transpose()? {
+        None => None,
+        Some(Value::Object(defaults)) => Some(defaults),
+        Some(_) => {
+            let error = FieldError::new("/defaults", "the stored record is not a JSON object");
+            return Err(WorkflowError::Definition(vec![error]));
+        }
+    };
     CompiledWorkflow::compile(&template, schema.as_ref(), defaults.as_ref())
 }
 
