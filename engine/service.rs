@@ -228,7 +228,7 @@ impl Gateway {
         let metrics = Metrics::new();
         let plugins = crate::plugins::Host::new(config.plugin_limits.clone())?;
         let scheduler = Scheduler::start(store.clone(), config.clone(), metrics.clone(), plugins.clone()).await?;
-        let webhooks = crate::webhooks::Webhooks::new();
+        let webhooks = crate::webhooks::Webhooks::new(scheduler.tasks().child());
         let gateway = Gateway {
             registry: Registry::new(store.clone(), plugins.clone()),
             plugins,
@@ -242,11 +242,18 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Stop the webhook task and the scheduler, and close the store.
+    /// Stop the webhook task and the scheduler, wait for every task of the gateway
+    /// (`Scheduler::tasks`), and close the store.
     pub async fn shutdown(&self) {
-        self.webhooks.shutdown().await;
+        self.webhooks.stop();
         self.scheduler.shutdown().await;
         self.store.close().await;
+    }
+
+    /// The owner of the gateway's tasks (the scheduler's): the API server spawns through a
+    /// handle on it.
+    pub fn tasks(&self) -> &crate::scheduler::Tasks {
+        self.scheduler.tasks()
     }
 
     fn limits(&self) -> Limits {
