@@ -717,3 +717,26 @@ async fn health(server: &ServerArgs) -> Result<(), CliError> {
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     if status.is_success() { Ok(()) } else { Err(CliError::runtime(format!("unhealthy ({status})"))) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CliError, Failure};
+
+    /// The exit codes README documents: 2 for the command line and the configuration, 1
+    /// for everything else.
+    #[test]
+    fn failures_map_to_the_documented_exit_codes() {
+        let codes = [
+            (Failure::Usage, 2),
+            (Failure::Config, 2),
+            (Failure::Runtime, 1),
+            (Failure::Locked, 1),
+            (Failure::StoreFailed, 1),
+        ];
+        for (kind, code) in codes {
+            assert_eq!(kind.exit_code(), code, "{kind:?}");
+            assert_eq!(CliError::new(kind, "x").exit_code(), code, "{kind:?}");
+        }
+        assert_eq!(CliError::config("PORT: not a number").to_string(), "error: PORT: not a number");
+    }
+}

@@ -1084,3 +1084,33 @@ fn a_new_database_file_is_private() {
     creating.push(".creating");
     assert!(!Path::new(&creating).exists(), "the half-created file was renamed into place");
 }
+
+/// redb's failures keep their kind (what callers such as the CLI decide on), whatever
+/// redb's text says; a batch's waiters each get the same kind.
+#[test]
+fn redb_failures_keep_their_kind() {
+    let (dir, store) = open_temp();
+    match Store::open(&db_path(&dir)) {
+        Err(StoreError::Locked(_)) => {}
+        other => panic!("a second open of a held database: {other:?}"),
+    }
+    drop(store);
+    assert!(Store::open(&db_path(&dir)).is_ok(), "free again once the first store is gone");
+    let io = || std::io::Error::other("a lock, a block, a clock");
+    let kinds: [(StoreError, fn(&StoreError) -> bool); 7] = [
+        (redb::DatabaseError::DatabaseAlreadyOpen.into(), |e| matches!(e, StoreError::Locked(_))),
+        (redb::Error::Corrupted("a lock went missing".into()).into(), |e| matches!(e, StoreError::Damaged(_))),
+        (redb::DatabaseError::UpgradeRequired(2).into(), |e| matches!(e, StoreError::Upgrade(_))),
+        (redb::StorageError::Io(io()).into(), |e| matches!(e, StoreError::Storage(_))),
+        (redb::CommitError::Storage(redb::StorageError::PreviousIo).into(), |e| matches!(e, StoreError::Storage(_))),
+        (redb::TransactionError::Storage(redb::StorageError::Io(io())).into(), |e| {
+            matches!(e, StoreError::Storage(_))
+        }),
+        (redb::TableError::TableDoesNotExist("deadlock".into()).into(), |e| matches!(e, StoreError::Other(_))),
+    ];
+    for (e, is_kind) in kinds {
+        assert!(is_kind(&e), "{e:?}");
+        assert!(is_kind(&e.for_waiter()), "{e:?}");
+        assert!(e.to_string().starts_with("redb: "), "{e}");
+    }
+}
