@@ -417,7 +417,7 @@ fn cli_failures_exit_with_the_code_of_their_kind() {
         (&["no-such-command"], &[], 2, "no-such-command"),
         (&["check"], &[("DATABASE_URL", &db)], 2, "no database at"),
         (&["import-workflow", &fixture, "--comfyui-url", "ftp://127.0.0.1:1"], &[], 2, "COMFYUI_URL"),
-        (&["add-workflow", &fixture, "--plugin", "/nonexistent.wasm"], &[("DATABASE_URL", &db)], 2, "--plugin"),
+        (&["add-workflow", &fixture, "--id", "x", "--plugin", "/nonexistent.wasm"], &[("DATABASE_URL", &db)], 2, "--plugin"),
         (&["health", "--port", "1"], &[], 1, "not reachable"),
     ];
     for (args, envs, expected, says) in cases {
