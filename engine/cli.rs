@@ -263,9 +263,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let config = Config::from_args(&args).map_err(|e| CliError::config(e.to_string()))?;
             // Checked now; armed once the gateway has started, before it serves.
             let failpoints = match &args.failpoints {
-                Some(spec) => Some(
-                    crate::failpoints::parse(spec).map_err(|e| CliError::config(format!("FAILPOINTS: {e}")))?,
-                ),
+                Some(spec) => {
+                    Some(crate::failpoints::parse(spec).map_err(|e| CliError::config(format!("FAILPOINTS: {e}")))?)
+                }
                 None => None,
             };
             serve(config, failpoints).await

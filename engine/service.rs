@@ -318,9 +318,8 @@ impl Gateway {
         if let Some((plugin, p)) = &plugin
             && plugin.hooks.contains(&Hook::TemplateRender)
         {
-            let template = workflows::decode_stored("/workflow", &rec.template_json).map_err(|e| {
-                Error::internal(format!("stored workflow {} v{} is damaged: {e}", rec.id, rec.version))
-            })?;
+            let template = workflows::decode_stored("/workflow", &rec.template_json)
+                .map_err(|e| Error::internal(format!("stored workflow {} v{} is damaged: {e}", rec.id, rec.version)))?;
             let inputs = Value::Object(prepared.inputs.clone());
             let (result, report) = self.plugins.template_render(plugin, &call(p), &template, &inputs).await;
             log_plugin(Hook::TemplateRender, &report.logs);

@@ -71,7 +71,7 @@ pub fn serve(listener: TcpListener, gateway: Gateway) -> std::io::Result<Server>
     let local_addr = listener.local_addr()?;
     let tasks = gateway.tasks().child();
     let stop = tasks.token().clone();
-    let ctx = Arc::new(Ctx::new(gateway, stop.clone()));
+    let ctx = Arc::new(Ctx::new(gateway, stop.clone())?);
     seed_job_cap(&ctx).map_err(|e| std::io::Error::other(e.message))?;
     let done = tasks.clone().spawn(async move { accept_loop(listener, ctx, tasks).await });
     Ok(Server { local_addr, stop, done })

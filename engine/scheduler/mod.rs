@@ -524,8 +524,9 @@ impl Scheduler {
         metrics: Metrics,
         plugins: crate::plugins::Host,
     ) -> Result<Scheduler> {
-        let http = ComfyClient::http_pool(config.comfyui_http_timeout)
-            .map_err(|e| Error::new(ErrorCode::Internal, format!("cannot build the HTTP client of the backends: {e}")))?;
+        let http = ComfyClient::http_pool(config.comfyui_http_timeout).map_err(|e| {
+            Error::new(ErrorCode::Internal, format!("cannot build the HTTP client of the backends: {e}"))
+        })?;
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()

@@ -413,11 +413,18 @@ fn cli_failures_exit_with_the_code_of_their_kind() {
     let (code, out, err) = cli(&["--help"], &[]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("Usage"), "{out}");
-    let cases: [(&[&str], &[(&str, &str)], i32, &str); 5] = [
+    // Arguments, environment, exit code, what stderr says.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: [Case<'_>; 5] = [
         (&["no-such-command"], &[], 2, "no-such-command"),
         (&["check"], &[("DATABASE_URL", &db)], 2, "no database at"),
         (&["import-workflow", &fixture, "--comfyui-url", "ftp://127.0.0.1:1"], &[], 2, "COMFYUI_URL"),
-        (&["add-workflow", &fixture, "--id", "x", "--plugin", "/nonexistent.wasm"], &[("DATABASE_URL", &db)], 2, "--plugin"),
+        (
+            &["add-workflow", &fixture, "--id", "x", "--plugin", "/nonexistent.wasm"],
+            &[("DATABASE_URL", &db)],
+            2,
+            "--plugin",
+        ),
         (&["health", "--port", "1"], &[], 1, "not reachable"),
     ];
     for (args, envs, expected, says) in cases {

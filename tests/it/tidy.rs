@@ -142,10 +142,7 @@ fn every_task_is_spawned_through_its_owner() {
         ("TaskTracker", &["engine/scheduler/tasks.rs", sim]),
         ("thread::spawn", &[sim]),
         ("thread::Builder", &["engine/store/mod.rs", "engine/plugins/runtime.rs", sim]),
-        (
-            "runtime::Builder",
-            &["engine/main.rs", "engine/plugins/runtime.rs", "engine/api/bulk.rs", sim],
-        ),
+        ("runtime::Builder", &["engine/main.rs", "engine/plugins/runtime.rs", "engine/api/bulk.rs", sim]),
     ];
     for (needle, allowed) in rules {
         assert_eq!(offenders(&code, needle, allowed), Vec::<String>::new(), "{needle}");
