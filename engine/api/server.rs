@@ -301,6 +301,42 @@ mod tests {
 
     use super::*;
 
+    /// A connection is a task of the gateway's: counted while open, and the gateway's
+    /// shutdown (after the server's) ends with it closed, not left running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_tasks_of_the_gateway_and_end_at_shutdown() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Args {
+            #[command(flatten)]
+            serve: crate::config::ServeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("g.redb");
+        let dead = "http://127.0.0.1:9"; // nothing listens: no backend is needed here
+        let args = Args::parse_from(["t", "--database-url", db.to_str().unwrap(), "--comfyui-url", dead]);
+        let config = Arc::new(crate::config::Config::from_args(&args.serve).unwrap());
+        let gateway = Gateway::start(config).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = serve(listener, gateway.clone()).unwrap();
+        let before = gateway.tasks().len();
+        let mut conn = TcpStream::connect(server.local_addr).await.unwrap();
+        conn.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&buf[..n]));
+        // Kept alive and idle: its task runs on the gateway's tracker.
+        assert_eq!(gateway.tasks().len(), before + 1);
+        let stopped = async {
+            server.stop().await;
+            gateway.shutdown().await;
+        };
+        tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("the shutdown ends");
+        assert_eq!(gateway.tasks().len(), 0, "no task outlives the shutdown");
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.unwrap();
+        assert!(matches!(closed, Ok(0) | Err(_)), "the idle connection was closed: {closed:?}");
+    }
+
     /// On a paused clock (the runtime advances it when every task waits): exact, and no
     /// real waiting.
     #[tokio::test(start_paused = true)]

@@ -51,6 +51,12 @@ impl Tasks {
         self.stop.cancel();
     }
 
+    /// How many tasks of the tracker are running (tests).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.tracker.len()
+    }
+
     /// Cancel this handle's token and wait until every task of the tracker ended (tasks
     /// spawned while waiting are waited for too).
     pub async fn shutdown(&self) {
