@@ -182,7 +182,7 @@ pub struct ImportWorkflowArgs {
 /// What kind of failure ended a command; [`Failure::exit_code`] is the one mapping to the
 /// process's exit code.
 ///
-/// Exit codes (README "Configuration" and the CLI sections document them):
+/// Exit codes (README documents them):
 /// - 0: success, `--help`, `--version`;
 /// - 2: [`Failure::Usage`] (the command line, or a file or value named on it) and
 ///   [`Failure::Config`] (a bad setting: a flag, a variable, `.env`, `FAILPOINTS`);

@@ -94,7 +94,7 @@ pub enum StoreError {
     /// The database file's I/O failed (redb's `Io`, `Backend`, `Unsupported`, or `PreviousIo`:
     /// an earlier I/O error redb latched); the text is redb's.
     #[error("redb: {0}")]
-    Storage(String),
+    FileIo(String),
     /// Any other redb failure (a transaction or table misuse, a value too large, a closed
     /// database, a poisoned lock): a bug, not an operating condition; the text is redb's.
     #[error("redb: {0}")]
@@ -160,7 +160,7 @@ impl From<redb::Error> for StoreError {
             redb::Error::Corrupted(_) => StoreError::Damaged(text),
             redb::Error::UpgradeRequired(_) => StoreError::Upgrade(text),
             redb::Error::Io(_) | redb::Error::Backend(_) | redb::Error::Unsupported | redb::Error::PreviousIo => {
-                StoreError::Storage(text)
+                StoreError::FileIo(text)
             }
             _ => StoreError::Other(text),
         }
@@ -194,7 +194,7 @@ impl StoreError {
             StoreError::Locked(m) => StoreError::Locked(m.clone()),
             StoreError::Damaged(m) => StoreError::Damaged(m.clone()),
             StoreError::Upgrade(m) => StoreError::Upgrade(m.clone()),
-            StoreError::Storage(m) => StoreError::Storage(m.clone()),
+            StoreError::FileIo(m) => StoreError::FileIo(m.clone()),
             StoreError::Failed(m) => StoreError::Failed(m.clone()),
             StoreError::Closed => StoreError::Closed,
             e => StoreError::Other(e.to_string()),

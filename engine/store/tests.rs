@@ -1100,7 +1100,7 @@ fn redb_failures_keep_their_kind() {
         StoreError::Locked(_) => "locked",
         StoreError::Damaged(_) => "damaged",
         StoreError::Upgrade(_) => "upgrade",
-        StoreError::Storage(_) => "storage",
+        StoreError::FileIo(_) => "file i/o",
         StoreError::Other(_) => "other",
         _ => "not redb's",
     };
@@ -1109,9 +1109,9 @@ fn redb_failures_keep_their_kind() {
         (redb::DatabaseError::DatabaseAlreadyOpen.into(), "locked"),
         (redb::Error::Corrupted("a lock went missing".into()).into(), "damaged"),
         (redb::DatabaseError::UpgradeRequired(2).into(), "upgrade"),
-        (redb::StorageError::Io(io()).into(), "storage"),
-        (redb::CommitError::Storage(redb::StorageError::PreviousIo).into(), "storage"),
-        (redb::TransactionError::Storage(redb::StorageError::Io(io())).into(), "storage"),
+        (redb::StorageError::Io(io()).into(), "file i/o"),
+        (redb::CommitError::Storage(redb::StorageError::PreviousIo).into(), "file i/o"),
+        (redb::TransactionError::Storage(redb::StorageError::Io(io())).into(), "file i/o"),
         (redb::TableError::TableDoesNotExist("deadlock".into()).into(), "other"),
     ];
     for (e, expected) in cases {

@@ -152,3 +152,14 @@ fn every_task_is_spawned_through_its_owner() {
     assert_eq!(production_code("engine/x.rs", sample), "fn a() {}\n#[cfg(test)]\nmod tests;\nfn b() {}\n");
     assert_eq!(production_code("engine/store/tests_faults.rs", sample), "");
 }
+
+/// Exit codes are chosen in one place (`cli::Failure::exit_code`) and the process exits in
+/// one place (`main`); the simulator's crash faults (`exit(137)`) are its own.
+#[test]
+fn the_process_exits_in_one_place() {
+    let files = engine_files();
+    let code: Vec<(String, String)> =
+        files.iter().map(|(path, text)| (path.clone(), production_code(path, text).to_string())).collect();
+    assert_eq!(offenders(&code, "process::exit", &["engine/main.rs", "engine/comfy/sim/"]), Vec::<String>::new());
+    assert_eq!(offenders(&code, "exit_code: ", &[]), Vec::<String>::new(), "a failure carries a kind, not a code");
+}
