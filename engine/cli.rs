@@ -17,7 +17,7 @@ use crate::config::{Config, ServeArgs, database_path};
 use crate::service::{
     Actor, Gateway, PluginChange, PluginSource, PluginSpec, Registry, WorkflowDefinition, register_bundled,
 };
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// comfyui-gateway: a durable REST gateway in front of ComfyUI.
 #[derive(Parser, Debug)]
@@ -89,7 +89,7 @@ impl ServerArgs {
         let mut headers = reqwest::header::HeaderMap::new();
         if let Some(key) = &self.api_key {
             let mut v = reqwest::header::HeaderValue::from_str(key)
-                .map_err(|_| CliError { message: "GATEWAY_API_KEY: not a valid header value".into(), exit_code: 2 })?;
+                .map_err(|_| CliError::config("GATEWAY_API_KEY: not a valid header value"))?;
             v.set_sensitive(true);
             headers.insert("x-api-key", v);
         }
@@ -181,18 +181,80 @@ pub struct ImportWorkflowArgs {
     pub db: DbArgs,
 }
 
-/// A failure of a command: its message and exit code.
+/// What kind of failure ended a command; [`Failure::exit_code`] is the one mapping to the
+/// process's exit code.
+///
+/// Exit codes (README documents them):
+/// - 0: success, `--help`, `--version`;
+/// - 2: [`Failure::Usage`] (the command line, or a file or value named on it) and
+///   [`Failure::Config`] (a bad setting: a flag, a variable, `.env`, `FAILPOINTS`);
+/// - 1: [`Failure::Runtime`] (the database, a backend, the network, a plugin, an integrity
+///   check that found problems), [`Failure::Locked`] (a running gateway holds the
+///   database) and [`Failure::StoreFailed`] (`serve` stopped after a failed commit, so
+///   that a restart recovers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The command line is wrong.
+    Usage,
+    /// The configuration is wrong.
+    Config,
+    /// The command could not do its work.
+    Runtime,
+    /// The database is held by a running gateway.
+    Locked,
+    /// The database failed a write while serving (fail-stop).
+    StoreFailed,
+}
+
+impl Failure {
+    /// The process exit code of this kind of failure (see the type's docs).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Failure::Usage | Failure::Config => 2,
+            Failure::Runtime | Failure::Locked | Failure::StoreFailed => 1,
+        }
+    }
+}
+
+/// A failure of a command: its message and kind.
 #[derive(Debug)]
 pub struct CliError {
     /// One line for the user.
     pub message: String,
-    /// 2 for configuration/usage, 1 otherwise.
-    pub exit_code: i32,
+    /// What failed; decides the exit code.
+    pub kind: Failure,
 }
 
 impl CliError {
-    fn runtime(message: impl Into<String>) -> CliError {
-        CliError { message: message.into(), exit_code: 1 }
+    /// A failure of `kind`.
+    pub fn new(kind: Failure, message: impl Into<String>) -> CliError {
+        CliError { message: message.into(), kind }
+    }
+
+    /// The command could not do its work (exit code 1).
+    pub fn runtime(message: impl Into<String>) -> CliError {
+        CliError::new(Failure::Runtime, message)
+    }
+
+    /// The command line is wrong (exit code 2).
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError::new(Failure::Usage, message)
+    }
+
+    /// The configuration is wrong (exit code 2).
+    pub fn config(message: impl Into<String>) -> CliError {
+        CliError::new(Failure::Config, message)
+    }
+
+    /// The process exit code (see [`Failure`]).
+    pub fn exit_code(&self) -> i32 {
+        self.kind.exit_code()
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "error: {}", self.message)
     }
 }
 
@@ -200,13 +262,12 @@ impl CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve(args) => {
-            let config = Config::from_args(&args).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+            let config = Config::from_args(&args).map_err(|e| CliError::config(e.to_string()))?;
             // Checked now; armed once the gateway has started, before it serves.
             let failpoints = match &args.failpoints {
-                Some(spec) => Some(
-                    crate::failpoints::parse(spec)
-                        .map_err(|e| CliError { message: format!("FAILPOINTS: {e}"), exit_code: 2 })?,
-                ),
+                Some(spec) => {
+                    Some(crate::failpoints::parse(spec).map_err(|e| CliError::config(format!("FAILPOINTS: {e}")))?)
+                }
                 None => None,
             };
             serve(config, failpoints).await
@@ -230,7 +291,7 @@ async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> 
         .map_err(|e| CliError::runtime(format!("cannot listen on {addr}: {e}")))?;
     let gateway = Gateway::start(config.clone()).await.map_err(|e| CliError::runtime(e.message))?;
     if let Some(points) = failpoints {
-        points.arm().map_err(|e| CliError { message: format!("FAILPOINTS: {e}"), exit_code: 2 })?;
+        points.arm().map_err(|e| CliError::config(format!("FAILPOINTS: {e}")))?;
     }
     // Before the first request is answered, so the warning cannot be missed.
     log_auth(&config);
@@ -260,7 +321,9 @@ async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> 
     gateway.shutdown().await;
     match failure {
         None => Ok(()),
-        Some(reason) => Err(CliError::runtime(format!("the database failed ({reason}); restart to recover"))),
+        Some(reason) => {
+            Err(CliError::new(Failure::StoreFailed, format!("the database failed ({reason}); restart to recover")))
+        }
     }
 }
 
@@ -306,21 +369,16 @@ pub async fn shutdown_signal() {
 
 /// Open the database unless a running server holds it (then None).
 fn open_store(db: &DbArgs) -> Result<Option<Store>, CliError> {
-    let path = database_path(&db.database_url).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+    let path = database_path(&db.database_url).map_err(|e| CliError::config(e.to_string()))?;
     match Store::open(&path) {
         Ok(store) => Ok(Some(store)),
-        Err(e) if is_locked(&e.to_string()) => Ok(None),
+        Err(StoreError::Locked(_)) => Ok(None),
         Err(e) => Err(CliError::runtime(format!("cannot open {}: {e}", path.display()))),
     }
 }
 
-fn is_locked(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("already open") || m.contains("lock")
-}
-
 async fn init(db: &DbArgs) -> Result<(), CliError> {
-    let path = database_path(&db.database_url).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+    let path = database_path(&db.database_url).map_err(|e| CliError::config(e.to_string()))?;
     let Some(store) = open_store(db)? else {
         println!("{} is in use by a running gateway; it is already initialized", path.display());
         return Ok(());
@@ -333,15 +391,16 @@ async fn init(db: &DbArgs) -> Result<(), CliError> {
 }
 
 async fn check(args: &CheckArgs) -> Result<(), CliError> {
-    let path = database_path(&args.database_url).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+    let path = database_path(&args.database_url).map_err(|e| CliError::config(e.to_string()))?;
     if !path.is_file() {
-        return Err(CliError { message: format!("no database at {}", path.display()), exit_code: 2 });
+        return Err(CliError::usage(format!("no database at {}", path.display())));
     }
     let started = std::time::Instant::now();
     let store = match Store::open(&path) {
         Ok(store) => store,
-        Err(e) if is_locked(&e.to_string()) => {
-            return Err(CliError::runtime(format!("{} is in use by a running gateway; stop it first", path.display())));
+        Err(StoreError::Locked(_)) => {
+            let message = format!("{} is in use by a running gateway; stop it first", path.display());
+            return Err(CliError::new(Failure::Locked, message));
         }
         Err(e) => return Err(CliError::runtime(format!("cannot open {}: {e}", path.display()))),
     };
@@ -412,13 +471,9 @@ struct ObjectsChecked {
 /// HEAD the object of every remote blob (16 at a time).
 async fn check_objects(store: &Store, args: &crate::config::StorageArgs) -> Result<ObjectsChecked, CliError> {
     use futures_util::StreamExt;
-    let provider =
-        crate::config::storage_provider(args).map_err(|e| CliError { message: e.to_string(), exit_code: 2 })?;
+    let provider = crate::config::storage_provider(args).map_err(|e| CliError::config(e.to_string()))?;
     let crate::storage::Provider::S3(settings) = provider else {
-        return Err(CliError {
-            message: "--objects needs STORAGE_PROVIDER=s3 and its S3_* settings".into(),
-            exit_code: 2,
-        });
+        return Err(CliError::config("--objects needs STORAGE_PROVIDER=s3 and its S3_* settings"));
     };
     let objects = crate::storage::Objects::new(&settings).map_err(|e| CliError::runtime(e.to_string()))?;
     let hashes = store.remote_blobs().map_err(|e| CliError::runtime(e.to_string()))?;
@@ -460,18 +515,17 @@ fn read_json(path: &Path) -> Result<Value, CliError> {
 async fn add_workflow(args: AddWorkflowArgs) -> Result<(), CliError> {
     let plugin = match &args.plugin {
         Some(path) => {
-            let wasm = std::fs::read(path)
-                .map_err(|e| CliError { message: format!("--plugin {}: {e}", path.display()), exit_code: 2 })?;
+            let wasm = std::fs::read(path).map_err(|e| CliError::usage(format!("--plugin {}: {e}", path.display())))?;
             let config = match args.plugin_config.as_deref() {
                 None => json!({}),
                 Some(text) => {
                     let text = match text.strip_prefix('@') {
                         Some(file) => std::fs::read_to_string(file)
-                            .map_err(|e| CliError { message: format!("--plugin-config {file}: {e}"), exit_code: 2 })?,
+                            .map_err(|e| CliError::usage(format!("--plugin-config {file}: {e}")))?,
                         None => text.to_string(),
                     };
                     serde_json::from_str(&text)
-                        .map_err(|e| CliError { message: format!("--plugin-config: not JSON: {e}"), exit_code: 2 })?
+                        .map_err(|e| CliError::usage(format!("--plugin-config: not JSON: {e}")))?
                 }
             };
             PluginChange::Set(PluginSpec {
@@ -565,8 +619,7 @@ async fn register_definition(def: WorkflowDefinition, db: &DbArgs) -> Result<Str
 }
 
 async fn import_workflow(args: ImportWorkflowArgs) -> Result<(), CliError> {
-    let usage = |message: String| CliError { message, exit_code: 2 };
-    let backends = crate::config::parse_backends(&args.comfyui_url, 1).map_err(|e| usage(e.to_string()))?;
+    let backends = crate::config::parse_backends(&args.comfyui_url, 1).map_err(|e| CliError::config(e.to_string()))?;
     let backend = &backends[0];
     let export = read_json(&args.file)?;
     let file = args.file.display();
@@ -583,10 +636,9 @@ async fn import_workflow(args: ImportWorkflowArgs) -> Result<(), CliError> {
         CliError::runtime(format!("{file}: {message}"))
     };
     crate::service::check_import(&export, "", args.id.as_deref()).map_err(refused)?;
-    let client = crate::comfy::client::ComfyClient::new(
-        &backend.url,
-        crate::comfy::client::ComfyClient::http_pool(std::time::Duration::from_secs(30)),
-    );
+    let http = crate::comfy::client::ComfyClient::http_pool(std::time::Duration::from_secs(30))
+        .map_err(|e| CliError::runtime(format!("cannot build the HTTP client: {e}")))?;
+    let client = crate::comfy::client::ComfyClient::new(&backend.url, http);
     let classes = client.object_info().await.map_err(|e| {
         CliError::runtime(format!("cannot read the node definitions of {} (/object_info): {e}", backend.public_url()))
     })?;
@@ -667,4 +719,27 @@ async fn health(server: &ServerArgs) -> Result<(), CliError> {
     let v: Value = resp.json().await.map_err(|e| CliError::runtime(format!("{base}: {e}")))?;
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     if status.is_success() { Ok(()) } else { Err(CliError::runtime(format!("unhealthy ({status})"))) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CliError, Failure};
+
+    /// The exit codes README documents: 2 for the command line and the configuration, 1
+    /// for everything else.
+    #[test]
+    fn failures_map_to_the_documented_exit_codes() {
+        let codes = [
+            (Failure::Usage, 2),
+            (Failure::Config, 2),
+            (Failure::Runtime, 1),
+            (Failure::Locked, 1),
+            (Failure::StoreFailed, 1),
+        ];
+        for (kind, code) in codes {
+            assert_eq!(kind.exit_code(), code, "{kind:?}");
+            assert_eq!(CliError::new(kind, "x").exit_code(), code, "{kind:?}");
+        }
+        assert_eq!(CliError::config("PORT: not a number").to_string(), "error: PORT: not a number");
+    }
 }

@@ -1,8 +1,9 @@
 //! The `comfyui-gateway` binary: load `.env`, parse the command line, set up logging,
-//! run the command, and map failures to exit codes (2: configuration, 1: runtime).
+//! run the command, and exit with the code of its outcome (`cli::Failure::exit_code`:
+//! 0 success, 2 usage or configuration, 1 runtime).
 
 use clap::Parser;
-use comfyui_gateway::cli::{self, Cli, Command};
+use comfyui_gateway::cli::{self, Cli, CliError, Command};
 
 /// mimalloc: with glibc's allocator a quarter of the submit path's CPU went to arena locks
 /// and consolidation (memory allocated on one thread is freed on another all the time).
@@ -42,12 +43,23 @@ static MIMALLOC_OPTIONS: extern "C" fn() = {
 /// thread held what it freed (tens of MB) until it ended, so it ends sooner.
 const BLOCKING_THREAD_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The one place the process exits: `run`'s outcome mapped by [`cli::Failure::exit_code`].
 fn main() {
+    let code = match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("{e}");
+            e.exit_code()
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run() -> Result<(), CliError> {
     if let Err(e) = dotenvy::dotenv()
         && !e.not_found()
     {
-        eprintln!("error: invalid .env file: {e}");
-        std::process::exit(2);
+        return Err(CliError::config(format!("invalid .env file: {e}")));
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -55,31 +67,26 @@ fn main() {
             use clap::error::ErrorKind;
             if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
                 let _ = e.print();
-                std::process::exit(0);
+                return Ok(());
             }
-            // One clear line naming the flag / variable.
+            // One clear line naming the flag / variable (clap's starts with "error: ").
             let text = e.to_string();
             let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-            eprintln!("{line}");
-            std::process::exit(2);
+            return Err(CliError::usage(line.strip_prefix("error: ").unwrap_or(line)));
         }
     };
     init_tracing(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(cli::run(cli)) {
-        eprintln!("error: {}", e.message);
-        std::process::exit(e.exit_code);
+        .map_err(|e| CliError::runtime(format!("cannot start the async runtime: {e}")))?;
+    let outcome = runtime.block_on(cli::run(cli));
+    if outcome.is_err() {
+        // A failed command exits at once, without waiting for blocking tasks still running.
+        runtime.shutdown_background();
     }
+    outcome
 }
 
 fn init_tracing(cli: &Cli) {

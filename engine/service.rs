@@ -271,7 +271,7 @@ impl Gateway {
         let metrics = Metrics::new();
         let plugins = crate::plugins::Host::new(config.plugin_limits.clone())?;
         let scheduler = Scheduler::start(store.clone(), config.clone(), metrics.clone(), plugins.clone()).await?;
-        let webhooks = crate::webhooks::Webhooks::new();
+        let webhooks = crate::webhooks::Webhooks::new(scheduler.tasks().child());
         let gateway = Gateway {
             registry: Registry::new(store.clone(), plugins.clone()),
             plugins,
@@ -285,9 +285,10 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Stop the webhook task and the scheduler, and close the store.
+    /// Stop the webhook task and the scheduler, wait for every task of the gateway
+    /// (`Scheduler::tasks`), and close the store.
     pub async fn shutdown(&self) {
-        self.webhooks.shutdown().await;
+        self.webhooks.stop();
         self.scheduler.shutdown().await;
         self.store.close().await;
     }
@@ -416,6 +417,12 @@ impl Gateway {
         Ok(self.store.audit(before, limit)?)
     }
 
+    /// The owner of the gateway's tasks (the scheduler's): the API server spawns through a
+    /// handle on it.
+    pub fn tasks(&self) -> &crate::scheduler::Tasks {
+        self.scheduler.tasks()
+    }
+
     fn limits(&self) -> Limits {
         Limits { image_size_max: self.config.image_size_max, batch_size_max: self.config.batch_size_max }
     }
@@ -478,7 +485,8 @@ impl Gateway {
         if let Some((plugin, p)) = &plugin
             && plugin.hooks.contains(&Hook::TemplateRender)
         {
-            let template: Value = serde_json::from_str(&rec.template_json).unwrap_or(Value::Null);
+            let template = workflows::decode_stored("/workflow", &rec.template_json)
+                .map_err(|e| Error::internal(format!("stored workflow {} v{} is damaged: {e}", rec.id, rec.version)))?;
             let inputs = Value::Object(prepared.inputs.clone());
             let (result, report) = self.plugins.template_render(plugin, &call(p), &template, &inputs).await;
             log_plugin(Hook::TemplateRender, &report.logs);
@@ -945,10 +953,16 @@ pub fn propose_import(
 
 /// Compile a stored workflow record.
 pub fn compile_record(rec: &WorkflowRecord) -> Result<CompiledWorkflow, WorkflowError> {
-    let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::Null);
-    let template = parse(&rec.template_json);
-    let schema = rec.schema_json.as_deref().map(parse);
-    let defaults = rec.defaults_json.as_deref().map(parse).and_then(|d| d.as_object().cloned());
+    let template = workflows::decode_stored("/workflow", &rec.template_json)?;
+    let schema = rec.schema_json.as_deref().map(|s| workflows::decode_stored("/inputSchema", s)).transpose()?;
+    let defaults = match rec.defaults_json.as_deref().map(|s| workflows::decode_stored("/defaults", s)).transpose()? {
+        None => None,
+        Some(Value::Object(defaults)) => Some(defaults),
+        Some(_) => {
+            let error = FieldError::new("/defaults", "the stored record is not a JSON object");
+            return Err(WorkflowError::Definition(vec![error]));
+        }
+    };
     CompiledWorkflow::compile(&template, schema.as_ref(), defaults.as_ref())
 }
 

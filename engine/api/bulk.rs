@@ -11,8 +11,7 @@ pub const BULK_NICE: i32 = 10;
 /// Threads of the bulk pool.
 const BULK_THREADS: usize = 2;
 
-/// The pool; without its runtime (it could not be started) work runs on tokio's blocking
-/// pool instead, at the API's priority.
+/// The pool: its own runtime (`None` only while dropping).
 pub struct Bulk {
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -24,25 +23,21 @@ impl std::fmt::Debug for Bulk {
 }
 
 impl Bulk {
-    /// Start the pool's threads.
-    pub fn start() -> Bulk {
+    /// Start the pool's threads; an error if they cannot be started (the server does not
+    /// start without them rather than parse large bodies at the API's priority).
+    pub fn start() -> std::io::Result<Bulk> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(BULK_THREADS)
             .thread_name("api-bulk")
             .on_thread_start(|| crate::priority::lower_current_thread(BULK_NICE))
-            .build();
-        if let Err(e) = &runtime {
-            tracing::warn!(error = %e, "cannot start the bulk pool; large bodies are parsed on the blocking pool");
-        }
-        Bulk { runtime: runtime.ok() }
+            .build()?;
+        Ok(Bulk { runtime: Some(runtime) })
     }
 
     /// Run `work` on the pool and wait for its result.
     pub async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T> {
-        match &self.runtime {
-            Some(rt) => rt.spawn(async move { work() }).await.map_err(Error::internal),
-            None => tokio::task::spawn_blocking(work).await.map_err(Error::internal),
-        }
+        let rt = self.runtime.as_ref().ok_or_else(|| Error::internal("the bulk pool is stopped"))?;
+        rt.spawn(async move { work() }).await.map_err(Error::internal)
     }
 }
 
@@ -62,7 +57,7 @@ mod tests {
     /// Work runs on the pool's own threads, named `api-bulk`, at a lower priority.
     #[tokio::test(flavor = "current_thread")]
     async fn work_runs_on_the_pools_lower_priority_threads() {
-        let bulk = Bulk::start();
+        let bulk = Bulk::start().unwrap();
         let (name, nice) = bulk
             .run(|| {
                 let name = std::thread::current().name().map(str::to_string);

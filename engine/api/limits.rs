@@ -95,8 +95,8 @@ fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[ipnet::IpNet]) -> IpA
     client
 }
 
-type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
-type KeyedIp = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, DefaultClock, StateInformationMiddleware>;
+type Keyed<C> = RateLimiter<String, DefaultKeyedStateStore<String>, C, StateInformationMiddleware>;
+type KeyedIp<C> = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, StateInformationMiddleware>;
 
 /// The state of one policy after a request: what the `RateLimit` field reports.
 #[derive(Debug, Clone, Copy)]
@@ -123,13 +123,14 @@ impl RateDecision {
     }
 }
 
-/// Request rate limits per client key and per client IP.
+/// Request rate limits per client key and per client IP, on the clock `C` (the monotonic
+/// clock; tests inject governor's `FakeRelativeClock`).
 #[derive(Debug)]
-pub struct RateLimits {
+pub struct RateLimits<C: Clock = DefaultClock> {
     limit: RateLimit,
-    keys: RwLock<Keyed>,
-    ips: RwLock<KeyedIp>,
-    clock: DefaultClock,
+    keys: RwLock<Keyed<C>>,
+    ips: RwLock<KeyedIp<C>>,
+    clock: C,
 }
 
 fn quota(max: u32, window: Duration) -> Quota {
@@ -146,20 +147,27 @@ fn ceil_s(d: Duration) -> u64 {
 impl RateLimits {
     /// Limiters for `limit`.
     pub fn new(limit: RateLimit) -> RateLimits {
+        RateLimits::with_clock(limit, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> RateLimits<C> {
+    /// Limiters for `limit` reading the time from `clock`.
+    pub fn with_clock(limit: RateLimit, clock: C) -> RateLimits<C> {
         RateLimits {
             limit,
-            keys: RwLock::new(Self::fresh_keys(limit)),
-            ips: RwLock::new(Self::fresh_ips(limit)),
-            clock: DefaultClock::default(),
+            keys: RwLock::new(Self::fresh_keys(limit, &clock)),
+            ips: RwLock::new(Self::fresh_ips(limit, &clock)),
+            clock,
         }
     }
 
-    fn fresh_keys(limit: RateLimit) -> Keyed {
-        RateLimiter::keyed(quota(limit.key_max, limit.window)).with_middleware::<StateInformationMiddleware>()
+    fn fresh_keys(limit: RateLimit, clock: &C) -> Keyed<C> {
+        RateLimiter::new(quota(limit.key_max, limit.window), DefaultKeyedStateStore::default(), clock.clone())
     }
 
-    fn fresh_ips(limit: RateLimit) -> KeyedIp {
-        RateLimiter::keyed(quota(limit.ip_max, limit.window)).with_middleware::<StateInformationMiddleware>()
+    fn fresh_ips(limit: RateLimit, clock: &C) -> KeyedIp<C> {
+        RateLimiter::new(quota(limit.ip_max, limit.window), DefaultKeyedStateStore::default(), clock.clone())
     }
 
     /// Count one request of `client`: the key's policy first, then the IP's (a request
@@ -230,11 +238,11 @@ impl RateLimits {
         }
         if self.keys.read().unwrap_or_else(|e| e.into_inner()).len() > TRACKED_KEYS_MAX {
             tracing::warn!(max = TRACKED_KEYS_MAX, "too many active client keys; rate limits reset");
-            *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Self::fresh_keys(self.limit);
+            *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Self::fresh_keys(self.limit, &self.clock);
         }
         if self.ips.read().unwrap_or_else(|e| e.into_inner()).len() > TRACKED_KEYS_MAX {
             tracing::warn!(max = TRACKED_KEYS_MAX, "too many active client IPs; rate limits reset");
-            *self.ips.write().unwrap_or_else(|e| e.into_inner()) = Self::fresh_ips(self.limit);
+            *self.ips.write().unwrap_or_else(|e| e.into_inner()) = Self::fresh_ips(self.limit, &self.clock);
         }
     }
 
@@ -626,7 +634,9 @@ mod tests {
 
     #[test]
     fn rate_limits_count_keys_then_ips_and_evict_idle_keys() {
-        let limits = RateLimits::new(RateLimit { key_max: 2, ip_max: 3, window: Duration::from_millis(200) });
+        let clock = governor::clock::FakeRelativeClock::default();
+        let window = Duration::from_millis(200);
+        let limits = RateLimits::with_clock(RateLimit { key_max: 2, ip_max: 3, window }, clock.clone());
         let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
         let mut h = HeaderMap::new();
         h.insert("x-api-key", HeaderValue::from_static("a"));
@@ -640,8 +650,12 @@ mod tests {
         // The IP's third request: its quota of 3 is used up by a, a, b.
         assert!(limits.check(&b).retry_after_s.is_some());
         assert_eq!(limits.tracked(), (2, 1));
-        // A key is idle (evictable) once its state equals a fresh one: a window and one refill after its last use.
-        std::thread::sleep(Duration::from_millis(350));
+        // A key is idle (evictable) once its state equals a fresh one: a window and one refill
+        // after its last use, not before (the clock is governor's fake: no sleeping).
+        clock.advance(window - Duration::from_millis(1));
+        limits.evict();
+        assert_eq!(limits.tracked(), (2, 1), "still limited within the window");
+        clock.advance(Duration::from_millis(101));
         limits.evict();
         assert_eq!(limits.tracked(), (0, 0));
         assert!(limits.check(&a).retry_after_s.is_none());

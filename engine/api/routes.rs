@@ -158,8 +158,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Build the context and the route table; `stop` ends open event streams.
-    pub fn new(gateway: Gateway, stop: tokio_util::sync::CancellationToken) -> Ctx {
+    /// Build the context and the route table; `stop` ends open event streams. An error if
+    /// the bulk pool's threads cannot be started.
+    pub fn new(gateway: Gateway, stop: tokio_util::sync::CancellationToken) -> std::io::Result<Ctx> {
         let mut router = matchit::Router::new();
         let table = [
             ("/health", Route::Health),
@@ -191,15 +192,15 @@ impl Ctx {
         }
         let limits = Limits::new(&gateway.config.api_limits);
         let guard = Guard::new(&gateway.config);
-        Ctx {
+        Ok(Ctx {
             gateway,
             router,
             started: std::time::Instant::now(),
             stop,
             limits,
             guard,
-            bulk: super::bulk::Bulk::start(),
-        }
+            bulk: super::bulk::Bulk::start()?,
+        })
     }
 }
 

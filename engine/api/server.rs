@@ -1,5 +1,7 @@
 //! Accept loop: one hyper HTTP/1 connection task per client, tracked for graceful
-//! shutdown (stop accepting, let in-flight requests finish within a deadline). At most
+//! shutdown (stop accepting, let in-flight requests finish within a deadline; a connection
+//! still open then is closed). The accept loop, connection and refusal tasks are spawned
+//! through a handle on the gateway's tasks (`Gateway::tasks`). At most
 //! `MAX_CONNECTIONS` connections are served at once (further ones wait in the listen
 //! backlog), a client has `HEADER_READ_TIMEOUT_MS` to send its headers, and idle rate-limit
 //! keys are evicted every [`limits::EVICT_INTERVAL`].
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use super::routes::{self, Ctx};
 use super::{limits, reply};
 use crate::error::Error;
+use crate::scheduler::Tasks;
 use crate::service::Gateway;
 
 /// Longest wait for in-flight requests at shutdown.
@@ -62,14 +65,15 @@ impl Server {
     }
 }
 
-/// Serve the API for `gateway` on `listener` until [`Server::stop`].
+/// Serve the API for `gateway` on `listener` until [`Server::stop`] (or the gateway's
+/// shutdown: the server's tasks are a child of the gateway's).
 pub fn serve(listener: TcpListener, gateway: Gateway) -> std::io::Result<Server> {
     let local_addr = listener.local_addr()?;
-    let stop = CancellationToken::new();
-    let ctx = Arc::new(Ctx::new(gateway, stop.clone()));
+    let tasks = gateway.tasks().child();
+    let stop = tasks.token().clone();
+    let ctx = Arc::new(Ctx::new(gateway, stop.clone())?);
     seed_job_cap(&ctx).map_err(|e| std::io::Error::other(e.message))?;
-    let token = stop.clone();
-    let done = tokio::spawn(async move { accept_loop(listener, ctx, token).await });
+    let done = tasks.clone().spawn(async move { accept_loop(listener, ctx, tasks).await });
     Ok(Server { local_addr, stop, done })
 }
 
@@ -86,7 +90,10 @@ fn seed_job_cap(ctx: &Ctx) -> crate::error::Result<()> {
     Ok(())
 }
 
-async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationToken) {
+async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, tasks: Tasks) {
+    let stop = tasks.token().clone();
+    // Cancelled when the drain deadline passed: the connections still open are closed.
+    let abandon = CancellationToken::new();
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let header_read_timeout = ctx.gateway.config.api_limits.header_read_timeout;
     let write_stall = ctx.gateway.config.api_limits.write_stall_timeout;
@@ -135,7 +142,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
                 Err(err) => {
                     tracing::debug!(peer = %peer.ip(), "a connection over MAX_CONNECTIONS_PER_IP is refused");
                     drop(permit);
-                    refuse(stream, err, &refusing, header_read_timeout);
+                    refuse(&tasks, stream, err, &refusing, header_read_timeout);
                     continue;
                 }
             },
@@ -157,22 +164,35 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<Ctx>, stop: CancellationTok
             .header_read_timeout(header_read_timeout)
             .serve_connection(TokioIo::new(StallGuard::new(stream, write_stall)), service);
         let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        let abandon = abandon.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                ended = conn => {
+                    if let Err(e) = ended {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                }
+                _ = abandon.cancelled() => {}
             }
             drop((permit, ip_hold, open));
         });
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_DEADLINE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("some requests were still running at the shutdown deadline");
+        tracing::warn!("some requests were still running at the shutdown deadline; their connections are closed");
+        abandon.cancel();
     }
 }
 
 /// Answer every request on `stream` with `err` (a 429 with `Retry-After`) and close it;
 /// closed at once when [`REFUSING_MAX`] refusals are already running.
-fn refuse(stream: TcpStream, err: Error, refusing: &Arc<tokio::sync::Semaphore>, header_read_timeout: Duration) {
+fn refuse(
+    tasks: &Tasks,
+    stream: TcpStream,
+    err: Error,
+    refusing: &Arc<tokio::sync::Semaphore>,
+    header_read_timeout: Duration,
+) {
     let Ok(slot) = refusing.clone().try_acquire_owned() else { return };
     let err = Arc::new(err);
     let service = service_fn(move |_req| {
@@ -188,8 +208,12 @@ fn refuse(stream: TcpStream, err: Error, refusing: &Arc<tokio::sync::Semaphore>,
         .keep_alive(false)
         .header_read_timeout(header_read_timeout.min(REFUSE_READ_TIMEOUT))
         .serve_connection(TokioIo::new(stream), service);
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(REFUSE_READ_TIMEOUT * 2, conn).await;
+    let stop = tasks.token().clone();
+    tasks.spawn(async move {
+        tokio::select! {
+            _ = tokio::time::timeout(REFUSE_READ_TIMEOUT * 2, conn) => {}
+            _ = stop.cancelled() => {}
+        }
         drop(slot);
     });
 }
@@ -276,7 +300,45 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
+    /// A connection is a task of the gateway's: counted while open, and the gateway's
+    /// shutdown (after the server's) ends with it closed, not left running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_tasks_of_the_gateway_and_end_at_shutdown() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Args {
+            #[command(flatten)]
+            serve: crate::config::ServeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("g.redb");
+        let dead = "http://127.0.0.1:9"; // nothing listens: no backend is needed here
+        let args = Args::parse_from(["t", "--database-url", db.to_str().unwrap(), "--comfyui-url", dead]);
+        let config = Arc::new(crate::config::Config::from_args(&args.serve).unwrap());
+        let gateway = Gateway::start(config).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server = serve(listener, gateway.clone()).unwrap();
+        let before = gateway.tasks().len();
+        let mut conn = TcpStream::connect(server.local_addr).await.unwrap();
+        conn.write_all(b"GET /health HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 "), "{}", String::from_utf8_lossy(&buf[..n]));
+        // Kept alive and idle: its task runs on the gateway's tracker.
+        assert_eq!(gateway.tasks().len(), before + 1);
+        let stopped = async {
+            server.stop().await;
+            gateway.shutdown().await;
+        };
+        tokio::time::timeout(Duration::from_secs(30), stopped).await.expect("the shutdown ends");
+        assert_eq!(gateway.tasks().len(), 0, "no task outlives the shutdown");
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await.unwrap();
+        assert!(matches!(closed, Ok(0) | Err(_)), "the idle connection was closed: {closed:?}");
+    }
+
+    /// On a paused clock (the runtime advances it when every task waits): exact, and no
+    /// real waiting.
+    #[tokio::test(start_paused = true)]
     async fn a_write_that_makes_no_progress_fails_after_the_stall_timeout() {
         let stall = Duration::from_millis(300);
         let (client, server) = tokio::io::duplex(64);
@@ -294,7 +356,7 @@ mod tests {
         });
         let started = tokio::time::Instant::now();
         guarded.write_all(&[0u8; 64 * 5]).await.expect("a slow reader gets everything");
-        assert!(started.elapsed() > stall);
+        assert_eq!(started.elapsed(), Duration::from_millis(4 * 200), "done with the fourth read");
         let _client = reader.await.unwrap();
         // A reader that stopped: the write fails after the stall timeout.
         let started = tokio::time::Instant::now();
@@ -303,6 +365,6 @@ mod tests {
             .expect("the stalled write ends")
             .unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
-        assert!(started.elapsed() >= stall && started.elapsed() < stall * 5, "{:?}", started.elapsed());
+        assert_eq!(started.elapsed(), stall);
     }
 }

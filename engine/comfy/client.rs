@@ -113,7 +113,9 @@ impl ComfyClient {
 
     /// A connection pool suited to talking to backends; a transfer that stays silent for
     /// `read_timeout` fails (a hung upload or download does not wait for its whole limit).
-    pub fn http_pool(read_timeout: Duration) -> reqwest::Client {
+    /// An error if reqwest cannot build it (its TLS backend or resolver failed to start):
+    /// never a client without these timeouts.
+    pub fn http_pool(read_timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
         reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .read_timeout(read_timeout)
@@ -121,7 +123,6 @@ impl ComfyClient {
             .tcp_nodelay(true)
             .no_proxy()
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new())
     }
 
     /// The base URL.

@@ -82,11 +82,11 @@ pub async fn main(args: PluginArgs) -> Result<(), CliError> {
 }
 
 fn fail(message: impl Into<String>) -> CliError {
-    CliError { message: message.into(), exit_code: 1 }
+    CliError::runtime(message)
 }
 
 fn usage(message: impl Into<String>) -> CliError {
-    CliError { message: message.into(), exit_code: 2 }
+    CliError::usage(message)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CliError> {

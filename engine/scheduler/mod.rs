@@ -8,8 +8,9 @@
 //! One dispatch loop pops the best queued job whenever a healthy backend has room and
 //! spawns its runner; handlers only commit and notify, except that a new job finding the
 //! queue empty and a backend free is committed already dispatched and its runner spawned
-//! at once ([`Scheduler::submit`]). Every task is spawned through one
-//! [`TaskTracker`] and stops on one [`CancellationToken`].
+//! at once ([`Scheduler::submit`]). Every task of the gateway is spawned through the
+//! scheduler's [`Tasks`] (a task tracker and a cancellation token; see [`tasks`]), which
+//! the API server and the webhook worker share.
 
 pub mod backends;
 pub mod feed;
@@ -17,6 +18,7 @@ pub mod prune;
 pub mod routing;
 pub mod runner;
 pub mod state;
+pub mod tasks;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,8 +27,9 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Instrument;
+
+pub use tasks::Tasks;
 
 use crate::comfy::client::ComfyClient;
 use crate::comfy::ws::WsHub;
@@ -344,7 +347,8 @@ pub(crate) struct Shared {
     pub(crate) backends: Vec<Arc<Backend>>,
     inner: Mutex<Inner>,
     wake: Notify,
-    pub(crate) tasks: TaskTracker,
+    pub(crate) tasks: Tasks,
+    /// `tasks`' token: cancelled at shutdown.
     pub(crate) shutdown: CancellationToken,
     /// "Job X has new events" after every commit that appends to a job's log.
     pub(crate) feed: feed::Feed,
@@ -520,7 +524,9 @@ impl Scheduler {
         metrics: Metrics,
         plugins: crate::plugins::Host,
     ) -> Result<Scheduler> {
-        let http = ComfyClient::http_pool(config.comfyui_http_timeout);
+        let http = ComfyClient::http_pool(config.comfyui_http_timeout).map_err(|e| {
+            Error::new(ErrorCode::Internal, format!("cannot build the HTTP client of the backends: {e}"))
+        })?;
         let backends: Vec<Arc<Backend>> = config
             .backends
             .iter()
@@ -536,6 +542,7 @@ impl Scheduler {
             }
         }
         let n_backends = backends.len();
+        let tasks = Tasks::new();
         let shared = Arc::new(Shared {
             store: store.clone(),
             inner: Mutex::new(Inner {
@@ -548,8 +555,8 @@ impl Scheduler {
             config,
             metrics,
             wake: Notify::new(),
-            tasks: TaskTracker::new(),
-            shutdown: CancellationToken::new(),
+            shutdown: tasks.token().clone(),
+            tasks,
             feed: feed::Feed::default(),
             plugins,
             pruner: prune::Pruner::default(),
@@ -763,9 +770,14 @@ impl Scheduler {
     /// Stop every task (running jobs stay `running` in the store and are reconciled at the
     /// next start) and wait for them.
     pub async fn shutdown(&self) {
-        self.shared.shutdown.cancel();
-        self.shared.tasks.close();
-        self.shared.tasks.wait().await;
+        self.shared.tasks.shutdown().await;
+    }
+
+    /// The owner of the gateway's tasks: the API server and the webhook worker spawn
+    /// through handles on it ([`Tasks::child`]), and [`Scheduler::shutdown`] waits for
+    /// them too.
+    pub fn tasks(&self) -> &Tasks {
+        &self.shared.tasks
     }
 }
 

@@ -554,7 +554,8 @@ impl Run {
             let mut events = vec![JobEventKind::Progress { node, value: progress.value, max: progress.max }];
             events.extend(self.pending_milestone.take());
             let (shared, id) = (self.shared.clone(), self.id());
-            self.progress_write = Some(tokio::spawn(async move {
+            // Tracked: the scheduler's shutdown waits for the write.
+            self.progress_write = Some(self.shared.tasks.spawn(async move {
                 match shared.store.append_events(id, events).await {
                     Ok(()) => shared.feed.publish(id),
                     Err(e) => tracing::warn!(job = %id, error = %e, "cannot log progress"),

@@ -81,9 +81,24 @@ const WRITE_QUEUE_MAX: usize = 4096;
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// redb failed (I/O, storage, transaction); the text is redb's.
+    /// Another process holds the database file (redb's file lock: `DatabaseAlreadyOpen`,
+    /// `LockProtocolMismatch`); the text is redb's.
     #[error("redb: {0}")]
-    Redb(String),
+    Locked(String),
+    /// redb found the file damaged (`Corrupted`); the text is redb's.
+    #[error("redb: {0}")]
+    Damaged(String),
+    /// The file is in an older redb format that must be upgraded first (`UpgradeRequired`).
+    #[error("redb: {0}")]
+    Upgrade(String),
+    /// The database file's I/O failed (redb's `Io`, `Backend`, `Unsupported`, or `PreviousIo`:
+    /// an earlier I/O error redb latched); the text is redb's.
+    #[error("redb: {0}")]
+    FileIo(String),
+    /// Any other redb failure (a transaction or table misuse, a value too large, a closed
+    /// database, a poisoned lock): a bug, not an operating condition; the text is redb's.
+    #[error("redb: {0}")]
+    Other(String),
     /// A filesystem operation around the database failed.
     #[error("store i/o: {0}")]
     Io(#[from] std::io::Error),
@@ -135,17 +150,33 @@ pub enum StoreError {
     Unchanged,
 }
 
+impl From<redb::Error> for StoreError {
+    /// The one place redb's kinds become ours: callers match on these variants, never on
+    /// the text.
+    fn from(e: redb::Error) -> Self {
+        let text = e.to_string();
+        match e {
+            redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => StoreError::Locked(text),
+            redb::Error::Corrupted(_) => StoreError::Damaged(text),
+            redb::Error::UpgradeRequired(_) => StoreError::Upgrade(text),
+            redb::Error::Io(_) | redb::Error::Backend(_) | redb::Error::Unsupported | redb::Error::PreviousIo => {
+                StoreError::FileIo(text)
+            }
+            _ => StoreError::Other(text),
+        }
+    }
+}
+
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
             fn from(e: $t) -> Self {
-                StoreError::Redb(e.to_string())
+                StoreError::from(redb::Error::from(e))
             }
         }
     )*};
 }
 from_redb!(
-    redb::Error,
     redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
@@ -153,6 +184,23 @@ from_redb!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+impl StoreError {
+    /// The same failure for another waiter of a failed batch (each gets its own error):
+    /// redb's kinds and `Failed` are kept; the other variants, which a batch failure never
+    /// is, keep their text under `Other`.
+    pub(crate) fn for_waiter(&self) -> StoreError {
+        match self {
+            StoreError::Locked(m) => StoreError::Locked(m.clone()),
+            StoreError::Damaged(m) => StoreError::Damaged(m.clone()),
+            StoreError::Upgrade(m) => StoreError::Upgrade(m.clone()),
+            StoreError::FileIo(m) => StoreError::FileIo(m.clone()),
+            StoreError::Failed(m) => StoreError::Failed(m.clone()),
+            StoreError::Closed => StoreError::Closed,
+            e => StoreError::Other(e.to_string()),
+        }
+    }
+}
 
 impl From<StoreError> for crate::error::Error {
     fn from(e: StoreError) -> Self {
@@ -881,7 +929,7 @@ impl Store {
         let blob_bytes = self.blob_stored_bytes()?;
         let (reply_tx, reply_rx) = oneshot::channel();
         tx.send(Msg::Measure(reply_tx)).await.map_err(|_| StoreError::Closed)?;
-        let allocated = reply_rx.await.map_err(|_| StoreError::Closed)?.map_err(StoreError::Redb)?;
+        let allocated = reply_rx.await.map_err(|_| StoreError::Closed)??;
         space.measured(allocated, blob_bytes);
         Ok(Some(space.get(self.blob_stored_bytes()?)))
     }

@@ -1087,3 +1087,39 @@ fn a_new_database_file_is_private() {
     creating.push(".creating");
     assert!(!Path::new(&creating).exists(), "the half-created file was renamed into place");
 }
+
+/// redb's failures keep their kind (what callers such as the CLI decide on), whatever
+/// redb's text says; a batch's waiters each get the same kind.
+#[test]
+fn redb_failures_keep_their_kind() {
+    let (dir, store) = open_temp();
+    match Store::open(&db_path(&dir)) {
+        Err(StoreError::Locked(_)) => {}
+        other => panic!("a second open of a held database: {other:?}"),
+    }
+    drop(store);
+    assert!(Store::open(&db_path(&dir)).is_ok(), "free again once the first store is gone");
+    let kind = |e: &StoreError| match e {
+        StoreError::Locked(_) => "locked",
+        StoreError::Damaged(_) => "damaged",
+        StoreError::Upgrade(_) => "upgrade",
+        StoreError::FileIo(_) => "file i/o",
+        StoreError::Other(_) => "other",
+        _ => "not redb's",
+    };
+    let io = || std::io::Error::other("a lock, a block, a clock");
+    let cases: [(StoreError, &str); 7] = [
+        (redb::DatabaseError::DatabaseAlreadyOpen.into(), "locked"),
+        (redb::Error::Corrupted("a lock went missing".into()).into(), "damaged"),
+        (redb::DatabaseError::UpgradeRequired(2).into(), "upgrade"),
+        (redb::StorageError::Io(io()).into(), "file i/o"),
+        (redb::CommitError::Storage(redb::StorageError::PreviousIo).into(), "file i/o"),
+        (redb::TransactionError::Storage(redb::StorageError::Io(io())).into(), "file i/o"),
+        (redb::TableError::TableDoesNotExist("deadlock".into()).into(), "other"),
+    ];
+    for (e, expected) in cases {
+        assert_eq!(kind(&e), expected, "{e:?}");
+        assert_eq!(kind(&e.for_waiter()), expected, "{e:?}");
+        assert!(e.to_string().starts_with("redb: "), "{e}");
+    }
+}

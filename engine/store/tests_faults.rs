@@ -692,7 +692,7 @@ async fn faulty_run(script: &Script, image: &[u8], snaps: &[Snap], k: u64, mode:
                     Err(e) => {
                         assert!(mode.is_error(), "{ctx}: {:?} failed without an error: {e}", step.0);
                         assert!(
-                            matches!(e, StoreError::Redb(_) | StoreError::Failed(_)),
+                            matches!(e, StoreError::FileIo(_) | StoreError::Failed(_)),
                             "{ctx}: {:?}: unexpected {e}",
                             step.0
                         );
@@ -830,7 +830,7 @@ async fn acknowledged_writes_survive_a_fault_at_any_op_under_concurrency() {
                 for t in tasks {
                     match t.await.unwrap() {
                         (Ok(j), at) if acked_at(mode, k, at) => acked.push(j),
-                        (Ok(_) | Err(StoreError::Redb(_) | StoreError::Failed(_)), _) => {}
+                        (Ok(_) | Err(StoreError::FileIo(_) | StoreError::Failed(_)), _) => {}
                         (Err(e), _) => panic!("unexpected {e}"),
                     }
                 }
@@ -841,7 +841,7 @@ async fn acknowledged_writes_survive_a_fault_at_any_op_under_concurrency() {
                     match store.complete_job(done.clone(), vec![payload.clone()], vec![]).await {
                         Ok(()) if acked_at(mode, k, ops()) => acked[0] = done,
                         Ok(()) => in_flight = Some(done),
-                        Err(StoreError::Redb(_) | StoreError::Failed(_)) => {
+                        Err(StoreError::FileIo(_) | StoreError::Failed(_)) => {
                             // Its commit failed: durable or not, never half.
                             in_flight = Some(done);
                             break 'waves;
@@ -852,7 +852,7 @@ async fn acknowledged_writes_survive_a_fault_at_any_op_under_concurrency() {
                 match store.put_workflow(workflow("w")).await {
                     Ok(rec) if acked_at(mode, k, ops()) => acked_wf = Some(rec),
                     Ok(_) => {}
-                    Err(StoreError::Redb(_) | StoreError::Failed(_)) => break 'waves,
+                    Err(StoreError::FileIo(_) | StoreError::Failed(_)) => break 'waves,
                     Err(e) => panic!("unexpected {e}"),
                 }
             }
@@ -937,7 +937,7 @@ async fn a_transient_io_error_stops_the_store_and_a_restart_recovers() {
     let a = store.insert_job(queued(JA), vec![JobEventKind::Queued]).await.unwrap();
     assert_eq!(store.failure(), None);
     let failed = store.insert_job(queued(JB), vec![JobEventKind::Queued]).await;
-    assert!(matches!(failed, Err(StoreError::Redb(_))), "{failed:?}");
+    assert!(matches!(failed, Err(StoreError::FileIo(_))), "{failed:?}");
     assert!(store.failure().is_some_and(|f| f.contains("I/O")), "{:?}", store.failure());
     // The disk works again, but the store stays stopped, and says so at once.
     let ops_before = d.lock().unwrap().ops;

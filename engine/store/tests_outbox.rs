@@ -275,7 +275,9 @@ async fn an_idempotency_key_is_claimed_once_until_it_expires() {
     assert!(store.idempotency_record("o\nk").unwrap().is_some(), "unexpired records stay");
 }
 
-#[tokio::test]
+/// On a paused clock: "no wake-up within `quiet`" takes no real time (the clock jumps when
+/// every task waits), and a wake-up that came is already there (`Notify` keeps a permit).
+#[tokio::test(start_paused = true)]
 async fn only_commits_that_make_a_delivery_pending_wake_the_outbox() {
     let (_dir, store) = open_temp();
     let quiet = tokio::time::Duration::from_millis(50);

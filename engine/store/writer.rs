@@ -119,7 +119,7 @@ pub(crate) enum Msg {
     /// Stop accepting writes, finish the queued ones, then acknowledge.
     Close(oneshot::Sender<()>),
     /// Measure the bytes of the pages redb has allocated (see `space`), after the batch.
-    Measure(oneshot::Sender<Result<u64, String>>),
+    Measure(oneshot::Sender<Result<u64, StoreError>>),
 }
 
 /// Create every table and check (or set) the schema version, in one durable commit.
@@ -206,12 +206,12 @@ pub(crate) fn run(
         }
         if !measures.is_empty() {
             // One measurement answers every request that arrived with this batch.
-            let result = measure(db, failure).map_err(|e| e.to_string());
+            let result = measure(db, failure);
             if let Some(space) = wake.space {
                 space.refresh();
             }
             for reply in measures {
-                let _ = reply.send(result.clone());
+                let _ = reply.send(result.as_ref().copied().map_err(StoreError::for_waiter));
             }
         }
     }
@@ -306,7 +306,7 @@ fn commit_batch(
                 tracing::error!(error = %e, "store commit failed");
                 fail_store(failure, &e);
                 for (p, error) in batch.into_iter().zip(rejected) {
-                    p.answer(Some(error.unwrap_or_else(|| StoreError::Redb(e.to_string()))));
+                    p.answer(Some(error.unwrap_or_else(|| e.for_waiter())));
                 }
             }
         }
@@ -352,7 +352,7 @@ fn fail_store(failure: &OnceLock<String>, e: &StoreError) {
 fn fail_all(batch: Vec<Box<dyn Pending>>, e: &StoreError) {
     tracing::error!(error = %e, "store transaction failed");
     for p in batch {
-        p.answer(Some(StoreError::Redb(e.to_string())));
+        p.answer(Some(e.for_waiter()));
     }
 }
 

@@ -15,12 +15,11 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::{Notify, Semaphore};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::schedule::JITTER;
 use super::send;
 use crate::domain::{Attempt, AttemptNext, Delivery, now_ms};
+use crate::scheduler::Tasks;
 use crate::service::Gateway;
 
 /// Longest sleep between two looks at the outbox (a safety net: every change wakes it).
@@ -37,16 +36,17 @@ const SCAN_MAX: usize = 10_000;
 const LOAD_EXTRA: usize = 64;
 
 /// Handle to the delivery task. Cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Webhooks {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     wake: Notify,
-    tasks: TaskTracker,
-    stop: CancellationToken,
+    /// A handle on the gateway's tasks (the scheduler's); its token stops the worker and
+    /// its attempts.
+    tasks: Tasks,
     /// Outbox seqs with an attempt in flight, and where each goes.
     in_flight: Mutex<HashMap<u64, Lane>>,
 }
@@ -100,9 +100,11 @@ impl<'a> Load<'a> {
 }
 
 impl Webhooks {
-    /// A handle; nothing runs before [`Webhooks::start`].
-    pub fn new() -> Webhooks {
-        Webhooks::default()
+    /// A handle whose tasks go to `tasks` (a child of the scheduler's); nothing runs
+    /// before [`Webhooks::start`].
+    pub fn new(tasks: Tasks) -> Webhooks {
+        let inner = Inner { wake: Notify::new(), tasks, in_flight: Mutex::default() };
+        Webhooks { inner: Arc::new(inner) }
     }
 
     /// Start the delivery task for `gateway` (whose `webhooks` is this handle).
@@ -119,11 +121,10 @@ impl Webhooks {
         self.inner.wake.notify_one();
     }
 
-    /// Stop the task and its attempts in flight, and wait for them.
-    pub async fn shutdown(&self) {
-        self.inner.stop.cancel();
-        self.inner.tasks.close();
-        self.inner.tasks.wait().await;
+    /// Stop the task and its attempts in flight (abandoned: sent again after a restart);
+    /// the owner of the tasks (`Scheduler::shutdown`) waits for them.
+    pub fn stop(&self) {
+        self.inner.tasks.stop();
     }
 }
 
@@ -140,7 +141,7 @@ async fn run(gateway: Gateway, inner: Arc<Inner>) {
             }
         };
         tokio::select! {
-            _ = inner.stop.cancelled() => return,
+            _ = inner.tasks.token().cancelled() => return,
             _ = inner.wake.notified() => {}
             _ = tokio::time::sleep(pause) => {}
             // Only commits that made a delivery pending wake it: jobs without webhooks cost
@@ -210,7 +211,7 @@ fn start_due(
                 // the restart, with the same webhook-id.
                 tokio::select! {
                     _ = deliver(&gateway, delivery) => {}
-                    _ = inner_task.stop.cancelled() => {}
+                    _ = inner_task.tasks.token().cancelled() => {}
                 }
                 inner_task.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(&seq);
                 drop(permit);

@@ -75,6 +75,15 @@ impl WorkflowError {
     }
 }
 
+/// Decode one JSON text of a stored workflow record (its template, input schema or
+/// defaults), reporting at `path`. A text that is not JSON is a damaged record: an error,
+/// never a `null` handed on to the compiler or a plugin.
+pub fn decode_stored(path: &str, text: &str) -> Result<Value, WorkflowError> {
+    serde_json::from_str(text).map_err(|e| {
+        WorkflowError::Definition(vec![FieldError::new(path, format!("the stored record is not JSON ({e})"))])
+    })
+}
+
 /// The problems as one line: at most [`crate::error::DETAILS_MAX`] of them, then a count.
 fn join(errors: &[FieldError]) -> String {
     let max = crate::error::DETAILS_MAX;

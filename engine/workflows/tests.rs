@@ -371,3 +371,28 @@ fn compiled_workflows_can_be_shared_across_tasks() {
     fn shareable<T: Send + Sync + Clone + 'static>() {}
     shareable::<CompiledWorkflow>();
 }
+
+/// A stored record whose JSON is damaged does not compile (the job is refused with
+/// `INTERNAL` before any plugin runs); its texts are never read as `null`.
+#[test]
+fn a_damaged_stored_record_is_an_error_never_null() {
+    let good = bundled::all().remove(0).record(0);
+    assert!(crate::service::compile_record(&good).is_ok());
+    assert_eq!(decode_stored("/workflow", "{\"a\": 1}").unwrap(), json!({"a": 1}));
+    let damaged = |edit: &dyn Fn(&mut crate::domain::WorkflowRecord)| {
+        let mut rec = good.clone();
+        edit(&mut rec);
+        crate::service::compile_record(&rec).unwrap_err()
+    };
+    let e = damaged(&|r| r.template_json = "{\"1\": {\"class_type\"".into());
+    assert_eq!(paths(&e), ["/workflow"], "{e}");
+    assert!(e.to_string().contains("not JSON"), "{e}");
+    let e = damaged(&|r| r.template_json = String::new());
+    assert_eq!(paths(&e), ["/workflow"], "{e}");
+    let e = damaged(&|r| r.schema_json = Some("nope".into()));
+    assert_eq!(paths(&e), ["/inputSchema"], "{e}");
+    let e = damaged(&|r| r.defaults_json = Some("{".into()));
+    assert_eq!(paths(&e), ["/defaults"], "{e}");
+    let e = damaged(&|r| r.defaults_json = Some("[1, 2]".into()));
+    assert_eq!(paths(&e), ["/defaults"], "{e}");
+}

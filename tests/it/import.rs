@@ -400,3 +400,38 @@ async fn import_workflow_cli_writes_files_that_add_workflow_accepts() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("COMFYUI_URL"), "{stderr}");
 }
+
+/// Every failure of a command exits with the code of its kind (`cli::Failure`): 0 for
+/// `--help`, 2 for the command line and the configuration, 1 for a failure at run time
+/// (the database in use: `api.rs`); one `error: ` line on stderr.
+#[test]
+fn cli_failures_exit_with_the_code_of_their_kind() {
+    let dir = support::tempdir();
+    let db = dir.path().join("none.redb").display().to_string();
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures/sdxl_api.json");
+    let fixture = fixture.display().to_string();
+    let (code, out, err) = cli(&["--help"], &[]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("Usage"), "{out}");
+    // Arguments, environment, exit code, what stderr says.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: [Case<'_>; 5] = [
+        (&["no-such-command"], &[], 2, "no-such-command"),
+        (&["check"], &[("DATABASE_URL", &db)], 2, "no database at"),
+        (&["import-workflow", &fixture, "--comfyui-url", "ftp://127.0.0.1:1"], &[], 2, "COMFYUI_URL"),
+        (
+            &["add-workflow", &fixture, "--id", "x", "--plugin", "/nonexistent.wasm"],
+            &[("DATABASE_URL", &db)],
+            2,
+            "--plugin",
+        ),
+        (&["health", "--port", "1"], &[], 1, "not reachable"),
+    ];
+    for (args, envs, expected, says) in cases {
+        let (code, _, err) = cli(args, envs);
+        assert_eq!(code, Some(expected), "{args:?}: {err}");
+        assert!(err.starts_with("error: ") && err.contains(says), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+    assert!(!std::path::Path::new(&db).exists(), "no failed command created the database");
+}

@@ -298,3 +298,61 @@ fn one_crypto_library() {
         assert!(!direct, "{krate} is a direct dependency of Cargo.toml; use aws-lc-rs");
     }
 }
+
+/// The part of a source file that is not test code: `tests*.rs` files are test code
+/// whole; elsewhere an inline `#[cfg(test)] mod ... {` block and what follows it is cut.
+fn production_code<'a>(path: &str, text: &'a str) -> &'a str {
+    if path.rsplit('/').next().is_some_and(|name| name.starts_with("tests")) {
+        return "";
+    }
+    let mut from = 0;
+    while let Some(i) = text[from..].find("#[cfg(test)]") {
+        let at = from + i;
+        let item = text[at + "#[cfg(test)]".len()..].trim_start().lines().next().unwrap_or("");
+        if item.starts_with("mod ") && item.trim_end().ends_with('{') {
+            return &text[..at];
+        }
+        from = at + 1;
+    }
+    text
+}
+
+/// Every task of the gateway is spawned through its one owner, `scheduler::Tasks`; only
+/// these start threads or runtimes of their own: the store's writer thread, the plugin
+/// runtime, the API's bulk pool, `main`'s runtime, and the simulator (a separate server).
+/// Test code may spawn.
+#[test]
+fn every_task_is_spawned_through_its_owner() {
+    let files = engine_files();
+    let code: Vec<(String, String)> =
+        files.iter().map(|(path, text)| (path.clone(), production_code(path, text).to_string())).collect();
+    let sim = "engine/comfy/sim/";
+    let rules: [(&str, &[&str]); 8] = [
+        ("tokio::spawn", &[sim]),
+        ("tokio::task::spawn(", &[sim]),
+        ("spawn_local", &[sim]),
+        ("JoinSet", &[sim]),
+        ("TaskTracker", &["engine/scheduler/tasks.rs", sim]),
+        ("thread::spawn", &[sim]),
+        ("thread::Builder", &["engine/store/mod.rs", "engine/plugins/runtime.rs", sim]),
+        ("runtime::Builder", &["engine/main.rs", "engine/plugins/runtime.rs", "engine/api/bulk.rs", sim]),
+    ];
+    for (needle, allowed) in rules {
+        assert_eq!(offenders(&code, needle, allowed), Vec::<String>::new(), "{needle}");
+    }
+    // The cut keeps what precedes a test module and drops only the module.
+    let sample = "fn a() {}\n#[cfg(test)]\nmod tests;\nfn b() {}\n#[cfg(test)]\nmod tests {\n    tokio::spawn(x);\n}\n";
+    assert_eq!(production_code("engine/x.rs", sample), "fn a() {}\n#[cfg(test)]\nmod tests;\nfn b() {}\n");
+    assert_eq!(production_code("engine/store/tests_faults.rs", sample), "");
+}
+
+/// Exit codes are chosen in one place (`cli::Failure::exit_code`) and the process exits in
+/// one place (`main`); the simulator's crash faults (`exit(137)`) are its own.
+#[test]
+fn the_process_exits_in_one_place() {
+    let files = engine_files();
+    let code: Vec<(String, String)> =
+        files.iter().map(|(path, text)| (path.clone(), production_code(path, text).to_string())).collect();
+    assert_eq!(offenders(&code, "process::exit", &["engine/main.rs", "engine/comfy/sim/"]), Vec::<String>::new());
+    assert_eq!(offenders(&code, "exit_code: ", &[]), Vec::<String>::new(), "a failure carries a kind, not a code");
+}
