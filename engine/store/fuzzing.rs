@@ -346,24 +346,28 @@ mod tests {
 
     const SEED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/records");
 
-    /// The committed seeds are what today's encoder writes (a record format change must
-    /// refresh them: `cargo test --lib store::fuzzing -- --ignored`).
+    /// The committed seeds are what today's encoder writes. A seed missing from the corpus is
+    /// written there and the test fails once, asking for the commit; a record format change
+    /// refreshes them by deleting the stale files and running this test again.
     #[test]
     fn the_fuzz_seeds_match_the_encoder() {
+        let mut written = Vec::new();
         for (name, bytes) in seeds() {
             let path = std::path::Path::new(SEED_DIR).join(&name);
-            let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(stored == bytes, "{name} is stale: run cargo test --lib store::fuzzing -- --ignored");
+            match std::fs::read(&path) {
+                Ok(stored) => assert!(
+                    stored == bytes,
+                    "{name} is stale: delete {} and run cargo test --lib store::fuzzing",
+                    path.display()
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(SEED_DIR).unwrap();
+                    std::fs::write(&path, bytes).unwrap();
+                    written.push(name);
+                }
+                Err(e) => panic!("{}: {e}", path.display()),
+            }
         }
-    }
-
-    /// Writes the seeds into fuzz/corpus/records.
-    #[test]
-    #[ignore = "writes into the source tree: cargo test --lib store::fuzzing -- --ignored"]
-    fn write_fuzz_seeds() {
-        std::fs::create_dir_all(SEED_DIR).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(std::path::Path::new(SEED_DIR).join(name), bytes).unwrap();
-        }
+        assert!(written.is_empty(), "wrote new fuzz seeds {written:?} into {SEED_DIR}: commit them");
     }
 }
