@@ -476,26 +476,35 @@ pub fn list_workflows(ctx: &Ctx) -> Result<Resp> {
     Ok(reply::json(StatusCode::OK, &json!({ "workflows": list })))
 }
 
-fn workflow_details(w: &WorkflowRecord, schema: Value) -> Value {
+/// A workflow as the API shows it; a stored text that is not JSON is a damaged record (an
+/// internal error, logged), never shown as `null`.
+fn workflow_details(w: &WorkflowRecord, schema: Value) -> Result<Value> {
+    let stored = |path: &str, text: &str| {
+        crate::workflows::decode_stored(path, text)
+            .map_err(|e| Error::internal(format!("stored workflow {} v{} is damaged: {e}", w.id, w.version)))
+    };
     let mut v = workflow_summary(w);
     v["inputSchema"] = schema;
-    v["workflow"] = serde_json::from_str(&w.template_json).unwrap_or(Value::Null);
-    v["defaults"] = w.defaults_json.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(json!({}));
+    v["workflow"] = stored("/workflow", &w.template_json)?;
+    v["defaults"] = match w.defaults_json.as_deref() {
+        Some(d) => stored("/defaults", d)?,
+        None => json!({}),
+    };
     v["keepPreviews"] = json!(w.keep_previews);
     if let Some(p) = &w.plugin {
         v["plugin"] = json!({
             "hash": crate::domain::hash_hex(&p.hash),
-            "config": serde_json::from_str::<Value>(&p.config_json).unwrap_or(Value::Null),
+            "config": stored("/plugin/config", &p.config_json)?,
             "keepOriginals": p.keep_originals,
         });
     }
-    v
+    Ok(v)
 }
 
 /// `GET /workflows/{id}`.
 pub fn get_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let (w, schema) = ctx.gateway.workflow(&p.id)?;
-    Ok(reply::json(StatusCode::OK, &workflow_details(&w, schema)))
+    Ok(reply::json(StatusCode::OK, &workflow_details(&w, schema)?))
 }
 
 const WORKFLOW_FIELDS: &[&str] =
@@ -589,7 +598,7 @@ pub async fn create_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
 /// Register a new workflow (audited): its details.
 async fn register_workflow(ctx: &Ctx, p: &Params, def: WorkflowDefinition) -> Result<Value> {
     let (rec, schema) = ctx.gateway.put_workflow(def, false, &actor(p)).await?;
-    Ok(workflow_details(&rec, schema))
+    workflow_details(&rec, schema)
 }
 
 const IMPORT_FIELDS: &[&str] = &["workflow", "id", "name", "description", "register"];
@@ -644,7 +653,7 @@ pub async fn update_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
     }
     let def = workflow_definition(&body, p.id.clone())?;
     let (rec, schema) = ctx.gateway.put_workflow(def, true, &actor(p)).await?;
-    Ok(reply::json(StatusCode::OK, &workflow_details(&rec, schema)))
+    Ok(reply::json(StatusCode::OK, &workflow_details(&rec, schema)?))
 }
 
 /// `DELETE /workflows/{id}`: 204.
@@ -1252,6 +1261,28 @@ pub fn audit(ctx: &Ctx, p: &Params) -> Result<Resp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_stored_workflow_is_an_error_never_null() {
+        let record = |template: &str, defaults: Option<&str>| WorkflowRecord {
+            id: "w".into(),
+            version: 2,
+            name: "W".into(),
+            description: String::new(),
+            template_json: template.into(),
+            schema_json: None,
+            defaults_json: defaults.map(Into::into),
+            created_ms: 0,
+            keep_previews: false,
+            plugin: None,
+        };
+        let shown = workflow_details(&record(r#"{"1": {}}"#, Some(r#"{"a": 1}"#)), json!({})).unwrap();
+        assert_eq!((&shown["workflow"], &shown["defaults"]), (&json!({"1": {}}), &json!({"a": 1})));
+        for (template, defaults) in [("{\"1\": ", None), ("{}", Some("{oops"))] {
+            let err = workflow_details(&record(template, defaults), json!({})).unwrap_err();
+            assert_eq!(err.code, ErrorCode::Internal, "{template} / {defaults:?}");
+        }
+    }
 
     #[test]
     fn member_scan_counts_inside_inputs_params_and_metadata_only() {
