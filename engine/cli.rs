@@ -207,7 +207,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 ),
                 None => None,
             };
-            serve(config, failpoints).await
+            serve(config, failpoints, args.addr_file.as_deref()).await
         }
         Command::Sim(args) => sim::run_cli(args).await.map_err(|e| CliError::runtime(format!("simulator: {e}"))),
         Command::Init(db) => init(&db).await,
@@ -220,7 +220,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> Result<(), CliError> {
+async fn serve(
+    config: Config,
+    failpoints: Option<crate::failpoints::Armed>,
+    addr_file: Option<&Path>,
+) -> Result<(), CliError> {
     let config = Arc::new(config);
     let addr = std::net::SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -235,6 +239,9 @@ async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> 
     let server = api::serve(listener, gateway.clone()).map_err(|e| CliError::runtime(e.to_string()))?;
     let backends: Vec<String> = config.backends.iter().map(|b| format!("{}={}", b.id, b.public_url())).collect();
     tracing::info!(addr = %server.local_addr, ?backends, "comfyui-gateway listening");
+    if let Some(path) = addr_file {
+        write_addr_file(path, server.local_addr).map_err(CliError::runtime)?;
+    }
     // Fail-stop: once the database failed a write (a disk error), nothing more can be
     // committed in this process; exiting lets the supervisor's restart recover from what
     // is on disk, as after a crash, instead of answering every request with an error.
@@ -260,6 +267,15 @@ async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> 
         None => Ok(()),
         Some(reason) => Err(CliError::runtime(format!("the database failed ({reason}); restart to recover"))),
     }
+}
+
+/// `--addr-file`: write `addr` to `path` once the server is listening, through a temporary
+/// file renamed into place, so a reader never sees a partial address.
+pub(crate) fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), String> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| format!("cannot write --addr-file {}: {e}", path.display()))
 }
 
 /// Say at start how requests are authenticated: key fingerprints (owner ids), never keys.

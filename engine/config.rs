@@ -326,6 +326,10 @@ pub struct ServeArgs {
     /// Crash points to arm, `name=action;...` (tests; builds with the `failpoints` feature).
     #[arg(long = "failpoints", env = "FAILPOINTS", hide = true, value_name = "FAILPOINTS")]
     pub failpoints: Option<String>,
+    /// Once listening, write the bound address (`ip:port`) to this file: with `--port 0`,
+    /// how a supervisor or a test learns the port the system chose.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
     /// API keys as `key:role,...` (roles: admin, user).
     #[arg(
         long = "api-keys",

@@ -119,6 +119,10 @@ pub struct SimArgs {
     /// Fault: exit with code 137 when the first prompt starts executing.
     #[arg(long)]
     pub fault_crash_on_next_execution: bool,
+    /// Once listening, write the bound address (`ip:port`) to this file: with `--port 0`,
+    /// how a test learns the port the system chose.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
 }
 
 /// Simulator configuration (from [`SimArgs`], or built directly in tests).
@@ -239,10 +243,14 @@ pub async fn serve(listener: TcpListener, config: SimConfig, shutdown: Cancellat
 
 /// Entry for the CLI: bind `host:port`, log the address, serve until Ctrl-C / SIGTERM.
 pub async fn run_cli(args: SimArgs) -> std::io::Result<()> {
+    let addr_file = args.addr_file.clone();
     let config = SimConfig::from(args);
     let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "ComfyUI simulator listening");
+    if let Some(path) = addr_file {
+        crate::cli::write_addr_file(&path, addr).map_err(std::io::Error::other)?;
+    }
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
