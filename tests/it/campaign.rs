@@ -367,10 +367,9 @@ async fn wait_up(gw: &mut Gateway, spawned: Instant, until: Instant) -> Option<D
 /// `comfyui-gateway check --json` on a copy of the database as the kill left it.
 fn check_image(db: &Path, scratch: &Path) -> Result<Value, String> {
     std::fs::copy(db, scratch).map_err(|e| format!("copy {}: {e}", db.display()))?;
-    let out = std::process::Command::new(support::BIN)
+    let out = support::bin()
         .args(["check", "--json", "--database-url"])
         .arg(scratch)
-        .env_remove("DATABASE_URL")
         .output()
         .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();

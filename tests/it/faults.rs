@@ -419,7 +419,7 @@ async fn comfyui_crash_mid_job() {
 async fn comfyui_crashes_on_every_execution() {
     let dir = support::tempdir();
     let flags = ["--node-delay-ms".to_string(), "10".into(), "--fault-crash-on-next-execution".into()];
-    let sim = Sim::start_on(dir.path(), support::free_port(), &flags).await;
+    let sim = Sim::start_with(dir.path(), &flags).await;
     let mut rig = Rig::with_sim(dir, sim, RESTART_ENV).await;
     let start = Instant::now();
     let id = rig.gw.submit_ok(icon(1)).await;

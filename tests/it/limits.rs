@@ -340,9 +340,9 @@ async fn limits_connections_beyond_max_connections_wait() {
 async fn limits_job_cap_counts_survive_a_restart() {
     let dir = support::tempdir();
     // No backend: the jobs stay queued.
-    let backend = format!("http://127.0.0.1:{}", support::free_port());
+    let backend = support::DeadPort::new();
     let env = [("MAX_JOBS_PER_CLIENT", "2"), ("API_KEYS", "capuserkey01:user")];
-    let mut gw = Gateway::start(dir.path(), &backend, &env).await;
+    let mut gw = Gateway::start(dir.path(), &backend.url(), &env).await;
     let submit = |url: String| async move {
         let r = reqwest::Client::new()
             .post(format!("{url}/jobs"))

@@ -50,16 +50,8 @@ fn verify_all(hits: &[Hit]) {
         .map(|h| json!({"headers": h.headers, "body_b64": base64::engine::general_purpose::STANDARD.encode(&h.body)}))
         .collect();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/verify_webhooks.py");
-    let has_package = Command::new("python3")
-        .args(["-c", "import standardwebhooks.webhooks"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_package {
-        assert!(std::env::var_os("CI").is_none(), "CI must have standardwebhooks (scripts/ci-deps installs it)");
-        eprintln!("NOTICE: the Python package standardwebhooks is missing; run scripts/ci-deps");
-        return;
-    }
-    let mut child = Command::new("python3")
+    let Some(python) = support::require_python(&["standardwebhooks.webhooks"]) else { return };
+    let mut child = Command::new(python)
         .args([script, SECRET])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

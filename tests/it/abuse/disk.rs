@@ -25,8 +25,8 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mount a `size`-byte tmpfs on `dir` (created). None (with the reason printed) when
-    /// mounting is refused outside CI; in CI (`CI` set) a refusal fails the test.
+    /// Mount a `size`-byte tmpfs on `dir` (created), through the tool gate
+    /// ([`crate::support::require`]): skipped when mounting is refused, except in CI.
     fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).expect("mount point");
         let out = std::process::Command::new("mount")
@@ -38,16 +38,8 @@ impl Tmpfs {
             Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
             Err(e) => Some(e.to_string()),
         };
-        match refused {
-            None => Some(Tmpfs { dir: dir.to_path_buf() }),
-            Some(why) if std::env::var_os("CI").is_some() => {
-                panic!("cannot mount a tmpfs for the disk test (CI must run it as root): {why}")
-            }
-            Some(why) => {
-                eprintln!("SKIPPED: the disk test needs to mount a tmpfs (run as root): {why}");
-                None
-            }
-        }
+        let what = format!("a tmpfs mount (run as root; {})", refused.as_deref().unwrap_or(""));
+        crate::support::require(&what, refused.is_none().then(|| Tmpfs { dir: dir.to_path_buf() }))
     }
 }
 
@@ -326,10 +318,9 @@ async fn a_tenant_over_its_storage_quota_gets_507_while_another_is_served() {
     // equals what its jobs hold: the offline integrity check recounts it.
     let mut gw = gw;
     gw.kill9();
-    let out = std::process::Command::new(crate::support::BIN)
+    let out = crate::support::bin()
         .args(["check", "--json", "--database-url"])
         .arg(&gw.db)
-        .env_remove("DATABASE_URL")
         .output()
         .expect("run check");
     assert!(
