@@ -221,6 +221,9 @@ impl DeadPort {
     /// Bind port 0 without listening.
     pub fn new() -> DeadPort {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        // As every tokio listener: connections it accepts once listening then do not keep
+        // another server (one that takes its place on this port) from binding it.
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
         socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind port 0");
         let port = socket.local_addr().expect("local address").port();
         DeadPort { socket, port }

@@ -106,10 +106,19 @@ impl Receiver {
         let listener = self.reserved.take().expect("a stopped receiver does not listen again").listen();
         let state = self.state.clone();
         self.task = Some(tokio::spawn(async move {
+            // The connections end with this task (a JoinSet aborts its tasks when dropped):
+            // a stopped receiver keeps no client's keep-alive connection answering.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    Some(_) = connections.join_next() => continue,
+                };
                 let state = state.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let state = state.clone();
                         async move {
