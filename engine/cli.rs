@@ -225,11 +225,14 @@ async fn serve(
     failpoints: Option<crate::failpoints::Armed>,
     addr_file: Option<&Path>,
 ) -> Result<(), CliError> {
-    let config = Arc::new(config);
+    let mut config = config;
     let addr = std::net::SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CliError::runtime(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| CliError::runtime(format!("cannot listen on {addr}: {e}")))?;
+    config.bound_to(bound.port());
+    let config = Arc::new(config);
     let gateway = Gateway::start(config.clone()).await.map_err(|e| CliError::runtime(e.message))?;
     if let Some(points) = failpoints {
         points.arm().map_err(|e| CliError { message: format!("FAILPOINTS: {e}"), exit_code: 2 })?;
