@@ -1,7 +1,9 @@
 //! The one integration-test binary. Every test runs the real binary (gateway and
 //! ComfyUI simulator) on 127.0.0.1 with its database in a temp dir.
 //!
-//! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
+//! - `support`: process launchers on port 0 with a cleared environment and a temporary
+//!   working directory (killed by PID on drop), the tool gate (`require`), `eventually`,
+//!   and HTTP helpers.
 //! - `abuse`: availability under attack: each hostile client, tenant or plugin beside a
 //!   well-behaved neighbour, who must still be served; the attacker gets its 4xx.
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
@@ -25,6 +27,8 @@
 //! - `faults`: the backend-fault matrix: refused connections, 5xx answers, hung answers,
 //!   execution hangs, WebSocket drops, crashes, garbage and truncated downloads, history
 //!   without outputs; transient and persistent, each with its expected end state and code.
+//! - `harness`: the harness's own promises: neither a `.env` where the tests run nor an
+//!   exported variable reaches a spawned gateway.
 //! - `import`: workflow import (`POST /workflows/import`, `import-workflow`): SDXL base +
 //!   refiner and img2img exports typed from the simulator's `/object_info`, registered and
 //!   run with overridden inputs; the CLI's files through `add-workflow`; refusals.
@@ -73,6 +77,7 @@ mod dashboard;
 mod events;
 mod examples;
 mod faults;
+mod harness;
 mod import;
 mod inputs;
 mod jobs;

@@ -31,7 +31,7 @@ const POLL: Duration = Duration::from_millis(20);
 /// The variables a spawned process keeps from the test's environment: what finding
 /// programs, the tools' user installs, locale, temp files, diagnostics and coverage need.
 /// Nothing else passes: no gateway setting a developer exported can reach a test.
-const INHERITED: &[&str] = &[
+pub const INHERITED: &[&str] = &[
     "PATH",
     "HOME",
     "LANG",
