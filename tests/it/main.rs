@@ -12,7 +12,8 @@
 //! - `backends`: the backend pool on two simulators: per-backend limits and ids, workflow
 //!   affinity, `GET /backends`, durable drains (roles, audit), jobs moved off a killed or
 //!   partitioned backend and the stray prompt removed when it comes back.
-//! - `campaign`: the kill -9 campaign (ignored; `scripts/kill-campaign --kills N` runs it).
+//! - `campaign`: the kill -9 campaign, `KILL_CAMPAIGN_KILLS` kills (5; CI more;
+//!   `scripts/kill-campaign --kills N` runs it alone).
 //! - `crash_points`: the gateway aborted at each dangerous window (after POST /prompt,
 //!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
 //! - `dashboard`: the web dashboard's files (public, typed, ETag, CSP) and the page in

@@ -105,3 +105,21 @@ fn every_cap_setting_is_in_the_resource_rule() {
     let missing: Vec<&&str> = caps.iter().filter(|name| !rule.contains(&format!("`{name}`"))).collect();
     assert!(missing.is_empty(), "caps missing from ARCHITECTURE.md's resource rule: {missing:?}");
 }
+
+/// No test is switched off with an ignore attribute: a slow test takes its size from the
+/// test's environment (the kill -9 campaign: `KILL_CAMPAIGN_KILLS`) and runs in every run.
+#[test]
+fn no_test_is_ignored() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("engine"), &mut files);
+    sources(&root.join("tests"), &mut files);
+    // Spelled in two pieces, so that this file does not match itself.
+    let needle = concat!("#[", "ignore");
+    let found: Vec<String> = files
+        .iter()
+        .filter(|p| std::fs::read_to_string(p).unwrap().contains(needle))
+        .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    assert_eq!(found, Vec::<String>::new(), "ignored tests");
+}
