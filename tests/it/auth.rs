@@ -2,7 +2,7 @@
 //! (HS256, EdDSA) and the attacks on them, job ownership on every per-job route, the
 //! audit log, open mode, and configuration errors at start.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -78,16 +78,13 @@ async fn submit(gw: &Gateway, cred: Cred<'_>, seed: u64) -> String {
 }
 
 async fn wait_status(gw: &Gateway, cred: Cred<'_>, id: &str, want: &[&str]) -> Value {
-    let start = Instant::now();
-    loop {
+    let what = || format!("job {id} is {want:?}\n{}", gw.proc_.log());
+    support::eventually_within(WAIT, what, async || {
         let (status, _, v) = call("GET", &format!("{}/jobs/{id}", gw.url()), cred, None, &[]).await;
         assert_eq!(status, 200, "{v}");
-        if want.contains(&v["status"].as_str().unwrap_or("")) {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "job {id} is not {want:?}: {v}\n{}", gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+        if want.contains(&v["status"].as_str().unwrap_or("")) { Ok(v) } else { Err(v) }
+    })
+    .await
 }
 
 fn listed(v: &Value) -> Vec<String> {

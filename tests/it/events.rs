@@ -135,11 +135,11 @@ async fn a_stream_resumed_past_the_terminal_event_ends_after_the_entries_that_fo
     let terminal = events.last().unwrap();
     assert_eq!(terminal.event, "succeeded", "{events:?}");
     let terminal_id = terminal.id.unwrap();
-    let start = Instant::now();
-    while log_seqs(&gw, &id).await.last().copied() == Some(terminal_id) {
-        assert!(start.elapsed() < WAIT, "no webhook attempt was logged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually_within(WAIT, "a webhook attempt is logged after the terminal event", async || {
+        let seqs = log_seqs(&gw, &id).await;
+        if seqs.last().copied() != Some(terminal_id) { Ok(()) } else { Err(seqs) }
+    })
+    .await;
     let again = tokio::time::timeout(Duration::from_secs(10), async {
         SseStream::open(&events_url(&gw, &id), Some(terminal_id)).await.rest().await
     })
@@ -239,8 +239,9 @@ async fn events_resume_after_last_event_id_exactly_then_continue_live() {
 
     // Reconnect with Last-Event-ID while the job hangs, then cancel it: the stream
     // resumes after `last` and continues live to the terminal event.
+    // No wait: the stream subscribes to live events before it answers (api/sse.rs), so
+    // the cancel below reaches it live.
     let mut second = SseStream::open(&events_url(&gw, &id), Some(last)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let (status, body) = post_json(&format!("{}/jobs/{id}/cancel", gw.url()), &json!({})).await;
     assert_eq!(status, 200, "{body}");
     let rest = second.rest().await;

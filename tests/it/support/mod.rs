@@ -194,16 +194,25 @@ pub async fn eventually<P: Probe>(what: impl What, probe: impl AsyncFnMut() -> P
 pub async fn eventually_within<P: Probe>(
     within: Duration,
     what: impl What,
-    mut probe: impl AsyncFnMut() -> P,
+    probe: impl AsyncFnMut() -> P,
 ) -> P::Done {
+    match poll_within(within, probe).await {
+        Ok(done) => done,
+        Err(last) => panic!("not within {within:?}: {}\nlast observed: {last}", what.what()),
+    }
+}
+
+/// The loop of [`eventually_within`], for a caller that must clean up before it fails:
+/// the value, or the last observation once `within` has passed.
+pub async fn poll_within<P: Probe>(within: Duration, mut probe: impl AsyncFnMut() -> P) -> Result<P::Done, String> {
     let start = Instant::now();
     loop {
         let last = match probe().await.done() {
-            Ok(done) => return done,
+            Ok(done) => return Ok(done),
             Err(last) => last,
         };
         if start.elapsed() >= within {
-            panic!("not within {within:?}: {}\nlast observed: {last}", what.what());
+            return Err(last);
         }
         tokio::time::sleep(POLL).await;
     }
@@ -564,6 +573,12 @@ impl Gateway {
     /// The `/metrics` text.
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.url())).await.unwrap().text().await.unwrap()
+    }
+
+    /// The `/metrics` text, asked with an API key (authentication on).
+    pub async fn metrics_as(&self, key: &str) -> String {
+        let r = reqwest::Client::new().get(format!("{}/metrics", self.url())).header("x-api-key", key).send().await;
+        r.unwrap().text().await.unwrap()
     }
 
     /// One sample of `/metrics` (see [`sample`]).
