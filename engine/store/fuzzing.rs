@@ -346,24 +346,24 @@ mod tests {
 
     const SEED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/records");
 
-    /// The committed seeds are what today's encoder writes (a record format change must
-    /// refresh them: `cargo test --lib store::fuzzing -- --ignored`).
+    /// The committed seeds are what today's encoder writes. When they are not (a record
+    /// format change), the fresh seeds are written outside the source tree and the failure
+    /// says how to copy them over.
     #[test]
     fn the_fuzz_seeds_match_the_encoder() {
-        for (name, bytes) in seeds() {
-            let path = std::path::Path::new(SEED_DIR).join(&name);
-            let stored = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(stored == bytes, "{name} is stale: run cargo test --lib store::fuzzing -- --ignored");
+        let seeds = seeds();
+        let stale: Vec<&String> = seeds
+            .iter()
+            .filter(|(name, bytes)| std::fs::read(std::path::Path::new(SEED_DIR).join(name)).ok().as_ref() != Some(bytes))
+            .map(|(name, _)| name)
+            .collect();
+        if stale.is_empty() {
+            return;
         }
-    }
-
-    /// Writes the seeds into fuzz/corpus/records.
-    #[test]
-    #[ignore = "writes into the source tree: cargo test --lib store::fuzzing -- --ignored"]
-    fn write_fuzz_seeds() {
-        std::fs::create_dir_all(SEED_DIR).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(std::path::Path::new(SEED_DIR).join(name), bytes).unwrap();
+        let fresh = tempfile::Builder::new().prefix("records-seeds-").tempdir().unwrap().keep();
+        for (name, bytes) in &seeds {
+            std::fs::write(fresh.join(name), bytes).unwrap();
         }
+        panic!("stale or missing seeds {stale:?}; refresh them: cp {}/* {SEED_DIR}/", fresh.display());
     }
 }
