@@ -95,6 +95,25 @@ impl SseStream {
         }
     }
 
+    /// Read on until the raw stream contains `needle` (a comment line, say); the events
+    /// read meanwhile stay for [`SseStream::next`].
+    async fn wait_raw(&mut self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.raw.contains(needle) {
+            assert!(!self.ended, "the stream ended without {needle:?}: {}", self.raw);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.resp.chunk()).await;
+            match chunk.unwrap_or_else(|_| panic!("no {needle:?} within {WAIT:?}")).expect("stream read") {
+                Some(bytes) => {
+                    let text = std::str::from_utf8(&bytes).expect("utf-8").to_string();
+                    self.raw.push_str(&text);
+                    self.buf.push_str(&text);
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+
     /// Every remaining event until the stream ends.
     async fn rest(&mut self) -> Vec<Sse> {
         let mut out = Vec::new();
@@ -239,9 +258,10 @@ async fn events_resume_after_last_event_id_exactly_then_continue_live() {
 
     // Reconnect with Last-Event-ID while the job hangs, then cancel it: the stream
     // resumes after `last` and continues live to the terminal event.
-    // No wait: the stream subscribes to live events before it answers (api/sse.rs), so
-    // the cancel below reaches it live.
+    // The stream subscribes to live events before it answers (api/sse.rs); a heartbeat
+    // shows it is live while the job hangs, before the cancel.
     let mut second = SseStream::open(&events_url(&gw, &id), Some(last)).await;
+    second.wait_raw(": ping\n\n").await;
     let (status, body) = post_json(&format!("{}/jobs/{id}/cancel", gw.url()), &json!({})).await;
     assert_eq!(status, 200, "{body}");
     let rest = second.rest().await;
