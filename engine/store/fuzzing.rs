@@ -354,7 +354,9 @@ mod tests {
         let seeds = seeds();
         let stale: Vec<&String> = seeds
             .iter()
-            .filter(|(name, bytes)| std::fs::read(std::path::Path::new(SEED_DIR).join(name)).ok().as_ref() != Some(bytes))
+            .filter(|(name, bytes)| {
+                std::fs::read(std::path::Path::new(SEED_DIR).join(name)).ok().as_ref() != Some(bytes)
+            })
             .map(|(name, _)| name)
             .collect();
         if stale.is_empty() {

@@ -170,11 +170,7 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = support::bin()
-            .args(args)
-            .env("DATABASE_URL", &db)
-            .output()
-            .unwrap();
+        let out = support::bin().args(args).env("DATABASE_URL", &db).output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -241,8 +237,7 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     let envdir = dir.path().join("envdir");
     std::fs::create_dir_all(&envdir).unwrap();
     std::fs::write(envdir.join(".env"), "COMFYUI_URL=ftp://nowhere\n").unwrap();
-    let out = support::bin().args(["serve"]).current_dir(&envdir).output()
-        .unwrap();
+    let out = support::bin().args(["serve"]).current_dir(&envdir).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("COMFYUI_URL"), ".env is read: {err}");

@@ -368,11 +368,8 @@ async fn wait_up(gw: &mut Gateway, spawned: Instant, until: Instant) -> Option<D
 /// `comfyui-gateway check --json` on a copy of the database as the kill left it.
 fn check_image(db: &Path, scratch: &Path) -> Result<Value, String> {
     std::fs::copy(db, scratch).map_err(|e| format!("copy {}: {e}", db.display()))?;
-    let out = support::bin()
-        .args(["check", "--json", "--database-url"])
-        .arg(scratch)
-        .output()
-        .map_err(|e| e.to_string())?;
+    let out =
+        support::bin().args(["check", "--json", "--database-url"]).arg(scratch).output().map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let report: Value = serde_json::from_str(text.trim()).map_err(|_| {
         format!(

@@ -88,7 +88,10 @@ pub(crate) fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     let ready = chromium.exists()
         && root.join("tests/browser/node_modules/playwright-core").is_dir()
         && support::which("node").is_some();
-    support::require("chromium, node and tests/browser/node_modules (playwright-core)", ready.then_some((chromium, script)))
+    support::require(
+        "chromium, node and tests/browser/node_modules (playwright-core)",
+        ready.then_some((chromium, script)),
+    )
 }
 
 /// Where the browser script saves its screenshots (and downloads).

@@ -297,7 +297,8 @@ async fn python_receiver_accepts_a_real_delivery_and_refuses_tampered_or_stale_o
     ];
     // Unbuffered, so its log is complete when read.
     let envs = [("PYTHONUNBUFFERED".to_string(), "1".to_string())];
-    let mut receiver = Proc::spawn_program(&python, "python receiver", dir.path(), &args, &envs, dir.path().join("py.log"));
+    let mut receiver =
+        Proc::spawn_program(&python, "python receiver", dir.path(), &args, &envs, dir.path().join("py.log"));
     let addr = receiver.wait_logged_addr("listening on http://").await;
     let url = format!("http://127.0.0.1:{}/hook", addr.port());
 

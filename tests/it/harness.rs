@@ -56,7 +56,8 @@ async fn this_test_process_cannot_reach_a_spawned_gateway() {
         .filter(|kv| !kv.is_empty())
         .map(|kv| String::from_utf8_lossy(kv).split('=').next().unwrap_or("").to_string())
         .collect();
-    let set_by_test = ["PORT", "HOST", "COMFYUI_URL", "DATABASE_URL", "POLL_INTERVAL_MS", "LOG_LEVEL", "MAX_CONCURRENCY"];
+    let set_by_test =
+        ["PORT", "HOST", "COMFYUI_URL", "DATABASE_URL", "POLL_INTERVAL_MS", "LOG_LEVEL", "MAX_CONCURRENCY"];
     let allowed: HashSet<&str> = support::INHERITED.iter().chain(set_by_test.iter()).copied().collect();
     let foreign: Vec<&String> = names.iter().filter(|n| !allowed.contains(n.as_str())).collect();
     assert!(foreign.is_empty(), "variables the test did not give the gateway: {foreign:?}");

@@ -21,8 +21,7 @@ fn wasm(name: &str) -> PathBuf {
 }
 
 fn plugin(args: &[&str]) -> Output {
-    support::bin().arg("plugin").args(args).stdin(Stdio::null()).output()
-        .expect("run the binary")
+    support::bin().arg("plugin").args(args).stdin(Stdio::null()).output().expect("run the binary")
 }
 
 fn text(o: &Output) -> (String, String) {

@@ -47,12 +47,8 @@ fn without_the_runtime_plugin_check_exits_1_and_says_why() {
     let dir = support::tempdir();
     let file = dir.path().join("p.wasm");
     std::fs::write(&file, COMPONENT).unwrap();
-    let out = support::bin()
-        .args(["plugin", "check"])
-        .arg(&file)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the binary");
+    let out =
+        support::bin().args(["plugin", "check"]).arg(&file).stdin(Stdio::null()).output().expect("run the binary");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains(NO_RUNTIME) || stdout.contains(NO_RUNTIME), "{stdout}\n{stderr}");

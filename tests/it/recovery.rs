@@ -112,7 +112,11 @@ async fn jobs_wait_for_a_backend_that_is_down_at_submit_time() {
     }
     let port = down.port;
     let sent = down.hits_all();
-    assert!(sent.iter().all(|h| h.path == "/system_stats"), "only probes: {:?}", sent.iter().map(|h| &h.path).collect::<Vec<_>>());
+    assert!(
+        sent.iter().all(|h| h.path == "/system_stats"),
+        "only probes: {:?}",
+        sent.iter().map(|h| &h.path).collect::<Vec<_>>()
+    );
     assert_eq!(down.close().await, port);
     let sim = Sim::start_on(dir.path(), port, &["--node-delay-ms".into(), "5".into()]).await;
     for id in &ids {

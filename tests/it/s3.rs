@@ -233,11 +233,7 @@ async fn outputs_and_inputs_live_in_the_bucket_by_hash_and_download_every_way() 
     assert!(meta.remote && meta.n_chunks == 0 && meta.n_refs == 4, "{meta:?}");
     store.verify_integrity().unwrap();
     drop(store);
-    let out = support::bin()
-        .args(["check", "--json", "--database-url"])
-        .arg(&gw.db)
-        .output()
-        .unwrap();
+    let out = support::bin().args(["check", "--json", "--database-url"]).arg(&gw.db).output().unwrap();
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((report["ok"].as_bool(), report["blobs"].as_u64()), (Some(true), Some(3)), "{report}");
 

@@ -302,25 +302,26 @@ async fn a_tenant_over_its_storage_quota_gets_507_while_another_is_served() {
     assert!(gw.metric("comfyui_gateway_storage_refusals_total{reason=\"quota\"}").await >= 1.0);
 
     // Retention prunes her job, and her usage with it: she is accepted again.
-    crate::support::eventually_within(Duration::from_secs(30), "alice is under her quota after retention", async || {
-        let (status, _, v) = post_with(&http, &jobs_url, Some(ALICE), &invert_on(&noise_png(64, 14))).await;
-        if status == 202 {
-            return Ok(());
-        }
-        assert_eq!((status, v["error"]["code"].as_str()), (507, Some("QUOTA_EXCEEDED")), "{v}");
-        Err(v)
-    })
+    crate::support::eventually_within(
+        Duration::from_secs(30),
+        "alice is under her quota after retention",
+        async || {
+            let (status, _, v) = post_with(&http, &jobs_url, Some(ALICE), &invert_on(&noise_png(64, 14))).await;
+            if status == 202 {
+                return Ok(());
+            }
+            assert_eq!((status, v["error"]["code"].as_str()), (507, Some("QUOTA_EXCEEDED")), "{v}");
+            Err(v)
+        },
+    )
     .await;
 
     // After inserts, successes, prunes and a kill -9 (recovery), the usage the store kept
     // equals what its jobs hold: the offline integrity check recounts it.
     let mut gw = gw;
     gw.kill9();
-    let out = crate::support::bin()
-        .args(["check", "--json", "--database-url"])
-        .arg(&gw.db)
-        .output()
-        .expect("run check");
+    let out =
+        crate::support::bin().args(["check", "--json", "--database-url"]).arg(&gw.db).output().expect("run check");
     assert!(
         out.status.success(),
         "check after the quota test: {}{}",

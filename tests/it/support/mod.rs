@@ -191,11 +191,7 @@ pub async fn eventually<P: Probe>(what: impl What, probe: impl AsyncFnMut() -> P
 }
 
 /// [`eventually`] with its own deadline (a bound the test asserts).
-pub async fn eventually_within<P: Probe>(
-    within: Duration,
-    what: impl What,
-    probe: impl AsyncFnMut() -> P,
-) -> P::Done {
+pub async fn eventually_within<P: Probe>(within: Duration, what: impl What, probe: impl AsyncFnMut() -> P) -> P::Done {
     match poll_within(within, probe).await {
         Ok(done) => done,
         Err(last) => panic!("not within {within:?}: {}\nlast observed: {last}", what.what()),
@@ -516,7 +512,12 @@ impl Gateway {
     /// Wait until the (re)started gateway listens and serves.
     pub async fn wait_ready(&mut self) {
         let addr = self.proc_.wait_addr(&self.addr_file).await;
-        assert!(self.port == 0 || self.port == addr.port(), "restarted on port {} instead of {}", addr.port(), self.port);
+        assert!(
+            self.port == 0 || self.port == addr.port(),
+            "restarted on port {} instead of {}",
+            addr.port(),
+            self.port
+        );
         self.port = addr.port();
     }
 
