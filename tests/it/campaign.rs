@@ -571,18 +571,15 @@ async fn kill_campaign() {
         assert!(post_job(&shared, &r.body, Some(&r.key), r.acked).await, "the gateway stopped answering");
     }
     let ids: Vec<String> = shared.ledger.lock().unwrap().acked.keys().cloned().collect();
-    let drain_start = Instant::now();
     let mut pending: Vec<String> = ids.clone();
-    while !pending.is_empty() && drain_start.elapsed() < DRAIN {
+    // What is still pending after DRAIN is lost (below).
+    let _ = support::poll_within(DRAIN, async || {
         verify_jobs(&shared, pending.clone()).await;
-        {
-            let ledger = shared.ledger.lock().unwrap();
-            pending.retain(|id| !ledger.finished.contains_key(id));
-        }
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+        let ledger = shared.ledger.lock().unwrap();
+        pending.retain(|id| !ledger.finished.contains_key(id));
+        if pending.is_empty() { Ok(()) } else { Err(pending.len()) }
+    })
+    .await;
     let mut ledger = std::mem::take(&mut *shared.ledger.lock().unwrap());
     for id in &pending {
         ledger.lost.push(format!("{id}: not finished {DRAIN:?} after the last restart"));
@@ -634,8 +631,7 @@ async fn kill_campaign() {
             webhooks_expected += 1;
             let wanted = format!("job.{state}");
             // Delivered means: received by the receiver and recorded delivered.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
+            let delivered = support::poll_within(Duration::from_secs(60), async || {
                 let v: Value = client
                     .get(format!("{}/jobs/{id}/webhooks", shared.url))
                     .send()
@@ -652,14 +648,11 @@ async fn kill_campaign() {
                         let b = h.json();
                         b["data"]["jobId"] == id.as_str() && b["type"] == wanted.as_str()
                     });
-                if all_done && got {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    ledger.lost.push(format!("{id}: webhook {wanted} not delivered: {v}"));
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                if all_done && got { Ok(()) } else { Err(v) }
+            })
+            .await;
+            if let Err(v) = delivered {
+                ledger.lost.push(format!("{id}: webhook {wanted} not delivered: {v}"));
             }
         }
     }

@@ -263,6 +263,7 @@ async fn gone_disables_the_endpoint_until_a_redelivery() {
     let second = gw.submit_ok(job_body(&receiver.url("/gone"))).await;
     let d = wait_delivery(&gw, &second, "job.succeeded", |d| d["state"] == "disabled").await;
     assert!(d["lastStatus"].is_null() && d["lastError"].as_str().unwrap().contains("410"), "{d}");
+    // An absence is checked over a window longer than the retry schedule (300 ms).
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(receiver.hits("/gone").len(), 1, "no request after the 410");
 
@@ -317,6 +318,7 @@ async fn kill9_between_completion_and_delivery_delivers_after_restart_with_the_s
     let after = wait_delivery(&gw, &job, "job.succeeded", |d| d["state"] == "delivered").await;
     assert!(after["attempts"].as_u64() > before["attempts"].as_u64());
     verify_all(&hits);
+    // An absence is checked over a window longer than the retry schedule (500 ms).
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(receiver.hits("/crash").len(), 1, "delivered once");
 }

@@ -177,9 +177,14 @@ async fn a_job_killed_in_output_process_is_recovered_once_and_the_slots_add_up()
         if ex.iter().any(|(p, _)| *p == id) { Ok(()) } else { Err(ex) }
     })
     .await;
-    // The prompt ran; its output is downloaded and the hook sleeps its 2 s.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(gw.job(&id).await["status"], "running");
+    // The prompt ran; its output is downloaded and the hook sleeps its 2 s: the backend's
+    // slot is given back while the job still runs.
+    support::eventually_within(Duration::from_secs(20), "the job is in its output hook", async || {
+        let (_, v) = support::get_json(&format!("{}/backends", gw.url())).await;
+        let job = gw.job(&id).await;
+        if v["backends"][0]["inFlight"] == 0 && job["status"] == "running" { Ok(()) } else { Err((v, job)) }
+    })
+    .await;
     gw.restart().await;
     let done = gw.wait_terminal(&id, Duration::from_secs(30)).await;
     assert_eq!(done["status"], "succeeded", "{done}");
