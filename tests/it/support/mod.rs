@@ -357,21 +357,6 @@ impl Drop for Proc {
     }
 }
 
-/// Wait until `url` answers any HTTP status (for programs that cannot report their
-/// address); panics if `proc_` exits first.
-pub async fn wait_http(url: &str, proc_: &mut Proc) {
-    let client = reqwest::Client::new();
-    let what = format!("{} answers {url}", proc_.name);
-    eventually(what.as_str(), async || {
-        if let Err(e) = client.get(url).timeout(Duration::from_secs(2)).send().await {
-            assert!(!proc_.exited(), "{} exited early:\n{}", proc_.name, proc_.log());
-            return Err(e.to_string());
-        }
-        Ok(())
-    })
-    .await
-}
-
 /// The simulator as a process.
 pub struct Sim {
     /// The process.
