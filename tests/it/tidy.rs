@@ -123,3 +123,33 @@ fn no_test_is_ignored() {
         .collect();
     assert_eq!(found, Vec::<String>::new(), "ignored tests");
 }
+
+/// The harness's rules, on `tests/`: the binary under test is spawned only through
+/// `support` (cleared environment, temporary working directory, port 0 with `--addr-file`),
+/// no port is picked by binding and releasing it, and `support::require` alone decides
+/// whether a missing tool skips or fails (it alone reads `CI`).
+#[test]
+fn the_harness_spawns_gates_and_binds_in_one_place() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("tests"), &mut files);
+    let support = root.join("tests/it/support");
+    // Each needle spelled in pieces, so that this file does not match itself.
+    let rules = [
+        (concat!("Command::new(", "BIN"), "spawns the binary without support::bin or support::command"),
+        (concat!("Command::new(support::", "BIN"), "spawns the binary without support::bin or support::command"),
+        (concat!("Command::new(crate::support::", "BIN"), "spawns the binary without support::bin or support::command"),
+        (concat!("free", "_port"), "picks a port by binding and releasing it"),
+        (concat!("(\"C", "I\")"), "reads CI itself instead of support::require"),
+    ];
+    let mut found = Vec::new();
+    for path in files.iter().filter(|p| !p.starts_with(&support)) {
+        let text = std::fs::read_to_string(path).unwrap();
+        for (needle, why) in rules {
+            if text.contains(needle) {
+                found.push(format!("{}: {why}", path.strip_prefix(root).unwrap().display()));
+            }
+        }
+    }
+    assert_eq!(found, Vec::<String>::new());
+}
