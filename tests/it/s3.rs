@@ -92,8 +92,7 @@ impl S3 {
     }
 
     /// Kill -9 and start again on the same port (the gateway's `S3_ENDPOINT`): safe
-    /// enough, as the system hands out port-0 ports in turn from the whole ephemeral range,
-    /// so no other test binds this one in the moment it is free.
+    /// enough, for the reasons of [`support::Gateway::restart`].
     async fn restart(&mut self) {
         self.proc_.kill9();
         let dir = self.root.parent().unwrap().to_path_buf();
@@ -363,6 +362,7 @@ async fn a_bucket_that_is_down_fails_the_start_and_downloads_cleanly() {
     assert!(bad.log().contains("S3_BUCKET: must be set"), "{}", bad.log());
 
     // Up at start, down later: downloads answer 503 STORAGE_UNAVAILABLE, never a panic.
+    // On the endpoint the refused starts were given (see `support::Gateway::restart`).
     let port = endpoint.port;
     drop(endpoint);
     let mut s3 = S3::start(program, dir.path(), port).await;

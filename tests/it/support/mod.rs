@@ -385,9 +385,8 @@ impl Sim {
     }
 
     /// Start with extra flags on `port`, where a test's gateway expects its backend (a
-    /// port a [`DeadPort`] or an in-process stand-in held until now): safe enough, as the
-    /// system hands out port-0 ports in turn from the whole ephemeral range, so no other
-    /// test binds this one in the moment it is free.
+    /// port a [`DeadPort`] or an in-process stand-in held until now): safe enough, for the
+    /// reasons of [`Gateway::restart`].
     pub async fn start_on(dir: &Path, port: u16, extra: &[String]) -> Sim {
         let data_dir = dir.join("sim-data");
         let addr_file = dir.join(format!("sim-{}.addr", rand_u32()));
@@ -415,9 +414,7 @@ impl Sim {
 
     /// Kill -9 and start again on the same port and data dir (ComfyUI crash + restart).
     /// The same port, because the gateway under test has this URL configured: safe enough,
-    /// as the system hands out port-0 ports in turn from the whole ephemeral range, so no
-    /// other test binds this one in the moment it is free, and its listener reuses the
-    /// address past TIME_WAIT.
+    /// for the reasons of [`Gateway::restart`].
     pub async fn restart(&mut self) {
         self.proc_.kill9();
         let dir = self.data_dir.parent().unwrap_or(Path::new(".")).to_path_buf();
@@ -530,10 +527,13 @@ impl Gateway {
         self.proc_ = Gateway::spawn(&self.dir, &self.envs, &self.addr_file);
     }
 
-    /// Start it again with the same database and port. The same port, because clients
-    /// and webhook URLs of the test hold it: safe enough, as the system hands out port-0
-    /// ports in turn from the whole ephemeral range, so no other test binds this one in the
-    /// moment it is free, and the listener reuses the address past TIME_WAIT.
+    /// Start it again with the same database and port. The same port, because the test's
+    /// clients and webhook URLs hold it. Safe enough: every server of the tests binds port
+    /// 0, which the system picks from the whole ephemeral range (some 28 000 ports), so
+    /// another test taking this one in the moment between kill and restart is very
+    /// unlikely; the listener sets `SO_REUSEADDR`, so connections in TIME_WAIT do not block
+    /// it; and if the port is taken anyway, the restart fails loudly (the process exits
+    /// "address in use", [`Proc::wait_addr`] panics with its log), never silently.
     pub async fn restart(&mut self) {
         self.respawn();
         self.wait_ready().await;
