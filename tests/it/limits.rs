@@ -79,7 +79,7 @@ async fn limits_rate_limit_answers_429_with_headers_then_allows_after_the_window
     let sim = Sim::start(dir.path(), 0).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[("RATE_LIMIT_MAX", "3"), ("RATE_LIMIT_WINDOW_MS", "1000")]).await;
     let caps = format!("{}/capabilities", gw.url());
-    // The launcher's readiness probe used /health, which is not counted.
+    // The launcher sent no request (it reads the address file): the quota is whole.
     for i in 0..3 {
         let (s, h, _) = get(&caps, &[]).await;
         assert_eq!(s, 200, "request {i}");
@@ -325,7 +325,7 @@ async fn limits_connections_beyond_max_connections_wait() {
     let env = [("MAX_CONNECTIONS", "1"), ("HEADER_READ_TIMEOUT_MS", "60000")];
     let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
     let url = format!("{}/capabilities", gw.url());
-    // The launcher's readiness probe closed its connection when its client was dropped.
+    // The launcher sent no request (it reads the address file): no connection is held.
     let mut holder = tokio::net::TcpStream::connect(("127.0.0.1", gw.port)).await.unwrap();
     holder.write_all(b"GET /capabilities HTTP/1.1\r\nHost: x\r\n").await.unwrap();
     // No wait needed: the kernel queues connections in order, so the gateway accepts the
