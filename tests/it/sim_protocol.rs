@@ -899,6 +899,8 @@ async fn sim_ws_reconnect_and_same_client_id_quirk() {
     ws1.until(|m| m["type"] == "executing" && m["data"]["node"] == "10").await;
     ws1.stream.close(None).await.unwrap();
     drop(ws1);
+    // ComfyUI unregisters a sid when its old socket closes, even after a newer socket took
+    // it: the close must land first, and nothing outside the simulator shows when it has.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let url = format!("ws://{}/ws?clientId={client}", sim.addr);
     let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();

@@ -60,7 +60,8 @@ async fn looping_plugins_cost_their_own_submits_and_the_api_keeps_serving() {
             })
         })
         .collect();
-    // Let the calls start, then be the neighbour for as long as they loop.
+    // Let the calls start, then be the neighbour for as long as they loop. A head start,
+    // not synchronisation: no metric shows plugin calls in flight.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let served = neighbour.probe_for(&["/health", &format!("/jobs/{job}")], limit).await;
     // The neighbour also submits (and its job runs) while the plugins spin.
@@ -111,6 +112,7 @@ async fn a_saturated_plugin_answers_plugin_busy_in_bounded_time_and_others_run()
             })
         })
         .collect();
+    // A head start for the four calls (no metric shows plugin slots in use).
     tokio::time::sleep(Duration::from_millis(200)).await;
     // Another plugin still finds a slot while `spin` holds all of its own and two more
     // `spin` calls wait (without per-plugin slots, one of them would have taken it).
