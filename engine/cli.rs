@@ -209,7 +209,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             };
             serve(config, failpoints, args.addr_file.as_deref()).await
         }
-        Command::Sim(args) => sim::run_cli(args).await.map_err(|e| CliError::runtime(format!("simulator: {e}"))),
+        Command::Sim(args) => {
+            let addr_file = args.addr_file.clone();
+            let listening = |addr| match &addr_file {
+                Some(path) => write_addr_file(path, addr).map_err(std::io::Error::other),
+                None => Ok(()),
+            };
+            sim::run_cli(args, listening).await.map_err(|e| CliError::runtime(format!("simulator: {e}")))
+        }
         Command::Init(db) => init(&db).await,
         Command::AddWorkflow(args) => add_workflow(args).await,
         Command::ImportWorkflow(args) => import_workflow(args).await,
@@ -274,7 +281,7 @@ async fn serve(
 
 /// `--addr-file`: write `addr` to `path` once the server is listening, through a temporary
 /// file renamed into place, so a reader never sees a partial address.
-pub(crate) fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), String> {
+fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), String> {
     let partial = path.with_extension("partial");
     std::fs::write(&partial, format!("{addr}\n"))
         .and_then(|()| std::fs::rename(&partial, path))

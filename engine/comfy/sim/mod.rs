@@ -241,16 +241,17 @@ pub async fn serve(listener: TcpListener, config: SimConfig, shutdown: Cancellat
     Ok(())
 }
 
-/// Entry for the CLI: bind `host:port`, log the address, serve until Ctrl-C / SIGTERM.
-pub async fn run_cli(args: SimArgs) -> std::io::Result<()> {
-    let addr_file = args.addr_file.clone();
+/// Entry for the CLI: bind `host:port`, log the address, hand it to `listening` (which
+/// writes `--addr-file`), serve until Ctrl-C / SIGTERM.
+pub async fn run_cli(
+    args: SimArgs,
+    listening: impl FnOnce(std::net::SocketAddr) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let config = SimConfig::from(args);
     let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "ComfyUI simulator listening");
-    if let Some(path) = addr_file {
-        crate::cli::write_addr_file(&path, addr).map_err(std::io::Error::other)?;
-    }
+    listening(addr)?;
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {
