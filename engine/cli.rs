@@ -270,9 +270,16 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 }
                 None => None,
             };
-            serve(config, failpoints).await
+            serve(config, failpoints, args.addr_file.as_deref()).await
         }
-        Command::Sim(args) => sim::run_cli(args).await.map_err(|e| CliError::runtime(format!("simulator: {e}"))),
+        Command::Sim(args) => {
+            let addr_file = args.addr_file.clone();
+            let listening = |addr| match &addr_file {
+                Some(path) => write_addr_file(path, addr).map_err(std::io::Error::other),
+                None => Ok(()),
+            };
+            sim::run_cli(args, listening).await.map_err(|e| CliError::runtime(format!("simulator: {e}")))
+        }
         Command::Init(db) => init(&db).await,
         Command::AddWorkflow(args) => add_workflow(args).await,
         Command::ImportWorkflow(args) => import_workflow(args).await,
@@ -283,12 +290,19 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
-async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> Result<(), CliError> {
-    let config = Arc::new(config);
+async fn serve(
+    config: Config,
+    failpoints: Option<crate::failpoints::Armed>,
+    addr_file: Option<&Path>,
+) -> Result<(), CliError> {
+    let mut config = config;
     let addr = std::net::SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CliError::runtime(format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr().map_err(|e| CliError::runtime(format!("cannot listen on {addr}: {e}")))?;
+    config.bound_to(bound.port());
+    let config = Arc::new(config);
     let gateway = Gateway::start(config.clone()).await.map_err(|e| CliError::runtime(e.message))?;
     if let Some(points) = failpoints {
         points.arm().map_err(|e| CliError::config(format!("FAILPOINTS: {e}")))?;
@@ -298,6 +312,9 @@ async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> 
     let server = api::serve(listener, gateway.clone()).map_err(|e| CliError::runtime(e.to_string()))?;
     let backends: Vec<String> = config.backends.iter().map(|b| format!("{}={}", b.id, b.public_url())).collect();
     tracing::info!(addr = %server.local_addr, ?backends, "comfyui-gateway listening");
+    if let Some(path) = addr_file {
+        write_addr_file(path, server.local_addr).map_err(CliError::runtime)?;
+    }
     // Fail-stop: once the database failed a write (a disk error), nothing more can be
     // committed in this process; exiting lets the supervisor's restart recover from what
     // is on disk, as after a crash, instead of answering every request with an error.
@@ -325,6 +342,15 @@ async fn serve(config: Config, failpoints: Option<crate::failpoints::Armed>) -> 
             Err(CliError::new(Failure::StoreFailed, format!("the database failed ({reason}); restart to recover")))
         }
     }
+}
+
+/// `--addr-file`: write `addr` to `path` once the server is listening, through a temporary
+/// file renamed into place, so a reader never sees a partial address.
+fn write_addr_file(path: &Path, addr: std::net::SocketAddr) -> Result<(), String> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, format!("{addr}\n"))
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| format!("cannot write --addr-file {}: {e}", path.display()))
 }
 
 /// Say at start how requests are authenticated: key fingerprints (owner ids), never keys.

@@ -206,6 +206,10 @@ pub struct ServeArgs {
     /// Crash points to arm, `name=action;...` (tests; builds with the `failpoints` feature).
     #[arg(long, env, hide = true)]
     pub failpoints: Option<String>,
+    /// Once listening, write the bound address (`ip:port`) to this file: with `--port 0`,
+    /// how a supervisor or a test learns the port the system chose.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
     /// API keys as `key:role,...` (roles: admin, user).
     #[arg(long, env, default_value = "", hide_env_values = true, hide_default_value = true)]
     pub api_keys: Secret,
@@ -533,6 +537,15 @@ fn bad(variable: &'static str, message: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// The port the API is bound to, when `PORT` was 0 and the system chose it: the
+    /// default public URL (`http://HOST:PORT`) names that port, not 0.
+    pub fn bound_to(&mut self, port: u16) {
+        if self.public_url == default_public_url(self.host, self.port) {
+            self.public_url = default_public_url(self.host, port);
+        }
+        self.port = port;
+    }
+
     /// Validate parsed arguments into a configuration.
     pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
         if !(1..=64).contains(&args.max_concurrency) {
@@ -951,14 +964,19 @@ fn webhook_settings(args: &ServeArgs) -> Result<crate::webhooks::Settings, Confi
     })
 }
 
+/// `http://HOST:PORT`, the public URL when `PUBLIC_URL` is not set.
+fn default_public_url(host: IpAddr, port: u16) -> String {
+    let host = match host {
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        IpAddr::V4(v4) => v4.to_string(),
+    };
+    format!("http://{host}:{port}")
+}
+
 /// `PUBLIC_URL` without trailing slash, or `http://HOST:PORT`.
 fn public_url(args: &ServeArgs) -> Result<String, ConfigError> {
     let Some(raw) = &args.public_url else {
-        let host = match args.host {
-            IpAddr::V6(v6) => format!("[{v6}]"),
-            IpAddr::V4(v4) => v4.to_string(),
-        };
-        return Ok(format!("http://{host}:{}", args.port));
+        return Ok(default_public_url(args.host, args.port));
     };
     let url = reqwest::Url::parse(raw).map_err(|e| bad("PUBLIC_URL", format!("{raw:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -1397,6 +1415,17 @@ mod tests {
         std::fs::write(&file, "# keys\nfilekey0001:user\n").unwrap();
         let from_file = parse(&["--api-keys-file", file.to_str().unwrap()]).unwrap();
         assert_eq!(from_file.auth.key_fingerprints().len(), 1);
+    }
+
+    #[test]
+    fn the_default_public_url_names_the_port_the_system_chose() {
+        let mut c = parse(&["--port", "0"]).unwrap();
+        assert_eq!(c.public_url, "http://127.0.0.1:0");
+        c.bound_to(41234);
+        assert_eq!((c.port, c.public_url.as_str()), (41234, "http://127.0.0.1:41234"));
+        let mut c = parse(&["--port", "0", "--public-url", "https://gw.example.com"]).unwrap();
+        c.bound_to(41234);
+        assert_eq!(c.public_url, "https://gw.example.com", "an explicit PUBLIC_URL stays");
     }
 
     #[test]

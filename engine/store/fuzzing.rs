@@ -346,28 +346,26 @@ mod tests {
 
     const SEED_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/records");
 
-    /// The committed seeds are what today's encoder writes. A seed missing from the corpus is
-    /// written there and the test fails once, asking for the commit; a record format change
-    /// refreshes them by deleting the stale files and running this test again.
+    /// The committed seeds are what today's encoder writes. When they are not (a record
+    /// format change), the fresh seeds are written outside the source tree and the failure
+    /// says how to copy them over.
     #[test]
     fn the_fuzz_seeds_match_the_encoder() {
-        let mut written = Vec::new();
-        for (name, bytes) in seeds() {
-            let path = std::path::Path::new(SEED_DIR).join(&name);
-            match std::fs::read(&path) {
-                Ok(stored) => assert!(
-                    stored == bytes,
-                    "{name} is stale: delete {} and run cargo test --lib store::fuzzing",
-                    path.display()
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(SEED_DIR).unwrap();
-                    std::fs::write(&path, bytes).unwrap();
-                    written.push(name);
-                }
-                Err(e) => panic!("{}: {e}", path.display()),
-            }
+        let seeds = seeds();
+        let stale: Vec<&String> = seeds
+            .iter()
+            .filter(|(name, bytes)| {
+                std::fs::read(std::path::Path::new(SEED_DIR).join(name)).ok().as_ref() != Some(bytes)
+            })
+            .map(|(name, _)| name)
+            .collect();
+        if stale.is_empty() {
+            return;
         }
-        assert!(written.is_empty(), "wrote new fuzz seeds {written:?} into {SEED_DIR}: commit them");
+        let fresh = tempfile::Builder::new().prefix("records-seeds-").tempdir().unwrap().keep();
+        for (name, bytes) in &seeds {
+            std::fs::write(fresh.join(name), bytes).unwrap();
+        }
+        panic!("stale or missing seeds {stale:?}; refresh them: cp {}/* {SEED_DIR}/", fresh.display());
     }
 }

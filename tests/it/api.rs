@@ -170,12 +170,7 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(support::BIN)
-            .args(args)
-            .env("DATABASE_URL", &db)
-            .env_remove("PORT")
-            .output()
-            .unwrap();
+        let out = support::bin().args(args).env("DATABASE_URL", &db).output().unwrap();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).to_string(),
@@ -201,7 +196,7 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     let sim = Sim::start(dir.path(), 0).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[("DATABASE_URL", db.to_str().unwrap())]).await;
     let port = gw.port.to_string();
-    let out = std::process::Command::new(support::BIN)
+    let out = support::bin()
         .args(["add-workflow", wf.to_str().unwrap(), "--id", "cli_wf", "--port", &port])
         .env("DATABASE_URL", &db)
         .output()
@@ -213,7 +208,7 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     assert_eq!(gw.wait_terminal(&id, std::time::Duration::from_secs(60)).await["status"], "succeeded");
 
     // `health` asks the running gateway.
-    let out = std::process::Command::new(support::BIN).args(["health", "--port", &port]).output().unwrap();
+    let out = support::bin().args(["health", "--port", &port]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("\"reachable\": true"), "{text}");
@@ -222,19 +217,18 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("in use by a running gateway"), "{err}");
     // A crash point this build does not know is a configuration error.
-    let out =
-        std::process::Command::new(support::BIN).args(["serve"]).env("FAILPOINTS", "nowhere=return").output().unwrap();
+    let out = support::bin().args(["serve"]).env("FAILPOINTS", "nowhere=return").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("FAILPOINTS") && err.contains("not a crash point"), "{err}");
 
     // Bad configuration: one line naming the variable, exit code 2.
-    let out = std::process::Command::new(support::BIN).args(["serve"]).env("MAX_CONCURRENCY", "0").output().unwrap();
+    let out = support::bin().args(["serve"]).env("MAX_CONCURRENCY", "0").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("MAX_CONCURRENCY"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
-    let out = std::process::Command::new(support::BIN).args(["serve"]).env("PORT", "eighty").output().unwrap();
+    let out = support::bin().args(["serve"]).env("PORT", "eighty").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("PORT"), "{err}");
@@ -243,12 +237,7 @@ async fn cli_adds_and_lists_workflows_with_or_without_a_running_server() {
     let envdir = dir.path().join("envdir");
     std::fs::create_dir_all(&envdir).unwrap();
     std::fs::write(envdir.join(".env"), "COMFYUI_URL=ftp://nowhere\n").unwrap();
-    let out = std::process::Command::new(support::BIN)
-        .args(["serve"])
-        .current_dir(&envdir)
-        .env_remove("COMFYUI_URL")
-        .output()
-        .unwrap();
+    let out = support::bin().args(["serve"]).current_dir(&envdir).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("COMFYUI_URL"), ".env is read: {err}");

@@ -2,12 +2,12 @@
 //! (HS256, EdDSA) and the attacks on them, job ownership on every per-job route, the
 //! audit log, open mode, and configuration errors at start.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::support::{self, BIN, Gateway, Sim};
+use crate::support::{self, Gateway, Sim};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -78,16 +78,13 @@ async fn submit(gw: &Gateway, cred: Cred<'_>, seed: u64) -> String {
 }
 
 async fn wait_status(gw: &Gateway, cred: Cred<'_>, id: &str, want: &[&str]) -> Value {
-    let start = Instant::now();
-    loop {
+    let what = || format!("job {id} is {want:?}\n{}", gw.proc_.log());
+    support::eventually_within(WAIT, what, async || {
         let (status, _, v) = call("GET", &format!("{}/jobs/{id}", gw.url()), cred, None, &[]).await;
         assert_eq!(status, 200, "{v}");
-        if want.contains(&v["status"].as_str().unwrap_or("")) {
-            return v;
-        }
-        assert!(start.elapsed() < WAIT, "job {id} is not {want:?}: {v}\n{}", gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
+        if want.contains(&v["status"].as_str().unwrap_or("")) { Ok(v) } else { Err(v) }
+    })
+    .await
 }
 
 fn listed(v: &Value) -> Vec<String> {
@@ -244,11 +241,8 @@ async fn auth_api_keys_roles_ownership_and_audit() {
     std::fs::write(&wf, workflow_body("x")["workflow"].to_string()).unwrap();
     let port = gw.port.to_string();
     let cli = |key: Option<&str>| {
-        let mut cmd = std::process::Command::new(BIN);
-        cmd.args(["add-workflow", wf.to_str().unwrap(), "--id", "cli_wf", "--port", &port])
-            .env("DATABASE_URL", &gw.db)
-            .env_remove("GATEWAY_API_KEY")
-            .env_remove("GATEWAY_URL");
+        let mut cmd = support::bin();
+        cmd.args(["add-workflow", wf.to_str().unwrap(), "--id", "cli_wf", "--port", &port]).env("DATABASE_URL", &gw.db);
         if let Some(key) = key {
             cmd.env("GATEWAY_API_KEY", key);
         }
@@ -430,11 +424,9 @@ fn auth_configuration_errors_stop_start_up_naming_the_variable() {
         ("JWT_PUBLIC_KEY", "/nonexistent/key.pem"),
     ];
     for (var, value) in cases {
-        let out = std::process::Command::new(BIN)
+        let out = support::bin()
             .arg("serve")
-            .env_remove("API_KEYS")
-            .env_remove("JWT_SECRET")
-            .env("PORT", support::free_port().to_string())
+            .env("PORT", "0")
             .env("DATABASE_URL", dir.path().join("g.redb"))
             .env(var, value)
             .output()

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Gateway, Sim, get_json, post_json};
+use crate::support::{self, Gateway, Sim, eventually_within, get_json, post_json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -42,35 +42,33 @@ async fn backends(gw: &Gateway) -> Vec<Value> {
 
 /// Wait until every backend in the gateway's view is healthy or draining (probes done).
 async fn wait_backends_up(gw: &Gateway) {
-    let start = Instant::now();
-    while !backends(gw).await.iter().all(|b| b["reachable"] == true) {
-        assert!(start.elapsed() < WAIT, "backends never came up: {:?}", backends(gw).await);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within(WAIT, "every backend comes up", async || {
+        let list = backends(gw).await;
+        if list.iter().all(|b| b["reachable"] == true) { Ok(()) } else { Err(list) }
+    })
+    .await
 }
 
 /// Wait until the job is running, and return it.
 async fn wait_running(gw: &Gateway, id: &str) -> Value {
-    let start = Instant::now();
-    loop {
+    eventually_within(WAIT, format!("job {id} runs"), async || {
         let v = gw.job(id).await;
         match v["status"].as_str() {
-            Some("running") => return v,
-            Some("queued") => {}
+            Some("running") => Ok(v),
+            Some("queued") => Err(v),
             _ => panic!("job {id} should be running: {v}"),
         }
-        assert!(start.elapsed() < WAIT, "job {id} never ran: {v}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    })
+    .await
 }
 
 /// Wait until the simulator has started executing the prompt.
 async fn wait_executing(sim: &Sim, id: &str) {
-    let start = Instant::now();
-    while !support::executions(&sim.executions().await).iter().any(|(p, n)| p == id && *n > 0) {
-        assert!(start.elapsed() < WAIT, "job {id} never started executing on {}", sim.url());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_within(WAIT, format!("job {id} executes on {}", sim.url()), async || {
+        let ex = support::executions(&sim.executions().await);
+        if ex.iter().any(|(p, n)| p == id && *n > 0) { Ok(()) } else { Err(ex) }
+    })
+    .await
 }
 
 /// How many times `sim` executed the prompt.
@@ -317,20 +315,16 @@ async fn jobs_on_a_killed_backend_move_to_the_other_one_within_the_dead_after_wi
 
     sa.proc_.kill9();
     let killed = Instant::now();
-    let mut moved_at = None;
-    while moved_at.is_none() {
+    let what = || format!("the jobs move off the killed backend\n{}", gw.proc_.log());
+    let moved_at = eventually_within(WAIT, what, async || {
         let jobs = [gw.job(&on_a[0]).await, gw.job(&on_a[1]).await];
-        // Moved: back in the queue (no backend) or already on `b`.
-        if jobs.iter().all(|j| j["backend"] != "a") {
-            moved_at = Some(killed.elapsed());
-        }
         for j in &jobs {
             assert!(j["status"] != "failed" && j["status"] != "canceled", "{j}\n{}", gw.proc_.log());
         }
-        assert!(killed.elapsed() < WAIT, "jobs never moved: {jobs:?}\n{}", gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let moved_at = moved_at.unwrap();
+        // Moved: back in the queue (no backend) or already on `b`.
+        if jobs.iter().all(|j| j["backend"] != "a") { Ok(killed.elapsed()) } else { Err(jobs) }
+    })
+    .await;
     assert!(moved_at >= Duration::from_millis(DEAD_AFTER_MS), "not before BACKEND_DEAD_AFTER_MS: {moved_at:?}");
     assert!(moved_at < Duration::from_millis(DEAD_AFTER_MS) * 5, "moved soon after: {moved_at:?}");
 
@@ -372,24 +366,22 @@ async fn a_partitioned_backend_loses_the_moved_prompt_when_it_comes_back() {
     };
     // (A stopped simulator still dies by the SIGKILL of its drop if an assertion fails.)
     signal("-STOP");
-    let start = Instant::now();
-    while gw.job(&id).await["backend"] != "b" {
-        assert!(start.elapsed() < WAIT, "never moved: {}\n{}", gw.job(&id).await, gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = || format!("the job moves to b\n{}", gw.proc_.log());
+    eventually_within(WAIT, what, async || {
+        let v = gw.job(&id).await;
+        if v["backend"] == "b" { Ok(()) } else { Err(v) }
+    })
+    .await;
     signal("-CONT");
     // Back: its queue is cleared of our prompt (interrupted there), and it is healthy again.
-    let start = Instant::now();
-    loop {
+    let what = || format!("the stray prompt goes and a is healthy\n{}", gw.proc_.log());
+    eventually_within(WAIT, what, async || {
         let (_, queue) = get_json(&format!("{}/queue", sa.url())).await;
         let holds = queue.to_string().contains(&id);
         let up = by_id(&backends(&gw).await, "a")["state"] == "healthy";
-        if !holds && up {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "the stray prompt stays: {queue}\n{}", gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if !holds && up { Ok(()) } else { Err(queue) }
+    })
+    .await;
     assert!(gw.proc_.log().contains("removed a prompt of ours"), "{}", gw.proc_.log());
     let done = gw.wait_terminal(&id, WAIT).await;
     assert_done_with_outputs(&done, &gw.proc_.log());

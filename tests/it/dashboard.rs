@@ -80,23 +80,18 @@ async fn the_dashboard_files_are_public_typed_and_revalidated() {
     assert_eq!(post.status(), 405);
 }
 
-/// The browser and playwright-core, or None (with a notice) outside CI when missing.
+/// The browser and playwright-core, through the tool gate ([`support::require`]).
 pub(crate) fn browser_tools() -> Option<(PathBuf, PathBuf)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let chromium = std::env::var_os("CHROMIUM").map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
     let script = root.join("tests/browser/dashboard.mjs");
     let ready = chromium.exists()
         && root.join("tests/browser/node_modules/playwright-core").is_dir()
-        && Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ready {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must have chromium, node and tests/browser/node_modules (scripts/ci-deps installs them)"
-        );
-        eprintln!("NOTICE: chromium, node or playwright-core is missing; run scripts/ci-deps for the browser test");
-        return None;
-    }
-    Some((chromium, script))
+        && support::which("node").is_some();
+    support::require(
+        "chromium, node and tests/browser/node_modules (playwright-core)",
+        ready.then_some((chromium, script)),
+    )
 }
 
 /// Where the browser script saves its screenshots (and downloads).

@@ -95,6 +95,25 @@ impl SseStream {
         }
     }
 
+    /// Read on until the raw stream contains `needle` (a comment line, say); the events
+    /// read meanwhile stay for [`SseStream::next`].
+    async fn wait_raw(&mut self, needle: &str) {
+        let deadline = Instant::now() + WAIT;
+        while !self.raw.contains(needle) {
+            assert!(!self.ended, "the stream ended without {needle:?}: {}", self.raw);
+            let left = deadline.saturating_duration_since(Instant::now());
+            let chunk = tokio::time::timeout(left, self.resp.chunk()).await;
+            match chunk.unwrap_or_else(|_| panic!("no {needle:?} within {WAIT:?}")).expect("stream read") {
+                Some(bytes) => {
+                    let text = std::str::from_utf8(&bytes).expect("utf-8").to_string();
+                    self.raw.push_str(&text);
+                    self.buf.push_str(&text);
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+
     /// Every remaining event until the stream ends.
     async fn rest(&mut self) -> Vec<Sse> {
         let mut out = Vec::new();
@@ -135,11 +154,11 @@ async fn a_stream_resumed_past_the_terminal_event_ends_after_the_entries_that_fo
     let terminal = events.last().unwrap();
     assert_eq!(terminal.event, "succeeded", "{events:?}");
     let terminal_id = terminal.id.unwrap();
-    let start = Instant::now();
-    while log_seqs(&gw, &id).await.last().copied() == Some(terminal_id) {
-        assert!(start.elapsed() < WAIT, "no webhook attempt was logged");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    support::eventually_within(WAIT, "a webhook attempt is logged after the terminal event", async || {
+        let seqs = log_seqs(&gw, &id).await;
+        if seqs.last().copied() != Some(terminal_id) { Ok(()) } else { Err(seqs) }
+    })
+    .await;
     let again = tokio::time::timeout(Duration::from_secs(10), async {
         SseStream::open(&events_url(&gw, &id), Some(terminal_id)).await.rest().await
     })
@@ -239,8 +258,10 @@ async fn events_resume_after_last_event_id_exactly_then_continue_live() {
 
     // Reconnect with Last-Event-ID while the job hangs, then cancel it: the stream
     // resumes after `last` and continues live to the terminal event.
+    // The stream subscribes to live events before it answers (api/sse.rs); a heartbeat
+    // shows it is live while the job hangs, before the cancel.
     let mut second = SseStream::open(&events_url(&gw, &id), Some(last)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.wait_raw(": ping\n\n").await;
     let (status, body) = post_json(&format!("{}/jobs/{id}/cancel", gw.url()), &json!({})).await;
     assert_eq!(status, 200, "{body}");
     let rest = second.rest().await;

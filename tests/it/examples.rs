@@ -8,13 +8,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use comfyui_gateway::webhooks::sign::{SigningKey, standard_signature};
 use serde_json::{Value, json};
 
 use crate::support::receiver::Receiver;
-use crate::support::{self, Gateway, Proc, Sim};
+use crate::support::{self, Gateway, Proc, Sim, eventually_within};
 
 const WAIT: Duration = Duration::from_secs(60);
 const ADMIN_KEY: &str = "examples-admin-key-0123";
@@ -39,11 +39,12 @@ async fn start(dir: &Path) -> (Sim, Gateway) {
     ];
     let gw = Gateway::start(dir, &sim.url(), &env).await;
     // Ready: the backend has been probed (until then /health answers 503).
-    let start = Instant::now();
-    while reqwest::get(format!("{}/health", gw.url())).await.unwrap().status() != 200 {
-        assert!(start.elapsed() < WAIT, "the gateway never became healthy:\n{}", gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = || format!("the gateway becomes healthy:\n{}", gw.proc_.log());
+    eventually_within(WAIT, what, async || {
+        let status = reqwest::get(format!("{}/health", gw.url())).await.unwrap().status();
+        if status == 200 { Ok(()) } else { Err(status) }
+    })
+    .await;
     (sim, gw)
 }
 
@@ -59,14 +60,10 @@ async fn get_json(url: &str, key: &str) -> (u16, Value) {
     (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
 }
 
-/// A command for an example, without the developer's values of the variables the
-/// examples read.
-fn example(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    for var in ["GATEWAY_URL", "GATEWAY_API_KEY", "CALLBACK_URL", "WEBHOOK_SECRET"] {
-        cmd.env_remove(var);
-    }
-    cmd
+/// A command for an example in a fresh working directory under `dir`, with a cleared
+/// environment ([`support::command`]): only what the test sets reaches it.
+fn example(program: &str, dir: &Path) -> Command {
+    support::command(program, &support::work_dir(dir))
 }
 
 /// Run a command to its end off the async workers; its output.
@@ -112,7 +109,7 @@ async fn curl_tour_calls_every_endpoint_with_the_expected_status() {
     let dir = support::tempdir();
     let (_sim, gw) = start(dir.path()).await;
     let receiver = Receiver::start().await;
-    let mut cmd = example("bash");
+    let mut cmd = example("bash", dir.path());
     cmd.arg(examples_dir().join("curl.sh"))
         .env("GATEWAY_URL", gw.url())
         .env("GATEWAY_API_KEY", ADMIN_KEY)
@@ -204,13 +201,11 @@ async fn curl_tour_calls_every_endpoint_with_the_expected_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_client_follows_a_job_with_a_resume_and_downloads_verified_outputs() {
-    if !python_example_ready() {
-        return;
-    }
+    let Some(_python) = python_example_ready() else { return };
     let dir = support::tempdir();
     let (_sim, gw) = start(dir.path()).await;
     let out_dir = dir.path().join("py-out");
-    let mut cmd = example("python3");
+    let mut cmd = example("python3", dir.path());
     cmd.arg(examples_dir().join("python/gateway_client.py"))
         .args(["--url", &gw.url(), "--api-key", USER_KEY, "submit", "--input", "prompt=a red fox", "--drop-after", "2"])
         .arg("--out")
@@ -229,7 +224,7 @@ async fn python_client_follows_a_job_with_a_resume_and_downloads_verified_output
     assert!(assert_downloaded(&gw, &job, &out_dir).await >= 1);
 
     // `demo`: the same with an in-process receiver as the callback, its delivery verified.
-    let mut cmd = example("python3");
+    let mut cmd = example("python3", dir.path());
     cmd.arg(examples_dir().join("python/gateway_client.py"))
         .args(["--url", &gw.url(), "--api-key", USER_KEY, "demo", "--secret", SECRET, "--out"])
         .arg(dir.path().join("demo-out"));
@@ -241,7 +236,7 @@ async fn python_client_follows_a_job_with_a_resume_and_downloads_verified_output
     assert!(assert_downloaded(&gw, &job, &dir.path().join("demo-out")).await >= 1);
 
     // A failing request exits non-zero with the gateway's error.
-    let mut cmd = example("python3");
+    let mut cmd = example("python3", dir.path());
     cmd.arg(examples_dir().join("python/gateway_client.py")).args([
         "--url",
         &gw.url(),
@@ -286,18 +281,15 @@ async fn post_delivery(url: &str, id: &str, ts: &str, signature: &str, body: Vec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_receiver_accepts_a_real_delivery_and_refuses_tampered_or_stale_ones() {
-    if !python_example_ready() {
-        return;
-    }
+    let Some(python) = python_example_ready() else { return };
     let dir = support::tempdir();
     let (_sim, gw) = start(dir.path()).await;
-    let port = support::free_port();
     let store = dir.path().join("deliveries");
     let args: Vec<String> = vec![
         examples_dir().join("python/gateway_client.py").display().to_string(),
         "receive".into(),
         "--port".into(),
-        port.to_string(),
+        "0".into(),
         "--secret".into(),
         SECRET.into(),
         "--store".into(),
@@ -306,9 +298,9 @@ async fn python_receiver_accepts_a_real_delivery_and_refuses_tampered_or_stale_o
     // Unbuffered, so its log is complete when read.
     let envs = [("PYTHONUNBUFFERED".to_string(), "1".to_string())];
     let mut receiver =
-        Proc::spawn_program(Path::new("python3"), "python receiver", &args, &envs, dir.path().join("py.log"));
-    let url = format!("http://127.0.0.1:{port}/hook");
-    support::wait_http(&url, &mut receiver, Duration::from_secs(20)).await;
+        Proc::spawn_program(&python, "python receiver", dir.path(), &args, &envs, dir.path().join("py.log"));
+    let addr = receiver.wait_logged_addr("listening on http://").await;
+    let url = format!("http://127.0.0.1:{}/hook", addr.port());
 
     let body = json!({"workflowId": "icon_512", "inputs": {"prompt": "a webhook"}, "callbackUrl": url});
     let r = reqwest::Client::new()
@@ -322,29 +314,19 @@ async fn python_receiver_accepts_a_real_delivery_and_refuses_tampered_or_stale_o
     let job = r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string();
 
     // The gateway's real delivery is verified and accepted (204).
-    let start = Instant::now();
-    let (delivered, headers) = loop {
-        if let Some(d) = stored_delivery(&store) {
-            break d;
-        }
-        assert!(start.elapsed() < WAIT, "no delivery accepted:\n{}\n{}", receiver.log(), gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let what = || format!("a delivery is accepted:\n{}\n{}", receiver.log(), gw.proc_.log());
+    let (delivered, headers) = eventually_within(WAIT, what, async || stored_delivery(&store)).await;
     let payload: Value = serde_json::from_slice(&delivered).unwrap();
     assert_eq!(
         (payload["type"].as_str(), payload["data"]["jobId"].as_str()),
         (Some("job.succeeded"), Some(job.as_str()))
     );
-    let start = Instant::now();
-    loop {
+    let v = eventually_within(WAIT, "the delivery is recorded delivered", async || {
         let (_, v) = get_json(&format!("{}/jobs/{job}/webhooks", gw.url()), USER_KEY).await;
-        if v["deliveries"][0]["state"] == "delivered" {
-            assert_eq!(v["deliveries"][0]["lastStatus"], 204, "{v}");
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "{v}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if v["deliveries"][0]["state"] == "delivered" { Ok(v) } else { Err(v) }
+    })
+    .await;
+    assert_eq!(v["deliveries"][0]["lastStatus"], 204, "{v}");
     let header = |name: &str| {
         let found = headers.as_object().unwrap().iter().find(|(k, _)| k.eq_ignore_ascii_case(name));
         found.and_then(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("{name} in {headers}")).to_string()
@@ -376,44 +358,24 @@ async fn python_receiver_accepts_a_real_delivery_and_refuses_tampered_or_stale_o
     assert!(log.contains(&format!("accepted {id} job.succeeded job={job}")), "{log}");
 }
 
-/// Whether the Python example can run here: `python3` with `requests`. In CI it is
-/// required (scripts/ci-deps installs `requests`).
-fn python_example_ready() -> bool {
-    let ok = Command::new("python3").args(["-c", "import requests"]).output().is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "CI must have python3 with requests (scripts/ci-deps installs it)");
-        eprintln!(
-            "NOTICE: python3 or its package requests is missing; run scripts/ci-deps. The Python example is not run."
-        );
-    }
-    ok
+/// `python3` with `requests`, through the tool gate ([`support::require`]).
+fn python_example_ready() -> Option<PathBuf> {
+    support::require_python(&["requests"])
 }
 
-/// Whether the Node example can run here: `node` and `examples/js/node_modules`. In CI
-/// both are required (scripts/ci-deps runs `npm ci`).
-fn node_example_ready() -> bool {
-    let has_node = Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    let has_modules = examples_dir().join("js/node_modules/eventsource").is_dir();
-    if has_node && has_modules {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI must have node and examples/js/node_modules (scripts/ci-deps runs npm ci)"
-    );
-    eprintln!("NOTICE: node or examples/js/node_modules is missing; run scripts/ci-deps. The JS example is not run.");
-    false
+/// `node` with `examples/js/node_modules`, through the tool gate ([`support::require`]).
+fn node_example_ready() -> Option<PathBuf> {
+    let node = support::which("node").filter(|_| examples_dir().join("js/node_modules/eventsource").is_dir());
+    support::require("node with examples/js/node_modules (npm ci)", node)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_client_follows_a_job_and_downloads_its_outputs() {
-    if !node_example_ready() {
-        return;
-    }
+    let Some(_node) = node_example_ready() else { return };
     let dir = support::tempdir();
     let (_sim, gw) = start(dir.path()).await;
     let out_dir = dir.path().join("js-out");
-    let mut cmd = example("node");
+    let mut cmd = example("node", dir.path());
     cmd.arg(examples_dir().join("js/client.mjs"))
         .args(["--input", "prompt=a js fox", "--out"])
         .arg(&out_dir)
@@ -428,7 +390,7 @@ async fn js_client_follows_a_job_and_downloads_its_outputs() {
     assert!(assert_downloaded(&gw, &job, &out_dir).await >= 1);
 
     // A wrong key: non-zero with the gateway's error.
-    let mut cmd = example("node");
+    let mut cmd = example("node", dir.path());
     cmd.arg(examples_dir().join("js/client.mjs")).env("GATEWAY_URL", gw.url()).env("GATEWAY_API_KEY", "not-a-key-000");
     let out = run(cmd).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

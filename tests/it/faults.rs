@@ -61,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Gateway, Sim};
+use crate::support::{self, Gateway, Sim, eventually_within};
 
 /// `COMFYUI_TIMEOUT_MS` of the cells.
 const TIMEOUT_MS: u64 = 2500;
@@ -209,11 +209,7 @@ fn icon(seed: u64) -> Value {
 }
 
 async fn wait_until_executing(rig: &Rig, id: &str) {
-    let start = Instant::now();
-    while rig.executed(id).await == 0 {
-        assert!(start.elapsed() < BOUND, "job {id} never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_within(BOUND, format!("job {id} starts"), async || (rig.executed(id).await > 0).then_some(())).await
 }
 
 /// Refused connections: a backend down for a moment is waited for without an attempt;
@@ -225,6 +221,7 @@ async fn refused_connections() {
     rig.sim.proc_.kill9();
     let start = Instant::now();
     let id = rig.gw.submit_ok(icon(1)).await;
+    // Not synchronisation: the outage lasts 0.8 s, then the backend comes back.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let waiting = rig.gw.job(&id).await;
     // Queued (or, for a moment, dispatched and about to be refused), never finished.
@@ -375,15 +372,11 @@ async fn execution_hangs_past_the_time_limit() {
     assert!(o.took >= Duration::from_millis(TIMEOUT_MS), "{:?}", o.took);
     assert_eq!(rig.executed(&o.id).await, 1);
     // The backend was told to stop: its queue empties.
-    let start = Instant::now();
-    loop {
+    eventually_within(BOUND, "the hung prompt is interrupted", async || {
         let (_, q) = support::get_json(&format!("{}/queue", rig.sim.url())).await;
-        if q["queue_running"].as_array().is_some_and(Vec::is_empty) {
-            break;
-        }
-        assert!(start.elapsed() < BOUND, "the hung prompt was interrupted: {q}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        if q["queue_running"].as_array().is_some_and(Vec::is_empty) { Ok(()) } else { Err(q) }
+    })
+    .await;
 }
 
 /// The WebSocket drops mid-job: reconciled by polling, no resubmission.
@@ -401,11 +394,7 @@ async fn comfyui_crash_mid_job() {
     rig.sim.faults(json!({"crashOnNextExecution": true})).await;
     let start = Instant::now();
     let id = rig.gw.submit_ok(icon(1)).await;
-    let waited = Instant::now();
-    while !rig.sim.proc_.exited() {
-        assert!(waited.elapsed() < BOUND, "the simulator crashed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    rig.sim.proc_.wait_exit(BOUND).await;
     rig.sim.restart().await;
     let o = rig.finish(id, start).await;
     o.expect("succeeded", None, 2, &rig.gw.proc_.log());
@@ -419,21 +408,22 @@ async fn comfyui_crash_mid_job() {
 async fn comfyui_crashes_on_every_execution() {
     let dir = support::tempdir();
     let flags = ["--node-delay-ms".to_string(), "10".into(), "--fault-crash-on-next-execution".into()];
-    let sim = Sim::start_on(dir.path(), support::free_port(), &flags).await;
+    let sim = Sim::start_with(dir.path(), &flags).await;
     let mut rig = Rig::with_sim(dir, sim, RESTART_ENV).await;
     let start = Instant::now();
     let id = rig.gw.submit_ok(icon(1)).await;
-    let job = loop {
+    // ComfyUI restarts after each crash, until the job is over.
+    let job = eventually_within(BOUND, "the job finishes", async || {
         let job = rig.gw.job(&id).await;
         if matches!(job["status"].as_str(), Some("succeeded" | "failed" | "canceled")) {
-            break job;
+            return Ok(job);
         }
         if rig.sim.proc_.exited() {
             rig.sim.restart().await;
         }
-        assert!(start.elapsed() < BOUND, "{job}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+        Err(job)
+    })
+    .await;
     let o = Outcome { id, job, took: start.elapsed() };
     o.expect("failed", Some("COMFYUI_UNREACHABLE"), ATTEMPTS_MAX, &rig.gw.proc_.log());
 }

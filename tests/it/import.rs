@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Gateway, Sim, get_json, post_json, post_raw};
+use crate::support::{self, DeadPort, Gateway, Sim, eventually, get_json, post_json, post_raw};
 
 fn fixture(name: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/fixtures").join(name);
@@ -255,9 +255,9 @@ async fn import_refuses_what_is_not_an_api_export_and_says_why() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_is_for_admins_and_needs_a_reachable_backend() {
     let dir = support::tempdir();
-    // No simulator on this port: the backend is down.
-    let down = format!("http://127.0.0.1:{}", support::free_port());
-    let gw = Gateway::start(dir.path(), &down, &[("API_KEYS", "admin-key-0001:admin,user-key-0001:user")]).await;
+    // Nothing listens on this port: the backend is down.
+    let down = DeadPort::new();
+    let gw = Gateway::start(dir.path(), &down.url(), &[("API_KEYS", "admin-key-0001:admin,user-key-0001:user")]).await;
     let url = format!("{}/workflows/import", gw.url());
     let post = |key: &'static str, body: Value| {
         let url = url.clone();
@@ -284,17 +284,13 @@ async fn import_is_for_admins_and_needs_a_reachable_backend() {
 async fn import_asks_the_first_healthy_backend() {
     let dir = support::tempdir();
     let sim = Sim::start(dir.path(), 0).await;
-    let down = format!("http://127.0.0.1:{}", support::free_port());
-    let gw = Gateway::start(dir.path(), &format!("{down},{}", sim.url()), &[]).await;
-    let start = std::time::Instant::now();
-    loop {
+    let down = DeadPort::new();
+    let gw = Gateway::start(dir.path(), &format!("{},{}", down.url(), sim.url()), &[]).await;
+    eventually("the simulator becomes healthy", async || {
         let (_, v) = get_json(&format!("{}/backends", gw.url())).await;
-        if v["backends"][1]["reachable"] == true {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "the simulator never became healthy: {v}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if v["backends"][1]["reachable"] == true { Ok(()) } else { Err(v) }
+    })
+    .await;
     let (status, v) =
         post_json(&format!("{}/workflows/import", gw.url()), &json!({"workflow": fixture("img2img_api.json")})).await;
     assert_eq!(status, 200, "the first backend is down, the second answers: {v}");
@@ -304,11 +300,8 @@ async fn import_asks_the_first_healthy_backend() {
 /// Run the binary with `args` (no inherited gateway configuration but `envs`): exit code,
 /// stdout, stderr.
 fn cli(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
-    let mut cmd = std::process::Command::new(support::BIN);
+    let mut cmd = support::bin();
     cmd.args(args);
-    for var in ["PORT", "HOST", "COMFYUI_URL", "DATABASE_URL", "GATEWAY_URL", "GATEWAY_API_KEY"] {
-        cmd.env_remove(var);
-    }
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -392,8 +385,8 @@ async fn import_workflow_cli_writes_files_that_add_workflow_accepts() {
     let (code, _, stderr) = cli(&["import-workflow", ui.to_str().unwrap(), "--comfyui-url", &sim.url()], &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("Export (API)"), "{stderr}");
-    let down = format!("http://127.0.0.1:{}", support::free_port());
-    let (code, _, stderr) = cli(&["import-workflow", &sdxl, "--comfyui-url", &down], &[]);
+    let down = DeadPort::new();
+    let (code, _, stderr) = cli(&["import-workflow", &sdxl, "--comfyui-url", &down.url()], &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("cannot read the node definitions"), "{stderr}");
     let (code, _, stderr) = cli(&["import-workflow", &sdxl, "--comfyui-url", "ftp://x"], &[]);

@@ -242,11 +242,10 @@ async fn inputs_are_uploaded_again_when_a_lost_prompt_is_resubmitted() {
     sim.faults(json!({"hang": 1})).await;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
     let job = gw.submit_ok(json!({"workflowId": "invert", "inputs": {"image": b64}})).await;
-    let start = std::time::Instant::now();
-    while support::executions(&sim.executions().await).is_empty() {
-        assert!(start.elapsed() < WAIT, "the prompt started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    support::eventually_within(WAIT, "the prompt starts", async || {
+        (!support::executions(&sim.executions().await).is_empty()).then_some(())
+    })
+    .await;
     assert!(sim.data_dir.join(format!("input/gw/{job}/image.png")).is_file(), "uploaded before the prompt");
     sim.proc_.kill9();
     std::fs::remove_dir_all(sim.data_dir.join("input/gw")).unwrap();

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Gateway, Sim, get_json};
+use crate::support::{self, Gateway, Sim, eventually_within, get_json};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -86,11 +86,11 @@ async fn priorities_are_honoured_and_a_backend_never_gets_more_than_its_limit() 
     };
     let blocker = submit(json!("normal")).await;
     // Make sure the blocker is on the backend before the others arrive.
-    let start = std::time::Instant::now();
-    while gw.job(&blocker).await["status"] == "queued" {
-        assert!(start.elapsed() < WAIT);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_within(WAIT, "the blocker leaves the queue", async || {
+        let v = gw.job(&blocker).await;
+        if v["status"] != "queued" { Ok(()) } else { Err(v) }
+    })
+    .await;
     let low = submit(json!("low")).await;
     let normal = submit(json!("normal")).await;
     let high = submit(json!("high")).await;
@@ -198,12 +198,13 @@ async fn an_interrupt_on_comfyui_cancels_the_job() {
     let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
     sim.faults(json!({"hang": 1})).await;
     let job = gw.submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": "p", "seed": 9}})).await;
-    let start = std::time::Instant::now();
-    while gw.job(&job).await["status"] != "running" {
-        assert!(start.elapsed() < WAIT);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Interrupt only once the prompt executes (hung) on ComfyUI, and the gateway runs it.
+    eventually_within(WAIT, "the prompt executes on the simulator", async || {
+        let ex = support::executions(&sim.executions().await);
+        if ex.iter().any(|(id, _)| id == &job) { Ok(()) } else { Err(ex) }
+    })
+    .await;
+    assert_eq!(gw.job(&job).await["status"], "running");
     let r = reqwest::Client::new().post(format!("{}/interrupt", sim.url())).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let done = gw.wait_terminal(&job, WAIT).await;
@@ -219,11 +220,11 @@ async fn cancel_queued_and_running_jobs() {
     sim.faults(json!({"hang": 1})).await;
     let running = gw.submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": "p", "seed": 1}})).await;
     let queued = gw.submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": "p", "seed": 2}})).await;
-    let start = std::time::Instant::now();
-    while gw.job(&running).await["status"] != "running" {
-        assert!(start.elapsed() < WAIT);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually_within(WAIT, "the first job runs", async || {
+        let v = gw.job(&running).await;
+        if v["status"] == "running" { Ok(()) } else { Err(v) }
+    })
+    .await;
     let (status, v) = support::post_json(&format!("{}/jobs/{queued}/cancel", gw.url()), &json!({})).await;
     assert_eq!((status, v["status"].as_str()), (200, Some("canceled")), "{v}");
     let (status, _) = support::post_json(&format!("{}/jobs/{running}/cancel", gw.url()), &json!({})).await;

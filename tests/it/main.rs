@@ -1,7 +1,9 @@
 //! The one integration-test binary. Every test runs the real binary (gateway and
 //! ComfyUI simulator) on 127.0.0.1 with its database in a temp dir.
 //!
-//! - `support`: process launchers (killed by PID on drop) and HTTP helpers.
+//! - `support`: process launchers on port 0 with a cleared environment and a temporary
+//!   working directory (killed by PID on drop), the tool gate (`require`), `eventually`,
+//!   and HTTP helpers.
 //! - `abuse`: availability under attack: each hostile client, tenant or plugin beside a
 //!   well-behaved neighbour, who must still be served; the attacker gets its 4xx.
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
@@ -10,7 +12,8 @@
 //! - `backends`: the backend pool on two simulators: per-backend limits and ids, workflow
 //!   affinity, `GET /backends`, durable drains (roles, audit), jobs moved off a killed or
 //!   partitioned backend and the stray prompt removed when it comes back.
-//! - `campaign`: the kill -9 campaign (ignored; `scripts/kill-campaign --kills N` runs it).
+//! - `campaign`: the kill -9 campaign, `KILL_CAMPAIGN_KILLS` kills (5; CI more;
+//!   `scripts/kill-campaign --kills N` runs it alone).
 //! - `crash_points`: the gateway aborted at each dangerous window (after POST /prompt,
 //!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
 //! - `dashboard`: the web dashboard's files (public, typed, ETag, CSP) and the page in
@@ -25,6 +28,8 @@
 //! - `faults`: the backend-fault matrix: refused connections, 5xx answers, hung answers,
 //!   execution hangs, WebSocket drops, crashes, garbage and truncated downloads, history
 //!   without outputs; transient and persistent, each with its expected end state and code.
+//! - `harness`: the harness's own promises: neither a `.env` where the tests run nor an
+//!   exported variable reaches a spawned gateway.
 //! - `import`: workflow import (`POST /workflows/import`, `import-workflow`): SDXL base +
 //!   refiner and img2img exports typed from the simulator's `/object_info`, registered and
 //!   run with overridden inputs; the CLI's files through `add-workflow`; refusals.
@@ -73,6 +78,7 @@ mod dashboard;
 mod events;
 mod examples;
 mod faults;
+mod harness;
 mod import;
 mod inputs;
 mod jobs;

@@ -29,29 +29,17 @@ fn sample(all: &HashMap<String, f64>, series: &str) -> f64 {
     *all.get(series).unwrap_or_else(|| panic!("no sample {series}; have {:#?}", all.keys().collect::<Vec<_>>()))
 }
 
-/// `promtool check metrics` on `text`: its output, or `None` when promtool is missing
-/// and this is not CI (CI installs it with `scripts/ci-deps` and must run the check).
+/// `promtool check metrics` on `text`: its output, or `None` when the tool gate
+/// ([`support::require_tool`]) skips it.
 fn promtool_check(text: &str) -> Option<(bool, String)> {
-    let spawned = Command::new("promtool")
+    let promtool = support::require_tool("promtool")?;
+    let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
-            assert!(!ci, "promtool is missing on CI: scripts/ci-deps installs it");
-            // Straight to stderr, past the test harness's capture, so the skip is seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "NOTICE: promtool not found; skipping `promtool check metrics` (scripts/ci-deps installs it)"
-            );
-            return None;
-        }
-        Err(e) => panic!("spawn promtool: {e}"),
-    };
+        .spawn()
+        .expect("spawn promtool");
     child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write to promtool");
     let out = child.wait_with_output().expect("promtool");
     let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -188,7 +176,8 @@ async fn metrics_json_logs_carry_the_correlation_id_and_the_job_id() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_queue_depth_by_priority_while_the_backend_is_down() {
     let dir = support::tempdir();
-    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let dead_port = support::DeadPort::new();
+    let dead = dead_port.url();
     let gw = Gateway::start(dir.path(), &dead, &[]).await;
     let mut ids = Vec::new();
     for priority in [json!("high"), json!("normal"), json!("low"), json!(7), json!("normal")] {

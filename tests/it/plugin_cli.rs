@@ -3,12 +3,12 @@
 //! looked for, as in the host's own tests).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::BIN;
+use crate::support;
 
 fn wasm(name: &str) -> PathBuf {
     let dir = match std::option_env!("PLUGINS_WASM_DIR") {
@@ -21,13 +21,7 @@ fn wasm(name: &str) -> PathBuf {
 }
 
 fn plugin(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("plugin")
-        .args(args)
-        .stdin(Stdio::null())
-        .env_remove("LOG_LEVEL")
-        .output()
-        .expect("run the binary")
+    support::bin().arg("plugin").args(args).stdin(Stdio::null()).output().expect("run the binary")
 }
 
 fn text(o: &Output) -> (String, String) {

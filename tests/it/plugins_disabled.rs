@@ -1,12 +1,12 @@
 //! A build without the `wasm-plugins` feature (`--no-default-features`), run as the real
 //! binary: every plugin operation is refused cleanly, the rest of the gateway works.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::support::{self, BIN, Gateway, Sim, get_json, post_json};
+use crate::support::{self, Gateway, Sim, get_json, post_json};
 
 const NO_RUNTIME: &str = "this build has no WebAssembly plugin runtime (cargo feature `wasm-plugins`)";
 
@@ -47,13 +47,8 @@ fn without_the_runtime_plugin_check_exits_1_and_says_why() {
     let dir = support::tempdir();
     let file = dir.path().join("p.wasm");
     std::fs::write(&file, COMPONENT).unwrap();
-    let out = Command::new(BIN)
-        .args(["plugin", "check"])
-        .arg(&file)
-        .stdin(Stdio::null())
-        .env_remove("LOG_LEVEL")
-        .output()
-        .expect("run the binary");
+    let out =
+        support::bin().args(["plugin", "check"]).arg(&file).stdin(Stdio::null()).output().expect("run the binary");
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
     assert!(stderr.contains(NO_RUNTIME) || stdout.contains(NO_RUNTIME), "{stdout}\n{stderr}");

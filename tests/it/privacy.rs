@@ -18,13 +18,14 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 async fn privacy_mode_keeps_prompt_text_out_of_the_database_file_and_logs() {
     let dir = support::tempdir();
     // The backend is down at first: the job waits in the queue, sealed, across a restart.
-    let port = support::free_port();
-    let backend = format!("http://127.0.0.1:{port}");
-    let mut gw = Gateway::start(dir.path(), &backend, &[("PRIVACY_MODE", "true"), ("LOG_LEVEL", "debug")]).await;
+    let down = support::DeadPort::new();
+    let port = down.port;
+    let mut gw = Gateway::start(dir.path(), &down.url(), &[("PRIVACY_MODE", "true"), ("LOG_LEVEL", "debug")]).await;
     let prompt = format!("a portrait of {SECRET} at dawn");
     let queued = gw.submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": prompt, "seed": 3}})).await;
     assert_eq!(gw.job(&queued).await["inputs"]["prompt"], prompt.as_str(), "the owner reads its inputs");
     gw.kill9();
+    drop(down);
     let sim = Sim::start_on(dir.path(), port, &["--node-delay-ms".into(), "5".into()]).await;
     gw.restart().await;
     let done = gw.wait_terminal(&queued, Duration::from_secs(60)).await;

@@ -1,11 +1,12 @@
 //! Crash recovery against the real binary: kill -9 of the gateway under load, kill -9 of
 //! ComfyUI mid-job, a backend that is down at submit time, and the attempt bound.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{self, Gateway, Sim};
+use crate::support::receiver::{Answer, Receiver};
+use crate::support::{self, Gateway, Sim, eventually};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -26,15 +27,11 @@ async fn gateway_kill9_loses_nothing_and_runs_nothing_twice() {
         ids.push(gw.submit_ok(job_body(i)).await);
     }
     // Kill while some jobs run and some are queued.
-    let start = Instant::now();
-    loop {
+    eventually("five jobs started", async || {
         let ex = support::executions(&sim.executions().await);
-        if ex.len() >= 5 {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "jobs did not start");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        if ex.len() >= 5 { Ok(()) } else { Err(ex) }
+    })
+    .await;
     gw.kill9();
     let started_before_kill = support::executions(&sim.executions().await).len();
     assert!(started_before_kill < 50, "the kill happened mid-load ({started_before_kill} started)");
@@ -63,11 +60,8 @@ async fn comfyui_crash_mid_job_resubmits_lost_jobs() {
     for i in 0..4 {
         ids.push(gw.submit_ok(job_body(i)).await);
     }
-    let start = Instant::now();
-    while support::executions(&sim.executions().await).is_empty() {
-        assert!(start.elapsed() < WAIT);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("a job started", async || (!support::executions(&sim.executions().await).is_empty()).then_some(()))
+        .await;
     sim.restart().await;
     for id in &ids {
         let done = gw.wait_terminal(id, WAIT).await;
@@ -95,22 +89,40 @@ async fn futures_count(gw: &Gateway, ids: &[String], pred: impl Fn(&serde_json::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_wait_for_a_backend_that_is_down_at_submit_time() {
     let dir = support::tempdir();
-    let port = support::free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    // The backend's address answers every probe 503 and records what it is sent, until
+    // the simulator takes its place.
+    let down = Receiver::start().await;
+    down.script("/system_stats", vec![Answer::status(503); 10_000]);
+    let url = format!("http://127.0.0.1:{}", down.port);
     let gw = Gateway::start(dir.path(), &url, &[]).await;
     let (status, health) = support::get_json(&format!("{}/health", gw.url())).await;
     assert_eq!(status, 503, "unhealthy while no backend answers: {health}");
     assert_eq!(health["comfyui"]["reachable"], false);
     let ids = [gw.submit_ok(job_body(1)).await, gw.submit_ok(job_body(2)).await];
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The gateway keeps probing the backend after the jobs were queued (two probes more),
+    // and its scheduler holds both jobs, dispatched nowhere: nothing was sent to the backend
+    // but probes, no attempt was counted.
+    let probes = down.hits("/system_stats").len();
+    down.wait_hits("/system_stats", probes + 2, WAIT).await;
+    let (_, health) = support::get_json(&format!("{}/health", gw.url())).await;
+    assert_eq!(health["queueDepth"], 2, "{health}");
+    assert_eq!(gw.metric("comfyui_gateway_job_attempts_total").await, 0.0);
     for id in &ids {
         assert_eq!(gw.job(id).await["status"], "queued");
     }
+    let port = down.port;
+    let sent = down.hits_all();
+    assert!(
+        sent.iter().all(|h| h.path == "/system_stats"),
+        "only probes: {:?}",
+        sent.iter().map(|h| &h.path).collect::<Vec<_>>()
+    );
+    assert_eq!(down.close().await, port);
     let sim = Sim::start_on(dir.path(), port, &["--node-delay-ms".into(), "5".into()]).await;
     for id in &ids {
         let done = gw.wait_terminal(id, WAIT).await;
         assert_eq!(done["status"], "succeeded", "{done}");
-        assert_eq!(done["attempts"], 1, "a refused connection is not an attempt");
+        assert_eq!(done["attempts"], 1, "a failed probe is not an attempt");
     }
     assert_eq!(support::executions(&sim.executions().await).len(), 2);
     let (status, _) = support::get_json(&format!("{}/health", gw.url())).await;
@@ -124,11 +136,8 @@ async fn a_job_lost_more_than_max_attempts_fails_unreachable() {
     let mut sim = Sim::start(dir.path(), 400).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[("MAX_ATTEMPTS", "1")]).await;
     let id = gw.submit_ok(job_body(1)).await;
-    let start = Instant::now();
-    while support::executions(&sim.executions().await).is_empty() {
-        assert!(start.elapsed() < WAIT);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("a job started", async || (!support::executions(&sim.executions().await).is_empty()).then_some(()))
+        .await;
     sim.restart().await;
     let done = gw.wait_terminal(&id, WAIT).await;
     assert_eq!(done["status"], "failed", "{done}");
@@ -144,11 +153,11 @@ async fn gateway_restart_reattaches_to_prompts_still_on_the_backend() {
     let sim = Sim::start(dir.path(), 250).await;
     let mut gw = Gateway::start(dir.path(), &sim.url(), &[("MAX_CONCURRENCY", "2")]).await;
     let ids = [gw.submit_ok(job_body(1)).await, gw.submit_ok(job_body(2)).await, gw.submit_ok(job_body(3)).await];
-    let start = Instant::now();
-    while support::executions(&sim.executions().await).len() < 2 {
-        assert!(start.elapsed() < WAIT);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("two jobs started", async || {
+        let ex = support::executions(&sim.executions().await);
+        if ex.len() >= 2 { Ok(()) } else { Err(ex) }
+    })
+    .await;
     gw.kill9();
     let (_, queue) = support::get_json(&format!("{}/queue", sim.url())).await;
     let on_backend =

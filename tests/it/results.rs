@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Gateway, Sim, get_json, sample};
+use crate::support::{self, Gateway, Sim, eventually_within, get_json, sample};
 
 /// The value of an unlabeled (or exactly labeled) sample in a Prometheus text body.
 async fn n_executions(sim: &Sim) -> usize {
@@ -92,6 +92,7 @@ async fn cache_entries_expire_and_finished_jobs_are_pruned_with_their_outputs() 
     let first = gw.submit_ok(body.clone()).await;
     gw.wait_terminal(&first, Duration::from_secs(30)).await;
     assert_eq!(gw.submit(body.clone()).await.0, 200, "a hit while fresh");
+    // Not synchronisation: the entry's CACHE_TTL_SECONDS must pass (time, not an event).
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let again = gw.submit_ok(body.clone()).await;
     let again = gw.wait_terminal(&again, Duration::from_secs(30)).await;
@@ -105,21 +106,17 @@ async fn cache_entries_expire_and_finished_jobs_are_pruned_with_their_outputs() 
     sim.faults(json!({"hang": 1})).await;
     let stuck =
         gw.submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": "a hanging kite", "seed": 4}})).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    let v = eventually_within(Duration::from_secs(15), format!("job {first} is pruned"), async || {
         let (status, v) = get_json(&format!("{}/jobs/{first}", gw.url())).await;
-        if status == 404 {
-            assert_eq!(v["error"]["code"], "JOB_NOT_FOUND");
-            break;
-        }
-        assert!(Instant::now() < deadline, "job {first} still there: {v}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while reqwest::get(&file_url).await.unwrap().status().as_u16() != 404 {
-        assert!(Instant::now() < deadline, "outputs of a pruned job are still served");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if status == 404 { Ok(v) } else { Err(v) }
+    })
+    .await;
+    assert_eq!(v["error"]["code"], "JOB_NOT_FOUND");
+    eventually_within(Duration::from_secs(15), "the outputs of a pruned job are gone", async || {
+        let status = reqwest::get(&file_url).await.unwrap().status().as_u16();
+        if status == 404 { Ok(()) } else { Err(status) }
+    })
+    .await;
     let text = gw.metrics().await;
     assert!(sample(&text, "comfyui_gateway_pruned_total{kind=\"jobs\"}") >= 3.0, "{text}");
     assert_eq!(sample(&text, "comfyui_gateway_blobs"), 0.0, "no job or entry names a blob any more");
@@ -193,16 +190,14 @@ async fn idempotency_keys_replay_conflict_expire_and_are_scoped_per_owner() {
     assert_eq!((status, replayed, v["jobId"].as_str()), (202, true, Some(id.as_str())), "{v}");
 
     // Expired after IDEMPOTENCY_TTL_SECONDS: the key may be used again.
-    let claimed_at = Instant::now();
-    let deadline = claimed_at + Duration::from_secs(10);
-    loop {
+    eventually_within(Duration::from_secs(10), "the key expires", async || {
         let (status, replayed, v) = post(a, k(), body.clone()).await;
         assert_eq!(status, 202, "{v}");
-        if !replayed {
-            assert_ne!(v["jobId"].as_str(), Some(id.as_str()));
-            break;
+        if replayed {
+            return Err(v);
         }
-        assert!(Instant::now() < deadline, "the key never expired");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        assert_ne!(v["jobId"].as_str(), Some(id.as_str()));
+        Ok(())
+    })
+    .await;
 }

@@ -14,6 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::{eventually_within, poll_within};
+
 /// Generous upper bound for anything the tests wait for.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -99,15 +101,11 @@ impl Sim {
     }
 
     async fn wait_history(&self, prompt_id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        eventually_within(WAIT, format!("history for {prompt_id}"), async || {
             let (_, h) = self.get(&format!("/history/{prompt_id}")).await;
-            if h.get(prompt_id).is_some() {
-                return h[prompt_id].clone();
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no history for {prompt_id}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            h.get(prompt_id).cloned().ok_or(h)
+        })
+        .await
     }
 }
 
@@ -901,6 +899,8 @@ async fn sim_ws_reconnect_and_same_client_id_quirk() {
     ws1.until(|m| m["type"] == "executing" && m["data"]["node"] == "10").await;
     ws1.stream.close(None).await.unwrap();
     drop(ws1);
+    // ComfyUI unregisters a sid when its old socket closes, even after a newer socket took
+    // it: the close must land first, and nothing outside the simulator shows when it has.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let url = format!("ws://{}/ws?clientId={client}", sim.addr);
     let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
@@ -1388,14 +1388,10 @@ async fn spawn_crash_child(dir: &Path) -> (std::process::Child, Sim) {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let port: u16 = loop {
-        if let Ok(p) = std::fs::read_to_string(dir.join("port")) {
-            break p.trim().parse().unwrap();
-        }
-        assert!(tokio::time::Instant::now() < deadline, "child did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let port: u16 = eventually_within(WAIT, "the child writes its port", async || {
+        std::fs::read_to_string(dir.join("port")).map(|p| p.trim().parse().unwrap())
+    })
+    .await;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // A handle without a server task: only used as an HTTP/WS client.
     let sim = Sim {
@@ -1409,16 +1405,12 @@ async fn spawn_crash_child(dir: &Path) -> (std::process::Child, Sim) {
 }
 
 async fn wait_exit(child: &mut std::process::Child) -> i32 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code().unwrap_or(-1);
-        }
-        if tokio::time::Instant::now() > deadline {
+    match poll_within(WAIT, async || child.try_wait().unwrap().ok_or("running")).await {
+        Ok(status) => status.code().unwrap_or(-1),
+        Err(_) => {
             let _ = child.kill();
             panic!("child did not exit");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -349,3 +349,51 @@ fn the_process_exits_in_one_place() {
     assert_eq!(offenders(&code, "process::exit", &["engine/main.rs", "engine/comfy/sim/"]), Vec::<String>::new());
     assert_eq!(offenders(&code, "exit_code: ", &[]), Vec::<String>::new(), "a failure carries a kind, not a code");
 }
+
+/// No test is switched off with an ignore attribute: a slow test takes its size from the
+/// test's environment (the kill -9 campaign: `KILL_CAMPAIGN_KILLS`) and runs in every run.
+#[test]
+fn no_test_is_ignored() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("engine"), &mut files);
+    sources(&root.join("tests"), &mut files);
+    // Spelled in two pieces, so that this file does not match itself.
+    let needle = concat!("#[", "ignore");
+    let found: Vec<String> = files
+        .iter()
+        .filter(|p| std::fs::read_to_string(p).unwrap().contains(needle))
+        .map(|p| p.strip_prefix(root).unwrap().display().to_string())
+        .collect();
+    assert_eq!(found, Vec::<String>::new(), "ignored tests");
+}
+
+/// The harness's rules, on `tests/`: the binary under test is spawned only through
+/// `support` (cleared environment, temporary working directory, port 0 with `--addr-file`),
+/// no port is picked by binding and releasing it, and `support::require` alone decides
+/// whether a missing tool skips or fails (it alone reads `CI`).
+#[test]
+fn the_harness_spawns_gates_and_binds_in_one_place() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    sources(&root.join("tests"), &mut files);
+    let support = root.join("tests/it/support");
+    // Each needle spelled in pieces, so that this file does not match itself.
+    let rules = [
+        (concat!("Command::new(", "BIN"), "spawns the binary without support::bin or support::command"),
+        (concat!("Command::new(support::", "BIN"), "spawns the binary without support::bin or support::command"),
+        (concat!("Command::new(crate::support::", "BIN"), "spawns the binary without support::bin or support::command"),
+        (concat!("free", "_port"), "picks a port by binding and releasing it"),
+        (concat!("(\"C", "I\")"), "reads CI itself instead of support::require"),
+    ];
+    let mut found = Vec::new();
+    for path in files.iter().filter(|p| !p.starts_with(&support)) {
+        let text = std::fs::read_to_string(path).unwrap();
+        for (needle, why) in rules {
+            if text.contains(needle) {
+                found.push(format!("{}: {why}", path.strip_prefix(root).unwrap().display()));
+            }
+        }
+    }
+    assert_eq!(found, Vec::<String>::new());
+}

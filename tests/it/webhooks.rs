@@ -8,7 +8,7 @@
 //! `webhook-id` after the restart), and callbacks refused at submit.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use comfyui_gateway::api::reply::parse_rfc3339;
@@ -16,7 +16,7 @@ use comfyui_gateway::webhooks::sign::{SignedHeaders, SigningKey, verify};
 use serde_json::{Value, json};
 
 use crate::support::receiver::{Answer, Hit, Receiver};
-use crate::support::{self, Gateway, Sim, get_json, post_json};
+use crate::support::{self, Gateway, Sim, eventually_within, get_json, post_json};
 
 const WAIT: Duration = Duration::from_secs(60);
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -50,16 +50,8 @@ fn verify_all(hits: &[Hit]) {
         .map(|h| json!({"headers": h.headers, "body_b64": base64::engine::general_purpose::STANDARD.encode(&h.body)}))
         .collect();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/verify_webhooks.py");
-    let has_package = Command::new("python3")
-        .args(["-c", "import standardwebhooks.webhooks"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_package {
-        assert!(std::env::var_os("CI").is_none(), "CI must have standardwebhooks (scripts/ci-deps installs it)");
-        eprintln!("NOTICE: the Python package standardwebhooks is missing; run scripts/ci-deps");
-        return;
-    }
-    let mut child = Command::new("python3")
+    let Some(python) = support::require_python(&["standardwebhooks.webhooks"]) else { return };
+    let mut child = Command::new(python)
         .args([script, SECRET])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -83,15 +75,12 @@ async fn deliveries(gw: &Gateway, job: &str) -> Vec<Value> {
 
 /// Wait until the job's delivery of `event` satisfies `ok`; returns it.
 async fn wait_delivery(gw: &Gateway, job: &str, event: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
+    let what = || format!("{job}: its {event} delivery\n{}", gw.proc_.log());
+    eventually_within(WAIT, what, async || {
         let list = deliveries(gw, job).await;
-        if let Some(d) = list.iter().find(|d| d["event"] == event && ok(d)) {
-            return d.clone();
-        }
-        assert!(start.elapsed() < WAIT, "{job} {event}: {list:?}\n{}", gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        list.iter().find(|d| d["event"] == event && ok(d)).cloned().ok_or(list)
+    })
+    .await
 }
 
 /// The `webhook` entries of the job's log.
@@ -150,17 +139,16 @@ async fn terminal_started_and_progress_webhooks_carry_the_job_and_verify() {
     body["callbackEvents"] = json!(["job.started", "job.progress"]);
     let all = gw.submit_ok(body).await;
     gw.wait_terminal(&all, WAIT).await;
-    let start = Instant::now();
-    let hits_all = loop {
+    let hits_all = eventually_within(WAIT, "job.started and job.succeeded arrive", async || {
         let hits = receiver.hits("/all");
-        if hits.iter().any(|h| h.json()["type"] == "job.succeeded")
-            && hits.iter().any(|h| h.json()["type"] == "job.started")
-        {
-            break hits;
+        let types: Vec<Value> = hits.iter().map(|h| h.json()["type"].clone()).collect();
+        if types.contains(&json!("job.succeeded")) && types.contains(&json!("job.started")) {
+            Ok(hits)
+        } else {
+            Err(types)
         }
-        assert!(start.elapsed() < WAIT, "{:?}", hits.iter().map(|h| h.json()["type"].clone()).collect::<Vec<_>>());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    })
+    .await;
     let progress: Vec<Value> = hits_all.iter().map(Hit::json).filter(|v| v["type"] == "job.progress").collect();
     assert!(!progress.is_empty(), "progress milestones were sent");
     for p in &progress {
@@ -191,14 +179,11 @@ async fn receiver_down_retries_follow_the_schedule_then_deliver_or_give_up() {
     let lost = gw.submit_ok(job_body(&never.url("/never"))).await;
 
     // Three refused attempts, then the receiver comes up before the fourth.
-    let start = Instant::now();
-    loop {
-        if logged_attempts(&gw, &job).await.len() >= 3 {
-            break;
-        }
-        assert!(start.elapsed() < WAIT, "{:?}\n{}", logged_attempts(&gw, &job).await, gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_within(WAIT, "three attempts are logged", async || {
+        let logged = logged_attempts(&gw, &job).await;
+        if logged.len() >= 3 { Ok(()) } else { Err(logged) }
+    })
+    .await;
     receiver.start_on().await;
     let hits = receiver.wait_hits("/late", 1, WAIT).await;
     let d = wait_delivery(&gw, &job, "job.succeeded", |d| d["state"] == "delivered").await;
@@ -278,6 +263,7 @@ async fn gone_disables_the_endpoint_until_a_redelivery() {
     let second = gw.submit_ok(job_body(&receiver.url("/gone"))).await;
     let d = wait_delivery(&gw, &second, "job.succeeded", |d| d["state"] == "disabled").await;
     assert!(d["lastStatus"].is_null() && d["lastError"].as_str().unwrap().contains("410"), "{d}");
+    // An absence is checked over a window longer than the retry schedule (300 ms).
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(receiver.hits("/gone").len(), 1, "no request after the 410");
 
@@ -332,6 +318,7 @@ async fn kill9_between_completion_and_delivery_delivers_after_restart_with_the_s
     let after = wait_delivery(&gw, &job, "job.succeeded", |d| d["state"] == "delivered").await;
     assert!(after["attempts"].as_u64() > before["attempts"].as_u64());
     verify_all(&hits);
+    // An absence is checked over a window longer than the retry schedule (500 ms).
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(receiver.hits("/crash").len(), 1, "delivered once");
 }

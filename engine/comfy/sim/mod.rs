@@ -119,6 +119,10 @@ pub struct SimArgs {
     /// Fault: exit with code 137 when the first prompt starts executing.
     #[arg(long)]
     pub fault_crash_on_next_execution: bool,
+    /// Once listening, write the bound address (`ip:port`) to this file: with `--port 0`,
+    /// how a test learns the port the system chose.
+    #[arg(long, value_name = "PATH")]
+    pub addr_file: Option<PathBuf>,
 }
 
 /// Simulator configuration (from [`SimArgs`], or built directly in tests).
@@ -237,12 +241,17 @@ pub async fn serve(listener: TcpListener, config: SimConfig, shutdown: Cancellat
     Ok(())
 }
 
-/// Entry for the CLI: bind `host:port`, log the address, serve until Ctrl-C / SIGTERM.
-pub async fn run_cli(args: SimArgs) -> std::io::Result<()> {
+/// Entry for the CLI: bind `host:port`, log the address, hand it to `listening` (which
+/// writes `--addr-file`), serve until Ctrl-C / SIGTERM.
+pub async fn run_cli(
+    args: SimArgs,
+    listening: impl FnOnce(std::net::SocketAddr) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let config = SimConfig::from(args);
     let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "ComfyUI simulator listening");
+    listening(addr)?;
     let shutdown = CancellationToken::new();
     let signal_token = shutdown.clone();
     tokio::spawn(async move {

@@ -102,15 +102,13 @@ async fn neighbours_job(gw: &Gateway, bob: &Neighbour) -> String {
     let (status, body) = bob.post("/jobs", &icon_job(1)).await;
     assert_eq!(status, 202, "{body}");
     let id = body["jobId"].as_str().unwrap().to_string();
-    let until = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < until {
+    let what = || format!("the neighbour's job finishes\n{}", gw.proc_.log());
+    support::eventually_within(Duration::from_secs(60), what, async || {
         let (_, job) = bob.get(&format!("/jobs/{id}")).await;
-        if job["status"] == "succeeded" {
-            return id;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the neighbour's job did not finish: {}", gw.job(&id).await);
+        if job["status"] == "succeeded" { Ok(()) } else { Err(job) }
+    })
+    .await;
+    id
 }
 
 /// Row 1: one user key opens many connections that send complete `POST /jobs` headers
@@ -285,11 +283,11 @@ async fn abuse_conn_event_stream_flood_is_capped_per_client() {
     let (status, body) = alice.post("/jobs", &icon_job(2)).await;
     assert_eq!(status, 202, "{body}");
     let job = body["jobId"].as_str().unwrap().to_string();
-    let until = Instant::now() + Duration::from_secs(30);
-    while alice.get(&format!("/jobs/{job}")).await.1["status"] != "running" {
-        assert!(Instant::now() < until, "alice's job never ran");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    support::eventually_within(Duration::from_secs(30), "alice's job runs", async || {
+        let (_, v) = alice.get(&format!("/jobs/{job}")).await;
+        if v["status"] == "running" { Ok(()) } else { Err(v) }
+    })
+    .await;
 
     let request = format!("GET /jobs/{job}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {ALICE_KEY}\r\n\r\n");
     let port = gw.port;
@@ -345,17 +343,16 @@ async fn abuse_conn_event_stream_flood_is_capped_per_client() {
     // A closed stream gives its place back.
     drop(open.pop());
     let request = format!("GET /jobs/{job}/events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: {ALICE_KEY}\r\n\r\n");
-    let until = Instant::now() + SERVED_WITHIN;
-    loop {
+    support::eventually_within(SERVED_WITHIN, "a closed stream's place is given back", async || {
         let mut stream = connect(gw.port, None, request.as_bytes()).await;
         let answer = read_head(&mut stream, SERVED_WITHIN).await;
         if answer.status == 200 {
-            break;
+            return Ok(());
         }
         assert_eq!(answer.status, 429, "{answer:?}");
-        assert!(Instant::now() < until, "a closed stream's place was not given back");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Err(answer.status)
+    })
+    .await;
 }
 
 /// Row 2, `POST /jobs?wait=`: one user key floods synchronous submits (scaled from the
@@ -395,8 +392,12 @@ async fn abuse_conn_sync_wait_flood_is_capped_per_client() {
             })
         })
         .collect();
-    // Bob's own synchronous submit and reads while alice's waits are held.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Bob's own synchronous submit and reads while alice's waits are held (all of them).
+    support::eventually("alice holds her sync waits", async || {
+        let held = support::sample(&gw.metrics_as(ADMIN_KEY).await, "comfyui_gateway_http_open{kind=\"sync_waits\"}");
+        if held >= WAITS as f64 { Ok(()) } else { Err(held) }
+    })
+    .await;
     let (status, body) = bob.post("/jobs?wait=1", &icon_job(7)).await;
     assert!(status == 200 || status == 202, "the neighbour's ?wait= submit: {status} {body}");
     let served = bob.probe_for(&["/health", "/jobs?limit=5"], Duration::from_secs(2)).await;

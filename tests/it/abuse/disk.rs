@@ -25,8 +25,8 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// Mount a `size`-byte tmpfs on `dir` (created). None (with the reason printed) when
-    /// mounting is refused outside CI; in CI (`CI` set) a refusal fails the test.
+    /// Mount a `size`-byte tmpfs on `dir` (created), through the tool gate
+    /// ([`crate::support::require`]): skipped when mounting is refused, except in CI.
     fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
         std::fs::create_dir_all(dir).expect("mount point");
         let out = std::process::Command::new("mount")
@@ -38,16 +38,8 @@ impl Tmpfs {
             Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
             Err(e) => Some(e.to_string()),
         };
-        match refused {
-            None => Some(Tmpfs { dir: dir.to_path_buf() }),
-            Some(why) if std::env::var_os("CI").is_some() => {
-                panic!("cannot mount a tmpfs for the disk test (CI must run it as root): {why}")
-            }
-            Some(why) => {
-                eprintln!("SKIPPED: the disk test needs to mount a tmpfs (run as root): {why}");
-                None
-            }
-        }
+        let what = format!("a tmpfs mount (run as root; {})", refused.as_deref().unwrap_or(""));
+        crate::support::require(&what, refused.is_none().then(|| Tmpfs { dir: dir.to_path_buf() }))
     }
 }
 
@@ -212,16 +204,19 @@ async fn a_client_filling_the_disk_gets_507_while_others_read_and_cancel_and_ret
     // Retention (10 s) then frees the canceled jobs' inputs: the pruner runs on low space
     // (its interval is an hour), and a submit is accepted again into the freed pages.
     let started = Instant::now();
-    let accepted_again = loop {
+    let what = || format!("accepted again after retention:\n{}", gw.proc_.log());
+    let accepted_again = crate::support::eventually_within(Duration::from_secs(60), what, async || {
         let (status, v) = gw.submit(invert_on(&noise_png(64, 7))).await;
         match status {
-            202 => break v["jobId"].as_str().unwrap().to_string(),
-            507 => assert_eq!(v["error"]["code"], "STORAGE_FULL", "{v}"),
+            202 => Ok(v["jobId"].as_str().unwrap().to_string()),
+            507 => {
+                assert_eq!(v["error"]["code"], "STORAGE_FULL", "{v}");
+                Err(v)
+            }
             _ => panic!("submit after the cancels: {status} {v}"),
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "still full after retention:\n{}", gw.proc_.log());
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    })
+    .await;
     eprintln!("accepted again {:?} after the cancels (retention 10 s)", started.elapsed());
     // The neighbour's small job alone would not have made room: the attacker's first
     // canceled job (the first due) went.
@@ -281,15 +276,11 @@ async fn a_tenant_over_its_storage_quota_gets_507_while_another_is_served() {
     let wait_done = |id: String, key: &'static str| {
         let get = &get;
         async move {
-            let started = Instant::now();
-            loop {
+            crate::support::eventually_within(Duration::from_secs(20), "the job succeeds", async || {
                 let v = get(id.clone(), key).await;
-                if v["status"] == "succeeded" {
-                    return v;
-                }
-                assert!(started.elapsed() < Duration::from_secs(20), "{v}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+                if v["status"] == "succeeded" { Ok(v) } else { Err(v) }
+            })
+            .await
         }
     };
 
@@ -311,27 +302,26 @@ async fn a_tenant_over_its_storage_quota_gets_507_while_another_is_served() {
     assert!(gw.metric("comfyui_gateway_storage_refusals_total{reason=\"quota\"}").await >= 1.0);
 
     // Retention prunes her job, and her usage with it: she is accepted again.
-    let started = Instant::now();
-    loop {
-        let (status, _, v) = post_with(&http, &jobs_url, Some(ALICE), &invert_on(&noise_png(64, 14))).await;
-        if status == 202 {
-            break;
-        }
-        assert_eq!((status, v["error"]["code"].as_str()), (507, Some("QUOTA_EXCEEDED")), "{v}");
-        assert!(started.elapsed() < Duration::from_secs(30), "alice still over quota after retention: {v}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    crate::support::eventually_within(
+        Duration::from_secs(30),
+        "alice is under her quota after retention",
+        async || {
+            let (status, _, v) = post_with(&http, &jobs_url, Some(ALICE), &invert_on(&noise_png(64, 14))).await;
+            if status == 202 {
+                return Ok(());
+            }
+            assert_eq!((status, v["error"]["code"].as_str()), (507, Some("QUOTA_EXCEEDED")), "{v}");
+            Err(v)
+        },
+    )
+    .await;
 
     // After inserts, successes, prunes and a kill -9 (recovery), the usage the store kept
     // equals what its jobs hold: the offline integrity check recounts it.
     let mut gw = gw;
     gw.kill9();
-    let out = std::process::Command::new(crate::support::BIN)
-        .args(["check", "--json", "--database-url"])
-        .arg(&gw.db)
-        .env_remove("DATABASE_URL")
-        .output()
-        .expect("run check");
+    let out =
+        crate::support::bin().args(["check", "--json", "--database-url"]).arg(&gw.db).output().expect("run check");
     assert!(
         out.status.success(),
         "check after the quota test: {}{}",

@@ -97,6 +97,7 @@ async fn a_million_input_keys_get_a_small_400_while_the_neighbour_is_served() {
     let ((status, len, v, took), served) = tokio::join!(attack, probe);
     assert_key_cap_refusal(status, len, &v);
     let peak = rss_mib(gw.proc_.pid());
+    // A measurement, not synchronisation: the memory given back 2 s later is printed.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_mib(gw.proc_.pid());
     println!(

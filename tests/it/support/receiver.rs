@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+use super::{DeadPort, eventually_within};
+
 /// One request received.
 #[derive(Debug, Clone)]
 pub struct Hit {
@@ -79,11 +81,13 @@ pub struct Receiver {
     /// Its port.
     pub port: u16,
     state: Arc<Mutex<State>>,
+    /// The port while it is down: bound, not listening.
+    reserved: Option<DeadPort>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Receiver {
-    /// A receiver on a free port, listening.
+    /// A receiver on port 0, listening.
     pub async fn start() -> Receiver {
         let mut r = Receiver::down();
         r.start_on().await;
@@ -92,19 +96,29 @@ impl Receiver {
 
     /// A receiver whose port is reserved but not listening (connections are refused).
     pub fn down() -> Receiver {
-        Receiver { port: super::free_port(), state: Arc::default(), task: None }
+        let reserved = DeadPort::new();
+        Receiver { port: reserved.port, state: Arc::default(), reserved: Some(reserved), task: None }
     }
 
-    /// Start listening on its port.
+    /// Start listening on its port (once: the port is the one [`Receiver::down`] reserved).
     pub async fn start_on(&mut self) {
         assert!(self.task.is_none(), "already listening");
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("bind the receiver");
+        let listener = self.reserved.take().expect("a stopped receiver does not listen again").listen();
         let state = self.state.clone();
         self.task = Some(tokio::spawn(async move {
+            // The connections end with this task (a JoinSet aborts its tasks when dropped):
+            // a stopped receiver keeps no client's keep-alive connection answering.
+            let mut connections = tokio::task::JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let stream = tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(_) => continue,
+                    },
+                    Some(_) = connections.join_next() => continue,
+                };
                 let state = state.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                         let state = state.clone();
                         async move {
@@ -147,6 +161,17 @@ impl Receiver {
         }));
     }
 
+    /// Stop listening and wait until its listener is closed: its port is free for another
+    /// server (the backend that comes up where this one stood in for it). The port.
+    pub async fn close(mut self) -> u16 {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            // An aborted task's future, holding the listener, is dropped when this returns.
+            let _ = task.await;
+        }
+        self.port
+    }
+
     /// Stop listening (connections are refused again).
     pub fn stop(&mut self) {
         if let Some(task) = self.task.take() {
@@ -164,6 +189,11 @@ impl Receiver {
         self.state.lock().unwrap().scripts.entry(path.to_string()).or_default().extend(answers);
     }
 
+    /// Every request so far, to any path.
+    pub fn hits_all(&self) -> Vec<Hit> {
+        self.state.lock().unwrap().hits.clone()
+    }
+
     /// Every request to `path` so far.
     pub fn hits(&self, path: &str) -> Vec<Hit> {
         self.state.lock().unwrap().hits.iter().filter(|h| h.path == path).cloned().collect()
@@ -171,15 +201,12 @@ impl Receiver {
 
     /// Wait until `path` got `n` requests (or panic after `within`).
     pub async fn wait_hits(&self, path: &str, n: usize, within: Duration) -> Vec<Hit> {
-        let start = Instant::now();
-        loop {
+        let what = format!("{n} webhooks to {path}");
+        eventually_within(within, what, async || {
             let hits = self.hits(path);
-            if hits.len() >= n {
-                return hits;
-            }
-            assert!(start.elapsed() < within, "{path}: {} of {n} webhooks within {within:?}", hits.len());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            if hits.len() >= n { Ok(hits) } else { Err(format!("{} hits", hits.len())) }
+        })
+        .await
     }
 }
 
