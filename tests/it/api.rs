@@ -259,12 +259,7 @@ async fn cli_add_workflow_is_audited_like_the_api() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(support::BIN)
-            .args(args)
-            .env("DATABASE_URL", &db)
-            .env_remove("PORT")
-            .output()
-            .unwrap();
+        let out = support::bin().args(args).env("DATABASE_URL", &db).output().unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert_eq!(out.status.code(), Some(0), "{args:?}: {text}");
     };
