@@ -73,12 +73,51 @@ impl Drop for Proc {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+/// A port bound but not listening: connections to it are refused, and no other process
+/// takes it while this lives (a backend that is down).
+struct DeadPort(#[allow(dead_code)] tokio::net::TcpSocket, String);
+
+fn dead_backend() -> DeadPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind port 0");
+    let port = socket.local_addr().expect("local address").port();
+    DeadPort(socket, format!("http://127.0.0.1:{port}"))
+}
+
+/// Start the binary with `args` plus `--addr-file` (its port 0 chosen by the system) and
+/// wait until it wrote the address it listens on: its port.
+fn spawn_on_port_0(args: &[&str], envs: &[(&str, String)]) -> (Proc, u16) {
+    static STARTS: AtomicU64 = AtomicU64::new(0);
+    let file = std::env::temp_dir().join(format!(
+        "gateway-bench-{}-{}.addr",
+        std::process::id(),
+        STARTS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&file);
+    let mut all: Vec<&str> = args.to_vec();
+    let file_arg = file.display().to_string();
+    all.extend(["--addr-file", &file_arg]);
+    let mut proc = spawn(&all, envs);
+    let t = Instant::now();
+    let addr: std::net::SocketAddr = loop {
+        if let Some(addr) = std::fs::read_to_string(&file).ok().and_then(|text| text.trim().parse().ok()) {
+            break addr;
+        }
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            panic!("{args:?} exited with {status} before listening");
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "{args:?} did not listen within 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let _ = std::fs::remove_file(&file);
+    (proc, addr.port())
 }
 
 fn spawn(args: &[&str], envs: &[(&str, String)]) -> Proc {
     let mut cmd = Command::new(BIN);
+    // Only the settings given here: no exported variable and no `.env` of the directory the
+    // bench runs in reaches the processes it measures.
+    cmd.env_clear().current_dir(std::env::temp_dir());
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     for (k, v) in envs {
         cmd.env(k, v);
@@ -99,7 +138,7 @@ async fn wait_up(url: &str) -> Duration {
     panic!("{url} did not come up");
 }
 
-/// A gateway on a free port with its database in `db`.
+/// A gateway on a port the system chose, with its database in `db`.
 struct Gw {
     proc: Proc,
     url: String,
@@ -109,16 +148,17 @@ struct Gw {
 
 impl Gw {
     fn start(db: &Path, backend: &str, extra: &[(&'static str, String)]) -> Gw {
-        let port = free_port();
         let mut envs = vec![
-            ("PORT", port.to_string()),
+            ("PORT", "0".to_string()),
             ("HOST", "127.0.0.1".to_string()),
             ("COMFYUI_URL", backend.to_string()),
             ("DATABASE_URL", db.display().to_string()),
             ("LOG_LEVEL", "warn".to_string()),
         ];
         envs.extend(extra.iter().cloned());
-        let proc = spawn(&["serve"], &envs);
+        let (proc, port) = spawn_on_port_0(&["serve"], &envs);
+        // A restart takes the same port again (nothing else binds ports here meanwhile).
+        envs[0].1 = port.to_string();
         Gw { proc, url: format!("http://127.0.0.1:{port}"), port, envs }
     }
 
@@ -152,17 +192,17 @@ impl Gw {
 }
 
 fn sim(data: &Path, node_delay_ms: u64) -> (Proc, String) {
-    let port = free_port();
     let args = [
         "sim",
         "--port",
-        &port.to_string(),
+        "0",
         "--node-delay-ms",
         &node_delay_ms.to_string(),
         "--data-dir",
         &data.display().to_string(),
     ];
-    (spawn(&args, &[]), format!("http://127.0.0.1:{port}"))
+    let (proc, port) = spawn_on_port_0(&args, &[]);
+    (proc, format!("http://127.0.0.1:{port}"))
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -471,8 +511,8 @@ async fn main() {
 
     if part(1) {
         println!("\n1. durable submits (POST /jobs -> 202 after fsync), backend down, {seconds}s per level");
-        let dead = format!("http://127.0.0.1:{}", free_port());
-        let gw = Gw::start(&dir.path().join("submits.redb"), &dead, &[]);
+        let dead = dead_backend();
+        let gw = Gw::start(&dir.path().join("submits.redb"), &dead.1, &[]);
         wait_up(&format!("{}/health", gw.url)).await;
         let body: Arc<dyn Fn(u64) -> String + Send + Sync> = Arc::new(icon_body);
         // Warm-up: connections, allocator, the first commits.
@@ -691,9 +731,9 @@ async fn main() {
         let t = Instant::now();
         let start_ms = fill_listing(&db, total).await;
         println!("  (filled in {:.1}s)", t.elapsed().as_secs_f64());
-        let dead = format!("http://127.0.0.1:{}", free_port());
+        let dead = dead_backend();
         let keys = "bench-admin-key:admin,bench-user-key:user,bench-other-key:user".to_string();
-        let gw = Gw::start(&db, &dead, &[("API_KEYS", keys)]);
+        let gw = Gw::start(&db, &dead.1, &[("API_KEYS", keys)]);
         wait_up(&format!("{}/health", gw.url)).await;
         let user_pages = [
             ("user: GET /jobs", "/jobs".to_string(), "bench-user-key"),

@@ -113,13 +113,16 @@ fn every_cap_setting_is_in_the_resource_rule() {
 }
 
 /// ARCHITECTURE.md leaves numbers to the code: it names constants and settings instead, and
-/// every name it cites in backticks (an `UPPER_SNAKE` constant or setting, an `engine/` path)
-/// exists, so renaming one without the map fails here.
+/// every name it cites in backticks (an `UPPER_SNAKE` constant or setting of the engine or
+/// the tests, an `engine/` path) exists, so renaming one without the map fails here.
 #[test]
 fn every_name_the_architecture_cites_exists() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
-    let files = engine_files();
+    let mut files = engine_files();
+    let mut tests = Vec::new();
+    sources(&root.join("tests/it"), &mut tests);
+    files.extend(tests.iter().map(|p| (p.display().to_string(), std::fs::read_to_string(p).unwrap())));
     let config = std::fs::read_to_string(root.join("engine/config.rs")).unwrap();
     let cited: Vec<&str> = architecture.split('`').skip(1).step_by(2).collect();
     assert!(cited.len() > 100, "found the cited names");
