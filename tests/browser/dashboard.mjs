@@ -45,6 +45,9 @@ try {
 
   async function signIn(key, role) {
     await page.goto(`${base}/`);
+    // The page shows one of the two once its script ran (a stored key signs in by itself):
+    // wait for it, as asking at once may come before the script and miss a signed-in page.
+    await page.waitForFunction(() => !document.getElementById('logout').hidden || document.getElementById('login'));
     if (await page.locator('#logout').isVisible()) await page.click('#logout');
     await page.waitForSelector('#login');
     await page.fill('#credential', key);
