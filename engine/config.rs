@@ -1550,7 +1550,7 @@ mod tests {
         let local = parse(&["--host", "localhost", "--port", "3001"]).unwrap();
         assert!(local.host.is_loopback(), "{}", local.host);
         assert_eq!(local.public_url, default_public_url(local.host, 3001));
-        for bad_host in ["", "a b", "http://x", "no-such-host.invalid"] {
+        for bad_host in ["", "a b", "http://x"] {
             assert_eq!(parse(&["--host", bad_host]).unwrap_err().variable, "HOST", "{bad_host:?}");
         }
     }
