@@ -1016,6 +1016,7 @@ pub fn unknown_settings_among(names: impl IntoIterator<Item = String>, known: &[
     let mut unknown: Vec<UnknownSetting> = names
         .into_iter()
         .filter(|name| !known.contains(name) && prefix(name).is_some_and(|p| prefixes.contains(&p)))
+        .filter(|name| !kubernetes_service_link(name))
         .map(|name| {
             let suggestion = known
                 .iter()
@@ -1028,6 +1029,14 @@ pub fn unknown_settings_among(names: impl IntoIterator<Item = String>, known: &[
         .collect();
     unknown.sort_by(|a, b| a.name.cmp(&b.name));
     unknown
+}
+
+/// Whether `name` has the shape of the variables Kubernetes sets for each service of the
+/// namespace (`COMFYUI_SERVICE_HOST`, `COMFYUI_PORT`, `COMFYUI_PORT_8188_TCP_ADDR`, ...):
+/// not typos, so not warned about.
+fn kubernetes_service_link(name: &str) -> bool {
+    let port_var = name.split_once("_PORT_").is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()));
+    name.ends_with("_SERVICE_HOST") || name.contains("_SERVICE_PORT") || name.ends_with("_PORT") || port_var
 }
 
 /// Whether text logs written to a stream carry ANSI colours: only to a terminal, and not
@@ -1574,6 +1583,8 @@ mod tests {
             ]
         );
         assert!(unknown_settings_among(known.clone(), &known).is_empty(), "the settings themselves are known");
+        let service_links = ["COMFYUI_SERVICE_HOST", "COMFYUI_SERVICE_PORT_HTTP", "COMFYUI_PORT", "COMFYUI_PORT_8188_TCP"];
+        assert!(unknown_settings_among(service_links.map(String::from), &known).is_empty());
         assert!(!log_colours(false), "never colours into a file or pipe");
     }
 
