@@ -1583,7 +1583,8 @@ mod tests {
             ]
         );
         assert!(unknown_settings_among(known.clone(), &known).is_empty(), "the settings themselves are known");
-        let service_links = ["COMFYUI_SERVICE_HOST", "COMFYUI_SERVICE_PORT_HTTP", "COMFYUI_PORT", "COMFYUI_PORT_8188_TCP"];
+        let service_links =
+            ["COMFYUI_SERVICE_HOST", "COMFYUI_SERVICE_PORT_HTTP", "COMFYUI_PORT", "COMFYUI_PORT_8188_TCP"];
         assert!(unknown_settings_among(service_links.map(String::from), &known).is_empty());
         assert!(!log_colours(false), "never colours into a file or pipe");
     }

@@ -106,8 +106,7 @@ fn init_tracing(cli: &Cli) {
         tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Logs go to stderr: colours only when that is a terminal (not a file, pipe or journal).
     let colours = comfyui_gateway::config::log_colours(std::io::stderr().is_terminal());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     if json {
         builder.json().init();
     } else {

@@ -130,7 +130,8 @@ async fn scripts_run_explains_a_failed_first_job_and_keeps_serving() {
     .map(|(k, v)| (k.to_string(), v))
     .to_vec();
     let args = ["--bin".to_string(), support::BIN.to_string()];
-    let mut run = support::Proc::spawn_program(&script, "scripts/run", dir.path(), &args, &envs, dir.path().join("run.log"));
+    let mut run =
+        support::Proc::spawn_program(&script, "scripts/run", dir.path(), &args, &envs, dir.path().join("run.log"));
     let log = eventually(
         || format!("scripts/run reports the job:\n{}", run.log()),
         async || run.log().contains("keeps running on").then(|| run.log()),
