@@ -258,6 +258,33 @@ impl std::fmt::Display for CliError {
     }
 }
 
+/// Every environment variable the command line reads (each command's settings), from
+/// clap's own definitions.
+pub fn setting_names() -> Vec<String> {
+    fn walk(cmd: &clap::Command, names: &mut Vec<String>) {
+        names.extend(cmd.get_arguments().filter_map(|a| a.get_env()).map(|e| e.to_string_lossy().into_owned()));
+        for sub in cmd.get_subcommands() {
+            walk(sub, names);
+        }
+    }
+    let mut names = Vec::new();
+    walk(&<Cli as clap::CommandFactory>::command(), &mut names);
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// Warn once per variable that looks like a setting but is none (a typo is otherwise
+/// silently ignored): `unknown setting COMFYUI_ULR (did you mean COMFYUI_URL?)`.
+pub fn warn_unknown_settings() {
+    for unknown in crate::config::unknown_settings(&setting_names()) {
+        match &unknown.suggestion {
+            Some(known) => tracing::warn!("unknown setting {} (did you mean {known}?)", unknown.name),
+            None => tracing::warn!("unknown setting {}", unknown.name),
+        }
+    }
+}
+
 /// Run a parsed command.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {

@@ -10,256 +10,270 @@ use std::sync::Arc;
 
 use crate::auth::Auth;
 
+// The topics of `serve --help` (clap `help_heading`), in the order they first appear.
+const SERVER: &str = "Server";
+const BACKENDS: &str = "Backends";
+const STORAGE: &str = "Storage";
+const JOBS: &str = "Jobs and inputs";
+const LIMITS: &str = "Limits";
+const OBSERVABILITY: &str = "Observability";
+const PRIVACY: &str = "Privacy";
+const RETENTION: &str = "Retention and cache";
+const PLUGINS: &str = "Plugins";
+const AUTH: &str = "Authentication";
+const WEBHOOKS: &str = "Webhooks";
+
 /// The settings of `serve` (and of the commands that open the database), as flags that
 /// fall back to environment variables of the same meaning (README "Configuration").
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Port of the REST API.
-    #[arg(long, env, default_value_t = 3000)]
+    #[arg(long, env, default_value_t = 3000, help_heading = SERVER)]
     pub port: u16,
-    /// Address to bind.
-    #[arg(long, env, default_value = "127.0.0.1")]
-    pub host: IpAddr,
+    /// Address to bind: an IP address or a host name (resolved at start; of its
+    /// addresses the first IPv4 one is bound, else the first: `localhost` binds 127.0.0.1).
+    #[arg(long, env, default_value = "127.0.0.1", help_heading = SERVER)]
+    pub host: String,
     /// ComfyUI base URL; a comma-separated list means several backends. Each may carry
     /// options in its fragment: `http://10.0.0.5:8188#id=gpu1&max=2` (`id`: a stable name
     /// of `[a-z0-9_-]`, default `<host>-<port>`; `max`: its own `MAX_CONCURRENCY`).
-    #[arg(long, env, default_value = "http://127.0.0.1:8188")]
+    #[arg(long, env, default_value = "http://127.0.0.1:8188", help_heading = BACKENDS)]
     pub comfyui_url: String,
     /// Longest execution time of one job on ComfyUI, in ms.
-    #[arg(long, env, default_value_t = 300_000)]
+    #[arg(long, env, default_value_t = 300_000, help_heading = BACKENDS)]
     pub comfyui_timeout_ms: u64,
     /// Longest time of one HTTP call to ComfyUI (and longest silence within an upload or
     /// download), in ms.
-    #[arg(long, env, default_value_t = 30_000)]
+    #[arg(long, env, default_value_t = 30_000, help_heading = BACKENDS)]
     pub comfyui_http_timeout_ms: u64,
     /// Path of the redb database file (a `redb://` or `file://` prefix is accepted).
-    #[arg(long, env, default_value = "./data/gateway.redb")]
+    #[arg(long, env, default_value = "./data/gateway.redb", help_heading = STORAGE)]
     pub database_url: String,
     /// Prompts in flight per backend at most.
-    #[arg(long, env, default_value_t = 1)]
+    #[arg(long, env, default_value_t = 1, help_heading = BACKENDS)]
     pub max_concurrency: u32,
     /// Largest width or height an input may ask for, in pixels.
-    #[arg(long, env, default_value_t = 2048)]
+    #[arg(long, env, default_value_t = 2048, help_heading = JOBS)]
     pub max_image_size: u32,
     /// Largest batch an input may ask for.
-    #[arg(long, env, default_value_t = 4)]
+    #[arg(long, env, default_value_t = 4, help_heading = JOBS)]
     pub max_batch_size: u32,
     /// A backend unreachable this long (ms) is dead: its running jobs are moved to another.
-    #[arg(long, env, default_value_t = 15_000)]
+    #[arg(long, env, default_value_t = 15_000, help_heading = BACKENDS)]
     pub backend_dead_after_ms: u64,
     /// Times a job may be handed to a backend before it fails.
-    #[arg(long, env, default_value_t = 3)]
+    #[arg(long, env, default_value_t = 3, help_heading = BACKENDS)]
     pub max_attempts: u32,
     /// Head start per priority level in ms: a job waiting this long overtakes one a level above.
-    #[arg(long, env, default_value_t = 60_000)]
+    #[arg(long, env, default_value_t = 60_000, help_heading = BACKENDS)]
     pub queue_aging_ms: u64,
     /// How often a job is checked on its backend when no WebSocket reports it, in ms.
-    #[arg(long, env, default_value_t = 500)]
+    #[arg(long, env, default_value_t = 500, help_heading = BACKENDS)]
     pub poll_interval_ms: u64,
     /// Largest request body, in bytes.
-    #[arg(long, env, default_value_t = 16 * 1024 * 1024)]
+    #[arg(long, env, default_value_t = 16 * 1024 * 1024, help_heading = LIMITS)]
     pub max_body_bytes: usize,
     /// Most members of a job's `inputs` (with `params`), counted in nested objects too.
-    #[arg(long, env, default_value_t = 1024)]
+    #[arg(long, env, default_value_t = 1024, help_heading = LIMITS)]
     pub max_input_keys: usize,
     /// Largest `metadata` of a job, in bytes of JSON.
-    #[arg(long, env, default_value_t = 16 * 1024)]
+    #[arg(long, env, default_value_t = 16 * 1024, help_heading = LIMITS)]
     pub max_metadata_bytes: usize,
     /// Most bytes one listing response (job pages, job logs, webhook deliveries, audit) builds before it is cut.
-    #[arg(long, env, default_value_t = 8 * 1024 * 1024)]
+    #[arg(long, env, default_value_t = 8 * 1024 * 1024, help_heading = LIMITS)]
     pub max_response_bytes: usize,
     /// Log filter (error, warn, info, debug, trace, or a tracing directive).
-    #[arg(long, env, default_value = "info")]
+    #[arg(long, env, default_value = "info", help_heading = OBSERVABILITY)]
     pub log_level: String,
     /// Log format: `json` or `text`.
-    #[arg(long, env, default_value = "text")]
+    #[arg(long, env, default_value = "text", help_heading = OBSERVABILITY)]
     pub log_format: String,
     /// Register the bundled workflows on first start.
-    #[arg(long, env, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env, default_value_t = true, action = clap::ArgAction::Set, help_heading = JOBS)]
     pub bundled_workflows: bool,
     /// Largest image input (URL, base64 or multipart), in bytes.
-    #[arg(long, env, default_value_t = 20 * 1024 * 1024)]
+    #[arg(long, env, default_value_t = 20 * 1024 * 1024, help_heading = JOBS)]
     pub max_input_image_bytes: usize,
     /// Time limit of fetching one image input URL (redirects included), in ms.
-    #[arg(long, env, default_value_t = 15_000)]
+    #[arg(long, env, default_value_t = 15_000, help_heading = JOBS)]
     pub url_input_timeout_ms: u64,
     /// Host names, IP addresses or CIDRs that image input URLs may reach although they are
     /// not public (comma-separated; e.g. `127.0.0.1,images.internal`).
-    #[arg(long, env, default_value = "")]
+    #[arg(long, env, default_value = "", help_heading = JOBS)]
     pub url_input_allow_hosts: String,
     /// Keep prompt texts and inputs out of job logs and event streams.
-    #[arg(long, env, default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env, default_value_t = false, action = clap::ArgAction::Set, help_heading = PRIVACY)]
     pub privacy_mode: bool,
     /// The key that seals prompts and inputs at rest in privacy mode (32 bytes; created
     /// with mode 0600 if absent). Default: `<database file>.privacy-key`.
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = PRIVACY)]
     pub privacy_key_file: Option<PathBuf>,
     /// Interval of the `: ping` comment lines on event streams, in ms.
-    #[arg(long, env, default_value_t = 15_000)]
+    #[arg(long, env, default_value_t = 15_000, help_heading = SERVER)]
     pub sse_heartbeat_ms: u64,
     /// Requests per client key in each `RATE_LIMIT_WINDOW_MS` (unset: no rate limit).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub rate_limit_max: Option<u32>,
     /// The rate limit's window, in ms (set together with `RATE_LIMIT_MAX`).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub rate_limit_window_ms: Option<u64>,
     /// Requests per client IP in each window, whatever API keys they carry
     /// (default: 10 × `RATE_LIMIT_MAX`).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub rate_limit_ip_max: Option<u32>,
     /// Proxies (IPs or CIDRs, comma-separated) whose `X-Forwarded-For` names the client.
-    #[arg(long, env, default_value = "")]
+    #[arg(long, env, default_value = "", help_heading = SERVER)]
     pub trusted_proxies: String,
     /// Queued + running jobs per client key at most (unset: unlimited).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub max_jobs_per_client: Option<u32>,
     /// Browser origins allowed by CORS: exact origins, comma-separated, or `*` (unset: none).
-    #[arg(long, env, default_value = "")]
+    #[arg(long, env, default_value = "", help_heading = SERVER)]
     pub cors_origins: String,
     /// Host names (and IP addresses) the `Host` header may name besides the bound address,
     /// loopback names and `PUBLIC_URL`'s host, comma-separated, or `*` for any. Checked in
     /// open mode always (against DNS rebinding), with credentials only when set.
-    #[arg(long, env, default_value = "")]
+    #[arg(long, env, default_value = "", help_heading = SERVER)]
     pub allowed_hosts: String,
     /// Open client connections at most; further connections wait to be accepted.
-    #[arg(long, env, default_value_t = 1024)]
+    #[arg(long, env, default_value_t = 1024, help_heading = LIMITS)]
     pub max_connections: u32,
     /// Longest time a client may take to send a request's headers, in ms.
-    #[arg(long, env, default_value_t = 10_000)]
+    #[arg(long, env, default_value_t = 10_000, help_heading = LIMITS)]
     pub header_read_timeout_ms: u64,
     /// Open connections per client IP (the TCP peer) at most; further ones are answered
     /// `429` and closed. Peers in `TRUSTED_PROXIES` are exempt (default: `MAX_CONNECTIONS` / 4).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub max_connections_per_ip: Option<u32>,
     /// Open connections per authenticated client (owner id) at most, counted when a request
     /// on the connection authenticates (default: `MAX_CONNECTIONS` / 8).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub max_connections_per_client: Option<u32>,
     /// Longest time a client may take to send a request's body, in ms.
-    #[arg(long, env, default_value_t = 60_000)]
+    #[arg(long, env, default_value_t = 60_000, help_heading = LIMITS)]
     pub body_read_timeout_ms: u64,
     /// Slowest average rate of a request body after its first 5 s, in bytes/s (0: none).
-    #[arg(long, env, default_value_t = 1024)]
+    #[arg(long, env, default_value_t = 1024, help_heading = LIMITS)]
     pub body_min_bytes_per_s: u64,
     /// Longest time a response write may make no progress (a client that stopped
     /// reading) before its connection is closed, in ms.
-    #[arg(long, env, default_value_t = 30_000)]
+    #[arg(long, env, default_value_t = 30_000, help_heading = LIMITS)]
     pub write_stall_timeout_ms: u64,
     /// Open event streams (`GET /jobs/{id}/events`) in total at most
     /// (default: `MAX_CONNECTIONS` / 2).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub max_event_streams: Option<u32>,
     /// Open event streams per client key at most (default: `MAX_CONNECTIONS` / 32).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub max_event_streams_per_client: Option<u32>,
     /// Synchronous submits (`POST /jobs?wait=`) waiting in total at most
     /// (default: `MAX_CONNECTIONS` / 4).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub max_sync_waits: Option<u32>,
     /// Synchronous submits waiting per client key at most (default: `MAX_CONNECTIONS` / 32).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = LIMITS)]
     pub max_sync_waits_per_client: Option<u32>,
     /// Answer a request whose rendered workflow already succeeded from the stored outputs.
-    #[arg(long, env, default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env, default_value_t = true, action = clap::ArgAction::Set, help_heading = RETENTION)]
     pub cache_enabled: bool,
     /// How long a cached result is served, in seconds.
-    #[arg(long, env, default_value_t = 86_400)]
+    #[arg(long, env, default_value_t = 86_400, help_heading = RETENTION)]
     pub cache_ttl_seconds: u64,
     /// How long an `Idempotency-Key` (or `metadata.requestId`) is remembered, in seconds.
-    #[arg(long, env, default_value_t = 86_400)]
+    #[arg(long, env, default_value_t = 86_400, help_heading = RETENTION)]
     pub idempotency_ttl_seconds: u64,
     /// How long finished jobs, their events and outputs are kept, in seconds (0: forever).
-    #[arg(long, env, default_value_t = 7 * 86_400)]
+    #[arg(long, env, default_value_t = 7 * 86_400, help_heading = RETENTION)]
     pub job_retention_seconds: u64,
     /// How often the background pruner looks for expired jobs, cache entries and keys, in ms.
-    #[arg(long, env, default_value_t = 60_000)]
+    #[arg(long, env, default_value_t = 60_000, help_heading = RETENTION)]
     pub prune_interval_ms: u64,
     /// Free bytes the database's file system must keep: below it new jobs are refused
     /// with 507 `STORAGE_FULL` (0: no check).
-    #[arg(long, env, default_value_t = 1 << 30)]
+    #[arg(long, env, default_value_t = 1 << 30, help_heading = STORAGE)]
     pub disk_free_min_bytes: u64,
     /// Bytes of inputs and outputs one owner may keep stored; at or over it its new jobs
     /// are refused with 507 `QUOTA_EXCEEDED` (unset: no quota).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = STORAGE)]
     pub storage_quota_bytes_per_owner: Option<u64>,
     /// Wall time of one plugin call, in ms.
-    #[arg(long, env, default_value_t = 2_000)]
+    #[arg(long, env, default_value_t = 2_000, help_heading = PLUGINS)]
     pub plugin_timeout_ms: u64,
     /// Linear memory of one plugin instance, in MiB.
-    #[arg(long, env, default_value_t = 64)]
+    #[arg(long, env, default_value_t = 64, help_heading = PLUGINS)]
     pub plugin_memory_mb: u32,
     /// Instructions (roughly) one plugin call may execute (unset: no fuel limit).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = PLUGINS)]
     pub plugin_fuel: Option<u64>,
     /// Plugin calls in flight at once (sizes the pooling allocator).
-    #[arg(long, env, default_value_t = 16)]
+    #[arg(long, env, default_value_t = 16, help_heading = PLUGINS)]
     pub plugin_concurrency: u32,
     /// Calls of one plugin in flight at once (unset: half of PLUGIN_CONCURRENCY, at least 1).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = PLUGINS)]
     pub plugin_concurrency_per_plugin: Option<u32>,
     /// Threads of the plugin runtime, where every plugin call runs (never the API's).
-    #[arg(long, env, default_value_t = 2)]
+    #[arg(long, env, default_value_t = 2, help_heading = PLUGINS)]
     pub plugin_threads: u32,
     /// How long a submit's plugin call waits for a free call slot before `503 PLUGIN_BUSY`, in ms.
-    #[arg(long, env, default_value_t = 5_000)]
+    #[arg(long, env, default_value_t = 5_000, help_heading = PLUGINS)]
     pub plugin_queue_wait_ms: u64,
     /// Crash points to arm, `name=action;...` (tests; builds with the `failpoints` feature).
     #[arg(long, env, hide = true)]
     pub failpoints: Option<String>,
     /// Once listening, write the bound address (`ip:port`) to this file: with `--port 0`,
     /// how a supervisor or a test learns the port the system chose.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = SERVER)]
     pub addr_file: Option<PathBuf>,
     /// API keys as `key:role,...` (roles: admin, user).
-    #[arg(long, env, default_value = "", hide_env_values = true, hide_default_value = true)]
+    #[arg(long, env, default_value = "", hide_env_values = true, hide_default_value = true, help_heading = AUTH)]
     pub api_keys: Secret,
     /// A file of API keys, one `key:role` per line (`#` starts a comment).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = AUTH)]
     pub api_keys_file: Option<PathBuf>,
     /// Secret of HS256 bearer tokens (JWT), at least 32 bytes.
-    #[arg(long, env, hide_env_values = true)]
+    #[arg(long, env, hide_env_values = true, help_heading = AUTH)]
     pub jwt_secret: Option<Secret>,
     /// PEM file of the public key of RS256 (RSA) or EdDSA (Ed25519) bearer tokens.
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = AUTH)]
     pub jwt_public_key: Option<PathBuf>,
     /// The audience bearer tokens must name in `aud` (unset: `aud` is not checked).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = AUTH)]
     pub jwt_audience: Option<String>,
     /// The issuer bearer tokens must carry in `iss` (unset: `iss` is not checked).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = AUTH)]
     pub jwt_issuer: Option<String>,
     /// Key of webhook signatures: `whsec_<base64>` (Standard Webhooks) or any other text as
     /// raw bytes. Unset: deliveries go unsigned.
-    #[arg(long, env, hide_env_values = true)]
+    #[arg(long, env, hide_env_values = true, help_heading = WEBHOOKS)]
     pub webhook_secret: Option<Secret>,
     /// Hosts (and their subdomains) and IP addresses callbacks may go to, comma-separated
     /// (unset: any host at a public address). A host listed by name may be private, e.g.
     /// `127.0.0.1` for a local receiver. `host:port` (`[v6]:port`) allows that port only;
     /// a bare host allows every port.
-    #[arg(long, env, default_value = "")]
+    #[arg(long, env, default_value = "", help_heading = WEBHOOKS)]
     pub webhook_allowed_domains: String,
     /// Waits before each retry of a failed webhook, comma-separated, with units ms/s/m/h.
-    #[arg(long, env, default_value = crate::webhooks::schedule::DEFAULT_SCHEDULE)]
+    #[arg(long, env, default_value = crate::webhooks::schedule::DEFAULT_SCHEDULE, help_heading = WEBHOOKS)]
     pub webhook_retry_schedule: String,
     /// Time limit of one webhook attempt, in ms.
-    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS)]
+    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_TIMEOUT_MS, help_heading = WEBHOOKS)]
     pub webhook_timeout_ms: u64,
     /// Webhook attempts in flight at most.
-    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_CONCURRENCY)]
+    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_CONCURRENCY, help_heading = WEBHOOKS)]
     pub webhook_concurrency: usize,
     /// Webhook attempts in flight to one destination (host and port of the callback URL)
     /// at most, within `WEBHOOK_CONCURRENCY`: a hanging receiver cannot hold every slot.
-    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_DESTINATION_CONCURRENCY)]
+    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_DESTINATION_CONCURRENCY, help_heading = WEBHOOKS)]
     pub webhook_destination_concurrency: usize,
     /// Webhook attempts in flight for one owner's jobs at most, within `WEBHOOK_CONCURRENCY`.
-    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_OWNER_CONCURRENCY)]
+    #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_OWNER_CONCURRENCY, help_heading = WEBHOOKS)]
     pub webhook_owner_concurrency: usize,
     /// The gateway's public base URL, for absolute output URLs in webhooks
     /// (default: `http://HOST:PORT`).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = SERVER)]
     pub public_url: Option<String>,
     /// Serve `/metrics` without credentials when authentication is on (default: false).
-    #[arg(long, env, action = clap::ArgAction::Set)]
+    #[arg(long, env, action = clap::ArgAction::Set, help_heading = AUTH)]
     pub metrics_public: Option<bool>,
     /// Where blob bytes are kept (`STORAGE_PROVIDER`, `S3_*`).
     #[command(flatten)]
@@ -271,29 +285,29 @@ pub struct ServeArgs {
 pub struct StorageArgs {
     /// Where output and input bytes are kept: `local` (in the database file) or `s3` (an
     /// S3-compatible bucket; metadata stays in the database).
-    #[arg(long, env, default_value = "local")]
+    #[arg(long, env, default_value = "local", help_heading = STORAGE)]
     pub storage_provider: String,
     /// Base URL of the S3 API (e.g. `http://127.0.0.1:9000` for MinIO); unset: AWS.
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = STORAGE)]
     pub s3_endpoint: Option<String>,
     /// The bucket (must exist).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = STORAGE)]
     pub s3_bucket: Option<String>,
     /// Access key id.
-    #[arg(long, env, hide_env_values = true)]
+    #[arg(long, env, hide_env_values = true, help_heading = STORAGE)]
     pub s3_access_key: Option<Secret>,
     /// Secret access key.
-    #[arg(long, env, hide_env_values = true)]
+    #[arg(long, env, hide_env_values = true, help_heading = STORAGE)]
     pub s3_secret_key: Option<Secret>,
     /// Region (signing region for other S3-compatible servers).
-    #[arg(long, env, default_value = "us-east-1")]
+    #[arg(long, env, default_value = "us-east-1", help_heading = STORAGE)]
     pub s3_region: String,
     /// Prefix of every object key (`<prefix>blobs/<hash>`), e.g. `gateway/`.
-    #[arg(long, env, default_value = "")]
+    #[arg(long, env, default_value = "", help_heading = STORAGE)]
     pub s3_prefix: String,
     /// Answer downloads with a redirect to a presigned GET URL valid this many seconds
     /// (unset: the gateway streams the bytes itself).
-    #[arg(long, env)]
+    #[arg(long, env, help_heading = STORAGE)]
     pub s3_presign_ttl_seconds: Option<u64>,
 }
 
@@ -552,6 +566,7 @@ impl Config {
             return Err(bad("MAX_CONCURRENCY", "must be between 1 and 64"));
         }
         let backends = parse_backends(&args.comfyui_url, args.max_concurrency)?;
+        let host = bind_address(&args.host)?;
         if !(500..=3_600_000).contains(&args.backend_dead_after_ms) {
             return Err(bad("BACKEND_DEAD_AFTER_MS", "must be between 500 and 3600000"));
         }
@@ -609,7 +624,7 @@ impl Config {
             .map_err(|e| bad("URL_INPUT_ALLOW_HOSTS", e))?;
         let api_limits = api_limits(args)?;
         let webhooks = webhook_settings(args)?;
-        let public_url = public_url(args)?;
+        let public_url = public_url(args, host)?;
         let retention = retention(args)?;
         if args.storage_quota_bytes_per_owner == Some(0) {
             return Err(bad("STORAGE_QUOTA_BYTES_PER_OWNER", "must be at least 1 (unset it for no quota)"));
@@ -664,7 +679,7 @@ impl Config {
             retention,
             disk,
             plugin_limits,
-            host: args.host,
+            host,
             port: args.port,
             backends,
             backend_dead_after_ms: args.backend_dead_after_ms,
@@ -973,10 +988,93 @@ fn default_public_url(host: IpAddr, port: u16) -> String {
     format!("http://{host}:{port}")
 }
 
+/// An environment variable named like a setting (it starts with a prefix the settings
+/// use, such as `COMFYUI_`) that is none: most likely a typo, which would be ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownSetting {
+    /// The variable.
+    pub name: String,
+    /// The closest setting, when it is close enough to be the one meant.
+    pub suggestion: Option<String>,
+}
+
+/// Most edits (Damerau-Levenshtein) between an unknown variable and the setting suggested.
+const SUGGESTION_EDITS_MAX: usize = 3;
+
+/// The variables of this process's environment (`.env` included, once loaded) that look
+/// like settings but are not among `known` (the variables the command line reads).
+pub fn unknown_settings(known: &[String]) -> Vec<UnknownSetting> {
+    unknown_settings_among(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()), known)
+}
+
+/// [`unknown_settings`] of the variable `names`: the prefixes are the first words (up to
+/// and including the first `_`) of the `known` names, so `COMFYUI_ULR` is caught and
+/// `RUST_LOG` or `HOME` are not.
+pub fn unknown_settings_among(names: impl IntoIterator<Item = String>, known: &[String]) -> Vec<UnknownSetting> {
+    let prefix = |name: &str| name.find('_').map(|i| name[..=i].to_string());
+    let prefixes: std::collections::BTreeSet<String> = known.iter().filter_map(|k| prefix(k)).collect();
+    let mut unknown: Vec<UnknownSetting> = names
+        .into_iter()
+        .filter(|name| !known.contains(name) && prefix(name).is_some_and(|p| prefixes.contains(&p)))
+        .filter(|name| !kubernetes_service_link(name))
+        .map(|name| {
+            let suggestion = known
+                .iter()
+                .map(|k| (strsim::damerau_levenshtein(&name, k), k))
+                .min()
+                .filter(|(edits, _)| *edits <= SUGGESTION_EDITS_MAX)
+                .map(|(_, k)| k.clone());
+            UnknownSetting { name, suggestion }
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.name.cmp(&b.name));
+    unknown
+}
+
+/// Whether `name` has the shape of the variables Kubernetes sets for each service of the
+/// namespace (`COMFYUI_SERVICE_HOST`, `COMFYUI_PORT`, `COMFYUI_PORT_8188_TCP_ADDR`, ...):
+/// not typos, so not warned about.
+fn kubernetes_service_link(name: &str) -> bool {
+    let port_var = name.split_once("_PORT_").is_some_and(|(_, rest)| rest.starts_with(|c: char| c.is_ascii_digit()));
+    name.ends_with("_SERVICE_HOST") || name.contains("_SERVICE_PORT") || name.ends_with("_PORT") || port_var
+}
+
+/// Whether text logs written to a stream carry ANSI colours: only to a terminal, and not
+/// when `NO_COLOR` is set to a non-empty value (no-color.org).
+pub fn log_colours(stream_is_terminal: bool) -> bool {
+    stream_is_terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// `HOST`: an IP address as given, or a name resolved by the system (`/etc/hosts`, DNS):
+/// its first IPv4 address, else its first address. One address, so that `localhost`
+/// (`::1` and `127.0.0.1`) binds the address local clients and the default URLs use.
+fn bind_address(raw: &str) -> Result<IpAddr, ConfigError> {
+    use std::net::ToSocketAddrs;
+    let name = raw.trim();
+    let name = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(ip);
+    }
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_')) {
+        return Err(bad("HOST", format!("{raw:?} is not an IP address or host name")));
+    }
+    let addrs: Vec<IpAddr> = (name, 0)
+        .to_socket_addrs()
+        .map_err(|e| bad("HOST", format!("cannot resolve {name:?}: {e}")))?
+        .map(|a| a.ip())
+        .collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| bad("HOST", format!("{name:?} resolves to no address")))
+}
+
 /// `PUBLIC_URL` without trailing slash, or `http://HOST:PORT`.
-fn public_url(args: &ServeArgs) -> Result<String, ConfigError> {
+fn public_url(args: &ServeArgs, host: IpAddr) -> Result<String, ConfigError> {
     let Some(raw) = &args.public_url else {
-        return Ok(default_public_url(args.host, args.port));
+        return Ok(default_public_url(host, args.port));
     };
     let url = reqwest::Url::parse(raw).map_err(|e| bad("PUBLIC_URL", format!("{raw:?}: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -1451,6 +1549,44 @@ mod tests {
         assert_eq!(c.webhooks.schedule.waits().len(), 2);
         assert_eq!(c.public_url, "https://gw.example.com/base");
         assert!(!format!("{c:?}").contains("MfKQ9r8G"), "the secret never shows");
+    }
+
+    #[test]
+    fn host_takes_addresses_and_names() {
+        assert_eq!(parse(&["--host", "0.0.0.0"]).unwrap().host, "0.0.0.0".parse::<IpAddr>().unwrap());
+        assert_eq!(parse(&["--host", "::1"]).unwrap().host, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(parse(&["--host", "[::1]"]).unwrap().host, "::1".parse::<IpAddr>().unwrap());
+        let local = parse(&["--host", "localhost", "--port", "3001"]).unwrap();
+        assert!(local.host.is_loopback(), "{}", local.host);
+        assert_eq!(local.public_url, default_public_url(local.host, 3001));
+        for bad_host in ["", "a b", "http://x"] {
+            assert_eq!(parse(&["--host", bad_host]).unwrap_err().variable, "HOST", "{bad_host:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_settings_are_those_with_our_prefixes_and_get_the_closest_name() {
+        let known: Vec<String> =
+            ["COMFYUI_URL", "COMFYUI_TIMEOUT_MS", "MAX_CONCURRENCY", "S3_BUCKET", "PORT", "GATEWAY_URL"]
+                .map(String::from)
+                .to_vec();
+        let env = ["COMFYUI_ULR", "COMFYUI_URL", "PORT", "HOME", "RUST_LOG", "MAX_CONCURENCY", "S3_WHATEVER_ELSE"];
+        let unknown = unknown_settings_among(env.map(String::from), &known);
+        let unknown: Vec<(&str, Option<&str>)> =
+            unknown.iter().map(|u| (u.name.as_str(), u.suggestion.as_deref())).collect();
+        assert_eq!(
+            unknown,
+            [
+                ("COMFYUI_ULR", Some("COMFYUI_URL")),
+                ("MAX_CONCURENCY", Some("MAX_CONCURRENCY")),
+                ("S3_WHATEVER_ELSE", None),
+            ]
+        );
+        assert!(unknown_settings_among(known.clone(), &known).is_empty(), "the settings themselves are known");
+        let service_links =
+            ["COMFYUI_SERVICE_HOST", "COMFYUI_SERVICE_PORT_HTTP", "COMFYUI_PORT", "COMFYUI_PORT_8188_TCP"];
+        assert!(unknown_settings_among(service_links.map(String::from), &known).is_empty());
+        assert!(!log_colours(false), "never colours into a file or pipe");
     }
 
     #[test]

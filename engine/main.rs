@@ -2,6 +2,8 @@
 //! run the command, and exit with the code of its outcome (`cli::Failure::exit_code`:
 //! 0 success, 2 usage or configuration, 1 runtime).
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 use comfyui_gateway::cli::{self, Cli, CliError, Command};
 
@@ -69,13 +71,19 @@ fn run() -> Result<(), CliError> {
                 let _ = e.print();
                 return Ok(());
             }
-            // One clear line naming the flag / variable (clap's starts with "error: ").
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                let _ = e.print();
+                return Err(CliError::usage("no command given"));
+            }
+            // clap's whole message (what is wrong, a "did you mean" tip or the accepted
+            // values, the usage line), without colours; `main` prints it with "error: ".
             let text = e.to_string();
-            let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("invalid arguments");
-            return Err(CliError::usage(line.strip_prefix("error: ").unwrap_or(line)));
+            let text = text.trim_end();
+            return Err(CliError::usage(text.strip_prefix("error: ").unwrap_or(text)));
         }
     };
     init_tracing(&cli);
+    cli::warn_unknown_settings();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
@@ -96,7 +104,9 @@ fn init_tracing(cli: &Cli) {
     };
     let filter =
         tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Logs go to stderr: colours only when that is a terminal (not a file, pipe or journal).
+    let colours = comfyui_gateway::config::log_colours(std::io::stderr().is_terminal());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);
     if json {
         builder.json().init();
     } else {

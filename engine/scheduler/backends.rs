@@ -23,12 +23,23 @@ use crate::domain::JobState;
 const PROBE_BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
 /// A WebSocket session shorter than this counts as a failed connection for backoff.
 const SESSION_SHORT: Duration = Duration::from_secs(2);
+/// How often an unreachable backend is logged again while it stays unreachable (its first
+/// failed probe is logged at once, at start too; probes are far more frequent).
+pub(crate) const DOWN_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Whether a failed probe at `now` is logged, given when the outage was last logged (None:
+/// not yet): the first failure of an outage, then one per [`DOWN_LOG_INTERVAL`].
+fn log_unreachable_now(last_logged: Option<tokio::time::Instant>, now: tokio::time::Instant) -> bool {
+    last_logged.is_none_or(|at| now.saturating_duration_since(at) >= DOWN_LOG_INTERVAL)
+}
 
 /// Keep backend `b`'s health and WebSocket up to date until shutdown.
 pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
     let backend = shared.backends[b].clone();
     // Pauses since the backend last held a session of `SESSION_SHORT` or longer.
     let mut pauses = 0u32;
+    // When this outage was last logged; None while reachable.
+    let mut down_logged: Option<tokio::time::Instant> = None;
     while !shared.shutdown.is_cancelled() {
         let probe_started = tokio::time::Instant::now();
         match backend.client.system_stats().await {
@@ -47,6 +58,7 @@ pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
                     if !backend.healthy.swap(true, Ordering::AcqRel) {
                         tracing::info!(backend = %backend.id, "backend reachable");
                     }
+                    down_logged = None;
                 }
                 shared.wake_dispatcher();
                 let started = tokio::time::Instant::now();
@@ -68,7 +80,10 @@ pub(crate) async fn health_loop(shared: Arc<Shared>, b: usize) {
                 }
             }
             Err(e) => {
-                if backend.healthy.swap(false, Ordering::AcqRel) {
+                backend.healthy.store(false, Ordering::Release);
+                let now = tokio::time::Instant::now();
+                if log_unreachable_now(down_logged, now) {
+                    down_logged = Some(now);
                     tracing::warn!(backend = %backend.id, error = %e, "backend unreachable");
                 }
                 let mut info = backend.lock_info();
@@ -122,5 +137,23 @@ async fn clear_strays(shared: &Shared, backend: &Backend) {
             ),
             Err(e) => tracing::warn!(backend = %backend.id, job = %id, error = %e, "cannot remove a stray prompt"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_logged_at_once_then_once_a_minute() {
+        let start = tokio::time::Instant::now();
+        assert!(log_unreachable_now(None, start), "the first failure (at start too) is logged");
+        let logged = Some(start);
+        assert!(!log_unreachable_now(logged, start));
+        assert!(!log_unreachable_now(logged, start + DOWN_LOG_INTERVAL - Duration::from_millis(1)));
+        assert!(log_unreachable_now(logged, start + DOWN_LOG_INTERVAL));
+        assert!(log_unreachable_now(logged, start + 3 * DOWN_LOG_INTERVAL));
+        // A clock that looks earlier (another task's `now`) never logs twice.
+        assert!(!log_unreachable_now(Some(start + DOWN_LOG_INTERVAL), start));
     }
 }

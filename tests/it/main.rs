@@ -38,6 +38,9 @@
 //! - `jobs`: bundled workflows end to end, downloads and hashes, priorities,
 //!   per-backend concurrency, failure classification, cancel.
 //! - `openapi`: the OpenAPI document, checked against the live server by schemathesis.
+//! - `operator`: daemon conventions: plain logs into files, an unreachable backend logged
+//!   at start, misspelled settings named with the one meant, clap's whole messages,
+//!   `HOST=localhost`, `serve --help` by topic, `scripts/run`'s first-job report.
 //! - `outputs`: outputs of every kind; Range, HEAD, base64 downloads.
 //! - `plugin_cli`: `plugin check` and `plugin run` on the guest components of `plugins/`:
 //!   hooks and imports, a readable refusal, rewritten inputs, a tidied PNG, timeout, fuel.
@@ -85,6 +88,7 @@ mod jobs;
 mod limits;
 mod metrics;
 mod openapi;
+mod operator;
 mod outputs;
 #[cfg(feature = "wasm-plugins")]
 mod plugin_cli;

@@ -400,3 +400,26 @@ fn the_harness_spawns_gates_and_binds_in_one_place() {
     }
     assert_eq!(found, Vec::<String>::new());
 }
+
+/// `serve --help` is grouped by topic: every visible setting has a help heading.
+#[test]
+fn every_setting_has_a_help_heading() {
+    use clap::Args;
+    let serve = comfyui_gateway::config::ServeArgs::augment_args(clap::Command::new("serve"));
+    let bare: Vec<String> = serve
+        .get_arguments()
+        .filter(|a| !a.is_hide_set() && a.get_help_heading().is_none())
+        .map(|a| a.get_id().to_string())
+        .collect();
+    assert_eq!(bare, Vec::<String>::new(), "give these a `help_heading` (config.rs)");
+}
+
+/// Text logs are coloured only on a terminal (`config::log_colours`): the one place that
+/// sets the formatter's colours is `main`, through it.
+#[test]
+fn logs_are_coloured_only_through_log_colours() {
+    let files = engine_files();
+    assert_eq!(offenders(&files, "with_ansi(", &["engine/main.rs"]), Vec::<String>::new());
+    let main = files.iter().find(|(p, _)| p == "engine/main.rs").map(|(_, t)| t.as_str()).unwrap();
+    assert!(main.contains("with_ansi(colours)") && main.contains("log_colours(std::io::stderr().is_terminal())"));
+}
