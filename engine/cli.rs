@@ -739,7 +739,9 @@ async fn list_workflows(db: &DbArgs) -> Result<(), CliError> {
 /// or change another database.
 async fn owning_gateway(db: &DbArgs) -> Result<String, CliError> {
     let path = database_path(&db.database_url).map_err(|e| CliError::config(e.to_string()))?;
-    let held = |why: String| CliError::new(Failure::Locked, format!("{} is in use by a running gateway; {why}", path.display()));
+    let held = |why: String| {
+        CliError::new(Failure::Locked, format!("{} is in use by a running gateway; {why}", path.display()))
+    };
     let owner = match OwnerFile::read(&path) {
         Ok(Some(owner)) => owner,
         Ok(None) => {

@@ -490,12 +490,7 @@ mod tests {
         let snapshot = Snapshot {
             jobs_by_state: vec![(JobState::Queued, 2), (JobState::Succeeded, 1)],
             queue_by_priority: vec![("high", 1), ("normal", 1), ("low", 0), ("other", 0)],
-            backends: vec![BackendLevel {
-                id: "gpu-1".into(),
-                up: true,
-                in_flight: 1,
-                draining: true,
-            }],
+            backends: vec![BackendLevel { id: "gpu-1".into(), up: true, in_flight: 1, draining: true }],
             store: StoreLevel {
                 blobs: 3,
                 blob_bytes: 4096,

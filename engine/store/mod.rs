@@ -379,8 +379,7 @@ impl Store {
             })?
         };
         let writer = Mutex::new(Some(handle));
-        let inner =
-            Inner { db, tx: Some(tx), writer, commits, outbox, failure, deletes, objects, space, database_id };
+        let inner = Inner { db, tx: Some(tx), writer, commits, outbox, failure, deletes, objects, space, database_id };
         Ok(Store { inner: Arc::new(inner) })
     }
 
