@@ -5,9 +5,9 @@
 //! `404 NOT_FOUND`, known paths with another method `405 METHOD_NOT_ALLOWED`.
 //!
 //! Limits are applied here, before any handler: the client's request rate (every route
-//! but the probes `/health`, `/livez`, `/readyz`; `RateLimit` fields on every counted response, 429 beyond it), the
-//! number of query parameters, and CORS (preflights answered 204, allow fields only for
-//! allowed origins).
+//! but the probes `/health`, `/livez`, `/readyz`; `RateLimit` fields on every counted
+//! response, 429 beyond it), the number of query parameters, and CORS (preflights
+//! answered 204, allow fields only for allowed origins).
 //!
 //! Before authentication, [`guard`] checks the `Host` (DNS rebinding) and, in open mode,
 //! the origin of state-changing requests; each route's body media type is checked before
