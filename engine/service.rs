@@ -1108,3 +1108,26 @@ fn workflow_error(prefix: &str, e: WorkflowError) -> Error {
     Error::new(ErrorCode::ValidationError, format!("{what}: {first}{more}"))
         .with_details_capped(fields.iter().map(detail))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::OwnerFile;
+
+    /// A gateway listening on every address is reached on loopback; the file reads back as
+    /// written, and a missing one is `None`.
+    #[test]
+    fn owner_files_name_a_reachable_address_and_read_back() {
+        let v4 = OwnerFile::new("0.0.0.0:3000".parse().unwrap(), "00000000000000aa".into());
+        assert_eq!(v4.url, "http://127.0.0.1:3000");
+        assert_eq!(OwnerFile::new("[::]:3000".parse().unwrap(), String::new()).url, "http://[::1]:3000");
+        assert_eq!(OwnerFile::new("10.0.0.6:8080".parse().unwrap(), String::new()).url, "http://10.0.0.6:8080");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("gateway.redb");
+        assert_eq!(OwnerFile::read(&db).unwrap(), None);
+        v4.write(&db).unwrap();
+        assert_eq!(OwnerFile::path(&db), dir.path().join("gateway.redb.gateway.json"));
+        assert_eq!(OwnerFile::read(&db).unwrap(), Some(v4));
+        std::fs::write(OwnerFile::path(&db), "not json").unwrap();
+        assert!(OwnerFile::read(&db).is_err(), "a damaged file is an error, not a gateway");
+    }
+}
