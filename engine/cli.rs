@@ -15,7 +15,7 @@ use crate::api;
 use crate::comfy::sim;
 use crate::config::{Config, ServeArgs, database_path};
 use crate::service::{
-    Actor, Gateway, PluginChange, PluginSource, PluginSpec, Registry, WorkflowDefinition, register_bundled,
+    Actor, Gateway, OwnerFile, PluginChange, PluginSource, PluginSpec, Registry, WorkflowDefinition, register_bundled,
 };
 use crate::store::{Store, StoreError};
 
@@ -339,6 +339,7 @@ async fn serve(
     let server = api::serve(listener, gateway.clone()).map_err(|e| CliError::runtime(e.to_string()))?;
     let backends: Vec<String> = config.backends.iter().map(|b| format!("{}={}", b.id, b.public_url())).collect();
     tracing::info!(addr = %server.local_addr, ?backends, "comfyui-gateway listening");
+    gateway.announce(server.local_addr);
     if let Some(path) = addr_file {
         write_addr_file(path, server.local_addr).map_err(CliError::runtime)?;
     }
@@ -632,7 +633,7 @@ async fn register_definition(def: WorkflowDefinition, db: &DbArgs) -> Result<Str
             Ok(format!("workflow {} version {}", rec.id, rec.version))
         }
         None => {
-            let base = db.server.base_url();
+            let base = owning_gateway(db).await?;
             let mut body = json!({
                 "id": def.id, "name": def.name, "description": def.description,
                 "workflow": def.template, "inputSchema": def.input_schema, "defaults": def.defaults,
@@ -728,7 +729,7 @@ async fn list_workflows(db: &DbArgs) -> Result<(), CliError> {
             list.into_iter().map(|w| (w.id, w.version, w.name)).collect()
         }
         None => {
-            let base = db.server.base_url();
+            let base = owning_gateway(db).await?;
             let resp = db
                 .server
                 .client()?
@@ -756,6 +757,54 @@ async fn list_workflows(db: &DbArgs) -> Result<(), CliError> {
         println!("{id}\tv{version}\t{name}");
     }
     Ok(())
+}
+
+/// The base URL of the running gateway that holds the database of `db` (which is locked):
+/// the address in its [`OwnerFile`], else `GATEWAY_URL` (or `HOST:PORT`), whichever
+/// answers `/livez` with the database id the owner file names. Refused (exit code 1) when
+/// there is no owner file or no such gateway: acting through another gateway would list
+/// or change another database.
+async fn owning_gateway(db: &DbArgs) -> Result<String, CliError> {
+    let path = database_path(&db.database_url).map_err(|e| CliError::config(e.to_string()))?;
+    let held = |why: String| {
+        CliError::new(Failure::Locked, format!("{} is in use by a running gateway; {why}", path.display()))
+    };
+    let owner = match OwnerFile::read(&path) {
+        Ok(Some(owner)) => owner,
+        Ok(None) => {
+            return Err(held(format!(
+                "it did not say where it listens (no {}); stop it, or use its REST API",
+                OwnerFile::path(&path).display()
+            )));
+        }
+        Err(e) => return Err(held(format!("cannot read {}: {e}", OwnerFile::path(&path).display()))),
+    };
+    let mut candidates = vec![owner.url.trim_end_matches('/').to_string()];
+    let given = db.server.base_url().trim_end_matches('/').to_string();
+    if !candidates.contains(&given) {
+        candidates.push(given);
+    }
+    let http = db.server.client()?;
+    let mut found = Vec::new();
+    for base in candidates {
+        let answer = match http.get(format!("{base}/livez")).send().await {
+            Ok(resp) => match resp.json::<Value>().await {
+                Ok(v) => match v["database"].as_str() {
+                    Some(id) if id == owner.database => return Ok(base),
+                    Some(id) => format!("{base} holds database {id}"),
+                    None => format!("{base} does not say which database it holds"),
+                },
+                Err(e) => format!("{base}: {e}"),
+            },
+            Err(e) => format!("{base} cannot be reached: {e}"),
+        };
+        found.push(answer);
+    }
+    Err(held(format!(
+        "its database is {}, and {}; refusing to act through another gateway (set GATEWAY_URL to the one holding it)",
+        owner.database,
+        found.join(", and ")
+    )))
 }
 
 async fn health(server: &ServerArgs) -> Result<(), CliError> {

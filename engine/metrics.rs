@@ -13,9 +13,15 @@
 //! (`# EOF`, `_total` added to counter names), which is not 0.0.4.
 //!
 //! Every label set is bounded: `state`, `priority`, `outcome` (jobs and webhook attempts) are closed enums, `backend`
-//! is the configured URL list, `route` is a route-table pattern, `status` a status code,
-//! and `workflow` is a registered workflow id, with at most [`WORKFLOW_LABELS_MAX`]
-//! distinct values (further ids are counted as `other`).
+//! is a configured backend's id (`COMFYUI_URL`'s `id`, never its URL), `route` is a
+//! route-table pattern, `status` a status code, and `workflow` is a registered workflow
+//! id, with at most [`WORKFLOW_LABELS_MAX`] distinct values (further ids are counted as
+//! `other`).
+//!
+//! Labelled counters start at zero for every value known in advance (each closed enum's
+//! values at creation, each workflow when it is registered or found at start, each
+//! configured backend at every scrape), so an alert on a rate sees `0`, not no data.
+//! `build_info` is a constant 1 whose labels say what runs.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -35,6 +41,19 @@ pub const WORKFLOW_LABELS_MAX: usize = 256;
 
 /// The label value of everything outside a bounded set.
 pub const OTHER: &str = "other";
+
+/// The `outcome` values of `reconciliations_total`.
+pub const RECONCILE_OUTCOMES: [&str; 3] = ["reattached", "collected", "resubmitted"];
+/// The `outcome` values of `webhook_attempts_total`.
+pub const WEBHOOK_OUTCOMES: [&str; 4] = ["delivered", "retrying", "failed", "disabled"];
+/// The `reason` values of `storage_refusals_total`.
+pub const REFUSAL_REASONS: [&str; 2] = ["disk_full", "quota"];
+/// The `kind` values of `pruned_total`.
+pub const PRUNED_KINDS: [&str; 3] = ["jobs", "cache_entries", "idempotency_keys"];
+/// The `kind` values of `http_open`.
+pub const OPEN_KINDS: [&str; 3] = ["connections", "event_streams", "sync_waits"];
+/// The terminal states: the `outcome` values of `jobs_finished_total`.
+const TERMINAL_STATES: [JobState; 3] = [JobState::Succeeded, JobState::Failed, JobState::Canceled];
 
 /// Buckets of the job wait histogram (seconds in the gateway's queue).
 const WAIT_BUCKETS_S: &[f64] =
@@ -83,8 +102,8 @@ pub struct StoreLevel {
 /// A backend's levels.
 #[derive(Debug, Clone)]
 pub struct BackendLevel {
-    /// Its base URL (the `backend` label).
-    pub url: String,
+    /// Its id (the `backend` label; `COMFYUI_URL`'s `id`, by default `<host>-<port>`).
+    pub id: String,
     /// Whether it answered its last probe.
     pub up: bool,
     /// Our prompts in flight on it.
@@ -128,6 +147,7 @@ struct Inner {
     storage_refusals: IntCounterVec,
     plugin_loads: IntGaugeVec,
     http_open: IntGaugeVec,
+    build_info: IntGaugeVec,
     /// Workflow label values handed out so far (bounded by `WORKFLOW_LABELS_MAX`).
     workflows: Mutex<HashSet<String>>,
 }
@@ -275,10 +295,52 @@ impl Metrics {
                 "What clients hold open now: connections, event_streams, sync_waits (POST /jobs?wait=).",
                 "kind",
             ),
+            build_info: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        name("build_info"),
+                        "Always 1; the labels say what runs: version, and whether this build has the WebAssembly plugin runtime (plugins).",
+                    ),
+                    &["version", "plugins"],
+                )
+                .expect("valid gauge"),
+            ),
             workflows: Mutex::new(HashSet::new()),
             registry,
         };
+        inner.build_info.with_label_values(&[env!("CARGO_PKG_VERSION"), build_plugins()]).set(1);
+        // Every series of a closed enum exists from the start, at zero.
+        for outcome in RECONCILE_OUTCOMES {
+            inner.reconciliations.with_label_values(&[outcome]);
+        }
+        for outcome in WEBHOOK_OUTCOMES {
+            inner.webhook_attempts.with_label_values(&[outcome]);
+        }
+        for result in ["hit", "miss"] {
+            inner.cache_lookups.with_label_values(&[result]);
+        }
+        for kind in PRUNED_KINDS {
+            inner.pruned.with_label_values(&[kind]);
+        }
+        for reason in REFUSAL_REASONS {
+            inner.storage_refusals.with_label_values(&[reason]);
+        }
+        for kind in OPEN_KINDS {
+            inner.http_open.with_label_values(&[kind]);
+        }
         Metrics { inner: Arc::new(inner) }
+    }
+
+    /// A workflow is registered: its series (jobs finished by outcome, wait and run
+    /// times) exist from now on, at zero, within [`WORKFLOW_LABELS_MAX`].
+    pub fn workflow_known(&self, workflow: &str) {
+        let label = self.workflow_label(workflow);
+        for outcome in TERMINAL_STATES {
+            self.inner.jobs_finished.with_label_values(&[label.as_str(), outcome.as_str()]);
+        }
+        self.inner.job_wait.with_label_values(&[label.as_str()]);
+        self.inner.job_run.with_label_values(&[label.as_str()]);
     }
 
     /// The label value of a workflow id: itself while fewer than `WORKFLOW_LABELS_MAX`
@@ -297,6 +359,7 @@ impl Metrics {
 
     /// A new job was refused for storage (`disk_full` or `quota`).
     pub fn storage_refused(&self, reason: &'static str) {
+        debug_assert!(REFUSAL_REASONS.contains(&reason), "{reason}");
         self.inner.storage_refusals.with_label_values(&[reason]).inc();
     }
 
@@ -307,9 +370,7 @@ impl Metrics {
 
     /// Retention deleted records.
     pub fn pruned(&self, p: crate::store::Pruned) {
-        for (kind, n) in
-            [("jobs", p.jobs), ("cache_entries", p.cache_entries), ("idempotency_keys", p.idempotency_keys)]
-        {
+        for (kind, n) in PRUNED_KINDS.into_iter().zip([p.jobs, p.cache_entries, p.idempotency_keys]) {
             self.inner.pruned.with_label_values(&[kind]).inc_by(n as u64);
         }
     }
@@ -342,6 +403,7 @@ impl Metrics {
     /// A running job was reconciled with its backend; `outcome` is `reattached`,
     /// `collected` or `resubmitted`.
     pub fn reconciled(&self, outcome: &'static str) {
+        debug_assert!(RECONCILE_OUTCOMES.contains(&outcome), "{outcome}");
         self.inner.reconciliations.with_label_values(&[outcome]).inc();
     }
 
@@ -353,12 +415,14 @@ impl Metrics {
 
     /// Clients hold `n` of `kind` (`connections`, `event_streams`, `sync_waits`) open now.
     pub fn http_open(&self, kind: &'static str, n: usize) {
+        debug_assert!(OPEN_KINDS.contains(&kind), "{kind}");
         self.inner.http_open.with_label_values(&[kind]).set(clamp_i64(n as u64));
     }
 
     /// A webhook attempt was recorded; `outcome` is `delivered`, `retrying`, `failed` or
     /// `disabled`.
     pub fn webhook_attempt(&self, outcome: &'static str) {
+        debug_assert!(WEBHOOK_OUTCOMES.contains(&outcome), "{outcome}");
         self.inner.webhook_attempts.with_label_values(&[outcome]).inc();
     }
 
@@ -372,9 +436,9 @@ impl Metrics {
             m.queue_depth.with_label_values(&[*priority]).set(clamp_i64(*n));
         }
         for b in &snapshot.backends {
-            m.backend_up.with_label_values(&[b.url.as_str()]).set(i64::from(b.up));
-            m.backend_in_flight.with_label_values(&[b.url.as_str()]).set(i64::from(b.in_flight));
-            m.backend_draining.with_label_values(&[b.url.as_str()]).set(i64::from(b.draining));
+            m.backend_up.with_label_values(&[b.id.as_str()]).set(i64::from(b.up));
+            m.backend_in_flight.with_label_values(&[b.id.as_str()]).set(i64::from(b.in_flight));
+            m.backend_draining.with_label_values(&[b.id.as_str()]).set(i64::from(b.draining));
         }
         let st = &snapshot.store;
         m.blobs.set(clamp_i64(st.blobs));
@@ -396,6 +460,11 @@ impl Metrics {
         }
         String::from_utf8(buf).unwrap_or_default()
     }
+}
+
+/// The `plugins` label of `build_info`.
+fn build_plugins() -> &'static str {
+    if crate::plugins::AVAILABLE { "true" } else { "false" }
 }
 
 fn clamp_i64(n: u64) -> i64 {
@@ -421,12 +490,7 @@ mod tests {
         let snapshot = Snapshot {
             jobs_by_state: vec![(JobState::Queued, 2), (JobState::Succeeded, 1)],
             queue_by_priority: vec![("high", 1), ("normal", 1), ("low", 0), ("other", 0)],
-            backends: vec![BackendLevel {
-                url: "http://127.0.0.1:8188".into(),
-                up: true,
-                in_flight: 1,
-                draining: true,
-            }],
+            backends: vec![BackendLevel { id: "gpu-1".into(), up: true, in_flight: 1, draining: true }],
             store: StoreLevel {
                 blobs: 3,
                 blob_bytes: 4096,
@@ -458,12 +522,47 @@ mod tests {
             "comfyui_gateway_jobs_finished_total{outcome=\"succeeded\",workflow=\"icon_512\"} 1",
             "comfyui_gateway_job_attempts_total 2",
             "comfyui_gateway_job_resubmissions_total 1",
-            "comfyui_gateway_backend_up{backend=\"http://127.0.0.1:8188\"} 1",
-            "comfyui_gateway_backend_draining{backend=\"http://127.0.0.1:8188\"} 1",
+            "comfyui_gateway_backend_up{backend=\"gpu-1\"} 1",
+            "comfyui_gateway_backend_draining{backend=\"gpu-1\"} 1",
             "comfyui_gateway_http_requests_total{route=\"/jobs/{id}\",status=\"200\"} 1",
             "comfyui_gateway_webhook_attempts_total{outcome=\"delivered\"} 2",
             "comfyui_gateway_webhook_attempts_total{outcome=\"retrying\"} 1",
         ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    /// Before any event: `build_info`, every closed enum's series and a known workflow's
+    /// series are there, at zero.
+    #[test]
+    fn known_label_values_start_at_zero() {
+        let m = Metrics::new();
+        m.workflow_known("icon_512");
+        let text = m.render(&Snapshot::default());
+        let version = env!("CARGO_PKG_VERSION");
+        let mut expected = vec![
+            format!("comfyui_gateway_build_info{{plugins=\"{}\",version=\"{version}\"}} 1", build_plugins()),
+            "comfyui_gateway_cache_lookups_total{result=\"hit\"} 0".to_string(),
+            "comfyui_gateway_job_run_seconds_count{workflow=\"icon_512\"} 0".to_string(),
+            "comfyui_gateway_job_wait_seconds_count{workflow=\"icon_512\"} 0".to_string(),
+        ];
+        for outcome in TERMINAL_STATES {
+            let o = outcome.as_str();
+            expected.push(format!("comfyui_gateway_jobs_finished_total{{outcome=\"{o}\",workflow=\"icon_512\"}} 0"));
+        }
+        let families = [
+            ("reconciliations_total", "outcome", &RECONCILE_OUTCOMES[..]),
+            ("webhook_attempts_total", "outcome", &WEBHOOK_OUTCOMES[..]),
+            ("storage_refusals_total", "reason", &REFUSAL_REASONS[..]),
+            ("pruned_total", "kind", &PRUNED_KINDS[..]),
+            ("http_open", "kind", &OPEN_KINDS[..]),
+        ];
+        for (family, label, values) in families {
+            for v in values {
+                expected.push(format!("comfyui_gateway_{family}{{{label}=\"{v}\"}} 0"));
+            }
+        }
+        for line in expected {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
         }
     }

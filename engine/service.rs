@@ -250,6 +250,59 @@ pub struct Gateway {
     pub webhooks: crate::webhooks::Webhooks,
 }
 
+/// `<database>.gateway.json`: written by a running gateway next to the database it holds
+/// (atomically, once it listens; removed at a clean shutdown), so that a CLI command that
+/// finds the database locked knows where to ask and which database to expect. A file left
+/// by a crash is harmless: the CLI checks the gateway at `url` reports `database`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct OwnerFile {
+    /// The gateway's base URL, reachable from this machine.
+    pub url: String,
+    /// The id of the database ([`Store::database_id`]), as `/livez` reports it.
+    pub database: String,
+}
+
+impl OwnerFile {
+    /// The owner file for a gateway listening on `addr` (an unspecified address is reached
+    /// on loopback).
+    pub fn new(addr: std::net::SocketAddr, database: String) -> OwnerFile {
+        let mut addr = addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        OwnerFile { url: format!("http://{addr}"), database }
+    }
+
+    /// Where the owner file of the database at `database` is.
+    pub fn path(database: &std::path::Path) -> std::path::PathBuf {
+        let mut path = database.as_os_str().to_owned();
+        path.push(".gateway.json");
+        std::path::PathBuf::from(path)
+    }
+
+    /// Write it next to `database`, through a temporary file renamed into place.
+    pub fn write(&self, database: &std::path::Path) -> std::io::Result<()> {
+        let path = OwnerFile::path(database);
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".partial");
+        let text = serde_json::to_string(self).map_err(std::io::Error::other)? + "\n";
+        std::fs::write(&partial, text)?;
+        std::fs::rename(&partial, &path)
+    }
+
+    /// The owner file next to `database`: `Ok(None)` when there is none.
+    pub fn read(database: &std::path::Path) -> std::io::Result<Option<OwnerFile>> {
+        match std::fs::read_to_string(OwnerFile::path(database)) {
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(std::io::Error::other),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 /// Registered workflows: the store's records plus a cache of compiled ones.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -269,6 +322,9 @@ impl Gateway {
             register_bundled(&store).await?;
         }
         let metrics = Metrics::new();
+        for w in store.list_workflows()? {
+            metrics.workflow_known(&w.id);
+        }
         let plugins = crate::plugins::Host::new(config.plugin_limits.clone())?;
         let scheduler = Scheduler::start(store.clone(), config.clone(), metrics.clone(), plugins.clone()).await?;
         let webhooks = crate::webhooks::Webhooks::new(scheduler.tasks().child());
@@ -286,11 +342,32 @@ impl Gateway {
     }
 
     /// Stop the webhook task and the scheduler, wait for every task of the gateway
-    /// (`Scheduler::tasks`), and close the store.
+    /// (`Scheduler::tasks`), and close the store; removes the [`OwnerFile`] first.
     pub async fn shutdown(&self) {
+        // Still holding the database: no other gateway can have written it.
+        let owner = OwnerFile::path(&self.config.database_path);
+        if let Err(e) = std::fs::remove_file(&owner)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %owner.display(), error = %e, "cannot remove the owner file");
+        }
         self.webhooks.stop();
         self.scheduler.shutdown().await;
         self.store.close().await;
+    }
+
+    /// The id of the database this gateway holds ([`Store::database_id`]).
+    pub fn database_id(&self) -> String {
+        self.store.database_id()
+    }
+
+    /// Say, next to the database, that this gateway holds it and answers at `addr` (the
+    /// [`OwnerFile`]), once it listens. A failure is logged: the CLI then refuses to guess.
+    pub fn announce(&self, addr: std::net::SocketAddr) {
+        let owner = OwnerFile::new(addr, self.database_id());
+        if let Err(e) = owner.write(&self.config.database_path) {
+            tracing::warn!(error = %e, "cannot write the owner file; the CLI cannot reach this gateway in its place");
+        }
     }
 
     /// Why the store refuses every write since a storage failure (fail-stop), if it does.
@@ -337,6 +414,7 @@ impl Gateway {
     ) -> Result<(WorkflowRecord, Value)> {
         self.disk_check().await?;
         let rec = self.registry.put_workflow(def, replace, actor).await?;
+        self.metrics.workflow_known(&rec.id);
         self.registry.workflow(&rec.id)
     }
 
@@ -694,7 +772,7 @@ impl Gateway {
                 .scheduler
                 .backends()
                 .into_iter()
-                .map(|b| BackendLevel { url: b.url, up: b.reachable, in_flight: b.in_flight, draining: b.draining })
+                .map(|b| BackendLevel { id: b.id, up: b.reachable, in_flight: b.in_flight, draining: b.draining })
                 .collect(),
             store: StoreLevel {
                 blobs: stats.n_blobs,
@@ -1029,4 +1107,27 @@ fn workflow_error(prefix: &str, e: WorkflowError) -> Error {
     // At most `DETAILS_MAX` details are built; the rest are counted (`detailsOmitted`).
     Error::new(ErrorCode::ValidationError, format!("{what}: {first}{more}"))
         .with_details_capped(fields.iter().map(detail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OwnerFile;
+
+    /// A gateway listening on every address is reached on loopback; the file reads back as
+    /// written, and a missing one is `None`.
+    #[test]
+    fn owner_files_name_a_reachable_address_and_read_back() {
+        let v4 = OwnerFile::new("0.0.0.0:3000".parse().unwrap(), "00000000000000aa".into());
+        assert_eq!(v4.url, "http://127.0.0.1:3000");
+        assert_eq!(OwnerFile::new("[::]:3000".parse().unwrap(), String::new()).url, "http://[::1]:3000");
+        assert_eq!(OwnerFile::new("10.0.0.6:8080".parse().unwrap(), String::new()).url, "http://10.0.0.6:8080");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("gateway.redb");
+        assert_eq!(OwnerFile::read(&db).unwrap(), None);
+        v4.write(&db).unwrap();
+        assert_eq!(OwnerFile::path(&db), dir.path().join("gateway.redb.gateway.json"));
+        assert_eq!(OwnerFile::read(&db).unwrap(), Some(v4));
+        std::fs::write(OwnerFile::path(&db), "not json").unwrap();
+        assert!(OwnerFile::read(&db).is_err(), "a damaged file is an error, not a gateway");
+    }
 }

@@ -71,6 +71,10 @@ echo "comfyui-gateway API tour against $URL"
 # --- Service -------------------------------------------------------------------------
 # 200 when a backend is reachable, 503 until then (jobs wait in the queue meanwhile).
 step '200|503' GET /health
+# Probes: /livez is 200 while the process answers (liveness), /readyz 200 once the store
+# works and a backend is reachable, else 503 naming the failed check (readiness).
+step 200 GET /livez
+step '200|503' GET /readyz
 step 200 GET /capabilities
 step 200 GET /openapi.json
 step 200 GET /backends

@@ -400,6 +400,39 @@ pub async fn health(ctx: &Ctx, details: bool) -> Result<Resp> {
     Ok(reply::json(status, &body))
 }
 
+/// `GET /livez` (public): the process is up and answers. 200 always, whatever the
+/// backends and the store (a store failure stops the process, see `cli::serve`), so a
+/// liveness probe never restarts a gateway because ComfyUI is down. `database` is the id
+/// of the database it holds (the CLI checks it before acting through this gateway).
+pub fn livez(ctx: &Ctx) -> Result<Resp> {
+    let body = json!({
+        "status": "up",
+        "version": env!("CARGO_PKG_VERSION"),
+        "database": ctx.gateway.database_id(),
+        "uptime": ctx.started.elapsed().as_secs(),
+    });
+    Ok(reply::json(StatusCode::OK, &body))
+}
+
+/// `GET /readyz` (public): 200 when the store works and at least one backend is reachable,
+/// else 503; `checks` says which check failed, never a URL, a version or an error text
+/// (those are in `/health`'s details and the log).
+pub fn readyz(ctx: &Ctx) -> Result<Resp> {
+    let store_ok = ctx.gateway.store_ok();
+    let backends_ok = ctx.gateway.backends().iter().any(|b| b.reachable);
+    let ready = store_ok && backends_ok;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let check = |ok: bool, failed: &'static str| if ok { "ok" } else { failed };
+    let body = json!({
+        "status": if ready { "ready" } else { "not_ready" },
+        "checks": {
+            "store": check(store_ok, "failed"),
+            "backends": check(backends_ok, "unreachable"),
+        },
+    });
+    Ok(reply::json(status, &body))
+}
+
 /// One backend in `GET /backends` and the drain answers.
 fn backend_json(b: &crate::scheduler::BackendStatus) -> Value {
     json!({

@@ -122,11 +122,11 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
             "version": env!("CARGO_PKG_VERSION"),
             "description": "A durable REST gateway in front of ComfyUI. Every error body is \
                 {error: {code, message, retryable, details?}, correlationId}; every response carries X-Correlation-Id. \
-                With RATE_LIMIT_MAX set, every response but /health's carries RateLimit-Policy and RateLimit, and \
+                With RATE_LIMIT_MAX set, every response but the probes' (/health, /livez, /readyz) carries RateLimit-Policy and RateLimit, and \
                 a client over its quota (or, on POST /jobs, at MAX_JOBS_PER_CLIENT unfinished jobs) gets 429 \
                 RATE_LIMITED. CORS preflights (OPTIONS with Origin and Access-Control-Request-Method) are answered 204. \
-                With API_KEYS/API_KEYS_FILE or JWT_SECRET/JWT_PUBLIC_KEY configured, every operation but /health \
-                needs an X-API-Key header or a bearer JWT (401 AUTH_FAILED otherwise); without them (open mode) \
+                With API_KEYS/API_KEYS_FILE or JWT_SECRET/JWT_PUBLIC_KEY configured, every operation but the probes \
+                and the dashboard's files needs an X-API-Key header or a bearer JWT (401 AUTH_FAILED otherwise); without them (open mode) \
                 credentials are not needed. Role user: submit jobs and read, follow, download and cancel its own \
                 (another owner's job is 404 JOB_NOT_FOUND); role admin: everything, incl. workflow changes and /audit.",
         },
@@ -167,6 +167,27 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "503": json_response("No backend is reachable, or the store failed", schema_ref("Health")),
                     "400": error_response("More than 64 query parameters"),
                     "429": error_response("The connection came from an address already holding MAX_CONNECTIONS_PER_IP (RATE_LIMITED, with Retry-After; refused before the path is read). /health itself is never rate limited"),
+                }
+            }},
+            "/livez": {"get": {
+                "operationId": "livez",
+                "summary": "Liveness: the process answers (200 whatever the backends; for a liveness probe); always public, never rate limited",
+                "security": [{}],
+                "responses": {
+                    "200": json_response("The process is up", schema_ref("Livez")),
+                    "400": error_response("More than 64 query parameters"),
+                    "429": error_response("The connection came from an address already holding MAX_CONNECTIONS_PER_IP (RATE_LIMITED, with Retry-After; refused before the path is read). /livez itself is never rate limited"),
+                }
+            }},
+            "/readyz": {"get": {
+                "operationId": "readyz",
+                "summary": "Readiness: the store works and at least one backend is reachable (503 otherwise, saying which check failed); always public, never rate limited",
+                "security": [{}],
+                "responses": {
+                    "200": json_response("Ready", schema_ref("Readyz")),
+                    "503": json_response("Not ready: see checks", schema_ref("Readyz")),
+                    "400": error_response("More than 64 query parameters"),
+                    "429": error_response("The connection came from an address already holding MAX_CONNECTIONS_PER_IP (RATE_LIMITED, with Retry-After; refused before the path is read). /readyz itself is never rate limited"),
                 }
             }},
             "/capabilities": {"get": {
@@ -828,6 +849,28 @@ fn components() -> Map<String, Value> {
                 "store": {
                     "type": "object", "required": ["ok"],
                     "properties": {"ok": {"type": "boolean"}}
+                }
+            }
+        },
+        "Livez": {
+            "type": "object", "required": ["status", "version", "database"],
+            "properties": {
+                "status": {"type": "string", "enum": ["up"]},
+                "version": {"type": "string"},
+                "database": {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "The id of the database this gateway holds (random, chosen when the database was created)"},
+                "uptime": {"type": "integer", "minimum": 0, "description": "Seconds since the server started"}
+            }
+        },
+        "Readyz": {
+            "type": "object", "required": ["status", "checks"],
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "not_ready"]},
+                "checks": {
+                    "type": "object", "required": ["store", "backends"],
+                    "properties": {
+                        "store": {"type": "string", "enum": ["ok", "failed"]},
+                        "backends": {"type": "string", "enum": ["ok", "unreachable"], "description": "ok: at least one backend answered its last probe"}
+                    }
                 }
             }
         },

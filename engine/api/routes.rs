@@ -5,9 +5,9 @@
 //! `404 NOT_FOUND`, known paths with another method `405 METHOD_NOT_ALLOWED`.
 //!
 //! Limits are applied here, before any handler: the client's request rate (every route
-//! but `/health`; `RateLimit` fields on every counted response, 429 beyond it), the
-//! number of query parameters, and CORS (preflights answered 204, allow fields only for
-//! allowed origins).
+//! but the probes `/health`, `/livez`, `/readyz`; `RateLimit` fields on every counted
+//! response, 429 beyond it), the number of query parameters, and CORS (preflights
+//! answered 204, allow fields only for allowed origins).
 //!
 //! Before authentication, [`guard`] checks the `Host` (DNS rebinding) and, in open mode,
 //! the origin of state-changing requests; each route's body media type is checked before
@@ -15,8 +15,8 @@
 //!
 //! Authentication happens here, before routing, for every request: when credentials are
 //! configured, a request without a valid `X-API-Key` or bearer token is `401 AUTH_FAILED`
-//! (with `WWW-Authenticate`), except `/health`, the dashboard's static files (`/`, `/ui/*`)
-//! and, with `METRICS_PUBLIC`, `/metrics`.
+//! (with `WWW-Authenticate`), except the probes (`/health`, `/livez`, `/readyz`), the
+//! dashboard's static files (`/`, `/ui/*`) and, with `METRICS_PUBLIC`, `/metrics`.
 //! Authorization by role is in [`route`]; ownership of jobs in the handlers.
 
 use std::net::SocketAddr;
@@ -40,6 +40,10 @@ use crate::service::Gateway;
 pub enum Route {
     /// `/health`
     Health,
+    /// `/livez`: the process answers (never depends on a backend).
+    Livez,
+    /// `/readyz`: the store works and a backend is reachable.
+    Readyz,
     /// `/capabilities`
     Capabilities,
     /// `/openapi.json`
@@ -89,6 +93,8 @@ impl Route {
     pub fn allowed_methods(self) -> &'static str {
         match self {
             Route::Health
+            | Route::Livez
+            | Route::Readyz
             | Route::Capabilities
             | Route::OpenApi
             | Route::Job
@@ -164,6 +170,8 @@ impl Ctx {
         let mut router = matchit::Router::new();
         let table = [
             ("/health", Route::Health),
+            ("/livez", Route::Livez),
+            ("/readyz", Route::Readyz),
             ("/capabilities", Route::Capabilities),
             ("/openapi.json", Route::OpenApi),
             ("/workflows", Route::Workflows),
@@ -242,14 +250,14 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Who is calling: None in open mode and on the public routes (`/health`, the dashboard's
+/// Who is calling: None in open mode and on the public routes (the probes, the dashboard's
 /// static files, which hold no data; `/metrics` with `METRICS_PUBLIC`), else the principal
 /// of valid credentials, else `AUTH_FAILED`.
 /// Unknown paths need credentials too, so the route table cannot be probed.
 fn authenticate(ctx: &Ctx, headers: &HeaderMap, route: Option<Route>) -> Result<Option<Principal>, Error> {
     let config = &ctx.gateway.config;
     let public = match route {
-        Some(Route::Health | Route::Dashboard | Route::DashboardFile) => true,
+        Some(Route::Health | Route::Livez | Route::Readyz | Route::Dashboard | Route::DashboardFile) => true,
         Some(Route::Metrics) => config.metrics_public,
         _ => false,
     };
@@ -312,9 +320,10 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
     let origin = req.headers().get(http::header::ORIGIN).cloned();
     let span = tracing::info_span!("request", correlation_id = %correlation_id);
     async move {
-        let is_health = matches!(matched, Some((Route::Health, _, _)));
+        // Probes are never rate limited (a throttled probe would restart a healthy gateway).
+        let is_probe = matches!(matched, Some((Route::Health | Route::Livez | Route::Readyz, _, _)));
         // Rate first, so that guessing credentials is throttled too.
-        let rate = ctx.limits.rate.as_ref().filter(|_| !is_health).map(|r| r.check(&client));
+        let rate = ctx.limits.rate.as_ref().filter(|_| !is_probe).map(|r| r.check(&client));
         let refused = ctx.guard.check(&method, req.headers(), preflight).err();
         // Browsers send CORS preflights without credentials.
         let caller =
@@ -438,6 +447,8 @@ async fn route(
             let details = !ctx.gateway.config.auth.enabled() || params.caller.is_some();
             handlers::health(ctx, details).await
         }
+        (Livez, &Method::GET) => handlers::livez(ctx),
+        (Readyz, &Method::GET) => handlers::readyz(ctx),
         (Capabilities, &Method::GET) => handlers::capabilities(ctx),
         (OpenApi, &Method::GET) => handlers::openapi(ctx),
         (Workflows, &Method::GET) => handlers::list_workflows(ctx),

@@ -302,6 +302,8 @@ struct Inner {
     objects: Option<crate::storage::Objects>,
     /// Free space of the database's file system (None: a custom backend, in tests).
     space: Option<Arc<space::Space>>,
+    /// `meta["database_id"]`, read once at open (it never changes).
+    database_id: u64,
 }
 
 impl Drop for Inner {
@@ -358,7 +360,7 @@ impl Store {
         space: Option<Arc<space::Space>>,
     ) -> Result<Store, StoreError> {
         let db = Arc::new(db);
-        writer::init_schema(&db)?;
+        let database_id = writer::init_schema(&db)?;
         let commits = Arc::new(AtomicU64::new(0));
         let outbox = Arc::new(Notify::new());
         let failure = Arc::new(OnceLock::new());
@@ -377,7 +379,7 @@ impl Store {
             })?
         };
         let writer = Mutex::new(Some(handle));
-        let inner = Inner { db, tx: Some(tx), writer, commits, outbox, failure, deletes, objects, space };
+        let inner = Inner { db, tx: Some(tx), writer, commits, outbox, failure, deletes, objects, space, database_id };
         Ok(Store { inner: Arc::new(inner) })
     }
 
@@ -419,6 +421,13 @@ impl Store {
     /// The bucket holding blob bytes, with object storage.
     pub fn objects(&self) -> Option<&crate::storage::Objects> {
         self.inner.objects.as_ref()
+    }
+
+    /// This database's id: 16 lowercase hex digits of a random number chosen when the file
+    /// was created (or first opened by a version that had none); a copy of the file keeps
+    /// it. `/livez` reports it, so the CLI can tell which running gateway holds a database.
+    pub fn database_id(&self) -> String {
+        format!("{:016x}", self.inner.database_id)
     }
 
     /// How many write transactions the writer has committed since `open` (group commit

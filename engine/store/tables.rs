@@ -124,6 +124,9 @@ pub(crate) mod meta_key {
     pub const USAGE_BYTES: &str = "usage.bytes";
     /// Set once `owner_usage` was built for this database (see `usage::build_if_missing`).
     pub const USAGE_BUILT: &str = "usage.built";
+    /// This database's random id (never 0), set when it is created or, for an older file,
+    /// at its first open; never changed (see `Store::database_id`).
+    pub const DATABASE_ID: &str = "database_id";
 }
 
 /// The `meta` key counting the jobs in `state`.

@@ -1123,3 +1123,36 @@ fn redb_failures_keep_their_kind() {
         assert!(e.to_string().starts_with("redb: "), "{e}");
     }
 }
+
+/// Each database has its own id, kept across opens; an older file without one gets one at
+/// its next open, kept from then on.
+#[tokio::test]
+async fn database_ids_are_random_and_kept() {
+    let (dir, store) = open_temp();
+    let (_other_dir, other) = open_temp();
+    let id = store.database_id();
+    assert_eq!(id.len(), 16, "{id}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()), "{id}");
+    assert_ne!(id, other.database_id(), "two databases, two ids");
+    store.close().await;
+    drop(store);
+    let store = Store::open(&db_path(&dir)).unwrap();
+    assert_eq!(store.database_id(), id, "kept across opens");
+    store.close().await;
+    drop(store);
+    // As a database written before ids: none in `meta`.
+    {
+        let db = Database::create(db_path(&dir)).unwrap();
+        let txn = db.begin_write().unwrap();
+        let mut meta = txn.open_table(super::tables::META).unwrap();
+        assert!(meta.remove(super::tables::meta_key::DATABASE_ID).unwrap().is_some());
+        drop(meta);
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&db_path(&dir)).unwrap();
+    let new_id = store.database_id();
+    assert_ne!(new_id, id, "a fresh id for a file that had none");
+    store.close().await;
+    drop(store);
+    assert_eq!(Store::open(&db_path(&dir)).unwrap().database_id(), new_id, "and it is kept");
+}

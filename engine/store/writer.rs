@@ -122,10 +122,11 @@ pub(crate) enum Msg {
     Measure(oneshot::Sender<Result<u64, StoreError>>),
 }
 
-/// Create every table and check (or set) the schema version, in one durable commit.
-pub(crate) fn init_schema(db: &Database) -> Result<(), StoreError> {
+/// Create every table, check (or set) the schema version and set the database id if it has
+/// none, in one durable commit; the database id.
+pub(crate) fn init_schema(db: &Database) -> Result<u64, StoreError> {
     let txn = begin(db)?;
-    let migrate = {
+    let (migrate, database_id) = {
         let mut t = WriteTables::open(&txn)?;
         let migrate = match t.meta_get_opt(meta_key::SCHEMA_VERSION)? {
             None => {
@@ -140,13 +141,22 @@ pub(crate) fn init_schema(db: &Database) -> Result<(), StoreError> {
             }
         };
         super::usage::build_if_missing(&mut t)?;
-        migrate
+        let database_id = match t.meta_get_opt(meta_key::DATABASE_ID)? {
+            Some(id) => id,
+            None => {
+                // 64 random bits, never 0: which gateway holds which database (`/livez`).
+                let id = rand::random::<u64>().max(1);
+                t.meta.insert(meta_key::DATABASE_ID, id)?;
+                id
+            }
+        };
+        (migrate, database_id)
     };
     txn.commit()?;
     if migrate {
         super::jobs::migrate_owners(db)?;
     }
-    Ok(())
+    Ok(database_id)
 }
 
 pub(crate) fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {

@@ -137,9 +137,10 @@ async fn jobs_spread_within_each_backends_own_limit_and_get_backends_reports_the
         (Some("b"), Some("healthy"))
     );
     let metrics = gw.metrics().await;
-    for s in [&sa, &sb] {
-        assert_eq!(support::sample(&metrics, &format!("comfyui_gateway_backend_up{{backend=\"{}\"}}", s.url())), 1.0);
-        let draining = format!("comfyui_gateway_backend_draining{{backend=\"{}\"}} 0", s.url());
+    // Labelled by id, as the API and the jobs name them.
+    for id in ["a", "b"] {
+        assert_eq!(support::sample(&metrics, &format!("comfyui_gateway_backend_up{{backend=\"{id}\"}}")), 1.0);
+        let draining = format!("comfyui_gateway_backend_draining{{backend=\"{id}\"}} 0");
         assert!(metrics.lines().any(|l| l == draining), "{draining} in\n{metrics}");
     }
 }

@@ -49,6 +49,9 @@
 //! - `plugins_disabled` (only without the `wasm-plugins` feature): a workflow with a plugin
 //!   is refused with 422 `PLUGIN_FAILED`, `plugin check` exits 1, `/capabilities` says so.
 //! - `privacy`: privacy mode: no prompt text in the database file, outputs or logs.
+//! - `probes`: `/livez` up and `/readyz` 503 with the backend down, then 200; both public
+//!   and never rate limited; metrics by backend id, `build_info`, known series at zero;
+//!   the owner file and the CLI's fallback refusing a gateway of another database.
 //! - `results`: the result cache (hits skip the backend and share blobs, TTL, random
 //!   seeds), idempotency keys (replay, conflict, expiry, owners, races, restarts), retention.
 //! - `recovery`: kill -9 of the gateway under load, ComfyUI crash mid-job, outage,
@@ -97,6 +100,7 @@ mod plugins;
 #[cfg(not(feature = "wasm-plugins"))]
 mod plugins_disabled;
 mod privacy;
+mod probes;
 mod recovery;
 mod results;
 mod s3;

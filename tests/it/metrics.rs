@@ -94,8 +94,11 @@ async fn metrics_after_a_succeeded_and_a_failed_job_pass_promtool_and_count_righ
     assert_eq!((finished("succeeded"), finished("failed")), (1.0, 1.0));
     assert_eq!(sample(&all, "comfyui_gateway_job_attempts_total"), 2.0);
     assert_eq!(sample(&all, "comfyui_gateway_job_resubmissions_total"), 0.0);
-    assert_eq!(sample(&all, &format!("comfyui_gateway_backend_up{{backend=\"{}\"}}", sim.url())), 1.0);
-    assert_eq!(sample(&all, &format!("comfyui_gateway_backend_in_flight{{backend=\"{}\"}}", sim.url())), 0.0);
+    // Backends by id (by default `<host>-<port>`, dots as dashes), never by URL.
+    let backend = format!("127-0-0-1-{}", sim.url().rsplit(':').next().unwrap());
+    assert_eq!(sample(&all, &format!("comfyui_gateway_backend_up{{backend=\"{backend}\"}}")), 1.0);
+    assert_eq!(sample(&all, &format!("comfyui_gateway_backend_in_flight{{backend=\"{backend}\"}}")), 0.0);
+    assert!(!text.contains(&format!("backend=\"{}\"", sim.url())), "no URL as a label:\n{text}");
 
     assert_eq!(sample(&all, "comfyui_gateway_http_requests_total{route=\"/jobs\",status=\"202\"}"), 2.0);
     assert!(sample(&all, "comfyui_gateway_http_requests_total{route=\"/jobs/{id}\",status=\"200\"}") >= 2.0);
@@ -198,9 +201,13 @@ async fn metrics_queue_depth_by_priority_while_the_backend_is_down() {
     }
     assert_eq!(sample(&all, "comfyui_gateway_jobs{state=\"queued\"}"), 4.0);
     assert_eq!(sample(&all, "comfyui_gateway_jobs{state=\"canceled\"}"), 1.0);
-    assert_eq!(sample(&all, &format!("comfyui_gateway_backend_up{{backend=\"{dead}\"}}")), 0.0);
+    assert_eq!(sample(&all, &format!("comfyui_gateway_backend_up{{backend=\"127-0-0-1-{}\"}}", dead_port.port)), 0.0);
     assert_eq!(sample(&all, "comfyui_gateway_jobs_finished_total{outcome=\"canceled\",workflow=\"icon_512\"}"), 1.0);
-    assert!(!text.contains("comfyui_gateway_job_run_seconds_count"), "a job that never ran has no run time");
+    assert_eq!(
+        sample(&all, "comfyui_gateway_job_run_seconds_count{workflow=\"icon_512\"}"),
+        0.0,
+        "a job that never ran has no run time"
+    );
     assert_eq!(sample(&all, "comfyui_gateway_job_attempts_total"), 0.0);
     assert_eq!(sample(&all, "comfyui_gateway_http_requests_total{route=\"/jobs/{id}/cancel\",status=\"200\"}"), 1.0);
 }

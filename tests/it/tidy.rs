@@ -423,3 +423,58 @@ fn logs_are_coloured_only_through_log_colours() {
     let main = files.iter().find(|(p, _)| p == "engine/main.rs").map(|(_, t)| t.as_str()).unwrap();
     assert!(main.contains("with_ansi(colours)") && main.contains("log_colours(std::io::stderr().is_terminal())"));
 }
+
+/// The text of `fn name` in `text`: from its signature to the first line that closes it.
+fn function_body<'a>(text: &'a str, signature: &str) -> &'a str {
+    let start = text.find(signature).unwrap_or_else(|| panic!("{signature} exists"));
+    let rest = &text[start..];
+    let end = rest.find("\n}\n").map_or(rest.len(), |i| i + 3);
+    &rest[..end]
+}
+
+/// Liveness never depends on a backend or the store (a liveness probe must not restart a
+/// gateway because ComfyUI is down): `/livez` always answers 200 and reads neither; the
+/// probes are public and exempt from rate limits, like `/health`.
+#[test]
+fn liveness_depends_on_nothing_but_the_process() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let handlers = std::fs::read_to_string(root.join("engine/api/handlers.rs")).unwrap();
+    let livez = function_body(&handlers, "pub fn livez(");
+    for needle in ["backend", "store_ok", "SERVICE_UNAVAILABLE", "?"] {
+        assert!(!livez.contains(needle), "/livez must not depend on {needle:?}:\n{livez}");
+    }
+    let routes = std::fs::read_to_string(root.join("engine/api/routes.rs")).unwrap();
+    let public = function_body(&routes, "fn authenticate(");
+    let handle = function_body(&routes, "pub async fn handle(");
+    let exempt = handle.lines().find(|l| l.contains("let is_probe")).expect("the rate limit's exemption");
+    for probe in ["Route::Health", "Route::Livez", "Route::Readyz"] {
+        assert!(public.contains(probe), "{probe} is public");
+        assert!(exempt.contains(probe), "{probe} is not rate limited");
+    }
+}
+
+/// Metric labels (ARCHITECTURE.md): a backend is labelled by its id, never its URL; every
+/// literal value handed to a closed-enum counter is one of the values it starts at zero.
+#[test]
+fn metric_labels_are_backend_ids_and_listed_closed_values() {
+    let files = non_test_sources();
+    let metrics = &files.iter().find(|(p, _)| p == "engine/metrics.rs").expect("engine/metrics.rs").1;
+    for needle in [".url", "url:"] {
+        assert!(!metrics.contains(needle), "engine/metrics.rs names a URL ({needle})");
+    }
+    for (call, list) in [
+        (".reconciled(\"", "RECONCILE_OUTCOMES"),
+        (".storage_refused(\"", "REFUSAL_REASONS"),
+        (".http_open(\"", "OPEN_KINDS"),
+    ] {
+        let declared = metrics.lines().find(|l| l.contains(&format!("const {list}"))).expect(list);
+        let mut n_calls = 0;
+        for (path, text) in &files {
+            for value in text.split(call).skip(1).filter_map(|rest| rest.split('"').next()) {
+                n_calls += 1;
+                assert!(declared.contains(&format!("\"{value}\"")), "{path}: {call}{value}\") is not in {list}");
+            }
+        }
+        assert!(n_calls > 0, "found the calls of {call}");
+    }
+}
