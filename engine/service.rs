@@ -1115,3 +1115,54 @@ fn workflow_error(prefix: &str, e: WorkflowError) -> Error {
     Error::new(ErrorCode::ValidationError, format!("{what}: {first}{more}"))
         .with_details_capped(fields.iter().map(detail))
 }
+
+#[cfg(test)]
+mod backup_tests {
+    use std::sync::Arc;
+
+    use super::Gateway;
+    use crate::error::ErrorCode;
+
+    /// One backup at a time in total, its download included: while a copy is held, a
+    /// second is `CONFLICT` with `retryAfterSeconds`; once dropped, the next one runs.
+    /// The copy is unlinked (nothing stays beside the database) and passes the check.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_backup_at_a_time_and_nothing_left_on_disk() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Args {
+            #[command(flatten)]
+            serve: crate::config::ServeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("g.redb");
+        let dead = "http://127.0.0.1:9"; // nothing listens: no backend is needed here
+        let args = Args::parse_from([
+            "t",
+            "--database-url",
+            db.to_str().unwrap(),
+            "--comfyui-url",
+            dead,
+            "--disk-free-min-bytes",
+            "0",
+        ]);
+        let config = Arc::new(crate::config::Config::from_args(&args.serve).unwrap());
+        let gateway = Gateway::start(config).await.unwrap();
+        let mut first = gateway.backup().await.unwrap();
+        let busy = gateway.backup().await.unwrap_err();
+        assert_eq!(busy.code, ErrorCode::Conflict);
+        assert!(busy.details.as_ref().is_some_and(|d| d["retryAfterSeconds"].as_u64().is_some()));
+        assert!(!dir.path().join("g.redb.backup").exists(), "unlinked once opened");
+        let copy = dir.path().join("copy.redb");
+        std::io::copy(&mut first.file, &mut std::fs::File::create(&copy).unwrap()).unwrap();
+        assert_eq!(std::fs::metadata(&copy).unwrap().len(), first.report.size_bytes);
+        assert_eq!(super::sha256_hex(&mut std::fs::File::open(&copy).unwrap()).unwrap(), first.sha256_hex);
+        let stats = crate::store::Store::verify_file(&copy).unwrap();
+        assert_eq!(stats, first.report.stats);
+        drop(first);
+        let second = gateway.backup().await.unwrap();
+        assert!(second.report.n_entries > 0);
+        drop(second);
+        gateway.shutdown().await;
+    }
+}

@@ -86,9 +86,13 @@ fn table_copiers() -> [(&'static str, Copier); 25] {
     ]
 }
 
-#[derive(Debug, Default)]
+/// The copy's running state.
+#[derive(Debug)]
 struct Counts {
+    /// Entries copied so far.
     n_entries: u64,
+    /// Bytes per write transaction of the copy (`BATCH_BYTES`; smaller in tests).
+    batch_bytes: usize,
 }
 
 /// Copy one table of `src` into `dst`, at most `BATCH_BYTES` per write transaction; the
@@ -113,7 +117,7 @@ fn copy_table<K: Key + 'static, V: Value + 'static>(
                 batch_bytes += K::as_bytes(&k).as_ref().len() + V::as_bytes(&v).as_ref().len();
                 out.insert(k, v)?;
                 counts.n_entries += 1;
-                if batch_bytes >= BATCH_BYTES {
+                if batch_bytes >= counts.batch_bytes {
                     more = true;
                     break;
                 }
@@ -148,6 +152,16 @@ pub(crate) fn room_for(dest: &Path, db_bytes: u64, keep_free_bytes: u64) -> Resu
 /// Write every table of the snapshot `src` to a new database at `dest` (replaced if it
 /// exists), check it, and return what was written. Blocking: O(size of the database).
 pub(crate) fn copy_all(src: &ReadTransaction, snapshot: &StoreStats, dest: &Path) -> Result<Backup, StoreError> {
+    copy_batched(src, snapshot, dest, BATCH_BYTES)
+}
+
+/// [`copy_all`] with `batch_bytes` per write transaction of the copy.
+fn copy_batched(
+    src: &ReadTransaction,
+    snapshot: &StoreStats,
+    dest: &Path,
+    batch_bytes: usize,
+) -> Result<Backup, StoreError> {
     let started = Instant::now();
     let copiers = table_copiers();
     // Every table of the file is one this build copies: a table added to `tables` but not
@@ -165,7 +179,7 @@ pub(crate) fn copy_all(src: &ReadTransaction, snapshot: &StoreStats, dest: &Path
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
-    let mut counts = Counts::default();
+    let mut counts = Counts { n_entries: 0, batch_bytes };
     {
         // Mode 0600 from the first byte, as the database itself: it holds every job's data.
         let mut options = std::fs::OpenOptions::new();
@@ -221,4 +235,81 @@ pub(crate) fn verify_file(path: &Path) -> Result<StoreStats, StoreError> {
     let txn = db.begin_read()?;
     integrity::verify(&txn)?;
     super::stats_in(&txn)
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::domain::{Job, JobEventKind};
+    use crate::store::Store;
+
+    fn job(i: u64) -> Job {
+        let inputs = format!("{{\"seed\":{i},\"pad\":\"{}\"}}", "x".repeat(300));
+        Job::new_queued(Uuid::now_v7(), ("wf", 1), inputs, "{\"1\":{}}".into(), 0, i as i64, 1_000)
+    }
+
+    /// Many small write transactions (a 4 KiB batch) still make one consistent copy of the
+    /// snapshot: every job, the same counts, the integrity check passes; nothing is left
+    /// under `.creating`; the source keeps taking writes while a snapshot is held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_is_a_checked_copy_of_one_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        let mut ids = Vec::new();
+        for i in 0..200 {
+            ids.push(store.insert_job(job(i), vec![JobEventKind::Queued]).await.unwrap().id);
+        }
+        let src = store.read_txn().unwrap();
+        let snapshot = crate::store::stats_in(&src).unwrap();
+        // Written after the snapshot: not in the copy, and not held up by it.
+        let later = store.insert_job(job(1_000), vec![JobEventKind::Queued]).await.unwrap().id;
+        let dest = dir.path().join("copy.redb");
+        let backup = copy_batched(&src, &snapshot, &dest, 4 << 10).unwrap();
+        assert_eq!(backup.stats, snapshot);
+        assert_eq!(backup.n_tables, 25);
+        assert!(backup.n_entries >= 200 * 4, "{backup:?}");
+        assert_eq!(backup.size_bytes, std::fs::metadata(&dest).unwrap().len());
+        assert!(!dir.path().join("copy.redb.creating").exists());
+        assert_eq!(verify_file(&dest).unwrap(), snapshot);
+        let copy = Store::open(&dest).unwrap();
+        for id in &ids {
+            assert!(copy.get_job(*id).unwrap().is_some(), "{id}");
+        }
+        assert!(copy.get_job(later).unwrap().is_none());
+        // Through the public operation: the whole current state, replacing `dest`.
+        drop(copy);
+        let backup = store.backup(&dest, 0).unwrap();
+        assert_eq!(backup.stats, store.stats().unwrap());
+        assert_eq!(Store::verify_file(&dest).unwrap().n_jobs_by_state[0].1, 201);
+    }
+
+    /// A table the backup does not list fails the backup (and leaves nothing), instead
+    /// of being left out of the copy without a word.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_table_the_backup_does_not_know_fails_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        {
+            let txn = store.inner.db.begin_write().unwrap();
+            txn.open_table(TableDefinition::<u64, u64>::new("stranger")).unwrap().insert(1, 2).unwrap();
+            txn.commit().unwrap();
+        }
+        let dest = dir.path().join("copy.redb");
+        assert!(matches!(store.backup(&dest, 0), Err(StoreError::Invalid(m)) if m.contains("stranger")));
+        assert!(!dest.exists() && !dir.path().join("copy.redb.creating").exists());
+    }
+
+    /// Without room for the database's size plus what must stay free: `NoSpace`, nothing
+    /// written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_without_room_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("g.redb")).unwrap();
+        let dest = dir.path().join("copy.redb");
+        let e = store.backup(&dest, u64::MAX / 2).unwrap_err();
+        assert!(matches!(e, StoreError::NoSpace(n) if n.needed_bytes > n.free_bytes), "{e}");
+        assert!(!dest.exists() && !dir.path().join("copy.redb.creating").exists());
+    }
 }

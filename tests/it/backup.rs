@@ -1,7 +1,7 @@
 //! Online backups: `POST /admin/backup` and `comfyui-gateway backup` while a client keeps
 //! submitting; the copies pass `comfyui-gateway check`; a gateway restored from a copy
-//! serves every job acknowledged before the backup began; one backup at a time, admins
-//! only, 507 without room.
+//! serves every job acknowledged before the backup began; admins only, 507 without room.
+//! (One backup at a time is held to deterministically by `service`'s unit test.)
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,10 +88,6 @@ async fn backups_under_load_are_consistent_and_restore_every_acknowledged_job() 
     assert_eq!(r.headers()["content-type"], "application/octet-stream");
     let sha = r.headers()["x-backup-sha256"].to_str().unwrap().to_string();
     let length: usize = r.headers()["content-length"].to_str().unwrap().parse().unwrap();
-    // One at a time: while this download is unread, a second backup is refused.
-    let second = http.post(format!("{base}/admin/backup")).header("x-api-key", ADMIN_KEY).send().await.unwrap();
-    assert_eq!(second.status(), 409);
-    assert!(second.headers().contains_key("retry-after"));
     let bytes = r.bytes().await.unwrap();
     assert_eq!(bytes.len(), length);
     assert_eq!(sha256_hex(&bytes), sha);
