@@ -774,6 +774,10 @@ async fn backup(args: &BackupArgs) -> Result<(), CliError> {
     if out.try_exists().map_err(|e| CliError::usage(format!("--out {}: {e}", out.display())))? {
         return Err(CliError::usage(format!("--out {}: the file exists; choose a new name", out.display())));
     }
+    let path = database_path(&args.db.database_url).map_err(|e| CliError::config(e.to_string()))?;
+    if !path.is_file() {
+        return Err(CliError::usage(format!("no database at {}", path.display())));
+    }
     let started = std::time::Instant::now();
     let (stats, size_bytes, via) = match open_store(&args.db)? {
         Some(store) => {
@@ -795,7 +799,8 @@ async fn backup(args: &BackupArgs) -> Result<(), CliError> {
             (stats, size, format!(" (via {base})"))
         }
     };
-    let counts: Vec<String> = stats.n_jobs_by_state.iter().map(|(state, n)| format!("{} {n}", state.as_str())).collect();
+    let counts: Vec<String> =
+        stats.n_jobs_by_state.iter().map(|(state, n)| format!("{} {n}", state.as_str())).collect();
     println!("backup {}: {size_bytes} bytes{via}", out.display());
     println!("jobs: {}", counts.join(", "));
     println!("blobs: {} ({} bytes), cache entries: {}", stats.n_blobs, stats.blob_bytes, stats.n_cache_entries);

@@ -1276,10 +1276,13 @@ pub async fn backup(ctx: &Ctx) -> Result<Resp> {
         let read = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; BACKUP_CHUNK_BYTES];
             let n = std::io::Read::read(&mut copy.file, &mut buf);
-            (copy, n.map(|n| {
-                buf.truncate(n);
-                buf
-            }))
+            (
+                copy,
+                n.map(|n| {
+                    buf.truncate(n);
+                    buf
+                }),
+            )
         })
         .await;
         match read {
@@ -1298,7 +1301,8 @@ pub async fn backup(ctx: &Ctx) -> Result<Resp> {
     })
     .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
     let mut resp = http::Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync());
-    let name = format!("attachment; filename=\"gateway-{}.redb\"", reply::rfc3339(crate::domain::now_ms()).replace(':', ""));
+    let name =
+        format!("attachment; filename=\"gateway-{}.redb\"", reply::rfc3339(crate::domain::now_ms()).replace(':', ""));
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));

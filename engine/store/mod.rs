@@ -995,30 +995,28 @@ impl Store {
 
 /// The counters of [`Store::stats`] as `txn` sees them.
 fn stats_in(txn: &ReadTransaction) -> Result<StoreStats, StoreError> {
-    {
-        let meta = txn.open_table(tables::META)?;
-        let get = |key: &str| -> Result<u64, StoreError> { Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0)) };
-        let states = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];
-        let mut n_jobs_by_state = states.map(|s| (s, 0));
-        for entry in n_jobs_by_state.iter_mut() {
-            entry.1 = get(tables::state_count_key(entry.0))?;
-        }
-        Ok(StoreStats {
-            n_jobs_by_state,
-            n_blobs: get(tables::meta_key::BLOBS_COUNT)?,
-            blob_bytes: get(tables::meta_key::BLOBS_BYTES)?,
-            blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
-            n_cache_entries: get(tables::meta_key::CACHE_ENTRIES)?,
-            n_deliveries_pending: get(tables::meta_key::DELIVERIES_PENDING)?,
-            n_object_deletes_pending: {
-                use redb::ReadableTableMetadata;
-                txn.open_table(tables::BLOB_DELETES)?.len()?
-            },
-            usage_bytes: get(tables::meta_key::USAGE_BYTES)?,
-            n_owners_with_usage: {
-                use redb::ReadableTableMetadata;
-                txn.open_table(tables::OWNER_USAGE)?.len()?
-            },
-        })
+    let meta = txn.open_table(tables::META)?;
+    let get = |key: &str| -> Result<u64, StoreError> { Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0)) };
+    let states = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];
+    let mut n_jobs_by_state = states.map(|s| (s, 0));
+    for entry in n_jobs_by_state.iter_mut() {
+        entry.1 = get(tables::state_count_key(entry.0))?;
     }
+    Ok(StoreStats {
+        n_jobs_by_state,
+        n_blobs: get(tables::meta_key::BLOBS_COUNT)?,
+        blob_bytes: get(tables::meta_key::BLOBS_BYTES)?,
+        blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
+        n_cache_entries: get(tables::meta_key::CACHE_ENTRIES)?,
+        n_deliveries_pending: get(tables::meta_key::DELIVERIES_PENDING)?,
+        n_object_deletes_pending: {
+            use redb::ReadableTableMetadata;
+            txn.open_table(tables::BLOB_DELETES)?.len()?
+        },
+        usage_bytes: get(tables::meta_key::USAGE_BYTES)?,
+        n_owners_with_usage: {
+            use redb::ReadableTableMetadata;
+            txn.open_table(tables::OWNER_USAGE)?.len()?
+        },
+    })
 }

@@ -128,12 +128,8 @@ async fn backups_under_load_are_consistent_and_restore_every_acknowledged_job() 
         std::fs::copy(copy, restored_dir.path().join("gateway.redb")).unwrap();
         let restored = Gateway::start(restored_dir.path(), &sim.url(), &[("API_KEYS", &keys)]).await;
         for id in acked {
-            let r = http
-                .get(format!("{}/jobs/{id}", restored.url()))
-                .header("x-api-key", USER_KEY)
-                .send()
-                .await
-                .unwrap();
+            let r =
+                http.get(format!("{}/jobs/{id}", restored.url())).header("x-api-key", USER_KEY).send().await.unwrap();
             assert_eq!(r.status(), 200, "job {id} acknowledged before the backup is in the copy");
         }
         // Queued ones are recovered and run: the last acknowledged job finishes.
@@ -197,4 +193,13 @@ async fn a_backup_without_room_is_refused() {
         .output()
         .unwrap();
     assert_eq!(again.status.code(), Some(2));
+    // No database: refused, and none is created.
+    let none = dir.path().join("none.redb");
+    let missing = support::bin()
+        .args(["backup", "--out", &dir.path().join("x.redb").display().to_string()])
+        .env("DATABASE_URL", &none)
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(!none.exists());
 }

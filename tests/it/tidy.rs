@@ -415,8 +415,7 @@ fn a_backup_copies_every_table() {
         .filter_map(|l| l.trim_start().strip_prefix("pub(crate) const ")?.split(':').next())
         .collect();
     assert!(defined.len() >= 20, "found the tables: {defined:?}");
-    let copied: Vec<&str> =
-        backup.lines().filter_map(|l| l.trim().strip_prefix("c!(")?.strip_suffix("),")).collect();
+    let copied: Vec<&str> = backup.lines().filter_map(|l| l.trim().strip_prefix("c!(")?.strip_suffix("),")).collect();
     let mut a = defined.clone();
     let mut b = copied.clone();
     a.sort_unstable();
