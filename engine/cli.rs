@@ -779,7 +779,7 @@ async fn backup(args: &BackupArgs) -> Result<(), CliError> {
         return Err(CliError::usage(format!("no database at {}", path.display())));
     }
     let started = std::time::Instant::now();
-    let (stats, size_bytes, via) = match open_store(&args.db)? {
+    let (stats, size_bytes, n_entries, via) = match open_store(&args.db)? {
         Some(store) => {
             let dest = out.clone();
             let keep_free = args.disk_free_min_bytes;
@@ -791,17 +791,17 @@ async fn backup(args: &BackupArgs) -> Result<(), CliError> {
             };
             store.close().await;
             let report = copy.map_err(|e| CliError::runtime(format!("backup failed: {e}")))?;
-            (report.stats, report.size_bytes, String::new())
+            (report.stats, report.size_bytes, report.n_entries, String::new())
         }
         None => {
             let base = args.db.server.base_url();
-            let (stats, size) = download_backup(&args.db.server, &base, out).await?;
-            (stats, size, format!(" (via {base})"))
+            let (stats, size, n_entries) = download_backup(&args.db.server, &base, out).await?;
+            (stats, size, n_entries, format!(" (via {base})"))
         }
     };
     let counts: Vec<String> =
         stats.n_jobs_by_state.iter().map(|(state, n)| format!("{} {n}", state.as_str())).collect();
-    println!("backup {}: {size_bytes} bytes{via}", out.display());
+    println!("backup {}: {size_bytes} bytes, {n_entries} entries{via}", out.display());
     println!("jobs: {}", counts.join(", "));
     println!("blobs: {} ({} bytes), cache entries: {}", stats.n_blobs, stats.blob_bytes, stats.n_cache_entries);
     println!("integrity: ok; took {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
@@ -809,12 +809,12 @@ async fn backup(args: &BackupArgs) -> Result<(), CliError> {
 }
 
 /// Download a backup from the gateway at `base` into `<out>.creating`, check its SHA-256
-/// and its integrity (read-only), and rename it to `out`: its counts and size.
+/// and its integrity (read-only), and rename it to `out`: its counts, size and entries.
 async fn download_backup(
     server: &ServerArgs,
     base: &str,
     out: &Path,
-) -> Result<(crate::store::StoreStats, u64), CliError> {
+) -> Result<(crate::store::StoreStats, u64, u64), CliError> {
     use std::io::Write as _;
     let mut resp = server
         .client()?
@@ -828,6 +828,7 @@ async fn download_backup(
         return Err(CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or(""))));
     }
     let expected = resp.headers().get("x-backup-sha256").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let n_entries = resp.headers().get("x-backup-entries").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
     let mut tmp = out.as_os_str().to_owned();
     tmp.push(".creating");
     let tmp = PathBuf::from(tmp);
@@ -851,7 +852,7 @@ async fn download_backup(
     match checked {
         Ok(stats) => {
             std::fs::rename(&tmp, out).map_err(failed)?;
-            Ok((stats, size))
+            Ok((stats, size, n_entries))
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);

@@ -108,7 +108,8 @@ async fn backups_under_load_are_consistent_and_restore_every_acknowledged_job() 
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("integrity: ok") && text.contains("bytes (via"), "{text}");
+    assert!(text.contains("integrity: ok") && text.contains("entries (via"), "{text}");
+    assert!(!text.contains(" 0 entries"), "{text}");
     check(&from_cli);
     let n_during = n_acked();
 
