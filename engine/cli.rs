@@ -1,5 +1,5 @@
 //! The command line: `serve` (alias `run`), `sim`, `init`, `add-workflow`,
-//! `import-workflow`, `list-workflows`, `health`, `check`, `plugin`.
+//! `import-workflow`, `list-workflows`, `health`, `check`, `plugin`, `backup`.
 //!
 //! Commands that change the database work whether or not a server is running: redb
 //! allows one process at a time, so when the file is held by a running gateway they go
@@ -54,6 +54,24 @@ pub enum Command {
     Check(CheckArgs),
     /// Plugin developer tools: `plugin check FILE.wasm`, `plugin run FILE.wasm --hook H --input FILE`.
     Plugin(crate::plugins::cli::PluginArgs),
+    /// Write an online, consistent copy of the database to `--out FILE` and check it: from
+    /// the file when no gateway holds it, else through the running gateway's
+    /// `POST /admin/backup` (GATEWAY_URL, GATEWAY_API_KEY). Prints its size, counts and time.
+    Backup(BackupArgs),
+}
+
+/// `backup` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Where to write the copy (a new file: an existing one is not replaced).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Free bytes the copy's file system must keep beyond the database's size (as
+    /// `serve`'s setting; 0: no check beyond the size).
+    #[arg(long, env, default_value_t = 1 << 30)]
+    pub disk_free_min_bytes: u64,
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 /// Where the database is, and where a running server would be.
@@ -314,6 +332,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Health(server) => health(&server).await,
         Command::Check(args) => check(&args).await,
         Command::Plugin(args) => crate::plugins::cli::main(args).await,
+        Command::Backup(args) => backup(&args).await,
     }
 }
 
@@ -821,6 +840,101 @@ async fn health(server: &ServerArgs) -> Result<(), CliError> {
     let v: Value = resp.json().await.map_err(|e| CliError::runtime(format!("{base}: {e}")))?;
     println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     if status.is_success() { Ok(()) } else { Err(CliError::runtime(format!("unhealthy ({status})"))) }
+}
+
+/// `backup`: copy the database to `--out` from the file itself when it is free, else through
+/// the running gateway's `POST /admin/backup`; either way the copy is checked (read-only)
+/// before it is renamed to `--out`.
+async fn backup(args: &BackupArgs) -> Result<(), CliError> {
+    let out = &args.out;
+    if out.try_exists().map_err(|e| CliError::usage(format!("--out {}: {e}", out.display())))? {
+        return Err(CliError::usage(format!("--out {}: the file exists; choose a new name", out.display())));
+    }
+    let path = database_path(&args.db.database_url).map_err(|e| CliError::config(e.to_string()))?;
+    if !path.is_file() {
+        return Err(CliError::usage(format!("no database at {}", path.display())));
+    }
+    let started = std::time::Instant::now();
+    let (stats, size_bytes, n_entries, via) = match open_store(&args.db)? {
+        Some(store) => {
+            let dest = out.clone();
+            let keep_free = args.disk_free_min_bytes;
+            let copy = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.backup(&dest, keep_free))
+                    .await
+                    .map_err(|e| CliError::runtime(e.to_string()))?
+            };
+            store.close().await;
+            let report = copy.map_err(|e| CliError::runtime(format!("backup failed: {e}")))?;
+            (report.stats, report.size_bytes, report.n_entries, String::new())
+        }
+        None => {
+            let base = args.db.server.base_url();
+            let (stats, size, n_entries) = download_backup(&args.db.server, &base, out).await?;
+            (stats, size, n_entries, format!(" (via {base})"))
+        }
+    };
+    let counts: Vec<String> =
+        stats.n_jobs_by_state.iter().map(|(state, n)| format!("{} {n}", state.as_str())).collect();
+    println!("backup {}: {size_bytes} bytes, {n_entries} entries{via}", out.display());
+    println!("jobs: {}", counts.join(", "));
+    println!("blobs: {} ({} bytes), cache entries: {}", stats.n_blobs, stats.blob_bytes, stats.n_cache_entries);
+    println!("integrity: ok; took {:.1} ms", started.elapsed().as_secs_f64() * 1000.0);
+    Ok(())
+}
+
+/// Download a backup from the gateway at `base` into `<out>.creating`, check its SHA-256
+/// and its integrity (read-only), and rename it to `out`: its counts, size and entries.
+async fn download_backup(
+    server: &ServerArgs,
+    base: &str,
+    out: &Path,
+) -> Result<(crate::store::StoreStats, u64, u64), CliError> {
+    use std::io::Write as _;
+    let mut resp = server
+        .client()?
+        .post(format!("{base}/admin/backup"))
+        .send()
+        .await
+        .map_err(|e| CliError::runtime(format!("the database is in use and {base} cannot be reached: {e}")))?;
+    let status = resp.status();
+    if !status.is_success() {
+        let v: Value = resp.json().await.unwrap_or(Value::Null);
+        return Err(CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or(""))));
+    }
+    let expected = resp.headers().get("x-backup-sha256").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let n_entries = resp.headers().get("x-backup-entries").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
+    let mut tmp = out.as_os_str().to_owned();
+    tmp.push(".creating");
+    let tmp = PathBuf::from(tmp);
+    let failed = |e: std::io::Error| CliError::runtime(format!("{}: {e}", tmp.display()));
+    let mut file = std::fs::File::create(&tmp).map_err(failed)?;
+    let mut size = 0u64;
+    while let Some(chunk) = resp.chunk().await.map_err(|e| CliError::runtime(format!("{base}: download cut: {e}")))? {
+        file.write_all(&chunk).map_err(failed)?;
+        size += chunk.len() as u64;
+    }
+    file.sync_all().map_err(failed)?;
+    drop(file);
+    let checked = (|| {
+        let sha = crate::service::sha256_hex(&mut std::fs::File::open(&tmp).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+        if expected.as_deref() != Some(sha.as_str()) {
+            return Err(format!("SHA-256 {sha} differs from the gateway's {expected:?}"));
+        }
+        Store::verify_file(&tmp).map_err(|e| format!("integrity check failed: {e}"))
+    })();
+    match checked {
+        Ok(stats) => {
+            std::fs::rename(&tmp, out).map_err(failed)?;
+            Ok((stats, size, n_entries))
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(CliError::runtime(format!("the backup from {base} is not usable: {e}")))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -189,6 +189,37 @@ pub const PRIORITY_MAX: i32 = 100;
 
 /// `Retry-After` of `STORAGE_FULL`: about when retention may have freed space.
 const STORAGE_FULL_RETRY_AFTER_S: u64 = 30;
+
+/// `Retry-After` of a backup refused because another one is running.
+const BACKUP_BUSY_RETRY_AFTER_S: u64 = 10;
+
+/// A backup taken by [`Gateway::backup`]: the copy, open and already unlinked (its bytes go
+/// with the last handle), what was written, its SHA-256, and the backup slot, held until
+/// this is dropped (so one backup at a time counts its download too).
+#[derive(Debug)]
+pub struct BackupCopy {
+    /// The copy, positioned at its start.
+    pub file: std::fs::File,
+    /// What was copied.
+    pub report: crate::store::Backup,
+    /// SHA-256 of the file, lower-case hex.
+    pub sha256_hex: String,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// SHA-256 of what `file` holds from where it is to its end, lower-case hex.
+pub fn sha256_hex(file: &mut impl std::io::Read) -> std::io::Result<String> {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        ctx.update(&buf[..n]);
+    }
+    Ok(ctx.finish().as_ref().iter().map(|b| format!("{b:02x}")).collect())
+}
 /// `Retry-After` of `QUOTA_EXCEEDED`: the owner's jobs age out slowly; try again later.
 const QUOTA_RETRY_AFTER_S: u64 = 60;
 
@@ -248,6 +279,8 @@ pub struct Gateway {
     pub plugins: crate::plugins::Host,
     /// The webhook delivery task.
     pub webhooks: crate::webhooks::Webhooks,
+    /// One online backup at a time, in total ([`Gateway::backup`]).
+    backup_slot: Arc<tokio::sync::Semaphore>,
 }
 
 /// `<database>.gateway.json`: written by a running gateway next to the database it holds
@@ -336,6 +369,7 @@ impl Gateway {
             config,
             metrics,
             webhooks: webhooks.clone(),
+            backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
         };
         webhooks.start(gateway.clone());
         Ok(gateway)
@@ -762,6 +796,57 @@ impl Gateway {
         Ok(())
     }
 
+    /// An online, consistent backup of the database ([`Store::backup`]) while the gateway
+    /// keeps serving: written on a blocking thread next to the database
+    /// (`<DATABASE_URL>.backup`, replaced by each backup), checked, then opened and unlinked,
+    /// so nothing stays on disk once the returned copy is dropped. One at a time in total:
+    /// `409 CONFLICT` with `retryAfterSeconds` while another runs (its download included);
+    /// `507 STORAGE_FULL` when the database's file system has less free space than the
+    /// database's size plus `DISK_FREE_MIN_BYTES`.
+    pub async fn backup(&self) -> Result<BackupCopy> {
+        let slot = self.backup_slot.clone().try_acquire_owned().map_err(|_| {
+            Error::new(ErrorCode::Conflict, "a backup is already running; one runs at a time")
+                .with_details(json!({ "retryAfterSeconds": BACKUP_BUSY_RETRY_AFTER_S }))
+        })?;
+        let store = self.store.clone();
+        let mut dest = self.config.database_path.as_os_str().to_owned();
+        dest.push(".backup");
+        let dest = std::path::PathBuf::from(dest);
+        let keep_free_bytes = self.config.disk.free_min_bytes;
+        // The slot moves into the blocking work: a request dropped half-way does not free
+        // it while the copy still runs.
+        let copied = tokio::task::spawn_blocking(move || -> Result<BackupCopy, StoreError> {
+            let report = store.backup(&dest, keep_free_bytes)?;
+            let mut file = std::fs::File::open(&dest)?;
+            std::fs::remove_file(&dest)?;
+            let sha256_hex = sha256_hex(&mut file)?;
+            std::io::Seek::rewind(&mut file)?;
+            Ok(BackupCopy { file, report, sha256_hex, _slot: slot })
+        })
+        .await
+        .map_err(Error::internal)?;
+        match copied {
+            Ok(copy) => {
+                tracing::info!(
+                    size_bytes = copy.report.size_bytes,
+                    n_entries = copy.report.n_entries,
+                    duration_ms = copy.report.duration.as_secs_f64() * 1000.0,
+                    "backup written"
+                );
+                Ok(copy)
+            }
+            Err(StoreError::NoSpace(no)) => Err(Error::new(
+                ErrorCode::StorageFull,
+                format!(
+                    "not enough space for a backup: {} bytes free, the database's size plus DISK_FREE_MIN_BYTES is {}",
+                    no.free_bytes, no.needed_bytes
+                ),
+            )
+            .with_details(json!({ "retryAfterSeconds": STORAGE_FULL_RETRY_AFTER_S }))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The metrics in Prometheus text format, levels read now (store counts are O(1)).
     pub fn metrics_text(&self) -> Result<String> {
         let stats = self.store.stats()?;
@@ -1129,5 +1214,56 @@ mod tests {
         assert_eq!(OwnerFile::read(&db).unwrap(), Some(v4));
         std::fs::write(OwnerFile::path(&db), "not json").unwrap();
         assert!(OwnerFile::read(&db).is_err(), "a damaged file is an error, not a gateway");
+    }
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use std::sync::Arc;
+
+    use super::Gateway;
+    use crate::error::ErrorCode;
+
+    /// One backup at a time in total, its download included: while a copy is held, a
+    /// second is `CONFLICT` with `retryAfterSeconds`; once dropped, the next one runs.
+    /// The copy is unlinked (nothing stays beside the database) and passes the check.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_backup_at_a_time_and_nothing_left_on_disk() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Args {
+            #[command(flatten)]
+            serve: crate::config::ServeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("g.redb");
+        let dead = "http://127.0.0.1:9"; // nothing listens: no backend is needed here
+        let args = Args::parse_from([
+            "t",
+            "--database-url",
+            db.to_str().unwrap(),
+            "--comfyui-url",
+            dead,
+            "--disk-free-min-bytes",
+            "0",
+        ]);
+        let config = Arc::new(crate::config::Config::from_args(&args.serve).unwrap());
+        let gateway = Gateway::start(config).await.unwrap();
+        let mut first = gateway.backup().await.unwrap();
+        let busy = gateway.backup().await.unwrap_err();
+        assert_eq!(busy.code, ErrorCode::Conflict);
+        assert!(busy.details.as_ref().is_some_and(|d| d["retryAfterSeconds"].as_u64().is_some()));
+        assert!(!dir.path().join("g.redb.backup").exists(), "unlinked once opened");
+        let copy = dir.path().join("copy.redb");
+        std::io::copy(&mut first.file, &mut std::fs::File::create(&copy).unwrap()).unwrap();
+        assert_eq!(std::fs::metadata(&copy).unwrap().len(), first.report.size_bytes);
+        assert_eq!(super::sha256_hex(&mut std::fs::File::open(&copy).unwrap()).unwrap(), first.sha256_hex);
+        let stats = crate::store::Store::verify_file(&copy).unwrap();
+        assert_eq!(stats, first.report.stats);
+        drop(first);
+        let second = gateway.backup().await.unwrap();
+        assert!(second.report.n_entries > 0);
+        drop(second);
+        gateway.shutdown().await;
     }
 }

@@ -440,6 +440,22 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                         &[("404", "No backend with that id (BACKEND_NOT_FOUND)"), ADMIN_ONLY])
                 }
             },
+            "/admin/backup": {"post": {
+                "operationId": "backup",
+                "summary": "An online, consistent copy of the database (one read snapshot, checked as `comfyui-gateway check` does), streamed as a redb file; admins only",
+                "responses": with_errors(json!({"200": {
+                    "description": "The copy: a redb database file to restore with the gateway stopped (README \"Backups\")",
+                    "headers": {
+                        "X-Backup-Sha256": {"description": "SHA-256 of the file, hex", "schema": {"type": "string"}},
+                        "X-Backup-Entries": {"description": "Entries copied over every table", "schema": {"type": "integer"}}
+                    },
+                    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+                }}), &[
+                    ADMIN_ONLY,
+                    ("409", "Another backup is running (CONFLICT); one at a time; retry after Retry-After seconds"),
+                    ("507", "The database's file system has less free space than the database's size plus DISK_FREE_MIN_BYTES (STORAGE_FULL); retry after Retry-After seconds")
+                ])
+            }},
             "/outputs/{jobId}/{file}": {
                 "parameters": [job_id, path_param("file", "The output's name")],
                 "get": {

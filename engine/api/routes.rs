@@ -86,6 +86,8 @@ pub enum Route {
     Dashboard,
     /// `/ui/{file}`: the dashboard's scripts, styles and icon.
     DashboardFile,
+    /// `/admin/backup`
+    AdminBackup,
 }
 
 impl Route {
@@ -113,7 +115,8 @@ impl Route {
             | Route::JobWebhookRedeliver
             | Route::BackendDrain
             | Route::BackendResume
-            | Route::WorkflowImport => "POST",
+            | Route::WorkflowImport
+            | Route::AdminBackup => "POST",
         }
     }
 
@@ -126,7 +129,11 @@ impl Route {
             (Route::Jobs, &Method::POST) => BodyKind::JsonOrMultipart,
             (Route::Workflow, &Method::DELETE)
             | (
-                Route::JobCancel | Route::JobWebhookRedeliver | Route::BackendDrain | Route::BackendResume,
+                Route::JobCancel
+                | Route::JobWebhookRedeliver
+                | Route::BackendDrain
+                | Route::BackendResume
+                | Route::AdminBackup,
                 &Method::POST,
             ) => BodyKind::Empty,
             // Reads, and methods the route does not take (answered 405).
@@ -194,6 +201,7 @@ impl Ctx {
             ("/backends/{id}/resume", Route::BackendResume),
             ("/", Route::Dashboard),
             ("/ui/{file}", Route::DashboardFile),
+            ("/admin/backup", Route::AdminBackup),
         ];
         for (path, route) in table {
             router.insert(path, (route, path)).expect("the route table is valid");
@@ -437,6 +445,7 @@ async fn route(
         (Audit, &Method::GET) => admin_only(&params, "reading the audit log")?,
         (Metrics, &Method::GET) => admin_only(&params, "reading metrics")?,
         (BackendDrain | BackendResume, &Method::POST) => admin_only(&params, "draining or resuming a backend")?,
+        (AdminBackup, &Method::POST) => admin_only(&params, "taking a backup")?,
         _ => {}
     }
     let has_body = !hyper::body::Body::is_end_stream(req.body());
@@ -474,6 +483,7 @@ async fn route(
         (BackendResume, &Method::POST) => handlers::set_draining(ctx, &params, false).await,
         (Dashboard, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), None),
         (DashboardFile, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), Some(&params.file)),
+        (AdminBackup, &Method::POST) => handlers::backup(ctx).await,
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
             .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
     }

@@ -28,6 +28,7 @@
 
 mod audit;
 mod backends;
+mod backup;
 mod blobs;
 mod cache;
 mod codec;
@@ -67,6 +68,7 @@ use crate::domain::{
     WorkflowRecord,
 };
 
+pub use backup::{Backup, NoSpace};
 pub use blobs::{BlobMeta, NewBlob};
 pub use cache::Claim;
 pub use jobs::{JobPage, JobQuery, QueuedHead};
@@ -144,6 +146,10 @@ pub enum StoreError {
     /// unknown, so the store stops (every call fails at once) until a restart recovers it.
     #[error("store failed (restart the gateway to recover): {0}")]
     Failed(String),
+    /// A backup's destination has less free space than the database's size plus the
+    /// space to keep free (`Store::backup`); nothing was written.
+    #[error("not enough space for a backup: {} bytes free, {} needed", .0.free_bytes, .0.needed_bytes)]
+    NoSpace(NoSpace),
     /// The operation found nothing to write (a prune with nothing due): no commit, no
     /// fsync; never returned by a public method.
     #[error("nothing to write")]
@@ -967,29 +973,59 @@ impl Store {
     /// Job counts per state and blob totals, from counters kept in `meta`.
     pub fn stats(&self) -> Result<StoreStats, StoreError> {
         let txn = self.read_txn()?;
-        let meta = txn.open_table(tables::META)?;
-        let get = |key: &str| -> Result<u64, StoreError> { Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0)) };
-        let states = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];
-        let mut n_jobs_by_state = states.map(|s| (s, 0));
-        for entry in n_jobs_by_state.iter_mut() {
-            entry.1 = get(tables::state_count_key(entry.0))?;
-        }
-        Ok(StoreStats {
-            n_jobs_by_state,
-            n_blobs: get(tables::meta_key::BLOBS_COUNT)?,
-            blob_bytes: get(tables::meta_key::BLOBS_BYTES)?,
-            blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
-            n_cache_entries: get(tables::meta_key::CACHE_ENTRIES)?,
-            n_deliveries_pending: get(tables::meta_key::DELIVERIES_PENDING)?,
-            n_object_deletes_pending: {
-                use redb::ReadableTableMetadata;
-                txn.open_table(tables::BLOB_DELETES)?.len()?
-            },
-            usage_bytes: get(tables::meta_key::USAGE_BYTES)?,
-            n_owners_with_usage: {
-                use redb::ReadableTableMetadata;
-                txn.open_table(tables::OWNER_USAGE)?.len()?
-            },
-        })
+        stats_in(&txn)
     }
+
+    /// Write a consistent copy of the committed state to `dest` while the store keeps
+    /// working: every table of one read snapshot (the writer is never held), built under
+    /// `<dest>.creating`, checked with [`Store::verify_integrity`]'s check and its counts
+    /// against the snapshot's, then renamed into place (an existing `dest` is replaced).
+    /// `NoSpace` (nothing written) when `dest`'s file system has less free space than the
+    /// database file's size plus `keep_free_bytes`. Blocking, O(size of the database): run
+    /// it on a blocking thread.
+    pub fn backup(&self, dest: &Path, keep_free_bytes: u64) -> Result<Backup, StoreError> {
+        let txn = self.read_txn()?;
+        if let Some(space) = &self.inner.space {
+            let db_bytes = std::fs::metadata(space.file())?.len();
+            if let Err(no) = backup::room_for(dest, db_bytes, keep_free_bytes)? {
+                return Err(StoreError::NoSpace(no));
+            }
+        }
+        let snapshot = stats_in(&txn)?;
+        backup::copy_all(&txn, &snapshot, dest)
+    }
+
+    /// Check a backup (or any database file no process holds) without writing to it:
+    /// opened read-only, every invariant of [`Store::verify_integrity`] checked; its counts.
+    pub fn verify_file(path: &Path) -> Result<StoreStats, StoreError> {
+        backup::verify_file(path)
+    }
+}
+
+/// The counters of [`Store::stats`] as `txn` sees them.
+fn stats_in(txn: &ReadTransaction) -> Result<StoreStats, StoreError> {
+    let meta = txn.open_table(tables::META)?;
+    let get = |key: &str| -> Result<u64, StoreError> { Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0)) };
+    let states = [JobState::Queued, JobState::Running, JobState::Succeeded, JobState::Failed, JobState::Canceled];
+    let mut n_jobs_by_state = states.map(|s| (s, 0));
+    for entry in n_jobs_by_state.iter_mut() {
+        entry.1 = get(tables::state_count_key(entry.0))?;
+    }
+    Ok(StoreStats {
+        n_jobs_by_state,
+        n_blobs: get(tables::meta_key::BLOBS_COUNT)?,
+        blob_bytes: get(tables::meta_key::BLOBS_BYTES)?,
+        blob_stored_bytes: get(tables::meta_key::BLOBS_STORED_BYTES)?,
+        n_cache_entries: get(tables::meta_key::CACHE_ENTRIES)?,
+        n_deliveries_pending: get(tables::meta_key::DELIVERIES_PENDING)?,
+        n_object_deletes_pending: {
+            use redb::ReadableTableMetadata;
+            txn.open_table(tables::BLOB_DELETES)?.len()?
+        },
+        usage_bytes: get(tables::meta_key::USAGE_BYTES)?,
+        n_owners_with_usage: {
+            use redb::ReadableTableMetadata;
+            txn.open_table(tables::OWNER_USAGE)?.len()?
+        },
+    })
 }

@@ -73,6 +73,11 @@ impl Space {
         space
     }
 
+    /// The database file.
+    pub(crate) fn file(&self) -> &Path {
+        &self.file
+    }
+
     /// Read the file system's free bytes and the file's size on disk again (two system
     /// calls). A failed reading keeps the previous one (and is logged).
     pub(crate) fn refresh(&self) {

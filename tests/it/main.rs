@@ -9,6 +9,9 @@
 //! - `api`: error envelope and codes for bad input, workflow CRUD, CLI.
 //! - `auth`: API keys and JWTs against the real server: roles, job ownership (404 for
 //!   others), alg none / confusion / expiry attacks, the audit log, open mode.
+//! - `backup`: online backups (`POST /admin/backup`, `comfyui-gateway backup`) while a
+//!   client keeps submitting; `check` on the copies; a gateway restored from each serves
+//!   every job acknowledged before it; one at a time, admins only, 507 without room.
 //! - `backends`: the backend pool on two simulators: per-backend limits and ids, workflow
 //!   affinity, `GET /backends`, durable drains (roles, audit), jobs moved off a killed or
 //!   partitioned backend and the stray prompt removed when it comes back.
@@ -77,6 +80,7 @@ mod abuse;
 mod api;
 mod auth;
 mod backends;
+mod backup;
 mod campaign;
 #[cfg(feature = "failpoints")]
 mod crash_points;

@@ -478,3 +478,25 @@ fn metric_labels_are_backend_ids_and_listed_closed_values() {
         assert!(n_calls > 0, "found the calls of {call}");
     }
 }
+
+/// A backup copies every table: each `TableDefinition` of `store/tables.rs` is in the
+/// backup's list (`store/backup.rs`, `c!(NAME)`), and the list names no other. (The copy
+/// also refuses, at run time, a file holding a table it does not list.)
+#[test]
+fn a_backup_copies_every_table() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tables = std::fs::read_to_string(root.join("engine/store/tables.rs")).unwrap();
+    let backup = std::fs::read_to_string(root.join("engine/store/backup.rs")).unwrap();
+    let defined: Vec<&str> = tables
+        .lines()
+        .filter(|l| l.contains("TableDefinition<") && l.trim_start().starts_with("pub(crate) const "))
+        .filter_map(|l| l.trim_start().strip_prefix("pub(crate) const ")?.split(':').next())
+        .collect();
+    assert!(defined.len() >= 20, "found the tables: {defined:?}");
+    let copied: Vec<&str> = backup.lines().filter_map(|l| l.trim().strip_prefix("c!(")?.strip_suffix("),")).collect();
+    let mut a = defined.clone();
+    let mut b = copied.clone();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "store/tables.rs defines, store/backup.rs copies");
+}
