@@ -870,7 +870,7 @@ async fn backup(args: &BackupArgs) -> Result<(), CliError> {
             (report.stats, report.size_bytes, report.n_entries, String::new())
         }
         None => {
-            let base = args.db.server.base_url();
+            let base = owning_gateway(&args.db).await?;
             let (stats, size, n_entries) = download_backup(&args.db.server, &base, out).await?;
             (stats, size, n_entries, format!(" (via {base})"))
         }
