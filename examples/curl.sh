@@ -6,7 +6,7 @@
 #
 # GATEWAY_URL      the gateway (default http://127.0.0.1:3000, where scripts/run serves)
 # GATEWAY_API_KEY  sent as X-API-Key when set; the admin steps (workflow changes,
-#                  /metrics, /audit, drain/resume) need an admin key (or open mode)
+#                  /metrics, /audit, /admin/backup, drain/resume) need an admin key (or open mode)
 # CALLBACK_URL     a webhook receiver the gateway may post to (see WEBHOOK_ALLOWED_DOMAINS);
 #                  without it the webhook steps show a job without deliveries (409 on
 #                  redeliver)
@@ -213,6 +213,9 @@ fi
 # --- Operators -----------------------------------------------------------------------
 step 200 GET /metrics
 step 200 GET '/audit?limit=5'
+# A consistent copy of the database while it runs, checked before it is sent (507 when the
+# disk has no room for a copy beside the database).
+step '200|507' POST /admin/backup
 step 204 DELETE "/workflows/$WF"
 
 # --- The dashboard: its page and files are public (the page asks for a key) ----------
