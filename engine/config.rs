@@ -1249,21 +1249,27 @@ fn default_backend_id(host: &str, port: u16) -> String {
     id[cut..].to_string()
 }
 
+/// The configuration of `serve` with these flags (and nothing from the environment but
+/// what clap's `env` fallbacks read): for unit tests.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) fn from_flags(args: &[&str]) -> Result<Config, ConfigError> {
     use clap::Parser;
-
     #[derive(Parser)]
     struct T {
         #[command(flatten)]
         serve: ServeArgs,
     }
+    let mut all = vec!["t"];
+    all.extend_from_slice(args);
+    Config::from_args(&T::parse_from(all).serve)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
-        let mut all = vec!["t"];
-        all.extend_from_slice(args);
-        Config::from_args(&T::parse_from(all).serve)
+        from_flags(args)
     }
 
     #[test]
@@ -1597,6 +1603,12 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug_output() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
         let args = T::parse_from([
             "t",
             "--api-keys",

@@ -1194,6 +1194,17 @@ fn workflow_error(prefix: &str, e: WorkflowError) -> Error {
         .with_details_capped(fields.iter().map(detail))
 }
 
+/// A gateway for unit tests: its database in `dir`, a backend nothing listens on (port 9,
+/// discard), and `flags` on top.
+#[cfg(test)]
+pub(crate) async fn test_gateway(dir: &std::path::Path, flags: &[&str]) -> Gateway {
+    let db = dir.join("g.redb");
+    let mut all = vec!["--database-url", db.to_str().unwrap(), "--comfyui-url", "http://127.0.0.1:9"];
+    all.extend_from_slice(flags);
+    let config = Arc::new(crate::config::from_flags(&all).unwrap());
+    Gateway::start(config).await.unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::OwnerFile;
@@ -1219,9 +1230,6 @@ mod tests {
 
 #[cfg(test)]
 mod backup_tests {
-    use std::sync::Arc;
-
-    use super::Gateway;
     use crate::error::ErrorCode;
 
     /// One backup at a time in total, its download included: while a copy is held, a
@@ -1229,26 +1237,8 @@ mod backup_tests {
     /// The copy is unlinked (nothing stays beside the database) and passes the check.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_backup_at_a_time_and_nothing_left_on_disk() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Args {
-            #[command(flatten)]
-            serve: crate::config::ServeArgs,
-        }
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("g.redb");
-        let dead = "http://127.0.0.1:9"; // nothing listens: no backend is needed here
-        let args = Args::parse_from([
-            "t",
-            "--database-url",
-            db.to_str().unwrap(),
-            "--comfyui-url",
-            dead,
-            "--disk-free-min-bytes",
-            "0",
-        ]);
-        let config = Arc::new(crate::config::Config::from_args(&args.serve).unwrap());
-        let gateway = Gateway::start(config).await.unwrap();
+        let gateway = super::test_gateway(dir.path(), &["--disk-free-min-bytes", "0"]).await;
         let mut first = gateway.backup().await.unwrap();
         let busy = gateway.backup().await.unwrap_err();
         assert_eq!(busy.code, ErrorCode::Conflict);

@@ -304,18 +304,8 @@ mod tests {
     /// shutdown (after the server's) ends with it closed, not left running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_are_tasks_of_the_gateway_and_end_at_shutdown() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Args {
-            #[command(flatten)]
-            serve: crate::config::ServeArgs,
-        }
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("g.redb");
-        let dead = "http://127.0.0.1:9"; // nothing listens: no backend is needed here
-        let args = Args::parse_from(["t", "--database-url", db.to_str().unwrap(), "--comfyui-url", dead]);
-        let config = Arc::new(crate::config::Config::from_args(&args.serve).unwrap());
-        let gateway = Gateway::start(config).await.unwrap();
+        let gateway = crate::service::test_gateway(dir.path(), &[]).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let server = serve(listener, gateway.clone()).unwrap();
         let before = gateway.tasks().len();

@@ -953,19 +953,10 @@ mod tests {
     /// undispatched until the next start.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_submit_whose_caller_goes_away_still_queues_the_job() {
-        use clap::Parser;
         use std::future::Future as _;
-        #[derive(Parser)]
-        struct Args {
-            #[command(flatten)]
-            serve: crate::config::ServeArgs,
-        }
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("g.redb");
-        let dead = "http://127.0.0.1:9"; // nothing listens: the job stays queued
-        let args = Args::parse_from(["t", "--database-url", db.to_str().unwrap(), "--comfyui-url", dead]);
-        let config = std::sync::Arc::new(crate::config::Config::from_args(&args.serve).unwrap());
-        let gw = crate::service::Gateway::start(config).await.unwrap();
+        // No backend listens: the job stays queued.
+        let gw = crate::service::test_gateway(dir.path(), &[]).await;
         let req = crate::service::SubmitRequest {
             workflow_id: "icon_512".into(),
             inputs: serde_json::json!({"prompt": "gone", "seed": 1}),

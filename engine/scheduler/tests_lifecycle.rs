@@ -74,6 +74,20 @@ fn op() -> impl Strategy<Value = Op> {
 
 const POOL: usize = 3;
 
+/// The `i`-th job the model submits: born queued, created at `1_000 + i` ms.
+fn new_job(i: usize, priority: i32) -> Job {
+    let created_ms = 1_000 + i as u64;
+    Job::new_queued(
+        Uuid::from_u128(i as u128 + 1),
+        ("wf", 1),
+        "{}".into(),
+        "{\"1\":{}}".into(),
+        priority,
+        queue_rank(created_ms, priority, AGING_MS),
+        created_ms,
+    )
+}
+
 fn pool(i: usize) -> NewBlob {
     let bytes = format!("output {i} ").repeat(100 * (i + 1)).into_bytes();
     NewBlob { hash: *blake3::hash(&bytes).as_bytes(), media_type: "image/png".into(), bytes: Bytes::from(bytes) }
@@ -229,17 +243,8 @@ async fn run(file: bool, ops: Vec<Op>) {
         match op {
             Op::Submit { priority } => {
                 let i = model.jobs.len();
-                let created_ms = 1_000 + i as u64;
-                let id = Uuid::from_u128(i as u128 + 1);
-                let job = Job::new_queued(
-                    id,
-                    ("wf", 1),
-                    "{}".into(),
-                    "{\"1\":{}}".into(),
-                    priority,
-                    queue_rank(created_ms, priority, AGING_MS),
-                    created_ms,
-                );
+                let job = new_job(i, priority);
+                let id = job.id;
                 let stored = real.store().insert_job(job, vec![JobEventKind::Queued]).await.unwrap();
                 real.queue.enqueue(stored.queue_key, stored.id, stored.priority, &stored.workflow_id);
                 let m = ModelJob { priority, state: JobState::Queued, n_attempts: 0, outputs: vec![], n_events: 1 };
@@ -326,17 +331,8 @@ async fn run(file: bool, ops: Vec<Op>) {
                 }
                 let outputs = m.outputs.clone();
                 let i = model.jobs.len();
-                let created_ms = 1_000 + i as u64;
-                let id = Uuid::from_u128(i as u128 + 1);
-                let job = Job::new_queued(
-                    id,
-                    ("wf", 1),
-                    "{}".into(),
-                    "{\"1\":{}}".into(),
-                    0,
-                    queue_rank(created_ms, 0, AGING_MS),
-                    created_ms,
-                );
+                let job = new_job(i, 0);
+                let (id, created_ms) = (job.id, job.created_ms);
                 let (done, log) = apply(&job, Event::CacheHit { outputs: outputs.clone() }, created_ms).unwrap();
                 let events = [vec![JobEventKind::Queued], log].concat();
                 let stored = real.store().insert_job_claiming(done, vec![], events, None).await.unwrap();

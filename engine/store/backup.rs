@@ -171,30 +171,14 @@ fn copy_batched(
             return Err(StoreError::Invalid(format!("table {:?} is not in the backup's list", table.name())));
         }
     }
-    let mut tmp = dest.as_os_str().to_owned();
-    tmp.push(".creating");
-    let tmp = PathBuf::from(tmp);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => tracing::warn!(path = %tmp.display(), "removed a backup left half-written"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
     let mut counts = Counts { n_entries: 0, batch_bytes };
-    {
-        // Mode 0600 from the first byte, as the database itself: it holds every job's data.
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        drop(options.open(&tmp)?);
-        let dst = Database::create(&tmp)?;
+    let tmp = {
+        let (tmp, dst) = super::create_creating(dest, "a backup left half-written")?;
         for (_, copy) in &copiers {
             copy(src, &dst, &mut counts)?;
         }
-    }
+        tmp
+    };
     // The same check as `comfyui-gateway check`, on the copy as written.
     let verified = verify_file(&tmp).and_then(|stats| {
         if &stats != snapshot {

@@ -223,33 +223,39 @@ impl From<StoreError> for crate::error::Error {
     }
 }
 
+/// An empty database at `<path>.creating` (what `left` describes, a leftover there, is
+/// replaced), for a caller that fills it and renames it to `path`. Mode 0600 from the
+/// first byte: a database holds every job's inputs and outputs. redb initialises an empty
+/// file it is given.
+fn create_creating(path: &Path, left: &str) -> Result<(std::path::PathBuf, Database), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".creating");
+    let tmp = std::path::PathBuf::from(tmp);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => tracing::warn!(path = %tmp.display(), "removed {left}"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    drop(options.open(&tmp)?);
+    let db = Database::create(&tmp)?;
+    Ok((tmp, db))
+}
+
 /// Create a database file at `path` (which does not exist) with every table: built under
 /// `<path>.creating` (a leftover of a crash is replaced), then renamed into place. redb
 /// writes its magic number last, and refuses a non-empty file without one for good; built
 /// in place, a crash during creation could leave exactly such a file at `path`.
 fn create_new(path: &Path) -> Result<(), StoreError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".creating");
-    let tmp = std::path::PathBuf::from(tmp);
-    match std::fs::remove_file(&tmp) {
-        Ok(()) => tracing::warn!(path = %tmp.display(), "removed a database left half-created by a crash"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
-    }
-    {
-        // Mode 0600 from the first byte: the database holds every job's inputs and outputs.
-        // redb initialises an empty file it is given.
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        drop(options.open(&tmp)?);
-        let db = Database::create(&tmp)?;
-        writer::init_schema(&db)?;
-    }
+    let (tmp, db) = create_creating(path, "a database left half-created by a crash")?;
+    writer::init_schema(&db)?;
+    drop(db);
     std::fs::rename(&tmp, path)?;
     // The rename is durable once the directory is (where a directory can be synced).
     #[cfg(unix)]
