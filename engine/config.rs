@@ -724,6 +724,7 @@ pub fn storage_provider(args: &StorageArgs) -> Result<crate::storage::Provider, 
     use crate::storage::{Provider, S3Settings};
     match args.storage_provider.trim() {
         "local" => return Ok(Provider::Local),
+        "s3" if !crate::storage::S3_BUILT => return Err(bad("STORAGE_PROVIDER", crate::storage::NOT_BUILT)),
         "s3" => {}
         other => return Err(bad("STORAGE_PROVIDER", format!("{other:?} is not local or s3"))),
     }
@@ -1404,16 +1405,30 @@ mod tests {
             ),
         ];
         for (args, var) in cases {
+            // A build without the `s3` feature refuses STORAGE_PROVIDER=s3 first.
+            let var = if var.starts_with("S3_") && !crate::storage::S3_BUILT { "STORAGE_PROVIDER" } else { var };
             let err = parse(args).unwrap_err();
-            assert_eq!(err.variable, *var, "{args:?}");
+            assert_eq!(err.variable, var, "{args:?}");
             assert!(err.to_string().contains(var));
         }
+    }
+
+    /// Without the `s3` feature, `STORAGE_PROVIDER=s3` is refused at start, saying how to
+    /// get a build that has it.
+    #[cfg(not(feature = "s3"))]
+    #[test]
+    fn s3_storage_needs_a_build_with_the_s3_feature() {
+        let err = parse(&[S3, S3_BUCKET, S3_KEYS[0], S3_KEYS[1], S3_KEYS[2], S3_KEYS[3]]).unwrap_err();
+        assert_eq!(err.variable, "STORAGE_PROVIDER");
+        assert!(err.to_string().contains("--features s3"), "{err}");
+        assert_eq!(parse(&[]).unwrap().storage, crate::storage::Provider::Local);
     }
 
     const S3: &str = "--storage-provider=s3";
     const S3_BUCKET: &str = "--s3-bucket=outputs";
     const S3_KEYS: [&str; 4] = ["--s3-access-key", "access", "--s3-secret-key", "secret"];
 
+    #[cfg(feature = "s3")]
     #[test]
     fn storage_is_local_by_default_and_s3_settings_are_normalized() {
         use crate::storage::Provider;

@@ -23,6 +23,10 @@
 //!   headless chromium (playwright-core): sign in with a key, submit from the generated
 //!   form (file picker too), watch the job succeed with its thumbnail, download an output,
 //!   another user sees none of it; screenshots under `<target>/tmp/dashboard/`.
+//! - `deploy`: the container image built with podman (on a debootstrapped Debian base) and
+//!   run beside the simulator container: a job through the published port, HEALTHCHECK,
+//!   non-root, the /data volume across a restart; `compose.yaml`'s shape; the systemd unit
+//!   through `systemd-analyze verify` and `security`.
 //! - `events`: Server-Sent Events and resume, sync submits, listing and cursors, logs,
 //!   privacy mode.
 //! - `examples`: the client examples of `examples/` against a live gateway: `curl.sh`
@@ -85,6 +89,7 @@ mod campaign;
 #[cfg(feature = "failpoints")]
 mod crash_points;
 mod dashboard;
+mod deploy;
 mod events;
 mod examples;
 mod faults;
@@ -107,6 +112,7 @@ mod privacy;
 mod probes;
 mod recovery;
 mod results;
+#[cfg(feature = "s3")]
 mod s3;
 mod sim_protocol;
 mod tidy;

@@ -48,6 +48,13 @@ async fn livez_is_up_while_readyz_waits_for_a_backend() {
         |path: &str| http.get(format!("{}{path}", gw.url())).header("x-api-key", "admin-key-0123456789abcdef");
     assert_eq!(with_key("/capabilities").send().await.unwrap().status(), 200);
     assert_eq!(with_key("/capabilities").send().await.unwrap().status(), 429);
+    // The CLI probes (the container's HEALTHCHECK is `health --live`), without a key.
+    let (code, out) = health_cli(&gw.url(), "--live");
+    assert_eq!(code, 0, "alive while the backend is down: {out}");
+    assert!(out.contains("\"up\""), "{out}");
+    let (code, out) = health_cli(&gw.url(), "--ready");
+    assert_eq!(code, 1, "not ready while the backend is down: {out}");
+    assert!(out.contains("not ready (503"), "{out}");
 
     drop(down);
     let _sim = Sim::start_on(dir.path(), port, &["--node-delay-ms".into(), "5".into()]).await;
@@ -59,6 +66,15 @@ async fn livez_is_up_while_readyz_waits_for_a_backend() {
     assert_eq!(ready, json!({"status": "ready", "checks": {"store": "ok", "backends": "ok"}}));
     let (status, _) = get_json(&format!("{}/livez", gw.url())).await;
     assert_eq!(status, 200);
+    let (code, out) = health_cli(&gw.url(), "--ready");
+    assert_eq!(code, 0, "{out}");
+}
+
+/// `comfyui-gateway health PROBE --server-url URL`: its exit code, stdout and stderr.
+fn health_cli(url: &str, probe: &str) -> (i32, String) {
+    let out = support::bin().args(["health", probe, "--server-url", url]).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
 }
 
 /// Before any job: `build_info`, the backend by its id, and zero-valued series for the
