@@ -567,9 +567,7 @@ struct ObjectsChecked {
     orphaned: usize,
 }
 
-/// HEAD the object of every remote blob (16 at a time). (Without the `s3` feature
-/// `Objects::new` always fails, so the rest is unreachable there.)
-#[cfg_attr(not(feature = "s3"), allow(unused_variables))]
+/// HEAD the object of every remote blob (16 at a time).
 async fn check_objects(store: &Store, args: &crate::config::StorageArgs) -> Result<ObjectsChecked, CliError> {
     use futures_util::StreamExt;
     let provider = crate::config::storage_provider(args).map_err(|e| CliError::config(e.to_string()))?;

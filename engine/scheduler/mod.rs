@@ -612,8 +612,6 @@ impl Scheduler {
         }
         shared.tasks.spawn(dispatch_loop(shared.clone()));
         shared.tasks.spawn(prune::run(shared.clone()));
-        // Without the `s3` feature `Objects` has no values: this is never reached.
-        #[cfg_attr(not(feature = "s3"), allow(unused_variables))]
         if let Some(objects) = shared.store.objects() {
             let reaper = crate::storage::reaper::run(shared.store.clone(), objects.clone(), shared.shutdown.clone());
             shared.tasks.spawn(reaper);

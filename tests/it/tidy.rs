@@ -65,6 +65,15 @@ fn only_the_plugin_runtime_uses_wasmtime_and_only_plugins_names_its_feature() {
     assert_eq!(offenders(&files, "feature = \"wasm-plugins\"", &["engine/plugins/mod.rs"]), Vec::<String>::new());
 }
 
+/// Only `storage/s3.rs` uses object_store, and only `storage/mod.rs` names the `s3`
+/// feature: the rest of the gateway is the same in a build without it.
+#[test]
+fn only_storage_uses_object_store_and_names_its_feature() {
+    let files = engine_files();
+    assert_eq!(offenders(&files, "object_store::", &["engine/storage/s3.rs"]), Vec::<String>::new());
+    assert_eq!(offenders(&files, "feature = \"s3\"", &["engine/storage/mod.rs"]), Vec::<String>::new());
+}
+
 #[test]
 fn only_configuration_reads_the_environment() {
     let files = engine_files();
