@@ -606,6 +606,9 @@ pub enum AuditAction {
     BackendDrain,
     /// `POST /backends/:id/resume`.
     BackendResume,
+    /// `POST /admin/backup` (and `comfyui-gateway backup` through a running gateway); the
+    /// target is the copy's SHA-256.
+    DatabaseBackup,
 }
 
 impl AuditAction {
@@ -619,6 +622,7 @@ impl AuditAction {
             AuditAction::WebhookRedeliver => "job.webhook.redeliver",
             AuditAction::BackendDrain => "backend.drain",
             AuditAction::BackendResume => "backend.resume",
+            AuditAction::DatabaseBackup => "database.backup",
         }
     }
 }

@@ -802,8 +802,10 @@ impl Gateway {
     /// so nothing stays on disk once the returned copy is dropped. One at a time in total:
     /// `409 CONFLICT` with `retryAfterSeconds` while another runs (its download included);
     /// `507 STORAGE_FULL` when the database's file system has less free space than the
-    /// database's size plus `DISK_FREE_MIN_BYTES`.
-    pub async fn backup(&self) -> Result<BackupCopy> {
+    /// database's size plus `DISK_FREE_MIN_BYTES`. A copy made is audited
+    /// ([`AuditAction::DatabaseBackup`], the copy's SHA-256 as target) before it is
+    /// returned (so the copy itself does not hold its entry).
+    pub async fn backup(&self, actor: &Actor) -> Result<BackupCopy> {
         let slot = self.backup_slot.clone().try_acquire_owned().map_err(|_| {
             Error::new(ErrorCode::Conflict, "a backup is already running; one runs at a time")
                 .with_details(json!({ "retryAfterSeconds": BACKUP_BUSY_RETRY_AFTER_S }))
@@ -833,6 +835,7 @@ impl Gateway {
                     duration_ms = copy.report.duration.as_secs_f64() * 1000.0,
                     "backup written"
                 );
+                append_audit(&self.store, actor, AuditAction::DatabaseBackup, copy.sha256_hex.clone()).await?;
                 Ok(copy)
             }
             Err(StoreError::NoSpace(no)) => Err(Error::new(
@@ -1239,8 +1242,9 @@ mod backup_tests {
     async fn one_backup_at_a_time_and_nothing_left_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let gateway = super::test_gateway(dir.path(), &["--disk-free-min-bytes", "0"]).await;
-        let mut first = gateway.backup().await.unwrap();
-        let busy = gateway.backup().await.unwrap_err();
+        let mut first = gateway.backup(&super::Actor::cli()).await.unwrap();
+        let first_sha = first.sha256_hex.clone();
+        let busy = gateway.backup(&super::Actor::cli()).await.unwrap_err();
         assert_eq!(busy.code, ErrorCode::Conflict);
         assert!(busy.details.as_ref().is_some_and(|d| d["retryAfterSeconds"].as_u64().is_some()));
         assert!(!dir.path().join("g.redb.backup").exists(), "unlinked once opened");
@@ -1251,9 +1255,14 @@ mod backup_tests {
         let stats = crate::store::Store::verify_file(&copy).unwrap();
         assert_eq!(stats, first.report.stats);
         drop(first);
-        let second = gateway.backup().await.unwrap();
+        let second = gateway.backup(&super::Actor::cli()).await.unwrap();
         assert!(second.report.n_entries > 0);
         drop(second);
+        let audit = gateway.audit(None, 10).unwrap();
+        let backups: Vec<_> =
+            audit.iter().filter(|(_, e)| e.action == crate::domain::AuditAction::DatabaseBackup).collect();
+        assert_eq!(backups.len(), 2, "each copy made is audited, the refused one is not");
+        assert_eq!(backups[1].1.target, first_sha, "oldest last: the first copy's SHA-256");
         gateway.shutdown().await;
     }
 }

@@ -1299,10 +1299,10 @@ const BACKUP_CHUNK_BYTES: usize = 256 << 10;
 /// `application/octet-stream` with its length, SHA-256 (`X-Backup-Sha256`) and entry count.
 /// The file is read on blocking threads, one chunk at a time, and the backup slot is held
 /// until the body is done or dropped.
-pub async fn backup(ctx: &Ctx) -> Result<Resp> {
+pub async fn backup(ctx: &Ctx, p: &Params) -> Result<Resp> {
     use futures_util::StreamExt as _;
     use hyper::body::Frame;
-    let copy = ctx.gateway.backup().await?;
+    let copy = ctx.gateway.backup(&actor(p)).await?;
     let (size, sha, n_entries) = (copy.report.size_bytes, copy.sha256_hex.clone(), copy.report.n_entries);
     let chunks = futures_util::stream::unfold(Some(copy), |state| async move {
         let mut copy = state?;

@@ -587,7 +587,7 @@ fn components() -> Map<String, Value> {
                 "at": {"type": "string", "format": "date-time"},
                 "actor": {"type": ["string", "null"], "description": "Owner id (`cli` for a workflow registered with the command line on the database); null for an API call in open mode"},
                 "role": {"type": ["string", "null"], "enum": ["admin", "user", null]},
-                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel", "job.webhook.redeliver", "backend.drain", "backend.resume"]},
+                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel", "job.webhook.redeliver", "backend.drain", "backend.resume", "database.backup"]},
                 "target": {"type": "string"},
                 "correlationId": {"type": "string"}
             }

@@ -483,7 +483,7 @@ async fn route(
         (BackendResume, &Method::POST) => handlers::set_draining(ctx, &params, false).await,
         (Dashboard, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), None),
         (DashboardFile, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), Some(&params.file)),
-        (AdminBackup, &Method::POST) => handlers::backup(ctx).await,
+        (AdminBackup, &Method::POST) => handlers::backup(ctx, &params).await,
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
             .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
     }

@@ -110,8 +110,20 @@ async fn backups_under_load_are_consistent_and_restore_every_acknowledged_job() 
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("integrity: ok") && text.contains("entries (via"), "{text}");
     assert!(!text.contains(" 0 entries"), "{text}");
+    // (Before `check`, which opens the file as `serve` would and so rewrites its header.)
+    let cli_sha = sha256_hex(&std::fs::read(&from_cli).unwrap());
     check(&from_cli);
     let n_during = n_acked();
+    // Both copies are in the audit log, by the admin, named by their SHA-256 (the CLI's
+    // went through the route with the admin's key); the user's refused attempt is not.
+    let audit: serde_json::Value =
+        http.get(format!("{base}/audit")).header("x-api-key", ADMIN_KEY).send().await.unwrap().json().await.unwrap();
+    let backups: Vec<&serde_json::Value> =
+        audit["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "database.backup").collect();
+    assert_eq!(backups.len(), 2, "{audit}");
+    assert_eq!(backups[1]["target"], sha.as_str(), "oldest last: the route's copy");
+    assert_eq!(backups[0]["target"], cli_sha.as_str());
+    assert!(backups.iter().all(|e| e["role"] == "admin"), "{audit}");
 
     // The neighbour kept being served throughout, and kept going after the backups.
     support::eventually("the neighbour is served after the backups", async || (n_acked() > n_during).then_some(()))
