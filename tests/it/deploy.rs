@@ -281,6 +281,7 @@ fn the_compose_file_runs_the_gateway_and_a_simulator_profile() {
     let sim = &compose["services"]["simulator"];
     assert_eq!(sim["profiles"], json!(["simulator"]));
     assert_eq!(sim["image"], gateway["image"], "the simulator is the same image");
+    assert_eq!(sim["pull_policy"], "never", "the image is built by the gateway service, not pulled");
     let command = sim["command"].as_array().unwrap();
     assert_eq!(command[0], "sim");
     let after = |flag: &str| command.iter().skip_while(|a| *a != flag).nth(1).cloned();
