@@ -581,8 +581,11 @@ async fn route(
     }
     let method = req.method().clone();
     let Some(op) = route.op(&method) else {
-        return Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {}", req.uri().path()))
-            .with_details(serde_json::json!({ "allow": route.allowed_methods() })));
+        return Err(Error::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed on {}", req.uri().path()),
+        )
+        .with_details(serde_json::json!({ "allow": route.allowed_methods() })));
     };
     match op.access.resolve(&ctx.gateway.config) {
         Need::Admin(what) => admin_only(&params, what)?,
