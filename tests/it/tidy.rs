@@ -528,6 +528,19 @@ fn one_route_table_without_defaults_fully_documented() {
         let body = function_body(&routes, signature);
         assert!(!body.contains("_ =>"), "routes.rs `{signature}` has a `_ =>` default:\n{body}");
     }
+    // The table's own shape: one entry per pattern, one operation per method, HEAD only
+    // beside a GET that it mirrors (same access and handler).
+    for (i, route) in ROUTES.iter().enumerate() {
+        assert!(!route.ops.is_empty(), "{} takes no method", route.pattern);
+        assert!(ROUTES[..i].iter().all(|r| r.pattern != route.pattern), "{} is listed twice", route.pattern);
+        for (j, op) in route.ops.iter().enumerate() {
+            assert!(route.ops[..j].iter().all(|o| o.method != op.method), "{} {} twice", op.method, route.pattern);
+        }
+        if let Some(head) = route.op(&http::Method::HEAD) {
+            let get = route.op(&http::Method::GET).unwrap_or_else(|| panic!("HEAD {} without GET", route.pattern));
+            assert_eq!((head.access, head.handler), (get.access, get.handler), "HEAD {} mirrors GET", route.pattern);
+        }
+    }
     // Parameter names differ (`{id}` in the table, `{jobId}` in the document).
     let shape = |path: &str| -> String {
         path.split('/').map(|s| if s.starts_with('{') { "{}" } else { s }).collect::<Vec<_>>().join("/")
