@@ -7,10 +7,11 @@
 //! metrics' `route` label (the pattern). An operation without an access does not compile:
 //! there is no default.
 //!
-//! Adding a route: one [`Route`] in [`ROUTES`] (pattern, whether it is rate limited, one
-//! [`Op`] per method), a [`Handler`] variant, and its arm in [`dispatch`] (an exhaustive
-//! match); then its operation in `openapi.rs` and its step in `examples/curl.sh` (both
-//! checked by tests against this table).
+//! Adding a route: one [`Route`] in [`ROUTES`] (pattern; `rate_limited: true` unless it is
+//! a probe; one [`Op`] per method), a [`Handler`] variant, and its arm in `dispatch` (an
+//! exhaustive match); then its operation in `openapi.rs` and its step in
+//! `examples/curl.sh` (both checked by tests against this table) and, if it is public or
+//! admin-only, its line in the lists of `tests/it/auth.rs` that pin them.
 //!
 //! Every request gets a correlation id (the client's `X-Correlation-Id` when it is
 //! well-formed, else a new one; echoed as `X-Correlation-Id` and in error bodies), runs
@@ -119,7 +120,7 @@ enum Need {
     Admin(&'static str),
 }
 
-/// What answers an operation: one variant per handler, dispatched by [`dispatch`] (an
+/// What answers an operation: one variant per handler, dispatched by `dispatch` (an
 /// enum rather than boxed async functions: no allocation per request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Handler {
