@@ -1,8 +1,22 @@
-//! The one route table. Every request gets a correlation id (the client's
-//! `X-Correlation-Id` when it is well-formed, else a new one; echoed as `X-Correlation-Id`
-//! and in error bodies), runs inside a `request` tracing span carrying it, is counted in
-//! the metrics by route *pattern*, and ends with one access log line. Unknown paths are
-//! `404 NOT_FOUND`, known paths with another method `405 METHOD_NOT_ALLOWED`.
+//! The one route table, [`ROUTES`]: each route names its pattern and, for each method it
+//! takes, who may call it ([`Access`]), the body it takes ([`BodyKind`]) and its
+//! [`Handler`]. Everything about routing comes from it: `404 NOT_FOUND` for a path no
+//! pattern matches, `405 METHOD_NOT_ALLOWED` with `Allow` (the route's methods) for a
+//! method it does not take, `401 AUTH_FAILED` and `403 FORBIDDEN` from the method's
+//! access, the body's media type check, the rate limit's exemption of the probes, and the
+//! metrics' `route` label (the pattern). An operation without an access does not compile:
+//! there is no default.
+//!
+//! Adding a route: one [`Route`] in [`ROUTES`] (pattern; `rate_limited: true` unless it is
+//! a probe; one [`Op`] per method), a [`Handler`] variant, and its arm in `dispatch` (an
+//! exhaustive match); then its operation in `openapi.rs` and its step in
+//! `examples/curl.sh` (both checked by tests against this table) and, if it is public or
+//! admin-only, its line in the lists of `tests/it/auth.rs` that pin them.
+//!
+//! Every request gets a correlation id (the client's `X-Correlation-Id` when it is
+//! well-formed, else a new one; echoed as `X-Correlation-Id` and in error bodies), runs
+//! inside a `request` tracing span carrying it, is counted in the metrics by route
+//! *pattern*, and ends with one access log line.
 //!
 //! Limits are applied here, before any handler: the client's request rate (every route
 //! but the probes `/health`, `/livez`, `/readyz`; `RateLimit` fields on every counted
@@ -10,14 +24,16 @@
 //! answered 204, allow fields only for allowed origins).
 //!
 //! Before authentication, [`guard`] checks the `Host` (DNS rebinding) and, in open mode,
-//! the origin of state-changing requests; each route's body media type is checked before
-//! its handler runs.
+//! the origin of state-changing requests; each operation's body media type is checked
+//! before its handler runs.
 //!
-//! Authentication happens here, before routing, for every request: when credentials are
-//! configured, a request without a valid `X-API-Key` or bearer token is `401 AUTH_FAILED`
-//! (with `WWW-Authenticate`), except the probes (`/health`, `/livez`, `/readyz`), the
-//! dashboard's static files (`/`, `/ui/*`) and, with `METRICS_PUBLIC`, `/metrics`.
-//! Authorization by role is in [`route`]; ownership of jobs in the handlers.
+//! Authentication happens here, before the handler, for every request: when credentials
+//! are configured, a request without a valid `X-API-Key` or bearer token is
+//! `401 AUTH_FAILED` (with `WWW-Authenticate`), except on the public operations (the
+//! probes `/health`, `/livez`, `/readyz`, the dashboard's static files `/`, `/ui/*` and,
+//! with `METRICS_PUBLIC`, `/metrics`). Unknown paths need credentials too, so the table
+//! cannot be probed. Authorization by role (admin-only operations) is here too; ownership
+//! of jobs is in the handlers.
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -31,113 +47,266 @@ use super::limits::{self, Client, Cors, Limits};
 use super::reply::{self, Resp};
 use super::{dashboard, handlers, sse};
 use crate::auth::Principal;
+use crate::config::Config;
 use crate::domain::Role;
 use crate::error::{Error, ErrorCode};
 use crate::service::Gateway;
 
-/// What a path names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// `/health`
-    Health,
-    /// `/livez`: the process answers (never depends on a backend).
-    Livez,
-    /// `/readyz`: the store works and a backend is reachable.
-    Readyz,
-    /// `/capabilities`
-    Capabilities,
-    /// `/openapi.json`
-    OpenApi,
-    /// `/workflows`
-    Workflows,
-    /// `/workflows/{id}`
-    Workflow,
-    /// `/workflows/import`
-    WorkflowImport,
-    /// `/jobs`
-    Jobs,
-    /// `/jobs/{id}`
-    Job,
-    /// `/jobs/{id}/cancel`
-    JobCancel,
-    /// `/jobs/{id}/events`
-    JobEvents,
-    /// `/jobs/{id}/logs`
-    JobLogs,
-    /// `/jobs/{id}/webhooks`
-    JobWebhooks,
-    /// `/jobs/{id}/webhook/redeliver`
-    JobWebhookRedeliver,
-    /// `/outputs/{id}`
-    Outputs,
-    /// `/outputs/{id}/{file}`
-    OutputFile,
-    /// `/metrics`
-    Metrics,
-    /// `/audit`
-    Audit,
-    /// `/backends`
-    Backends,
-    /// `/backends/{id}/drain`
-    BackendDrain,
-    /// `/backends/{id}/resume`
-    BackendResume,
-    /// `/`: the dashboard's page.
-    Dashboard,
-    /// `/ui/{file}`: the dashboard's scripts, styles and icon.
-    DashboardFile,
-    /// `/admin/backup`
-    AdminBackup,
+/// A path pattern and the methods it takes.
+#[derive(Debug)]
+pub struct Route {
+    /// The `matchit` pattern (`{id}`, `{file}`): also the metrics' `route` label.
+    pub pattern: &'static str,
+    /// False for the probes only: a throttled probe would restart a healthy gateway.
+    pub rate_limited: bool,
+    /// One operation per method, in the order of the `Allow` field.
+    pub ops: &'static [Op],
 }
 
-impl Route {
-    /// The methods the route answers, for `Allow` (RFC 9110 §15.5.6).
-    pub fn allowed_methods(self) -> &'static str {
+/// One method of a route.
+#[derive(Debug)]
+pub struct Op {
+    /// The method (`HEAD` is listed where it is answered).
+    pub method: Method,
+    /// Who may call it.
+    pub access: Access,
+    /// The body it takes (its media type is checked before the handler).
+    pub body: BodyKind,
+    /// What answers it.
+    pub handler: Handler,
+}
+
+/// Who may call an operation, when credentials are configured (in open mode, everyone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without credentials; credentials sent are ignored (the probes, and the
+    /// dashboard's files, which hold no data).
+    Public,
+    /// Anyone, without credentials; valid credentials earn more (`/health`'s details),
+    /// invalid ones get the public answer (a probe with a stale key still learns up or down).
+    PublicOrCaller,
+    /// Any authenticated caller, whatever its role.
+    User,
+    /// Admins only: a user is refused `403 FORBIDDEN` with "{what} needs the admin role".
+    Admin(&'static str),
+    /// `/metrics`: [`Access::Public`] with `METRICS_PUBLIC`, else admins only.
+    Metrics,
+}
+
+impl Access {
+    /// The access under `config` (`METRICS_PUBLIC` decides [`Access::Metrics`]).
+    fn resolve(self, config: &Config) -> Need {
         match self {
-            Route::Health
-            | Route::Livez
-            | Route::Readyz
-            | Route::Capabilities
-            | Route::OpenApi
-            | Route::Job
-            | Route::JobEvents
-            | Route::JobLogs
-            | Route::JobWebhooks
-            | Route::Outputs
-            | Route::Metrics
-            | Route::Audit
-            | Route::Backends => "GET",
-            Route::OutputFile | Route::Dashboard | Route::DashboardFile => "GET, HEAD",
-            Route::Workflows => "GET, POST",
-            Route::Jobs => "GET, POST",
-            Route::Workflow => "GET, PUT, DELETE",
-            Route::JobCancel
-            | Route::JobWebhookRedeliver
-            | Route::BackendDrain
-            | Route::BackendResume
-            | Route::WorkflowImport
-            | Route::AdminBackup => "POST",
+            Access::Public => Need::Nothing,
+            Access::PublicOrCaller => Need::Optional,
+            Access::User => Need::Caller,
+            Access::Admin(what) => Need::Admin(what),
+            Access::Metrics if config.metrics_public => Need::Nothing,
+            Access::Metrics => Need::Admin("reading metrics"),
         }
     }
+}
 
-    /// The body `method` on this route takes (its media type is checked before the handler).
-    pub fn body_kind(self, method: &Method) -> BodyKind {
-        match (self, method) {
-            (Route::Workflows | Route::WorkflowImport, &Method::POST) | (Route::Workflow, &Method::PUT) => {
-                BodyKind::Json
-            }
-            (Route::Jobs, &Method::POST) => BodyKind::JsonOrMultipart,
-            (Route::Workflow, &Method::DELETE)
-            | (
-                Route::JobCancel
-                | Route::JobWebhookRedeliver
-                | Route::BackendDrain
-                | Route::BackendResume
-                | Route::AdminBackup,
-                &Method::POST,
-            ) => BodyKind::Empty,
-            // Reads, and methods the route does not take (answered 405).
-            _ => BodyKind::Ignored,
+/// What a request needs, once the configuration has decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// No credentials; any sent are ignored.
+    Nothing,
+    /// No credentials; valid ones are used.
+    Optional,
+    /// Valid credentials.
+    Caller,
+    /// Valid credentials of the admin role.
+    Admin(&'static str),
+}
+
+/// What answers an operation: one variant per handler, dispatched by `dispatch` (an
+/// enum rather than boxed async functions: no allocation per request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// `GET /health`
+    Health,
+    /// `GET /livez`: the process answers (never depends on a backend).
+    Livez,
+    /// `GET /readyz`: the store works and a backend is reachable.
+    Readyz,
+    /// `GET /capabilities`
+    Capabilities,
+    /// `GET /openapi.json`
+    OpenApi,
+    /// `GET /workflows`
+    ListWorkflows,
+    /// `POST /workflows`
+    CreateWorkflow,
+    /// `GET /workflows/{id}`
+    GetWorkflow,
+    /// `PUT /workflows/{id}`
+    UpdateWorkflow,
+    /// `DELETE /workflows/{id}`
+    DeleteWorkflow,
+    /// `POST /workflows/import`
+    ImportWorkflow,
+    /// `GET /jobs`
+    ListJobs,
+    /// `POST /jobs`
+    CreateJob,
+    /// `GET /jobs/{id}`
+    GetJob,
+    /// `POST /jobs/{id}/cancel`
+    CancelJob,
+    /// `GET /jobs/{id}/events`
+    JobEvents,
+    /// `GET /jobs/{id}/logs`
+    JobLogs,
+    /// `GET /jobs/{id}/webhooks`
+    JobWebhooks,
+    /// `POST /jobs/{id}/webhook/redeliver`
+    RedeliverWebhooks,
+    /// `GET /outputs/{id}`
+    ListOutputs,
+    /// `GET` and `HEAD /outputs/{id}/{file}`
+    GetOutput,
+    /// `GET /metrics`
+    Metrics,
+    /// `GET /audit`
+    Audit,
+    /// `GET /backends`
+    Backends,
+    /// `POST /backends/{id}/drain`
+    DrainBackend,
+    /// `POST /backends/{id}/resume`
+    ResumeBackend,
+    /// `GET` and `HEAD /`: the dashboard's page.
+    Dashboard,
+    /// `GET` and `HEAD /ui/{file}`: the dashboard's scripts, styles and icon.
+    DashboardFile,
+    /// `POST /admin/backup`
+    Backup,
+}
+
+const CHANGING_WORKFLOWS: Access = Access::Admin("changing workflows");
+const DRAINING: Access = Access::Admin("draining or resuming a backend");
+
+/// The route table. A static segment wins over `{id}` (`/workflows/import`, so no workflow
+/// can be named `import`).
+#[rustfmt::skip]
+pub static ROUTES: &[Route] = {
+    use Access::{Public, PublicOrCaller, User};
+    use BodyKind::{Empty, Ignored, Json, JsonOrMultipart};
+    use Handler as H;
+    use Method as M;
+    &[
+        Route { pattern: "/health", rate_limited: false, ops: &[
+            Op { method: M::GET, access: PublicOrCaller, body: Ignored, handler: H::Health },
+        ] },
+        Route { pattern: "/livez", rate_limited: false, ops: &[
+            Op { method: M::GET, access: Public, body: Ignored, handler: H::Livez },
+        ] },
+        Route { pattern: "/readyz", rate_limited: false, ops: &[
+            Op { method: M::GET, access: Public, body: Ignored, handler: H::Readyz },
+        ] },
+        Route { pattern: "/capabilities", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::Capabilities },
+        ] },
+        Route { pattern: "/openapi.json", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::OpenApi },
+        ] },
+        Route { pattern: "/workflows", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::ListWorkflows },
+            Op { method: M::POST, access: CHANGING_WORKFLOWS, body: Json, handler: H::CreateWorkflow },
+        ] },
+        Route { pattern: "/workflows/{id}", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::GetWorkflow },
+            Op { method: M::PUT, access: CHANGING_WORKFLOWS, body: Json, handler: H::UpdateWorkflow },
+            Op { method: M::DELETE, access: CHANGING_WORKFLOWS, body: Empty, handler: H::DeleteWorkflow },
+        ] },
+        Route { pattern: "/workflows/import", rate_limited: true, ops: &[
+            Op { method: M::POST, access: CHANGING_WORKFLOWS, body: Json, handler: H::ImportWorkflow },
+        ] },
+        Route { pattern: "/jobs", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::ListJobs },
+            Op { method: M::POST, access: User, body: JsonOrMultipart, handler: H::CreateJob },
+        ] },
+        Route { pattern: "/jobs/{id}", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::GetJob },
+        ] },
+        Route { pattern: "/jobs/{id}/cancel", rate_limited: true, ops: &[
+            Op { method: M::POST, access: User, body: Empty, handler: H::CancelJob },
+        ] },
+        Route { pattern: "/jobs/{id}/events", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::JobEvents },
+        ] },
+        Route { pattern: "/jobs/{id}/logs", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::JobLogs },
+        ] },
+        Route { pattern: "/jobs/{id}/webhooks", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::JobWebhooks },
+        ] },
+        Route { pattern: "/jobs/{id}/webhook/redeliver", rate_limited: true, ops: &[
+            Op { method: M::POST, access: User, body: Empty, handler: H::RedeliverWebhooks },
+        ] },
+        Route { pattern: "/outputs/{id}", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::ListOutputs },
+        ] },
+        Route { pattern: "/outputs/{id}/{file}", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::GetOutput },
+            Op { method: M::HEAD, access: User, body: Ignored, handler: H::GetOutput },
+        ] },
+        Route { pattern: "/metrics", rate_limited: true, ops: &[
+            Op { method: M::GET, access: Access::Metrics, body: Ignored, handler: H::Metrics },
+        ] },
+        Route { pattern: "/audit", rate_limited: true, ops: &[
+            Op { method: M::GET, access: Access::Admin("reading the audit log"), body: Ignored, handler: H::Audit },
+        ] },
+        Route { pattern: "/backends", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::Backends },
+        ] },
+        Route { pattern: "/backends/{id}/drain", rate_limited: true, ops: &[
+            Op { method: M::POST, access: DRAINING, body: Empty, handler: H::DrainBackend },
+        ] },
+        Route { pattern: "/backends/{id}/resume", rate_limited: true, ops: &[
+            Op { method: M::POST, access: DRAINING, body: Empty, handler: H::ResumeBackend },
+        ] },
+        Route { pattern: "/", rate_limited: true, ops: &[
+            Op { method: M::GET, access: Public, body: Ignored, handler: H::Dashboard },
+            Op { method: M::HEAD, access: Public, body: Ignored, handler: H::Dashboard },
+        ] },
+        Route { pattern: "/ui/{file}", rate_limited: true, ops: &[
+            Op { method: M::GET, access: Public, body: Ignored, handler: H::DashboardFile },
+            Op { method: M::HEAD, access: Public, body: Ignored, handler: H::DashboardFile },
+        ] },
+        Route { pattern: "/admin/backup", rate_limited: true, ops: &[
+            Op { method: M::POST, access: Access::Admin("taking a backup"), body: Empty, handler: H::Backup },
+        ] },
+    ]
+};
+
+impl Route {
+    /// The operation answering `method`, if the route takes it.
+    pub fn op(&self, method: &Method) -> Option<&'static Op> {
+        let ops: &'static [Op] = self.ops;
+        ops.iter().find(|o| o.method == *method)
+    }
+
+    /// The methods the route answers, for `Allow` (RFC 9110 §15.5.6).
+    pub fn allowed_methods(&self) -> String {
+        self.ops.iter().map(|o| o.method.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// What a request with `method` needs. A method the route does not take (answered
+    /// 405) needs what the least open of its methods needs, short of a role: credentials
+    /// unless every method is public.
+    fn need(&self, method: &Method, config: &Config) -> Need {
+        if let Some(op) = self.op(method) {
+            return op.access.resolve(config);
+        }
+        let needs = || self.ops.iter().map(|o| o.access.resolve(config));
+        if needs().all(|n| n == Need::Nothing) {
+            Need::Nothing
+        } else if needs().all(|n| matches!(n, Need::Nothing | Need::Optional)) {
+            Need::Optional
+        } else {
+            Need::Caller
         }
     }
 }
@@ -156,8 +325,8 @@ const CORRELATION_ID_LEN: std::ops::RangeInclusive<usize> = 8..=64;
 pub struct Ctx {
     /// The service.
     pub gateway: Gateway,
-    /// The route table: each route with its pattern (the metrics' `route` label).
-    router: matchit::Router<(Route, &'static str)>,
+    /// [`ROUTES`] by pattern.
+    router: matchit::Router<&'static Route>,
     /// When the server started.
     pub started: std::time::Instant,
     /// Cancelled when the server stops: ends open event streams.
@@ -175,36 +344,8 @@ impl Ctx {
     /// the bulk pool's threads cannot be started.
     pub fn new(gateway: Gateway, stop: tokio_util::sync::CancellationToken) -> std::io::Result<Ctx> {
         let mut router = matchit::Router::new();
-        let table = [
-            ("/health", Route::Health),
-            ("/livez", Route::Livez),
-            ("/readyz", Route::Readyz),
-            ("/capabilities", Route::Capabilities),
-            ("/openapi.json", Route::OpenApi),
-            ("/workflows", Route::Workflows),
-            ("/workflows/{id}", Route::Workflow),
-            // A static segment wins over `{id}`, so no workflow can be named `import`.
-            ("/workflows/import", Route::WorkflowImport),
-            ("/jobs", Route::Jobs),
-            ("/jobs/{id}", Route::Job),
-            ("/jobs/{id}/cancel", Route::JobCancel),
-            ("/jobs/{id}/events", Route::JobEvents),
-            ("/jobs/{id}/logs", Route::JobLogs),
-            ("/jobs/{id}/webhooks", Route::JobWebhooks),
-            ("/jobs/{id}/webhook/redeliver", Route::JobWebhookRedeliver),
-            ("/outputs/{id}", Route::Outputs),
-            ("/outputs/{id}/{file}", Route::OutputFile),
-            ("/metrics", Route::Metrics),
-            ("/audit", Route::Audit),
-            ("/backends", Route::Backends),
-            ("/backends/{id}/drain", Route::BackendDrain),
-            ("/backends/{id}/resume", Route::BackendResume),
-            ("/", Route::Dashboard),
-            ("/ui/{file}", Route::DashboardFile),
-            ("/admin/backup", Route::AdminBackup),
-        ];
-        for (path, route) in table {
-            router.insert(path, (route, path)).expect("the route table is valid");
+        for route in ROUTES {
+            router.insert(route.pattern, route).expect("the route table is valid");
         }
         let limits = Limits::new(&gateway.config.api_limits);
         let guard = Guard::new(&gateway.config);
@@ -258,26 +399,27 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// Who is calling: None in open mode and on the public routes (the probes, the dashboard's
-/// static files, which hold no data; `/metrics` with `METRICS_PUBLIC`), else the principal
-/// of valid credentials, else `AUTH_FAILED`.
+/// Who is calling `method` on `route`: None in open mode and on the public operations
+/// ([`Access::Public`]; [`Access::PublicOrCaller`] without valid credentials), else the
+/// principal of valid credentials, else `AUTH_FAILED`.
 /// Unknown paths need credentials too, so the route table cannot be probed.
-fn authenticate(ctx: &Ctx, headers: &HeaderMap, route: Option<Route>) -> Result<Option<Principal>, Error> {
+fn authenticate(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    route: Option<&Route>,
+    method: &Method,
+) -> Result<Option<Principal>, Error> {
     let config = &ctx.gateway.config;
-    let public = match route {
-        Some(Route::Health | Route::Livez | Route::Readyz | Route::Dashboard | Route::DashboardFile) => true,
-        Some(Route::Metrics) => config.metrics_public,
-        _ => false,
-    };
     if !config.auth.enabled() {
         return Ok(None);
     }
-    if public {
-        // Valid credentials on `/health` earn its details; anything else gets the public
-        // answer (a probe with a stale key still learns up or down).
-        let health = matches!(route, Some(Route::Health));
-        let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-        return Ok(health.then(|| config.auth.authenticate(api_key, bearer_token(headers)).ok()).flatten());
+    match route.map_or(Need::Caller, |r| r.need(method, config)) {
+        Need::Nothing => return Ok(None),
+        Need::Optional => {
+            let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+            return Ok(config.auth.authenticate(api_key, bearer_token(headers)).ok());
+        }
+        Need::Caller | Need::Admin(_) => {}
     }
     // A key header that is not text cannot match any key: it is a wrong key, not none.
     let api_key = headers.get("x-api-key").map(|v| v.to_str().unwrap_or("\u{0}"));
@@ -308,7 +450,7 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
         client_correlation_id(req.headers()).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
     let method = req.method().clone();
     let mut matched = ctx.router.at(req.uri().path()).ok().map(|m| {
-        let (route, pattern) = *m.value;
+        let route: &'static Route = m.value;
         let params = Params {
             caller: None,
             correlation_id: correlation_id.clone(),
@@ -320,22 +462,25 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect(),
         };
-        (route, pattern, params)
+        (route, params)
     });
-    let pattern = matched.as_ref().map_or(UNMATCHED_ROUTE, |(_, p, _)| *p);
+    let pattern = matched.as_ref().map_or(UNMATCHED_ROUTE, |(r, _)| r.pattern);
     let client = Client::identify(peer, req.headers(), &ctx.limits.trusted_proxies);
     let preflight = Cors::is_preflight(&method, req.headers());
     let origin = req.headers().get(http::header::ORIGIN).cloned();
     let span = tracing::info_span!("request", correlation_id = %correlation_id);
     async move {
         // Probes are never rate limited (a throttled probe would restart a healthy gateway).
-        let is_probe = matches!(matched, Some((Route::Health | Route::Livez | Route::Readyz, _, _)));
+        let is_probe = matched.as_ref().is_some_and(|(r, _)| !r.rate_limited);
         // Rate first, so that guessing credentials is throttled too.
         let rate = ctx.limits.rate.as_ref().filter(|_| !is_probe).map(|r| r.check(&client));
         let refused = ctx.guard.check(&method, req.headers(), preflight).err();
         // Browsers send CORS preflights without credentials.
-        let caller =
-            if preflight { Ok(None) } else { authenticate(ctx, req.headers(), matched.as_ref().map(|(r, _, _)| *r)) };
+        let caller = if preflight {
+            Ok(None)
+        } else {
+            authenticate(ctx, req.headers(), matched.as_ref().map(|(r, _)| *r), &method)
+        };
         // The owner id only (a key's fingerprint or a token's subject), never a credential.
         let principal = caller.as_ref().ok().and_then(|c| c.as_ref()).map(|p| p.owner.clone());
         // Per-client caps count an authenticated caller by its owner id.
@@ -363,7 +508,7 @@ pub async fn handle(ctx: &Ctx, peer: SocketAddr, req: Request<Incoming>) -> Resp
             (None, Some(e), _) => Err(e),
             (None, None, Err(e)) => Err(e),
             (None, None, Ok(caller)) => {
-                if let Some((_, _, params)) = matched.as_mut() {
+                if let Some((_, params)) = matched.as_mut() {
                     params.caller = caller;
                 }
                 route(ctx, req, matched, preflight, &client).await
@@ -421,12 +566,13 @@ fn admin_only(p: &Params, what: &str) -> Result<(), Error> {
 async fn route(
     ctx: &Ctx,
     req: Request<Incoming>,
-    matched: Option<(Route, &str, Params)>,
+    matched: Option<(&'static Route, Params)>,
     preflight: bool,
     client: &Client,
 ) -> Result<Resp, Error> {
-    let path = req.uri().path().to_string();
-    let (route, _, params) = matched.ok_or_else(|| Error::new(ErrorCode::NotFound, format!("no route for {path}")))?;
+    let Some((route, params)) = matched else {
+        return Err(Error::new(ErrorCode::NotFound, format!("no route for {}", req.uri().path())));
+    };
     if preflight {
         // CORS fields (for allowed origins only) are added by `handle`.
         return Ok(reply::empty(http::StatusCode::NO_CONTENT));
@@ -434,57 +580,65 @@ async fn route(
     if params.query.len() > QUERY_PARAMS_MAX {
         return Err(Error::validation("query", format!("more than {QUERY_PARAMS_MAX} query parameters")));
     }
-    use Route::*;
     let method = req.method().clone();
-    // Roles: workflow changes, the audit log, backend drains and (unless public) metrics
-    // are for admins; reading backend states is for any authenticated caller.
-    match (route, &method) {
-        (Workflows | WorkflowImport, &Method::POST) | (Workflow, &Method::PUT | &Method::DELETE) => {
-            admin_only(&params, "changing workflows")?
-        }
-        (Audit, &Method::GET) => admin_only(&params, "reading the audit log")?,
-        (Metrics, &Method::GET) => admin_only(&params, "reading metrics")?,
-        (BackendDrain | BackendResume, &Method::POST) => admin_only(&params, "draining or resuming a backend")?,
-        (AdminBackup, &Method::POST) => admin_only(&params, "taking a backup")?,
-        _ => {}
+    let Some(op) = route.op(&method) else {
+        return Err(Error::new(
+            ErrorCode::MethodNotAllowed,
+            format!("{method} is not allowed on {}", req.uri().path()),
+        )
+        .with_details(serde_json::json!({ "allow": route.allowed_methods() })));
+    };
+    match op.access.resolve(&ctx.gateway.config) {
+        Need::Admin(what) => admin_only(&params, what)?,
+        Need::Nothing | Need::Optional | Need::Caller => {}
     }
     let has_body = !hyper::body::Body::is_end_stream(req.body());
-    guard::check_media_type(route.body_kind(&method), req.headers(), has_body)?;
-    match (route, &method) {
-        (Health, &Method::GET) => {
+    guard::check_media_type(op.body, req.headers(), has_body)?;
+    dispatch(op.handler, ctx, &params, req, &method, client).await
+}
+
+/// Run `handler`: every handler's call, one arm each.
+async fn dispatch(
+    handler: Handler,
+    ctx: &Ctx,
+    params: &Params,
+    req: Request<Incoming>,
+    method: &Method,
+    client: &Client,
+) -> Result<Resp, Error> {
+    match handler {
+        Handler::Health => {
             // Details (backend URLs, versions, errors) for callers who may see them.
             let details = !ctx.gateway.config.auth.enabled() || params.caller.is_some();
             handlers::health(ctx, details).await
         }
-        (Livez, &Method::GET) => handlers::livez(ctx),
-        (Readyz, &Method::GET) => handlers::readyz(ctx),
-        (Capabilities, &Method::GET) => handlers::capabilities(ctx),
-        (OpenApi, &Method::GET) => handlers::openapi(ctx),
-        (Workflows, &Method::GET) => handlers::list_workflows(ctx),
-        (Workflows, &Method::POST) => handlers::create_workflow(ctx, &params, req).await,
-        (Workflow, &Method::GET) => handlers::get_workflow(ctx, &params),
-        (Workflow, &Method::PUT) => handlers::update_workflow(ctx, &params, req).await,
-        (Workflow, &Method::DELETE) => handlers::delete_workflow(ctx, &params).await,
-        (WorkflowImport, &Method::POST) => handlers::import_workflow(ctx, &params, req).await,
-        (Jobs, &Method::GET) => handlers::list_jobs(ctx, &params),
-        (Jobs, &Method::POST) => handlers::create_job(ctx, &params, client, req).await,
-        (Job, &Method::GET) => handlers::get_job(ctx, &params).await,
-        (JobCancel, &Method::POST) => handlers::cancel_job(ctx, &params).await,
-        (JobEvents, &Method::GET) => sse::job_events(ctx, &params, &req, client),
-        (JobLogs, &Method::GET) => handlers::job_logs(ctx, &params),
-        (JobWebhooks, &Method::GET) => handlers::job_webhooks(ctx, &params),
-        (JobWebhookRedeliver, &Method::POST) => handlers::redeliver_webhooks(ctx, &params).await,
-        (Outputs, &Method::GET) => handlers::list_outputs(ctx, &params),
-        (OutputFile, &Method::GET | &Method::HEAD) => handlers::get_output(ctx, &params, &req).await,
-        (Metrics, &Method::GET) => handlers::metrics(ctx),
-        (Audit, &Method::GET) => handlers::audit(ctx, &params),
-        (Backends, &Method::GET) => handlers::backends(ctx),
-        (BackendDrain, &Method::POST) => handlers::set_draining(ctx, &params, true).await,
-        (BackendResume, &Method::POST) => handlers::set_draining(ctx, &params, false).await,
-        (Dashboard, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), None),
-        (DashboardFile, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), Some(&params.file)),
-        (AdminBackup, &Method::POST) => handlers::backup(ctx, &params).await,
-        _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
-            .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
+        Handler::Livez => handlers::livez(ctx),
+        Handler::Readyz => handlers::readyz(ctx),
+        Handler::Capabilities => handlers::capabilities(ctx),
+        Handler::OpenApi => handlers::openapi(ctx),
+        Handler::ListWorkflows => handlers::list_workflows(ctx),
+        Handler::CreateWorkflow => handlers::create_workflow(ctx, params, req).await,
+        Handler::GetWorkflow => handlers::get_workflow(ctx, params),
+        Handler::UpdateWorkflow => handlers::update_workflow(ctx, params, req).await,
+        Handler::DeleteWorkflow => handlers::delete_workflow(ctx, params).await,
+        Handler::ImportWorkflow => handlers::import_workflow(ctx, params, req).await,
+        Handler::ListJobs => handlers::list_jobs(ctx, params),
+        Handler::CreateJob => handlers::create_job(ctx, params, client, req).await,
+        Handler::GetJob => handlers::get_job(ctx, params).await,
+        Handler::CancelJob => handlers::cancel_job(ctx, params).await,
+        Handler::JobEvents => sse::job_events(ctx, params, &req, client),
+        Handler::JobLogs => handlers::job_logs(ctx, params),
+        Handler::JobWebhooks => handlers::job_webhooks(ctx, params),
+        Handler::RedeliverWebhooks => handlers::redeliver_webhooks(ctx, params).await,
+        Handler::ListOutputs => handlers::list_outputs(ctx, params),
+        Handler::GetOutput => handlers::get_output(ctx, params, &req).await,
+        Handler::Metrics => handlers::metrics(ctx),
+        Handler::Audit => handlers::audit(ctx, params),
+        Handler::Backends => handlers::backends(ctx),
+        Handler::DrainBackend => handlers::set_draining(ctx, params, true).await,
+        Handler::ResumeBackend => handlers::set_draining(ctx, params, false).await,
+        Handler::Dashboard => dashboard::serve(method, req.headers(), None),
+        Handler::DashboardFile => dashboard::serve(method, req.headers(), Some(&params.file)),
+        Handler::Backup => handlers::backup(ctx, params).await,
     }
 }

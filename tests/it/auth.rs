@@ -409,6 +409,101 @@ async fn auth_open_mode_needs_no_credentials_and_metrics_can_be_public() {
     assert_eq!(status, 401);
 }
 
+/// Every operation of the route table (`routes::ROUTES`) against the server, with keys:
+/// without credentials 401 unless public; a user 403 on admin-only operations; neither 401
+/// nor 403 for a caller who may; a method a route does not take 405 with the route's
+/// `Allow` (401 first without credentials, unless the route is public); an unknown path
+/// 404 (401 without credentials). Which operations are public and which admin-only is
+/// pinned here, so a change to the table shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_every_operation_of_the_route_table() {
+    use comfyui_gateway::api::routes::{Access, ROUTES};
+    let public = [("GET", "/health"), ("GET", "/livez"), ("GET", "/readyz")].into_iter().chain([
+        ("GET", "/"),
+        ("HEAD", "/"),
+        ("GET", "/ui/{file}"),
+        ("HEAD", "/ui/{file}"),
+    ]);
+    let public: Vec<(&str, &str)> = public.collect();
+    let admin_only = [
+        ("POST", "/workflows"),
+        ("PUT", "/workflows/{id}"),
+        ("DELETE", "/workflows/{id}"),
+        ("POST", "/workflows/import"),
+        ("GET", "/metrics"),
+        ("GET", "/audit"),
+        ("POST", "/backends/{id}/drain"),
+        ("POST", "/backends/{id}/resume"),
+        ("POST", "/admin/backup"),
+    ];
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let keys = format!("{ADMIN_KEY}:admin,{ALICE_KEY}:user");
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys)]).await;
+    let (admin, alice) = (Cred::Key(ADMIN_KEY), Cred::Key(ALICE_KEY));
+    let unknown = uuid::Uuid::new_v4().to_string();
+    // An answer to HEAD has no body to carry the code: its status alone is checked.
+    let code_of =
+        |v: &Value, method: &str, want: &str| if method == "HEAD" { want.to_string() } else { code(v).to_string() };
+    let mut n_ops = 0;
+    for route in ROUTES {
+        let path = route.pattern.replace("{id}", &unknown).replace("{file}", "app.js");
+        let url = format!("{}{path}", gw.url());
+        for op in route.ops {
+            n_ops += 1;
+            let (method, what) = (op.method.as_str(), format!("{} {}", op.method, route.pattern));
+            let is_public = matches!(op.access, Access::Public | Access::PublicOrCaller);
+            let is_admin = matches!(op.access, Access::Admin(_) | Access::Metrics);
+            assert_eq!(is_public, public.contains(&(method, route.pattern)), "{what}: public or not");
+            assert_eq!(is_admin, admin_only.contains(&(method, route.pattern)), "{what}: admin-only or not");
+            let (status, _, v) = call(method, &url, Cred::None, None, &[]).await;
+            if is_public {
+                assert_ne!(status, 401, "{what} without credentials: {v}");
+            } else {
+                assert_eq!(
+                    (status, code_of(&v, method, "AUTH_FAILED")),
+                    (401, "AUTH_FAILED".into()),
+                    "{what} without credentials: {v}"
+                );
+            }
+            let (status, _, v) = call(method, &url, alice, None, &[]).await;
+            if is_admin {
+                assert_eq!(
+                    (status, code_of(&v, method, "FORBIDDEN")),
+                    (403, "FORBIDDEN".into()),
+                    "{what} as a user: {v}"
+                );
+            } else {
+                assert!(status != 401 && status != 403, "{what} as a user: {status} {v}");
+            }
+            let (status, _, v) = call(method, &url, admin, None, &[]).await;
+            assert!(status != 401 && status != 403, "{what} as an admin: {status} {v}");
+        }
+        // A method no route takes.
+        let (status, headers, v) = call("PATCH", &url, admin, None, &[]).await;
+        assert_eq!((status, code(&v)), (405, "METHOD_NOT_ALLOWED"), "PATCH {}: {v}", route.pattern);
+        let allow: Vec<&str> = route.ops.iter().map(|o| o.method.as_str()).collect();
+        assert_eq!(headers["allow"].to_str().unwrap(), allow.join(", "), "PATCH {}", route.pattern);
+        let (status, _, v) = call("PATCH", &url, Cred::None, None, &[]).await;
+        let open = route.ops.iter().all(|o| matches!(o.access, Access::Public | Access::PublicOrCaller));
+        assert_eq!(status, if open { 405 } else { 401 }, "PATCH {} without credentials: {v}", route.pattern);
+    }
+    assert!(n_ops >= 30, "the table has {n_ops} operations");
+    // The Allow field of a few routes, spelled out.
+    for (method, path, allow) in [
+        ("POST", "/workflows/x", "GET, PUT, DELETE"),
+        ("DELETE", "/jobs", "GET, POST"),
+        ("POST", "/ui/app.js", "GET, HEAD"),
+    ] {
+        let (status, headers, v) = call(method, &format!("{}{path}", gw.url()), admin, None, &[]).await;
+        assert_eq!((status, headers["allow"].to_str().unwrap()), (405, allow), "{method} {path}: {v}");
+    }
+    for (cred, want) in [(Cred::None, (401, "AUTH_FAILED")), (alice, (404, "NOT_FOUND")), (admin, (404, "NOT_FOUND"))] {
+        let (status, _, v) = call("GET", &format!("{}/no/such/route", gw.url()), cred, None, &[]).await;
+        assert_eq!((status, code(&v)), want, "{v}");
+    }
+}
+
 #[test]
 fn auth_configuration_errors_stop_start_up_naming_the_variable() {
     let dir = support::tempdir();

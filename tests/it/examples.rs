@@ -118,24 +118,35 @@ async fn curl_tour_calls_every_endpoint_with_the_expected_status() {
     let log = text(&out);
     assert!(out.status.success(), "curl.sh failed:\n{log}\n{}", gw.proc_.log());
 
-    // Every pattern of the route table (engine/api/routes.rs) was called: a route added
-    // there needs its step in curl.sh.
-    let table = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("engine/api/routes.rs")).unwrap();
-    let patterns: Vec<&str> =
-        table.lines().filter_map(|l| l.trim().strip_prefix("(\"")?.split_once("\", Route::").map(|(p, _)| p)).collect();
-    assert!(patterns.len() >= 19, "the route table was not found: {patterns:?}");
-    let called: Vec<&str> = log
+    // Every operation of the route table (`routes::ROUTES`) was called (HEAD beside its
+    // GET is enough once): an operation added there needs its step in curl.sh.
+    let ops: Vec<(&str, &str)> = comfyui_gateway::api::routes::ROUTES
+        .iter()
+        .flat_map(|r| r.ops.iter().map(|o| (o.method.as_str(), r.pattern)))
+        .collect();
+    assert!(ops.len() >= 25, "the route table was not found: {ops:?}");
+    let called: Vec<(&str, &str)> = log
         .lines()
-        .filter_map(|l| l.strip_prefix("==> ")?.split_whitespace().nth(1))
-        .map(|p| p.split('?').next().unwrap())
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("==> ")?.split_whitespace();
+            Some((words.next()?, words.next()?.split('?').next()?))
+        })
         .collect();
     let matches = |pattern: &str, path: &str| {
         let (a, b): (Vec<&str>, Vec<&str>) = (pattern.split('/').collect(), path.split('/').collect());
         a.len() == b.len() && a.iter().zip(&b).all(|(p, s)| p == s || p.starts_with('{') && !s.is_empty())
     };
-    for pattern in &patterns {
-        assert!(called.iter().any(|path| matches(pattern, path)), "curl.sh has no step for {pattern}:\n{log}");
+    let heads = ops.iter().filter(|(m, _)| *m == "HEAD").count();
+    let mut heads_called = 0;
+    for (method, pattern) in &ops {
+        let called = called.iter().any(|(m, path)| m == method && matches(pattern, path));
+        if *method == "HEAD" {
+            heads_called += usize::from(called);
+            continue;
+        }
+        assert!(called, "curl.sh has no step for {method} {pattern}:\n{log}");
     }
+    assert!(heads == 0 || heads_called > 0, "curl.sh calls no HEAD:\n{log}");
     for step in [
         "==> GET /health",
         "==> GET /capabilities",

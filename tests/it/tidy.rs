@@ -452,13 +452,17 @@ fn liveness_depends_on_nothing_but_the_process() {
     for needle in ["backend", "store_ok", "SERVICE_UNAVAILABLE", "?"] {
         assert!(!livez.contains(needle), "/livez must not depend on {needle:?}:\n{livez}");
     }
+    use comfyui_gateway::api::routes::{Access, ROUTES};
     let routes = std::fs::read_to_string(root.join("engine/api/routes.rs")).unwrap();
-    let public = function_body(&routes, "fn authenticate(");
     let handle = function_body(&routes, "pub async fn handle(");
     let exempt = handle.lines().find(|l| l.contains("let is_probe")).expect("the rate limit's exemption");
-    for probe in ["Route::Health", "Route::Livez", "Route::Readyz"] {
-        assert!(public.contains(probe), "{probe} is public");
-        assert!(exempt.contains(probe), "{probe} is not rate limited");
+    assert!(exempt.contains(".rate_limited"), "the exemption comes from the table: {exempt}");
+    let unlimited: Vec<&str> = ROUTES.iter().filter(|r| !r.rate_limited).map(|r| r.pattern).collect();
+    assert_eq!(unlimited, ["/health", "/livez", "/readyz"], "the probes, and only they, are not rate limited");
+    for route in ROUTES.iter().filter(|r| !r.rate_limited) {
+        for op in route.ops {
+            assert!(matches!(op.access, Access::Public | Access::PublicOrCaller), "{} is public", route.pattern);
+        }
     }
 }
 
@@ -508,4 +512,61 @@ fn a_backup_copies_every_table() {
     a.sort_unstable();
     b.sort_unstable();
     assert_eq!(a, b, "store/tables.rs defines, store/backup.rs copies");
+}
+
+/// One route table (`api/routes.rs`, `ROUTES`): no role decision falls through a `_ =>`
+/// default (an operation without an `Access` does not compile, and every match on access
+/// and handlers is exhaustive); every operation of the table is in the OpenAPI document
+/// (HEAD is documented on its GET); no path is documented that the table does not route.
+/// (`examples` checks that `examples/curl.sh` calls every operation.)
+#[test]
+fn one_route_table_without_defaults_fully_documented() {
+    use comfyui_gateway::api::routes::ROUTES;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let routes = std::fs::read_to_string(root.join("engine/api/routes.rs")).unwrap();
+    for signature in ["fn resolve(", "fn need(", "fn authenticate(", "async fn route(", "async fn dispatch("] {
+        let body = function_body(&routes, signature);
+        assert!(!body.contains("_ =>"), "routes.rs `{signature}` has a `_ =>` default:\n{body}");
+    }
+    // The table's own shape: one entry per pattern, one operation per method, HEAD only
+    // beside a GET that it mirrors (same access and handler).
+    for (i, route) in ROUTES.iter().enumerate() {
+        assert!(!route.ops.is_empty(), "{} takes no method", route.pattern);
+        assert!(ROUTES[..i].iter().all(|r| r.pattern != route.pattern), "{} is listed twice", route.pattern);
+        for (j, op) in route.ops.iter().enumerate() {
+            assert!(route.ops[..j].iter().all(|o| o.method != op.method), "{} {} twice", op.method, route.pattern);
+        }
+        if let Some(head) = route.op(&http::Method::HEAD) {
+            let get = route.op(&http::Method::GET).unwrap_or_else(|| panic!("HEAD {} without GET", route.pattern));
+            assert_eq!((head.access, head.handler), (get.access, get.handler), "HEAD {} mirrors GET", route.pattern);
+        }
+    }
+    // Parameter names differ (`{id}` in the table, `{jobId}` in the document).
+    let shape = |path: &str| -> String {
+        path.split('/').map(|s| if s.starts_with('{') { "{}" } else { s }).collect::<Vec<_>>().join("/")
+    };
+    let doc = comfyui_gateway::api::openapi::document(&[]);
+    let paths = doc["paths"].as_object().expect("the document has paths");
+    let documented: std::collections::BTreeMap<String, &serde_json::Value> =
+        paths.iter().map(|(p, v)| (shape(p), v)).collect();
+    for route in ROUTES {
+        let item =
+            documented.get(&shape(route.pattern)).unwrap_or_else(|| panic!("{} is not documented", route.pattern));
+        for op in route.ops {
+            let method =
+                if op.method == http::Method::HEAD { "get".into() } else { op.method.as_str().to_ascii_lowercase() };
+            assert!(item[method.as_str()].is_object(), "{} {} is not documented", op.method, route.pattern);
+        }
+        for method in ["get", "put", "post", "delete", "patch", "head", "options"] {
+            assert!(
+                item[method].is_null() || route.ops.iter().any(|o| o.method.as_str().eq_ignore_ascii_case(method)),
+                "{method} {} is documented but not routed",
+                route.pattern
+            );
+        }
+    }
+    let routed: Vec<String> = ROUTES.iter().map(|r| shape(r.pattern)).collect();
+    for path in documented.keys() {
+        assert!(routed.contains(path), "{path} is documented but not routed");
+    }
 }
