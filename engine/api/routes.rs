@@ -16,7 +16,7 @@
 //! Authentication happens here, before routing, for every request: when credentials are
 //! configured, a request without a valid `X-API-Key` or bearer token is `401 AUTH_FAILED`
 //! (with `WWW-Authenticate`), except the probes (`/health`, `/livez`, `/readyz`), the
-//! dashboard's static files (`/`, `/ui/*`) and, with `METRICS_PUBLIC`, `/metrics`.
+//! dashboard's static files (`/`, `/ui/*`, `/docs`) and, with `METRICS_PUBLIC`, `/metrics`.
 //! Authorization by role is in [`route`]; ownership of jobs in the handlers.
 
 use std::net::SocketAddr;
@@ -86,6 +86,8 @@ pub enum Route {
     Dashboard,
     /// `/ui/{file}`: the dashboard's scripts, styles and icon.
     DashboardFile,
+    /// `/docs`: the API docs page (renders `/openapi.json`; its files are under `/ui/`).
+    Docs,
     /// `/admin/backup`
     AdminBackup,
 }
@@ -107,7 +109,7 @@ impl Route {
             | Route::Metrics
             | Route::Audit
             | Route::Backends => "GET",
-            Route::OutputFile | Route::Dashboard | Route::DashboardFile => "GET, HEAD",
+            Route::OutputFile | Route::Dashboard | Route::DashboardFile | Route::Docs => "GET, HEAD",
             Route::Workflows => "GET, POST",
             Route::Jobs => "GET, POST",
             Route::Workflow => "GET, PUT, DELETE",
@@ -201,6 +203,7 @@ impl Ctx {
             ("/backends/{id}/resume", Route::BackendResume),
             ("/", Route::Dashboard),
             ("/ui/{file}", Route::DashboardFile),
+            ("/docs", Route::Docs),
             ("/admin/backup", Route::AdminBackup),
         ];
         for (path, route) in table {
@@ -265,7 +268,9 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 fn authenticate(ctx: &Ctx, headers: &HeaderMap, route: Option<Route>) -> Result<Option<Principal>, Error> {
     let config = &ctx.gateway.config;
     let public = match route {
-        Some(Route::Health | Route::Livez | Route::Readyz | Route::Dashboard | Route::DashboardFile) => true,
+        Some(
+            Route::Health | Route::Livez | Route::Readyz | Route::Dashboard | Route::DashboardFile | Route::Docs,
+        ) => true,
         Some(Route::Metrics) => config.metrics_public,
         _ => false,
     };
@@ -483,6 +488,7 @@ async fn route(
         (BackendResume, &Method::POST) => handlers::set_draining(ctx, &params, false).await,
         (Dashboard, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), None),
         (DashboardFile, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), Some(&params.file)),
+        (Docs, &Method::GET | &Method::HEAD) => dashboard::serve(&method, req.headers(), Some("docs.html")),
         (AdminBackup, &Method::POST) => handlers::backup(ctx).await,
         _ => Err(Error::new(ErrorCode::MethodNotAllowed, format!("{method} is not allowed on {path}"))
             .with_details(serde_json::json!({ "allow": route.allowed_methods() }))),
