@@ -65,6 +65,7 @@ try {
   await page.fill('#credential', key);
   await page.click('#login button[type=submit]');
   await page.waitForSelector('#docs[data-loaded]');
+  await page.screenshot({ path: `${shots}/docs.png` });
   step('signed in');
 
   // What the page lists: every operation and webhook.
@@ -86,13 +87,15 @@ try {
       type: tr.querySelector(':scope > td > .type').textContent,
     }));
   });
+  seen.callbackEventsText = await body.locator('tr[data-prop=callbackEvents]').textContent();
   seen.jobRequestRef = await body.evaluate((el) => el.querySelector('[data-ref]')?.dataset.ref);
   seen.jobRequestExample = JSON.parse(await body.locator('details.example pre').textContent());
   seen.multipart = await post.locator('.request-body [data-media-type="multipart/form-data"] tr[data-prop]').evaluateAll((els) => els.map((e) => e.dataset.prop));
   seen.jobResponses = await post.locator('table.responses tr[data-status]').evaluateAll((els) => els.map((e) => e.dataset.status));
   seen.jobParams = await post.locator('table.params tr[data-param]').evaluateAll((els) => els.map((e) => e.dataset.param));
-  await post.screenshot({ path: `${shots}/post-jobs.png` });
-  await page.screenshot({ path: `${shots}/docs.png` });
+  // Its request body in view, below the sticky header.
+  await post.locator('h4', { hasText: 'Request body' }).evaluate((el) => window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - 140));
+  await page.screenshot({ path: `${shots}/post-jobs.png` });
   step('POST /jobs');
 
   // The filter keeps only matching operations, in the list and in the table of contents.
@@ -108,6 +111,9 @@ try {
   seen.schemaInView = await page.locator('#schema-JobRequest').isVisible();
   step('schema link');
 
+  // Every value is shown as text (an element turned into a string would read "[object").
+  const text = await page.textContent('#view');
+  check(!text.includes('[object ') && !text.includes('undefined'), 'the page shows no unconverted value');
   seen.violations = await page.evaluate(() => window.__violations);
   check(seen.violations.length === 0, `CSP violations: ${seen.violations.join('\n')}`);
   seen.timing = await page.evaluate(() => {

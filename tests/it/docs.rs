@@ -132,6 +132,10 @@ async fn the_docs_page_in_a_headless_browser() {
         schema["properties"].as_object().unwrap().keys().map(|k| (k.clone(), required.contains(k))).collect();
     assert_eq!(shown, expected);
     assert!(shown.contains(&("workflowId".to_string(), true)), "{shown:?}");
+    let events = seen["callbackEventsText"].as_str().unwrap();
+    for event in schema["properties"]["callbackEvents"]["items"]["enum"].as_array().unwrap() {
+        assert!(events.contains(event.as_str().unwrap()), "{event} in {events:?}");
+    }
     // The example built from the schema has what the schema requires, and nothing it forbids.
     let example = seen["jobRequestExample"].as_object().expect("an example object");
     assert!(required.iter().all(|k| example.contains_key(k)), "{example:?}");

@@ -30,7 +30,7 @@ function h(tag, attrs, ...children) {
     else if (v === true) el.setAttribute(k, '');
     else el.setAttribute(k, String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === undefined || c === null || c === false) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -114,12 +114,17 @@ function facts(s) {
   return out;
 }
 
+/** Whether a schema has facts beyond its type line (see `facts`). */
+function hasFacts(s) {
+  return Boolean(s && typeof s === 'object' && !s.$ref && (Array.isArray(s.enum) || s.default !== undefined || s.pattern || s.deprecated));
+}
+
 /** Whether a schema has structure worth showing below its type line. */
 function hasBody(s) {
   if (!s || typeof s !== 'object') return false;
   if (s.$ref) return true;
   return Boolean(s.properties || s.oneOf || s.anyOf || s.allOf
-    || (s.items && hasBody(s.items))
+    || (s.items && (hasBody(s.items) || hasFacts(s.items)))
     || (s.additionalProperties && typeof s.additionalProperties === 'object'));
 }
 
@@ -171,6 +176,7 @@ function schemaView(s, depth, seen) {
         hasBody(v) ? nested(v, depth + 1, seen) : prose(v && v.description)))));
   }
   if (s.items && hasBody(s.items)) parts.push(h('div', { class: 'muted' }, 'items:'), nested(s.items, depth + 1, seen));
+  else if (s.items && hasFacts(s.items)) parts.push(h('div', { class: 'muted' }, 'items:'), facts(s.items));
   return h('div', { class: 'schema' }, parts);
 }
 
@@ -262,13 +268,16 @@ function responsesView(responses) {
     const r = deref(raw);
     const headers = Object.entries(r.headers || {}).map(([name, hd]) => {
       const d = deref(hd);
-      return h('div', { class: 'facts' }, 'header ', h('code', {}, name), ': ', typeLabel(d.schema), d.description ? ` — ${d.description}` : '');
+      return h('tr', { dataset: { header: name } }, h('td', { class: 'name' }, h('code', {}, name)),
+        h('td', {}, h('div', { class: 'type' }, typeLabel(d.schema)), prose(d.description)));
     });
     const body = contentView(r.content, 'response-body');
     return h('tr', { dataset: { status } },
       h('td', { class: `status s${status[0]}` }, status),
-      h('td', {}, prose(r.description), headers,
-        body.length ? h('details', { open: /^2/.test(status) }, h('summary', {}, 'body'), body) : null));
+      h('td', {}, prose(r.description),
+        body.length ? h('details', { open: /^2/.test(status) }, h('summary', {}, 'body'), body) : null,
+        headers.length ? h('details', {}, h('summary', {}, `headers (${headers.length})`),
+          h('table', { class: 'props' }, h('tbody', {}, headers))) : null));
   });
   return [h('h4', {}, 'Responses'), h('table', { class: 'responses' }, h('tbody', {}, rows))];
 }
