@@ -134,7 +134,10 @@ mod tests {
             for attr in ["src=\"", "href=\""] {
                 for part in html.split(attr).skip(1) {
                     let target = part.split('"').next().unwrap();
-                    assert!(target.starts_with('#') || (target.starts_with('/') && !target.starts_with("//")), "{target}");
+                    assert!(
+                        target.starts_with('#') || (target.starts_with('/') && !target.starts_with("//")),
+                        "{target}"
+                    );
                     if let Some(file) = target.strip_prefix("/ui/") {
                         assert!(ASSETS.iter().any(|a| a.name == file), "{target}");
                         files += 1;

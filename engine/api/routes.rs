@@ -268,9 +268,9 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
 fn authenticate(ctx: &Ctx, headers: &HeaderMap, route: Option<Route>) -> Result<Option<Principal>, Error> {
     let config = &ctx.gateway.config;
     let public = match route {
-        Some(
-            Route::Health | Route::Livez | Route::Readyz | Route::Dashboard | Route::DashboardFile | Route::Docs,
-        ) => true,
+        Some(Route::Health | Route::Livez | Route::Readyz | Route::Dashboard | Route::DashboardFile | Route::Docs) => {
+            true
+        }
         Some(Route::Metrics) => config.metrics_public,
         _ => false,
     };

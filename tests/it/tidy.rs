@@ -527,7 +527,16 @@ fn the_web_pages_are_embedded_and_build_no_html_from_text() {
         if name.ends_with(".js") {
             n_scripts += 1;
             let text = std::fs::read_to_string(&path).unwrap();
-            for needle in ["innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "Function(", "setTimeout('", "setTimeout(\""] {
+            for needle in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+                "Function(",
+                "setTimeout('",
+                "setTimeout(\"",
+            ] {
                 assert!(!text.contains(needle), "{name} uses {needle}");
             }
         }
