@@ -3,8 +3,8 @@
 //! (`tests/browser/docs.mjs`, through the dashboard test's launcher): reached from the
 //! dashboard's header, a wrong key refused, then every operation and webhook of
 //! `GET /openapi.json` listed, and `POST /jobs` showing its request body (`JobRequest`'s
-//! properties, required marks, an example), with no script error and no CSP violation.
-//! Screenshots are saved under `<target>/tmp/docs/`.
+//! properties, required marks, an example), with no script error and no CSP violation;
+//! in open mode the same without a sign-in. Screenshots are saved under `<target>/tmp/docs/`.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
@@ -98,14 +98,41 @@ async fn the_docs_page_in_a_headless_browser() {
     let sim = Sim::start(dir.path(), 0).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &format!("{USER_KEY}:user"))]).await;
     let doc: Value = get(&format!("{}/openapi.json", gw.url()), &[("x-api-key", USER_KEY)]).await.json().await.unwrap();
-
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/docs.mjs");
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("docs");
-    let envs = [("USER_KEY", OsStr::new(USER_KEY)), ("SHOT_DIR", shots.as_os_str())];
-    let seen = run_browser(&chromium, &script, &gw, &envs).await;
-    eprintln!("docs screenshots: {}; page load: {} ms", shots.display(), seen["timing"]);
-
+    let seen = browse(&chromium, &gw, &shots, Some(USER_KEY)).await;
     assert!(seen["refused"].as_str().unwrap().contains("not accepted"), "{seen}");
+    shows_the_document(&doc, &seen, &shots);
+}
+
+/// Open mode (no credentials configured): the page shows the document without asking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_page_in_open_mode() {
+    let Some((chromium, _)) = browser_tools() else { return };
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
+    let doc: Value = get(&format!("{}/openapi.json", gw.url()), &[]).await.json().await.unwrap();
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("docs/open");
+    let seen = browse(&chromium, &gw, &shots, None).await;
+    assert!(seen["refused"].is_null(), "{seen}");
+    shows_the_document(&doc, &seen, &shots);
+}
+
+/// Run `tests/browser/docs.mjs` against `gw` (signing in with `key`): what it saw.
+async fn browse(chromium: &Path, gw: &Gateway, shots: &Path, key: Option<&str>) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser/docs.mjs");
+    let mut envs = vec![("SHOT_DIR", shots.as_os_str())];
+    if let Some(key) = key {
+        envs.push(("USER_KEY", OsStr::new(key)));
+    }
+    let seen = run_browser(chromium, &script, gw, &envs).await;
+    eprintln!("docs screenshots: {}; page load: {} ms", shots.display(), seen["timing"]);
+    seen
+}
+
+/// What the page showed is the document: every operation, webhook and schema, and
+/// `POST /jobs` in full.
+fn shows_the_document(doc: &Value, seen: &Value, shots: &Path) {
     // Every operation and webhook of the document, each once.
     let listed = seen["operations"].as_array().unwrap();
     assert_eq!(strings(&seen["operations"]), operations(&doc["paths"]));
