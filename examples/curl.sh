@@ -218,9 +218,12 @@ step 200 GET '/audit?limit=5'
 step '200|507' POST /admin/backup
 step 204 DELETE "/workflows/$WF"
 
-# --- The dashboard: its page and files are public (the page asks for a key) ----------
+# --- The dashboard and the API docs: pages and files are public (they ask for a key) --
 step 200 GET /
 step 200 GET /ui/app.js
+# The API's documentation, rendered from /openapi.json in the browser.
+step 200 GET /docs
+step 200 HEAD /docs
 
 # --- Import a ComfyUI workflow: a proposed template and input schema (admin) ---------
 step 200 POST /workflows/import -H 'content-type: application/json' \

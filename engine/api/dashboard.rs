@@ -1,5 +1,9 @@
 //! The web dashboard: static files compiled into the binary from `engine/api/dashboard/`
-//! (plain HTML, CSS and JavaScript; no build step, no CDN), served at `/` and `/ui/{file}`.
+//! (plain HTML, CSS and JavaScript; no build step, no CDN), served at `/` and `/ui/{file}`;
+//! and the API docs page (`docs.html`, `docs.js`, `docs.css`) at `/docs`, which renders
+//! `GET /openapi.json` with a viewer of our own (24 KB): of the packaged viewers only Swagger
+//! UI renders under the policy below, and it would add 2.0 MB to the binary; Redoc, RapiDoc,
+//! Scalar and Stoplight Elements need inline styles, `eval` or a font CDN, which it forbids.
 //!
 //! The files are public: they hold no data. The page asks for an API key or a JWT, keeps
 //! it in the browser's session storage and calls the same REST API as any client, with
@@ -25,11 +29,14 @@ struct Asset {
     body: &'static [u8],
 }
 
-const ASSETS: [Asset; 4] = [
+const ASSETS: [Asset; 7] = [
     Asset { name: "index.html", media_type: "text/html; charset=utf-8", body: include_bytes!("dashboard/index.html") },
     Asset { name: "app.js", media_type: "text/javascript; charset=utf-8", body: include_bytes!("dashboard/app.js") },
     Asset { name: "style.css", media_type: "text/css; charset=utf-8", body: include_bytes!("dashboard/style.css") },
     Asset { name: "favicon.svg", media_type: "image/svg+xml", body: include_bytes!("dashboard/favicon.svg") },
+    Asset { name: "docs.html", media_type: "text/html; charset=utf-8", body: include_bytes!("dashboard/docs.html") },
+    Asset { name: "docs.js", media_type: "text/javascript; charset=utf-8", body: include_bytes!("dashboard/docs.js") },
+    Asset { name: "docs.css", media_type: "text/css; charset=utf-8", body: include_bytes!("dashboard/docs.css") },
 ];
 
 /// The policy of every dashboard answer: this origin only; images also from `blob:`
@@ -42,7 +49,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 static ETAGS: LazyLock<Vec<String>> =
     LazyLock::new(|| ASSETS.iter().map(|a| format!("\"{}\"", &blake3::hash(a.body).to_hex()[..32])).collect());
 
-/// `GET`/`HEAD /` (`file` None) and `/ui/{file}`.
+/// `GET`/`HEAD /` (`file` None), `/ui/{file}` and `/docs` (`docs.html`).
 ///
 /// # Errors
 /// `NOT_FOUND` for a file that is not one of the dashboard's.
@@ -118,24 +125,29 @@ mod tests {
     }
 
     #[test]
-    fn the_page_loads_nothing_from_elsewhere() {
-        // No CDN: every src/href of the page is a fragment or a path of this origin, every
-        // `/ui/` one a file we have, and the script and styles name no other origin (the
-        // CSP would block it anyway).
-        let html = std::str::from_utf8(ASSETS[0].body).unwrap();
-        let mut files = 0;
-        for attr in ["src=\"", "href=\""] {
-            for part in html.split(attr).skip(1) {
-                let target = part.split('"').next().unwrap();
-                assert!(target.starts_with('#') || (target.starts_with('/') && !target.starts_with("//")), "{target}");
-                if let Some(file) = target.strip_prefix("/ui/") {
-                    assert!(ASSETS.iter().any(|a| a.name == file), "{target}");
-                    files += 1;
+    fn the_pages_load_nothing_from_elsewhere() {
+        // No CDN: every src/href of the dashboard and the docs page is a fragment or a path
+        // of this origin, every `/ui/` one a file we have, and the scripts and styles name
+        // no other origin (the CSP would block it anyway).
+        for (page, n_files_min) in [("index.html", 3), ("docs.html", 5)] {
+            let html = std::str::from_utf8(ASSETS.iter().find(|a| a.name == page).unwrap().body).unwrap();
+            let mut files = 0;
+            for attr in ["src=\"", "href=\""] {
+                for part in html.split(attr).skip(1) {
+                    let target = part.split('"').next().unwrap();
+                    assert!(
+                        target.starts_with('#') || (target.starts_with('/') && !target.starts_with("//")),
+                        "{target}"
+                    );
+                    if let Some(file) = target.strip_prefix("/ui/") {
+                        assert!(ASSETS.iter().any(|a| a.name == file), "{target}");
+                        files += 1;
+                    }
                 }
             }
+            assert!(files >= n_files_min, "{page} loads its script, styles and icon");
         }
-        assert!(files >= 3, "the page loads its script, styles and icon");
-        for asset in &ASSETS[..3] {
+        for asset in ASSETS.iter().filter(|a| a.name != "favicon.svg") {
             let text = std::str::from_utf8(asset.body).unwrap();
             assert!(!text.contains("http://") && !text.contains("https://"), "{} names another origin", asset.name);
         }

@@ -126,7 +126,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 a client over its quota (or, on POST /jobs, at MAX_JOBS_PER_CLIENT unfinished jobs) gets 429 \
                 RATE_LIMITED. CORS preflights (OPTIONS with Origin and Access-Control-Request-Method) are answered 204. \
                 With API_KEYS/API_KEYS_FILE or JWT_SECRET/JWT_PUBLIC_KEY configured, every operation but the probes \
-                and the dashboard's files needs an X-API-Key header or a bearer JWT (401 AUTH_FAILED otherwise); without them (open mode) \
+                and the dashboard's files (/, /ui/*, /docs) needs an X-API-Key header or a bearer JWT (401 AUTH_FAILED otherwise); without them (open mode) \
                 credentials are not needed. Role user: submit jobs and read, follow, download and cancel its own \
                 (another owner's job is 404 JOB_NOT_FOUND); role admin: everything, incl. workflow changes and /audit.",
         },
@@ -141,8 +141,17 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "304": {"description": "Not modified (If-None-Match)"}
                 }), &[])
             }},
+            "/docs": {"get": {
+                "operationId": "docs",
+                "summary": "This document in a browser (HTML; HEAD too). Public: the page holds no data; it fetches /openapi.json, with a key it asks for when credentials are configured",
+                "security": [{}],
+                "responses": with_errors(json!({
+                    "200": {"description": "The page", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "304": {"description": "Not modified (If-None-Match)"}
+                }), &[])
+            }},
             "/ui/{file}": {
-                "parameters": [path_param("file", "One of the dashboard's files: app.js, style.css, favicon.svg, index.html")],
+                "parameters": [path_param("file", "One of the dashboard's files: app.js, style.css, favicon.svg, index.html; or the docs page's: docs.js, docs.css, docs.html")],
                 "get": {
                     "operationId": "dashboardFile",
                     "summary": "A static file of the dashboard (HEAD too); public",

@@ -30,7 +30,7 @@
 //! Authentication happens here, before the handler, for every request: when credentials
 //! are configured, a request without a valid `X-API-Key` or bearer token is
 //! `401 AUTH_FAILED` (with `WWW-Authenticate`), except on the public operations (the
-//! probes `/health`, `/livez`, `/readyz`, the dashboard's static files `/`, `/ui/*` and,
+//! probes `/health`, `/livez`, `/readyz`, the dashboard's static files `/`, `/ui/*`, `/docs` and,
 //! with `METRICS_PUBLIC`, `/metrics`). Unknown paths need credentials too, so the table
 //! cannot be probed. Authorization by role (admin-only operations) is here too; ownership
 //! of jobs is in the handlers.
@@ -180,6 +180,9 @@ pub enum Handler {
     Dashboard,
     /// `GET` and `HEAD /ui/{file}`: the dashboard's scripts, styles and icon.
     DashboardFile,
+    /// `GET` and `HEAD /docs`: the API docs page (renders `/openapi.json`; its files are
+    /// under `/ui/`).
+    Docs,
     /// `POST /admin/backup`
     Backup,
 }
@@ -274,6 +277,10 @@ pub static ROUTES: &[Route] = {
         Route { pattern: "/ui/{file}", rate_limited: true, ops: &[
             Op { method: M::GET, access: Public, body: Ignored, handler: H::DashboardFile },
             Op { method: M::HEAD, access: Public, body: Ignored, handler: H::DashboardFile },
+        ] },
+        Route { pattern: "/docs", rate_limited: true, ops: &[
+            Op { method: M::GET, access: Public, body: Ignored, handler: H::Docs },
+            Op { method: M::HEAD, access: Public, body: Ignored, handler: H::Docs },
         ] },
         Route { pattern: "/admin/backup", rate_limited: true, ops: &[
             Op { method: M::POST, access: Access::Admin("taking a backup"), body: Empty, handler: H::Backup },
@@ -639,6 +646,7 @@ async fn dispatch(
         Handler::ResumeBackend => handlers::set_draining(ctx, params, false).await,
         Handler::Dashboard => dashboard::serve(method, req.headers(), None),
         Handler::DashboardFile => dashboard::serve(method, req.headers(), Some(&params.file)),
+        Handler::Docs => dashboard::serve(method, req.headers(), Some("docs.html")),
         Handler::Backup => handlers::backup(ctx, params).await,
     }
 }

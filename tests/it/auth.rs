@@ -423,6 +423,8 @@ async fn auth_every_operation_of_the_route_table() {
         ("HEAD", "/"),
         ("GET", "/ui/{file}"),
         ("HEAD", "/ui/{file}"),
+        ("GET", "/docs"),
+        ("HEAD", "/docs"),
     ]);
     let public: Vec<(&str, &str)> = public.collect();
     let admin_only = [

@@ -23,6 +23,9 @@
 //!   headless chromium (playwright-core): sign in with a key, submit from the generated
 //!   form (file picker too), watch the job succeed with its thumbnail, download an output,
 //!   another user sees none of it; screenshots under `<target>/tmp/dashboard/`.
+//! - `docs`: the API docs page (`/docs`): its files (public, typed, ETag, CSP) and the page
+//!   in headless chromium: every operation of `/openapi.json` listed, `POST /jobs`'s request
+//!   body shown, no script error or CSP violation; screenshots under `<target>/tmp/docs/`.
 //! - `deploy`: the container image built with podman (on a debootstrapped Debian base) and
 //!   run beside the simulator container: a job through the published port, HEALTHCHECK,
 //!   non-root, the /data volume across a restart; `compose.yaml`'s shape; the systemd unit
@@ -90,6 +93,7 @@ mod campaign;
 mod crash_points;
 mod dashboard;
 mod deploy;
+mod docs;
 mod events;
 mod examples;
 mod faults;

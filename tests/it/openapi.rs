@@ -22,6 +22,7 @@ async fn openapi_document_matches_the_live_server() {
     for path in [
         "/",
         "/ui/{file}",
+        "/docs",
         "/health",
         "/capabilities",
         "/openapi.json",

@@ -570,3 +570,37 @@ fn one_route_table_without_defaults_fully_documented() {
         assert!(routed.contains(path), "{path} is documented but not routed");
     }
 }
+
+/// The dashboard and the API docs page are served from the binary only: every file of
+/// `engine/api/dashboard/` is compiled in (`include_bytes!` in `api/dashboard.rs`), and
+/// their scripts put what the server sends into the page as text, never as HTML or code
+/// (no `innerHTML`, `outerHTML`, `insertAdjacentHTML`, `document.write`, `eval`, `new
+/// Function`, string timers), so the strict CSP never has to allow inline script or `eval`.
+#[test]
+fn the_web_pages_are_embedded_and_build_no_html_from_text() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rust = std::fs::read_to_string(root.join("engine/api/dashboard.rs")).unwrap();
+    let mut n_scripts = 0;
+    for entry in std::fs::read_dir(root.join("engine/api/dashboard")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(rust.contains(&format!("include_bytes!(\"dashboard/{name}\")")), "{name} is not served");
+        if name.ends_with(".js") {
+            n_scripts += 1;
+            let text = std::fs::read_to_string(&path).unwrap();
+            for needle in [
+                "innerHTML",
+                "outerHTML",
+                "insertAdjacentHTML",
+                "document.write",
+                "eval(",
+                "Function(",
+                "setTimeout('",
+                "setTimeout(\"",
+            ] {
+                assert!(!text.contains(needle), "{name} uses {needle}");
+            }
+        }
+    }
+    assert!(n_scripts >= 2, "found the dashboard's and the docs page's scripts");
+}
