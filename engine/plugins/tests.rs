@@ -265,7 +265,8 @@ async fn the_plugin_threads_run_at_a_lower_priority() {
     }
     assert!(!plugin_threads.is_empty(), "no plugin-worker thread found");
     for nice in plugin_threads {
-        assert!(nice > own, "a plugin thread runs at nice {nice}, the caller at {own}");
+        // Lower than the caller, unless the caller already runs at the lowest (19).
+        assert!(nice > own || (own == 19 && nice == 19), "a plugin thread runs at nice {nice}, the caller at {own}");
     }
 }
 
