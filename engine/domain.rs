@@ -19,6 +19,47 @@ pub fn hash_hex(hash: &Hash) -> String {
     blake3::Hash::from_bytes(*hash).to_hex().to_string()
 }
 
+/// The links an answer carries to the gateway's own resources (a job's `pollUrl`, an
+/// output's `url`), each made from its path in this one place, so API answers and webhook
+/// bodies agree: absolute under the public URL, or (API answers without `PUBLIC_URL`)
+/// the bare path, relative to wherever the client reached the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    /// The public base URL without trailing slash; None: links are paths.
+    base: Option<String>,
+}
+
+impl Links {
+    /// Links that are paths (`/jobs/{id}`).
+    pub fn relative() -> Links {
+        Links { base: None }
+    }
+
+    /// Links absolute under `base` (`https://gw.example.com/base` + `/jobs/{id}`).
+    pub fn under(base: &str) -> Links {
+        Links { base: Some(base.trim_end_matches('/').to_string()) }
+    }
+
+    /// The link of `path` (which starts with `/`).
+    pub fn to(&self, path: &str) -> String {
+        debug_assert!(path.starts_with('/'), "{path}");
+        match &self.base {
+            Some(base) => format!("{base}{path}"),
+            None => path.to_string(),
+        }
+    }
+
+    /// `GET /jobs/{id}`: the job.
+    pub fn job(&self, id: JobId) -> String {
+        self.to(&format!("/jobs/{id}"))
+    }
+
+    /// `GET /outputs/{id}/{name}`: one output's bytes.
+    pub fn output(&self, id: JobId, name: &str) -> String {
+        self.to(&format!("/outputs/{id}/{name}"))
+    }
+}
+
 /// Where a job is in its life. `Succeeded`, `Failed` and `Canceled` are terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobState {
