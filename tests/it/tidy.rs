@@ -509,3 +509,18 @@ fn a_backup_copies_every_table() {
     b.sort_unstable();
     assert_eq!(a, b, "store/tables.rs defines, store/backup.rs copies");
 }
+
+/// Links to the gateway are made in one place, `domain::Links` (absolute under
+/// `PUBLIC_URL` when set; webhooks always absolute): outside it, no production source
+/// spells a path of a job or an output as a string, except the route table's patterns
+/// (`api/routes.rs`) and the OpenAPI document's paths (`api/openapi.rs`). So a new link in
+/// an answer cannot bypass `PUBLIC_URL`.
+#[test]
+fn links_are_made_in_one_place() {
+    let code = non_test_sources();
+    let allowed = ["engine/domain.rs", "engine/api/routes.rs", "engine/api/openapi.rs"];
+    for needle in ["\"/jobs/", "\"/outputs/", "\"/jobs?", "\"/outputs?"] {
+        let found = offenders(&code, needle, &allowed);
+        assert!(found.is_empty(), "{needle} spelled outside domain::Links: {found:?}");
+    }
+}
