@@ -966,7 +966,8 @@ mod tests {
 
     #[test]
     fn workflow_schemas_are_embedded() {
-        let doc = document(&[("w one".into(), json!({"$schema": "x", "type": "object"}))], "https://gw.example.com/base");
+        let doc =
+            document(&[("w one".into(), json!({"$schema": "x", "type": "object"}))], "https://gw.example.com/base");
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["components"]["schemas"]["WorkflowInputs.w_one"], json!({"type": "object"}));
         assert_eq!(doc["x-workflow-inputs"]["w one"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");

@@ -155,7 +155,11 @@ mod tests {
     fn body_is_the_standard_payload_with_absolute_urls_and_is_deterministic() {
         let d = delivery(WebhookEvent::Progress { node: "3".into(), percent: 50 });
         let bytes = body(&d, &d.job, &Links::under("https://gw.example.com/"));
-        assert_eq!(bytes, body(&d, &d.job.clone(), &Links::under("https://gw.example.com/")), "byte-identical every time");
+        assert_eq!(
+            bytes,
+            body(&d, &d.job.clone(), &Links::under("https://gw.example.com/")),
+            "byte-identical every time"
+        );
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "job.progress");
         assert_eq!(v["timestamp"], "2026-11-23T22:23:06.254Z");
@@ -164,7 +168,8 @@ mod tests {
         assert_eq!(v["data"]["pollUrl"], format!("https://gw.example.com/jobs/{}", d.job_id));
         assert_eq!(v["data"]["progress"], json!({ "node": "3", "percent": 50 }));
         let done: serde_json::Value =
-            serde_json::from_slice(&body(&delivery(WebhookEvent::Succeeded), &d.job, &Links::under("http://h:1"))).unwrap();
+            serde_json::from_slice(&body(&delivery(WebhookEvent::Succeeded), &d.job, &Links::under("http://h:1")))
+                .unwrap();
         assert_eq!(done["type"], "job.succeeded");
         assert!(done["data"].get("progress").is_none());
     }

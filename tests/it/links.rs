@@ -48,13 +48,16 @@ async fn route_prefixes(gw: &Gateway) -> Vec<String> {
 fn links_in(v: &Value, at: &str, prefixes: &[String], bases: &[&str], out: &mut Vec<(String, String)>) {
     match v {
         Value::String(s) => {
-            let path = prefixes.iter().any(|p| s == p || s.starts_with(&format!("{p}/")) || s.starts_with(&format!("{p}?")));
+            let path =
+                prefixes.iter().any(|p| s == p || s.starts_with(&format!("{p}/")) || s.starts_with(&format!("{p}?")));
             let url = bases.iter().any(|b| s == b || s.starts_with(&format!("{b}/")));
             if path || url {
                 out.push((at.to_string(), s.clone()));
             }
         }
-        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| links_in(x, &format!("{at}/{i}"), prefixes, bases, out)),
+        Value::Array(a) => {
+            a.iter().enumerate().for_each(|(i, x)| links_in(x, &format!("{at}/{i}"), prefixes, bases, out))
+        }
         Value::Object(m) => m.iter().for_each(|(k, x)| links_in(x, &format!("{at}/{k}"), prefixes, bases, out)),
         _ => {}
     }
@@ -100,10 +103,12 @@ async fn walk(gw: &Gateway, receiver: &Receiver, public: Option<&str>) -> (Vec<A
     let http = reqwest::Client::new();
     let base = gw.url();
     let mut answers = Vec::new();
-    let mut add = |what: &str, body: Value, has_links: bool| answers.push(Answer { what: what.into(), body, has_links });
+    let mut add =
+        |what: &str, body: Value, has_links: bool| answers.push(Answer { what: what.into(), body, has_links });
 
     // Submit (202 + Location), then the idempotent replay.
-    let body = json!({"workflowId": "icon_512", "inputs": {"prompt": "a lynx", "seed": 1}, "callbackUrl": receiver.url("/h")});
+    let body =
+        json!({"workflowId": "icon_512", "inputs": {"prompt": "a lynx", "seed": 1}, "callbackUrl": receiver.url("/h")});
     let submit = || http.post(format!("{base}/jobs")).header("idempotency-key", "links-1").json(&body);
     let (status, headers, accepted) = call(submit()).await;
     assert_eq!(status, 202, "{accepted}");
@@ -145,7 +150,11 @@ async fn walk(gw: &Gateway, receiver: &Receiver, public: Option<&str>) -> (Vec<A
         assert_eq!(err["error"]["details"][0]["path"], "include", "{err}");
     }
     let (_, _, after) = call(http.get(format!("{base}/jobs?limit=100"))).await;
-    assert_eq!(before["jobs"].as_array().unwrap().len(), after["jobs"].as_array().unwrap().len(), "a refused submit made no job");
+    assert_eq!(
+        before["jobs"].as_array().unwrap().len(),
+        after["jobs"].as_array().unwrap().len(),
+        "a refused submit made no job"
+    );
     let fresh = json!({"workflowId": "icon_512", "inputs": {"prompt": "a marten", "seed": 4}});
     let (status, _, pending) = call(http.post(format!("{base}/jobs?include=base64")).json(&fresh)).await;
     assert_eq!(status, 202, "{pending}");
@@ -313,6 +322,7 @@ async fn a_flood_of_waiting_inline_submits_is_capped_and_a_neighbour_is_served()
     eprintln!("?wait&include=base64 flood: {counts:?}");
     assert_eq!(counts.get(&429), Some(&(ATTACKERS - WAITS)), "{counts:?}");
     // A refused submit made no job: alice has exactly the jobs of her admitted waits.
-    let (_, _, list) = call(reqwest::Client::new().get(format!("{}/jobs?limit=100", gw.url())).header("x-api-key", ALICE)).await;
+    let (_, _, list) =
+        call(reqwest::Client::new().get(format!("{}/jobs?limit=100", gw.url())).header("x-api-key", ALICE)).await;
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(WAITS), "{list}");
 }
