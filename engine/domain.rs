@@ -685,3 +685,22 @@ pub struct AuditEntry {
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Links;
+
+    #[test]
+    fn links_are_paths_or_absolute_under_the_base_with_its_path() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(Links::relative().job(id), format!("/jobs/{id}"));
+        assert_eq!(Links::relative().output(id, "a.png"), format!("/outputs/{id}/a.png"));
+        // A trailing slash or none, the same links; a base path is kept.
+        for base in ["https://gw.example.com/base", "https://gw.example.com/base/"] {
+            let links = Links::under(base);
+            assert_eq!(links.job(id), format!("https://gw.example.com/base/jobs/{id}"));
+            assert_eq!(links.output(id, "a.png"), format!("https://gw.example.com/base/outputs/{id}/a.png"));
+        }
+        assert_eq!(Links::under("http://h:1").to("/jobs"), "http://h:1/jobs");
+    }
+}
