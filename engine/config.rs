@@ -268,7 +268,9 @@ pub struct ServeArgs {
     /// Webhook attempts in flight for one owner's jobs at most, within `WEBHOOK_CONCURRENCY`.
     #[arg(long, env, default_value_t = crate::webhooks::DEFAULT_OWNER_CONCURRENCY, help_heading = WEBHOOKS)]
     pub webhook_owner_concurrency: usize,
-    /// The gateway's public base URL, for absolute output URLs in webhooks
+    /// The gateway's public base URL. Set, every link in API answers (`pollUrl`, output
+    /// `url`s, `Location`) is absolute under it, and the OpenAPI document's `servers` names
+    /// it; unset, those links are paths. Webhook links are always absolute, under it
     /// (default: `http://HOST:PORT`).
     #[arg(long, env, help_heading = SERVER)]
     pub public_url: Option<String>,
@@ -503,6 +505,8 @@ pub struct Config {
     pub webhooks: Arc<crate::webhooks::Settings>,
     /// The gateway's public base URL without trailing slash (absolute URLs in webhooks).
     pub public_url: String,
+    /// `PUBLIC_URL` was set: API answers carry links absolute under it (else paths).
+    pub public_url_set: bool,
     /// Where blob bytes are kept (`STORAGE_PROVIDER`, `S3_*`).
     pub storage: crate::storage::Provider,
 }
@@ -558,6 +562,22 @@ impl Config {
             self.public_url = default_public_url(self.host, port);
         }
         self.port = port;
+    }
+
+    /// The links of API answers: absolute under `PUBLIC_URL` when it is set, else paths
+    /// (as before `PUBLIC_URL` applied to them).
+    pub fn links(&self) -> crate::domain::Links {
+        if self.public_url_set {
+            crate::domain::Links::under(&self.public_url)
+        } else {
+            crate::domain::Links::relative()
+        }
+    }
+
+    /// The links of webhook bodies: always absolute, under the public URL (`PUBLIC_URL`, or
+    /// `http://HOST:PORT`), since a receiver has no request to be relative to.
+    pub fn webhook_links(&self) -> crate::domain::Links {
+        crate::domain::Links::under(&self.public_url)
     }
 
     /// Validate parsed arguments into a configuration.
@@ -713,6 +733,7 @@ impl Config {
             metrics_public: args.metrics_public.unwrap_or(!auth.enabled()),
             webhooks: Arc::new(webhooks),
             public_url,
+            public_url_set: args.public_url.is_some(),
             auth: Arc::new(auth),
             storage,
         })
@@ -1541,6 +1562,12 @@ mod tests {
         let mut c = parse(&["--port", "0", "--public-url", "https://gw.example.com"]).unwrap();
         c.bound_to(41234);
         assert_eq!(c.public_url, "https://gw.example.com", "an explicit PUBLIC_URL stays");
+        let id = uuid::Uuid::nil();
+        assert_eq!(c.links().job(id), format!("https://gw.example.com/jobs/{id}"));
+        let mut c = parse(&["--port", "0"]).unwrap();
+        c.bound_to(41234);
+        assert_eq!(c.links().output(id, "a.png"), format!("/outputs/{id}/a.png"), "API links stay paths");
+        assert_eq!(c.webhook_links().job(id), format!("http://127.0.0.1:41234/jobs/{id}"), "webhooks: absolute");
     }
 
     #[test]

@@ -19,6 +19,47 @@ pub fn hash_hex(hash: &Hash) -> String {
     blake3::Hash::from_bytes(*hash).to_hex().to_string()
 }
 
+/// The links an answer carries to the gateway's own resources (a job's `pollUrl`, an
+/// output's `url`), each made from its path in this one place, so API answers and webhook
+/// bodies agree: absolute under the public URL, or (API answers without `PUBLIC_URL`)
+/// the bare path, relative to wherever the client reached the gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Links {
+    /// The public base URL without trailing slash; None: links are paths.
+    base: Option<String>,
+}
+
+impl Links {
+    /// Links that are paths (`/jobs/{id}`).
+    pub fn relative() -> Links {
+        Links { base: None }
+    }
+
+    /// Links absolute under `base` (`https://gw.example.com/base` + `/jobs/{id}`).
+    pub fn under(base: &str) -> Links {
+        Links { base: Some(base.trim_end_matches('/').to_string()) }
+    }
+
+    /// The link of `path` (which starts with `/`).
+    pub fn to(&self, path: &str) -> String {
+        debug_assert!(path.starts_with('/'), "{path}");
+        match &self.base {
+            Some(base) => format!("{base}{path}"),
+            None => path.to_string(),
+        }
+    }
+
+    /// `GET /jobs/{id}`: the job.
+    pub fn job(&self, id: JobId) -> String {
+        self.to(&format!("/jobs/{id}"))
+    }
+
+    /// `GET /outputs/{id}/{name}`: one output's bytes.
+    pub fn output(&self, id: JobId, name: &str) -> String {
+        self.to(&format!("/outputs/{id}/{name}"))
+    }
+}
+
 /// Where a job is in its life. `Succeeded`, `Failed` and `Canceled` are terminal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum JobState {
@@ -647,4 +688,23 @@ pub struct AuditEntry {
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Links;
+
+    #[test]
+    fn links_are_paths_or_absolute_under_the_base_with_its_path() {
+        let id = uuid::Uuid::nil();
+        assert_eq!(Links::relative().job(id), format!("/jobs/{id}"));
+        assert_eq!(Links::relative().output(id, "a.png"), format!("/outputs/{id}/a.png"));
+        // A trailing slash or none, the same links; a base path is kept.
+        for base in ["https://gw.example.com/base", "https://gw.example.com/base/"] {
+            let links = Links::under(base);
+            assert_eq!(links.job(id), format!("https://gw.example.com/base/jobs/{id}"));
+            assert_eq!(links.output(id, "a.png"), format!("https://gw.example.com/base/outputs/{id}/a.png"));
+        }
+        assert_eq!(Links::under("http://h:1").to("/jobs"), "http://h:1/jobs");
+    }
 }

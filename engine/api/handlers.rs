@@ -490,7 +490,13 @@ pub fn openapi(ctx: &Ctx) -> Result<Resp> {
         let (_, schema) = ctx.gateway.workflow(&w.id)?;
         workflows.push((w.id, schema));
     }
-    Ok(reply::json(StatusCode::OK, &super::openapi::document(&workflows)))
+    // `servers`: PUBLIC_URL when set. Else `/`, which OpenAPI resolves against where the
+    // document was fetched: right behind any proxy, where an absolute URL built from the
+    // request's Host would guess the scheme and could name an internal host; generators
+    // (openapi-python-client, openapi-typescript) take the base URL from their user anyway.
+    let config = &ctx.gateway.config;
+    let server_url = if config.public_url_set { config.public_url.as_str() } else { "/" };
+    Ok(reply::json(StatusCode::OK, &super::openapi::document(&workflows, server_url)))
 }
 
 fn workflow_summary(w: &WorkflowRecord) -> Value {
@@ -861,11 +867,16 @@ pub fn job_fields(
 /// or `multipart/form-data` with the JSON in a part named `request` (or `json`) and image
 /// inputs as file parts named after the input (or `inputs.<name>`). With
 /// `?wait=SECONDS`: 200 with the finished job if it ends within that time, else the 202.
+/// With `?include=base64`, a 200 (the finished job: under `?wait=`, or from the result
+/// cache) inlines small outputs as `GET /jobs/{id}?include=base64` does; a 202 has none.
 ///
 /// A client at its `MAX_JOBS_PER_CLIENT` of queued + running jobs gets 429, and so does a
-/// `?wait=` submit beyond `MAX_SYNC_WAITS_PER_CLIENT` or `MAX_SYNC_WAITS`.
+/// `?wait=` submit beyond `MAX_SYNC_WAITS_PER_CLIENT` or `MAX_SYNC_WAITS`. The inlining
+/// happens while the wait is still held (so it counts against those caps), within the
+/// inline limits (`download::INLINE_BYTES_MAX` each, `INLINE_TOTAL_BYTES_MAX` in all).
 pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Incoming>) -> Result<Resp> {
     let wait = parse_wait(ctx, p)?;
+    let inline = parse_include(p)?;
     // A waiting submit holds its connection: capped per client key and in total.
     let _waiting = match wait {
         Some(_) => Some(ctx.limits.sync_waits.hold(&client.key)?),
@@ -911,14 +922,26 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
         Submitted::Cached(_) => (false, StatusCode::OK),
         Submitted::Replayed { status, .. } => (true, StatusCode::from_u16(*status).unwrap_or(StatusCode::ACCEPTED)),
     };
-    let mut resp = if first_status == StatusCode::OK || job.state.is_terminal() && wait.is_some() {
-        reply::json(StatusCode::OK, &reply::job_json(job, None))
+    let links = ctx.gateway.config.links();
+    let waited;
+    let finished = if first_status == StatusCode::OK || job.state.is_terminal() && wait.is_some() {
+        Some(job)
     } else if let (Some(wait), Some(rx)) = (wait, rx.as_mut())
         && let Some(done) = wait_terminal(ctx, job.id, rx, wait).await?
     {
-        reply::json(StatusCode::OK, &reply::job_json(&done, None))
+        waited = done;
+        Some(&waited)
     } else {
-        let poll_url = format!("/jobs/{}", job.id);
+        None
+    };
+    let mut resp = if let Some(done) = finished {
+        let mut body = reply::job_json(done, None, &links);
+        if inline {
+            download::inline_outputs(&ctx.gateway, done, &mut body).await?;
+        }
+        reply::json(StatusCode::OK, &body)
+    } else {
+        let poll_url = links.job(job.id);
         let mut resp = reply::json(
             StatusCode::ACCEPTED,
             &json!({ "jobId": job.id, "status": job.state.as_str(), "pollUrl": poll_url }),
@@ -932,6 +955,15 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// `?include=`: `base64` (inline small outputs) or absent; anything else is a 400.
+fn parse_include(p: &Params) -> Result<bool> {
+    match p.query("include") {
+        None => Ok(false),
+        Some("base64") => Ok(true),
+        Some(_) => Err(Error::validation("include", "the only value is base64")),
+    }
 }
 
 /// The job once it is terminal, woken by the scheduler's notifications (no polling);
@@ -965,12 +997,10 @@ async fn wait_terminal(
 pub async fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
     let live = ctx.gateway.live_status(job.id, job.queue_key);
-    let mut body = reply::job_json(&job, Some(&live));
+    let mut body = reply::job_json(&job, Some(&live), &ctx.gateway.config.links());
     body["etaSeconds"] = json!(ctx.gateway.eta_seconds(&job, &live));
-    match p.query("include") {
-        None => {}
-        Some("base64") => download::inline_outputs(&ctx.gateway, &job, &mut body).await?,
-        Some(_) => return Err(Error::validation("include", "the only value is base64")),
+    if parse_include(p)? {
+        download::inline_outputs(&ctx.gateway, &job, &mut body).await?;
     }
     Ok(reply::json(StatusCode::OK, &body))
 }
@@ -1137,11 +1167,12 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let mut jobs = page.jobs;
     let mut next = page_asked.cut(&mut jobs, |j| (j.created_ms, j.id)).or(page.resume);
     // The JSON is built job by job and stops past the byte budget (one job always fits).
+    let links = ctx.gateway.config.links();
     let mut body = b"{\"jobs\":[".to_vec();
     let mut listed: Option<(u64, JobId)> = None;
     for j in jobs {
         let position = (j.created_ms, j.id);
-        let item = serde_json::to_vec(&reply::job_json(&ctx.gateway.reveal(j)?, None))
+        let item = serde_json::to_vec(&reply::job_json(&ctx.gateway.reveal(j)?, None, &links))
             .map_err(|e| Error::internal(format!("encoding a job: {e}")))?;
         if let Some(last) = listed
             && body.len() + item.len() > bytes_max
@@ -1200,7 +1231,7 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
 pub async fn cancel_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let id = visible_job(ctx, p)?.id;
     let job = ctx.gateway.cancel(id, &actor(p)).await?;
-    Ok(reply::json(StatusCode::OK, &reply::job_json(&job, None)))
+    Ok(reply::json(StatusCode::OK, &reply::job_json(&job, None, &ctx.gateway.config.links())))
 }
 
 /// The JSON of one webhook delivery.
@@ -1244,7 +1275,8 @@ pub async fn redeliver_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
 /// `GET /outputs/{id}`.
 pub fn list_outputs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
-    let outputs: Vec<Value> = job.outputs.iter().map(|o| reply::output_json(&job, o)).collect();
+    let links = ctx.gateway.config.links();
+    let outputs: Vec<Value> = job.outputs.iter().map(|o| reply::output_json(&job, o, &links)).collect();
     Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "outputs": outputs })))
 }
 

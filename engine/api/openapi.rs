@@ -96,8 +96,14 @@ fn headers() -> Value {
     })
 }
 
-/// The document, for the given registered workflows `(id, input schema)`.
-pub fn document(workflows: &[(String, Value)]) -> Value {
+/// What the document says of every link field: where it points.
+const LINK: &str = "A link to this gateway: absolute under PUBLIC_URL when the gateway has one set (the URL of `servers`), \
+    else a path from the gateway's root";
+
+/// The document, for the given registered workflows `(id, input schema)`. `server_url` is
+/// its one `servers` entry: `PUBLIC_URL` when set, else `/` (the document's own origin;
+/// see `handlers::openapi`).
+pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
     let ids: Vec<&str> = workflows.iter().map(|(id, _)| id.as_str()).collect();
     let mut schemas: Map<String, Value> = components();
     let mut inputs_by_workflow = Map::new();
@@ -117,6 +123,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
     let read = |ok: Value| with_errors(ok, &[("404", "No such job, or another owner's")]);
     let mut doc = json!({
         "openapi": "3.1.0",
+        "servers": [{"url": server_url, "description": "PUBLIC_URL when set; else `/`: the origin this document was fetched from"}],
         "info": {
             "title": "comfyui-gateway",
             "version": env!("CARGO_PKG_VERSION"),
@@ -292,6 +299,9 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "parameters": [{"name": "wait", "in": "query", "required": false,
                         "description": "Seconds to wait for the job to finish (sync mode)",
                         "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 300}},
+                        {"name": "include", "in": "query", "required": false,
+                        "description": "`base64`: a 200 (the finished job, under ?wait or from the result cache) inlines small outputs as GET /jobs/{jobId}?include=base64 does (within the same size limits; under ?wait still counted against MAX_SYNC_WAITS_PER_CLIENT and MAX_SYNC_WAITS); a 202 has nothing to inline",
+                        "schema": {"type": "string", "enum": ["base64"]}},
                         {"name": "Idempotency-Key", "in": "header", "required": false,
                         "description": "The same key with the same body (per owner, for IDEMPOTENCY_TTL_SECONDS) answers with the first job; with another body, 422 IDEMPOTENCY_CONFLICT. Replays carry `Idempotent-Replayed: true`. `metadata.requestId` is used when the header is absent.",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}}],
@@ -306,8 +316,8 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     }},
                     "responses": with_errors(json!({
                         "200": json_response("Answered from the result cache (cached: true), or finished within ?wait", schema_ref("Job")),
-                        "202": json_response("Accepted: committed, queued (or already running when a backend was free)", schema_ref("JobAccepted"))
-                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE), or the workflow's plugin had no free call slot within PLUGIN_QUEUE_WAIT_MS (PLUGIN_BUSY, with Retry-After)"), ("507", "The database's disk is below DISK_FREE_MIN_BYTES (STORAGE_FULL), or the caller keeps STORAGE_QUOTA_BYTES_PER_OWNER bytes or more (QUOTA_EXCEEDED); retry after Retry-After seconds")])
+                        "202": json_response("Accepted: committed, queued (or already running when a backend was free); Location is its pollUrl", schema_ref("JobAccepted"))
+                    }), &[("400", "Invalid request or inputs (details name each field), or a callbackUrl that is not allowed (CALLBACK_NOT_ALLOWED)"), ("404", "No such workflow"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("422", "Idempotency-Key reused with another body (IDEMPOTENCY_CONFLICT), or the workflow's plugin refused or failed (PLUGIN_FAILED, PLUGIN_LIMIT_EXCEEDED; details.kind, details.pluginCode, details.field)"), ("503", "An image input could not be stored, or (?include=base64) an output read: the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE), or the workflow's plugin had no free call slot within PLUGIN_QUEUE_WAIT_MS (PLUGIN_BUSY, with Retry-After)"), ("507", "The database's disk is below DISK_FREE_MIN_BYTES (STORAGE_FULL), or the caller keeps STORAGE_QUOTA_BYTES_PER_OWNER bytes or more (QUOTA_EXCEEDED); retry after Retry-After seconds")])
                 }
             },
             "/jobs/{jobId}/logs": {
@@ -552,7 +562,7 @@ fn webhooks() -> Value {
                 "properties": {
                     "type": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]},
                     "timestamp": {"type": "string", "format": "date-time", "description": "When the event happened"},
-                    "data": {"allOf": [schema_ref("Job")], "description": "The job; output URLs absolute under PUBLIC_URL; \
+                    "data": {"allOf": [schema_ref("Job")], "description": "The job; its links (pollUrl, output urls) always absolute, under PUBLIC_URL (default http://HOST:PORT); \
                         job.progress adds progress: {node, percent}"}
                 }
             }}}},
@@ -647,7 +657,7 @@ fn components() -> Map<String, Value> {
             "properties": {
                 "jobId": {"type": "string", "format": "uuid"},
                 "status": {"$ref": "#/components/schemas/JobStatus"},
-                "pollUrl": {"type": "string"}
+                "pollUrl": {"type": "string", "description": LINK}
             }
         },
         "Output": {
@@ -658,7 +668,7 @@ fn components() -> Map<String, Value> {
                 "mediaType": {"type": "string"},
                 "size": {"type": "integer", "minimum": 0},
                 "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                "url": {"type": "string"},
+                "url": {"type": "string", "description": LINK},
                 "inlined": {"type": "boolean"},
                 "base64": {"type": "string"}
             }
@@ -699,7 +709,7 @@ fn components() -> Map<String, Value> {
                 "startedAt": {"type": ["string", "null"], "format": "date-time"},
                 "finishedAt": {"type": ["string", "null"], "format": "date-time"},
                 "updatedAt": {"type": "string", "format": "date-time"},
-                "pollUrl": {"type": "string"},
+                "pollUrl": {"type": "string", "description": LINK},
                 "metadata": {},
                 "callbackUrl": {"type": "string"},
                 "error": {"$ref": "#/components/schemas/JobError"},
@@ -924,7 +934,7 @@ mod tests {
 
     #[test]
     fn rate_limited_answers_are_documented_except_on_health() {
-        let doc = document(&[]);
+        let doc = document(&[], "/");
         for (path, method) in [("/jobs", "post"), ("/jobs", "get"), ("/capabilities", "get"), ("/openapi.json", "get")]
         {
             let r = &doc["paths"][path][method]["responses"];
@@ -956,7 +966,7 @@ mod tests {
 
     #[test]
     fn webhook_messages_are_described() {
-        let doc = document(&[]);
+        let doc = document(&[], "/");
         let post = &doc["webhooks"]["jobEvent"]["post"];
         let body = &post["requestBody"]["content"]["application/json"]["schema"];
         assert_eq!(body["properties"]["data"]["allOf"][0]["$ref"], "#/components/schemas/Job");
@@ -965,9 +975,11 @@ mod tests {
 
     #[test]
     fn workflow_schemas_are_embedded() {
-        let doc = document(&[("w one".into(), json!({"$schema": "x", "type": "object"}))]);
+        let doc =
+            document(&[("w one".into(), json!({"$schema": "x", "type": "object"}))], "https://gw.example.com/base");
         assert_eq!(doc["openapi"], "3.1.0");
         assert_eq!(doc["components"]["schemas"]["WorkflowInputs.w_one"], json!({"type": "object"}));
         assert_eq!(doc["x-workflow-inputs"]["w one"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
+        assert_eq!(doc["servers"][0]["url"], "https://gw.example.com/base");
     }
 }

@@ -10,7 +10,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use serde_json::{Value, json};
 
-use crate::domain::{Job, JobEvent, JobEventKind, OutputRef, hash_hex};
+use crate::domain::{Job, JobEvent, JobEventKind, Links, OutputRef, hash_hex};
 use crate::error::{Error, ErrorCode};
 use crate::scheduler::LiveStatus;
 
@@ -208,15 +208,15 @@ pub fn redact(v: &mut Value, texts: &[String]) {
     }
 }
 
-/// The JSON of one output.
-pub fn output_json(job: &Job, o: &OutputRef) -> Value {
+/// The JSON of one output; its `url` made by `links`.
+pub fn output_json(job: &Job, o: &OutputRef, links: &Links) -> Value {
     json!({
         "name": o.name,
         "nodeId": o.node_id,
         "mediaType": o.media_type,
         "size": o.size_bytes,
         "hash": hash_hex(&o.hash),
-        "url": format!("/outputs/{}/{}", job.id, o.name),
+        "url": links.output(job.id, &o.name),
     })
 }
 
@@ -224,8 +224,9 @@ fn parse_json(s: &str) -> Value {
     serde_json::from_str(s).unwrap_or(Value::Null)
 }
 
-/// The JSON of a job, with live queue position and progress when known.
-pub fn job_json(job: &Job, live: Option<&LiveStatus>) -> Value {
+/// The JSON of a job, with live queue position and progress when known; its `pollUrl`
+/// and output `url`s made by `links`.
+pub fn job_json(job: &Job, live: Option<&LiveStatus>, links: &Links) -> Value {
     let mut v = json!({
         "jobId": job.id,
         "workflowId": job.workflow_id,
@@ -238,12 +239,12 @@ pub fn job_json(job: &Job, live: Option<&LiveStatus>) -> Value {
         "cached": job.cached,
         "inputs": parse_json(&job.inputs_json),
         "seed": job.seed,
-        "outputs": job.outputs.iter().map(|o| output_json(job, o)).collect::<Vec<_>>(),
+        "outputs": job.outputs.iter().map(|o| output_json(job, o, links)).collect::<Vec<_>>(),
         "createdAt": rfc3339(job.created_ms),
         "startedAt": job.started_ms.map(rfc3339),
         "finishedAt": job.finished_ms.map(rfc3339),
         "updatedAt": rfc3339(job.updated_ms),
-        "pollUrl": format!("/jobs/{}", job.id),
+        "pollUrl": links.job(job.id),
     });
     if let Some(m) = &job.metadata_json {
         v["metadata"] = parse_json(m);

@@ -184,12 +184,13 @@ impl Follow {
                 JobEventKind::Succeeded { .. } | JobEventKind::Failed { .. } | JobEventKind::Canceled { .. }
             ) {
                 let j = self.gateway.job(self.id)?;
-                let mut body = reply::job_json(&j, None);
+                let links = self.gateway.config.links();
+                let mut body = reply::job_json(&j, None, &links);
                 if matches!(event.kind, JobEventKind::Succeeded { .. }) {
                     let seen = self.outputs_seen.filter(|(at, _)| *at == seq).map_or(0, |(_, n)| n);
                     for (k, o) in j.outputs.iter().enumerate().skip(seen) {
                         let id = format!("{seq}.{k}");
-                        self.out.push_back(encode_as(&id, "output", &reply::output_json(&j, o)));
+                        self.out.push_back(encode_as(&id, "output", &reply::output_json(&j, o, &links)));
                     }
                 }
                 if privacy {

@@ -12,26 +12,15 @@ use super::policy::check_destination;
 use super::schedule::{Outcome, parse_retry_after};
 use super::sign::{standard_signature, x_signature};
 use crate::api::reply::{job_json, rfc3339};
-use crate::domain::{Delivery, Job, WebhookEvent, now_ms};
+use crate::domain::{Delivery, Job, Links, WebhookEvent, now_ms};
 use crate::ssrf::pinned_client;
 
 /// The Standard Webhooks payload of a delivery: `{type, timestamp, data}`, where `data` is
 /// the job as the API shows it (`job`: the delivery's snapshot with sealed fields opened)
-/// with absolute output URLs under `public_url`, plus `progress: {node, percent}` for
+/// with its links made by `links` (absolute: `Config::webhook_links`), plus `progress: {node, percent}` for
 /// `job.progress`. `timestamp` is when the event happened, not when it is sent.
-pub fn body(delivery: &Delivery, job: &Job, public_url: &str) -> Vec<u8> {
-    let base = public_url.trim_end_matches('/');
-    let mut data = job_json(job, None);
-    if let Some(outputs) = data["outputs"].as_array_mut() {
-        for o in outputs {
-            if let Some(path) = o["url"].as_str() {
-                o["url"] = json!(format!("{base}{path}"));
-            }
-        }
-    }
-    if let Some(path) = data["pollUrl"].as_str() {
-        data["pollUrl"] = json!(format!("{base}{path}"));
-    }
+pub fn body(delivery: &Delivery, job: &Job, links: &Links) -> Vec<u8> {
+    let mut data = job_json(job, None, links);
     if let WebhookEvent::Progress { node, percent } = &delivery.event {
         data["progress"] = json!({ "node": node, "percent": percent });
     }
@@ -165,8 +154,12 @@ mod tests {
     #[test]
     fn body_is_the_standard_payload_with_absolute_urls_and_is_deterministic() {
         let d = delivery(WebhookEvent::Progress { node: "3".into(), percent: 50 });
-        let bytes = body(&d, &d.job, "https://gw.example.com/");
-        assert_eq!(bytes, body(&d, &d.job.clone(), "https://gw.example.com/"), "byte-identical every time");
+        let bytes = body(&d, &d.job, &Links::under("https://gw.example.com/"));
+        assert_eq!(
+            bytes,
+            body(&d, &d.job.clone(), &Links::under("https://gw.example.com/")),
+            "byte-identical every time"
+        );
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(v["type"], "job.progress");
         assert_eq!(v["timestamp"], "2026-11-23T22:23:06.254Z");
@@ -175,7 +168,8 @@ mod tests {
         assert_eq!(v["data"]["pollUrl"], format!("https://gw.example.com/jobs/{}", d.job_id));
         assert_eq!(v["data"]["progress"], json!({ "node": "3", "percent": 50 }));
         let done: serde_json::Value =
-            serde_json::from_slice(&body(&delivery(WebhookEvent::Succeeded), &d.job, "http://h:1")).unwrap();
+            serde_json::from_slice(&body(&delivery(WebhookEvent::Succeeded), &d.job, &Links::under("http://h:1")))
+                .unwrap();
         assert_eq!(done["type"], "job.succeeded");
         assert!(done["data"].get("progress").is_none());
     }

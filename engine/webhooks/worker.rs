@@ -250,7 +250,7 @@ async fn deliver(gateway: &Gateway, delivery: Delivery) {
         },
         Ok(None) => match gateway.reveal(delivery.job.clone()) {
             Ok(job) => {
-                let body = send::body(&delivery, &job, &gateway.config.public_url);
+                let body = send::body(&delivery, &job, &gateway.config.webhook_links());
                 let at_ms = now_ms();
                 let sent = send::attempt(settings, &delivery.url, &delivery.id, &body).await;
                 let jitter = rand::rng().random_range(JITTER);

@@ -136,7 +136,10 @@ async fn the_dashboard_in_a_headless_browser() {
     // Slow nodes, so that the job is seen running and its progress comes over the stream.
     let sim = Sim::start(dir.path(), 150).await;
     let keys = format!("{ADMIN_KEY}:admin,{USER_KEY}:user,{OTHER_KEY}:user");
-    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys), ("JWT_SECRET", JWT_SECRET)]).await;
+    // A PUBLIC_URL of another origin (the page is opened at the gateway's own address): the
+    // page follows its outputs by path, not by the absolute links the API then sends.
+    let env = [("API_KEYS", keys.as_str()), ("JWT_SECRET", JWT_SECRET), ("PUBLIC_URL", "https://gw.example.com/base")];
+    let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
     let client = reqwest::Client::new();
     let invert = json!({
         "id": "invert",

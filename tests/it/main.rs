@@ -69,6 +69,9 @@
 //! - `limits`: rate limits per key and IP with RateLimit headers, trusted proxies, CORS,
 //!   per-client job cap, chunked body cap, header read timeout, JSON depth, query
 //!   parameter cap, path traversal.
+//! - `links`: with `PUBLIC_URL` set every link of every answer of a job's life is absolute
+//!   under it (a walker over every string), without it paths as before; the document's
+//!   `servers`; `POST /jobs?wait=&include=base64` with the bytes, and its flood capped.
 //! - `metrics`: `GET /metrics` checked by promtool and by value; JSON logs with
 //!   correlation and job ids.
 //! - `s3`: `STORAGE_PROVIDER=s3` against a real S3 server (s3s-fs): objects by hash,
@@ -102,6 +105,7 @@ mod import;
 mod inputs;
 mod jobs;
 mod limits;
+mod links;
 mod metrics;
 mod openapi;
 mod operator;

@@ -545,7 +545,7 @@ fn one_route_table_without_defaults_fully_documented() {
     let shape = |path: &str| -> String {
         path.split('/').map(|s| if s.starts_with('{') { "{}" } else { s }).collect::<Vec<_>>().join("/")
     };
-    let doc = comfyui_gateway::api::openapi::document(&[]);
+    let doc = comfyui_gateway::api::openapi::document(&[], "/");
     let paths = doc["paths"].as_object().expect("the document has paths");
     let documented: std::collections::BTreeMap<String, &serde_json::Value> =
         paths.iter().map(|(p, v)| (shape(p), v)).collect();
@@ -603,4 +603,19 @@ fn the_web_pages_are_embedded_and_build_no_html_from_text() {
         }
     }
     assert!(n_scripts >= 2, "found the dashboard's and the docs page's scripts");
+}
+
+/// Links to the gateway are made in one place, `domain::Links` (absolute under
+/// `PUBLIC_URL` when set; webhooks always absolute): outside it, no production source
+/// spells a path of a job or an output as a string, except the route table's patterns
+/// (`api/routes.rs`) and the OpenAPI document's paths (`api/openapi.rs`). So a new link in
+/// an answer cannot bypass `PUBLIC_URL`.
+#[test]
+fn links_are_made_in_one_place() {
+    let code = non_test_sources();
+    let allowed = ["engine/domain.rs", "engine/api/routes.rs", "engine/api/openapi.rs"];
+    for needle in ["\"/jobs/", "\"/outputs/", "\"/jobs?", "\"/outputs?"] {
+        let found = offenders(&code, needle, &allowed);
+        assert!(found.is_empty(), "{needle} spelled outside domain::Links: {found:?}");
+    }
 }

@@ -437,15 +437,26 @@ async function jobsPage(here) {
   await here.every(POLL_MS, refresh);
 }
 
-function outputTile(o) {
+/**
+ * An output's path on this page's origin, made from the job id and the output's name:
+ * with PUBLIC_URL set the gateway sends absolute links, which name another origin (and
+ * perhaps a proxy's path prefix) when the page was opened by another address, and the
+ * CSP allows this origin only.
+ */
+function outputPath(jobId, o) {
+  return `/outputs/${encodeURIComponent(jobId)}/${encodeURIComponent(o.name)}`;
+}
+
+function outputTile(jobId, o) {
+  const url = outputPath(jobId, o);
   const img = h('img', { alt: o.name, loading: 'lazy' });
   const isImage = /^image\//.test(o.mediaType);
-  if (isImage) outputBlob(o.url).then((u) => { img.src = u; }, () => { img.alt = `${o.name} (could not load)`; });
+  if (isImage) outputBlob(url).then((u) => { img.src = u; }, () => { img.alt = `${o.name} (could not load)`; });
   return h('figure', { class: 'thumb', dataset: { output: o.name } },
     isImage ? img : h('div', { class: 'empty' }, o.mediaType),
     h('figcaption', { class: 'cap' },
       h('span', { title: `${o.name} · ${o.mediaType} · BLAKE3 ${o.hash}` }, `${o.name} · ${bytes(o.size)}`),
-      h('button', { class: 'link download', type: 'button', onclick: () => download(o.url, o.name) }, 'Download')));
+      h('button', { class: 'link download', type: 'button', onclick: () => download(url, o.name) }, 'Download')));
 }
 
 function eventText(d) {
@@ -494,7 +505,7 @@ async function jobPage(here, id) {
     if (job.status === 'running' || job.status === 'queued') {
       if (!bar.firstChild) bar.replaceChildren(progressBar(job.progress ? job.progress.percent : 0, true));
     } else bar.replaceChildren();
-    outputs.replaceChildren(...(job.outputs.length ? job.outputs.map(outputTile) : [h('div', { class: 'empty' }, TERMINAL.has(job.status) ? 'No outputs.' : 'Outputs appear here when the job succeeds.')]));
+    outputs.replaceChildren(...(job.outputs.length ? job.outputs.map((o) => outputTile(job.jobId, o)) : [h('div', { class: 'empty' }, TERMINAL.has(job.status) ? 'No outputs.' : 'Outputs appear here when the job succeeds.')]));
     inputs.textContent = JSON.stringify(job.inputs, null, 2);
   }
   render();
