@@ -185,6 +185,8 @@ try {
     await page.goto(`${base}/#/jobs/${seen.failedJob}`);
     await page.waitForSelector('#job-status [data-status="failed"]');
     await page.waitForSelector('.alert');
+    // The event log fills from the event stream, which may lag the status: wait for its row.
+    await page.waitForSelector('#events tr[data-type="failed"]');
     seen.failedAlert = await page.textContent('.alert');
     seen.failedEvents = await page.$$eval('#events tr[data-type]', (rows) => rows.map((r) => r.dataset.type));
     step('failed job shows its error');
