@@ -29,8 +29,13 @@ struct Asset {
     body: &'static [u8],
 }
 
-const ASSETS: [Asset; 7] = [
+const ASSETS: [Asset; 8] = [
     Asset { name: "index.html", media_type: "text/html; charset=utf-8", body: include_bytes!("dashboard/index.html") },
+    Asset {
+        name: "common.js",
+        media_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("dashboard/common.js"),
+    },
     Asset { name: "app.js", media_type: "text/javascript; charset=utf-8", body: include_bytes!("dashboard/app.js") },
     Asset { name: "style.css", media_type: "text/css; charset=utf-8", body: include_bytes!("dashboard/style.css") },
     Asset { name: "favicon.svg", media_type: "image/svg+xml", body: include_bytes!("dashboard/favicon.svg") },
@@ -121,7 +126,8 @@ mod tests {
             assert_eq!(err.code, ErrorCode::NotFound, "{bad}");
         }
         let head = serve(&Method::HEAD, &HeaderMap::new(), Some("app.js")).unwrap();
-        assert_eq!(head.headers()[header::CONTENT_LENGTH], ASSETS[1].body.len().to_string().as_str());
+        let app = ASSETS.iter().find(|a| a.name == "app.js").unwrap();
+        assert_eq!(head.headers()[header::CONTENT_LENGTH], app.body.len().to_string().as_str());
     }
 
     #[test]

@@ -6,29 +6,14 @@
 // picker), IMPORT_FILE (an API-format export from ComfyUI), SHOT_DIR (screenshots),
 // CHROMIUM (default /usr/bin/chromium). With SCENARIO=presigned (S3 storage, downloads
 // redirected to presigned URLs): only USER_KEY's job JOB_ID, its thumbnail and download.
-import { chromium } from 'playwright-core';
+import { check, env, launch, TIMEOUT } from './common.mjs';
 import { mkdirSync } from 'node:fs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const base = env('GATEWAY_URL');
 const shots = env('SHOT_DIR');
 mkdirSync(shots, { recursive: true });
-const TIMEOUT = 60_000;
 
-function check(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const seen = { steps: [] };
 let page;
 // Script errors and Content-Security-Policy violations fail the test.

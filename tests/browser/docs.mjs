@@ -5,30 +5,15 @@
 // Env: GATEWAY_URL, SHOT_DIR (screenshots), CHROMIUM (default /usr/bin/chromium), USER_KEY
 // (a valid key of a gateway with credentials; unset for one in open mode, where the page
 // must show the document without asking).
-import { chromium } from 'playwright-core';
+import { check, env, launch, TIMEOUT } from './common.mjs';
 import { mkdirSync } from 'node:fs';
 
-const env = (k) => {
-  const v = process.env[k];
-  if (!v) throw new Error(`${k} is not set`);
-  return v;
-};
 const base = env('GATEWAY_URL');
 const key = process.env.USER_KEY;
 const shots = env('SHOT_DIR');
 mkdirSync(shots, { recursive: true });
-const TIMEOUT = 60_000;
 
-function check(cond, message) {
-  if (!cond) throw new Error(message);
-}
-
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 const seen = { steps: [] };
 let page;
 // Script errors, console errors and Content-Security-Policy violations fail the test.

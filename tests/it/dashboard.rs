@@ -15,7 +15,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::support::{self, Gateway, Sim};
+use crate::support::{self, Gateway, Sim, get};
 
 const ADMIN_KEY: &str = "dash-admin-key-01";
 const USER_KEY: &str = "dash-alice-key-01";
@@ -28,14 +28,6 @@ fn carol_token() -> String {
     let claims = json!({"sub": "carol", "role": "user", "exp": exp});
     let key = jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes());
     jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
-}
-
-async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut r = reqwest::Client::new().get(url);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    r.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,10 +46,13 @@ async fn the_dashboard_files_are_public_typed_and_revalidated() {
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
     assert_eq!(h["x-frame-options"], "DENY");
     let html = page.text().await.unwrap();
-    assert!(html.contains("/ui/app.js") && html.contains("/ui/style.css"));
-    for (file, media_type) in
-        [("app.js", "text/javascript"), ("style.css", "text/css"), ("favicon.svg", "image/svg+xml")]
-    {
+    assert!(html.contains("/ui/common.js") && html.contains("/ui/app.js") && html.contains("/ui/style.css"));
+    for (file, media_type) in [
+        ("common.js", "text/javascript"),
+        ("app.js", "text/javascript"),
+        ("style.css", "text/css"),
+        ("favicon.svg", "image/svg+xml"),
+    ] {
         let url = format!("{}/ui/{file}", gw.url());
         let r = get(&url, &[]).await;
         assert_eq!(r.status(), 200, "{file}");

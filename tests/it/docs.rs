@@ -13,17 +13,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::dashboard::{browser_tools, run_browser};
-use crate::support::{self, Gateway, Sim};
+use crate::support::{self, Gateway, Sim, get};
 
 const USER_KEY: &str = "docs-user-key-0001";
-
-async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-    let mut r = reqwest::Client::new().get(url);
-    for (k, v) in headers {
-        r = r.header(*k, *v);
-    }
-    r.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docs_files_are_public_typed_and_revalidated() {
@@ -63,7 +55,7 @@ async fn the_docs_files_are_public_typed_and_revalidated() {
         assert_eq!(head.headers()["etag"], etag.as_str());
     }
     let html = get(&format!("{}/docs", gw.url()), &[]).await.text().await.unwrap();
-    for file in ["/ui/docs.js", "/ui/docs.css", "/ui/style.css", "/openapi.json"] {
+    for file in ["/ui/common.js", "/ui/docs.js", "/ui/docs.css", "/ui/style.css", "/openapi.json"] {
         assert!(html.contains(file), "the page names {file}");
     }
     // What the page shows stays behind the key; the page is read-only.

@@ -9,7 +9,6 @@
 // from blob: URLs. Everything the server sends is put into the page as text, never as HTML.
 'use strict';
 
-const CREDENTIAL_KEY = 'comfyui-gateway.credential';
 const POLL_MS = 2000;
 /// Running jobs of a list followed live at once (browsers allow 6 connections per host).
 const LIVE_MAX = 3;
@@ -21,27 +20,7 @@ const session = {
   admin: false,
 };
 
-// ---------- DOM helpers ----------
-
-/** An element: h('a', {href: '#'}, 'text', child, ...). Strings become text nodes. */
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else if (k === 'class') el.className = v;
-    else if (k === 'dataset') Object.assign(el.dataset, v);
-    // Through the CSSOM: the Content-Security-Policy forbids style attributes.
-    else if (k === 'style') Object.assign(el.style, v);
-    else if (v === true) el.setAttribute(k, '');
-    else el.setAttribute(k, String(v));
-  }
-  for (const c of children.flat()) {
-    if (c === undefined || c === null || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
+// ---------- DOM helpers (h() and CREDENTIAL_KEY are in common.js) ----------
 
 const $view = () => document.getElementById('view');
 

@@ -10,32 +10,13 @@
 // document is put into the page as text nodes, never as HTML.
 'use strict';
 
-const CREDENTIAL_KEY = 'comfyui-gateway.credential';
 const METHODS = ['get', 'put', 'post', 'delete', 'options', 'head', 'patch', 'trace'];
 /// Nested schemas shown open down to this depth; deeper ones are folded.
 const OPEN_DEPTH = 1;
 /// Schemas nested deeper than this are not expanded (a guard, not a limit of the API).
 const DEPTH_MAX = 12;
 
-// ---------- DOM helpers (as in app.js) ----------
-
-/** An element: h('a', {href: '#'}, 'text', child, ...). Strings become text nodes. */
-function h(tag, attrs, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else if (k === 'class') el.className = v;
-    else if (k === 'dataset') Object.assign(el.dataset, v);
-    else if (v === true) el.setAttribute(k, '');
-    else el.setAttribute(k, String(v));
-  }
-  for (const c of children.flat(Infinity)) {
-    if (c === undefined || c === null || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
+// ---------- DOM helpers (h() and CREDENTIAL_KEY are in common.js) ----------
 
 /** Text with `code` spans (the document's descriptions use backticks), as text nodes. */
 function prose(text) {

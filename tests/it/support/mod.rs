@@ -637,6 +637,15 @@ pub fn sample(text: &str, series: &str) -> f64 {
 }
 
 /// GET, returning status and JSON (Null if not JSON).
+/// `GET url` with these headers (a failure to connect panics, naming the URL).
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut r = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    r.send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
 pub async fn get_json(url: &str) -> (u16, Value) {
     let r = reqwest::Client::new().get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
     let status = r.status().as_u16();
