@@ -12,7 +12,7 @@ use crate::error::ErrorCode;
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     })
 }
 
@@ -33,6 +33,14 @@ const NO_PLUGIN_RUNTIME: (&str, &str) = (
 
 fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+/// The content of an answer that is a file's bytes in its own media type. Generators take
+/// `application/octet-stream` for bytes (openapi-python-client returns a `File`); `*/*`
+/// says that any media type comes.
+fn binary_content() -> Value {
+    let bytes = json!({"schema": {"type": "string", "format": "binary"}});
+    json!({"application/octet-stream": bytes, "*/*": bytes})
 }
 
 fn schema_ref(name: &str) -> Value {
@@ -335,14 +343,8 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "parameters": [{"name": "lastEventId", "in": "query", "required": false, "description": "The id of the last event received: N (a log seq), or N.k (output k of the terminal event N); empty: from the start", "schema": {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?)?$"}}],
                     "responses": with_errors(json!({"200": {"description": "An event stream",
                         "content": {"text/event-stream": {"schema": {
-                            "description": "One event; `data` is JSON (the log entry, or for a terminal event {seq, at, type, job})",
-                            "type": "object", "required": ["data"],
-                            "properties": {
-                                "id": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "description": "The event's seq in the job's log; N.k for output k of the terminal event N"},
-                                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled", "webhook"]},
-                                "data": {"type": "string", "contentMediaType": "application/json"},
-                                "retry": {"type": "integer"}
-                            }
+                            "type": "string",
+                            "description": "The stream: events separated by blank lines, each with the fields of the schema ServerSentEvent"
                         }}}}}),
                         &[("400", "Bad Last-Event-ID"), ("404", "No such job, or another owner's")])
                 }
@@ -470,14 +472,13 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                 "get": {
                     "operationId": "getOutput",
                     "summary": "The bytes (ETag = BLAKE3 hash; Range, If-None-Match, If-Range), or JSON with ?format=base64",
-                    "parameters": [{"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["raw", "base64"]}}],
+                    "parameters": [{"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["raw", "base64"]},
+                        "description": "raw (the default): the file's bytes. base64: instead a JSON object (application/json, the schema OutputBase64) with the bytes in base64; \
+                            not listed among the 200's media types, so that generated clients read this operation's answer as bytes. \
+                            GET /jobs/{jobId}?include=base64 inlines outputs in base64 too."}],
                     "responses": with_errors(json!({
-                        "200": {"description": "The file (or base64 JSON)", "content": {
-                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                            "image/*": {"schema": {"type": "string", "format": "binary"}},
-                            "application/json": {"schema": schema_ref("OutputBase64")}
-                        }},
-                        "206": {"description": "A byte range", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                        "200": {"description": "The file's bytes, sent in the output's mediaType (image/png, video/mp4, …); with ?format=base64, OutputBase64 JSON instead (see the parameter)", "content": binary_content()},
+                        "206": {"description": "A byte range, in the output's mediaType", "content": binary_content()},
                         "304": {"description": "Not modified (If-None-Match)"},
                         "307": {"description": "With S3 storage and S3_PRESIGN_TTL_SECONDS set: redirect (Location) to a presigned GET URL of the object"}
                     }), &[("400", "Bad query parameter"), ("404", "No such job or output"), ("416", "Range outside the file"), ("503", "The blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
@@ -499,7 +500,38 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
         "webhooks": webhooks(),
     });
     guard_responses(&mut doc);
+    open_objects(&mut doc);
     doc
+}
+
+/// Give every free-form object schema (an object type without `properties`,
+/// `additionalProperties`, `patternProperties` or a composition) an explicit
+/// `"additionalProperties": true`. JSON Schema means the same without it, but
+/// openapi-typescript reads a bare `{"type": "object"}` as `Record<string, never>`, so
+/// `inputs`, `params` or `metadata` could not be given a member without a cast. Values
+/// (`default`, `const`, `enum`, `example(s)`) are data, not schemas, and are left alone.
+fn open_objects(v: &mut Value) {
+    const SHAPED: [&str; 7] = ["properties", "additionalProperties", "patternProperties", "$ref", "allOf", "anyOf", "oneOf"];
+    const DATA: [&str; 5] = ["default", "const", "enum", "example", "examples"];
+    match v {
+        Value::Object(obj) => {
+            let object_type = match obj.get("type") {
+                Some(Value::String(t)) => t == "object",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                _ => false,
+            };
+            if object_type && !SHAPED.iter().any(|k| obj.contains_key(*k)) {
+                obj.insert("additionalProperties".into(), Value::Bool(true));
+            }
+            for (key, child) in obj.iter_mut() {
+                if !DATA.contains(&key.as_str()) {
+                    open_objects(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(open_objects),
+        _ => {}
+    }
 }
 
 /// The answers of `api::guard`, on every operation: `403 HOST_NOT_ALLOWED` (any), `403
@@ -572,7 +604,9 @@ fn components() -> Map<String, Value> {
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     let nullable_string = json!({"type": ["string", "null"]});
     let v = json!({
-        "Error": {
+        // Not `Error`: openapi-python-client names both the model's instance and its `error`
+        // member `error` in `Error.from_dict`, which mypy refuses.
+        "ErrorResponse": {
             "type": "object", "required": ["error", "correlationId"],
             "properties": {
                 "error": {
@@ -621,6 +655,16 @@ fn components() -> Map<String, Value> {
                 "lastError": {"type": ["string", "null"]},
                 "comfyuiVersion": {"type": ["string", "null"]},
                 "recentWorkflows": {"type": "array", "items": {"type": "string"}, "description": "Workflows it took recently, most recent first"}
+            }
+        },
+        "ServerSentEvent": {
+            "description": "One event of GET /jobs/{jobId}/events (its fields as `field: value` lines); `data` is JSON (the log entry, or for a terminal event {seq, at, type, job})",
+            "type": "object", "required": ["data"],
+            "properties": {
+                "id": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "description": "The event's seq in the job's log; N.k for output k of the terminal event N"},
+                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled", "webhook"]},
+                "data": {"type": "string", "contentMediaType": "application/json"},
+                "retry": {"type": "integer"}
             }
         },
         "JobStatus": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
@@ -839,11 +883,6 @@ fn components() -> Map<String, Value> {
                 "warnings": {"type": "array", "items": {"type": "string"}, "description": "Unknown node classes, values the backend does not offer, defaults left out"}
             }
         },
-        "WorkflowDefinition": {
-            "allOf": [{"$ref": "#/components/schemas/WorkflowUpdate"}],
-            "required": ["id", "workflow"],
-            "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}
-        },
         "Health": {
             "type": "object", "required": ["ok"],
             "description": "Without valid credentials when authentication is on: only ok, status and ready.",
@@ -912,10 +951,18 @@ fn components() -> Map<String, Value> {
             }
         }
     });
-    match v {
+    let mut schemas = match v {
         Value::Object(m) => m,
         _ => Map::new(),
-    }
+    };
+    // `WorkflowUpdate` with a required id, spelled out rather than through `allOf`:
+    // openapi-python-client drops both schemas, and with them `POST /workflows` and
+    // `PUT /workflows/{id}`, when nullable object properties are inherited through `allOf`.
+    let mut definition = schemas["WorkflowUpdate"].clone();
+    definition["required"] = json!(["id", "workflow"]);
+    definition["properties"]["id"] = json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"});
+    schemas.insert("WorkflowDefinition".into(), definition);
+    schemas
 }
 
 #[cfg(test)]
@@ -963,11 +1010,39 @@ mod tests {
         assert!(post["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "webhook-signature"));
     }
 
+    /// What the client generators need (tests/it/clients.rs runs them on the live document).
+    #[test]
+    fn generated_clients_can_use_the_document() {
+        let doc = document(&[("w".into(), json!({"type": "object", "properties": {"o": {"type": "object", "default": {"type": "object"}}}}))]);
+        let schemas = &doc["components"]["schemas"];
+        // Free-form objects say that any member goes (openapi-typescript: not `Record<string, never>`).
+        for field in ["inputs", "params", "metadata"] {
+            assert_eq!(schemas["JobRequest"]["properties"][field]["additionalProperties"], true, "{field}");
+        }
+        assert_eq!(schemas["WorkflowUpdate"]["properties"]["defaults"]["additionalProperties"], true);
+        assert_eq!(schemas["WorkflowInputs.w"]["properties"]["o"]["additionalProperties"], true);
+        assert_eq!(schemas["WorkflowInputs.w"]["properties"]["o"]["default"], json!({"type": "object"}), "values untouched");
+        assert!(schemas["WorkflowInputs.w"].get("additionalProperties").is_none(), "shaped objects untouched");
+        // No inheritance of nullable objects through allOf (openapi-python-client drops the schemas).
+        let definition = &schemas["WorkflowDefinition"];
+        assert!(definition.get("allOf").is_none());
+        assert_eq!(definition["required"], json!(["id", "workflow"]));
+        assert_eq!(definition["properties"]["id"]["type"], "string");
+        assert_eq!(definition["properties"]["defaults"], schemas["WorkflowUpdate"]["properties"]["defaults"]);
+        // A download's bytes are bytes: no JSON media type beside them.
+        let download = &doc["paths"]["/outputs/{jobId}/{file}"]["get"]["responses"];
+        for status in ["200", "206"] {
+            let content = download[status]["content"].as_object().unwrap();
+            assert!(content.contains_key("application/octet-stream"), "{status}");
+            assert!(content.keys().all(|t| !t.contains("json")), "{status}: {content:?}");
+        }
+    }
+
     #[test]
     fn workflow_schemas_are_embedded() {
         let doc = document(&[("w one".into(), json!({"$schema": "x", "type": "object"}))]);
         assert_eq!(doc["openapi"], "3.1.0");
-        assert_eq!(doc["components"]["schemas"]["WorkflowInputs.w_one"], json!({"type": "object"}));
+        assert_eq!(doc["components"]["schemas"]["WorkflowInputs.w_one"], json!({"type": "object", "additionalProperties": true}));
         assert_eq!(doc["x-workflow-inputs"]["w one"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
     }
 }

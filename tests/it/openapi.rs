@@ -57,7 +57,7 @@ async fn openapi_document_matches_the_live_server() {
     assert!(doc["paths"]["/workflows"]["post"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/audit"]["get"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/backends/{backendId}/drain"]["post"]["responses"]["403"].is_object());
-    let codes: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
+    let codes: Vec<&str> = doc["components"]["schemas"]["ErrorResponse"]["properties"]["error"]["properties"]["code"]["enum"]
         .as_array()
         .unwrap()
         .iter()
