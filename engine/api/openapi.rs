@@ -245,14 +245,13 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowImport")}}},
                     "responses": with_errors(json!({
                         "200": json_response("The proposal, what was recognized, and what to check", schema_ref("WorkflowImported")),
-                        "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", json!({
-                            "allOf": [schema_ref("WorkflowDetails")],
-                            "type": "object", "required": ["inputs", "warnings"],
+                        "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", inherit(&schemas["WorkflowDetails"], json!({
+                            "required": ["inputs", "warnings"],
                             "properties": {
                                 "inputs": {"type": "array", "items": schema_ref("ImportedInput")},
                                 "warnings": {"type": "array", "items": {"type": "string"}}
                             }
-                        }))
+                        })))
                     }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)"), DISK_FULL])
                 }
             },
@@ -792,7 +791,6 @@ fn components() -> Map<String, Value> {
             }
         },
         "WorkflowDetails": {
-            "allOf": [{"$ref": "#/components/schemas/WorkflowSummary"}],
             "type": "object", "required": ["inputSchema", "workflow", "defaults"],
             "properties": {
                 "inputSchema": {"type": "object"}, "workflow": {"type": "object"}, "defaults": {"type": "object"},
@@ -955,14 +953,39 @@ fn components() -> Map<String, Value> {
         Value::Object(m) => m,
         _ => Map::new(),
     };
-    // `WorkflowUpdate` with a required id, spelled out rather than through `allOf`:
-    // openapi-python-client drops both schemas, and with them `POST /workflows` and
-    // `PUT /workflows/{id}`, when nullable object properties are inherited through `allOf`.
-    let mut definition = schemas["WorkflowUpdate"].clone();
-    definition["required"] = json!(["id", "workflow"]);
-    definition["properties"]["id"] = json!({"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"});
+    // Both spelled out rather than through `allOf`: openapi-python-client drops
+    // `WorkflowUpdate` and `WorkflowDefinition` (and with them `POST /workflows` and
+    // `PUT /workflows/{id}`) when nullable objects are inherited through `allOf`, and it reads
+    // `WorkflowDetails` as `WorkflowSummary` alone.
+    let definition = json!({"required": ["id", "workflow"], "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}});
+    let definition = inherit(&schemas["WorkflowUpdate"], definition);
     schemas.insert("WorkflowDefinition".into(), definition);
+    let details = inherit(&schemas["WorkflowSummary"], schemas["WorkflowDetails"].clone());
+    schemas.insert("WorkflowDetails".into(), details);
     schemas
+}
+
+/// `schema` with the `required` members and `properties` of `base` added (the members
+/// `schema` names win): what `allOf: [base]` would say, spelled out for the generators (see
+/// [`components`]).
+fn inherit(base: &Value, mut schema: Value) -> Value {
+    let mut merged = base.clone();
+    let mut required: Vec<Value> = base["required"].as_array().cloned().unwrap_or_default();
+    for name in schema["required"].as_array().into_iter().flatten() {
+        if !required.contains(name) {
+            required.push(name.clone());
+        }
+    }
+    if let (Some(into), Some(from)) = (merged["properties"].as_object_mut(), schema["properties"].as_object_mut()) {
+        into.append(from);
+    }
+    if let (Some(into), Some(from)) = (merged.as_object_mut(), schema.as_object_mut()) {
+        from.remove("required");
+        from.remove("properties");
+        into.append(from);
+    }
+    merged["required"] = Value::Array(required);
+    merged
 }
 
 #[cfg(test)]
@@ -1029,6 +1052,13 @@ mod tests {
         assert_eq!(definition["required"], json!(["id", "workflow"]));
         assert_eq!(definition["properties"]["id"]["type"], "string");
         assert_eq!(definition["properties"]["defaults"], schemas["WorkflowUpdate"]["properties"]["defaults"]);
+        let details = &schemas["WorkflowDetails"];
+        assert!(details.get("allOf").is_none());
+        assert_eq!(details["required"], json!(["id", "name", "description", "version", "updatedAt", "inputSchema", "workflow", "defaults"]));
+        assert_eq!(details["properties"]["version"], schemas["WorkflowSummary"]["properties"]["version"]);
+        let imported = &doc["paths"]["/workflows/import"]["post"]["responses"]["201"]["content"]["application/json"]["schema"];
+        assert!(imported.get("allOf").is_none() && imported["properties"]["inputSchema"].is_object(), "{imported}");
+        assert!(imported["required"].as_array().unwrap().contains(&json!("warnings")));
         // A download's bytes are bytes: no JSON media type beside them.
         let download = &doc["paths"]["/outputs/{jobId}/{file}"]["get"]["responses"];
         for status in ["200", "206"] {
