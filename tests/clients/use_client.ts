@@ -1,14 +1,14 @@
 // A user of the TypeScript types that openapi-typescript generated from the live
 // /openapi.json (api.d.ts, beside this file when the test compiles it), through the typed
 // fetch client openapi-fetch: register a workflow with the admin key, submit a job with
-// typed inputs as a user, follow it to `succeeded`, download its output's bytes and read its
+// typed inputs for a user, follow it to `succeeded`, download its output's bytes and read its
 // webhooks. tsc checks it (strict) with the types; node runs the output. Run by
 // tests/it/clients.rs:
 //
 //     node out/use_client.js BASE_URL ADMIN_KEY USER_KEY CALLBACK_URL WORKFLOW_ID
 
 import assert from "node:assert/strict";
-import { setTimeout as pause } from "node:timers/promises";
+import { setTimeout } from "node:timers/promises";
 
 import createClient from "openapi-fetch";
 
@@ -90,7 +90,7 @@ async function follow(jobId: string): Promise<Schemas["Job"]> {
       return data;
     }
     assert.ok(Date.now() < deadline, `job ${jobId} still ${data.status}`);
-    await pause(POLL_MS);
+    await setTimeout(POLL_MS);
   }
 }
 
@@ -122,7 +122,7 @@ async function webhooks(jobId: string): Promise<string[]> {
       return data.deliveries.map((d) => d.id);
     }
     assert.ok(Date.now() < deadline, `deliveries of ${jobId}: ${JSON.stringify(data.deliveries)}`);
-    await pause(POLL_MS);
+    await setTimeout(POLL_MS);
   }
 }
 
