@@ -117,8 +117,20 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
             obj.remove("$schema");
             obj.remove("$id");
         }
+        let inputs_required = schema["required"].as_array().is_some_and(|r| !r.is_empty());
         schemas.insert(name.clone(), schema);
         inputs_by_workflow.insert(id.clone(), schema_ref(&name));
+        // `JobRequest` for this workflow: its id a constant, its inputs typed, so generated
+        // clients have a request type per workflow (`POST /jobs` takes any of them as a
+        // `JobRequest`).
+        let mut request = schemas["JobRequest"].clone();
+        request["description"] = json!(format!("A JobRequest of the workflow {id}, its inputs typed by {name}"));
+        request["properties"]["workflowId"] = json!({"type": "string", "const": id});
+        request["properties"]["inputs"] = schema_ref(&name);
+        if inputs_required {
+            request["required"] = json!(["workflowId", "inputs"]);
+        }
+        schemas.insert(format!("JobRequest.{}", sanitize(id)), request);
     }
     let job_id = path_param("jobId", "The job id (a UUID)");
     let workflow_id = path_param("id", "The workflow id");
@@ -1049,7 +1061,7 @@ mod tests {
         // No inheritance of nullable objects through allOf (openapi-python-client drops the schemas).
         let definition = &schemas["WorkflowDefinition"];
         assert!(definition.get("allOf").is_none());
-        assert_eq!(definition["required"], json!(["id", "workflow"]));
+        assert_eq!(definition["required"], json!(["workflow", "id"]));
         assert_eq!(definition["properties"]["id"]["type"], "string");
         assert_eq!(definition["properties"]["defaults"], schemas["WorkflowUpdate"]["properties"]["defaults"]);
         let details = &schemas["WorkflowDetails"];
@@ -1066,6 +1078,24 @@ mod tests {
             assert!(content.contains_key("application/octet-stream"), "{status}");
             assert!(content.keys().all(|t| !t.contains("json")), "{status}: {content:?}");
         }
+    }
+
+    #[test]
+    fn each_workflow_has_its_job_request() {
+        let inputs = json!({"type": "object", "properties": {"p": {"type": "string"}}, "required": ["p"]});
+        let doc = document(&[("w one".into(), inputs), ("free".into(), json!({"type": "object"}))]);
+        let schemas = &doc["components"]["schemas"];
+        let typed = &schemas["JobRequest.w_one"];
+        assert_eq!(typed["properties"]["workflowId"]["const"], "w one");
+        assert_eq!(typed["properties"]["inputs"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
+        assert_eq!(typed["required"], json!(["workflowId", "inputs"]));
+        assert_eq!(typed["properties"]["callbackUrl"], schemas["JobRequest"]["properties"]["callbackUrl"]);
+        assert_eq!(typed["additionalProperties"], false);
+        assert_eq!(schemas["JobRequest.free"]["required"], json!(["workflowId"]), "no input needed");
+        assert_eq!(
+            doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/JobRequest"
+        );
     }
 
     #[test]

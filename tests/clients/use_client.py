@@ -25,7 +25,7 @@ from gateway_client.models import (
     Job,
     JobAccepted,
     JobRequest,
-    JobRequestInputsType0,
+    JobRequestIcon512,
     JobStatus,
     WorkflowDefinition,
     WorkflowDefinitionDefaultsType0,
@@ -81,16 +81,16 @@ def register(admin: AuthenticatedClient, workflow_id: str) -> None:
 
 
 def submit(user: AuthenticatedClient, callback_url: str) -> str:
-    """POST /jobs on the bundled icon_512, its inputs typed by the model generated from its input
-    schema (named after the schema's title, "Icon 512")."""
-    inputs = Icon512(prompt="a lighthouse, flat icon", steps=4, seed=7)
-    body = JobRequest(
+    """POST /jobs on the bundled icon_512 with its request type (JobRequest.icon_512): the
+    workflow id a literal, the inputs typed by the model of its input schema (named after the
+    schema's title, "Icon 512"); sent as the operation's JobRequest."""
+    typed = JobRequestIcon512(
         workflow_id="icon_512",
-        inputs=JobRequestInputsType0.from_dict(inputs.to_dict()),
+        inputs=Icon512(prompt="a lighthouse, flat icon", steps=4, seed=7),
         callback_url=callback_url,
         cache=False,
     )
-    accepted = create_job.sync(client=user, body=body)
+    accepted = create_job.sync(client=user, body=JobRequest.from_dict(typed.to_dict()))
     assert isinstance(accepted, JobAccepted), accepted
     assert accepted.status in (JobStatus.QUEUED, JobStatus.RUNNING), accepted.status
     return str(accepted.job_id)

@@ -54,7 +54,11 @@ async function register(): Promise<void> {
   assert.deepEqual(read.data.inputSchema["required"], ["color"]);
 }
 
-/** POST /jobs on the bundled icon_512, its inputs typed by its input schema's type. */
+/**
+ * POST /jobs on the bundled icon_512 with its request type (JobRequest.icon_512): the
+ * workflow id a literal, the inputs typed by its input schema. openapi-typescript types a
+ * property with a default as present (its defaultNonNullable), so every input is given.
+ */
 async function submit(): Promise<string> {
   const inputs: Schemas["WorkflowInputs.icon_512"] = {
     prompt: "a lighthouse, flat icon",
@@ -71,7 +75,7 @@ async function submit(): Promise<string> {
     denoise: 1,
     scale: 1,
   };
-  const body: Schemas["JobRequest"] = { workflowId: "icon_512", inputs, callbackUrl, cache: false };
+  const body: Schemas["JobRequest.icon_512"] = { workflowId: "icon_512", inputs, callbackUrl, cache: false };
   const accepted = await user.POST("/jobs", { body });
   assert.equal(accepted.response.status, 202, JSON.stringify(accepted.error));
   assert.ok(accepted.data && "pollUrl" in accepted.data, "a JobAccepted");
