@@ -354,8 +354,14 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                     "parameters": [{"name": "lastEventId", "in": "query", "required": false, "description": "The id of the last event received: N (a log seq), or N.k (output k of the terminal event N); empty: from the start", "schema": {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?)?$"}}],
                     "responses": with_errors(json!({"200": {"description": "An event stream",
                         "content": {"text/event-stream": {"schema": {
-                            "type": "string",
-                            "description": "The stream: events separated by blank lines, each with the fields of the schema ServerSentEvent"
+                            "description": "One event; `data` is JSON (the log entry, or for a terminal event {seq, at, type, job})",
+                            "type": "object", "required": ["data"],
+                            "properties": {
+                                "id": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "description": "The event's seq in the job's log; N.k for output k of the terminal event N"},
+                                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled", "webhook"]},
+                                "data": {"type": "string", "contentMediaType": "application/json"},
+                                "retry": {"type": "integer"}
+                            }
                         }}}}}),
                         &[("400", "Bad Last-Event-ID"), ("404", "No such job, or another owner's")])
                 }
@@ -666,16 +672,6 @@ fn components() -> Map<String, Value> {
                 "lastError": {"type": ["string", "null"]},
                 "comfyuiVersion": {"type": ["string", "null"]},
                 "recentWorkflows": {"type": "array", "items": {"type": "string"}, "description": "Workflows it took recently, most recent first"}
-            }
-        },
-        "ServerSentEvent": {
-            "description": "One event of GET /jobs/{jobId}/events (its fields as `field: value` lines); `data` is JSON (the log entry, or for a terminal event {seq, at, type, job})",
-            "type": "object", "required": ["data"],
-            "properties": {
-                "id": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "description": "The event's seq in the job's log; N.k for output k of the terminal event N"},
-                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled", "webhook"]},
-                "data": {"type": "string", "contentMediaType": "application/json"},
-                "retry": {"type": "integer"}
             }
         },
         "JobStatus": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},

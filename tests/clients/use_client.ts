@@ -57,7 +57,8 @@ async function register(): Promise<void> {
 /**
  * POST /jobs on the bundled icon_512 with its request type (JobRequest.icon_512): the
  * workflow id a literal, the inputs typed by its input schema. openapi-typescript types a
- * property with a default as present (its defaultNonNullable), so every input is given.
+ * property that has a default in a schema of components/schemas: required (its
+ * defaultNonNullable), so every input is given.
  */
 async function submit(): Promise<string> {
   const inputs: Schemas["WorkflowInputs.icon_512"] = {
