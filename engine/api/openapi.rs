@@ -528,7 +528,8 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
 /// `inputs`, `params` or `metadata` could not be given a member without a cast. Values
 /// (`default`, `const`, `enum`, `example(s)`) are data, not schemas, and are left alone.
 fn open_objects(v: &mut Value) {
-    const SHAPED: [&str; 7] = ["properties", "additionalProperties", "patternProperties", "$ref", "allOf", "anyOf", "oneOf"];
+    const SHAPED: [&str; 7] =
+        ["properties", "additionalProperties", "patternProperties", "$ref", "allOf", "anyOf", "oneOf"];
     const DATA: [&str; 5] = ["default", "const", "enum", "example", "examples"];
     match v {
         Value::Object(obj) => {
@@ -1044,7 +1045,10 @@ mod tests {
     /// What the client generators need (tests/it/clients.rs runs them on the live document).
     #[test]
     fn generated_clients_can_use_the_document() {
-        let doc = document(&[("w".into(), json!({"type": "object", "properties": {"o": {"type": "object", "default": {"type": "object"}}}}))]);
+        let doc = document(&[(
+            "w".into(),
+            json!({"type": "object", "properties": {"o": {"type": "object", "default": {"type": "object"}}}}),
+        )]);
         let schemas = &doc["components"]["schemas"];
         // Free-form objects say that any member goes (openapi-typescript: not `Record<string, never>`).
         for field in ["inputs", "params", "metadata"] {
@@ -1052,7 +1056,11 @@ mod tests {
         }
         assert_eq!(schemas["WorkflowUpdate"]["properties"]["defaults"]["additionalProperties"], true);
         assert_eq!(schemas["WorkflowInputs.w"]["properties"]["o"]["additionalProperties"], true);
-        assert_eq!(schemas["WorkflowInputs.w"]["properties"]["o"]["default"], json!({"type": "object"}), "values untouched");
+        assert_eq!(
+            schemas["WorkflowInputs.w"]["properties"]["o"]["default"],
+            json!({"type": "object"}),
+            "values untouched"
+        );
         assert!(schemas["WorkflowInputs.w"].get("additionalProperties").is_none(), "shaped objects untouched");
         // No inheritance of nullable objects through allOf (openapi-python-client drops the schemas).
         let definition = &schemas["WorkflowDefinition"];
@@ -1062,9 +1070,13 @@ mod tests {
         assert_eq!(definition["properties"]["defaults"], schemas["WorkflowUpdate"]["properties"]["defaults"]);
         let details = &schemas["WorkflowDetails"];
         assert!(details.get("allOf").is_none());
-        assert_eq!(details["required"], json!(["id", "name", "description", "version", "updatedAt", "inputSchema", "workflow", "defaults"]));
+        assert_eq!(
+            details["required"],
+            json!(["id", "name", "description", "version", "updatedAt", "inputSchema", "workflow", "defaults"])
+        );
         assert_eq!(details["properties"]["version"], schemas["WorkflowSummary"]["properties"]["version"]);
-        let imported = &doc["paths"]["/workflows/import"]["post"]["responses"]["201"]["content"]["application/json"]["schema"];
+        let imported =
+            &doc["paths"]["/workflows/import"]["post"]["responses"]["201"]["content"]["application/json"]["schema"];
         assert!(imported.get("allOf").is_none() && imported["properties"]["inputSchema"].is_object(), "{imported}");
         assert!(imported["required"].as_array().unwrap().contains(&json!("warnings")));
         // A download's bytes are bytes: no JSON media type beside them.
@@ -1098,7 +1110,10 @@ mod tests {
     fn workflow_schemas_are_embedded() {
         let doc = document(&[("w one".into(), json!({"$schema": "x", "type": "object"}))]);
         assert_eq!(doc["openapi"], "3.1.0");
-        assert_eq!(doc["components"]["schemas"]["WorkflowInputs.w_one"], json!({"type": "object", "additionalProperties": true}));
+        assert_eq!(
+            doc["components"]["schemas"]["WorkflowInputs.w_one"],
+            json!({"type": "object", "additionalProperties": true})
+        );
         assert_eq!(doc["x-workflow-inputs"]["w one"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
     }
 }

@@ -54,7 +54,8 @@ fn tools() -> Option<Tools> {
 /// Run `cmd` to its end on a blocking thread: its standard output; panics with everything it
 /// printed when it fails.
 async fn run(what: &str, mut cmd: Command) -> String {
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out =
+        tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap_or_else(|e| panic!("{what}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{what} failed ({}):\n{stdout}\n{stderr}", out.status);
@@ -86,17 +87,11 @@ async fn generated_clients_work_unchanged() {
     let sim = Sim::start(dir.path(), 0).await;
     let receiver = Receiver::start().await;
     let keys = format!("{ADMIN_KEY}:admin,{USER_KEY}:user");
-    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys), ("WEBHOOK_ALLOWED_DOMAINS", "127.0.0.1")]).await;
+    let gw =
+        Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys), ("WEBHOOK_ALLOWED_DOMAINS", "127.0.0.1")]).await;
     let doc_url = format!("{}/openapi.json", gw.url());
-    let doc: Value = reqwest::Client::new()
-        .get(&doc_url)
-        .header("x-api-key", USER_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value =
+        reqwest::Client::new().get(&doc_url).header("x-api-key", USER_KEY).send().await.unwrap().json().await.unwrap();
     let doc_file = dir.path().join("openapi.json");
     std::fs::write(&doc_file, serde_json::to_vec(&doc).unwrap()).unwrap();
 
@@ -143,10 +138,8 @@ async fn generated_clients_work_unchanged() {
     let said = run("openapi-typescript", generate).await;
     assert!(!said.to_lowercase().contains("warn"), "openapi-typescript warned:\n{said}");
     let types = std::fs::read_to_string(ts.join("api.d.ts")).unwrap();
-    let closed: Vec<&str> = types
-        .lines()
-        .filter(|l| l.contains("Record<string, never>") && !l.starts_with("export type $defs"))
-        .collect();
+    let closed: Vec<&str> =
+        types.lines().filter(|l| l.contains("Record<string, never>") && !l.starts_with("export type $defs")).collect();
     assert!(closed.is_empty(), "objects no value fits: {closed:?}");
     let mut tsc = Command::new(tools.npm_bin.join("tsc"));
     tsc.args(["--project", "."]).current_dir(&ts);
