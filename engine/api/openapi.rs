@@ -116,6 +116,16 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
             // `$schema`/`$id` are valid in 3.1 but some tools choke on them inside components.
             obj.remove("$schema");
             obj.remove("$id");
+            // openapi-python-client names a model after its title: two workflows with the
+            // same title would make two models of one name, and it drops the second. The
+            // title goes into the description; the model is named after the component.
+            if let Some(Value::String(title)) = obj.remove("title") {
+                let description = match obj.get("description") {
+                    Some(Value::String(d)) => format!("{title}: {d}"),
+                    _ => title,
+                };
+                obj.insert("description".into(), Value::String(description));
+            }
         }
         let inputs_required = schema["required"].as_array().is_some_and(|r| !r.is_empty());
         schemas.insert(name.clone(), schema);
@@ -1097,6 +1107,10 @@ mod tests {
         assert_eq!(typed["properties"]["workflowId"]["const"], "w one");
         assert_eq!(typed["properties"]["inputs"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
         assert_eq!(typed["required"], json!(["workflowId", "inputs"]));
+        let titled = document(&[("t".into(), json!({"type": "object", "title": "T", "description": "d"}))]);
+        let inputs = &titled["components"]["schemas"]["WorkflowInputs.t"];
+        assert!(inputs.get("title").is_none(), "models named after the component: {inputs}");
+        assert_eq!(inputs["description"], "T: d");
         assert_eq!(typed["properties"]["callbackUrl"], schemas["JobRequest"]["properties"]["callbackUrl"]);
         assert_eq!(typed["additionalProperties"], false);
         assert_eq!(schemas["JobRequest.free"]["required"], json!(["workflowId"]), "no input needed");

@@ -21,7 +21,6 @@ from gateway_client.api.default import (
 )
 from gateway_client.models import (
     ErrorResponse,
-    Icon512,
     Job,
     JobAccepted,
     JobRequest,
@@ -32,6 +31,7 @@ from gateway_client.models import (
     WorkflowDefinitionInputSchemaType0,
     WorkflowDefinitionWorkflow,
     WorkflowDetails,
+    WorkflowInputsIcon512,
 )
 from gateway_client.types import File
 
@@ -82,11 +82,11 @@ def register(admin: AuthenticatedClient, workflow_id: str) -> None:
 
 def submit(user: AuthenticatedClient, callback_url: str) -> str:
     """POST /jobs on the bundled icon_512 with its request type (JobRequest.icon_512): the
-    workflow id a literal, the inputs typed by the model of its input schema (named after the
-    schema's title, "Icon 512"); sent as the operation's JobRequest."""
+    workflow id a literal, the inputs typed by the model of its input schema
+    (WorkflowInputs.icon_512); sent as the operation's JobRequest."""
     typed = JobRequestIcon512(
         workflow_id="icon_512",
-        inputs=Icon512(prompt="a lighthouse, flat icon", steps=4, seed=7),
+        inputs=WorkflowInputsIcon512(prompt="a lighthouse, flat icon", steps=4, seed=7),
         callback_url=callback_url,
         cache=False,
     )

@@ -89,6 +89,25 @@ async fn generated_clients_work_unchanged() {
     let keys = format!("{ADMIN_KEY}:admin,{USER_KEY}:user");
     let gw =
         Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys), ("WEBHOOK_ALLOWED_DOMAINS", "127.0.0.1")]).await;
+    // A second workflow with the first one's input schema, title included: both keep their
+    // models in the Python client.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(root.join("workflows").join(name)).unwrap()).unwrap()
+    };
+    let copy_of_icon = serde_json::json!({
+        "id": "icon_512_copy",
+        "workflow": read("icon_512.json"),
+        "inputSchema": read("icon_512.schema.json"),
+    });
+    let created = reqwest::Client::new()
+        .post(format!("{}/workflows", gw.url()))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&copy_of_icon)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
     let doc_url = format!("{}/openapi.json", gw.url());
     let doc: Value =
         reqwest::Client::new().get(&doc_url).header("x-api-key", USER_KEY).send().await.unwrap().json().await.unwrap();
@@ -115,6 +134,9 @@ async fn generated_clients_work_unchanged() {
     for operation in &operations {
         let module = py.join(PACKAGE).join("api/default").join(format!("{}.py", snake(operation)));
         assert!(module.is_file(), "the Python client has {operation}");
+    }
+    for model in ["workflow_inputs_icon_512", "workflow_inputs_icon_512_copy", "job_request_icon_512_copy"] {
+        assert!(py.join(PACKAGE).join("models").join(format!("{model}.py")).is_file(), "the Python client has {model}");
     }
     copy(&["use_client.py", "mypy.ini"], &py);
     let mut mypy = Command::new(&tools.mypy);
