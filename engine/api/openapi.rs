@@ -109,6 +109,8 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
     let ids: Vec<&str> = workflows.iter().map(|(id, _)| id.as_str()).collect();
     let mut schemas: Map<String, Value> = components();
     let mut inputs_by_workflow = Map::new();
+    // `POST /jobs`'s JSON body: any of `JobRequest` and the request of each workflow.
+    let mut job_requests = vec![schema_ref("JobRequest")];
     for (id, schema) in workflows {
         let name = format!("WorkflowInputs.{}", sanitize(id));
         let mut schema = schema.clone();
@@ -131,8 +133,9 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
         schemas.insert(name.clone(), schema);
         inputs_by_workflow.insert(id.clone(), schema_ref(&name));
         // `JobRequest` for this workflow: its id a constant, its inputs typed, so generated
-        // clients have a request type per workflow (`POST /jobs` takes any of them as a
-        // `JobRequest`).
+        // clients have a request type per workflow. `POST /jobs` takes `anyOf` them and the
+        // generic `JobRequest` (not `oneOf`: a body valid for a workflow is a valid
+        // `JobRequest` too), which comes first: the docs page and generators show it first.
         let mut request = schemas["JobRequest"].clone();
         request["description"] = json!(format!("A JobRequest of the workflow {id}, its inputs typed by {name}"));
         request["properties"]["workflowId"] = json!({"type": "string", "const": id});
@@ -140,7 +143,9 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
         if inputs_required {
             request["required"] = json!(["workflowId", "inputs"]);
         }
-        schemas.insert(format!("JobRequest.{}", sanitize(id)), request);
+        let request_name = format!("JobRequest.{}", sanitize(id));
+        schemas.insert(request_name.clone(), request);
+        job_requests.push(schema_ref(&request_name));
     }
     let job_id = path_param("jobId", "The job id (a UUID)");
     let workflow_id = path_param("id", "The workflow id");
@@ -325,7 +330,7 @@ pub fn document(workflows: &[(String, Value)]) -> Value {
                         "description": "The same key with the same body (per owner, for IDEMPOTENCY_TTL_SECONDS) answers with the first job; with another body, 422 IDEMPOTENCY_CONFLICT. Replays carry `Idempotent-Replayed: true`. `metadata.requestId` is used when the header is absent.",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}}],
                     "requestBody": {"required": true, "content": {
-                        "application/json": {"schema": schema_ref("JobRequest")},
+                        "application/json": {"schema": {"anyOf": job_requests}},
                         "multipart/form-data": {"schema": {
                             "type": "object", "required": ["request"],
                             "properties": {"request": {"type": "string", "description": "The JSON body (JobRequest)"}},
@@ -1114,9 +1119,16 @@ mod tests {
         assert_eq!(typed["properties"]["callbackUrl"], schemas["JobRequest"]["properties"]["callbackUrl"]);
         assert_eq!(typed["additionalProperties"], false);
         assert_eq!(schemas["JobRequest.free"]["required"], json!(["workflowId"]), "no input needed");
+        let body = &doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        let members: Vec<&str> =
+            body["anyOf"].as_array().unwrap().iter().map(|m| m["$ref"].as_str().unwrap()).collect();
         assert_eq!(
-            doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
-            "#/components/schemas/JobRequest"
+            members,
+            [
+                "#/components/schemas/JobRequest",
+                "#/components/schemas/JobRequest.w_one",
+                "#/components/schemas/JobRequest.free"
+            ]
         );
     }
 

@@ -23,7 +23,6 @@ from gateway_client.models import (
     ErrorResponse,
     Job,
     JobAccepted,
-    JobRequest,
     JobRequestIcon512,
     JobStatus,
     WorkflowDefinition,
@@ -83,14 +82,14 @@ def register(admin: AuthenticatedClient, workflow_id: str) -> None:
 def submit(user: AuthenticatedClient, callback_url: str) -> str:
     """POST /jobs on the bundled icon_512 with its request type (JobRequest.icon_512): the
     workflow id a literal, the inputs typed by the model of its input schema
-    (WorkflowInputs.icon_512); sent as the operation's JobRequest."""
+    (WorkflowInputs.icon_512)."""
     typed = JobRequestIcon512(
         workflow_id="icon_512",
         inputs=WorkflowInputsIcon512(prompt="a lighthouse, flat icon", steps=4, seed=7),
         callback_url=callback_url,
         cache=False,
     )
-    accepted = create_job.sync(client=user, body=JobRequest.from_dict(typed.to_dict()))
+    accepted = create_job.sync(client=user, body=typed)
     assert isinstance(accepted, JobAccepted), accepted
     assert accepted.status in (JobStatus.QUEUED, JobStatus.RUNNING), accepted.status
     return str(accepted.job_id)
