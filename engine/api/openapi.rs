@@ -12,7 +12,7 @@ use crate::error::ErrorCode;
 fn error_response(description: &str) -> Value {
     json!({
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
     })
 }
 
@@ -33,6 +33,14 @@ const NO_PLUGIN_RUNTIME: (&str, &str) = (
 
 fn json_response(description: &str, schema: Value) -> Value {
     json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+/// The content of an answer that is a file's bytes in its own media type. Generators take
+/// `application/octet-stream` for bytes (openapi-python-client returns a `File`); `*/*`
+/// says that any media type comes.
+fn binary_content() -> Value {
+    let bytes = json!({"schema": {"type": "string", "format": "binary"}});
+    json!({"application/octet-stream": bytes, "*/*": bytes})
 }
 
 fn schema_ref(name: &str) -> Value {
@@ -107,6 +115,8 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
     let ids: Vec<&str> = workflows.iter().map(|(id, _)| id.as_str()).collect();
     let mut schemas: Map<String, Value> = components();
     let mut inputs_by_workflow = Map::new();
+    // `POST /jobs`'s JSON body: any of `JobRequest` and the request of each workflow.
+    let mut job_requests = vec![schema_ref("JobRequest")];
     for (id, schema) in workflows {
         let name = format!("WorkflowInputs.{}", sanitize(id));
         let mut schema = schema.clone();
@@ -114,9 +124,34 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
             // `$schema`/`$id` are valid in 3.1 but some tools choke on them inside components.
             obj.remove("$schema");
             obj.remove("$id");
+            // openapi-python-client names a model after its title: two workflows with the
+            // same title would make two models of one name, and it drops the second. The
+            // title goes into the description; the model is named after the component.
+            if let Some(Value::String(title)) = obj.remove("title") {
+                let description = match obj.get("description") {
+                    Some(Value::String(d)) => format!("{title}: {d}"),
+                    _ => title,
+                };
+                obj.insert("description".into(), Value::String(description));
+            }
         }
+        let inputs_required = schema["required"].as_array().is_some_and(|r| !r.is_empty());
         schemas.insert(name.clone(), schema);
         inputs_by_workflow.insert(id.clone(), schema_ref(&name));
+        // `JobRequest` for this workflow: its id a constant, its inputs typed, so generated
+        // clients have a request type per workflow. `POST /jobs` takes `anyOf` them and the
+        // generic `JobRequest` (not `oneOf`: a body valid for a workflow is a valid
+        // `JobRequest` too), which comes first: the docs page and generators show it first.
+        let mut request = schemas["JobRequest"].clone();
+        request["description"] = json!(format!("A JobRequest of the workflow {id}, its inputs typed by {name}"));
+        request["properties"]["workflowId"] = json!({"type": "string", "const": id});
+        request["properties"]["inputs"] = schema_ref(&name);
+        if inputs_required {
+            request["required"] = json!(["workflowId", "inputs"]);
+        }
+        let request_name = format!("JobRequest.{}", sanitize(id));
+        schemas.insert(request_name.clone(), request);
+        job_requests.push(schema_ref(&request_name));
     }
     let job_id = path_param("jobId", "The job id (a UUID)");
     let workflow_id = path_param("id", "The workflow id");
@@ -244,14 +279,13 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowImport")}}},
                     "responses": with_errors(json!({
                         "200": json_response("The proposal, what was recognized, and what to check", schema_ref("WorkflowImported")),
-                        "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", json!({
-                            "allOf": [schema_ref("WorkflowDetails")],
-                            "type": "object", "required": ["inputs", "warnings"],
+                        "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", inherit(&schemas["WorkflowDetails"], json!({
+                            "required": ["inputs", "warnings"],
                             "properties": {
                                 "inputs": {"type": "array", "items": schema_ref("ImportedInput")},
                                 "warnings": {"type": "array", "items": {"type": "string"}}
                             }
-                        }))
+                        })))
                     }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)"), DISK_FULL])
                 }
             },
@@ -306,7 +340,7 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                         "description": "The same key with the same body (per owner, for IDEMPOTENCY_TTL_SECONDS) answers with the first job; with another body, 422 IDEMPOTENCY_CONFLICT. Replays carry `Idempotent-Replayed: true`. `metadata.requestId` is used when the header is absent.",
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"}}],
                     "requestBody": {"required": true, "content": {
-                        "application/json": {"schema": schema_ref("JobRequest")},
+                        "application/json": {"schema": {"anyOf": job_requests}},
                         "multipart/form-data": {"schema": {
                             "type": "object", "required": ["request"],
                             "properties": {"request": {"type": "string", "description": "The JSON body (JobRequest)"}},
@@ -480,14 +514,13 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                 "get": {
                     "operationId": "getOutput",
                     "summary": "The bytes (ETag = BLAKE3 hash; Range, If-None-Match, If-Range), or JSON with ?format=base64",
-                    "parameters": [{"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["raw", "base64"]}}],
+                    "parameters": [{"name": "format", "in": "query", "required": false, "schema": {"type": "string", "enum": ["raw", "base64"]},
+                        "description": "raw (the default): the file's bytes. base64: instead a JSON object (application/json, the schema OutputBase64) with the bytes in base64; \
+                            not listed among the 200's media types, so that generated clients read this operation's answer as bytes. \
+                            GET /jobs/{jobId}?include=base64 inlines outputs in base64 too."}],
                     "responses": with_errors(json!({
-                        "200": {"description": "The file (or base64 JSON)", "content": {
-                            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-                            "image/*": {"schema": {"type": "string", "format": "binary"}},
-                            "application/json": {"schema": schema_ref("OutputBase64")}
-                        }},
-                        "206": {"description": "A byte range", "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                        "200": {"description": "The file's bytes, sent in the output's mediaType (image/png, video/mp4, …); with ?format=base64, OutputBase64 JSON instead (see the parameter)", "content": binary_content()},
+                        "206": {"description": "A byte range, in the output's mediaType", "content": binary_content()},
                         "304": {"description": "Not modified (If-None-Match)"},
                         "307": {"description": "With S3 storage and S3_PRESIGN_TTL_SECONDS set: redirect (Location) to a presigned GET URL of the object"}
                     }), &[("400", "Bad query parameter"), ("404", "No such job or output"), ("416", "Range outside the file"), ("503", "The blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
@@ -509,7 +542,39 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
         "webhooks": webhooks(),
     });
     guard_responses(&mut doc);
+    open_objects(&mut doc);
     doc
+}
+
+/// Give every free-form object schema (an object type without `properties`,
+/// `additionalProperties`, `patternProperties` or a composition) an explicit
+/// `"additionalProperties": true`. JSON Schema means the same without it, but
+/// openapi-typescript reads a bare `{"type": "object"}` as `Record<string, never>`, so
+/// `inputs`, `params` or `metadata` could not be given a member without a cast. Values
+/// (`default`, `const`, `enum`, `example(s)`) are data, not schemas, and are left alone.
+fn open_objects(v: &mut Value) {
+    const SHAPED: [&str; 7] =
+        ["properties", "additionalProperties", "patternProperties", "$ref", "allOf", "anyOf", "oneOf"];
+    const DATA: [&str; 5] = ["default", "const", "enum", "example", "examples"];
+    match v {
+        Value::Object(obj) => {
+            let object_type = match obj.get("type") {
+                Some(Value::String(t)) => t == "object",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "object"),
+                _ => false,
+            };
+            if object_type && !SHAPED.iter().any(|k| obj.contains_key(*k)) {
+                obj.insert("additionalProperties".into(), Value::Bool(true));
+            }
+            for (key, child) in obj.iter_mut() {
+                if !DATA.contains(&key.as_str()) {
+                    open_objects(child);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(open_objects),
+        _ => {}
+    }
 }
 
 /// The answers of `api::guard`, on every operation: `403 HOST_NOT_ALLOWED` (any), `403
@@ -582,7 +647,9 @@ fn components() -> Map<String, Value> {
     let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
     let nullable_string = json!({"type": ["string", "null"]});
     let v = json!({
-        "Error": {
+        // Not `Error`: openapi-python-client names both the model's instance and its `error`
+        // member `error` in `Error.from_dict`, which mypy refuses.
+        "ErrorResponse": {
             "type": "object", "required": ["error", "correlationId"],
             "properties": {
                 "error": {
@@ -758,7 +825,6 @@ fn components() -> Map<String, Value> {
             }
         },
         "WorkflowDetails": {
-            "allOf": [{"$ref": "#/components/schemas/WorkflowSummary"}],
             "type": "object", "required": ["inputSchema", "workflow", "defaults"],
             "properties": {
                 "inputSchema": {"type": "object"}, "workflow": {"type": "object"}, "defaults": {"type": "object"},
@@ -849,11 +915,6 @@ fn components() -> Map<String, Value> {
                 "warnings": {"type": "array", "items": {"type": "string"}, "description": "Unknown node classes, values the backend does not offer, defaults left out"}
             }
         },
-        "WorkflowDefinition": {
-            "allOf": [{"$ref": "#/components/schemas/WorkflowUpdate"}],
-            "required": ["id", "workflow"],
-            "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}
-        },
         "Health": {
             "type": "object", "required": ["ok"],
             "description": "Without valid credentials when authentication is on: only ok, status and ready.",
@@ -922,10 +983,43 @@ fn components() -> Map<String, Value> {
             }
         }
     });
-    match v {
+    let mut schemas = match v {
         Value::Object(m) => m,
         _ => Map::new(),
+    };
+    // Both spelled out rather than through `allOf`: openapi-python-client drops
+    // `WorkflowUpdate` and `WorkflowDefinition` (and with them `POST /workflows` and
+    // `PUT /workflows/{id}`) when nullable objects are inherited through `allOf`, and it reads
+    // `WorkflowDetails` as `WorkflowSummary` alone.
+    let definition = json!({"required": ["id", "workflow"], "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}});
+    let definition = inherit(&schemas["WorkflowUpdate"], definition);
+    schemas.insert("WorkflowDefinition".into(), definition);
+    let details = inherit(&schemas["WorkflowSummary"], schemas["WorkflowDetails"].clone());
+    schemas.insert("WorkflowDetails".into(), details);
+    schemas
+}
+
+/// `schema` with the `required` members and `properties` of `base` added (the members
+/// `schema` names win): what `allOf: [base]` would say, spelled out for the generators (see
+/// [`components`]).
+fn inherit(base: &Value, mut schema: Value) -> Value {
+    let mut merged = base.clone();
+    let mut required: Vec<Value> = base["required"].as_array().cloned().unwrap_or_default();
+    for name in schema["required"].as_array().into_iter().flatten() {
+        if !required.contains(name) {
+            required.push(name.clone());
+        }
     }
+    if let (Some(into), Some(from)) = (merged["properties"].as_object_mut(), schema["properties"].as_object_mut()) {
+        into.append(from);
+    }
+    if let (Some(into), Some(from)) = (merged.as_object_mut(), schema.as_object_mut()) {
+        from.remove("required");
+        from.remove("properties");
+        into.append(from);
+    }
+    merged["required"] = Value::Array(required);
+    merged
 }
 
 #[cfg(test)]
@@ -973,12 +1067,90 @@ mod tests {
         assert!(post["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "webhook-signature"));
     }
 
+    /// What the client generators need (tests/it/clients.rs runs them on the live document).
+    #[test]
+    fn generated_clients_can_use_the_document() {
+        let doc = document(&[(
+            "w".into(),
+            json!({"type": "object", "properties": {"o": {"type": "object", "default": {"type": "object"}}}}),
+        )]);
+        let schemas = &doc["components"]["schemas"];
+        // Free-form objects say that any member goes (openapi-typescript: not `Record<string, never>`).
+        for field in ["inputs", "params", "metadata"] {
+            assert_eq!(schemas["JobRequest"]["properties"][field]["additionalProperties"], true, "{field}");
+        }
+        assert_eq!(schemas["WorkflowUpdate"]["properties"]["defaults"]["additionalProperties"], true);
+        assert_eq!(schemas["WorkflowInputs.w"]["properties"]["o"]["additionalProperties"], true);
+        assert_eq!(
+            schemas["WorkflowInputs.w"]["properties"]["o"]["default"],
+            json!({"type": "object"}),
+            "values untouched"
+        );
+        assert!(schemas["WorkflowInputs.w"].get("additionalProperties").is_none(), "shaped objects untouched");
+        // No inheritance of nullable objects through allOf (openapi-python-client drops the schemas).
+        let definition = &schemas["WorkflowDefinition"];
+        assert!(definition.get("allOf").is_none());
+        assert_eq!(definition["required"], json!(["workflow", "id"]));
+        assert_eq!(definition["properties"]["id"]["type"], "string");
+        assert_eq!(definition["properties"]["defaults"], schemas["WorkflowUpdate"]["properties"]["defaults"]);
+        let details = &schemas["WorkflowDetails"];
+        assert!(details.get("allOf").is_none());
+        assert_eq!(
+            details["required"],
+            json!(["id", "name", "description", "version", "updatedAt", "inputSchema", "workflow", "defaults"])
+        );
+        assert_eq!(details["properties"]["version"], schemas["WorkflowSummary"]["properties"]["version"]);
+        let imported =
+            &doc["paths"]["/workflows/import"]["post"]["responses"]["201"]["content"]["application/json"]["schema"];
+        assert!(imported.get("allOf").is_none() && imported["properties"]["inputSchema"].is_object(), "{imported}");
+        assert!(imported["required"].as_array().unwrap().contains(&json!("warnings")));
+        // A download's bytes are bytes: no JSON media type beside them.
+        let download = &doc["paths"]["/outputs/{jobId}/{file}"]["get"]["responses"];
+        for status in ["200", "206"] {
+            let content = download[status]["content"].as_object().unwrap();
+            assert!(content.contains_key("application/octet-stream"), "{status}");
+            assert!(content.keys().all(|t| !t.contains("json")), "{status}: {content:?}");
+        }
+    }
+
+    #[test]
+    fn each_workflow_has_its_job_request() {
+        let inputs = json!({"type": "object", "properties": {"p": {"type": "string"}}, "required": ["p"]});
+        let doc = document(&[("w one".into(), inputs), ("free".into(), json!({"type": "object"}))]);
+        let schemas = &doc["components"]["schemas"];
+        let typed = &schemas["JobRequest.w_one"];
+        assert_eq!(typed["properties"]["workflowId"]["const"], "w one");
+        assert_eq!(typed["properties"]["inputs"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
+        assert_eq!(typed["required"], json!(["workflowId", "inputs"]));
+        let titled = document(&[("t".into(), json!({"type": "object", "title": "T", "description": "d"}))]);
+        let inputs = &titled["components"]["schemas"]["WorkflowInputs.t"];
+        assert!(inputs.get("title").is_none(), "models named after the component: {inputs}");
+        assert_eq!(inputs["description"], "T: d");
+        assert_eq!(typed["properties"]["callbackUrl"], schemas["JobRequest"]["properties"]["callbackUrl"]);
+        assert_eq!(typed["additionalProperties"], false);
+        assert_eq!(schemas["JobRequest.free"]["required"], json!(["workflowId"]), "no input needed");
+        let body = &doc["paths"]["/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        let members: Vec<&str> =
+            body["anyOf"].as_array().unwrap().iter().map(|m| m["$ref"].as_str().unwrap()).collect();
+        assert_eq!(
+            members,
+            [
+                "#/components/schemas/JobRequest",
+                "#/components/schemas/JobRequest.w_one",
+                "#/components/schemas/JobRequest.free"
+            ]
+        );
+    }
+
     #[test]
     fn workflow_schemas_are_embedded() {
         let doc =
             document(&[("w one".into(), json!({"$schema": "x", "type": "object"}))], "https://gw.example.com/base");
         assert_eq!(doc["openapi"], "3.1.0");
-        assert_eq!(doc["components"]["schemas"]["WorkflowInputs.w_one"], json!({"type": "object"}));
+        assert_eq!(
+            doc["components"]["schemas"]["WorkflowInputs.w_one"],
+            json!({"type": "object", "additionalProperties": true})
+        );
         assert_eq!(doc["x-workflow-inputs"]["w one"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
         assert_eq!(doc["servers"][0]["url"], "https://gw.example.com/base");
     }

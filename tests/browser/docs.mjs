@@ -75,7 +75,7 @@ try {
       type: tr.querySelector(':scope > td > .type').textContent,
     }));
   });
-  seen.callbackEventsText = await body.locator('tr[data-prop=callbackEvents]').textContent();
+  seen.callbackEventsText = await body.locator('tr[data-prop=callbackEvents]').first().textContent();
   seen.jobRequestRef = await body.evaluate((el) => el.querySelector('[data-ref]')?.dataset.ref);
   seen.jobRequestExample = JSON.parse(await body.locator('details.example pre').textContent());
   seen.multipart = await post.locator('.request-body [data-media-type="multipart/form-data"] tr[data-prop]').evaluateAll((els) => els.map((e) => e.dataset.prop));

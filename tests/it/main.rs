@@ -17,6 +17,9 @@
 //!   partitioned backend and the stray prompt removed when it comes back.
 //! - `campaign`: the kill -9 campaign, `KILL_CAMPAIGN_KILLS` kills (5; CI more;
 //!   `scripts/kill-campaign --kills N` runs it alone).
+//! - `clients`: clients generated from the live `/openapi.json` (openapi-python-client,
+//!   openapi-typescript with openapi-fetch), type-checked (mypy, tsc) and run unchanged:
+//!   register a workflow, submit with typed inputs, follow, download, read the webhooks.
 //! - `crash_points`: the gateway aborted at each dangerous window (after POST /prompt,
 //!   before the success commit, after a webhook 2xx, before the submit answer), restarted.
 //! - `dashboard`: the web dashboard's files (public, typed, ETag, CSP) and the page in
@@ -92,6 +95,7 @@ mod auth;
 mod backends;
 mod backup;
 mod campaign;
+mod clients;
 #[cfg(feature = "failpoints")]
 mod crash_points;
 mod dashboard;

@@ -57,12 +57,13 @@ async fn openapi_document_matches_the_live_server() {
     assert!(doc["paths"]["/workflows"]["post"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/audit"]["get"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/backends/{backendId}/drain"]["post"]["responses"]["403"].is_object());
-    let codes: Vec<&str> = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap())
-        .collect();
+    let codes: Vec<&str> =
+        doc["components"]["schemas"]["ErrorResponse"]["properties"]["error"]["properties"]["code"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
     assert!(codes.contains(&"VALIDATION_ERROR") && codes.contains(&"COMFYUI_OOM"));
 
     let Some(schemathesis) = support::require_tool("schemathesis") else { return };
