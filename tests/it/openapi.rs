@@ -74,6 +74,9 @@ async fn openapi_document_matches_the_live_server() {
         Command::new(schemathesis)
             .args(["run", &url, "--checks", "all", "--exclude-checks", "positive_data_acceptance"])
             .args(["--max-examples", "25", "--seed", "20261124", "--no-color"])
+            // `POST /jobs?wait=N` holds its answer until the job ends or N seconds pass, and
+            // the typed per-workflow bodies queue real jobs: wait as long as the server may.
+            .args(["--request-timeout", "310", "--max-response-time", "310"])
             .current_dir(&workdir)
             .output()
             .expect("run schemathesis")
