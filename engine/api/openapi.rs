@@ -1070,10 +1070,13 @@ mod tests {
     /// What the client generators need (tests/it/clients.rs runs them on the live document).
     #[test]
     fn generated_clients_can_use_the_document() {
-        let doc = document(&[(
-            "w".into(),
-            json!({"type": "object", "properties": {"o": {"type": "object", "default": {"type": "object"}}}}),
-        )]);
+        let doc = document(
+            &[(
+                "w".into(),
+                json!({"type": "object", "properties": {"o": {"type": "object", "default": {"type": "object"}}}}),
+            )],
+            "/",
+        );
         let schemas = &doc["components"]["schemas"];
         // Free-form objects say that any member goes (openapi-typescript: not `Record<string, never>`).
         for field in ["inputs", "params", "metadata"] {
@@ -1116,13 +1119,13 @@ mod tests {
     #[test]
     fn each_workflow_has_its_job_request() {
         let inputs = json!({"type": "object", "properties": {"p": {"type": "string"}}, "required": ["p"]});
-        let doc = document(&[("w one".into(), inputs), ("free".into(), json!({"type": "object"}))]);
+        let doc = document(&[("w one".into(), inputs), ("free".into(), json!({"type": "object"}))], "/");
         let schemas = &doc["components"]["schemas"];
         let typed = &schemas["JobRequest.w_one"];
         assert_eq!(typed["properties"]["workflowId"]["const"], "w one");
         assert_eq!(typed["properties"]["inputs"]["$ref"], "#/components/schemas/WorkflowInputs.w_one");
         assert_eq!(typed["required"], json!(["workflowId", "inputs"]));
-        let titled = document(&[("t".into(), json!({"type": "object", "title": "T", "description": "d"}))]);
+        let titled = document(&[("t".into(), json!({"type": "object", "title": "T", "description": "d"}))], "/");
         let inputs = &titled["components"]["schemas"]["WorkflowInputs.t"];
         assert!(inputs.get("title").is_none(), "models named after the component: {inputs}");
         assert_eq!(inputs["description"], "T: d");
