@@ -710,7 +710,7 @@ async fn register_definition(def: WorkflowDefinition, db: &DbArgs) -> Result<Str
             let status = resp.status();
             let v: Value = resp.json().await.unwrap_or(Value::Null);
             if !status.is_success() {
-                return Err(CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or(""))));
+                return Err(refused(status, &v));
             }
             Ok(format!("workflow {} version {} (via {base})", v["id"].as_str().unwrap_or(""), v["version"]))
         }
@@ -785,7 +785,7 @@ async fn list_workflows(db: &DbArgs) -> Result<(), CliError> {
             let status = resp.status();
             let v: Value = resp.json().await.map_err(|e| CliError::runtime(format!("{base}: {e}")))?;
             if !status.is_success() {
-                return Err(CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or(""))));
+                return Err(refused(status, &v));
             }
             v["workflows"]
                 .as_array()
@@ -889,6 +889,12 @@ async fn health(args: &HealthArgs) -> Result<(), CliError> {
     }
 }
 
+/// A running gateway's refusal (a non-2xx answer with the error envelope `v`), for the user:
+/// the status and the message.
+fn refused(status: reqwest::StatusCode, v: &Value) -> CliError {
+    CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or("")))
+}
+
 /// `backup`: copy the database to `--out` from the file itself when it is free, else through
 /// the running gateway's `POST /admin/backup`; either way the copy is checked (read-only)
 /// before it is renamed to `--out`.
@@ -948,7 +954,7 @@ async fn download_backup(
     let status = resp.status();
     if !status.is_success() {
         let v: Value = resp.json().await.unwrap_or(Value::Null);
-        return Err(CliError::runtime(format!("{status}: {}", v["error"]["message"].as_str().unwrap_or(""))));
+        return Err(refused(status, &v));
     }
     let expected = resp.headers().get("x-backup-sha256").and_then(|v| v.to_str().ok()).map(str::to_string);
     let n_entries = resp.headers().get("x-backup-entries").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(0);
