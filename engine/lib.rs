@@ -27,6 +27,7 @@
 //! - [`service`]: the gateway's operations in domain terms (submit with cache and
 //!   idempotency and the input/render plugin hooks, register workflows with plugins, read).
 //! - [`auth`]: API keys and JWTs to a principal (owner id, role); constant-time key checks.
+//! - [`wire`]: the JSON bodies the API takes and gives (serde + JSON Schema), webhooks' too.
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
 //! - [`failpoints`]: crash points at the dangerous windows (feature `failpoints`, tests).
 //! - [`cli`]: the command line (serve (alias run), sim, init, add-workflow, import-workflow,
@@ -56,4 +57,5 @@ pub mod ssrf;
 pub mod storage;
 pub mod store;
 pub mod webhooks;
+pub mod wire;
 pub mod workflows;

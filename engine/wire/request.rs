@@ -1,0 +1,2 @@
+//! Request bodies: what `POST /jobs`, `POST|PUT /workflows` and `POST /workflows/import`
+//! take, parsed with [`super::parse`].
