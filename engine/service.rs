@@ -152,20 +152,6 @@ pub struct Imported {
 }
 
 impl Imported {
-    /// The proposal as `POST /workflows/import` answers it (and `import-workflow` prints it):
-    /// `{proposal: {id, name, description, template, inputSchema}, inputs, warnings}`.
-    pub fn answer(&self) -> Value {
-        let p = &self.proposal;
-        serde_json::json!({
-            "proposal": {
-                "id": self.id, "name": self.name, "description": self.description,
-                "template": p.template, "inputSchema": p.input_schema,
-            },
-            "inputs": p.inputs,
-            "warnings": p.warnings,
-        })
-    }
-
     /// The definition that registers the proposal as it is.
     pub fn definition(&self) -> WorkflowDefinition {
         WorkflowDefinition {

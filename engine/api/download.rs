@@ -14,12 +14,13 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::reply::{self, Resp};
 use crate::domain::{Job, OutputRef, hash_hex};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::Gateway;
+use crate::wire::job::{Base64Encoding, JobView, OutputBase64};
 
 /// Largest output inlined by `?include=base64`, in bytes (larger ones are listed only).
 pub const INLINE_BYTES_MAX: u64 = 4 << 20;
@@ -126,14 +127,14 @@ pub async fn output_file(
         reply::empty(StatusCode::NOT_MODIFIED)
     } else if format.as_deref() == Some("base64") {
         let bytes = read(gateway, output).await?;
-        let body = json!({
-            "name": output.name,
-            "mediaType": output.media_type,
-            "size": output.size_bytes,
-            "hash": hash_hex(&output.hash),
-            "encoding": "base64",
-            "data": BASE64.encode(&bytes),
-        });
+        let body = OutputBase64 {
+            name: output.name.clone(),
+            media_type: output.media_type.clone(),
+            size: output.size_bytes,
+            hash: hash_hex(&output.hash),
+            encoding: Base64Encoding::Base64,
+            data: BASE64.encode(&bytes),
+        };
         reply::json(StatusCode::OK, &body)
     } else if let Some(objects) = objects.filter(|o| o.presigns() && !head) {
         let url = objects.presigned_get(&output.hash).await.map_err(storage_error)?.unwrap_or_default();
@@ -238,20 +239,17 @@ async fn read(gateway: &Gateway, output: &OutputRef) -> Result<Bytes> {
     Ok(bytes)
 }
 
-/// Add `base64` data to each output of a job JSON (as built by `reply::job_json`) that is
-/// small enough; larger ones get `"inlined": false`.
-pub async fn inline_outputs(gateway: &Gateway, job: &Job, job_json: &mut Value) -> Result<()> {
-    let Some(list) = job_json.get_mut("outputs").and_then(Value::as_array_mut) else { return Ok(()) };
+/// Add `base64` data to each output of `view` (the view of `job`) that is small enough;
+/// larger ones get `"inlined": false`.
+pub async fn inline_outputs(gateway: &Gateway, job: &Job, view: &mut JobView) -> Result<()> {
     let mut total = 0u64;
-    for (entry, output) in list.iter_mut().zip(&job.outputs) {
+    for (entry, output) in view.outputs.iter_mut().zip(&job.outputs) {
         let fits = output.size_bytes <= INLINE_BYTES_MAX && total + output.size_bytes <= INLINE_TOTAL_BYTES_MAX;
         if fits {
             total += output.size_bytes;
-            entry["base64"] = json!(BASE64.encode(read(gateway, output).await?));
-            entry["inlined"] = json!(true);
-        } else {
-            entry["inlined"] = json!(false);
+            entry.base64 = Some(BASE64.encode(read(gateway, output).await?));
         }
+        entry.inlined = Some(fits);
     }
     Ok(())
 }

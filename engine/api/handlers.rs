@@ -18,12 +18,21 @@ use tokio::sync::broadcast;
 use crate::auth::Principal;
 use crate::canonical;
 use crate::config::MemoryLimits;
-use crate::domain::{Delivery, DeliveryState, Job, JobId, JobState, Role, WebhookEvents, WorkflowRecord};
+use crate::domain::{Job, JobId, JobState, Role, WebhookEvents};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{
     Actor, IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
 };
 use crate::store::JobQuery;
+use crate::wire::Link;
+use crate::wire::job::{
+    DeliveryView, JobAccepted, JobDeliveries, JobEventView, JobLog, JobOutputs, JobView, OutputView,
+};
+use crate::wire::system::{
+    AuditEntryView, AuditPage, Backend, BackendList, BackendsCheck, Capabilities, Health, HealthBackend,
+    HealthComfyui, HealthStore, Livez, ReadyChecks, Readiness, Readyz, StoreCheck, Up, WorkflowDetails,
+    WorkflowImportRegistered, WorkflowImported, WorkflowList, WorkflowSummary,
+};
 
 /// How long a slow body has before its average rate is checked (`BODY_MIN_BYTES_PER_S`).
 pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
@@ -364,39 +373,24 @@ pub async fn health(ctx: &Ctx, details: bool) -> Result<Resp> {
     let store_ok = ctx.gateway.store_ok();
     let ok = reachable && store_ok;
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let public = Health::public(ok);
     if !details {
         // The public answer (credentials configured, none valid given): up and ready or
         // not; backend URLs, versions and error texts are for authenticated callers.
-        return Ok(reply::json(status, &json!({"ok": ok, "status": "up", "ready": ok})));
+        return Ok(reply::json(status, &public));
     }
-    let list: Vec<Value> = backends
-        .iter()
-        .map(|b| {
-            json!({
-                "id": b.id,
-                "url": b.url,
-                "state": b.state(),
-                "reachable": b.reachable,
-                "inFlight": b.in_flight,
-                "comfyuiVersion": b.info.comfyui_version,
-                "lastError": b.info.last_error,
-            })
-        })
-        .collect();
-    let body = json!({
-        "ok": ok,
-        "status": "up",
-        "ready": ok,
-        "version": env!("CARGO_PKG_VERSION"),
-        "uptime": ctx.started.elapsed().as_secs(),
-        "queueDepth": ctx.gateway.queue_depth(),
-        "comfyui": {
-            "reachable": reachable,
-            "url": backends.first().map(|b| b.url.clone()),
-            "backends": list,
-        },
-        "store": {"ok": store_ok},
-    });
+    let body = Health {
+        version: Some(env!("CARGO_PKG_VERSION").to_string()),
+        uptime: Some(ctx.started.elapsed().as_secs()),
+        queue_depth: Some(ctx.gateway.queue_depth() as u64),
+        comfyui: Some(HealthComfyui {
+            reachable,
+            url: backends.first().map(|b| b.url.clone()),
+            backends: backends.iter().map(HealthBackend::new).collect(),
+        }),
+        store: Some(HealthStore { ok: store_ok }),
+        ..public
+    };
     Ok(reply::json(status, &body))
 }
 
@@ -405,12 +399,12 @@ pub async fn health(ctx: &Ctx, details: bool) -> Result<Resp> {
 /// liveness probe never restarts a gateway because ComfyUI is down. `database` is the id
 /// of the database it holds (the CLI checks it before acting through this gateway).
 pub fn livez(ctx: &Ctx) -> Result<Resp> {
-    let body = json!({
-        "status": "up",
-        "version": env!("CARGO_PKG_VERSION"),
-        "database": ctx.gateway.database_id(),
-        "uptime": ctx.started.elapsed().as_secs(),
-    });
+    let body = Livez {
+        status: Up::Up,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        database: ctx.gateway.database_id(),
+        uptime: ctx.started.elapsed().as_secs(),
+    };
     Ok(reply::json(StatusCode::OK, &body))
 }
 
@@ -422,65 +416,45 @@ pub fn readyz(ctx: &Ctx) -> Result<Resp> {
     let backends_ok = ctx.gateway.backends().iter().any(|b| b.reachable);
     let ready = store_ok && backends_ok;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let check = |ok: bool, failed: &'static str| if ok { "ok" } else { failed };
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": {
-            "store": check(store_ok, "failed"),
-            "backends": check(backends_ok, "unreachable"),
+    let body = Readyz {
+        status: if ready { Readiness::Ready } else { Readiness::NotReady },
+        checks: ReadyChecks {
+            store: if store_ok { StoreCheck::Ok } else { StoreCheck::Failed },
+            backends: if backends_ok { BackendsCheck::Ok } else { BackendsCheck::Unreachable },
         },
-    });
+    };
     Ok(reply::json(status, &body))
-}
-
-/// One backend in `GET /backends` and the drain answers.
-fn backend_json(b: &crate::scheduler::BackendStatus) -> Value {
-    json!({
-        "id": b.id,
-        "url": b.url,
-        "state": b.state(),
-        "reachable": b.reachable,
-        "draining": b.draining,
-        "drainedAt": b.info.drained_since_ms.map(reply::rfc3339),
-        "inFlight": b.in_flight,
-        "maxConcurrency": b.concurrency_max,
-        "latencyMs": {"run": b.info.run_ms.p50(), "probe": b.info.probe_ms.p50()},
-        "lastError": b.info.last_error,
-        "comfyuiVersion": b.info.comfyui_version,
-        "recentWorkflows": b.recent_workflows,
-    })
 }
 
 /// `GET /backends`: every configured backend's state, in `COMFYUI_URL` order.
 pub fn backends(ctx: &Ctx) -> Result<Resp> {
-    let list: Vec<Value> = ctx.gateway.backends().iter().map(backend_json).collect();
-    Ok(reply::json(StatusCode::OK, &json!({ "backends": list })))
+    let backends = ctx.gateway.backends().iter().map(Backend::new).collect();
+    Ok(reply::json(StatusCode::OK, &BackendList { backends }))
 }
 
 /// `POST /backends/{id}/drain` and `/resume` (admin): no new jobs go to a drained backend,
 /// its running jobs finish; the drain is durable and audit-logged.
 pub async fn set_draining(ctx: &Ctx, p: &Params, draining: bool) -> Result<Resp> {
     let status = ctx.gateway.set_draining(&p.id, draining, &actor(p)).await?;
-    Ok(reply::json(StatusCode::OK, &backend_json(&status)))
+    Ok(reply::json(StatusCode::OK, &Backend::new(&status)))
 }
 
 /// `GET /capabilities`.
 pub fn capabilities(ctx: &Ctx) -> Result<Resp> {
     let workflows: Vec<String> = ctx.gateway.workflows()?.into_iter().map(|w| w.id).collect();
     let c = &ctx.gateway.config;
-    Ok(reply::json(
-        StatusCode::OK,
-        &json!({
-            "workflows": workflows,
-            "maxSize": c.image_size_max,
-            "maxBatch": c.batch_size_max,
-            "formats": ["png", "jpeg", "webp", "gif", "mp4", "webm", "wav", "mp3", "flac", "txt", "json"],
-            "storageProvider": c.storage.name(),
-            "maxBodyBytes": c.body_bytes_max,
-            "priorities": ["high", "normal", "low"],
-            "plugins": crate::plugins::AVAILABLE,
-        }),
-    ))
+    let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    let body = Capabilities {
+        workflows,
+        max_size: c.image_size_max,
+        max_batch: c.batch_size_max,
+        formats: names(&["png", "jpeg", "webp", "gif", "mp4", "webm", "wav", "mp3", "flac", "txt", "json"]),
+        storage_provider: c.storage.name().to_string(),
+        max_body_bytes: c.body_bytes_max,
+        priorities: names(&["high", "normal", "low"]),
+        plugins: crate::plugins::AVAILABLE,
+    };
+    Ok(reply::json(StatusCode::OK, &body))
 }
 
 /// `GET /openapi.json`, with every registered workflow's input schema.
@@ -499,51 +473,16 @@ pub fn openapi(ctx: &Ctx) -> Result<Resp> {
     Ok(reply::json(StatusCode::OK, &super::openapi::document(&workflows, server_url)))
 }
 
-fn workflow_summary(w: &WorkflowRecord) -> Value {
-    json!({
-        "id": w.id,
-        "name": w.name,
-        "description": w.description,
-        "version": w.version,
-        "updatedAt": reply::rfc3339(w.created_ms),
-    })
-}
-
 /// `GET /workflows`.
 pub fn list_workflows(ctx: &Ctx) -> Result<Resp> {
-    let list: Vec<Value> = ctx.gateway.workflows()?.iter().map(workflow_summary).collect();
-    Ok(reply::json(StatusCode::OK, &json!({ "workflows": list })))
-}
-
-/// A workflow as the API shows it; a stored text that is not JSON is a damaged record (an
-/// internal error, logged), never shown as `null`.
-fn workflow_details(w: &WorkflowRecord, schema: Value) -> Result<Value> {
-    let stored = |path: &str, text: &str| {
-        crate::workflows::decode_stored(path, text)
-            .map_err(|e| Error::internal(format!("stored workflow {} v{} is damaged: {e}", w.id, w.version)))
-    };
-    let mut v = workflow_summary(w);
-    v["inputSchema"] = schema;
-    v["workflow"] = stored("/workflow", &w.template_json)?;
-    v["defaults"] = match w.defaults_json.as_deref() {
-        Some(d) => stored("/defaults", d)?,
-        None => json!({}),
-    };
-    v["keepPreviews"] = json!(w.keep_previews);
-    if let Some(p) = &w.plugin {
-        v["plugin"] = json!({
-            "hash": crate::domain::hash_hex(&p.hash),
-            "config": stored("/plugin/config", &p.config_json)?,
-            "keepOriginals": p.keep_originals,
-        });
-    }
-    Ok(v)
+    let workflows = ctx.gateway.workflows()?.iter().map(WorkflowSummary::new).collect();
+    Ok(reply::json(StatusCode::OK, &WorkflowList { workflows }))
 }
 
 /// `GET /workflows/{id}`.
 pub fn get_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let (w, schema) = ctx.gateway.workflow(&p.id)?;
-    Ok(reply::json(StatusCode::OK, &workflow_details(&w, schema)?))
+    Ok(reply::json(StatusCode::OK, &WorkflowDetails::new(&w, schema)?))
 }
 
 const WORKFLOW_FIELDS: &[&str] =
@@ -635,9 +574,9 @@ pub async fn create_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
 }
 
 /// Register a new workflow (audited): its details.
-async fn register_workflow(ctx: &Ctx, p: &Params, def: WorkflowDefinition) -> Result<Value> {
+async fn register_workflow(ctx: &Ctx, p: &Params, def: WorkflowDefinition) -> Result<WorkflowDetails> {
     let (rec, schema) = ctx.gateway.put_workflow(def, false, &actor(p)).await?;
-    workflow_details(&rec, schema)
+    WorkflowDetails::new(&rec, schema)
 }
 
 const IMPORT_FIELDS: &[&str] = &["workflow", "id", "name", "description", "register"];
@@ -672,12 +611,11 @@ pub async fn import_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
             opt_string(&options, "description")?,
         )
         .await?;
-    let mut answer = imported.answer();
+    let answer = WorkflowImported::new(&imported.id, &imported.name, &imported.description, &imported.proposal);
     if register {
-        let mut details = register_workflow(ctx, p, imported.definition()).await?;
-        details["inputs"] = answer["inputs"].take();
-        details["warnings"] = answer["warnings"].take();
-        return Ok(reply::json(StatusCode::CREATED, &details));
+        let workflow = register_workflow(ctx, p, imported.definition()).await?;
+        let registered = WorkflowImportRegistered { workflow, inputs: answer.inputs, warnings: answer.warnings };
+        return Ok(reply::json(StatusCode::CREATED, &registered));
     }
     Ok(reply::json(StatusCode::OK, &answer))
 }
@@ -692,7 +630,7 @@ pub async fn update_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
     }
     let def = workflow_definition(&body, p.id.clone())?;
     let (rec, schema) = ctx.gateway.put_workflow(def, true, &actor(p)).await?;
-    Ok(reply::json(StatusCode::OK, &workflow_details(&rec, schema)?))
+    Ok(reply::json(StatusCode::OK, &WorkflowDetails::new(&rec, schema)?))
 }
 
 /// `DELETE /workflows/{id}`: 204.
@@ -935,17 +873,15 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
         None
     };
     let mut resp = if let Some(done) = finished {
-        let mut body = reply::job_json(done, None, &links);
+        let mut body = JobView::new(done, None, &links);
         if inline {
             download::inline_outputs(&ctx.gateway, done, &mut body).await?;
         }
         reply::json(StatusCode::OK, &body)
     } else {
         let poll_url = links.job(job.id);
-        let mut resp = reply::json(
-            StatusCode::ACCEPTED,
-            &json!({ "jobId": job.id, "status": job.state.as_str(), "pollUrl": poll_url }),
-        );
+        let accepted = JobAccepted { job_id: job.id, status: job.state.into(), poll_url: Link(poll_url.clone()) };
+        let mut resp = reply::json(StatusCode::ACCEPTED, &accepted);
         if let Ok(v) = HeaderValue::from_str(&poll_url) {
             resp.headers_mut().insert(header::LOCATION, v);
         }
@@ -997,8 +933,8 @@ async fn wait_terminal(
 pub async fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
     let live = ctx.gateway.live_status(job.id, job.queue_key);
-    let mut body = reply::job_json(&job, Some(&live), &ctx.gateway.config.links());
-    body["etaSeconds"] = json!(ctx.gateway.eta_seconds(&job, &live));
+    let mut body = JobView::new(&job, Some(&live), &ctx.gateway.config.links());
+    body.eta_seconds = Some(ctx.gateway.eta_seconds(&job, &live));
     if parse_include(p)? {
         download::inline_outputs(&ctx.gateway, &job, &mut body).await?;
     }
@@ -1108,7 +1044,7 @@ fn parse_time(p: &Params, name: &str) -> Result<Option<u64>> {
     let Some(raw) = p.query(name) else { return Ok(None) };
     raw.parse::<u64>()
         .ok()
-        .or_else(|| reply::parse_rfc3339(raw))
+        .or_else(|| crate::wire::parse_rfc3339(raw))
         .map(Some)
         .ok_or_else(|| Error::validation(name, "must be an RFC 3339 date-time or milliseconds since the Unix epoch"))
 }
@@ -1172,7 +1108,7 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let mut listed: Option<(u64, JobId)> = None;
     for j in jobs {
         let position = (j.created_ms, j.id);
-        let item = serde_json::to_vec(&reply::job_json(&ctx.gateway.reveal(j)?, None, &links))
+        let item = serde_json::to_vec(&JobView::new(&ctx.gateway.reveal(j)?, None, &links))
             .map_err(|e| Error::internal(format!("encoding a job: {e}")))?;
         if let Some(last) = listed
             && body.len() + item.len() > bytes_max
@@ -1186,8 +1122,9 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
         body.extend_from_slice(&item);
         listed = Some(position);
     }
-    let next_cursor = next.map(|c| c.encode());
-    body.extend_from_slice(format!("],\"nextCursor\":{}}}", json!(next_cursor)).as_bytes());
+    // The rest of a `JobList`: `],"nextCursor":...}`.
+    let next_cursor = serde_json::to_string(&next.map(|c| c.encode())).map_err(Error::internal)?;
+    body.extend_from_slice(format!("],\"nextCursor\":{next_cursor}}}").as_bytes());
     Ok(reply::bytes(StatusCode::OK, "application/json", body.into()))
 }
 
@@ -1212,72 +1149,48 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let full = events.len() == LOG_ENTRIES_MAX;
     let texts = if ctx.gateway.config.privacy_mode { Some(reply::private_texts(&job)) } else { None };
     let entries = events.iter().map(|(seq, e)| {
-        let mut v = reply::event_json(*seq, e);
-        if let Some(texts) = &texts {
-            reply::redact(&mut v, texts);
+        let entry = JobEventView::new(*seq, e);
+        match &texts {
+            Some(texts) => reply::redacted(entry, texts),
+            None => entry,
         }
-        v
     });
-    let (list, cut) = reply::capped_list(entries, ctx.gateway.config.memory.response_bytes_max);
-    let mut body = json!({ "jobId": job.id, "status": job.state.as_str() });
-    if cut || full {
-        body["nextAfter"] = list.last().map_or(Value::Null, |e| e["seq"].clone());
-    }
-    body["events"] = Value::Array(list);
-    Ok(reply::json(StatusCode::OK, &body))
+    let (events, cut) = reply::capped_list(entries, ctx.gateway.config.memory.response_bytes_max);
+    let next_after = if cut || full { events.last().map(|e| e.seq) } else { None };
+    Ok(reply::json(StatusCode::OK, &JobLog { job_id: job.id, status: job.state.into(), next_after, events }))
 }
 
 /// `POST /jobs/{id}/cancel` (recorded in the audit log).
 pub async fn cancel_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let id = visible_job(ctx, p)?.id;
     let job = ctx.gateway.cancel(id, &actor(p)).await?;
-    Ok(reply::json(StatusCode::OK, &reply::job_json(&job, None, &ctx.gateway.config.links())))
-}
-
-/// The JSON of one webhook delivery.
-fn delivery_json(d: &Delivery) -> Value {
-    json!({
-        "id": d.id,
-        "event": d.event.type_name(),
-        "url": d.url,
-        "state": d.state.as_str(),
-        "attempts": d.n_attempts,
-        "createdAt": reply::rfc3339(d.created_ms),
-        "lastAttemptAt": d.last_attempt_ms.map(reply::rfc3339),
-        "lastStatus": d.last_status,
-        "lastError": d.last_error,
-        "nextAttemptAt": (d.state == DeliveryState::Pending).then(|| reply::rfc3339(d.next_attempt_ms)),
-    })
+    Ok(reply::json(StatusCode::OK, &JobView::new(&job, None, &ctx.gateway.config.links())))
 }
 
 /// `GET /jobs/{id}/webhooks`: the job's webhook deliveries, oldest first.
 pub fn job_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
     let deliveries = ctx.gateway.job_deliveries(job.id)?;
-    let (list, cut) =
-        reply::capped_list(deliveries.iter().map(delivery_json), ctx.gateway.config.memory.response_bytes_max);
-    let mut body = json!({ "jobId": job.id, "deliveries": list });
-    if cut {
-        // The oldest are listed; the rest did not fit in MAX_RESPONSE_BYTES.
-        body["truncated"] = json!(true);
-    }
-    Ok(reply::json(StatusCode::OK, &body))
+    // The oldest are listed; the rest did not fit in MAX_RESPONSE_BYTES.
+    let (deliveries, truncated) =
+        reply::capped_list(deliveries.iter().map(DeliveryView::new), ctx.gateway.config.memory.response_bytes_max);
+    Ok(reply::json(StatusCode::OK, &JobDeliveries { job_id: job.id, deliveries, truncated }))
 }
 
 /// `POST /jobs/{id}/webhook/redeliver`: every delivery of the job due again now (same
 /// `webhook-id`s), their endpoints enabled again; 409 if the job has none.
 pub async fn redeliver_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
-    let list: Vec<Value> = ctx.gateway.redeliver(job.id, &actor(p)).await?.iter().map(delivery_json).collect();
-    Ok(reply::json(StatusCode::ACCEPTED, &json!({ "jobId": job.id, "deliveries": list })))
+    let deliveries = ctx.gateway.redeliver(job.id, &actor(p)).await?.iter().map(DeliveryView::new).collect();
+    Ok(reply::json(StatusCode::ACCEPTED, &JobDeliveries { job_id: job.id, deliveries, truncated: false }))
 }
 
 /// `GET /outputs/{id}`.
 pub fn list_outputs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let job = visible_job(ctx, p)?;
     let links = ctx.gateway.config.links();
-    let outputs: Vec<Value> = job.outputs.iter().map(|o| reply::output_json(&job, o, &links)).collect();
-    Ok(reply::json(StatusCode::OK, &json!({ "jobId": job.id, "status": job.state.as_str(), "outputs": outputs })))
+    let outputs = job.outputs.iter().map(|o| OutputView::new(&job, o, &links)).collect();
+    Ok(reply::json(StatusCode::OK, &JobOutputs { job_id: job.id, status: job.state.into(), outputs }))
 }
 
 /// `GET|HEAD /outputs/{id}/{file}`: see [`download`].
@@ -1304,23 +1217,13 @@ pub fn audit(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let page = Page::<u64>::parse(p)?;
     let mut entries = ctx.gateway.audit(page.cursor, page.read_max())?;
     let mut next_cursor = page.cut(&mut entries, |(seq, _)| *seq).map(|c| c.encode());
-    let items = entries.iter().map(|(seq, e)| {
-        json!({
-            "seq": seq,
-            "at": reply::rfc3339(e.at_ms),
-            "actor": e.actor,
-            "role": e.role.map(Role::as_str),
-            "action": e.action.as_str(),
-            "target": e.target,
-            "correlationId": e.correlation_id,
-        })
-    });
+    let items = entries.iter().map(|(seq, e)| AuditEntryView::new(*seq, e));
     // A page is also cut at MAX_RESPONSE_BYTES; the cursor then continues after it.
-    let (list, cut) = reply::capped_list(items, ctx.gateway.config.memory.response_bytes_max);
+    let (entries, cut) = reply::capped_list(items, ctx.gateway.config.memory.response_bytes_max);
     if cut {
-        next_cursor = list.last().map(|e| e["seq"].to_string());
+        next_cursor = entries.last().map(|e| e.seq.encode());
     }
-    Ok(reply::json(StatusCode::OK, &json!({ "entries": list, "nextCursor": next_cursor })))
+    Ok(reply::json(StatusCode::OK, &AuditPage { entries, next_cursor }))
 }
 
 /// Bytes read from a backup's file per chunk of its download.
@@ -1367,7 +1270,7 @@ pub async fn backup(ctx: &Ctx, p: &Params) -> Result<Resp> {
     .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
     let mut resp = http::Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync());
     let name =
-        format!("attachment; filename=\"gateway-{}.redb\"", reply::rfc3339(crate::domain::now_ms()).replace(':', ""));
+        format!("attachment; filename=\"gateway-{}.redb\"", crate::wire::rfc3339(crate::domain::now_ms()).replace(':', ""));
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));
@@ -1382,28 +1285,6 @@ pub async fn backup(ctx: &Ctx, p: &Params) -> Result<Resp> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_damaged_stored_workflow_is_an_error_never_null() {
-        let record = |template: &str, defaults: Option<&str>| WorkflowRecord {
-            id: "w".into(),
-            version: 2,
-            name: "W".into(),
-            description: String::new(),
-            template_json: template.into(),
-            schema_json: None,
-            defaults_json: defaults.map(Into::into),
-            created_ms: 0,
-            keep_previews: false,
-            plugin: None,
-        };
-        let shown = workflow_details(&record(r#"{"1": {}}"#, Some(r#"{"a": 1}"#)), json!({})).unwrap();
-        assert_eq!((&shown["workflow"], &shown["defaults"]), (&json!({"1": {}}), &json!({"a": 1})));
-        for (template, defaults) in [("{\"1\": ", None), ("{}", Some("{oops"))] {
-            let err = workflow_details(&record(template, defaults), json!({})).unwrap_err();
-            assert_eq!(err.code, ErrorCode::Internal, "{template} / {defaults:?}");
-        }
-    }
 
     #[test]
     fn member_scan_counts_inside_inputs_params_and_metadata_only() {

@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use serde_json::{Value, json};
+use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +36,7 @@ use super::routes::{Ctx, Params};
 use crate::domain::{JobEventKind, JobId};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::Gateway;
+use crate::wire::job::{JobEnded, JobEventView, JobView, OutputView};
 
 /// Reconnection delay suggested to clients (`retry:`), in ms.
 const RETRY_MS: u64 = 2000;
@@ -167,7 +168,7 @@ impl Follow {
         }
         for (seq, event) in events {
             self.last_seq = seq;
-            let mut data = reply::event_json(seq, &event);
+            let entry = JobEventView::new(seq, &event);
             let name = match &event.kind {
                 JobEventKind::Progress { .. } | JobEventKind::Milestone { .. } => "progress",
                 JobEventKind::Webhook { .. } => "webhook",
@@ -185,38 +186,35 @@ impl Follow {
             ) {
                 let j = self.gateway.job(self.id)?;
                 let links = self.gateway.config.links();
-                let mut body = reply::job_json(&j, None, &links);
+                let job = JobView::new(&j, None, &links);
                 if matches!(event.kind, JobEventKind::Succeeded { .. }) {
                     let seen = self.outputs_seen.filter(|(at, _)| *at == seq).map_or(0, |(_, n)| n);
                     for (k, o) in j.outputs.iter().enumerate().skip(seen) {
                         let id = format!("{seq}.{k}");
-                        self.out.push_back(encode_as(&id, "output", &reply::output_json(&j, o, &links)));
+                        self.out.push_back(encode_as(&id, "output", &OutputView::new(&j, o, &links)));
                     }
                 }
-                if privacy {
-                    reply::redact(&mut body, &texts);
-                }
-                data = json!({ "seq": seq, "at": data["at"], "type": data["type"], "job": body });
-                self.out.push_back(encode(seq, name, &data));
+                let ended = JobEnded { seq, at: entry.at, kind: j.state.into(), job };
+                let ended = if privacy { reply::redacted(ended, &texts) } else { ended };
+                self.out.push_back(encode(seq, name, &ended));
                 self.finished = true;
                 break;
             }
-            if privacy {
-                reply::redact(&mut data, &texts);
-            }
-            self.out.push_back(encode(seq, name, &data));
+            let entry = if privacy { reply::redacted(entry, &texts) } else { entry };
+            self.out.push_back(encode(seq, name, &entry));
         }
         Ok(())
     }
 }
 
 /// One event in the text/event-stream format; `data` is one line of JSON.
-fn encode(id: u64, event: &str, data: &Value) -> Bytes {
+fn encode<T: Serialize>(id: u64, event: &str, data: &T) -> Bytes {
     encode_as(&id.to_string(), event, data)
 }
 
 /// [`encode`] with an id that is not a log seq (`N.k`: output `k` of the event at seq `N`).
-fn encode_as(id: &str, event: &str, data: &Value) -> Bytes {
+fn encode_as<T: Serialize>(id: &str, event: &str, data: &T) -> Bytes {
+    let data = serde_json::to_string(data).expect("a wire type serializes");
     Bytes::from(format!("id: {id}\nevent: {event}\ndata: {data}\n\n"))
 }
 

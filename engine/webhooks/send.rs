@@ -5,31 +5,20 @@
 
 use std::time::Duration;
 
-use serde_json::json;
-
 use super::Settings;
 use super::policy::check_destination;
 use super::schedule::{Outcome, parse_retry_after};
 use super::sign::{standard_signature, x_signature};
-use crate::api::reply::{job_json, rfc3339};
-use crate::domain::{Delivery, Job, Links, WebhookEvent, now_ms};
+use crate::domain::{Delivery, Job, Links, now_ms};
 use crate::ssrf::pinned_client;
+use crate::wire::job::WebhookPayload;
 
 /// The Standard Webhooks payload of a delivery: `{type, timestamp, data}`, where `data` is
 /// the job as the API shows it (`job`: the delivery's snapshot with sealed fields opened)
 /// with its links made by `links` (absolute: `Config::webhook_links`), plus `progress: {node, percent}` for
 /// `job.progress`. `timestamp` is when the event happened, not when it is sent.
 pub fn body(delivery: &Delivery, job: &Job, links: &Links) -> Vec<u8> {
-    let mut data = job_json(job, None, links);
-    if let WebhookEvent::Progress { node, percent } = &delivery.event {
-        data["progress"] = json!({ "node": node, "percent": percent });
-    }
-    let payload = json!({
-        "type": delivery.event.type_name(),
-        "timestamp": rfc3339(delivery.created_ms),
-        "data": data,
-    });
-    serde_json::to_vec(&payload).expect("a JSON value serializes")
+    serde_json::to_vec(&WebhookPayload::new(delivery, job, links)).expect("a wire type serializes")
 }
 
 /// How an attempt went.
@@ -120,7 +109,9 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::domain::{DeliveryState, OutputRef};
+    use serde_json::json;
+
+    use crate::domain::{DeliveryState, OutputRef, WebhookEvent};
     use crate::webhooks::sign::{SignedHeaders, SigningKey, verify};
     use crate::webhooks::{DomainList, Settings};
 

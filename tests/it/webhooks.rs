@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use comfyui_gateway::api::reply::parse_rfc3339;
+use comfyui_gateway::wire::parse_rfc3339;
 use comfyui_gateway::webhooks::sign::{SignedHeaders, SigningKey, verify};
 use serde_json::{Value, json};
 
