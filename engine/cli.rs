@@ -744,12 +744,16 @@ async fn import_workflow(args: ImportWorkflowArgs) -> Result<(), CliError> {
     let imported =
         crate::service::propose_import(&export, "", &classes, args.id, args.name, args.description).map_err(refused)?;
     let proposal = &imported.proposal;
-    println!("{}", serde_json::to_string_pretty(&crate::wire::system::WorkflowImported::new(
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&crate::wire::system::WorkflowImported::new(
             &imported.id,
             &imported.name,
             &imported.description,
             &imported.proposal,
-        )).unwrap_or_default());
+        ))
+        .unwrap_or_default()
+    );
     for warning in &proposal.warnings {
         eprintln!("warning: {warning}");
     }

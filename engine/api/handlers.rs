@@ -29,9 +29,9 @@ use crate::wire::job::{
     DeliveryView, JobAccepted, JobDeliveries, JobEventView, JobLog, JobOutputs, JobView, OutputView,
 };
 use crate::wire::system::{
-    AuditEntryView, AuditPage, Backend, BackendList, BackendsCheck, Capabilities, Health, HealthBackend,
-    HealthComfyui, HealthStore, Livez, ReadyChecks, Readiness, Readyz, StoreCheck, Up, WorkflowDetails,
-    WorkflowImportRegistered, WorkflowImported, WorkflowList, WorkflowSummary,
+    AuditEntryView, AuditPage, Backend, BackendList, BackendsCheck, Capabilities, Health, HealthBackend, HealthComfyui,
+    HealthStore, Livez, Readiness, ReadyChecks, Readyz, StoreCheck, Up, WorkflowDetails, WorkflowImportRegistered,
+    WorkflowImported, WorkflowList, WorkflowSummary,
 };
 
 /// How long a slow body has before its average rate is checked (`BODY_MIN_BYTES_PER_S`).
@@ -1269,8 +1269,10 @@ pub async fn backup(ctx: &Ctx, p: &Params) -> Result<Resp> {
     })
     .map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
     let mut resp = http::Response::new(http_body_util::StreamBody::new(chunks).boxed_unsync());
-    let name =
-        format!("attachment; filename=\"gateway-{}.redb\"", crate::wire::rfc3339(crate::domain::now_ms()).replace(':', ""));
+    let name = format!(
+        "attachment; filename=\"gateway-{}.redb\"",
+        crate::wire::rfc3339(crate::domain::now_ms()).replace(':', "")
+    );
     let headers = resp.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(size));

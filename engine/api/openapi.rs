@@ -5,9 +5,106 @@
 //! Kept honest by schemathesis in CI: it calls every operation with generated input and
 //! checks each answer (status, content type, body) against this document.
 
+use schemars::JsonSchema;
+use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use crate::error::ErrorCode;
+use crate::wire::{job, system};
+
+/// The schemas of the wire types (`crate::wire`), generated: what the API answers as
+/// serialized (`for_serialize`: a field left out when empty is optional), what it takes as
+/// deserialized (`for_deserialize`: a field with a default is optional). Each named type
+/// and every named type inside it becomes a component under `#/components/schemas`.
+fn generated() -> Map<String, Value> {
+    let settings = SchemaSettings::draft2020_12().with(|s| {
+        s.definitions_path = "/components/schemas".into();
+        s.meta_schema = None;
+    });
+    let mut answers = settings.for_serialize().into_generator();
+    fn add<T: JsonSchema>(g: &mut SchemaGenerator) {
+        g.subschema_for::<T>();
+    }
+    add::<system::ErrorResponse>(&mut answers);
+    add::<system::Health>(&mut answers);
+    add::<system::Livez>(&mut answers);
+    add::<system::Readyz>(&mut answers);
+    add::<system::Capabilities>(&mut answers);
+    add::<system::BackendList>(&mut answers);
+    add::<system::WorkflowList>(&mut answers);
+    add::<system::WorkflowDetails>(&mut answers);
+    add::<system::WorkflowImported>(&mut answers);
+    add::<system::WorkflowImportRegistered>(&mut answers);
+    add::<system::AuditPage>(&mut answers);
+    add::<job::JobAccepted>(&mut answers);
+    add::<job::JobView>(&mut answers);
+    add::<job::JobList>(&mut answers);
+    add::<job::JobLog>(&mut answers);
+    add::<job::JobEnded>(&mut answers);
+    add::<job::JobDeliveries>(&mut answers);
+    add::<job::JobOutputs>(&mut answers);
+    add::<job::OutputBase64>(&mut answers);
+    add::<job::WebhookPayload>(&mut answers);
+    let mut schemas = answers.take_definitions(true);
+    for schema in schemas.values_mut() {
+        tidy_generated(schema);
+    }
+    schemas
+}
+
+/// What generators need of a generated schema: `{}` for schemars' `true` (any JSON value;
+/// some generators read only objects as schemas); no `format` of unsigned integers
+/// (`uint32`, `uint64`: schemars' own names, not OpenAPI's; `minimum: 0` says it); and a
+/// string `enum` for a unit enum, which schemars writes as a `oneOf` of documented
+/// `const`s (generators make an enum type of `enum` only: openapi-python-client makes
+/// literals of the `oneOf`). The values' descriptions go into the enum's description.
+fn tidy_generated(v: &mut Value) {
+    match v {
+        Value::Object(obj) => {
+            if let Some(Value::Array(branches)) = obj.get("oneOf")
+                && let Some(values) = branches
+                    .iter()
+                    .map(|b| match (b.get("type"), b.get("const")) {
+                        (Some(t), Some(Value::String(c))) if t == "string" => {
+                            Some((c.clone(), b.get("description").and_then(Value::as_str).unwrap_or("").to_string()))
+                        }
+                        _ => None,
+                    })
+                    .collect::<Option<Vec<_>>>()
+            {
+                let listed: Vec<String> = values.iter().map(|(c, d)| format!("`{c}`: {d}")).collect();
+                let description = match obj.get("description").and_then(Value::as_str) {
+                    Some(d) => format!("{d} {}", listed.join(" ")),
+                    None => listed.join(" "),
+                };
+                obj.remove("oneOf");
+                obj.insert("type".into(), json!("string"));
+                obj.insert("enum".into(), values.into_iter().map(|(c, _)| Value::String(c)).collect());
+                obj.insert("description".into(), Value::String(description));
+            }
+            if obj.get("format").and_then(Value::as_str).is_some_and(|f| f.starts_with("uint")) {
+                obj.remove("format");
+            }
+            for (key, child) in obj.iter_mut() {
+                if matches!(key.as_str(), "default" | "const" | "enum" | "example" | "examples") {
+                    continue;
+                }
+                if child == &Value::Bool(true) && key != "additionalProperties" {
+                    *child = json!({});
+                }
+                tidy_generated(child);
+            }
+        }
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                if item == &Value::Bool(true) {
+                    *item = json!({});
+                }
+                tidy_generated(item);
+            }
+        }
+        _ => {}
+    }
+}
 
 fn error_response(description: &str) -> Value {
     json!({
@@ -103,10 +200,6 @@ fn headers() -> Value {
         },
     })
 }
-
-/// What the document says of every link field: where it points.
-const LINK: &str = "A link to this gateway: absolute under PUBLIC_URL when the gateway has one set (the URL of `servers`), \
-    else a path from the gateway's root";
 
 /// The document, for the given registered workflows `(id, input schema)`. `server_url` is
 /// its one `servers` entry: `PUBLIC_URL` when set, else `/` (the document's own origin;
@@ -260,10 +353,7 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
             "/workflows": {
                 "get": {
                     "operationId": "listWorkflows",
-                    "responses": with_errors(json!({"200": json_response("Registered workflows", json!({
-                        "type": "object", "required": ["workflows"],
-                        "properties": {"workflows": {"type": "array", "items": schema_ref("WorkflowSummary")}}
-                    }))}), &[])
+                    "responses": with_errors(json!({"200": json_response("Registered workflows", schema_ref("WorkflowList"))}), &[])
                 },
                 "post": {
                     "operationId": "createWorkflow",
@@ -279,13 +369,7 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowImport")}}},
                     "responses": with_errors(json!({
                         "200": json_response("The proposal, what was recognized, and what to check", schema_ref("WorkflowImported")),
-                        "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", inherit(&schemas["WorkflowDetails"], json!({
-                            "required": ["inputs", "warnings"],
-                            "properties": {
-                                "inputs": {"type": "array", "items": schema_ref("ImportedInput")},
-                                "warnings": {"type": "array", "items": {"type": "string"}}
-                            }
-                        })))
+                        "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", schema_ref("WorkflowImportRegistered"))
                     }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)"), DISK_FULL])
                 }
             },
@@ -319,13 +403,7 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                         {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                         {"name": "cursor", "in": "query", "required": false, "description": "nextCursor of the previous page", "schema": {"type": "string"}}
                     ],
-                    "responses": with_errors(json!({"200": json_response("A page of jobs", json!({
-                        "type": "object", "required": ["jobs", "nextCursor"],
-                        "properties": {
-                            "jobs": {"type": "array", "items": schema_ref("Job")},
-                            "nextCursor": {"type": ["string", "null"]}
-                        }
-                    }))}), &[("400", "Bad query parameter")])
+                    "responses": with_errors(json!({"200": json_response("A page of jobs", schema_ref("JobList"))}), &[("400", "Bad query parameter")])
                 },
                 "post": {
                     "operationId": "createJob",
@@ -360,15 +438,7 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                     "operationId": "jobLogs",
                     "summary": "The job's durable event log (10,000 entries and MAX_RESPONSE_BYTES at most; nextAfter continues it)",
                     "parameters": [{"name": "after", "in": "query", "required": false, "description": "List the entries after this seq (a nextAfter)", "schema": {"type": "integer", "minimum": 0}}],
-                    "responses": read(json!({"200": json_response("The event log", json!({
-                        "type": "object", "required": ["jobId", "status", "events"],
-                        "properties": {
-                            "jobId": {"type": "string", "format": "uuid"},
-                            "status": schema_ref("JobStatus"),
-                            "events": {"type": "array", "items": schema_ref("JobEvent")},
-                            "nextAfter": {"type": ["integer", "null"], "description": "Present when the log was cut short: pass it as after for the rest"}
-                        }
-                    }))}))
+                    "responses": read(json!({"200": json_response("The event log", schema_ref("JobLog"))}))
                 }
             },
             "/jobs/{jobId}/events": {
@@ -414,14 +484,7 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                 "get": {
                     "operationId": "listJobWebhooks",
                     "summary": "The job's webhook deliveries (one per event sent to its callbackUrl), oldest first",
-                    "responses": with_errors(json!({"200": json_response("The deliveries", json!({
-                        "type": "object", "required": ["jobId", "deliveries"],
-                        "properties": {
-                            "jobId": {"type": "string", "format": "uuid"},
-                            "deliveries": {"type": "array", "items": schema_ref("WebhookDelivery")},
-                            "truncated": {"type": "boolean", "description": "The oldest deliveries only: the rest did not fit in MAX_RESPONSE_BYTES"}
-                        }
-                    }))}), &[("404", "No such job, or another owner's")])
+                    "responses": with_errors(json!({"200": json_response("The deliveries", schema_ref("JobDeliveries"))}), &[("404", "No such job, or another owner's")])
                 }
             },
             "/jobs/{jobId}/webhook/redeliver": {
@@ -429,27 +492,14 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                 "post": {
                     "operationId": "redeliverJobWebhooks",
                     "summary": "Send every webhook of the job again now, with the same webhook-id; re-enables endpoints disabled by HTTP 410",
-                    "responses": with_errors(json!({"202": json_response("The deliveries, due now", json!({
-                        "type": "object", "required": ["jobId", "deliveries"],
-                        "properties": {
-                            "jobId": {"type": "string", "format": "uuid"},
-                            "deliveries": {"type": "array", "items": schema_ref("WebhookDelivery")}
-                        }
-                    }))}), &[("404", "No such job, or another owner's"), ("409", "The job has no webhook deliveries")])
+                    "responses": with_errors(json!({"202": json_response("The deliveries, due now", schema_ref("JobDeliveries"))}), &[("404", "No such job, or another owner's"), ("409", "The job has no webhook deliveries")])
                 }
             },
             "/outputs/{jobId}": {
                 "parameters": [job_id.clone()],
                 "get": {
                     "operationId": "listOutputs",
-                    "responses": read(json!({"200": json_response("The job's output files", json!({
-                        "type": "object", "required": ["jobId", "status", "outputs"],
-                        "properties": {
-                            "jobId": {"type": "string", "format": "uuid"},
-                            "status": schema_ref("JobStatus"),
-                            "outputs": {"type": "array", "items": schema_ref("Output")}
-                        }
-                    }))}))
+                    "responses": read(json!({"200": json_response("The job's output files", schema_ref("JobOutputs"))}))
                 }
             },
             "/audit": {"get": {
@@ -459,21 +509,12 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                     {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
                     {"name": "cursor", "in": "query", "required": false, "description": "nextCursor of the previous page", "schema": {"type": "string"}}
                 ],
-                "responses": with_errors(json!({"200": json_response("A page of the audit log", json!({
-                    "type": "object", "required": ["entries", "nextCursor"],
-                    "properties": {
-                        "entries": {"type": "array", "items": schema_ref("AuditEntry")},
-                        "nextCursor": {"type": ["string", "null"]}
-                    }
-                }))}), &[("400", "Bad query parameter"), ADMIN_ONLY])
+                "responses": with_errors(json!({"200": json_response("A page of the audit log", schema_ref("AuditPage"))}), &[("400", "Bad query parameter"), ADMIN_ONLY])
             }},
             "/backends": {"get": {
                 "operationId": "listBackends",
                 "summary": "Every configured ComfyUI backend: state, load, latencies, recent workflows",
-                "responses": with_errors(json!({"200": json_response("The backends, in COMFYUI_URL order", json!({
-                    "type": "object", "required": ["backends"],
-                    "properties": {"backends": {"type": "array", "items": schema_ref("Backend")}}
-                }))}), &[])
+                "responses": with_errors(json!({"200": json_response("The backends, in COMFYUI_URL order", schema_ref("BackendList"))}), &[])
             }},
             "/backends/{backendId}/drain": {
                 "parameters": [path_param("backendId", "The backend's id (COMFYUI_URL option id)")],
@@ -622,15 +663,7 @@ fn webhooks() -> Value {
                 {"name": "x-signature", "in": "header", "required": false, "schema": {"type": "string"},
                     "description": "sha256=<hex HMAC-SHA256 of the body>, the same key (absent without a secret)"}
             ],
-            "requestBody": {"required": true, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["type", "timestamp", "data"],
-                "properties": {
-                    "type": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]},
-                    "timestamp": {"type": "string", "format": "date-time", "description": "When the event happened"},
-                    "data": {"allOf": [schema_ref("Job")], "description": "The job; its links (pollUrl, output urls) always absolute, under PUBLIC_URL (default http://HOST:PORT); \
-                        job.progress adds progress: {node, percent}"}
-                }
-            }}}},
+            "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WebhookPayload")}}},
             "responses": {
                 "2XX": {"description": "Delivered"},
                 "410": {"description": "Gone: the URL gets no more webhooks until a redelivery"}
@@ -644,63 +677,7 @@ fn sanitize(id: &str) -> String {
 }
 
 fn components() -> Map<String, Value> {
-    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
-    let nullable_string = json!({"type": ["string", "null"]});
     let v = json!({
-        // Not `Error`: openapi-python-client names both the model's instance and its `error`
-        // member `error` in `Error.from_dict`, which mypy refuses.
-        "ErrorResponse": {
-            "type": "object", "required": ["error", "correlationId"],
-            "properties": {
-                "error": {
-                    "type": "object", "required": ["code", "message", "retryable"],
-                    "properties": {
-                        "code": {"type": "string", "enum": codes},
-                        "message": {"type": "string"},
-                        "retryable": {"type": "boolean"},
-                        "details": {},
-                        "detailsOmitted": {"type": "integer", "minimum": 1,
-                            "description": "How many more problems there were than the 50 details list"}
-                    }
-                },
-                "correlationId": {"type": "string"}
-            }
-        },
-        "AuditEntry": {
-            "type": "object", "required": ["seq", "at", "actor", "role", "action", "target", "correlationId"],
-            "properties": {
-                "seq": {"type": "integer", "minimum": 1},
-                "at": {"type": "string", "format": "date-time"},
-                "actor": {"type": ["string", "null"], "description": "Owner id (`cli` for a workflow registered with the command line on the database); null for an API call in open mode"},
-                "role": {"type": ["string", "null"], "enum": ["admin", "user", null]},
-                "action": {"type": "string", "enum": ["workflow.create", "workflow.update", "workflow.delete", "job.cancel", "job.webhook.redeliver", "backend.drain", "backend.resume", "database.backup"]},
-                "target": {"type": "string"},
-                "correlationId": {"type": "string"}
-            }
-        },
-        "Backend": {
-            "type": "object",
-            "required": ["id", "url", "state", "reachable", "draining", "drainedAt", "inFlight", "maxConcurrency", "latencyMs", "lastError", "comfyuiVersion", "recentWorkflows"],
-            "properties": {
-                "id": {"type": "string", "pattern": "^[a-z0-9_-]{1,32}$"},
-                "url": {"type": "string", "description": "Base URL without credentials"},
-                "state": {"type": "string", "enum": ["healthy", "down", "draining"]},
-                "reachable": {"type": "boolean"},
-                "draining": {"type": "boolean"},
-                "drainedAt": {"type": ["string", "null"], "format": "date-time", "description": "When the drain began (kept across restarts)"},
-                "inFlight": {"type": "integer", "minimum": 0},
-                "maxConcurrency": {"type": "integer", "minimum": 1},
-                "latencyMs": {
-                    "type": "object", "required": ["run", "probe"],
-                    "description": "Medians of the last 32 job runs (POST /prompt to outputs stored) and health probes",
-                    "properties": {"run": {"type": ["integer", "null"]}, "probe": {"type": ["integer", "null"]}}
-                },
-                "lastError": {"type": ["string", "null"]},
-                "comfyuiVersion": {"type": ["string", "null"]},
-                "recentWorkflows": {"type": "array", "items": {"type": "string"}, "description": "Workflows it took recently, most recent first"}
-            }
-        },
-        "JobStatus": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "canceled"]},
         "Priority": {"oneOf": [
             {"type": "string", "enum": ["high", "normal", "low"]},
             {"type": "integer", "minimum": -100, "maximum": 100}
@@ -717,123 +694,6 @@ fn components() -> Map<String, Value> {
                     "items": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]}},
                 "cache": {"type": ["boolean", "null"], "description": "false: neither answered from nor stored in the result cache"},
                 "metadata": {"type": ["object", "null"], "description": "Client data; `requestId` (a string) is an idempotency key"}
-            }
-        },
-        "JobAccepted": {
-            "type": "object", "required": ["jobId", "status", "pollUrl"],
-            "properties": {
-                "jobId": {"type": "string", "format": "uuid"},
-                "status": {"$ref": "#/components/schemas/JobStatus"},
-                "pollUrl": {"type": "string", "description": LINK}
-            }
-        },
-        "Output": {
-            "type": "object", "required": ["name", "nodeId", "mediaType", "size", "hash", "url"],
-            "properties": {
-                "name": {"type": "string"},
-                "nodeId": {"type": "string"},
-                "mediaType": {"type": "string"},
-                "size": {"type": "integer", "minimum": 0},
-                "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                "url": {"type": "string", "description": LINK},
-                "inlined": {"type": "boolean"},
-                "base64": {"type": "string"}
-            }
-        },
-        "OutputBase64": {
-            "type": "object", "required": ["name", "mediaType", "size", "hash", "encoding", "data"],
-            "properties": {
-                "name": {"type": "string"}, "mediaType": {"type": "string"}, "size": {"type": "integer"},
-                "hash": {"type": "string"}, "encoding": {"const": "base64"}, "data": {"type": "string"}
-            }
-        },
-        "JobError": {
-            "type": "object", "required": ["code", "message", "retryable"],
-            "properties": {
-                "code": {"type": "string", "enum": codes},
-                "message": {"type": "string"},
-                "retryable": {"type": "boolean"},
-                "details": {}
-            }
-        },
-        "Job": {
-            "type": "object",
-            "required": ["jobId", "workflowId", "workflowVersion", "status", "priority", "attempts", "cached",
-                         "inputs", "outputs", "createdAt", "updatedAt", "pollUrl"],
-            "properties": {
-                "jobId": {"type": "string", "format": "uuid"},
-                "workflowId": {"type": "string"},
-                "workflowVersion": {"type": "integer", "minimum": 1},
-                "status": {"$ref": "#/components/schemas/JobStatus"},
-                "priority": {"type": "integer"},
-                "attempts": {"type": "integer", "minimum": 0},
-                "backend": {"type": ["string", "null"], "description": "Id of the backend it runs or last ran on"},
-                "cached": {"type": "boolean"},
-                "inputs": {"type": ["object", "null"]},
-                "seed": {"type": ["integer", "null"]},
-                "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Output"}},
-                "createdAt": {"type": "string", "format": "date-time"},
-                "startedAt": {"type": ["string", "null"], "format": "date-time"},
-                "finishedAt": {"type": ["string", "null"], "format": "date-time"},
-                "updatedAt": {"type": "string", "format": "date-time"},
-                "pollUrl": {"type": "string", "description": LINK},
-                "metadata": {},
-                "callbackUrl": {"type": "string"},
-                "error": {"$ref": "#/components/schemas/JobError"},
-                "queuePosition": {"type": "integer", "minimum": 0},
-                "etaSeconds": {"type": ["number", "null"], "minimum": 0},
-                "progress": {
-                    "type": "object", "required": ["value", "max", "percent"],
-                    "properties": {
-                        "node": nullable_string,
-                        "value": {"type": "number"}, "max": {"type": "number"},
-                        "percent": {"type": "number", "minimum": 0, "maximum": 100}
-                    }
-                }
-            }
-        },
-        "JobEvent": {
-            "type": "object", "required": ["seq", "at", "type"],
-            "properties": {
-                "seq": {"type": "integer", "minimum": 1},
-                "at": {"type": "string", "format": "date-time"},
-                "type": {"type": "string", "enum": ["queued", "dispatched", "requeued", "progress", "reattached", "succeeded", "failed", "canceled", "milestone", "webhook"]},
-                "status": {"$ref": "#/components/schemas/JobStatus"}
-            }
-        },
-        "WebhookDelivery": {
-            "type": "object",
-            "required": ["id", "event", "url", "state", "attempts", "createdAt", "lastAttemptAt", "lastStatus", "lastError", "nextAttemptAt"],
-            "properties": {
-                "id": {"type": "string", "description": "The webhook-id header, the same on every attempt"},
-                "event": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]},
-                "url": {"type": "string"},
-                "state": {"type": "string", "enum": ["pending", "delivered", "failed", "disabled"]},
-                "attempts": {"type": "integer", "minimum": 0},
-                "createdAt": {"type": "string", "format": "date-time"},
-                "lastAttemptAt": {"type": ["string", "null"], "format": "date-time"},
-                "lastStatus": {"type": ["integer", "null"]},
-                "lastError": {"type": ["string", "null"]},
-                "nextAttemptAt": {"type": ["string", "null"], "format": "date-time", "description": "While pending"}
-            }
-        },
-        "WorkflowSummary": {
-            "type": "object", "required": ["id", "name", "description", "version", "updatedAt"],
-            "properties": {
-                "id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
-                "version": {"type": "integer", "minimum": 1}, "updatedAt": {"type": "string", "format": "date-time"}
-            }
-        },
-        "WorkflowDetails": {
-            "type": "object", "required": ["inputSchema", "workflow", "defaults"],
-            "properties": {
-                "inputSchema": {"type": "object"}, "workflow": {"type": "object"}, "defaults": {"type": "object"},
-                "keepPreviews": {"type": "boolean"},
-                "plugin": {"type": "object", "required": ["hash", "config", "keepOriginals"], "properties": {
-                    "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                    "config": {"type": "object"},
-                    "keepOriginals": {"type": "boolean"}
-                }}
             }
         },
         "WorkflowUpdate": {
@@ -889,113 +749,17 @@ fn components() -> Map<String, Value> {
                 "properties": {"class_type": {"type": "string", "minLength": 1}, "inputs": {"type": "object"}}
             }
         },
-        "ImportedInput": {
-            "type": "object", "required": ["name", "node", "classType", "input", "type", "value"],
-            "properties": {
-                "name": {"type": "string", "description": "The proposed input (template token)"},
-                "node": {"type": "string", "description": "The node id"},
-                "classType": {"type": "string"},
-                "input": {"type": "string", "description": "The node input replaced by the token"},
-                "type": {"type": "string", "description": "The JSON Schema type proposed"},
-                "value": {"description": "The exported value"}
-            }
-        },
-        "WorkflowImported": {
-            "type": "object", "required": ["proposal", "inputs", "warnings"],
-            "properties": {
-                "proposal": {
-                    "type": "object", "required": ["id", "name", "description", "template", "inputSchema"],
-                    "properties": {
-                        "id": {"type": "string"}, "name": {"type": "string"}, "description": {"type": "string"},
-                        "template": {"type": "object", "description": "The export with the recognized values replaced by {{name}} tokens"},
-                        "inputSchema": {"type": "object", "description": "JSON Schema 2020-12 of the proposed inputs"}
-                    }
-                },
-                "inputs": {"type": "array", "items": {"$ref": "#/components/schemas/ImportedInput"}},
-                "warnings": {"type": "array", "items": {"type": "string"}, "description": "Unknown node classes, values the backend does not offer, defaults left out"}
-            }
-        },
-        "Health": {
-            "type": "object", "required": ["ok"],
-            "description": "Without valid credentials when authentication is on: only ok, status and ready.",
-            "properties": {
-                "ok": {"type": "boolean"},
-                "status": {"type": "string", "enum": ["up"]},
-                "ready": {"type": "boolean"},
-                "version": {"type": "string"},
-                "uptime": {"type": "integer", "minimum": 0},
-                "queueDepth": {"type": "integer", "minimum": 0},
-                "comfyui": {
-                    "type": "object", "required": ["reachable", "backends"],
-                    "properties": {
-                        "reachable": {"type": "boolean"},
-                        "url": nullable_string,
-                        "backends": {"type": "array", "items": {
-                            "type": "object", "required": ["url", "reachable", "inFlight"],
-                            "properties": {
-                                "id": {"type": "string"}, "url": {"type": "string"},
-                                "state": {"type": "string", "enum": ["healthy", "down", "draining"]},
-                                "reachable": {"type": "boolean"},
-                                "inFlight": {"type": "integer", "minimum": 0},
-                                "comfyuiVersion": nullable_string, "lastError": nullable_string
-                            }
-                        }}
-                    }
-                },
-                "store": {
-                    "type": "object", "required": ["ok"],
-                    "properties": {"ok": {"type": "boolean"}}
-                }
-            }
-        },
-        "Livez": {
-            "type": "object", "required": ["status", "version", "database"],
-            "properties": {
-                "status": {"type": "string", "enum": ["up"]},
-                "version": {"type": "string"},
-                "database": {"type": "string", "pattern": "^[0-9a-f]{16}$", "description": "The id of the database this gateway holds (random, chosen when the database was created)"},
-                "uptime": {"type": "integer", "minimum": 0, "description": "Seconds since the server started"}
-            }
-        },
-        "Readyz": {
-            "type": "object", "required": ["status", "checks"],
-            "properties": {
-                "status": {"type": "string", "enum": ["ready", "not_ready"]},
-                "checks": {
-                    "type": "object", "required": ["store", "backends"],
-                    "properties": {
-                        "store": {"type": "string", "enum": ["ok", "failed"]},
-                        "backends": {"type": "string", "enum": ["ok", "unreachable"], "description": "ok: at least one backend answered its last probe"}
-                    }
-                }
-            }
-        },
-        "Capabilities": {
-            "type": "object", "required": ["workflows", "maxSize", "maxBatch", "formats", "storageProvider"],
-            "properties": {
-                "workflows": {"type": "array", "items": {"type": "string"}},
-                "maxSize": {"type": "integer"}, "maxBatch": {"type": "integer"},
-                "formats": {"type": "array", "items": {"type": "string"}},
-                "storageProvider": {"type": "string"},
-                "maxBodyBytes": {"type": "integer"},
-                "priorities": {"type": "array", "items": {"type": "string"}},
-                "plugins": {"type": "boolean", "description": "Whether this build runs WebAssembly plugins (cargo feature `wasm-plugins`); without them a workflow with a plugin is refused with PLUGIN_FAILED"}
-            }
-        }
     });
-    let mut schemas = match v {
-        Value::Object(m) => m,
-        _ => Map::new(),
-    };
-    // Both spelled out rather than through `allOf`: openapi-python-client drops
+    let mut schemas = generated();
+    if let Value::Object(m) = v {
+        schemas.extend(m);
+    }
+    // Spelled out rather than through `allOf`: openapi-python-client drops
     // `WorkflowUpdate` and `WorkflowDefinition` (and with them `POST /workflows` and
-    // `PUT /workflows/{id}`) when nullable objects are inherited through `allOf`, and it reads
-    // `WorkflowDetails` as `WorkflowSummary` alone.
+    // `PUT /workflows/{id}`) when nullable objects are inherited through `allOf`.
     let definition = json!({"required": ["id", "workflow"], "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}});
     let definition = inherit(&schemas["WorkflowUpdate"], definition);
     schemas.insert("WorkflowDefinition".into(), definition);
-    let details = inherit(&schemas["WorkflowSummary"], schemas["WorkflowDetails"].clone());
-    schemas.insert("WorkflowDetails".into(), details);
     schemas
 }
 
@@ -1063,7 +827,15 @@ mod tests {
         let doc = document(&[], "/");
         let post = &doc["webhooks"]["jobEvent"]["post"];
         let body = &post["requestBody"]["content"]["application/json"]["schema"];
-        assert_eq!(body["properties"]["data"]["allOf"][0]["$ref"], "#/components/schemas/Job");
+        assert_eq!(body["$ref"], "#/components/schemas/WebhookPayload");
+        let schemas = &doc["components"]["schemas"];
+        assert_eq!(schemas["WebhookPayload"]["required"], json!(["type", "timestamp", "data"]));
+        assert_eq!(schemas["WebhookPayload"]["properties"]["data"]["$ref"], "#/components/schemas/WebhookJob");
+        // The job as GET /jobs/{id} shows it (flattened: one object, no allOf), with the milestone.
+        let data = &schemas["WebhookJob"];
+        assert!(data.get("allOf").is_none());
+        assert_eq!(data["properties"]["jobId"], schemas["Job"]["properties"]["jobId"]);
+        assert_eq!(data["properties"]["progress"]["$ref"], "#/components/schemas/WebhookProgress");
         assert!(post["parameters"].as_array().unwrap().iter().any(|p| p["name"] == "webhook-signature"));
     }
 
@@ -1100,13 +872,33 @@ mod tests {
         assert!(details.get("allOf").is_none());
         assert_eq!(
             details["required"],
-            json!(["id", "name", "description", "version", "updatedAt", "inputSchema", "workflow", "defaults"])
+            json!([
+                "id",
+                "name",
+                "description",
+                "version",
+                "updatedAt",
+                "inputSchema",
+                "workflow",
+                "defaults",
+                "keepPreviews"
+            ])
         );
         assert_eq!(details["properties"]["version"], schemas["WorkflowSummary"]["properties"]["version"]);
-        let imported =
+        let registered =
             &doc["paths"]["/workflows/import"]["post"]["responses"]["201"]["content"]["application/json"]["schema"];
+        assert_eq!(registered["$ref"], "#/components/schemas/WorkflowImportRegistered");
+        let imported = &schemas["WorkflowImportRegistered"];
         assert!(imported.get("allOf").is_none() && imported["properties"]["inputSchema"].is_object(), "{imported}");
         assert!(imported["required"].as_array().unwrap().contains(&json!("warnings")));
+        // Unit enums are string enums (generators make enum types of them), their values
+        // described; no schemars-only formats, no `true` schemas.
+        assert_eq!(schemas["JobStatus"]["enum"], json!(["queued", "running", "succeeded", "failed", "canceled"]));
+        assert!(schemas["JobStatus"].get("oneOf").is_none());
+        assert!(schemas["JobStatus"]["description"].as_str().unwrap().contains("`failed`: Failed"));
+        assert_eq!(schemas["WebhookEventType"]["enum"][0], "job.started");
+        let text = serde_json::to_string(&doc).unwrap();
+        assert!(!text.contains("\"uint"), "schemars-only formats are gone");
         // A download's bytes are bytes: no JSON media type beside them.
         let download = &doc["paths"]["/outputs/{jobId}/{file}"]["get"]["responses"];
         for status in ["200", "206"] {

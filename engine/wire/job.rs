@@ -78,9 +78,11 @@ pub struct OutputView {
     /// With `?include=base64`: whether `base64` holds the bytes (false when the output is
     /// over the inline limits; download it from `url`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "bool")]
     pub inlined: Option<bool>,
     /// With `?include=base64`: the bytes, base64, when `inlined`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub base64: Option<String>,
 }
 
@@ -138,6 +140,7 @@ pub struct JobError {
     pub retryable: bool,
     /// More about it (e.g. ComfyUI's node errors), when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Value")]
     pub details: Option<Value>,
 }
 
@@ -185,6 +188,7 @@ pub struct JobView {
     pub cached: bool,
     /// Its validated inputs, defaults applied (left out under `PRIVACY_MODE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Map<String, Value>")]
     pub inputs: Option<Map<String, Value>>,
     /// The seed used, when the workflow has one (drawn at random if not given).
     pub seed: Option<i64>,
@@ -202,22 +206,28 @@ pub struct JobView {
     pub poll_url: Link,
     /// The client's metadata, as given (left out under `PRIVACY_MODE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Map<String, Value>")]
     pub metadata: Option<Map<String, Value>>,
     /// Where its webhooks go.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub callback_url: Option<String>,
     /// Why it failed or was canceled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "JobError")]
     pub error: Option<JobError>,
     /// 0-based position in the gateway's queue, while queued (`GET /jobs/{id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64")]
     pub queue_position: Option<u64>,
     /// Progress of the node running now (`GET /jobs/{id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "JobProgress")]
     pub progress: Option<JobProgress>,
     /// Estimated seconds until it ends, from recent run times (`GET /jobs/{id}`; null when
     /// there is nothing to go by).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<f64>")]
     #[schemars(range(min = 0))]
     pub eta_seconds: Option<Option<f64>>,
 }
@@ -386,6 +396,7 @@ pub enum EventKind {
 /// One entry of a job's event log.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(rename = "JobEvent")]
 pub struct JobEventView {
     /// Its position in the log (from 1): pass as `after` to read what follows.
     #[schemars(range(min = 1))]
@@ -405,7 +416,9 @@ impl JobEventView {
             JobEventKind::Dispatched { backend, attempt } => {
                 EventKind::Dispatched { status: JobStatus::Running, backend: backend.clone(), attempt: *attempt }
             }
-            JobEventKind::Requeued { reason } => EventKind::Requeued { status: JobStatus::Queued, reason: reason.clone() },
+            JobEventKind::Requeued { reason } => {
+                EventKind::Requeued { status: JobStatus::Queued, reason: reason.clone() }
+            }
             JobEventKind::Progress { node, value, max } => {
                 EventKind::Progress { node: node.clone(), value: *value, max: *max, percent: percent(*value, *max) }
             }
@@ -465,6 +478,7 @@ pub struct JobLog {
     /// When the log was cut short (`MAX_RESPONSE_BYTES`, or 10,000 entries): the last `seq`
     /// listed, to pass as `after` for the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64")]
     pub next_after: Option<u64>,
     /// The entries, oldest first.
     pub events: Vec<JobEventView>,
@@ -617,6 +631,7 @@ pub struct WebhookJob {
     pub job: JobView,
     /// The milestone reached (`job.progress` only).
     #[serde(rename = "progress", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "WebhookProgress")]
     pub milestone: Option<WebhookProgress>,
 }
 

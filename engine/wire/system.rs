@@ -62,9 +62,11 @@ pub struct ErrorBody {
     /// More about it: for `VALIDATION_ERROR` a list of `{path, message}` (a JSON pointer in
     /// the body, or a query parameter's name), else an object (e.g. `retryAfterSeconds`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Value")]
     pub details: Option<Value>,
     /// How many more problems there were than the 50 `details` list.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "usize")]
     #[schemars(range(min = 1))]
     pub details_omitted: Option<usize>,
 }
@@ -193,18 +195,23 @@ pub struct Health {
     pub ready: bool,
     /// The gateway's version.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "String")]
     pub version: Option<String>,
     /// Seconds since the server started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64")]
     pub uptime: Option<u64>,
     /// Jobs waiting in the gateway's queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "u64")]
     pub queue_depth: Option<u64>,
     /// The backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HealthComfyui")]
     pub comfyui: Option<HealthComfyui>,
     /// The store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "HealthStore")]
     pub store: Option<HealthStore>,
 }
 
@@ -455,6 +462,7 @@ pub struct WorkflowDetails {
     pub keep_previews: bool,
     /// Its plugin, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "WorkflowPlugin")]
     pub plugin: Option<WorkflowPlugin>,
 }
 

@@ -57,13 +57,11 @@ async fn openapi_document_matches_the_live_server() {
     assert!(doc["paths"]["/workflows"]["post"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/audit"]["get"]["responses"]["403"].is_object());
     assert!(doc["paths"]["/backends/{backendId}/drain"]["post"]["responses"]["403"].is_object());
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["ErrorResponse"]["properties"]["error"]["$ref"], "#/components/schemas/ErrorBody");
+    assert_eq!(schemas["ErrorBody"]["properties"]["code"]["$ref"], "#/components/schemas/ErrorCode");
     let codes: Vec<&str> =
-        doc["components"]["schemas"]["ErrorResponse"]["properties"]["error"]["properties"]["code"]["enum"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_str().unwrap())
-            .collect();
+        schemas["ErrorCode"]["enum"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert!(codes.contains(&"VALIDATION_ERROR") && codes.contains(&"COMFYUI_OOM"));
 
     let Some(schemathesis) = support::require_tool("schemathesis") else { return };

@@ -11,8 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine as _;
-use comfyui_gateway::wire::parse_rfc3339;
 use comfyui_gateway::webhooks::sign::{SignedHeaders, SigningKey, verify};
+use comfyui_gateway::wire::parse_rfc3339;
 use serde_json::{Value, json};
 
 use crate::support::receiver::{Answer, Hit, Receiver};
