@@ -37,6 +37,12 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// No `default` in a field's schema: `null` says nothing more than the field's absence
+/// (and for `plugin`, absent and `null` mean different things).
+fn no_default(schema: &mut Schema) {
+    schema.remove("default");
+}
+
 /// The schema of `T` or `null`, as `anyOf` (see the module's comment).
 fn or_null<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
     json_schema!({"anyOf": [generator.subschema_for::<T>(), {"type": "null"}]})
@@ -57,15 +63,12 @@ pub struct JobRequest {
     #[schemars(schema_with = "or_null::<Object>")]
     pub params: Object,
     /// The job's place in the queue (default `normal`).
-    #[serde(default)]
     pub priority: Option<Priority>,
     /// Webhook receiver, an absolute http(s) URL (Standard Webhooks signatures); terminal
     /// events are always sent.
-    #[serde(default)]
     #[schemars(url)]
     pub callback_url: Option<String>,
     /// Further webhook events (needs `callbackUrl`).
-    #[serde(default)]
     pub callback_events: Option<Vec<CallbackEvent>>,
     /// `false`: neither answered from nor stored in the result cache.
     #[serde(default = "yes", deserialize_with = "null_as_true")]
@@ -73,7 +76,7 @@ pub struct JobRequest {
     pub cache: bool,
     /// Client data, kept with the job; `requestId` (a string) is an idempotency key.
     #[serde(default)]
-    #[schemars(schema_with = "or_null::<Object>")]
+    #[schemars(schema_with = "or_null::<Object>", transform = no_default)]
     pub metadata: Option<Object>,
 }
 
@@ -110,15 +113,15 @@ pub enum Priority {
     Level(#[schemars(range(min = -100, max = 100))] i32),
 }
 
-/// The named priorities.
+/// The named priorities: `high` (level 1), `normal` (0, the default), `low` (-1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PriorityName {
-    /// Level 1.
+    // Level 1.
     High,
-    /// Level 0, the default.
+    // Level 0, the default.
     Normal,
-    /// Level -1.
+    // Level -1.
     Low,
 }
 
@@ -144,22 +147,24 @@ impl Priority {
     }
 }
 
-/// A webhook event a job may ask for.
+/// A webhook event a job may ask for: `job.started` (first handed to a backend),
+/// `job.progress` (milestones at 25, 50, 75 and 100 %); the terminal `job.succeeded`,
+/// `job.failed` and `job.canceled` are always sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 pub enum CallbackEvent {
-    /// The job was handed to a backend for the first time.
+    // The job was handed to a backend for the first time.
     #[serde(rename = "job.started")]
     Started,
-    /// Progress milestones (25, 50, 75, 100 %).
+    // Progress milestones (25, 50, 75, 100 %).
     #[serde(rename = "job.progress")]
     Progress,
-    /// The job succeeded (always sent).
+    // The job succeeded (always sent).
     #[serde(rename = "job.succeeded")]
     Succeeded,
-    /// The job failed (always sent).
+    // The job failed (always sent).
     #[serde(rename = "job.failed")]
     Failed,
-    /// The job was canceled (always sent).
+    // The job was canceled (always sent).
     #[serde(rename = "job.canceled")]
     Canceled,
 }
@@ -183,21 +188,19 @@ pub struct WorkflowDefinition {
     #[schemars(pattern(r"^[A-Za-z0-9_.-]{1,128}$"))]
     pub id: String,
     /// Display name (default: the id).
-    #[serde(default)]
     pub name: Option<String>,
     /// What the workflow makes.
-    #[serde(default)]
     pub description: Option<String>,
     /// ComfyUI API-format template with `{{token}}` placeholders.
     #[schemars(schema_with = "api_format_workflow")]
     pub workflow: Object,
     /// JSON Schema 2020-12 of the inputs (default: derived from the template's tokens).
     #[serde(default)]
-    #[schemars(schema_with = "or_null::<Object>")]
+    #[schemars(schema_with = "or_null::<Object>", transform = no_default)]
     pub input_schema: Option<Object>,
     /// Default inputs.
     #[serde(default)]
-    #[schemars(schema_with = "or_null::<Object>")]
+    #[schemars(schema_with = "or_null::<Object>", transform = no_default)]
     pub defaults: Option<Object>,
     /// Keep PreviewImage (temp) outputs as job outputs.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -206,7 +209,7 @@ pub struct WorkflowDefinition {
     /// A WebAssembly component (wit/plugin.wit) run on this workflow's jobs; `null` or
     /// absent: none.
     #[serde(default, deserialize_with = "present")]
-    #[schemars(with = "Option<PluginBody>")]
+    #[schemars(with = "Option<PluginBody>", transform = no_default)]
     pub plugin: Option<Option<PluginBody>>,
 }
 
@@ -215,24 +218,21 @@ pub struct WorkflowDefinition {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkflowUpdate {
     /// The workflow's id, if given: the same as the path's.
-    #[serde(default)]
     pub id: Option<String>,
     /// Display name (default: the id).
-    #[serde(default)]
     pub name: Option<String>,
     /// What the workflow makes.
-    #[serde(default)]
     pub description: Option<String>,
     /// ComfyUI API-format template with `{{token}}` placeholders.
     #[schemars(schema_with = "api_format_workflow")]
     pub workflow: Object,
     /// JSON Schema 2020-12 of the inputs (default: derived from the template's tokens).
     #[serde(default)]
-    #[schemars(schema_with = "or_null::<Object>")]
+    #[schemars(schema_with = "or_null::<Object>", transform = no_default)]
     pub input_schema: Option<Object>,
     /// Default inputs.
     #[serde(default)]
-    #[schemars(schema_with = "or_null::<Object>")]
+    #[schemars(schema_with = "or_null::<Object>", transform = no_default)]
     pub defaults: Option<Object>,
     /// Keep PreviewImage (temp) outputs as job outputs.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -241,7 +241,7 @@ pub struct WorkflowUpdate {
     /// A WebAssembly component (wit/plugin.wit) run on this workflow's jobs. Absent: the
     /// current version's is kept; `null`: removed.
     #[serde(default, deserialize_with = "present")]
-    #[schemars(with = "Option<PluginBody>")]
+    #[schemars(with = "Option<PluginBody>", transform = no_default)]
     pub plugin: Option<Option<PluginBody>>,
 }
 
@@ -272,15 +272,13 @@ fn api_format_workflow(_: &mut SchemaGenerator) -> Schema {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PluginBody {
     /// The component (wit/plugin.wit), base64.
-    #[serde(default)]
     #[schemars(extend("contentEncoding" = "base64"))]
     pub wasm: Option<String>,
     /// The BLAKE3 hash of a stored component, 64 hex digits.
-    #[serde(default)]
     #[schemars(pattern(r"^[0-9a-f]{64}$"))]
     pub hash: Option<String>,
     /// What the plugin's `host.config()` returns (default `{}`).
-    #[serde(default)]
+    #[schemars(extend("default" = {}))]
     pub config: Option<Value>,
     /// Keep the outputs beside what `output-process` returns.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -333,14 +331,11 @@ pub struct WorkflowImport {
     #[schemars(schema_with = "api_format_workflow")]
     pub workflow: Value,
     /// The proposed id (default `imported`).
-    #[serde(default)]
     #[schemars(pattern(r"^[A-Za-z0-9_.-]{1,128}$"))]
     pub id: Option<String>,
     /// Name (default: the id); the input schema's title.
-    #[serde(default)]
     pub name: Option<String>,
     /// The input schema's description.
-    #[serde(default)]
     pub description: Option<String>,
     /// Register the proposal as it is (201), as `POST /workflows` would.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -513,5 +508,10 @@ mod tests {
         assert!(!update.to_string().contains(r#"["object","null"]"#), "{update}");
         let definition = serde_json::to_value(schemars::schema_for!(WorkflowDefinition)).unwrap();
         assert_eq!(definition["required"], json!(["id", "workflow"]));
+        let import = serde_json::to_value(schemars::schema_for!(WorkflowImport)).unwrap();
+        assert_eq!(import["required"], json!(["workflow"]));
+        for schema in [&job, &update, &definition, &import] {
+            assert!(!schema.to_string().contains(r#""default":null"#), "{schema}");
+        }
     }
 }
