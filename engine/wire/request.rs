@@ -254,15 +254,10 @@ impl WorkflowDefinition {
     }
 }
 
-/// The schema of a ComfyUI API-format workflow: `{node id: {class_type, inputs, _meta?}}`.
+/// The schema of a ComfyUI API-format workflow: `{node id: {class_type, inputs, _meta?}}`
+/// (`comfy::graph` knows its keys).
 fn api_format_workflow(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "object", "minProperties": 1,
-        "additionalProperties": {
-            "type": "object", "required": ["class_type", "inputs"],
-            "properties": {"class_type": {"type": "string", "minLength": 1}, "inputs": {"type": "object"}}
-        }
-    })
+    Schema::try_from(crate::comfy::graph::api_format_schema()).expect("an object is a schema")
 }
 
 /// A workflow's plugin: exactly one of `wasm` (the component's bytes, compiled and
@@ -508,6 +503,7 @@ mod tests {
         assert!(!update.to_string().contains(r#"["object","null"]"#), "{update}");
         let definition = serde_json::to_value(schemars::schema_for!(WorkflowDefinition)).unwrap();
         assert_eq!(definition["required"], json!(["id", "workflow"]));
+        assert_eq!(definition["properties"]["workflow"]["additionalProperties"]["required"], json!(["class_type", "inputs"]));
         let import = serde_json::to_value(schemars::schema_for!(WorkflowImport)).unwrap();
         assert_eq!(import["required"], json!(["workflow"]));
         for schema in [&job, &update, &definition, &import] {
