@@ -376,7 +376,8 @@ mod tests {
         assert_eq!(refusal::<JobRequest>(json!({"workflowId": "w", "inputs": [1]})).0, "/inputs");
         assert_eq!(refusal::<JobRequest>(json!({"workflowId": "w", "metadata": "x"})).0, "/metadata");
         assert_eq!(refusal::<JobRequest>(json!({"workflowId": "w", "cache": "no"})).0, "/cache");
-        let events = json!({"workflowId": "w", "callbackUrl": "http://h/", "callbackEvents": ["job.started", "job.nope"]});
+        let events =
+            json!({"workflowId": "w", "callbackUrl": "http://h/", "callbackEvents": ["job.started", "job.nope"]});
         let (at, message) = refusal::<JobRequest>(events);
         assert_eq!(at, "/callbackEvents/1");
         assert!(message.contains("job.progress"), "{message}");
@@ -385,19 +386,32 @@ mod tests {
     #[test]
     fn callback_events_are_bits_and_need_a_callback_url() {
         let all = ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"];
-        let r: JobRequest = parse(&json!({"workflowId": "w", "callbackUrl": "http://h/", "callbackEvents": all})).unwrap();
+        let r: JobRequest =
+            parse(&json!({"workflowId": "w", "callbackUrl": "http://h/", "callbackEvents": all})).unwrap();
         assert_eq!(r.webhook_events().unwrap(), WebhookEvents::STARTED | WebhookEvents::PROGRESS);
-        let r: JobRequest = parse(&json!({"workflowId": "w", "callbackUrl": "http://h/", "callbackEvents": ["job.failed"]})).unwrap();
+        let r: JobRequest =
+            parse(&json!({"workflowId": "w", "callbackUrl": "http://h/", "callbackEvents": ["job.failed"]})).unwrap();
         assert_eq!(r.webhook_events().unwrap(), 0);
         let r: JobRequest = parse(&json!({"workflowId": "w", "callbackEvents": []})).unwrap();
         let d = r.webhook_events().unwrap_err().details.unwrap();
-        assert_eq!((d[0]["path"].as_str(), d[0]["message"].as_str()), (Some("/callbackEvents"), Some("needs a callbackUrl")));
+        assert_eq!(
+            (d[0]["path"].as_str(), d[0]["message"].as_str()),
+            (Some("/callbackEvents"), Some("needs a callbackUrl"))
+        );
     }
 
     #[test]
     fn priorities_are_names_or_levels_within_range() {
-        let level = |p: Value| parse::<JobRequest>(&json!({"workflowId": "w", "priority": p})).and_then(|r| r.priority_level());
-        for (p, want) in [(json!("high"), 1), (json!("normal"), 0), (json!("low"), -1), (json!(-100), -100), (json!(100), 100), (json!(7), 7)] {
+        let level =
+            |p: Value| parse::<JobRequest>(&json!({"workflowId": "w", "priority": p})).and_then(|r| r.priority_level());
+        for (p, want) in [
+            (json!("high"), 1),
+            (json!("normal"), 0),
+            (json!("low"), -1),
+            (json!(-100), -100),
+            (json!(100), 100),
+            (json!(7), 7),
+        ] {
             assert_eq!(level(p.clone()).unwrap(), want, "{p}");
         }
         for p in [json!("urgent"), json!(101), json!(-101), json!(1.5), json!(1e12), json!(true), json!({})] {
@@ -428,7 +442,8 @@ mod tests {
         assert_eq!(set.component().unwrap(), PluginComponent::Wasm(b"\0asm".to_vec()));
         assert_eq!((set.config(), set.keep_originals), (json!({"k": 1}), false));
         // The checks after the parse, each at its path.
-        let component = |p: Value| with(Some(p)).unwrap().plugin.unwrap().unwrap().component().unwrap_err().details.unwrap();
+        let component =
+            |p: Value| with(Some(p)).unwrap().plugin.unwrap().unwrap().component().unwrap_err().details.unwrap();
         assert_eq!(component(json!({}))[0]["path"], "/plugin");
         assert_eq!(component(json!({"wasm": "AA==", "hash": hash}))[0]["path"], "/plugin");
         assert_eq!(component(json!({"wasm": "not base64!"}))[0]["path"], "/plugin/wasm");
@@ -503,7 +518,10 @@ mod tests {
         assert!(!update.to_string().contains(r#"["object","null"]"#), "{update}");
         let definition = serde_json::to_value(schemars::schema_for!(WorkflowDefinition)).unwrap();
         assert_eq!(definition["required"], json!(["id", "workflow"]));
-        assert_eq!(definition["properties"]["workflow"]["additionalProperties"]["required"], json!(["class_type", "inputs"]));
+        assert_eq!(
+            definition["properties"]["workflow"]["additionalProperties"]["required"],
+            json!(["class_type", "inputs"])
+        );
         let import = serde_json::to_value(schemars::schema_for!(WorkflowImport)).unwrap();
         assert_eq!(import["required"], json!(["workflow"]));
         for schema in [&job, &update, &definition, &import] {

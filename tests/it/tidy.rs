@@ -643,7 +643,11 @@ fn handlers_read_request_bodies_only_through_wire_types() {
             }
         }
     }
-    assert_eq!(named, Vec::<String>::new(), "request fields read by name in api/handlers.rs; add them to wire::request");
+    assert_eq!(
+        named,
+        Vec::<String>::new(),
+        "request fields read by name in api/handlers.rs; add them to wire::request"
+    );
     for gone in ["fn reject_unknown", "fn opt_string", "fn req_string", "fn opt_object", "_FIELDS: &[&str]"] {
         assert!(!handlers.contains(gone), "{gone} is back in api/handlers.rs");
     }
