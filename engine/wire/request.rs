@@ -264,7 +264,7 @@ fn api_format_workflow(_: &mut SchemaGenerator) -> Schema {
 /// type-checked at registration; 400 with a readable message if it cannot be used) and
 /// `hash` (a component the gateway has stored).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, expecting = "an object {wasm | hash, config?, keepOriginals?}")]
 pub struct PluginBody {
     /// The component (wit/plugin.wit), base64.
     #[schemars(extend("contentEncoding" = "base64"))]
@@ -453,7 +453,9 @@ mod tests {
         b["plugin"] = json!({"hash": hash, "extra": 1});
         assert_eq!(refusal::<WorkflowDefinition>(b.clone()).0, "/plugin/extra");
         b["plugin"] = json!("x");
-        assert_eq!(refusal::<WorkflowDefinition>(b.clone()).0, "/plugin");
+        let (at, message) = refusal::<WorkflowDefinition>(b.clone());
+        assert_eq!(at, "/plugin");
+        assert!(message.ends_with("expected an object {wasm | hash, config?, keepOriginals?}"), "{message}");
         b["plugin"] = json!({"keepOriginals": 1});
         assert_eq!(refusal::<WorkflowDefinition>(b).0, "/plugin/keepOriginals");
     }
