@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::download;
 use super::limits::Client;
@@ -18,13 +18,12 @@ use tokio::sync::broadcast;
 use crate::auth::Principal;
 use crate::canonical;
 use crate::config::MemoryLimits;
-use crate::domain::{Job, JobId, JobState, Role, WebhookEvents};
+use crate::domain::{Job, JobId, JobState, Role};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{
     Actor, IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
 };
 use crate::store::JobQuery;
-use crate::wire::Link;
 use crate::wire::job::{
     DeliveryView, JobAccepted, JobDeliveries, JobEventView, JobLog, JobOutputs, JobView, OutputView,
 };
@@ -33,6 +32,7 @@ use crate::wire::system::{
     HealthStore, Livez, Readiness, ReadyChecks, Readyz, StoreCheck, Up, WorkflowDetails, WorkflowImportRegistered,
     WorkflowImported, WorkflowList, WorkflowSummary,
 };
+use crate::wire::{self, Link, request, request::PluginComponent};
 
 /// How long a slow body has before its average rate is checked (`BODY_MIN_BYTES_PER_S`).
 pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
@@ -286,35 +286,6 @@ pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>> {
     }
 }
 
-fn reject_unknown(body: &Map<String, Value>, known: &[&str]) -> Result<()> {
-    match body.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => {
-            Err(Error::validation(&format!("/{k}"), format!("unknown field; expected one of {}", known.join(", "))))
-        }
-        None => Ok(()),
-    }
-}
-
-fn opt_string(body: &Map<String, Value>, key: &str) -> Result<Option<String>> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(Error::validation(&format!("/{key}"), "must be a string")),
-    }
-}
-
-fn req_string(body: &Map<String, Value>, key: &str) -> Result<String> {
-    opt_string(body, key)?.ok_or_else(|| Error::validation(&format!("/{key}"), "is required"))
-}
-
-fn opt_object(body: &Map<String, Value>, key: &str) -> Result<Option<Map<String, Value>>> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m.clone())),
-        Some(_) => Err(Error::validation(&format!("/{key}"), "must be a JSON object")),
-    }
-}
-
 fn parse_job_id(raw: &str) -> Result<JobId> {
     uuid::Uuid::parse_str(raw).map_err(|_| Error::new(ErrorCode::JobNotFound, format!("no job with id {raw:?}")))
 }
@@ -343,24 +314,6 @@ pub(super) fn visible_job(ctx: &Ctx, p: &Params) -> Result<Job> {
 /// The caller of a request, as the audit log records it.
 fn actor(p: &Params) -> Actor {
     Actor { principal: p.caller.clone(), correlation_id: p.correlation_id.clone() }
-}
-
-/// `high`, `normal`, `low`, or an integer level.
-fn parse_priority(v: Option<&Value>) -> Result<i32> {
-    let bad = || Error::validation("/priority", "must be \"high\", \"normal\", \"low\" or an integer from -100 to 100");
-    match v {
-        None | Some(Value::Null) => Ok(0),
-        Some(Value::String(s)) => match s.as_str() {
-            "high" => Ok(1),
-            "normal" => Ok(0),
-            "low" => Ok(-1),
-            _ => Err(bad()),
-        },
-        Some(Value::Number(n)) => {
-            n.as_i64().and_then(|n| i32::try_from(n).ok()).filter(|n| n.abs() <= 100).ok_or_else(bad)
-        }
-        Some(_) => Err(bad()),
-    }
 }
 
 /// `GET /health`: 200 when at least one backend is reachable and the store works, else 503;
@@ -485,91 +438,38 @@ pub fn get_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
     Ok(reply::json(StatusCode::OK, &WorkflowDetails::new(&w, schema)?))
 }
 
-const WORKFLOW_FIELDS: &[&str] =
-    &["id", "name", "description", "workflow", "inputSchema", "defaults", "keepPreviews", "plugin"];
-
-fn workflow_definition(body: &Map<String, Value>, id: String) -> Result<WorkflowDefinition> {
-    reject_unknown(body, WORKFLOW_FIELDS)?;
-    let template = match body.get("workflow") {
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => {
-            return Err(Error::validation("/workflow", "must be an API-format workflow (a JSON object of nodes)"));
-        }
-        None => return Err(Error::validation("/workflow", "is required")),
-    };
-    let input_schema = match body.get("inputSchema") {
-        None | Some(Value::Null) => None,
-        Some(v @ Value::Object(_)) => Some(v.clone()),
-        Some(_) => return Err(Error::validation("/inputSchema", "must be a JSON Schema object")),
+/// A workflow definition as the service takes it: the body's fields, the id from the body
+/// (`POST`) or the path (`PUT`).
+fn workflow_definition(id: String, body: request::WorkflowUpdate) -> Result<WorkflowDefinition> {
+    let plugin = match body.plugin {
+        None => PluginChange::Keep,
+        Some(None) => PluginChange::Remove,
+        Some(Some(plugin)) => PluginChange::Set(PluginSpec {
+            source: match plugin.component()? {
+                PluginComponent::Wasm(bytes) => PluginSource::Wasm(bytes),
+                PluginComponent::Stored(hash) => PluginSource::Stored(hash),
+            },
+            config: plugin.config(),
+            keep_originals: plugin.keep_originals,
+        }),
     };
     Ok(WorkflowDefinition {
         id,
-        name: opt_string(body, "name")?,
-        description: opt_string(body, "description")?,
-        template,
-        input_schema,
-        defaults: opt_object(body, "defaults")?,
-        keep_previews: match body.get("keepPreviews") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => return Err(Error::validation("/keepPreviews", "must be a boolean")),
-        },
-        plugin: plugin_change(body.get("plugin"))?,
+        name: body.name,
+        description: body.description,
+        template: Value::Object(body.workflow),
+        input_schema: body.input_schema.map(Value::Object),
+        defaults: body.defaults,
+        keep_previews: body.keep_previews,
+        plugin,
     })
-}
-
-const PLUGIN_FIELDS: &[&str] = &["wasm", "hash", "config", "keepOriginals"];
-
-/// `plugin`: absent keeps the current one (on update), `null` removes it, an object sets it:
-/// `{wasm: <base64 component>, config?, keepOriginals?}` or `{hash: <hex of a stored one>, ...}`.
-fn plugin_change(v: Option<&Value>) -> Result<PluginChange> {
-    let obj = match v {
-        None => return Ok(PluginChange::Keep),
-        Some(Value::Null) => return Ok(PluginChange::Remove),
-        Some(Value::Object(o)) => o,
-        Some(_) => {
-            return Err(Error::validation("/plugin", "must be an object {wasm|hash, config?, keepOriginals?} or null"));
-        }
-    };
-    for k in obj.keys() {
-        if !PLUGIN_FIELDS.contains(&k.as_str()) {
-            return Err(Error::validation(
-                &format!("/plugin/{k}"),
-                "is not a plugin field (wasm, hash, config, keepOriginals)",
-            ));
-        }
-    }
-    use base64::Engine as _;
-    let source = match (obj.get("wasm"), obj.get("hash")) {
-        (Some(Value::String(b64)), None) => PluginSource::Wasm(
-            base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|e| Error::validation("/plugin/wasm", format!("is not base64: {e}")))?,
-        ),
-        (None, Some(Value::String(hex))) => {
-            let hash = blake3::Hash::from_hex(hex.trim())
-                .map_err(|_| Error::validation("/plugin/hash", "must be the 64 hex digits of a stored plugin"))?;
-            PluginSource::Stored(*hash.as_bytes())
-        }
-        _ => return Err(Error::validation("/plugin", "needs exactly one of wasm (base64) and hash (hex)")),
-    };
-    let config = match obj.get("config") {
-        None | Some(Value::Null) => json!({}),
-        Some(c) => c.clone(),
-    };
-    let keep_originals = match obj.get("keepOriginals") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(Error::validation("/plugin/keepOriginals", "must be a boolean")),
-    };
-    Ok(PluginChange::Set(PluginSpec { source, config, keep_originals }))
 }
 
 /// `POST /workflows`: 201 with the new workflow.
 pub async fn create_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
-    let body = read_object(ctx, req).await?;
-    let id = req_string(&body, "id")?;
-    let def = workflow_definition(&body, id)?;
+    let body = Value::Object(read_object(ctx, req).await?);
+    let (id, body) = wire::parse::<request::WorkflowDefinition>(&body)?.split();
+    let def = workflow_definition(id, body)?;
     Ok(reply::json(StatusCode::CREATED, &register_workflow(ctx, p, def).await?))
 }
 
@@ -579,8 +479,6 @@ async fn register_workflow(ctx: &Ctx, p: &Params, def: WorkflowDefinition) -> Re
     WorkflowDetails::new(&rec, schema)
 }
 
-const IMPORT_FIELDS: &[&str] = &["workflow", "id", "name", "description", "register"];
-
 /// `POST /workflows/import`: a template and input schema proposed for a ComfyUI API-format
 /// export, typed from the first healthy backend's `/object_info`. The body is
 /// `{workflow, id?, name?, description?, register?}`, or the export itself. 200 with
@@ -588,31 +486,17 @@ const IMPORT_FIELDS: &[&str] = &["workflow", "id", "name", "description", "regis
 /// (as `POST /workflows` answers) plus `inputs` and `warnings`.
 pub async fn import_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
     let body = read_object(ctx, req).await?;
-    let wrapped = body.contains_key("workflow");
-    let (workflow, at, options) = if wrapped {
-        reject_unknown(&body, IMPORT_FIELDS)?;
-        (body.get("workflow").cloned().unwrap_or(Value::Null), "/workflow", body)
+    // A body without a `workflow` member is the export itself, with the default options.
+    let (options, at) = if body.contains_key("workflow") {
+        (wire::parse::<request::WorkflowImport>(&Value::Object(body))?, "/workflow")
     } else {
-        // The export as the whole body: no options.
-        (Value::Object(body), "", Map::new())
+        let export = Value::Object(body);
+        (request::WorkflowImport { workflow: export, id: None, name: None, description: None, register: false }, "")
     };
-    let register = match options.get("register") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(Error::validation("/register", "must be a boolean")),
-    };
-    let imported = ctx
-        .gateway
-        .import_workflow(
-            &workflow,
-            at,
-            opt_string(&options, "id")?,
-            opt_string(&options, "name")?,
-            opt_string(&options, "description")?,
-        )
-        .await?;
+    let imported =
+        ctx.gateway.import_workflow(&options.workflow, at, options.id, options.name, options.description).await?;
     let answer = WorkflowImported::new(&imported.id, &imported.name, &imported.description, &imported.proposal);
-    if register {
+    if options.register {
         let workflow = register_workflow(ctx, p, imported.definition()).await?;
         let registered = WorkflowImportRegistered { workflow, inputs: answer.inputs, warnings: answer.warnings };
         return Ok(reply::json(StatusCode::CREATED, &registered));
@@ -622,13 +506,11 @@ pub async fn import_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
 
 /// `PUT /workflows/{id}`: a new version.
 pub async fn update_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
-    let body = read_object(ctx, req).await?;
-    if let Some(id) = opt_string(&body, "id")?
-        && id != p.id
-    {
+    let body = wire::parse::<request::WorkflowUpdate>(&Value::Object(read_object(ctx, req).await?))?;
+    if body.id.as_ref().is_some_and(|id| *id != p.id) {
         return Err(Error::validation("/id", format!("does not match the path ({:?})", p.id)));
     }
-    let def = workflow_definition(&body, p.id.clone())?;
+    let def = workflow_definition(p.id.clone(), body)?;
     let (rec, schema) = ctx.gateway.put_workflow(def, true, &actor(p)).await?;
     Ok(reply::json(StatusCode::OK, &WorkflowDetails::new(&rec, schema)?))
 }
@@ -639,15 +521,12 @@ pub async fn delete_workflow(ctx: &Ctx, p: &Params) -> Result<Resp> {
     Ok(reply::empty(StatusCode::NO_CONTENT))
 }
 
-const JOB_FIELDS: &[&str] =
-    &["workflowId", "inputs", "params", "priority", "callbackUrl", "callbackEvents", "cache", "metadata"];
-
 /// Longest idempotency key accepted, in bytes.
 const IDEMPOTENCY_KEY_MAX: usize = 255;
 
 /// The `Idempotency-Key` header, else `metadata.requestId`: 1 to 255 printable ASCII characters.
-fn idempotency_key(req_key: Option<&HeaderValue>, body: &Map<String, Value>) -> Result<Option<String>> {
-    let (key, at) = match (req_key, body.get("metadata").and_then(|m| m.get("requestId"))) {
+fn idempotency_key(req_key: Option<&HeaderValue>, metadata: Option<&request::Object>) -> Result<Option<String>> {
+    let (key, at) = match (req_key, metadata.and_then(|m| m.get("requestId"))) {
         (Some(h), _) => (h.to_str().map(str::to_string).ok(), "Idempotency-Key"),
         (None, Some(Value::String(s))) => (Some(s.clone()), "/metadata/requestId"),
         (None, Some(_)) => (None, "/metadata/requestId"),
@@ -659,31 +538,6 @@ fn idempotency_key(req_key: Option<&HeaderValue>, body: &Map<String, Value>) -> 
         }
         _ => Err(Error::validation(at, format!("must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters"))),
     }
-}
-
-/// `callbackEvents`: which events beyond the terminal ones a webhook is sent for.
-fn webhook_events(body: &Map<String, Value>, has_callback: bool) -> Result<u8> {
-    let Some(v) = body.get("callbackEvents").filter(|v| !v.is_null()) else { return Ok(0) };
-    let names = v.as_array().ok_or_else(|| Error::validation("/callbackEvents", "must be an array of event types"))?;
-    if !has_callback {
-        return Err(Error::validation("/callbackEvents", "needs a callbackUrl"));
-    }
-    let mut bits = 0;
-    for (i, name) in names.iter().enumerate() {
-        bits |= match name.as_str() {
-            Some("job.started") => WebhookEvents::STARTED,
-            Some("job.progress") => WebhookEvents::PROGRESS,
-            // Terminal events are always sent.
-            Some("job.succeeded" | "job.failed" | "job.canceled") => 0,
-            _ => {
-                return Err(Error::validation(
-                    &format!("/callbackEvents/{i}"),
-                    "must be one of job.started, job.progress, job.succeeded, job.failed, job.canceled",
-                ));
-            }
-        };
-    }
-    Ok(bits)
 }
 
 /// A parsed job request: the JSON object and, for `multipart/form-data`, the file parts.
@@ -764,41 +618,37 @@ pub struct JobFields {
 /// # Errors
 /// `VALIDATION_ERROR` naming the first field that is wrong.
 pub fn job_fields(
-    body: &Map<String, Value>,
+    body: Map<String, Value>,
     header_key: Option<&HeaderValue>,
     files: &[(String, Bytes)],
 ) -> Result<JobFields> {
-    reject_unknown(body, JOB_FIELDS)?;
-    let idempotency = idempotency_key(header_key, body)?.map(|key| IdempotencyKey {
-        fingerprint: canonical::request_fingerprint(&Value::Object(body.clone()), files),
-        key,
-    });
-    let workflow_id = req_string(body, "workflowId")?;
-    let mut inputs = opt_object(body, "inputs")?.unwrap_or_default();
-    // `params` are accepted as extra inputs (seed's compatibility); `inputs` win.
-    for (k, v) in opt_object(body, "params")?.unwrap_or_default() {
-        inputs.entry(k).or_insert(v);
-    }
-    let callback_url = opt_string(body, "callbackUrl")?;
-    if let Some(url) = &callback_url {
+    let body = Value::Object(body);
+    let request = wire::parse::<request::JobRequest>(&body)?;
+    let idempotency = idempotency_key(header_key, request.metadata.as_ref())?
+        .map(|key| IdempotencyKey { fingerprint: canonical::request_fingerprint(&body, files), key });
+    if let Some(url) = &request.callback_url {
         match reqwest::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => return Err(Error::validation("/callbackUrl", "must be an absolute http(s) URL")),
         }
     }
-    let webhook_events = webhook_events(body, callback_url.is_some())?;
-    let cache = match body.get("cache") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(Error::validation("/cache", "must be true or false")),
-    };
-    let metadata = match body.get("metadata") {
-        None | Some(Value::Null) => None,
-        Some(m @ Value::Object(_)) => Some(m.clone()),
-        Some(_) => return Err(Error::validation("/metadata", "must be a JSON object")),
-    };
-    let priority = parse_priority(body.get("priority"))?;
-    Ok(JobFields { workflow_id, inputs, priority, metadata, callback_url, cache, webhook_events, idempotency })
+    let webhook_events = request.webhook_events()?;
+    let priority = request.priority_level()?;
+    let request::JobRequest { workflow_id, mut inputs, params, callback_url, cache, metadata, .. } = request;
+    // `params` are accepted as extra inputs (seed's compatibility); `inputs` win.
+    for (k, v) in params {
+        inputs.entry(k).or_insert(v);
+    }
+    Ok(JobFields {
+        workflow_id,
+        inputs,
+        priority,
+        metadata: metadata.map(Value::Object),
+        callback_url,
+        cache,
+        webhook_events,
+        idempotency,
+    })
 }
 
 /// `POST /jobs`: 202 `{jobId, status, pollUrl}` after the durable commit. The body is JSON,
@@ -829,7 +679,7 @@ pub async fn create_job(ctx: &Ctx, p: &Params, client: &Client, req: Request<Inc
     };
     let header_key = req.headers().get("idempotency-key").cloned();
     let (body, files) = read_job_request(ctx, req).await?;
-    let fields = job_fields(&body, header_key.as_ref(), &files)?;
+    let fields = job_fields(body, header_key.as_ref(), &files)?;
     if let Some(url) = &fields.callback_url {
         crate::webhooks::check_callback_url(url, &ctx.gateway.config.webhooks).await?;
     }

@@ -16,6 +16,18 @@ const TITLE_POINTER: &str = "/_meta/title";
 /// The wrapper that makes ComfyUI read a JSON list as a value, not as a link.
 const LITERAL_LIST: &str = "__value__";
 
+/// The JSON Schema of an API-format prompt, as the API's contract describes the workflows
+/// clients send (`wire::request`): an object of nodes, each with a class and inputs.
+pub fn api_format_schema() -> Value {
+    serde_json::json!({
+        "type": "object", "minProperties": 1,
+        "additionalProperties": {
+            "type": "object", "required": [CLASS_TYPE, INPUTS],
+            "properties": {CLASS_TYPE: {"type": "string", "minLength": 1}, INPUTS: {"type": "object"}}
+        }
+    })
+}
+
 /// One node of a prompt, read leniently (an absent class or title reads as empty, absent
 /// inputs as none).
 #[derive(Debug, Clone, Copy)]

@@ -37,7 +37,7 @@ const LIMITS: Limits = Limits { image_size_max: 2048, batch_size_max: 4 };
 
 fuzz_target!(|data: &[u8]| {
     let Ok(body) = handlers::parse_object(data) else { return };
-    let Ok(fields) = handlers::job_fields(&body, None, &[]) else { return };
+    let Ok(fields) = handlers::job_fields(body, None, &[]) else { return };
     let all = workflows();
     let compiled = match all.iter().find(|(id, _)| *id == fields.workflow_id) {
         Some((_, c)) => c,

@@ -619,3 +619,45 @@ fn links_are_made_in_one_place() {
         assert!(found.is_empty(), "{needle} spelled outside domain::Links: {found:?}");
     }
 }
+
+/// Request bodies are parsed into the `wire::request` types (`wire::parse`: serde, the
+/// offending field's JSON pointer in the error), never read field by field: the production
+/// code of `api/handlers.rs` names no request member in a `.get("…")`-style lookup except
+/// what the types cannot carry: `metadata` (the `MAX_METADATA_BYTES` cap, checked on the
+/// parsed object before the typed parse), `requestId` (the idempotency key inside the
+/// free-form metadata), `workflow` (an import body with it holds options, without it is
+/// the export itself) and the `idempotency-key` header. The hand-written readers are gone
+/// and each body-taking handler parses with `wire::parse`.
+#[test]
+fn handlers_read_request_bodies_only_through_wire_types() {
+    let code = non_test_sources();
+    let handlers = code.iter().find(|(p, _)| p == "engine/api/handlers.rs").map(|(_, t)| t.as_str()).unwrap();
+    let allowed = ["metadata", "requestId", "workflow", "idempotency-key"];
+    let mut named = Vec::new();
+    for call in [".get(\"", ".get_mut(\"", ".contains_key(\"", ".remove(\"", ".entry(\"", ".pointer(\""] {
+        for (at, _) in handlers.match_indices(call) {
+            let rest = &handlers[at + call.len()..];
+            let name = &rest[..rest.find('"').expect("a closed string")];
+            if !allowed.contains(&name) {
+                named.push(format!("{call}{name}\")"));
+            }
+        }
+    }
+    assert_eq!(
+        named,
+        Vec::<String>::new(),
+        "request fields read by name in api/handlers.rs; add them to wire::request"
+    );
+    for gone in ["fn reject_unknown", "fn opt_string", "fn req_string", "fn opt_object", "_FIELDS: &[&str]"] {
+        assert!(!handlers.contains(gone), "{gone} is back in api/handlers.rs");
+    }
+    for (handler, body) in [
+        ("pub fn job_fields(", "JobRequest"),
+        ("pub async fn create_workflow(", "WorkflowDefinition"),
+        ("pub async fn update_workflow(", "WorkflowUpdate"),
+        ("pub async fn import_workflow(", "WorkflowImport"),
+    ] {
+        let text = function_body(handlers, handler);
+        assert!(text.contains(&format!("wire::parse::<request::{body}>")), "{handler} parses a {body}");
+    }
+}
