@@ -9,7 +9,7 @@ use schemars::JsonSchema;
 use schemars::generate::{SchemaGenerator, SchemaSettings};
 use serde_json::{Map, Value, json};
 
-use crate::wire::{job, system};
+use crate::wire::{job, request, system};
 
 /// The schemas of the wire types (`crate::wire`), generated: what the API answers as
 /// serialized (`for_serialize`: a field left out when empty is optional), what it takes as
@@ -20,7 +20,7 @@ fn generated() -> Map<String, Value> {
         s.definitions_path = "/components/schemas".into();
         s.meta_schema = None;
     });
-    let mut answers = settings.for_serialize().into_generator();
+    let mut answers = settings.clone().for_serialize().into_generator();
     fn add<T: JsonSchema>(g: &mut SchemaGenerator) {
         g.subschema_for::<T>();
     }
@@ -45,10 +45,45 @@ fn generated() -> Map<String, Value> {
     add::<job::OutputBase64>(&mut answers);
     add::<job::WebhookPayload>(&mut answers);
     let mut schemas = answers.take_definitions(true);
+    let mut bodies = settings.for_deserialize().into_generator();
+    add::<request::JobRequest>(&mut bodies);
+    add::<request::WorkflowDefinition>(&mut bodies);
+    add::<request::WorkflowUpdate>(&mut bodies);
+    add::<request::WorkflowImport>(&mut bodies);
+    for (name, mut schema) in bodies.take_definitions(true) {
+        defaults_in_words(&mut schema);
+        // A type in both (an enum) must describe itself the same way in both.
+        if let Some(answered) = schemas.get(&name) {
+            assert_eq!(answered, &schema, "{name} differs between requests and answers");
+        }
+        schemas.insert(name, schema);
+    }
+    let mut export = crate::comfy::graph::api_format_schema();
+    export["description"] = json!(
+        "A workflow as ComfyUI's Export (API) writes it: {node id: {class_type, inputs, _meta?}}, links as [node id, output index]"
+    );
+    schemas.insert("ApiFormatWorkflow".into(), export);
     for schema in schemas.values_mut() {
         tidy_generated(schema);
     }
     schemas
+}
+
+/// A request body's defaults said in its properties' descriptions, not as `default`:
+/// openapi-typescript types a component's property that has a `default` as required
+/// (its `defaultNonNullable`), so a client would have to send every defaulted field.
+fn defaults_in_words(schema: &mut Value) {
+    let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) else { return };
+    for property in properties.values_mut() {
+        let Some(obj) = property.as_object_mut() else { continue };
+        let Some(default) = obj.remove("default") else { continue };
+        let said = format!("Default: `{default}`.");
+        let description = match obj.get("description").and_then(Value::as_str) {
+            Some(d) => format!("{d} {said}"),
+            None => said,
+        };
+        obj.insert("description".into(), Value::String(description));
+    }
 }
 
 /// What generators need of a generated schema: `{}` for schemars' `true` (any JSON value;
@@ -206,7 +241,7 @@ fn headers() -> Value {
 /// see `handlers::openapi`).
 pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
     let ids: Vec<&str> = workflows.iter().map(|(id, _)| id.as_str()).collect();
-    let mut schemas: Map<String, Value> = components();
+    let mut schemas: Map<String, Value> = generated();
     let mut inputs_by_workflow = Map::new();
     // `POST /jobs`'s JSON body: any of `JobRequest` and the request of each workflow.
     let mut job_requests = vec![schema_ref("JobRequest")];
@@ -366,7 +401,10 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                 "post": {
                     "operationId": "importWorkflow",
                     "summary": "Propose a template and input schema for a workflow exported from ComfyUI (Export (API)), typed from the first healthy backend's /object_info; with register: true, register it",
-                    "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowImport")}}},
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": json!({
+                        "description": "`{workflow, id?, name?, description?, register?}`, or the API-format export itself as the whole body (then with the default options)",
+                        "anyOf": [schema_ref("WorkflowImport"), schema_ref("ApiFormatWorkflow")]
+                    })}}},
                     "responses": with_errors(json!({
                         "200": json_response("The proposal, what was recognized, and what to check", schema_ref("WorkflowImported")),
                         "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", schema_ref("WorkflowImportRegistered"))
@@ -676,116 +714,6 @@ fn sanitize(id: &str) -> String {
     id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
 }
 
-fn components() -> Map<String, Value> {
-    let v = json!({
-        "Priority": {"oneOf": [
-            {"type": "string", "enum": ["high", "normal", "low"]},
-            {"type": "integer", "minimum": -100, "maximum": 100}
-        ]},
-        "JobRequest": {
-            "type": "object", "required": ["workflowId"], "additionalProperties": false,
-            "properties": {
-                "workflowId": {"type": "string"},
-                "inputs": {"type": ["object", "null"], "description": "Validated against the workflow's input schema (see x-workflow-inputs)"},
-                "params": {"type": ["object", "null"], "description": "Extra inputs; `inputs` win"},
-                "priority": {"oneOf": [{"$ref": "#/components/schemas/Priority"}, {"type": "null"}]},
-                "callbackUrl": {"type": ["string", "null"], "format": "uri", "description": "Webhook receiver (Standard Webhooks signatures); terminal events always"},
-                "callbackEvents": {"type": ["array", "null"], "description": "Further webhook events",
-                    "items": {"type": "string", "enum": ["job.started", "job.progress", "job.succeeded", "job.failed", "job.canceled"]}},
-                "cache": {"type": ["boolean", "null"], "description": "false: neither answered from nor stored in the result cache"},
-                "metadata": {"type": ["object", "null"], "description": "Client data; `requestId` (a string) is an idempotency key"}
-            }
-        },
-        "WorkflowUpdate": {
-            "type": "object", "required": ["workflow"], "additionalProperties": false,
-            "properties": {
-                "id": {"type": ["string", "null"]},
-                "name": {"type": ["string", "null"]},
-                "description": {"type": ["string", "null"]},
-                "workflow": {
-                    "type": "object", "minProperties": 1,
-                    "description": "ComfyUI API-format template with {{token}} placeholders",
-                    "additionalProperties": {
-                        "type": "object", "required": ["class_type", "inputs"],
-                        "properties": {"class_type": {"type": "string", "minLength": 1}, "inputs": {"type": "object"}}
-                    }
-                },
-                "inputSchema": {"type": ["object", "null"], "description": "JSON Schema 2020-12 of the inputs"},
-                "defaults": {"type": ["object", "null"]},
-                "keepPreviews": {"type": ["boolean", "null"], "description": "Keep PreviewImage (temp) outputs as job outputs"},
-                "plugin": {
-                    "type": ["object", "null"], "additionalProperties": false,
-                    "description": "A WebAssembly component (wit/plugin.wit) run on this workflow's jobs: exactly one of `wasm` (base64 bytes, compiled and type-checked now; 400 with a readable message if it cannot be used) and `hash` (a stored one). Absent on an update: kept; null: removed.",
-                    "properties": {
-                        "wasm": {"type": "string", "contentEncoding": "base64"},
-                        "hash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                        "config": {"type": ["object", "null"], "description": "What the plugin's host.config() returns"},
-                        "keepOriginals": {"type": ["boolean", "null"], "description": "Keep the outputs beside what output-process returns"}
-                    }
-                }
-            }
-        },
-        "WorkflowImport": {
-            "description": "`{workflow, id?, name?, description?, register?}`, or the API-format export itself as the whole body (then with the default options)",
-            "anyOf": [
-                {
-                    "type": "object", "required": ["workflow"], "additionalProperties": false,
-                    "properties": {
-                        "workflow": {"$ref": "#/components/schemas/ApiFormatWorkflow"},
-                        "id": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_.-]{1,128}$", "description": "The proposed id (default `imported`)"},
-                        "name": {"type": ["string", "null"], "description": "Name (default: the id); the schema's title"},
-                        "description": {"type": ["string", "null"], "description": "The schema's description"},
-                        "register": {"type": ["boolean", "null"], "description": "Register the proposal as it is (201), like POST /workflows"}
-                    }
-                },
-                {"$ref": "#/components/schemas/ApiFormatWorkflow"}
-            ]
-        },
-        "ApiFormatWorkflow": {
-            "type": "object", "minProperties": 1,
-            "description": "A workflow as ComfyUI's Export (API) writes it: {node id: {class_type, inputs, _meta?}}, links as [node id, output index]",
-            "additionalProperties": {
-                "type": "object", "required": ["class_type", "inputs"],
-                "properties": {"class_type": {"type": "string", "minLength": 1}, "inputs": {"type": "object"}}
-            }
-        },
-    });
-    let mut schemas = generated();
-    if let Value::Object(m) = v {
-        schemas.extend(m);
-    }
-    // Spelled out rather than through `allOf`: openapi-python-client drops
-    // `WorkflowUpdate` and `WorkflowDefinition` (and with them `POST /workflows` and
-    // `PUT /workflows/{id}`) when nullable objects are inherited through `allOf`.
-    let definition = json!({"required": ["id", "workflow"], "properties": {"id": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,128}$"}}});
-    let definition = inherit(&schemas["WorkflowUpdate"], definition);
-    schemas.insert("WorkflowDefinition".into(), definition);
-    schemas
-}
-
-/// `schema` with the `required` members and `properties` of `base` added (the members
-/// `schema` names win): what `allOf: [base]` would say, spelled out for the generators (see
-/// [`components`]).
-fn inherit(base: &Value, mut schema: Value) -> Value {
-    let mut merged = base.clone();
-    let mut required: Vec<Value> = base["required"].as_array().cloned().unwrap_or_default();
-    for name in schema["required"].as_array().into_iter().flatten() {
-        if !required.contains(name) {
-            required.push(name.clone());
-        }
-    }
-    if let (Some(into), Some(from)) = (merged["properties"].as_object_mut(), schema["properties"].as_object_mut()) {
-        into.append(from);
-    }
-    if let (Some(into), Some(from)) = (merged.as_object_mut(), schema.as_object_mut()) {
-        from.remove("required");
-        from.remove("properties");
-        into.append(from);
-    }
-    merged["required"] = Value::Array(required);
-    merged
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -850,11 +778,19 @@ mod tests {
             "/",
         );
         let schemas = &doc["components"]["schemas"];
-        // Free-form objects say that any member goes (openapi-typescript: not `Record<string, never>`).
+        // Free-form objects say that any member goes (openapi-typescript: not `Record<string, never>`),
+        // and a nullable one is `anyOf` an object and null, never `type: [object, null]`
+        // (openapi-python-client drops such a schema, and with it the operation).
+        let free = |v: &Value| {
+            assert!(!v["type"].is_array(), "{v}");
+            assert_eq!(v["anyOf"][1], json!({"type": "null"}), "{v}");
+            assert_eq!(v["anyOf"][0]["additionalProperties"], true, "{v}");
+        };
         for field in ["inputs", "params", "metadata"] {
-            assert_eq!(schemas["JobRequest"]["properties"][field]["additionalProperties"], true, "{field}");
+            free(&schemas["JobRequest"]["properties"][field]);
         }
-        assert_eq!(schemas["WorkflowUpdate"]["properties"]["defaults"]["additionalProperties"], true);
+        free(&schemas["WorkflowUpdate"]["properties"]["defaults"]);
+        assert!(!serde_json::to_string(&doc).unwrap().contains(r#"["object","null"]"#));
         assert_eq!(schemas["WorkflowInputs.w"]["properties"]["o"]["additionalProperties"], true);
         assert_eq!(
             schemas["WorkflowInputs.w"]["properties"]["o"]["default"],
@@ -865,7 +801,7 @@ mod tests {
         // No inheritance of nullable objects through allOf (openapi-python-client drops the schemas).
         let definition = &schemas["WorkflowDefinition"];
         assert!(definition.get("allOf").is_none());
-        assert_eq!(definition["required"], json!(["workflow", "id"]));
+        assert_eq!(definition["required"], json!(["id", "workflow"]));
         assert_eq!(definition["properties"]["id"]["type"], "string");
         assert_eq!(definition["properties"]["defaults"], schemas["WorkflowUpdate"]["properties"]["defaults"]);
         let details = &schemas["WorkflowDetails"];
@@ -899,6 +835,14 @@ mod tests {
         assert_eq!(schemas["WebhookEventType"]["enum"][0], "job.started");
         let text = serde_json::to_string(&doc).unwrap();
         assert!(!text.contains("\"uint"), "schemars-only formats are gone");
+        // Request bodies say their defaults in words (openapi-typescript would require them).
+        for name in ["JobRequest", "WorkflowDefinition", "WorkflowUpdate", "WorkflowImport", "PluginBody"] {
+            let properties = schemas[name]["properties"].as_object().unwrap();
+            assert!(properties.values().all(|p| p.get("default").is_none()), "{name}");
+        }
+        assert!(
+            schemas["JobRequest"]["properties"]["cache"]["description"].as_str().unwrap().ends_with("Default: `true`.")
+        );
         // A download's bytes are bytes: no JSON media type beside them.
         let download = &doc["paths"]["/outputs/{jobId}/{file}"]["get"]["responses"];
         for status in ["200", "206"] {

@@ -38,7 +38,8 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
 }
 
 /// No `default` in a field's schema: `null` says nothing more than the field's absence
-/// (and for `plugin`, absent and `null` mean different things).
+/// (and for `plugin`, absent and `null` mean different things), and openapi-python-client
+/// refuses a `default` of `{}` on an object-or-null union (dropping the whole request).
 fn no_default(schema: &mut Schema) {
     schema.remove("default");
 }
@@ -56,11 +57,11 @@ pub struct JobRequest {
     pub workflow_id: String,
     /// The workflow's inputs, validated against its input schema (see `x-workflow-inputs`).
     #[serde(default, deserialize_with = "null_as_default")]
-    #[schemars(schema_with = "or_null::<Object>")]
+    #[schemars(schema_with = "or_null::<Object>", transform = no_default)]
     pub inputs: Object,
     /// Extra inputs; `inputs` win.
     #[serde(default, deserialize_with = "null_as_default")]
-    #[schemars(schema_with = "or_null::<Object>")]
+    #[schemars(schema_with = "or_null::<Object>", transform = no_default)]
     pub params: Object,
     /// The job's place in the queue (default `normal`).
     pub priority: Option<Priority>,
@@ -151,6 +152,7 @@ impl Priority {
 /// `job.progress` (milestones at 25, 50, 75 and 100 %); the terminal `job.succeeded`,
 /// `job.failed` and `job.canceled` are always sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[schemars(inline)]
 pub enum CallbackEvent {
     // The job was handed to a backend for the first time.
     #[serde(rename = "job.started")]
@@ -507,7 +509,11 @@ mod tests {
             assert_eq!(props[free]["anyOf"][0]["additionalProperties"], true, "{free}");
             assert_eq!(props[free]["anyOf"][1]["type"], "null", "{free}");
             assert!(props[free]["description"].is_string(), "{free}");
+            // openapi-python-client refuses a default on an object-or-null union.
+            assert!(props[free].get("default").is_none(), "{free}");
         }
+        // The events inline, where the docs page and generators show their values.
+        assert_eq!(props["callbackEvents"]["items"]["enum"][1], "job.progress");
         assert_eq!(props["cache"]["type"], json!(["boolean", "null"]));
         assert_eq!(props["cache"]["default"], true);
         let text = job.to_string();
