@@ -679,21 +679,33 @@ async fn register_definition(def: WorkflowDefinition, db: &DbArgs) -> Result<Str
         }
         None => {
             let base = owning_gateway(db).await?;
-            let mut body = json!({
-                "id": def.id, "name": def.name, "description": def.description,
-                "workflow": def.template, "inputSchema": def.input_schema, "defaults": def.defaults,
-                "keepPreviews": def.keep_previews,
-            });
-            if let PluginChange::Set(PluginSpec { source: PluginSource::Wasm(wasm), config, keep_originals }) =
-                &def.plugin
-            {
-                use base64::Engine as _;
-                body["plugin"] = json!({
-                    "wasm": base64::engine::general_purpose::STANDARD.encode(wasm),
-                    "config": config,
-                    "keepOriginals": keep_originals,
-                });
-            }
+            // The same wire type the API parses; absent `plugin` keeps an update's plugin.
+            let plugin = match &def.plugin {
+                PluginChange::Set(PluginSpec { source: PluginSource::Wasm(wasm), config, keep_originals }) => {
+                    use base64::Engine as _;
+                    Some(Some(crate::wire::request::PluginBody {
+                        wasm: Some(base64::engine::general_purpose::STANDARD.encode(wasm)),
+                        hash: None,
+                        config: Some(config.clone()),
+                        keep_originals: *keep_originals,
+                    }))
+                }
+                _ => None,
+            };
+            let object = |v: Option<Value>| match v {
+                Some(Value::Object(m)) => Some(m),
+                _ => None,
+            };
+            let body = crate::wire::request::WorkflowDefinition {
+                id: def.id.clone(),
+                name: def.name.clone(),
+                description: def.description.clone(),
+                workflow: object(Some(def.template.clone())).unwrap_or_default(),
+                input_schema: object(def.input_schema.clone()),
+                defaults: def.defaults.clone(),
+                keep_previews: def.keep_previews,
+                plugin,
+            };
             let http = db.server.client()?;
             let exists = http
                 .get(format!("{base}/workflows/{}", def.id))

@@ -210,7 +210,7 @@ pub struct WorkflowDefinition {
     pub keep_previews: bool,
     /// A WebAssembly component (wit/plugin.wit) run on this workflow's jobs; `null` or
     /// absent: none.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<PluginBody>", transform = no_default)]
     pub plugin: Option<Option<PluginBody>>,
 }
@@ -242,7 +242,7 @@ pub struct WorkflowUpdate {
     pub keep_previews: bool,
     /// A WebAssembly component (wit/plugin.wit) run on this workflow's jobs. Absent: the
     /// current version's is kept; `null`: removed.
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<PluginBody>", transform = no_default)]
     pub plugin: Option<Option<PluginBody>>,
 }

@@ -661,3 +661,42 @@ fn handlers_read_request_bodies_only_through_wire_types() {
         assert!(text.contains(&format!("wire::parse::<request::{body}>")), "{handler} parses a {body}");
     }
 }
+
+/// Responses are wire types (`engine/wire`): the API's handlers, its reply helpers, the
+/// event stream, the downloads and the webhooks serialize them and build no JSON by hand.
+/// The one `json!` allowed there is an error's free-form `details`; no JSON value is
+/// patched member by member (`body["x"] = ...`) on its way out.
+#[test]
+fn no_handler_builds_response_json_by_hand() {
+    let code = non_test_sources();
+    let files = [
+        "engine/api/handlers.rs",
+        "engine/api/reply.rs",
+        "engine/api/sse.rs",
+        "engine/api/download.rs",
+        "engine/webhooks/send.rs",
+    ];
+    let mut found = Vec::new();
+    for file in files {
+        let text = code.iter().find(|(p, _)| p == file).map(|(_, t)| t.as_str()).unwrap_or_else(|| panic!("{file}"));
+        for (at, _) in text.match_indices("json!(") {
+            let before = &text[at.saturating_sub(40)..at];
+            if !before.trim_end_matches("serde_json::").ends_with(".with_details(") {
+                found.push(format!("{file}: json! at byte {at}"));
+            }
+        }
+        for (at, _) in text.match_indices("\"] = ") {
+            found.push(format!("{file}: a JSON member set by hand at byte {at}"));
+        }
+        for builder in ["fn job_json", "fn event_json", "fn output_json", "fn delivery_json", "fn backend_json"] {
+            if text.contains(builder) {
+                found.push(format!("{file}: {builder} is back"));
+            }
+        }
+    }
+    assert_eq!(found, Vec::<String>::new(), "build a wire type (engine/wire) instead");
+    // Only the API layer and wire know the wire types' JSON; webhooks use wire, not api.
+    let send = code.iter().find(|(p, _)| p == "engine/webhooks/send.rs").map(|(_, t)| t.as_str()).unwrap();
+    assert!(!send.contains("crate::api"), "webhooks build their body from wire types, not from api");
+    assert!(send.contains("WebhookPayload"));
+}
