@@ -529,6 +529,26 @@ async fn n8n_workflow_is_well_formed_and_its_request_runs_a_job() {
     assert_eq!(job["inputs"]["prompt"], prompt);
     let output_node = nodes.iter().find(|n| n["name"] == "Output URL").expect("the Output URL node");
     assert_set_node_resolves(output_node, &job);
+    // Its expression (JavaScript, as n8n runs it) gives a URL whether the gateway answers
+    // with a path (no PUBLIC_URL, as here) or with an absolute URL (PUBLIC_URL set).
+    let path = job["outputs"][0]["url"].as_str().unwrap().to_string();
+    assert!(path.starts_with("/outputs/"), "{path}");
+    if let Some(node) = support::require_tool("node") {
+        let expr = output_node["parameters"]["assignments"]["assignments"][0]["value"].as_str().unwrap();
+        let expr = expr.strip_prefix("={{").and_then(|e| e.strip_suffix("}}")).expect("an n8n expression").trim();
+        for (url, expected) in [
+            (path.clone(), format!("http://localhost:3000{path}")),
+            (format!("https://gw.example.com{path}"), format!("https://gw.example.com{path}")),
+        ] {
+            let input = json!({"outputs": [{"url": url}]});
+            let out = std::process::Command::new(&node)
+                .args(["-e", &format!("const $json = {input}; process.stdout.write(String({expr}))")])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(String::from_utf8_lossy(&out.stdout), expected, "Output URL of {url}");
+        }
+    }
     let (code, _) = get_bytes(&format!("{}{}", gw.url(), job["outputs"][0]["url"].as_str().unwrap()), USER_KEY).await;
     assert_eq!(code, 200);
 
