@@ -245,8 +245,8 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
     let mut inputs_by_workflow = Map::new();
     // `POST /jobs`'s JSON body: any of `JobRequest` and the request of each workflow.
     let mut job_requests = vec![schema_ref("JobRequest")];
-    for (id, schema) in workflows {
-        let name = format!("WorkflowInputs.{}", sanitize(id));
+    for ((id, schema), component) in workflows.iter().zip(component_names(workflows)) {
+        let name = format!("WorkflowInputs.{component}");
         let mut schema = schema.clone();
         if let Some(obj) = schema.as_object_mut() {
             // `$schema`/`$id` are valid in 3.1 but some tools choke on them inside components.
@@ -277,7 +277,7 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
         if inputs_required {
             request["required"] = json!(["workflowId", "inputs"]);
         }
-        let request_name = format!("JobRequest.{}", sanitize(id));
+        let request_name = format!("JobRequest.{component}");
         schemas.insert(request_name.clone(), request);
         job_requests.push(schema_ref(&request_name));
     }
@@ -710,6 +710,33 @@ fn webhooks() -> Value {
     })
 }
 
+/// The name of each workflow's components (`JobRequest.<name>`, `WorkflowInputs.<name>`):
+/// its id with what a component name cannot hold as `_`, and unique once folded the way
+/// client generators fold names into classes and modules (separators dropped, case
+/// ignored: openapi-python-client makes `JobRequestIcon512` of both `icon_512` and
+/// `icon.512`, and keeps only one). A workflow whose folded id an earlier one (in id
+/// order) has gets `.2`, `.3`, ... until it is unique.
+fn component_names(workflows: &[(String, Value)]) -> Vec<String> {
+    let fold = |name: &str| -> String {
+        name.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect()
+    };
+    let mut order: Vec<usize> = (0..workflows.len()).collect();
+    order.sort_by(|&a, &b| workflows[a].0.cmp(&workflows[b].0));
+    let mut taken = std::collections::HashSet::new();
+    let mut names = vec![String::new(); workflows.len()];
+    for i in order {
+        let base = sanitize(&workflows[i].0);
+        let mut name = base.clone();
+        let mut n = 1;
+        while !taken.insert(fold(&name)) {
+            n += 1;
+            name = format!("{base}.{n}");
+        }
+        names[i] = name;
+    }
+    names
+}
+
 fn sanitize(id: &str) -> String {
     id.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '_' }).collect()
 }
@@ -850,6 +877,31 @@ mod tests {
             assert!(content.contains_key("application/octet-stream"), "{status}");
             assert!(content.keys().all(|t| !t.contains("json")), "{status}: {content:?}");
         }
+    }
+
+    #[test]
+    fn component_names_stay_apart_once_folded_by_generators() {
+        let ids = ["icon.512-copy", "icon_512_copy", "Icon512Copy", "icon512copy2", "w one", "plain"];
+        let workflows: Vec<(String, Value)> =
+            ids.iter().map(|id| (id.to_string(), json!({"type": "object"}))).collect();
+        let names = component_names(&workflows);
+        // In id order: "Icon512Copy" < "icon.512-copy" < "icon512copy2" < "icon_512_copy"; a
+        // suffix taken by a fold (`icon512copy2`) moves the next one on.
+        assert_eq!(names, ["icon.512-copy.2", "icon_512_copy.3", "Icon512Copy", "icon512copy2.2", "w_one", "plain"]);
+        let folded: std::collections::HashSet<String> = names
+            .iter()
+            .map(|n| n.chars().filter(char::is_ascii_alphanumeric).map(|c| c.to_ascii_lowercase()).collect())
+            .collect();
+        assert_eq!(folded.len(), names.len());
+        let doc = document(&workflows, "/");
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for name in &names {
+            assert!(schemas.contains_key(&format!("JobRequest.{name}")), "{name}");
+        }
+        assert_eq!(
+            doc["components"]["schemas"]["JobRequest.icon_512_copy.3"]["properties"]["workflowId"]["const"],
+            "icon_512_copy"
+        );
     }
 
     #[test]

@@ -100,14 +100,20 @@ async fn generated_clients_work_unchanged() {
         "workflow": read("icon_512.json"),
         "inputSchema": read("icon_512.schema.json"),
     });
-    let created = reqwest::Client::new()
-        .post(format!("{}/workflows", gw.url()))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&copy_of_icon)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    // And a third whose id differs from the second's only in its separators (`.` and `-`
+    // for `_`), which generators fold into one class and one module name.
+    let mut lookalike = copy_of_icon.clone();
+    lookalike["id"] = "icon.512-copy".into();
+    for body in [&copy_of_icon, &lookalike] {
+        let created = reqwest::Client::new()
+            .post(format!("{}/workflows", gw.url()))
+            .header("x-api-key", ADMIN_KEY)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201, "{}", created.text().await.unwrap());
+    }
     let doc_url = format!("{}/openapi.json", gw.url());
     let doc: Value =
         reqwest::Client::new().get(&doc_url).header("x-api-key", USER_KEY).send().await.unwrap().json().await.unwrap();
