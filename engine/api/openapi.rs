@@ -860,6 +860,11 @@ mod tests {
         assert!(schemas["JobStatus"].get("oneOf").is_none());
         assert!(schemas["JobStatus"]["description"].as_str().unwrap().contains("`failed`: Failed"));
         assert_eq!(schemas["WebhookEventType"]["enum"][0], "job.started");
+        // Every link says where it points.
+        for (schema, link) in [("Output", "url"), ("Job", "pollUrl"), ("JobAccepted", "pollUrl")] {
+            let said = schemas[schema]["properties"][link]["description"].as_str().unwrap_or("");
+            assert!(said.contains("PUBLIC_URL"), "{schema}.{link}: {said}");
+        }
         let text = serde_json::to_string(&doc).unwrap();
         assert!(!text.contains("\"uint"), "schemars-only formats are gone");
         // Request bodies say their defaults in words (openapi-typescript would require them).

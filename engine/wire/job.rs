@@ -52,7 +52,8 @@ pub struct JobAccepted {
     pub job_id: Uuid,
     /// `queued` (or what a replayed request's job is now).
     pub status: JobStatus,
-    /// The job's URL.
+    /// The job's URL: absolute under `PUBLIC_URL` when the gateway has one set (the URL of
+    /// `servers`), else a path from the gateway's root.
     pub poll_url: Link,
 }
 
@@ -73,7 +74,8 @@ pub struct OutputView {
     /// BLAKE3 of the bytes, 64 hex digits.
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub hash: String,
-    /// Where to download it.
+    /// Where to download it: absolute under `PUBLIC_URL` when the gateway has one set (the
+    /// URL of `servers`), else a path from the gateway's root.
     pub url: Link,
     /// With `?include=base64`: whether `base64` holds the bytes (false when the output is
     /// over the inline limits; download it from `url`).
@@ -202,7 +204,8 @@ pub struct JobView {
     pub finished_at: Option<Time>,
     /// Its last change.
     pub updated_at: Time,
-    /// The job's URL.
+    /// The job's URL: absolute under `PUBLIC_URL` when the gateway has one set (the URL of
+    /// `servers`), else a path from the gateway's root.
     pub poll_url: Link,
     /// The client's metadata, as given (left out under `PRIVACY_MODE`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
