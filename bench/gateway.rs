@@ -22,6 +22,16 @@
 //! 8. Listing: `GET /jobs` as a user owning 10 jobs among 200,000 (the others of another
 //!    owner, all newer than the user's), sequential, p50 / p99; also with `after=` before
 //!    the user's first job, and an admin's first page.
+//! 9. The gateway's own cost per job: `BENCH_RUNS` sequential jobs of the bundled
+//!    `icon_512` (512×512, a 56 KB PNG; `cache: false`), `POST /jobs?wait=30` then the
+//!    output's download; the CPU time (user + system, `/proc/PID/stat`) the gateway and the
+//!    simulator spent, per job.
+//!
+//! Part 1 also measures a bare hyper server (this bench binary run again as
+//! `--bare-hyper`: one process, hyper's HTTP/1.1 server answering every POST with a
+//! 202 and a body like the gateway's, nothing stored) with the same load in the same run:
+//! the gateway's submit rate is reported as a share of it, which moves much less between
+//! runs on a shared machine than the rate itself.
 //!
 //! Environment: `BENCH_SECONDS` (per measured level, default 3), `BENCH_RUNS` (latency
 //! runs, default 300), `BENCH_QUEUED` (queued jobs for part 6, default 100000),
@@ -123,6 +133,86 @@ fn spawn(args: &[&str], envs: &[(&str, String)]) -> Proc {
         cmd.env(k, v);
     }
     Proc(cmd.spawn().expect("spawn"))
+}
+
+/// CPU time (user + system) process `pid` has used so far, in ms (`/proc/PID/stat`, in
+/// clock ticks of `getconf CLK_TCK`).
+fn cpu_ms(pid: u32) -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let ticks = *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+            .unwrap_or(100.0)
+    });
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // After the command name's closing parenthesis: state is field 3, utime 14, stime 15.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    (field(14) + field(15)) * 1000.0 / ticks
+}
+
+/// A bare hyper HTTP/1.1 server (the yardstick of part 1), run in this bench's own binary
+/// started again with `--bare-hyper ADDR_FILE`: every request's body is read and answered
+/// 202 with a JSON body of the gateway's size and a `Location`; nothing else.
+fn bare_hyper(addr_file: &str) -> ! {
+    use http_body_util::{BodyExt as _, Full};
+    use hyper::service::service_fn;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        std::fs::write(addr_file, listener.local_addr().expect("addr").to_string()).expect("addr file");
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let id = uuid::Uuid::now_v7();
+                    let answer = format!(r#"{{"jobId":"{id}","status":"queued","pollUrl":"/jobs/{id}","n":{}}}"#, body.len());
+                    let resp = hyper::Response::builder()
+                        .status(202)
+                        .header("content-type", "application/json")
+                        .header("location", format!("/jobs/{id}"))
+                        .body(Full::new(bytes::Bytes::from(answer)))
+                        .expect("response");
+                    Ok::<_, std::convert::Infallible>(resp)
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+            });
+        }
+    })
+}
+
+/// Start [`bare_hyper`] in its own process; it and its port.
+fn spawn_bare_hyper() -> (Proc, u16) {
+    let file = std::env::temp_dir().join(format!("gateway-bench-{}-bare.addr", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let child = Command::new(exe)
+        .arg("--bare-hyper")
+        .arg(&file)
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the bare server");
+    let proc = Proc(child);
+    let t = Instant::now();
+    loop {
+        if let Some(addr) =
+            std::fs::read_to_string(&file).ok().and_then(|t| t.trim().parse::<std::net::SocketAddr>().ok())
+        {
+            let _ = std::fs::remove_file(&file);
+            return (proc, addr.port());
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the bare server did not listen");
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// Wait until `url` answers at all; the time it took.
@@ -490,8 +580,15 @@ impl Table {
     }
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--bare-hyper") {
+        bare_hyper(args.get(i + 1).expect("--bare-hyper ADDR_FILE"));
+    }
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime").block_on(bench());
+}
+
+async fn bench() {
     let seconds = env_num("BENCH_SECONDS", 3) as f64;
     let runs = env_num("BENCH_RUNS", 300);
     let queued_target = env_num("BENCH_QUEUED", 100_000);
@@ -525,6 +622,8 @@ async fn main() {
             "",
             None,
         );
+        let (_bare, bare_port) = spawn_bare_hyper();
+        load(bare_port, "/jobs", 16, 0.5, 202, body.clone()).await;
         for clients in [1, 16, 128] {
             let (rate, lat) = load(gw.port, "/jobs", clients, seconds, 202, body.clone()).await;
             table.row(
@@ -532,6 +631,16 @@ async fn main() {
                 format!("{rate:.0} ({})", p50_p99(&lat)),
                 "≥ 10000/s",
                 Some(rate >= 10_000.0),
+            );
+            // The same load on a bare hyper server, right after: the share is the figure
+            // that stays put between runs.
+            let (bare, _) = load(bare_port, "/jobs", clients, seconds, 202, body.clone()).await;
+            let (target, met) = if clients == 128 { ("≥ 0.5", Some(rate / bare >= 0.5)) } else { ("", None) };
+            table.row(
+                format!("share of bare hyper ({bare:.0}/s), {clients} clients"),
+                format!("{:.2}", rate / bare),
+                target,
+                met,
             );
         }
     }
@@ -759,6 +868,50 @@ async fn main() {
             let met = (key == "bench-user-key").then(|| pct(&lat, 0.5) < 2.0);
             table.row(format!("{what}, ms p50 / p99"), p50_p99(&lat), target, met);
         }
+    }
+
+    if part(9) {
+        println!("\n9. the gateway's own cost: {runs} sequential icon_512 jobs (512×512), ?wait=30 + download");
+        let (sim_proc, sim_url) = sim(&dir.path().join("sim-cost"), 0);
+        wait_up(&format!("{sim_url}/system_stats")).await;
+        let gw = Gw::start(&dir.path().join("cost.redb"), &sim_url, &[]);
+        gw.ready().await;
+        let job = |seed: u64| {
+            let (http, url) = (http.clone(), gw.url.clone());
+            async move {
+                let t = Instant::now();
+                let body = json!({"workflowId": "icon_512", "inputs": {"prompt": "cost", "seed": seed}, "cache": false});
+                let r = http.post(format!("{url}/jobs?wait=30")).json(&body).send().await.expect("submit");
+                let v: Value = r.json().await.expect("json");
+                assert_eq!(v["status"], "succeeded", "{v}");
+                let out = v["outputs"][0]["url"].as_str().expect("output url");
+                let bytes = http.get(format!("{url}{out}")).send().await.expect("get").bytes().await.expect("bytes");
+                (t.elapsed().as_secs_f64() * 1000.0, bytes.len())
+            }
+        };
+        for i in 0..20 {
+            job(20_000_000 + i).await;
+        }
+        let (gw0, sim0, t) = (cpu_ms(gw.proc.pid()), cpu_ms(sim_proc.pid()), Instant::now());
+        let (mut lat, mut size) = (Vec::new(), 0);
+        for i in 0..runs {
+            let (ms, n) = job(21_000_000 + i).await;
+            lat.push(ms);
+            size = n;
+        }
+        let elapsed = t.elapsed().as_secs_f64();
+        let (gw_ms, sim_ms) = (cpu_ms(gw.proc.pid()) - gw0, cpu_ms(sim_proc.pid()) - sim0);
+        let per = |ms: f64| ms / runs as f64;
+        let lat = sorted(lat);
+        table.row(format!("a job ({} KB PNG), ms (p50 / p99)", size / 1000), p50_p99(&lat), "", None);
+        table.row("sequential jobs/s", format!("{:.0}", runs as f64 / elapsed), "", None);
+        table.row(
+            "gateway CPU per job, ms",
+            format!("{:.2}", per(gw_ms)),
+            "≤ 1 ms",
+            Some(per(gw_ms) <= 1.0),
+        );
+        table.row("simulator CPU per job, ms", format!("{:.2}", per(sim_ms)), "", None);
     }
 
     println!("\nMarkdown:\n\n{}", table.markdown());
