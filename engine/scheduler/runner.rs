@@ -109,7 +109,8 @@ struct Run {
     cancel: CancellationToken,
     deadline: Instant,
     next_poll: Instant,
-    last_progress_log: Option<Instant>,
+    /// When progress was last logged (the run's start before that).
+    last_progress_log: Instant,
     /// A progress entry being written in the background; awaited before the next
     /// commit so the job's log stays in order.
     progress_write: Option<tokio::task::JoinHandle<()>>,
@@ -199,7 +200,9 @@ impl Run {
             cancel,
             deadline,
             next_poll: Instant::now(),
-            last_progress_log: None,
+            // The first progress entry is logged `PROGRESS_LOG_INTERVAL` after the run
+            // began: a job that ends sooner logs none (one commit less per short job).
+            last_progress_log: Instant::now(),
             progress_write: None,
             quarter: None,
             pending_milestone: None,
@@ -524,7 +527,8 @@ impl Run {
     }
 
     /// Record progress: live at once, and in the durable log at most every
-    /// `PROGRESS_LOG_INTERVAL`, written in the background (progress is never acknowledged
+    /// `PROGRESS_LOG_INTERVAL` (the first one that long after the run began, so a job that
+    /// ends sooner costs no progress commit), written in the background (progress is never acknowledged
     /// to anyone, so it does not wait for its fsync). For a job that asked for `job.progress`
     /// webhooks, a node reaching a new quarter of its progress (25/50/75/100 %) is logged as
     /// a `Milestone` at once; one that cannot be written yet goes with the next write or the
@@ -547,10 +551,10 @@ impl Run {
         if crossed || self.quarter.as_ref().is_none_or(|(n, _)| *n != node) {
             self.quarter = Some((node.clone(), q));
         }
-        let due = self.last_progress_log.is_none_or(|t| t.elapsed() >= PROGRESS_LOG_INTERVAL);
+        let due = self.last_progress_log.elapsed() >= PROGRESS_LOG_INTERVAL;
         let idle = self.progress_write.as_ref().is_none_or(|w| w.is_finished());
         if (due || self.pending_milestone.is_some()) && idle {
-            self.last_progress_log = Some(Instant::now());
+            self.last_progress_log = Instant::now();
             let mut events = vec![JobEventKind::Progress { node, value: progress.value, max: progress.max }];
             events.extend(self.pending_milestone.take());
             let (shared, id) = (self.shared.clone(), self.id());
