@@ -171,7 +171,8 @@ fn bare_hyper(addr_file: &str) -> ! {
                 let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
                     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     let id = uuid::Uuid::now_v7();
-                    let answer = format!(r#"{{"jobId":"{id}","status":"queued","pollUrl":"/jobs/{id}","n":{}}}"#, body.len());
+                    let answer =
+                        format!(r#"{{"jobId":"{id}","status":"queued","pollUrl":"/jobs/{id}","n":{}}}"#, body.len());
                     let resp = hyper::Response::builder()
                         .status(202)
                         .header("content-type", "application/json")
@@ -880,7 +881,8 @@ async fn bench() {
             let (http, url) = (http.clone(), gw.url.clone());
             async move {
                 let t = Instant::now();
-                let body = json!({"workflowId": "icon_512", "inputs": {"prompt": "cost", "seed": seed}, "cache": false});
+                let body =
+                    json!({"workflowId": "icon_512", "inputs": {"prompt": "cost", "seed": seed}, "cache": false});
                 let r = http.post(format!("{url}/jobs?wait=30")).json(&body).send().await.expect("submit");
                 let v: Value = r.json().await.expect("json");
                 assert_eq!(v["status"], "succeeded", "{v}");
@@ -905,12 +907,7 @@ async fn bench() {
         let lat = sorted(lat);
         table.row(format!("a job ({} KB PNG), ms (p50 / p99)", size / 1000), p50_p99(&lat), "", None);
         table.row("sequential jobs/s", format!("{:.0}", runs as f64 / elapsed), "", None);
-        table.row(
-            "gateway CPU per job, ms",
-            format!("{:.2}", per(gw_ms)),
-            "≤ 1 ms",
-            Some(per(gw_ms) <= 1.0),
-        );
+        table.row("gateway CPU per job, ms", format!("{:.2}", per(gw_ms)), "≤ 1 ms", Some(per(gw_ms) <= 1.0));
         table.row("simulator CPU per job, ms", format!("{:.2}", per(sim_ms)), "", None);
     }
 

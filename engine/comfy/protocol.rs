@@ -153,49 +153,213 @@ fn id_field(v: &Value, key: &str) -> Option<String> {
     }
 }
 
-/// Parse one WebSocket text frame. Unknown or malformed messages become `Other`.
+/// A member the gateway reads from a WebSocket message, taken as leniently as ComfyUI's
+/// variants need: a string, a number (node ids), or anything else (kept as absent).
+#[derive(Debug, Default)]
+enum Loose {
+    Str(String),
+    Num(serde_json::Number),
+    #[default]
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Loose {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Loose, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Loose;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Loose, E> {
+                Ok(Loose::Str(s.to_string()))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Loose, E> {
+                Ok(Loose::Str(s))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Loose, E> {
+                Ok(Loose::Num(n.into()))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Loose, E> {
+                Ok(Loose::Num(n.into()))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Loose, E> {
+                Ok(serde_json::Number::from_f64(n).map_or(Loose::Other, Loose::Num))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_unit<E>(self) -> Result<Loose, E> {
+                Ok(Loose::Other)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut a: A) -> Result<Loose, A::Error> {
+                while a.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Loose {
+    /// A string member (`str_field`).
+    fn text(self) -> Option<String> {
+        match self {
+            Loose::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A node id: a string, or a number written as one (`id_field`).
+    fn id(self) -> Option<String> {
+        match self {
+            Loose::Str(s) => Some(s),
+            Loose::Num(n) => Some(n.to_string()),
+            Loose::Other => None,
+        }
+    }
+
+    fn number(&self) -> Option<&serde_json::Number> {
+        match self {
+            Loose::Num(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// What a message's `data` may hold that the gateway reads; every other member (an
+/// `executed` node's whole UI output, `progress_state`'s every node) is skipped while
+/// parsing, without building it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct WsData {
+    prompt_id: Loose,
+    node: Loose,
+    value: Loose,
+    max: Loose,
+    sid: Loose,
+    status: Loose2<WsStatus>,
+}
+
+/// `data.status.exec_info.queue_remaining` of a `status` message.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct WsStatus {
+    exec_info: Loose2<WsExecInfo>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct WsExecInfo {
+    queue_remaining: Loose,
+}
+
+/// An object member read as `T` when it is an object, absent otherwise (any other value
+/// is skipped, as a `Value` lookup through it would find nothing).
+#[derive(Debug, Default)]
+struct Loose2<T>(Option<T>);
+
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Loose2<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Loose2<T>, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: serde::Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = Loose2<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<Loose2<T>, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(a)).map(|t| Loose2(Some(t)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Loose2<T>, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Loose2(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Loose2<T>, E> {
+                Ok(Loose2(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Loose2<T>, E> {
+                Ok(Loose2(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Loose2<T>, E> {
+                Ok(Loose2(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Loose2<T>, E> {
+                Ok(Loose2(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Loose2<T>, E> {
+                Ok(Loose2(None))
+            }
+            fn visit_unit<E>(self) -> Result<Loose2<T>, E> {
+                Ok(Loose2(None))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A WebSocket message: its `type` and the members of `data` the gateway reads.
+#[derive(Debug, serde::Deserialize)]
+struct WsEnvelope {
+    #[serde(rename = "type", default)]
+    kind: Loose,
+    #[serde(default)]
+    data: Loose2<WsData>,
+}
+
+/// Parse one WebSocket text frame. Unknown or malformed messages become `Other`. Only the
+/// members read are built (`WsEnvelope`); an `execution_error` (rare, and read whole) is
+/// parsed again as a `Value`.
 pub fn parse_ws_text(text: &str) -> WsMessage {
-    let Ok(v) = serde_json::from_str::<Value>(text) else {
+    let Ok(envelope) = serde_json::from_str::<WsEnvelope>(text) else {
         return WsMessage::Other;
     };
-    let Some(kind) = v.get("type").and_then(Value::as_str) else {
+    let Some(kind) = envelope.kind.text() else {
         return WsMessage::Other;
     };
-    let null = Value::Null;
-    let data = v.get("data").unwrap_or(&null);
-    let prompt_id = || str_field(data, "prompt_id");
-    match kind {
+    let data = envelope.data.0.unwrap_or_default();
+    let number = |l: &Loose| l.number().and_then(serde_json::Number::as_f64).unwrap_or(0.0);
+    match kind.as_str() {
         "status" => WsMessage::Status {
-            queue_remaining: data.pointer("/status/exec_info/queue_remaining").and_then(Value::as_u64).unwrap_or(0),
-            sid: str_field(data, "sid"),
+            queue_remaining: data
+                .status
+                .0
+                .and_then(|s| s.exec_info.0)
+                .and_then(|e| e.queue_remaining.number().and_then(serde_json::Number::as_u64))
+                .unwrap_or(0),
+            sid: data.sid.text(),
         },
-        "execution_start" => match prompt_id() {
+        "execution_start" => match data.prompt_id.text() {
             Some(prompt_id) => WsMessage::ExecutionStart { prompt_id },
             None => WsMessage::Other,
         },
-        "executing" => WsMessage::Executing { prompt_id: prompt_id(), node: id_field(data, "node") },
-        "progress" => match prompt_id() {
-            Some(prompt_id) => WsMessage::Progress {
-                prompt_id,
-                node: id_field(data, "node"),
-                value: data.get("value").and_then(Value::as_f64).unwrap_or(0.0),
-                max: data.get("max").and_then(Value::as_f64).unwrap_or(0.0),
-            },
-            None => WsMessage::Other,
-        },
-        "executed" => match (prompt_id(), id_field(data, "node")) {
+        "executing" => WsMessage::Executing { prompt_id: data.prompt_id.text(), node: data.node.id() },
+        "progress" => {
+            let (value, max) = (number(&data.value), number(&data.max));
+            match data.prompt_id.text() {
+                Some(prompt_id) => WsMessage::Progress { prompt_id, node: data.node.id(), value, max },
+                None => WsMessage::Other,
+            }
+        }
+        "executed" => match (data.prompt_id.text(), data.node.id()) {
             (Some(prompt_id), Some(node)) => WsMessage::Executed { prompt_id, node },
             _ => WsMessage::Other,
         },
-        "execution_success" => match prompt_id() {
+        "execution_success" => match data.prompt_id.text() {
             Some(prompt_id) => WsMessage::ExecutionSuccess { prompt_id },
             None => WsMessage::Other,
         },
-        "execution_error" => match prompt_id() {
-            Some(_) => WsMessage::ExecutionError(ExecutionError::from_value(data)),
-            None => WsMessage::Other,
-        },
-        "execution_interrupted" => match prompt_id() {
+        "execution_error" => {
+            let v = serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+            match v.get("data").filter(|d| d.get("prompt_id").is_some_and(Value::is_string)) {
+                Some(d) => WsMessage::ExecutionError(ExecutionError::from_value(d)),
+                None => WsMessage::Other,
+            }
+        }
+        "execution_interrupted" => match data.prompt_id.text() {
             Some(prompt_id) => WsMessage::ExecutionInterrupted { prompt_id },
             None => WsMessage::Other,
         },
@@ -644,6 +808,140 @@ fn input_kind(kind: &Value, options: Option<&Value>) -> InputKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parser as it was, on a whole `Value`: the typed one must agree with it.
+    fn parse_ws_by_value(text: &str) -> WsMessage {
+        let Ok(v) = serde_json::from_str::<Value>(text) else {
+            return WsMessage::Other;
+        };
+        let Some(kind) = v.get("type").and_then(Value::as_str) else {
+            return WsMessage::Other;
+        };
+        let null = Value::Null;
+        let data = v.get("data").unwrap_or(&null);
+        let prompt_id = || str_field(data, "prompt_id");
+        match kind {
+            "status" => WsMessage::Status {
+                queue_remaining: data.pointer("/status/exec_info/queue_remaining").and_then(Value::as_u64).unwrap_or(0),
+                sid: str_field(data, "sid"),
+            },
+            "execution_start" => match prompt_id() {
+                Some(prompt_id) => WsMessage::ExecutionStart { prompt_id },
+                None => WsMessage::Other,
+            },
+            "executing" => WsMessage::Executing { prompt_id: prompt_id(), node: id_field(data, "node") },
+            "progress" => match prompt_id() {
+                Some(prompt_id) => WsMessage::Progress {
+                    prompt_id,
+                    node: id_field(data, "node"),
+                    value: data.get("value").and_then(Value::as_f64).unwrap_or(0.0),
+                    max: data.get("max").and_then(Value::as_f64).unwrap_or(0.0),
+                },
+                None => WsMessage::Other,
+            },
+            "executed" => match (prompt_id(), id_field(data, "node")) {
+                (Some(prompt_id), Some(node)) => WsMessage::Executed { prompt_id, node },
+                _ => WsMessage::Other,
+            },
+            "execution_success" => match prompt_id() {
+                Some(prompt_id) => WsMessage::ExecutionSuccess { prompt_id },
+                None => WsMessage::Other,
+            },
+            "execution_error" => match prompt_id() {
+                Some(_) => WsMessage::ExecutionError(ExecutionError::from_value(data)),
+                None => WsMessage::Other,
+            },
+            "execution_interrupted" => match prompt_id() {
+                Some(prompt_id) => WsMessage::ExecutionInterrupted { prompt_id },
+                None => WsMessage::Other,
+            },
+            _ => WsMessage::Other,
+        }
+    }
+
+    #[test]
+    fn typed_ws_parse_agrees_with_the_value_parse() {
+        let mut texts: Vec<String> = Vec::new();
+        // Every text frame of the captures of a real ComfyUI.
+        let captures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/captures");
+        for entry in std::fs::read_dir(&captures).into_iter().flatten().flatten() {
+            let Ok(text) = std::fs::read_to_string(entry.path()) else { continue };
+            for line in text.lines() {
+                if let Ok(v) = serde_json::from_str::<Value>(line) {
+                    texts.push(line.to_string());
+                    collect_messages(&v, &mut texts);
+                }
+            }
+            if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                collect_messages(&v, &mut texts);
+            }
+        }
+        assert!(texts.len() > 20, "captures found: {}", texts.len());
+        // And variants: ids as numbers, members of other types, missing data, junk around.
+        for kind in [
+            "status",
+            "execution_start",
+            "executing",
+            "progress",
+            "executed",
+            "execution_success",
+            "execution_error",
+            "execution_interrupted",
+            "progress_state",
+            "crystools.monitor",
+        ] {
+            for data in [
+                r#"{"prompt_id":"p","node":"3","value":2,"max":20.5,"sid":"s","status":{"exec_info":{"queue_remaining":4}}}"#,
+                r#"{"prompt_id":7,"node":12,"value":"x","max":null,"status":{"exec_info":{"queue_remaining":-1}}}"#,
+                r#"{"prompt_id":"p","node":null,"output":{"images":[{"filename":"a.png"}]},"status":[1]}"#,
+                r#"{"prompt_id":"p","node_id":"9","node_type":"KSampler","exception_type":"torch.OutOfMemoryError","exception_message":"CUDA out of memory","traceback":["x"]}"#,
+                r#"{"status":{"exec_info":{"queue_remaining":1.5}},"sid":5}"#,
+                r#"{"node":1.5,"prompt_id":"p","value":1e400}"#,
+                r#"[]"#,
+                r#""text""#,
+                r#"null"#,
+                r#"{}"#,
+            ] {
+                texts.push(format!(r#"{{"type":"{kind}","data":{data}}}"#));
+                texts.push(format!(r#"{{"data":{data},"type":"{kind}","extra":[{{"deep":[1,2,{{}}]}}]}}"#));
+            }
+            texts.push(format!(r#"{{"type":"{kind}"}}"#));
+        }
+        texts.extend(
+            [
+                r#"{"type":5}"#,
+                r#"{"type":null,"data":{}}"#,
+                "[1,2]",
+                "",
+                "{",
+                r#"{"type":"executing","data":{"node":"1"}} trailing"#,
+            ]
+            .map(String::from),
+        );
+        for text in &texts {
+            assert_eq!(parse_ws_text(text), parse_ws_by_value(text), "{text}");
+        }
+    }
+
+    /// Every JSON object with a string `type` inside `v` (capture files hold frames in
+    /// several shapes), as text.
+    fn collect_messages(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if m.get("type").is_some_and(Value::is_string) {
+                    out.push(v.to_string());
+                }
+                m.values().for_each(|x| collect_messages(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| collect_messages(x, out)),
+            Value::String(s) if s.starts_with('{') => {
+                if let Ok(inner) = serde_json::from_str::<Value>(s) {
+                    collect_messages(&inner, out);
+                }
+            }
+            _ => {}
+        }
+    }
 
     #[test]
     fn object_info_of_the_simulator_parses() {
