@@ -139,17 +139,6 @@ pub struct BackendStatus {
     pub recent_workflows: Vec<String>,
 }
 
-impl BackendStatus {
-    /// `draining`, else `healthy` or `down`.
-    pub fn state(&self) -> &'static str {
-        match (self.draining, self.reachable) {
-            (true, _) => "draining",
-            (false, true) => "healthy",
-            (false, false) => "down",
-        }
-    }
-}
-
 impl Backend {
     fn new(config: &BackendConfig, http: reqwest::Client, call_timeout: std::time::Duration) -> Backend {
         Backend {
