@@ -998,15 +998,16 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
     let events = ctx.gateway.job_events(job.id, after, LOG_ENTRIES_MAX)?;
     let full = events.len() == LOG_ENTRIES_MAX;
     let texts = if ctx.gateway.config.privacy_mode { Some(reply::private_texts(&job)) } else { None };
+    // Each entry as JSON, redacted under privacy mode, then capped by its size as sent.
     let entries = events.iter().map(|(seq, e)| {
         let entry = JobEventView::new(*seq, e);
         match &texts {
-            Some(texts) => reply::redacted(entry, texts),
-            None => entry,
+            Some(texts) => reply::redacted(&entry, texts),
+            None => crate::wire::to_value(&entry),
         }
     });
     let (events, cut) = reply::capped_list(entries, ctx.gateway.config.memory.response_bytes_max);
-    let next_after = if cut || full { events.last().map(|e| e.seq) } else { None };
+    let next_after = if cut || full { events.last().and_then(|e| e["seq"].as_u64()) } else { None };
     Ok(reply::json(StatusCode::OK, &JobLog { job_id: job.id, status: job.state.into(), next_after, events }))
 }
 

@@ -123,11 +123,13 @@ pub fn private_texts(job: &Job) -> Vec<String> {
     crate::privacy::input_texts(&job.inputs_json)
 }
 
-/// `body` with [`redact`] applied (privacy mode): a wire type through its JSON and back.
-pub fn redacted<T: Serialize + serde::de::DeserializeOwned>(body: T, texts: &[String]) -> T {
-    let mut v = crate::wire::to_value(&body);
+/// The JSON of `body` with [`redact`] applied (privacy mode). A JSON value, not the wire
+/// type again: a redaction can land inside a member the type would refuse to read back (a
+/// time, a status), and the answer must still go out redacted.
+pub fn redacted<T: Serialize>(body: &T, texts: &[String]) -> Value {
+    let mut v = crate::wire::to_value(body);
     redact(&mut v, texts);
-    serde_json::from_value(v).unwrap_or(body)
+    v
 }
 
 /// Replace every occurrence of `texts` in the strings of `v` with `[redacted]`, and drop
@@ -153,6 +155,22 @@ pub fn redact(v: &mut Value, texts: &[String]) {
 
 #[cfg(test)]
 mod tests {
+    /// A redaction that lands in a member the wire type would not read back (here the time
+    /// and the status) still goes out redacted: nothing of the text is left anywhere.
+    #[test]
+    fn a_redaction_that_breaks_a_typed_member_is_still_sent_redacted() {
+        use crate::domain::{JobEvent, JobEventKind};
+        use crate::error::ErrorCode;
+        let event = JobEvent {
+            at_ms: 0,
+            kind: JobEventKind::Failed { code: ErrorCode::ComfyuiNodeError, message: "no 1970 failed".into() },
+        };
+        let entry = crate::wire::job::JobEventView::new(1, &event);
+        let sent = super::redacted(&entry, &["1970".to_string(), "failed".to_string()]).to_string();
+        assert!(!sent.contains("1970") && !sent.contains("failed"), "{sent}");
+        assert!(sent.contains("[redacted]-01-01T00:00:00.000Z") && sent.contains(r#""status":"[redacted]""#), "{sent}");
+    }
+
     #[test]
     fn json_len_is_exact_within_the_limit_and_none_beyond() {
         use super::json_len_within;

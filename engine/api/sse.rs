@@ -195,12 +195,12 @@ impl Follow {
                     }
                 }
                 let ended = JobEnded { seq, at: entry.at, kind: j.state.into(), job };
-                let ended = if privacy { reply::redacted(ended, &texts) } else { ended };
+                let ended = if privacy { reply::redacted(&ended, &texts) } else { crate::wire::to_value(&ended) };
                 self.out.push_back(encode(seq, name, &ended));
                 self.finished = true;
                 break;
             }
-            let entry = if privacy { reply::redacted(entry, &texts) } else { entry };
+            let entry = if privacy { reply::redacted(&entry, &texts) } else { crate::wire::to_value(&entry) };
             self.out.push_back(encode(seq, name, &entry));
         }
         Ok(())

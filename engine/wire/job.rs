@@ -484,7 +484,9 @@ pub struct JobLog {
     #[schemars(with = "u64")]
     pub next_after: Option<u64>,
     /// The entries, oldest first.
-    pub events: Vec<JobEventView>,
+    // JSON values of `JobEventView`s: under privacy mode the redacted JSON is what is sent.
+    #[schemars(with = "Vec<JobEventView>")]
+    pub events: Vec<Value>,
 }
 
 /// A webhook's event type.
