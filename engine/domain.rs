@@ -351,6 +351,9 @@ pub enum JobEventKind {
     },
 }
 
+/// Highest priority level a job may have; the lowest is its negation.
+pub const PRIORITY_MAX: i32 = 100;
+
 /// Webhook event kinds a job may ask for beyond the terminal ones (`callbackEvents`).
 pub struct WebhookEvents;
 

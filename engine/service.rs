@@ -170,8 +170,8 @@ impl Imported {
 /// The id of an imported workflow when none is given.
 pub const IMPORT_ID_DEFAULT: &str = "imported";
 
-/// Highest and lowest priority level accepted.
-pub const PRIORITY_MAX: i32 = 100;
+/// Highest and lowest priority level accepted (the API's `priority` shares it).
+pub use crate::domain::PRIORITY_MAX;
 
 /// `Retry-After` of `STORAGE_FULL`: about when retention may have freed space.
 const STORAGE_FULL_RETRY_AFTER_S: u64 = 30;

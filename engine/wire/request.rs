@@ -11,7 +11,7 @@ use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::domain::WebhookEvents;
+use crate::domain::{PRIORITY_MAX, WebhookEvents};
 use crate::error::{Error, Result};
 
 /// A JSON object of any members.
@@ -126,9 +126,6 @@ pub enum PriorityName {
     Low,
 }
 
-/// The highest priority level; the lowest is its negation.
-pub const PRIORITY_LEVEL_MAX: i32 = 100;
-
 impl Priority {
     /// The level.
     ///
@@ -139,7 +136,7 @@ impl Priority {
             Priority::Name(PriorityName::High) => Ok(1),
             Priority::Name(PriorityName::Normal) => Ok(0),
             Priority::Name(PriorityName::Low) => Ok(-1),
-            Priority::Level(n) if n.abs() <= PRIORITY_LEVEL_MAX => Ok(n),
+            Priority::Level(n) if n.abs() <= PRIORITY_MAX => Ok(n),
             Priority::Level(_) => Err(Error::validation(
                 "/priority",
                 "must be \"high\", \"normal\", \"low\" or an integer from -100 to 100",
