@@ -10,8 +10,18 @@ use serde_json::Value;
 
 use crate::domain::{Hash, InputRef};
 
-/// Append the canonical form of `v` to `out`.
-pub fn write(v: &Value, out: &mut String) {
+/// Whether every object in `v` iterates its keys in byte order.
+fn sorted(v: &Value) -> bool {
+    match v {
+        Value::Object(map) => map.keys().is_sorted_by(|a, b| a.as_bytes() <= b.as_bytes()) && map.values().all(sorted),
+        Value::Array(items) => items.iter().all(sorted),
+        _ => true,
+    }
+}
+
+/// The canonical form written key by key, sorting each object's keys: for a value with
+/// an object whose keys are out of order (see [`to_string`]).
+fn write_sorting(v: &Value, out: &mut String) {
     match v {
         Value::Object(map) => {
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
@@ -23,7 +33,7 @@ pub fn write(v: &Value, out: &mut String) {
                 }
                 out.push_str(&Value::String(k.clone()).to_string());
                 out.push(':');
-                write(v, out);
+                write_sorting(v, out);
             }
             out.push('}');
         }
@@ -33,7 +43,7 @@ pub fn write(v: &Value, out: &mut String) {
                 if i > 0 {
                     out.push(',');
                 }
-                write(item, out);
+                write_sorting(item, out);
             }
             out.push(']');
         }
@@ -43,17 +53,24 @@ pub fn write(v: &Value, out: &mut String) {
 
 /// The canonical form of `v`.
 pub fn to_string(v: &Value) -> String {
+    if sorted(v) {
+        return v.to_string();
+    }
     let mut out = String::new();
-    write(v, &mut out);
+    write_sorting(v, &mut out);
     out
 }
 
 /// The result-cache key of a rendered prompt: SHA-256 over the workflow id and version,
-/// the canonical prompt with the job's own input folder (`job_folder`, which differs for
+/// the canonical prompt (`canonical`, from [`to_string`]) with the job's own input folder (`job_folder`, which differs for
 /// every job) replaced by a fixed name, the content hashes of the image inputs, and a
 /// `scope` (empty, or the owner when results must not be shared between owners).
-pub fn cache_key(workflow: (&str, u32), prompt: &Value, job_folder: &str, inputs: &[InputRef], scope: &str) -> Hash {
-    let canonical = to_string(prompt).replace(job_folder, "gw/<job>");
+pub fn cache_key(workflow: (&str, u32), canonical: &str, job_folder: &str, inputs: &[InputRef], scope: &str) -> Hash {
+    let canonical = if canonical.contains(job_folder) {
+        std::borrow::Cow::Owned(canonical.replace(job_folder, "gw/<job>"))
+    } else {
+        std::borrow::Cow::Borrowed(canonical)
+    };
     let mut h = digest::Context::new(&digest::SHA256);
     for part in
         [b"comfyui-gateway cache v1".as_slice(), workflow.0.as_bytes(), &workflow.1.to_be_bytes(), scope.as_bytes()]
@@ -110,6 +127,12 @@ mod tests {
         assert_eq!(to_string(&a), to_string(&b));
         assert_ne!(to_string(&json!({"a": [1, 2]})), to_string(&json!({"a": [2, 1]})), "arrays keep order");
         assert_eq!(to_string(&json!({"q\"": "\n"})), r#"{"q\"":"\n"}"#, "keys and strings are escaped");
+        // The fast path (serde_json's own compact form) and the sorting writer agree.
+        for v in [a, json!({"q\"": ["\n", 1e300, -0.0, 12345678901234567890u64, {"": null, "é": true}]})] {
+            let mut sorting = String::new();
+            write_sorting(&v, &mut sorting);
+            assert_eq!(sorting, to_string(&v));
+        }
     }
 
     #[test]
@@ -123,7 +146,7 @@ mod tests {
             hash: [byte; 32],
         };
         let key = |wf: (&str, u32), p: &Value, folder: &str, img: u8, scope: &str| {
-            cache_key(wf, p, folder, &[image(img)], scope)
+            cache_key(wf, &to_string(p), folder, &[image(img)], scope)
         };
         let base = key(("wf", 1), &prompt("gw/aaa", 1), "gw/aaa", 1, "");
         assert_eq!(base, key(("wf", 1), &prompt("gw/bbb", 1), "gw/bbb", 1, ""), "another job, same request");
@@ -165,7 +188,7 @@ mod tests {
             hash: [1; 32],
         };
         assert_eq!(
-            hex(&cache_key(("wf", 1), &prompt, "gw/aaa", &[image], "")),
+            hex(&cache_key(("wf", 1), &to_string(&prompt), "gw/aaa", &[image], "")),
             "f554557cd12e6c3d5c09ce89d9a14cbaa8f73d361c422419138d3cf8065cb9ec"
         );
         let body = json!({"workflowId": "w", "inputs": {"a": 1}});

@@ -594,13 +594,16 @@ impl Gateway {
         // A drawn (random) seed makes the result unrepeatable: neither served from nor
         // stored in the cache. In privacy mode results are not shared between owners.
         let cache = &self.config.retention;
+        // The prompt is serialized once, canonically: what is sent to ComfyUI and what the
+        // cache key hashes.
+        let prompt_json = canonical::to_string(&prepared.prompt);
         let cache_key = (cache.cache_enabled && req.cache && prepared.seed.is_none()).then(|| {
             let scope = if self.config.sealer.is_some() { req.owner.as_deref().unwrap_or("") } else { "" };
-            canonical::cache_key((&rec.id, rec.version), &prepared.prompt, &input_subfolder(id), &input_refs, scope)
+            canonical::cache_key((&rec.id, rec.version), &prompt_json, &input_subfolder(id), &input_refs, scope)
         });
         let seed = prepared.seed.or_else(|| prepared.inputs.get("seed").and_then(Value::as_i64));
         let rank_ms = queue_rank(created_ms, req.priority, self.config.queue_aging_ms);
-        let inputs_json = Value::Object(prepared.inputs.clone()).to_string();
+        let inputs_json = Value::Object(prepared.inputs).to_string();
         let job = Job {
             seed,
             metadata_json: req.metadata.map(|m| m.to_string()),
@@ -609,15 +612,7 @@ impl Gateway {
             owner: req.owner,
             webhook_events: req.webhook_events,
             cache_key,
-            ..Job::new_queued(
-                id,
-                (&rec.id, rec.version),
-                inputs_json,
-                prepared.prompt.to_string(),
-                req.priority,
-                rank_ms,
-                created_ms,
-            )
+            ..Job::new_queued(id, (&rec.id, rec.version), inputs_json, prompt_json, req.priority, rank_ms, created_ms)
         };
         // Privacy mode: what could hold prompt text is sealed before it is written.
         let job = match &self.config.sealer {

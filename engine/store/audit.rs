@@ -27,8 +27,8 @@ impl WriteOp for AppendAudit {
     }
 
     fn write(&self, (seq, bytes): Self::Plan, t: &mut WriteTables<'_>) -> Result<u64, StoreError> {
-        t.meta.insert(meta_key::AUDIT_SEQ, seq)?;
-        if t.audit.insert(seq, bytes.as_slice())?.is_some() {
+        t.meta.w()?.insert(meta_key::AUDIT_SEQ, seq)?;
+        if t.audit.w()?.insert(seq, bytes.as_slice())?.is_some() {
             return Err(StoreError::Corrupt {
                 table: "audit",
                 key: seq.to_string(),

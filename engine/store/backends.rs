@@ -29,12 +29,12 @@ impl WriteOp for SetDrain {
         match self.since_ms {
             // A backend drained twice keeps its first drain time.
             Some(ms) => {
-                if t.backend_drains.get(self.id.as_str())?.is_none() {
-                    t.backend_drains.insert(self.id.as_str(), ms)?;
+                if t.backend_drains.r()?.get(self.id.as_str())?.is_none() {
+                    t.backend_drains.w()?.insert(self.id.as_str(), ms)?;
                 }
             }
             None => {
-                t.backend_drains.remove(self.id.as_str())?;
+                t.backend_drains.w()?.remove(self.id.as_str())?;
             }
         }
         Ok(())

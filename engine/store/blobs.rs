@@ -251,7 +251,7 @@ pub(crate) fn check_refs(
     let mut plan = RefPlan::default();
     for (hash, delta) in deltas {
         let n = delta.unsigned_abs();
-        let existing = load_record(&t.blobs, &hash)?;
+        let existing = load_record(t.blobs.r()?, &hash)?;
         if delta > 0 {
             let (size, new_blob) = match existing {
                 Some(rec) => (rec.size_bytes, None),
@@ -297,14 +297,14 @@ pub(crate) fn apply_refs(t: &mut WriteTables<'_>, plan: &RefPlan) -> Result<(), 
         match change {
             RefChange::Add { hash, n, new: Some(p) } => {
                 // Another op of this batch may have stored it since the check.
-                if let Some(mut rec) = load_record(&t.blobs, hash)? {
+                if let Some(mut rec) = load_record(t.blobs.r()?, hash)? {
                     rec.n_refs = add_refs(hash, rec.n_refs, *n)?;
                     put_record(t, hash, &rec)?;
                     continue;
                 }
                 let mut n_chunks = 0u32;
                 for (i, chunk) in (0u32..).zip(p.stored.chunks(CHUNK_BYTES)) {
-                    t.blob_chunks.insert((*hash, i), chunk)?;
+                    t.blob_chunks.w()?.insert((*hash, i), chunk)?;
                     n_chunks = i + 1;
                 }
                 let rec = BlobRecord {
@@ -318,21 +318,21 @@ pub(crate) fn apply_refs(t: &mut WriteTables<'_>, plan: &RefPlan) -> Result<(), 
                 };
                 // The row is back: an object deletion still pending for this hash is void
                 // (this commit's upload, under the hash's lock, made the object again).
-                t.blob_deletes.remove(hash)?;
+                t.blob_deletes.w()?.remove(hash)?;
                 put_record(t, hash, &rec)?;
                 t.meta_add(meta_key::BLOBS_COUNT, 1)?;
                 t.meta_add(meta_key::BLOBS_BYTES, signed(rec.size_bytes))?;
                 t.meta_add(meta_key::BLOBS_STORED_BYTES, signed(rec.stored_bytes))?;
             }
             RefChange::Add { hash, n, new: None } => {
-                let mut rec =
-                    load_record(&t.blobs, hash)?.ok_or_else(|| corrupt(hash, "vanished between check and write"))?;
+                let mut rec = load_record(t.blobs.r()?, hash)?
+                    .ok_or_else(|| corrupt(hash, "vanished between check and write"))?;
                 rec.n_refs = add_refs(hash, rec.n_refs, *n)?;
                 put_record(t, hash, &rec)?;
             }
             RefChange::Remove { hash, n } => {
-                let mut rec =
-                    load_record(&t.blobs, hash)?.ok_or_else(|| corrupt(hash, "vanished between check and write"))?;
+                let mut rec = load_record(t.blobs.r()?, hash)?
+                    .ok_or_else(|| corrupt(hash, "vanished between check and write"))?;
                 rec.n_refs = rec
                     .n_refs
                     .checked_sub(*n)
@@ -342,12 +342,12 @@ pub(crate) fn apply_refs(t: &mut WriteTables<'_>, plan: &RefPlan) -> Result<(), 
                     continue;
                 }
                 for i in 0..rec.n_chunks {
-                    t.blob_chunks.remove((*hash, i))?;
+                    t.blob_chunks.w()?.remove((*hash, i))?;
                 }
-                t.blobs.remove(hash)?;
+                t.blobs.w()?.remove(hash)?;
                 if rec.remote {
                     // Deleted by the reaper once this commit returned (never before).
-                    t.blob_deletes.insert(hash, now_ms())?;
+                    t.blob_deletes.w()?.insert(hash, now_ms())?;
                     t.deletes_changed = true;
                 }
                 t.meta_add(meta_key::BLOBS_COUNT, -1)?;
@@ -370,7 +370,7 @@ fn add_refs(hash: &Hash, refs: u64, n: u64) -> Result<u64, StoreError> {
 fn put_record(t: &mut WriteTables<'_>, hash: &Hash, rec: &BlobRecord) -> Result<(), StoreError> {
     assert!(!rec.remote || rec.n_chunks == 0, "a remote blob has no chunks");
     let bytes = codec::encode_at(codec::BLOBS_VERSION, "blobs", &hash_hex(hash), rec)?;
-    t.blobs.insert(hash, bytes.as_slice())?;
+    t.blobs.w()?.insert(hash, bytes.as_slice())?;
     Ok(())
 }
 
@@ -492,14 +492,14 @@ impl super::writer::WriteOp for FinishDelete {
     type Plan = ();
 
     fn check(&self, t: &WriteTables<'_>) -> Result<(), StoreError> {
-        if t.blob_deletes.get(&self.hash)?.is_none() {
+        if t.blob_deletes.r()?.get(&self.hash)?.is_none() {
             return Err(StoreError::Unchanged);
         }
         Ok(())
     }
 
     fn write(&self, (): (), t: &mut WriteTables<'_>) -> Result<(), StoreError> {
-        t.blob_deletes.remove(&self.hash)?;
+        t.blob_deletes.w()?.remove(&self.hash)?;
         Ok(())
     }
 }

@@ -53,28 +53,28 @@ pub(crate) fn plan_fill(t: &WriteTables<'_>, old: Option<&Job>, job: &Job) -> Re
     };
     let new = CacheEntry { job_id: job.id, outputs: job.outputs.clone(), created_ms: now_ms() };
     let bytes = codec::encode("cache", &hash_hex(&key), &new)?;
-    Ok(Some(Fill { key, old: load_entry(&t.cache, &key)?, new, bytes }))
+    Ok(Some(Fill { key, old: load_entry(t.cache.r()?, &key)?, new, bytes }))
 }
 
 /// Write a planned fill (blob references are applied by the caller).
 pub(crate) fn write_fill(t: &mut WriteTables<'_>, fill: &Fill) -> Result<(), StoreError> {
     match &fill.old {
         Some(old) => {
-            t.cache_by_time.remove((old.created_ms, fill.key))?;
+            t.cache_by_time.w()?.remove((old.created_ms, fill.key))?;
         }
         None => {
             t.meta_add(meta_key::CACHE_ENTRIES, 1)?;
         }
     }
-    t.cache.insert(fill.key, fill.bytes.as_slice())?;
-    t.cache_by_time.insert((fill.new.created_ms, fill.key), ())?;
+    t.cache.w()?.insert(fill.key, fill.bytes.as_slice())?;
+    t.cache_by_time.w()?.insert((fill.new.created_ms, fill.key), ())?;
     Ok(())
 }
 
 /// Remove a cache entry (blob references are released by the caller).
 pub(crate) fn remove_entry(t: &mut WriteTables<'_>, key: &Hash, entry: &CacheEntry) -> Result<(), StoreError> {
-    t.cache.remove(key)?;
-    t.cache_by_time.remove((entry.created_ms, *key))?;
+    t.cache.w()?.remove(key)?;
+    t.cache_by_time.w()?.remove((entry.created_ms, *key))?;
     t.meta_add(meta_key::CACHE_ENTRIES, -1)?;
     Ok(())
 }
@@ -82,9 +82,9 @@ pub(crate) fn remove_entry(t: &mut WriteTables<'_>, key: &Hash, entry: &CacheEnt
 /// Entries created before `cutoff`, oldest first, up to `limit`.
 pub(crate) fn expired(t: &WriteTables<'_>, cutoff: u64, limit: usize) -> Result<Vec<(Hash, CacheEntry)>, StoreError> {
     let mut out = Vec::new();
-    for entry in t.cache_by_time.range((0, [0; 32])..(cutoff, [0; 32]))?.take(limit) {
+    for entry in t.cache_by_time.r()?.range((0, [0; 32])..(cutoff, [0; 32]))?.take(limit) {
         let (created_ms, key) = entry?.0.value();
-        let e = load_entry(&t.cache, &key)?.ok_or_else(|| corrupt_entry(&key, "indexed but missing"))?;
+        let e = load_entry(t.cache.r()?, &key)?.ok_or_else(|| corrupt_entry(&key, "indexed but missing"))?;
         if e.created_ms != created_ms {
             return Err(corrupt_entry(&key, format!("indexed at {created_ms}, created at {}", e.created_ms)));
         }
@@ -154,10 +154,10 @@ pub(crate) struct ClaimPlan {
 /// Check a claim: `IdempotencyTaken` if the key holds a live record (unexpired, its job
 /// still stored).
 pub(crate) fn plan_claim(t: &WriteTables<'_>, claim: &Claim) -> Result<ClaimPlan, StoreError> {
-    let replaced = load_claim(&t.idempotency, &claim.key)?;
+    let replaced = load_claim(t.idempotency.r()?, &claim.key)?;
     if let Some(rec) = &replaced
         && rec.expires_ms > now_ms()
-        && t.jobs.get(rec.job_id.as_u128())?.is_some()
+        && t.jobs.r()?.get(rec.job_id.as_u128())?.is_some()
     {
         return Err(StoreError::IdempotencyTaken(Box::new(rec.clone())));
     }
@@ -169,10 +169,10 @@ pub(crate) fn plan_claim(t: &WriteTables<'_>, claim: &Claim) -> Result<ClaimPlan
 pub(crate) fn write_claim(t: &mut WriteTables<'_>, plan: &ClaimPlan) -> Result<(), StoreError> {
     let key = plan.claim.key.as_str();
     if let Some(old) = &plan.replaced {
-        t.idempotency_by_expiry.remove((old.expires_ms, key))?;
+        t.idempotency_by_expiry.w()?.remove((old.expires_ms, key))?;
     }
-    t.idempotency.insert(key, plan.bytes.as_slice())?;
-    t.idempotency_by_expiry.insert((plan.claim.record.expires_ms, key), ())?;
+    t.idempotency.w()?.insert(key, plan.bytes.as_slice())?;
+    t.idempotency_by_expiry.w()?.insert((plan.claim.record.expires_ms, key), ())?;
     Ok(())
 }
 
@@ -184,19 +184,19 @@ pub(crate) fn get_claim(txn: &ReadTransaction, key: &str) -> Result<Option<Idemp
 /// Remove up to `limit` records that expired before `now`; how many.
 /// Whether any idempotency claim expired before `now`.
 pub(crate) fn claims_expired(t: &WriteTables<'_>, now: u64) -> Result<bool, StoreError> {
-    Ok(t.idempotency_by_expiry.range((0, "")..(now, ""))?.next().is_some())
+    Ok(t.idempotency_by_expiry.r()?.range((0, "")..(now, ""))?.next().is_some())
 }
 
 pub(crate) fn prune_claims(t: &mut WriteTables<'_>, now: u64, limit: usize) -> Result<usize, StoreError> {
     let mut keys = Vec::new();
-    for entry in t.idempotency_by_expiry.range((0, "")..(now, ""))?.take(limit) {
+    for entry in t.idempotency_by_expiry.r()?.range((0, "")..(now, ""))?.take(limit) {
         let guard = entry?.0;
         let (expires_ms, key) = guard.value();
         keys.push((expires_ms, key.to_string()));
     }
     for (expires_ms, key) in &keys {
-        t.idempotency_by_expiry.remove((*expires_ms, key.as_str()))?;
-        t.idempotency.remove(key.as_str())?;
+        t.idempotency_by_expiry.w()?.remove((*expires_ms, key.as_str()))?;
+        t.idempotency.w()?.remove(key.as_str())?;
     }
     Ok(keys.len())
 }

@@ -66,7 +66,7 @@ impl WriteOp for InsertJob {
 
     fn check(&self, t: &WriteTables<'_>) -> Result<JobPlan, StoreError> {
         let mut job = self.job.clone();
-        if t.jobs.get(job.id.as_u128())?.is_some() {
+        if t.jobs.r()?.get(job.id.as_u128())?.is_some() {
             return Err(StoreError::JobExists(job.id));
         }
         let seq = t
@@ -92,14 +92,14 @@ impl WriteOp for InsertJob {
 
     fn write(&self, plan: JobPlan, t: &mut WriteTables<'_>) -> Result<Job, StoreError> {
         if let Some(seq) = plan.seq {
-            t.meta.insert(meta_key::JOB_SEQ, seq)?;
+            t.meta.w()?.insert(meta_key::JOB_SEQ, seq)?;
         }
         let created = (plan.job.created_ms, plan.job.id.as_u128());
-        if t.by_created.insert(created, ())?.is_some() {
+        if t.by_created.w()?.insert(created, ())?.is_some() {
             return Err(corrupt("jobs_by_created", plan.job.id, "new job already listed"));
         }
         if let Some(owner) = &plan.job.owner
-            && t.by_owner.insert((owner.as_str(), created.0, created.1), ())?.is_some()
+            && t.by_owner.w()?.insert((owner.as_str(), created.0, created.1), ())?.is_some()
         {
             return Err(corrupt("jobs_by_owner", plan.job.id, "new job already listed"));
         }
@@ -118,7 +118,7 @@ impl WriteOp for UpdateJob {
 
     fn check(&self, t: &WriteTables<'_>) -> Result<JobPlan, StoreError> {
         let job = self.job.clone();
-        let old = load_job(&t.jobs, job.id.as_u128())?.ok_or(StoreError::JobNotFound(job.id))?;
+        let old = load_job(t.jobs.r()?, job.id.as_u128())?.ok_or(StoreError::JobNotFound(job.id))?;
         if job.created_ms != old.created_ms {
             return Err(StoreError::Invalid(format!(
                 "job {}: created_ms {} differs from the stored {}",
@@ -152,7 +152,7 @@ impl WriteOp for AppendEvents {
     type Plan = (Vec<(u64, Vec<u8>)>, NewDeliveries);
 
     fn check(&self, t: &WriteTables<'_>) -> Result<Self::Plan, StoreError> {
-        let job = load_job(&t.jobs, self.id.as_u128())?.ok_or(StoreError::JobNotFound(self.id))?;
+        let job = load_job(t.jobs.r()?, self.id.as_u128())?.ok_or(StoreError::JobNotFound(self.id))?;
         Ok((encode_events(t, self.id, &self.events)?, outbox::plan(t, &job, &self.events)?))
     }
 
@@ -215,7 +215,7 @@ pub(crate) fn encode_events(
         return Ok(Vec::new());
     }
     let key = id.as_u128();
-    let last = match t.events.range((key, 0)..=(key, u64::MAX))?.next_back() {
+    let last = match t.events.r()?.range((key, 0)..=(key, u64::MAX))?.next_back() {
         Some(entry) => entry?.0.value().1,
         None => 0,
     };
@@ -231,7 +231,7 @@ pub(crate) fn encode_events(
 pub(crate) fn append(t: &mut WriteTables<'_>, id: JobId, events: Vec<(u64, Vec<u8>)>) -> Result<(), StoreError> {
     let key = id.as_u128();
     for (seq, bytes) in events {
-        if t.events.insert((key, seq), bytes.as_slice())?.is_some() {
+        if t.events.w()?.insert((key, seq), bytes.as_slice())?.is_some() {
             return Err(corrupt("job_events", EventKey(id, seq), "event sequence number reused"));
         }
     }
@@ -249,7 +249,7 @@ fn write_job(t: &mut WriteTables<'_>, plan: &JobPlan) -> Result<(), StoreError> 
     t.meta_add(state_count_key(job.state), 1)?;
     blobs::apply_refs(t, &plan.refs)?;
     super::usage::charge_change(t, plan.old.as_ref(), Some(job))?;
-    t.jobs.insert(job.id.as_u128(), plan.record.as_slice())?;
+    t.jobs.w()?.insert(job.id.as_u128(), plan.record.as_slice())?;
     append(t, job.id, plan.events.clone())?;
     outbox::write_new(t, &plan.deliveries)?;
     if let Some(fill) = &plan.fill {
@@ -270,7 +270,7 @@ fn index_remove(t: &mut WriteTables<'_>, old: &Job) -> Result<(), StoreError> {
     let id = old.id.as_u128();
     match old.state {
         JobState::Queued => {
-            let found = t.queue.remove(queue_tuple(old.queue_key))?.map(|g| g.value());
+            let found = t.queue.w()?.remove(queue_tuple(old.queue_key))?.map(|g| g.value());
             if found != Some(id) {
                 return Err(corrupt(
                     "queue",
@@ -280,7 +280,7 @@ fn index_remove(t: &mut WriteTables<'_>, old: &Job) -> Result<(), StoreError> {
             }
         }
         JobState::Running => {
-            if t.running.remove(id)?.is_none() {
+            if t.running.w()?.remove(id)?.is_none() {
                 return Err(corrupt("running", old.id, "running job missing from the index"));
             }
         }
@@ -294,7 +294,7 @@ fn index_add(t: &mut WriteTables<'_>, job: &Job) -> Result<(), StoreError> {
     let id = job.id.as_u128();
     match job.state {
         JobState::Queued => {
-            if let Some(prev) = t.queue.insert(queue_tuple(job.queue_key), id)?.map(|g| g.value()) {
+            if let Some(prev) = t.queue.w()?.insert(queue_tuple(job.queue_key), id)?.map(|g| g.value()) {
                 return Err(corrupt(
                     "queue",
                     QueueKeyDisplay(job.queue_key),
@@ -303,7 +303,7 @@ fn index_add(t: &mut WriteTables<'_>, job: &Job) -> Result<(), StoreError> {
             }
         }
         JobState::Running => {
-            if t.running.insert(id, ())?.is_some() {
+            if t.running.w()?.insert(id, ())?.is_some() {
                 return Err(corrupt("running", job.id, "job already in the running index"));
             }
         }
@@ -728,10 +728,10 @@ pub(crate) fn migrate_owners(db: &Database) -> Result<(), StoreError> {
     loop {
         let txn = writer::begin(db)?;
         let done = {
-            let mut t = WriteTables::open(&txn)?;
+            let mut t = WriteTables::open(&txn);
             let mut batch = Vec::with_capacity(MIGRATE_BATCH);
             let low = after.map_or(Bound::Unbounded, Bound::Excluded);
-            for entry in t.jobs.range::<u128>((low, Bound::Unbounded))?.take(MIGRATE_BATCH) {
+            for entry in t.jobs.r()?.range::<u128>((low, Bound::Unbounded))?.take(MIGRATE_BATCH) {
                 let (k, v) = entry?;
                 let key = k.value();
                 let job = decode_job("jobs", &Uuid::from_u128(key), v.value())?;
@@ -739,7 +739,7 @@ pub(crate) fn migrate_owners(db: &Database) -> Result<(), StoreError> {
             }
             for (key, created_ms, owner) in &batch {
                 if let Some(owner) = owner {
-                    t.by_owner.insert((owner.as_str(), *created_ms, *key), ())?;
+                    t.by_owner.w()?.insert((owner.as_str(), *created_ms, *key), ())?;
                 }
             }
             after = batch.last().map(|b| b.0);
@@ -752,9 +752,9 @@ pub(crate) fn migrate_owners(db: &Database) -> Result<(), StoreError> {
     }
     let txn = writer::begin(db)?;
     {
-        let mut t = WriteTables::open(&txn)?;
+        let mut t = WriteTables::open(&txn);
         let mut renames = Vec::new();
-        for entry in t.idempotency_by_expiry.range::<(u64, &str)>(..)? {
+        for entry in t.idempotency_by_expiry.r()?.range::<(u64, &str)>(..)? {
             let (k, _) = entry?;
             let (expires_ms, scoped) = k.value();
             if let Some((who, key)) = scoped.split_once('\n')
@@ -765,13 +765,13 @@ pub(crate) fn migrate_owners(db: &Database) -> Result<(), StoreError> {
             }
         }
         for (expires_ms, old, new) in &renames {
-            t.idempotency_by_expiry.remove((*expires_ms, old.as_str()))?;
-            t.idempotency_by_expiry.insert((*expires_ms, new.as_str()), ())?;
-            let record = t.idempotency.remove(old.as_str())?.map(|g| g.value().to_vec());
+            t.idempotency_by_expiry.w()?.remove((*expires_ms, old.as_str()))?;
+            t.idempotency_by_expiry.w()?.insert((*expires_ms, new.as_str()), ())?;
+            let record = t.idempotency.w()?.remove(old.as_str())?.map(|g| g.value().to_vec());
             let record = record.ok_or_else(|| corrupt("idempotency_by_expiry", old, "names a missing record"))?;
-            t.idempotency.insert(new.as_str(), record.as_slice())?;
+            t.idempotency.w()?.insert(new.as_str(), record.as_slice())?;
         }
-        t.meta.insert(meta_key::SCHEMA_VERSION, SCHEMA_VERSION)?;
+        t.meta.w()?.insert(meta_key::SCHEMA_VERSION, SCHEMA_VERSION)?;
     }
     txn.commit()?;
     Ok(())

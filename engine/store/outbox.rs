@@ -130,13 +130,13 @@ pub(crate) fn plan(t: &WriteTables<'_>, job: &Job, events: &[JobEventKind]) -> R
 /// Write planned deliveries: records, indexes, counters.
 pub(crate) fn write_new(t: &mut WriteTables<'_>, new: &NewDeliveries) -> Result<(), StoreError> {
     let Some((last, _)) = new.items.last() else { return Ok(()) };
-    t.meta.insert(meta_key::DELIVERY_SEQ, last.seq)?;
+    t.meta.w()?.insert(meta_key::DELIVERY_SEQ, last.seq)?;
     for (d, bytes) in &new.items {
-        if t.deliveries.insert(d.seq, bytes.as_slice())?.is_some() {
+        if t.deliveries.w()?.insert(d.seq, bytes.as_slice())?.is_some() {
             return Err(corrupt(d.seq, "delivery sequence number reused"));
         }
-        t.deliveries_due.insert((d.next_attempt_ms, d.seq), ())?;
-        t.deliveries_by_job.insert((d.job_id.as_u128(), d.seq), ())?;
+        t.deliveries_due.w()?.insert((d.next_attempt_ms, d.seq), ())?;
+        t.deliveries_by_job.w()?.insert((d.job_id.as_u128(), d.seq), ())?;
     }
     t.meta_add(meta_key::DELIVERIES_PENDING, new.items.len() as i64)?;
     t.outbox_changed = true;
@@ -145,17 +145,17 @@ pub(crate) fn write_new(t: &mut WriteTables<'_>, new: &NewDeliveries) -> Result<
 
 /// Replace a stored delivery, keeping the due index and the pending count in step.
 fn rewrite(t: &mut WriteTables<'_>, old: &Delivery, new: &Delivery, bytes: &[u8]) -> Result<(), StoreError> {
-    if old.state == DeliveryState::Pending && t.deliveries_due.remove((old.next_attempt_ms, old.seq))?.is_none() {
+    if old.state == DeliveryState::Pending && t.deliveries_due.w()?.remove((old.next_attempt_ms, old.seq))?.is_none() {
         return Err(corrupt(old.seq, "pending delivery missing from the due index"));
     }
     if new.state == DeliveryState::Pending {
-        t.deliveries_due.insert((new.next_attempt_ms, new.seq), ())?;
+        t.deliveries_due.w()?.insert((new.next_attempt_ms, new.seq), ())?;
     }
     let delta = i64::from(new.state == DeliveryState::Pending) - i64::from(old.state == DeliveryState::Pending);
     if delta != 0 {
         t.meta_add(meta_key::DELIVERIES_PENDING, delta)?;
     }
-    t.deliveries.insert(new.seq, bytes)?;
+    t.deliveries.w()?.insert(new.seq, bytes)?;
     Ok(())
 }
 
@@ -163,17 +163,17 @@ fn rewrite(t: &mut WriteTables<'_>, old: &Delivery, new: &Delivery, bytes: &[u8]
 pub(crate) fn remove_job(t: &mut WriteTables<'_>, job: JobId) -> Result<(), StoreError> {
     let key = job.as_u128();
     let mut seqs = Vec::new();
-    for entry in t.deliveries_by_job.range((key, 0)..=(key, u64::MAX))? {
+    for entry in t.deliveries_by_job.r()?.range((key, 0)..=(key, u64::MAX))? {
         seqs.push(entry?.0.value().1);
     }
     for seq in seqs {
-        let d = load(&t.deliveries, seq)?.ok_or_else(|| corrupt(seq, "indexed for its job but missing"))?;
+        let d = load(t.deliveries.r()?, seq)?.ok_or_else(|| corrupt(seq, "indexed for its job but missing"))?;
         if d.state == DeliveryState::Pending {
-            t.deliveries_due.remove((d.next_attempt_ms, seq))?;
+            t.deliveries_due.w()?.remove((d.next_attempt_ms, seq))?;
             t.meta_add(meta_key::DELIVERIES_PENDING, -1)?;
         }
-        t.deliveries.remove(seq)?;
-        t.deliveries_by_job.remove((key, seq))?;
+        t.deliveries.w()?.remove(seq)?;
+        t.deliveries_by_job.w()?.remove((key, seq))?;
     }
     Ok(())
 }
@@ -181,9 +181,9 @@ pub(crate) fn remove_job(t: &mut WriteTables<'_>, job: JobId) -> Result<(), Stor
 /// Whether a job has a delivery still pending.
 pub(crate) fn job_has_pending(t: &WriteTables<'_>, job: JobId) -> Result<bool, StoreError> {
     let key = job.as_u128();
-    for entry in t.deliveries_by_job.range((key, 0)..=(key, u64::MAX))? {
+    for entry in t.deliveries_by_job.r()?.range((key, 0)..=(key, u64::MAX))? {
         let seq = entry?.0.value().1;
-        if load(&t.deliveries, seq)?.is_some_and(|d| d.state == DeliveryState::Pending) {
+        if load(t.deliveries.r()?, seq)?.is_some_and(|d| d.state == DeliveryState::Pending) {
             return Ok(true);
         }
     }
@@ -209,7 +209,7 @@ impl WriteOp for RecordAttempt {
     type Plan = AttemptPlan;
 
     fn check(&self, t: &WriteTables<'_>) -> Result<AttemptPlan, StoreError> {
-        let old = load(&t.deliveries, self.seq)?
+        let old = load(t.deliveries.r()?, self.seq)?
             .ok_or_else(|| StoreError::Invalid(format!("no delivery with seq {}", self.seq)))?;
         if old.state != DeliveryState::Pending {
             return Err(StoreError::Invalid(format!("delivery {} is {}, not pending", old.id, old.state.as_str())));
@@ -240,7 +240,7 @@ impl WriteOp for RecordAttempt {
             outcome: outcome.to_string(),
             next_attempt_ms: (state == DeliveryState::Pending).then_some(next_attempt_ms),
         };
-        let events = if t.jobs.get(new.job_id.as_u128())?.is_some() {
+        let events = if t.jobs.r()?.get(new.job_id.as_u128())?.is_some() {
             jobs::encode_events(t, new.job_id, &[event])?
         } else {
             Vec::new()
@@ -252,7 +252,7 @@ impl WriteOp for RecordAttempt {
         rewrite(t, &plan.old, &plan.new, &plan.bytes)?;
         if plan.new.state == DeliveryState::Disabled {
             let at = plan.new.last_attempt_ms.unwrap_or_else(now_ms);
-            t.disabled_endpoints.insert(plan.new.url.as_str(), at)?;
+            t.disabled_endpoints.w()?.insert(plan.new.url.as_str(), at)?;
         }
         jobs::append(t, plan.new.job_id, plan.events)?;
         Ok(plan.new)
@@ -272,9 +272,9 @@ impl WriteOp for Redeliver {
     fn check(&self, t: &WriteTables<'_>) -> Result<Self::Plan, StoreError> {
         let key = self.job.as_u128();
         let mut plan = Vec::new();
-        for entry in t.deliveries_by_job.range((key, 0)..=(key, u64::MAX))? {
+        for entry in t.deliveries_by_job.r()?.range((key, 0)..=(key, u64::MAX))? {
             let seq = entry?.0.value().1;
-            let old = load(&t.deliveries, seq)?.ok_or_else(|| corrupt(seq, "indexed for its job but missing"))?;
+            let old = load(t.deliveries.r()?, seq)?.ok_or_else(|| corrupt(seq, "indexed for its job but missing"))?;
             let new = Delivery { state: DeliveryState::Pending, next_attempt_ms: self.now_ms, ..old.clone() };
             let bytes = encode(&new)?;
             plan.push((old, new, bytes));
@@ -286,7 +286,7 @@ impl WriteOp for Redeliver {
         let mut out = Vec::with_capacity(plan.len());
         for (old, new, bytes) in plan {
             rewrite(t, &old, &new, &bytes)?;
-            t.disabled_endpoints.remove(new.url.as_str())?;
+            t.disabled_endpoints.w()?.remove(new.url.as_str())?;
             t.outbox_changed = true;
             out.push(new);
         }

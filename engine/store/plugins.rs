@@ -26,7 +26,7 @@ impl WriteOp for PutPlugin {
         if !self.wasm.is_empty() && blake3::hash(&self.wasm).as_bytes() != &self.hash {
             return Err(StoreError::Invalid(format!("plugin bytes do not hash to {}", hash_hex(&self.hash))));
         }
-        let stored = t.plugins.get(self.hash)?.is_some();
+        let stored = t.plugins.r()?.get(self.hash)?.is_some();
         if !stored && self.wasm.is_empty() {
             return Err(StoreError::Invalid(format!(
                 "an artifact for plugin {} which is not stored",
@@ -38,9 +38,9 @@ impl WriteOp for PutPlugin {
 
     fn write(&self, stored: bool, t: &mut WriteTables<'_>) -> Result<(), StoreError> {
         if !stored {
-            t.plugins.insert(self.hash, self.wasm.as_slice())?;
+            t.plugins.w()?.insert(self.hash, self.wasm.as_slice())?;
         }
-        t.plugin_artifacts.insert((self.hash, self.compat), self.precompiled.as_slice())?;
+        t.plugin_artifacts.w()?.insert((self.hash, self.compat), self.precompiled.as_slice())?;
         Ok(())
     }
 
@@ -61,5 +61,5 @@ pub(crate) fn artifact(txn: &ReadTransaction, hash: &Hash, compat: &Hash) -> Res
 
 /// Whether a component is stored (checked in a write).
 pub(crate) fn stored(t: &WriteTables<'_>, hash: &Hash) -> Result<bool, StoreError> {
-    Ok(t.plugins.get(hash)?.is_some())
+    Ok(t.plugins.r()?.get(hash)?.is_some())
 }

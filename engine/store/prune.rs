@@ -56,13 +56,13 @@ impl WriteOp for Prune {
     fn check(&self, t: &WriteTables<'_>) -> Result<PrunePlan, StoreError> {
         let mut jobs = Vec::new();
         // A job finished before the cutoff was created before it too.
-        let range = t.by_created.range((0, 0)..(self.finished_before_ms, 0))?;
+        let range = t.by_created.r()?.range((0, 0)..(self.finished_before_ms, 0))?;
         for entry in range.take(self.limit.saturating_mul(SCAN_PER_JOB)) {
             if jobs.len() >= self.limit {
                 break;
             }
             let (_, key) = entry?.0.value();
-            let Some(job) = load_job(&t.jobs, key)? else {
+            let Some(job) = load_job(t.jobs.r()?, key)? else {
                 return Err(StoreError::Corrupt {
                     table: "jobs_by_created",
                     key: uuid::Uuid::from_u128(key).to_string(),
@@ -88,12 +88,12 @@ impl WriteOp for Prune {
     fn write(&self, plan: PrunePlan, t: &mut WriteTables<'_>) -> Result<Pruned, StoreError> {
         for job in &plan.jobs {
             let key = job.id.as_u128();
-            t.by_created.remove((job.created_ms, key))?;
+            t.by_created.w()?.remove((job.created_ms, key))?;
             if let Some(owner) = &job.owner {
-                t.by_owner.remove((owner.as_str(), job.created_ms, key))?;
+                t.by_owner.w()?.remove((owner.as_str(), job.created_ms, key))?;
             }
-            t.jobs.remove(key)?;
-            t.events.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
+            t.jobs.w()?.remove(key)?;
+            t.events.w()?.retain_in((key, 0)..=(key, u64::MAX), |_, _| false)?;
             t.meta_add(state_count_key(job.state), -1)?;
             super::usage::charge_change(t, Some(job), None)?;
             outbox::remove_job(t, job.id)?;

@@ -33,7 +33,9 @@
 //! - `owner_usage`: owner id (`""`: none) -> bytes of inputs and outputs its jobs hold
 //!   (see `usage`); no entry at 0.
 
-use redb::{Table, TableDefinition, WriteTransaction};
+use std::cell::OnceCell;
+
+use redb::{Key, Table, TableDefinition, Value, WriteTransaction};
 
 use super::StoreError;
 
@@ -141,33 +143,64 @@ pub(crate) fn state_count_key(state: crate::domain::JobState) -> &'static str {
     }
 }
 
-/// All tables, opened once per write transaction and shared by the batch's operations.
+/// One table of a write transaction, opened on first use: a batch opens only the tables
+/// its operations touch (each opened table is looked up in redb's table tree when opened
+/// and again at the commit).
+pub(crate) struct Lazy<'txn, K: Key + 'static, V: Value + 'static> {
+    txn: &'txn WriteTransaction,
+    def: TableDefinition<'static, K, V>,
+    table: OnceCell<Table<'txn, K, V>>,
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> Lazy<'txn, K, V> {
+    fn new(txn: &'txn WriteTransaction, def: TableDefinition<'static, K, V>) -> Self {
+        Lazy { txn, def, table: OnceCell::new() }
+    }
+
+    /// The table, to read (opened, and created if needed, on first use).
+    pub fn r(&self) -> Result<&Table<'txn, K, V>, StoreError> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let opened = self.txn.open_table(self.def)?;
+        Ok(self.table.get_or_init(|| opened))
+    }
+
+    /// The table, to write (opened, and created if needed, on first use).
+    pub fn w(&mut self) -> Result<&mut Table<'txn, K, V>, StoreError> {
+        self.r()?;
+        self.table.get_mut().ok_or(StoreError::Closed)
+    }
+}
+
+/// The tables of one write transaction, each opened when an operation of the batch first
+/// uses it, and shared by the batch's operations.
 pub(crate) struct WriteTables<'txn> {
-    pub meta: Table<'txn, &'static str, u64>,
-    pub jobs: Table<'txn, u128, &'static [u8]>,
-    pub events: Table<'txn, (u128, u64), &'static [u8]>,
-    pub queue: Table<'txn, (i64, u64), u128>,
-    pub running: Table<'txn, u128, ()>,
-    pub by_created: Table<'txn, (u64, u128), ()>,
-    pub by_owner: Table<'txn, (&'static str, u64, u128), ()>,
-    pub workflows: Table<'txn, &'static str, &'static [u8]>,
-    pub workflow_versions: Table<'txn, (&'static str, u32), &'static [u8]>,
-    pub blobs: Table<'txn, [u8; 32], &'static [u8]>,
-    pub blob_chunks: Table<'txn, ([u8; 32], u32), &'static [u8]>,
-    pub blob_deletes: Table<'txn, [u8; 32], u64>,
-    pub audit: Table<'txn, u64, &'static [u8]>,
-    pub deliveries: Table<'txn, u64, &'static [u8]>,
-    pub deliveries_due: Table<'txn, (u64, u64), ()>,
-    pub deliveries_by_job: Table<'txn, (u128, u64), ()>,
-    pub disabled_endpoints: Table<'txn, &'static str, u64>,
-    pub cache: Table<'txn, [u8; 32], &'static [u8]>,
-    pub cache_by_time: Table<'txn, (u64, [u8; 32]), ()>,
-    pub idempotency: Table<'txn, &'static str, &'static [u8]>,
-    pub idempotency_by_expiry: Table<'txn, (u64, &'static str), ()>,
-    pub plugins: Table<'txn, [u8; 32], &'static [u8]>,
-    pub plugin_artifacts: Table<'txn, ([u8; 32], [u8; 32]), &'static [u8]>,
-    pub backend_drains: Table<'txn, &'static str, u64>,
-    pub owner_usage: Table<'txn, &'static str, u64>,
+    pub meta: Lazy<'txn, &'static str, u64>,
+    pub jobs: Lazy<'txn, u128, &'static [u8]>,
+    pub events: Lazy<'txn, (u128, u64), &'static [u8]>,
+    pub queue: Lazy<'txn, (i64, u64), u128>,
+    pub running: Lazy<'txn, u128, ()>,
+    pub by_created: Lazy<'txn, (u64, u128), ()>,
+    pub by_owner: Lazy<'txn, (&'static str, u64, u128), ()>,
+    pub workflows: Lazy<'txn, &'static str, &'static [u8]>,
+    pub workflow_versions: Lazy<'txn, (&'static str, u32), &'static [u8]>,
+    pub blobs: Lazy<'txn, [u8; 32], &'static [u8]>,
+    pub blob_chunks: Lazy<'txn, ([u8; 32], u32), &'static [u8]>,
+    pub blob_deletes: Lazy<'txn, [u8; 32], u64>,
+    pub audit: Lazy<'txn, u64, &'static [u8]>,
+    pub deliveries: Lazy<'txn, u64, &'static [u8]>,
+    pub deliveries_due: Lazy<'txn, (u64, u64), ()>,
+    pub deliveries_by_job: Lazy<'txn, (u128, u64), ()>,
+    pub disabled_endpoints: Lazy<'txn, &'static str, u64>,
+    pub cache: Lazy<'txn, [u8; 32], &'static [u8]>,
+    pub cache_by_time: Lazy<'txn, (u64, [u8; 32]), ()>,
+    pub idempotency: Lazy<'txn, &'static str, &'static [u8]>,
+    pub idempotency_by_expiry: Lazy<'txn, (u64, &'static str), ()>,
+    pub plugins: Lazy<'txn, [u8; 32], &'static [u8]>,
+    pub plugin_artifacts: Lazy<'txn, ([u8; 32], [u8; 32]), &'static [u8]>,
+    pub backend_drains: Lazy<'txn, &'static str, u64>,
+    pub owner_usage: Lazy<'txn, &'static str, u64>,
     /// Set by a write that made a delivery pending: the writer wakes the webhook worker
     /// after the commit.
     pub outbox_changed: bool,
@@ -177,43 +210,74 @@ pub(crate) struct WriteTables<'txn> {
 }
 
 impl<'txn> WriteTables<'txn> {
-    /// Open (creating if needed) every table in `txn`.
-    pub fn open(txn: &'txn WriteTransaction) -> Result<Self, StoreError> {
-        Ok(WriteTables {
-            meta: txn.open_table(META)?,
-            jobs: txn.open_table(JOBS)?,
-            events: txn.open_table(JOB_EVENTS)?,
-            queue: txn.open_table(QUEUE)?,
-            running: txn.open_table(RUNNING)?,
-            by_created: txn.open_table(JOBS_BY_CREATED)?,
-            by_owner: txn.open_table(JOBS_BY_OWNER)?,
-            workflows: txn.open_table(WORKFLOWS)?,
-            workflow_versions: txn.open_table(WORKFLOW_VERSIONS)?,
-            blobs: txn.open_table(BLOBS)?,
-            blob_chunks: txn.open_table(BLOB_CHUNKS)?,
-            blob_deletes: txn.open_table(BLOB_DELETES)?,
-            audit: txn.open_table(AUDIT)?,
-            deliveries: txn.open_table(DELIVERIES)?,
-            deliveries_due: txn.open_table(DELIVERIES_DUE)?,
-            deliveries_by_job: txn.open_table(DELIVERIES_BY_JOB)?,
-            disabled_endpoints: txn.open_table(DISABLED_ENDPOINTS)?,
-            cache: txn.open_table(CACHE)?,
-            cache_by_time: txn.open_table(CACHE_BY_TIME)?,
-            idempotency: txn.open_table(IDEMPOTENCY)?,
-            idempotency_by_expiry: txn.open_table(IDEMPOTENCY_BY_EXPIRY)?,
-            plugins: txn.open_table(PLUGINS)?,
-            plugin_artifacts: txn.open_table(PLUGIN_ARTIFACTS)?,
-            backend_drains: txn.open_table(BACKEND_DRAINS)?,
-            owner_usage: txn.open_table(OWNER_USAGE)?,
+    /// The tables of `txn`, none opened yet.
+    pub fn open(txn: &'txn WriteTransaction) -> Self {
+        WriteTables {
+            meta: Lazy::new(txn, META),
+            jobs: Lazy::new(txn, JOBS),
+            events: Lazy::new(txn, JOB_EVENTS),
+            queue: Lazy::new(txn, QUEUE),
+            running: Lazy::new(txn, RUNNING),
+            by_created: Lazy::new(txn, JOBS_BY_CREATED),
+            by_owner: Lazy::new(txn, JOBS_BY_OWNER),
+            workflows: Lazy::new(txn, WORKFLOWS),
+            workflow_versions: Lazy::new(txn, WORKFLOW_VERSIONS),
+            blobs: Lazy::new(txn, BLOBS),
+            blob_chunks: Lazy::new(txn, BLOB_CHUNKS),
+            blob_deletes: Lazy::new(txn, BLOB_DELETES),
+            audit: Lazy::new(txn, AUDIT),
+            deliveries: Lazy::new(txn, DELIVERIES),
+            deliveries_due: Lazy::new(txn, DELIVERIES_DUE),
+            deliveries_by_job: Lazy::new(txn, DELIVERIES_BY_JOB),
+            disabled_endpoints: Lazy::new(txn, DISABLED_ENDPOINTS),
+            cache: Lazy::new(txn, CACHE),
+            cache_by_time: Lazy::new(txn, CACHE_BY_TIME),
+            idempotency: Lazy::new(txn, IDEMPOTENCY),
+            idempotency_by_expiry: Lazy::new(txn, IDEMPOTENCY_BY_EXPIRY),
+            plugins: Lazy::new(txn, PLUGINS),
+            plugin_artifacts: Lazy::new(txn, PLUGIN_ARTIFACTS),
+            backend_drains: Lazy::new(txn, BACKEND_DRAINS),
+            owner_usage: Lazy::new(txn, OWNER_USAGE),
             outbox_changed: false,
             deletes_changed: false,
-        })
+        }
+    }
+
+    /// Open (creating if needed) every table: done once when the database is opened, so
+    /// that readers find every table.
+    pub fn create_all(&self) -> Result<(), StoreError> {
+        self.meta.r()?;
+        self.jobs.r()?;
+        self.events.r()?;
+        self.queue.r()?;
+        self.running.r()?;
+        self.by_created.r()?;
+        self.by_owner.r()?;
+        self.workflows.r()?;
+        self.workflow_versions.r()?;
+        self.blobs.r()?;
+        self.blob_chunks.r()?;
+        self.blob_deletes.r()?;
+        self.audit.r()?;
+        self.deliveries.r()?;
+        self.deliveries_due.r()?;
+        self.deliveries_by_job.r()?;
+        self.disabled_endpoints.r()?;
+        self.cache.r()?;
+        self.cache_by_time.r()?;
+        self.idempotency.r()?;
+        self.idempotency_by_expiry.r()?;
+        self.plugins.r()?;
+        self.plugin_artifacts.r()?;
+        self.backend_drains.r()?;
+        self.owner_usage.r()?;
+        Ok(())
     }
 
     /// Read a `meta` entry.
     pub fn meta_get_opt(&self, key: &'static str) -> Result<Option<u64>, StoreError> {
         use redb::ReadableTable;
-        Ok(self.meta.get(key)?.map(|v| v.value()))
+        Ok(self.meta.r()?.get(key)?.map(|v| v.value()))
     }
 
     /// Read a `meta` counter (0 when absent).
@@ -229,7 +293,7 @@ impl<'txn> WriteTables<'txn> {
             key: key.to_string(),
             reason: format!("counter {old} cannot change by {delta}"),
         })?;
-        self.meta.insert(key, new)?;
+        self.meta.w()?.insert(key, new)?;
         Ok(new)
     }
 }

@@ -35,16 +35,16 @@ fn charge(t: &mut WriteTables<'_>, owner: &str, delta: i64) -> Result<(), StoreE
     if delta == 0 {
         return Ok(());
     }
-    let old = t.owner_usage.get(owner)?.map(|v| v.value()).unwrap_or(0);
+    let old = t.owner_usage.r()?.get(owner)?.map(|v| v.value()).unwrap_or(0);
     let new = old.checked_add_signed(delta).ok_or_else(|| StoreError::Corrupt {
         table: "owner_usage",
         key: owner.to_string(),
         reason: format!("usage {old} cannot change by {delta}"),
     })?;
     if new == 0 {
-        t.owner_usage.remove(owner)?;
+        t.owner_usage.w()?.remove(owner)?;
     } else {
-        t.owner_usage.insert(owner, new)?;
+        t.owner_usage.w()?.insert(owner, new)?;
     }
     t.meta_add(meta_key::USAGE_BYTES, delta)?;
     Ok(())
@@ -80,7 +80,7 @@ pub(crate) fn build_if_missing(t: &mut WriteTables<'_>) -> Result<(), StoreError
         return Ok(());
     }
     let mut jobs = Vec::new();
-    for entry in t.jobs.range::<u128>(..)? {
+    for entry in t.jobs.r()?.range::<u128>(..)? {
         let (k, v) = entry?;
         let id = uuid::Uuid::from_u128(k.value());
         let job: Job = super::jobs::decode_job("jobs", &id, v.value())?;
@@ -92,7 +92,7 @@ pub(crate) fn build_if_missing(t: &mut WriteTables<'_>) -> Result<(), StoreError
     for (owner, bytes) in jobs {
         charge(t, &owner, signed(bytes))?;
     }
-    t.meta.insert(meta_key::USAGE_BUILT, 1)?;
+    t.meta.w()?.insert(meta_key::USAGE_BUILT, 1)?;
     Ok(())
 }
 

@@ -57,14 +57,14 @@ fn plan_version(t: &WriteTables<'_>, rec: &WorkflowRecord, last: Option<u32>) ->
 
 fn write_version(t: &mut WriteTables<'_>, plan: &WorkflowPlan) -> Result<(), StoreError> {
     let id = plan.rec.id.as_str();
-    if t.workflow_versions.insert((id, plan.rec.version), plan.bytes.as_slice())?.is_some() {
+    if t.workflow_versions.w()?.insert((id, plan.rec.version), plan.bytes.as_slice())?.is_some() {
         return Err(StoreError::Corrupt {
             table: "workflow_versions",
             key: format!("{id}@{}", plan.rec.version),
             reason: "version number reused".to_string(),
         });
     }
-    t.workflows.insert(id, plan.bytes.as_slice())?;
+    t.workflows.w()?.insert(id, plan.bytes.as_slice())?;
     Ok(())
 }
 
@@ -84,7 +84,7 @@ impl WriteOp for PutWorkflow {
     type Plan = WorkflowPlan;
 
     fn check(&self, t: &WriteTables<'_>) -> Result<WorkflowPlan, StoreError> {
-        let last = last_version(&t.workflow_versions, &self.rec.id)?;
+        let last = last_version(t.workflow_versions.r()?, &self.rec.id)?;
         plan_version(t, &self.rec, last)
     }
 
@@ -99,7 +99,7 @@ impl WriteOp for PutWorkflowIfAbsent {
     type Plan = Option<WorkflowPlan>;
 
     fn check(&self, t: &WriteTables<'_>) -> Result<Self::Plan, StoreError> {
-        match last_version(&t.workflow_versions, &self.rec.id)? {
+        match last_version(t.workflow_versions.r()?, &self.rec.id)? {
             Some(_) => Ok(None),
             None => plan_version(t, &self.rec, None).map(Some),
         }
@@ -122,7 +122,7 @@ impl WriteOp for DeleteWorkflow {
     }
 
     fn write(&self, (): (), t: &mut WriteTables<'_>) -> Result<bool, StoreError> {
-        Ok(t.workflows.remove(self.id.as_str())?.is_some())
+        Ok(t.workflows.w()?.remove(self.id.as_str())?.is_some())
     }
 }
 

@@ -127,10 +127,11 @@ pub(crate) enum Msg {
 pub(crate) fn init_schema(db: &Database) -> Result<u64, StoreError> {
     let txn = begin(db)?;
     let (migrate, database_id) = {
-        let mut t = WriteTables::open(&txn)?;
+        let mut t = WriteTables::open(&txn);
+        t.create_all()?;
         let migrate = match t.meta_get_opt(meta_key::SCHEMA_VERSION)? {
             None => {
-                t.meta.insert(meta_key::SCHEMA_VERSION, SCHEMA_VERSION)?;
+                t.meta.w()?.insert(meta_key::SCHEMA_VERSION, SCHEMA_VERSION)?;
                 false
             }
             Some(SCHEMA_VERSION) => false,
@@ -146,7 +147,7 @@ pub(crate) fn init_schema(db: &Database) -> Result<u64, StoreError> {
             None => {
                 // 64 random bits, never 0: which gateway holds which database (`/livez`).
                 let id = rand::random::<u64>().max(1);
-                t.meta.insert(meta_key::DATABASE_ID, id)?;
+                t.meta.w()?.insert(meta_key::DATABASE_ID, id)?;
                 id
             }
         };
@@ -250,10 +251,7 @@ fn commit_batch(
         let mut poisoned = None;
         let (outbox_changed, deletes_changed);
         {
-            let mut t = match WriteTables::open(&txn) {
-                Ok(t) => t,
-                Err(e) => return fail_all(batch, &e),
-            };
+            let mut t = WriteTables::open(&txn);
             for (i, p) in batch.iter_mut().enumerate() {
                 match p.apply(&mut t) {
                     Applied::Written => rejected.push(None),
