@@ -925,11 +925,14 @@ impl Store {
     }
 
     /// The space new writes can use on the database's file system, from cached readings
-    /// (refreshed after every commit, by [`Store::refresh_space`] and
-    /// [`Store::measure_space`]): O(1). None for a store without a file (tests).
+    /// (refreshed after commits, see `space::Space::refresh_after_commit`, by
+    /// [`Store::refresh_space`] and [`Store::measure_space`]): O(1). None for a store without a file (tests).
     pub fn disk_space(&self) -> Result<Option<DiskSpace>, StoreError> {
         let Some(space) = &self.inner.space else { return Ok(None) };
-        Ok(Some(space.get(self.blob_stored_bytes()?)))
+        // The stored blob bytes only matter against a measurement (the common case has
+        // none: space was never low), and reading them takes a read transaction.
+        let blob_bytes = if space.measured_once() { self.blob_stored_bytes()? } else { 0 };
+        Ok(Some(space.get(blob_bytes)))
     }
 
     /// Read the file system's free space again (two system calls).

@@ -13,9 +13,18 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Unknown (not measured yet).
 const UNKNOWN: u64 = u64::MAX;
+
+/// After a commit, the readings are taken again when they are older than this, or when
+/// the commit stored at least [`REFRESH_PAYLOAD_BYTES`] of blobs or plugins: a submit's
+/// commit adds a few KiB, so readings up to this old err by far less than the free-space
+/// margin (`DISK_FREE_MIN_BYTES`), and two system calls per commit are saved.
+const REFRESH_EVERY: Duration = Duration::from_millis(10);
+/// See [`REFRESH_EVERY`].
+pub(crate) const REFRESH_PAYLOAD_BYTES: usize = 64 * 1024;
 
 /// The cached readings of one database file.
 #[derive(Debug)]
@@ -30,6 +39,9 @@ pub(crate) struct Space {
     db_allocated: AtomicU64,
     /// The stored blob bytes (`meta`) at that measurement.
     blob_bytes_at_measure: AtomicU64,
+    /// When the readings were taken: nanoseconds since `born`.
+    refreshed_ns: AtomicU64,
+    born: Instant,
 }
 
 /// What the store reports about the space it may still write.
@@ -68,6 +80,8 @@ impl Space {
             file_on_disk: AtomicU64::new(0),
             db_allocated: AtomicU64::new(UNKNOWN),
             blob_bytes_at_measure: AtomicU64::new(0),
+            refreshed_ns: AtomicU64::new(0),
+            born: Instant::now(),
         };
         space.refresh();
         space
@@ -81,6 +95,7 @@ impl Space {
     /// Read the file system's free bytes and the file's size on disk again (two system
     /// calls). A failed reading keeps the previous one (and is logged).
     pub(crate) fn refresh(&self) {
+        self.refreshed_ns.store(self.born.elapsed().as_nanos() as u64, Ordering::Relaxed);
         let dir = self.file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         match rustix::fs::statvfs(dir) {
             Ok(st) => {
@@ -93,6 +108,20 @@ impl Space {
             use std::os::unix::fs::MetadataExt;
             self.file_on_disk.store(meta.blocks().saturating_mul(512), Ordering::Relaxed);
         }
+    }
+
+    /// After a commit that stored `payload_bytes` of blobs or plugins: [`Space::refresh`]
+    /// when that is much or the readings are older than [`REFRESH_EVERY`].
+    pub(crate) fn refresh_after_commit(&self, payload_bytes: usize) {
+        let age_ns = (self.born.elapsed().as_nanos() as u64).saturating_sub(self.refreshed_ns.load(Ordering::Relaxed));
+        if payload_bytes >= REFRESH_PAYLOAD_BYTES || age_ns >= REFRESH_EVERY.as_nanos() as u64 {
+            self.refresh();
+        }
+    }
+
+    /// Whether redb's allocated pages were measured (see [`Space::get`]).
+    pub(crate) fn measured_once(&self) -> bool {
+        self.db_allocated.load(Ordering::Relaxed) != UNKNOWN
     }
 
     /// Record a measurement of redb's allocated pages, taken when `blob_bytes` were stored.

@@ -173,7 +173,7 @@ pub(crate) struct Wake<'a> {
     pub outbox: &'a Notify,
     /// The object reaper, after a commit that recorded an object to delete.
     pub deletes: &'a Notify,
-    /// The free-space readings, refreshed after every commit.
+    /// The free-space readings, refreshed after commits (`Space::refresh_after_commit`).
     pub space: Option<&'a super::space::Space>,
 }
 
@@ -297,7 +297,7 @@ fn commit_batch(
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
                 if let Some(space) = wake.space {
-                    space.refresh();
+                    space.refresh_after_commit(batch.iter().map(|p| p.payload_bytes()).sum());
                 }
                 if outbox_changed {
                     wake.outbox.notify_one();
