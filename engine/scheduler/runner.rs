@@ -787,10 +787,8 @@ impl Run {
                 Err(DownloadError::Failed(code, message)) => return self.fail(code, message, None).await,
             };
             // Privacy mode: ComfyUI writes the prompt into PNG text chunks; they are dropped.
-            let bytes = match (&self.shared.config.sealer, crate::privacy::strip_png_text(&bytes)) {
-                (Some(_), Some(stripped)) => bytes::Bytes::from(stripped),
-                _ => bytes,
-            };
+            let stripped = self.shared.config.sealer.as_ref().and_then(|_| crate::privacy::strip_png_text(&bytes));
+            let bytes = stripped.map_or(bytes, bytes::Bytes::from);
             let media_type = protocol::media_type_of(&file.filename).to_string();
             files.push((file, media_type, bytes));
         }

@@ -43,7 +43,12 @@ pub fn upgrade(shared: Arc<Shared>, req: &mut Request<Incoming>, client_id: Opti
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(crate::comfy::ws::ws_config()),
+                )
+                .await;
                 run_socket(shared, ws, client_id).await;
             }
             Err(e) => tracing::debug!(error = %e, "sim: websocket upgrade failed"),
