@@ -310,10 +310,36 @@ struct WsEnvelope {
     data: Loose2<WsData>,
 }
 
+/// The message types [`parse_ws_text`] reads; every other one is `Other`.
+const WS_KINDS_READ: [&str; 8] = [
+    "status",
+    "execution_start",
+    "executing",
+    "progress",
+    "executed",
+    "execution_success",
+    "execution_error",
+    "execution_interrupted",
+];
+
+/// The `type` of a message that starts with it (`{"type": "executing", ...`), when it has
+/// no escape; None otherwise (the message is then parsed whole).
+fn leading_type(text: &str) -> Option<&str> {
+    let rest = text.trim_start().strip_prefix('{')?.trim_start().strip_prefix("\"type\"")?;
+    let rest = rest.trim_start().strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let end = rest.find(['"', '\\'])?;
+    (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
+}
+
 /// Parse one WebSocket text frame. Unknown or malformed messages become `Other`. Only the
 /// members read are built (`WsEnvelope`); an `execution_error` (rare, and read whole) is
 /// parsed again as a `Value`.
 pub fn parse_ws_text(text: &str) -> WsMessage {
+    // ComfyUI writes `type` first: a kind read nowhere (`progress_state`, the largest and
+    // most frequent message of newer ComfyUIs, `executed_cached`, ...) is not parsed at all.
+    if leading_type(text).is_some_and(|kind| !WS_KINDS_READ.contains(&kind)) {
+        return WsMessage::Other;
+    }
     let Ok(envelope) = serde_json::from_str::<WsEnvelope>(text) else {
         return WsMessage::Other;
     };
@@ -915,6 +941,11 @@ mod tests {
                 "",
                 "{",
                 r#"{"type":"executing","data":{"node":"1"}} trailing"#,
+                // `type` first, as ComfyUI writes it, with spaces or an escape in the kind.
+                r#" { "type" : "executing", "data": {"node": "1", "prompt_id": "p"}}"#,
+                r#"{"type": "progress_state", "data": {"prompt_id": "p", "nodes": {"1": {"value": 1}}}}"#,
+                r#"{"type":"execut\u0069ng","data":{"node":"1","prompt_id":"p"}}"#,
+                r#"{"type":"progress_state\"","data":{}}"#,
             ]
             .map(String::from),
         );
