@@ -627,11 +627,18 @@ async fn bench() {
         load(bare_port, "/jobs", 16, 0.5, 202, body.clone()).await;
         for clients in [1, 16, 128] {
             let (rate, lat) = load(gw.port, "/jobs", clients, seconds, 202, body.clone()).await;
+            // One client waits for a commit of its own per submit (the target of the
+            // gateway's-own-cost work); more share commits, and the share of bare hyper
+            // below is what is compared between runs.
+            let (target, met) = match clients {
+                1 => ("≥ 3000/s", Some(rate >= 3_000.0)),
+                _ => ("≥ 10000/s", Some(rate >= 10_000.0)),
+            };
             table.row(
                 format!("submits/s, {clients} clients (p50 / p99 ms)"),
                 format!("{rate:.0} ({})", p50_p99(&lat)),
-                "≥ 10000/s",
-                Some(rate >= 10_000.0),
+                target,
+                met,
             );
             // The same load on a bare hyper server, right after: the share is the figure
             // that stays put between runs.
@@ -682,8 +689,8 @@ async fn bench() {
         table.row(
             "added by the gateway, ms (p50 / p99)",
             format!("{added50:.2} / {added99:.2}"),
-            "≤ 1 ms p50",
-            Some(added50 <= 1.0),
+            "≤ 0.7 ms p50",
+            Some(added50 <= 0.7),
         );
 
         if part(4) {

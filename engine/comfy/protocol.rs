@@ -904,18 +904,8 @@ mod tests {
         }
         assert!(texts.len() > 20, "captures found: {}", texts.len());
         // And variants: ids as numbers, members of other types, missing data, junk around.
-        for kind in [
-            "status",
-            "execution_start",
-            "executing",
-            "progress",
-            "executed",
-            "execution_success",
-            "execution_error",
-            "execution_interrupted",
-            "progress_state",
-            "crystools.monitor",
-        ] {
+        // Every kind the parse reads, and two it skips (the oracle is the `Value` parse).
+        for kind in WS_KINDS_READ.into_iter().chain(["progress_state", "crystools.monitor"]) {
             for data in [
                 r#"{"prompt_id":"p","node":"3","value":2,"max":20.5,"sid":"s","status":{"exec_info":{"queue_remaining":4}}}"#,
                 r#"{"prompt_id":7,"node":12,"value":"x","max":null,"status":{"exec_info":{"queue_remaining":-1}}}"#,
