@@ -492,3 +492,31 @@ async fn events_privacy_mode_keeps_prompt_text_out_of_logs_and_streams() {
     let last = logs["events"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["type"], "failed", "{logs}");
 }
+
+/// Progress enters a job's durable log at most every 500 ms, the first entry 500 ms into
+/// the run: a run that ends sooner logs none (its progress was live only, in `GET
+/// /jobs/{id}` and the event stream), so a short job costs no progress commit; a longer
+/// run logs some. Each run has a simulator and a gateway of its own (their node times
+/// differ).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_logged_only_for_runs_longer_than_the_log_interval() {
+    let root = support::tempdir();
+    let mut logged = Vec::new();
+    for (name, node_delay_ms) in [("fast", 0), ("slow", 300)] {
+        let dir = root.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sim = Sim::start(&dir, node_delay_ms).await;
+        let gw = Gateway::start(&dir, &sim.url(), &[]).await;
+        let id = gw.submit_ok(json!({"workflowId": "icon_512", "inputs": {"prompt": "a lighthouse"}})).await;
+        let done = gw.wait_terminal(&id, Duration::from_secs(60)).await;
+        assert_eq!(done["status"], "succeeded", "{done}");
+        let (status, logs) = get_json(&format!("{}/jobs/{id}/logs", gw.url())).await;
+        assert_eq!(status, 200, "{logs}");
+        let types: Vec<String> =
+            logs["events"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap_or("?").to_string()).collect();
+        assert!(types.contains(&"succeeded".to_string()), "{types:?}");
+        logged.push(types.iter().filter(|t| *t == "progress").count());
+    }
+    assert_eq!(logged[0], 0, "a run of a few milliseconds logs no progress");
+    assert!(logged[1] > 0, "a run of over 500 ms logs its progress");
+}
