@@ -226,7 +226,7 @@ async fn stream(objects: &crate::storage::Objects, output: &OutputRef, range: Op
     Ok(r)
 }
 
-async fn read(gateway: &Gateway, output: &OutputRef) -> Result<Bytes> {
+pub(super) async fn read(gateway: &Gateway, output: &OutputRef) -> Result<Bytes> {
     let bytes = gateway.blob(&output.hash).await?;
     if bytes.len() as u64 != output.size_bytes {
         return Err(Error::internal(format!(

@@ -43,7 +43,7 @@ const BODY_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// Read the whole body, at most `MAX_BODY_BYTES`, within `BODY_READ_TIMEOUT_MS` and (after
 /// [`BODY_RATE_GRACE`]) at `BODY_MIN_BYTES_PER_S` on average; a stalled or slow body is
 /// `408 REQUEST_TIMEOUT` (and `routes::handle` closes the connection).
-async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes> {
+pub(super) async fn read_body(ctx: &Ctx, req: Request<Incoming>) -> Result<Bytes> {
     let max = ctx.gateway.config.body_bytes_max;
     if let Some(len) = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > max as u64

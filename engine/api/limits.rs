@@ -542,7 +542,7 @@ pub struct Limits {
     /// Request rate limits (None: unlimited).
     pub rate: Option<RateLimits>,
     /// The per-client job cap (None: unlimited).
-    pub jobs: Option<JobCap>,
+    pub jobs: Option<Arc<JobCap>>,
     /// CORS.
     pub cors: Cors,
     /// Peers whose `X-Forwarded-For` is believed.
@@ -565,7 +565,7 @@ impl Limits {
     pub fn new(c: &ApiLimits) -> Limits {
         Limits {
             rate: c.rate.map(RateLimits::new),
-            jobs: c.jobs_per_client_max.map(JobCap::new),
+            jobs: c.jobs_per_client_max.map(|n| Arc::new(JobCap::new(n))),
             cors: Cors::new(c.cors.clone()),
             trusted_proxies: c.trusted_proxies.clone(),
             connections: Held::new("connections", "MAX_CONNECTIONS", usize::MAX, None),

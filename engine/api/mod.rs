@@ -4,7 +4,7 @@
 //! that shape every body and error the same way ([`reply`]), the Server-Sent Events
 //! stream of a job ([`sse`]), the web dashboard's embedded files ([`dashboard`]), and the limits against abuse: rate limits, the per-client
 //! job cap, CORS ([`limits`]); the checks of `Host`, `Origin` and media types ([`guard`]); the lower-priority threads
-//! that scan and parse large bodies ([`bulk`]).
+//! that scan and parse large bodies ([`bulk`]); the Model Context Protocol endpoint ([`mcp`]).
 
 pub mod bulk;
 pub mod dashboard;
@@ -12,6 +12,7 @@ pub mod download;
 pub mod guard;
 pub mod handlers;
 pub mod limits;
+pub mod mcp;
 pub mod openapi;
 pub mod reply;
 pub mod routes;

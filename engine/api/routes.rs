@@ -185,6 +185,8 @@ pub enum Handler {
     Docs,
     /// `POST /admin/backup`
     Backup,
+    /// `POST`, `GET` and `DELETE /mcp`: the Model Context Protocol (Streamable HTTP).
+    Mcp,
 }
 
 const CHANGING_WORKFLOWS: Access = Access::Admin("changing workflows");
@@ -282,6 +284,11 @@ pub static ROUTES: &[Route] = {
             Op { method: M::GET, access: Public, body: Ignored, handler: H::Docs },
             Op { method: M::HEAD, access: Public, body: Ignored, handler: H::Docs },
         ] },
+        Route { pattern: "/mcp", rate_limited: true, ops: &[
+            Op { method: M::POST, access: User, body: Json, handler: H::Mcp },
+            Op { method: M::GET, access: User, body: Ignored, handler: H::Mcp },
+            Op { method: M::DELETE, access: User, body: Empty, handler: H::Mcp },
+        ] },
         Route { pattern: "/admin/backup", rate_limited: true, ops: &[
             Op { method: M::POST, access: Access::Admin("taking a backup"), body: Empty, handler: H::Backup },
         ] },
@@ -344,6 +351,8 @@ pub struct Ctx {
     pub guard: Guard,
     /// The threads that scan and parse large bodies, below the API's priority.
     pub bulk: super::bulk::Bulk,
+    /// `/mcp`.
+    pub mcp: super::mcp::Mcp,
 }
 
 impl Ctx {
@@ -356,6 +365,7 @@ impl Ctx {
         }
         let limits = Limits::new(&gateway.config.api_limits);
         let guard = Guard::new(&gateway.config);
+        let mcp = super::mcp::Mcp::new(&stop);
         Ok(Ctx {
             gateway,
             router,
@@ -364,6 +374,7 @@ impl Ctx {
             limits,
             guard,
             bulk: super::bulk::Bulk::start()?,
+            mcp,
         })
     }
 }
@@ -648,5 +659,6 @@ async fn dispatch(
         Handler::DashboardFile => dashboard::serve(method, req.headers(), Some(&params.file)),
         Handler::Docs => dashboard::serve(method, req.headers(), Some("docs.html")),
         Handler::Backup => handlers::backup(ctx, params).await,
+        Handler::Mcp => super::mcp::serve(ctx, params, client, req).await,
     }
 }
