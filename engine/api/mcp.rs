@@ -102,8 +102,32 @@ pub async fn serve(ctx: &Ctx, p: &Params, client: &Client, req: Request<Incoming
         origin: format!("http://{host}"),
     });
     let resp = ctx.mcp.service.handle(Request::from_parts(parts, Full::new(bytes))).await;
+    let status = resp.status();
+    if status.is_client_error() || status.is_server_error() {
+        // rmcp's refusals are plain text: answered as every error of the API is.
+        let text = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        let message = String::from_utf8_lossy(&text[..text.len().min(ERROR_TEXT_MAX)]).trim().to_string();
+        let code = match status {
+            http::StatusCode::NOT_FOUND => ErrorCode::NotFound,
+            http::StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+            s if s.is_server_error() => ErrorCode::Internal,
+            _ => ErrorCode::ValidationError,
+        };
+        let message = if code == ErrorCode::Internal {
+            tracing::warn!(status = status.as_u16(), error = %message, "the MCP service failed");
+            "the MCP service failed (details in the gateway log)".to_string()
+        } else if message.is_empty() {
+            format!("MCP refused the request ({status})")
+        } else {
+            message
+        };
+        return Err(Error::new(code, message));
+    }
     Ok(resp.map(|b| b.boxed_unsync()))
 }
+
+/// The most of an rmcp refusal's text that goes into the error message.
+const ERROR_TEXT_MAX: usize = 512;
 
 /// The tools; stateless (every call finds its [`Call`] in the request).
 #[derive(Clone)]
@@ -274,7 +298,7 @@ async fn result_of(call: &Call, job: &Job) -> Result<CallToolResult> {
     let view = JobView::new(job, None, &links);
     let mut content = Vec::new();
     let status =
-        serde_json::to_value(&view.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        serde_json::to_value(view.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     if !job.state.is_terminal() {
         content.push(ContentBlock::text(format!(
             "Job {} is {status}; call {GET_JOB} with jobId \"{}\" to read it later.",

@@ -572,6 +572,30 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                         &[("404", "No backend with that id (BACKEND_NOT_FOUND)"), ADMIN_ONLY])
                 }
             },
+            "/mcp": {
+                "post": {
+                    "operationId": "mcpMessage",
+                    "summary": "Model Context Protocol (Streamable HTTP; revision 2026-07-28 and the older ones with sessions): one JSON-RPC message. Every workflow is a tool (its id the name, its input schema the inputSchema), beside get_job; a workflow tool submits a job as the caller and waits for it as ?wait= does (MAX_SYNC_WAITS, the job cap), with progress notifications; MCP clients speak it, see the README",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "description": "A JSON-RPC 2.0 message (MCP)"}}}},
+                    "responses": with_errors(json!({
+                        "200": {"description": "The JSON-RPC answer: JSON, or an event stream when notifications (progress) come first",
+                            "content": {"application/json": {"schema": {"type": "object"}}, "text/event-stream": {"schema": {"type": "string"}}}},
+                        "202": {"description": "A notification or a response, accepted"}
+                    }), &[("400", "Not a JSON-RPC message, not one MCP takes, or an Accept without application/json and text/event-stream (VALIDATION_ERROR)"), ("404", "No MCP session with that id (NOT_FOUND)"), ("413", "Body over MAX_BODY_BYTES (PAYLOAD_TOO_LARGE)"), ("415", "Not application/json (UNSUPPORTED_MEDIA_TYPE)")])
+                },
+                "get": {
+                    "operationId": "mcpStream",
+                    "summary": "Model Context Protocol: the server's event stream of a session (older revisions)",
+                    "responses": with_errors(json!({"200": {"description": "The session's event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}),
+                        &[("404", "No MCP session with that id (NOT_FOUND)"), ("405", "No stream without a session (METHOD_NOT_ALLOWED)")])
+                },
+                "delete": {
+                    "operationId": "mcpClose",
+                    "summary": "Model Context Protocol: end a session (older revisions)",
+                    "responses": with_errors(json!({"202": {"description": "Closed"}, "204": {"description": "Closed"}}),
+                        &[("404", "No MCP session with that id (NOT_FOUND)"), ("405", "No session to close (METHOD_NOT_ALLOWED)")])
+                }
+            },
             "/admin/backup": {"post": {
                 "operationId": "backup",
                 "summary": "An online, consistent copy of the database (one read snapshot, checked as `comfyui-gateway check` does), streamed as a redb file; admins only",
