@@ -103,8 +103,11 @@ pub async fn serve(ctx: &Ctx, p: &Params, client: &Client, req: Request<Incoming
     });
     let resp = ctx.mcp.service.handle(Request::from_parts(parts, Full::new(bytes))).await;
     let status = resp.status();
-    if status.is_client_error() || status.is_server_error() {
-        // rmcp's refusals are plain text: answered as every error of the API is.
+    let json_rpc =
+        resp.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if (status.is_client_error() || status.is_server_error()) && !json_rpc {
+        // rmcp's plain-text refusals are answered as every error of the API is; a JSON-RPC
+        // error body is what MCP clients read, and stays.
         let text = resp.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
         let message = String::from_utf8_lossy(&text[..text.len().min(ERROR_TEXT_MAX)]).trim().to_string();
         let code = match status {
