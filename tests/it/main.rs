@@ -75,6 +75,9 @@
 //! - `links`: with `PUBLIC_URL` set every link of every answer of a job's life is absolute
 //!   under it (a walker over every string), without it paths as before; the document's
 //!   `servers`; `POST /jobs?wait=&include=base64` with the bytes, and its flood capped.
+//! - `mcp`: `/mcp` through the official MCP Python SDK in both connect modes: the workflow
+//!   tools with their schemas, a run with an image and progress, a retried call that is the
+//!   same job, a tool error with the gateway's code, `get_job` only for the job's owner.
 //! - `metrics`: `GET /metrics` checked by promtool and by value; JSON logs with
 //!   correlation and job ids.
 //! - `s3`: `STORAGE_PROVIDER=s3` against a real S3 server (s3s-fs): objects by hash,
@@ -110,6 +113,7 @@ mod inputs;
 mod jobs;
 mod limits;
 mod links;
+mod mcp;
 mod metrics;
 mod openapi;
 mod operator;

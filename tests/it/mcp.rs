@@ -1,0 +1,69 @@
+//! `/mcp` through the official MCP Python SDK (`mcp` on PyPI, pinned by `scripts/ci-deps`
+//! in a venv of its own under `<target dir>/tools/mcp-venv`), in both of its connect modes:
+//! protocol 2026-07-28 (stateless) and the older initialize handshake with a session.
+//! Against the real binary and the simulator, with two user keys.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::support::{self, Gateway, Sim};
+
+/// The SDK's Python: `<target dir>/tools/mcp-venv/bin/python`.
+fn mcp_python() -> Option<PathBuf> {
+    let target = Path::new(support::BIN).parent()?.parent()?;
+    let python = target.join("tools/mcp-venv/bin/python");
+    python.is_file().then_some(python)
+}
+
+const USER: &str = "user-one-0123456789abcdef";
+const OTHER: &str = "user-two-0123456789abcdef";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mcp_python_sdk_lists_runs_and_reads_jobs_as_the_rest_api_allows() {
+    let Some(python) = support::require("the MCP Python SDK", mcp_python()) else { return };
+    let dir = support::tempdir();
+    // Nodes take long enough for progress to be reported.
+    let sim = Sim::start(dir.path(), 400).await;
+    let keys = format!("{USER}:user,{OTHER}:user");
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", keys.as_str())]).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/check.py");
+    for mode in ["auto", "legacy"] {
+        let url = format!("{}/mcp", gw.url());
+        let out = tokio::task::spawn_blocking({
+            let (python, script) = (python.clone(), script.clone());
+            move || Command::new(python).arg(script).args([url.as_str(), USER, OTHER, mode]).output()
+        })
+        .await
+        .unwrap()
+        .expect("run the MCP client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{mode}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+        let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{mode}: {e}: {stdout}"));
+        let tools: Vec<&str> = seen["tools"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        for name in ["icon_512", "sdxl_realism_v1", "sprite_transparent_bg", "get_job"] {
+            assert!(tools.contains(&name), "{mode}: {tools:?}");
+        }
+        let props = seen["icon_schema_properties"].as_array().unwrap();
+        assert!(props.iter().any(|p| p == "prompt") && props.iter().any(|p| p == "seed"), "{mode}: {props:?}");
+        let run = &seen["run"];
+        assert_eq!(run["is_error"], false, "{mode}: {seen}");
+        assert_eq!(run["status"], "succeeded", "{mode}: {seen}");
+        assert_eq!(
+            (run["png"].as_bool(), run["image_mime"].as_str()),
+            (Some(true), Some("image/png")),
+            "{mode}: {seen}"
+        );
+        assert!(run["image_bytes"].as_u64().unwrap() > 1000, "{mode}: {seen}");
+        let link = run["link"].as_str().unwrap();
+        assert!(link.starts_with(&gw.url()) && link.contains("/outputs/"), "an absolute link: {link}");
+        assert!(run["progress"].as_u64().unwrap() > 0, "{mode}: progress notifications: {seen}");
+        assert_eq!(seen["retried_same_job"], true, "the same call again is the same job: {seen}");
+        assert_eq!(seen["bad"]["is_error"], true, "{mode}: {seen}");
+        assert!(seen["bad"]["text"].as_str().unwrap().starts_with("VALIDATION_ERROR: "), "{mode}: {seen}");
+        assert_eq!(seen["own_get_job"]["status"], "succeeded", "{mode}: {seen}");
+        assert_eq!(seen["other_get_job"]["is_error"], true, "{mode}: {seen}");
+        assert!(seen["other_get_job"]["text"].as_str().unwrap().starts_with("JOB_NOT_FOUND: "), "{mode}: {seen}");
+    }
+}
