@@ -67,3 +67,90 @@ async fn the_mcp_python_sdk_lists_runs_and_reads_jobs_as_the_rest_api_allows() {
         assert!(seen["other_get_job"]["text"].as_str().unwrap().starts_with("JOB_NOT_FOUND: "), "{mode}: {seen}");
     }
 }
+
+/// One stateless (2026-07-28) JSON-RPC `tools/call` over raw HTTP: the JSON-RPC result.
+async fn call_tool(url: &str, key: &str, tool: &str, arguments: Value) -> Value {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": tool, "arguments": arguments,
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    });
+    let resp = reqwest::Client::new()
+        .post(url)
+        .header("x-api-key", key)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", tool)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /mcp");
+    assert_eq!(resp.status(), 200, "POST /mcp");
+    let text = resp.text().await.unwrap();
+    // JSON, or an event stream whose last `data:` line is the answer.
+    let answer = text.lines().rev().find_map(|l| l.strip_prefix("data: ")).unwrap_or(text.as_str()).to_string();
+    let answer: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {text}"));
+    answer["result"].clone()
+}
+
+/// A client flooding waiting workflow tool calls is refused beyond
+/// `MAX_SYNC_WAITS_PER_CLIENT` (a tool error with `RATE_LIMITED`, before any job is made),
+/// the caps `POST /jobs?wait=` counts against, while another client's call is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_waiting_tool_calls_is_capped_and_a_neighbour_is_served() {
+    const ATTACKERS: usize = 8;
+    const WAITS: usize = 2;
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 400).await;
+    let keys = format!("{USER}:user,{OTHER}:user");
+    let env = [("API_KEYS", keys.as_str()), ("MAX_SYNC_WAITS_PER_CLIENT", "2"), ("MAX_CONNECTIONS_PER_IP", "1024")];
+    let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
+    let url = format!("{}/mcp", gw.url());
+    let attack: Vec<_> = (0..ATTACKERS)
+        .map(|i| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                call_tool(&url, USER, "icon_512", serde_json::json!({"prompt": "a flood", "seed": 100 + i})).await
+            })
+        })
+        .collect();
+    // The neighbour, once the flood is under way.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let served = call_tool(&url, OTHER, "icon_512", serde_json::json!({"prompt": "a neighbour", "seed": 7})).await;
+    assert_ne!(served["isError"], true, "{served}");
+    assert_eq!(served["structuredContent"]["status"], "succeeded", "{served}");
+    assert!(served["content"].as_array().unwrap().iter().any(|c| c["type"] == "image"), "{served}");
+    let mut refused = 0;
+    for task in attack {
+        let result = task.await.unwrap();
+        if result["isError"] == true {
+            let text = result["content"][0]["text"].as_str().unwrap();
+            assert!(text.starts_with("RATE_LIMITED: "), "{result}");
+            assert_eq!(
+                result["structuredContent"]["error"]["details"]["limit"], "MAX_SYNC_WAITS_PER_CLIENT",
+                "{result}"
+            );
+            refused += 1;
+        } else {
+            assert_eq!(result["structuredContent"]["status"], "succeeded", "{result}");
+        }
+    }
+    assert_eq!(refused, ATTACKERS - WAITS, "all but the held waits are refused");
+    // A refused call made no job.
+    let list: Value = reqwest::Client::new()
+        .get(format!("{}/jobs?limit=100", gw.url()))
+        .header("x-api-key", USER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["jobs"].as_array().map(Vec::len), Some(WAITS), "{list}");
+}
