@@ -143,14 +143,7 @@ async fn a_flood_of_waiting_tool_calls_is_capped_and_a_neighbour_is_served() {
     }
     assert_eq!(refused, ATTACKERS - WAITS, "all but the held waits are refused");
     // A refused call made no job.
-    let list: Value = reqwest::Client::new()
-        .get(format!("{}/jobs?limit=100", gw.url()))
-        .header("x-api-key", USER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value =
+        support::get(&format!("{}/jobs?limit=100", gw.url()), &[("x-api-key", USER)]).await.json().await.unwrap();
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(WAITS), "{list}");
 }
