@@ -8,7 +8,8 @@
 //! rmcp hands the request's parts to the tool calls, which find the [`Call`] there.
 //!
 //! Running a workflow tool submits a job (owned by the caller, with an idempotency key
-//! derived from the tool and its canonical arguments, so a retried call does not run twice)
+//! derived from the tool and its canonical arguments, so a retried call does not run twice;
+//! a call repeated after its job failed or was canceled runs anew)
 //! and waits for it like `POST /jobs?wait=` (holding a slot of `MAX_SYNC_WAITS` and of the
 //! job cap), sending MCP progress notifications while it runs. The result holds the
 //! outputs (images that fit inline as image content, the rest as resource links) and the
@@ -39,7 +40,7 @@ use super::limits::{Client, Held, JobCap};
 use super::reply::Resp;
 use super::routes::{Ctx, Params};
 use crate::auth::Principal;
-use crate::domain::{Job, Role};
+use crate::domain::{Job, JobState, Role};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{Gateway, IdempotencyKey, SubmitRequest, Submitted};
 use crate::wire::job::JobView;
@@ -51,6 +52,9 @@ const INLINE_IMAGE_BYTES_MAX: u64 = 1024 * 1024;
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
 /// The tool that reads a job.
 const GET_JOB: &str = "get_job";
+/// A call repeated after its job failed runs anew, at most this many times in a row (the
+/// next repeat hands the last failure back).
+const RETRIES_AFTER_FAILURE_MAX: usize = 8;
 
 /// The MCP service of the API.
 pub struct Mcp {
@@ -234,27 +238,37 @@ async fn run_workflow(
     };
     let body = json!({"workflowId": workflow, "inputs": Value::Object(args.clone())});
     let fingerprint = crate::canonical::request_fingerprint(&body, &[]);
-    let key: String =
+    let base: String =
         std::iter::once("mcp-".to_string()).chain(fingerprint[..16].iter().map(|b| format!("{b:02x}"))).collect();
     let mut rx = call.gateway.subscribe();
-    let submitted = call
-        .gateway
-        .submit(SubmitRequest {
-            workflow_id: workflow.to_string(),
-            inputs: Value::Object(args),
-            priority: 0,
-            metadata: None,
-            callback_url: None,
-            files: Vec::new(),
-            owner: call.caller.as_ref().map(|c| c.owner.clone()),
-            cache: true,
-            webhook_events: 0,
-            idempotency: Some(IdempotencyKey { key, fingerprint }),
-        })
-        .await?;
-    let job = match &submitted {
-        Submitted::Queued(job) | Submitted::Cached(job) => job.clone(),
-        Submitted::Replayed { .. } => submitted.job().clone(),
+    let mut key = base.clone();
+    let mut hops = 0;
+    let job = loop {
+        let submitted = call
+            .gateway
+            .submit(SubmitRequest {
+                workflow_id: workflow.to_string(),
+                inputs: Value::Object(args.clone()),
+                priority: 0,
+                metadata: None,
+                callback_url: None,
+                files: Vec::new(),
+                owner: call.caller.as_ref().map(|c| c.owner.clone()),
+                cache: true,
+                webhook_events: 0,
+                idempotency: Some(IdempotencyKey { key: key.clone(), fingerprint }),
+            })
+            .await?;
+        let job = submitted.job().clone();
+        let failed = matches!(job.state, JobState::Failed | JobState::Canceled);
+        if !(matches!(submitted, Submitted::Replayed { .. }) && failed) || hops == RETRIES_AFTER_FAILURE_MAX {
+            break job;
+        }
+        // The same call after its job failed or was canceled runs anew (a replay would hand
+        // the failure back until the key expires); that run's key names the failed job, so
+        // a retry of it is a replay again.
+        key = format!("{base}-{}", job.id);
+        hops += 1;
     };
     if let Some(slot) = slot {
         slot.commit(job.id);

@@ -77,7 +77,8 @@
 //!   `servers`; `POST /jobs?wait=&include=base64` with the bytes, and its flood capped.
 //! - `mcp`: `/mcp` through the official MCP Python SDK in both connect modes: the workflow
 //!   tools with their schemas, a run with an image and progress, a retried call that is the
-//!   same job, a tool error with the gateway's code, `get_job` only for the job's owner.
+//!   same job (anew after a failure), a tool error with the gateway's code, `get_job` only for
+//!   the job's owner, a flood of waiting calls capped while a neighbour is served.
 //! - `metrics`: `GET /metrics` checked by promtool and by value; JSON logs with
 //!   correlation and job ids.
 //! - `s3`: `STORAGE_PROVIDER=s3` against a real S3 server (s3s-fs): objects by hash,

@@ -147,3 +147,28 @@ async fn a_flood_of_waiting_tool_calls_is_capped_and_a_neighbour_is_served() {
         support::get(&format!("{}/jobs?limit=100", gw.url()), &[("x-api-key", USER)]).await.json().await.unwrap();
     assert_eq!(list["jobs"].as_array().map(Vec::len), Some(WAITS), "{list}");
 }
+
+/// The same call is the same job, except after a failure: a call repeated after its job
+/// failed runs anew (a replay would hand the failure back until the key expires), and a
+/// repeat of that run is the same job again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_repeated_after_its_job_failed_runs_anew() {
+    let dir = support::tempdir();
+    // The first prompt fails with a node error (not retried), the next ones succeed.
+    let sim =
+        Sim::start_with(dir.path(), &["--node-delay-ms".into(), "0".into(), "--fault-node-error".into(), "1".into()])
+            .await;
+    let keys = format!("{USER}:user");
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", keys.as_str())]).await;
+    let url = format!("{}/mcp", gw.url());
+    let args = serde_json::json!({"prompt": "twice", "seed": 3});
+    let failed = call_tool(&url, USER, "icon_512", args.clone()).await;
+    assert_eq!(failed["isError"], true, "{failed}");
+    assert_eq!(failed["structuredContent"]["status"], "failed", "{failed}");
+    let anew = call_tool(&url, USER, "icon_512", args.clone()).await;
+    assert_ne!(anew["isError"], true, "{anew}");
+    assert_eq!(anew["structuredContent"]["status"], "succeeded", "{anew}");
+    assert_ne!(anew["structuredContent"]["jobId"], failed["structuredContent"]["jobId"], "a new job");
+    let again = call_tool(&url, USER, "icon_512", args).await;
+    assert_eq!(again["structuredContent"]["jobId"], anew["structuredContent"]["jobId"], "the succeeded job, replayed");
+}
