@@ -215,9 +215,9 @@ fi
 step 200 POST /mcp -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
   -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \
   -d '{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{}}}}'
-# Sessions exist only in the older revisions: without one, no stream and nothing to close.
-step 400 GET /mcp -H 'Accept: text/event-stream'
-step 400 DELETE /mcp
+# The gateway serves MCP without sessions: no stream to open, no session to close.
+step 405 GET /mcp -H 'Accept: text/event-stream'
+step 405 DELETE /mcp
 
 # --- Operators -----------------------------------------------------------------------
 step 200 GET /metrics

@@ -292,7 +292,7 @@ fn parse_job_id(raw: &str) -> Result<JobId> {
 
 /// Whether `caller` may see `job`: everyone in open mode, admins always, users only
 /// their own jobs.
-fn may_see(caller: Option<&Principal>, job: &Job) -> bool {
+pub(super) fn may_see(caller: Option<&Principal>, job: &Job) -> bool {
     match caller {
         None | Some(Principal { role: Role::Admin, .. }) => true,
         Some(Principal { owner, role: Role::User }) => job.owner.as_deref() == Some(owner.as_str()),

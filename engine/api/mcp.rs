@@ -40,7 +40,7 @@ use super::limits::{Client, Held, JobCap};
 use super::reply::Resp;
 use super::routes::{Ctx, Params};
 use crate::auth::Principal;
-use crate::domain::{Job, JobState, Role};
+use crate::domain::{Job, JobState};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{Gateway, IdempotencyKey, SubmitRequest, Submitted};
 use crate::wire::job::JobView;
@@ -71,7 +71,10 @@ impl Mcp {
     /// The service; `stop` ends its sessions.
     pub fn new(stop: &tokio_util::sync::CancellationToken) -> Mcp {
         // `Host` and `Origin` are checked by the router's guard, as for every route.
-        let mut config = StreamableHttpServerConfig::default().disable_allowed_hosts();
+        // No sessions: rmcp keeps a session (one per legacy `initialize`) until it idles out,
+        // with no cap on how many; served statelessly, a request holds nothing after its
+        // answer, and every revision's clients still work (tests/it/mcp.rs).
+        let mut config = StreamableHttpServerConfig::default().disable_allowed_hosts().with_legacy_session_mode(false);
         config.cancellation_token = stop.child_token();
         Mcp { service: StreamableHttpService::new(|| Ok(Tools), Arc::new(LocalSessionManager::default()), config) }
     }
@@ -212,11 +215,7 @@ async fn get_job(call: &Call, args: &JsonObject) -> Result<CallToolResult> {
     let raw = args.get("jobId").and_then(Value::as_str).ok_or_else(|| Error::validation("/jobId", "is required"))?;
     let id: crate::domain::JobId = raw.parse().map_err(|_| Error::validation("/jobId", "must be a job id (a UUID)"))?;
     let job = call.gateway.job(id)?;
-    let visible = match &call.caller {
-        None | Some(Principal { role: Role::Admin, .. }) => true,
-        Some(Principal { owner, role: Role::User }) => job.owner.as_deref() == Some(owner.as_str()),
-    };
-    if !visible {
+    if !super::handlers::may_see(call.caller.as_ref(), &job) {
         return Err(Error::new(ErrorCode::JobNotFound, format!("no job with id {id}")));
     }
     result_of(call, &job).await
@@ -278,6 +277,7 @@ async fn run_workflow(
     let token = cx.meta.get_progress_token();
     let mut last_sent = None;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
+    let mut closed = false;
     let job = loop {
         let current = call.gateway.job(job.id)?;
         if current.state.is_terminal() {
@@ -300,7 +300,9 @@ async fn run_workflow(
         }
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break current,
-            _ = rx.recv() => {}
+            // A closed channel (the scheduler stopping) is waited out by the tick instead of
+            // being polled in a loop.
+            r = rx.recv(), if !closed => closed = matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)),
             _ = tick.tick() => {}
             _ = cx.ct.cancelled() => break current,
         }

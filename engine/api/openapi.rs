@@ -575,7 +575,7 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
             "/mcp": {
                 "post": {
                     "operationId": "mcpMessage",
-                    "summary": "Model Context Protocol (Streamable HTTP; revision 2026-07-28 and the older ones with sessions): one JSON-RPC message. Every workflow is a tool (its id the name, its input schema the inputSchema), beside get_job; a workflow tool submits a job as the caller and waits for it as ?wait= does (MAX_SYNC_WAITS, the job cap), with progress notifications; MCP clients speak it, see the README",
+                    "summary": "Model Context Protocol (Streamable HTTP; revision 2026-07-28 and the older ones, served without sessions): one JSON-RPC message. Every workflow is a tool (its id the name, its input schema the inputSchema), beside get_job; a workflow tool submits a job as the caller and waits for it as ?wait= does (MAX_SYNC_WAITS, the job cap), with progress notifications; MCP clients speak it, see the README",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": {"type": "object", "description": "A JSON-RPC 2.0 message (MCP)"}}}},
                     "responses": with_errors(json!({
                         "200": {"description": "The JSON-RPC answer: JSON, or an event stream when notifications (progress) come first",
@@ -585,13 +585,13 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                 },
                 "get": {
                     "operationId": "mcpStream",
-                    "summary": "Model Context Protocol: the server's event stream of a session (older revisions)",
+                    "summary": "Model Context Protocol: a session's event stream; the gateway keeps no sessions, so 405",
                     "responses": with_errors(json!({"200": {"description": "The session's event stream", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}),
                         &[("404", "No MCP session with that id (NOT_FOUND)"), ("405", "No stream without a session (METHOD_NOT_ALLOWED)")])
                 },
                 "delete": {
                     "operationId": "mcpClose",
-                    "summary": "Model Context Protocol: end a session (older revisions)",
+                    "summary": "Model Context Protocol: end a session; the gateway keeps no sessions, so 405",
                     "responses": with_errors(json!({"202": {"description": "Closed"}, "204": {"description": "Closed"}}),
                         &[("404", "No MCP session with that id (NOT_FOUND)"), ("405", "No session to close (METHOD_NOT_ALLOWED)")])
                 }
