@@ -60,6 +60,24 @@ pub enum Command {
     /// the file when no gateway holds it, else through the running gateway's
     /// `POST /admin/backup` (GATEWAY_URL, GATEWAY_API_KEY). Prints its size, counts and time.
     Backup(BackupArgs),
+    /// Speak MCP over stdin and stdout, for a client that launches a local process
+    /// (Claude Desktop, ...), and forward it to a gateway's `/mcp` with an API key or a
+    /// bearer token. Logs go to stderr.
+    Mcp(McpArgs),
+}
+
+/// `mcp` arguments.
+#[derive(clap::Args, Debug, Clone)]
+pub struct McpArgs {
+    /// The gateway's base URL (`/mcp` is added), or its `/mcp` URL.
+    #[arg(long, env = "GATEWAY_URL", default_value = "http://127.0.0.1:3000")]
+    pub url: String,
+    /// API key sent as `X-API-Key`.
+    #[arg(long, env = "GATEWAY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Bearer token (a JWT) sent as `Authorization: Bearer`.
+    #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true, conflicts_with = "api_key")]
+    pub token: Option<String>,
 }
 
 /// `backup` arguments.
@@ -359,7 +377,20 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Check(args) => check(&args).await,
         Command::Plugin(args) => crate::plugins::cli::main(args).await,
         Command::Backup(args) => backup(&args).await,
+        Command::Mcp(args) => mcp_bridge(args).await,
     }
+}
+
+/// `mcp`: the stdio bridge ([`crate::mcp_stdio`]).
+async fn mcp_bridge(args: McpArgs) -> Result<(), CliError> {
+    let base = args.url.trim_end_matches('/');
+    let url = reqwest::Url::parse(base).map_err(|e| CliError::config(format!("--url {base:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(CliError::config(format!("--url {base:?}: must be an http:// or https:// URL")));
+    }
+    let url = if url.path().ends_with("/mcp") { base.to_string() } else { format!("{base}/mcp") };
+    let target = crate::mcp_stdio::Target { url, api_key: args.api_key, token: args.token };
+    crate::mcp_stdio::run(target).await.map_err(CliError::runtime)
 }
 
 async fn serve(

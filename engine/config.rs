@@ -111,6 +111,11 @@ pub struct ServeArgs {
     /// Interval of the `: ping` comment lines on event streams, in ms.
     #[arg(long, env, default_value_t = 15_000, help_heading = SERVER)]
     pub sse_heartbeat_ms: u64,
+    /// Images up to this many bytes come back inline in MCP tool results, as long as the
+    /// result stays under `MAX_RESPONSE_BYTES`; larger ones, and other media, as links
+    /// (0: links only).
+    #[arg(long, env, default_value_t = 1_048_576, help_heading = SERVER)]
+    pub mcp_inline_image_bytes: u64,
     /// Requests per client key in each `RATE_LIMIT_WINDOW_MS` (unset: no rate limit).
     #[arg(long, env, help_heading = LIMITS)]
     pub rate_limit_max: Option<u32>,
@@ -489,6 +494,8 @@ pub struct Config {
     pub sealer: Option<Arc<crate::privacy::Sealer>>,
     /// Interval of heartbeat comments on event streams, in ms.
     pub sse_heartbeat_ms: u64,
+    /// Largest image inlined in an MCP tool result (0: none).
+    pub mcp_inline_image_bytes: u64,
     /// Rate limits, CORS, connection and header limits.
     pub api_limits: ApiLimits,
     /// The result cache and retention periods.
@@ -626,6 +633,9 @@ impl Config {
         if !(10..=3_600_000).contains(&args.sse_heartbeat_ms) {
             return Err(bad("SSE_HEARTBEAT_MS", "must be between 10 and 3600000"));
         }
+        if args.mcp_inline_image_bytes > args.max_response_bytes as u64 {
+            return Err(bad("MCP_INLINE_IMAGE_BYTES", "must be at most MAX_RESPONSE_BYTES"));
+        }
         let log_json = match args.log_format.as_str() {
             "json" => true,
             "text" => false,
@@ -730,6 +740,7 @@ impl Config {
             privacy_mode: args.privacy_mode,
             sealer,
             sse_heartbeat_ms: args.sse_heartbeat_ms,
+            mcp_inline_image_bytes: args.mcp_inline_image_bytes,
             metrics_public: args.metrics_public.unwrap_or(!auth.enabled()),
             webhooks: Arc::new(webhooks),
             public_url,

@@ -30,8 +30,9 @@
 //! - [`wire`]: the JSON bodies the API takes and gives (serde + JSON Schema), webhooks' too.
 //! - [`api`]: the only module that knows HTTP: hyper server, route table, handlers.
 //! - [`failpoints`]: crash points at the dangerous windows (feature `failpoints`, tests).
+//! - [`mcp_stdio`]: `comfyui-gateway mcp`, MCP over stdio forwarded to a gateway's `/mcp`.
 //! - [`cli`]: the command line (serve (alias run), sim, init, add-workflow, import-workflow,
-//!   list-workflows, health, check, plugin check/run); failures to exit codes.
+//!   list-workflows, health, check, plugin check/run, backup, mcp); failures to exit codes.
 
 // serde_json's json! recurses per token; the OpenAPI document is one large literal.
 #![recursion_limit = "256"]
@@ -47,6 +48,7 @@ pub mod domain;
 pub mod error;
 pub mod failpoints;
 pub mod inputs;
+pub mod mcp_stdio;
 pub mod metrics;
 pub mod plugins;
 pub mod priority;

@@ -267,6 +267,8 @@ pub struct Gateway {
     pub webhooks: crate::webhooks::Webhooks,
     /// One online backup at a time, in total ([`Gateway::backup`]).
     backup_slot: Arc<tokio::sync::Semaphore>,
+    /// Bumped after every change of the workflows ([`Gateway::workflows_changed`]).
+    workflows_version: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// `<database>.gateway.json`: written by a running gateway next to the database it holds
@@ -356,6 +358,7 @@ impl Gateway {
             metrics,
             webhooks: webhooks.clone(),
             backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
+            workflows_version: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         webhooks.start(gateway.clone());
         Ok(gateway)
@@ -435,12 +438,21 @@ impl Gateway {
         self.disk_check().await?;
         let rec = self.registry.put_workflow(def, replace, actor).await?;
         self.metrics.workflow_known(&rec.id);
+        self.workflows_version.send_modify(|v| *v += 1);
         self.registry.workflow(&rec.id)
     }
 
     /// Remove a workflow (audited).
     pub async fn delete_workflow(&self, id: &str, actor: &Actor) -> Result<()> {
-        self.registry.delete_workflow(id, actor).await
+        self.registry.delete_workflow(id, actor).await?;
+        self.workflows_version.send_modify(|v| *v += 1);
+        Ok(())
+    }
+
+    /// A receiver that sees every registration, new version or removal of a workflow made
+    /// through this gateway after the call (MCP's `notifications/tools/list_changed`).
+    pub fn workflows_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.workflows_version.subscribe()
     }
 
     /// Every backend's state, in `COMFYUI_URL` order.

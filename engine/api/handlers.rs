@@ -21,7 +21,8 @@ use crate::config::MemoryLimits;
 use crate::domain::{Job, JobId, JobState, Role};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::{
-    Actor, IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted, WorkflowDefinition,
+    Actor, Gateway, IdempotencyKey, PluginChange, PluginSource, PluginSpec, SubmitRequest, Submitted,
+    WorkflowDefinition,
 };
 use crate::store::JobQuery;
 use crate::wire::job::{
@@ -301,9 +302,9 @@ pub(super) fn may_see(caller: Option<&Principal>, job: &Job) -> bool {
 
 /// The job `{id}` names, if the caller may see it; another owner's job is the same
 /// `404 JOB_NOT_FOUND` as a job that does not exist, so ids cannot be probed.
-pub(super) fn visible_job(ctx: &Ctx, p: &Params) -> Result<Job> {
+pub(super) fn visible_job(gateway: &Gateway, p: &Params) -> Result<Job> {
     let id = parse_job_id(&p.id)?;
-    let job = ctx.gateway.job(id)?;
+    let job = gateway.job(id)?;
     if may_see(p.caller.as_ref(), &job) {
         Ok(job)
     } else {
@@ -427,8 +428,8 @@ pub fn openapi(ctx: &Ctx) -> Result<Resp> {
 }
 
 /// `GET /workflows`.
-pub fn list_workflows(ctx: &Ctx) -> Result<Resp> {
-    let workflows = ctx.gateway.workflows()?.iter().map(WorkflowSummary::new).collect();
+pub fn list_workflows(gateway: &Gateway) -> Result<Resp> {
+    let workflows = gateway.workflows()?.iter().map(WorkflowSummary::new).collect();
     Ok(reply::json(StatusCode::OK, &WorkflowList { workflows }))
 }
 
@@ -781,7 +782,7 @@ async fn wait_terminal(
 /// `GET /jobs/{id}`: the job with its queue position, progress and `etaSeconds`
 /// (`?include=base64` inlines small outputs).
 pub async fn get_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let job = visible_job(ctx, p)?;
+    let job = visible_job(&ctx.gateway, p)?;
     let live = ctx.gateway.live_status(job.id, job.queue_key);
     let mut body = JobView::new(&job, Some(&live), &ctx.gateway.config.links());
     body.eta_seconds = Some(ctx.gateway.eta_seconds(&job, &live));
@@ -910,7 +911,7 @@ const LIST_SCAN_MAX: usize = 5_000;
 /// the cursor bound the index range. A page also stops at [`LIST_SCAN_MAX`] entries
 /// examined and at `MAX_RESPONSE_BYTES` of JSON, with a `nextCursor` to continue, so a
 /// page may hold fewer than `limit` jobs while more follow.
-pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
+pub fn list_jobs(gateway: &Gateway, p: &Params) -> Result<Resp> {
     known_params(p, &["status", "workflowId", "after", "before", "limit", "cursor"])?;
     let statuses = match p.query("status") {
         None => None,
@@ -938,7 +939,7 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
         Some(Principal { owner, role: Role::User }) => Some(owner.as_str()),
         None | Some(Principal { role: Role::Admin, .. }) => None,
     };
-    let bytes_max = ctx.gateway.config.memory.response_bytes_max;
+    let bytes_max = gateway.config.memory.response_bytes_max;
     let query = JobQuery {
         owner,
         statuses: statuses.as_deref(),
@@ -949,16 +950,16 @@ pub fn list_jobs(ctx: &Ctx, p: &Params) -> Result<Resp> {
         scan_max: LIST_SCAN_MAX,
         bytes_max,
     };
-    let page = ctx.gateway.jobs_page(&query)?;
+    let page = gateway.jobs_page(&query)?;
     let mut jobs = page.jobs;
     let mut next = page_asked.cut(&mut jobs, |j| (j.created_ms, j.id)).or(page.resume);
     // The JSON is built job by job and stops past the byte budget (one job always fits).
-    let links = ctx.gateway.config.links();
+    let links = gateway.config.links();
     let mut body = b"{\"jobs\":[".to_vec();
     let mut listed: Option<(u64, JobId)> = None;
     for j in jobs {
         let position = (j.created_ms, j.id);
-        let item = serde_json::to_vec(&JobView::new(&ctx.gateway.reveal(j)?, None, &links))
+        let item = serde_json::to_vec(&JobView::new(&gateway.reveal(j)?, None, &links))
             .map_err(|e| Error::internal(format!("encoding a job: {e}")))?;
         if let Some(last) = listed
             && body.len() + item.len() > bytes_max
@@ -994,7 +995,7 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
                 .map_err(|_| Error::validation("after", "must be the seq of a log entry (an integer)"))?,
         ),
     };
-    let job = visible_job(ctx, p)?;
+    let job = visible_job(&ctx.gateway, p)?;
     let events = ctx.gateway.job_events(job.id, after, LOG_ENTRIES_MAX)?;
     let full = events.len() == LOG_ENTRIES_MAX;
     let texts = if ctx.gateway.config.privacy_mode { Some(reply::private_texts(&job)) } else { None };
@@ -1012,15 +1013,15 @@ pub fn job_logs(ctx: &Ctx, p: &Params) -> Result<Resp> {
 }
 
 /// `POST /jobs/{id}/cancel` (recorded in the audit log).
-pub async fn cancel_job(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let id = visible_job(ctx, p)?.id;
-    let job = ctx.gateway.cancel(id, &actor(p)).await?;
-    Ok(reply::json(StatusCode::OK, &JobView::new(&job, None, &ctx.gateway.config.links())))
+pub async fn cancel_job(gateway: &Gateway, p: &Params) -> Result<Resp> {
+    let id = visible_job(gateway, p)?.id;
+    let job = gateway.cancel(id, &actor(p)).await?;
+    Ok(reply::json(StatusCode::OK, &JobView::new(&job, None, &gateway.config.links())))
 }
 
 /// `GET /jobs/{id}/webhooks`: the job's webhook deliveries, oldest first.
 pub fn job_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let job = visible_job(ctx, p)?;
+    let job = visible_job(&ctx.gateway, p)?;
     let deliveries = ctx.gateway.job_deliveries(job.id)?;
     // The oldest are listed; the rest did not fit in MAX_RESPONSE_BYTES.
     let (deliveries, truncated) =
@@ -1031,22 +1032,22 @@ pub fn job_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
 /// `POST /jobs/{id}/webhook/redeliver`: every delivery of the job due again now (same
 /// `webhook-id`s), their endpoints enabled again; 409 if the job has none.
 pub async fn redeliver_webhooks(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let job = visible_job(ctx, p)?;
+    let job = visible_job(&ctx.gateway, p)?;
     let deliveries = ctx.gateway.redeliver(job.id, &actor(p)).await?.iter().map(DeliveryView::new).collect();
     Ok(reply::json(StatusCode::ACCEPTED, &JobDeliveries { job_id: job.id, deliveries, truncated: false }))
 }
 
 /// `GET /outputs/{id}`.
-pub fn list_outputs(ctx: &Ctx, p: &Params) -> Result<Resp> {
-    let job = visible_job(ctx, p)?;
-    let links = ctx.gateway.config.links();
+pub fn list_outputs(gateway: &Gateway, p: &Params) -> Result<Resp> {
+    let job = visible_job(gateway, p)?;
+    let links = gateway.config.links();
     let outputs = job.outputs.iter().map(|o| OutputView::new(&job, o, &links)).collect();
     Ok(reply::json(StatusCode::OK, &JobOutputs { job_id: job.id, status: job.state.into(), outputs }))
 }
 
 /// `GET|HEAD /outputs/{id}/{file}`: see [`download`].
 pub async fn get_output(ctx: &Ctx, p: &Params, req: &Request<Incoming>) -> Result<Resp> {
-    let job = visible_job(ctx, p)?;
+    let job = visible_job(&ctx.gateway, p)?;
     let query = req.uri().query().unwrap_or("");
     download::output_file(&ctx.gateway, &job, &p.file, req.headers(), query, req.method() == http::Method::HEAD).await
 }

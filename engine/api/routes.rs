@@ -365,7 +365,7 @@ impl Ctx {
         }
         let limits = Limits::new(&gateway.config.api_limits);
         let guard = Guard::new(&gateway.config);
-        let mcp = super::mcp::Mcp::new(&stop);
+        let mcp = super::mcp::Mcp::new(&stop, std::time::Duration::from_millis(gateway.config.sse_heartbeat_ms));
         Ok(Ctx {
             gateway,
             router,
@@ -634,21 +634,21 @@ async fn dispatch(
         Handler::Readyz => handlers::readyz(ctx),
         Handler::Capabilities => handlers::capabilities(ctx),
         Handler::OpenApi => handlers::openapi(ctx),
-        Handler::ListWorkflows => handlers::list_workflows(ctx),
+        Handler::ListWorkflows => handlers::list_workflows(&ctx.gateway),
         Handler::CreateWorkflow => handlers::create_workflow(ctx, params, req).await,
         Handler::GetWorkflow => handlers::get_workflow(ctx, params),
         Handler::UpdateWorkflow => handlers::update_workflow(ctx, params, req).await,
         Handler::DeleteWorkflow => handlers::delete_workflow(ctx, params).await,
         Handler::ImportWorkflow => handlers::import_workflow(ctx, params, req).await,
-        Handler::ListJobs => handlers::list_jobs(ctx, params),
+        Handler::ListJobs => handlers::list_jobs(&ctx.gateway, params),
         Handler::CreateJob => handlers::create_job(ctx, params, client, req).await,
         Handler::GetJob => handlers::get_job(ctx, params).await,
-        Handler::CancelJob => handlers::cancel_job(ctx, params).await,
+        Handler::CancelJob => handlers::cancel_job(&ctx.gateway, params).await,
         Handler::JobEvents => sse::job_events(ctx, params, &req, client),
         Handler::JobLogs => handlers::job_logs(ctx, params),
         Handler::JobWebhooks => handlers::job_webhooks(ctx, params),
         Handler::RedeliverWebhooks => handlers::redeliver_webhooks(ctx, params).await,
-        Handler::ListOutputs => handlers::list_outputs(ctx, params),
+        Handler::ListOutputs => handlers::list_outputs(&ctx.gateway, params),
         Handler::GetOutput => handlers::get_output(ctx, params, &req).await,
         Handler::Metrics => handlers::metrics(ctx),
         Handler::Audit => handlers::audit(ctx, params),

@@ -56,7 +56,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>, client: &Clien
     };
     // Subscribe before the first read so that no commit falls between the two.
     let rx = ctx.gateway.subscribe();
-    super::handlers::visible_job(ctx, p)?;
+    super::handlers::visible_job(&ctx.gateway, p)?;
     let hold = ctx.limits.event_streams.hold(&client.key)?;
     let period = Duration::from_millis(ctx.gateway.config.sse_heartbeat_ms);
     let follow = Follow {

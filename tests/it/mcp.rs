@@ -1,7 +1,8 @@
 //! `/mcp` through the official MCP Python SDK (`mcp` on PyPI, pinned by `scripts/ci-deps`
 //! in a venv of its own under `<target dir>/tools/mcp-venv`), in both of its connect modes:
-//! protocol 2026-07-28 (stateless) and the older initialize handshake with a session.
-//! Against the real binary and the simulator, with two user keys.
+//! protocol 2026-07-28 (stateless) and the older initialize handshake, and through the
+//! stdio bridge (`comfyui-gateway mcp`). Against the real binary and the simulator, with
+//! two user keys and an admin key.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +20,7 @@ fn mcp_python() -> Option<PathBuf> {
 
 const USER: &str = "user-one-0123456789abcdef";
 const OTHER: &str = "user-two-0123456789abcdef";
+const ADMIN: &str = "admin-0123456789abcdef";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mcp_python_sdk_lists_runs_and_reads_jobs_as_the_rest_api_allows() {
@@ -26,14 +28,21 @@ async fn the_mcp_python_sdk_lists_runs_and_reads_jobs_as_the_rest_api_allows() {
     let dir = support::tempdir();
     // Nodes take long enough for progress to be reported.
     let sim = Sim::start(dir.path(), 400).await;
-    let keys = format!("{USER}:user,{OTHER}:user");
+    let keys = format!("{USER}:user,{OTHER}:user,{ADMIN}:admin");
     let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", keys.as_str())]).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/check.py");
-    for mode in ["auto", "legacy"] {
+    for mode in ["auto", "legacy", "stdio"] {
         let url = format!("{}/mcp", gw.url());
         let out = tokio::task::spawn_blocking({
             let (python, script) = (python.clone(), script.clone());
-            move || Command::new(python).arg(script).args([url.as_str(), USER, OTHER, mode]).output()
+            move || {
+                Command::new(python)
+                    .arg(script)
+                    .args([url.as_str(), USER, OTHER, ADMIN, mode, support::BIN])
+                    .env_remove("GATEWAY_URL")
+                    .env_remove("GATEWAY_API_KEY")
+                    .output()
+            }
         })
         .await
         .unwrap()
@@ -42,29 +51,59 @@ async fn the_mcp_python_sdk_lists_runs_and_reads_jobs_as_the_rest_api_allows() {
         assert!(out.status.success(), "{mode}: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
         let seen: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{mode}: {e}: {stdout}"));
         let tools: Vec<&str> = seen["tools"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-        for name in ["icon_512", "sdxl_realism_v1", "sprite_transparent_bg", "get_job"] {
+        for name in ["icon_512", "sdxl_realism_v1", "sprite_transparent_bg"].into_iter().chain([
+            "list_workflows",
+            "get_job",
+            "list_jobs",
+            "cancel_job",
+            "get_output",
+        ]) {
             assert!(tools.contains(&name), "{mode}: {tools:?}");
         }
+        assert_eq!(seen["workflow_tools"]["icon_512"], "icon_512", "{mode}: {seen}");
         let props = seen["icon_schema_properties"].as_array().unwrap();
         assert!(props.iter().any(|p| p == "prompt") && props.iter().any(|p| p == "seed"), "{mode}: {props:?}");
-        let run = &seen["run"];
-        assert_eq!(run["is_error"], false, "{mode}: {seen}");
-        assert_eq!(run["status"], "succeeded", "{mode}: {seen}");
-        assert_eq!(
-            (run["png"].as_bool(), run["image_mime"].as_str()),
-            (Some(true), Some("image/png")),
-            "{mode}: {seen}"
-        );
-        assert!(run["image_bytes"].as_u64().unwrap() > 1000, "{mode}: {seen}");
-        let link = run["link"].as_str().unwrap();
-        assert!(link.starts_with(&gw.url()) && link.contains("/outputs/"), "an absolute link: {link}");
-        assert!(run["progress"].as_u64().unwrap() > 0, "{mode}: progress notifications: {seen}");
+        let job_id = seen["job_id"].as_str().unwrap();
+        for (what, got) in [("run", &seen["run"]), ("get_output", &seen["get_output"])] {
+            assert_eq!(got["is_error"], false, "{mode} {what}: {seen}");
+            assert_eq!(
+                (got["png"].as_bool(), got["image_mime"].as_str()),
+                (Some(true), Some("image/png")),
+                "{mode} {what}: {seen}"
+            );
+            assert!(got["image_bytes"].as_u64().unwrap() > 1000, "{mode} {what}: {seen}");
+            let link = got["link"].as_str().unwrap();
+            assert!(link.starts_with(&gw.url()) && link.contains(&format!("/outputs/{job_id}/")), "{mode}: {link}");
+        }
+        assert_eq!(seen["run"]["status"], "succeeded", "{mode}: {seen}");
+        assert!(seen["run"]["progress"].as_u64().unwrap() > 0, "{mode}: progress notifications: {seen}");
         assert_eq!(seen["retried_same_job"], true, "the same call again is the same job: {seen}");
         assert_eq!(seen["bad"]["is_error"], true, "{mode}: {seen}");
         assert!(seen["bad"]["text"].as_str().unwrap().starts_with("VALIDATION_ERROR: "), "{mode}: {seen}");
+        assert!(seen["unknown_tool"].as_str().unwrap().contains("Unknown tool"), "{mode}: {seen}");
         assert_eq!(seen["own_get_job"]["status"], "succeeded", "{mode}: {seen}");
-        assert_eq!(seen["other_get_job"]["is_error"], true, "{mode}: {seen}");
-        assert!(seen["other_get_job"]["text"].as_str().unwrap().starts_with("JOB_NOT_FOUND: "), "{mode}: {seen}");
+        assert!(seen["get_output_missing"].as_str().unwrap().starts_with("NOT_FOUND: "), "{mode}: {seen}");
+        assert!(seen["bad_list"].as_str().unwrap().starts_with("VALIDATION_ERROR: "), "{mode}: {seen}");
+        let has = |list: &str| seen[list].as_array().unwrap().iter().any(|j| j == job_id);
+        assert!(has("own_list"), "{mode}: {seen}");
+        assert_eq!(seen["cancel"], "canceled", "{mode}: {seen}");
+        if mode != "stdio" {
+            // Ownership as over REST: another user sees, lists and cancels none of them; an
+            // admin lists everybody's.
+            assert_eq!(seen["other_get_job"]["is_error"], true, "{mode}: {seen}");
+            assert!(seen["other_get_job"]["text"].as_str().unwrap().starts_with("JOB_NOT_FOUND: "), "{mode}: {seen}");
+            assert!(!has("other_list"), "{mode}: {seen}");
+            assert!(seen["other_cancel"].as_str().unwrap().starts_with("JOB_NOT_FOUND: "), "{mode}: {seen}");
+            assert!(has("admin_list"), "{mode}: {seen}");
+        }
+        if mode == "legacy" {
+            // Change notifications are a 2026-07-28 stream; older clients list again.
+            continue;
+        }
+        assert_eq!(seen["listen_honored"], true, "{mode}: {seen}");
+        assert_eq!(seen["registered"], 201, "{mode}: {seen}");
+        assert_eq!(seen["list_changed"], "ToolsListChanged", "{mode}: {seen}");
+        assert_eq!(seen["added_listed"], true, "{mode}: {seen}");
     }
 }
 
@@ -171,4 +210,110 @@ async fn a_call_repeated_after_its_job_failed_runs_anew() {
     assert_ne!(anew["structuredContent"]["jobId"], failed["structuredContent"]["jobId"], "a new job");
     let again = call_tool(&url, USER, "icon_512", args).await;
     assert_eq!(again["structuredContent"]["jobId"], anew["structuredContent"]["jobId"], "the succeeded job, replayed");
+}
+
+/// A `subscriptions/listen` request (protocol 2026-07-28) over raw HTTP: the open
+/// response, its status checked by the caller.
+async fn listen(url: &str, key: &str) -> reqwest::Response {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0", "id": "listen-1", "method": "subscriptions/listen",
+        "params": {
+            "notifications": {"toolsListChanged": true},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    });
+    reqwest::Client::new()
+        .post(url)
+        .header("x-api-key", key)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "subscriptions/listen")
+        .json(&body)
+        .send()
+        .await
+        .expect("POST /mcp")
+}
+
+/// The next JSON-RPC message of an event stream whose `method` is `method`, skipping others.
+async fn next_message(resp: &mut reqwest::Response, pending: &mut String, method: &str) -> Value {
+    loop {
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim_start).collect();
+            if data.is_empty() {
+                continue;
+            }
+            let message: Value = serde_json::from_str(&data.join("\n")).unwrap_or_else(|e| panic!("{e}: {event}"));
+            if message["method"] == method {
+                return message;
+            }
+        }
+        let chunk = resp.chunk().await.expect("the stream").expect("the stream ended");
+        pending.push_str(&String::from_utf8_lossy(&chunk).replace("\r\n", "\n"));
+    }
+}
+
+/// Change subscriptions count against the event-stream caps: a client holding
+/// `MAX_EVENT_STREAMS_PER_CLIENT` of them is refused another (until it closes one), while
+/// another client's subscription is acknowledged and told when a workflow is registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_subscriptions_are_capped_per_client_and_a_neighbour_is_told_of_changes() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 20).await;
+    let keys = format!("{USER}:user,{OTHER}:user,{ADMIN}:admin");
+    let env = [("API_KEYS", keys.as_str()), ("MAX_EVENT_STREAMS_PER_CLIENT", "2")];
+    let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
+    let url = format!("{}/mcp", gw.url());
+    const ACK: &str = "notifications/subscriptions/acknowledged";
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut resp = listen(&url, USER).await;
+        assert_eq!(resp.status(), 200);
+        let ack = next_message(&mut resp, &mut String::new(), ACK).await;
+        assert_eq!(ack["params"]["notifications"]["toolsListChanged"], true, "{ack}");
+        held.push(resp);
+    }
+    let refused = listen(&url, USER).await;
+    assert_eq!(refused.status(), 429);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "RATE_LIMITED", "{body}");
+    assert_eq!(body["error"]["details"]["limit"], "MAX_EVENT_STREAMS_PER_CLIENT", "{body}");
+
+    let mut neighbour = listen(&url, OTHER).await;
+    assert_eq!(neighbour.status(), 200);
+    let mut pending = String::new();
+    next_message(&mut neighbour, &mut pending, ACK).await;
+    let workflow = serde_json::json!({"id": "added_while_listening", "workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}});
+    let created = reqwest::Client::new()
+        .post(format!("{}/workflows", gw.url()))
+        .header("x-api-key", ADMIN)
+        .json(&workflow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let told = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        next_message(&mut neighbour, &mut pending, "notifications/tools/list_changed"),
+    )
+    .await
+    .expect("the neighbour is told of the change");
+    assert_eq!(told["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], "listen-1", "{told}");
+
+    // A closed subscription gives its slot back.
+    drop(held.pop());
+    support::eventually_within(
+        std::time::Duration::from_secs(10),
+        || "a slot is given back".to_string(),
+        async || {
+            let status = listen(&url, USER).await.status();
+            if status == 200 { Ok(()) } else { Err(status) }
+        },
+    )
+    .await;
 }
