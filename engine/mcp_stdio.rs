@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::scheduler::Tasks;
+
 /// Requests forwarded at once; more wait for a slot.
 pub const IN_FLIGHT_MAX: usize = 64;
 /// The longest line read from stdin (the gateway's default `MAX_BODY_BYTES`).
@@ -56,13 +58,16 @@ struct Bridge {
     in_flight: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     slots: Arc<tokio::sync::Semaphore>,
     out: mpsc::Sender<Vec<u8>>,
+    /// The owner of the bridge's tasks, as of the gateway's.
+    tasks: Tasks,
 }
 
 /// Bridge stdin and stdout to `target` until stdin ends.
 pub async fn run(target: Target) -> Result<(), String> {
     let http = reqwest::Client::builder().build().map_err(|e| format!("cannot build an HTTP client: {e}"))?;
     let (out, mut lines) = mpsc::channel::<Vec<u8>>(256);
-    let writer = tokio::spawn(async move {
+    let tasks = Tasks::new();
+    let writer = tasks.spawn(async move {
         let mut stdout = tokio::io::stdout();
         while let Some(mut line) = lines.recv().await {
             line.push(b'\n');
@@ -78,6 +83,7 @@ pub async fn run(target: Target) -> Result<(), String> {
         in_flight: Mutex::new(HashMap::new()),
         slots: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_MAX)),
         out,
+        tasks: tasks.clone(),
     });
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
     let mut line = Vec::new();
@@ -100,6 +106,8 @@ pub async fn run(target: Target) -> Result<(), String> {
     }
     drop(bridge);
     let _ = writer.await;
+    tasks.stop();
+    tasks.shutdown().await;
     Ok(())
 }
 
@@ -201,7 +209,7 @@ impl Bridge {
                 let key = id.to_string();
                 let Ok(slot) = self.slots.clone().acquire_owned().await else { return };
                 let bridge = self.clone();
-                let task = tokio::spawn(async move {
+                let task = self.tasks.spawn(async move {
                     let _slot = slot;
                     if let Err(e) = bridge.forward(&message).await {
                         bridge.send(&error_answer(id.clone(), INTERNAL_ERROR, &e, None)).await;
@@ -216,7 +224,7 @@ impl Bridge {
             (Some(_), None) => {
                 // A notification (`notifications/initialized`, ...): answered with 202.
                 let bridge = self.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     if let Err(e) = bridge.forward(&message).await {
                         tracing::warn!(error = %e, "a notification did not reach the gateway");
                     }

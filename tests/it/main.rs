@@ -132,5 +132,6 @@ mod results;
 #[cfg(feature = "s3")]
 mod s3;
 mod sim_protocol;
+mod supabase;
 mod tidy;
 mod webhooks;
