@@ -26,6 +26,8 @@
 //!    `icon_512` (512×512, a 56 KB PNG; `cache: false`), `POST /jobs?wait=30` then the
 //!    output's download; the CPU time (user + system, `/proc/PID/stat`) the gateway and the
 //!    simulator spent, per job.
+//! 10. MCP: the time from a `tools/call` of a zero-time workflow to its result (the image
+//!    inline), against `POST /jobs?wait=30` of the same workflow, sequential, interleaved.
 //!
 //! Part 1 also measures a bare hyper server (this bench binary run again as
 //! `--bare-hyper`: one process, hyper's HTTP/1.1 server answering every POST with a
@@ -536,6 +538,49 @@ async fn gateway_run(gw: &str, http: &reqwest::Client, color: u64) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// One zero-time job through `POST /jobs?wait=30` (the answer read, no download), in ms.
+async fn rest_wait(gw: &str, http: &reqwest::Client, color: u64) -> f64 {
+    let t = Instant::now();
+    let body = json!({"workflowId": "bench_tiny", "inputs": {"color": color}});
+    let v: Value = http.post(format!("{gw}/jobs?wait=30")).json(&body).send().await.unwrap().json().await.unwrap();
+    assert_eq!(v["status"], "succeeded", "{v}");
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// The same job as an MCP `tools/call` (protocol 2026-07-28, as an SDK sends it), its
+/// answer read to the result (the image inline), in ms.
+async fn mcp_call(gw: &str, http: &reqwest::Client, color: u64) -> f64 {
+    let t = Instant::now();
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {
+            "name": "bench_tiny", "arguments": {"color": color},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }
+    });
+    let text = http
+        .post(format!("{gw}/mcp"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "bench_tiny")
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answer = text.lines().filter_map(|l| l.strip_prefix("data:")).find(|d| d.contains("\"result\""));
+    let v: Value = serde_json::from_str(answer.unwrap_or(text.as_str()).trim()).expect("a JSON-RPC answer");
+    assert_eq!(v["result"]["structuredContent"]["status"], "succeeded", "{v}");
+    assert_eq!(v["result"]["content"][1]["type"], "image", "{v}");
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
 /// `n` times: write 4 KiB at the start of a file and `fdatasync` it; each time in ms.
 fn fsync_latencies(dir: &Path, n: usize) -> Vec<f64> {
     use std::io::{Seek, SeekFrom};
@@ -916,6 +961,30 @@ async fn bench() {
         table.row("sequential jobs/s", format!("{:.0}", runs as f64 / elapsed), "", None);
         table.row("gateway CPU per job, ms", format!("{:.2}", per(gw_ms)), "≤ 1 ms", Some(per(gw_ms) <= 1.0));
         table.row("simulator CPU per job, ms", format!("{:.2}", per(sim_ms)), "", None);
+    }
+
+    if part(10) {
+        println!("\n10. MCP: {runs} sequential zero-time jobs, a tools/call vs POST /jobs?wait=30");
+        let (_sim_proc, sim_url) = sim(&dir.path().join("sim-mcp"), 0);
+        wait_up(&format!("{sim_url}/system_stats")).await;
+        let gw = Gw::start(&dir.path().join("mcp.redb"), &sim_url, &[]);
+        gw.ready().await;
+        register_tiny(&http, &gw.url).await;
+        for i in 0..20 {
+            rest_wait(&gw.url, &http, 3_000_000 + i).await;
+            mcp_call(&gw.url, &http, 3_000_100 + i).await;
+        }
+        let (mut rest, mut mcp) = (Vec::new(), Vec::new());
+        for i in 0..runs {
+            // Interleaved, so drift in the machine's load hits both alike.
+            rest.push(rest_wait(&gw.url, &http, 3_100_000 + i).await);
+            mcp.push(mcp_call(&gw.url, &http, 3_200_000 + i).await);
+        }
+        let (rest, mcp) = (sorted(rest), sorted(mcp));
+        table.row("POST /jobs?wait=30 (64×64), ms (p50 / p99)", p50_p99(&rest), "", None);
+        table.row("MCP tools/call, image inline, ms (p50 / p99)", p50_p99(&mcp), "", None);
+        let added = pct(&mcp, 0.5) - pct(&rest, 0.5);
+        table.row("MCP added, ms (p50)", format!("{added:.2}"), "≤ 1 ms", Some(added <= 1.0));
     }
 
     println!("\nMarkdown:\n\n{}", table.markdown());
