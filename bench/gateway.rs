@@ -27,7 +27,7 @@
 //!    output's download; the CPU time (user + system, `/proc/PID/stat`) the gateway and the
 //!    simulator spent, per job.
 //! 10. MCP: the time from a `tools/call` of a zero-time workflow to its result (the image
-//!    inline), against `POST /jobs?wait=30` of the same workflow, sequential, interleaved.
+//!     inline), against `POST /jobs?wait=30` of the same workflow, sequential, interleaved.
 //!
 //! Part 1 also measures a bare hyper server (this bench binary run again as
 //! `--bare-hyper`: one process, hyper's HTTP/1.1 server answering every POST with a
