@@ -77,6 +77,7 @@ async fn the_mcp_python_sdk_lists_runs_and_reads_jobs_as_the_rest_api_allows() {
         }
         assert_eq!(seen["run"]["status"], "succeeded", "{mode}: {seen}");
         assert!(seen["run"]["progress"].as_u64().unwrap() > 0, "{mode}: progress notifications: {seen}");
+        assert_eq!(seen["run"]["progress_increasing"], true, "{mode}: MCP progress only increases: {seen}");
         assert_eq!(seen["retried_same_job"], true, "the same call again is the same job: {seen}");
         assert_eq!(seen["bad"]["is_error"], true, "{mode}: {seen}");
         assert!(seen["bad"]["text"].as_str().unwrap().starts_with("VALIDATION_ERROR: "), "{mode}: {seen}");

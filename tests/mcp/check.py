@@ -66,6 +66,7 @@ async def main(url, key, other_key, admin_key, mode, bridge=None):
             "is_error": bool(r.is_error),
             "status": r.structured_content.get("status"),
             "progress": len(progress),
+            "progress_increasing": all(a[0] < b[0] for a, b in zip(progress, progress[1:])),
             **image_and_links(r),
         }
         job_id = r.structured_content["jobId"]
