@@ -102,8 +102,11 @@ fn init_tracing(cli: &Cli) {
         Command::Serve(a) => (a.log_level.as_str(), a.log_format == "json"),
         _ => ("info", false),
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // rmcp logs three lines at INFO for every streamed MCP request: its warnings only,
+    // unless LOG_LEVEL names rmcp itself.
+    let directives = if level.contains("rmcp") { level.to_string() } else { format!("{level},rmcp=warn") };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
     // Logs go to stderr: colours only when that is a terminal (not a file, pipe or journal).
     let colours = comfyui_gateway::config::log_colours(std::io::stderr().is_terminal());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colours);

@@ -36,7 +36,7 @@ use hyper::body::Incoming;
 use rmcp::ErrorData as McpError;
 use rmcp::handler::server::ServerHandler;
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject, ListToolsResult,
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, JsonObject, ListToolsResult,
     PaginatedRequestParams, ProgressNotificationParam, Resource, ServerCapabilities, ServerConfig, SubscriptionFilter,
     Tool,
 };
@@ -90,18 +90,20 @@ impl std::fmt::Debug for Mcp {
 }
 
 impl Mcp {
-    /// The service; `stop` ends its requests and streams, which send a `: ping`-like SSE
-    /// comment every `keep_alive`.
-    pub fn new(stop: &CancellationToken, keep_alive: Duration) -> Mcp {
+    /// The service; its event streams send a keep-alive comment every `keep_alive`.
+    pub fn new(keep_alive: Duration) -> Mcp {
         // `Host` and `Origin` are checked by the router's guard, as for every route.
         // No sessions: rmcp keeps a session (one per legacy `initialize`) until it idles out,
         // with no cap on how many; served statelessly, a request holds nothing after its
         // answer, and every revision's clients still work (tests/it/mcp.rs).
-        let mut config = StreamableHttpServerConfig::default()
+        // The server's stop is not rmcp's token: cancelled with it, rmcp would drop the
+        // answers of requests still open. The tools watch the stop themselves ([`Call`])
+        // and answer: a waiting call with its job as it stands, a subscription with its
+        // final result.
+        let config = StreamableHttpServerConfig::default()
             .disable_allowed_hosts()
             .with_legacy_session_mode(false)
             .with_sse_keep_alive(Some(keep_alive));
-        config.cancellation_token = stop.child_token();
         Mcp { service: StreamableHttpService::new(|| Ok(Tools), Arc::new(LocalSessionManager::default()), config) }
     }
 }
@@ -297,6 +299,7 @@ fn own_tools() -> Vec<Tool> {
 impl ServerHandler for Tools {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build())
+            .with_server_info(Implementation::new("comfyui-gateway", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "Each workflow tool runs a ComfyUI workflow and returns its outputs; a job that is still \
                  running when the call returns can be read with get_job.",
@@ -587,6 +590,7 @@ async fn run_workflow(
             r = rx.recv(), if !closed => closed = matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)),
             _ = tick.tick() => {}
             _ = cx.ct.cancelled() => break current,
+            _ = call.stop.cancelled() => break current,
         }
     };
     result_of(call, &job).await

@@ -365,7 +365,7 @@ impl Ctx {
         }
         let limits = Limits::new(&gateway.config.api_limits);
         let guard = Guard::new(&gateway.config);
-        let mcp = super::mcp::Mcp::new(&stop, std::time::Duration::from_millis(gateway.config.sse_heartbeat_ms));
+        let mcp = super::mcp::Mcp::new(std::time::Duration::from_millis(gateway.config.sse_heartbeat_ms));
         Ok(Ctx {
             gateway,
             router,
