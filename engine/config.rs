@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// (0: links only).
     #[arg(long, env, default_value_t = 1_048_576, help_heading = SERVER)]
     pub mcp_inline_image_bytes: u64,
+    /// How long an MCP workflow tool call waits for its job before it answers with the
+    /// job as it stands (1 to 300 s): below the tool-call timeouts of common MCP clients.
+    #[arg(long, env, default_value_t = 50, help_heading = SERVER)]
+    pub mcp_wait_seconds: u64,
     /// Requests per client key in each `RATE_LIMIT_WINDOW_MS` (unset: no rate limit).
     #[arg(long, env, help_heading = LIMITS)]
     pub rate_limit_max: Option<u32>,
@@ -496,6 +500,8 @@ pub struct Config {
     pub sse_heartbeat_ms: u64,
     /// Largest image inlined in an MCP tool result (0: none).
     pub mcp_inline_image_bytes: u64,
+    /// How long an MCP workflow tool call waits for its job, in s.
+    pub mcp_wait_seconds: u64,
     /// Rate limits, CORS, connection and header limits.
     pub api_limits: ApiLimits,
     /// The result cache and retention periods.
@@ -636,6 +642,9 @@ impl Config {
         if args.mcp_inline_image_bytes > args.max_response_bytes as u64 {
             return Err(bad("MCP_INLINE_IMAGE_BYTES", "must be at most MAX_RESPONSE_BYTES"));
         }
+        if !(1..=300).contains(&args.mcp_wait_seconds) {
+            return Err(bad("MCP_WAIT_SECONDS", "must be between 1 and 300"));
+        }
         let log_json = match args.log_format.as_str() {
             "json" => true,
             "text" => false,
@@ -741,6 +750,7 @@ impl Config {
             sealer,
             sse_heartbeat_ms: args.sse_heartbeat_ms,
             mcp_inline_image_bytes: args.mcp_inline_image_bytes,
+            mcp_wait_seconds: args.mcp_wait_seconds,
             metrics_public: args.metrics_public.unwrap_or(!auth.enabled()),
             webhooks: Arc::new(webhooks),
             public_url,

@@ -13,8 +13,8 @@
 //! Running a workflow tool submits a job (owned by the caller, with an idempotency key
 //! derived from the tool and its canonical arguments, so a retried call does not run twice;
 //! a call repeated after its job failed or was canceled runs anew)
-//! and waits for it like `POST /jobs?wait=` (holding a slot of `MAX_SYNC_WAITS` and of the
-//! job cap), sending MCP progress notifications while it runs. The result holds the
+//! and waits for it (`MCP_WAIT_SECONDS`) like `POST /jobs?wait=` (holding a slot of
+//! `MAX_SYNC_WAITS` and of the job cap), sending MCP progress notifications while it runs. The result holds the
 //! outputs (images that fit `MCP_INLINE_IMAGE_BYTES` inline as image content, the rest as
 //! resource links) and the job as structured content; a job still running at the wait's
 //! end is returned with its id for `get_job`. A refusal is a tool error whose text starts
@@ -561,7 +561,7 @@ async fn run_workflow(
     if let Some(slot) = slot {
         slot.commit(job.id);
     }
-    let wait = Duration::from_secs(call.gateway.config.sync_wait_max_s);
+    let wait = Duration::from_secs(call.gateway.config.mcp_wait_seconds);
     let deadline = tokio::time::Instant::now() + wait;
     let token = cx.meta.get_progress_token();
     let mut steps = Steps::default();
@@ -640,7 +640,8 @@ async fn result_of(call: &Call, job: &Job) -> Result<CallToolResult> {
         serde_json::to_value(view.status).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
     if !job.state.is_terminal() {
         content.push(ContentBlock::text(format!(
-            "Job {} is {status}; call {GET_JOB} with jobId \"{}\" to read it later.",
+            "Job {} is {status}; call {GET_JOB} with jobId \"{}\" to read it later (or make the same call \
+             again: it is the same job, waited for anew).",
             job.id, job.id
         )));
     } else if let Some(err) = &job.error {

@@ -318,3 +318,38 @@ async fn change_subscriptions_are_capped_per_client_and_a_neighbour_is_told_of_c
     )
     .await;
 }
+
+/// A workflow call that outlasts `MCP_WAIT_SECONDS` answers with the job as it stands and
+/// its id; `get_job` then follows it to its end, and the same call again is that job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_outlasting_its_wait_answers_with_the_job_to_follow() {
+    let dir = support::tempdir();
+    // icon_512 runs several nodes of 400 ms: longer than the 1 s wait.
+    let sim = Sim::start(dir.path(), 400).await;
+    let keys = format!("{USER}:user");
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", keys.as_str()), ("MCP_WAIT_SECONDS", "1")]).await;
+    let url = format!("{}/mcp", gw.url());
+    let args = serde_json::json!({"prompt": "a slow one", "seed": 11});
+    let started = std::time::Instant::now();
+    let early = call_tool(&url, USER, "icon_512", args.clone()).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "answered after the wait");
+    assert_ne!(early["isError"], true, "{early}");
+    let status = early["structuredContent"]["status"].as_str().unwrap();
+    assert!(status == "queued" || status == "running", "{early}");
+    let job_id = early["structuredContent"]["jobId"].as_str().unwrap().to_string();
+    let text = early["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("get_job") && text.contains(&job_id), "{text}");
+    let done = support::eventually_within(
+        std::time::Duration::from_secs(60),
+        || "get_job sees the job succeed".to_string(),
+        async || {
+            let read = call_tool(&url, USER, "get_job", serde_json::json!({"jobId": job_id})).await;
+            if read["structuredContent"]["status"] == "succeeded" { Ok(read) } else { Err(read) }
+        },
+    )
+    .await;
+    assert!(done["content"].as_array().unwrap().iter().any(|c| c["type"] == "image"), "{done}");
+    let again = call_tool(&url, USER, "icon_512", args).await;
+    assert_eq!(again["structuredContent"]["jobId"], job_id.as_str(), "{again}");
+    assert_eq!(again["structuredContent"]["status"], "succeeded", "{again}");
+}
