@@ -639,8 +639,9 @@ impl Config {
         if !(10..=3_600_000).contains(&args.sse_heartbeat_ms) {
             return Err(bad("SSE_HEARTBEAT_MS", "must be between 10 and 3600000"));
         }
-        if args.mcp_inline_image_bytes > args.max_response_bytes as u64 {
-            return Err(bad("MCP_INLINE_IMAGE_BYTES", "must be at most MAX_RESPONSE_BYTES"));
+        // Not tied to MAX_RESPONSE_BYTES: a result inlines what fits under it, whatever this says.
+        if args.mcp_inline_image_bytes > 1 << 30 {
+            return Err(bad("MCP_INLINE_IMAGE_BYTES", "must be at most 1073741824"));
         }
         if !(1..=300).contains(&args.mcp_wait_seconds) {
             return Err(bad("MCP_WAIT_SECONDS", "must be between 1 and 300"));
