@@ -324,10 +324,10 @@ pub enum JobEventKind {
         /// Why.
         reason: String,
     },
-    /// A node's progress crossed a quarter (25, 50, 75, 100 %): a `job.progress` webhook
-    /// for jobs that asked for it.
+    /// The job's progress crossed a quarter (25, 50, 75, 100 %; a node's, before job-level
+    /// progress): a `job.progress` webhook for jobs that asked for it.
     Milestone {
-        /// Node id.
+        /// The node running then.
         node: String,
         /// 25, 50, 75 or 100.
         percent: u8,
@@ -348,6 +348,20 @@ pub enum JobEventKind {
         outcome: String,
         /// When the next attempt is due (while retrying), ms since the Unix epoch.
         next_attempt_ms: Option<u64>,
+    },
+    /// The job's progress as a whole (logged instead of `Progress` by newer versions;
+    /// declared last: variants are stored by position).
+    Advanced {
+        /// The whole job, 0 to 100.
+        percent: f64,
+        /// The node running.
+        node: String,
+        /// Its class.
+        class: String,
+        /// Steps done within the node.
+        value: f64,
+        /// Steps of the node (0: not reported).
+        max: f64,
     },
 }
 

@@ -3,7 +3,7 @@
 //! It owns the store, the scheduler and the cache of compiled workflows; it knows
 //! nothing of HTTP.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -324,6 +324,36 @@ impl OwnerFile {
     }
 }
 
+/// How long a backend has to answer `/object_info` for [`Gateway::check_classes`].
+pub const CLASS_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What [`Gateway::check_classes`] found.
+#[derive(Debug, Default)]
+pub struct ClassCheck {
+    /// What to tell the caller.
+    pub warnings: Vec<String>,
+    /// The classes no healthy backend knows, with the nodes of each.
+    pub unknown: Vec<(Vec<String>, String)>,
+}
+
+impl ClassCheck {
+    /// The refusal of a strict registration: `VALIDATION_ERROR` naming every node whose
+    /// class no healthy backend knows; None when there is none.
+    pub fn refusal(&self) -> Option<Error> {
+        let (ids, class) = self.unknown.first()?;
+        let details = self.unknown.iter().flat_map(|(ids, class)| {
+            ids.iter().map(move |id| {
+                serde_json::json!({
+                    "path": format!("/workflow/{id}/class_type"),
+                    "message": format!("no healthy backend knows the node class {class}"),
+                })
+            })
+        });
+        let message = format!("node {} ({class}): no healthy backend knows this class (strict=true)", ids.join(", "));
+        Some(Error::new(ErrorCode::ValidationError, message).with_details(Value::Array(details.collect())))
+    }
+}
+
 /// Registered workflows: the store's records plus a cache of compiled ones.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -440,6 +470,13 @@ impl Gateway {
         self.metrics.workflow_known(&rec.id);
         self.workflows_version.send_modify(|v| *v += 1);
         self.registry.workflow(&rec.id)
+    }
+
+    /// Whether `def` compiles (template, schema, defaults), as registering it checks first.
+    pub fn check_definition(&self, def: &WorkflowDefinition) -> Result<()> {
+        CompiledWorkflow::compile(&def.template, def.input_schema.as_ref(), def.defaults.as_ref())
+            .map(|_| ())
+            .map_err(|e| workflow_error("", e))
     }
 
     /// Remove a workflow (audited).
@@ -886,6 +923,62 @@ impl Gateway {
         })
     }
 
+    /// The node classes of `template` the healthy backends do not know (each healthy
+    /// backend's `/object_info` read now, at most [`CLASS_CHECK_TIMEOUT`] each): warnings
+    /// naming each class, node and the backends without it, and the classes no healthy
+    /// backend knows (a job of it cannot run anywhere). A backend that does not answer, or
+    /// no healthy backend at all, is a warning too: nothing was checked against it.
+    pub async fn check_classes(&self, template: &Value) -> ClassCheck {
+        let nodes = crate::comfy::graph::nodes(template);
+        let mut check = ClassCheck::default();
+        let backends = self.scheduler.healthy_backends();
+        if backends.is_empty() {
+            check.warnings.push("no backend is healthy: the node classes were not checked".into());
+            return check;
+        }
+        let reads = backends.iter().map(|(id, client)| async move {
+            let read = tokio::time::timeout(CLASS_CHECK_TIMEOUT, client.object_info()).await;
+            (id.clone(), read.ok().and_then(|r| r.ok()))
+        });
+        let answers = futures_util::future::join_all(reads).await;
+        let mut lacking: BTreeMap<&str, (Vec<&str>, Vec<String>)> = BTreeMap::new();
+        let mut answered = 0;
+        for (id, info) in &answers {
+            let Some(info) = info else {
+                check
+                    .warnings
+                    .push(format!("backend {id} did not answer /object_info: the node classes were not checked on it"));
+                continue;
+            };
+            answered += 1;
+            for node in nodes.values().filter(|n| !info.contains_key(n.class)) {
+                let entry = lacking.entry(node.class).or_default();
+                if !entry.0.contains(&node.id) {
+                    entry.0.push(node.id);
+                }
+                if !entry.1.contains(id) {
+                    entry.1.push(id.clone());
+                }
+            }
+        }
+        for (class, (ids, without)) in lacking {
+            let everywhere = without.len() == answered;
+            check.warnings.push(format!(
+                "node {} ({class}): {}; jobs fail where it is missing (a custom node not installed?)",
+                ids.join(", "),
+                if everywhere {
+                    "no healthy backend knows this class".to_string()
+                } else {
+                    format!("backend {} lacks this class", without.join(", "))
+                }
+            ));
+            if everywhere {
+                check.unknown.push((ids.iter().map(|i| i.to_string()).collect(), class.to_string()));
+            }
+        }
+        check
+    }
+
     /// Propose a workflow (template + input schema) for a ComfyUI API-format export, typed
     /// from the backend's node definitions. `at` is where the export is in the request
     /// (`/workflow`, or `` for a whole body), for error paths.
@@ -1088,6 +1181,11 @@ impl Registry {
 /// `at` in the request (`/workflow`, or `` for a whole body or file).
 pub fn check_import(workflow: &Value, at: &str, id: Option<&str>) -> Result<()> {
     validate_workflow_id(id.unwrap_or(IMPORT_ID_DEFAULT))?;
+    if workflow.as_object().is_some_and(crate::comfy::graph::is_ui_format) {
+        // A saved (UI-format) workflow: converted with the node definitions, then checked
+        // ([`propose_import`]).
+        return Ok(());
+    }
     workflows::import::check_api_format(workflow, at).map_err(|e| workflow_error("", WorkflowError::Definition(e)))
 }
 
@@ -1102,11 +1200,36 @@ pub fn propose_import(
     description: Option<String>,
 ) -> Result<Imported> {
     check_import(workflow, at, id.as_deref())?;
+    // A saved (UI-format) workflow is converted to the API format first, as ComfyUI's editor
+    // does on Queue; what cannot be converted is an error naming the node.
+    let mut warnings = Vec::new();
+    let converted = match workflow.as_object().is_some_and(crate::comfy::graph::is_ui_format) {
+        false => None,
+        true => {
+            let c = crate::comfy::ui::to_api(workflow, classes).map_err(|errors| {
+                let errors = errors
+                    .iter()
+                    .map(|e| {
+                        let path = format!("{at}{}", e.pointer);
+                        FieldError::new(if path.is_empty() { "/".into() } else { path }, e.to_string())
+                    })
+                    .collect();
+                workflow_error("", WorkflowError::Definition(errors))
+            })?;
+            warnings = c.warnings;
+            workflows::import::check_api_format(&c.prompt, at)
+                .map_err(|e| workflow_error("", WorkflowError::Definition(e)))?;
+            Some(c.prompt)
+        }
+    };
+    let workflow = converted.as_ref().unwrap_or(workflow);
     let id = id.unwrap_or_else(|| IMPORT_ID_DEFAULT.to_string());
     let name = name.unwrap_or_else(|| id.clone());
     let description = description.unwrap_or_default();
-    let proposal = workflows::import::propose(workflow, at, classes, &name, &description)
+    let mut proposal = workflows::import::propose(workflow, at, classes, &name, &description)
         .map_err(|errors| workflow_error("", WorkflowError::Definition(errors)))?;
+    warnings.append(&mut proposal.warnings);
+    proposal.warnings = warnings;
     Ok(Imported { id, name, description, proposal })
 }
 

@@ -188,6 +188,14 @@ step 202 POST /jobs -H 'content-type: application/json' \
 cancel_job=$(jget "$BODY" jobId)
 step 200 POST "/jobs/$cancel_job/cancel"
 echo "    status: $(jget "$BODY" status)"
+# Bulk: every queued job of a workflow at once (your own; an admin's: anyone's).
+for seed in 1 2; do
+  step 202 POST /jobs -H 'content-type: application/json' \
+    -d "{\"workflowId\": \"icon_512\", \"inputs\": {\"prompt\": \"never mind $seed\"}, \"cache\": false}"
+done
+step 200 POST /jobs/cancel -H 'content-type: application/json' \
+  -d '{"status": ["queued"], "workflowId": "icon_512"}'
+echo "    canceled: $(jget "$BODY" canceled)"
 for b in $backends; do step 200 POST "/backends/$b/resume"; done
 
 # --- Webhooks ------------------------------------------------------------------------

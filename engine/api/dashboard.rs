@@ -45,10 +45,10 @@ const ASSETS: [Asset; 8] = [
 ];
 
 /// The policy of every dashboard answer: this origin only; images also from `blob:`
-/// (thumbnails) and `data:` (the favicon's fallbacks); no framing, no plugins, no forms
-/// posted elsewhere.
+/// (thumbnails) and `data:` (the favicon's fallbacks), media from `blob:` (video and audio
+/// outputs, fetched with the credential); no framing, no plugins, no forms posted elsewhere.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; \
-    connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+    media-src blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 /// The strong ETags, computed once.
 static ETAGS: LazyLock<Vec<String>> =

@@ -26,7 +26,8 @@ use crate::service::{
 };
 use crate::store::JobQuery;
 use crate::wire::job::{
-    DeliveryView, JobAccepted, JobDeliveries, JobEventView, JobLog, JobOutputs, JobView, OutputView,
+    DeliveryView, JobAccepted, JobDeliveries, JobEventView, JobLog, JobOutputs, JobStatus, JobView, JobsCanceled,
+    OutputView,
 };
 use crate::wire::system::{
     AuditEntryView, AuditPage, Backend, BackendList, BackendsCheck, Capabilities, Health, HealthBackend, HealthComfyui,
@@ -466,18 +467,45 @@ fn workflow_definition(id: String, body: request::WorkflowUpdate) -> Result<Work
     })
 }
 
-/// `POST /workflows`: 201 with the new workflow.
+/// `POST /workflows?strict=`: 201 with the new workflow (and warnings: [`put_workflow`]).
 pub async fn create_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
+    let strict = parse_strict(p)?;
     let body = Value::Object(read_object(ctx, req).await?);
     let (id, body) = wire::parse::<request::WorkflowDefinition>(&body)?.split();
     let def = workflow_definition(id, body)?;
-    Ok(reply::json(StatusCode::CREATED, &register_workflow(ctx, p, def).await?))
+    Ok(reply::json(StatusCode::CREATED, &put_workflow(ctx, p, def, false, strict).await?))
 }
 
-/// Register a new workflow (audited): its details.
-async fn register_workflow(ctx: &Ctx, p: &Params, def: WorkflowDefinition) -> Result<WorkflowDetails> {
-    let (rec, schema) = ctx.gateway.put_workflow(def, false, &actor(p)).await?;
-    WorkflowDetails::new(&rec, schema)
+/// `?strict=true|false` (default false).
+fn parse_strict(p: &Params) -> Result<bool> {
+    match p.query("strict") {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(_) => Err(Error::validation("strict", "must be true or false")),
+    }
+}
+
+/// Register a workflow or, with `replace`, a new version (audited): its details, with
+/// warnings for the node classes the healthy backends lack ([`Gateway::check_classes`]).
+/// With `strict`, a class no healthy backend knows is refused (`VALIDATION_ERROR` naming
+/// each node) and nothing is registered.
+async fn put_workflow(
+    ctx: &Ctx,
+    p: &Params,
+    def: WorkflowDefinition,
+    replace: bool,
+    strict: bool,
+) -> Result<WorkflowDetails> {
+    // A definition that does not compile is refused before any backend is asked.
+    ctx.gateway.check_definition(&def)?;
+    let check = ctx.gateway.check_classes(&def.template).await;
+    if strict && let Some(refusal) = check.refusal() {
+        return Err(refusal);
+    }
+    let (rec, schema) = ctx.gateway.put_workflow(def, replace, &actor(p)).await?;
+    let mut details = WorkflowDetails::new(&rec, schema)?;
+    details.warnings = check.warnings;
+    Ok(details)
 }
 
 /// `POST /workflows/import`: a template and input schema proposed for a ComfyUI API-format
@@ -498,22 +526,22 @@ pub async fn import_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
         ctx.gateway.import_workflow(&options.workflow, at, options.id, options.name, options.description).await?;
     let answer = WorkflowImported::new(&imported.id, &imported.name, &imported.description, &imported.proposal);
     if options.register {
-        let workflow = register_workflow(ctx, p, imported.definition()).await?;
+        let workflow = put_workflow(ctx, p, imported.definition(), false, parse_strict(p)?).await?;
         let registered = WorkflowImportRegistered { workflow, inputs: answer.inputs, warnings: answer.warnings };
         return Ok(reply::json(StatusCode::CREATED, &registered));
     }
     Ok(reply::json(StatusCode::OK, &answer))
 }
 
-/// `PUT /workflows/{id}`: a new version.
+/// `PUT /workflows/{id}?strict=`: a new version (and warnings: [`put_workflow`]).
 pub async fn update_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
+    let strict = parse_strict(p)?;
     let body = wire::parse::<request::WorkflowUpdate>(&Value::Object(read_object(ctx, req).await?))?;
     if body.id.as_ref().is_some_and(|id| *id != p.id) {
         return Err(Error::validation("/id", format!("does not match the path ({:?})", p.id)));
     }
     let def = workflow_definition(p.id.clone(), body)?;
-    let (rec, schema) = ctx.gateway.put_workflow(def, true, &actor(p)).await?;
-    Ok(reply::json(StatusCode::OK, &WorkflowDetails::new(&rec, schema)?))
+    Ok(reply::json(StatusCode::OK, &put_workflow(ctx, p, def, true, strict).await?))
 }
 
 /// `DELETE /workflows/{id}`: 204.
@@ -1017,6 +1045,66 @@ pub async fn cancel_job(gateway: &Gateway, p: &Params) -> Result<Resp> {
     let id = visible_job(gateway, p)?.id;
     let job = gateway.cancel(id, &actor(p)).await?;
     Ok(reply::json(StatusCode::OK, &JobView::new(&job, None, &gateway.config.links())))
+}
+
+/// Most jobs one `POST /jobs/cancel` cancels, and by default.
+const CANCEL_MAX: u32 = 1000;
+const CANCEL_DEFAULT: u32 = 100;
+/// Cancels in flight at once within one `POST /jobs/cancel` (they share commits).
+const CANCEL_CONCURRENCY: usize = 32;
+
+/// `POST /jobs/cancel`: cancel the queued and running jobs that match the filters (a
+/// user's own, an admin's anyone's), newest first, at most `limit` (each audited as
+/// `job.cancel`); `{canceled, more}`. A job that ends meanwhile is skipped.
+pub async fn cancel_jobs(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
+    let body = wire::parse::<request::JobCancelFilter>(&Value::Object(read_object(ctx, req).await?))?;
+    let limit = body.limit.unwrap_or(CANCEL_DEFAULT);
+    if !(1..=CANCEL_MAX).contains(&limit) {
+        return Err(Error::validation("/limit", format!("must be from 1 to {CANCEL_MAX}")));
+    }
+    let mut states = Vec::new();
+    for (i, status) in
+        body.status.unwrap_or_else(|| vec![JobStatus::Queued, JobStatus::Running]).into_iter().enumerate()
+    {
+        states.push(match status {
+            JobStatus::Queued => JobState::Queued,
+            JobStatus::Running => JobState::Running,
+            _ => {
+                return Err(Error::validation(&format!("/status/{i}"), "only queued and running jobs can be canceled"));
+            }
+        });
+    }
+    let owner = match &p.caller {
+        Some(Principal { owner, role: Role::User }) => Some(owner.as_str()),
+        None | Some(Principal { role: Role::Admin, .. }) => None,
+    };
+    let query = JobQuery {
+        owner,
+        statuses: Some(&states),
+        workflow_id: body.workflow_id.as_deref(),
+        after_ms: body.after.map(|t| t.0),
+        before: body.before.map(|t| (t.0, uuid::Uuid::nil())),
+        limit: limit as usize + 1,
+        scan_max: LIST_SCAN_MAX,
+        bytes_max: usize::MAX,
+    };
+    let page = ctx.gateway.jobs_page(&query)?;
+    let more = page.jobs.len() > limit as usize || page.resume.is_some();
+    let ids: Vec<JobId> = page.jobs.iter().take(limit as usize).map(|j| j.id).collect();
+    let actor = actor(p);
+    let mut canceled = Vec::new();
+    for chunk in ids.chunks(CANCEL_CONCURRENCY) {
+        let results = futures_util::future::join_all(chunk.iter().map(|id| ctx.gateway.cancel(*id, &actor))).await;
+        for (id, result) in chunk.iter().zip(results) {
+            match result {
+                Ok(_) => canceled.push(*id),
+                // Ended (or gone) meanwhile: nothing to cancel.
+                Err(e) if matches!(e.code, ErrorCode::Conflict | ErrorCode::JobNotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(reply::json(StatusCode::OK, &JobsCanceled { canceled, more }))
 }
 
 /// `GET /jobs/{id}/webhooks`: the job's webhook deliveries, oldest first.

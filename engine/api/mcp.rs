@@ -564,7 +564,9 @@ async fn run_workflow(
     let wait = Duration::from_secs(call.gateway.config.mcp_wait_seconds);
     let deadline = tokio::time::Instant::now() + wait;
     let token = cx.meta.get_progress_token();
-    let mut steps = Steps::default();
+    // MCP wants every notification's progress above the last: the job's percent is, except
+    // when a job moved to another backend starts again; those readings wait to pass it.
+    let mut sent = 0.0;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
     let mut closed = false;
     let job = loop {
@@ -575,11 +577,17 @@ async fn run_workflow(
         if let Some(token) = &token {
             let live = call.gateway.live_status(current.id, current.queue_key);
             if let Some(p) = live.progress
-                && let Some(progress) = steps.next(&p)
+                && p.percent > sent
             {
-                let node = p.node.as_deref().unwrap_or("?");
-                let message = format!("node {node}: step {} of {}", p.value, p.max);
-                let note = ProgressNotificationParam::new(token.clone(), progress).with_message(message);
+                sent = p.percent;
+                let node = match (&p.node, &p.class) {
+                    (Some(node), Some(class)) => format!("node {node} ({class})"),
+                    (Some(node), None) => format!("node {node}"),
+                    _ => "running".to_string(),
+                };
+                let message = if p.max > 0.0 { format!("{node}: step {} of {}", p.value, p.max) } else { node };
+                let note =
+                    ProgressNotificationParam::new(token.clone(), p.percent).with_total(100.0).with_message(message);
                 let _ = cx.peer.notify_progress(note).await;
             }
         }
@@ -594,40 +602,6 @@ async fn run_workflow(
         }
     };
     result_of(call, &job).await
-}
-
-/// A job's progress as MCP wants it, increasing with every notification: the steps of the
-/// nodes run before the current one (each counted at its last maximum), plus the current
-/// node's. ComfyUI reports steps per node, so the total is not known ahead.
-#[derive(Default)]
-struct Steps {
-    /// Steps of the nodes done.
-    done: f64,
-    node: Option<String>,
-    value: f64,
-    max: f64,
-    /// The last progress sent.
-    sent: f64,
-}
-
-impl Steps {
-    /// The progress to send after the reading `p`, if it moved forward.
-    fn next(&mut self, p: &crate::scheduler::Progress) -> Option<f64> {
-        if p.max <= 0.0 {
-            return None;
-        }
-        if p.node != self.node || p.value < self.value {
-            // Another node, or the same one again (a second pass): the last one is done.
-            self.done += self.max;
-            self.node = p.node.clone();
-        }
-        (self.value, self.max) = (p.value, p.max);
-        let progress = self.done + p.value;
-        (progress > self.sent).then(|| {
-            self.sent = progress;
-            progress
-        })
-    }
 }
 
 /// A job as a tool result: its outputs (inline images, links for the rest) and the job's
@@ -699,22 +673,6 @@ fn absolute(origin: &str, link: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn progress_only_increases_across_nodes() {
-        let readings = [("7", 2.0, 10.0), ("7", 3.0, 10.0), ("7", 3.0, 10.0), ("5", 4.0, 10.0), ("3", 11.0, 20.0)]
-            .into_iter()
-            .chain([("3", 13.0, 20.0), ("8", 7.0, 10.0), ("8", 1.0, 10.0), ("8", 0.0, 0.0)]);
-        let mut steps = Steps::default();
-        let sent: Vec<f64> = readings
-            .filter_map(|(node, value, max)| {
-                steps.next(&crate::scheduler::Progress { node: Some(node.to_string()), value, max })
-            })
-            .collect();
-        // The repeated reading and the empty one send nothing; node 8's second pass
-        // counts its first pass as done.
-        assert_eq!(sent, [2.0, 3.0, 14.0, 31.0, 33.0, 47.0, 51.0]);
-    }
 
     #[test]
     fn a_workflow_id_is_its_tool_name_when_clients_take_it() {

@@ -38,6 +38,7 @@ fn generated() -> Map<String, Value> {
     add::<job::JobAccepted>(&mut answers);
     add::<job::JobView>(&mut answers);
     add::<job::JobList>(&mut answers);
+    add::<job::JobsCanceled>(&mut answers);
     add::<job::JobLog>(&mut answers);
     add::<job::JobEnded>(&mut answers);
     add::<job::JobDeliveries>(&mut answers);
@@ -50,6 +51,7 @@ fn generated() -> Map<String, Value> {
     add::<request::WorkflowDefinition>(&mut bodies);
     add::<request::WorkflowUpdate>(&mut bodies);
     add::<request::WorkflowImport>(&mut bodies);
+    add::<request::JobCancelFilter>(&mut bodies);
     for (name, mut schema) in bodies.take_definitions(true) {
         defaults_in_words(&mut schema);
         // A type in both (an enum) must describe itself the same way in both.
@@ -392,14 +394,20 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                 },
                 "post": {
                     "operationId": "createWorkflow",
+                    "parameters": [{"name": "strict", "in": "query", "required": false,
+                        "description": "true: refuse (400) a node class no healthy backend knows, instead of registering with a warning",
+                        "schema": {"type": "boolean", "default": false}}],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowDefinition")}}},
                     "responses": with_errors(json!({"201": json_response("Registered (version 1)", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition (details name each field)"), ADMIN_ONLY, ("409", "The id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
+                        &[("400", "Invalid definition (details name each field), or with strict=true a node class no healthy backend knows"), ADMIN_ONLY, ("409", "The id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
                 }
             },
             "/workflows/import": {
                 "post": {
                     "operationId": "importWorkflow",
+                    "parameters": [{"name": "strict", "in": "query", "required": false,
+                        "description": "true: refuse (400) a node class no healthy backend knows, instead of registering with a warning (with register: true)",
+                        "schema": {"type": "boolean", "default": false}}],
                     "summary": "Propose a template and input schema for a workflow exported from ComfyUI (Export (API)), typed from the first healthy backend's /object_info; with register: true, register it",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": json!({
                         "description": "`{workflow, id?, name?, description?, register?}`, or the API-format export itself as the whole body (then with the default options)",
@@ -420,9 +428,12 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                 },
                 "put": {
                     "operationId": "updateWorkflow",
+                    "parameters": [{"name": "strict", "in": "query", "required": false,
+                        "description": "true: refuse (400) a node class no healthy backend knows, instead of registering with a warning",
+                        "schema": {"type": "boolean", "default": false}}],
                     "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("WorkflowUpdate")}}},
                     "responses": with_errors(json!({"200": json_response("The new version", schema_ref("WorkflowDetails"))}),
-                        &[("400", "Invalid definition"), ADMIN_ONLY, ("404", "No such workflow"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
+                        &[("400", "Invalid definition, or with strict=true a node class no healthy backend knows"), ADMIN_ONLY, ("404", "No such workflow"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), NO_PLUGIN_RUNTIME, DISK_FULL])
                 },
                 "delete": {
                     "operationId": "deleteWorkflow",
@@ -507,6 +518,15 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                         "description": "`base64` inlines small outputs", "schema": {"type": "string", "enum": ["base64"]}}],
                     "responses": with_errors(json!({"200": json_response("The job", schema_ref("Job"))}),
                         &[("400", "Bad query parameter"), ("404", "No such job, or another owner's"), ("503", "?include=base64 while the blob storage (S3) is unreachable (STORAGE_UNAVAILABLE)")])
+                }
+            },
+            "/jobs/cancel": {
+                "post": {
+                    "operationId": "cancelJobs",
+                    "summary": "Cancel the queued and running jobs that match the filters (your own; an admin's: anyone's), newest first, at most limit per call; each is audited as job.cancel",
+                    "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("JobCancelFilter")}}},
+                    "responses": with_errors(json!({"200": json_response("The jobs canceled, and whether more match", schema_ref("JobsCanceled"))}),
+                        &[("400", "A bad filter (details name each field)"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large")])
                 }
             },
             "/jobs/{jobId}/cancel": {

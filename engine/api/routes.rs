@@ -154,6 +154,8 @@ pub enum Handler {
     GetJob,
     /// `POST /jobs/{id}/cancel`
     CancelJob,
+    /// `POST /jobs/cancel`
+    CancelJobs,
     /// `GET /jobs/{id}/events`
     JobEvents,
     /// `GET /jobs/{id}/logs`
@@ -231,6 +233,9 @@ pub static ROUTES: &[Route] = {
         Route { pattern: "/jobs", rate_limited: true, ops: &[
             Op { method: M::GET, access: User, body: Ignored, handler: H::ListJobs },
             Op { method: M::POST, access: User, body: JsonOrMultipart, handler: H::CreateJob },
+        ] },
+        Route { pattern: "/jobs/cancel", rate_limited: true, ops: &[
+            Op { method: M::POST, access: User, body: Json, handler: H::CancelJobs },
         ] },
         Route { pattern: "/jobs/{id}", rate_limited: true, ops: &[
             Op { method: M::GET, access: User, body: Ignored, handler: H::GetJob },
@@ -644,6 +649,7 @@ async fn dispatch(
         Handler::CreateJob => handlers::create_job(ctx, params, client, req).await,
         Handler::GetJob => handlers::get_job(ctx, params).await,
         Handler::CancelJob => handlers::cancel_job(&ctx.gateway, params).await,
+        Handler::CancelJobs => handlers::cancel_jobs(ctx, params, req).await,
         Handler::JobEvents => sse::job_events(ctx, params, &req, client),
         Handler::JobLogs => handlers::job_logs(ctx, params),
         Handler::JobWebhooks => handlers::job_webhooks(ctx, params),

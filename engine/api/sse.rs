@@ -170,7 +170,9 @@ impl Follow {
             self.last_seq = seq;
             let entry = JobEventView::new(seq, &event);
             let name = match &event.kind {
-                JobEventKind::Progress { .. } | JobEventKind::Milestone { .. } => "progress",
+                JobEventKind::Progress { .. } | JobEventKind::Advanced { .. } | JobEventKind::Milestone { .. } => {
+                    "progress"
+                }
                 JobEventKind::Webhook { .. } => "webhook",
                 JobEventKind::Succeeded { .. } => "succeeded",
                 JobEventKind::Failed { .. } => "failed",

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use serde_json::{Map, Value};
 
 /// The key of a node's class in the API format.
-const CLASS_TYPE: &str = "class_type";
+pub(crate) const CLASS_TYPE: &str = "class_type";
 /// The key of a node's inputs.
-const INPUTS: &str = "inputs";
+pub(crate) const INPUTS: &str = "inputs";
 /// Where the UI's node title is kept (`_meta.title`).
 const TITLE_POINTER: &str = "/_meta/title";
 /// The wrapper that makes ComfyUI read a JSON list as a value, not as a link.
@@ -51,6 +51,11 @@ impl<'a> Node<'a> {
     /// The node a link input points at.
     pub fn link(&self, input: &str) -> Option<&'a str> {
         link_target(self.input(input)?)
+    }
+
+    /// Its inputs by name, literals and links.
+    pub fn inputs(&self) -> impl Iterator<Item = (&'a str, &'a Value)> + 'a {
+        self.inputs.into_iter().flatten().map(|(k, v)| (k.as_str(), v))
     }
 
     /// Every node this one's inputs link to.
@@ -202,6 +207,38 @@ pub mod classes {
     pub const CKPT_NAME: &str = "ckpt_name";
     /// An image loader's file name.
     pub const IMAGE: &str = "image";
+
+    /// More node inputs a workflow commonly exposes, by class: (class, input, proposed base
+    /// name). LoRA, ControlNet and IPAdapter loaders with their strengths, and the parts of
+    /// the custom sampler graphs (`SamplerCustom`, `SamplerCustomAdvanced` with its noise,
+    /// guider, sampler and scheduler nodes).
+    pub const MORE_INPUTS: &[(&str, &str, &str)] = &[
+        ("LoraLoader", "lora_name", "lora"),
+        ("LoraLoader", "strength_model", "lora_strength"),
+        ("LoraLoader", "strength_clip", "lora_clip_strength"),
+        ("LoraLoaderModelOnly", "lora_name", "lora"),
+        ("LoraLoaderModelOnly", "strength_model", "lora_strength"),
+        ("ControlNetLoader", "control_net_name", "controlnet"),
+        ("DiffControlNetLoader", "control_net_name", "controlnet"),
+        ("ControlNetApply", "strength", "controlnet_strength"),
+        ("ControlNetApplyAdvanced", "strength", "controlnet_strength"),
+        ("ControlNetApplyAdvanced", "start_percent", "controlnet_start"),
+        ("ControlNetApplyAdvanced", "end_percent", "controlnet_end"),
+        ("IPAdapterModelLoader", "ipadapter_file", "ipadapter"),
+        ("IPAdapterUnifiedLoader", "preset", "ipadapter_preset"),
+        ("IPAdapter", "weight", "ipadapter_weight"),
+        ("IPAdapterAdvanced", "weight", "ipadapter_weight"),
+        ("IPAdapterAdvanced", "start_at", "ipadapter_start"),
+        ("IPAdapterAdvanced", "end_at", "ipadapter_end"),
+        ("SamplerCustom", "noise_seed", "seed"),
+        ("SamplerCustom", "cfg", "cfg"),
+        ("RandomNoise", "noise_seed", "seed"),
+        ("CFGGuider", "cfg", "cfg"),
+        ("KSamplerSelect", "sampler_name", "sampler_name"),
+        ("BasicScheduler", "scheduler", "scheduler"),
+        ("BasicScheduler", "steps", "steps"),
+        ("BasicScheduler", "denoise", "denoise"),
+    ];
 
     /// `KSampler`, `KSamplerAdvanced`.
     pub fn is_sampler(class: &str) -> bool {

@@ -64,7 +64,14 @@ pub enum WsMessage {
         /// The prompt.
         prompt_id: String,
     },
-    /// Any other message (`progress_state`, `execution_cached`, `feature_flags`, custom ones).
+    /// `execution_cached`: the prompt's nodes whose outputs are cached (they will not run).
+    ExecutionCached {
+        /// The prompt.
+        prompt_id: String,
+        /// The nodes.
+        nodes: Vec<String>,
+    },
+    /// Any other message (`progress_state`, `feature_flags`, custom ones).
     Other,
 }
 
@@ -76,7 +83,8 @@ impl WsMessage {
             | WsMessage::Progress { prompt_id, .. }
             | WsMessage::Executed { prompt_id, .. }
             | WsMessage::ExecutionSuccess { prompt_id }
-            | WsMessage::ExecutionInterrupted { prompt_id } => Some(prompt_id),
+            | WsMessage::ExecutionInterrupted { prompt_id }
+            | WsMessage::ExecutionCached { prompt_id, .. } => Some(prompt_id),
             WsMessage::ExecutionError(e) => Some(&e.prompt_id),
             WsMessage::Executing { prompt_id, .. } => prompt_id.as_deref(),
             WsMessage::Status { .. } | WsMessage::Other => None,
@@ -311,8 +319,9 @@ struct WsEnvelope {
 }
 
 /// The message types [`parse_ws_text`] reads; every other one is `Other`.
-const WS_KINDS_READ: [&str; 8] = [
+const WS_KINDS_READ: [&str; 9] = [
     "status",
+    "execution_cached",
     "execution_start",
     "executing",
     "progress",
@@ -336,7 +345,7 @@ fn leading_type(text: &str) -> Option<&str> {
 /// parsed again as a `Value`.
 pub fn parse_ws_text(text: &str) -> WsMessage {
     // ComfyUI writes `type` first: a kind read nowhere (`progress_state`, the largest and
-    // most frequent message of newer ComfyUIs, `executed_cached`, ...) is not parsed at all.
+    // most frequent message of newer ComfyUIs, `feature_flags`, ...) is not parsed at all.
     if leading_type(text).is_some_and(|kind| !WS_KINDS_READ.contains(&kind)) {
         return WsMessage::Other;
     }
@@ -389,8 +398,22 @@ pub fn parse_ws_text(text: &str) -> WsMessage {
             Some(prompt_id) => WsMessage::ExecutionInterrupted { prompt_id },
             None => WsMessage::Other,
         },
+        // Once per prompt: read whole.
+        "execution_cached" => cached_of(&serde_json::from_str::<Value>(text).unwrap_or(Value::Null)),
         _ => WsMessage::Other,
     }
+}
+
+/// An `execution_cached` message (as a `Value`): its prompt and node ids.
+fn cached_of(v: &Value) -> WsMessage {
+    let data = v.get("data").unwrap_or(&Value::Null);
+    let Some(prompt_id) = str_field(data, "prompt_id") else { return WsMessage::Other };
+    let nodes = data.get("nodes").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+    let nodes = nodes
+        .iter()
+        .filter_map(|n| n.as_str().map(str::to_string).or_else(|| n.as_u64().map(|n| n.to_string())))
+        .collect();
+    WsMessage::ExecutionCached { prompt_id, nodes }
 }
 
 /// One file reported in a history entry's outputs.
@@ -623,7 +646,10 @@ pub fn parse_submit_answer(body: &[u8], prompt_id: &str) -> Result<(), String> {
     }
 }
 
-/// A 400 answer to `POST /prompt`, reduced to a message and the per-node details.
+/// A 400 answer to `POST /prompt`, reduced to a message and the per-node details. The
+/// message names the first failing node (by id order), its class, the input and the reason
+/// (`node 3 (EmptyImage), input width: Value 100000 bigger than max of 16384`) and how many
+/// more there are; every one of them is in the details' `nodeErrors`.
 pub fn parse_rejection(body: &str) -> (String, Value) {
     let v: Value = serde_json::from_str(body).unwrap_or(Value::Null);
     let error = v.get("error");
@@ -631,22 +657,57 @@ pub fn parse_rejection(body: &str) -> (String, Value) {
     let message = error.and_then(|e| e.get("message")).and_then(Value::as_str).unwrap_or("prompt rejected");
     let details = error.and_then(|e| e.get("details")).and_then(Value::as_str).unwrap_or("");
     let mut nodes = Vec::new();
-    if let Some(node_errors) = v.get("node_errors").and_then(Value::as_object) {
-        for (node_id, ne) in node_errors {
-            let class_type = ne.get("class_type").and_then(Value::as_str).unwrap_or("");
-            for err in ne.get("errors").and_then(Value::as_array).into_iter().flatten() {
-                nodes.push(serde_json::json!({
-                    "nodeId": node_id,
-                    "classType": class_type,
-                    "type": err.get("type").and_then(Value::as_str).unwrap_or(""),
-                    "message": err.get("message").and_then(Value::as_str).unwrap_or(""),
-                    "details": err.get("details").and_then(Value::as_str).unwrap_or(""),
-                }));
+    let mut node_errors: Vec<(&String, &Value)> =
+        v.get("node_errors").and_then(Value::as_object).into_iter().flatten().collect();
+    // Numeric ids in number order ("2" before "10"), others after, by text.
+    node_errors.sort_by(|(a, _), (b, _)| {
+        (a.parse::<u64>().ok().is_none(), a.parse::<u64>().ok(), *a).cmp(&(
+            b.parse::<u64>().ok().is_none(),
+            b.parse::<u64>().ok(),
+            *b,
+        ))
+    });
+    let mut first = None;
+    for (node_id, ne) in node_errors {
+        let class_type = ne.get("class_type").and_then(Value::as_str).unwrap_or("");
+        for err in ne.get("errors").and_then(Value::as_array).into_iter().flatten() {
+            let text = |key: &str| err.get(key).and_then(Value::as_str).unwrap_or("");
+            // Older answers name the input only as the whole of `details`.
+            let plain = |d: &&str| !d.is_empty() && d.chars().all(|c| c.is_alphanumeric() || c == '_');
+            let input = err
+                .pointer("/extra_info/input_name")
+                .and_then(Value::as_str)
+                .or_else(|| Some(text("details")).filter(plain));
+            if first.is_none() {
+                let at = match input {
+                    Some(input) => format!("node {node_id} ({class_type}), input {input}"),
+                    None => format!("node {node_id} ({class_type})"),
+                };
+                let reason = match text("details") {
+                    "" => text("message").to_string(),
+                    d if Some(d) == input => text("message").to_string(),
+                    d => format!("{}: {d}", text("message")),
+                };
+                first = Some(format!("{at}: {reason}"));
             }
+            nodes.push(serde_json::json!({
+                "nodeId": node_id,
+                "classType": class_type,
+                "input": input,
+                "type": text("type"),
+                "message": text("message"),
+                "details": text("details"),
+            }));
         }
     }
-    let summary =
-        if details.is_empty() { format!("{kind}: {message}") } else { format!("{kind}: {message}: {details}") };
+    let summary = match first {
+        Some(first) if nodes.len() > 1 => {
+            format!("{first} (and {} more in details.nodeErrors)", nodes.len() - 1)
+        }
+        Some(first) => first,
+        None if details.is_empty() => format!("{kind}: {message}"),
+        None => format!("{kind}: {message}: {details}"),
+    };
     (summary, serde_json::json!({ "type": kind, "nodeErrors": nodes }))
 }
 
@@ -708,13 +769,17 @@ pub fn output_defect(filename: &str, bytes: &[u8]) -> Option<String> {
     None
 }
 
-/// One node class of `GET /object_info`, reduced to what deriving input schemas needs.
+/// One node class of `GET /object_info`, reduced to what deriving input schemas and
+/// converting saved (UI-format) workflows need.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct NodeClass {
     /// `display_name` (the default `_meta.title` of its nodes).
     pub display_name: Option<String>,
     /// Its inputs (required and optional) by name.
     pub inputs: std::collections::BTreeMap<String, NodeInput>,
+    /// `input_order`: its required, then its optional, input names in declaration order (the
+    /// order of a saved workflow's widget values); `None` from a ComfyUI too old to send it.
+    pub input_order: Option<Vec<String>>,
 }
 
 /// One input of a node class.
@@ -726,6 +791,37 @@ pub struct NodeInput {
     pub required: bool,
     /// The `tooltip` option.
     pub tooltip: Option<String>,
+    /// The options that shape its widget in ComfyUI's frontend.
+    pub widget: WidgetOptions,
+}
+
+/// The options of a node input that decide its widget in ComfyUI's frontend, and so where
+/// its value is in a saved workflow's `widgets_values`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct WidgetOptions {
+    /// `forceInput`: a socket only, without a widget, whatever its type.
+    pub force_input: bool,
+    /// `control_after_generate` (`true` or the control's name): a "control after generate"
+    /// widget follows it (and, after a combo, a filter widget too).
+    pub control_after_generate: bool,
+    /// An upload option (`image_upload`, `video_upload`, `animated_image_upload`,
+    /// `audio_upload`): the upload widgets the frontend adds after every input.
+    pub upload: Option<Upload>,
+    /// `remote.refresh_button`: a refresh button widget follows it.
+    pub refresh_button: bool,
+    /// `dynamicPrompts`: the frontend strips comments and picks one of `{a|b}` when queueing.
+    pub dynamic_prompts: bool,
+    /// `default`.
+    pub default: Option<Value>,
+}
+
+/// The upload widgets the frontend adds to a node with an upload input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upload {
+    /// An image or video: one upload button.
+    Media,
+    /// An audio file: the audio player and the upload button.
+    Audio,
 }
 
 /// The type of a node input as `/object_info` declares it.
@@ -779,9 +875,19 @@ pub fn parse_object_info(body: &Value) -> Result<ObjectInfo, String> {
         let Some(class) = class.as_object() else {
             continue;
         };
+        let order = |category: &str| -> Option<Vec<String>> {
+            let names = class.get("input_order")?.get(category)?.as_array()?;
+            Some(names.iter().filter_map(Value::as_str).map(str::to_string).collect())
+        };
+        let input_order = class.get("input_order").filter(|o| o.is_object()).map(|_| {
+            let mut names = order("required").unwrap_or_default();
+            names.extend(order("optional").unwrap_or_default());
+            names
+        });
         let mut parsed = NodeClass {
             display_name: class.get("display_name").and_then(Value::as_str).map(str::to_string),
             inputs: Default::default(),
+            input_order,
         };
         for (category, required) in [("required", true), ("optional", false)] {
             let specs = class.get("input").and_then(|i| i.get(category)).and_then(Value::as_object);
@@ -793,6 +899,7 @@ pub fn parse_object_info(body: &Value) -> Result<ObjectInfo, String> {
                         kind: input_kind(spec.get(0).unwrap_or(&Value::Null), options),
                         required,
                         tooltip: options.and_then(|o| o.get("tooltip")).and_then(Value::as_str).map(str::to_string),
+                        widget: widget_options(options),
                     },
                 );
             }
@@ -800,6 +907,30 @@ pub fn parse_object_info(body: &Value) -> Result<ObjectInfo, String> {
         info.insert(name.clone(), parsed);
     }
     Ok(info)
+}
+
+fn widget_options(options: Option<&Value>) -> WidgetOptions {
+    let option = |key: &str| options.and_then(|o| o.get(key));
+    let flag = |key: &str| option(key).and_then(Value::as_bool).unwrap_or(false);
+    let upload = if flag("audio_upload") {
+        Some(Upload::Audio)
+    } else if flag("image_upload") || flag("video_upload") || flag("animated_image_upload") {
+        Some(Upload::Media)
+    } else {
+        None
+    };
+    WidgetOptions {
+        force_input: flag("forceInput"),
+        // `true`, or the name the control widget takes.
+        control_after_generate: option("control_after_generate")
+            .is_some_and(|c| c.as_bool().unwrap_or(false) || c.as_str().is_some_and(|s| !s.is_empty())),
+        upload,
+        refresh_button: option("remote")
+            .and_then(|r| r.get("refresh_button"))
+            .is_some_and(|b| b.as_bool().unwrap_or(false)),
+        dynamic_prompts: flag("dynamicPrompts"),
+        default: option("default").cloned(),
+    }
 }
 
 fn input_kind(kind: &Value, options: Option<&Value>) -> InputKind {
@@ -881,6 +1012,7 @@ mod tests {
                 Some(prompt_id) => WsMessage::ExecutionInterrupted { prompt_id },
                 None => WsMessage::Other,
             },
+            "execution_cached" => cached_of(&v),
             _ => WsMessage::Other,
         }
     }
@@ -1129,9 +1261,42 @@ mod tests {
             r#"{"error":{"type":"prompt_outputs_failed_validation","message":"Prompt outputs failed validation","details":"","extra_info":{}},
             "node_errors":{"1":{"errors":[{"type":"value_smaller_than_min","message":"Value 0 smaller than min of 1","details":"width"}],"dependent_outputs":["2"],"class_type":"EmptyImage"}}}"#,
         );
-        assert!(msg.contains("prompt_outputs_failed_validation"));
+        assert_eq!(msg, "node 1 (EmptyImage), input width: Value 0 smaller than min of 1");
+        assert_eq!(details["type"], "prompt_outputs_failed_validation");
         assert_eq!(details["nodeErrors"][0]["nodeId"], "1");
         assert_eq!(details["nodeErrors"][0]["details"], "width");
+        // As captured (03_validation.json): the input named, the reason, the others counted.
+        let (msg, details) = parse_rejection(
+            r#"{"error":{"type":"prompt_outputs_failed_validation","message":"Prompt outputs failed validation","details":"","extra_info":{}},
+            "node_errors":{
+              "10":{"errors":[{"type":"value_not_in_list","message":"Value not in list","details":"upscale_method: 'magic' not in ['nearest-exact', 'bilinear']","extra_info":{"input_name":"upscale_method","received_value":"magic"}}],"dependent_outputs":["2"],"class_type":"ImageScale"},
+              "3":{"errors":[{"type":"value_bigger_than_max","message":"Value 100000 bigger than max of 16384","details":"width","extra_info":{"input_name":"width","received_value":100000}},
+                             {"type":"required_input_missing","message":"Required input is missing","details":"height","extra_info":{"input_name":"height"}}],"dependent_outputs":["2"],"class_type":"EmptyImage"}}}"#,
+        );
+        assert_eq!(
+            msg,
+            "node 3 (EmptyImage), input width: Value 100000 bigger than max of 16384 (and 2 more in details.nodeErrors)"
+        );
+        let listed: Vec<(&str, &str)> = details["nodeErrors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| (e["nodeId"].as_str().unwrap(), e["input"].as_str().unwrap()))
+            .collect();
+        assert_eq!(listed, [("3", "width"), ("3", "height"), ("10", "upscale_method")]);
+        let (msg, _) = parse_rejection(
+            r#"{"error":{"type":"prompt_outputs_failed_validation","message":"Prompt outputs failed validation","details":""},
+            "node_errors":{"1":{"errors":[{"type":"value_not_in_list","message":"Value not in list","details":"lora_name: 'x.safetensors' not in []","extra_info":{"input_name":"lora_name"}}],"class_type":"LoraLoader"}}}"#,
+        );
+        assert_eq!(
+            msg,
+            "node 1 (LoraLoader), input lora_name: Value not in list: lora_name: 'x.safetensors' not in []"
+        );
+        // No node errors: the error itself.
+        let (msg, _) = parse_rejection(
+            r#"{"error":{"type":"no_prompt","message":"No prompt provided","details":""},"node_errors":{}}"#,
+        );
+        assert_eq!(msg, "no_prompt: No prompt provided");
     }
 
     /// A queue answer of another shape is an error, never an empty queue.

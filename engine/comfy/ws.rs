@@ -38,6 +38,11 @@ pub enum Signal {
         /// Node id.
         node: String,
     },
+    /// `execution_cached`: these nodes will not run (their outputs are cached).
+    Cached {
+        /// Node ids.
+        nodes: Vec<String>,
+    },
     /// `executing` with `node: null`: finished, history written.
     Done,
     /// The connection dropped: events may have been lost.
@@ -147,6 +152,7 @@ impl WsHub {
             WsMessage::Progress { node, value, max, .. } => {
                 Signal::Progress { node: node.clone(), value: *value, max: *max }
             }
+            WsMessage::ExecutionCached { nodes, .. } => Signal::Cached { nodes: nodes.clone() },
             _ => return,
         };
         let inner = self.lock();

@@ -39,16 +39,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
-/// Live progress of a running job (memory only; milestones go to the event log).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Progress {
-    /// The node executing.
-    pub node: Option<String>,
-    /// Progress value within the node.
-    pub value: f64,
-    /// Maximum value within the node.
-    pub max: f64,
-}
+/// Live progress of a running job: the whole job and the node running (memory only; the
+/// event log gets it every `PROGRESS_LOG_INTERVAL`, milestones at once).
+pub type Progress = crate::comfy::progress::Snapshot;
 
 /// A backend as the scheduler sees it.
 #[derive(Debug)]
@@ -724,6 +717,11 @@ impl Scheduler {
         // `Config` refuses an empty `COMFYUI_URL`, so there is always a first backend.
         let backend = backend.expect("at least one backend is configured");
         (backend.id.clone(), backend.client.clone())
+    }
+
+    /// The healthy backends, in `COMFYUI_URL` order: their ids and clients.
+    pub fn healthy_backends(&self) -> Vec<(String, ComfyClient)> {
+        self.shared.backends.iter().filter(|b| b.is_healthy()).map(|b| (b.id.clone(), b.client.clone())).collect()
     }
 
     /// Every backend's state, in `COMFYUI_URL` order.

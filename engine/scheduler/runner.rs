@@ -35,6 +35,7 @@ use super::state::{self, Event};
 use super::{Backend, Progress, Shared};
 use crate::backoff::Backoff;
 use crate::comfy::client::ComfyError;
+use crate::comfy::progress::Tracker;
 use crate::comfy::protocol::{self, HistoryEntry, Outcome, OutputFile};
 use crate::comfy::ws::{Signal, Subscription};
 use crate::domain::{
@@ -114,8 +115,10 @@ struct Run {
     /// A progress entry being written in the background; awaited before the next
     /// commit so the job's log stays in order.
     progress_write: Option<tokio::task::JoinHandle<()>>,
-    /// The last progress quarter reached, per node (`Milestone` events mark new ones).
-    quarter: Option<(String, u8)>,
+    /// The job's progress, made from its prompt on the first event ([`Run::tracker`]).
+    tracker: Option<Tracker>,
+    /// The last quarter of the job's progress reached (`Milestone` events mark new ones).
+    quarter: u8,
     /// A milestone not yet written (a write was in flight); written with the next one.
     pending_milestone: Option<JobEventKind>,
     /// The history was read once more after it listed no output.
@@ -126,9 +129,9 @@ struct Run {
     submitted: Option<Instant>,
 }
 
-/// The quarter (0 to 4) of a node's progress.
-fn quarter(value: f64, max: f64) -> u8 {
-    if max > 0.0 && value.is_finite() { (value / max * 4.0).floor().clamp(0.0, 4.0) as u8 } else { 0 }
+/// The quarter (0 to 4) of a percent.
+fn quarter(percent: f64) -> u8 {
+    if percent.is_finite() { (percent / 25.0).floor().clamp(0.0, 4.0) as u8 } else { 0 }
 }
 
 /// Start a freshly dispatched job: commit the dispatch record, then submit.
@@ -204,7 +207,8 @@ impl Run {
             // began: a job that ends sooner logs none (one commit less per short job).
             last_progress_log: Instant::now(),
             progress_write: None,
-            quarter: None,
+            tracker: None,
+            quarter: 0,
             pending_milestone: None,
             history_reread: false,
             last_failure: None,
@@ -490,11 +494,18 @@ impl Run {
                     Ok(Phase::Wait)
                 }
                 Some(Signal::NodeStarted { node }) => {
-                    self.progress(Progress { node: Some(node), value: 0.0, max: 0.0 });
+                    self.tracker().started(&node);
+                    self.progress();
                     Ok(Phase::Wait)
                 }
                 Some(Signal::Progress { node, value, max }) => {
-                    self.progress(Progress { node, value, max });
+                    self.tracker().step(node.as_deref(), value, max);
+                    self.progress();
+                    Ok(Phase::Wait)
+                }
+                Some(Signal::Cached { nodes }) => {
+                    self.tracker().cached(&nodes);
+                    self.progress();
                     Ok(Phase::Wait)
                 }
                 Some(Signal::Done) => Ok(Phase::Fetch),
@@ -526,36 +537,48 @@ impl Run {
         }
     }
 
-    /// Record progress: live at once, and in the durable log at most every
-    /// `PROGRESS_LOG_INTERVAL` (the first one that long after the run began, so a job that
-    /// ends sooner costs no progress commit), written in the background (progress is never acknowledged
-    /// to anyone, so it does not wait for its fsync). For a job that asked for `job.progress`
-    /// webhooks, a node reaching a new quarter of its progress (25/50/75/100 %) is logged as
-    /// a `Milestone` at once; one that cannot be written yet goes with the next write or the
-    /// next commit.
-    fn progress(&mut self, progress: Progress) {
-        self.shared.set_progress(self.id(), progress.clone());
-        let node = progress.node.clone().unwrap_or_default();
-        let q = quarter(progress.value, progress.max);
+    /// The job's progress tracker, made from its prompt the first time (a job re-attached
+    /// after a restart never passed through `submit`); an unreadable prompt tracks nothing.
+    fn tracker(&mut self) -> &mut Tracker {
+        let job = &self.job;
+        let sealer = self.shared.config.sealer.as_ref();
+        self.tracker.get_or_insert_with(|| {
+            let text = match sealer {
+                Some(sealer) => sealer.open(&job.prompt_json).map(|p| p.into_owned()).unwrap_or_default(),
+                None => job.prompt_json.clone(),
+            };
+            Tracker::new(&serde_json::from_str(&text).unwrap_or_default())
+        })
+    }
+
+    /// Record the job's progress ([`Run::tracker`]): live at once, and in the durable log
+    /// at most every `PROGRESS_LOG_INTERVAL` (the first one that long after the run began,
+    /// so a job that ends sooner costs no progress commit), written in the background
+    /// (progress is never acknowledged to anyone, so it does not wait for its fsync). For a
+    /// job that asked for `job.progress` webhooks, the job reaching a new quarter of its
+    /// progress (25/50/75/100 %) is logged as a `Milestone` at once; one that cannot be
+    /// written yet goes with the next write or the next commit.
+    fn progress(&mut self) {
+        let now: Progress = self.tracker().snapshot();
+        self.shared.set_progress(self.id(), now.clone());
+        let node = now.node.clone().unwrap_or_default();
+        let q = quarter(now.percent);
         // Milestones exist for `job.progress` webhooks; each is one more commit, so only
         // jobs that asked for them get them.
         let wanted = self.job.callback_url.is_some() && self.job.webhook_events & WebhookEvents::PROGRESS != 0;
-        let crossed = wanted
-            && match &self.quarter {
-                Some((n, last)) if *n == node => q > *last,
-                _ => q > 0,
-            };
-        if crossed {
-            self.pending_milestone = Some(JobEventKind::Milestone { node: node.clone(), percent: q * 25 });
-        }
-        if crossed || self.quarter.as_ref().is_none_or(|(n, _)| *n != node) {
-            self.quarter = Some((node.clone(), q));
+        if q > self.quarter {
+            self.quarter = q;
+            if wanted {
+                self.pending_milestone = Some(JobEventKind::Milestone { node: node.clone(), percent: q * 25 });
+            }
         }
         let due = self.last_progress_log.elapsed() >= PROGRESS_LOG_INTERVAL;
         let idle = self.progress_write.as_ref().is_none_or(|w| w.is_finished());
         if (due || self.pending_milestone.is_some()) && idle {
             self.last_progress_log = Instant::now();
-            let mut events = vec![JobEventKind::Progress { node, value: progress.value, max: progress.max }];
+            let class = now.class.unwrap_or_default();
+            let entry = JobEventKind::Advanced { percent: now.percent, node, class, value: now.value, max: now.max };
+            let mut events = vec![entry];
             events.extend(self.pending_milestone.take());
             let (shared, id) = (self.shared.clone(), self.id());
             // Tracked: the scheduler's shutdown waits for the write.

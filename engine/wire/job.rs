@@ -146,24 +146,33 @@ pub struct JobError {
     pub details: Option<Value>,
 }
 
-/// Progress of the node running now.
+/// Progress of a running job: the whole job, and the node running now.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobProgress {
-    /// The node executing (its id in the prompt), when known.
-    pub node: Option<String>,
-    /// Steps done within the node.
-    pub value: f64,
-    /// Steps of the node.
-    pub max: f64,
-    /// `value / max` in percent.
+    /// The whole job in percent, rounded to a tenth: the share of the prompt's nodes done,
+    /// each weighing its steps when known (cached nodes left out). It never goes back
+    /// while the job runs on one backend.
     #[schemars(range(min = 0, max = 100))]
     pub percent: f64,
+    /// The node executing (its id in the prompt), when known.
+    pub node: Option<String>,
+    /// Its class (`KSampler`, ...), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_class: Option<String>,
+    /// Steps done within the node.
+    pub value: f64,
+    /// Steps of the node (0 until the node reports steps).
+    pub max: f64,
+    /// `value / max` in percent (0 until the node reports steps).
+    #[schemars(range(min = 0, max = 100))]
+    pub node_percent: f64,
 }
 
-/// `value / max` in percent, within 0..=100 (0 when `max` is not positive).
+/// `value / max` in percent, within 0..=100 and rounded to a tenth (0 when `max` is not
+/// positive).
 fn percent(value: f64, max: f64) -> f64 {
-    if max > 0.0 { (value / max * 100.0).clamp(0.0, 100.0) } else { 0.0 }
+    if max > 0.0 { ((value / max * 100.0).clamp(0.0, 100.0) * 10.0).round() / 10.0 } else { 0.0 }
 }
 
 /// A job.
@@ -274,14 +283,26 @@ impl JobView {
             }),
             queue_position: live.and_then(|l| l.queue_position).map(|p| p as u64),
             progress: live.and_then(|l| l.progress.as_ref()).map(|p| JobProgress {
+                percent: p.percent,
                 node: p.node.clone(),
+                node_class: p.class.clone(),
                 value: p.value,
                 max: p.max,
-                percent: percent(p.value, p.max),
+                node_percent: percent(p.value, p.max),
             }),
             eta_seconds: None,
         }
     }
+}
+
+/// The answer to `POST /jobs/cancel`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobsCanceled {
+    /// The jobs this call canceled, newest first.
+    pub canceled: Vec<Uuid>,
+    /// More jobs match: call again to cancel them.
+    pub more: bool,
 }
 
 /// A page of `GET /jobs`, newest first.
@@ -322,17 +343,24 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
-    /// A node's progress.
+    /// The job's progress, and the node running.
     #[serde(rename_all = "camelCase")]
     Progress {
         /// Node id.
         node: String,
-        /// Steps done.
+        /// Its class, when known (absent in entries logged before job-level progress).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_class: Option<String>,
+        /// Steps done within the node.
         value: f64,
         /// Steps of the node.
         max: f64,
-        /// `value / max` in percent.
+        /// The whole job in percent, rounded to a tenth (in entries logged before
+        /// job-level progress, those without `nodePercent`: the node's).
         percent: f64,
+        /// `value / max` in percent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node_percent: Option<f64>,
     },
     /// After a restart, found again on its backend (or not).
     #[serde(rename_all = "camelCase")]
@@ -368,10 +396,10 @@ pub enum EventKind {
         /// Why.
         reason: String,
     },
-    /// A node's progress crossed a quarter (the `job.progress` webhooks).
+    /// The job's progress crossed a quarter (the `job.progress` webhooks).
     #[serde(rename_all = "camelCase")]
     Milestone {
-        /// Node id.
+        /// The node running then.
         node: String,
         /// 25, 50, 75 or 100.
         percent: u8,
@@ -422,9 +450,22 @@ impl JobEventView {
             JobEventKind::Requeued { reason } => {
                 EventKind::Requeued { status: JobStatus::Queued, reason: reason.clone() }
             }
-            JobEventKind::Progress { node, value, max } => {
-                EventKind::Progress { node: node.clone(), value: *value, max: *max, percent: percent(*value, *max) }
-            }
+            JobEventKind::Progress { node, value, max } => EventKind::Progress {
+                node: node.clone(),
+                node_class: None,
+                value: *value,
+                max: *max,
+                percent: percent(*value, *max),
+                node_percent: None,
+            },
+            JobEventKind::Advanced { percent: job, node, class, value, max } => EventKind::Progress {
+                node: node.clone(),
+                node_class: Some(class.clone()).filter(|c| !c.is_empty()),
+                value: *value,
+                max: *max,
+                percent: *job,
+                node_percent: Some(percent(*value, *max)),
+            },
             JobEventKind::Reattached { found } => {
                 EventKind::Reattached { status: JobStatus::Running, found: found.clone() }
             }

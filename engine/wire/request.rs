@@ -337,6 +337,30 @@ pub struct WorkflowImport {
     pub register: bool,
 }
 
+/// The body of `POST /jobs/cancel`: which of the caller's jobs (an admin's: anyone's) to
+/// cancel, by the filters of `GET /jobs`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobCancelFilter {
+    /// Only jobs in these states: `queued`, `running` or both (the default).
+    #[serde(default)]
+    pub status: Option<Vec<crate::wire::job::JobStatus>>,
+    /// Only jobs of this workflow.
+    #[serde(default)]
+    pub workflow_id: Option<String>,
+    /// Only jobs created at or after this time.
+    #[serde(default)]
+    pub after: Option<crate::wire::Time>,
+    /// Only jobs created before this time.
+    #[serde(default)]
+    pub before: Option<crate::wire::Time>,
+    /// Most jobs canceled by this call, 1 to 1000 (100 by default); `more` in the answer
+    /// says whether to call again.
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 1000))]
+    pub limit: Option<u32>,
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};

@@ -464,6 +464,11 @@ pub struct WorkflowDetails {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "WorkflowPlugin")]
     pub plugin: Option<WorkflowPlugin>,
+    /// In the answer to a registration or an update: what a reviewer should look at, such as
+    /// node classes the healthy backends do not know (with `?strict=true` a class no
+    /// healthy backend knows is refused instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl WorkflowDetails {
@@ -503,6 +508,7 @@ impl WorkflowDetails {
                 }),
                 None => None,
             },
+            warnings: Vec::new(),
         })
     }
 }

@@ -12,6 +12,11 @@
 //! | `EmptyLatentImage`, `EmptySD3LatentImage` | `width`, `height`, `batch_size` | `width`, `height`, `batch_size` |
 //! | `LoadImage` | `image` | `image` (`"format": "image"`, required) |
 //! | `CheckpointLoaderSimple` | `ckpt_name` | `checkpoint` |
+//! | `LoraLoader`, `LoraLoaderModelOnly` | `lora_name`, `strength_model`, `strength_clip` | `lora`, `lora_strength`, `lora_clip_strength` |
+//! | `ControlNetLoader`, `DiffControlNetLoader` | `control_net_name` | `controlnet` |
+//! | `ControlNetApply`, `ControlNetApplyAdvanced` | `strength`, `start_percent`, `end_percent` | `controlnet_strength`, `controlnet_start`, `controlnet_end` |
+//! | `IPAdapterModelLoader`, `IPAdapterUnifiedLoader`, `IPAdapter`, `IPAdapterAdvanced` | `ipadapter_file`, `preset`, `weight`, `start_at`, `end_at` | `ipadapter`, `ipadapter_preset`, `ipadapter_weight`, `ipadapter_start`, `ipadapter_end` |
+//! | `SamplerCustom`; `RandomNoise`, `CFGGuider`, `KSamplerSelect`, `BasicScheduler` (`SamplerCustomAdvanced`'s parts) | `noise_seed`, `cfg`, `sampler_name`, `scheduler`, `steps`, `denoise` | `seed`, `cfg`, `sampler_name`, `scheduler`, `steps`, `denoise` |
 //!
 //! Names are those of the bundled workflows (so `sampler_name`, not `sampler`). With several
 //! nodes of a kind, samplers are ordered along the latent chain (a sampler fed by another
@@ -21,13 +26,16 @@
 //! Two prompt texts of the same side with the same exported text share one input.
 //!
 //! Types and ranges: `INT` → integer with `minimum` / `maximum` (within ±(2^53 - 1), the
-//! gateway's exact-integer range) and `multipleOf` when `step` > 1; `FLOAT` → number with
-//! `minimum` / `maximum` (`step` kept as the hint `x-step`: `multipleOf` breaks on 0.1);
+//! gateway's exact-integer range); `FLOAT` → number with `minimum` / `maximum`; a `step`
+//! is kept as the hint `x-step`, never `multipleOf` (ComfyUI's step is how its UI moves a
+//! value; ComfyUI itself takes a width of 500 with a step of 8, and `multipleOf` breaks on 0.1);
 //! combos → `enum` of the backend's choices; `STRING` → string. A default is the exported
 //! value when it fits the schema; one that does not (out of range, not a multiple of the
 //! step, not among the backend's choices, such as a checkpoint that is not installed) is
 //! left out with a warning, so the input becomes required: the schema only ever offers what
-//! the backend can run. Seeds never get a default: like the bundled workflows they are
+//! the backend can run. Every literal left in the template is checked too (a LoRA that is not
+//! installed, a number out of range, a required input missing): each is a warning naming the
+//! node, the input and the value. Seeds never get a default: like the bundled workflows they are
 //! drawn per job (a fixed default would give every job the same image and a cache hit).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -395,6 +403,44 @@ impl<'a> Derive<'a> {
                 self.slot(id, input, &tag.apply(base), role);
             }
         }
+        // Loaders, strengths and custom-sampler parts: the first of a class takes the plain
+        // name (unless a sampler took it), others a free variant.
+        for &(class, input, base) in classes::MORE_INPUTS {
+            for id in self.ids_of(|c| c == class) {
+                let role = if base == "seed" { Role::Seed } else { Role::Plain };
+                self.slot(id, input, base, role);
+            }
+        }
+        self.check_literals();
+    }
+
+    /// Every literal the proposal keeps, checked against what the backend offers: a choice
+    /// it does not list (a LoRA that is not installed), a number outside its range, a
+    /// required input missing. Each is a warning that names the node, input and value: the
+    /// job would fail on the backend.
+    fn check_literals(&mut self) {
+        let mut ids: Vec<&'a str> = self.nodes.keys().copied().collect();
+        ids.sort_by(|a, b| id_order(a, b));
+        for id in ids {
+            let Some(node) = self.node(id).copied() else { continue };
+            let Some(def) = self.classes.get(node.class) else { continue };
+            let at = format!("node {id} ({})", node.class);
+            for (input, value) in node.inputs() {
+                let replaced = self.found.iter().any(|f| f.node == id && f.input == input);
+                let Some(declared) = def.inputs.get(input) else { continue };
+                if replaced || value.is_array() || value.is_object() || value.is_null() {
+                    continue;
+                }
+                if let Some(problem) = offered(&declared.kind, value) {
+                    self.warnings.push(format!("{at} input {input}: {value} {problem}; jobs will fail until it is"));
+                }
+            }
+            for (input, declared) in &def.inputs {
+                if declared.required && node.input(input).is_none() {
+                    self.warnings.push(format!("{at}: the required input {input} is missing; jobs will fail"));
+                }
+            }
+        }
     }
 
     /// A free name: `name`, else `name_2`, `name_3`...
@@ -453,6 +499,41 @@ impl<'a> Derive<'a> {
         self.replace(id, input, &name, &kind);
         Some(name)
     }
+}
+
+/// Why the backend would refuse literal `value` for an input of `kind`, if it would.
+fn offered(kind: &InputKind, value: &Value) -> Option<String> {
+    match kind {
+        InputKind::Combo { options, .. } if options.is_empty() => {
+            Some("is not offered: the backend lists no choice here (nothing installed?)".into())
+        }
+        InputKind::Combo { options, .. } if !options.contains(value) => {
+            Some("is not among the backend's choices (not installed?)".into())
+        }
+        InputKind::Int { min, max, .. } => {
+            let v = value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from));
+            match v {
+                None if value.as_f64().is_none() => Some("is not a number".into()),
+                Some(v) if min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m) => {
+                    Some(format!("is outside the backend's range {}..{}", show(*min), show(*max)))
+                }
+                _ => None,
+            }
+        }
+        InputKind::Float { min, max, .. } => match value.as_f64() {
+            None => Some("is not a number".into()),
+            Some(v) if min.is_some_and(|m| v < m) || max.is_some_and(|m| v > m) => {
+                Some(format!("is outside the backend's range {}..{}", show(*min), show(*max)))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// A bound for a message (`…` when there is none).
+fn show<T: std::fmt::Display>(bound: Option<T>) -> String {
+    bound.map_or_else(|| "…".to_string(), |b| b.to_string())
 }
 
 /// What a recognized input is, beyond its type.
@@ -535,13 +616,16 @@ fn property(
             if let Some(high) = high {
                 p.insert("maximum".into(), json!(high as i64));
             }
-            let step = step.filter(|s| *s > 1);
-            if let Some(step) = step {
-                p.insert("multipleOf".into(), json!(step as i64));
+            // ComfyUI's `step` is how its UI moves the value, not a rule: ComfyUI takes a width
+            // of 500 with a step of 8. A hint, as for floats.
+            if let Some(step) = step.filter(|s| *s > 1) {
+                p.insert("x-step".into(), json!(step as i64));
             }
-            let fits = value.as_i64().map(i128::from).or_else(|| value.as_u64().map(i128::from)).is_some_and(|v| {
-                low.is_none_or(|l| v >= l) && high.is_none_or(|h| v <= h) && step.is_none_or(|s| v % s == 0)
-            });
+            let fits = value
+                .as_i64()
+                .map(i128::from)
+                .or_else(|| value.as_u64().map(i128::from))
+                .is_some_and(|v| low.is_none_or(|l| v >= l) && high.is_none_or(|h| v <= h));
             if role == Role::Seed {
                 p.insert(
                     "description".into(),
@@ -553,8 +637,7 @@ fn property(
                 p.insert("default".into(), value.clone());
             } else {
                 warning = Some(format!(
-                    "{at}: the exported value {value} is not an integer within the backend's range{}; no default",
-                    step.map(|s| format!(" and a multiple of {s}")).unwrap_or_default()
+                    "{at}: the exported value {value} is not an integer within the backend's range; no default"
                 ));
             }
         }
@@ -663,6 +746,62 @@ mod tests {
         p.input_schema["properties"].as_object().unwrap().keys().map(String::as_str).collect()
     }
 
+    /// A custom-sampler graph with a LoRA and a ControlNet: their names and strengths become
+    /// inputs; a literal the backend does not offer, anywhere, is a warning naming the node,
+    /// the input and the value; ComfyUI's step is a hint.
+    #[test]
+    fn loaders_and_custom_samplers_become_inputs_and_every_literal_is_checked() {
+        let workflow = json!({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors"}},
+            "2": {"class_type": "LoraLoader", "inputs": {"model": ["1", 0], "clip": ["1", 1],
+                  "lora_name": "sdxl_lora_example.safetensors", "strength_model": 0.8, "strength_clip": 1.0}},
+            "3": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "a fox"}},
+            "4": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["2", 1], "text": "blurry"}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 500, "height": 1024, "batch_size": 1}},
+            "6": {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}},
+            "7": {"class_type": "CFGGuider", "inputs": {"model": ["2", 0], "positive": ["3", 0], "negative": ["4", 0], "cfg": 5.5}},
+            "8": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
+            "9": {"class_type": "BasicScheduler", "inputs": {"model": ["2", 0], "scheduler": "karras", "steps": 24, "denoise": 1.0}},
+            "10": {"class_type": "SamplerCustomAdvanced", "inputs": {"noise": ["6", 0], "guider": ["7", 0], "sampler": ["8", 0], "sigmas": ["9", 0], "latent_image": ["5", 0]}},
+            "11": {"class_type": "LoraLoader", "inputs": {"model": ["2", 0], "clip": ["2", 1],
+                   "lora_name": "not_installed.safetensors", "strength_model": 500.0, "strength_clip": 1.0}},
+            "12": {"class_type": "ImageScale", "inputs": {"image": ["10", 0], "upscale_method": "magic", "width": 64, "height": 64, "crop": "disabled"}},
+            "13": {"class_type": "VAEDecode", "inputs": {"samples": ["10", 0]}},
+            "14": {"class_type": "SaveImage", "inputs": {"images": ["13", 0], "filename_prefix": "x"}}
+        });
+        let p = propose(&workflow, "/workflow", &object_info(), "custom", "").unwrap();
+        let props = &p.input_schema["properties"];
+        for (node, input, name) in [
+            ("2", "lora_name", "lora"),
+            ("2", "strength_model", "lora_strength"),
+            ("2", "strength_clip", "lora_clip_strength"),
+            ("11", "lora_name", "lora_2"),
+            ("6", "noise_seed", "seed"),
+            ("7", "cfg", "cfg"),
+            ("8", "sampler_name", "sampler_name"),
+            ("9", "scheduler", "scheduler"),
+            ("9", "steps", "steps"),
+            ("3", "text", "prompt"),
+            ("4", "text", "negative_prompt"),
+        ] {
+            assert_eq!(p.template[node]["inputs"][input], format!("{{{{{name}}}}}"), "{node}.{input}");
+            assert!(props.get(name).is_some(), "{name}: {props}");
+        }
+        assert_eq!(props["seed"]["x-seed"], true);
+        assert_eq!(props["lora"]["enum"], json!(["sdxl_lora_example.safetensors"]));
+        assert_eq!(props["lora_strength"]["default"], json!(0.8));
+        // Width 500 is fine for ComfyUI: its step of 8 is a hint, so 500 is the default.
+        assert_eq!((props["width"]["default"].as_i64(), props["width"]["x-step"].as_i64()), (Some(500), Some(8)));
+        assert!(props["width"].get("multipleOf").is_none());
+        let warnings = p.warnings.join("\n");
+        // Each literal the backend would refuse, by node, input and value.
+        assert!(warnings.contains("not_installed.safetensors\" is not among the backend's choices"), "{warnings}");
+        assert!(warnings.contains("node 11 (LoraLoader) input strength_model"), "{warnings}");
+        assert!(warnings.contains("node 12 (ImageScale) input upscale_method: \"magic\""), "{warnings}");
+        assert!(warnings.contains("node 13 (VAEDecode): the required input vae is missing"), "{warnings}");
+        assert!(!warnings.contains("node 1 "), "offered values are not warned about: {warnings}");
+    }
+
     #[test]
     fn sdxl_base_and_refiner_are_named_apart_and_compile() {
         let p = propose(&sdxl(), "/workflow", &object_info(), "SDXL", "base + refiner").unwrap();
@@ -701,7 +840,7 @@ mod tests {
         assert_eq!(
             props["width"],
             json!({
-                "type": "integer", "minimum": 16, "maximum": 16384, "multipleOf": 8, "default": 1024,
+                "type": "integer", "minimum": 16, "maximum": 16384, "x-step": 8, "default": 1024,
                 "x-image-dimension": true, "title": props["width"]["title"], "description": props["width"]["description"]
             })
         );
@@ -786,7 +925,7 @@ mod tests {
         let wf = json!({
             "3": {"class_type": "KSampler", "inputs": {"seed": u64::MAX, "steps": 0, "cfg": 250.5, "sampler_name": "nope",
                 "scheduler": "karras", "denoise": 1}},
-            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 1020, "height": 768, "batch_size": 2}},
+            "5": {"class_type": "EmptyLatentImage", "inputs": {"width": 20000, "height": 1020, "batch_size": 2}},
             "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "missing.safetensors"}}
         });
         let p = propose(&wf, "/workflow", &object_info(), "t", "").unwrap();
@@ -794,12 +933,15 @@ mod tests {
         for name in ["steps", "cfg", "sampler_name", "width", "checkpoint"] {
             assert!(props[name].get("default").is_none(), "{name}: {}", props[name]);
         }
-        assert_eq!(props["height"]["default"], 768);
+        // Not a multiple of ComfyUI's step of 8, and fine for ComfyUI: a default.
+        assert_eq!(props["height"]["default"], 1020);
         assert_eq!(props["scheduler"]["default"], "karras");
         assert!(props["seed"].get("default").is_none());
         assert_eq!(props["seed"]["maximum"], json!(SEED_MAX));
         assert_eq!(p.input_schema["required"], json!(["checkpoint", "width", "steps", "cfg", "sampler_name"]));
-        assert_eq!(p.warnings.len(), 5, "{:?}", p.warnings);
+        // The five values, and the sampler's four links this partial graph lacks.
+        assert_eq!(p.warnings.len(), 9, "{:?}", p.warnings);
+        assert!(p.warnings.iter().any(|w| w.contains("node 3 (KSampler): the required input model is missing")));
         assert!(p.warnings.iter().any(|w| w.contains("missing.safetensors") && w.contains("not installed")));
         assert!(!props["checkpoint"]["enum"].as_array().unwrap().contains(&json!("missing.safetensors")));
     }
@@ -822,7 +964,8 @@ mod tests {
         let p = propose(&json!({"1": {"class_type": "SaveImage", "inputs": {}}}), "/workflow", &object_info(), "t", "")
             .unwrap();
         assert_eq!(p.input_schema["properties"], json!({}));
-        assert!(p.warnings[0].contains("no common input"));
+        assert!(p.warnings.iter().any(|w| w.contains("no common input")), "{:?}", p.warnings);
+        assert!(p.warnings.iter().any(|w| w.contains("node 1 (SaveImage): the required input images is missing")));
     }
 
     #[test]

@@ -247,7 +247,7 @@ fn bundled_limits_and_ranges() {
     let wf = CompiledWorkflow::compile(&w.template, Some(&w.input_schema), None).unwrap();
     let err = wf
         .prepare(
-            &json!({"prompt": "a", "batch_size": 8, "steps": 151, "width": 1001, "sampler_name": "magic", "cfg": 31}),
+            &json!({"prompt": "a", "batch_size": 8, "steps": 151, "width": 40, "sampler_name": "magic", "cfg": 31}),
             &LIMITS,
             &mut rng(),
         )
@@ -257,6 +257,8 @@ fn bundled_limits_and_ranges() {
     assert_eq!(got, ["/batch_size", "/cfg", "/sampler_name", "/steps", "/width"]);
     let err = wf.prepare(&json!({}), &LIMITS, &mut rng()).unwrap_err();
     assert_eq!(paths(&err), ["/prompt"]);
+    // ComfyUI's step of 8 is a hint: a width of 1000 runs, as it does in ComfyUI.
+    assert!(wf.prepare(&json!({"prompt": "a", "width": 1000}), &LIMITS, &mut rng()).is_ok());
 }
 
 #[test]

@@ -116,8 +116,12 @@ try {
     for (const f of ['prompt', 'negative_prompt', 'width', 'height', 'steps', 'cfg', 'sampler_name', 'seed']) {
       check(fields.includes(f), `the form has a field for ${f} (has ${fields})`);
     }
-    check(await page.$eval('#in-width', (e) => e.type === 'number' && e.min === '64' && e.max === '4096' && e.step === '8' && e.value === '512'),
-      'width is a number field with the schema range, step and default');
+    check(await page.$eval('#in-width', (e) => e.type === 'number' && e.min === '64' && e.max === '4096' && e.step === '1' && e.value === '512'),
+      'width is a number field with the schema range and default (ComfyUI\'s step is a hint, not a rule)');
+    check((await page.textContent('[data-input="width"]')).includes('step 8'), 'the step is shown as a hint');
+    check(fields[0] === 'prompt' && fields.indexOf('height') === fields.indexOf('width') + 1,
+      `prompts first, width and height side by side: ${fields}`);
+    check((await page.textContent('[data-input="negative_prompt"] label')).startsWith('Negative prompt'), 'labels are words, not snake_case');
     check(await page.$eval('#in-sampler_name', (e) => e.tagName === 'SELECT' && e.options.length > 10 && e.selectedOptions[0].textContent === 'dpmpp_2m'),
       'sampler_name is a select of the enum with the default chosen');
     // A value out of range: the API's field error is shown next to the field.
@@ -142,6 +146,25 @@ try {
     await page.screenshot({ path: `${shots}/job.png`, fullPage: true });
     seen.textJob = text.id;
     step('text job succeeded with thumbnail');
+    // The job as code, and again with its inputs in the form.
+    await page.click('[data-lang="curl"]');
+    const curl = await page.textContent('pre.snippet');
+    check(curl.includes('/jobs?wait=60') && curl.includes('"workflowId":"icon_512"') && curl.includes('a red fox, flat icon'), `copy as curl: ${curl}`);
+    await page.click('[data-lang="Python"]');
+    check((await page.textContent('pre.snippet')).includes('requests.post('), 'copy as Python');
+    await page.click('#rerun');
+    await page.waitForSelector('#job-form');
+    check(await page.$eval('#in-prompt', (e) => e.value) === 'a red fox, flat icon', 're-run fills the prompt');
+    check(await page.$eval('#in-width', (e) => e.value) === '256' && await page.$eval('#in-seed', (e) => e.value) === '42', 're-run fills the numbers');
+    await page.screenshot({ path: `${shots}/rerun.png`, fullPage: true });
+    step('copy as code and re-run');
+    // Thumbnails in the job list and the gallery, loaded with the credential.
+    await page.goto(`${base}/#/jobs`);
+    await page.waitForFunction((id) => { const i = document.querySelector(`#jobs tr[data-job="${id}"] img.mini`); return i && i.naturalWidth > 0; }, text.id);
+    await page.goto(`${base}/#/gallery`);
+    await page.waitForFunction((id) => { const i = document.querySelector(`#gallery [data-job="${id}"] img`); return i && i.naturalWidth > 0; }, text.id);
+    await page.screenshot({ path: `${shots}/gallery.png`, fullPage: true });
+    step('thumbnails in the list and the gallery');
 
     // 3. An image input by file picker (multipart upload).
     await page.goto(`${base}/#/workflows/invert`);
@@ -249,6 +272,18 @@ try {
     check(seen.queuedPriorities.join() === '10,0,-5', `queued groups by priority, highest first: ${seen.queuedPriorities}`);
     await page.screenshot({ path: `${shots}/queue.png`, fullPage: true });
     step('admin sees all, backends and queue');
+    // Clearing the queue is one action (a second click confirms), not one cancel per job.
+    await page.goto(`${base}/#/jobs`);
+    await page.waitForSelector('#jobs[data-loaded]');
+    await page.click('#cancel-queued');
+    check((await page.textContent('#cancel-queued')).includes('again'), 'the bulk cancel asks for a second click');
+    await page.click('#cancel-queued');
+    await page.waitForFunction(() => /\d+ canceled/.test(document.getElementById('bulk-note').textContent));
+    seen.bulkCanceled = Number((await page.textContent('#bulk-note')).match(/(\d+) canceled/)[1]);
+    check(seen.bulkCanceled >= 1, `the queued jobs are canceled at once: ${seen.bulkCanceled}`);
+    await page.goto(`${base}/#/queue`);
+    await page.waitForFunction(() => document.querySelectorAll('#queued [data-priority]').length === 0);
+    step('queue cleared in one action');
 
   }
 

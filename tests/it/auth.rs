@@ -538,3 +538,81 @@ fn auth_configuration_errors_stop_start_up_naming_the_variable() {
         }
     }
 }
+
+/// `POST /jobs/cancel` cancels a user's own queued jobs by filter and nobody else's (the
+/// neighbour's jobs stay queued and run), `limit` caps one call with `more` to continue,
+/// every cancel is audited, and an admin's call reaches any owner's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_cancel_takes_only_the_callers_jobs_unless_admin() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 5).await;
+    let keys = format!("{ADMIN_KEY}:admin,{ALICE_KEY}:user,{BOB_KEY}:user");
+    let gw = Gateway::start(dir.path(), &sim.url(), &[("API_KEYS", &keys)]).await;
+    let base = gw.url();
+    let (admin, alice, bob) = (Cred::Key(ADMIN_KEY), Cred::Key(ALICE_KEY), Cred::Key(BOB_KEY));
+    // Every backend drained: jobs stay queued until resumed.
+    let (_, _, backends) = call("GET", &format!("{base}/backends"), admin, None, &[]).await;
+    let ids: Vec<String> =
+        backends["backends"].as_array().unwrap().iter().map(|b| b["id"].as_str().unwrap().to_string()).collect();
+    for id in &ids {
+        let (status, _, v) = call("POST", &format!("{base}/backends/{id}/drain"), admin, None, &[]).await;
+        assert_eq!(status, 200, "{v}");
+    }
+    let mut alices = Vec::new();
+    for seed in 0..5 {
+        alices.push(submit(&gw, alice, 100 + seed).await);
+    }
+    let bobs = [submit(&gw, bob, 200).await, submit(&gw, bob, 201).await];
+    let cancel = |cred, body: Value| {
+        let url = format!("{base}/jobs/cancel");
+        async move { call("POST", &url, cred, Some(&body), &[]).await }
+    };
+
+    // Bad filters are refused with the field named.
+    let (status, _, v) = cancel(alice, json!({"status": ["succeeded"]})).await;
+    assert_eq!((status, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+    assert_eq!(v["error"]["details"][0]["path"], "/status/0", "{v}");
+    let (status, _, v) = cancel(alice, json!({"limit": 0})).await;
+    assert_eq!((status, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+    let (status, _, v) = cancel(alice, json!({"everything": true})).await;
+    assert_eq!((status, code(&v)), (400, "VALIDATION_ERROR"), "{v}");
+
+    // Alice's, three at a time: newest first, then the rest.
+    let (status, _, first) = cancel(alice, json!({"workflowId": "icon_512", "limit": 3})).await;
+    assert_eq!(status, 200, "{first}");
+    let first_ids: Vec<String> =
+        first["canceled"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    assert_eq!(first_ids, alices.iter().rev().take(3).cloned().collect::<Vec<_>>(), "newest first: {first}");
+    assert_eq!(first["more"], true, "{first}");
+    let (_, _, rest) = cancel(alice, json!({})).await;
+    assert_eq!(rest["canceled"].as_array().unwrap().len(), 2, "{rest}");
+    assert_eq!(rest["more"], false, "{rest}");
+    let (_, _, none) = cancel(alice, json!({})).await;
+    assert_eq!(none["canceled"], json!([]), "nothing left of Alice's: {none}");
+    for id in &alices {
+        let (_, _, v) = call("GET", &format!("{base}/jobs/{id}"), alice, None, &[]).await;
+        assert_eq!(v["status"], "canceled", "{v}");
+    }
+    // Bob's jobs were not touched: they run once the backends are back.
+    for id in &ids {
+        call("POST", &format!("{base}/backends/{id}/resume"), admin, None, &[]).await;
+    }
+    wait_status(&gw, bob, &bobs[0], &["succeeded"]).await;
+    wait_status(&gw, bob, &bobs[1], &["succeeded"]).await;
+
+    // Every cancel is in the audit log, by its actor.
+    let (_, _, audit) = call("GET", &format!("{base}/audit?limit=500"), admin, None, &[]).await;
+    let audited: Vec<&str> = audit["entries"].as_array().unwrap().iter().filter_map(|e| e["target"].as_str()).collect();
+    for id in &alices {
+        assert!(audited.contains(&id.as_str()), "{id} audited: {audit}");
+    }
+
+    // An admin reaches anyone's.
+    for id in &ids {
+        call("POST", &format!("{base}/backends/{id}/drain"), admin, None, &[]).await;
+    }
+    let bob_queued = submit(&gw, bob, 300).await;
+    let (status, _, by_admin) = cancel(admin, json!({"status": ["queued"]})).await;
+    assert_eq!(status, 200, "{by_admin}");
+    assert_eq!(by_admin["canceled"], json!([bob_queued]), "{by_admin}");
+}

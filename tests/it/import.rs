@@ -76,7 +76,8 @@ async fn import_sdxl_base_and_refiner_then_run_it_with_overrides() {
         (p["width"]["type"].as_str(), p["width"]["minimum"].as_i64(), p["width"]["maximum"].as_i64()),
         (Some("integer"), Some(16), Some(16384))
     );
-    assert_eq!((p["width"]["multipleOf"].as_i64(), p["width"]["default"].as_i64()), (Some(8), Some(1024)));
+    assert_eq!((p["width"]["x-step"].as_i64(), p["width"]["default"].as_i64()), (Some(8), Some(1024)));
+    assert!(p["width"].get("multipleOf").is_none(), "ComfyUI's step is a hint, not a rule: {}", p["width"]);
     assert_eq!((p["steps"]["type"].as_str(), p["steps"]["default"].as_i64()), (Some("integer"), Some(25)));
     assert_eq!((p["steps"]["minimum"].as_i64(), p["steps"]["maximum"].as_i64()), (Some(1), Some(10000)));
     assert_eq!((p["cfg"]["type"].as_str(), p["cfg"]["maximum"].as_f64()), (Some("number"), Some(100.0)));
@@ -145,7 +146,7 @@ async fn import_sdxl_base_and_refiner_then_run_it_with_overrides() {
     assert_eq!(prompt["4"]["inputs"]["ckpt_name"], "sd_xl_base_1.0.safetensors");
 
     // Out of the backend's range: the schema says so before anything is queued.
-    let (status, bad) = gw.submit(json!({"workflowId": "sdxl_refined", "inputs": {"width": 1001}})).await;
+    let (status, bad) = gw.submit(json!({"workflowId": "sdxl_refined", "inputs": {"width": 20000}})).await;
     assert_eq!((status, bad["error"]["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{bad}");
     let (status, bad) = gw.submit(json!({"workflowId": "sdxl_refined", "inputs": {"checkpoint": "nope.ckpt"}})).await;
     assert_eq!(status, 400, "{bad}");
@@ -195,10 +196,12 @@ async fn import_refuses_what_is_not_an_api_export_and_says_why() {
     let sim = Sim::start(dir.path(), 0).await;
     let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
     let url = format!("{}/workflows/import", gw.url());
-    let ui = json!({"last_node_id": 9, "last_link_id": 9, "nodes": [{"id": 3, "type": "KSampler"}], "links": [], "version": 0.4});
+    // A saved (UI-format) workflow is converted; one that cannot be names the node.
+    let ui = json!({"last_node_id": 9, "last_link_id": 9, "links": [], "version": 0.4,
+        "nodes": [{"id": 3, "type": "NoSuchNode", "mode": 0, "widgets_values": [1, "a"], "inputs": [], "outputs": []}]});
     let cases = [
-        (json!({"workflow": ui.clone()}), "/workflow", "Export (API)"),
-        (ui, "/", "Export (API)"),
+        (json!({"workflow": ui.clone()}), "/workflow/nodes/0", "node 3 (NoSuchNode"),
+        (ui, "/nodes/0", "node 3 (NoSuchNode"),
         (json!({"workflow": 5}), "/workflow", "API format"),
         (json!({"workflow": {}}), "/workflow", "no nodes"),
         (json!({}), "/", "no nodes"),
@@ -235,7 +238,10 @@ async fn import_refuses_what_is_not_an_api_export_and_says_why() {
     let (status, v) =
         post_json(&url, &json!({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}})).await;
     assert_eq!(status, 200, "{v}");
-    assert!(v["warnings"][0].as_str().unwrap().contains("no common input"), "{v}");
+    let warnings: Vec<&str> = v["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    assert!(warnings.iter().any(|w| w.contains("no common input")), "{v}");
+    // What the backend would refuse is named: here, the inputs the node lacks.
+    assert!(warnings.contains(&"node 1 (EmptyImage): the required input height is missing; jobs will fail"), "{v}");
     // An unknown node class is a warning, not an error.
     let (status, v) = post_json(
         &url,
@@ -381,10 +387,11 @@ async fn import_workflow_cli_writes_files_that_add_workflow_accepts() {
 
     // Refusals: exit 1 with the reason, 2 for a bad COMFYUI_URL.
     let ui = dir.path().join("ui.json");
-    std::fs::write(&ui, r#"{"last_node_id": 1, "nodes": [], "links": []}"#).unwrap();
+    std::fs::write(&ui, r#"{"last_node_id": 1, "links": [], "nodes": [{"id": 1, "type": "NoSuchNode", "mode": 0, "widgets_values": [1]}]}"#)
+        .unwrap();
     let (code, _, stderr) = cli(&["import-workflow", ui.to_str().unwrap(), "--comfyui-url", &sim.url()], &[]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains("Export (API)"), "{stderr}");
+    assert!(stderr.contains("node 1 (NoSuchNode"), "{stderr}");
     let down = DeadPort::new();
     let (code, _, stderr) = cli(&["import-workflow", &sdxl, "--comfyui-url", &down.url()], &[]);
     assert_eq!(code, Some(1), "{stderr}");
@@ -432,4 +439,80 @@ fn cli_failures_exit_with_the_code_of_their_kind() {
         }
     }
     assert!(!std::path::Path::new(&db).exists(), "no failed command created the database");
+}
+
+/// Registering checks node classes against the healthy backends: an unknown class is a
+/// warning naming the node and class, or with `?strict=true` a refusal that registers
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_checks_node_classes_against_the_backends() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 5).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
+    eventually("the simulator becomes healthy", async || {
+        let (_, v) = get_json(&format!("{}/backends", gw.url())).await;
+        if v["backends"][0]["reachable"] == true { Ok(()) } else { Err(v) }
+    })
+    .await;
+    let body = |id: &str| {
+        json!({"id": id, "workflow": {
+            "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+            "2": {"class_type": "NoSuchNode", "inputs": {"images": ["1", 0]}},
+            "3": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}})
+    };
+    let url = format!("{}/workflows", gw.url());
+    let (status, v) = support::post_json(&url, &body("custom_a")).await;
+    assert_eq!(status, 201, "{v}");
+    let warnings = v["warnings"].as_array().expect("warnings").iter().filter_map(Value::as_str).collect::<Vec<_>>();
+    assert!(
+        warnings.iter().any(|w| w.contains("node 2 (NoSuchNode)") && w.contains("no healthy backend knows")),
+        "{warnings:?}"
+    );
+    assert_eq!(warnings.len(), 1, "the known classes are not warned about: {warnings:?}");
+
+    let (status, v) = support::post_json(&format!("{url}?strict=true"), &body("custom_b")).await;
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("VALIDATION_ERROR")), "{v}");
+    assert_eq!(v["error"]["details"][0]["path"], "/workflow/2/class_type", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("NoSuchNode"), "{v}");
+    let status = support::get(&format!("{url}/custom_b"), &[]).await.status();
+    assert_eq!(status, 404, "nothing registered");
+    let (status, v) = support::post_json(&format!("{url}?strict=maybe"), &body("custom_c")).await;
+    assert_eq!(status, 400, "{v}");
+    // A known graph registers cleanly under strict, with no warnings.
+    let mut clean = body("custom_d");
+    clean["workflow"].as_object_mut().unwrap().remove("2");
+    let (status, v) = support::post_json(&format!("{url}?strict=true"), &clean).await;
+    assert_eq!(status, 201, "{v}");
+    assert!(v.get("warnings").is_none(), "{v}");
+}
+
+/// A workflow as ComfyUI's editor saves it (the UI format: nodes, links, widget values,
+/// reroutes, primitives) is converted with the backend's node definitions, proposed like
+/// its Export (API), registered and run; by the CLI too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_ui_workflow_is_converted_proposed_and_runs() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
+    let ui: Value = serde_json::from_str(include_str!("fixtures/ui/icon_512_ui.json")).unwrap();
+    let api: Value = serde_json::from_str(include_str!("fixtures/ui/icon_512_api.json")).unwrap();
+    let url = format!("{}/workflows/import", gw.url());
+    let (status, from_ui) = post_json(&url, &json!({"workflow": ui, "id": "from_ui"})).await;
+    assert_eq!(status, 200, "{from_ui}");
+    let (status, from_api) = post_json(&url, &json!({"workflow": api, "id": "from_ui"})).await;
+    assert_eq!(status, 200, "{from_api}");
+    // The same proposal as from the API export of the same graph.
+    assert_eq!(from_ui["proposal"]["template"], from_api["proposal"]["template"]);
+    assert_eq!(from_ui["proposal"]["inputSchema"], from_api["proposal"]["inputSchema"]);
+    let (status, registered) = post_json(&url, &json!({"workflow": ui, "id": "from_ui", "register": true})).await;
+    assert_eq!(status, 201, "{registered}");
+    let job = gw.submit_ok(json!({"workflowId": "from_ui", "inputs": {"prompt": "a saved workflow"}})).await;
+    assert_eq!(gw.wait_terminal(&job, Duration::from_secs(60)).await["status"], "succeeded");
+    // The CLI converts the same file.
+    let file = dir.path().join("saved.json");
+    std::fs::write(&file, serde_json::to_string(&ui).unwrap()).unwrap();
+    let (code, stdout, stderr) = cli(&["import-workflow", file.to_str().unwrap(), "--comfyui-url", &sim.url()], &[]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let printed: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(printed["proposal"]["template"], from_api["proposal"]["template"]);
 }

@@ -158,6 +158,9 @@ async fn failures_are_classified_with_their_codes() {
     assert_eq!(done["error"]["code"], "COMFYUI_NODE_ERROR", "{done}");
     assert_eq!(done["error"]["details"]["nodeErrors"][0]["nodeId"], "1");
     assert_eq!(done["error"]["details"]["nodeErrors"][0]["type"], "value_smaller_than_min");
+    // The message names the node, its class, the input and the reason.
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(message.contains("node 1 (EmptyImage), input width: Value 0 smaller than min of"), "{message}");
 
     let run = |seed: i64| {
         let gw = &gw;

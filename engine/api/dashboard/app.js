@@ -55,8 +55,16 @@ function ago(iso) {
 function duration(job) {
   if (!job.startedAt) return '';
   const end = job.finishedAt ? Date.parse(job.finishedAt) : Date.now();
-  const s = (end - Date.parse(job.startedAt)) / 1000;
+  // The browser's clock may be behind the server's: a running job never ran "-0.3 s".
+  const s = Math.max(0, (end - Date.parse(job.startedAt)) / 1000);
   return s < 60 ? `${s.toFixed(1)} s` : `${(s / 60).toFixed(1)} min`;
+}
+
+/** A priority as people say it: 0 is normal, above it high, below it low. */
+function priorityName(p) {
+  const n = Number(p) || 0;
+  if (n === 0) return 'normal';
+  return n > 0 ? `high (${n})` : `low (${n})`;
 }
 
 function bytes(n) {
@@ -279,13 +287,13 @@ function leavePage() {
 
 function route() {
   const here = leavePage();
-  const hash = location.hash.replace(/^#\/?/, '');
+  const hash = location.hash.replace(/^#\/?/, '').split('?')[0];
   const [view, ...rest] = hash.split('/');
   const arg = rest.length ? decodeURIComponent(rest.join('/')) : null;
   if (!session.credential && !session.open) return loginPage();
   const tab = view === 'import' ? 'workflows' : view || 'jobs';
   document.querySelectorAll('#nav a').forEach((a) => a.classList.toggle('active', a.dataset.view === tab));
-  const pages = { jobs: arg ? jobPage : jobsPage, queue: queuePage, workflows: arg ? workflowPage : workflowsPage, import: importPage, backends: backendsPage };
+  const pages = { jobs: arg ? jobPage : jobsPage, gallery: galleryPage, queue: queuePage, workflows: arg ? workflowPage : workflowsPage, import: importPage, backends: backendsPage };
   const fn = pages[view] || jobsPage;
   fn(here, arg).catch((e) => here.show(h('h1', {}, 'Something went wrong'), alertBox(e)));
 }
@@ -349,15 +357,48 @@ async function whoAmI() {
   document.getElementById('logout').hidden = session.open;
 }
 
+// ----- gallery -----
+
+/** The outputs of the latest succeeded jobs, newest first; thumbnails load as they scroll in. */
+async function galleryPage(here) {
+  const grid = h('div', { class: 'thumbs', id: 'gallery' });
+  const more = h('button', { type: 'button', hidden: true }, 'Load more');
+  const empty = h('div', { class: 'empty', hidden: true }, 'No outputs yet.');
+  here.show(h('h1', {}, 'Gallery'), h('div', { class: 'panel' }, grid, empty, more));
+  let cursor = null;
+  async function page() {
+    const q = new URLSearchParams({ status: 'succeeded', limit: '30' });
+    if (cursor) q.set('cursor', cursor);
+    const { jobs, nextCursor } = await api(`/jobs?${q}`);
+    if (!here.alive) return;
+    for (const job of jobs) {
+      for (const o of job.outputs || []) {
+        const url = outputPath(job.jobId, o);
+        const image = /^image\//.test(o.mediaType);
+        grid.append(h('figure', { class: 'thumb', dataset: { output: o.name, job: job.jobId } },
+          h('a', { href: `#/jobs/${job.jobId}`, title: `${job.workflowId} · ${o.name}` }, image ? lazyImage(url, o.name) : h('div', { class: 'empty' }, o.mediaType)),
+          h('figcaption', { class: 'cap' }, h('span', {}, `${job.workflowId} · ${ago(job.finishedAt)}`))));
+      }
+    }
+    cursor = nextCursor;
+    more.hidden = !nextCursor;
+    empty.hidden = grid.childElementCount > 0;
+    grid.dataset.loaded = 'true';
+  }
+  more.addEventListener('click', () => page().catch((e) => here.show(alertBox(e))));
+  await page();
+}
+
 // ----- jobs -----
 
 function jobRow(job, live) {
   const cells = [
     h('td', { class: 'mono' }, h('a', { href: `#/jobs/${job.jobId}` }, shortId(job.jobId))),
     h('td', {}, job.workflowId),
+    h('td', { class: 'mini-cell' }, job.status === 'succeeded' ? firstImage(job) : null),
     h('td', {}, statusPill(job.status), job.cached ? h('span', { class: 'muted' }, ' cached') : null),
     h('td', {}, job.status === 'running' ? progressBar(live ? live.percent : 0) : job.error ? h('span', { class: 'muted' }, job.error.code) : ''),
-    h('td', {}, job.priority),
+    h('td', {}, priorityName(job.priority)),
     h('td', {}, job.backend || ''),
     h('td', { title: job.createdAt }, ago(job.createdAt)),
     h('td', {}, duration(job)),
@@ -373,10 +414,33 @@ async function jobsPage(here) {
   const tbody = h('tbody', {});
   const more = h('button', { type: 'button', hidden: true }, 'Load more');
   const table = h('table', { id: 'jobs' },
-    h('thead', {}, h('tr', {}, ['Job', 'Workflow', 'Status', 'Progress', 'Priority', 'Backend', 'Created', 'Ran'].map((t) => h('th', {}, t)))),
+    h('thead', {}, h('tr', {}, ['Job', 'Workflow', '', 'Status', 'Progress', 'Priority', 'Backend', 'Created', 'Ran'].map((t) => h('th', {}, t)))),
     tbody);
   const empty = h('div', { class: 'empty', hidden: true }, 'No jobs yet. Submit one from ', h('a', { href: '#/workflows' }, 'Workflows'), '.');
-  here.show(h('div', { class: 'row' }, h('h1', {}, 'Jobs'), h('span', { class: 'spacer' }), status),
+  // Bulk cancel (POST /jobs/cancel, called again while it says `more`): a second click confirms.
+  const bulkNote = h('span', { class: 'muted', id: 'bulk-note' });
+  const bulk = h('button', { type: 'button', class: 'danger', id: 'cancel-queued', onclick: async () => {
+    if (!bulk.dataset.armed) {
+      bulk.dataset.armed = 'yes';
+      bulk.textContent = 'Click again to cancel every queued job';
+      return;
+    }
+    bulk.disabled = true;
+    let n = 0;
+    try {
+      for (;;) {
+        const r = await api('/jobs/cancel', { method: 'POST', body: { status: ['queued'], limit: 1000 } });
+        n += r.canceled.length;
+        if (!r.more) break;
+      }
+      bulkNote.textContent = `${n} canceled`;
+    } catch (e) { bulkNote.replaceChildren(alertBox(e)); }
+    delete bulk.dataset.armed;
+    bulk.textContent = 'Cancel all queued';
+    bulk.disabled = false;
+    refresh();
+  } }, 'Cancel all queued');
+  here.show(h('div', { class: 'row' }, h('h1', {}, 'Jobs'), h('span', { class: 'spacer' }), bulkNote, bulk, status),
     h('div', { class: 'panel' }, table, empty, more));
 
   const progress = new Map();
@@ -422,6 +486,28 @@ async function jobsPage(here) {
  * perhaps a proxy's path prefix) when the page was opened by another address, and the
  * CSP allows this origin only.
  */
+/** Images that load (with the credential) only once they scroll near the view. */
+const lazyImages = new IntersectionObserver((entries) => {
+  for (const e of entries) {
+    if (!e.isIntersecting) continue;
+    lazyImages.unobserve(e.target);
+    const img = e.target;
+    outputBlob(img.dataset.src).then((u) => { img.src = u; }, () => { img.alt = `${img.alt} (could not load)`; });
+  }
+}, { rootMargin: '200px' });
+
+function lazyImage(url, alt, cls) {
+  const img = h('img', { alt, class: cls, dataset: { src: url } });
+  lazyImages.observe(img);
+  return img;
+}
+
+/** A succeeded job's first image output, small, for lists. */
+function firstImage(job) {
+  const o = (job.outputs || []).find((x) => /^image\//.test(x.mediaType));
+  return o ? lazyImage(outputPath(job.jobId, o), o.name, 'mini') : null;
+}
+
 function outputPath(jobId, o) {
   return `/outputs/${encodeURIComponent(jobId)}/${encodeURIComponent(o.name)}`;
 }
@@ -430,9 +516,17 @@ function outputTile(jobId, o) {
   const url = outputPath(jobId, o);
   const img = h('img', { alt: o.name, loading: 'lazy' });
   const isImage = /^image\//.test(o.mediaType);
+  const player = /^(video|audio)\//.exec(o.mediaType);
   if (isImage) outputBlob(url).then((u) => { img.src = u; }, () => { img.alt = `${o.name} (could not load)`; });
+  // Video and audio play in place: fetched with the credential when asked for.
+  const media = player ? h('div', { class: 'empty' }, h('button', { type: 'button', class: 'link play', onclick: (e) => {
+    const box = e.target.parentElement;
+    box.textContent = 'loading…';
+    outputBlob(url).then((u) => box.replaceWith(h(player[1], { src: u, controls: true, class: 'media', dataset: { media: player[1] } })),
+      () => { box.textContent = `${o.name} (could not load)`; });
+  } }, `▶ Play ${player[1]}`), h('div', { class: 'muted' }, o.mediaType)) : null;
   return h('figure', { class: 'thumb', dataset: { output: o.name } },
-    isImage ? img : h('div', { class: 'empty' }, o.mediaType),
+    isImage ? img : media || h('div', { class: 'empty' }, o.mediaType),
     h('figcaption', { class: 'cap' },
       h('span', { title: `${o.name} · ${o.mediaType} · BLAKE3 ${o.hash}` }, `${o.name} · ${bytes(o.size)}`),
       h('button', { class: 'link download', type: 'button', onclick: () => download(url, o.name) }, 'Download')));
@@ -441,8 +535,13 @@ function outputTile(jobId, o) {
 function eventText(d) {
   switch (d.type) {
     case 'dispatched': return `to ${d.backend} (attempt ${d.attempt})`;
-    case 'progress': return `node ${d.node}: ${d.value}/${d.max} (${Math.round(d.percent)} %)`;
-    case 'milestone': return `node ${d.node}: ${Math.round(d.percent)} %`;
+    case 'progress': {
+      // Entries without nodePercent predate job-level progress: their percent is the node's.
+      const node = d.nodeClass ? `${d.nodeClass} (node ${d.node})` : `node ${d.node}`;
+      const steps = d.max > 0 ? `, step ${d.value}/${d.max}` : '';
+      return d.nodePercent === undefined ? `${node}: ${d.value}/${d.max} (${Math.round(d.percent)} %)` : `${Math.round(d.percent)} %: ${node}${steps}`;
+    }
+    case 'milestone': return `${Math.round(d.percent)} % (node ${d.node})`;
     case 'requeued': return d.reason || '';
     case 'reattached': return d.found ? 'found on the backend' : 'not found on the backend';
     case 'succeeded': return `${d.outputs ?? (d.job ? d.job.outputs.length : '')} output(s)`;
@@ -472,7 +571,9 @@ async function jobPage(here, id) {
       h('div', { class: 'row' }, h('h1', { class: 'mono' }, `Job ${job.jobId}`), h('span', { id: 'job-status' }, statusPill(job.status)), h('span', { class: 'spacer' }), cancel),
       h('dl', { class: 'kv panel' },
         h('dt', {}, 'Workflow'), h('dd', {}, h('a', { href: `#/workflows/${encodeURIComponent(job.workflowId)}` }, job.workflowId), ` v${job.workflowVersion}`),
-        h('dt', {}, 'Priority'), h('dd', {}, job.priority),
+        h('dt', {}, 'Priority'), h('dd', {}, priorityName(job.priority)),
+        h('dt', {}, 'Again'), h('dd', {}, h('a', { id: 'rerun', href: `#/workflows/${encodeURIComponent(job.workflowId)}?rerun=${encodeURIComponent(job.jobId)}` }, 'Re-run with these inputs (editable)'),
+          copyAs(() => ({ workflowId: job.workflowId, inputs: job.inputs || {}, priority: job.priority }))),
         h('dt', {}, 'Backend'), h('dd', {}, job.backend || '—'),
         h('dt', {}, 'Attempts'), h('dd', {}, job.attempts),
         h('dt', {}, 'Seed'), h('dd', { class: 'mono' }, job.seed ?? '—'),
@@ -576,6 +677,18 @@ function schemaType(s) {
   return 'string';
 }
 
+/** Where common inputs go in the form (width and height next to each other). */
+const FIELD_ORDER = ['prompt', 'negative_prompt', 'image', 'mask', 'checkpoint', 'lora', 'lora_strength', 'lora_clip_strength',
+  'controlnet', 'controlnet_strength', 'width', 'height', 'batch_size', 'steps', 'cfg', 'sampler_name', 'scheduler',
+  'denoise', 'seed'];
+
+/** `negative_prompt` → `Negative prompt`, `cfg` → `CFG`. */
+function humanLabel(name) {
+  const words = name.split('_').filter(Boolean).map((w) => (['cfg', 'vae', 'lora', 'id', 'url'].includes(w) ? w.toUpperCase() : w));
+  const text = words.join(' ');
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
 /** One form field for one top-level input; returns {el, read()} where read() gives the value or undefined. */
 function field(root, name, schema, required) {
   const s = resolve(root, schema);
@@ -584,11 +697,13 @@ function field(root, name, schema, required) {
   const wide = s.format === 'image' || (type === 'string' && !s.enum && (/prompt|text|caption/i.test(name) || (s.maxLength || 0) > 256)) || type === 'object' || type === 'array';
   let control;
   let read;
+  let set = () => {};
   const hints = [];
   if (s.format === 'image') {
     const picker = h('input', { id, name, type: 'file', accept: 'image/*', required: required && !('default' in s) });
     const url = h('input', { id: `${id}-url`, type: 'text', placeholder: 'or an http(s) URL / data: URI' });
     read = () => (picker.files.length ? { file: picker.files[0] } : url.value.trim() || undefined);
+    set = (v) => { if (typeof v === 'string') url.value = v; };
     control = h('div', {}, picker, url);
     hints.push('PNG, JPEG or WebP; uploaded with the job.');
   } else if (s.enum) {
@@ -596,15 +711,20 @@ function field(root, name, schema, required) {
       s.enum.map((v, i) => h('option', { value: String(i) }, String(v))));
     if ('default' in s) control.value = String(s.enum.findIndex((v) => v === s.default));
     read = () => (control.value === '' ? undefined : s.enum[Number(control.value)]);
+    set = (v) => { const i = s.enum.findIndex((x) => x === v); if (i >= 0) control.value = String(i); };
   } else if (type === 'boolean') {
     control = h('input', { id, name, type: 'checkbox' });
     control.checked = s.default === true;
     read = () => control.checked;
+    set = (v) => { control.checked = v === true; };
   } else if (type === 'integer' || type === 'number') {
     const step = s.multipleOf || (type === 'integer' ? 1 : 'any');
     control = h('input', { id, name, type: 'number', step, min: s.minimum ?? s.exclusiveMinimum, max: s.maximum ?? s.exclusiveMaximum, value: s.default, placeholder: 'default' in s ? '' : name === 'seed' ? 'random' : '' });
     read = () => (control.value === '' ? undefined : Number(control.value));
-    if (s.minimum !== undefined || s.maximum !== undefined) hints.push(`${s.minimum ?? '…'} to ${s.maximum ?? '…'}${s.multipleOf ? `, multiple of ${s.multipleOf}` : ''}`);
+    set = (v) => { if (typeof v === 'number') control.value = String(v); };
+    // `x-step` is ComfyUI's step, a hint (ComfyUI takes other values too); `multipleOf` a rule.
+    const stepHint = s.multipleOf ? `, multiple of ${s.multipleOf}` : s['x-step'] ? `, step ${s['x-step']}` : '';
+    if (s.minimum !== undefined || s.maximum !== undefined) hints.push(`${s.minimum ?? '…'} to ${s.maximum ?? '…'}${stepHint}`);
   } else if (type === 'object' || type === 'array') {
     control = h('textarea', { id, name, placeholder: type === 'array' ? '[ … ] (JSON)' : '{ … } (JSON)' });
     if ('default' in s) control.value = JSON.stringify(s.default, null, 2);
@@ -612,38 +732,101 @@ function field(root, name, schema, required) {
       if (!control.value.trim()) return undefined;
       try { return JSON.parse(control.value); } catch (e) { throw new FieldError(name, `is not valid JSON: ${e.message}`); }
     };
+    set = (v) => { control.value = JSON.stringify(v, null, 2); };
   } else {
     control = wide ? h('textarea', { id, name, maxlength: s.maxLength }) : h('input', { id, name, type: 'text', maxlength: s.maxLength });
     if (typeof s.default === 'string') control.value = s.default;
     read = () => (control.value === '' ? undefined : control.value);
+    set = (v) => { if (typeof v === 'string') control.value = v; };
   }
   const err = h('div', { class: 'err' });
   const el = h('div', { class: wide ? 'field wide' : 'field', dataset: { input: name } },
-    h('label', { for: id }, s.title || name, required ? h('span', { class: 'req', title: 'required' }, ' *') : null),
+    h('label', { for: id, title: name }, s.title || humanLabel(name), required ? h('span', { class: 'req', title: 'required' }, ' *') : null),
     control,
     s.description ? h('div', { class: 'hint' }, s.description) : null,
     hints.length ? h('div', { class: 'hint' }, hints.join(' ')) : null,
     err);
-  return { name, el, read, error: (msg) => { el.classList.toggle('invalid', !!msg); err.textContent = msg || ''; } };
+  return { name, el, read, set, error: (msg) => { el.classList.toggle('invalid', !!msg); err.textContent = msg || ''; } };
 }
 
 class FieldError extends Error {
   constructor(name, message) { super(message); this.field = name; }
 }
 
+/** `v` (JSON) as a Python literal: strings as JSON writes them (valid Python), True/False/None. */
+function pythonLiteral(v, indent) {
+  const inner = `${indent}    `;
+  if (v === null || v === undefined) return 'None';
+  if (v === true || v === false) return v ? 'True' : 'False';
+  if (Array.isArray(v)) return v.length ? `[\n${v.map((x) => inner + pythonLiteral(x, inner)).join(',\n')},\n${indent}]` : '[]';
+  if (typeof v === 'object') {
+    const entries = Object.entries(v);
+    return entries.length ? `{\n${entries.map(([k, x]) => `${inner}${JSON.stringify(k)}: ${pythonLiteral(x, inner)}`).join(',\n')},\n${indent}}` : '{}';
+  }
+  return JSON.stringify(v);
+}
+
+/** The request that submits `request` (`{workflowId, inputs, priority, ...}`) as curl, Python and JavaScript. */
+function snippets(request) {
+  const url = `${location.origin}/jobs?wait=60`;
+  const json = JSON.stringify(request, null, 2);
+  const shellJson = JSON.stringify(request).replace(/'/g, "'\\''");
+  return {
+    curl: `curl -X POST '${url}' \\\n  -H "X-API-Key: $GATEWAY_API_KEY" -H 'content-type: application/json' \\\n  -d '${shellJson}'`,
+    Python: `import os, requests\n\njob = requests.post(\n    "${url}",\n    headers={"X-API-Key": os.environ["GATEWAY_API_KEY"]},\n    json=${pythonLiteral(request, '    ')},\n    timeout=90,\n).json()\nprint(job["status"], [o["url"] for o in job.get("outputs", [])])`,
+    JavaScript: `const job = await fetch("${url}", {\n  method: "POST",\n  headers: { "X-API-Key": process.env.GATEWAY_API_KEY, "content-type": "application/json" },\n  body: JSON.stringify(${json.split('\n').join('\n  ')}),\n}).then((r) => r.json());\nconsole.log(job.status, job.outputs?.map((o) => o.url));`,
+  };
+}
+
+/** "Copy as curl / Python / JavaScript" for the request `get()` gives (shown, and copied when the browser allows). */
+function copyAs(get) {
+  const shown = h('pre', { class: 'snippet', hidden: true });
+  const buttons = Object.keys(snippets({})).map((lang) => h('button', { type: 'button', class: 'link', dataset: { lang },
+    onclick: async () => {
+      let request;
+      try { request = get(); } catch (e) { shown.hidden = false; shown.textContent = e.message; return; }
+      const text = snippets(request)[lang];
+      shown.hidden = false;
+      shown.dataset.lang = lang;
+      shown.textContent = text;
+      try { await navigator.clipboard.writeText(text); } catch (_) { /* shown for copying by hand */ }
+    } }, lang));
+  return h('div', { class: 'copy-as' }, h('span', { class: 'muted' }, 'Copy as '), ...buttons.flatMap((b, i) => (i ? [' · ', b] : [b])), shown);
+}
+
 async function workflowPage(here, id) {
   const w = await api(`/workflows/${encodeURIComponent(id)}`);
+  // `#/workflows/ID?rerun=JOB`: the form filled with that job's inputs.
+  const rerun = new URLSearchParams(location.hash.split('?')[1] || '').get('rerun');
+  const previous = rerun ? await api(`/jobs/${encodeURIComponent(rerun)}`).catch(() => null) : null;
   const schema = w.inputSchema || {};
   const required = new Set(schema.required || []);
-  // Required inputs first, then texts (prompts), then the rest in the schema's order.
-  const rank = ([n, s]) => (required.has(n) ? 0 : schemaType(resolve(schema, s)) === 'string' && /prompt|text/i.test(n) ? 1 : 2);
+  // The order people fill a form in (prompts, image, models, size side by side, sampling,
+  // seed), then the other required inputs, then the rest by name.
+  const rank = ([n, s]) => {
+    const known = FIELD_ORDER.indexOf(n.replace(/_\d+$/, '').replace(/^refiner_/, ''));
+    if (known >= 0) return known;
+    if (schemaType(resolve(schema, s)) === 'string' && /prompt|text/i.test(n)) return 1.5;
+    return FIELD_ORDER.length + (required.has(n) ? 0 : 1);
+  };
   const fields = Object.entries(schema.properties || {})
-    .map((e, i) => [rank(e), i, e])
-    .sort((a, b) => a[0] - b[0] || a[1] - b[1])
+    .map((e) => [rank(e), e[0], e])
+    .sort((a, b) => a[0] - b[0] || a[1].localeCompare(b[1]))
     .map(([, , [n, s]]) => field(schema, n, s, required.has(n)));
-  const priority = h('input', { id: 'job-priority', type: 'number', step: 1, value: 0 });
+  const priority = h('input', { id: 'job-priority', type: 'number', step: 1, value: previous ? previous.priority : 0 });
   const cache = h('input', { id: 'job-cache', type: 'checkbox' });
   cache.checked = true;
+  if (previous && previous.inputs) {
+    for (const f of fields) if (f.name in previous.inputs) f.set(previous.inputs[f.name]);
+  }
+  const formRequest = () => {
+    const inputs = {};
+    for (const f of fields) {
+      const v = f.read();
+      if (v !== undefined && !(v && v.file)) inputs[f.name] = v;
+    }
+    return { workflowId: w.id, inputs, priority: Number(priority.value) || 0 };
+  };
   const status = h('div', {});
   const submit = h('button', { class: 'primary', type: 'submit', id: 'submit' }, 'Submit job');
   const form = h('form', { id: 'job-form', class: 'panel', novalidate: true, onsubmit: async (ev) => {
@@ -688,7 +871,7 @@ async function workflowPage(here, id) {
   h('div', { class: 'form' }, fields.map((f) => f.el),
     h('div', { class: 'field' }, h('label', { for: 'job-priority' }, 'Priority'), priority, h('div', { class: 'hint' }, 'Higher runs first.')),
     h('div', { class: 'field' }, h('label', { for: 'job-cache' }, cache, ' Use the result cache'), h('div', { class: 'hint' }, 'Same inputs and seed: answered from the stored outputs.'))),
-  h('p', {}, submit), status);
+  h('p', {}, submit), status, copyAs(formRequest));
   here.show(h('div', { class: 'row' }, h('h1', {}, w.name || w.id), h('span', { class: 'mono muted' }, `${w.id} · v${w.version}`)),
     w.description ? h('p', {}, w.description) : null,
     form,
@@ -796,6 +979,13 @@ async function healthPill() {
     pill.textContent = r.ok ? 'healthy' : 'degraded';
     pill.className = `pill ${r.ok ? 'st-ok' : 'st-failed'}`;
     pill.title = `GET /health: ${JSON.stringify(body.backends || body)}`;
+    // Reachable is not enough: with every backend drained no job runs.
+    const backends = r.ok ? ((await api('/backends').catch(() => null)) || {}).backends || [] : [];
+    if (backends.length && !backends.some((b) => b.state === 'healthy')) {
+      pill.textContent = 'all backends drained';
+      pill.className = 'pill st-queued';
+      pill.title = `GET /backends: ${backends.map((b) => `${b.id}: ${b.state}`).join(', ')}`;
+    }
   } catch (_) {
     pill.textContent = 'unreachable';
     pill.className = 'pill st-failed';
