@@ -508,12 +508,14 @@ async fn put_workflow(
     Ok(details)
 }
 
-/// `POST /workflows/import`: a template and input schema proposed for a ComfyUI API-format
-/// export, typed from the first healthy backend's `/object_info`. The body is
+/// `POST /workflows/import?strict=`: a template and input schema proposed for a workflow
+/// exported from ComfyUI (API format) or saved by its editor (UI format, converted), typed
+/// from the first healthy backend's `/object_info`. The body is
 /// `{workflow, id?, name?, description?, register?}`, or the export itself. 200 with
 /// `{proposal, inputs, warnings}`; with `register: true`, 201 with the registered workflow
 /// (as `POST /workflows` answers) plus `inputs` and `warnings`.
 pub async fn import_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Result<Resp> {
+    let strict = parse_strict(p)?;
     let body = read_object(ctx, req).await?;
     // A body without a `workflow` member is the export itself, with the default options.
     let (options, at) = if body.contains_key("workflow") {
@@ -526,7 +528,7 @@ pub async fn import_workflow(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> R
         ctx.gateway.import_workflow(&options.workflow, at, options.id, options.name, options.description).await?;
     let answer = WorkflowImported::new(&imported.id, &imported.name, &imported.description, &imported.proposal);
     if options.register {
-        let workflow = put_workflow(ctx, p, imported.definition(), false, parse_strict(p)?).await?;
+        let workflow = put_workflow(ctx, p, imported.definition(), false, strict).await?;
         let registered = WorkflowImportRegistered { workflow, inputs: answer.inputs, warnings: answer.warnings };
         return Ok(reply::json(StatusCode::CREATED, &registered));
     }

@@ -65,6 +65,7 @@ fn generated() -> Map<String, Value> {
         "A workflow as ComfyUI's Export (API) writes it: {node id: {class_type, inputs, _meta?}}, links as [node id, output index]"
     );
     schemas.insert("ApiFormatWorkflow".into(), export);
+    schemas.insert("UiFormatWorkflow".into(), crate::comfy::graph::ui_format_schema());
     for schema in schemas.values_mut() {
         tidy_generated(schema);
     }
@@ -408,15 +409,15 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                     "parameters": [{"name": "strict", "in": "query", "required": false,
                         "description": "true: refuse (400) a node class no healthy backend knows, instead of registering with a warning (with register: true)",
                         "schema": {"type": "boolean", "default": false}}],
-                    "summary": "Propose a template and input schema for a workflow exported from ComfyUI (Export (API)), typed from the first healthy backend's /object_info; with register: true, register it",
+                    "summary": "Propose a template and input schema for a workflow from ComfyUI (Export (API), or the saved UI format, converted with the backend's node definitions), typed from the first healthy backend's /object_info; with register: true, register it",
                     "requestBody": {"required": true, "content": {"application/json": {"schema": json!({
-                        "description": "`{workflow, id?, name?, description?, register?}`, or the API-format export itself as the whole body (then with the default options)",
-                        "anyOf": [schema_ref("WorkflowImport"), schema_ref("ApiFormatWorkflow")]
+                        "description": "`{workflow, id?, name?, description?, register?}`, or the workflow itself (API or UI format) as the whole body (then with the default options)",
+                        "anyOf": [schema_ref("WorkflowImport"), schema_ref("ApiFormatWorkflow"), schema_ref("UiFormatWorkflow")]
                     })}}},
                     "responses": with_errors(json!({
                         "200": json_response("The proposal, what was recognized, and what to check", schema_ref("WorkflowImported")),
                         "201": json_response("Registered as proposed (register: true): the workflow as POST /workflows answers, plus inputs and warnings", schema_ref("WorkflowImportRegistered"))
-                    }), &[("400", "Not a ComfyUI API-format export (e.g. the UI format with nodes/links: use Export (API)), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)"), DISK_FULL])
+                    }), &[("400", "Not a ComfyUI workflow (API or UI format), a UI-format node that cannot be converted (named), or a bad option (details name each field)"), ADMIN_ONLY, ("409", "register: true and the id exists"), ("408", "The body did not arrive within BODY_READ_TIMEOUT_MS, or too slowly (REQUEST_TIMEOUT)"), ("413", "Body too large"), ("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)"), DISK_FULL])
                 }
             },
             "/workflows/{id}": {

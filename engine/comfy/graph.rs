@@ -85,6 +85,17 @@ pub fn nodes(prompt: &Value) -> BTreeMap<&str, Node<'_>> {
     out
 }
 
+/// The JSON Schema of a workflow in ComfyUI's UI format, as far as the gateway requires it
+/// (an object with a `nodes` array; `links` and the rest are read by the converter).
+pub fn ui_format_schema() -> Value {
+    serde_json::json!({
+        "type": "object",
+        "required": ["nodes"],
+        "properties": {"nodes": {"type": "array", "items": {"type": "object"}}, "links": {"type": "array"}},
+        "description": "A workflow as ComfyUI's editor saves it (Workflow → Save): nodes, links, widget values",
+    })
+}
+
 /// Whether an object is a workflow in ComfyUI's UI format (`nodes` and `links` arrays, what
 /// Save writes) rather than the API format.
 pub fn is_ui_format(workflow: &Map<String, Value>) -> bool {

@@ -255,6 +255,12 @@ impl WorkflowDefinition {
 
 /// The schema of a ComfyUI API-format workflow: `{node id: {class_type, inputs, _meta?}}`
 /// (`comfy::graph` knows its keys).
+/// An API-format workflow, or a UI-format one (an object with a `nodes` array).
+fn any_workflow(_: &mut SchemaGenerator) -> Schema {
+    let schema = serde_json::json!({"anyOf": [crate::comfy::graph::api_format_schema(), crate::comfy::graph::ui_format_schema()]});
+    Schema::try_from(schema).expect("an object is a schema")
+}
+
 fn api_format_workflow(_: &mut SchemaGenerator) -> Schema {
     Schema::try_from(crate::comfy::graph::api_format_schema()).expect("an object is a schema")
 }
@@ -320,9 +326,10 @@ impl PluginBody {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WorkflowImport {
-    /// The workflow as ComfyUI's Export (API) writes it: `{node id: {class_type, inputs,
-    /// _meta?}}`, links as `[node id, output index]`.
-    #[schemars(schema_with = "api_format_workflow")]
+    /// The workflow as ComfyUI's Export (API) writes it (`{node id: {class_type, inputs,
+    /// _meta?}}`, links as `[node id, output index]`), or as its editor saves it (the UI
+    /// format: `nodes`, `links`, widget values; converted with the backend's node definitions).
+    #[schemars(schema_with = "any_workflow")]
     pub workflow: Value,
     /// The proposed id (default `imported`).
     #[schemars(pattern(r"^[A-Za-z0-9_.-]{1,128}$"))]
