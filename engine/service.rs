@@ -269,7 +269,21 @@ pub struct Gateway {
     backup_slot: Arc<tokio::sync::Semaphore>,
     /// Bumped after every change of the workflows ([`Gateway::workflows_changed`]).
     workflows_version: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The last model lists read ([`Gateway::models`]): when, from which backend.
+    models: Arc<tokio::sync::Mutex<Option<(std::time::Instant, ModelLists)>>>,
 }
+
+/// The model files a backend offers, by kind (`checkpoints`, `loras`, ...).
+#[derive(Debug, Clone)]
+pub struct ModelLists {
+    /// The backend asked.
+    pub backend: String,
+    /// Its files by kind.
+    pub lists: BTreeMap<&'static str, Vec<String>>,
+}
+
+/// How long [`Gateway::models`] answers from the lists it read last.
+pub const MODELS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `<database>.gateway.json`: written by a running gateway next to the database it holds
 /// (atomically, once it listens; removed at a clean shutdown), so that a CLI command that
@@ -389,6 +403,7 @@ impl Gateway {
             webhooks: webhooks.clone(),
             backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             workflows_version: Arc::new(tokio::sync::watch::Sender::new(0)),
+            models: Arc::default(),
         };
         webhooks.start(gateway.clone());
         Ok(gateway)
@@ -977,6 +992,29 @@ impl Gateway {
             }
         }
         check
+    }
+
+    /// The model files the first healthy backend offers, by kind: read from its
+    /// `/object_info` at most once per [`MODELS_TTL`], by one request at a time (the
+    /// others wait for that read), so no number of callers makes the backend build its
+    /// node definitions more often. `COMFYUI_UNREACHABLE` when it cannot be read.
+    pub async fn models(&self) -> Result<ModelLists> {
+        let mut last = self.models.lock().await;
+        if let Some((at, lists)) = last.as_ref()
+            && at.elapsed() < MODELS_TTL
+        {
+            return Ok(lists.clone());
+        }
+        let (backend, _) = self.scheduler.catalog_backend();
+        let info = tokio::time::timeout(CLASS_CHECK_TIMEOUT, self.object_info()).await.map_err(|_| {
+            Error::new(
+                ErrorCode::ComfyuiUnreachable,
+                format!("ComfyUI backend {backend} did not list its node definitions in time; try again"),
+            )
+        })??;
+        let lists = ModelLists { backend, lists: crate::comfy::graph::model_lists(&info) };
+        *last = Some((std::time::Instant::now(), lists.clone()));
+        Ok(lists)
     }
 
     /// Propose a workflow (template + input schema) for a ComfyUI API-format export, typed

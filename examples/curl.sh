@@ -76,6 +76,7 @@ step '200|503' GET /health
 step 200 GET /livez
 step '200|503' GET /readyz
 step 200 GET /capabilities
+step '200|503' GET /models   # 503 while no backend answered yet
 step 200 GET /openapi.json
 step 200 GET /backends
 backends=$(python3 -c 'import json,sys; print(" ".join(b["id"] for b in json.load(open(sys.argv[1]))["backends"]))' "$BODY")

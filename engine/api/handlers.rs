@@ -31,8 +31,8 @@ use crate::wire::job::{
 };
 use crate::wire::system::{
     AuditEntryView, AuditPage, Backend, BackendList, BackendsCheck, Capabilities, Health, HealthBackend, HealthComfyui,
-    HealthStore, Livez, Readiness, ReadyChecks, Readyz, StoreCheck, Up, WorkflowDetails, WorkflowImportRegistered,
-    WorkflowImported, WorkflowList, WorkflowSummary,
+    HealthStore, Livez, ModelList, Readiness, ReadyChecks, Readyz, StoreCheck, Up, WorkflowDetails,
+    WorkflowImportRegistered, WorkflowImported, WorkflowList, WorkflowSummary,
 };
 use crate::wire::{self, Link, request, request::PluginComponent};
 
@@ -426,6 +426,13 @@ pub fn openapi(ctx: &Ctx) -> Result<Resp> {
     let config = &ctx.gateway.config;
     let server_url = if config.public_url_set { config.public_url.as_str() } else { "/" };
     Ok(reply::json(StatusCode::OK, &super::openapi::document(&workflows, server_url)))
+}
+
+/// `GET /models`: the first healthy backend's model files by kind ([`Gateway::models`]).
+pub async fn models(ctx: &Ctx) -> Result<Resp> {
+    let m = ctx.gateway.models().await?;
+    let models = m.lists.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    Ok(reply::json(StatusCode::OK, &ModelList { backend: m.backend, models }))
 }
 
 /// `GET /workflows`.

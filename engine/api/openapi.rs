@@ -29,6 +29,7 @@ fn generated() -> Map<String, Value> {
     add::<system::Livez>(&mut answers);
     add::<system::Readyz>(&mut answers);
     add::<system::Capabilities>(&mut answers);
+    add::<system::ModelList>(&mut answers);
     add::<system::BackendList>(&mut answers);
     add::<system::WorkflowList>(&mut answers);
     add::<system::WorkflowDetails>(&mut answers);
@@ -371,6 +372,12 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                     "400": error_response("More than 64 query parameters"),
                     "429": error_response("The connection came from an address already holding MAX_CONNECTIONS_PER_IP (RATE_LIMITED, with Retry-After; refused before the path is read). /readyz itself is never rate limited"),
                 }
+            }},
+            "/models": {"get": {
+                "operationId": "listModels",
+                "summary": "The model files the first healthy backend offers, by kind (checkpoints, loras, ...), from its /object_info (read at most every 10 s)",
+                "responses": with_errors(json!({"200": json_response("Model files by kind", schema_ref("ModelList"))}),
+                    &[("503", "No backend answered /object_info (COMFYUI_UNREACHABLE)")])
             }},
             "/capabilities": {"get": {
                 "operationId": "capabilities",

@@ -132,6 +132,8 @@ pub enum Handler {
     Readyz,
     /// `GET /capabilities`
     Capabilities,
+    /// `GET /models`
+    Models,
     /// `GET /openapi.json`
     OpenApi,
     /// `GET /workflows`
@@ -211,6 +213,9 @@ pub static ROUTES: &[Route] = {
         ] },
         Route { pattern: "/readyz", rate_limited: false, ops: &[
             Op { method: M::GET, access: Public, body: Ignored, handler: H::Readyz },
+        ] },
+        Route { pattern: "/models", rate_limited: true, ops: &[
+            Op { method: M::GET, access: User, body: Ignored, handler: H::Models },
         ] },
         Route { pattern: "/capabilities", rate_limited: true, ops: &[
             Op { method: M::GET, access: User, body: Ignored, handler: H::Capabilities },
@@ -638,6 +643,7 @@ async fn dispatch(
         Handler::Livez => handlers::livez(ctx),
         Handler::Readyz => handlers::readyz(ctx),
         Handler::Capabilities => handlers::capabilities(ctx),
+        Handler::Models => handlers::models(ctx).await,
         Handler::OpenApi => handlers::openapi(ctx),
         Handler::ListWorkflows => handlers::list_workflows(&ctx.gateway),
         Handler::CreateWorkflow => handlers::create_workflow(ctx, params, req).await,

@@ -85,6 +85,31 @@ pub fn nodes(prompt: &Value) -> BTreeMap<&str, Node<'_>> {
     out
 }
 
+/// The model files a backend offers, by kind, from its node definitions: the choices of the
+/// loaders' file inputs (`CheckpointLoaderSimple.ckpt_name`, `LoraLoader.lora_name`, ...).
+pub fn model_lists(info: &crate::comfy::protocol::ObjectInfo) -> BTreeMap<&'static str, Vec<String>> {
+    const LOADERS: &[(&str, &str, &str)] = &[
+        ("checkpoints", "CheckpointLoaderSimple", "ckpt_name"),
+        ("loras", "LoraLoader", "lora_name"),
+        ("controlnets", "ControlNetLoader", "control_net_name"),
+        ("vaes", "VAELoader", "vae_name"),
+        ("upscale_models", "UpscaleModelLoader", "model_name"),
+        ("diffusion_models", "UNETLoader", "unet_name"),
+        ("text_encoders", "CLIPLoader", "clip_name"),
+    ];
+    let mut lists = BTreeMap::new();
+    for (kind, class, input) in LOADERS {
+        let choices = info.get(*class).and_then(|c| c.inputs.get(*input)).map(|i| match &i.kind {
+            crate::comfy::protocol::InputKind::Combo { options, .. } => {
+                options.iter().filter_map(|o| o.as_str().map(str::to_string)).collect()
+            }
+            _ => Vec::new(),
+        });
+        lists.insert(*kind, choices.unwrap_or_default());
+    }
+    lists
+}
+
 /// The JSON Schema of a workflow in ComfyUI's UI format, as far as the gateway requires it
 /// (an object with a `nodes` array; `links` and the rest are read by the converter).
 pub fn ui_format_schema() -> Value {

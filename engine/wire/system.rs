@@ -231,6 +231,17 @@ impl Health {
     }
 }
 
+/// `GET /models`: the model files a backend offers, by kind.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelList {
+    /// The backend asked (the first healthy one).
+    pub backend: String,
+    /// File names by kind: `checkpoints`, `loras`, `controlnets`, `vaes`, `upscale_models`,
+    /// `diffusion_models`, `text_encoders` (empty when the backend has none, or lacks the loader).
+    pub models: std::collections::BTreeMap<String, Vec<String>>,
+}
+
 /// `GET /livez`: the process answers.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

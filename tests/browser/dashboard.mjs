@@ -122,6 +122,11 @@ try {
     check(fields[0] === 'prompt' && fields.indexOf('height') === fields.indexOf('width') + 1,
       `prompts first, width and height side by side: ${fields}`);
     check((await page.textContent('[data-input="negative_prompt"] label')).startsWith('Negative prompt'), 'labels are words, not snake_case');
+    // The checkpoint is free text with the backend's files offered (GET /models).
+    await page.waitForFunction(() => document.querySelectorAll('#models-checkpoints option').length > 0);
+    const offered = await page.$$eval('#models-checkpoints option', (os) => os.map((o) => o.value));
+    check(await page.$eval('#in-checkpoint', (e) => e.getAttribute('list')) === 'models-checkpoints' && offered.includes('sd_xl_base_1.0.safetensors'),
+      `the checkpoint field offers the backend's files: ${offered}`);
     check(await page.$eval('#in-sampler_name', (e) => e.tagName === 'SELECT' && e.options.length > 10 && e.selectedOptions[0].textContent === 'dpmpp_2m'),
       'sampler_name is a select of the enum with the default chosen');
     // A value out of range: the API's field error is shown next to the field.

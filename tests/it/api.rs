@@ -294,3 +294,37 @@ async fn cli_add_workflow_is_audited_like_the_api() {
     let ids: Vec<&str> = entries[1..].iter().map(|e| e["correlationId"].as_str().unwrap()).collect();
     assert!(ids[0] != ids[1] && ids.iter().all(|id| (8..=64).contains(&id.len())), "{ids:?}");
 }
+
+/// `GET /models` lists the backend's model files by kind from its node definitions, read
+/// at most once per 10 s however many clients ask (a flood of listings does not make the
+/// backend rebuild its definitions each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_are_listed_by_kind_and_read_from_the_backend_at_most_every_10_s() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let gw = Gateway::start(dir.path(), &sim.url(), &[]).await;
+    let url = format!("{}/models", gw.url());
+    let v = support::eventually("the backend lists its models", async || {
+        let (status, v) = support::get_json(&url).await;
+        if status == 200 { Ok(v) } else { Err(v) }
+    })
+    .await;
+    let checkpoints = v["models"]["checkpoints"].as_array().expect("checkpoints");
+    assert!(checkpoints.iter().any(|c| c == "sd_xl_base_1.0.safetensors"), "{v}");
+    assert!(v["models"]["loras"].as_array().unwrap().iter().any(|l| l == "sdxl_lora_example.safetensors"), "{v}");
+    assert!(v["backend"].is_string(), "{v}");
+    let reads =
+        async || support::get_json(&format!("{}/sim/requests", sim.url())).await.1["objectInfo"].as_u64().unwrap();
+    let before = reads().await;
+    let asks: Vec<_> = (0..20)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { support::get_json(&url).await.0 })
+        })
+        .collect();
+    for ask in asks {
+        assert_eq!(ask.await.unwrap(), 200);
+    }
+    let more = reads().await - before;
+    assert!(more <= 1, "one read of /object_info at most in 10 s, not {more}");
+}

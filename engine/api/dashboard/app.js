@@ -682,6 +682,22 @@ const FIELD_ORDER = ['prompt', 'negative_prompt', 'image', 'mask', 'checkpoint',
   'controlnet', 'controlnet_strength', 'width', 'height', 'batch_size', 'steps', 'cfg', 'sampler_name', 'scheduler',
   'denoise', 'seed'];
 
+/** The `GET /models` kind an input names a file of (`checkpoint`, `refiner_checkpoint`, `lora_2`, ...), if any. */
+function modelKind(name) {
+  const base = name.replace(/_\d+$/, '').replace(/^refiner_/, '');
+  return { checkpoint: 'checkpoints', ckpt_name: 'checkpoints', lora: 'loras', lora_name: 'loras', controlnet: 'controlnets', vae: 'vaes', upscale_model: 'upscale_models' }[base];
+}
+
+/** One datalist per model kind, filled from `GET /models` (empty when no backend answers). */
+function modelLists() {
+  const kinds = ['checkpoints', 'loras', 'controlnets', 'vaes', 'upscale_models'];
+  const lists = kinds.map((k) => h('datalist', { id: `models-${k}` }));
+  api('/models').then((m) => {
+    lists.forEach((list, i) => list.replaceChildren(...(m.models[kinds[i]] || []).map((f) => h('option', { value: f }))));
+  }, () => {});
+  return h('div', { hidden: true }, lists);
+}
+
 /** `negative_prompt` → `Negative prompt`, `cfg` → `CFG`. */
 function humanLabel(name) {
   const words = name.split('_').filter(Boolean).map((w) => (['cfg', 'vae', 'lora', 'id', 'url'].includes(w) ? w.toUpperCase() : w));
@@ -734,7 +750,9 @@ function field(root, name, schema, required) {
     };
     set = (v) => { control.value = JSON.stringify(v, null, 2); };
   } else {
-    control = wide ? h('textarea', { id, name, maxlength: s.maxLength }) : h('input', { id, name, type: 'text', maxlength: s.maxLength });
+    // A model file name: free text, with the backend's files offered (`GET /models`).
+    const models = modelKind(name);
+    control = wide ? h('textarea', { id, name, maxlength: s.maxLength }) : h('input', { id, name, type: 'text', maxlength: s.maxLength, list: models ? `models-${models}` : undefined, autocomplete: 'off' });
     if (typeof s.default === 'string') control.value = s.default;
     read = () => (control.value === '' ? undefined : control.value);
     set = (v) => { if (typeof v === 'string') control.value = v; };
@@ -871,7 +889,7 @@ async function workflowPage(here, id) {
   h('div', { class: 'form' }, fields.map((f) => f.el),
     h('div', { class: 'field' }, h('label', { for: 'job-priority' }, 'Priority'), priority, h('div', { class: 'hint' }, 'Higher runs first.')),
     h('div', { class: 'field' }, h('label', { for: 'job-cache' }, cache, ' Use the result cache'), h('div', { class: 'hint' }, 'Same inputs and seed: answered from the stored outputs.'))),
-  h('p', {}, submit), status, copyAs(formRequest));
+  h('p', {}, submit), status, copyAs(formRequest), modelLists());
   here.show(h('div', { class: 'row' }, h('h1', {}, w.name || w.id), h('span', { class: 'mono muted' }, `${w.id} · v${w.version}`)),
     w.description ? h('p', {}, w.description) : null,
     form,

@@ -276,7 +276,13 @@ async fn route(shared: Arc<Shared>, mut req: Request<Incoming>) -> Result<Resp, 
         (&Method::GET, ["features"]) => {
             json_resp(StatusCode::OK, format!("{{\"supports_preview_metadata\": true, \"max_upload_size\": {limit}}}"))
         }
-        (&Method::GET, ["object_info"]) => object_info(&shared, None),
+        (&Method::GET, ["object_info"]) => {
+            shared.object_info_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            object_info(&shared, None)
+        }
+        (&Method::GET, ["sim", "requests"]) => {
+            ok_json(&json!({"objectInfo": shared.object_info_reads.load(std::sync::atomic::Ordering::Relaxed)}))
+        }
         (&Method::GET, ["object_info", class]) => object_info(&shared, Some(class)),
         (&Method::GET, ["embeddings"]) => ok_json(&json!([])),
         (&Method::GET, ["extensions"]) => ok_json(&json!([])),

@@ -432,6 +432,9 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Connection id source.
     pub next_conn_id: AtomicU64,
+    /// `GET /object_info` requests answered (`GET /sim/requests`): how often a client made
+    /// this server build its node definitions.
+    pub object_info_reads: AtomicU64,
 }
 
 impl Shared {
@@ -447,6 +450,7 @@ impl Shared {
             interrupt_wake: Notify::new(),
             shutdown,
             next_conn_id: AtomicU64::new(1),
+            object_info_reads: AtomicU64::new(0),
         })
     }
 
