@@ -116,6 +116,11 @@ pub struct ServeArgs {
     /// (0: links only).
     #[arg(long, env, default_value_t = 1_048_576, help_heading = SERVER)]
     pub mcp_inline_image_bytes: u64,
+    /// Send ComfyUI's preview images of running jobs (latent previews, when ComfyUI runs
+    /// with `--preview-method`) on their event streams as `preview` events (at most 2 per
+    /// second; memory only).
+    #[arg(long, env, default_value_t = false, action = clap::ArgAction::Set, help_heading = JOBS)]
+    pub live_previews: bool,
     /// How long an MCP workflow tool call waits for its job before it answers with the
     /// job as it stands (1 to 300 s): below the tool-call timeouts of common MCP clients.
     #[arg(long, env, default_value_t = 50, help_heading = SERVER)]
@@ -500,6 +505,8 @@ pub struct Config {
     pub sse_heartbeat_ms: u64,
     /// Largest image inlined in an MCP tool result (0: none).
     pub mcp_inline_image_bytes: u64,
+    /// Preview images of running jobs on their event streams.
+    pub live_previews: bool,
     /// How long an MCP workflow tool call waits for its job, in s.
     pub mcp_wait_seconds: u64,
     /// Rate limits, CORS, connection and header limits.
@@ -751,6 +758,7 @@ impl Config {
             sealer,
             sse_heartbeat_ms: args.sse_heartbeat_ms,
             mcp_inline_image_bytes: args.mcp_inline_image_bytes,
+            live_previews: args.live_previews,
             mcp_wait_seconds: args.mcp_wait_seconds,
             metrics_public: args.metrics_public.unwrap_or(!auth.enabled()),
             webhooks: Arc::new(webhooks),

@@ -530,6 +530,11 @@ impl Gateway {
         self.scheduler.subscribe()
     }
 
+    /// A running job's latest preview image (`LIVE_PREVIEWS`).
+    pub fn preview(&self, id: JobId) -> Option<crate::scheduler::Preview> {
+        self.scheduler.preview(id)
+    }
+
     /// Queue position or progress of a job.
     pub fn live_status(&self, id: JobId, queue_key: QueueKey) -> LiveStatus {
         self.scheduler.live_status(id, queue_key)

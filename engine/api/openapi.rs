@@ -40,6 +40,7 @@ fn generated() -> Map<String, Value> {
     add::<job::JobView>(&mut answers);
     add::<job::JobList>(&mut answers);
     add::<job::JobsCanceled>(&mut answers);
+    add::<job::PreviewEvent>(&mut answers);
     add::<job::JobLog>(&mut answers);
     add::<job::JobEnded>(&mut answers);
     add::<job::JobDeliveries>(&mut answers);
@@ -506,11 +507,11 @@ pub fn document(workflows: &[(String, Value)], server_url: &str) -> Value {
                     "parameters": [{"name": "lastEventId", "in": "query", "required": false, "description": "The id of the last event received: N (a log seq), or N.k (output k of the terminal event N); empty: from the start", "schema": {"type": "string", "pattern": "^([0-9]+(\\.[0-9]+)?)?$"}}],
                     "responses": with_errors(json!({"200": {"description": "An event stream",
                         "content": {"text/event-stream": {"schema": {
-                            "description": "One event; `data` is JSON (the log entry, or for a terminal event {seq, at, type, job})",
+                            "description": "One event; `data` is JSON (the log entry, for a terminal event {seq, at, type, job}, for a preview a PreviewEvent)",
                             "type": "object", "required": ["data"],
                             "properties": {
                                 "id": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$", "description": "The event's seq in the job's log; N.k for output k of the terminal event N"},
-                                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled", "webhook"]},
+                                "event": {"type": "string", "enum": ["status", "progress", "output", "succeeded", "failed", "canceled", "webhook", "preview"], "description": "`preview` (LIVE_PREVIEWS): the running job's latest preview image (a PreviewEvent), live only, without an id"},
                                 "data": {"type": "string", "contentMediaType": "application/json"},
                                 "retry": {"type": "integer"}
                             }

@@ -36,7 +36,7 @@ use super::routes::{Ctx, Params};
 use crate::domain::{JobEventKind, JobId};
 use crate::error::{Error, ErrorCode, Result};
 use crate::service::Gateway;
-use crate::wire::job::{JobEnded, JobEventView, JobView, OutputView};
+use crate::wire::job::{JobEnded, JobEventView, JobView, OutputView, PreviewEvent};
 
 /// Reconnection delay suggested to clients (`retry:`), in ms.
 const RETRY_MS: u64 = 2000;
@@ -73,6 +73,7 @@ pub fn job_events(ctx: &Ctx, p: &Params, req: &Request<Incoming>, client: &Clien
         stop: ctx.stop.clone(),
         heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + period, period),
         _hold: hold,
+        preview_seq: 0,
     };
     let stream = futures_util::stream::unfold(follow, Follow::next);
     let body = StreamBody::new(futures_util::StreamExt::map(stream, |b| Ok::<_, Infallible>(Frame::data(b))));
@@ -110,6 +111,8 @@ struct Follow {
     heartbeat: tokio::time::Interval,
     /// This stream's place under the stream caps, given back when the stream ends.
     _hold: Hold<String>,
+    /// The seq of the last preview image sent (`LIVE_PREVIEWS`; 0: none).
+    preview_seq: u64,
 }
 
 impl Follow {
@@ -127,6 +130,7 @@ impl Follow {
                     tracing::error!(job = %self.id, error = %e, "cannot read a job's events; ending its stream");
                     return None;
                 }
+                self.preview();
                 continue;
             }
             tokio::select! {
@@ -139,6 +143,23 @@ impl Follow {
                 _ = self.stop.cancelled() => return None,
             }
         }
+    }
+
+    /// Queue the running job's latest preview image when it is one this stream has not
+    /// sent: a `preview` event without an id (it is not in the log, so a resumed stream
+    /// does not replay it).
+    fn preview(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Some(p) = self.gateway.preview(self.id) else { return };
+        if p.seq <= self.preview_seq {
+            return;
+        }
+        self.preview_seq = p.seq;
+        let data = PreviewEvent::new(p.seq, p.media_type, &p.image);
+        let data = serde_json::to_string(&data).expect("a wire type serializes");
+        self.out.push_back(Bytes::from(format!("event: preview\ndata: {data}\n\n")));
     }
 
     /// Queue the log entries after `last_seq`.

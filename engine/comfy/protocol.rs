@@ -416,6 +416,54 @@ fn cached_of(v: &Value) -> WsMessage {
     WsMessage::ExecutionCached { prompt_id, nodes }
 }
 
+/// A preview image from a binary WebSocket frame (a sampler's latent preview with
+/// `--preview-method`, or `SaveImageWebsocket`'s images).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preview {
+    /// The prompt, when the frame says (`PREVIEW_IMAGE_WITH_METADATA`; a legacy
+    /// `PREVIEW_IMAGE` frame does not: it is the running prompt's).
+    pub prompt_id: Option<String>,
+    /// `image/jpeg` or `image/png`.
+    pub media_type: &'static str,
+    /// The encoded image.
+    pub image: bytes::Bytes,
+}
+
+/// The largest preview image kept, in bytes; a larger frame is not a preview anyone waits for.
+pub const PREVIEW_BYTES_MAX: usize = 1024 * 1024;
+
+/// Parse a binary WebSocket frame: 4-byte big-endian event type, then type 1
+/// (`PREVIEW_IMAGE`: 4-byte image format, 1 JPEG or 2 PNG, and the image) or type 4
+/// (`PREVIEW_IMAGE_WITH_METADATA`: 4-byte metadata length, the JSON metadata with
+/// `prompt_id` and `image_type`, and the image). Any other frame, an image over
+/// [`PREVIEW_BYTES_MAX`] or of another type, is None.
+pub fn parse_ws_binary(frame: &bytes::Bytes) -> Option<Preview> {
+    let word = |at: usize| frame.get(at..at + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+    let (prompt_id, media_type, start) = match word(0)? {
+        1 => {
+            let media = match word(4)? {
+                1 => "image/jpeg",
+                2 => "image/png",
+                _ => return None,
+            };
+            (None, media, 8)
+        }
+        4 => {
+            let len = usize::try_from(word(4)?).ok()?;
+            let meta: Value = serde_json::from_slice(frame.get(8..8usize.checked_add(len)?)?).ok()?;
+            let media = match meta.get("image_type").and_then(Value::as_str)? {
+                "image/jpeg" => "image/jpeg",
+                "image/png" => "image/png",
+                _ => return None,
+            };
+            (str_field(&meta, "prompt_id"), media, 8 + len)
+        }
+        _ => return None,
+    };
+    let image = frame.slice(start..);
+    (!image.is_empty() && image.len() <= PREVIEW_BYTES_MAX).then_some(Preview { prompt_id, media_type, image })
+}
+
 /// One file reported in a history entry's outputs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputFile {
@@ -1300,6 +1348,36 @@ mod tests {
     }
 
     /// A queue answer of another shape is an error, never an empty queue.
+    #[test]
+    fn preview_frames_of_both_kinds_are_read_and_others_are_not() {
+        let png = b"\x89PNG\r\n\x1a\nrest";
+        let mut legacy = vec![0, 0, 0, 1, 0, 0, 0, 2];
+        legacy.extend_from_slice(png);
+        let p = parse_ws_binary(&bytes::Bytes::from(legacy)).unwrap();
+        assert_eq!((p.prompt_id, p.media_type, &p.image[..]), (None, "image/png", &png[..]));
+        let meta = br#"{"node_id": "3", "prompt_id": "p1", "image_type": "image/jpeg"}"#;
+        let mut framed = vec![0, 0, 0, 4];
+        framed.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        framed.extend_from_slice(meta);
+        framed.extend_from_slice(b"\xff\xd8\xffjpeg");
+        let p = parse_ws_binary(&bytes::Bytes::from(framed.clone())).unwrap();
+        assert_eq!(
+            (p.prompt_id.as_deref(), p.media_type, &p.image[..]),
+            (Some("p1"), "image/jpeg", &b"\xff\xd8\xffjpeg"[..])
+        );
+        // TEXT frames (type 3), unknown formats, truncated headers, lengths past the end.
+        for bad in [
+            vec![0, 0, 0, 3, 0, 0, 0, 5, b'h', b'i'],
+            vec![0, 0, 0, 1, 0, 0, 0, 9, 1, 2],
+            vec![0, 0, 0, 1, 0, 0],
+            vec![0, 0, 0, 1, 0, 0, 0, 2],
+            vec![0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff, b'{'],
+            framed[..12].to_vec(),
+        ] {
+            assert_eq!(parse_ws_binary(&bytes::Bytes::from(bad.clone())), None, "{bad:?}");
+        }
+    }
+
     #[test]
     fn queue_answers_not_understood_are_errors() {
         use serde_json::json;

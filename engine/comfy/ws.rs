@@ -38,6 +38,13 @@ pub enum Signal {
         /// Node id.
         node: String,
     },
+    /// A preview image of the running prompt (a binary frame).
+    Preview {
+        /// `image/jpeg` or `image/png`.
+        media_type: &'static str,
+        /// The encoded image.
+        image: bytes::Bytes,
+    },
     /// `execution_cached`: these nodes will not run (their outputs are cached).
     Cached {
         /// Node ids.
@@ -71,6 +78,9 @@ pub struct WsHub {
 struct HubInner {
     /// The clientId of the live connection, if one is up.
     client_id: Option<String>,
+    /// The prompt that started last (`execution_start`): a legacy preview frame, which
+    /// names no prompt, is its.
+    running: Option<String>,
     subscribers: HashMap<String, mpsc::Sender<Signal>>,
 }
 
@@ -143,7 +153,21 @@ impl WsHub {
         }
     }
 
+    /// A binary frame: a preview goes to its prompt's subscriber (the running prompt's when
+    /// the frame names none); it is dropped when the subscriber is behind.
+    fn route_binary(&self, frame: &bytes::Bytes) {
+        let Some(preview) = protocol::parse_ws_binary(frame) else { return };
+        let inner = self.lock();
+        let Some(prompt_id) = preview.prompt_id.as_ref().or(inner.running.as_ref()) else { return };
+        if let Some(tx) = inner.subscribers.get(prompt_id) {
+            let _ = tx.try_send(Signal::Preview { media_type: preview.media_type, image: preview.image });
+        }
+    }
+
     fn route(&self, message: WsMessage) {
+        if let WsMessage::ExecutionStart { prompt_id } = &message {
+            self.lock().running = Some(prompt_id.clone());
+        }
         let Some(prompt_id) = message.prompt_id() else { return };
         let signal = match &message {
             WsMessage::ExecutionStart { .. } => Signal::Started,
@@ -185,6 +209,11 @@ pub async fn run_session(hub: &WsHub, client: &ComfyClient, cancel: &Cancellatio
         Err(_) => return "websocket connect timed out".to_string(),
     };
     let (mut sink, mut stream) = stream.split();
+    // As ComfyUI's editor does: preview frames then name their prompt.
+    let flags = r#"{"type": "feature_flags", "data": {"supports_preview_metadata": true}}"#;
+    if let Err(e) = sink.send(Message::Text(flags.into())).await {
+        return format!("websocket send failed: {e}");
+    }
     hub.set_connected(&client_id);
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,6 +233,7 @@ pub async fn run_session(hub: &WsHub, client: &ComfyClient, cancel: &Cancellatio
                 last_frame = tokio::time::Instant::now();
                 match frame {
                     Some(Ok(Message::Text(text))) => hub.route(protocol::parse_ws_text(text.as_str())),
+                    Some(Ok(Message::Binary(frame))) => hub.route_binary(&frame),
                     Some(Ok(Message::Close(_))) | None => break "websocket closed".to_string(),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => break format!("websocket error: {e}"),

@@ -201,8 +201,21 @@ struct RunningJob {
     workflow: String,
     cancel: CancellationToken,
     progress: Option<Progress>,
+    /// The latest preview image (`LIVE_PREVIEWS`), memory only.
+    preview: Option<Preview>,
     /// In output-process: its backend slot is given back, it counts in `processing`.
     processing: bool,
+}
+
+/// A running job's latest preview image.
+#[derive(Debug, Clone)]
+pub struct Preview {
+    /// 1 for the job's first preview, one more for each later one.
+    pub seq: u64,
+    /// `image/jpeg` or `image/png`.
+    pub media_type: &'static str,
+    /// The encoded image (at most `comfy::protocol::PREVIEW_BYTES_MAX`).
+    pub image: bytes::Bytes,
 }
 
 /// A job in the memory queue.
@@ -276,7 +289,8 @@ impl Inner {
     fn occupy(&mut self, b: usize, id: JobId, priority: i32, workflow: String, cancel: CancellationToken, now_ms: u64) {
         self.in_flight[b] += 1;
         self.note_workflow(b, &workflow, now_ms);
-        let run = RunningJob { backend: b, priority, workflow, cancel, progress: None, processing: false };
+        let run =
+            RunningJob { backend: b, priority, workflow, cancel, progress: None, preview: None, processing: false };
         self.running.insert(id, run);
     }
 
@@ -405,6 +419,7 @@ impl Shared {
             workflow,
             cancel: self.shutdown.child_token(),
             progress: None,
+            preview: None,
             processing: false,
         };
         inner.running.insert(job.id, run);
@@ -447,6 +462,14 @@ impl Shared {
     pub(crate) fn set_progress(&self, id: JobId, progress: Progress) {
         if let Some(run) = self.lock().running.get_mut(&id) {
             run.progress = Some(progress);
+        }
+    }
+
+    /// Keep `image` as the running job's latest preview (replacing the one before).
+    pub(crate) fn set_preview(&self, id: JobId, media_type: &'static str, image: bytes::Bytes) {
+        if let Some(run) = self.lock().running.get_mut(&id) {
+            let seq = run.preview.as_ref().map_or(1, |p| p.seq + 1);
+            run.preview = Some(Preview { seq, media_type, image });
         }
     }
 
@@ -671,6 +694,11 @@ impl Scheduler {
         let queue_position = inner.queue.contains_key(&queue_key).then(|| inner.queue.range(..queue_key).count());
         let progress = inner.running.get(&id).and_then(|r| r.progress.clone());
         LiveStatus { queue_position, progress }
+    }
+
+    /// The running job's latest preview image, if any (`LIVE_PREVIEWS`).
+    pub fn preview(&self, id: JobId) -> Option<Preview> {
+        self.shared.lock().running.get(&id).and_then(|r| r.preview.clone())
     }
 
     /// A receiver of "job X has new events" notifications, published after each commit

@@ -52,6 +52,9 @@ const RECONCILE_GRACE: Duration = Duration::from_millis(300);
 const RECONCILE_BACKOFF: Backoff = Backoff::doubling(Duration::from_millis(100), Duration::from_secs(2));
 /// Longest wait at dispatch for the backend's WebSocket to come up.
 const WS_WAIT_AT_DISPATCH: Duration = Duration::from_secs(1);
+/// Minimum time between two preview images kept (and sent on event streams).
+const PREVIEW_EVERY: Duration = Duration::from_millis(500);
+
 /// Minimum time between two progress entries in the durable event log.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_millis(500);
 /// Tries of one input upload or output download that fails transiently (a broken or
@@ -119,6 +122,8 @@ struct Run {
     tracker: Option<Tracker>,
     /// The last quarter of the job's progress reached (`Milestone` events mark new ones).
     quarter: u8,
+    /// When a preview image was last kept.
+    last_preview: Option<Instant>,
     /// A milestone not yet written (a write was in flight); written with the next one.
     pending_milestone: Option<JobEventKind>,
     /// The history was read once more after it listed no output.
@@ -209,6 +214,7 @@ impl Run {
             progress_write: None,
             tracker: None,
             quarter: 0,
+            last_preview: None,
             pending_milestone: None,
             history_reread: false,
             last_failure: None,
@@ -508,6 +514,10 @@ impl Run {
                     self.progress();
                     Ok(Phase::Wait)
                 }
+                Some(Signal::Preview { media_type, image }) => {
+                    self.preview(media_type, image);
+                    Ok(Phase::Wait)
+                }
                 Some(Signal::Done) => Ok(Phase::Fetch),
                 Some(Signal::Disconnected) | None => Ok(Phase::Reconcile),
             },
@@ -535,6 +545,17 @@ impl Run {
             _ = tokio::time::sleep_until(self.deadline) => self.time_out().await,
             _ = self.cancel.cancelled() => self.canceled().await,
         }
+    }
+
+    /// Keep a preview image (`LIVE_PREVIEWS`) at most every [`PREVIEW_EVERY`], and wake the
+    /// job's event streams, which send it as a `preview` event.
+    fn preview(&mut self, media_type: &'static str, image: bytes::Bytes) {
+        if !self.shared.config.live_previews || self.last_preview.is_some_and(|t| t.elapsed() < PREVIEW_EVERY) {
+            return;
+        }
+        self.last_preview = Some(Instant::now());
+        self.shared.set_preview(self.id(), media_type, image);
+        self.shared.feed.publish(self.id());
     }
 
     /// The job's progress tracker, made from its prompt the first time (a job re-attached

@@ -295,6 +295,28 @@ impl JobView {
     }
 }
 
+/// A `preview` event of `GET /jobs/{id}/events` (`LIVE_PREVIEWS`): the running job's latest
+/// preview image from ComfyUI, live only (not in the job's log).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviewEvent {
+    /// 1 for the job's first preview, one more for each later one.
+    pub seq: u64,
+    /// `image/jpeg` or `image/png`.
+    pub media_type: String,
+    /// The image as a `data:` URL.
+    pub data_url: String,
+}
+
+impl PreviewEvent {
+    /// The event of preview `seq`.
+    pub fn new(seq: u64, media_type: &str, image: &[u8]) -> PreviewEvent {
+        use base64::Engine as _;
+        let data = base64::engine::general_purpose::STANDARD.encode(image);
+        PreviewEvent { seq, media_type: media_type.to_string(), data_url: format!("data:{media_type};base64,{data}") }
+    }
+}
+
 /// The answer to `POST /jobs/cancel`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -520,3 +520,50 @@ async fn progress_is_logged_only_for_runs_longer_than_the_log_interval() {
     assert_eq!(logged[0], 0, "a run of a few milliseconds logs no progress");
     assert!(logged[1] > 0, "a run of over 500 ms logs its progress");
 }
+
+/// The workflow of the preview test: an image sent as a binary WebSocket frame (as
+/// ComfyUI's latent previews are), then a node that takes the simulator's node delay, so
+/// the job still runs after the preview, then the output.
+fn preview_workflow() -> Value {
+    json!({"id": "ws_preview", "workflow": {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 255}},
+        "2": {"class_type": "SaveImageWebsocket", "inputs": {"images": ["1", 0]}},
+        "3": {"class_type": "ImageBlur", "inputs": {"image": ["1", 0], "blur_radius": 1, "sigma": 1.0}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "p"}}}})
+}
+
+/// With `LIVE_PREVIEWS`, ComfyUI's preview frames of a running job reach its event stream
+/// as `preview` events (a PNG as a data URL, no id: live only); without it they do not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_previews_reach_the_event_stream_only_when_asked() {
+    use base64::Engine as _;
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 300).await;
+    for live in [true, false] {
+        let sub = dir.path().join(format!("gw-{live}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let gw = Gateway::start(&sub, &sim.url(), &[("LIVE_PREVIEWS", if live { "true" } else { "false" })]).await;
+        let (status, v) = post_json(&format!("{}/workflows", gw.url()), &preview_workflow()).await;
+        assert_eq!(status, 201, "{v}");
+        let id = gw.submit_ok(json!({"workflowId": "ws_preview", "inputs": {}})).await;
+        let mut stream = SseStream::open(&events_url(&gw, &id), None).await;
+        let events = stream.rest().await;
+        assert_eq!(events.last().map(|e| e.event.as_str()), Some("succeeded"), "{events:?}");
+        let previews: Vec<&Sse> = events.iter().filter(|e| e.event == "preview").collect();
+        if !live {
+            assert!(previews.is_empty(), "no previews unless LIVE_PREVIEWS: {previews:?}");
+            continue;
+        }
+        let preview = previews.first().unwrap_or_else(|| panic!("a preview event: {events:?}"));
+        assert_eq!(preview.raw_id, None, "a preview is not in the log");
+        assert_eq!(preview.data["mediaType"], "image/png", "{:?}", preview.data);
+        let url = preview.data["dataUrl"].as_str().unwrap();
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(url.strip_prefix("data:image/png;base64,").expect("a PNG data URL"))
+            .unwrap();
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "{} bytes", png.len());
+        // The log holds no preview: a resumed stream does not replay it.
+        let logged = get_json(&format!("{}/jobs/{id}/logs", gw.url())).await.1;
+        assert!(!logged.to_string().contains("dataUrl"), "{logged}");
+    }
+}

@@ -559,6 +559,7 @@ async function jobPage(here, id) {
   const outputs = h('div', { class: 'thumbs', id: 'outputs' });
   const events = h('tbody', {});
   const bar = h('div', { id: 'progress' });
+  const preview = h('div', { id: 'preview' });
   const inputs = h('pre', { id: 'inputs' });
 
   function render() {
@@ -582,6 +583,7 @@ async function jobPage(here, id) {
         h('dt', {}, 'Started'), h('dd', {}, job.startedAt || '—'),
         h('dt', {}, 'Finished'), h('dd', {}, job.finishedAt ? `${job.finishedAt} (${duration(job)})` : '—')));
     if (job.error) errorBox.replaceChildren(alertBox(job.error));
+    if (TERMINAL.has(job.status)) preview.replaceChildren();
     if (job.status === 'running' || job.status === 'queued') {
       if (!bar.firstChild) bar.replaceChildren(progressBar(job.progress ? job.progress.percent : 0, true));
     } else bar.replaceChildren();
@@ -589,7 +591,7 @@ async function jobPage(here, id) {
     inputs.textContent = JSON.stringify(job.inputs, null, 2);
   }
   render();
-  here.show(head, bar, errorBox,
+  here.show(head, bar, preview, errorBox,
     h('h2', {}, 'Outputs'), outputs,
     h('h2', {}, 'Inputs'), inputs,
     h('h2', {}, 'Event log'),
@@ -598,6 +600,11 @@ async function jobPage(here, id) {
 
   here.follow(id, ({ event, data }) => {
     if (event === 'output') return; // listed with the job of the terminal event
+    if (event === 'preview') {
+      // ComfyUI's live preview (LIVE_PREVIEWS), while the job runs; gone when it ends.
+      if (!TERMINAL.has(job.status)) preview.replaceChildren(h('img', { src: data.dataUrl, alt: 'live preview', class: 'live-preview', dataset: { seq: data.seq } }));
+      return;
+    }
     events.append(h('tr', { dataset: { type: data.type } }, h('td', {}, data.seq), h('td', { title: data.at }, new Date(data.at).toLocaleTimeString()),
       h('td', {}, data.type), h('td', {}, eventText(data))));
     if (event === 'progress' && data.percent !== undefined) {
