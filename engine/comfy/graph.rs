@@ -116,7 +116,10 @@ pub fn ui_format_schema() -> Value {
     serde_json::json!({
         "type": "object",
         "required": ["nodes"],
-        "properties": {"nodes": {"type": "array", "items": {"type": "object"}}, "links": {"type": "array"}},
+        "properties": {
+            "nodes": {"type": "array", "items": {"type": "object"}},
+            "links": {"type": "array", "items": {"description": "[id, origin_id, origin_slot, target_id, target_slot, type], or an object of those"}},
+        },
         "description": "A workflow as ComfyUI's editor saves it (Workflow → Save): nodes, links, widget values",
     })
 }

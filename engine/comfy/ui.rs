@@ -56,6 +56,10 @@ use super::protocol::{InputKind, NodeClass, NodeInput, ObjectInfo, Upload};
 const MODE_NEVER: i64 = 2;
 /// `mode` of a bypassed node: its consumers get its input of the same type.
 const MODE_BYPASS: i64 = 4;
+/// The most links followed to resolve one input (through reroutes, bypassed nodes, getters
+/// and subgraph boundaries): each is a recursion, and a body may chain them by the
+/// hundred thousand.
+const LINK_CHAIN_MAX: usize = 512;
 /// The id of a subgraph's input node, the origin of the links from its inputs.
 const SUBGRAPH_INPUT_NODE: &str = "-10";
 /// The values of a "control after generate" widget.
@@ -763,8 +767,19 @@ fn map_widgets<'c>(class: &'c NodeClass, saved: Option<&Value>) -> Result<Mapped
 /// one of its options (nested), `\x` escapes kept, then `\{`, `\}`, `\|` unescaped. `None`
 /// when a choice has several options: the editor picks one at random.
 fn dynamic_prompt(text: &str) -> Option<String> {
+    dynamic_prompt_within(text, 0)
+}
+
+/// Braces nested deeper than this are not expanded (the text is kept as written, as for a
+/// real choice): each level is a recursion, and a body may nest them by the million.
+const BRACES_NESTING_MAX: usize = 32;
+
+fn dynamic_prompt_within(text: &str, nesting: usize) -> Option<String> {
+    if nesting > BRACES_NESTING_MAX {
+        return None;
+    }
     let stripped: Vec<char> = strip_comments(text).chars().collect();
-    let mut p = Choices { text: &stripped, at: 0 };
+    let mut p = Choices { text: &stripped, at: 0, nesting };
     let mut out = String::new();
     while let Some(c) = p.next() {
         match c {
@@ -779,6 +794,8 @@ fn dynamic_prompt(text: &str) -> Option<String> {
 struct Choices<'t> {
     text: &'t [char],
     at: usize,
+    /// How deep in braces this text is.
+    nesting: usize,
 }
 
 impl Choices<'_> {
@@ -823,7 +840,7 @@ impl Choices<'_> {
         if options.len() > 1 {
             return None;
         }
-        dynamic_prompt(&options[0])
+        dynamic_prompt_within(&options[0], self.nesting + 1)
     }
 }
 
@@ -1399,6 +1416,9 @@ impl<'a, 'c> Cx<'a, 'c> {
         ty: Option<&str>,
         seen: &mut Seen,
     ) -> Result<Option<Resolved>, UiError> {
+        if seen.len() >= LINK_CHAIN_MAX {
+            return Err(self.error(s, n, format!("input {slot} is at the end of more than {LINK_CHAIN_MAX} links")));
+        }
         if !seen.insert((s, n, false, slot)) {
             return Err(self.error(
                 s,
@@ -1481,6 +1501,9 @@ impl<'a, 'c> Cx<'a, 'c> {
         ty: &str,
         seen: &mut Seen,
     ) -> Result<Option<Resolved>, UiError> {
+        if seen.len() >= LINK_CHAIN_MAX {
+            return Err(self.error(s, n, format!("output {slot} is at the start of more than {LINK_CHAIN_MAX} links")));
+        }
         if !seen.insert((s, n, true, slot)) {
             return Err(self.error(
                 s,
@@ -1963,6 +1986,40 @@ mod tests {
         let e = to_api(&bad, &info()).unwrap_err();
         assert_eq!(e[0].node, "20");
         assert!(e[0].message.contains("do not line up with the 8 widgets of its group node definition"), "{}", e[0]);
+    }
+
+    /// A hostile save cannot exhaust the stack: a chain of 100,000 reroutes is an error
+    /// naming a node, braces nested 100,000 deep are kept as written.
+    #[test]
+    fn long_reroute_chains_and_deep_braces_are_bounded() {
+        const N: i64 = 100_000;
+        let mut nodes = vec![node(
+            1,
+            "CheckpointLoaderSimple",
+            json!([]),
+            json!([output("MODEL"), output("CLIP"), output("VAE")]),
+            json!(["a.safetensors"]),
+        )];
+        let mut links = vec![json!([1, 1, 0, 2, 0, "MODEL"])];
+        for i in 0..N {
+            let id = 2 + i as u64;
+            nodes.push(node(id, "Reroute", json!([input("", "*", Some(1 + i))]), json!([output("MODEL")]), json!([])));
+            links.push(json!([2 + i, id, 0, id + 1, 0, "MODEL"]));
+        }
+        let last = 2 + N as u64;
+        nodes.push(node(
+            last,
+            "KSampler",
+            json!([input("model", "MODEL", Some(1 + N))]),
+            json!([output("LATENT")]),
+            json!([1, "fixed", 20, 8.0, "euler", "normal", 1.0]),
+        ));
+        let errors = to_api(&saved(Value::Array(nodes), Value::Array(links)), &info()).unwrap_err();
+        assert!(errors[0].message.contains("more than 512 links"), "{}", errors[0]);
+        // Text with braces nested far too deep for the editor's dynamic prompts: kept.
+        let deep = format!("{}x{}", "{".repeat(100_000), "}".repeat(100_000));
+        assert_eq!(dynamic_prompt(&deep), None);
+        assert_eq!(dynamic_prompt("{a}").as_deref(), Some("a"));
     }
 
     /// A saved workflow of these nodes and links.

@@ -255,9 +255,14 @@ impl WorkflowDefinition {
 
 /// The schema of a ComfyUI API-format workflow: `{node id: {class_type, inputs, _meta?}}`
 /// (`comfy::graph` knows its keys).
-/// An API-format workflow, or a UI-format one (an object with a `nodes` array).
+/// An API-format workflow, or a UI-format one: the document's two components (its
+/// `ApiFormatWorkflow` and `UiFormatWorkflow`, named so that client generators make a
+/// union of two types of them).
 fn any_workflow(_: &mut SchemaGenerator) -> Schema {
-    let schema = serde_json::json!({"anyOf": [crate::comfy::graph::api_format_schema(), crate::comfy::graph::ui_format_schema()]});
+    let schema = serde_json::json!({"anyOf": [
+        {"$ref": "#/components/schemas/ApiFormatWorkflow"},
+        {"$ref": "#/components/schemas/UiFormatWorkflow"},
+    ]});
     Schema::try_from(schema).expect("an object is a schema")
 }
 
