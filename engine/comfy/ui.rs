@@ -1407,6 +1407,24 @@ impl<'a, 'c> Cx<'a, 'c> {
         )
     }
 
+    /// Mark input (or `output`) `slot` of node `n` as passed on this resolution: an error when
+    /// it was passed already (a cycle of reroutes or bypasses) or the chain is longer than
+    /// [`LINK_CHAIN_MAX`].
+    fn visit(&self, s: usize, n: usize, slot: usize, output: bool, seen: &mut Seen) -> Result<(), UiError> {
+        let what = if output { "output" } else { "input" };
+        if seen.len() >= LINK_CHAIN_MAX {
+            return Err(self.error(s, n, format!("{what} {slot} is on a chain of more than {LINK_CHAIN_MAX} links")));
+        }
+        if !seen.insert((s, n, output, slot)) {
+            return Err(self.error(
+                s,
+                n,
+                format!("{what} {slot} links back to itself (a cycle of reroutes or bypasses)"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Where input `slot` of node `n` gets its value from.
     fn resolve_input(
         &self,
@@ -1416,16 +1434,7 @@ impl<'a, 'c> Cx<'a, 'c> {
         ty: Option<&str>,
         seen: &mut Seen,
     ) -> Result<Option<Resolved>, UiError> {
-        if seen.len() >= LINK_CHAIN_MAX {
-            return Err(self.error(s, n, format!("input {slot} is at the end of more than {LINK_CHAIN_MAX} links")));
-        }
-        if !seen.insert((s, n, false, slot)) {
-            return Err(self.error(
-                s,
-                n,
-                format!("input {slot} links back to itself (a cycle of reroutes or bypasses)"),
-            ));
-        }
+        self.visit(s, n, slot, false, seen)?;
         let g = self.graph(s);
         let node = &g.nodes[n];
         if let Kind::Group(layout) = &g.kind {
@@ -1501,16 +1510,7 @@ impl<'a, 'c> Cx<'a, 'c> {
         ty: &str,
         seen: &mut Seen,
     ) -> Result<Option<Resolved>, UiError> {
-        if seen.len() >= LINK_CHAIN_MAX {
-            return Err(self.error(s, n, format!("output {slot} is at the start of more than {LINK_CHAIN_MAX} links")));
-        }
-        if !seen.insert((s, n, true, slot)) {
-            return Err(self.error(
-                s,
-                n,
-                format!("output {slot} links back to itself (a cycle of reroutes or bypasses)"),
-            ));
-        }
+        self.visit(s, n, slot, true, seen)?;
         let node = self.node(s, n);
         let what = self.what(node);
         // A primitive's value is applied to its targets whatever its mode.
