@@ -271,7 +271,12 @@ pub struct Gateway {
     workflows_version: Arc<tokio::sync::watch::Sender<u64>>,
     /// The last model lists read ([`Gateway::models`]): when, from which backend.
     models: Arc<tokio::sync::Mutex<Option<(std::time::Instant, ModelLists)>>>,
+    /// Each backend's node definitions as last read for [`Gateway::check_classes`].
+    class_reads: Arc<Mutex<HashMap<String, ClassRead>>>,
 }
+
+/// One backend's node definitions as last read, and when; one read at a time.
+type ClassRead = Arc<tokio::sync::Mutex<Option<(std::time::Instant, Arc<ObjectInfo>)>>>;
 
 /// The model files a backend offers, by kind (`checkpoints`, `loras`, ...).
 #[derive(Debug, Clone)]
@@ -404,6 +409,7 @@ impl Gateway {
             backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             workflows_version: Arc::new(tokio::sync::watch::Sender::new(0)),
             models: Arc::default(),
+            class_reads: Arc::default(),
         };
         webhooks.start(gateway.clone());
         Ok(gateway)
@@ -944,7 +950,8 @@ impl Gateway {
     }
 
     /// The node classes of `template` the healthy backends do not know (each healthy
-    /// backend's `/object_info` read now, at most [`CLASS_CHECK_TIMEOUT`] each): warnings
+    /// backend's `/object_info`, read at most every [`MODELS_TTL`] and within
+    /// [`CLASS_CHECK_TIMEOUT`]: [`Gateway::class_read`]): warnings
     /// naming each class, node and the backends without it, and the classes no healthy
     /// backend knows (a job of it cannot run anywhere). A backend that does not answer, or
     /// no healthy backend at all, is a warning too: nothing was checked against it.
@@ -956,10 +963,7 @@ impl Gateway {
             check.warnings.push("no backend is healthy: the node classes were not checked".into());
             return check;
         }
-        let reads = backends.iter().map(|(id, client)| async move {
-            let read = tokio::time::timeout(CLASS_CHECK_TIMEOUT, client.object_info()).await;
-            (id.clone(), read.ok().and_then(|r| r.ok()))
-        });
+        let reads = backends.iter().map(|(id, client)| async move { (id.clone(), self.class_read(id, client).await) });
         let answers = futures_util::future::join_all(reads).await;
         let mut lacking: BTreeMap<&str, (Vec<&str>, Vec<String>)> = BTreeMap::new();
         let mut answered = 0;
@@ -997,6 +1001,24 @@ impl Gateway {
             }
         }
         check
+    }
+
+    /// Backend `id`'s node definitions for [`Gateway::check_classes`]: read at most once per
+    /// [`MODELS_TTL`] and one read at a time, so a run of registrations does not make the
+    /// backend build them each time; None when it did not answer within
+    /// [`CLASS_CHECK_TIMEOUT`].
+    async fn class_read(&self, id: &str, client: &crate::comfy::client::ComfyClient) -> Option<Arc<ObjectInfo>> {
+        let slot =
+            self.class_reads.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone();
+        let mut last = slot.lock().await;
+        if let Some((at, info)) = last.as_ref()
+            && at.elapsed() < MODELS_TTL
+        {
+            return Some(info.clone());
+        }
+        let info = Arc::new(tokio::time::timeout(CLASS_CHECK_TIMEOUT, client.object_info()).await.ok()?.ok()?);
+        *last = Some((std::time::Instant::now(), info.clone()));
+        Some(info)
     }
 
     /// The model files the first healthy backend offers, by kind: read from its

@@ -484,6 +484,16 @@ async fn registration_checks_node_classes_against_the_backends() {
     let (status, v) = support::post_json(&format!("{url}?strict=true"), &clean).await;
     assert_eq!(status, 201, "{v}");
     assert!(v.get("warnings").is_none(), "{v}");
+    // A run of registrations does not make the backend build its definitions each time.
+    let reads = async || get_json(&format!("{}/sim/requests", sim.url())).await.1["objectInfo"].as_u64().unwrap();
+    let before = reads().await;
+    for i in 0..5 {
+        let (status, v) = post_json(&url, &body(&format!("custom_run_{i}"))).await;
+        assert_eq!(status, 201, "{v}");
+        assert!(v["warnings"][0].as_str().unwrap().contains("NoSuchNode"), "still checked: {v}");
+    }
+    let more = reads().await - before;
+    assert!(more <= 1, "at most one /object_info read per 10 s, not {more}");
 }
 
 /// A workflow as ComfyUI's editor saves it (the UI format: nodes, links, widget values,
