@@ -875,6 +875,15 @@ impl Cursor for u64 {
     }
 }
 
+/// The owner whose jobs a caller lists or cancels: a user its own, an admin (and open mode)
+/// everybody's (None).
+fn owner_scope(p: &Params) -> Option<&str> {
+    match &p.caller {
+        Some(Principal { owner, role: Role::User }) => Some(owner.as_str()),
+        None | Some(Principal { role: Role::Admin, .. }) => None,
+    }
+}
+
 /// A listing's query parameters must be `known` ones.
 fn known_params(p: &Params, known: &[&str]) -> Result<()> {
     match p.query.iter().find(|(k, _)| !known.contains(&k.as_str())) {
@@ -972,10 +981,7 @@ pub fn list_jobs(gateway: &Gateway, p: &Params) -> Result<Resp> {
         cursor = Some((b, uuid::Uuid::nil()));
     }
     // A user sees only its own jobs: its range of the owner index, not a filter.
-    let owner = match &p.caller {
-        Some(Principal { owner, role: Role::User }) => Some(owner.as_str()),
-        None | Some(Principal { role: Role::Admin, .. }) => None,
-    };
+    let owner = owner_scope(p);
     let bytes_max = gateway.config.memory.response_bytes_max;
     let query = JobQuery {
         owner,
@@ -1083,10 +1089,7 @@ pub async fn cancel_jobs(ctx: &Ctx, p: &Params, req: Request<Incoming>) -> Resul
             }
         });
     }
-    let owner = match &p.caller {
-        Some(Principal { owner, role: Role::User }) => Some(owner.as_str()),
-        None | Some(Principal { role: Role::Admin, .. }) => None,
-    };
+    let owner = owner_scope(p);
     let query = JobQuery {
         owner,
         statuses: Some(&states),
