@@ -269,14 +269,12 @@ pub struct Gateway {
     backup_slot: Arc<tokio::sync::Semaphore>,
     /// Bumped after every change of the workflows ([`Gateway::workflows_changed`]).
     workflows_version: Arc<tokio::sync::watch::Sender<u64>>,
-    /// The last model lists read ([`Gateway::models`]): when, from which backend.
-    models: Arc<tokio::sync::Mutex<Option<(std::time::Instant, ModelLists)>>>,
-    /// Each backend's node definitions as last read for [`Gateway::check_classes`].
-    class_reads: Arc<Mutex<HashMap<String, ClassRead>>>,
+    /// Each backend's node definitions as last read ([`Gateway::definitions`]).
+    definitions: Arc<Mutex<HashMap<String, Definitions>>>,
 }
 
 /// One backend's node definitions as last read, and when; one read at a time.
-type ClassRead = Arc<tokio::sync::Mutex<Option<(std::time::Instant, Arc<ObjectInfo>)>>>;
+type Definitions = Arc<tokio::sync::Mutex<Option<(std::time::Instant, Arc<ObjectInfo>)>>>;
 
 /// The model files a backend offers, by kind (`checkpoints`, `loras`, ...).
 #[derive(Debug, Clone)]
@@ -287,8 +285,8 @@ pub struct ModelLists {
     pub lists: BTreeMap<&'static str, Vec<String>>,
 }
 
-/// How long [`Gateway::models`] answers from the lists it read last.
-pub const MODELS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long [`Gateway::definitions`] answers from the definitions it read last.
+pub const DEFINITIONS_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `<database>.gateway.json`: written by a running gateway next to the database it holds
 /// (atomically, once it listens; removed at a clean shutdown), so that a CLI command that
@@ -408,8 +406,7 @@ impl Gateway {
             webhooks: webhooks.clone(),
             backup_slot: Arc::new(tokio::sync::Semaphore::new(1)),
             workflows_version: Arc::new(tokio::sync::watch::Sender::new(0)),
-            models: Arc::default(),
-            class_reads: Arc::default(),
+            definitions: Arc::default(),
         };
         webhooks.start(gateway.clone());
         Ok(gateway)
@@ -950,8 +947,8 @@ impl Gateway {
     }
 
     /// The node classes of `template` the healthy backends do not know (each healthy
-    /// backend's `/object_info`, read at most every [`MODELS_TTL`] and within
-    /// [`CLASS_CHECK_TIMEOUT`]: [`Gateway::class_read`]): warnings
+    /// backend's `/object_info`, read at most every [`DEFINITIONS_TTL`] and within
+    /// [`CLASS_CHECK_TIMEOUT`]: [`Gateway::definitions`]): warnings
     /// naming each class, node and the backends without it, and the classes no healthy
     /// backend knows (a job of it cannot run anywhere). A backend that does not answer, or
     /// no healthy backend at all, is a warning too: nothing was checked against it.
@@ -963,7 +960,7 @@ impl Gateway {
             check.warnings.push("no backend is healthy: the node classes were not checked".into());
             return check;
         }
-        let reads = backends.iter().map(|(id, client)| async move { (id.clone(), self.class_read(id, client).await) });
+        let reads = backends.iter().map(|(id, client)| async move { (id.clone(), self.definitions(id, client).await) });
         let answers = futures_util::future::join_all(reads).await;
         let mut lacking: BTreeMap<&str, (Vec<&str>, Vec<String>)> = BTreeMap::new();
         let mut answered = 0;
@@ -1003,16 +1000,17 @@ impl Gateway {
         check
     }
 
-    /// Backend `id`'s node definitions for [`Gateway::check_classes`]: read at most once per
-    /// [`MODELS_TTL`] and one read at a time, so a run of registrations does not make the
-    /// backend build them each time; None when it did not answer within
-    /// [`CLASS_CHECK_TIMEOUT`].
-    async fn class_read(&self, id: &str, client: &crate::comfy::client::ComfyClient) -> Option<Arc<ObjectInfo>> {
+    /// Backend `id`'s node definitions for the class checks and the model lists: read at
+    /// most once per [`DEFINITIONS_TTL`] and one read at a time, so no run of registrations
+    /// or number of `GET /models` callers makes the backend build them more often; None
+    /// when it did not answer within [`CLASS_CHECK_TIMEOUT`]. (An import reads them fresh:
+    /// [`Gateway::object_info`].)
+    async fn definitions(&self, id: &str, client: &crate::comfy::client::ComfyClient) -> Option<Arc<ObjectInfo>> {
         let slot =
-            self.class_reads.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone();
+            self.definitions.lock().unwrap_or_else(|e| e.into_inner()).entry(id.to_string()).or_default().clone();
         let mut last = slot.lock().await;
         if let Some((at, info)) = last.as_ref()
-            && at.elapsed() < MODELS_TTL
+            && at.elapsed() < DEFINITIONS_TTL
         {
             return Some(info.clone());
         }
@@ -1021,27 +1019,17 @@ impl Gateway {
         Some(info)
     }
 
-    /// The model files the first healthy backend offers, by kind: read from its
-    /// `/object_info` at most once per [`MODELS_TTL`], by one request at a time (the
-    /// others wait for that read), so no number of callers makes the backend build its
-    /// node definitions more often. `COMFYUI_UNREACHABLE` when it cannot be read.
+    /// The model files the first healthy backend offers, by kind, from its node definitions
+    /// ([`Gateway::definitions`]). `COMFYUI_UNREACHABLE` when they cannot be read.
     pub async fn models(&self) -> Result<ModelLists> {
-        let mut last = self.models.lock().await;
-        if let Some((at, lists)) = last.as_ref()
-            && at.elapsed() < MODELS_TTL
-        {
-            return Ok(lists.clone());
-        }
-        let (backend, _) = self.scheduler.catalog_backend();
-        let info = tokio::time::timeout(CLASS_CHECK_TIMEOUT, self.object_info()).await.map_err(|_| {
+        let (backend, client) = self.scheduler.catalog_backend();
+        let info = self.definitions(&backend, &client).await.ok_or_else(|| {
             Error::new(
                 ErrorCode::ComfyuiUnreachable,
-                format!("ComfyUI backend {backend} did not list its node definitions in time; try again"),
+                format!("cannot read the node definitions: ComfyUI backend {backend} did not answer; try again"),
             )
-        })??;
-        let lists = ModelLists { backend, lists: crate::comfy::graph::model_lists(&info) };
-        *last = Some((std::time::Instant::now(), lists.clone()));
-        Ok(lists)
+        })?;
+        Ok(ModelLists { lists: crate::comfy::graph::model_lists(&info), backend })
     }
 
     /// Propose a workflow (template + input schema) for a ComfyUI API-format export, typed
