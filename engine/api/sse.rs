@@ -149,7 +149,7 @@ impl Follow {
     /// sent: a `preview` event without an id (it is not in the log, so a resumed stream
     /// does not replay it).
     fn preview(&mut self) {
-        if self.finished {
+        if self.finished || !self.gateway.config.live_previews {
             return;
         }
         let Some(p) = self.gateway.preview(self.id) else { return };
