@@ -353,3 +353,23 @@ async fn a_call_outlasting_its_wait_answers_with_the_job_to_follow() {
     assert_eq!(again["structuredContent"]["jobId"], job_id.as_str(), "{again}");
     assert_eq!(again["structuredContent"]["status"], "succeeded", "{again}");
 }
+
+/// `MCP_INLINE_IMAGE_BYTES` is the largest image a result inlines: at 0 every output comes
+/// back as a link only (here a PNG of some kilobytes), still absolute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_over_the_inline_size_come_back_as_links_only() {
+    let dir = support::tempdir();
+    let sim = Sim::start(dir.path(), 0).await;
+    let keys = format!("{USER}:user");
+    let env = [("API_KEYS", keys.as_str()), ("MCP_INLINE_IMAGE_BYTES", "0")];
+    let gw = Gateway::start(dir.path(), &sim.url(), &env).await;
+    let url = format!("{}/mcp", gw.url());
+    let result = call_tool(&url, USER, "icon_512", serde_json::json!({"prompt": "links only", "seed": 5})).await;
+    assert_eq!(result["structuredContent"]["status"], "succeeded", "{result}");
+    let content = result["content"].as_array().unwrap();
+    assert!(!content.iter().any(|c| c["type"] == "image"), "nothing inline: {result}");
+    let link = content.iter().find(|c| c["type"] == "resource_link").expect("a link");
+    assert!(link["uri"].as_str().unwrap().starts_with(&gw.url()), "{link}");
+    assert_eq!(link["mimeType"], "image/png", "{link}");
+    assert!(link["size"].as_u64().unwrap() > 0, "{link}");
+}
